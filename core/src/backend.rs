@@ -352,6 +352,20 @@ pub trait Backend: Send + Sync {
 
     /// Copy with dtype conversion among f32/f16/bf16 (same element count).
     fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()>;
+
+    /// Record the ops `f` enqueues into a replayable graph (CUDA graphs). The recorded ops keep
+    /// their buffers and arguments; replaying runs them again on the buffers' current contents,
+    /// so everything that changes between replays must live in device buffers. `Ok(None)` means
+    /// this backend does not capture (the caller runs `f` eagerly instead).
+    fn capture(&self, _f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Box<dyn Replay>>> {
+        Ok(None)
+    }
+}
+
+/// A captured sequence of ops (see `Backend::capture`).
+pub trait Replay: Send + Sync {
+    /// Enqueue the whole recorded sequence once.
+    fn replay(&self) -> Result<()>;
 }
 
 /// Helpers every backend uses to validate op arguments with uniform messages.
