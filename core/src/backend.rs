@@ -29,10 +29,12 @@ pub enum OpKind {
     Moe,
     Copy,
     AllReduce,
+    AddBias,
+    Gather,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 11] = [
+    pub const ALL: [OpKind; 13] = [
         OpKind::Matmul,
         OpKind::Attention,
         OpKind::KvAppend,
@@ -44,6 +46,8 @@ impl OpKind {
         OpKind::Moe,
         OpKind::Copy,
         OpKind::AllReduce,
+        OpKind::AddBias,
+        OpKind::Gather,
     ];
 }
 
@@ -324,6 +328,19 @@ pub trait Backend: Send + Sync {
 
     /// out = a + b (same shape).
     fn add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()>;
+
+    /// out = x + bias, bias `[n]` broadcast over the rows of x, out `[rows, n]` (q/k/v biases).
+    fn add_bias(&self, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        let _ = (bias, out);
+        Err(check::unsupported(OpKind::AddBias, x.dtype(), self.info()))
+    }
+
+    /// out[i] = x[ids[i]]: x `[rows, d]`, ids i32 `[n]`, out `[n, d]` (e.g. the last token of each
+    /// sequence of a ragged batch before the LM head). The caller guarantees ids < rows.
+    fn gather(&self, x: View<'_>, ids: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        let _ = (ids, out);
+        Err(check::unsupported(OpKind::Gather, x.dtype(), self.info()))
+    }
 
     /// out[i] = scale · table[ids[i]]: ids i32 `[n]`, table `[vocab, dim]` (any weight dtype),
     /// out `[n, dim]`. The caller guarantees ids < vocab (GPU backends cannot report it).

@@ -135,6 +135,7 @@ impl Backend for ReferenceBackend {
             Matmul | Embed | Moe => DType::WEIGHT_TYPES.contains(&dtype),
             Attention | KvAppend | Copy | AllReduce => dtype.is_float(),
             RmsNorm | Rope | Glu | Add => dtype == DType::F32,
+            AddBias | Gather => false,
         }
     }
 
