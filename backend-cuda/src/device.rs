@@ -1,0 +1,339 @@
+//! `CudaBackend`: one CUDA context and one stream per device, implementing `kiln_core::Backend`.
+//! Op bodies live in `ops/<op>.rs` (same names as `kernels/<op>.cu`); this file holds the
+//! device plumbing: memory, copies, pointers of views, launches' shared helpers.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, result as drv};
+use kiln_core::backend::check;
+use kiln_core::{
+    Activation, AttnParams, Backend, Buffer, DType, DeviceInfo, Error, HostTensor, MoeExperts,
+    MoeRouting, OpKind, PagedKv, Replay, Result, RopeParams, SeqBatch, View, ViewMut, Weight,
+};
+
+use crate::buffer::{CudaMem, CudaWeight};
+use crate::error::{CudaError, guard};
+use crate::gemm::Gemm;
+use crate::module_cache::{KernelFile, ModuleCache};
+use crate::tune::Crossovers;
+
+pub struct CudaBackend {
+    pub(crate) info: DeviceInfo,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) modules: ModuleCache,
+    /// cuBLASLt handle, workspace and the dequantize-to-bf16 scratch (created on first use).
+    pub(crate) gemm: Mutex<Option<Gemm>>,
+    /// Largest bf16 image (bytes) of a weight prepared so far: sizes the GEMM scratch.
+    pub(crate) largest_weight_bf16: Mutex<usize>,
+    pub(crate) crossovers: Mutex<Crossovers>,
+}
+
+impl CudaBackend {
+    /// Open device `index` (after the probe found it).
+    pub fn open(info: DeviceInfo) -> Result<CudaBackend> {
+        let index = info.id.index as usize;
+        let name = info.id.to_string();
+        let cc = info.caps.compute_capability.unwrap_or((0, 0));
+        if cc.0 < 8 {
+            return Err(Error::backend(
+                name,
+                format!(
+                    "compute capability {}.{} is below 8.0 (bf16 GEMM needs sm_80+)",
+                    cc.0, cc.1
+                ),
+            ));
+        }
+        let (ctx, stream) = guard("CudaContext::new", || -> Result<_, CudaError> {
+            let ctx =
+                CudaContext::new(index).map_err(|e| CudaError::driver(&name, "cuCtxCreate", e))?;
+            // SAFETY: every op of this backend runs on its one stream, so cudarc's per-buffer
+            // events (for cross-stream sync) are not needed; without them launches record no
+            // events, which also keeps graph capture clean.
+            unsafe { ctx.disable_event_tracking() };
+            let stream = ctx
+                .new_stream()
+                .map_err(|e| CudaError::driver(&name, "cuStreamCreate", e))?;
+            Ok((ctx, stream))
+        })??;
+        let arch = format!("sm_{}{}", cc.0, cc.1);
+        let device_key = crate::tune::device_key(&info);
+        Ok(CudaBackend {
+            modules: ModuleCache::new(ctx.clone(), name, arch),
+            crossovers: Mutex::new(Crossovers::load(&device_key)),
+            info,
+            ctx,
+            stream,
+            gemm: Mutex::new(None),
+            largest_weight_bf16: Mutex::new(0),
+        })
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.info.id.to_string()
+    }
+
+    pub(crate) fn drv(
+        &self,
+        call: &'static str,
+    ) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
+        move |e| CudaError::driver(self.name(), call, e).into()
+    }
+
+    pub(crate) fn function(&self, file: &KernelFile, name: &'static str) -> Result<CudaFunction> {
+        Ok(self.modules.function(file, name)?)
+    }
+
+    /// Device address of a view (after checking it lives on this device).
+    pub(crate) fn ptr(&self, op: OpKind, v: &View<'_>) -> Result<u64> {
+        check::device(op, self.info.id, v.device())?;
+        let mem = v.buffer().downcast::<CudaMem>().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{op:?}: buffer was not allocated by {}",
+                self.name()
+            ))
+        })?;
+        Ok(mem.ptr + v.offset() as u64)
+    }
+
+    pub(crate) fn ptr_mut(&self, op: OpKind, v: &ViewMut<'_>) -> Result<u64> {
+        self.ptr(op, &v.as_view())
+    }
+
+    pub(crate) fn weight<'w>(&self, op: OpKind, w: &'w Weight) -> Result<&'w CudaWeight> {
+        check::device(op, self.info.id, w.device())?;
+        w.downcast::<CudaWeight>()
+            .ok_or_else(|| Error::Invalid(format!("{w:?} was not prepared by {}", self.name())))
+    }
+
+    /// A 1-D grid-stride launch over `count` items (256 threads, at most 64 blocks per SM).
+    pub(crate) fn grid_1d(&self, count: usize) -> LaunchConfig {
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let blocks = count.div_ceil(256).clamp(1, sms * 64);
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Allocate `bytes` of device memory (stream-ordered).
+    pub(crate) fn alloc_mem(&self, bytes: usize) -> Result<CudaMem> {
+        // SAFETY: u8 has no invalid bit patterns; the memory is written before it is read by
+        // every op (outputs are written, inputs were written by the caller).
+        let slice = unsafe { self.stream.alloc::<u8>(bytes.max(1)) }.map_err(|e| {
+            if format!("{e:?}").contains("OUT_OF_MEMORY") {
+                Error::OutOfMemory {
+                    device: self.name(),
+                    requested: bytes as u64,
+                }
+            } else {
+                CudaError::driver(self.name(), "cuMemAllocAsync", e).into()
+            }
+        })?;
+        let ptr = {
+            let (p, _sync) = cudarc::driver::DevicePtr::device_ptr(&slice, &self.stream);
+            p
+        };
+        Ok(CudaMem { ptr, slice })
+    }
+
+    fn check_range(&self, buf: &Buffer, offset: usize, len: usize) -> Result<u64> {
+        if buf.device() != self.info.id {
+            return Err(Error::Invalid(format!(
+                "a buffer of {} was passed to {}",
+                buf.device(),
+                self.name()
+            )));
+        }
+        if offset.checked_add(len).is_none_or(|e| e > buf.len()) {
+            return Err(Error::View(format!(
+                "{len} bytes at offset {offset} do not fit a buffer of {} bytes",
+                buf.len()
+            )));
+        }
+        let mem = buf.downcast::<CudaMem>().ok_or_else(|| {
+            Error::Invalid(format!("buffer was not allocated by {}", self.name()))
+        })?;
+        Ok(mem.ptr + offset as u64)
+    }
+
+    /// Upload host bytes into a fresh allocation.
+    pub(crate) fn upload(&self, data: &[u8]) -> Result<CudaMem> {
+        let mem = self.alloc_mem(data.len())?;
+        if !data.is_empty() {
+            self.ctx
+                .bind_to_thread()
+                .map_err(self.drv("cuCtxSetCurrent"))?;
+            // SAFETY: `mem` holds at least data.len() bytes; pageable-source async copies return
+            // only after the source has been staged, so `data` may be freed afterwards.
+            unsafe { drv::memcpy_htod_async(mem.ptr, data, self.stream.cu_stream()) }
+                .map_err(self.drv("cuMemcpyHtoDAsync"))?;
+        }
+        Ok(mem)
+    }
+
+    /// Device-to-device copy of `bytes` on the stream.
+    pub(crate) fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: both ranges were validated by the views that produced the addresses.
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(self.drv("cuMemcpyDtoDAsync"))
+    }
+
+    /// The tuning-cache key of this device (name, compute capability, driver).
+    pub fn device_key(&self) -> String {
+        crate::tune::device_key(&self.info)
+    }
+}
+
+impl Backend for CudaBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn supports(&self, op: OpKind, dtype: DType) -> bool {
+        use OpKind::*;
+        match op {
+            Matmul | Embed => DType::WEIGHT_TYPES.contains(&dtype),
+            KvAppend | Copy => dtype.is_float(),
+            RmsNorm | Rope | Glu | Add | AddBias => dtype == DType::F32,
+            Gather => dtype.is_float(),
+            Attention | Moe | AllReduce => false,
+        }
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        let mem = self.alloc_mem(bytes)?;
+        Ok(Buffer::new(Arc::new(mem), bytes, self.info.id))
+    }
+
+    fn write(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()> {
+        let p = self.check_range(dst, offset, src.len())?;
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: the destination range lies inside the buffer (checked above); the pageable
+        // source is staged before the call returns.
+        unsafe { drv::memcpy_htod_async(p, src, self.stream.cu_stream()) }
+            .map_err(self.drv("cuMemcpyHtoDAsync"))
+    }
+
+    fn read(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        let p = self.check_range(src, offset, dst.len())?;
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: the source range lies inside the buffer; the stream is synchronized before
+        // `dst` is handed back, so the copy has landed.
+        unsafe { drv::memcpy_dtoh_async(dst, p, self.stream.cu_stream()) }
+            .map_err(self.drv("cuMemcpyDtoHAsync"))?;
+        self.stream
+            .synchronize()
+            .map_err(self.drv("cuStreamSynchronize"))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(self.drv("cuStreamSynchronize"))
+    }
+
+    fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight> {
+        self.op_prepare_weight(w)
+    }
+
+    fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
+        self.op_matmul(x, w, out)
+    }
+
+    fn attention(
+        &self,
+        q: View<'_>,
+        kv: &PagedKv<'_>,
+        _batch: &SeqBatch<'_>,
+        _p: &AttnParams,
+        _scratch: Option<ViewMut<'_>>,
+        _out: ViewMut<'_>,
+    ) -> Result<()> {
+        let _ = q;
+        Err(check::unsupported(
+            OpKind::Attention,
+            kv.dtype(),
+            &self.info,
+        ))
+    }
+
+    fn kv_append(&self, k: View<'_>, v: View<'_>, kv: &PagedKv<'_>, slots: View<'_>) -> Result<()> {
+        self.op_kv_append(k, v, kv, slots)
+    }
+
+    fn rms_norm(&self, x: View<'_>, w: View<'_>, eps: f32, out: ViewMut<'_>) -> Result<()> {
+        self.op_rms_norm(x, w, eps, out)
+    }
+
+    fn rope(
+        &self,
+        x: ViewMut<'_>,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
+    ) -> Result<()> {
+        self.op_rope(x, positions, inv_freq, p)
+    }
+
+    fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()> {
+        self.op_glu(gate, up, act, out)
+    }
+
+    fn add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        self.op_add(a, b, out)
+    }
+
+    fn add_bias(&self, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        self.op_add_bias(x, bias, out)
+    }
+
+    fn gather(&self, x: View<'_>, ids: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        self.op_gather(x, ids, out)
+    }
+
+    fn embed(&self, ids: View<'_>, table: &Weight, scale: f32, out: ViewMut<'_>) -> Result<()> {
+        self.op_embed(ids, table, scale, out)
+    }
+
+    fn moe(
+        &self,
+        _x: View<'_>,
+        _router_logits: View<'_>,
+        experts: &MoeExperts<'_>,
+        _r: &MoeRouting,
+        _scratch: Option<ViewMut<'_>>,
+        _out: ViewMut<'_>,
+    ) -> Result<()> {
+        Err(check::unsupported(
+            OpKind::Moe,
+            experts.gate.dtype(),
+            &self.info,
+        ))
+    }
+
+    fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()> {
+        self.op_copy(src, dst)
+    }
+
+    fn capture(&self, f: &mut dyn FnMut() -> Result<()>) -> Result<Option<Box<dyn Replay>>> {
+        crate::graph::capture(self, f)
+    }
+}

@@ -1,0 +1,55 @@
+//! glu (kernels/act.cu).
+
+use cudarc::driver::PushKernelArg;
+use kiln_core::backend::check;
+use kiln_core::{Activation, OpKind, Result, View, ViewMut};
+
+use super::f32_only;
+use crate::device::CudaBackend;
+use crate::module_cache::ACT;
+
+impl CudaBackend {
+    /// out = act(gate) ⊙ up, all f32 `[rows, n]`.
+    pub(crate) fn op_glu(
+        &self,
+        gate: View<'_>,
+        up: View<'_>,
+        act: Activation,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        let op = OpKind::Glu;
+        f32_only(op, "gate", &gate)?;
+        f32_only(op, "up", &up)?;
+        f32_only(op, "out", &out.as_view())?;
+        check::eq(op, "up elements vs gate elements", up.numel(), gate.numel())?;
+        check::eq(
+            op,
+            "out elements vs gate elements",
+            out.numel(),
+            gate.numel(),
+        )?;
+        out.check_disjoint(&gate)?;
+        out.check_disjoint(&up)?;
+        let count = gate.numel() as i64;
+        if count == 0 {
+            return Ok(());
+        }
+        let a: i32 = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let (gp, upp, op_) = (
+            self.ptr(op, &gate)?,
+            self.ptr(op, &up)?,
+            self.ptr_mut(op, &out)?,
+        );
+        let f = self.function(&ACT, "glu_f32")?;
+        let cfg = self.grid_1d(gate.numel());
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&gp).arg(&upp).arg(&op_).arg(&count).arg(&a);
+        // SAFETY: gate, up and out hold `count` f32 each (checked above), out disjoint.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch glu_f32"))
+    }
+}

@@ -1,0 +1,73 @@
+//! add (kernels/add.cu).
+
+use cudarc::driver::PushKernelArg;
+use kiln_core::backend::check;
+use kiln_core::{OpKind, Result, View, ViewMut};
+
+use super::f32_only;
+use crate::device::CudaBackend;
+use crate::module_cache::ADD;
+
+impl CudaBackend {
+    /// out = a + b, f32, same shape.
+    pub(crate) fn op_add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        let op = OpKind::Add;
+        f32_only(op, "a", &a)?;
+        f32_only(op, "b", &b)?;
+        f32_only(op, "out", &out.as_view())?;
+        check::eq(op, "b elements vs a elements", b.numel(), a.numel())?;
+        check::eq(op, "out elements vs a elements", out.numel(), a.numel())?;
+        out.check_disjoint(&a)?;
+        out.check_disjoint(&b)?;
+        let count = a.numel() as i64;
+        if count == 0 {
+            return Ok(());
+        }
+        let (ap, bp, op_) = (
+            self.ptr(op, &a)?,
+            self.ptr(op, &b)?,
+            self.ptr_mut(op, &out)?,
+        );
+        let f = self.function(&ADD, "add_f32")?;
+        let cfg = self.grid_1d(a.numel());
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&ap).arg(&bp).arg(&op_).arg(&count);
+        // SAFETY: a, b and out hold `count` f32 each (checked above), out disjoint.
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch add_f32"))
+    }
+}
+
+impl CudaBackend {
+    /// out = x + bias broadcast over rows: x, out f32 `[rows, n]`, bias f32 `[n]`.
+    pub(crate) fn op_add_bias(&self, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        let op = OpKind::AddBias;
+        f32_only(op, "x", &x)?;
+        f32_only(op, "bias", &bias)?;
+        f32_only(op, "out", &out.as_view())?;
+        let n = x.shape().last();
+        check::eq(op, "bias elements vs x row length", bias.numel(), n)?;
+        check::eq(op, "out elements vs x elements", out.numel(), x.numel())?;
+        out.check_disjoint(&x)?;
+        out.check_disjoint(&bias)?;
+        let count = x.numel() as i64;
+        if count == 0 {
+            return Ok(());
+        }
+        let ni = super::arg_i32(op, "n", n)?;
+        let (xp, bp, op_) = (
+            self.ptr(op, &x)?,
+            self.ptr(op, &bias)?,
+            self.ptr_mut(op, &out)?,
+        );
+        let f = self.function(&ADD, "add_bias_f32")?;
+        let cfg = self.grid_1d(x.numel());
+        let mut l = self.stream.launch_builder(&f);
+        l.arg(&xp).arg(&bp).arg(&op_).arg(&count).arg(&ni);
+        // SAFETY: x and out hold `count` f32 (= rows·n), bias n f32 (checked above).
+        unsafe { l.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch add_bias_f32"))
+    }
+}

@@ -1,0 +1,225 @@
+//! The matmul crossover tuner: per (device, dtype, n, k), the largest row count m for which the
+//! fused dequant GEMV/GEMM kernel beats dequantize + cuBLASLt. Measured on first use (or by
+//! `CudaBackend::tune_matmul`, which `kiln tune` calls), persisted with `kiln_core::tune::TuneCache`
+//! under a device key made of the GPU name, compute capability and driver, and used by dispatch.
+//!
+//! Measurement: for m in `LADDER`, both paths run on scratch buffers with the L2 cache flushed
+//! before every timed run (as in decode, where other layers' weights evict this one); the time is
+//! the median of `REPS` runs, each bracketed by CUDA events. The crossover is the last m before
+//! the first m where the dense path is faster (the ladder stops after two dense wins in a row).
+
+use std::collections::HashMap;
+
+use kiln_core::tune::TuneCache;
+use kiln_core::{DType, DeviceInfo, Error, Result, Weight};
+use serde_json::json;
+
+use crate::buffer::CudaWeight;
+use crate::device::CudaBackend;
+
+/// Row counts the tuner measures.
+pub const LADDER: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
+const REPS: usize = 7;
+/// Bytes written between timed runs to evict the weight from L2 (H100/H200 L2 is 50/60 MiB).
+const FLUSH_BYTES: usize = 192 << 20;
+
+/// One tuning result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TuneResult {
+    pub dtype: DType,
+    pub n: usize,
+    pub k: usize,
+    /// Row counts measured, with the median time (µs) of each path.
+    pub m: Vec<usize>,
+    pub fused_us: Vec<f64>,
+    pub dense_us: Vec<f64>,
+    /// The dispatch uses the fused kernel for m ≤ this.
+    pub max_fused_rows: usize,
+}
+
+/// The device's crossovers, in memory and on disk.
+pub struct Crossovers {
+    cache: TuneCache,
+    known: HashMap<String, usize>,
+}
+
+impl Crossovers {
+    pub fn load(device_key: &str) -> Crossovers {
+        let cache = TuneCache::open(device_key);
+        let known = cache
+            .entries()
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), v.get("max_fused_rows")?.as_u64()? as usize)))
+            .collect();
+        Crossovers { cache, known }
+    }
+}
+
+/// `NVIDIA_H200__sm_90__CUDA_13.0`.
+pub fn device_key(info: &DeviceInfo) -> String {
+    let cc = info
+        .caps
+        .compute_capability
+        .map_or("sm_unknown".to_string(), |(a, b)| format!("sm_{a}{b}"));
+    kiln_core::tune::device_key(&[&info.name, &cc, &info.driver])
+}
+
+fn key(dtype: DType, n: usize, k: usize) -> String {
+    format!("matmul/{}/{n}x{k}", dtype.name())
+}
+
+impl CudaBackend {
+    /// The persisted crossover of (dtype, n, k), if measured.
+    pub fn crossover(&self, dtype: DType, n: usize, k: usize) -> Option<usize> {
+        let c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
+        c.known.get(&key(dtype, n, k)).copied()
+    }
+
+    /// Every persisted crossover of this device: `matmul/<dtype>/<n>x<k>` → max fused rows.
+    pub fn crossover_table(&self) -> Vec<(String, usize)> {
+        let c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<_> = c.known.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        v.sort();
+        v
+    }
+
+    /// The crossover for dispatch: measured now if unknown. While a graph is being captured
+    /// nothing can be measured; the fused kernel (correct for any m) is used without persisting.
+    pub(crate) fn crossover_or_tune(&self, w: &Weight, cw: &CudaWeight) -> Result<usize> {
+        let (n, k) = (w.shape().dim(0), w.shape().dim(1));
+        if let Some(x) = self.crossover(w.dtype(), n, k) {
+            return Ok(x);
+        }
+        if self.capturing()? {
+            return Ok(usize::MAX);
+        }
+        Ok(self.tune_inner(cw, n, k)?.max_fused_rows)
+    }
+
+    fn capturing(&self) -> Result<bool> {
+        let st = self
+            .stream
+            .capture_status()
+            .map_err(self.drv("cuStreamIsCapturing"))?;
+        Ok(st != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
+    /// Measure (again) the crossover of a prepared 2-D weight and persist it.
+    pub fn tune_matmul(&self, w: &Weight) -> Result<TuneResult> {
+        let cw = self.weight(kiln_core::OpKind::Matmul, w)?;
+        let s = w.shape();
+        if s.rank() != 2 {
+            return Err(Error::Invalid(format!("tune: weight {s} must be [n, k]")));
+        }
+        self.tune_inner(cw, s.dim(0), s.dim(1))
+    }
+
+    fn tune_inner(&self, w: &CudaWeight, n: usize, k: usize) -> Result<TuneResult> {
+        let m_max = *LADDER.last().unwrap_or(&1);
+        let x = self.alloc_mem(m_max * k * 4)?;
+        let out = self.alloc_mem(m_max * n * 4)?;
+        let flush = self.alloc_mem(FLUSH_BYTES)?;
+        // Deterministic small activations (values do not change the timing, NaNs could).
+        let xs: Vec<u8> = (0..m_max * k)
+            .flat_map(|i| (((i % 97) as f32 - 48.0) * 1e-3).to_le_bytes())
+            .collect();
+        let x = {
+            drop(x);
+            self.upload(&xs)?
+        };
+        let mut res = TuneResult {
+            dtype: w.dtype,
+            n,
+            k,
+            m: Vec::new(),
+            fused_us: Vec::new(),
+            dense_us: Vec::new(),
+            max_fused_rows: 0,
+        };
+        let mut dense_wins = 0;
+        for &m in &LADDER {
+            let f = self.time_path(&flush, || self.matmul_fused(x.ptr, w, out.ptr, m, n, k))?;
+            let d = self.time_path(&flush, || self.matmul_dense(x.ptr, w, out.ptr, m, n, k))?;
+            res.m.push(m);
+            res.fused_us.push(f);
+            res.dense_us.push(d);
+            if f <= d && dense_wins == 0 {
+                res.max_fused_rows = m;
+            } else if f > d {
+                dense_wins += 1;
+                if dense_wins >= 2 {
+                    break;
+                }
+            }
+        }
+        let mut c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
+        let kk = key(w.dtype, n, k);
+        c.known.insert(kk.clone(), res.max_fused_rows);
+        c.cache.insert(
+            &kk,
+            json!({
+                "max_fused_rows": res.max_fused_rows,
+                "m": res.m,
+                "fused_us": res.fused_us,
+                "dense_us": res.dense_us,
+            }),
+        )?;
+        Ok(res)
+    }
+
+    /// Median time in µs of `run` over REPS runs, each after an L2 flush.
+    fn time_path(
+        &self,
+        flush: &crate::buffer::CudaMem,
+        mut run: impl FnMut() -> Result<()>,
+    ) -> Result<f64> {
+        run()?; // warm-up (module load, cuBLASLt plan, scratch allocation)
+        let mut times = Vec::with_capacity(REPS);
+        for _ in 0..REPS {
+            self.flush_l2(flush)?;
+            let t = self.time_once(&mut run)?;
+            times.push(t);
+        }
+        times.sort_by(|a, b| a.total_cmp(b));
+        Ok(times[times.len() / 2])
+    }
+
+    /// µs of one run, between two CUDA events on the stream.
+    pub(crate) fn time_once(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+        let start = self
+            .ctx
+            .new_event(None)
+            .map_err(self.drv("cuEventCreate"))?;
+        let end = self
+            .ctx
+            .new_event(None)
+            .map_err(self.drv("cuEventCreate"))?;
+        start
+            .record(&self.stream)
+            .map_err(self.drv("cuEventRecord"))?;
+        run()?;
+        end.record(&self.stream)
+            .map_err(self.drv("cuEventRecord"))?;
+        end.synchronize().map_err(self.drv("cuEventSynchronize"))?;
+        let ms = start
+            .elapsed_ms(&end)
+            .map_err(self.drv("cuEventElapsedTime"))?;
+        Ok(ms as f64 * 1e3)
+    }
+
+    fn flush_l2(&self, flush: &crate::buffer::CudaMem) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: `flush` is a live allocation of FLUSH_BYTES.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                flush.ptr,
+                0,
+                FLUSH_BYTES,
+                self.stream.cu_stream(),
+            )
+        }
+        .map_err(self.drv("cuMemsetD8Async"))
+    }
+}
