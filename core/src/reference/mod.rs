@@ -5,7 +5,16 @@
 //! Each op family lives in its own file (`matmul.rs`, `attention.rs`, ...) as functions over
 //! slices, so the math reads without the buffer plumbing, which is here and in `mem.rs`.
 
+mod act;
+mod attention;
+mod copy;
+mod embed;
+mod kv;
+mod matmul;
 mod mem;
+mod moe;
+mod norm;
+mod rope;
 
 use std::sync::{Arc, Mutex};
 
@@ -193,83 +202,64 @@ impl Backend for ReferenceBackend {
     }
 
     fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
-        self.check_dev(OpKind::Matmul, x.device())?;
-        self.check_dev(OpKind::Matmul, out.device())?;
-        self.check_dev(OpKind::Matmul, w.device())?;
-        Err(check::unsupported(OpKind::Matmul, w.dtype(), &self.info))
+        matmul::matmul(self, x, w, out)
     }
 
     fn attention(
         &self,
         q: View<'_>,
-        _kv: &PagedKv<'_>,
-        _batch: &SeqBatch<'_>,
-        _p: &AttnParams,
-        _scratch: Option<ViewMut<'_>>,
-        _out: ViewMut<'_>,
+        kv: &PagedKv<'_>,
+        batch: &SeqBatch<'_>,
+        p: &AttnParams,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
     ) -> Result<()> {
-        Err(check::unsupported(OpKind::Attention, q.dtype(), &self.info))
+        attention::attention(self, q, kv, batch, p, scratch, out)
     }
 
-    fn kv_append(
-        &self,
-        k: View<'_>,
-        _v: View<'_>,
-        _kv: &PagedKv<'_>,
-        _slots: View<'_>,
-    ) -> Result<()> {
-        Err(check::unsupported(OpKind::KvAppend, k.dtype(), &self.info))
+    fn kv_append(&self, k: View<'_>, v: View<'_>, kv: &PagedKv<'_>, slots: View<'_>) -> Result<()> {
+        kv::kv_append(self, k, v, kv, slots)
     }
 
-    fn rms_norm(&self, x: View<'_>, _w: View<'_>, _eps: f32, _out: ViewMut<'_>) -> Result<()> {
-        Err(check::unsupported(OpKind::RmsNorm, x.dtype(), &self.info))
+    fn rms_norm(&self, x: View<'_>, w: View<'_>, eps: f32, out: ViewMut<'_>) -> Result<()> {
+        norm::rms_norm(self, x, w, eps, out)
     }
 
     fn rope(
         &self,
         x: ViewMut<'_>,
-        _positions: View<'_>,
-        _inv_freq: View<'_>,
-        _p: &RopeParams,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
     ) -> Result<()> {
-        Err(check::unsupported(OpKind::Rope, x.dtype(), &self.info))
+        rope::rope(self, x, positions, inv_freq, p)
     }
 
-    fn glu(
-        &self,
-        gate: View<'_>,
-        _up: View<'_>,
-        _act: Activation,
-        _out: ViewMut<'_>,
-    ) -> Result<()> {
-        Err(check::unsupported(OpKind::Glu, gate.dtype(), &self.info))
+    fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()> {
+        act::glu(self, gate, up, act, out)
     }
 
-    fn add(&self, a: View<'_>, _b: View<'_>, _out: ViewMut<'_>) -> Result<()> {
-        Err(check::unsupported(OpKind::Add, a.dtype(), &self.info))
+    fn add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        act::add(self, a, b, out)
     }
 
-    fn embed(&self, _ids: View<'_>, table: &Weight, _scale: f32, _out: ViewMut<'_>) -> Result<()> {
-        Err(check::unsupported(OpKind::Embed, table.dtype(), &self.info))
+    fn embed(&self, ids: View<'_>, table: &Weight, scale: f32, out: ViewMut<'_>) -> Result<()> {
+        embed::embed(self, ids, table, scale, out)
     }
 
     fn moe(
         &self,
-        _x: View<'_>,
-        _router_logits: View<'_>,
+        x: View<'_>,
+        router_logits: View<'_>,
         experts: &MoeExperts<'_>,
-        _r: &MoeRouting,
-        _scratch: Option<ViewMut<'_>>,
-        _out: ViewMut<'_>,
+        r: &MoeRouting,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
     ) -> Result<()> {
-        Err(check::unsupported(
-            OpKind::Moe,
-            experts.gate.dtype(),
-            &self.info,
-        ))
+        moe::moe(self, x, router_logits, experts, r, scratch, out)
     }
 
-    fn copy(&self, src: View<'_>, _dst: ViewMut<'_>) -> Result<()> {
-        Err(check::unsupported(OpKind::Copy, src.dtype(), &self.info))
+    fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()> {
+        copy::copy(self, src, dst)
     }
 }
