@@ -214,7 +214,33 @@ fn c_chars_to_string(v: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
-/// The cache key of a compile: hash of everything that changes the CUBIN.
+/// The CUBIN of `file` for `arch` from the disk cache under `cache_root()/kernels/`, or compiled
+/// and stored there (atomically: temporary file + rename). Needs only libnvrtc, so a cache can be
+/// filled ahead of time on a machine without a GPU.
+pub fn cached_cubin(file: &KernelFile, arch: &str) -> Result<Vec<u8>, CudaError> {
+    let nv = nvrtc_version()?;
+    let key = cache_key(file, arch, &[], &nv)?;
+    let dir = kiln_core::tune::cache_root().join("kernels");
+    let path = dir.join(format!("{key}.cubin"));
+    if let Ok(bytes) = std::fs::read(&path)
+        && !bytes.is_empty()
+    {
+        return Ok(bytes);
+    }
+    let c = compile(file, arch, &[])?;
+    // A cache that cannot be written only costs a compile next time.
+    if std::fs::create_dir_all(&dir).is_ok() {
+        let tmp = dir.join(format!("{key}.cubin.tmp{}", std::process::id()));
+        if std::fs::write(&tmp, &c.cubin).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+    Ok(c.cubin)
+}
+
+/// The cache key of a compile: hash of everything that changes the CUBIN. The CUDA include
+/// directory's path is left out (the kernels include no CUDA header; only our embedded headers,
+/// which are hashed as part of the expanded source).
 pub fn cache_key(
     file: &KernelFile,
     arch: &str,
@@ -223,7 +249,10 @@ pub fn cache_key(
 ) -> Result<String, CudaError> {
     let mut h = Sha256::new();
     h.update(expand_source(file)?.as_bytes());
-    for o in base_options(arch) {
+    for o in base_options(arch)
+        .iter()
+        .filter(|o| !o.starts_with("--include-path="))
+    {
         h.update(b"\0opt:");
         h.update(o.as_bytes());
     }
@@ -301,25 +330,7 @@ impl ModuleCache {
         Ok(m)
     }
 
-    /// The CUBIN from the disk cache, or compiled and stored there.
     fn cubin(&self, file: &KernelFile) -> Result<Vec<u8>, CudaError> {
-        let nv = nvrtc_version()?;
-        let key = cache_key(file, &self.arch, &[], &nv)?;
-        let dir = kiln_core::tune::cache_root().join("kernels");
-        let path = dir.join(format!("{key}.cubin"));
-        if let Ok(bytes) = std::fs::read(&path)
-            && !bytes.is_empty()
-        {
-            return Ok(bytes);
-        }
-        let c = compile(file, &self.arch, &[])?;
-        // A cache that cannot be written only costs a compile next time.
-        if std::fs::create_dir_all(&dir).is_ok() {
-            let tmp = dir.join(format!("{key}.cubin.tmp{}", std::process::id()));
-            if std::fs::write(&tmp, &c.cubin).is_ok() {
-                let _ = std::fs::rename(&tmp, &path);
-            }
-        }
-        Ok(c.cubin)
+        cached_cubin(file, &self.arch)
     }
 }

@@ -116,17 +116,13 @@ impl CudaBackend {
 
     fn tune_inner(&self, w: &CudaWeight, n: usize, k: usize) -> Result<TuneResult> {
         let m_max = *LADDER.last().unwrap_or(&1);
-        let x = self.alloc_mem(m_max * k * 4)?;
         let out = self.alloc_mem(m_max * n * 4)?;
         let flush = self.alloc_mem(FLUSH_BYTES)?;
         // Deterministic small activations (values do not change the timing, NaNs could).
         let xs: Vec<u8> = (0..m_max * k)
             .flat_map(|i| (((i % 97) as f32 - 48.0) * 1e-3).to_le_bytes())
             .collect();
-        let x = {
-            drop(x);
-            self.upload(&xs)?
-        };
+        let x = self.upload(&xs)?;
         let mut res = TuneResult {
             dtype: w.dtype,
             n,

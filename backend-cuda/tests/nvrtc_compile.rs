@@ -69,3 +69,32 @@ fn compile_errors_name_the_kernel_and_carry_the_log() {
     assert!(err.contains("broken.cu"), "{err}");
     assert!(err.contains("undefined_name"), "{err}");
 }
+
+/// Fill the disk cache (`KILN_CACHE_DIR`) with sm_90 CUBINs ahead of a GPU run:
+/// `cargo test --release -p kiln-cuda --test nvrtc_compile -- --ignored precompile`.
+#[test]
+#[ignore]
+fn precompile_sm90_into_cache() {
+    assert!(module_cache::nvrtc_available(), "NVRTC not found");
+    for k in ALL {
+        let c = module_cache::cached_cubin(&k, "sm_90").unwrap();
+        println!("{}: {} bytes", k.name, c.len());
+    }
+}
+
+#[test]
+fn cache_keys_change_with_arch_and_source() {
+    let a = module_cache::cache_key(&module_cache::NORM, "sm_90", &[], "13.0").unwrap();
+    let b = module_cache::cache_key(&module_cache::NORM, "sm_80", &[], "13.0").unwrap();
+    let c = module_cache::cache_key(&module_cache::ROPE, "sm_90", &[], "13.0").unwrap();
+    let d = module_cache::cache_key(&module_cache::NORM, "sm_90", &[("X", "1")], "13.0").unwrap();
+    let e = module_cache::cache_key(&module_cache::NORM, "sm_90", &[], "13.1").unwrap();
+    assert_eq!(
+        a,
+        module_cache::cache_key(&module_cache::NORM, "sm_90", &[], "13.0").unwrap()
+    );
+    for other in [&b, &c, &d, &e] {
+        assert_ne!(&a, other);
+    }
+    assert!(a.starts_with("norm-sm_90-"), "{a}");
+}

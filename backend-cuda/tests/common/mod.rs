@@ -1,0 +1,127 @@
+//! Shared helpers of the GPU tests: open cuda:0 or skip, random weights of every type, host
+//! round trips.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use half::{bf16, f16};
+use kiln_core::{Backend, BackendProvider, Buffer, DType, Probe, Shape, View};
+use kiln_cuda::{CudaBackend, CudaProvider};
+
+/// cuda:0, or `None` after printing why the test is skipped (a failure under KILN_REQUIRE=cuda).
+pub fn gpu() -> Option<Arc<CudaBackend>> {
+    match CudaProvider.probe() {
+        Probe::Found(_) => Some(CudaProvider.open_cuda(0).expect("cuda:0 opens")),
+        Probe::NotFound(why) => {
+            let req = std::env::var("KILN_REQUIRE").unwrap_or_default();
+            assert!(
+                !req.split(',').any(|s| s.trim() == "cuda"),
+                "KILN_REQUIRE=cuda but CUDA was not found: {why}"
+            );
+            println!("skipped: CUDA not found ({why})");
+            None
+        }
+    }
+}
+
+/// A small deterministic generator (SplitMix64).
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    pub fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+/// Offsets of the f16 scale fields inside a GGUF block (d first, then dmin / m if any).
+pub fn f16_fields(dt: DType) -> &'static [usize] {
+    use DType::*;
+    match dt {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL | IQ4_XS => &[0],
+        Q4_1 | Q5_1 | Q4_K | Q5_K => &[0, 2],
+        Q2_K => &[80, 82],
+        Q3_K => &[108],
+        Q6_K => &[208],
+        _ => &[],
+    }
+}
+
+/// Random bytes of `rows × k` elements of `dt`: every bit pattern of quants and sub-scales is
+/// valid; f16 scale fields are overwritten with small positive values (as in
+/// shared/testdata/quant "How the inputs were made"); float types get values in [-1, 1).
+pub fn random_weight(dt: DType, rows: usize, k: usize, seed: u64) -> Vec<u8> {
+    let mut r = Rng(seed);
+    let n = rows * k;
+    match dt {
+        DType::F32 => r.vec(n).iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F16 => r
+            .vec(n)
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect(),
+        DType::BF16 => r
+            .vec(n)
+            .iter()
+            .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+            .collect(),
+        _ => {
+            let bytes = dt.bytes_for(n).unwrap();
+            let mut out: Vec<u8> = (0..bytes).map(|_| r.next_u64() as u8).collect();
+            for blk in out.chunks_exact_mut(dt.block_bytes()) {
+                for (i, &off) in f16_fields(dt).iter().enumerate() {
+                    let scale = if dt.block_size() == 256 { 1e-3 } else { 2e-2 };
+                    let v = f16::from_f32(
+                        scale * (0.5 + 0.5 * r.f32().abs()) * if i == 0 { 1.0 } else { 0.5 },
+                    );
+                    blk[off..off + 2].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            out
+        }
+    }
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+pub fn upload(be: &dyn Backend, bytes: &[u8]) -> Buffer {
+    let b = be.alloc(bytes.len()).unwrap();
+    be.write(&b, 0, bytes).unwrap();
+    b
+}
+
+/// A buffer of `n` f32 filled with NaN (so unwritten outputs fail).
+pub fn poisoned(be: &dyn Backend, n: usize) -> Buffer {
+    upload(be, &f32_bytes(&vec![f32::NAN; n]))
+}
+
+pub fn read_f32(be: &dyn Backend, v: View<'_>) -> Vec<f32> {
+    let mut b = vec![0u8; v.bytes()];
+    be.read(v.buffer(), v.offset(), &mut b).unwrap();
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+pub fn view<'a>(b: &'a Buffer, dims: &[usize], dt: DType) -> View<'a> {
+    b.view(0, Shape::new(dims).unwrap(), dt).unwrap()
+}
+
+/// Σ(a−e)² / Σe².
+pub fn nmse(a: &[f32], e: &[f64]) -> f64 {
+    assert_eq!(a.len(), e.len());
+    let num: f64 = a.iter().zip(e).map(|(a, e)| (*a as f64 - e).powi(2)).sum();
+    let den: f64 = e.iter().map(|e| e * e).sum();
+    num / den.max(1e-300)
+}

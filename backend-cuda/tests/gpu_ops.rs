@@ -1,0 +1,535 @@
+//! GPU tests of kiln-cuda's own kernels (the conformance suite in tests/ is the full check):
+//! decoding against the gguf-py vectors of shared/testdata/quant (bit-exact), GEMV against their
+//! exactly rounded dot products, both matmul paths for all 15 weight types against f64 on the
+//! host, the elementwise ops, and graph capture. Each test prints "skipped" without a GPU.
+//! The vectors are read from env KILN_QUANT_DATA, else ../shared/testdata/quant.
+
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
+
+mod common;
+
+use common::*;
+use kiln_core::{Activation, Backend, DType, HostTensor, PagedKv, RopeParams, RopeStyle, Shape};
+use kiln_cuda::MatmulPath;
+
+fn quant_dir() -> std::path::PathBuf {
+    std::env::var_os("KILN_QUANT_DATA")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/quant")
+        })
+}
+
+fn read_f32_file(p: &std::path::Path) -> Vec<f32> {
+    std::fs::read(p)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+const VECTOR_TYPES: [DType; 14] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
+    DType::BF16,
+    DType::F16,
+];
+
+#[test]
+fn embed_decodes_gguf_vectors_bit_exactly_and_gemv_meets_their_bound() {
+    let Some(be) = gpu() else { return };
+    let dir = quant_dir();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    let mut failures = Vec::new();
+    for dt in VECTOR_TYPES {
+        let name = dt.name();
+        let entry = manifest["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == name)
+            .unwrap();
+        let bin = std::fs::read(dir.join(format!("{name}.bin"))).unwrap();
+        let want = read_f32_file(&dir.join(format!("{name}.f32")));
+        let w = be
+            .prepare_weight(&HostTensor::new(dt, Shape::d2(8, 512), &bin).unwrap())
+            .unwrap();
+        // Decode: embed every row with scale 1.
+        let ids = upload(
+            &*be,
+            &kiln_core::convert::i32_bytes(&(0..8).collect::<Vec<i32>>()),
+        );
+        let out = poisoned(&*be, 8 * 512);
+        be.embed(
+            view(&ids, &[8], DType::I32),
+            &w,
+            1.0,
+            out.view_mut(0, Shape::d2(8, 512), DType::F32).unwrap(),
+        )
+        .unwrap();
+        let got = read_f32(&*be, view(&out, &[8, 512], DType::F32));
+        let bad = got.iter().zip(&want).filter(|(g, w)| g != w).count();
+        if bad > 0 {
+            failures.push(format!("{name}: {bad} of 4096 decoded values differ"));
+        }
+        // GEMV, both paths, against the exactly rounded y.
+        let x = read_f32_file(&dir.join(format!("{name}.gemv_x.f32")));
+        let y_ref: Vec<f64> = entry["gemv_y_f64"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let abs_dot: Vec<f64> = entry["gemv_row_abs_dot"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let xb = upload(&*be, &f32_bytes(&x));
+        for path in [MatmulPath::Fused, MatmulPath::Dense] {
+            let yb = poisoned(&*be, 8);
+            be.matmul_with(
+                view(&xb, &[1, 512], DType::F32),
+                &w,
+                yb.view_mut(0, Shape::d2(1, 8), DType::F32).unwrap(),
+                path,
+            )
+            .unwrap();
+            let y = read_f32(&*be, view(&yb, &[1, 8], DType::F32));
+            for r in 0..8 {
+                // Fused: f32 activations (README bound). Dense: bf16 activations and weights.
+                let tol = match path {
+                    MatmulPath::Dense => 8e-3 * abs_dot[r],
+                    _ => 1e-4 * y_ref[r].abs() + 1e-6 * abs_dot[r],
+                };
+                if ((y[r] as f64) - y_ref[r]).abs() > tol || y[r].is_nan() {
+                    failures.push(format!(
+                        "{name} {path:?} row {r}: {} vs {} (tol {tol:e})",
+                        y[r], y_ref[r]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn matmul_all_types_both_paths_match_f64() {
+    let Some(be) = gpu() else { return };
+    let (n, k) = (96, 4096);
+    let mut failures = Vec::new();
+    for (ti, dt) in DType::WEIGHT_TYPES.into_iter().enumerate() {
+        let wbytes = random_weight(dt, n, k, 100 + ti as u64);
+        let wdeq = kiln_core::quant::dequantize_vec(dt, &wbytes).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &wbytes).unwrap())
+            .unwrap();
+        for m in [1usize, 2, 3, 8, 17] {
+            let x = Rng(7 + m as u64).vec(m * k);
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    (0..k)
+                        .map(|j| x[r * k + j] as f64 * wdeq[c * k + j] as f64)
+                        .sum()
+                })
+                .collect();
+            let xb = upload(&*be, &f32_bytes(&x));
+            for path in [MatmulPath::Fused, MatmulPath::Dense, MatmulPath::Auto] {
+                let yb = poisoned(&*be, m * n);
+                be.matmul_with(
+                    view(&xb, &[m, k], DType::F32),
+                    &w,
+                    yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                    path,
+                )
+                .unwrap();
+                let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
+                let e = nmse(&y, &want);
+                let bound = match (path, dt) {
+                    (MatmulPath::Fused, _) | (_, DType::F32) => 1e-9,
+                    (_, DType::F16) => 1e-5,
+                    _ => 1e-4, // bf16 rounding of x (and of f16/quant weights)
+                };
+                if e.is_nan() || e > bound {
+                    failures.push(format!("{dt} m={m} {path:?}: nmse {e:e} > {bound:e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn float_weights_with_odd_k_and_unaligned_x_use_the_generic_kernel() {
+    let Some(be) = gpu() else { return };
+    let (m, n, k) = (3, 5, 100);
+    let w = Rng(1).vec(n * k);
+    let x = Rng(2).vec(m * k + 1);
+    let wt = be
+        .prepare_weight(&HostTensor::new(DType::F32, Shape::d2(n, k), &f32_bytes(&w)).unwrap())
+        .unwrap();
+    let xb = upload(&*be, &f32_bytes(&x));
+    let yb = poisoned(&*be, m * n);
+    // x starts one element in: 4-byte aligned only.
+    let xv = xb.view(4, Shape::d2(m, k), DType::F32).unwrap();
+    be.matmul(
+        xv,
+        &wt,
+        yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
+    let want: Vec<f64> = (0..m * n)
+        .map(|i| {
+            (0..k)
+                .map(|j| x[1 + (i / n) * k + j] as f64 * w[(i % n) * k + j] as f64)
+                .sum()
+        })
+        .collect();
+    assert!(nmse(&y, &want) < 1e-10, "{:e}", nmse(&y, &want));
+}
+
+#[test]
+fn elementwise_ops_match_host() {
+    let Some(be) = gpu() else { return };
+    let be: &dyn Backend = &*be;
+    let (rows, dim) = (5, 1000);
+    let x = Rng(3).vec(rows * dim);
+    let g = Rng(4)
+        .vec(rows * dim)
+        .iter()
+        .map(|v| v * 6.0)
+        .collect::<Vec<_>>();
+    let xb = upload(be, &f32_bytes(&x));
+    let gb = upload(be, &f32_bytes(&g));
+    let close = |a: &[f32], e: &[f64], what: &str| {
+        for (i, (a, e)) in a.iter().zip(e).enumerate() {
+            assert!(
+                (*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+                "{what}[{i}]: {a} vs {e}"
+            );
+        }
+    };
+    // rms_norm
+    let w: Vec<f32> = Rng(5).vec(dim);
+    let wb = upload(be, &f32_bytes(&w));
+    let out = poisoned(be, rows * dim);
+    be.rms_norm(
+        view(&xb, &[rows, dim], DType::F32),
+        view(&wb, &[dim], DType::F32),
+        1e-6,
+        out.view_mut(0, Shape::d2(rows, dim), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let mut e = vec![0f64; rows * dim];
+    for r in 0..rows {
+        let ms: f64 = x[r * dim..(r + 1) * dim]
+            .iter()
+            .map(|v| (*v as f64).powi(2))
+            .sum::<f64>()
+            / dim as f64;
+        for j in 0..dim {
+            e[r * dim + j] = x[r * dim + j] as f64 / (ms + 1e-6).sqrt() * w[j] as f64;
+        }
+    }
+    close(
+        &read_f32(be, view(&out, &[rows, dim], DType::F32)),
+        &e,
+        "rms_norm",
+    );
+    // glu, both activations
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        be.glu(
+            view(&gb, &[rows, dim], DType::F32),
+            view(&xb, &[rows, dim], DType::F32),
+            act,
+            out.view_mut(0, Shape::d2(rows, dim), DType::F32).unwrap(),
+        )
+        .unwrap();
+        let e: Vec<f64> = g
+            .iter()
+            .zip(&x)
+            .map(|(g, u)| {
+                let g = *g as f64;
+                let a = match act {
+                    Activation::Silu => g / (1.0 + (-g).exp()),
+                    Activation::GeluTanh => {
+                        0.5 * g
+                            * (1.0
+                                + ((2.0 / std::f64::consts::PI).sqrt()
+                                    * (g + 0.044715 * g * g * g))
+                                    .tanh())
+                    }
+                };
+                a * *u as f64
+            })
+            .collect();
+        close(
+            &read_f32(be, view(&out, &[rows, dim], DType::F32)),
+            &e,
+            &format!("glu {act:?}"),
+        );
+    }
+    // add, add_bias
+    be.add(
+        view(&xb, &[rows, dim], DType::F32),
+        view(&gb, &[rows, dim], DType::F32),
+        out.view_mut(0, Shape::d2(rows, dim), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let e: Vec<f64> = x.iter().zip(&g).map(|(a, b)| (*a + *b) as f64).collect();
+    close(
+        &read_f32(be, view(&out, &[rows, dim], DType::F32)),
+        &e,
+        "add",
+    );
+    be.add_bias(
+        view(&xb, &[rows, dim], DType::F32),
+        view(&wb, &[dim], DType::F32),
+        out.view_mut(0, Shape::d2(rows, dim), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let e: Vec<f64> = (0..rows * dim)
+        .map(|i| (x[i] + w[i % dim]) as f64)
+        .collect();
+    close(
+        &read_f32(be, view(&out, &[rows, dim], DType::F32)),
+        &e,
+        "add_bias",
+    );
+    // gather rows 4, 0, 4
+    let ids = upload(be, &kiln_core::convert::i32_bytes(&[4, 0, 4]));
+    let gout = poisoned(be, 3 * dim);
+    be.gather(
+        view(&xb, &[rows, dim], DType::F32),
+        view(&ids, &[3], DType::I32),
+        gout.view_mut(0, Shape::d2(3, dim), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let e: Vec<f64> = [4, 0, 4]
+        .iter()
+        .flat_map(|r| x[r * dim..(r + 1) * dim].iter().map(|v| *v as f64))
+        .collect();
+    close(
+        &read_f32(be, view(&gout, &[3, dim], DType::F32)),
+        &e,
+        "gather",
+    );
+    // copy f32 → bf16 → f32 equals host bf16 rounding
+    let mid = be.alloc(rows * dim * 2).unwrap();
+    be.copy(
+        view(&xb, &[rows * dim], DType::F32),
+        mid.view_mut(0, Shape::d1(rows * dim), DType::BF16).unwrap(),
+    )
+    .unwrap();
+    be.copy(
+        view(&mid, &[rows * dim], DType::BF16),
+        out.view_mut(0, Shape::d1(rows * dim), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let got = read_f32(be, view(&out, &[rows * dim], DType::F32));
+    for (a, v) in got.iter().zip(&x) {
+        assert_eq!(*a, half::bf16::from_f32(*v).to_f32());
+    }
+}
+
+#[test]
+fn rope_both_styles_match_host() {
+    let Some(be) = gpu() else { return };
+    let be: &dyn Backend = &*be;
+    let (nt, nh, hd, n_rot) = (4, 3, 128, 64);
+    let pos = [0i32, 1, 4095, 131071];
+    let inv: Vec<f32> = kiln_core::RopeFreqs {
+        base: 500000.0,
+        scaling: kiln_core::RopeScaling::None,
+    }
+    .inv_freq(n_rot)
+    .unwrap();
+    let x = Rng(9).vec(nt * nh * hd);
+    let pb = upload(be, &kiln_core::convert::i32_bytes(&pos));
+    let fb = upload(be, &f32_bytes(&inv));
+    for style in [RopeStyle::Neox, RopeStyle::Interleaved] {
+        let xb = upload(be, &f32_bytes(&x));
+        be.rope(
+            xb.view_mut(0, Shape::d3(nt, nh, hd), DType::F32).unwrap(),
+            view(&pb, &[nt], DType::I32),
+            view(&fb, &[n_rot / 2], DType::F32),
+            &RopeParams { style, n_rot },
+        )
+        .unwrap();
+        let got = read_f32(be, view(&xb, &[nt * nh * hd], DType::F32));
+        let mut e: Vec<f64> = x.iter().map(|v| *v as f64).collect();
+        for t in 0..nt {
+            for h in 0..nh {
+                let base = (t * nh + h) * hd;
+                for i in 0..n_rot / 2 {
+                    let (a, b) = match style {
+                        RopeStyle::Neox => (i, i + n_rot / 2),
+                        RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let ang = pos[t] as f64 * inv[i] as f64;
+                    let (x0, x1) = (x[base + a] as f64, x[base + b] as f64);
+                    e[base + a] = x0 * ang.cos() - x1 * ang.sin();
+                    e[base + b] = x0 * ang.sin() + x1 * ang.cos();
+                }
+            }
+        }
+        for (i, (a, e)) in got.iter().zip(&e).enumerate() {
+            assert!(
+                (*a as f64 - e).abs() <= 1e-5 + 1e-5 * e.abs(),
+                "rope {style:?}[{i}]: {a} vs {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn kv_append_writes_slots_and_skips_negative() {
+    let Some(be) = gpu() else { return };
+    let be: &dyn Backend = &*be;
+    let (blocks, nkv, bs, hd) = (4, 2, 16, 64);
+    let n_tok = 3;
+    let k = Rng(11).vec(n_tok * nkv * hd);
+    let v = Rng(12).vec(n_tok * nkv * hd);
+    for kv_dt in [DType::F32, DType::F16, DType::BF16] {
+        let cache_elems = blocks * nkv * bs * hd;
+        let esz = kv_dt.block_bytes();
+        let zeros = vec![0u8; cache_elems * esz];
+        let kc = upload(be, &zeros);
+        let vc = upload(be, &zeros);
+        let kb = upload(be, &f32_bytes(&k));
+        let vb = upload(be, &f32_bytes(&v));
+        let slots = upload(be, &kiln_core::convert::i32_bytes(&[17, -1, 63]));
+        let shape = Shape::d4(blocks, nkv, bs, hd);
+        let kv = PagedKv::new(
+            kc.view_mut(0, shape, kv_dt).unwrap(),
+            vc.view_mut(0, shape, kv_dt).unwrap(),
+        )
+        .unwrap();
+        be.kv_append(
+            view(&kb, &[n_tok, nkv, hd], DType::F32),
+            view(&vb, &[n_tok, nkv, hd], DType::F32),
+            &kv,
+            view(&slots, &[n_tok], DType::I32),
+        )
+        .unwrap();
+        let mut raw = vec![0u8; cache_elems * esz];
+        be.read(&kc, 0, &mut raw).unwrap();
+        let got = kiln_core::convert::to_f32(kv_dt, &raw).unwrap();
+        let round = |x: f32| {
+            kiln_core::convert::to_f32(kv_dt, &kiln_core::convert::from_f32(kv_dt, &[x]).unwrap())
+                .unwrap()[0]
+        };
+        let mut want = vec![0f32; cache_elems];
+        for (t, slot) in [(0usize, 17usize), (2, 63)] {
+            let (blk, row) = (slot / bs, slot % bs);
+            for h in 0..nkv {
+                for d in 0..hd {
+                    want[((blk * nkv + h) * bs + row) * hd + d] = round(k[(t * nkv + h) * hd + d]);
+                }
+            }
+        }
+        assert_eq!(got, want, "{kv_dt}");
+    }
+}
+
+#[test]
+fn graph_capture_replays_on_new_inputs() {
+    let Some(be) = gpu() else { return };
+    let (n, k) = (64, 512);
+    let wbytes = random_weight(DType::Q4_K, n, k, 3);
+    let w = be
+        .prepare_weight(&HostTensor::new(DType::Q4_K, Shape::d2(n, k), &wbytes).unwrap())
+        .unwrap();
+    let xb = upload(&*be, &f32_bytes(&Rng(1).vec(k)));
+    let yb = poisoned(&*be, n);
+    let y2 = poisoned(&*be, n);
+    // First eager call tunes the shape, so capture records only kernels.
+    be.matmul(
+        view(&xb, &[1, k], DType::F32),
+        &w,
+        yb.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+    )
+    .unwrap();
+    let g = be
+        .capture(&mut || {
+            be.matmul(
+                view(&xb, &[1, k], DType::F32),
+                &w,
+                yb.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+            )?;
+            be.add(
+                view(&yb, &[n], DType::F32),
+                view(&yb, &[n], DType::F32).narrow(0, n).unwrap(),
+                y2.view_mut(0, Shape::d1(n), DType::F32).unwrap(),
+            )
+        })
+        .unwrap()
+        .expect("CUDA captures graphs");
+    let x2 = Rng(2).vec(k);
+    be.write(&xb, 0, &f32_bytes(&x2)).unwrap();
+    g.replay().unwrap();
+    let got = read_f32(&*be, view(&y2, &[n], DType::F32));
+    let wdeq = kiln_core::quant::dequantize_vec(DType::Q4_K, &wbytes).unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|c| {
+            2.0 * (0..k)
+                .map(|j| x2[j] as f64 * wdeq[c * k + j] as f64)
+                .sum::<f64>()
+        })
+        .collect();
+    assert!(nmse(&got, &want) < 1e-10, "{:e}", nmse(&got, &want));
+}
+
+#[test]
+fn errors_not_panics_on_bad_arguments() {
+    let Some(be) = gpu() else { return };
+    let xb = upload(&*be, &f32_bytes(&[0.0; 64]));
+    let ob = poisoned(&*be, 64);
+    // Mismatched lengths.
+    assert!(
+        be.add(
+            view(&xb, &[64], DType::F32),
+            view(&xb, &[32], DType::F32),
+            ob.view_mut(0, Shape::d1(64), DType::F32).unwrap()
+        )
+        .is_err()
+    );
+    // Wrong dtype.
+    assert!(
+        be.rms_norm(
+            view(&xb, &[2, 32], DType::I32),
+            view(&xb, &[32], DType::F32),
+            1e-5,
+            ob.view_mut(0, Shape::d2(2, 32), DType::F32).unwrap()
+        )
+        .is_err()
+    );
+    // A weight with rows that are not whole blocks.
+    assert!(
+        be.prepare_weight(&HostTensor::new(DType::Q4_K, Shape::d2(1, 256), &[0u8; 144]).unwrap())
+            .is_ok()
+    );
+    assert!(
+        HostTensor::new(DType::Q4_K, Shape::d2(2, 128), &[0u8; 144]).is_err()
+            || be
+                .prepare_weight(
+                    &HostTensor::new(DType::Q4_K, Shape::d2(2, 128), &[0u8; 144]).unwrap()
+                )
+                .is_err()
+    );
+}

@@ -1,0 +1,83 @@
+//! GEMV (m = 1) for every weight type at n×k = 4096×4096, 14336×4096, 4096×14336: GB/s of
+//! weight + activation bytes and the fraction of the measured copy bandwidth.
+//! `gemv --backend cuda|wgpu|reference [--quick] [--types q4_k,bf16] [--json FILE]`
+
+use kiln_benches::{
+    Args, Report, Row, copy_bandwidth, open, random_weight, rotation_copies, run_main, time_calls,
+};
+use kiln_core::{DType, HostTensor, Result, Shape};
+
+const SHAPES: [(usize, usize); 3] = [(4096, 4096), (14336, 4096), (4096, 14336)];
+
+fn main() {
+    run_main(|| {
+        let args = Args::parse()?;
+        let be = open(&args)?;
+        let mut rep = Report::new(&*be, &args);
+        let copy = copy_bandwidth(&*be, if args.quick { 64 } else { 256 })?;
+        rep.header("GEMV m=1");
+        rep.push(Row {
+            bench: "copy".into(),
+            case: "d2d f32 copy (ceiling)".into(),
+            us: 0.0,
+            gbs: Some(copy / 1e9),
+            tflops: None,
+            pct: Some(100.0),
+            note: "read+write bytes".into(),
+        })?;
+        let types = args.types_or(&DType::WEIGHT_TYPES);
+        let shapes: &[(usize, usize)] = if args.quick { &SHAPES[..1] } else { &SHAPES };
+        for dt in types {
+            if !be.supports(kiln_core::OpKind::Matmul, dt) {
+                println!("{dt}: not supported on {}", be.info().id);
+                continue;
+            }
+            for &(n, k) in shapes {
+                bench_one(&*be, &args, &mut rep, dt, n, k, copy)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn bench_one(
+    be: &dyn kiln_core::Backend,
+    args: &Args,
+    rep: &mut Report,
+    dt: DType,
+    n: usize,
+    k: usize,
+    copy: f64,
+) -> Result<()> {
+    let host = random_weight(dt, n, k, (n * 31 + k) as u64);
+    let wbytes = host.len();
+    let copies = rotation_copies(wbytes, args.rotate_bytes);
+    let t = HostTensor::new(dt, Shape::d2(n, k), &host)?;
+    let weights = (0..copies)
+        .map(|_| be.prepare_weight(&t))
+        .collect::<Result<Vec<_>>>()?;
+    drop(host);
+    let x = be.alloc(k * 4)?;
+    be.write(&x, 0, &vec![0u8; k * 4])?;
+    let y = be.alloc(n * 4)?;
+    let xv = x.view(0, Shape::d2(1, k), DType::F32)?;
+    let yv = y.view_mut(0, Shape::d2(1, n), DType::F32)?;
+    let calls = copies.max(if args.quick { 8 } else { 32 });
+    let secs = time_calls(be, calls, if args.quick { 3 } else { 7 }, &mut |i| {
+        be.matmul(xv, &weights[i % copies], yv)
+    })?;
+    let bytes = (wbytes + 4 * k + 4 * n) as f64;
+    let gbs = bytes / secs;
+    rep.push(Row {
+        bench: "gemv".into(),
+        case: format!("{} {n}x{k}", dt.name()),
+        us: secs * 1e6,
+        gbs: Some(gbs / 1e9),
+        tflops: Some(2.0 * (n * k) as f64 / secs / 1e12),
+        pct: Some(100.0 * gbs / copy),
+        note: format!(
+            "{:.1} MB weight, {copies} copies rotated",
+            wbytes as f64 / 1e6
+        ),
+    })
+}
