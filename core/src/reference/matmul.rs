@@ -2,8 +2,10 @@
 //!
 //! Structure: the n weight rows are split into tasks of `rows_per_task` rows; a task
 //! dequantizes its rows once (`quant::dequantize`, whole blocks) into a thread-local f32 buffer
-//! and dots them with every x row, four weight rows at a time so each x load feeds four dots.
-//! A dot product keeps 8 independent f32 lanes over chunks of 64 elements (the compiler turns
+//! and dots them with every x row, in tiles of 2 x rows × 4 weight rows (8 independent
+//! accumulator vectors; each load feeds several dots). The tile loop is compiled twice, for the
+//! baseline target and with AVX, picked at run time; both give the same bits (no FMA, the same
+//! lanes). A dot product keeps 8 independent f32 lanes over chunks of 64 elements (the compiler turns
 //! them into SIMD) and folds each chunk's lanes into f64 lanes, summed at the end; so each
 //! output is accumulated in f32 over at most 8 products and in f64 beyond that, in an order
 //! fixed by k alone: results do not depend on the thread count.
@@ -29,45 +31,192 @@ const GROUP: usize = 4;
 /// Target size of a task's dequantized rows (they should stay in L2 while x streams by).
 const TASK_BYTES: usize = 256 * 1024;
 
-/// Σ x[i]·w[i] for several rows `w` of the same length as `x`, accumulated as described in the
-/// module docs.
+/// Σ x_i[l]·w_r[l] for a tile of M x rows and R weight rows (all of one length), accumulated
+/// as described in the module docs. The arithmetic of each (i, r) pair does not depend on M, R
+/// or the SIMD width, so every tiling and both instruction sets give the same bits.
 #[inline(always)]
-fn dot_rows<const R: usize>(x: &[f32], w: [&[f32]; R]) -> [f64; R] {
-    let k = x.len();
+fn dot_tile<const M: usize, const R: usize>(x: [&[f32]; M], w: [&[f32]; R]) -> [[f64; R]; M] {
+    let k = x[0].len();
     let full = k / CHUNK * CHUNK;
-    let mut acc64 = [[0f64; LANES]; R];
-    let (xc, _) = x[..full].as_chunks::<CHUNK>();
-    for (c, xb) in xc.iter().enumerate() {
-        let mut acc = [[0f32; LANES]; R];
-        let wb: [&[f32]; R] = std::array::from_fn(|r| &w[r][c * CHUNK..(c + 1) * CHUNK]);
-        let (xl, _) = xb.as_chunks::<LANES>();
-        for (j, xv) in xl.iter().enumerate() {
-            for r in 0..R {
-                let wv = &wb[r][j * LANES..(j + 1) * LANES];
-                for l in 0..LANES {
-                    acc[r][l] += xv[l] * wv[l];
+    let mut acc64 = [[[0f64; LANES]; R]; M];
+    for c in (0..full).step_by(CHUNK) {
+        let mut acc = [[[0f32; LANES]; R]; M];
+        let xb: [&[f32]; M] = std::array::from_fn(|i| &x[i][c..c + CHUNK]);
+        let wb: [&[f32]; R] = std::array::from_fn(|r| &w[r][c..c + CHUNK]);
+        for j in (0..CHUNK).step_by(LANES) {
+            for i in 0..M {
+                let xv = &xb[i][j..j + LANES];
+                for r in 0..R {
+                    let wv = &wb[r][j..j + LANES];
+                    for l in 0..LANES {
+                        acc[i][r][l] += xv[l] * wv[l];
+                    }
                 }
             }
         }
-        for r in 0..R {
-            for l in 0..LANES {
-                acc64[r][l] += acc[r][l] as f64;
+        for i in 0..M {
+            for r in 0..R {
+                for l in 0..LANES {
+                    acc64[i][r][l] += acc[i][r][l] as f64;
+                }
             }
         }
     }
-    std::array::from_fn(|r| {
-        let mut s: f64 = acc64[r].iter().sum();
-        for i in full..k {
-            s += x[i] as f64 * w[r][i] as f64;
-        }
-        s
+    std::array::from_fn(|i| {
+        std::array::from_fn(|r| {
+            let mut s: f64 = acc64[i][r].iter().sum();
+            for l in full..k {
+                s += x[i][l] as f64 * w[r][l] as f64;
+            }
+            s
+        })
     })
 }
 
 /// Σ a[i]·b[i] (same length), f32 lanes folded into f64 as in `matmul`.
 pub(super) fn dot(a: &[f32], b: &[f32]) -> f64 {
-    let [s] = dot_rows::<1>(a, [b]);
+    let [[s]] = dot_tile::<1, 1>([a], [b]);
     s
+}
+
+/// yᵀ block: `yt[r·m + i]` = x_i · w_r for x `[m, k]` and dequantized rows w `[rows, k]`,
+/// in tiles of 2 x rows × `GROUP` weight rows (8 independent accumulator vectors).
+fn dots_body(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
+    dots_with(x, k, w, yt, dot_tile::<2, GROUP>, dot_tile::<1, GROUP>, dot)
+}
+
+/// The tiling of `dots_body` over given tile functions (portable or AVX).
+#[inline(always)]
+fn dots_with(
+    x: &[f32],
+    k: usize,
+    w: &[f32],
+    yt: &mut [f32],
+    tile2: impl Fn([&[f32]; 2], [&[f32]; GROUP]) -> [[f64; GROUP]; 2],
+    tile1: impl Fn([&[f32]; 1], [&[f32]; GROUP]) -> [[f64; GROUP]; 1],
+    dot1: impl Fn(&[f32], &[f32]) -> f64,
+) {
+    let rows = w.len() / k;
+    let m = x.len() / k;
+    let xr = |i: usize| &x[i * k..(i + 1) * k];
+    let wr = |r: usize| &w[r * k..(r + 1) * k];
+    let full = rows / GROUP * GROUP;
+    for g in (0..full).step_by(GROUP) {
+        let wg: [&[f32]; GROUP] = std::array::from_fn(|r| wr(g + r));
+        let mut i = 0;
+        while i + 2 <= m {
+            let s = tile2([xr(i), xr(i + 1)], wg);
+            for r in 0..GROUP {
+                yt[(g + r) * m + i] = s[0][r] as f32;
+                yt[(g + r) * m + i + 1] = s[1][r] as f32;
+            }
+            i += 2;
+        }
+        if i < m {
+            let [s] = tile1([xr(i)], wg);
+            for r in 0..GROUP {
+                yt[(g + r) * m + i] = s[r] as f32;
+            }
+        }
+    }
+    for r in full..rows {
+        for i in 0..m {
+            yt[r * m + i] = dot1(xr(i), wr(r)) as f32;
+        }
+    }
+}
+
+/// The AVX version of `dot_tile` with explicit 256-bit vectors (LLVM does not reliably widen
+/// the portable loop): the same per-lane mul, add, f64 fold and final sum, so the same bits.
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    use super::{CHUNK, LANES};
+
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn load(a: &[f32; LANES]) -> __m256 {
+        // SAFETY: `a` is a valid reference to 8 f32, exactly what the unaligned load reads.
+        unsafe { _mm256_loadu_ps(a.as_ptr()) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx")]
+    pub(super) fn tile<const M: usize, const R: usize>(
+        x: [&[f32]; M],
+        w: [&[f32]; R],
+    ) -> [[f64; R]; M] {
+        let k = x[0].len();
+        let full = k / CHUNK * CHUNK;
+        // x rows and w rows as [f32; 8] lanes; all have length k (the caller's rows).
+        let xl: [&[[f32; LANES]]; M] = std::array::from_fn(|i| x[i][..full].as_chunks().0);
+        let wl: [&[[f32; LANES]]; R] = std::array::from_fn(|r| w[r][..full].as_chunks().0);
+        // acc64[i][r]: f64 lanes 0..4 and 4..8.
+        let mut acc64 = [[[_mm256_setzero_pd(); 2]; R]; M];
+        for c in (0..full / LANES).step_by(CHUNK / LANES) {
+            let mut acc = [[_mm256_setzero_ps(); R]; M];
+            for j in c..c + CHUNK / LANES {
+                let xv: [__m256; M] = std::array::from_fn(|i| load(&xl[i][j]));
+                for r in 0..R {
+                    let wv = load(&wl[r][j]);
+                    for i in 0..M {
+                        acc[i][r] = _mm256_add_ps(acc[i][r], _mm256_mul_ps(xv[i], wv));
+                    }
+                }
+            }
+            for i in 0..M {
+                for r in 0..R {
+                    let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(acc[i][r]));
+                    let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(acc[i][r]));
+                    acc64[i][r][0] = _mm256_add_pd(acc64[i][r][0], lo);
+                    acc64[i][r][1] = _mm256_add_pd(acc64[i][r][1], hi);
+                }
+            }
+        }
+        std::array::from_fn(|i| {
+            std::array::from_fn(|r| {
+                let mut lanes = [0f64; LANES];
+                let (lo, hi) = lanes.split_at_mut(4);
+                // SAFETY: each half of `lanes` holds 4 f64, what the unaligned store writes.
+                unsafe {
+                    _mm256_storeu_pd(lo.as_mut_ptr(), acc64[i][r][0]);
+                    _mm256_storeu_pd(hi.as_mut_ptr(), acc64[i][r][1]);
+                }
+                let mut s: f64 = lanes.iter().sum();
+                for l in full..k {
+                    s += x[i][l] as f64 * w[r][l] as f64;
+                }
+                s
+            })
+        })
+    }
+}
+
+/// `dots_body` with the AVX tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+fn dots_avx(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
+    dots_with(
+        x,
+        k,
+        w,
+        yt,
+        |a, b| avx::tile::<2, GROUP>(a, b),
+        |a, b| avx::tile::<1, GROUP>(a, b),
+        |a, b| avx::tile::<1, 1>([a], [b])[0][0],
+    )
+}
+
+/// `dots_body` with the widest instruction set the CPU has.
+fn dots(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: `dots_avx` only requires AVX, which the CPU was just found to support.
+        unsafe { dots_avx(x, k, w, yt) };
+        return;
+    }
+    dots_body(x, k, w, yt)
 }
 
 /// Weight rows per task: about `TASK_BYTES` of dequantized f32, 4..=64 rows, a multiple of
@@ -77,8 +226,8 @@ fn rows_per_task(k: usize) -> usize {
     r.clamp(GROUP, 64) / GROUP * GROUP
 }
 
-/// One task: dequantize `wc` (rows of `row_bytes`) into `buf`, then `yt[r·m + i]` =
-/// x_i · w_r. `yt` is this task's block of yᵀ: `[rows, m]`.
+/// One task: dequantize `wc` (rows of `row_bytes`) into `buf` `[rows, k]`, then
+/// `yt[r·m + i]` = x_i · w_r. `yt` is this task's block of yᵀ: `[rows, m]`.
 fn task(
     x: &[f32],
     k: usize,
@@ -89,27 +238,11 @@ fn task(
     yt: &mut [f32],
 ) -> Result<()> {
     let rows = wc.len() / row_bytes;
-    let m = yt.len() / rows.max(1);
     buf.resize(rows * k, 0.0);
     for (src, dst) in wc.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
         quant::dequantize(dtype, src, dst)?;
     }
-    let full = rows / GROUP * GROUP;
-    for g in (0..full).step_by(GROUP) {
-        let w: [&[f32]; GROUP] = std::array::from_fn(|r| &buf[(g + r) * k..(g + r + 1) * k]);
-        for i in 0..m {
-            let s = dot_rows::<GROUP>(&x[i * k..(i + 1) * k], w);
-            for r in 0..GROUP {
-                yt[(g + r) * m + i] = s[r] as f32;
-            }
-        }
-    }
-    for r in full..rows {
-        let w = &buf[r * k..(r + 1) * k];
-        for i in 0..m {
-            yt[r * m + i] = dot(&x[i * k..(i + 1) * k], w) as f32;
-        }
-    }
+    dots(x, k, buf, yt);
     Ok(())
 }
 
@@ -286,6 +419,18 @@ mod tests {
     }
 
     #[test]
+    fn avx_and_plain_paths_agree_bit_for_bit() {
+        let (m, k, rows) = (5, 333, 9);
+        let x = vals(m * k, 6);
+        let w = vals(rows * k, 7);
+        let mut plain = vec![0f32; rows * m];
+        dots_body(&x, k, &w, &mut plain);
+        let mut best = vec![0f32; rows * m];
+        dots(&x, k, &w, &mut best);
+        assert_eq!(plain, best);
+    }
+
+    #[test]
     fn deterministic_across_thread_counts() {
         let (m, k, n) = (3, 300, 50);
         let x = vals(m * k, 4);
@@ -301,5 +446,108 @@ mod tests {
             y
         };
         assert_eq!(run(1), run(3));
+    }
+}
+
+/// Checks against independent data and the timing run (`--ignored`).
+#[cfg(test)]
+mod data_tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::convert::{from_f32, to_f32};
+    use crate::shape::Shape;
+    use crate::tensor::HostTensor;
+
+    fn read(name: &str) -> Vec<u8> {
+        // gguf-py test vectors (shared/testdata/quant, copied into core/tests/data/quant).
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/quant");
+        std::fs::read(p.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// W `[8, 512]` of every weight type times gguf-py's x, through the Backend API, against
+    /// the exactly rounded y; tolerance from the data's README (1e-4·|y| + 1e-6·Σ|W·x|).
+    #[test]
+    fn matmul_matches_gguf_py_gemv_for_every_weight_type() {
+        let b = ReferenceBackend::new(0);
+        // The data covers the 14 non-F32 types (F32 is checked in `tests`).
+        for dt in DType::WEIGHT_TYPES.into_iter().filter(|d| *d != DType::F32) {
+            let n = dt.name();
+            let wbytes = read(&format!("{n}.bin"));
+            let wf = to_f32(DType::F32, &read(&format!("{n}.f32"))).unwrap();
+            let x = to_f32(DType::F32, &read(&format!("{n}.gemv_x.f32"))).unwrap();
+            let y_ref = to_f32(DType::F32, &read(&format!("{n}.gemv_y.f32"))).unwrap();
+            let ht = HostTensor::new(dt, Shape::d2(8, 512), &wbytes).unwrap();
+            let w = b.prepare_weight(&ht).unwrap();
+            // m = 2: the same x twice, so both output rows must equal y_ref.
+            let xb = b.alloc(2 * 512 * 4).unwrap();
+            let xx: Vec<f32> = x.iter().chain(&x).copied().collect();
+            b.write(&xb, 0, &from_f32(DType::F32, &xx).unwrap())
+                .unwrap();
+            let ob = b.alloc(16 * 4).unwrap();
+            b.matmul(
+                xb.view(0, Shape::d2(2, 512), DType::F32).unwrap(),
+                &w,
+                ob.view_mut(0, Shape::d2(2, 8), DType::F32).unwrap(),
+            )
+            .unwrap_or_else(|e| panic!("{n}: {e}"));
+            let mut raw = vec![0u8; 64];
+            b.read(&ob, 0, &mut raw).unwrap();
+            let y = to_f32(DType::F32, &raw).unwrap();
+            for r in 0..16 {
+                let row = r % 8;
+                let abs_dot: f64 = (0..512)
+                    .map(|j| (wf[row * 512 + j] as f64 * x[j] as f64).abs())
+                    .sum();
+                let (a, e) = (y[r] as f64, y_ref[row] as f64);
+                let tol = 1e-4 * e.abs() + 1e-6 * abs_dot;
+                assert!(
+                    (a - e).abs() <= tol,
+                    "{n} row {row}: {a} vs {e} (tol {tol})"
+                );
+            }
+        }
+    }
+
+    /// GFLOP/s of `gemm` at n = k = 4096, m = 1 and 64. Run with
+    /// `cargo test -p kiln-core --lib matmul_gflops -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn matmul_gflops() {
+        let (n, k) = (4096usize, 4096usize);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+            })
+            .collect();
+        println!(
+            "reference matmul, {} rayon threads",
+            rayon::current_num_threads()
+        );
+        for dt in [DType::F32, DType::Q8_0, DType::Q4_K] {
+            let mut wb = vec![0u8; dt.bytes_for(n * k).unwrap()];
+            quant::quantize(dt, &w, &mut wb).unwrap();
+            for m in [1usize, 64] {
+                let x = &w[..m * k];
+                let mut y = vec![0f32; m * n];
+                let reps = if m == 1 { 20 } else { 3 };
+                let mut times = Vec::new();
+                gemm(x, m, k, &wb, dt, n, &mut y).unwrap(); // warm-up
+                for _ in 0..reps {
+                    let t = std::time::Instant::now();
+                    gemm(x, m, k, &wb, dt, n, &mut y).unwrap();
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                times.sort_by(f64::total_cmp);
+                let flops = 2.0 * (m * n * k) as f64;
+                println!(
+                    "{dt:>5} m={m:<3} n=k=4096: best {:7.2} ms = {:6.2} GFLOP/s, median {:7.2} ms, weights {:5.1} MB = {:5.2} GB/s at best",
+                    times[0] * 1e3,
+                    flops / times[0] / 1e9,
+                    times[reps / 2] * 1e3,
+                    wb.len() as f64 / 1e6,
+                    wb.len() as f64 / times[0] / 1e9
+                );
+            }
+        }
     }
 }
