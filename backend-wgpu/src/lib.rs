@@ -1,10 +1,35 @@
-//! kiln-wgpu: the wgpu backend of kiln (work in progress: see the issue tracker).
+//! kiln-wgpu: kiln's portable backend — WGSL compute shaders through wgpu (Vulkan first, also
+//! Metal and DX12). CPU Vulkan drivers such as Mesa's lavapipe are valid devices: that is how
+//! CI runs this backend.
+//!
+//! Layout: `device.rs` (adapters, device, command batching), `buffer.rs` (buffers, host
+//! transfers, view bindings), `pipeline_cache.rs` (shader templating + cache), `weight.rs`
+//! (prepare_weight: aligned repack, row chunks under the binding cap), `tune.rs` (measured
+//! GEMV/GEMM crossover), `ops/<op>.rs` next to `shaders/<op>.wgsl`.
+
+mod buffer;
+mod device;
+mod error;
+mod ops;
+mod pipeline_cache;
+mod tune;
+mod weight;
 
 use std::sync::Arc;
 
-use kiln_core::{Backend, BackendKind, BackendProvider, Error, Probe, Result};
+pub use device::WgpuBackend;
+pub use error::WgpuError;
+pub use ops::matmul::MatmulPath;
+pub use tune::TuneResult;
 
-/// Discovery entry point for wgpu devices.
+use kiln_core::backend::check;
+use kiln_core::{
+    Activation, AttnParams, Backend, BackendKind, BackendProvider, Buffer, DType, DeviceInfo,
+    HostTensor, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams, SeqBatch,
+    View, ViewMut, Weight,
+};
+
+/// Discovery entry point for wgpu adapters.
 #[derive(Default)]
 pub struct WgpuProvider;
 
@@ -13,9 +38,163 @@ impl BackendProvider for WgpuProvider {
         BackendKind::Wgpu
     }
     fn probe(&self) -> Probe {
-        Probe::NotFound("the wgpu backend is not built yet".into())
+        match device::adapters() {
+            Err(why) => Probe::NotFound(why),
+            Ok(v) if v.is_empty() => Probe::NotFound(
+                "no Vulkan/Metal/DX12 adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)"
+                    .into(),
+            ),
+            Ok(v) => Probe::Found(
+                v.iter()
+                    .enumerate()
+                    .map(|(i, a)| device::device_info(i as u32, a))
+                    .collect(),
+            ),
+        }
     }
     fn open(&self, index: u32) -> Result<Arc<dyn Backend>> {
-        Err(Error::Invalid(format!("wgpu:{index}: the wgpu backend is not built yet")))
+        Ok(Arc::new(WgpuBackend::open(index)?))
     }
+}
+
+impl WgpuBackend {
+    /// Run `matmul` through one explicit kernel, ignoring the tuned crossover.
+    pub fn matmul_with(
+        &self,
+        x: View<'_>,
+        w: &Weight,
+        out: ViewMut<'_>,
+        path: MatmulPath,
+    ) -> Result<()> {
+        ops::matmul::matmul_with(self, x, w, out, path)
+    }
+
+    /// The kernel `matmul` picks for m x rows of a weight of this dtype and shape.
+    pub fn matmul_path(&self, dtype: DType, n: usize, k: usize, m: usize) -> MatmulPath {
+        self.choose_path(dtype, n, k, m)
+    }
+
+    /// The number of row chunks (separate bindings) a prepared weight was split into.
+    pub fn weight_chunks(&self, w: &Weight) -> Result<usize> {
+        Ok(weight::WgpuWeight::of(w, OpKind::Matmul)?.chunks.len())
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn supports(&self, op: OpKind, dtype: DType) -> bool {
+        use OpKind::*;
+        match op {
+            Matmul | Embed | Moe => DType::WEIGHT_TYPES.contains(&dtype),
+            Attention | KvAppend | Copy | AllReduce => dtype.is_float(),
+            RmsNorm | Rope | Glu | Add | AddBias => dtype == DType::F32,
+            Gather => matches!(dtype, DType::F32 | DType::I32 | DType::U32),
+        }
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Buffer> {
+        self.alloc_buffer(bytes)
+    }
+
+    fn write(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()> {
+        self.write_bytes(dst, offset, src)
+    }
+
+    fn read(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.read_bytes(src, offset, dst)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.wait_idle()
+    }
+
+    fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight> {
+        self.prepare(w)
+    }
+
+    fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
+        ops::matmul::matmul(self, x, w, out)
+    }
+
+    fn attention_scratch_bytes(&self, p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
+        ops::attention::scratch_bytes(p, n_tokens, b)
+    }
+
+    fn attention(
+        &self,
+        q: View<'_>,
+        kv: &PagedKv<'_>,
+        batch: &SeqBatch<'_>,
+        p: &AttnParams,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        ops::attention::attention(self, q, kv, batch, p, scratch, out)
+    }
+
+    fn kv_append(&self, k: View<'_>, v: View<'_>, kv: &PagedKv<'_>, slots: View<'_>) -> Result<()> {
+        ops::kv_append::kv_append(self, k, v, kv, slots)
+    }
+
+    fn rms_norm(&self, x: View<'_>, w: View<'_>, eps: f32, out: ViewMut<'_>) -> Result<()> {
+        ops::rms_norm::rms_norm(self, x, w, eps, out)
+    }
+
+    fn rope(
+        &self,
+        x: ViewMut<'_>,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
+    ) -> Result<()> {
+        ops::rope::rope(self, x, positions, inv_freq, p)
+    }
+
+    fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()> {
+        ops::glu::glu(self, gate, up, act, out)
+    }
+
+    fn add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        ops::add::add(self, a, b, out)
+    }
+
+    fn add_bias(&self, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        ops::add::add_bias(self, x, bias, out)
+    }
+
+    fn gather(&self, x: View<'_>, ids: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        ops::gather::gather(self, x, ids, out)
+    }
+
+    fn embed(&self, ids: View<'_>, table: &Weight, scale: f32, out: ViewMut<'_>) -> Result<()> {
+        ops::embed::embed(self, ids, table, scale, out)
+    }
+
+    fn moe_scratch_bytes(&self, n_tokens: usize, e: &MoeExperts<'_>, r: &MoeRouting) -> usize {
+        ops::moe::scratch_bytes(n_tokens, e, r)
+    }
+
+    fn moe(
+        &self,
+        x: View<'_>,
+        router_logits: View<'_>,
+        experts: &MoeExperts<'_>,
+        r: &MoeRouting,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        ops::moe::moe(self, x, router_logits, experts, r, scratch, out)
+    }
+
+    fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()> {
+        ops::copy::copy(self, src, dst)
+    }
+}
+
+/// `Error::Unsupported` for this device.
+pub(crate) fn unsupported(be: &WgpuBackend, op: OpKind, d: DType) -> kiln_core::Error {
+    check::unsupported(op, d, &be.info)
 }

@@ -1,0 +1,290 @@
+//! Adapter discovery and the device: `WgpuBackend` owns one wgpu device + queue, the pending
+//! command encoder (ops are recorded and submitted in batches, in order), the pipeline cache
+//! and the error sink wgpu reports asynchronous validation errors into.
+
+use std::sync::{Arc, Mutex};
+
+use kiln_core::{BackendKind, Caps, DeviceId, DeviceInfo, Error, Result};
+
+use crate::error::WgpuError;
+use crate::pipeline_cache::PipelineCache;
+
+/// Ops recorded into one encoder before it is submitted (keeps the driver busy without
+/// paying a submit per op; reads, writes and `synchronize` submit at once).
+const MAX_PENDING_OPS: u32 = 48;
+
+fn make_instance() -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // GL is not built (see Cargo.toml); the env (WGPU_BACKEND) may narrow this further.
+    if std::env::var_os("WGPU_BACKEND").is_none() {
+        desc.backends = wgpu::Backends::PRIMARY;
+    }
+    wgpu::Instance::new(desc)
+}
+
+fn type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan => 0,
+        wgpu::Backend::Metal => 1,
+        wgpu::Backend::Dx12 => 2,
+        _ => 3,
+    }
+}
+
+/// All usable adapters in a stable order: Vulkan first, GPUs before CPU adapters; an adapter
+/// seen twice through two APIs (same vendor, device id and name) is listed once, through the
+/// preferred API. Never panics: a missing driver yields an empty list.
+pub(crate) fn adapters() -> std::result::Result<Vec<wgpu::Adapter>, String> {
+    let found = std::panic::catch_unwind(|| {
+        let inst = make_instance();
+        pollster::block_on(inst.enumerate_adapters(wgpu::Backends::all()))
+    })
+    .map_err(|_| "wgpu panicked while enumerating adapters".to_string())?;
+    let mut v: Vec<wgpu::Adapter> = found
+        .into_iter()
+        .filter(|a| {
+            let f = a.get_info();
+            matches!(
+                f.backend,
+                wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12
+            )
+        })
+        .collect();
+    v.sort_by_key(|a| {
+        let i = a.get_info();
+        (backend_rank(i.backend), type_rank(i.device_type))
+    });
+    let mut out: Vec<wgpu::Adapter> = Vec::new();
+    for a in v {
+        let i = a.get_info();
+        let dup = out.iter().any(|b| {
+            let j = b.get_info();
+            j.vendor == i.vendor && j.device == i.device && j.name == i.name
+        });
+        if !dup {
+            out.push(a);
+        }
+    }
+    Ok(out)
+}
+
+fn vendor_name(id: u32) -> String {
+    match id {
+        0x10de => "NVIDIA".into(),
+        0x1002 | 0x1022 => "AMD".into(),
+        0x8086 => "Intel".into(),
+        0x106b => "Apple".into(),
+        0x13b5 => "ARM".into(),
+        0x5143 => "Qualcomm".into(),
+        0x10005 => "Mesa".into(),
+        0 => "unknown".into(),
+        x => format!("0x{x:04x}"),
+    }
+}
+
+fn env_off(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The features kiln asks for on this adapter (f16 and subgroups where offered; the
+/// environment variables `KILN_WGPU_NO_F16=1` / `KILN_WGPU_NO_SUBGROUPS=1` turn them off to
+/// exercise the fallback shaders).
+fn wanted_features(a: &wgpu::Adapter) -> wgpu::Features {
+    let have = a.features();
+    let mut f = wgpu::Features::empty();
+    if have.contains(wgpu::Features::SHADER_F16) && !env_off("KILN_WGPU_NO_F16") {
+        f |= wgpu::Features::SHADER_F16;
+    }
+    if have.contains(wgpu::Features::SUBGROUP) && !env_off("KILN_WGPU_NO_SUBGROUPS") {
+        f |= wgpu::Features::SUBGROUP;
+    }
+    f
+}
+
+pub(crate) fn device_info(index: u32, a: &wgpu::Adapter) -> DeviceInfo {
+    let i = a.get_info();
+    let l = a.limits();
+    let f = wanted_features(a);
+    DeviceInfo {
+        id: DeviceId::new(BackendKind::Wgpu, index),
+        name: i.name.clone(),
+        vendor: vendor_name(i.vendor),
+        // wgpu does not report device memory.
+        memory_bytes: 0,
+        driver: format!(
+            "{:?} {:?} {} {}",
+            i.backend, i.device_type, i.driver, i.driver_info
+        )
+        .trim()
+        .to_string(),
+        caps: Caps {
+            f16: f.contains(wgpu::Features::SHADER_F16),
+            // bf16 is read and written by bit manipulation; there is no bf16 arithmetic.
+            bf16: false,
+            subgroups: f.contains(wgpu::Features::SUBGROUP),
+            max_buffer_bytes: l.max_buffer_size,
+            max_binding_bytes: l.max_storage_buffer_binding_size.min(l.max_buffer_size),
+            shared_memory_bytes: u64::from(l.max_compute_workgroup_storage_size),
+            compute_capability: None,
+            compute_units: 0,
+        },
+    }
+}
+
+/// Batched command recording.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub(crate) encoder: Option<wgpu::CommandEncoder>,
+    pub(crate) ops: u32,
+}
+
+/// One wgpu adapter opened as a kiln device.
+pub struct WgpuBackend {
+    pub(crate) info: DeviceInfo,
+    pub(crate) device: wgpu::Device,
+    pub(crate) queue: wgpu::Queue,
+    pub(crate) limits: wgpu::Limits,
+    pub(crate) f16: bool,
+    pub(crate) subgroups: bool,
+    pub(crate) pipelines: PipelineCache,
+    pub(crate) pending: Mutex<Pending>,
+    pub(crate) errors: Arc<Mutex<Vec<String>>>,
+    pub(crate) tuning: Mutex<crate::tune::TuneState>,
+}
+
+impl WgpuBackend {
+    /// Open adapter `index` of [`adapters`].
+    pub fn open(index: u32) -> Result<WgpuBackend> {
+        let list = adapters().map_err(WgpuError::NoAdapter)?;
+        let n = list.len();
+        let a = list.into_iter().nth(index as usize).ok_or_else(|| {
+            WgpuError::NoAdapter(format!("wgpu:{index} does not exist ({n} adapter(s))"))
+        })?;
+        Self::from_adapter(index, a)
+    }
+
+    fn from_adapter(index: u32, a: wgpu::Adapter) -> Result<WgpuBackend> {
+        let info = device_info(index, &a);
+        let features = wanted_features(&a);
+        let limits = a.limits();
+        let desc = wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        };
+        let (device, queue) = pollster::block_on(a.request_device(&desc)).map_err(|e| {
+            WgpuError::RequestDevice {
+                device: info.id.to_string(),
+                msg: e.to_string(),
+            }
+        })?;
+        let errors: Arc<Mutex<Vec<String>>> = Arc::default();
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut v = sink.lock().unwrap_or_else(|p| p.into_inner());
+            v.push(e.to_string());
+        }));
+        let tuning = crate::tune::TuneState::open(&info);
+        Ok(WgpuBackend {
+            f16: info.caps.f16,
+            subgroups: info.caps.subgroups,
+            info,
+            device,
+            queue,
+            limits,
+            pipelines: PipelineCache::default(),
+            pending: Mutex::new(Pending::default()),
+            errors,
+            tuning: Mutex::new(tuning),
+        })
+    }
+
+    pub(crate) fn dev_name(&self) -> String {
+        self.info.id.to_string()
+    }
+
+    /// Errors wgpu reported since the last check, as one error.
+    pub(crate) fn check_errors(&self) -> Result<()> {
+        let mut v = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+        if v.is_empty() {
+            return Ok(());
+        }
+        let msg = v.join("; ");
+        v.clear();
+        Err(WgpuError::Uncaptured {
+            device: self.dev_name(),
+            msg,
+        }
+        .into())
+    }
+
+    /// Run `f` with the pending encoder (created on demand); submits when enough ops piled up.
+    pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") })
+        });
+        f(enc);
+        p.ops += 1;
+        if p.ops >= MAX_PENDING_OPS {
+            Self::submit_locked(&self.queue, &mut p);
+        }
+        Ok(())
+    }
+
+    fn submit_locked(queue: &wgpu::Queue, p: &mut Pending) {
+        if let Some(enc) = p.encoder.take() {
+            queue.submit([enc.finish()]);
+        }
+        p.ops = 0;
+    }
+
+    /// Submit everything recorded so far.
+    pub(crate) fn flush(&self) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        Self::submit_locked(&self.queue, &mut p);
+    }
+
+    /// Block until the queue is idle.
+    pub(crate) fn wait_idle(&self) -> Result<()> {
+        self.flush();
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| WgpuError::Poll {
+                device: self.dev_name(),
+                msg: e.to_string(),
+            })?;
+        self.check_errors()
+    }
+
+    /// Whether shaders may use f16 arithmetic / subgroup operations on this device.
+    pub fn has_f16(&self) -> bool {
+        self.f16
+    }
+    pub fn has_subgroups(&self) -> bool {
+        self.subgroups
+    }
+
+    pub(crate) fn limit_error(&self, what: impl Into<String>, requested: u64, limit: u64) -> Error {
+        Error::Limit {
+            device: self.dev_name(),
+            what: what.into(),
+            requested,
+            limit,
+        }
+    }
+}

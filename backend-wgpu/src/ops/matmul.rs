@@ -1,0 +1,160 @@
+//! y = x·Wᵀ for every weight dtype, `shaders/matmul.wgsl` (+ `dequant.wgsl`).
+//!
+//! Two kernels: `gemv` (fused dequant + dot, memory-bound, for few x rows) and `gemm` (tiled,
+//! dequantizing into workgroup memory, for many rows). Which one runs for m x rows is decided
+//! by the crossover measured by `tune` for (adapter, dtype, n, k) and persisted in the tuning
+//! cache (see `tune.rs`).
+
+use kiln_core::backend::check;
+use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
+
+use crate::device::WgpuBackend;
+use crate::ops::{bytes_of, u32_of};
+use crate::pipeline_cache::ShaderSpec;
+use crate::weight::WgpuWeight;
+
+pub(crate) const SRC: &str = include_str!("../../shaders/matmul.wgsl");
+pub(crate) const DEQUANT: &str = include_str!("../../shaders/dequant.wgsl");
+
+/// GEMV shape: invocations per workgroup, weight rows per workgroup, x rows per pass.
+pub(crate) const GEMV_WG: u32 = 64;
+pub(crate) const GEMV_R: u32 = 2;
+pub(crate) const GEMV_MT: u32 = 4;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    pub(crate) m: u32,
+    pub(crate) n_c: u32,
+    pub(crate) k: u32,
+    pub(crate) n_out: u32,
+    pub(crate) r0: u32,
+    pub(crate) bpr: u32,
+    pub(crate) d_base: u32,
+    pub(crate) x_off: u32,
+    pub(crate) o_off: u32,
+    pub(crate) i_off: u32,
+    pub(crate) top_k: u32,
+    pub(crate) pair0: u32,
+}
+
+/// Which kernel a matmul runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulPath {
+    Gemv,
+    Gemm,
+}
+
+/// The define that selects the dequantizer of `d` in dequant.wgsl.
+pub(crate) fn wdefine(d: DType) -> String {
+    format!("W_{}", d.name())
+}
+
+/// Workgroup tile type of the GEMM: f16 where the device has it, for the types whose values
+/// f16 holds without overflow (block formats and F16); f32 otherwise.
+fn tile_type(be: &WgpuBackend, d: DType) -> &'static str {
+    if be.has_f16() && !matches!(d, DType::F32 | DType::BF16) {
+        "f16"
+    } else {
+        "f32"
+    }
+}
+
+fn check_args(be: &WgpuBackend, x: &View<'_>, w: &Weight, out: &ViewMut<'_>) -> Result<usize> {
+    let op = OpKind::Matmul;
+    check::device(op, be.info.id, w.device())?;
+    check::dtype(op, "x", x.dtype(), &[DType::F32])?;
+    check::dtype(op, "out", out.dtype(), &[DType::F32])?;
+    let ws = w.shape();
+    if ws.rank() != 2 {
+        return Err(Error::shape(op, format!("weight {ws} must be [n, k]")));
+    }
+    let (n, k) = (ws.dim(0), ws.dim(1));
+    check::eq(op, "x row length vs weight k", x.shape().last(), k)?;
+    let m = x.shape().rows();
+    check::eq(op, "out rows vs x rows", out.shape().rows(), m)?;
+    check::eq(op, "out row length vs weight n", out.shape().last(), n)?;
+    out.check_disjoint(x)?;
+    u32_of(op, "x elements", m * k)?;
+    u32_of(op, "out elements", m * n)?;
+    Ok(m)
+}
+
+pub(crate) fn matmul(be: &WgpuBackend, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
+    let m = check_args(be, &x, w, &out)?;
+    let ww = WgpuWeight::of(w, OpKind::Matmul)?;
+    let path = be.choose_path(ww.dtype, ww.rows, ww.k, m);
+    run(be, x, ww, out, m, path)
+}
+
+/// Run one path explicitly (tests and the tuner).
+pub(crate) fn matmul_with(
+    be: &WgpuBackend,
+    x: View<'_>,
+    w: &Weight,
+    out: ViewMut<'_>,
+    path: MatmulPath,
+) -> Result<()> {
+    let m = check_args(be, &x, w, &out)?;
+    let ww = WgpuWeight::of(w, OpKind::Matmul)?;
+    run(be, x, ww, out, m, path)
+}
+
+fn run(
+    be: &WgpuBackend,
+    x: View<'_>,
+    ww: &WgpuWeight,
+    out: ViewMut<'_>,
+    m: usize,
+    path: MatmulPath,
+) -> Result<()> {
+    let op = OpKind::Matmul;
+    if m == 0 || ww.rows == 0 {
+        return Ok(());
+    }
+    let bx = be.bind_view(op, &x, "x")?;
+    let bo = be.bind_out(op, &out, "out")?;
+    let m32 = m as u32;
+    let (entry, tiles_m, wg_rows, mt) = match path {
+        MatmulPath::Gemv => {
+            let mt = GEMV_MT.min(m32);
+            ("gemv", m32.div_ceil(mt), GEMV_R, mt)
+        }
+        MatmulPath::Gemm => ("gemm", m32.div_ceil(64), 64, 1),
+    };
+    let zmax = be.limits.max_compute_workgroups_per_dimension;
+    if tiles_m > zmax {
+        return Err(be.limit_error("matmul: x-row tiles (workgroups in z)", u64::from(tiles_m), u64::from(zmax)));
+    }
+    let spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], entry)
+        .define(wdefine(ww.dtype))
+        .sub("WT", tile_type(be, ww.dtype))
+        .over("WG", f64::from(GEMV_WG))
+        .over("R", f64::from(GEMV_R))
+        .over("MT", f64::from(mt));
+    let pipe = be.pipeline(spec)?;
+    for c in &ww.chunks {
+        let n_c = (c.r1 - c.r0) as u32;
+        let bw = be.bind_range(&c.buf, 0, c.buf.size(), "weight chunk")?;
+        let p = Params {
+            m: m32,
+            n_c,
+            k: ww.k as u32,
+            n_out: ww.rows as u32,
+            r0: c.r0 as u32,
+            bpr: ww.bpr() as u32,
+            d_base: c.d_base,
+            x_off: bx.elem_off(4),
+            o_off: bo.elem_off(4),
+            ..Params::default()
+        };
+        let (gx, gy) = be.grid(n_c.div_ceil(wg_rows));
+        be.dispatch(
+            &pipe,
+            bytes_of(&p),
+            &[bw.entry(1), bx.entry(2), bo.entry(3)],
+            (gx, gy, tiles_m),
+        )?;
+    }
+    Ok(())
+}

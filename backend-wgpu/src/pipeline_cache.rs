@@ -1,0 +1,258 @@
+//! Shader assembly and the pipeline cache.
+//!
+//! A shader is `common.wgsl` + the op's own files, passed through a small explicit templating
+//! step before wgpu sees it:
+//! - `enable f16;` is prepended when the device has SHADER_F16 (naga needs no directive for
+//!   subgroup operations);
+//! - lines between `//#if NAME`, `//#else`, `//#endif` are kept or dropped by the defines
+//!   (`F16`, `SUBGROUPS`, plus per-op ones such as the dtype `W_Q4_K`); `//#if !NAME` negates;
+//! - `{{KEY}}` is replaced by a value (scalar types `{{WT}}`, element loaders, ...).
+//!
+//! Pipelines are cached by (shader name, entry point, defines, substitutions, override
+//! constants), so each specialisation compiles once per device.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_core::Result;
+
+use crate::device::WgpuBackend;
+use crate::error::WgpuError;
+
+pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
+
+/// What to compile.
+pub(crate) struct ShaderSpec<'a> {
+    pub(crate) name: &'static str,
+    /// Source files after `common.wgsl`, in order.
+    pub(crate) sources: &'a [&'static str],
+    pub(crate) entry: &'static str,
+    pub(crate) defines: Vec<String>,
+    pub(crate) subs: Vec<(&'static str, String)>,
+    pub(crate) overrides: Vec<(&'static str, f64)>,
+}
+
+impl<'a> ShaderSpec<'a> {
+    pub(crate) fn new(
+        name: &'static str,
+        sources: &'a [&'static str],
+        entry: &'static str,
+    ) -> Self {
+        ShaderSpec {
+            name,
+            sources,
+            entry,
+            defines: Vec::new(),
+            subs: Vec::new(),
+            overrides: Vec::new(),
+        }
+    }
+    pub(crate) fn define(mut self, d: impl Into<String>) -> Self {
+        self.defines.push(d.into());
+        self
+    }
+    pub(crate) fn sub(mut self, k: &'static str, v: impl Into<String>) -> Self {
+        self.subs.push((k, v.into()));
+        self
+    }
+    pub(crate) fn over(mut self, k: &'static str, v: f64) -> Self {
+        self.overrides.push((k, v));
+        self
+    }
+    fn key(&self) -> String {
+        let mut d = self.defines.clone();
+        d.sort();
+        format!(
+            "{}|{}|{:?}|{:?}|{:?}",
+            self.name, self.entry, d, self.subs, self.overrides
+        )
+    }
+}
+
+/// Apply the templating step to `src`.
+pub(crate) fn render(
+    src: &str,
+    defines: &[String],
+    subs: &[(&str, String)],
+) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(src.len());
+    // Each level: (this branch is taken, any enclosing level is off).
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    for (ln, line) in src.lines().enumerate() {
+        let t = line.trim_start();
+        let off = stack.iter().any(|&(on, _)| !on);
+        if let Some(name) = t.strip_prefix("//#if ") {
+            let name = name.trim();
+            let (neg, name) = match name.strip_prefix('!') {
+                Some(n) => (true, n),
+                None => (false, name),
+            };
+            let on = defines.iter().any(|d| d == name) != neg;
+            stack.push((on, off));
+        } else if t.starts_with("//#else") {
+            let top = stack
+                .last_mut()
+                .ok_or_else(|| format!("line {}: //#else without //#if", ln + 1))?;
+            top.0 = !top.0;
+        } else if t.starts_with("//#endif") {
+            stack
+                .pop()
+                .ok_or_else(|| format!("line {}: //#endif without //#if", ln + 1))?;
+        } else if !off {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    if !stack.is_empty() {
+        return Err("unterminated //#if".into());
+    }
+    for (k, v) in subs {
+        out = out.replace(&format!("{{{{{k}}}}}"), v);
+    }
+    if let Some(p) = out.find("{{") {
+        let end = out[p..].find("}}").map_or(out.len(), |e| p + e + 2);
+        return Err(format!("unreplaced template key {}", &out[p..end]));
+    }
+    Ok(out)
+}
+
+#[derive(Default)]
+pub(crate) struct PipelineCache {
+    map: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+}
+
+impl WgpuBackend {
+    /// The compiled pipeline for `spec` (compiled on first use).
+    pub(crate) fn pipeline(&self, spec: ShaderSpec<'_>) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = spec.key();
+        {
+            let m = self.pipelines.map.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = m.get(&key) {
+                return Ok(p.clone());
+            }
+        }
+        let mut defines = spec.defines.clone();
+        let mut head = String::new();
+        if self.f16 {
+            defines.push("F16".into());
+            head.push_str("enable f16;\n");
+        }
+        if self.subgroups {
+            // naga takes subgroup builtins without the `enable subgroups;` directive (and
+            // rejects the directive as not yet implemented).
+            defines.push("SUBGROUPS".into());
+        }
+        let mut full = head;
+        full.push_str(COMMON);
+        for s in spec.sources {
+            full.push_str(s);
+            full.push('\n');
+        }
+        let shader_err = |msg: String| WgpuError::Shader {
+            device: self.dev_name(),
+            shader: spec.name.to_string(),
+            entry: spec.entry.to_string(),
+            msg,
+        };
+        let text = render(&full, &defines, &spec.subs).map_err(shader_err)?;
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(spec.name),
+                source: wgpu::ShaderSource::Wgsl(text.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(spec.name),
+                layout: None,
+                module: &module,
+                entry_point: Some(spec.entry),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &spec.overrides,
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(shader_err(e.to_string()).into());
+        }
+        let p = Arc::new(pipeline);
+        let mut m = self.pipelines.map.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(key, p.clone());
+        Ok(p)
+    }
+
+    /// Record one dispatch: `params` go to a uniform at binding 0, `bound` to bindings 1...
+    /// Workgroup counts above the per-dimension limit must be folded by the caller (see
+    /// [`grid`]).
+    pub(crate) fn dispatch(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        params: &[u8],
+        bound: &[wgpu::BindGroupEntry<'_>],
+        groups: (u32, u32, u32),
+    ) -> Result<()> {
+        if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
+            return Ok(());
+        }
+        use wgpu::util::DeviceExt;
+        let ubuf = self
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some("kiln params"),
+                contents: params,
+                usage: wgpu::BufferUsages::UNIFORM,
+            });
+        let mut entries = Vec::with_capacity(bound.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: ubuf.as_entire_binding(),
+        });
+        entries.extend(bound.iter().cloned());
+        let layout = pipeline.get_bind_group_layout(0);
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &layout,
+            entries: &entries,
+        });
+        self.record(|enc| {
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &bg, &[]);
+            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+        })
+    }
+
+    /// Fold `n` workgroups into (x, y) under the per-dimension limit; shaders recover the
+    /// linear index as `wid.x + wid.y * nwg.x`.
+    pub(crate) fn grid(&self, n: u32) -> (u32, u32) {
+        let max = self.limits.max_compute_workgroups_per_dimension.max(1);
+        if n <= max {
+            (n, 1)
+        } else {
+            (max, n.div_ceil(max))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn templating_keeps_the_right_branches() {
+        let src = "a\n//#if X\nb\n//#if !Y\nc\n//#else\nd\n//#endif\n//#else\ne\n//#endif\n{{T}}\n";
+        let d = vec!["X".to_string()];
+        let out = render(src, &d, &[("T", "f16".into())]).unwrap();
+        assert_eq!(out, "a\nb\nc\nf16\n");
+        let out = render(src, &[], &[("T", "f32".into())]).unwrap();
+        assert_eq!(out, "a\ne\nf32\n");
+        assert!(render("{{Q}}", &[], &[]).is_err());
+        assert!(render("//#if A\n", &[], &[]).is_err());
+    }
+}

@@ -1,0 +1,193 @@
+//! The measured GEMV/GEMM crossover. For each (adapter, weight dtype, n, k) `tune` times both
+//! kernels over a ladder of x-row counts and records the largest m at which the GEMV kernel
+//! is still faster, in the device's `kiln_core::tune::TuneCache` file. `matmul` reads it.
+//!
+//! Shapes never tuned fall back to GEMV for m ≤ `UNTUNED_GEMV_ROWS` (the GEMV kernel's x-row
+//! tile times two) and say so once in the log; `KILN_WGPU_AUTOTUNE=1` tunes them on first use
+//! instead.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Instant;
+
+use kiln_core::tune::{TuneCache, device_key};
+use kiln_core::{DType, DeviceInfo, Error, HostTensor, Result, Shape};
+
+use crate::device::WgpuBackend;
+use crate::ops::matmul::{MatmulPath, matmul_with};
+
+const UNTUNED_GEMV_ROWS: usize = 8;
+/// x-row counts the tuner tries.
+const LADDER: [usize; 12] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128];
+
+pub(crate) struct TuneState {
+    cache: TuneCache,
+    /// key → max GEMV rows (mirror of the file for the hot path).
+    known: HashMap<String, usize>,
+    warned: HashSet<String>,
+}
+
+impl TuneState {
+    pub(crate) fn open(info: &DeviceInfo) -> TuneState {
+        let key = device_key(&["wgpu", &info.name, &info.driver]);
+        let cache = TuneCache::open(&key);
+        let known = cache
+            .entries()
+            .iter()
+            .filter_map(|(k, v)| {
+                v.get("max_gemv_rows")
+                    .and_then(|r| r.as_u64())
+                    .map(|r| (k.clone(), r as usize))
+            })
+            .collect();
+        TuneState {
+            cache,
+            known,
+            warned: HashSet::new(),
+        }
+    }
+}
+
+pub(crate) fn key(d: DType, n: usize, k: usize) -> String {
+    format!("matmul/{}/n{n}/k{k}", d.name())
+}
+
+/// What `tune` measured for one shape.
+#[derive(Clone, Debug)]
+pub struct TuneResult {
+    pub dtype: DType,
+    pub n: usize,
+    pub k: usize,
+    /// Largest m for which GEMV was faster (0: GEMM always faster).
+    pub max_gemv_rows: usize,
+    /// (m, gemv seconds, gemm seconds) per ladder step.
+    pub timings: Vec<(usize, f64, f64)>,
+}
+
+impl WgpuBackend {
+    pub(crate) fn choose_path(&self, d: DType, n: usize, k: usize, m: usize) -> MatmulPath {
+        let key = key(d, n, k);
+        let known = {
+            let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+            t.known.get(&key).copied()
+        };
+        let max = match known {
+            Some(r) => r,
+            None if std::env::var("KILN_WGPU_AUTOTUNE").is_ok_and(|v| v == "1") => {
+                match self.tune(d, n, k) {
+                    Ok(r) => r.max_gemv_rows,
+                    Err(e) => {
+                        tracing::warn!("wgpu: tuning {key} failed: {e}");
+                        UNTUNED_GEMV_ROWS
+                    }
+                }
+            }
+            None => {
+                let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+                if t.warned.insert(key.clone()) {
+                    tracing::info!(
+                        "wgpu: {key} not tuned on {}; GEMV up to {UNTUNED_GEMV_ROWS} rows (run kiln tune)",
+                        self.info.name
+                    );
+                }
+                UNTUNED_GEMV_ROWS
+            }
+        };
+        if m <= max {
+            MatmulPath::Gemv
+        } else {
+            MatmulPath::Gemm
+        }
+    }
+
+    /// Time one path: seconds per call (median of 3 batches after a warm-up).
+    fn time_path(
+        &self,
+        x: &kiln_core::Buffer,
+        w: &kiln_core::Weight,
+        out: &kiln_core::Buffer,
+        m: usize,
+        path: MatmulPath,
+    ) -> Result<f64> {
+        let (n, k) = (w.shape().dim(0), w.shape().dim(1));
+        let xv = x.view(0, Shape::d2(m, k), DType::F32)?;
+        let ov = out.view_mut(0, Shape::d2(m, n), DType::F32)?;
+        matmul_with(self, xv, w, ov, path)?;
+        self.wait_idle()?;
+        // Calibrate to ~20 ms a batch.
+        let t0 = Instant::now();
+        matmul_with(self, xv, w, ov, path)?;
+        self.wait_idle()?;
+        let one = t0.elapsed().as_secs_f64().max(1e-6);
+        let reps = ((0.02 / one) as usize).clamp(1, 200);
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                matmul_with(self, xv, w, ov, path)?;
+            }
+            self.wait_idle()?;
+            v.push(t.elapsed().as_secs_f64() / reps as f64);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        Ok(v[1])
+    }
+
+    /// Measure the GEMV/GEMM crossover of `dtype` at n×k on this adapter and persist it.
+    pub fn tune(&self, dtype: DType, n: usize, k: usize) -> Result<TuneResult> {
+        if !DType::WEIGHT_TYPES.contains(&dtype) {
+            return Err(Error::Invalid(format!("tune: {dtype} is not a weight type")));
+        }
+        let bytes = dtype.bytes_for(n * k)?;
+        // Deterministic bytes; f16 fields are made small and finite so no inf/NaN is timed.
+        let mut data: Vec<u8> = (0..bytes)
+            .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] & 0x3b)
+            .collect();
+        if dtype == DType::F32 {
+            for c in data.chunks_exact_mut(4) {
+                c[3] &= 0x3f;
+            }
+        }
+        let w = self.prepare(&HostTensor::new(dtype, Shape::d2(n, k), &data)?)?;
+        let mmax = *LADDER.last().unwrap_or(&128);
+        let x = self.alloc_buffer(mmax * k * 4)?;
+        let xs: Vec<u8> = (0..mmax * k)
+            .flat_map(|i| (((i % 13) as f32 - 6.0) * 0.01).to_le_bytes())
+            .collect();
+        self.write_bytes(&x, 0, &xs)?;
+        let out = self.alloc_buffer(mmax * n * 4)?;
+        let mut timings = Vec::new();
+        let mut max_gemv_rows = 0;
+        let mut gemv_lost = false;
+        for &m in &LADDER {
+            let tv = self.time_path(&x, &w, &out, m, MatmulPath::Gemv)?;
+            let tm = self.time_path(&x, &w, &out, m, MatmulPath::Gemm)?;
+            timings.push((m, tv, tm));
+            if tv < tm && !gemv_lost {
+                max_gemv_rows = m;
+            } else {
+                gemv_lost = true;
+                // Two consecutive GEMM wins end the ladder.
+                if timings.len() >= 2 && timings[timings.len() - 2].2 <= timings[timings.len() - 2].1 {
+                    break;
+                }
+            }
+        }
+        let key = key(dtype, n, k);
+        let value = serde_json::json!({
+            "max_gemv_rows": max_gemv_rows,
+            "timings_s": timings.iter().map(|(m, a, b)| serde_json::json!({"m": m, "gemv": a, "gemm": b})).collect::<Vec<_>>(),
+        });
+        {
+            let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+            t.cache.insert(&key, value)?;
+            t.known.insert(key, max_gemv_rows);
+        }
+        Ok(TuneResult {
+            dtype,
+            n,
+            k,
+            max_gemv_rows,
+            timings,
+        })
+    }
+}
