@@ -1,14 +1,14 @@
 //! `matmul`: y = x·Wᵀ with x f32 `[m, k]`, W `[n, k]` of any weight dtype, y f32 `[m, n]`.
 //!
 //! Structure: the n weight rows are split into tasks of `rows_per_task` rows; a task
-//! dequantizes its rows once (`quant::dequantize`, whole blocks) into a thread-local f32 buffer
-//! and dots them with every x row, in tiles of 2 x rows × 4 weight rows (8 independent
-//! accumulator vectors; each load feeds several dots). The tile loop is compiled twice, for the
-//! baseline target and with AVX, picked at run time; both give the same bits (no FMA, the same
-//! lanes). A dot product keeps 8 independent f32 lanes over chunks of 64 elements (the compiler turns
-//! them into SIMD) and folds each chunk's lanes into f64 lanes, summed at the end; so each
-//! output is accumulated in f32 over at most 8 products and in f64 beyond that, in an order
-//! fixed by k alone: results do not depend on the thread count.
+//! dequantizes its rows four at a time, once each (`quant::dequantize`, whole blocks), into a
+//! thread-local f32 buffer that stays in cache, and dots them with every x row in tiles of
+//! 2 x rows × 4 weight rows (8 independent accumulator vectors; each load feeds several dots).
+//! The tile loop is compiled twice, portable and with explicit AVX, picked at run time; both
+//! give the same bits (no FMA, the same lanes). A dot product keeps 8 independent f32 lanes
+//! over chunks of 64 elements and folds each chunk's lanes into f64 lanes, summed at the end;
+//! so each output is accumulated in f32 over at most 8 products and in f64 beyond that, in an
+//! order fixed by k alone: results do not depend on the thread count.
 //!
 //! Cost: 2·m·n·k FLOPs; reads the weight bytes once, x once per task (from cache), writes m·n
 //! floats.
@@ -28,7 +28,8 @@ const LANES: usize = 8;
 const CHUNK: usize = 64;
 /// Weight rows dotted together against one x row.
 const GROUP: usize = 4;
-/// Target size of a task's dequantized rows (they should stay in L2 while x streams by).
+/// Weight bytes (as f32) per rayon task: enough work per task to amortise scheduling, enough
+/// tasks to balance the threads.
 const TASK_BYTES: usize = 256 * 1024;
 
 /// Σ x_i[l]·w_r[l] for a tile of M x rows and R weight rows (all of one length), accumulated
@@ -136,34 +137,36 @@ mod avx {
 
     #[inline]
     #[target_feature(enable = "avx")]
-    fn load(a: &[f32; LANES]) -> __m256 {
-        // SAFETY: `a` is a valid reference to 8 f32, exactly what the unaligned load reads.
-        unsafe { _mm256_loadu_ps(a.as_ptr()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx")]
     pub(super) fn tile<const M: usize, const R: usize>(
         x: [&[f32]; M],
         w: [&[f32]; R],
     ) -> [[f64; R]; M] {
         let k = x[0].len();
+        if x.iter().chain(&w).any(|row| row.len() != k) {
+            // Not reached (callers pass rows of one length); the loads below rely on it.
+            return super::dot_tile(x, w);
+        }
         let full = k / CHUNK * CHUNK;
-        // x rows and w rows as [f32; 8] lanes; all have length k (the caller's rows).
-        let xl: [&[[f32; LANES]]; M] = std::array::from_fn(|i| x[i][..full].as_chunks().0);
-        let wl: [&[[f32; LANES]]; R] = std::array::from_fn(|r| w[r][..full].as_chunks().0);
+        let xp: [*const f32; M] = std::array::from_fn(|i| x[i].as_ptr());
+        let wp: [*const f32; R] = std::array::from_fn(|r| w[r].as_ptr());
         // acc64[i][r]: f64 lanes 0..4 and 4..8.
         let mut acc64 = [[[_mm256_setzero_pd(); 2]; R]; M];
-        for c in (0..full / LANES).step_by(CHUNK / LANES) {
+        let mut c = 0;
+        while c < full {
             let mut acc = [[_mm256_setzero_ps(); R]; M];
-            for j in c..c + CHUNK / LANES {
-                let xv: [__m256; M] = std::array::from_fn(|i| load(&xl[i][j]));
+            let mut j = c;
+            while j < c + CHUNK {
+                // SAFETY: j + 8 ≤ full ≤ k, and every row holds k f32 (checked above).
+                let xv: [__m256; M] =
+                    std::array::from_fn(|i| unsafe { _mm256_loadu_ps(xp[i].add(j)) });
                 for r in 0..R {
-                    let wv = load(&wl[r][j]);
+                    // SAFETY: as above.
+                    let wv = unsafe { _mm256_loadu_ps(wp[r].add(j)) };
                     for i in 0..M {
                         acc[i][r] = _mm256_add_ps(acc[i][r], _mm256_mul_ps(xv[i], wv));
                     }
                 }
+                j += LANES;
             }
             for i in 0..M {
                 for r in 0..R {
@@ -173,6 +176,7 @@ mod avx {
                     acc64[i][r][1] = _mm256_add_pd(acc64[i][r][1], hi);
                 }
             }
+            c += CHUNK;
         }
         std::array::from_fn(|i| {
             std::array::from_fn(|r| {
@@ -226,8 +230,9 @@ fn rows_per_task(k: usize) -> usize {
     r.clamp(GROUP, 64) / GROUP * GROUP
 }
 
-/// One task: dequantize `wc` (rows of `row_bytes`) into `buf` `[rows, k]`, then
-/// `yt[r·m + i]` = x_i · w_r. `yt` is this task's block of yᵀ: `[rows, m]`.
+/// One task: for each group of `GROUP` weight rows of `wc` (rows of `row_bytes`), dequantize
+/// them into `buf` `[GROUP, k]` (so they stay in L1/L2 while used) and set `yt[r·m + i]` =
+/// x_i · w_r. `yt` is this task's block of yᵀ: `[rows, m]`. Each row is dequantized once.
 fn task(
     x: &[f32],
     k: usize,
@@ -237,12 +242,15 @@ fn task(
     buf: &mut Vec<f32>,
     yt: &mut [f32],
 ) -> Result<()> {
-    let rows = wc.len() / row_bytes;
-    buf.resize(rows * k, 0.0);
-    for (src, dst) in wc.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
-        quant::dequantize(dtype, src, dst)?;
+    let m = x.len() / k;
+    for (wg, yg) in wc.chunks(GROUP * row_bytes).zip(yt.chunks_mut(GROUP * m)) {
+        let rows = wg.len() / row_bytes;
+        buf.resize(rows * k, 0.0);
+        for (src, dst) in wg.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
+            quant::dequantize(dtype, src, dst)?;
+        }
+        dots(x, k, &buf[..rows * k], yg);
     }
-    dots(x, k, buf, yt);
     Ok(())
 }
 
@@ -493,12 +501,12 @@ mod data_tests {
             let mut raw = vec![0u8; 64];
             b.read(&ob, 0, &mut raw).unwrap();
             let y = to_f32(DType::F32, &raw).unwrap();
-            for r in 0..16 {
+            for (r, got) in y.iter().enumerate() {
                 let row = r % 8;
                 let abs_dot: f64 = (0..512)
                     .map(|j| (wf[row * 512 + j] as f64 * x[j] as f64).abs())
                     .sum();
-                let (a, e) = (y[r] as f64, y_ref[row] as f64);
+                let (a, e) = (*got as f64, y_ref[row] as f64);
                 let tol = 1e-4 * e.abs() + 1e-6 * abs_dot;
                 assert!(
                     (a - e).abs() <= tol,
