@@ -185,12 +185,11 @@ impl WgpuBackend {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
-        let (device, queue) = pollster::block_on(a.request_device(&desc)).map_err(|e| {
-            WgpuError::RequestDevice {
+        let (device, queue) =
+            pollster::block_on(a.request_device(&desc)).map_err(|e| WgpuError::RequestDevice {
                 device: info.id.to_string(),
                 msg: e.to_string(),
-            }
-        })?;
+            })?;
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -236,7 +235,9 @@ impl WgpuBackend {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let enc = p.encoder.get_or_insert_with(|| {
             self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kiln") })
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kiln"),
+                })
         });
         f(enc);
         p.ops += 1;

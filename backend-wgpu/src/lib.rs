@@ -25,8 +25,8 @@ pub use tune::TuneResult;
 use kiln_core::backend::check;
 use kiln_core::{
     Activation, AttnParams, Backend, BackendKind, BackendProvider, Buffer, DType, DeviceInfo,
-    HostTensor, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams, SeqBatch,
-    View, ViewMut, Weight,
+    HostTensor, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams, SeqBatch, View,
+    ViewMut, Weight,
 };
 
 /// Discovery entry point for wgpu adapters.

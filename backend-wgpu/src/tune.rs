@@ -135,7 +135,9 @@ impl WgpuBackend {
     /// Measure the GEMV/GEMM crossover of `dtype` at n×k on this adapter and persist it.
     pub fn tune(&self, dtype: DType, n: usize, k: usize) -> Result<TuneResult> {
         if !DType::WEIGHT_TYPES.contains(&dtype) {
-            return Err(Error::Invalid(format!("tune: {dtype} is not a weight type")));
+            return Err(Error::Invalid(format!(
+                "tune: {dtype} is not a weight type"
+            )));
         }
         let bytes = dtype.bytes_for(n * k)?;
         // Deterministic bytes; f16 fields are made small and finite so no inf/NaN is timed.
@@ -167,7 +169,9 @@ impl WgpuBackend {
             } else {
                 gemv_lost = true;
                 // Two consecutive GEMM wins end the ladder.
-                if timings.len() >= 2 && timings[timings.len() - 2].2 <= timings[timings.len() - 2].1 {
+                if timings.len() >= 2
+                    && timings[timings.len() - 2].2 <= timings[timings.len() - 2].1
+                {
                     break;
                 }
             }

@@ -42,9 +42,8 @@ pub(crate) struct WgpuWeight {
 
 impl WgpuWeight {
     pub(crate) fn of<'w>(w: &'w Weight, op: OpKind) -> Result<&'w WgpuWeight> {
-        w.downcast::<WgpuWeight>().ok_or_else(|| {
-            Error::shape(op, format!("{w:?} was not prepared by a wgpu backend"))
-        })
+        w.downcast::<WgpuWeight>()
+            .ok_or_else(|| Error::shape(op, format!("{w:?} was not prepared by a wgpu backend")))
     }
     /// Blocks per row.
     pub(crate) fn bpr(&self) -> usize {
@@ -148,7 +147,12 @@ impl WgpuBackend {
                 None => 0,
             };
             total += packed.len();
-            chunks.push(Chunk { buf, r0, r1, d_base });
+            chunks.push(Chunk {
+                buf,
+                r0,
+                r1,
+                d_base,
+            });
             if r1 == rows {
                 break;
             }

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use kiln_core::{
-    Activation, AttnParams, Backend, DType, HostTensor, MoeExperts, MoeGating, MoeRouting,
-    PagedKv, SeqBatch, Shape,
+    Activation, AttnParams, Backend, DType, HostTensor, MoeExperts, MoeGating, MoeRouting, PagedKv,
+    SeqBatch, Shape,
 };
 use rand::seq::SliceRandom;
 
@@ -74,7 +74,9 @@ fn run_case(c: &Case, seed: u64) {
                 for key in lo..=qpos {
                     let blk = bt[s * max_blocks + key / c.bs] as usize;
                     let base = ((blk * c.n_kv + kvh) * c.bs + key % c.bs) * c.hd;
-                    let mut d: f64 = (0..c.hd).map(|i| f64::from(qv[i]) * f64::from(kc[base + i])).sum();
+                    let mut d: f64 = (0..c.hd)
+                        .map(|i| f64::from(qv[i]) * f64::from(kc[base + i]))
+                        .sum();
                     d *= f64::from(scale);
                     if let Some(cap) = c.softcap {
                         d = f64::from(cap) * (d / f64::from(cap)).tanh();
@@ -84,7 +86,10 @@ fn run_case(c: &Case, seed: u64) {
                 let mx = sc.iter().map(|x| x.0).fold(f64::MIN, f64::max);
                 let tot: f64 = sc.iter().map(|x| (x.0 - mx).exp()).sum();
                 for i in 0..c.hd {
-                    let v: f64 = sc.iter().map(|x| (x.0 - mx).exp() * f64::from(vc[x.1 + i])).sum();
+                    let v: f64 = sc
+                        .iter()
+                        .map(|x| (x.0 - mx).exp() * f64::from(vc[x.1 + i]))
+                        .sum();
                     want[(tok * c.n_heads + h) * c.hd + i] = (v / tot) as f32;
                 }
             }
@@ -93,15 +98,23 @@ fn run_case(c: &Case, seed: u64) {
     let cs = Shape::d4(n_blocks, c.n_kv, c.bs, c.hd);
     let kb = upload(&be, &kc_b);
     let vb = upload(&be, &vc_b);
-    let kv = PagedKv::new(kb.view_mut(0, cs, c.kv_dtype).unwrap(), vb.view_mut(0, cs, c.kv_dtype).unwrap()).unwrap();
+    let kv = PagedKv::new(
+        kb.view_mut(0, cs, c.kv_dtype).unwrap(),
+        vb.view_mut(0, cs, c.kv_dtype).unwrap(),
+    )
+    .unwrap();
     let qb = upload(&be, &f32_bytes(&q));
     let qsb = upload(&be, &i32_bytes(&q_starts));
     let klb = upload(&be, &i32_bytes(&kv_lens));
     let btb = upload(&be, &i32_bytes(&bt));
     let batch = SeqBatch {
-        q_starts: qsb.view(0, Shape::d1(c.seqs.len() + 1), DType::I32).unwrap(),
+        q_starts: qsb
+            .view(0, Shape::d1(c.seqs.len() + 1), DType::I32)
+            .unwrap(),
         kv_lens: klb.view(0, Shape::d1(c.seqs.len()), DType::I32).unwrap(),
-        block_tables: btb.view(0, Shape::d2(c.seqs.len(), max_blocks), DType::I32).unwrap(),
+        block_tables: btb
+            .view(0, Shape::d2(c.seqs.len(), max_blocks), DType::I32)
+            .unwrap(),
         max_q_len: c.seqs.iter().map(|s| s.0).max().unwrap(),
         max_kv_len: c.seqs.iter().map(|s| s.1).max().unwrap(),
     };
@@ -110,18 +123,37 @@ fn run_case(c: &Case, seed: u64) {
     let scr = be.alloc(need.max(4)).unwrap();
     let o = poisoned(&be, q.len());
     let scratch = (need > 0).then(|| scr.view_mut(0, Shape::d1(need / 4), DType::F32).unwrap());
-    be.attention(qb.view(0, qs, DType::F32).unwrap(), &kv, &batch, &p, scratch, o.view_mut(0, qs, DType::F32).unwrap())
-        .unwrap();
+    be.attention(
+        qb.view(0, qs, DType::F32).unwrap(),
+        &kv,
+        &batch,
+        &p,
+        scratch,
+        o.view_mut(0, qs, DType::F32).unwrap(),
+    )
+    .unwrap();
     let got = read_f32(&be, &o, 0, q.len());
     let e = nmse(&got, &want);
-    eprintln!("attention hd {} kv {} seqs {:?} scratch {need}: nmse {e:e}", c.hd, c.kv_dtype, c.seqs);
+    eprintln!(
+        "attention hd {} kv {} seqs {:?} scratch {need}: nmse {e:e}",
+        c.hd, c.kv_dtype, c.seqs
+    );
     assert!(e < 1e-9, "nmse {e:e}");
 }
 
 #[test]
 fn attention_prefill_and_decode_gqa() {
     run_case(
-        &Case { hd: 128, n_heads: 8, n_kv: 2, bs: 16, seqs: vec![(37, 37), (1, 200), (5, 90)], window: None, softcap: None, kv_dtype: DType::F32 },
+        &Case {
+            hd: 128,
+            n_heads: 8,
+            n_kv: 2,
+            bs: 16,
+            seqs: vec![(37, 37), (1, 200), (5, 90)],
+            window: None,
+            softcap: None,
+            kv_dtype: DType::F32,
+        },
         31,
     );
 }
@@ -129,7 +161,16 @@ fn attention_prefill_and_decode_gqa() {
 #[test]
 fn attention_window_softcap_f16_hd256() {
     run_case(
-        &Case { hd: 256, n_heads: 4, n_kv: 1, bs: 8, seqs: vec![(20, 50), (1, 33)], window: Some(16), softcap: Some(30.0), kv_dtype: DType::F16 },
+        &Case {
+            hd: 256,
+            n_heads: 4,
+            n_kv: 1,
+            bs: 8,
+            seqs: vec![(20, 50), (1, 33)],
+            window: Some(16),
+            softcap: Some(30.0),
+            kv_dtype: DType::F16,
+        },
         32,
     );
 }
@@ -137,7 +178,16 @@ fn attention_window_softcap_f16_hd256() {
 #[test]
 fn attention_bf16_hd64() {
     run_case(
-        &Case { hd: 64, n_heads: 4, n_kv: 4, bs: 32, seqs: vec![(3, 130), (2, 2)], window: None, softcap: None, kv_dtype: DType::BF16 },
+        &Case {
+            hd: 64,
+            n_heads: 4,
+            n_kv: 4,
+            bs: 32,
+            seqs: vec![(3, 130), (2, 2)],
+            window: None,
+            softcap: None,
+            kv_dtype: DType::BF16,
+        },
         33,
     );
 }
@@ -145,7 +195,16 @@ fn attention_bf16_hd64() {
 #[test]
 fn attention_long_decode_split() {
     run_case(
-        &Case { hd: 128, n_heads: 4, n_kv: 2, bs: 16, seqs: vec![(1, 3000), (1, 700)], window: None, softcap: None, kv_dtype: DType::F16 },
+        &Case {
+            hd: 128,
+            n_heads: 4,
+            n_kv: 2,
+            bs: 16,
+            seqs: vec![(1, 3000), (1, 700)],
+            window: None,
+            softcap: None,
+            kv_dtype: DType::F16,
+        },
         34,
     );
 }
@@ -161,11 +220,25 @@ fn moe_routes_and_combines() {
     let x = randn(&mut r, nt * dim, 1.0);
     let logits = randn(&mut r, nt * ne, 2.0);
     let prep = |v: &[f32], s: Shape| {
-        be.prepare_weight(&HostTensor::new(DType::F32, s, &f32_bytes(v)).unwrap()).unwrap()
+        be.prepare_weight(&HostTensor::new(DType::F32, s, &f32_bytes(v)).unwrap())
+            .unwrap()
     };
-    let (gw, uw, dw) = (prep(&gate, Shape::d3(ne, ff, dim)), prep(&up, Shape::d3(ne, ff, dim)), prep(&down, Shape::d3(ne, dim, ff)));
-    for gating in [MoeGating::SoftmaxTopK { renormalize: true }, MoeGating::SoftmaxTopK { renormalize: false }, MoeGating::TopKSoftmax] {
-        let e = MoeExperts { gate: &gw, up: &uw, down: &dw, act: Activation::Silu };
+    let (gw, uw, dw) = (
+        prep(&gate, Shape::d3(ne, ff, dim)),
+        prep(&up, Shape::d3(ne, ff, dim)),
+        prep(&down, Shape::d3(ne, dim, ff)),
+    );
+    for gating in [
+        MoeGating::SoftmaxTopK { renormalize: true },
+        MoeGating::SoftmaxTopK { renormalize: false },
+        MoeGating::TopKSoftmax,
+    ] {
+        let e = MoeExperts {
+            gate: &gw,
+            up: &uw,
+            down: &dw,
+            act: Activation::Silu,
+        };
         let rt = MoeRouting { top_k, gating };
         let xb = upload(&be, &f32_bytes(&x));
         let lb = upload(&be, &f32_bytes(&logits));
@@ -184,17 +257,25 @@ fn moe_routes_and_combines() {
         let got = read_f32(&be, &o, 0, nt * dim);
         let mut want = vec![0f32; nt * dim];
         for t in 0..nt {
-            let l: Vec<f64> = logits[t * ne..(t + 1) * ne].iter().map(|v| f64::from(*v)).collect();
+            let l: Vec<f64> = logits[t * ne..(t + 1) * ne]
+                .iter()
+                .map(|v| f64::from(*v))
+                .collect();
             let mut idx: Vec<usize> = (0..ne).collect();
             idx.sort_by(|a, b| l[*b].total_cmp(&l[*a]));
             let sel = &idx[..top_k];
             let mx = l.iter().cloned().fold(f64::MIN, f64::max);
             let tot: f64 = l.iter().map(|v| (v - mx).exp()).sum();
             let mut w: Vec<f64> = match gating {
-                MoeGating::SoftmaxTopK { .. } => sel.iter().map(|&i| (l[i] - mx).exp() / tot).collect(),
+                MoeGating::SoftmaxTopK { .. } => {
+                    sel.iter().map(|&i| (l[i] - mx).exp() / tot).collect()
+                }
                 MoeGating::TopKSoftmax => sel.iter().map(|&i| (l[i] - l[sel[0]]).exp()).collect(),
             };
-            if matches!(gating, MoeGating::TopKSoftmax | MoeGating::SoftmaxTopK { renormalize: true }) {
+            if matches!(
+                gating,
+                MoeGating::TopKSoftmax | MoeGating::SoftmaxTopK { renormalize: true }
+            ) {
                 let s: f64 = w.iter().sum();
                 w.iter_mut().for_each(|v| *v /= s);
             }
@@ -202,12 +283,18 @@ fn moe_routes_and_combines() {
                 let xr = &x[t * dim..(t + 1) * dim];
                 let mut h = vec![0f64; ff];
                 for f in 0..ff {
-                    let g: f64 = (0..dim).map(|i| f64::from(gate[(ex * ff + f) * dim + i]) * f64::from(xr[i])).sum();
-                    let u: f64 = (0..dim).map(|i| f64::from(up[(ex * ff + f) * dim + i]) * f64::from(xr[i])).sum();
+                    let g: f64 = (0..dim)
+                        .map(|i| f64::from(gate[(ex * ff + f) * dim + i]) * f64::from(xr[i]))
+                        .sum();
+                    let u: f64 = (0..dim)
+                        .map(|i| f64::from(up[(ex * ff + f) * dim + i]) * f64::from(xr[i]))
+                        .sum();
                     h[f] = g / (1.0 + (-g).exp()) * u;
                 }
                 for d in 0..dim {
-                    let y: f64 = (0..ff).map(|f| f64::from(down[(ex * dim + d) * ff + f]) * h[f]).sum();
+                    let y: f64 = (0..ff)
+                        .map(|f| f64::from(down[(ex * dim + d) * ff + f]) * h[f])
+                        .sum();
                     want[t * dim + d] += (w[j] * y) as f32;
                 }
             }

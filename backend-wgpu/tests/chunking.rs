@@ -21,7 +21,9 @@ fn split_weights_give_the_same_results() {
         bin.extend_from_slice(&c.bin);
         deq.extend_from_slice(&c.deq);
     }
-    let w = be.prepare_weight(&HostTensor::new(DType::Q8_0, Shape::d2(40, 512), &bin).unwrap()).unwrap();
+    let w = be
+        .prepare_weight(&HostTensor::new(DType::Q8_0, Shape::d2(40, 512), &bin).unwrap())
+        .unwrap();
     assert_eq!(be.weight_chunks(&w).unwrap(), 14);
     let mut r = rng(21);
     let m = 5;
@@ -40,11 +42,16 @@ fn split_weights_give_the_same_results() {
         let mut want = vec![0f32; m * 40];
         for i in 0..m {
             for j in 0..40 {
-                want[i * 40 + j] =
-                    (0..512).map(|t| f64::from(x[i * 512 + t]) * f64::from(deq[j * 512 + t])).sum::<f64>() as f32;
+                want[i * 40 + j] = (0..512)
+                    .map(|t| f64::from(x[i * 512 + t]) * f64::from(deq[j * 512 + t]))
+                    .sum::<f64>() as f32;
             }
         }
-        assert!(nmse(&got, &want) < 2e-6, "{path:?}: nmse {}", nmse(&got, &want));
+        assert!(
+            nmse(&got, &want) < 2e-6,
+            "{path:?}: nmse {}",
+            nmse(&got, &want)
+        );
     }
     // embed across chunks
     let ids = [39, 0, 20, 3];
@@ -59,7 +66,10 @@ fn split_weights_give_the_same_results() {
     .unwrap();
     let got = read_f32(&be, &o, 0, 4 * 512);
     for (i, &id) in ids.iter().enumerate() {
-        assert_eq!(&got[i * 512..(i + 1) * 512], &deq[id as usize * 512..(id as usize + 1) * 512]);
+        assert_eq!(
+            &got[i * 512..(i + 1) * 512],
+            &deq[id as usize * 512..(id as usize + 1) * 512]
+        );
     }
     // A single row over the cap is an error naming the limit.
     let big = vec![0u8; 4 * 1024];

@@ -10,7 +10,13 @@ use kiln_core::{Activation, Backend, DType, PagedKv, RopeParams, RopeStyle, Shap
 fn probe_and_info() {
     let Some(be) = open() else { return };
     let i = be.info();
-    eprintln!("wgpu:0 = {} ({}) [{}] {}", i.name, i.vendor, i.driver, i.caps_summary());
+    eprintln!(
+        "wgpu:0 = {} ({}) [{}] {}",
+        i.name,
+        i.vendor,
+        i.driver,
+        i.caps_summary()
+    );
     assert!(i.caps.max_binding_bytes > 0 && i.caps.max_buffer_bytes >= i.caps.max_binding_bytes);
     assert!(i.caps.shared_memory_bytes >= 16384);
 }
@@ -54,7 +60,8 @@ fn add_and_bias() {
     let want: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
     assert_close("add", &got, &want, 0.0, 0.0);
     let ov2 = arena.view_mut(4 + 2 * rows * n * 4, s, DType::F32).unwrap();
-    be.add_bias(av, bias_b.view(0, Shape::d1(n), DType::F32).unwrap(), ov2).unwrap();
+    be.add_bias(av, bias_b.view(0, Shape::d1(n), DType::F32).unwrap(), ov2)
+        .unwrap();
     let got = read_f32(&be, &arena, 4 + 2 * rows * n * 4, rows * n);
     let want: Vec<f32> = a.iter().enumerate().map(|(i, x)| x + bias[i % n]).collect();
     assert_close("add_bias", &got, &want, 0.0, 0.0);
@@ -90,7 +97,11 @@ fn glu_both_activations() {
                 let a = match act {
                     Activation::Silu => x / (1.0 + (-x).exp()),
                     Activation::GeluTanh => {
-                        0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x)).tanh())
+                        0.5 * x
+                            * (1.0
+                                + ((2.0 / std::f64::consts::PI).sqrt()
+                                    * (x + 0.044715 * x * x * x))
+                                    .tanh())
                     }
                 };
                 (a * f64::from(y)) as f32
@@ -206,11 +217,21 @@ fn copy_conversions_with_odd_offsets() {
         .unwrap();
         let mut bytes = vec![0u8; (n + 3) * eb];
         be.read(&dst, 0, &mut bytes).unwrap();
-        assert!(bytes[..eb].iter().all(|&b| b == 0xAB), "{sd}->{dd}: clobbered the element before");
-        assert!(bytes[(n + 1) * eb..].iter().all(|&b| b == 0xAB), "{sd}->{dd}: clobbered after");
+        assert!(
+            bytes[..eb].iter().all(|&b| b == 0xAB),
+            "{sd}->{dd}: clobbered the element before"
+        );
+        assert!(
+            bytes[(n + 1) * eb..].iter().all(|&b| b == 0xAB),
+            "{sd}->{dd}: clobbered after"
+        );
         let src_f = kiln_core::convert::to_f32(sd, &src_bytes).unwrap();
         let want = kiln_core::convert::from_f32(dd, &src_f).unwrap();
-        assert_eq!(&bytes[eb..(n + 1) * eb], &want[..], "{sd}->{dd} (round to nearest even)");
+        assert_eq!(
+            &bytes[eb..(n + 1) * eb],
+            &want[..],
+            "{sd}->{dd} (round to nearest even)"
+        );
     }
     let _ = (f16::ONE, bf16::ONE);
 }
@@ -229,7 +250,10 @@ fn gather_rows() {
     )
     .unwrap();
     let got = read_f32(&be, &o, 0, 15);
-    let want: Vec<f32> = [4, 0, 9].iter().flat_map(|&r| (0..5).map(move |j| (r * 5 + j) as f32)).collect();
+    let want: Vec<f32> = [4, 0, 9]
+        .iter()
+        .flat_map(|&r| (0..5).map(move |j| (r * 5 + j) as f32))
+        .collect();
     assert_eq!(got, want);
 }
 
@@ -247,7 +271,11 @@ fn kv_append_all_cache_dtypes() {
         let kc = upload(&be, &vec![0u8; csize * eb]);
         let vc = upload(&be, &vec![0u8; csize * eb]);
         let cs = Shape::d4(blocks, nkv, bs, hd);
-        let kv = PagedKv::new(kc.view_mut(0, cs, cd).unwrap(), vc.view_mut(0, cs, cd).unwrap()).unwrap();
+        let kv = PagedKv::new(
+            kc.view_mut(0, cs, cd).unwrap(),
+            vc.view_mut(0, cs, cd).unwrap(),
+        )
+        .unwrap();
         let kb = upload(&be, &f32_bytes(&k));
         let vb = upload(&be, &f32_bytes(&v));
         let sb = upload(&be, &i32_bytes(&slots));
@@ -272,7 +300,11 @@ fn kv_append_all_cache_dtypes() {
                 for h in 0..nkv {
                     for d in 0..hd {
                         let x = src[(t * nkv + h) * hd + d];
-                        let x = kiln_core::convert::to_f32(cd, &kiln_core::convert::from_f32(cd, &[x]).unwrap()).unwrap()[0];
+                        let x = kiln_core::convert::to_f32(
+                            cd,
+                            &kiln_core::convert::from_f32(cd, &[x]).unwrap(),
+                        )
+                        .unwrap()[0];
                         want[((b * nkv + h) * bs + row) * hd + d] = x;
                     }
                 }

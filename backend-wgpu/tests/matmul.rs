@@ -16,7 +16,9 @@ fn embed_dequantizes_bit_exactly() {
             eprintln!("SKIPPED {d}: no test vectors");
             continue;
         };
-        let w = be.prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap()).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
+            .unwrap();
         let ids = [7, 0, 3, 7, 1, 2, 4, 5, 6];
         let idb = upload(&be, &i32_bytes(&ids));
         let o = poisoned(&be, ids.len() * 512);
@@ -24,7 +26,8 @@ fn embed_dequantizes_bit_exactly() {
             idb.view(0, Shape::d1(ids.len()), DType::I32).unwrap(),
             &w,
             1.0,
-            o.view_mut(0, Shape::d2(ids.len(), 512), DType::F32).unwrap(),
+            o.view_mut(0, Shape::d2(ids.len(), 512), DType::F32)
+                .unwrap(),
         )
         .unwrap();
         let got = read_f32(&be, &o, 0, ids.len() * 512);
@@ -44,7 +47,12 @@ fn embed_dequantizes_bit_exactly() {
         )
         .unwrap();
         let got2 = read_f32(&be, &o2, 0, 512);
-        assert!(got2.iter().zip(&c.deq[7 * 512..8 * 512]).all(|(g, e)| *g == 0.5 * e), "{d}: scale");
+        assert!(
+            got2.iter()
+                .zip(&c.deq[7 * 512..8 * 512])
+                .all(|(g, e)| *g == 0.5 * e),
+            "{d}: scale"
+        );
     }
 }
 
@@ -53,7 +61,9 @@ fn gemv_matches_gguf_vectors() {
     let Some(be) = open() else { return };
     for d in DType::WEIGHT_TYPES {
         let Some(c) = quant_case(d) else { continue };
-        let w = be.prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap()).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
+            .unwrap();
         let xb = upload(&be, &f32_bytes(&c.x));
         let o = poisoned(&be, 8);
         be.matmul_with(
@@ -67,7 +77,12 @@ fn gemv_matches_gguf_vectors() {
         for r in 0..8 {
             let tol = 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
             let err = (got[r] as f64 - c.y[r] as f64).abs();
-            assert!(err <= tol, "{d}: y[{r}] = {} want {} (err {err:e} > {tol:e})", got[r], c.y[r]);
+            assert!(
+                err <= tol,
+                "{d}: y[{r}] = {} want {} (err {err:e} > {tol:e})",
+                got[r],
+                c.y[r]
+            );
         }
     }
 }
@@ -77,7 +92,9 @@ fn cpu_mm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];
     for i in 0..m {
         for j in 0..n {
-            let s: f64 = (0..k).map(|t| f64::from(x[i * k + t]) * f64::from(w[j * k + t])).sum();
+            let s: f64 = (0..k)
+                .map(|t| f64::from(x[i * k + t]) * f64::from(w[j * k + t]))
+                .sum();
             y[i * n + j] = s as f32;
         }
     }
@@ -90,7 +107,9 @@ fn both_paths_many_rows_all_dtypes() {
     let mut r = rng(11);
     for d in DType::WEIGHT_TYPES {
         let Some(c) = quant_case(d) else { continue };
-        let w = be.prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap()).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
+            .unwrap();
         let m = 70; // more than one 64-row GEMM tile and a partial GEMV tile
         let x = randn(&mut r, m * 512, 1.0);
         let want = cpu_mm(&x, &c.deq, m, 8, 512);
@@ -99,7 +118,8 @@ fn both_paths_many_rows_all_dtypes() {
         be.write(&buf, 64, &f32_bytes(&x)).unwrap();
         for path in [MatmulPath::Gemv, MatmulPath::Gemm] {
             let off_o = 64 + m * 512 * 4;
-            be.write(&buf, off_o, &f32_bytes(&vec![f32::NAN; m * 8])).unwrap();
+            be.write(&buf, off_o, &f32_bytes(&vec![f32::NAN; m * 8]))
+                .unwrap();
             be.matmul_with(
                 buf.view(64, Shape::d2(m, 512), DType::F32).unwrap(),
                 &w,
@@ -110,14 +130,19 @@ fn both_paths_many_rows_all_dtypes() {
             let got = read_f32(&be, &buf, off_o, m * 8);
             let e = nmse(&got, &want);
             // f16 weight tiles in the GEMM (where the device has f16) cost ~1e-7.
-            let tol = if path == MatmulPath::Gemv { 1e-10 } else { 2e-6 };
+            let tol = if path == MatmulPath::Gemv {
+                1e-10
+            } else {
+                2e-6
+            };
             assert!(e < tol, "{d} {path:?}: nmse {e:e}");
         }
         // The dispatching entry point agrees with the explicit paths.
         be.matmul(
             buf.view(64, Shape::d2(3, 512), DType::F32).unwrap(),
             &w,
-            buf.view_mut(64 + m * 512 * 4, Shape::d2(3, 8), DType::F32).unwrap(),
+            buf.view_mut(64 + m * 512 * 4, Shape::d2(3, 8), DType::F32)
+                .unwrap(),
         )
         .unwrap();
         let got = read_f32(&be, &buf, 64 + m * 512 * 4, 24);
@@ -129,17 +154,23 @@ fn both_paths_many_rows_all_dtypes() {
 fn bad_shapes_are_errors() {
     let Some(be) = open() else { return };
     let data = vec![0u8; 8 * 40 * 4];
-    assert!(be.prepare_weight(&HostTensor::new(DType::F32, Shape::d2(8, 40), &data).unwrap()).is_err());
+    assert!(
+        be.prepare_weight(&HostTensor::new(DType::F32, Shape::d2(8, 40), &data).unwrap())
+            .is_err()
+    );
     let w = be
-        .prepare_weight(&HostTensor::new(DType::F32, Shape::d2(8, 32), &data[..8 * 32 * 4]).unwrap())
+        .prepare_weight(
+            &HostTensor::new(DType::F32, Shape::d2(8, 32), &data[..8 * 32 * 4]).unwrap(),
+        )
         .unwrap();
     let x = be.alloc(4 * 64).unwrap();
     let o = be.alloc(4 * 16).unwrap();
-    assert!(be
-        .matmul(
+    assert!(
+        be.matmul(
             x.view(0, Shape::d2(2, 32), DType::F32).unwrap(),
             &w,
             o.view_mut(0, Shape::d2(2, 7), DType::F32).unwrap()
         )
-        .is_err());
+        .is_err()
+    );
 }

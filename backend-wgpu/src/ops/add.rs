@@ -57,13 +57,21 @@ pub(crate) fn add(be: &WgpuBackend, a: View<'_>, b: View<'_>, out: ViewMut<'_>) 
     )
 }
 
-pub(crate) fn add_bias(be: &WgpuBackend, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+pub(crate) fn add_bias(
+    be: &WgpuBackend,
+    x: View<'_>,
+    bias: View<'_>,
+    out: ViewMut<'_>,
+) -> Result<()> {
     let op = OpKind::AddBias;
     for (w, v) in [("x", &x), ("bias", &bias), ("out", &out.as_view())] {
         check::dtype(op, w, v.dtype(), &[DType::F32])?;
     }
     if x.shape() != out.shape() {
-        return Err(Error::shape(op, format!("x {} vs out {}", x.shape(), out.shape())));
+        return Err(Error::shape(
+            op,
+            format!("x {} vs out {}", x.shape(), out.shape()),
+        ));
     }
     let len = x.shape().last();
     check::eq(op, "bias elements vs row length", bias.numel(), len)?;
@@ -86,5 +94,10 @@ pub(crate) fn add_bias(be: &WgpuBackend, x: View<'_>, bias: View<'_>, out: ViewM
     };
     let pipe = be.pipeline(ShaderSpec::new("add", &[SRC], "add_bias"))?;
     let (gx, gy) = be.grid(n.div_ceil(256));
-    be.dispatch(&pipe, bytes_of(&p), &[bx.entry(1), bb.entry(2), bo.entry(3)], (gx, gy, 1))
+    be.dispatch(
+        &pipe,
+        bytes_of(&p),
+        &[bx.entry(1), bb.entry(2), bo.entry(3)],
+        (gx, gy, 1),
+    )
 }

@@ -73,17 +73,27 @@ pub(crate) fn attention(
     float_only(op, "KV cache", kv.dtype())?;
     check::dtype(op, "q", q.dtype(), &[DType::F32])?;
     check::dtype(op, "out", out.dtype(), &[DType::F32])?;
-    for (w, v) in [("q_starts", &b.q_starts), ("kv_lens", &b.kv_lens), ("block_tables", &b.block_tables)] {
+    for (w, v) in [
+        ("q_starts", &b.q_starts),
+        ("kv_lens", &b.kv_lens),
+        ("block_tables", &b.block_tables),
+    ] {
         check::dtype(op, w, v.dtype(), &[DType::I32])?;
     }
     let hd = p.head_dim;
     if hd == 0 || hd > 256 {
-        return Err(Error::shape(op, format!("head_dim {hd}: this backend takes 1..=256")));
+        return Err(Error::shape(
+            op,
+            format!("head_dim {hd}: this backend takes 1..=256"),
+        ));
     }
     if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
         return Err(Error::shape(
             op,
-            format!("n_heads {} is not a multiple of n_kv_heads {}", p.n_heads, p.n_kv_heads),
+            format!(
+                "n_heads {} is not a multiple of n_kv_heads {}",
+                p.n_heads, p.n_kv_heads
+            ),
         ));
     }
     check::eq(op, "cache head_dim", kv.head_dim(), hd)?;
@@ -92,7 +102,11 @@ pub(crate) fn attention(
     if qs.rank() != 3 || qs.dim(1) != p.n_heads || qs.dim(2) != hd || out.shape() != qs {
         return Err(Error::shape(
             op,
-            format!("q {qs} and out {} must be [n_tokens, {}, {hd}]", out.shape(), p.n_heads),
+            format!(
+                "q {qs} and out {} must be [n_tokens, {}, {hd}]",
+                out.shape(),
+                p.n_heads
+            ),
         ));
     }
     let n_tokens = qs.dim(0);
@@ -101,7 +115,10 @@ pub(crate) fn attention(
     if b.block_tables.shape().rows() != n_seqs {
         return Err(Error::shape(
             op,
-            format!("block_tables {} must be [{n_seqs}, max_blocks]", b.block_tables.shape()),
+            format!(
+                "block_tables {} must be [{n_seqs}, max_blocks]",
+                b.block_tables.shape()
+            ),
         ));
     }
     out.check_disjoint(&q)?;
@@ -178,7 +195,12 @@ pub(crate) fn attention(
         let mut c = spec();
         c.entry = "combine";
         let comb = be.pipeline(c)?;
-        be.dispatch(&comb, bytes_of(&prm), &[bo.entry(7), bs.entry(8)], (gx, gy, 1))?;
+        be.dispatch(
+            &comb,
+            bytes_of(&prm),
+            &[bo.entry(7), bs.entry(8)],
+            (gx, gy, 1),
+        )?;
     }
     Ok(())
 }

@@ -70,5 +70,10 @@ pub(crate) fn copy(be: &WgpuBackend, src: View<'_>, dst: ViewMut<'_>) -> Result<
         .sub("STORE_D", store_fn(dst.dtype()));
     let pipe = be.pipeline(spec)?;
     let (gx, gy) = be.grid(n_words.div_ceil(256));
-    be.dispatch(&pipe, bytes_of(&p), &[bs.entry(1), bd.entry(2)], (gx, gy, 1))
+    be.dispatch(
+        &pipe,
+        bytes_of(&p),
+        &[bs.entry(1), bd.entry(2)],
+        (gx, gy, 1),
+    )
 }

@@ -107,7 +107,13 @@ pub(crate) fn kv_append(
     be.dispatch(
         &pipe,
         bytes_of(&p),
-        &[bk.entry(1), bv.entry(2), bkc.entry(3), bvc.entry(4), bs.entry(5)],
+        &[
+            bk.entry(1),
+            bv.entry(2),
+            bkc.entry(3),
+            bvc.entry(4),
+            bs.entry(5),
+        ],
         (gx, gy, 1),
     )
 }

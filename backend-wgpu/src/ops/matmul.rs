@@ -124,7 +124,11 @@ fn run(
     };
     let zmax = be.limits.max_compute_workgroups_per_dimension;
     if tiles_m > zmax {
-        return Err(be.limit_error("matmul: x-row tiles (workgroups in z)", u64::from(tiles_m), u64::from(zmax)));
+        return Err(be.limit_error(
+            "matmul: x-row tiles (workgroups in z)",
+            u64::from(tiles_m),
+            u64::from(zmax),
+        ));
     }
     let spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], entry)
         .define(wdefine(ww.dtype))

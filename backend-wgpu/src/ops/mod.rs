@@ -28,9 +28,9 @@ pub(crate) fn epw(d: DType) -> u32 {
 /// WGSL: `fn NAME(i: u32) -> f32` reading element i of `BUF: array<u32>` as `d`.
 pub(crate) fn load_fn(name: &str, buf: &str, d: DType) -> String {
     match d {
-        DType::F16 => format!(
-            "fn {name}(i: u32) -> f32 {{ return f16_half({buf}[i >> 1u], i & 1u); }}"
-        ),
+        DType::F16 => {
+            format!("fn {name}(i: u32) -> f32 {{ return f16_half({buf}[i >> 1u], i & 1u); }}")
+        }
         DType::BF16 => format!(
             "fn {name}(i: u32) -> f32 {{ return bf16_bits(({buf}[i >> 1u] >> ((i & 1u) * 16u)) & 0xffffu); }}"
         ),

@@ -10,7 +10,9 @@
 //! y [T·K, dim].
 
 use kiln_core::backend::check;
-use kiln_core::{DType, Error, MoeExperts, MoeGating, MoeRouting, OpKind, Result, View, ViewMut, Weight};
+use kiln_core::{
+    DType, Error, MoeExperts, MoeGating, MoeRouting, OpKind, Result, View, ViewMut, Weight,
+};
 
 use crate::buffer::Bound;
 use crate::device::WgpuBackend;
@@ -143,12 +145,25 @@ pub(crate) fn moe(
     check::dtype(op, "out", out.dtype(), &[DType::F32])?;
     check::eq(op, "x row length vs expert dim", x.shape().last(), dim)?;
     let n_tokens = x.shape().rows();
-    check::eq(op, "router_logits rows vs tokens", logits.shape().rows(), n_tokens)?;
-    check::eq(op, "router_logits length vs experts", logits.shape().last(), n_exp)?;
+    check::eq(
+        op,
+        "router_logits rows vs tokens",
+        logits.shape().rows(),
+        n_tokens,
+    )?;
+    check::eq(
+        op,
+        "router_logits length vs experts",
+        logits.shape().last(),
+        n_exp,
+    )?;
     check::eq(op, "out rows vs tokens", out.shape().rows(), n_tokens)?;
     check::eq(op, "out row length vs dim", out.shape().last(), dim)?;
     if r.top_k == 0 || r.top_k > n_exp {
-        return Err(Error::shape(op, format!("top_k {} with {n_exp} experts", r.top_k)));
+        return Err(Error::shape(
+            op,
+            format!("top_k {} with {n_exp} experts", r.top_k),
+        ));
     }
     out.check_disjoint(&x)?;
     out.check_disjoint(&logits)?;
@@ -157,7 +172,10 @@ pub(crate) fn moe(
     }
     let need = scratch_bytes(n_tokens, e, r);
     let sc = scratch.ok_or_else(|| {
-        Error::Invalid(format!("moe on {}: needs {need} bytes of scratch (moe_scratch_bytes)", be.info.id))
+        Error::Invalid(format!(
+            "moe on {}: needs {need} bytes of scratch (moe_scratch_bytes)",
+            be.info.id
+        ))
     })?;
     if sc.bytes() < need || sc.offset() % 4 != 0 {
         return Err(Error::Invalid(format!(
@@ -210,10 +228,39 @@ pub(crate) fn moe(
             .over("RENORM", if renorm { 1.0 } else { 0.0 }),
     )?;
     let (gx, gy) = be.grid((n_tokens as u32).div_ceil(64));
-    be.dispatch(&route, bytes_of(&p), &[bl.entry(1), bsc.entry(2)], (gx, gy, 1))?;
+    be.dispatch(
+        &route,
+        bytes_of(&p),
+        &[bl.entry(1), bsc.entry(2)],
+        (gx, gy, 1),
+    )?;
     let top_k = r.top_k as u32;
-    expert_gemv(be, gw, ff, &bx, bx.elem_off(4), g_off, &bsc, id_off, pairs, top_k, true)?;
-    expert_gemv(be, uw, ff, &bx, bx.elem_off(4), u_off, &bsc, id_off, pairs, top_k, true)?;
+    expert_gemv(
+        be,
+        gw,
+        ff,
+        &bx,
+        bx.elem_off(4),
+        g_off,
+        &bsc,
+        id_off,
+        pairs,
+        top_k,
+        true,
+    )?;
+    expert_gemv(
+        be,
+        uw,
+        ff,
+        &bx,
+        bx.elem_off(4),
+        u_off,
+        &bsc,
+        id_off,
+        pairs,
+        top_k,
+        true,
+    )?;
     let n_h = pairs * ff as u32;
     let glu = be.pipeline(
         ShaderSpec::new("glu", &[GLU], "main").over("ACT", super::glu::act_code(e.act)),
@@ -225,8 +272,15 @@ pub(crate) fn moe(
         o_off: g_off,
     };
     let (hx, hy) = be.grid(n_h.div_ceil(256));
-    be.dispatch(&glu, bytes_of(&gp), &[bsc.entry(1), bsc.entry(2), bsc.entry(3)], (hx, hy, 1))?;
-    expert_gemv(be, dw, dim, &bsc, g_off, y_off, &bsc, id_off, pairs, top_k, false)?;
+    be.dispatch(
+        &glu,
+        bytes_of(&gp),
+        &[bsc.entry(1), bsc.entry(2), bsc.entry(3)],
+        (hx, hy, 1),
+    )?;
+    expert_gemv(
+        be, dw, dim, &bsc, g_off, y_off, &bsc, id_off, pairs, top_k, false,
+    )?;
     let comb = be.pipeline(
         ShaderSpec::new("moe", &[SRC], "combine")
             .over("GATING", gating)
@@ -234,5 +288,10 @@ pub(crate) fn moe(
     )?;
     let n_out = u32_of(op, "out elements", n_tokens * dim)?;
     let (cx, cy) = be.grid(n_out.div_ceil(256));
-    be.dispatch(&comb, bytes_of(&p), &[bsc.entry(2), bo.entry(3)], (cx, cy, 1))
+    be.dispatch(
+        &comb,
+        bytes_of(&p),
+        &[bsc.entry(2), bo.entry(3)],
+        (cx, cy, 1),
+    )
 }

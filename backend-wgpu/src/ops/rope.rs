@@ -44,7 +44,10 @@ pub(crate) fn rope(
     if p.n_rot == 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim {
         return Err(Error::shape(
             op,
-            format!("n_rot {} must be even, > 0 and ≤ head_dim {head_dim}", p.n_rot),
+            format!(
+                "n_rot {} must be even, > 0 and ≤ head_dim {head_dim}",
+                p.n_rot
+            ),
         ));
     }
     check::eq(op, "positions vs tokens", positions.numel(), n_tokens)?;

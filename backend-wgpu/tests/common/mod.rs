@@ -14,7 +14,10 @@ pub fn open() -> Option<Arc<WgpuBackend>> {
         Probe::Found(_) => Some(Arc::new(WgpuBackend::open(0).unwrap())),
         Probe::NotFound(why) => {
             let req = std::env::var("KILN_REQUIRE").unwrap_or_default();
-            assert!(!req.split(',').any(|s| s.trim() == "wgpu"), "wgpu required but not found: {why}");
+            assert!(
+                !req.split(',').any(|s| s.trim() == "wgpu"),
+                "wgpu required but not found: {why}"
+            );
             eprintln!("SKIPPED: no wgpu adapter ({why})");
             None
         }
@@ -26,7 +29,9 @@ pub fn rng(seed: u64) -> rand::rngs::StdRng {
 }
 
 pub fn randn(r: &mut impl Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale).collect()
+    (0..n)
+        .map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
@@ -78,8 +83,12 @@ pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
     num / den.max(1e-30)
 }
 
+/// The gguf-py vectors: `$KILN_TESTDATA/quant`, else `../shared/testdata/quant` of the repo.
 pub fn quant_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/quant")
+    match std::env::var_os("KILN_TESTDATA") {
+        Some(d) => PathBuf::from(d).join("quant"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/quant"),
+    }
 }
 
 pub fn read_le_f32(path: &PathBuf) -> Vec<f32> {
@@ -101,7 +110,18 @@ pub struct QuantCase {
     pub row_abs_dot: Vec<f64>,
 }
 
+/// The vectors of `d`; missing data is a failure, not a silent pass.
 pub fn quant_case(d: DType) -> Option<QuantCase> {
+    let c = quant_case_opt(d);
+    assert!(
+        c.is_some(),
+        "no gguf-py vectors for {d} under {}",
+        quant_dir().display()
+    );
+    c
+}
+
+fn quant_case_opt(d: DType) -> Option<QuantCase> {
     let dir = quant_dir();
     let name = d.name();
     let bin = std::fs::read(dir.join(format!("{name}.bin"))).ok();
