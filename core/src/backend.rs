@@ -108,19 +108,19 @@ pub struct RopeFreqs {
 impl RopeFreqs {
     /// `n_rot/2` inverse frequencies, computed in f64 and rounded once to f32.
     pub fn inv_freq(&self, n_rot: usize) -> Result<Vec<f32>> {
-        if n_rot == 0 || n_rot % 2 != 0 {
+        if n_rot == 0 || !n_rot.is_multiple_of(2) {
             return Err(Error::Invalid(format!(
                 "rope: n_rot {n_rot} must be even and > 0"
             )));
         }
         let half = n_rot / 2;
-        if let RopeScaling::Divisors(d) = &self.scaling {
-            if d.len() != half {
-                return Err(Error::Invalid(format!(
-                    "rope: {} frequency divisors for n_rot {n_rot} (want {half})",
-                    d.len()
-                )));
-            }
+        if let RopeScaling::Divisors(d) = &self.scaling
+            && d.len() != half
+        {
+            return Err(Error::Invalid(format!(
+                "rope: {} frequency divisors for n_rot {n_rot} (want {half})",
+                d.len()
+            )));
         }
         let out = (0..half)
             .map(|i| {

@@ -125,7 +125,7 @@ impl DType {
     /// Bytes needed for `n` elements, overflow-checked; `n` must be a whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Result<usize> {
         let bs = self.block_size();
-        if n % bs != 0 {
+        if !n.is_multiple_of(bs) {
             return Err(Error::Quant {
                 dtype: self,
                 msg: format!("{n} elements is not a multiple of the block size {bs}"),

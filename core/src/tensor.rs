@@ -78,7 +78,7 @@ impl<'a> View<'a> {
                 buf.len
             )));
         }
-        if offset % dtype.align() != 0 {
+        if !offset.is_multiple_of(dtype.align()) {
             return Err(Error::View(format!(
                 "offset {offset} is not aligned for {dtype}"
             )));
