@@ -161,6 +161,8 @@ struct Scratch {
     acc: Vec<f64>,
     /// one K or V row as f32 `[head_dim]`.
     row: Vec<f32>,
+    /// `[group]` softmax denominators.
+    sums: Vec<f64>,
 }
 
 /// Cache element offset of key position `key` of sequence `seq`, KV head `g`.
@@ -205,14 +207,14 @@ fn task(pl: &Plan<'_>, inp: Inputs<'_>, t: usize, g: usize, sc: &mut Scratch, ou
             sc.scores[j * n + i] = s;
         }
     }
-    let mut sums = vec![0f64; group];
-    for (j, sum) in sums.iter_mut().enumerate() {
+    sc.sums.clear();
+    for j in 0..group {
         let sj = &mut sc.scores[j * n..(j + 1) * n];
         let max = sj.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         for s in sj.iter_mut() {
             *s = (*s - max).exp();
         }
-        *sum = sj.iter().sum();
+        sc.sums.push(sj.iter().sum());
     }
     sc.acc.clear();
     sc.acc.resize(group * hd, 0.0);
@@ -230,7 +232,7 @@ fn task(pl: &Plan<'_>, inp: Inputs<'_>, t: usize, g: usize, sc: &mut Scratch, ou
             .iter_mut()
             .zip(&sc.acc[j * hd..(j + 1) * hd])
         {
-            *o = (a / sums[j]) as f32;
+            *o = (a / sc.sums[j]) as f32;
         }
     }
 }

@@ -50,6 +50,16 @@ fn run_with(
     p: &AttnParams,
     edit: impl FnOnce(&mut Vec<i32>, &mut Vec<i32>, &mut Vec<i32>),
 ) -> Result<Vec<f32>> {
+    run_reps(c, p, edit, 1).map(|(out, _)| out)
+}
+
+/// `run_with`, calling `attention` `reps` times; also returns the seconds per call.
+fn run_reps(
+    c: &Case,
+    p: &AttnParams,
+    edit: impl FnOnce(&mut Vec<i32>, &mut Vec<i32>, &mut Vec<i32>),
+    reps: usize,
+) -> Result<(Vec<f32>, f64)> {
     let b = ReferenceBackend::new(0);
     let (n_kv, hd, bs) = (c.n_kv, c.hd, c.bs);
     let mut kc = vec![0f32; c.num_blocks * n_kv * bs * hd];
@@ -102,17 +112,21 @@ fn run_with(
         max_q_len: 1 << 20,
         max_kv_len: 1 << 20,
     };
-    b.attention(
-        qb.view(0, qshape, DType::F32).unwrap(),
-        &kv,
-        &batch,
-        p,
-        None,
-        ob.view_mut(0, qshape, DType::F32).unwrap(),
-    )?;
+    let t = std::time::Instant::now();
+    for _ in 0..reps {
+        b.attention(
+            qb.view(0, qshape, DType::F32).unwrap(),
+            &kv,
+            &batch,
+            p,
+            None,
+            ob.view_mut(0, qshape, DType::F32).unwrap(),
+        )?;
+    }
+    let secs = t.elapsed().as_secs_f64() / reps.max(1) as f64;
     let mut raw = vec![0u8; q.len() * 4];
     b.read(&ob, 0, &mut raw).unwrap();
-    Ok(to_f32(DType::F32, &raw).unwrap())
+    Ok((to_f32(DType::F32, &raw).unwrap(), secs))
 }
 
 fn run(c: &Case, p: &AttnParams) -> Vec<f32> {
@@ -372,4 +386,42 @@ fn bad_batches_are_errors_not_panics() {
     bad = p;
     bad.n_kv_heads = 2;
     assert!(shape_err(run_with(&c, &bad, |_, _, _| {})));
+}
+
+/// Time at Qwen2.5-0.5B's shape (14 heads, 2 KV heads, head_dim 64, f16 cache): a 512-token
+/// prefill and a decode step over 4096 cached tokens. Run with
+/// `cargo test -p kiln-core --lib attention_timing -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn attention_timing() {
+    let (n_heads, n_kv, hd, bs) = (14, 2, 64, 16);
+    for (q_len, kv_len) in [(512usize, 512usize), (1, 4096)] {
+        let blocks: Vec<i32> = (0..kv_len.div_ceil(bs) as i32).rev().collect();
+        let c = Case {
+            n_heads,
+            n_kv,
+            hd,
+            bs,
+            num_blocks: blocks.len(),
+            dtype: DType::F16,
+            seqs: vec![Seq {
+                q: pseudo(q_len * n_heads * hd, 1),
+                k: pseudo(kv_len * n_kv * hd, 2),
+                v: pseudo(kv_len * n_kv * hd, 3),
+                blocks,
+            }],
+        };
+        let p = AttnParams {
+            scale: 0.125,
+            ..params(&c)
+        };
+        let (_, per) = run_reps(&c, &p, |_, _, _| {}, 5).unwrap();
+        let keys: usize = (0..q_len).map(|j| kv_len - q_len + j + 1).sum();
+        let flops = 4.0 * (keys * n_heads * hd) as f64;
+        println!(
+            "attention q_len {q_len} kv_len {kv_len}: {:.2} ms per call, {:.2} GFLOP/s",
+            per * 1e3,
+            flops / per / 1e9
+        );
+    }
 }

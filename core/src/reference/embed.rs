@@ -14,17 +14,21 @@ use crate::error::{Error, Result};
 use crate::quant;
 use crate::tensor::{View, ViewMut, Weight};
 
-/// Gather and scale rows over slices: `table` holds `vocab` rows of `row_bytes` bytes.
+/// Gather and scale rows over slices: `table` `[vocab, dim]` × `dtype`, out `[ids, dim]`.
 pub(super) fn embed_rows(
     ids: &[i32],
     table: &[u8],
     dtype: DType,
-    vocab: usize,
+    (vocab, dim): (usize, usize),
     scale: f32,
     out: &mut [f32],
 ) -> Result<()> {
-    let rows = ids.len();
-    let dim = out.len() / rows.max(1);
+    check::eq(
+        OpKind::Embed,
+        "out elements vs ids · dim",
+        out.len(),
+        ids.len() * dim,
+    )?;
     let row_bytes = dtype.bytes_for(dim)?;
     check::eq(
         OpKind::Embed,
@@ -86,7 +90,7 @@ pub(super) fn embed(
     let a = b.access();
     let idv = a.i32s(&ids)?;
     let o = a.f32s_mut(&out)?;
-    embed_rows(idv, &hw.data, table.dtype(), vocab, scale, o)
+    embed_rows(idv, &hw.data, table.dtype(), (vocab, dim), scale, o)
 }
 
 #[cfg(test)]
@@ -99,14 +103,16 @@ mod tests {
         // vocab 3, dim 2, bf16
         let table = from_f32(DType::BF16, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let mut out = [f32::NAN; 6];
-        embed_rows(&[2, 0, 2], &table, DType::BF16, 3, 0.5, &mut out).unwrap();
+        embed_rows(&[2, 0, 2], &table, DType::BF16, (3, 2), 0.5, &mut out).unwrap();
         assert_eq!(out, [2.5, 3.0, 0.5, 1.0, 2.5, 3.0]);
-        let e = embed_rows(&[1, 3], &table, DType::BF16, 3, 1.0, &mut out[..4]).unwrap_err();
+        let e = embed_rows(&[1, 3], &table, DType::BF16, (3, 2), 1.0, &mut out[..4]).unwrap_err();
         let msg = e.to_string();
         assert!(
             msg.contains("ids[1] = 3") && msg.contains("3 rows"),
             "{msg}"
         );
-        assert!(embed_rows(&[-1], &table, DType::BF16, 3, 1.0, &mut out[..2]).is_err());
+        assert!(embed_rows(&[-1], &table, DType::BF16, (3, 2), 1.0, &mut out[..2]).is_err());
+        // no ids: nothing to do, not an error
+        embed_rows(&[], &table, DType::BF16, (3, 2), 1.0, &mut []).unwrap();
     }
 }

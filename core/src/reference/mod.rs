@@ -14,6 +14,8 @@ mod matmul;
 mod mem;
 mod moe;
 mod norm;
+#[cfg(test)]
+mod op_tests;
 mod rope;
 
 use std::sync::{Arc, Mutex};
