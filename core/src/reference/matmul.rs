@@ -80,10 +80,18 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f64 {
     s
 }
 
-/// yᵀ block: `yt[r·m + i]` = x_i · w_r for x `[m, k]` and dequantized rows w `[rows, k]`,
+/// yᵀ block: `yt[r·ld + i]` = x_i · w_r for x `[m, k]` and dequantized rows w `[rows, k]`,
 /// in tiles of 2 x rows × `GROUP` weight rows (8 independent accumulator vectors).
-fn dots_body(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
-    dots_with(x, k, w, yt, dot_tile::<2, GROUP>, dot_tile::<1, GROUP>, dot)
+fn dots_body(x: &[f32], k: usize, w: &[f32], yt: &mut [f32], ld: usize) {
+    dots_with(
+        x,
+        k,
+        w,
+        (yt, ld),
+        dot_tile::<2, GROUP>,
+        dot_tile::<1, GROUP>,
+        dot,
+    )
 }
 
 /// The tiling of `dots_body` over given tile functions (portable or AVX).
@@ -92,7 +100,7 @@ fn dots_with(
     x: &[f32],
     k: usize,
     w: &[f32],
-    yt: &mut [f32],
+    (yt, ld): (&mut [f32], usize),
     tile2: impl Fn([&[f32]; 2], [&[f32]; GROUP]) -> [[f64; GROUP]; 2],
     tile1: impl Fn([&[f32]; 1], [&[f32]; GROUP]) -> [[f64; GROUP]; 1],
     dot1: impl Fn(&[f32], &[f32]) -> f64,
@@ -108,21 +116,21 @@ fn dots_with(
         while i + 2 <= m {
             let s = tile2([xr(i), xr(i + 1)], wg);
             for r in 0..GROUP {
-                yt[(g + r) * m + i] = s[0][r] as f32;
-                yt[(g + r) * m + i + 1] = s[1][r] as f32;
+                yt[(g + r) * ld + i] = s[0][r] as f32;
+                yt[(g + r) * ld + i + 1] = s[1][r] as f32;
             }
             i += 2;
         }
         if i < m {
             let [s] = tile1([xr(i)], wg);
             for r in 0..GROUP {
-                yt[(g + r) * m + i] = s[r] as f32;
+                yt[(g + r) * ld + i] = s[r] as f32;
             }
         }
     }
     for r in full..rows {
         for i in 0..m {
-            yt[r * m + i] = dot1(xr(i), wr(r)) as f32;
+            yt[r * ld + i] = dot1(xr(i), wr(r)) as f32;
         }
     }
 }
@@ -200,12 +208,12 @@ mod avx {
 /// `dots_body` with the AVX tile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-fn dots_avx(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
+fn dots_avx(x: &[f32], k: usize, w: &[f32], yt: &mut [f32], ld: usize) {
     dots_with(
         x,
         k,
         w,
-        yt,
+        (yt, ld),
         |a, b| avx::tile::<2, GROUP>(a, b),
         |a, b| avx::tile::<1, GROUP>(a, b),
         |a, b| avx::tile::<1, 1>([a], [b])[0][0],
@@ -213,14 +221,14 @@ fn dots_avx(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
 }
 
 /// `dots_body` with the widest instruction set the CPU has.
-fn dots(x: &[f32], k: usize, w: &[f32], yt: &mut [f32]) {
+fn dots(x: &[f32], k: usize, w: &[f32], yt: &mut [f32], ld: usize) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx") {
         // SAFETY: `dots_avx` only requires AVX, which the CPU was just found to support.
-        unsafe { dots_avx(x, k, w, yt) };
+        unsafe { dots_avx(x, k, w, yt, ld) };
         return;
     }
-    dots_body(x, k, w, yt)
+    dots_body(x, k, w, yt, ld)
 }
 
 /// Weight rows per task: about `TASK_BYTES` of dequantized f32, 4..=64 rows, a multiple of
@@ -230,9 +238,16 @@ fn rows_per_task(k: usize) -> usize {
     r.clamp(GROUP, 64) / GROUP * GROUP
 }
 
-/// One task: for each group of `GROUP` weight rows of `wc` (rows of `row_bytes`), dequantize
-/// them into `buf` `[GROUP, k]` (so they stay in L1/L2 while used) and set `yt[r·m + i]` =
-/// x_i · w_r. `yt` is this task's block of yᵀ: `[rows, m]`. Each row is dequantized once.
+/// x rows per block when m is large: a block of x and a task's dequantized rows (about
+/// `TASK_BYTES` each) stay in L2 while every pair is dotted. Even, ≥ 2.
+fn x_block_rows(k: usize) -> usize {
+    (TASK_BYTES / (k.max(1) * 4)).max(2) / 2 * 2
+}
+
+/// One task: `yt[r·m + i]` = x_i · w_r for the rows of `wc` (rows of `row_bytes`); `yt` is
+/// this task's block of yᵀ, `[rows, m]`. Each weight row is dequantized once, into `buf`:
+/// - m ≤ one x block: `GROUP` rows at a time (`[GROUP, k]`, in L1/L2), each dotted with all x;
+/// - else: all the task's rows (`[rows, k]`), then x block by block against all of them.
 fn task(
     x: &[f32],
     k: usize,
@@ -243,13 +258,27 @@ fn task(
     yt: &mut [f32],
 ) -> Result<()> {
     let m = x.len() / k;
-    for (wg, yg) in wc.chunks(GROUP * row_bytes).zip(yt.chunks_mut(GROUP * m)) {
-        let rows = wg.len() / row_bytes;
-        buf.resize(rows * k, 0.0);
-        for (src, dst) in wg.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
+    let rows = wc.len() / row_bytes;
+    let dequant = |wrows: &[u8], buf: &mut Vec<f32>| -> Result<usize> {
+        let nr = wrows.len() / row_bytes;
+        buf.resize(nr * k, 0.0);
+        for (src, dst) in wrows.chunks_exact(row_bytes).zip(buf.chunks_exact_mut(k)) {
             quant::dequantize(dtype, src, dst)?;
         }
-        dots(x, k, &buf[..rows * k], yg);
+        Ok(nr)
+    };
+    let mb = x_block_rows(k);
+    if m <= mb {
+        for (gi, wg) in wc.chunks(GROUP * row_bytes).enumerate() {
+            let nr = dequant(wg, buf)?;
+            dots(x, k, &buf[..nr * k], &mut yt[gi * GROUP * m..], m);
+        }
+    } else {
+        dequant(wc, buf)?;
+        for i0 in (0..m).step_by(mb) {
+            let i1 = (i0 + mb).min(m);
+            dots(&x[i0 * k..i1 * k], k, &buf[..rows * k], &mut yt[i0..], m);
+        }
     }
     Ok(())
 }
@@ -432,10 +461,28 @@ mod tests {
         let x = vals(m * k, 6);
         let w = vals(rows * k, 7);
         let mut plain = vec![0f32; rows * m];
-        dots_body(&x, k, &w, &mut plain);
+        dots_body(&x, k, &w, &mut plain, m);
         let mut best = vec![0f32; rows * m];
-        dots(&x, k, &w, &mut best);
+        dots(&x, k, &w, &mut best, m);
         assert_eq!(plain, best);
+    }
+
+    #[test]
+    fn blocked_path_equals_row_by_row_bit_for_bit() {
+        // k = 8192: x blocks of 8 rows, so m = 19 takes the blocked path (3 blocks, odd tail);
+        // each row computed alone (m = 1) takes the other path. Same bits: a row's result does
+        // not depend on the batch it is in.
+        let (m, k, n) = (19, 8192, 13);
+        assert!(m > x_block_rows(k));
+        let x = vals(m * k, 8);
+        let w = from_f32(DType::BF16, &vals(n * k, 9)).unwrap();
+        let mut y = vec![f32::NAN; m * n];
+        gemm(&x, m, k, &w, DType::BF16, n, &mut y).unwrap();
+        for i in 0..m {
+            let mut yi = vec![f32::NAN; n];
+            gemm(&x[i * k..(i + 1) * k], 1, k, &w, DType::BF16, n, &mut yi).unwrap();
+            assert_eq!(&y[i * n..(i + 1) * n], &yi[..], "row {i}");
+        }
     }
 
     #[test]
@@ -516,7 +563,7 @@ mod data_tests {
         }
     }
 
-    /// GFLOP/s of `gemm` at n = k = 4096, m = 1 and 64. Run with
+    /// GFLOP/s of `gemm` at n = k = 4096, m = 1, 64 and 512. Run with
     /// `cargo test -p kiln-core --lib matmul_gflops -- --ignored --nocapture`.
     #[test]
     #[ignore]
@@ -534,10 +581,14 @@ mod data_tests {
         for dt in [DType::F32, DType::Q8_0, DType::Q4_K] {
             let mut wb = vec![0u8; dt.bytes_for(n * k).unwrap()];
             quant::quantize(dt, &w, &mut wb).unwrap();
-            for m in [1usize, 64] {
+            for m in [1usize, 64, 512] {
                 let x = &w[..m * k];
                 let mut y = vec![0f32; m * n];
-                let reps = if m == 1 { 20 } else { 3 };
+                let reps = match m {
+                    1 => 20,
+                    64 => 5,
+                    _ => 2,
+                };
                 let mut times = Vec::new();
                 gemm(x, m, k, &wb, dt, n, &mut y).unwrap(); // warm-up
                 for _ in 0..reps {
