@@ -1,6 +1,7 @@
-//! Elementwise ops: `glu` (out = act(gate) ⊙ up, act = SiLU or GELU-tanh) and `add`
-//! (out = a + b), all f32 and computed in f32. Parallel over chunks of `CHUNK` elements.
-//! Move 3 floats per element.
+//! Elementwise ops: `glu` (out = act(gate) ⊙ up, act = SiLU or GELU-tanh), `add`
+//! (out = a + b) and `add_bias` (out = x + bias, bias `[n]` broadcast over the rows of x
+//! `[rows, n]`), all f32 and computed in f32. Parallel over chunks of about `CHUNK` elements.
+//! Move 3 floats per element (2 for `add_bias`).
 
 use rayon::prelude::*;
 
@@ -94,6 +95,48 @@ pub(super) fn add(b: &ReferenceBackend, x: View<'_>, y: View<'_>, out: ViewMut<'
         .for_each(|(o, (p, q))| {
             for ((o, p), q) in o.iter_mut().zip(p).zip(q) {
                 *o = p + q;
+            }
+        });
+    Ok(())
+}
+
+/// The `add_bias` op.
+pub(super) fn add_bias(
+    b: &ReferenceBackend,
+    x: View<'_>,
+    bias: View<'_>,
+    out: ViewMut<'_>,
+) -> Result<()> {
+    let op = OpKind::AddBias;
+    for d in [x.device(), bias.device(), out.device()] {
+        b.check_dev(op, d)?;
+    }
+    for (what, dt) in [
+        ("x", x.dtype()),
+        ("bias", bias.dtype()),
+        ("out", out.dtype()),
+    ] {
+        check::dtype(op, what, dt, &[DType::F32])?;
+    }
+    let n = x.shape().last();
+    check::eq(op, "bias elements vs x last dim", bias.numel(), n)?;
+    check::eq(op, "out elements vs x elements", out.numel(), x.numel())?;
+    check::eq(op, "out last dim vs x last dim", out.shape().last(), n)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let a = b.access();
+    let (xs, bs) = (a.f32s(&x)?, a.f32s(&bias)?);
+    // Chunks of whole rows.
+    let rows_per_chunk = (CHUNK / n).max(1);
+    a.f32s_mut(&out)?
+        .par_chunks_mut(rows_per_chunk * n)
+        .zip(xs.par_chunks(rows_per_chunk * n))
+        .for_each(|(o, xc)| {
+            for (orow, xrow) in o.chunks_exact_mut(n).zip(xc.chunks_exact(n)) {
+                for ((o, x), c) in orow.iter_mut().zip(xrow).zip(bs) {
+                    *o = x + c;
+                }
             }
         });
     Ok(())

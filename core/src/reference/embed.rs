@@ -4,6 +4,9 @@
 //! `quant::dequantize`, whole blocks), out f32 `[n, dim]`. Every id is checked against the
 //! vocabulary first: an id out of range is an error naming the position, the id and vocab.
 //! Parallel over output rows. Moves n rows of the table and n · dim floats.
+//!
+//! `gather`: out[i] = x[ids[i]] for x `[rows, d]` of any scalar dtype (bytes copied as they
+//! are), ids i32 `[n]`, out `[n, d]` of x's dtype; ids are checked like `embed`'s.
 
 use rayon::prelude::*;
 
@@ -91,6 +94,56 @@ pub(super) fn embed(
     let idv = a.i32s(&ids)?;
     let o = a.f32s_mut(&out)?;
     embed_rows(idv, &hw.data, table.dtype(), (vocab, dim), scale, o)
+}
+
+/// The `gather` op.
+pub(super) fn gather(
+    b: &ReferenceBackend,
+    x: View<'_>,
+    ids: View<'_>,
+    out: ViewMut<'_>,
+) -> Result<()> {
+    let op = OpKind::Gather;
+    for d in [x.device(), ids.device(), out.device()] {
+        b.check_dev(op, d)?;
+    }
+    if x.dtype().is_quantized() {
+        return Err(Error::shape(
+            op,
+            format!("x has block dtype {}, expected a scalar dtype", x.dtype()),
+        ));
+    }
+    check::dtype(op, "out", out.dtype(), &[x.dtype()])?;
+    check::dtype(op, "ids", ids.dtype(), &[DType::I32])?;
+    let (rows, d) = (x.shape().rows(), x.shape().last());
+    let n = ids.numel();
+    check::eq(op, "out elements vs ids · row length", out.numel(), n * d)?;
+    if n > 0 {
+        check::eq(op, "out last dim vs x last dim", out.shape().last(), d)?;
+    }
+    let row_bytes = x.dtype().bytes_for(d)?;
+    let a = b.access();
+    let idv = a.i32s(&ids)?;
+    for (i, &id) in idv.iter().enumerate() {
+        if id < 0 || id as usize >= rows {
+            return Err(Error::shape(
+                op,
+                format!("ids[{i}] = {id} is outside x's {rows} rows"),
+            ));
+        }
+    }
+    if row_bytes == 0 {
+        return Ok(());
+    }
+    let xs = a.input(&x)?;
+    a.output(&out)?
+        .par_chunks_mut(row_bytes)
+        .zip(idv.par_iter())
+        .for_each(|(row, &id)| {
+            let start = id as usize * row_bytes;
+            row.copy_from_slice(&xs[start..start + row_bytes]);
+        });
+    Ok(())
 }
 
 #[cfg(test)]

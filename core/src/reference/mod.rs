@@ -145,8 +145,8 @@ impl Backend for ReferenceBackend {
         match op {
             Matmul | Embed | Moe => DType::WEIGHT_TYPES.contains(&dtype),
             Attention | KvAppend | Copy | AllReduce => dtype.is_float(),
-            RmsNorm | Rope | Glu | Add => dtype == DType::F32,
-            AddBias | Gather => false,
+            RmsNorm | Rope | Glu | Add | AddBias => dtype == DType::F32,
+            Gather => !dtype.is_quantized(),
         }
     }
 
@@ -243,6 +243,14 @@ impl Backend for ReferenceBackend {
 
     fn add(&self, a: View<'_>, b: View<'_>, out: ViewMut<'_>) -> Result<()> {
         act::add(self, a, b, out)
+    }
+
+    fn add_bias(&self, x: View<'_>, bias: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        act::add_bias(self, x, bias, out)
+    }
+
+    fn gather(&self, x: View<'_>, ids: View<'_>, out: ViewMut<'_>) -> Result<()> {
+        embed::gather(self, x, ids, out)
     }
 
     fn embed(&self, ids: View<'_>, table: &Weight, scale: f32, out: ViewMut<'_>) -> Result<()> {

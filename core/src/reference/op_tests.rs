@@ -146,6 +146,58 @@ fn glu_add_copy_through_backend() {
 }
 
 #[test]
+fn add_bias_and_gather_through_backend() {
+    let b = ReferenceBackend::new(0);
+    let (rows, n) = (300, 70); // several parallel chunks of whole rows
+    let x = pseudo(rows * n, 6);
+    let bias = pseudo(n, 7);
+    let (xb, bb, ob) = (
+        f32_buf(&b, &x),
+        f32_buf(&b, &bias),
+        f32_buf(&b, &vec![f32::NAN; rows * n]),
+    );
+    let xv = xb.view(0, Shape::d2(rows, n), DType::F32).unwrap();
+    let bv = bb.view(0, Shape::d1(n), DType::F32).unwrap();
+    let ov = ob.view_mut(0, Shape::d2(rows, n), DType::F32).unwrap();
+    b.add_bias(xv, bv, ov).unwrap();
+    let got = read_f32(&b, &ob, rows * n);
+    assert!((0..rows * n).all(|i| got[i] == x[i] + bias[i % n]));
+    let b5 = bb.view(0, Shape::d1(5), DType::F32).unwrap();
+    assert!(is_shape_err(b.add_bias(xv, b5, ov)));
+
+    // gather rows 299, 0, 5 of x (f32) and of a bf16 copy
+    let ib = b.alloc(12).unwrap();
+    b.write(&ib, 0, &i32_bytes(&[299, 0, 5])).unwrap();
+    let iv = ib.view(0, Shape::d1(3), DType::I32).unwrap();
+    let gv = ob.view_mut(0, Shape::d2(3, n), DType::F32).unwrap();
+    b.gather(xv, iv, gv).unwrap();
+    let got = read_f32(&b, &ob, 3 * n);
+    for (i, r) in [299, 0, 5].into_iter().enumerate() {
+        assert_eq!(&got[i * n..(i + 1) * n], &x[r * n..(r + 1) * n]);
+    }
+    let hb = b.alloc(rows * n * 2).unwrap();
+    let hv = hb.view_mut(0, Shape::d2(rows, n), DType::BF16).unwrap();
+    b.copy(xv, hv).unwrap();
+    let hg = b.alloc(3 * n * 2).unwrap();
+    b.gather(
+        hv.as_view(),
+        iv,
+        hg.view_mut(0, Shape::d2(3, n), DType::BF16).unwrap(),
+    )
+    .unwrap();
+    let mut raw = vec![0u8; 3 * n * 2];
+    b.read(&hg, 0, &mut raw).unwrap();
+    let got = to_f32(DType::BF16, &raw).unwrap();
+    assert_eq!(got[0], half::bf16::from_f32(x[299 * n]).to_f32());
+    // id out of range, dtype mismatch
+    b.write(&ib, 0, &i32_bytes(&[300, 0, 5])).unwrap();
+    let e = b.gather(xv, iv, gv).unwrap_err().to_string();
+    assert!(e.contains("ids[0] = 300"), "{e}");
+    let wrong = hg.view_mut(0, Shape::d2(3, n), DType::BF16).unwrap();
+    assert!(is_shape_err(b.gather(xv, iv, wrong)));
+}
+
+#[test]
 fn buffers_of_another_device_are_refused() {
     let b = ReferenceBackend::new(0);
     let other = ReferenceBackend::new(1);
@@ -175,12 +227,29 @@ fn supports_matches_the_implemented_set() {
         assert!(b.supports(OpKind::Attention, dt) && b.supports(OpKind::KvAppend, dt));
         assert!(b.supports(OpKind::Copy, dt));
     }
-    for op in [OpKind::RmsNorm, OpKind::Rope, OpKind::Glu, OpKind::Add] {
+    for op in [
+        OpKind::RmsNorm,
+        OpKind::Rope,
+        OpKind::Glu,
+        OpKind::Add,
+        OpKind::AddBias,
+    ] {
         assert!(
             b.supports(op, DType::F32) && !b.supports(op, DType::F16),
             "{op:?}"
         );
     }
+    for dt in [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I32,
+        DType::U32,
+        DType::U8,
+    ] {
+        assert!(b.supports(OpKind::Gather, dt));
+    }
+    assert!(!b.supports(OpKind::Gather, DType::Q4_K));
     assert!(!b.supports(OpKind::Matmul, DType::I32));
     assert!(!b.supports(OpKind::Attention, DType::Q8_0));
 }
