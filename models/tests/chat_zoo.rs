@@ -2,6 +2,8 @@
 //! `bos_token`/`eos_token` from tokenizer_config.json, as transformers passes them) and, where the
 //! converter copied it, from the GGUF `tokenizer.chat_template` with the GGUF tokenizer's texts.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use kiln_models::chat::{ChatTemplate, RenderOptions};

@@ -6,6 +6,8 @@
 //! Without network or pip the tests print "skipped: <model> not available (<reason>)", unless
 //! KILN_REQUIRE_MODELS=1, where that is a failure.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use kiln_models::{GgufFile, Tokenizer, catalog};

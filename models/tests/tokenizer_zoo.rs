@@ -4,6 +4,8 @@
 //! `encode(text, add_special_tokens=False)`, which still parses added tokens, so they are
 //! compared with `encode(text, add_special = false, parse_special = true)`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 
 use kiln_models::{GgufFile, Tokenizer};

@@ -80,11 +80,9 @@ pub(crate) fn tokenize(vocab: &LlamaVocab, text: &str, out: &mut Vec<u32>) {
 }
 
 fn tokenize_word(vocab: &LlamaVocab, ignore_merges: bool, word: &str, out: &mut Vec<u32>) {
-    if ignore_merges {
-        if let Some(id) = vocab.token_id(word) {
-            out.push(id);
-            return;
-        }
+    if ignore_merges && let Some(id) = vocab.token_id(word) {
+        out.push(id);
+        return;
     }
     let mut symbols: Vec<Symbol> = Vec::with_capacity(word.len());
     for (i, (start, c)) in word.char_indices().enumerate() {

@@ -373,19 +373,19 @@ impl LlamaVocab {
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
         let has = |eog: &HashSet<u32>, t: &str| eog.iter().any(|&id| texts[id as usize] == t);
-        if (has(&eog, "<|return|>") && has(&eog, "<|call|>") && has(&eog, "<|end|>"))
-            || (has(&eog, "<|calls|>") && has(&eog, "<|flush|>") && has(&eog, "<|end|>"))
+        if ((has(&eog, "<|return|>") && has(&eog, "<|call|>") && has(&eog, "<|end|>"))
+            || (has(&eog, "<|calls|>") && has(&eog, "<|flush|>") && has(&eog, "<|end|>")))
+            && let Some(&id) = ids.get("<|end|>")
         {
-            if let Some(&id) = ids.get("<|end|>") {
-                eog.remove(&id);
-                attrs[id as usize] = USER_DEFINED;
-            }
+            eog.remove(&id);
+            attrs[id as usize] = USER_DEFINED;
         }
-        if has(&eog, "<|tool_response>") && has(&eog, "</s>") {
-            if let Some(&id) = ids.get("</s>") {
-                eog.remove(&id);
-                attrs[id as usize] = NORMAL;
-            }
+        if has(&eog, "<|tool_response>")
+            && has(&eog, "</s>")
+            && let Some(&id) = ids.get("</s>")
+        {
+            eog.remove(&id);
+            attrs[id as usize] = NORMAL;
         }
         let mut specials: Vec<u32> = (0..n as u32)
             .filter(|&id| attrs[id as usize] & (CONTROL | USER_DEFINED | UNKNOWN) != 0)
@@ -410,10 +410,9 @@ impl LlamaVocab {
         if ["jina-v2-de", "jina-v2-es", "jina-v2-code"]
             .iter()
             .any(|p| pre.contains(p))
+            && let Some(&id) = ids.get("<mask>")
         {
-            if let Some(&id) = ids.get("<mask>") {
-                attrs[id as usize] |= LSTRIP;
-            }
+            attrs[id as usize] |= LSTRIP;
         }
         let mut eog: Vec<u32> = eog.into_iter().collect();
         eog.sort_unstable();
@@ -516,10 +515,10 @@ impl LlamaVocab {
                 Kind::Bpe => self.decode_bytes(text),
             };
         }
-        if attr & BYTE != 0 {
-            if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                return vec![b];
-            }
+        if attr & BYTE != 0
+            && let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            return vec![b];
         }
         Vec::new()
     }

@@ -182,8 +182,8 @@ fn split_stage(stage: Stage, cpts: &[char], start: usize, end: usize, out: &mut 
         Stage::NumberRuns => runs(cpts, start, end, out, |c| flags(c).number),
         Stage::SingleNumbers => {
             let mut gap = start;
-            for i in start..end {
-                if flags(cpts[i]).number {
+            for (i, &c) in cpts.iter().enumerate().take(end).skip(start) {
+                if flags(c).number {
                     if gap < i {
                         out.push((gap, i));
                     }
