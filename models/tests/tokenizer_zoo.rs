@@ -145,3 +145,27 @@ fn zoo_stream_decoder_matches_decode() {
         assert!(tok.decode(&[u32::MAX]).is_err());
     }
 }
+
+#[test]
+fn types_are_shareable_and_paths_load() {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Tokenizer>();
+    shareable::<kiln_models::chat::ChatTemplate>();
+    let Some(zoo) = zoo() else { return };
+    let dir = zoo.join("llama3");
+    for path in [
+        dir.clone(),
+        dir.join("tokenizer.json"),
+        dir.join("model-f16.gguf"),
+    ] {
+        let tok = Tokenizer::from_path(&path).unwrap();
+        assert_eq!(
+            tok.encode("Hello world", false, true).unwrap(),
+            probes(&dir)[0].1
+        );
+        let t = kiln_models::chat::ChatTemplate::from_path(&path).unwrap();
+        assert!(t.is_some(), "{}", path.display());
+    }
+    let err = Tokenizer::from_path(&dir.join("config.json")).unwrap_err();
+    assert!(err.to_string().contains("tokenizer"), "{err}");
+}

@@ -94,6 +94,21 @@ impl Tokenizer {
         Tokenizer::from_tokenizer_json(&json, config.as_ref(), generation.as_ref())
     }
 
+    /// The tokenizer of a model path: a GGUF file, a Hugging Face model directory, or a
+    /// tokenizer.json (with tokenizer_config.json / generation_config.json beside it).
+    pub fn from_path(path: &Path) -> Result<Tokenizer> {
+        if path.is_dir() {
+            return Tokenizer::from_hf_dir(path);
+        }
+        if path.extension().is_some_and(|e| e == "json") {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let config = hf::read_json(&dir.join("tokenizer_config.json"))?;
+            let generation = hf::read_json(&dir.join("generation_config.json"))?;
+            return Tokenizer::from_tokenizer_json(path, config.as_ref(), generation.as_ref());
+        }
+        Tokenizer::from_gguf(&GgufFile::open(path)?)
+    }
+
     /// Token ids of `text` (llama.cpp `/tokenize` semantics, see the module docs).
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
         match &self.inner {
