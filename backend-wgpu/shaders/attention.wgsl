@@ -48,6 +48,7 @@ struct Params {
 @group(0) @binding(8) var<storage, read_write> S: array<f32>;   // [n_tokens·n_heads, splits, hd + 2]
 
 {{LOAD_K}}
+{{LOAD_K2}}
 {{LOAD_V}}
 
 var<workgroup> qs: array<f32, 256>;
@@ -128,8 +129,10 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let rb = kv_row(s, key, kvh);
             rowbase[li] = rb;
             var dotp = 0.0;
-            for (var d = 0u; d < hd; d++) {
-                dotp += qs[d] * load_k(P.k_off + rb + d);
+            // two elements per load (head_dim is even and 16-bit caches are word-aligned)
+            for (var d = 0u; d < hd; d += 2u) {
+                let kk = load_k2(P.k_off + rb + d);
+                dotp += qs[d] * kk.x + qs[d + 1u] * kk.y;
             }
             sc = dotp * P.scale;
             if P.softcap > 0.0 {

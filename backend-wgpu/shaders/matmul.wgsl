@@ -1,12 +1,15 @@
 // matmul.wgsl — y = x·Wᵀ for one row chunk of a prepared weight (any weight dtype through
 // dequant.wgsl). x: f32 [m, k]; W chunk: rows r0..r0+n_c of [n, k]; y: f32 [m, n].
 //
-// `gemv` (few x rows; memory-bound): a workgroup of WG invocations owns R weight rows and MT
-// x rows. Invocation li walks the 32-element groups g = li, li+WG, ... of its rows, dequantizes
-// each group once per row (dq_group) and dots it with the MT x rows. Partial sums are reduced
-// with subgroupAdd (SUBGROUPS) or through workgroup memory. It reads every weight byte once
-// per MT x rows: bytes = n·k·bytes_per_weight·ceil(m/MT) + x, FLOPs = 2·m·n·k.
-// MOE: the x row and the expert come from Ids (one (token, slot) pair per workgroup z).
+// `gemv` (few x rows; memory-bound): a workgroup of WG invocations owns RW weight rows, TPR =
+// WG/RW invocations per row. Invocation `lane` of a row walks the row's 32-element groups
+// g = lane, lane+TPR, ...: `hdr` reads the group's scales once, then 8 × (`dqv` 4 weights,
+// dot with 4 x values) for up to MT = 4 x rows at once (the lanes of one vec4 accumulator).
+// No private arrays: the accumulator and the dequantized values live in registers.
+// The TPR partial sums of a row are added with subgroupAdd (SG_RED: the device's subgroups
+// are ≤ TPR wide) or a tree in workgroup memory. Weight bytes are read once per MT x rows:
+// bytes = n·k·bytes_per_weight·ceil(m/MT) + x, FLOPs = 2·m·n·k.
+// MOE: the x row and the expert come from Ids (one (token, slot) pair per workgroup z, MT = 1).
 //
 // `gemm` (many x rows; compute-bound): 64×64 output tile per workgroup of 256 invocations,
 // each 4×4 outputs; K is walked one 32-element group at a time: invocations 0..63
@@ -14,8 +17,8 @@
 // has SHADER_F16, else f32), all 256 load the 64×32 x tile. Weight bytes are read
 // ceil(m/64) times; FLOPs = 2·m·n·k.
 
-override WG: u32 = 64u;
-override R: u32 = 2u;
+override WG: u32 = 128u;
+override RW: u32 = 4u;
 override MT: u32 = 1u;
 
 struct Params {
@@ -26,7 +29,7 @@ struct Params {
     r0: u32,       // first weight row of this chunk (column of y)
     bpr: u32,      // blocks per weight row
     d_base: u32,   // word index of the moved-out d array
-    x_off: u32,
+    x_off: u32,    // element offset of x (a multiple of 4 with X_VEC4)
     o_off: u32,
     i_off: u32,    // MOE: element offset of Ids
     top_k: u32,    // MOE: pairs per token (x row = pair / top_k when X_PER_TOKEN)
@@ -35,104 +38,122 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W: array<u32>;
+//#if X_VEC4
+@group(0) @binding(2) var<storage, read_write> X: array<vec4<f32>>; // [m, k/4]
+//#else
 @group(0) @binding(2) var<storage, read_write> X: array<f32>; // [m, k]
+//#endif
 @group(0) @binding(3) var<storage, read_write> O: array<f32>; // [m, n_out]
 //#if MOE
 @group(0) @binding(4) var<storage, read_write> Ids: array<u32>; // [pairs]
-//#endif
-
-var<workgroup> part: array<f32, 1024>; // [R·MT][partials]
-//#if MOE
 override X_PER_TOKEN: bool = true;
 //#endif
 
-fn dot_group(xb: u32) -> f32 {
-    var s = 0.0;
-    for (var i = 0u; i < 8u; i++) {
-        let o = xb + 4u * i;
-        s += dot(dq[i], vec4<f32>(X[o], X[o + 1u], X[o + 2u], X[o + 3u]));
-    }
-    return s;
+var<workgroup> part: array<vec4<f32>, 256>;
+
+// x[row, 32g + 4i .. +3]
+fn xv(row: u32, g: u32, i: u32) -> vec4<f32> {
+//#if X_VEC4
+    return X[(P.x_off + row * P.k + g * 32u) / 4u + i];
+//#else
+    let o = P.x_off + row * P.k + g * 32u + 4u * i;
+    return vec4<f32>(X[o], X[o + 1u], X[o + 2u], X[o + 3u]);
+//#endif
 }
 
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32,
 //#if SUBGROUPS
-        @builtin(subgroup_id) sgid: u32, @builtin(num_subgroups) nsg: u32,
+        @builtin(subgroup_id) sgid: u32, @builtin(subgroup_size) sgsz: u32,
         @builtin(subgroup_invocation_id) sgi: u32,
 //#endif
 ) {
-    let row0 = (wid.x + wid.y * nwg.x) * R;
+    let tpr = WG / RW;
+    let rr = li / tpr;
+    let lane = li % tpr;
     let groups = P.k / 32u;
-    var acc: array<f32, 16>; // [R·MT] ≤ 16
-    for (var j = 0u; j < R * MT; j++) {
-        acc[j] = 0.0;
-    }
+    var acc = vec4<f32>(0.0);
 //#if MOE
     let pair = P.pair0 + wid.z;
     let e = Ids[P.i_off + pair];
-    // rows of expert e inside this chunk: flat row = e·n_out + j
     let xrow = select(pair, pair / P.top_k, X_PER_TOKEN);
-    let flat0 = e * P.n_out;
-//#else
-    let m0 = wid.z * MT;
-//#endif
-    for (var g = li; g < groups; g += WG) {
-        for (var rr = 0u; rr < R; rr++) {
-//#if MOE
-            let j = row0 + rr;
-            let fr = flat0 + j;
-            if j < P.n_out && fr >= P.r0 && fr < P.r0 + P.n_c {
-                dq_group(fr - P.r0, g);
-                acc[rr] += dot_group(P.x_off + xrow * P.k + g * 32u);
+    let j = (wid.x + wid.y * nwg.x) * RW + rr;
+    let fr = e * P.n_out + j;
+    let valid = j < P.n_out && fr >= P.r0 && fr < P.r0 + P.n_c;
+    if valid {
+        let r = fr - P.r0;
+        for (var g = lane; g < groups; g += tpr) {
+            let h = hdr(r, g);
+            for (var i = 0u; i < 8u; i++) {
+                acc.x += dot(dqv(h, i), xv(xrow, g, i));
             }
+        }
+    }
 //#else
-            let r = row0 + rr;
-            if r < P.n_c {
-                dq_group(r, g);
-                for (var t = 0u; t < MT; t++) {
-                    if m0 + t < P.m {
-                        acc[rr * MT + t] += dot_group(P.x_off + (m0 + t) * P.k + g * 32u);
-                    }
+    let r = (wid.x + wid.y * nwg.x) * RW + rr;
+    let m0 = wid.z * MT;
+    // x rows past m repeat the last one (computed, never written)
+    let m1 = min(m0 + 1u, P.m - 1u);
+    let m2 = min(m0 + 2u, P.m - 1u);
+    let m3 = min(m0 + 3u, P.m - 1u);
+    let valid = r < P.n_c;
+    if valid {
+        for (var g = lane; g < groups; g += tpr) {
+            let h = hdr(r, g);
+            for (var i = 0u; i < 8u; i++) {
+                let w = dqv(h, i);
+                acc.x += dot(w, xv(m0, g, i));
+                if MT > 1u {
+                    acc.y += dot(w, xv(m1, g, i));
+                }
+                if MT > 2u {
+                    acc.z += dot(w, xv(m2, g, i));
+                }
+                if MT > 3u {
+                    acc.w += dot(w, xv(m3, g, i));
                 }
             }
-//#endif
         }
     }
-    // Reduce acc over the workgroup: part[j·WG/ssz + s] partials, then one invocation per output.
-//#if SUBGROUPS
-    let nparts = nsg;
-    for (var j = 0u; j < R * MT; j++) {
-        let s = subgroupAdd(acc[j]);
-        if sgi == 0u {
-            part[j * nparts + sgid] = s;
-        }
-    }
-//#else
-    let nparts = WG;
-    for (var j = 0u; j < R * MT; j++) {
-        part[j * WG + li] = acc[j];
-    }
 //#endif
+    // Sum the tpr lanes of each row.
+//#if SG_RED
+    let s = subgroupAdd(acc);
+    if sgi == 0u {
+        part[sgid] = s;
+    }
     workgroupBarrier();
-    if li < R * MT {
-        var s = 0.0;
-        for (var i = 0u; i < nparts; i++) {
-            s += part[li * nparts + i];
-        }
-//#if MOE
-        let j = row0 + li;
-        let fr = flat0 + j;
-        if j < P.n_out && fr >= P.r0 && fr < P.r0 + P.n_c {
-            O[P.o_off + pair * P.n_out + j] = s;
-        }
+    var tot = vec4<f32>(0.0);
+    let per = tpr / sgsz;
+    for (var q = 0u; q < per; q++) {
+        tot += part[rr * per + q];
+    }
 //#else
-        let rr = li / MT;
-        let t = li % MT;
-        let r = row0 + rr;
-        if r < P.n_c && m0 + t < P.m {
-            O[P.o_off + (m0 + t) * P.n_out + P.r0 + r] = s;
+    part[li] = acc;
+    workgroupBarrier();
+    for (var st = tpr / 2u; st > 0u; st = st / 2u) {
+        if lane < st {
+            part[li] += part[li + st];
+        }
+        workgroupBarrier();
+    }
+    let tot = part[rr * tpr];
+//#endif
+    if lane == 0u && valid {
+//#if MOE
+        O[P.o_off + pair * P.n_out + j] = tot.x;
+//#else
+        let base = P.o_off + P.r0 + r;
+        O[base + m0 * P.n_out] = tot.x;
+        if MT > 1u && m0 + 1u < P.m {
+            O[base + (m0 + 1u) * P.n_out] = tot.y;
+        }
+        if MT > 2u && m0 + 2u < P.m {
+            O[base + (m0 + 2u) * P.n_out] = tot.z;
+        }
+        if MT > 3u && m0 + 3u < P.m {
+            O[base + (m0 + 3u) * P.n_out] = tot.w;
         }
 //#endif
     }
@@ -177,7 +198,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             let kk = idx % 32u;
             var v = 0.0;
             if m0 + mr < P.m {
-                v = X[P.x_off + (m0 + mr) * P.k + g * 32u + kk];
+                v = xv(m0 + mr, g, kk / 4u)[kk % 4u];
             }
             Xs[kk * 64u + mr] = v;
         }

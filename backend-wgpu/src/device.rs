@@ -156,6 +156,8 @@ pub struct WgpuBackend {
     pub(crate) limits: wgpu::Limits,
     pub(crate) f16: bool,
     pub(crate) subgroups: bool,
+    /// Largest subgroup size the adapter may use (0 when unknown).
+    pub(crate) subgroup_max: u32,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pending: Mutex<Pending>,
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
@@ -197,7 +199,9 @@ impl WgpuBackend {
             v.push(e.to_string());
         }));
         let tuning = crate::tune::TuneState::open(&info);
+        let subgroup_max = a.get_info().subgroup_max_size;
         Ok(WgpuBackend {
+            subgroup_max,
             f16: info.caps.f16,
             subgroups: info.caps.subgroups,
             info,
@@ -278,6 +282,15 @@ impl WgpuBackend {
     }
     pub fn has_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Whether a reduction over `lanes` consecutive invocations can use subgroupAdd: the
+    /// device has subgroups and none is wider than `lanes` (so none spans two such ranges).
+    pub(crate) fn subgroup_reduce_ok(&self, lanes: u32) -> bool {
+        self.subgroups
+            && self.subgroup_max > 0
+            && self.subgroup_max <= lanes
+            && lanes % self.subgroup_max == 0
     }
 
     pub(crate) fn limit_error(&self, what: impl Into<String>, requested: u64, limit: u64) -> Error {

@@ -22,7 +22,6 @@ pub use error::WgpuError;
 pub use ops::matmul::MatmulPath;
 pub use tune::TuneResult;
 
-use kiln_core::backend::check;
 use kiln_core::{
     Activation, AttnParams, Backend, BackendKind, BackendProvider, Buffer, DType, DeviceInfo,
     HostTensor, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams, SeqBatch, View,
@@ -192,9 +191,4 @@ impl Backend for WgpuBackend {
     fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()> {
         ops::copy::copy(self, src, dst)
     }
-}
-
-/// `Error::Unsupported` for this device.
-pub(crate) fn unsupported(be: &WgpuBackend, op: OpKind, d: DType) -> kiln_core::Error {
-    check::unsupported(op, d, &be.info)
 }

@@ -8,7 +8,7 @@ use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
 use crate::device::WgpuBackend;
-use crate::ops::{bytes_of, elem_bytes, float_only, load_fn, u32_of};
+use crate::ops::{bytes_of, elem_bytes, float_only, load_fn, load2_fn, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
@@ -172,6 +172,7 @@ pub(crate) fn attention(
     let spec = || {
         ShaderSpec::new("attention", &[REDUCE, SRC], "attn")
             .sub("LOAD_K", load_fn("load_k", "K", kd))
+            .sub("LOAD_K2", load2_fn("load_k2", "K", kd))
             .sub("LOAD_V", load_fn("load_v", "V", kd))
     };
     let pipe = be.pipeline(spec().over("SPLIT", if n_splits > 1 { 1.0 } else { 0.0 }))?;

@@ -16,10 +16,34 @@ use crate::weight::WgpuWeight;
 pub(crate) const SRC: &str = include_str!("../../shaders/matmul.wgsl");
 pub(crate) const DEQUANT: &str = include_str!("../../shaders/dequant.wgsl");
 
-/// GEMV shape: invocations per workgroup, weight rows per workgroup, x rows per pass.
-pub(crate) const GEMV_WG: u32 = 64;
-pub(crate) const GEMV_R: u32 = 2;
+/// GEMV shape: invocations per workgroup, weight rows per workgroup (so 32 invocations per
+/// row), x rows per pass (the lanes of a vec4 accumulator).
+pub(crate) const GEMV_WG: u32 = 128;
+pub(crate) const GEMV_RW: u32 = 4;
 pub(crate) const GEMV_MT: u32 = 4;
+
+/// The specialisation of matmul.wgsl's `gemv` for this device and x offset.
+pub(crate) fn gemv_spec<'a>(
+    be: &WgpuBackend,
+    d: DType,
+    x_off: u32,
+    mt: u32,
+    srcs: &'a [&'static str],
+) -> ShaderSpec<'a> {
+    let mut spec = ShaderSpec::new("matmul", srcs, "gemv")
+        .define(wdefine(d))
+        .sub("WT", tile_type(be, d))
+        .over("WG", f64::from(GEMV_WG))
+        .over("RW", f64::from(GEMV_RW))
+        .over("MT", f64::from(mt));
+    if x_off % 4 == 0 {
+        spec = spec.define("X_VEC4");
+    }
+    if be.subgroup_reduce_ok(GEMV_WG / GEMV_RW) {
+        spec = spec.define("SG_RED");
+    }
+    spec
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -115,12 +139,22 @@ fn run(
     let bx = be.bind_view(op, &x, "x")?;
     let bo = be.bind_out(op, &out, "out")?;
     let m32 = m as u32;
-    let (entry, tiles_m, wg_rows, mt) = match path {
+    let x_off = bx.elem_off(4);
+    let (tiles_m, wg_rows, spec) = match path {
         MatmulPath::Gemv => {
             let mt = GEMV_MT.min(m32);
-            ("gemv", m32.div_ceil(mt), GEMV_R, mt)
+            let spec = gemv_spec(be, ww.dtype, x_off, mt, &[DEQUANT, SRC]);
+            (m32.div_ceil(mt), GEMV_RW, spec)
         }
-        MatmulPath::Gemm => ("gemm", m32.div_ceil(64), 64, 1),
+        MatmulPath::Gemm => {
+            let mut spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], "gemm")
+                .define(wdefine(ww.dtype))
+                .sub("WT", tile_type(be, ww.dtype));
+            if x_off % 4 == 0 {
+                spec = spec.define("X_VEC4");
+            }
+            (m32.div_ceil(64), 64, spec)
+        }
     };
     let zmax = be.limits.max_compute_workgroups_per_dimension;
     if tiles_m > zmax {
@@ -130,12 +164,6 @@ fn run(
             u64::from(zmax),
         ));
     }
-    let spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], entry)
-        .define(wdefine(ww.dtype))
-        .sub("WT", tile_type(be, ww.dtype))
-        .over("WG", f64::from(GEMV_WG))
-        .over("R", f64::from(GEMV_R))
-        .over("MT", f64::from(mt));
     let pipe = be.pipeline(spec)?;
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
@@ -148,7 +176,7 @@ fn run(
             r0: c.r0 as u32,
             bpr: ww.bpr() as u32,
             d_base: c.d_base,
-            x_off: bx.elem_off(4),
+            x_off,
             o_off: bo.elem_off(4),
             ..Params::default()
         };

@@ -38,6 +38,22 @@ pub(crate) fn load_fn(name: &str, buf: &str, d: DType) -> String {
     }
 }
 
+/// WGSL: `fn NAME(i: u32) -> vec2<f32>` reading elements i, i+1 (i even for 16-bit types,
+/// which then come from one word).
+pub(crate) fn load2_fn(name: &str, buf: &str, d: DType) -> String {
+    match d {
+        DType::F16 => format!(
+            "fn {name}(i: u32) -> vec2<f32> {{ let w = {buf}[i >> 1u]; return vec2<f32>(f16_half(w, 0u), f16_half(w, 1u)); }}"
+        ),
+        DType::BF16 => format!(
+            "fn {name}(i: u32) -> vec2<f32> {{ let w = {buf}[i >> 1u]; return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u)); }}"
+        ),
+        _ => format!(
+            "fn {name}(i: u32) -> vec2<f32> {{ return vec2<f32>(bitcast<f32>({buf}[i]), bitcast<f32>({buf}[i + 1u])); }}"
+        ),
+    }
+}
+
 /// WGSL: `fn NAME(v: f32) -> u32` giving the bits of v in `d` (16 bits for f16/bf16).
 pub(crate) fn bits_fn(name: &str, d: DType) -> String {
     match d {

@@ -16,7 +16,7 @@ use kiln_core::{
 
 use crate::buffer::Bound;
 use crate::device::WgpuBackend;
-use crate::ops::matmul::{DEQUANT, GEMV_R, GEMV_WG, Params as MmParams, SRC as MM_SRC, wdefine};
+use crate::ops::matmul::{DEQUANT, GEMV_RW, Params as MmParams, SRC as MM_SRC, gemv_spec};
 use crate::ops::{bytes_of, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
@@ -81,17 +81,12 @@ fn expert_gemv(
     top_k: u32,
     x_per_token: bool,
 ) -> Result<()> {
-    let spec = ShaderSpec::new("matmul", &[DEQUANT, MM_SRC], "gemv")
-        .define(wdefine(w.dtype))
+    let spec = gemv_spec(be, w.dtype, x_off, 1, &[DEQUANT, MM_SRC])
         .define("MOE")
-        .sub("WT", "f32")
-        .over("WG", f64::from(GEMV_WG))
-        .over("R", f64::from(GEMV_R))
-        .over("MT", 1.0)
         .over("X_PER_TOKEN", if x_per_token { 1.0 } else { 0.0 });
     let pipe = be.pipeline(spec)?;
     let zmax = be.limits.max_compute_workgroups_per_dimension.max(1);
-    let (gx, gy) = be.grid((n as u32).div_ceil(GEMV_R));
+    let (gx, gy) = be.grid((n as u32).div_ceil(GEMV_RW));
     for c in &w.chunks {
         let bw = be.bind_range(&c.buf, 0, c.buf.size(), "expert weight chunk")?;
         let mut pair0 = 0;
