@@ -3,8 +3,9 @@
 //
 // `gemv` (few x rows; memory-bound): a workgroup of WG invocations owns RW weight rows, TPR =
 // WG/RW invocations per row. Invocation `lane` of a row walks the row's 32-element groups
-// g = lane, lane+TPR, ...: `hdr` reads the group's scales once, then 8 × (`dqv` 4 weights,
-// dot with 4 x values) for up to MT = 4 x rows at once (the lanes of one vec4 accumulator).
+// g = lane/SUBL, +TPR/SUBL, ...: `hdr` reads the group's scales, then 8/SUBL × (`dqv` 4
+// weights, dot with 4 x values) for up to MT = 4 x rows at once (the lanes of one vec4
+// accumulator).
 // No private arrays: the accumulator and the dequantized values live in registers.
 // The TPR partial sums of a row are added with subgroupAdd (SG_RED: the device's subgroups
 // are ≤ TPR wide) or a tree in workgroup memory. Weight bytes are read once per MT x rows:
@@ -20,6 +21,10 @@
 override WG: u32 = 128u;
 override RW: u32 = 4u;
 override MT: u32 = 1u;
+// Lanes that share one 32-element group (1, 2, 4 or 8): lane sub = lane % SUBL takes the
+// vec4s i = sub, sub + SUBL, ... of it, so 8/SUBL neighbouring lanes read neighbouring words
+// (coalesced loads) at the price of reading the group header SUBL times. Tuned per dtype.
+override SUBL: u32 = 1u;
 
 struct Params {
     m: u32,        // x rows (MOE: pairs)
@@ -74,6 +79,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let lane = li % tpr;
     let groups = P.k / 32u;
     var acc = vec4<f32>(0.0);
+    let sub = lane % SUBL;
+    let gstep = tpr / SUBL;
 //#if MOE
     let pair = P.pair0 + wid.z;
     let e = Ids[P.i_off + pair];
@@ -83,9 +90,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let valid = j < P.n_out && fr >= P.r0 && fr < P.r0 + P.n_c;
     if valid {
         let r = fr - P.r0;
-        for (var g = lane; g < groups; g += tpr) {
+        for (var g = lane / SUBL; g < groups; g += gstep) {
             let h = hdr(r, g);
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = sub; i < 8u; i += SUBL) {
                 acc.x += dot(dqv(h, i), xv(xrow, g, i));
             }
         }
@@ -99,9 +106,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let m3 = min(m0 + 3u, P.m - 1u);
     let valid = r < P.n_c;
     if valid {
-        for (var g = lane; g < groups; g += tpr) {
+        for (var g = lane / SUBL; g < groups; g += gstep) {
             let h = hdr(r, g);
-            for (var i = 0u; i < 8u; i++) {
+            for (var i = sub; i < 8u; i += SUBL) {
                 let w = dqv(h, i);
                 acc.x += dot(w, xv(m0, g, i));
                 if MT > 1u {

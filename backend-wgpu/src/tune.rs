@@ -19,8 +19,14 @@ const UNTUNED_GEMV_ROWS: usize = 8;
 /// x-row counts the tuner tries.
 const LADDER: [usize; 12] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128];
 
+/// Lane splits of a GEMV group the tuner tries (matmul.wgsl `SUBL`).
+const LANE_SPLITS: [u32; 4] = [1, 2, 4, 8];
+
 pub(crate) struct TuneState {
     cache: TuneCache,
+    /// dtype name → lanes per GEMV group (measured), and an override for experiments.
+    lanes: HashMap<String, u32>,
+    lanes_override: Option<u32>,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -39,8 +45,19 @@ impl TuneState {
                     .map(|r| (k.clone(), r as usize))
             })
             .collect();
+        let lanes = cache
+            .entries()
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = k.strip_prefix("gemv_lanes/")?;
+                let l = v.get("lanes")?.as_u64()?;
+                Some((d.to_string(), l as u32))
+            })
+            .collect();
         TuneState {
             cache,
+            lanes,
+            lanes_override: None,
             known,
             warned: HashSet::new(),
         }
@@ -59,11 +76,38 @@ pub struct TuneResult {
     pub k: usize,
     /// Largest m for which GEMV was faster (0: GEMM always faster).
     pub max_gemv_rows: usize,
+    /// The GEMV lane split chosen, and (lanes, seconds at m = 1) for each tried.
+    pub gemv_lanes: u32,
+    pub lane_timings: Vec<(u32, f64)>,
     /// (m, gemv seconds, gemm seconds) per ladder step.
     pub timings: Vec<(usize, f64, f64)>,
 }
 
 impl WgpuBackend {
+    /// Lanes per 32-element group in the GEMV kernel: the override, else the tuned value,
+    /// else 1 (one lane walks a whole group).
+    pub(crate) fn gemv_lanes(&self, d: DType) -> u32 {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.lanes_override
+            .or_else(|| t.lanes.get(d.name()).copied())
+            .unwrap_or(1)
+    }
+
+    /// Force the GEMV lane split (1, 2, 4 or 8) for every dtype, or `None` to use the tuned
+    /// values (benchmarks and experiments).
+    pub fn set_gemv_lanes(&self, lanes: Option<u32>) -> Result<()> {
+        if let Some(l) = lanes {
+            if !LANE_SPLITS.contains(&l) {
+                return Err(Error::Invalid(format!(
+                    "gemv lanes {l}: expected 1, 2, 4 or 8"
+                )));
+            }
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.lanes_override = lanes;
+        Ok(())
+    }
+
     pub(crate) fn choose_path(&self, d: DType, n: usize, k: usize, m: usize) -> MatmulPath {
         let key = key(d, n, k);
         let known = {
@@ -157,6 +201,29 @@ impl WgpuBackend {
             .collect();
         self.write_bytes(&x, 0, &xs)?;
         let out = self.alloc_buffer(mmax * n * 4)?;
+        // 1) the GEMV lane split at m = 1
+        let mut lane_t = Vec::new();
+        for &l in &LANE_SPLITS {
+            self.set_gemv_lanes(Some(l))?;
+            lane_t.push((l, self.time_path(&x, &w, &out, 1, MatmulPath::Gemv)?));
+        }
+        self.set_gemv_lanes(None)?;
+        let best = lane_t
+            .iter()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or(1, |b| b.0);
+        {
+            let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+            let v = serde_json::json!({
+                "lanes": best,
+                "n": n,
+                "k": k,
+                "timings_s": lane_t.iter().map(|(l, s)| serde_json::json!({"lanes": l, "s": s})).collect::<Vec<_>>(),
+            });
+            t.cache.insert(&format!("gemv_lanes/{}", dtype.name()), v)?;
+            t.lanes.insert(dtype.name().to_string(), best);
+        }
+        // 2) the GEMV/GEMM crossover
         let mut timings = Vec::new();
         let mut max_gemv_rows = 0;
         let mut gemv_lost = false;
@@ -191,6 +258,8 @@ impl WgpuBackend {
             n,
             k,
             max_gemv_rows,
+            gemv_lanes: best,
+            lane_timings: lane_t,
             timings,
         })
     }

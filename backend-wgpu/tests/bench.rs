@@ -82,6 +82,28 @@ fn bench_wgpu() {
         drop(data);
         let x = be.alloc(16 * k * 4).unwrap();
         let o = be.alloc(16 * rows * 4).unwrap();
+        // GEMV lane split at m = 1: try each, keep the best for the rest.
+        let mut best = (f64::MAX, 1);
+        for lanes in [1u32, 2, 4, 8] {
+            be.set_gemv_lanes(Some(lanes)).unwrap();
+            let xv = x.view(0, Shape::d2(1, k), DType::F32).unwrap();
+            let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
+            let t = time(
+                || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
+                10,
+                be.as_ref(),
+            );
+            let gbs = (rows * bytes_per_row) as f64 / t / 1e9;
+            println!(
+                "BENCH gemv {d} n={rows} k={k} m=1 lanes={lanes}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy",
+                t * 1e3,
+                100.0 * gbs / copy_bw
+            );
+            if t < best.0 {
+                best = (t, lanes);
+            }
+        }
+        be.set_gemv_lanes(Some(best.1)).unwrap();
         for m in [1usize, 4, 16] {
             let xv = x.view(0, Shape::d2(m, k), DType::F32).unwrap();
             let ov = o.view_mut(0, Shape::d2(m, rows), DType::F32).unwrap();
@@ -96,7 +118,8 @@ fn bench_wgpu() {
                 );
                 let gbs = (rows * bytes_per_row) as f64 / t / 1e9;
                 println!(
-                    "BENCH matmul {d} n={rows} k={k} m={m} {path:?}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy, {:.2} TFLOP/s",
+                    "BENCH matmul {d} n={rows} k={k} m={m} {path:?} lanes={}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy, {:.2} TFLOP/s",
+                    best.1,
                     t * 1e3,
                     100.0 * gbs / copy_bw,
                     2.0 * (m * rows * k) as f64 / t / 1e12

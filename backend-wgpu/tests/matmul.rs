@@ -65,25 +65,29 @@ fn gemv_matches_gguf_vectors() {
             .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
             .unwrap();
         let xb = upload(&be, &f32_bytes(&c.x));
-        let o = poisoned(&be, 8);
-        be.matmul_with(
-            xb.view(0, Shape::d2(1, 512), DType::F32).unwrap(),
-            &w,
-            o.view_mut(0, Shape::d2(1, 8), DType::F32).unwrap(),
-            MatmulPath::Gemv,
-        )
-        .unwrap();
-        let got = read_f32(&be, &o, 0, 8);
-        for r in 0..8 {
-            let tol = 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
-            let err = (got[r] as f64 - c.y[r] as f64).abs();
-            assert!(
-                err <= tol,
-                "{d}: y[{r}] = {} want {} (err {err:e} > {tol:e})",
-                got[r],
-                c.y[r]
-            );
+        for lanes in [1, 2, 4, 8] {
+            be.set_gemv_lanes(Some(lanes)).unwrap();
+            let o = poisoned(&be, 8);
+            be.matmul_with(
+                xb.view(0, Shape::d2(1, 512), DType::F32).unwrap(),
+                &w,
+                o.view_mut(0, Shape::d2(1, 8), DType::F32).unwrap(),
+                MatmulPath::Gemv,
+            )
+            .unwrap();
+            let got = read_f32(&be, &o, 0, 8);
+            for r in 0..8 {
+                let tol = 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
+                let err = (got[r] as f64 - c.y[r] as f64).abs();
+                assert!(
+                    err <= tol,
+                    "{d} lanes {lanes}: y[{r}] = {} want {} (err {err:e} > {tol:e})",
+                    got[r],
+                    c.y[r]
+                );
+            }
         }
+        be.set_gemv_lanes(None).unwrap();
     }
 }
 

@@ -17,8 +17,9 @@ const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 /// Keys per split below which splitting does not pay.
 const KEYS_PER_SPLIT: usize = 512;
 const MAX_SPLITS: usize = 32;
-/// Splitting only when (tokens · heads) workgroups are fewer than this.
-const SMALL_GRID: usize = 512;
+/// Workgroups the split aims for (a few per compute unit on large GPUs); no split when
+/// (tokens · heads) alone reaches it.
+const TARGET_GRID: usize = 4096;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
@@ -46,10 +47,14 @@ struct Params {
 }
 
 fn splits(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
-    if n_tokens * p.n_heads >= SMALL_GRID || b.max_kv_len <= KEYS_PER_SPLIT {
+    let grid = (n_tokens * p.n_heads).max(1);
+    if grid >= TARGET_GRID || b.max_kv_len <= KEYS_PER_SPLIT {
         return 1;
     }
-    b.max_kv_len.div_ceil(KEYS_PER_SPLIT).min(MAX_SPLITS)
+    b.max_kv_len
+        .div_ceil(KEYS_PER_SPLIT)
+        .min(TARGET_GRID.div_ceil(grid))
+        .min(MAX_SPLITS)
 }
 
 pub(crate) fn scratch_bytes(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {

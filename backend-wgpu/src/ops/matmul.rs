@@ -35,7 +35,8 @@ pub(crate) fn gemv_spec<'a>(
         .sub("WT", tile_type(be, d))
         .over("WG", f64::from(GEMV_WG))
         .over("RW", f64::from(GEMV_RW))
-        .over("MT", f64::from(mt));
+        .over("MT", f64::from(mt))
+        .over("SUBL", f64::from(be.gemv_lanes(d)));
     if x_off % 4 == 0 {
         spec = spec.define("X_VEC4");
     }
