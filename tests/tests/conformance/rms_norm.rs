@@ -1,0 +1,81 @@
+//! rms_norm: out = x / sqrt(mean(x²) + eps) · w per row, dims 4096, 4099 (odd), 2304; rows of
+//! very different scales (so eps matters on some and large sums on others). f32 activations
+//! are required; f16/bf16 are optional.
+
+use kiln_core::{Backend, DType, OpKind};
+use kiln_tests::{conformance, data, dev, harness, optional_op, oracle, require_op, tolerance};
+
+fn rms_norm_case(b: &dyn Backend, dt: DType, rows_list: &[usize], dim: usize, eps: f32) {
+    let ok = if dt == DType::F32 {
+        require_op(b, OpKind::RmsNorm, dt)
+    } else {
+        optional_op(b, OpKind::RmsNorm, dt)
+    };
+    if !ok {
+        return;
+    }
+    let mut rng = harness::rng();
+    let w: Vec<f32> = (0..dim).map(|_| 1.0 + 0.2 * rng.normal()).collect();
+    let w_t = dev::upload_f32(b, &[dim], &w);
+    for &rows in rows_list {
+        let mut x = rng.activations(rows * dim, 1.0);
+        for (r, row) in x.chunks_exact_mut(dim).enumerate() {
+            let s = [1.0, 1e-3, 300.0][r % 3];
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        let x = data::round_to(dt, &x);
+        let x_t = dev::upload_floats(b, dt, &[rows, dim], &x);
+        let out = dev::output(b, dt, &[rows, dim]);
+        dev::ok(
+            "rms_norm",
+            b.rms_norm(x_t.view(), w_t.view(), eps, out.view_mut()),
+        );
+        let got = dev::read_out(b, &out, "rms_norm out");
+        let exp = oracle::rms_norm::rms_norm(&x, &w, eps, dim);
+        let what = format!("rms_norm {dt} rows {rows} dim {dim} eps {eps:e}");
+        tolerance::check(b, OpKind::RmsNorm, dt, &what, &[rows, dim], &got, &exp);
+    }
+}
+
+fn rms_norm_errors_case(b: &dyn Backend) {
+    let x = dev::upload_f32(b, &[3, 64], &vec![1.0; 192]);
+    let w = dev::upload_f32(b, &[64], &vec![1.0; 64]);
+    let out = dev::output(b, DType::F32, &[3, 64]);
+    let w_bad = dev::upload_f32(b, &[63], &vec![1.0; 63]);
+    dev::expect_err("rms_norm w [63] for dim 64", || {
+        b.rms_norm(x.view(), w_bad.view(), 1e-5, out.view_mut())
+    });
+    let out_bad = dev::output(b, DType::F32, &[4, 64]);
+    dev::expect_err("rms_norm out [4,64] for x [3,64]", || {
+        b.rms_norm(x.view(), w.view(), 1e-5, out_bad.view_mut())
+    });
+    let x_i = dev::upload_i32(b, &[3, 64], &[1; 192]);
+    dev::expect_err("rms_norm x i32", || {
+        b.rms_norm(x_i.view(), w.view(), 1e-5, out.view_mut())
+    });
+    let xf = dev::upload_f32(dev::foreign(), &[3, 64], &vec![1.0; 192]);
+    dev::expect_wrong_device(
+        b,
+        OpKind::RmsNorm,
+        DType::F32,
+        "rms_norm x on another device",
+        || b.rms_norm(xf.view(), w.view(), 1e-5, out.view_mut()),
+    );
+    let of = dev::output(dev::foreign(), DType::F32, &[3, 64]);
+    dev::expect_wrong_device(
+        b,
+        OpKind::RmsNorm,
+        DType::F32,
+        "rms_norm out on another device",
+        || b.rms_norm(x.view(), w.view(), 1e-5, of.view_mut()),
+    );
+}
+
+conformance! {
+    rms_norm_f32_d4096 => rms_norm_case(DType::F32, &[1, 7, 33], 4096, 1e-5);
+    rms_norm_f32_d4099 => rms_norm_case(DType::F32, &[2, 3], 4099, 1e-6);
+    rms_norm_f32_d2304 => rms_norm_case(DType::F32, &[5], 2304, 1e-6);
+    rms_norm_f16_d4096 => rms_norm_case(DType::F16, &[1, 7], 4096, 1e-5);
+    rms_norm_bf16_d4096 => rms_norm_case(DType::BF16, &[1, 7], 4096, 1e-5);
+    rms_norm_errors => rms_norm_errors_case();
+}
