@@ -167,8 +167,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 }
 
 //#if !MOE
-var<workgroup> Ws: array<{{WT}}, 2048>; // [32 k][64 n]
-var<workgroup> Xs: array<f32, 2048>;    // [32 k][64 m]
+var<workgroup> Ws: array<vec4<{{WT}}>, 512>; // [32 k][16] × 4 weight rows
+var<workgroup> Xs: array<vec4<f32>, 512>;    // [32 k][16] × 4 x rows
 
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -177,58 +177,60 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let m0 = wid.z * 64u;
     let tx = li % 16u;
     let ty = li / 16u;
-    var acc: array<vec4<f32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        acc[i] = vec4<f32>(0.0);
-    }
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let groups = P.k / 32u;
     for (var g = 0u; g < groups; g++) {
         if li < 64u {
             let r = n0 + li;
             if r < P.n_c {
-                dq_group(r, g);
-            } else {
+                let h = hdr(r, g);
                 for (var i = 0u; i < 8u; i++) {
-                    dq[i] = vec4<f32>(0.0);
+                    let w = dqv(h, i);
+                    for (var c = 0u; c < 4u; c++) {
+                        Ws[(4u * i + c) * 16u + li / 4u][li % 4u] = {{WT}}(w[c]);
+                    }
                 }
-            }
-            for (var i = 0u; i < 8u; i++) {
-                for (var c = 0u; c < 4u; c++) {
-                    Ws[(4u * i + c) * 64u + li] = {{WT}}(dq[i][c]);
+            } else {
+                for (var kk = 0u; kk < 32u; kk++) {
+                    Ws[kk * 16u + li / 4u][li % 4u] = {{WT}}(0.0);
                 }
             }
         }
-        // x tile: 64 rows × 32 k, 8 values per invocation
-        for (var q = 0u; q < 8u; q++) {
+        // x tile: 64 rows × 8 vec4, two per invocation, stored k-major
+        for (var q = 0u; q < 2u; q++) {
             let idx = q * 256u + li;
-            let mr = idx / 32u;
-            let kk = idx % 32u;
-            var v = 0.0;
+            let mr = idx / 8u;
+            let i = idx % 8u;
+            var v = vec4<f32>(0.0);
             if m0 + mr < P.m {
-                v = xv(m0 + mr, g, kk / 4u)[kk % 4u];
+                v = xv(m0 + mr, g, i);
             }
-            Xs[kk * 64u + mr] = v;
+            for (var c = 0u; c < 4u; c++) {
+                Xs[(4u * i + c) * 16u + mr / 4u][mr % 4u] = v[c];
+            }
         }
         workgroupBarrier();
         for (var kk = 0u; kk < 32u; kk++) {
-            let a = vec4<f32>(Xs[kk * 64u + 4u * ty], Xs[kk * 64u + 4u * ty + 1u],
-                              Xs[kk * 64u + 4u * ty + 2u], Xs[kk * 64u + 4u * ty + 3u]);
-            let b = vec4<f32>(f32(Ws[kk * 64u + 4u * tx]), f32(Ws[kk * 64u + 4u * tx + 1u]),
-                              f32(Ws[kk * 64u + 4u * tx + 2u]), f32(Ws[kk * 64u + 4u * tx + 3u]));
-            acc[0] += a.x * b;
-            acc[1] += a.y * b;
-            acc[2] += a.z * b;
-            acc[3] += a.w * b;
+            let a = Xs[kk * 16u + ty];
+            let b = vec4<f32>(Ws[kk * 16u + tx]);
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
         }
         workgroupBarrier();
     }
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var i = 0u; i < 4u; i++) {
         let mr = m0 + 4u * ty + i;
         if mr < P.m {
             for (var c = 0u; c < 4u; c++) {
                 let r = n0 + 4u * tx + c;
                 if r < P.n_c {
-                    O[P.o_off + mr * P.n_out + P.r0 + r] = acc[i][c];
+                    O[P.o_off + mr * P.n_out + P.r0 + r] = accs[i][c];
                 }
             }
         }
