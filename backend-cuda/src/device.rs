@@ -204,7 +204,8 @@ impl Backend for CudaBackend {
             KvAppend | Copy => dtype.is_float(),
             RmsNorm | Rope | Glu | Add | AddBias => dtype == DType::F32,
             Gather => dtype.is_float(),
-            Attention | Moe | AllReduce => false,
+            Attention | AllReduce => dtype.is_float(),
+            Moe => DType::WEIGHT_TYPES.contains(&dtype),
         }
     }
 
@@ -258,21 +259,20 @@ impl Backend for CudaBackend {
         self.op_matmul(x, w, out)
     }
 
+    fn attention_scratch_bytes(&self, p: &AttnParams, _n_tokens: usize, b: &SeqBatch<'_>) -> usize {
+        self.op_attention_scratch_bytes(p, b)
+    }
+
     fn attention(
         &self,
         q: View<'_>,
         kv: &PagedKv<'_>,
-        _batch: &SeqBatch<'_>,
-        _p: &AttnParams,
-        _scratch: Option<ViewMut<'_>>,
-        _out: ViewMut<'_>,
+        batch: &SeqBatch<'_>,
+        p: &AttnParams,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
     ) -> Result<()> {
-        let _ = q;
-        Err(check::unsupported(
-            OpKind::Attention,
-            kv.dtype(),
-            &self.info,
-        ))
+        self.op_attention(q, kv, batch, p, scratch, out)
     }
 
     fn kv_append(&self, k: View<'_>, v: View<'_>, kv: &PagedKv<'_>, slots: View<'_>) -> Result<()> {
@@ -313,20 +313,20 @@ impl Backend for CudaBackend {
         self.op_embed(ids, table, scale, out)
     }
 
+    fn moe_scratch_bytes(&self, n_tokens: usize, ex: &MoeExperts<'_>, r: &MoeRouting) -> usize {
+        self.op_moe_scratch_bytes(n_tokens, ex, r)
+    }
+
     fn moe(
         &self,
-        _x: View<'_>,
-        _router_logits: View<'_>,
+        x: View<'_>,
+        router_logits: View<'_>,
         experts: &MoeExperts<'_>,
-        _r: &MoeRouting,
-        _scratch: Option<ViewMut<'_>>,
-        _out: ViewMut<'_>,
+        r: &MoeRouting,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
     ) -> Result<()> {
-        Err(check::unsupported(
-            OpKind::Moe,
-            experts.gate.dtype(),
-            &self.info,
-        ))
+        self.op_moe(x, router_logits, experts, r, scratch, out)
     }
 
     fn copy(&self, src: View<'_>, dst: ViewMut<'_>) -> Result<()> {

@@ -10,11 +10,11 @@
 //! - matmul dispatches between fused dequant GEMV/GEMM kernels and dequantize + cuBLASLt at a
 //!   crossover measured per (device, dtype, n, k) (`tune`).
 //! - `capture` records CUDA graphs.
-//!
-//! Not implemented yet (`supports` says false, the ops return `Error::Unsupported`): attention,
-//! moe, and the NCCL collective.
+//! - attention (paged, split-KV decode + tensor-core prefill, `ops/attention.rs`), moe (routing +
+//!   grouped expert GEMV, `ops/moe.rs`) and the NCCL all-reduce `CudaComm` (`comm.rs`).
 
 mod buffer;
+mod comm;
 mod device;
 pub mod error;
 mod gemm;
@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use kiln_core::{Backend, BackendKind, BackendProvider, Error, Probe, Result};
 
+pub use comm::CudaComm;
 pub use device::CudaBackend;
 pub use error::CudaError;
 pub use ops::matmul_q::{MatmulPath, W_TILE_CAP, X_TILE_CAP};

@@ -4,10 +4,12 @@
 
 mod act;
 mod add;
+mod attention;
 mod copy;
 mod embed;
 mod kv_append;
 pub(crate) mod matmul_q;
+mod moe;
 mod norm;
 mod rope;
 

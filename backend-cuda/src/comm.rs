@@ -1,0 +1,249 @@
+//! `CudaComm`: NCCL all-reduce (sum, in place) across a group of CUDA devices, implementing
+//! `kiln_core::Collective`.
+//!
+//! - One communicator per device, created together by `ncclCommInitAll` over the devices'
+//!   ordinals (one process drives the whole group).
+//! - One stream per device: each member's `CudaBackend` stream. An all-reduce is one NCCL group
+//!   call (`ncclGroupStart`, one in-place `ncclAllReduce` per device on its stream,
+//!   `ncclGroupEnd`), so it is ordered after the ops that wrote the buffers and before the ops
+//!   that read them, with no host synchronization; `read`/`synchronize` on a member wait for it.
+//! - NVLink multicast stays off: `NCCL_NVLS_ENABLE=0` is put into the process environment before
+//!   the first communicator is created unless the variable is already set (to anything).
+//! - libnccl.so.2 is probed first (cudarc panics when a library is missing); every NCCL call runs
+//!   under `guard`, so a missing symbol is an error, not a panic.
+
+use std::sync::{Arc, Mutex, Once};
+
+use cudarc::driver::CudaStream;
+use cudarc::nccl::{result as nccl, sys as nccl_sys};
+use kiln_core::backend::check;
+use kiln_core::{
+    Backend, BackendKind, Collective, DType, DeviceId, Error, OpKind, Result, ViewMut,
+};
+
+use crate::buffer::CudaMem;
+use crate::device::CudaBackend;
+use crate::error::{CudaError, guard};
+
+const OP: OpKind = OpKind::AllReduce;
+
+struct Member {
+    id: DeviceId,
+    ordinal: usize,
+    stream: Arc<CudaStream>,
+    comm: nccl_sys::ncclComm_t,
+}
+
+/// An NCCL communicator group over CUDA devices (see the module docs).
+pub struct CudaComm {
+    members: Vec<Member>,
+    /// Serializes the group calls (a communicator must not be used by two threads at once).
+    lock: Mutex<()>,
+}
+
+// SAFETY: the raw communicators are only used inside `all_reduce_sum` while `lock` is held, and
+// in `drop` (exclusive access); NCCL communicators may be used from any thread.
+unsafe impl Send for CudaComm {}
+// SAFETY: as above: every shared use of the communicators is serialized by `lock`.
+unsafe impl Sync for CudaComm {}
+
+fn nccl_err(call: &'static str, e: nccl::NcclError) -> Error {
+    CudaError::driver("nccl", call, e.0).into()
+}
+
+/// Set NCCL_NVLS_ENABLE=0 once, before any communicator exists, unless the user set it.
+fn nvls_off() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("NCCL_NVLS_ENABLE").is_none() {
+            // SAFETY: runs once, before this process creates any NCCL communicator (NCCL reads
+            // the variable at init); kiln reads or writes no other environment variable from
+            // another thread while a collective group is being created.
+            unsafe { std::env::set_var("NCCL_NVLS_ENABLE", "0") };
+        }
+    });
+}
+
+impl CudaComm {
+    /// A communicator group over `members` (CUDA backends of distinct devices, in rank order).
+    /// Works on the `dyn Backend`s a runtime holds: each member's stream is found through a
+    /// buffer it allocates (a `CudaMem` knows its stream).
+    pub fn new(members: Vec<Arc<dyn Backend>>) -> Result<CudaComm> {
+        let mut streams = Vec::with_capacity(members.len());
+        for m in &members {
+            if m.id().kind != BackendKind::Cuda {
+                return Err(Error::Invalid(format!(
+                    "NCCL all-reduce: {} is not a CUDA device",
+                    m.id()
+                )));
+            }
+            let probe = m.alloc(1)?;
+            let mem = probe.downcast::<CudaMem>().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "NCCL all-reduce: {} is not a kiln-cuda backend",
+                    m.id()
+                ))
+            })?;
+            streams.push((m.id(), mem.slice.ordinal(), mem.slice.stream().clone()));
+        }
+        Self::init(streams)
+    }
+
+    /// A communicator group over CUDA backends held as their concrete type.
+    pub fn from_cuda(members: &[Arc<CudaBackend>]) -> Result<CudaComm> {
+        let streams = members
+            .iter()
+            .map(|b| (b.info.id, b.ctx.ordinal(), b.stream.clone()))
+            .collect();
+        Self::init(streams)
+    }
+
+    fn init(streams: Vec<(DeviceId, usize, Arc<CudaStream>)>) -> Result<CudaComm> {
+        if streams.is_empty() {
+            return Err(Error::Invalid("all-reduce group has no devices".into()));
+        }
+        for (i, a) in streams.iter().enumerate() {
+            if streams[..i].iter().any(|b| b.1 == a.1) {
+                return Err(Error::Invalid(format!(
+                    "NCCL all-reduce: device {} appears twice in the group",
+                    a.0
+                )));
+            }
+        }
+        // SAFETY: only dlopen()s candidate library names; no symbol is called.
+        let present = guard("NCCL probe", || unsafe { nccl_sys::is_culib_present() })?;
+        if !present {
+            return Err(CudaError::LibraryMissing {
+                lib: "libnccl",
+                why: "libnccl.so.2 is not on the loader path".into(),
+            }
+            .into());
+        }
+        nvls_off();
+        let n = streams.len();
+        let ordinals: Vec<i32> = streams.iter().map(|s| s.1 as i32).collect();
+        let mut comms: Vec<nccl_sys::ncclComm_t> = vec![std::ptr::null_mut(); n];
+        guard("ncclCommInitAll", || {
+            // SAFETY: `comms` has room for n communicators and `ordinals` holds n distinct
+            // device ordinals (checked above).
+            unsafe { nccl::comm_init_all(comms.as_mut_ptr(), n as i32, ordinals.as_ptr()) }
+        })?
+        .map_err(|e| nccl_err("ncclCommInitAll", e))?;
+        let members = streams
+            .into_iter()
+            .zip(comms)
+            .map(|((id, ordinal, stream), comm)| Member {
+                id,
+                ordinal,
+                stream,
+                comm,
+            })
+            .collect();
+        Ok(CudaComm {
+            members,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// NCCL's version (e.g. 22703 for 2.27.3), for reports.
+    pub fn nccl_version() -> Result<i32> {
+        guard("ncclGetVersion", nccl::get_nccl_version)?.map_err(|e| nccl_err("ncclGetVersion", e))
+    }
+}
+
+impl Collective for CudaComm {
+    fn devices(&self) -> Vec<DeviceId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()> {
+        check::eq(
+            OP,
+            "buffers vs group devices",
+            bufs.len(),
+            self.members.len(),
+        )?;
+        let (shape, dtype) = (bufs[0].shape(), bufs[0].dtype());
+        let nccl_type = match dtype {
+            DType::F32 => nccl_sys::ncclDataType_t::ncclFloat32,
+            DType::F16 => nccl_sys::ncclDataType_t::ncclFloat16,
+            DType::BF16 => nccl_sys::ncclDataType_t::ncclBfloat16,
+            other => {
+                return Err(Error::shape(
+                    OP,
+                    format!("all-reduce of {other} (f32/f16/bf16 only)"),
+                ));
+            }
+        };
+        let mut ptrs = Vec::with_capacity(bufs.len());
+        for (b, m) in bufs.iter().zip(&self.members) {
+            check::device(OP, m.id, b.device())?;
+            if b.shape() != shape || b.dtype() != dtype {
+                return Err(Error::shape(
+                    OP,
+                    format!("{} {} vs {} {}", b.shape(), b.dtype(), shape, dtype),
+                ));
+            }
+            let mem = b.buffer().downcast::<CudaMem>().ok_or_else(|| {
+                Error::Invalid(format!(
+                    "all-reduce: buffer on {} was not allocated by kiln-cuda",
+                    m.id
+                ))
+            })?;
+            if mem.slice.ordinal() != m.ordinal {
+                return Err(Error::WrongDevice {
+                    op: OP,
+                    expected: m.id,
+                    found: b.device(),
+                });
+            }
+            ptrs.push(mem.ptr + b.offset() as u64);
+        }
+        let count = shape.numel();
+        if count == 0 {
+            return Ok(());
+        }
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        guard("NCCL all-reduce", || -> Result<()> {
+            nccl::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
+            let mut first_err = None;
+            for (p, m) in ptrs.iter().zip(&self.members) {
+                // SAFETY: `p` is the device address of a view of `count` elements of `dtype` on
+                // m's device (checked above), reduced in place; the stream is m's backend stream
+                // and the communicator was created for m's ordinal.
+                let r = unsafe {
+                    nccl::all_reduce(
+                        *p as *const std::ffi::c_void,
+                        *p as *mut std::ffi::c_void,
+                        count,
+                        nccl_type,
+                        nccl_sys::ncclRedOp_t::ncclSum,
+                        m.comm,
+                        m.stream.cu_stream() as nccl_sys::cudaStream_t,
+                    )
+                };
+                if let Err(e) = r {
+                    first_err.get_or_insert(nccl_err("ncclAllReduce", e));
+                }
+            }
+            // The group is always closed, even after a failed enqueue.
+            let end = nccl::group_end().map_err(|e| nccl_err("ncclGroupEnd", e));
+            match first_err {
+                Some(e) => Err(e),
+                None => end.map(|_| ()),
+            }
+        })?
+    }
+}
+
+impl Drop for CudaComm {
+    fn drop(&mut self) {
+        for m in &self.members {
+            // Pending all-reduces finish before their communicator goes away.
+            let _ = m.stream.synchronize();
+            // SAFETY: each communicator was created once by ncclCommInitAll and is destroyed
+            // once here; nothing uses it afterwards.
+            let _ = guard("ncclCommDestroy", || unsafe { nccl::comm_destroy(m.comm) });
+        }
+    }
+}

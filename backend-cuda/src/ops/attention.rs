@@ -1,0 +1,564 @@
+//! attention (kernels/attention.cu): paged attention for a ragged batch mixing decode rows and
+//! prefill chunks, with no host-side look at the batch contents (graph-capturable).
+//!
+//! Every call enqueues, sized only from the host-side bounds (`max_q_len`, `max_kv_len`, the
+//! number of sequences and the device's SM count):
+//! 1. the decode kernel for sequences with `q_len ≤ qd` (qd = max(1, 16 / G), G = query heads
+//!    per KV head): one 16-row tile per (sequence, KV head), the KV range split into `splits`
+//!    chunks of `chunk` keys (flash-decoding);
+//! 2. if `splits > 1`, `attn_combine`, merging the partials (acc, m, l) of rows whose keys span
+//!    more than one chunk (rows that fit one chunk were written directly);
+//! 3. if `max_q_len > qd`, the prefill kernel (64-row tiles, no split) for the other sequences.
+//!
+//! Sequences that break the batch contract (q_starts not increasing inside n_tokens, q_len >
+//! kv_len, kv_len above the bounds or the block tables' capacity) cannot be reported from the
+//! GPU: their rows are left unwritten and nothing outside the buffers is read. Block-table
+//! entries outside the cache read as zero rows.
+
+use cudarc::driver::sys::CUfunction_attribute_enum;
+use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use kiln_core::backend::check;
+use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
+
+use super::arg_i32;
+use crate::device::CudaBackend;
+use crate::module_cache::ATTENTION;
+
+const OP: OpKind = OpKind::Attention;
+/// Rows of a decode tile (one mma M tile) and of a prefill tile (4 warps × 16).
+const DECODE_ROWS: usize = 16;
+const PREFILL_ROWS: usize = 64;
+/// Keys per decode tile; chunks are multiples of it.
+const DECODE_BC: usize = 64;
+/// Smallest split of the KV range (keys): smaller ones cost more in partials than they gain.
+const MIN_CHUNK: usize = 128;
+/// Head sizes with kernels.
+pub(crate) const HEAD_DIMS: [usize; 3] = [64, 128, 256];
+
+/// The kernels' argument block (same fields, order and types as `AttnArgs` in attention.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct AttnArgs {
+    q: u64,
+    kc: u64,
+    vc: u64,
+    out: u64,
+    q_starts: u64,
+    kv_lens: u64,
+    tables: u64,
+    part_acc: u64,
+    part_ml: u64,
+    n_seqs: i32,
+    n_tokens: i32,
+    n_heads: i32,
+    n_kv: i32,
+    group: i32,
+    block_size: i32,
+    max_blocks: i32,
+    num_blocks: i32,
+    max_q_len: i32,
+    max_kv_len: i32,
+    scale: f32,
+    softcap: f32,
+    window: i32,
+    causal: i32,
+    qd: i32,
+    rd: i32,
+    splits: i32,
+    chunk: i32,
+    row_tiles: i32,
+    kv_f32: i32,
+}
+
+// SAFETY: plain old data (u64/i32/f32 fields, no padding: 9·8 + 20·4 = 152 bytes) with the C
+// layout of the kernels' `AttnArgs`; the kernels only read it.
+unsafe impl DeviceRepr for AttnArgs {}
+
+/// Launch geometry of one call, from host-side bounds only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AttnPlan {
+    /// Query heads per KV head.
+    pub group: usize,
+    /// The decode kernel takes sequences with q_len ≤ qd; prefill the others.
+    pub qd: usize,
+    /// Partial rows per (sequence, KV head): qd · group.
+    pub rd: usize,
+    /// Decode row tiles per (sequence, KV head) (0: no decode launch).
+    pub decode_row_tiles: usize,
+    /// KV splits of the decode kernel and keys per split (a multiple of 64).
+    pub splits: usize,
+    pub chunk: usize,
+    /// Prefill row tiles per (sequence, KV head) (0: no prefill launch).
+    pub prefill_row_tiles: usize,
+    /// f32 partials: acc `[n_seqs, n_kv, rd, splits, head_dim]`, then (m, l) `[.., 2]`.
+    pub part_acc_floats: usize,
+    pub part_ml_floats: usize,
+}
+
+impl AttnPlan {
+    pub fn scratch_bytes(&self) -> usize {
+        4 * (self.part_acc_floats + self.part_ml_floats)
+    }
+}
+
+/// The plan for `n_seqs` sequences with the given bounds on a device with `sms` SMs
+/// (`chunk · splits ≥ max_kv_len`, so every key position a valid sequence has lies in a split).
+pub(crate) fn plan(
+    p: &AttnParams,
+    n_seqs: usize,
+    max_q_len: usize,
+    max_kv_len: usize,
+    sms: usize,
+) -> AttnPlan {
+    let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
+    let qd = (DECODE_ROWS / group).max(1);
+    let rd = qd * group;
+    let decode_row_tiles = (max_q_len.min(qd) * group).div_ceil(DECODE_ROWS);
+    let base = (n_seqs * p.n_kv_heads * decode_row_tiles).max(1);
+    let want = (2 * sms.max(1)).div_ceil(base);
+    let max_splits = max_kv_len.div_ceil(MIN_CHUNK).max(1);
+    let splits0 = want.clamp(1, max_splits);
+    let chunk = (max_kv_len.div_ceil(splits0).div_ceil(DECODE_BC) * DECODE_BC).max(DECODE_BC);
+    let splits = max_kv_len.div_ceil(chunk).max(1);
+    let prefill_row_tiles = if max_q_len > qd {
+        (max_q_len * group).div_ceil(PREFILL_ROWS)
+    } else {
+        0
+    };
+    let rows = if splits > 1 && decode_row_tiles > 0 {
+        n_seqs * p.n_kv_heads * rd * splits
+    } else {
+        0
+    };
+    AttnPlan {
+        group,
+        qd,
+        rd,
+        decode_row_tiles,
+        splits,
+        chunk,
+        prefill_row_tiles,
+        part_acc_floats: rows * p.head_dim,
+        part_ml_floats: rows * 2,
+    }
+}
+
+/// Decode or prefill configuration of the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Decode,
+    Prefill,
+}
+
+/// A compiled kernel variant and its dynamic shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Variant {
+    pub name: &'static str,
+    pub smem: usize,
+}
+
+/// (mode, head_dim, stages, keys per tile, kernel for f16/f32 caches, kernel for bf16 caches),
+/// fastest first; exactly the instantiations at the end of attention.cu ("" = none).
+type Entry = (Mode, usize, usize, usize, &'static str, &'static str);
+const VARIANTS: [Entry; 8] = [
+    (
+        Mode::Decode,
+        64,
+        3,
+        64,
+        "attn_decode_hd64_f16_s3",
+        "attn_decode_hd64_bf16_s3",
+    ),
+    (
+        Mode::Decode,
+        128,
+        2,
+        64,
+        "attn_decode_hd128_f16_s2",
+        "attn_decode_hd128_bf16_s2",
+    ),
+    (
+        Mode::Decode,
+        256,
+        2,
+        64,
+        "attn_decode_hd256_f16_s2",
+        "attn_decode_hd256_bf16_s2",
+    ),
+    (
+        Mode::Decode,
+        256,
+        1,
+        64,
+        "attn_decode_hd256_f16_s1",
+        "attn_decode_hd256_bf16_s1",
+    ),
+    (
+        Mode::Prefill,
+        64,
+        2,
+        64,
+        "attn_prefill_hd64_f16_s2",
+        "attn_prefill_hd64_bf16_s2",
+    ),
+    (
+        Mode::Prefill,
+        128,
+        2,
+        64,
+        "attn_prefill_hd128_f16_s2",
+        "attn_prefill_hd128_bf16_s2",
+    ),
+    (Mode::Prefill, 128, 1, 64, "", "attn_prefill_hd128_bf16_s1"),
+    (
+        Mode::Prefill,
+        256,
+        1,
+        32,
+        "attn_prefill_hd256_f16_s1",
+        "attn_prefill_hd256_bf16_s1",
+    ),
+];
+
+/// Shared memory of a variant: Q (two 16-bit copies for bf16: hi and lo) and NS stages of K and
+/// V tiles, rows padded to head_dim + 8 elements.
+pub(crate) fn smem_bytes(mode: Mode, hd: usize, kv: DType, stages: usize, bc: usize) -> usize {
+    let rows = if mode == Mode::Decode {
+        DECODE_ROWS
+    } else {
+        PREFILL_ROWS
+    };
+    let nq = if kv == DType::BF16 { 2 } else { 1 };
+    2 * (hd + 8) * (nq * rows + stages * 2 * bc)
+}
+
+/// The fastest variant for (mode, head_dim, KV dtype) whose shared memory fits `limit`.
+pub(crate) fn variant(mode: Mode, hd: usize, kv: DType, limit: usize) -> Result<Variant> {
+    let bf16 = match kv {
+        DType::F32 | DType::F16 => false,
+        DType::BF16 => true,
+        other => {
+            return Err(Error::shape(
+                OP,
+                format!("cache dtype {other} (f32/f16/bf16 only)"),
+            ));
+        }
+    };
+    let mut smallest = usize::MAX;
+    for &(m, h, ns, bc, f16_name, bf16_name) in &VARIANTS {
+        let name = if bf16 { bf16_name } else { f16_name };
+        if m != mode || h != hd || name.is_empty() {
+            continue;
+        }
+        let smem = smem_bytes(mode, hd, kv, ns, bc);
+        if smem <= limit {
+            return Ok(Variant { name, smem });
+        }
+        smallest = smallest.min(smem);
+    }
+    if smallest == usize::MAX {
+        return Err(Error::shape(
+            OP,
+            format!("head_dim {hd} has no CUDA kernel (supported: {HEAD_DIMS:?})"),
+        ));
+    }
+    Err(Error::Limit {
+        device: "cuda".into(),
+        what: format!("{mode:?} attention (head_dim {hd}, {kv} cache) shared memory"),
+        requested: smallest as u64,
+        limit: limit as u64,
+    })
+}
+
+fn check_params(p: &AttnParams, kv: &PagedKv<'_>) -> Result<()> {
+    if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "n_heads {} must be a positive multiple of n_kv_heads {}",
+                p.n_heads, p.n_kv_heads
+            ),
+        ));
+    }
+    check::eq(
+        OP,
+        "cache kv_heads vs n_kv_heads",
+        kv.n_kv_heads(),
+        p.n_kv_heads,
+    )?;
+    check::eq(OP, "cache head_dim vs head_dim", kv.head_dim(), p.head_dim)?;
+    if !HEAD_DIMS.contains(&p.head_dim) {
+        return Err(Error::shape(
+            OP,
+            format!(
+                "head_dim {} has no CUDA kernel (supported: {HEAD_DIMS:?})",
+                p.head_dim
+            ),
+        ));
+    }
+    if kv.block_size() == 0 {
+        return Err(Error::shape(OP, "cache block_size is 0"));
+    }
+    if !p.scale.is_finite() {
+        return Err(Error::shape(OP, format!("scale {} is not finite", p.scale)));
+    }
+    if let Some(c) = p.softcap
+        && !(c.is_finite() && c > 0.0)
+    {
+        return Err(Error::shape(
+            OP,
+            format!("softcap {c} must be finite and > 0"),
+        ));
+    }
+    if p.window == Some(0) {
+        return Err(Error::shape(
+            OP,
+            "window 0 masks every key (use None for no window)",
+        ));
+    }
+    Ok(())
+}
+
+impl CudaBackend {
+    fn attn_plan(&self, p: &AttnParams, batch: &SeqBatch<'_>) -> AttnPlan {
+        plan(
+            p,
+            batch.n_seqs(),
+            batch.max_q_len,
+            batch.max_kv_len,
+            self.info.caps.compute_units as usize,
+        )
+    }
+
+    /// Bytes of scratch `attention` needs for this batch (the decode split's partials).
+    pub(crate) fn op_attention_scratch_bytes(&self, p: &AttnParams, batch: &SeqBatch<'_>) -> usize {
+        self.attn_plan(p, batch).scratch_bytes()
+    }
+
+    pub(crate) fn op_attention(
+        &self,
+        q: View<'_>,
+        kv: &PagedKv<'_>,
+        batch: &SeqBatch<'_>,
+        p: &AttnParams,
+        scratch: Option<ViewMut<'_>>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        check::dtype(OP, "q", q.dtype(), &[DType::F32])?;
+        check::dtype(OP, "out", out.dtype(), &[DType::F32])?;
+        check::dtype(
+            OP,
+            "cache",
+            kv.dtype(),
+            &[DType::F32, DType::F16, DType::BF16],
+        )?;
+        for (what, v) in [
+            ("q_starts", &batch.q_starts),
+            ("kv_lens", &batch.kv_lens),
+            ("block_tables", &batch.block_tables),
+        ] {
+            check::dtype(OP, what, v.dtype(), &[DType::I32])?;
+        }
+        check_params(p, kv)?;
+        let (nh, hd) = (p.n_heads, p.head_dim);
+        let qs = q.shape();
+        if qs.rank() != 3 || qs.dim(1) != nh || qs.dim(2) != hd {
+            return Err(Error::shape(
+                OP,
+                format!("q {qs} must be [n_tokens, n_heads {nh}, head_dim {hd}]"),
+            ));
+        }
+        if out.shape() != qs {
+            return Err(Error::shape(
+                OP,
+                format!("out {} must have q's shape {qs}", out.shape()),
+            ));
+        }
+        let n_seqs = batch.n_seqs();
+        check::eq(
+            OP,
+            "q_starts elements vs n_seqs + 1",
+            batch.q_starts.numel(),
+            n_seqs + 1,
+        )?;
+        let bt = batch.block_tables.shape();
+        if bt.rank() != 2 || bt.dim(0) != n_seqs {
+            return Err(Error::shape(
+                OP,
+                format!("block_tables {bt} must be [n_seqs {n_seqs}, max_blocks]"),
+            ));
+        }
+        for (what, v) in [
+            ("q", q),
+            ("K cache", kv.k.as_view()),
+            ("V cache", kv.v.as_view()),
+            ("q_starts", batch.q_starts),
+            ("kv_lens", batch.kv_lens),
+            ("block_tables", batch.block_tables),
+        ] {
+            out.check_disjoint(&v)
+                .map_err(|e| Error::shape(OP, format!("out vs {what}: {e}")))?;
+        }
+        // Device checks for every view (ptr() names the op on a foreign buffer).
+        let n_tokens = qs.dim(0);
+        let (qp, op_) = (self.ptr(OP, &q)?, self.ptr_mut(OP, &out)?);
+        let (kp, vp) = (self.ptr_mut(OP, &kv.k)?, self.ptr_mut(OP, &kv.v)?);
+        let (qsp, klp, btp) = (
+            self.ptr(OP, &batch.q_starts)?,
+            self.ptr(OP, &batch.kv_lens)?,
+            self.ptr(OP, &batch.block_tables)?,
+        );
+        if !kp.is_multiple_of(16) || !vp.is_multiple_of(16) {
+            return Err(Error::shape(
+                OP,
+                format!("K/V caches must start at 16-byte aligned addresses ({kp:#x}, {vp:#x})"),
+            ));
+        }
+        let bs = kv.block_size();
+        let pl = self.attn_plan(p, batch);
+        let need = pl.scratch_bytes();
+        let (part_acc, part_ml) = match (need, scratch) {
+            (0, _) => (0u64, 0u64),
+            (_, Some(s)) if s.bytes() >= need => {
+                for (what, v) in [("q", q), ("out", out.as_view())] {
+                    s.check_disjoint(&v)
+                        .map_err(|e| Error::shape(OP, format!("scratch vs {what}: {e}")))?;
+                }
+                let sp = self.ptr_mut(OP, &s)?;
+                if !sp.is_multiple_of(4) {
+                    return Err(Error::shape(OP, "scratch must be 4-byte aligned"));
+                }
+                (sp, sp + 4 * pl.part_acc_floats as u64)
+            }
+            (_, s) => {
+                return Err(Error::shape(
+                    OP,
+                    format!(
+                        "this batch needs {need} bytes of scratch (attention_scratch_bytes), got {}",
+                        s.map_or(0, |s| s.bytes())
+                    ),
+                ));
+            }
+        };
+        if n_tokens == 0 || n_seqs == 0 {
+            return Ok(());
+        }
+        if n_seqs > 65535 || p.n_kv_heads > 65535 {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "{n_seqs} sequences × {} KV heads exceed the grid limit (65535 each)",
+                    p.n_kv_heads
+                ),
+            ));
+        }
+        let cap = batch.max_blocks().saturating_mul(bs);
+        // The kernels compute max_blocks·block_size in i32.
+        arg_i32(OP, "max_blocks·block_size", cap)?;
+        let max_kv = batch.max_kv_len.min(cap);
+        let args = AttnArgs {
+            q: qp,
+            kc: kp,
+            vc: vp,
+            out: op_,
+            q_starts: qsp,
+            kv_lens: klp,
+            tables: btp,
+            part_acc,
+            part_ml,
+            n_seqs: arg_i32(OP, "n_seqs", n_seqs)?,
+            n_tokens: arg_i32(OP, "n_tokens", n_tokens)?,
+            n_heads: arg_i32(OP, "n_heads", nh)?,
+            n_kv: arg_i32(OP, "n_kv_heads", p.n_kv_heads)?,
+            group: arg_i32(OP, "group", pl.group)?,
+            block_size: arg_i32(OP, "block_size", bs)?,
+            max_blocks: arg_i32(OP, "max_blocks", batch.max_blocks())?,
+            num_blocks: arg_i32(OP, "num_blocks", kv.num_blocks())?,
+            max_q_len: arg_i32(OP, "max_q_len", batch.max_q_len.min(n_tokens))?,
+            max_kv_len: arg_i32(OP, "max_kv_len", max_kv)?,
+            scale: p.scale,
+            softcap: p.softcap.unwrap_or(0.0),
+            window: arg_i32(OP, "window", p.window.unwrap_or(0))?,
+            causal: i32::from(p.causal),
+            qd: arg_i32(OP, "qd", pl.qd)?,
+            rd: arg_i32(OP, "rd", pl.rd)?,
+            splits: arg_i32(OP, "splits", pl.splits)?,
+            chunk: arg_i32(OP, "chunk", pl.chunk)?,
+            row_tiles: 0,
+            kv_f32: i32::from(kv.dtype() == DType::F32),
+        };
+        // Element offsets inside the kernels are i64; row and position counts are i32.
+        arg_i32(OP, "n_tokens·n_heads", n_tokens * nh)?;
+        let limit = self.info.caps.shared_memory_bytes as usize;
+        let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
+        if pl.decode_row_tiles > 0 {
+            let v = variant(Mode::Decode, hd, kv.dtype(), limit)?;
+            let a = AttnArgs {
+                row_tiles: arg_i32(OP, "row tiles", pl.decode_row_tiles)?,
+                ..args
+            };
+            let gx = arg_i32(OP, "decode grid", pl.decode_row_tiles * pl.splits)? as u32;
+            self.launch_attn(v, (gx, nkv, ns), &a)?;
+            if pl.splits > 1 {
+                self.launch_combine((pl.rd as u32, nkv, ns), &a, hd as i32)?;
+            }
+        }
+        if pl.prefill_row_tiles > 0 {
+            let v = variant(Mode::Prefill, hd, kv.dtype(), limit)?;
+            let a = AttnArgs {
+                row_tiles: arg_i32(OP, "row tiles", pl.prefill_row_tiles)?,
+                ..args
+            };
+            self.launch_attn(v, (a.row_tiles as u32, nkv, ns), &a)?;
+        }
+        Ok(())
+    }
+
+    fn launch_attn(&self, v: Variant, grid: (u32, u32, u32), a: &AttnArgs) -> Result<()> {
+        let f = self.function(&ATTENTION, v.name)?;
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        f.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            v.smem as i32,
+        )
+        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))?;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: v.smem as u32,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(a);
+        // SAFETY: `a` holds the addresses of views validated above: q/out [n_tokens, n_heads,
+        // head_dim] f32, caches [num_blocks, n_kv, block_size, head_dim] 16-byte aligned, the i32
+        // batch arrays with the element counts checked, and (when splits > 1) scratch of
+        // scratch_bytes(). The kernel reads only sequences passing `seq_ok` (rows < n_tokens,
+        // kv_len ≤ max_blocks·block_size), block ids inside 0..num_blocks, and writes partial
+        // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch attention"))
+    }
+
+    fn launch_combine(&self, grid: (u32, u32, u32), a: &AttnArgs, hd: i32) -> Result<()> {
+        let f = self.function(&ATTENTION, "attn_combine")?;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(a).arg(&hd);
+        // SAFETY: as `launch_attn`: the combine reads the partial slots the decode kernel wrote
+        // for the same rows (same `seq_ok` / key-range logic) and writes rows of `out`.
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch attn_combine"))
+    }
+}
+
+#[cfg(test)]
+#[path = "attention_tests.rs"]
+mod tests;

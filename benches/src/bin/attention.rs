@@ -1,0 +1,264 @@
+//! Paged attention, Llama-3-8B shape (32 query heads, 8 KV heads, head_dim 128, block size 16):
+//! - decode (one query per sequence) at 1k / 4k / 16k context, batch 1 and 32: GB/s of the K/V
+//!   bytes read (plus q and out) and the fraction of the measured copy bandwidth (target ≥ 80%
+//!   at 4k on H100/H200). KV caches are rotated (disjoint block tables into one big cache) so the
+//!   working set exceeds `--rotate-mib` (default 512 MiB, above any L2).
+//! - causal prefill of one 4096-token sequence: TFLOP/s (4·head_dim FLOPs per kept (query, key,
+//!   head)) and the fraction of a dense bf16 matmul measured first (8192×8192×8192).
+//!
+//! `attention --backend cuda|wgpu|reference [--quick] [--types f16,bf16] [--json FILE]`
+//! (`--types` picks the KV cache dtypes; default f16 and bf16).
+
+use kiln_benches::{
+    Args, Report, Row, copy_bandwidth, open, random_weight, rotation_copies, run_main, time_calls,
+};
+use kiln_core::{
+    AttnParams, Backend, Buffer, DType, HostTensor, OpKind, PagedKv, Result, SeqBatch, Shape,
+};
+
+const N_HEADS: usize = 32;
+const N_KV: usize = 8;
+const HD: usize = 128;
+const BS: usize = 16;
+
+fn main() {
+    run_main(|| {
+        let args = Args::parse()?;
+        let be = open(&args)?;
+        let mut rep = Report::new(&*be, &args);
+        let copy = copy_bandwidth(&*be, if args.quick { 64 } else { 256 })?;
+        rep.header("attention (32 q heads, 8 kv heads, hd 128, block 16)");
+        rep.push(Row {
+            bench: "copy".into(),
+            case: "d2d f32 copy (ceiling)".into(),
+            us: 0.0,
+            gbs: Some(copy / 1e9),
+            tflops: None,
+            pct: Some(100.0),
+            note: "read+write bytes".into(),
+        })?;
+        let dense = if args.quick {
+            None
+        } else {
+            Some(dense_ceiling(&*be, &mut rep)?)
+        };
+        let ctxs: &[usize] = if args.quick {
+            &[1024, 4096]
+        } else {
+            &[1024, 4096, 16384]
+        };
+        for kv in args.types_or(&[DType::F16, DType::BF16]) {
+            if !be.supports(OpKind::Attention, kv) {
+                println!("attention {kv}: not supported on {}", be.info().id);
+                continue;
+            }
+            for &ctx in ctxs {
+                for batch in [1usize, 32] {
+                    decode(&*be, &args, &mut rep, kv, ctx, batch, copy)?;
+                }
+            }
+            prefill(&*be, &args, &mut rep, kv, 4096, dense)?;
+        }
+        Ok(())
+    })
+}
+
+fn upload_i32(be: &dyn Backend, v: &[i32]) -> Result<Buffer> {
+    let b = be.alloc(v.len() * 4)?;
+    be.write(&b, 0, &kiln_core::convert::i32_bytes(v))?;
+    Ok(b)
+}
+
+/// A cache `[blocks, 8, 16, 128]` of `kv` filled with a repeated random pattern.
+fn cache(be: &dyn Backend, kv: DType, blocks: usize, seed: u64) -> Result<Buffer> {
+    let elems = blocks * N_KV * BS * HD;
+    let bytes = kv.bytes_for(elems)?;
+    let b = be.alloc(bytes)?;
+    let chunk_elems = (1usize << 20).min(elems);
+    let pattern = random_weight(kv, 1, chunk_elems, seed);
+    let mut at = 0;
+    while at < bytes {
+        let n = pattern.len().min(bytes - at);
+        be.write(&b, at, &pattern[..n])?;
+        at += n;
+    }
+    Ok(b)
+}
+
+fn params() -> AttnParams {
+    AttnParams {
+        n_heads: N_HEADS,
+        n_kv_heads: N_KV,
+        head_dim: HD,
+        scale: 1.0 / (HD as f32).sqrt(),
+        causal: true,
+        window: None,
+        softcap: None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn decode(
+    be: &dyn Backend,
+    args: &Args,
+    rep: &mut Report,
+    kv: DType,
+    ctx: usize,
+    batch: usize,
+    copy: f64,
+) -> Result<()> {
+    let blocks_per_seq = ctx.div_ceil(BS);
+    let kv_bytes = 2 * kv.bytes_for(batch * ctx * N_KV * HD)?;
+    let copies = rotation_copies(kv_bytes, args.rotate_bytes);
+    let blocks = copies * batch * blocks_per_seq;
+    let (k, v) = (cache(be, kv, blocks, 1)?, cache(be, kv, blocks, 2)?);
+    let shape = Shape::new(&[blocks, N_KV, BS, HD])?;
+    let paged = PagedKv::new(k.view_mut(0, shape, kv)?, v.view_mut(0, shape, kv)?)?;
+    // Copy c uses blocks [c·batch·bps, (c+1)·batch·bps), sequence s its own run of them.
+    let tables: Vec<Buffer> = (0..copies)
+        .map(|c| {
+            let t: Vec<i32> = (0..batch * blocks_per_seq)
+                .map(|i| (c * batch * blocks_per_seq + i) as i32)
+                .collect();
+            upload_i32(be, &t)
+        })
+        .collect::<Result<_>>()?;
+    let q_starts = upload_i32(be, &(0..=batch as i32).collect::<Vec<_>>())?;
+    let kv_lens = upload_i32(be, &vec![ctx as i32; batch])?;
+    let qn = batch * N_HEADS * HD;
+    let q = be.alloc(qn * 4)?;
+    be.write(&q, 0, &random_weight(DType::F32, 1, qn, 3))?;
+    let out = be.alloc(qn * 4)?;
+    let qs = Shape::new(&[batch, N_HEADS, HD])?;
+    let p = params();
+    let sb = be.attention_scratch_bytes(
+        &p,
+        batch,
+        &decode_batch(&q_starts, &kv_lens, &tables[0], batch, blocks_per_seq, ctx)?,
+    );
+    let scratch = be.alloc(sb.max(4))?;
+    let calls = copies.max(if args.quick { 8 } else { 32 });
+    let (qv, ov) = (q.view(0, qs, DType::F32)?, out.view_mut(0, qs, DType::F32)?);
+    let sv = scratch.view_mut(0, Shape::d1(sb.max(4) / 4), DType::F32)?;
+    let secs = time_calls(be, calls, if args.quick { 3 } else { 7 }, &mut |i| {
+        let b = decode_batch(
+            &q_starts,
+            &kv_lens,
+            &tables[i % copies],
+            batch,
+            blocks_per_seq,
+            ctx,
+        )?;
+        be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov)
+    })?;
+    let bytes = (kv_bytes + 2 * qn * 4) as f64;
+    rep.push(Row {
+        bench: "attn-dec".into(),
+        case: format!("{} ctx {ctx} batch {batch}", kv.name()),
+        us: secs * 1e6,
+        gbs: Some(bytes / secs / 1e9),
+        tflops: Some(4.0 * (batch * ctx * N_HEADS * HD) as f64 / secs / 1e12),
+        pct: Some(100.0 * bytes / secs / copy),
+        note: format!(
+            "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B",
+            kv_bytes as f64 / 1e6
+        ),
+    })
+}
+
+/// One decode step's batch: `batch` sequences of one query at position ctx − 1.
+fn decode_batch<'a>(
+    q_starts: &'a Buffer,
+    kv_lens: &'a Buffer,
+    table: &'a Buffer,
+    batch: usize,
+    blocks_per_seq: usize,
+    ctx: usize,
+) -> Result<SeqBatch<'a>> {
+    Ok(SeqBatch {
+        q_starts: q_starts.view(0, Shape::d1(batch + 1), DType::I32)?,
+        kv_lens: kv_lens.view(0, Shape::d1(batch), DType::I32)?,
+        block_tables: table.view(0, Shape::d2(batch, blocks_per_seq), DType::I32)?,
+        max_q_len: 1,
+        max_kv_len: ctx,
+    })
+}
+
+fn prefill(
+    be: &dyn Backend,
+    args: &Args,
+    rep: &mut Report,
+    kv: DType,
+    n: usize,
+    dense: Option<f64>,
+) -> Result<()> {
+    let bps = n.div_ceil(BS);
+    let (k, v) = (cache(be, kv, bps, 4)?, cache(be, kv, bps, 5)?);
+    let shape = Shape::new(&[bps, N_KV, BS, HD])?;
+    let paged = PagedKv::new(k.view_mut(0, shape, kv)?, v.view_mut(0, shape, kv)?)?;
+    let table = upload_i32(be, &(0..bps as i32).collect::<Vec<_>>())?;
+    let q_starts = upload_i32(be, &[0, n as i32])?;
+    let kv_lens = upload_i32(be, &[n as i32])?;
+    let qn = n * N_HEADS * HD;
+    let q = be.alloc(qn * 4)?;
+    be.write(&q, 0, &random_weight(DType::F32, 1, qn, 6))?;
+    let out = be.alloc(qn * 4)?;
+    let qs = Shape::new(&[n, N_HEADS, HD])?;
+    let b = SeqBatch {
+        q_starts: q_starts.view(0, Shape::d1(2), DType::I32)?,
+        kv_lens: kv_lens.view(0, Shape::d1(1), DType::I32)?,
+        block_tables: table.view(0, Shape::d2(1, bps), DType::I32)?,
+        max_q_len: n,
+        max_kv_len: n,
+    };
+    let p = params();
+    let sb = be.attention_scratch_bytes(&p, n, &b);
+    let scratch = be.alloc(sb.max(4))?;
+    let sv = scratch.view_mut(0, Shape::d1(sb.max(4) / 4), DType::F32)?;
+    let (qv, ov) = (q.view(0, qs, DType::F32)?, out.view_mut(0, qs, DType::F32)?);
+    let secs = time_calls(
+        be,
+        if args.quick { 2 } else { 5 },
+        if args.quick { 3 } else { 5 },
+        &mut |_| be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov),
+    )?;
+    // Causal: query j sees j + 1 keys.
+    let pairs = (n * (n + 1) / 2) as f64;
+    let flops = 4.0 * pairs * (N_HEADS * HD) as f64;
+    rep.push(Row {
+        bench: "attn-pre".into(),
+        case: format!("{} causal {n} tokens", kv.name()),
+        us: secs * 1e6,
+        gbs: None,
+        tflops: Some(flops / secs / 1e12),
+        pct: dense.map(|c| 100.0 * flops / secs / c),
+        note: "% of dense bf16 matmul".into(),
+    })
+}
+
+/// FLOP/s of the backend's dense bf16 matmul at 8192³ (the compute ceiling of this bench).
+fn dense_ceiling(be: &dyn Backend, rep: &mut Report) -> Result<f64> {
+    let n = 8192;
+    let w = random_weight(DType::BF16, n, n, 9);
+    let wt = be.prepare_weight(&HostTensor::new(DType::BF16, Shape::d2(n, n), &w)?)?;
+    drop(w);
+    let x = be.alloc(n * n * 4)?;
+    be.write(&x, 0, &random_weight(DType::F32, n, n, 10))?;
+    let y = be.alloc(n * n * 4)?;
+    let (xv, yv) = (
+        x.view(0, Shape::d2(n, n), DType::F32)?,
+        y.view_mut(0, Shape::d2(n, n), DType::F32)?,
+    );
+    let secs = time_calls(be, 3, 5, &mut |_| be.matmul(xv, &wt, yv))?;
+    let flops = 2.0 * (n * n * n) as f64 / secs;
+    rep.push(Row {
+        bench: "dense".into(),
+        case: format!("bf16 matmul {n}³ (ceiling)"),
+        us: secs * 1e6,
+        gbs: None,
+        tflops: Some(flops / 1e12),
+        pct: Some(100.0),
+        note: "f32 x converted to bf16 inside".into(),
+    })?;
+    Ok(flops)
+}
