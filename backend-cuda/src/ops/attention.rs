@@ -562,3 +562,7 @@ impl CudaBackend {
 #[cfg(test)]
 #[path = "attention_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "attention_mma_tests.rs"]
+mod mma_tests;
