@@ -14,6 +14,7 @@ mod conformance {
     pub mod kv_append;
     pub mod matmul;
     pub mod moe;
+    pub mod mutants;
     pub mod rms_norm;
     pub mod rope;
 }

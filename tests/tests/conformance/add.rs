@@ -12,7 +12,7 @@ fn need(b: &dyn Backend, op: OpKind, dt: DType) -> bool {
     }
 }
 
-fn add_case(b: &dyn Backend, dt: DType, shape: &[usize]) {
+pub(crate) fn add_case(b: &dyn Backend, dt: DType, shape: &[usize]) {
     if !need(b, OpKind::Add, dt) {
         return;
     }

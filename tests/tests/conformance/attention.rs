@@ -11,26 +11,26 @@ use kiln_tests::oracle::attention::Seq;
 use kiln_tests::{conformance, data, dev, harness, oracle, require_op, tolerance};
 
 /// One attention case.
-struct Setup {
+pub(crate) struct Setup {
     /// (q_len, kv_len) per sequence, in batch order.
-    seqs: &'static [(usize, usize)],
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    block_size: usize,
-    kv: DType,
-    causal: bool,
-    window: Option<usize>,
-    softcap: Option<f32>,
+    pub(crate) seqs: &'static [(usize, usize)],
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) block_size: usize,
+    pub(crate) kv: DType,
+    pub(crate) causal: bool,
+    pub(crate) window: Option<usize>,
+    pub(crate) softcap: Option<f32>,
     /// None: 1/sqrt(head_dim).
-    scale: Option<f32>,
+    pub(crate) scale: Option<f32>,
     /// Standard deviation of K (larger makes the softcap matter).
-    k_std: f32,
+    pub(crate) k_std: f32,
     /// Pass max_q_len / max_kv_len twice the real ones (they "may be loose").
-    loose_bounds: bool,
+    pub(crate) loose_bounds: bool,
 }
 
-const BASE: Setup = Setup {
+pub(crate) const BASE: Setup = Setup {
     seqs: &[],
     n_heads: 16,
     n_kv_heads: 2,
@@ -47,7 +47,7 @@ const BASE: Setup = Setup {
 
 /// Decode rows (q_len 1) next to prefill chunks (q_len up to 70 > block_size) with KV lengths
 /// from 1 to 2900, block-aligned and not.
-const MIXED: &[(usize, usize)] = &[
+pub(crate) const MIXED: &[(usize, usize)] = &[
     (1, 1),
     (1, 2900),
     (37, 37),
@@ -58,7 +58,7 @@ const MIXED: &[(usize, usize)] = &[
     (1, 33),
 ];
 
-fn attention_case(b: &dyn Backend, s: Setup) {
+pub(crate) fn attention_case(b: &dyn Backend, s: Setup) {
     if !require_op(b, OpKind::Attention, s.kv) {
         return;
     }

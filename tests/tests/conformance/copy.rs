@@ -5,7 +5,7 @@
 use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::{conformance, data, dev, harness, oracle, require_op, tolerance};
 
-fn copy_case(b: &dyn Backend, src: DType, dst: DType) {
+pub(crate) fn copy_case(b: &dyn Backend, src: DType, dst: DType) {
     if !require_op(b, OpKind::Copy, src) || !require_op(b, OpKind::Copy, dst) {
         return;
     }

@@ -5,7 +5,7 @@ use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::data::{self, WeightSource};
 use kiln_tests::{conformance, dev, harness, oracle, require_op, tolerance};
 
-fn embed_case(b: &dyn Backend, dt: DType, scale: f32) {
+pub(crate) fn embed_case(b: &dyn Backend, dt: DType, scale: f32) {
     if !require_op(b, OpKind::Embed, dt) {
         return;
     }

@@ -4,7 +4,7 @@
 use kiln_core::{Activation, Backend, DType, OpKind};
 use kiln_tests::{conformance, data, dev, harness, optional_op, oracle, require_op, tolerance};
 
-fn glu_case(b: &dyn Backend, dt: DType, act: Activation, rows: usize, n: usize) {
+pub(crate) fn glu_case(b: &dyn Backend, dt: DType, act: Activation, rows: usize, n: usize) {
     let ok = if dt == DType::F32 {
         require_op(b, OpKind::Glu, dt)
     } else {

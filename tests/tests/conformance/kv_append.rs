@@ -5,7 +5,13 @@
 use kiln_core::{Backend, DType, OpKind, PagedKv};
 use kiln_tests::{conformance, data, dev, harness, oracle, require_op, tolerance};
 
-fn kv_append_case(b: &dyn Backend, dt: DType, n_kv: usize, block_size: usize, head_dim: usize) {
+pub(crate) fn kv_append_case(
+    b: &dyn Backend,
+    dt: DType,
+    n_kv: usize,
+    block_size: usize,
+    head_dim: usize,
+) {
     if !require_op(b, OpKind::KvAppend, dt) {
         return;
     }

@@ -39,7 +39,7 @@ fn matmul_gemv_case(b: &dyn Backend, dt: DType) {
 }
 
 /// More rows (tiled GEMM paths, partial tiles): m = 7, 33; n = 259, k = 4096.
-fn matmul_gemm_case(b: &dyn Backend, dt: DType) {
+pub(crate) fn matmul_gemm_case(b: &dyn Backend, dt: DType) {
     if !require_op(b, OpKind::Matmul, dt) {
         return;
     }

@@ -8,18 +8,18 @@ use kiln_tests::data::{self, WeightSource};
 use kiln_tests::oracle::moe::{self as omoe, Experts};
 use kiln_tests::{conformance, dev, harness, require_op, tolerance};
 
-struct Setup {
-    dt: DType,
-    n_tokens: usize,
-    n_experts: usize,
-    dim: usize,
-    ff: usize,
-    routing: MoeRouting,
-    act: Activation,
-    ties: bool,
+pub(crate) struct Setup {
+    pub(crate) dt: DType,
+    pub(crate) n_tokens: usize,
+    pub(crate) n_experts: usize,
+    pub(crate) dim: usize,
+    pub(crate) ff: usize,
+    pub(crate) routing: MoeRouting,
+    pub(crate) act: Activation,
+    pub(crate) ties: bool,
 }
 
-const MIXTRAL: Setup = Setup {
+pub(crate) const MIXTRAL: Setup = Setup {
     dt: DType::F32,
     n_tokens: 9,
     n_experts: 8,
@@ -71,7 +71,7 @@ fn logits(rng: &mut data::Rng, s: &Setup) -> Vec<f32> {
     l
 }
 
-fn moe_case(b: &dyn Backend, s: Setup) {
+pub(crate) fn moe_case(b: &dyn Backend, s: Setup) {
     if !require_op(b, OpKind::Moe, s.dt) {
         return;
     }

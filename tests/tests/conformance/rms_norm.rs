@@ -5,7 +5,7 @@
 use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::{conformance, data, dev, harness, optional_op, oracle, require_op, tolerance};
 
-fn rms_norm_case(b: &dyn Backend, dt: DType, rows_list: &[usize], dim: usize, eps: f32) {
+pub(crate) fn rms_norm_case(b: &dyn Backend, dt: DType, rows_list: &[usize], dim: usize, eps: f32) {
     let ok = if dt == DType::F32 {
         require_op(b, OpKind::RmsNorm, dt)
     } else {

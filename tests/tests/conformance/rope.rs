@@ -5,7 +5,7 @@
 use kiln_core::{Backend, DType, OpKind, RopeFreqs, RopeParams, RopeScaling, RopeStyle};
 use kiln_tests::{conformance, data, dev, harness, optional_op, oracle, require_op, tolerance};
 
-fn llama3() -> RopeScaling {
+pub(crate) fn llama3() -> RopeScaling {
     RopeScaling::Llama3 {
         factor: 8.0,
         low_freq_factor: 1.0,
@@ -14,7 +14,7 @@ fn llama3() -> RopeScaling {
     }
 }
 
-fn rope_case(
+pub(crate) fn rope_case(
     b: &dyn Backend,
     dt: DType,
     style: RopeStyle,
