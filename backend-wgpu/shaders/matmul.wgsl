@@ -25,6 +25,9 @@ override MT: u32 = 1u;
 // vec4s i = sub, sub + SUBL, ... of it, so 8/SUBL neighbouring lanes read neighbouring words
 // (coalesced loads) at the price of reading the group header SUBL times. Tuned per dtype.
 override SUBL: u32 = 1u;
+// Weight rows per lane (1, 2 or 4; MOE: 1): one x load serves NR rows. Rows per workgroup:
+// RW·NR.
+override NR: u32 = 1u;
 
 struct Params {
     m: u32,        // x rows (MOE: pairs)
@@ -66,6 +69,12 @@ fn xv(row: u32, g: u32, i: u32) -> vec4<f32> {
 //#endif
 }
 
+// Rows of one lane: rr, rr + RW, ... (NR of them); rows past the chunk read the last row
+// (computed, never written).
+fn lane_row(base: u32, b: u32) -> u32 {
+    return min(base + b * RW, P.n_c - 1u);
+}
+
 @compute @workgroup_size(WG)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32,
@@ -78,9 +87,13 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let rr = li / tpr;
     let lane = li % tpr;
     let groups = P.k / 32u;
-    var acc = vec4<f32>(0.0);
     let sub = lane % SUBL;
     let gstep = tpr / SUBL;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let base = (wid.x + wid.y * nwg.x) * RW * NR + rr;
 //#if MOE
     let pair = P.pair0 + wid.z;
     let e = Ids[P.i_off + pair];
@@ -93,74 +106,117 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var g = lane / SUBL; g < groups; g += gstep) {
             let h = hdr(r, g);
             for (var i = sub; i < 8u; i += SUBL) {
-                acc.x += dot(dqv(h, i), xv(xrow, g, i));
+                acc0.x += dot(dqv(h, i), xv(xrow, g, i));
             }
         }
     }
 //#else
-    let r = (wid.x + wid.y * nwg.x) * RW + rr;
     let m0 = wid.z * MT;
     // x rows past m repeat the last one (computed, never written)
     let m1 = min(m0 + 1u, P.m - 1u);
     let m2 = min(m0 + 2u, P.m - 1u);
     let m3 = min(m0 + 3u, P.m - 1u);
-    let valid = r < P.n_c;
+    let valid = base < P.n_c;
     if valid {
+        let r0 = lane_row(base, 0u);
+        let r1 = lane_row(base, 1u);
+        let r2 = lane_row(base, 2u);
+        let r3 = lane_row(base, 3u);
         for (var g = lane / SUBL; g < groups; g += gstep) {
-            let h = hdr(r, g);
+            let h0 = hdr(r0, g);
+            var h1 = h0;
+            var h2 = h0;
+            var h3 = h0;
+            if NR > 1u {
+                h1 = hdr(r1, g);
+            }
+            if NR > 2u {
+                h2 = hdr(r2, g);
+                h3 = hdr(r3, g);
+            }
             for (var i = sub; i < 8u; i += SUBL) {
-                let w = dqv(h, i);
-                acc.x += dot(w, xv(m0, g, i));
+                let xa = xv(m0, g, i);
+                var xb = xa;
+                var xc = xa;
+                var xd = xa;
                 if MT > 1u {
-                    acc.y += dot(w, xv(m1, g, i));
+                    xb = xv(m1, g, i);
                 }
                 if MT > 2u {
-                    acc.z += dot(w, xv(m2, g, i));
+                    xc = xv(m2, g, i);
                 }
                 if MT > 3u {
-                    acc.w += dot(w, xv(m3, g, i));
+                    xd = xv(m3, g, i);
+                }
+                // one weight row per accumulator; the x rows in its lanes
+                let w0 = dqv(h0, i);
+                acc0 += vec4<f32>(dot(w0, xa), dot(w0, xb), dot(w0, xc), dot(w0, xd));
+                if NR > 1u {
+                    let w1 = dqv(h1, i);
+                    acc1 += vec4<f32>(dot(w1, xa), dot(w1, xb), dot(w1, xc), dot(w1, xd));
+                }
+                if NR > 2u {
+                    let w2 = dqv(h2, i);
+                    acc2 += vec4<f32>(dot(w2, xa), dot(w2, xb), dot(w2, xc), dot(w2, xd));
+                    let w3 = dqv(h3, i);
+                    acc3 += vec4<f32>(dot(w3, xa), dot(w3, xb), dot(w3, xc), dot(w3, xd));
                 }
             }
         }
     }
 //#endif
-    // Sum the tpr lanes of each row.
+    // Sum the tpr lanes of each row, for each of the NR accumulators.
+    for (var b = 0u; b < NR; b++) {
+        var acc = acc0;
+        if b == 1u {
+            acc = acc1;
+        } else if b == 2u {
+            acc = acc2;
+        } else if b == 3u {
+            acc = acc3;
+        }
 //#if SG_RED
-    let s = subgroupAdd(acc);
-    if sgi == 0u {
-        part[sgid] = s;
-    }
-    workgroupBarrier();
-    var tot = vec4<f32>(0.0);
-    let per = tpr / sgsz;
-    for (var q = 0u; q < per; q++) {
-        tot += part[rr * per + q];
-    }
-//#else
-    part[li] = acc;
-    workgroupBarrier();
-    for (var st = tpr / 2u; st > 0u; st = st / 2u) {
-        if lane < st {
-            part[li] += part[li + st];
+        let s = subgroupAdd(acc);
+        if sgi == 0u {
+            part[sgid] = s;
         }
         workgroupBarrier();
-    }
-    let tot = part[rr * tpr];
-//#endif
-    if lane == 0u && valid {
-//#if MOE
-        O[P.o_off + pair * P.n_out + j] = tot.x;
+        var tot = vec4<f32>(0.0);
+        let per = tpr / sgsz;
+        for (var q = 0u; q < per; q++) {
+            tot += part[rr * per + q];
+        }
+        workgroupBarrier();
 //#else
-        let base = P.o_off + P.r0 + r;
-        O[base + m0 * P.n_out] = tot.x;
-        if MT > 1u && m0 + 1u < P.m {
-            O[base + (m0 + 1u) * P.n_out] = tot.y;
+        part[li] = acc;
+        workgroupBarrier();
+        for (var st = tpr / 2u; st > 0u; st = st / 2u) {
+            if lane < st {
+                part[li] += part[li + st];
+            }
+            workgroupBarrier();
         }
-        if MT > 2u && m0 + 2u < P.m {
-            O[base + (m0 + 2u) * P.n_out] = tot.z;
+        let tot = part[rr * tpr];
+        workgroupBarrier();
+//#endif
+//#if MOE
+        if lane == 0u && valid {
+            O[P.o_off + pair * P.n_out + j] = tot.x;
         }
-        if MT > 3u && m0 + 3u < P.m {
-            O[base + (m0 + 3u) * P.n_out] = tot.w;
+//#else
+        let r = base + b * RW;
+        if lane == 0u && r < P.n_c {
+            let o = P.o_off + P.r0 + r;
+            O[o + m0 * P.n_out] = tot.x;
+            if MT > 1u && m0 + 1u < P.m {
+                O[o + (m0 + 1u) * P.n_out] = tot.y;
+            }
+            if MT > 2u && m0 + 2u < P.m {
+                O[o + (m0 + 2u) * P.n_out] = tot.z;
+            }
+            if MT > 3u && m0 + 3u < P.m {
+                O[o + (m0 + 3u) * P.n_out] = tot.w;
+            }
         }
 //#endif
     }

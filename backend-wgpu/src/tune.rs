@@ -19,14 +19,23 @@ const UNTUNED_GEMV_ROWS: usize = 8;
 /// x-row counts the tuner tries.
 const LADDER: [usize; 12] = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128];
 
-/// Lane splits of a GEMV group the tuner tries (matmul.wgsl `SUBL`).
-const LANE_SPLITS: [u32; 4] = [1, 2, 4, 8];
+/// GEMV shapes the tuner tries: (lanes per 32-element group `SUBL`, rows per lane `NR`).
+const GEMV_CONFIGS: [(u32, u32); 8] = [
+    (1, 1),
+    (2, 1),
+    (4, 1),
+    (8, 1),
+    (1, 2),
+    (2, 2),
+    (4, 2),
+    (2, 4),
+];
 
 pub(crate) struct TuneState {
     cache: TuneCache,
-    /// dtype name → lanes per GEMV group (measured), and an override for experiments.
-    lanes: HashMap<String, u32>,
-    lanes_override: Option<u32>,
+    /// dtype name → GEMV (lanes per group, rows per lane) (measured), and an override.
+    lanes: HashMap<String, (u32, u32)>,
+    lanes_override: Option<(u32, u32)>,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -51,7 +60,8 @@ impl TuneState {
             .filter_map(|(k, v)| {
                 let d = k.strip_prefix("gemv_lanes/")?;
                 let l = v.get("lanes")?.as_u64()?;
-                Some((d.to_string(), l as u32))
+                let r = v.get("rows").and_then(|r| r.as_u64()).unwrap_or(1);
+                Some((d.to_string(), (l as u32, r as u32)))
             })
             .collect();
         TuneState {
@@ -76,35 +86,36 @@ pub struct TuneResult {
     pub k: usize,
     /// Largest m for which GEMV was faster (0: GEMM always faster).
     pub max_gemv_rows: usize,
-    /// The GEMV lane split chosen, and (lanes, seconds at m = 1) for each tried.
-    pub gemv_lanes: u32,
-    pub lane_timings: Vec<(u32, f64)>,
+    /// The GEMV shape chosen (lanes per group, rows per lane), and the m = 1 seconds of each
+    /// shape tried.
+    pub gemv_config: (u32, u32),
+    pub gemv_timings: Vec<((u32, u32), f64)>,
     /// (m, gemv seconds, gemm seconds) per ladder step.
     pub timings: Vec<(usize, f64, f64)>,
 }
 
 impl WgpuBackend {
-    /// Lanes per 32-element group in the GEMV kernel: the override, else the tuned value,
-    /// else 1 (one lane walks a whole group).
-    pub(crate) fn gemv_lanes(&self, d: DType) -> u32 {
+    /// GEMV shape (lanes per 32-element group, weight rows per lane): the override, else the
+    /// tuned value, else (2, 1) (the best single shape across dtypes on the H200 runs).
+    pub(crate) fn gemv_config(&self, d: DType) -> (u32, u32) {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.lanes_override
             .or_else(|| t.lanes.get(d.name()).copied())
-            .unwrap_or(1)
+            .unwrap_or((2, 1))
     }
 
-    /// Force the GEMV lane split (1, 2, 4 or 8) for every dtype, or `None` to use the tuned
-    /// values (benchmarks and experiments).
-    pub fn set_gemv_lanes(&self, lanes: Option<u32>) -> Result<()> {
-        if let Some(l) = lanes {
-            if !LANE_SPLITS.contains(&l) {
+    /// Force the GEMV shape (lanes per group 1/2/4/8, rows per lane 1/2/4) for every dtype,
+    /// or `None` to use the tuned values (benchmarks and experiments).
+    pub fn set_gemv_config(&self, cfg: Option<(u32, u32)>) -> Result<()> {
+        if let Some((l, r)) = cfg {
+            if ![1, 2, 4, 8].contains(&l) || ![1, 2, 4].contains(&r) {
                 return Err(Error::Invalid(format!(
-                    "gemv lanes {l}: expected 1, 2, 4 or 8"
+                    "gemv config ({l}, {r}): expected lanes 1, 2, 4 or 8 and rows 1, 2 or 4"
                 )));
             }
         }
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        t.lanes_override = lanes;
+        t.lanes_override = cfg;
         Ok(())
     }
 
@@ -201,24 +212,25 @@ impl WgpuBackend {
             .collect();
         self.write_bytes(&x, 0, &xs)?;
         let out = self.alloc_buffer(mmax * n * 4)?;
-        // 1) the GEMV lane split at m = 1
+        // 1) the GEMV shape at m = 1
         let mut lane_t = Vec::new();
-        for &l in &LANE_SPLITS {
-            self.set_gemv_lanes(Some(l))?;
-            lane_t.push((l, self.time_path(&x, &w, &out, 1, MatmulPath::Gemv)?));
+        for &c in &GEMV_CONFIGS {
+            self.set_gemv_config(Some(c))?;
+            lane_t.push((c, self.time_path(&x, &w, &out, 1, MatmulPath::Gemv)?));
         }
-        self.set_gemv_lanes(None)?;
+        self.set_gemv_config(None)?;
         let best = lane_t
             .iter()
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(1, |b| b.0);
+            .map_or((2, 1), |b| b.0);
         {
             let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
             let v = serde_json::json!({
-                "lanes": best,
+                "lanes": best.0,
+                "rows": best.1,
                 "n": n,
                 "k": k,
-                "timings_s": lane_t.iter().map(|(l, s)| serde_json::json!({"lanes": l, "s": s})).collect::<Vec<_>>(),
+                "timings_s": lane_t.iter().map(|((l, r), s)| serde_json::json!({"lanes": l, "rows": r, "s": s})).collect::<Vec<_>>(),
             });
             t.cache.insert(&format!("gemv_lanes/{}", dtype.name()), v)?;
             t.lanes.insert(dtype.name().to_string(), best);
@@ -258,8 +270,8 @@ impl WgpuBackend {
             n,
             k,
             max_gemv_rows,
-            gemv_lanes: best,
-            lane_timings: lane_t,
+            gemv_config: best,
+            gemv_timings: lane_t,
             timings,
         })
     }

@@ -83,9 +83,18 @@ fn bench_wgpu() {
         let x = be.alloc(16 * k * 4).unwrap();
         let o = be.alloc(16 * rows * 4).unwrap();
         // GEMV lane split at m = 1: try each, keep the best for the rest.
-        let mut best = (f64::MAX, 1);
-        for lanes in [1u32, 2, 4, 8] {
-            be.set_gemv_lanes(Some(lanes)).unwrap();
+        let mut best = (f64::MAX, (1, 1));
+        for lanes in [
+            (1u32, 1u32),
+            (2, 1),
+            (4, 1),
+            (8, 1),
+            (1, 2),
+            (2, 2),
+            (4, 2),
+            (2, 4),
+        ] {
+            be.set_gemv_config(Some(lanes)).unwrap();
             let xv = x.view(0, Shape::d2(1, k), DType::F32).unwrap();
             let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
             let t = time(
@@ -95,7 +104,7 @@ fn bench_wgpu() {
             );
             let gbs = (rows * bytes_per_row) as f64 / t / 1e9;
             println!(
-                "BENCH gemv {d} n={rows} k={k} m=1 lanes={lanes}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy",
+                "BENCH gemv {d} n={rows} k={k} m=1 (lanes, rows)={lanes:?}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy",
                 t * 1e3,
                 100.0 * gbs / copy_bw
             );
@@ -103,7 +112,7 @@ fn bench_wgpu() {
                 best = (t, lanes);
             }
         }
-        be.set_gemv_lanes(Some(best.1)).unwrap();
+        be.set_gemv_config(Some(best.1)).unwrap();
         for m in [1usize, 4, 16] {
             let xv = x.view(0, Shape::d2(m, k), DType::F32).unwrap();
             let ov = o.view_mut(0, Shape::d2(m, rows), DType::F32).unwrap();
@@ -118,7 +127,7 @@ fn bench_wgpu() {
                 );
                 let gbs = (rows * bytes_per_row) as f64 / t / 1e9;
                 println!(
-                    "BENCH matmul {d} n={rows} k={k} m={m} {path:?} lanes={}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy, {:.2} TFLOP/s",
+                    "BENCH matmul {d} n={rows} k={k} m={m} {path:?} (lanes, rows)={:?}: {:.3} ms, {gbs:.1} GB/s weight, {:.0}% of copy, {:.2} TFLOP/s",
                     best.1,
                     t * 1e3,
                     100.0 * gbs / copy_bw,

@@ -28,15 +28,18 @@ pub(crate) fn gemv_spec<'a>(
     d: DType,
     x_off: u32,
     mt: u32,
+    nr: u32,
     srcs: &'a [&'static str],
 ) -> ShaderSpec<'a> {
+    let (lanes, _) = be.gemv_config(d);
     let mut spec = ShaderSpec::new("matmul", srcs, "gemv")
         .define(wdefine(d))
         .sub("WT", tile_type(be, d))
         .over("WG", f64::from(GEMV_WG))
         .over("RW", f64::from(GEMV_RW))
         .over("MT", f64::from(mt))
-        .over("SUBL", f64::from(be.gemv_lanes(d)));
+        .over("SUBL", f64::from(lanes))
+        .over("NR", f64::from(nr));
     if x_off % 4 == 0 {
         spec = spec.define("X_VEC4");
     }
@@ -144,8 +147,9 @@ fn run(
     let (tiles_m, wg_rows, spec) = match path {
         MatmulPath::Gemv => {
             let mt = GEMV_MT.min(m32);
-            let spec = gemv_spec(be, ww.dtype, x_off, mt, &[DEQUANT, SRC]);
-            (m32.div_ceil(mt), GEMV_RW, spec)
+            let (_, nr) = be.gemv_config(ww.dtype);
+            let spec = gemv_spec(be, ww.dtype, x_off, mt, nr, &[DEQUANT, SRC]);
+            (m32.div_ceil(mt), GEMV_RW * nr, spec)
         }
         MatmulPath::Gemm => {
             let mut spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], "gemm")

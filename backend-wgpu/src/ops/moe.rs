@@ -81,7 +81,7 @@ fn expert_gemv(
     top_k: u32,
     x_per_token: bool,
 ) -> Result<()> {
-    let spec = gemv_spec(be, w.dtype, x_off, 1, &[DEQUANT, MM_SRC])
+    let spec = gemv_spec(be, w.dtype, x_off, 1, 1, &[DEQUANT, MM_SRC])
         .define("MOE")
         .over("X_PER_TOKEN", if x_per_token { 1.0 } else { 0.0 });
     let pipe = be.pipeline(spec)?;
