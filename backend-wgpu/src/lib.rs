@@ -73,6 +73,29 @@ impl WgpuBackend {
         self.choose_path(dtype, n, k, m)
     }
 
+    /// Device-to-device byte copy through the API's copy command (no shader): the copy
+    /// bandwidth benchmarks compare against. Offsets and length must be multiples of 4.
+    pub fn copy_buffer(
+        &self,
+        src: &Buffer,
+        src_off: usize,
+        dst: &Buffer,
+        dst_off: usize,
+        len: usize,
+    ) -> Result<()> {
+        let (s, d) = (self.mem(OpKind::Copy, src)?, self.mem(OpKind::Copy, dst)?);
+        let ok =
+            |o: usize, b: &Buffer| o % 4 == 0 && o.checked_add(len).is_some_and(|e| e <= b.len());
+        if len % 4 != 0 || !ok(src_off, src) || !ok(dst_off, dst) {
+            return Err(kiln_core::Error::View(format!(
+                "copy_buffer of {len} bytes from {src_off} to {dst_off}: needs 4-byte multiples inside both buffers"
+            )));
+        }
+        self.record(|enc| {
+            enc.copy_buffer_to_buffer(&s.buf, src_off as u64, &d.buf, dst_off as u64, len as u64)
+        })
+    }
+
     /// The number of row chunks (separate bindings) a prepared weight was split into.
     pub fn weight_chunks(&self, w: &Weight) -> Result<usize> {
         Ok(weight::WgpuWeight::of(w, OpKind::Matmul)?.chunks.len())
