@@ -11,6 +11,7 @@ template <class T>
 __device__ __forceinline__ void embed_body(const int* __restrict__ ids, const u8* __restrict__ body,
                                            const u8* __restrict__ head, float* __restrict__ out,
                                            int n, int dim, float scale, int vocab) {
+    KILN_DECLARE_TABLE(T)
     const int nb = dim / T::QK;
     const i64 total = (i64)n * nb * T::CHUNKS;
     for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
@@ -24,7 +25,7 @@ __device__ __forceinline__ void embed_body(const int* __restrict__ ids, const u8
 #pragma unroll
         for (int r = 0; r < T::RUNS; r++) {
             float v[16];
-            T::run(ch, c, r, v);
+            decode_run<T>(ch, c, r, kiln_tab, v);
             float* o = out + (i64)i * dim + blk * T::QK + T::run_start(c, r);
 #pragma unroll
             for (int l = 0; l < 16; l++) o[l] = v[l] * scale;

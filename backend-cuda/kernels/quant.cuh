@@ -3,60 +3,127 @@
 // Layout (written by src/buffer.rs `repack`): a weight of R rows × k elements is R·nb blocks
 // (nb = k / QK) stored as two regions: BODY (R·nb × BODY bytes, every block's 16-byte-aligned
 // part: quants and, for Q4_K/Q5_K, the whole block) then HEAD (R·nb × HEAD bytes: the f16 scale
-// fields and other small headers that break 16-byte alignment). Float weights (F32/F16/BF16) are
-// "blocks" of 16 elements with no head.
+// fields and other small headers that break 16-byte alignment). Q8_0 quants are stored in
+// offset binary (q + 128, i.e. XOR 0x80) so every type decodes to an unsigned integer. Float
+// weights (F32/F16/BF16) are "blocks" of 16 elements with no head.
 //
 // Each type T exposes: QK (elements per block), CHUNKS (work units per block: one thread loads
 // one chunk with 16-byte loads), RUNS (runs of 16 contiguous elements per chunk), BODY, HEAD,
-// `load(body, head, g, c, ch)` (g = global block index), `run(ch, c, r, v[16])` decoding run r
-// into 16 floats, and `run_start(c, r)` (element offset of run r inside the block).
-// Decoding is exact: every product (d·sc·q, dmin·m, d·kvalue) is exact in f32, so the only
-// rounding is the final add/subtract of the types with a min.
+// HAS_MIN (whether ml can be non-zero), TABLE (needs the IQ4 value table in shared memory),
+// `load(body, head, g, c, ch)` (g = global block index), `run_start(c, r)` (element offset of
+// run r inside the block) and `run_q(ch, c, r, tab, q[16], dl, ml)`: the 16 elements of run r
+// are w_l = dl·q_l − ml with q_l an exact small integer (as float).
+//
+// Exactness: q_l is produced exactly (magic-number conversion: the field ORed into the mantissa
+// of 2^23, then one FFMA removes 2^23 and the field's bit offset), dl·q_l and ml are exact
+// products of an f16 scale and small integers, so fmaf(dl, q, −ml) rounds once to the exactly
+// representable weight: decoding is bit-exact (up to the sign of zero). The GEMV kernels use
+// Σ w_l·x_l = dl·Σ q_l·x_l − ml·Σ x_l, so the per-element work is one field extraction, one FFMA
+// to finish the conversion and one FFMA per activation row.
 #pragma once
 #include "common.cuh"
+
+// 2^e for a compile-time e (folded by the compiler).
+__device__ __forceinline__ float pow2f(int e) { return __uint_as_float((u32)(127 + e) << 23); }
+
+// The exact value of the `bits`-wide unsigned field at bit p of w (p + bits ≤ 23).
+__device__ __forceinline__ float field(u32 w, int p, int bits) {
+    const u32 m = ((1u << bits) - 1u) << p;
+    return fmaf(__uint_as_float((w & m) | 0x4B000000u), pow2f(-p), -pow2f(23 - p));
+}
+
+__device__ __forceinline__ u32 word_of(const uint4& q, int i) {
+    return i == 0 ? q.x : i == 1 ? q.y : i == 2 ? q.z : q.w;
+}
+
+// Byte l (0..15) of q, seen as a word whose byte sits at bit 0 or 8: returns the word and
+// sets `base` to the byte's bit offset (0 or 8), so fields stay within the low 23 bits.
+__device__ __forceinline__ u32 byte_word(const uint4& q, int l, int& base) {
+    u32 w = word_of(q, l >> 2);
+    if (l & 2) w >>= 16;
+    base = 8 * (l & 1);
+    return w;
+}
+
+// Unsigned field of byte l at bit s (within the byte).
+__device__ __forceinline__ float byte_field(const uint4& q, int l, int s, int bits) {
+    int base;
+    const u32 w = byte_word(q, l, base);
+    return field(w, base + s, bits);
+}
+
+// Byte i (runtime index 0..15) of q.
+__device__ __forceinline__ u32 byte_dyn(const uint4& q, int i) {
+    const u32 w = (i < 4) ? q.x : (i < 8) ? q.y : (i < 12) ? q.z : q.w;
+    return (w >> (8 * (i & 3))) & 0xffu;
+}
+
+// IQ4 non-linear values {−127, −104, −83, −65, −49, −35, −22, −10, 1, 13, 25, 38, 53, 69, 89, 113}
+// as bytes of four words, picked with __byte_perm (used to fill the shared-memory table).
+__device__ __forceinline__ float iq4_value(u32 nib) {
+    const u32 k0 = 0xBFAD9881u, k1 = 0xF6EADDCFu, k2 = 0x26190D01u, k3 = 0x71594535u;
+    const u32 lo = __byte_perm(k0, k1, nib & 7u), hi = __byte_perm(k2, k3, nib & 7u);
+    return (float)(signed char)((nib & 8u) ? hi : lo);
+}
+
+
+// Compatibility entry used by other kernel files (moe.cu): decode run r into weights without
+// the shared-memory table (IQ4 types look values up with __byte_perm instead).
+#define KILN_RUN_COMPAT                                                                          \
+    static __device__ __forceinline__ void run(const Chunk& ch, int c, int r, float v[16]) {     \
+        float q[16], dl, ml;                                                                     \
+        run_q(ch, c, r, nullptr, q, dl, ml);                                                     \
+        _Pragma("unroll") for (int l = 0; l < 16; l++) v[l] = fmaf(dl, q[l], -ml);               \
+    }
 
 // ---------------------------------------------------------------- float "blocks" of 16
 struct TF32 {
     static constexpr int QK = 16, CHUNKS = 1, RUNS = 1, BODY = 64, HEAD = 0;
+    static constexpr bool HAS_MIN = false, TABLE = false;
     struct Chunk { uint4 q[4]; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int, Chunk& ch) {
 #pragma unroll
         for (int i = 0; i < 4; i++) ch.q[i] = ld16(b + g * BODY + 16 * i);
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            v[4 * i + 0] = __uint_as_float(ch.q[i].x);
-            v[4 * i + 1] = __uint_as_float(ch.q[i].y);
-            v[4 * i + 2] = __uint_as_float(ch.q[i].z);
-            v[4 * i + 3] = __uint_as_float(ch.q[i].w);
+            q[4 * i + 0] = __uint_as_float(ch.q[i].x);
+            q[4 * i + 1] = __uint_as_float(ch.q[i].y);
+            q[4 * i + 2] = __uint_as_float(ch.q[i].z);
+            q[4 * i + 3] = __uint_as_float(ch.q[i].w);
         }
+        dl = 1.0f;
+        ml = 0.0f;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int) { return 0; }
 };
 
 template <bool BF>
 struct THalf {
     static constexpr int QK = 16, CHUNKS = 1, RUNS = 1, BODY = 32, HEAD = 0;
+    static constexpr bool HAS_MIN = false, TABLE = false;
     struct Chunk { uint4 q[2]; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int, Chunk& ch) {
         ch.q[0] = ld16(b + g * BODY);
         ch.q[1] = ld16(b + g * BODY + 16);
     }
     static __device__ __forceinline__ float cv(u32 w, int hi) {
-        const u16 h = (u16)(hi ? (w >> 16) : (w & 0xffffu));
-        return BF ? bf2f(h) : h2f(h);
+        if (BF) return __uint_as_float(hi ? (w & 0xffff0000u) : (w << 16));
+        return h2f((u16)(hi ? (w >> 16) : (w & 0xffffu)));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const uint4 q = ch.q[i];
-            v[8 * i + 0] = cv(q.x, 0); v[8 * i + 1] = cv(q.x, 1);
-            v[8 * i + 2] = cv(q.y, 0); v[8 * i + 3] = cv(q.y, 1);
-            v[8 * i + 4] = cv(q.z, 0); v[8 * i + 5] = cv(q.z, 1);
-            v[8 * i + 6] = cv(q.w, 0); v[8 * i + 7] = cv(q.w, 1);
+        for (int i = 0; i < 8; i++) {
+            const u32 w = word_of(ch.q[i >> 2], i & 3);
+            q[2 * i] = cv(w, 0);
+            q[2 * i + 1] = cv(w, 1);
         }
+        dl = 1.0f;
+        ml = 0.0f;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int) { return 0; }
 };
 typedef THalf<false> TF16;
@@ -66,21 +133,26 @@ typedef THalf<true> TBF16;
 // Q4_0: head d f16 | body qs[16]; w = d·(q − 8), low nibbles = elements 0..15.
 struct TQ4_0 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 2;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
         ch.d = h2f(__ldg((const u16*)(h + g * HEAD)));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int l = 0; l < 16; l++) v[l] = ch.d * (float)((int)((byte_of(ch.q, l) >> (4 * r)) & 15u) - 8);
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4);
+        dl = ch.d;
+        ml = 8.0f * ch.d;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
 
 // Q4_1: head d, m f16 | body qs[16]; w = d·q + m.
 struct TQ4_1 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 4;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; float d, m; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -88,16 +160,27 @@ struct TQ4_1 {
         ch.d = h2f((u16)(dm & 0xffffu));
         ch.m = h2f((u16)(dm >> 16));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int l = 0; l < 16; l++) v[l] = ch.d * (float)((byte_of(ch.q, l) >> (4 * r)) & 15u) + ch.m;
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4);
+        dl = ch.d;
+        ml = -ch.m;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
+
+// The 5th bit of element `e` of a Q5_0/Q5_1 block (qh bit e), times 16, exactly.
+__device__ __forceinline__ float q5_high(u32 qh, int e) {
+    // Bring bit e into a low position with a compile-time shift (e is unrolled).
+    const int sh = (e >= 16) ? 16 : 0;
+    return 16.0f * field(qh >> sh, e - sh, 1);
+}
 
 // Q5_0: head d f16 @0, qh u32 @2 (stride 6, read as u16s) | body qs[16]; w = d·(q − 16).
 struct TQ5_0 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 6;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; float d; u32 qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -105,19 +188,20 @@ struct TQ5_0 {
         ch.d = h2f(__ldg(hp));
         ch.qh = (u32)__ldg(hp + 1) | ((u32)__ldg(hp + 2) << 16);
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int l = 0; l < 16; l++) {
-            const u32 q = ((byte_of(ch.q, l) >> (4 * r)) & 15u) | (((ch.qh >> (16 * r + l)) & 1u) << 4);
-            v[l] = ch.d * (float)((int)q - 16);
-        }
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4) + q5_high(ch.qh, 16 * r + l);
+        dl = ch.d;
+        ml = 16.0f * ch.d;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
 
 // Q5_1: head d, m f16, qh u32 | body qs[16]; w = d·q + m.
 struct TQ5_1 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 8;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; float d, m; u32 qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -126,46 +210,49 @@ struct TQ5_1 {
         ch.m = h2f((u16)(hv.x >> 16));
         ch.qh = hv.y;
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int l = 0; l < 16; l++) {
-            const u32 q = ((byte_of(ch.q, l) >> (4 * r)) & 15u) | (((ch.qh >> (16 * r + l)) & 1u) << 4);
-            v[l] = ch.d * (float)q + ch.m;
-        }
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4) + q5_high(ch.qh, 16 * r + l);
+        dl = ch.d;
+        ml = -ch.m;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
 
-// Q8_0: head d f16 | body qs i8[32]; two chunks of 16.
+// Q8_0: head d f16 | body qs[32] in offset binary (q + 128); two chunks of 16. w = d·(u − 128).
 struct TQ8_0 {
     static constexpr int QK = 32, CHUNKS = 2, RUNS = 1, BODY = 32, HEAD = 2;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         ch.q = ld16(b + g * BODY + 16 * c);
         ch.d = h2f(__ldg((const u16*)(h + g * HEAD)));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int, int, float v[16]) {
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
-        for (int l = 0; l < 16; l++) v[l] = ch.d * (float)(signed char)byte_of(ch.q, l);
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 0, 8);
+        dl = ch.d;
+        ml = 128.0f * ch.d;
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int) { return 16 * c; }
 };
 
-// IQ4 non-linear values {−127, −104, −83, −65, −49, −35, −22, −10, 1, 13, 25, 38, 53, 69, 89, 113}
-// as bytes of four words, picked with __byte_perm (registers only, no divergent table reads).
-__device__ __forceinline__ float iq4_value(u32 nib) {
-    const u32 k0 = 0xBFAD9881u, k1 = 0xF6EADDCFu, k2 = 0x26190D01u, k3 = 0x71594535u;
-    const u32 lo = __byte_perm(k0, k1, nib & 7u), hi = __byte_perm(k2, k3, nib & 7u);
-    return (float)(signed char)((nib & 8u) ? hi : lo);
-}
-
-// IQ4_NL: head d f16 | body qs[16]; w = d·kvalues[nibble].
+// IQ4_NL: head d f16 | body qs[16]; w = d·kvalues[nibble] (table in shared memory).
 struct TIQ4_NL {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 2;
+    static constexpr bool HAS_MIN = false, TABLE = true;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
         ch.d = h2f(__ldg((const u16*)(h + g * HEAD)));
+    }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float* tab, float q[16], float& dl, float& ml) {
+#pragma unroll
+        for (int l = 0; l < 16; l++) q[l] = tab[(byte_of(ch.q, l) >> (4 * r)) & 15u];
+        dl = ch.d;
+        ml = 0.0f;
     }
     static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
 #pragma unroll
@@ -179,6 +266,7 @@ struct TIQ4_NL {
 // qs[32h + 16g .. +16]; run s is shift 2s: elements 128h + 32s + 16g + l.
 struct TQ2_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 80, HEAD = 4;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q; uint2 sc; float d, dmin; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
@@ -188,50 +276,63 @@ struct TQ2_K {
         ch.d = h2f((u16)(dd & 0xffffu));
         ch.dmin = h2f((u16)(dd >> 16));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int c, int s, float v[16]) {
-        const int gg = c & 1, i = 2 * s + gg;  // scale byte inside scales[8h .. 8h+8]
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
+        const int i = 2 * s + (c & 1);  // scale byte inside scales[8h .. 8h+8]
         const u32 sc = ((i < 4 ? ch.sc.x : ch.sc.y) >> (8 * (i & 3))) & 0xffu;
-        const float dl = ch.d * (float)(sc & 15u), ml = ch.dmin * (float)(sc >> 4);
+        dl = ch.d * (float)(sc & 15u);
+        ml = ch.dmin * (float)(sc >> 4);
 #pragma unroll
-        for (int l = 0; l < 16; l++) v[l] = dl * (float)((byte_of(ch.q, l) >> (2 * s)) & 3u) - ml;
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 2 * s, 2);
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int s) { return 128 * (c >> 1) + 32 * s + 16 * (c & 1); }
 };
 
 // Q3_K: body hmask[32] @0, qs[64] @32 | head scales[12] @0, d f16 @12 (stride 14).
+// q' = q2 + 4·hbit ∈ [0, 7] (a set hmask bit means no −4), w = dl·(q' − 4).
 struct TQ3_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 96, HEAD = 14;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q, hm; float d; u32 s[3]; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
         ch.q = ld16(b + g * BODY + 32 + 32 * hh + 16 * gg);
-        ch.hm = ld16(b + g * BODY + 16 * gg);
+        uint4 hm = ld16(b + g * BODY + 16 * gg);
+        // Move hmask bits 4h.. down to bit 0 of each byte once per chunk (bit s then selects run s).
+        const int sh = 4 * hh;
+        hm.x = (hm.x >> sh) & 0x0f0f0f0fu; hm.y = (hm.y >> sh) & 0x0f0f0f0fu;
+        hm.z = (hm.z >> sh) & 0x0f0f0f0fu; hm.w = (hm.w >> sh) & 0x0f0f0f0fu;
+        ch.hm = hm;
         const u16* hp = (const u16*)(h + g * HEAD);
 #pragma unroll
         for (int i = 0; i < 3; i++) ch.s[i] = (u32)__ldg(hp + 2 * i) | ((u32)__ldg(hp + 2 * i + 1) << 16);
         ch.d = h2f(__ldg(hp + 6));
     }
-    static __device__ __forceinline__ u32 sbyte(const Chunk& ch, int i) { return (ch.s[i >> 2] >> (8 * (i & 3))) & 0xffu; }
-    static __device__ __forceinline__ void run(const Chunk& ch, int c, int s, float v[16]) {
+    static __device__ __forceinline__ u32 sbyte(const Chunk& ch, int i) {
+        const u32 w = (i < 4) ? ch.s[0] : (i < 8) ? ch.s[1] : ch.s[2];
+        return (w >> (8 * (i & 3))) & 0xffu;
+    }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
         const int hh = c >> 1, gg = c & 1;
         const int i = 8 * hh + 2 * s + gg;  // 6-bit scale index (e / 16)
         const u32 lo4 = (i < 8) ? (sbyte(ch, i) & 15u) : (sbyte(ch, i - 8) >> 4);
         const u32 hi2 = (sbyte(ch, 8 + (i & 3)) >> (2 * (i >> 2))) & 3u;
-        const float dl = ch.d * (float)((int)(lo4 | (hi2 << 4)) - 32);
-        const int hbit = 4 * hh + s;
+        dl = ch.d * (float)((int)(lo4 | (hi2 << 4)) - 32);
+        ml = 4.0f * dl;
 #pragma unroll
-        for (int l = 0; l < 16; l++) {
-            const int q2 = (int)((byte_of(ch.q, l) >> (2 * s)) & 3u);
-            const int q = q2 - (((byte_of(ch.hm, l) >> hbit) & 1u) ? 0 : 4);
-            v[l] = dl * (float)q;
-        }
+        for (int l = 0; l < 16; l++) q[l] = fmaf(4.0f, byte_field(ch.hm, l, s, 1), byte_field(ch.q, l, 2 * s, 2));
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int s) { return 128 * (c >> 1) + 32 * s + 16 * (c & 1); }
 };
 
-// 6-bit (scale, min) pair j of the 12-byte Q4_K/Q5_K scales field (held in three words).
-__device__ __forceinline__ void k4_scale_min(const u32 s[3], int j, float& sc, float& m) {
-    auto byte = [&](int i) -> u32 { return (s[i >> 2] >> (8 * (i & 3))) & 0xffu; };
+// 6-bit (scale, min) pair j (runtime) of the 12-byte Q4_K/Q5_K scales field (words s0..s2).
+__device__ __forceinline__ void k4_scale_min(u32 s0, u32 s1, u32 s2, int j, float& sc, float& m) {
+    // Byte i of the 12 bytes, without a local array.
+    auto byte = [&](int i) -> u32 {
+        const u32 w = (i < 4) ? s0 : (i < 8) ? s1 : s2;
+        return (w >> (8 * (i & 3))) & 0xffu;
+    };
     if (j < 4) {
         sc = (float)(byte(j) & 63u);
         m = (float)(byte(j + 4) & 63u);
@@ -246,45 +347,48 @@ __device__ __forceinline__ void k4_scale_min(const u32 s[3], int j, float& sc, f
 // run 1 = high nibbles (sub-block 2cc + 1): elements 64cc + 32r + 16hh + l.
 struct TQ4_K {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 144, HEAD = 0;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q, hd; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int c, Chunk& ch) {
         ch.hd = ld16(b + g * BODY);
         ch.q = ld16(b + g * BODY + 16 + 16 * c);
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int c, int r, float v[16]) {
-        const u32 s[3] = {ch.hd.y, ch.hd.z, ch.hd.w};
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
         float sc, m;
-        k4_scale_min(s, 2 * (c >> 1) + r, sc, m);
-        const float d = h2f((u16)(ch.hd.x & 0xffffu)), dmin = h2f((u16)(ch.hd.x >> 16));
-        const float dl = d * sc, ml = dmin * m;
+        k4_scale_min(ch.hd.y, ch.hd.z, ch.hd.w, 2 * (c >> 1) + r, sc, m);
+        dl = h2f((u16)(ch.hd.x & 0xffffu)) * sc;
+        ml = h2f((u16)(ch.hd.x >> 16)) * m;
 #pragma unroll
-        for (int l = 0; l < 16; l++) v[l] = dl * (float)((byte_of(ch.q, l) >> (4 * r)) & 15u) - ml;
+        for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4);
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * (c >> 1) + 32 * r + 16 * (c & 1); }
 };
 
 // Q5_K: body = whole 176-byte block: d, dmin @0, scales @4, qh[32] @16, qs[128] @48.
 struct TQ5_K {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 176, HEAD = 0;
+    static constexpr bool HAS_MIN = true, TABLE = false;
     struct Chunk { uint4 q, hd, qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int c, Chunk& ch) {
         ch.hd = ld16(b + g * BODY);
-        ch.qh = ld16(b + g * BODY + 16 + 16 * (c & 1));
+        uint4 qh = ld16(b + g * BODY + 16 + 16 * (c & 1));
+        // Bits j = 2cc and 2cc + 1 of each qh byte are this chunk's; move them to bits 0, 1.
+        const int sh = 2 * (c >> 1);
+        qh.x = (qh.x >> sh) & 0x03030303u; qh.y = (qh.y >> sh) & 0x03030303u;
+        qh.z = (qh.z >> sh) & 0x03030303u; qh.w = (qh.w >> sh) & 0x03030303u;
+        ch.qh = qh;
         ch.q = ld16(b + g * BODY + 48 + 16 * c);
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int c, int r, float v[16]) {
-        const u32 s[3] = {ch.hd.y, ch.hd.z, ch.hd.w};
-        const int j = 2 * (c >> 1) + r;
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
         float sc, m;
-        k4_scale_min(s, j, sc, m);
-        const float d = h2f((u16)(ch.hd.x & 0xffffu)), dmin = h2f((u16)(ch.hd.x >> 16));
-        const float dl = d * sc, ml = dmin * m;
+        k4_scale_min(ch.hd.y, ch.hd.z, ch.hd.w, 2 * (c >> 1) + r, sc, m);
+        dl = h2f((u16)(ch.hd.x & 0xffffu)) * sc;
+        ml = h2f((u16)(ch.hd.x >> 16)) * m;
 #pragma unroll
-        for (int l = 0; l < 16; l++) {
-            const u32 q = ((byte_of(ch.q, l) >> (4 * r)) & 15u) | (((byte_of(ch.qh, l) >> j) & 1u) << 4);
-            v[l] = dl * (float)q - ml;
-        }
+        for (int l = 0; l < 16; l++) q[l] = fmaf(16.0f, byte_field(ch.qh, l, r, 1), byte_field(ch.q, l, 4 * r, 4));
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * (c >> 1) + 32 * r + 16 * (c & 1); }
 };
 
@@ -293,33 +397,35 @@ struct TQ5_K {
 // 128h + 32r + 16g + l, scale index 8h + 2r + g; w = d·sc·(q − 32).
 struct TQ6_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 208, HEAD = 2;
-    struct Chunk { uint4 l0, l1, qh, sc; float d; };
+    static constexpr bool HAS_MIN = true, TABLE = false;
+    struct Chunk { uint4 l0, l1, qh; uint2 sc; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
         const u8* p = b + g * BODY;
         ch.l0 = ld16(p + 64 * hh + 16 * gg);
         ch.l1 = ld16(p + 64 * hh + 32 + 16 * gg);
         ch.qh = ld16(p + 128 + 32 * hh + 16 * gg);
-        ch.sc = ld16(p + 192);
+        ch.sc = __ldg((const uint2*)(p + 192 + 8 * hh));
         ch.d = h2f(__ldg((const u16*)(h + g * HEAD)));
     }
-    static __device__ __forceinline__ void run(const Chunk& ch, int c, int r, float v[16]) {
-        const int hh = c >> 1, gg = c & 1;
-        const float dl = ch.d * (float)(signed char)byte_of(ch.sc, 8 * hh + 2 * r + gg);
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
+        const int i = 2 * r + (c & 1);  // scale byte inside scales[8h .. 8h+8]
+        const u32 sw = (i < 4) ? ch.sc.x : ch.sc.y;
+        dl = ch.d * (float)(signed char)((sw >> (8 * (i & 3))) & 0xffu);
+        ml = 32.0f * dl;
         const uint4& L = (r & 1) ? ch.l1 : ch.l0;
         const int lshift = (r >> 1) * 4, hshift = 2 * r;
 #pragma unroll
-        for (int l = 0; l < 16; l++) {
-            const int q = (int)(((byte_of(L, l) >> lshift) & 15u) | (((byte_of(ch.qh, l) >> hshift) & 3u) << 4));
-            v[l] = dl * (float)(q - 32);
-        }
+        for (int l = 0; l < 16; l++) q[l] = fmaf(16.0f, byte_field(ch.qh, l, hshift, 2), byte_field(L, l, lshift, 4));
     }
+    KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int r) { return 128 * (c >> 1) + 32 * r + 16 * (c & 1); }
 };
 
 // IQ4_XS: body qs[128] | head d f16 @0, scales_h u16 @2, scales_l[4] @4. Chunk = sub-block ib.
 struct TIQ4_XS {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 128, HEAD = 8;
+    static constexpr bool HAS_MIN = false, TABLE = true;
     struct Chunk { uint4 q; float dl; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         ch.q = ld16(b + g * BODY + 16 * c);
@@ -330,12 +436,35 @@ struct TIQ4_XS {
         const u32 ls = ((sl >> (4 * (c & 1))) & 15u) | (((sh >> (2 * c)) & 3u) << 4);
         ch.dl = d * (float)((int)ls - 32);
     }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float* tab, float q[16], float& dl, float& ml) {
+#pragma unroll
+        for (int l = 0; l < 16; l++) q[l] = tab[(byte_of(ch.q, l) >> (4 * r)) & 15u];
+        dl = ch.dl;
+        ml = 0.0f;
+    }
     static __device__ __forceinline__ void run(const Chunk& ch, int, int r, float v[16]) {
 #pragma unroll
         for (int l = 0; l < 16; l++) v[l] = ch.dl * iq4_value((byte_of(ch.q, l) >> (4 * r)) & 15u);
     }
     static __device__ __forceinline__ int run_start(int c, int r) { return 32 * c + 16 * r; }
 };
+
+// Every kernel that decodes declares this table; IQ4 types fill it at block start.
+#define KILN_DECLARE_TABLE(T)                                          \
+    __shared__ float kiln_tab[16];                                     \
+    if (T::TABLE) {                                                    \
+        if (threadIdx.x < 16) kiln_tab[threadIdx.x] = iq4_value(threadIdx.x); \
+        __syncthreads();                                               \
+    }
+
+// Decode run r of a loaded chunk into weights (exact).
+template <class T>
+__device__ __forceinline__ void decode_run(const typename T::Chunk& ch, int c, int r, const float* tab, float v[16]) {
+    float q[16], dl, ml;
+    T::run_q(ch, c, r, tab, q, dl, ml);
+#pragma unroll
+    for (int l = 0; l < 16; l++) v[l] = fmaf(dl, q[l], -ml);
+}
 
 // Instantiate MACRO(suffix, Type) for every weight type.
 #define KILN_FOR_EACH_WEIGHT_TYPE(X) \

@@ -125,6 +125,10 @@ pub(crate) fn repack(dtype: DType, rows: usize, k: usize, data: &[u8]) -> Result
             o += b - a;
         }
     }
+    if dtype == DType::Q8_0 {
+        // Offset binary (q + 128) so the kernels decode an unsigned byte (quant.cuh).
+        body.iter_mut().for_each(|b| *b ^= 0x80);
+    }
     Ok((out, head_offset))
 }
 
@@ -195,8 +199,10 @@ mod tests {
         data.extend((0..32).map(|i| 50 + i));
         let (out, head) = repack(DType::Q8_0, 1, 64, &data).unwrap();
         assert_eq!(head, 64);
-        assert_eq!(&out[..32], &data[2..34]);
-        assert_eq!(&out[32..64], &data[36..68]);
+        // Q8_0 quants are stored in offset binary (XOR 0x80).
+        let flip = |s: &[u8]| s.iter().map(|b| b ^ 0x80).collect::<Vec<u8>>();
+        assert_eq!(out[..32], flip(&data[2..34])[..]);
+        assert_eq!(out[32..64], flip(&data[36..68])[..]);
         assert_eq!(&out[64..], &[1, 2, 3, 4]);
         assert!(repack(DType::Q8_0, 1, 64, &data[1..]).is_err());
     }

@@ -184,11 +184,11 @@ impl CudaBackend {
     pub(crate) fn time_once(&self, run: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
         let start = self
             .ctx
-            .new_event(None)
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(self.drv("cuEventCreate"))?;
         let end = self
             .ctx
-            .new_event(None)
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
             .map_err(self.drv("cuEventCreate"))?;
         start
             .record(&self.stream)

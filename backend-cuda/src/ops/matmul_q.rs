@@ -188,13 +188,24 @@ impl CudaBackend {
             3 | 4 => (4, 2),
             _ => (8, 3),
         };
-        let r = if mt <= 2 { 2 } else { 1 };
-        let qk = split(w.dtype).map_or(1, |s| s.qk);
-        let nchunks = (k / qk) * chunks_per_block(w.dtype);
-        let threads = nchunks.div_ceil(32).clamp(1, 4) * 32;
+        // R W rows per group (4 for M ≤ 2, else 2: kernels/matmul_q.cu), S warps per group so
+        // the grid holds ~32 warps per SM, 4 warps per block, at most 8 blocks per SM resident
+        // at once (warps stride over the remaining groups).
+        let r = if mt <= 2 { 4 } else { 2 };
+        let groups = n.div_ceil(r);
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let want_warps = sms * 32;
+        let s_split: usize = if groups >= want_warps {
+            1
+        } else if groups * 2 >= want_warps {
+            2
+        } else {
+            4
+        };
+        let blocks = (groups * s_split).div_ceil(4).clamp(1, sms * 8);
         let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(r) as u32, m.div_ceil(mt) as u32, 1),
-            block_dim: (threads as u32, 1, 1),
+            grid_dim: (blocks as u32, m.div_ceil(mt) as u32, 1),
+            block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         if m.div_ceil(mt) > 65535 {
@@ -203,7 +214,17 @@ impl CudaBackend {
                 format!("m = {m} exceeds the fused kernel's grid limit"),
             ));
         }
-        self.launch_gemv(GEMV[ti][mi_idx], cfg, w, xp, outp, mi, ni, ki)
+        self.launch_gemv(
+            GEMV[ti][mi_idx],
+            cfg,
+            w,
+            xp,
+            outp,
+            mi,
+            ni,
+            ki,
+            s_split as i32,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -217,6 +238,7 @@ impl CudaBackend {
         m: i32,
         n: i32,
         k: i32,
+        s_split: i32,
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
         let (body, head) = (w.body_ptr(), w.head_ptr());
@@ -227,10 +249,12 @@ impl CudaBackend {
             .arg(&out)
             .arg(&n)
             .arg(&k)
-            .arg(&m);
+            .arg(&m)
+            .arg(&s_split);
         // SAFETY: body/head are the repacked n × k weight (rows are whole blocks); x holds m·k
-        // f32 at a 16-byte aligned address, out m·n f32 (checked by the callers); the grid covers
-        // n / R blocks × m / M groups and every read row is clamped to n − 1.
+        // f32 at a 16-byte aligned address, out m·n f32 (checked by the callers); warps stride
+        // over the row groups (block-uniform trip counts around the barriers), every read row is
+        // clamped to n − 1 and writes are bounded by n and m.
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(self.drv("launch gemv"))
@@ -381,7 +405,13 @@ impl CudaBackend {
         let op = OpKind::Matmul;
         let f = self.function(&MATMUL_Q, name)?;
         let qk = split(w.dtype).map_or(1, |s| s.qk);
-        let cfg = self.grid_1d(rows * (k / qk) * chunks_per_block(w.dtype));
+        let chunks = rows * (k / qk) * chunks_per_block(w.dtype);
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let cfg = LaunchConfig {
+            grid_dim: (chunks.div_ceil(256 * 4).clamp(1, sms * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let (body, head) = (w.body_ptr(), w.head_ptr());
         let (r0, ri, ki) = (
             row0 as i64,
