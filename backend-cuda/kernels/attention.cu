@@ -53,6 +53,8 @@ struct AttnArgs {
     int splits, chunk;       // decode KV splits and keys per split (chunk is a multiple of 64)
     int row_tiles;           // row tiles of this launch (gridDim.x = row_tiles·splits)
     int kv_f32;              // 1: f32 cache (the f16 kernels round it to f16 while loading)
+    int bs_shift;            // log2(block_size) if it is a power of two, else −1
+    int pad_;
 };
 
 #define NEG_INF __int_as_float(0xff800000)
@@ -148,9 +150,12 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
         const int pos = tile * BC + kk;
         u16* kd = Ks + kk * LD + c * 8;
         u16* vd = Vs + kk * LD + c * 8;
+        // Block and row of `pos` (shift/mask for power-of-two block sizes: no division).
+        const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
+        const int row = pos - bi * a.block_size;
         int blk = -1;
         if (pos >= klo && pos < khi) {
-            blk = __ldg(bt + pos / a.block_size);
+            blk = __ldg(bt + bi);
             if (blk >= a.num_blocks) blk = -1;
         }
         if (blk < 0) {
@@ -158,7 +163,7 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
             *(uint4*)vd = make_uint4(0u, 0u, 0u, 0u);
             continue;
         }
-        const i64 off = (((i64)blk * a.n_kv + g) * a.block_size + pos % a.block_size) * HD + c * 8;
+        const i64 off = (((i64)blk * a.n_kv + g) * a.block_size + row) * HD + c * 8;
         if (a.kv_f32) {
             // Rounded to f16 on the way in (no cp.async: the data changes type).
 #pragma unroll

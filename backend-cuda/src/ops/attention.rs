@@ -68,9 +68,11 @@ struct AttnArgs {
     chunk: i32,
     row_tiles: i32,
     kv_f32: i32,
+    bs_shift: i32,
+    pad_: i32,
 }
 
-// SAFETY: plain old data (u64/i32/f32 fields, no padding: 9·8 + 20·4 = 152 bytes) with the C
+// SAFETY: plain old data (u64/i32/f32 fields, no padding: 9·8 + 22·4 = 160 bytes) with the C
 // layout of the kernels' `AttnArgs`; the kernels only read it.
 unsafe impl DeviceRepr for AttnArgs {}
 
@@ -486,6 +488,12 @@ impl CudaBackend {
             chunk: arg_i32(OP, "chunk", pl.chunk)?,
             row_tiles: 0,
             kv_f32: i32::from(kv.dtype() == DType::F32),
+            bs_shift: if bs.is_power_of_two() {
+                bs.trailing_zeros() as i32
+            } else {
+                -1
+            },
+            pad_: 0,
         };
         // Element offsets inside the kernels are i64; row and position counts are i32.
         arg_i32(OP, "n_tokens·n_heads", n_tokens * nh)?;
