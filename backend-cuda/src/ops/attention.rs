@@ -2,7 +2,7 @@
 //! prefill chunks, with no host-side look at the batch contents (graph-capturable).
 //!
 //! Every call enqueues, sized only from the host-side bounds (`max_q_len`, `max_kv_len`, the
-//! number of sequences and the device's SM count):
+//! number of sequences and how many decode CTAs the device keeps resident):
 //! 1. the decode kernel for sequences with `q_len ≤ qd` (qd = max(1, 16 / G), G = query heads
 //!    per KV head): one 16-row tile per (sequence, KV head), the KV range split into `splits`
 //!    chunks of `chunk` keys (flash-decoding);
@@ -16,7 +16,9 @@
 //! entries outside the cache read as zero rows.
 
 use cudarc::driver::sys::CUfunction_attribute_enum;
-use cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
+use std::sync::Mutex;
+
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
@@ -30,6 +32,8 @@ const DECODE_ROWS: usize = 16;
 const PREFILL_ROWS: usize = 64;
 /// Keys per decode tile; chunks are multiples of it.
 const DECODE_BC: usize = 64;
+/// Resident decode CTAs per SM assumed when the occupancy query fails.
+const FALLBACK_CTAS_PER_SM: usize = 2;
 /// Smallest split of the KV range (keys): smaller ones cost more in partials than they gain.
 const MIN_CHUNK: usize = 128;
 /// Head sizes with kernels.
@@ -103,23 +107,25 @@ impl AttnPlan {
     }
 }
 
-/// The plan for `n_seqs` sequences with the given bounds on a device with `sms` SMs
-/// (`chunk · splits ≥ max_kv_len`, so every key position a valid sequence has lies in a split).
+/// The plan for `n_seqs` sequences with the given bounds on a device that keeps `slots` decode
+/// CTAs resident at once (SMs × occupancy). The KV range is split so that the decode grid is
+/// one wave of co-resident CTAs with equal work (no tail), as wide as the slots allow and no
+/// chunk shorter than MIN_CHUNK keys; `chunk · splits ≥ max_kv_len`, so every key position a
+/// valid sequence has lies in a split.
 pub(crate) fn plan(
     p: &AttnParams,
     n_seqs: usize,
     max_q_len: usize,
     max_kv_len: usize,
-    sms: usize,
+    slots: usize,
 ) -> AttnPlan {
     let group = (p.n_heads / p.n_kv_heads.max(1)).max(1);
     let qd = (DECODE_ROWS / group).max(1);
     let rd = qd * group;
     let decode_row_tiles = (max_q_len.min(qd) * group).div_ceil(DECODE_ROWS);
     let base = (n_seqs * p.n_kv_heads * decode_row_tiles).max(1);
-    let want = (2 * sms.max(1)).div_ceil(base);
     let max_splits = max_kv_len.div_ceil(MIN_CHUNK).max(1);
-    let splits0 = want.clamp(1, max_splits);
+    let splits0 = (slots / base).clamp(1, max_splits);
     let chunk = (max_kv_len.div_ceil(splits0).div_ceil(DECODE_BC) * DECODE_BC).max(DECODE_BC);
     let splits = max_kv_len.div_ceil(chunk).max(1);
     let prefill_row_tiles = if max_q_len > qd {
@@ -328,8 +334,46 @@ impl CudaBackend {
             batch.n_seqs(),
             batch.max_q_len,
             batch.max_kv_len,
-            self.info.caps.compute_units as usize,
+            self.decode_slots(p.head_dim),
         )
+    }
+
+    /// Decode CTAs this device keeps resident at once for `hd`: SMs × the occupancy of the f16
+    /// decode kernel (registers and shared memory), queried once per (device, hd) and cached so
+    /// `attention_scratch_bytes` and `attention` always agree (a failed query uses
+    /// FALLBACK_CTAS_PER_SM, cached the same way).
+    fn decode_slots(&self, hd: usize) -> usize {
+        static SLOTS: Mutex<Vec<((u32, usize), usize)>> = Mutex::new(Vec::new());
+        let key = (self.info.id.index, hd);
+        let mut cache = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&(_, v)) = cache.iter().find(|(k, _)| *k == key) {
+            return v;
+        }
+        let sms = (self.info.caps.compute_units as usize).max(1);
+        let limit = self.info.caps.shared_memory_bytes as usize;
+        let per_sm = variant(Mode::Decode, hd, DType::F16, limit)
+            .and_then(|v| {
+                let f = self.function(&ATTENTION, v.name)?;
+                self.allow_smem(&f, v.smem)?;
+                f.occupancy_max_active_blocks_per_multiprocessor(128, v.smem, None)
+                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+            })
+            .map_or(FALLBACK_CTAS_PER_SM, |n| (n as usize).max(1));
+        let v = sms * per_sm;
+        cache.push((key, v));
+        v
+    }
+
+    /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
+    fn allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        f.set_attribute(
+            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
     }
 
     /// Bytes of scratch `attention` needs for this batch (the decode split's partials).
@@ -524,14 +568,7 @@ impl CudaBackend {
 
     fn launch_attn(&self, v: Variant, grid: (u32, u32, u32), a: &AttnArgs) -> Result<()> {
         let f = self.function(&ATTENTION, v.name)?;
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        f.set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            v.smem as i32,
-        )
-        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))?;
+        self.allow_smem(&f, v.smem)?;
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (128, 1, 1),

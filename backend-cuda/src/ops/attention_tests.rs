@@ -611,7 +611,11 @@ fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
         (4, 4, 16, 1)
     );
     assert!(one.splits > 1 && one.scratch_bytes() > 0 && one.prefill_row_tiles == 0);
-    let many = plan(&p, 256, 1, 4096, 132);
+    // 132 SMs × 3 resident CTAs: batch 1 fills the slots with 8 KV heads × 32 chunks of 128
+    // keys; batch 32 (256 CTAs) is one wave without splitting.
+    let h100 = plan(&p, 1, 1, 4096, 396);
+    assert_eq!((h100.splits, h100.chunk), (32, 128));
+    let many = plan(&p, 32, 1, 4096, 396);
     assert_eq!((many.splits, many.scratch_bytes()), (1, 0));
     let prefill = plan(&p, 1, 4096, 4096, 132);
     assert_eq!(prefill.prefill_row_tiles, 4096 * 4 / 64);
