@@ -291,18 +291,17 @@ pub fn group(kind: BackendKind) -> &'static Group {
     GROUPS[kind_index(kind)].get_or_init(|| open_group(kind))
 }
 
-/// The collective a backend brings for a group of its own devices.
-///
-/// HOOK for backend engineers: when the CUDA backend has its NCCL all-reduce, return it here
-/// for `BackendKind::Cuda` (e.g. `Box::new(kiln_cuda::NcclAllReduce::new(members)?)`); the
-/// `all_reduce_native_*` tests then check it against the oracle. Until then every backend uses
-/// the host-staged one, which the `all_reduce_host_staged_*` tests check for every backend.
+/// The collective a backend brings for a group of its own devices: the hook where a backend's
+/// native all-reduce plugs in (the `all_reduce_native_*` cases check it against the oracle).
+/// CUDA: NCCL (`kiln_cuda::CudaComm`). Backends without one use the host-staged collective,
+/// which the `all_reduce_host_staged_*` cases check on every backend.
 pub fn native_collective(
     kind: BackendKind,
     members: Vec<Arc<dyn Backend>>,
 ) -> kiln_core::Result<Box<dyn Collective>> {
     match kind {
-        BackendKind::Reference | BackendKind::Cuda | BackendKind::Wgpu => {
+        BackendKind::Cuda => Ok(Box::new(kiln_cuda::CudaComm::new(members)?)),
+        BackendKind::Reference | BackendKind::Wgpu => {
             Ok(Box::new(HostStagedAllReduce::new(members)?))
         }
     }

@@ -1,7 +1,7 @@
 //! all_reduce: sum across a group of 2–3 devices of one backend (reference: `reference:0..2`
 //! from `ReferenceProvider { count: 3 }`), with the host-staged collective (works for every
 //! backend) and with the backend's native one (`harness::native_collective`: the hook where
-//! NCCL plugs in).
+//! `kiln_cuda::CudaComm` (NCCL) is plugged in).
 
 use std::sync::Arc;
 
