@@ -35,6 +35,8 @@ pub(crate) struct HfTokenizer {
     pub eog: Vec<u32>,
     pub add_bos: bool,
     pub add_eos: bool,
+    /// Ids with added tokens (the crate builds a whole vocabulary map to answer this).
+    pub vocab_size: usize,
 }
 
 fn fail(origin: &str, msg: impl Into<String>) -> ModelError {
@@ -100,7 +102,9 @@ impl HfTokenizer {
         let ids = empty.get_ids();
         let add_bos = bos.is_some() && ids.first().copied() == bos;
         let add_eos = eos.is_some() && ids.last().copied() == eos;
+        let vocab_size = tk.get_vocab_size(true);
         Ok(HfTokenizer {
+            vocab_size,
             origin,
             tk,
             raw: OnceLock::new(),

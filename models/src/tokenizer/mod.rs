@@ -170,7 +170,8 @@ impl Tokenizer {
     }
 
     fn check_id_all(&self, ids: &[u32]) -> Result<()> {
-        match ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+        let n = self.vocab_size();
+        match ids.iter().find(|&&id| id as usize >= n) {
             Some(&id) => Err(self.bad_id(id)),
             None => Ok(()),
         }
@@ -243,7 +244,7 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
             Inner::Gguf(v) => v.len(),
-            Inner::Hf(h) => h.tk.get_vocab_size(true),
+            Inner::Hf(h) => h.vocab_size,
         }
     }
     /// The vocabulary text of a token (not decoded: `▁`/`Ġ` as stored).
