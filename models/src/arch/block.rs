@@ -1,0 +1,303 @@
+//! The decoder block as backend ops, for all seven architectures (MODELS.md §1):
+//!
+//! ```text
+//! h = norm(x);  q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv)
+//! q, k = head_norm(q), head_norm(k)          (qwen3, qwen3moe, gemma3)
+//! q, k = rope(q), rope(k);  cache ← k, v
+//! o = attention(q, cache)·Wo (+bo);  o = norm(o) (gemma3);  x = x + o
+//! h = norm(x);  f = ffn(h) or moe(h);  f = norm(f) (gemma3);  x = x + f
+//! ```
+//!
+//! [`Fwd`] holds one step's shape (n rows, the attention batch) and the plan's buffers; its
+//! helpers narrow every buffer to the step's rows, so a step enqueues ops and allocates nothing.
+
+use kiln_core::{
+    Backend, MoeExperts, MoeRouting, PagedKv, RopeParams, SeqBatch, Shape, Tensor, View, ViewMut,
+    Weight,
+};
+
+use crate::arch::{LayerSpec, ModelConfig};
+use crate::error::{ModelError, Result};
+use crate::runtime::plan::{Plan, attn_params};
+use crate::runtime::weights::{Ffn, LayerWeights, Param, Weights};
+
+/// One step's forward context.
+pub(crate) struct Fwd<'a> {
+    pub b: &'a dyn Backend,
+    pub cfg: &'a ModelConfig,
+    pub w: &'a Weights,
+    pub p: &'a Plan,
+    /// Rows (tokens) of this step.
+    pub n: usize,
+    pub batch: SeqBatch<'a>,
+}
+
+fn op(what: &'static str) -> impl Fn(kiln_core::Error) -> ModelError {
+    move |e| ModelError::backend(what, e)
+}
+
+impl<'a> Fwd<'a> {
+    /// The first `rows` rows of `t`.
+    fn rows(&self, t: &'a Tensor, rows: usize) -> Result<View<'a>> {
+        t.view().narrow(0, rows).map_err(op("view"))
+    }
+    fn rows_mut(&self, t: &'a Tensor, rows: usize) -> Result<ViewMut<'a>> {
+        t.view_mut().narrow(0, rows).map_err(op("view"))
+    }
+    fn x(&self, t: &'a Tensor) -> Result<View<'a>> {
+        self.rows(t, self.n)
+    }
+    fn out(&self, t: &'a Tensor) -> Result<ViewMut<'a>> {
+        self.rows_mut(t, self.n)
+    }
+    fn param(&self, p: Param) -> Result<View<'a>> {
+        self.w
+            .params
+            .view(p.offset, Shape::d1(p.len), kiln_core::DType::F32)
+            .map_err(op("parameter view"))
+    }
+
+    /// out = norm(x)·w over `rows` rows.
+    fn norm_rows(&self, x: &'a Tensor, w: Param, out: &'a Tensor, rows: usize) -> Result<()> {
+        let (x, o) = (self.rows(x, rows)?, self.rows_mut(out, rows)?);
+        self.b
+            .rms_norm(x, self.param(w)?, self.cfg.eps, o)
+            .map_err(op("rms_norm"))
+    }
+    fn norm(&self, x: &'a Tensor, w: Param, out: &'a Tensor) -> Result<()> {
+        self.norm_rows(x, w, out, self.n)
+    }
+
+    /// x·Wᵀ (+ bias) into `pair[0]` (through `pair[1]` when there is a bias).
+    fn linear(
+        &self,
+        x: &'a Tensor,
+        w: &Weight,
+        bias: Option<Param>,
+        pair: &'a [Tensor; 2],
+    ) -> Result<&'a Tensor> {
+        match bias {
+            None => self.b.matmul(self.x(x)?, w, self.out(&pair[0])?),
+            Some(bias) => {
+                self.b
+                    .matmul(self.x(x)?, w, self.out(&pair[1])?)
+                    .map_err(op("matmul"))?;
+                self.b
+                    .add_bias(self.x(&pair[1])?, self.param(bias)?, self.out(&pair[0])?)
+            }
+        }
+        .map_err(op("linear"))?;
+        Ok(&pair[0])
+    }
+
+    /// Per-head RMSNorm of `pair[0]` (`heads` heads) into `pair[1]`, when `w` is given.
+    fn head_norm(
+        &self,
+        t: &'a Tensor,
+        w: Option<Param>,
+        pair: &'a [Tensor; 2],
+        heads: usize,
+    ) -> Result<&'a Tensor> {
+        let Some(w) = w else { return Ok(t) };
+        let hd = self.cfg.head_dim;
+        let shape = Shape::d2(self.n * heads, hd);
+        let x = self.x(t)?.reshape(shape).map_err(op("view"))?;
+        let o = self.out(&pair[1])?.reshape(shape).map_err(op("view"))?;
+        self.b
+            .rms_norm(x, self.param(w)?, self.cfg.eps, o)
+            .map_err(op("q/k norm"))?;
+        Ok(&pair[1])
+    }
+
+    /// Rotate `t` (`[n, heads, head_dim]`) in place.
+    fn rope(&self, t: &'a Tensor, heads: usize, local: bool) -> Result<()> {
+        let x = self
+            .out(t)?
+            .reshape(Shape::d3(self.n, heads, self.cfg.head_dim))
+            .map_err(op("view"))?;
+        let table = if local {
+            &self.p.rope_local
+        } else {
+            &self.p.rope_global
+        };
+        let pos = self.p.staging.view(self.p.staging.pos, self.n)?;
+        let rp = RopeParams {
+            style: self.cfg.rope_style,
+            n_rot: self.cfg.n_rot,
+        };
+        self.b.rope(x, pos, table.view(), &rp).map_err(op("rope"))
+    }
+
+    /// out = a + b.
+    fn add(&self, a: &'a Tensor, b: &'a Tensor, out: &'a Tensor) -> Result<()> {
+        self.b
+            .add(self.x(a)?, self.x(b)?, self.out(out)?)
+            .map_err(op("add"))
+    }
+
+    /// x[0] = scale · embed[ids].
+    pub fn embed(&self) -> Result<()> {
+        let ids = self.p.staging.view(self.p.staging.ids, self.n)?;
+        self.b
+            .embed(
+                ids,
+                &self.w.embed,
+                self.cfg.embed_scale,
+                self.out(&self.p.x[0])?,
+            )
+            .map_err(op("embed"))
+    }
+
+    /// One decoder layer: x[0] → x[1] → x[0].
+    pub fn layer(&self, l: &LayerWeights, spec: &LayerSpec, kv: &PagedKv<'_>) -> Result<()> {
+        let (p, c) = (self.p, self.cfg);
+        // attention
+        self.norm(&p.x[0], l.attn_norm, &p.h)?;
+        let q = self.linear(&p.h, &l.q, l.q_bias, &p.q)?;
+        let k = self.linear(&p.h, &l.k, l.k_bias, &p.k)?;
+        let v = self.linear(&p.h, &l.v, l.v_bias, &p.v)?;
+        let q = self.head_norm(q, l.q_norm, &p.q, c.n_heads)?;
+        let k = self.head_norm(k, l.k_norm, &p.k, c.n_kv_heads)?;
+        self.rope(q, c.n_heads, spec.local_rope)?;
+        self.rope(k, c.n_kv_heads, spec.local_rope)?;
+        self.attention(q, k, v, kv, spec)?;
+        let o = self.linear(&p.attn, &l.o, l.o_bias, &p.o)?;
+        let o = self.post_norm(o, l.post_attn_norm)?;
+        self.add(&p.x[0], o, &p.x[1])?;
+        // feed-forward
+        self.norm(&p.x[1], l.ffn_norm, &p.h)?;
+        let f = self.ffn(&l.ffn)?;
+        let f = self.post_norm(f, l.post_ffn_norm)?;
+        self.add(&p.x[1], f, &p.x[0])
+    }
+
+    /// Append k, v to the cache, then attend.
+    fn attention(
+        &self,
+        q: &'a Tensor,
+        k: &'a Tensor,
+        v: &'a Tensor,
+        kv: &PagedKv<'_>,
+        spec: &LayerSpec,
+    ) -> Result<()> {
+        let c = self.cfg;
+        let (n, hd) = (self.n, c.head_dim);
+        let kv_shape = Shape::d3(n, c.n_kv_heads, hd);
+        let slots = self.p.staging.view(self.p.staging.slots, n)?;
+        let kx = self.x(k)?.reshape(kv_shape).map_err(op("view"))?;
+        let vx = self.x(v)?.reshape(kv_shape).map_err(op("view"))?;
+        self.b
+            .kv_append(kx, vx, kv, slots)
+            .map_err(op("kv_append"))?;
+        let q_shape = Shape::d3(n, c.n_heads, hd);
+        let qx = self.x(q)?.reshape(q_shape).map_err(op("view"))?;
+        let out = self
+            .out(&self.p.attn)?
+            .reshape(q_shape)
+            .map_err(op("view"))?;
+        let scratch = self.p.attn_scratch.as_ref().map(Tensor::view_mut);
+        let ap = attn_params(c, spec.window);
+        self.b
+            .attention(qx, kv, &self.batch, &ap, scratch, out)
+            .map_err(op("attention"))
+    }
+
+    /// gemma3's norm of a sub-block output (into h).
+    fn post_norm(&self, t: &'a Tensor, w: Option<Param>) -> Result<&'a Tensor> {
+        match w {
+            None => Ok(t),
+            Some(w) => {
+                self.norm(t, w, &self.p.h)?;
+                Ok(&self.p.h)
+            }
+        }
+    }
+
+    /// FFN of h into o[0].
+    fn ffn(&self, f: &Ffn) -> Result<&'a Tensor> {
+        let p = self.p;
+        let out = &p.o[0];
+        match f {
+            Ffn::Dense { gate, up, down } => {
+                let (Some(g), Some(u), Some(a)) = (&p.gate, &p.up, &p.act) else {
+                    return Err(ModelError::Runtime(
+                        "dense FFN without planned buffers".into(),
+                    ));
+                };
+                self.b
+                    .matmul(self.x(&p.h)?, gate, self.out(g)?)
+                    .map_err(op("ffn gate"))?;
+                self.b
+                    .matmul(self.x(&p.h)?, up, self.out(u)?)
+                    .map_err(op("ffn up"))?;
+                self.b
+                    .glu(self.x(g)?, self.x(u)?, self.cfg.act, self.out(a)?)
+                    .map_err(op("glu"))?;
+                self.b
+                    .matmul(self.x(a)?, down, self.out(out)?)
+                    .map_err(op("ffn down"))?;
+            }
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => {
+                let (Some(r), Some(m)) = (&p.router, &self.cfg.moe) else {
+                    return Err(ModelError::Runtime(
+                        "MoE layer without a router buffer".into(),
+                    ));
+                };
+                self.b
+                    .matmul(self.x(&p.h)?, router, self.out(r)?)
+                    .map_err(op("router"))?;
+                let ex = MoeExperts {
+                    gate,
+                    up,
+                    down,
+                    act: self.cfg.act,
+                };
+                let routing = MoeRouting {
+                    top_k: m.top_k,
+                    gating: m.gating,
+                };
+                let scratch = p.moe_scratch.as_ref().map(Tensor::view_mut);
+                self.b
+                    .moe(
+                        self.x(&p.h)?,
+                        self.x(r)?,
+                        &ex,
+                        &routing,
+                        scratch,
+                        self.out(out)?,
+                    )
+                    .map_err(op("moe"))?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Final norm and LM head: on the last row of each of `n_seqs` sequences (gathered), or on
+    /// every row when `all` is set. Logits land in `plan.logits`.
+    pub fn head(&self, n_seqs: usize, all: bool) -> Result<()> {
+        let p = self.p;
+        let rows = if all {
+            self.norm_rows(&p.x[0], self.w.output_norm, &p.normed, self.n)?;
+            self.n
+        } else {
+            let ids = p.staging.view(p.staging.last, n_seqs)?;
+            self.b
+                .gather(self.x(&p.x[0])?, ids, self.rows_mut(&p.last, n_seqs)?)
+                .map_err(op("gather"))?;
+            self.norm_rows(&p.last, self.w.output_norm, &p.normed, n_seqs)?;
+            n_seqs
+        };
+        self.b
+            .matmul(
+                self.rows(&p.normed, rows)?,
+                &self.w.output,
+                self.rows_mut(&p.logits, rows)?,
+            )
+            .map_err(op("lm head"))
+    }
+}

@@ -1,0 +1,463 @@
+//! Weights prepared on a backend: every matrix through `Backend::prepare_weight` once; norm
+//! weights and biases (which the ops take as f32 views) packed on the host into one f32 buffer
+//! and uploaded once. Shapes are checked against the config; a missing tensor or a wrong shape
+//! is an error naming the file and the tensor.
+//!
+//! Host-side transforms (MODELS.md): gemma3 HF norm weights get +1; HF per-expert matrices are
+//! stacked into `[E, n, k]` (or split from transformers v5's fused `gate_up_proj`); GGUF
+//! `ffn_*_exps` are already stacked. Llama-arch GGUF Q/K rows stay permuted (the config picks
+//! interleaved rope for them).
+
+use std::sync::Arc;
+
+use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, Weight};
+
+use crate::arch::names::{HF_PREFIXES, global_name, hf_fused_experts, layer_name};
+use crate::arch::{Global, ModelConfig, Role, WeightFormat};
+use crate::error::{ModelError, Result};
+use crate::format::gguf::GgufFile;
+use crate::format::safetensors::SafetensorsModel;
+
+/// An f32 vector inside the parameter buffer: byte offset and element count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// The FFN of one layer.
+pub enum Ffn {
+    /// down(act(gate·h) ⊙ up·h): gate, up `[ffn, hidden]`, down `[hidden, ffn]`.
+    Dense {
+        gate: Weight,
+        up: Weight,
+        down: Weight,
+    },
+    /// Routed experts: router `[E, hidden]`, gate/up `[E, ff, hidden]`, down `[E, hidden, ff]`.
+    Moe {
+        router: Weight,
+        gate: Weight,
+        up: Weight,
+        down: Weight,
+    },
+}
+
+/// One decoder layer's weights.
+pub struct LayerWeights {
+    pub attn_norm: Param,
+    /// q `[n_heads·hd, hidden]`, k/v `[n_kv·hd, hidden]`, o `[hidden, n_heads·hd]`.
+    pub q: Weight,
+    pub k: Weight,
+    pub v: Weight,
+    pub o: Weight,
+    pub q_bias: Option<Param>,
+    pub k_bias: Option<Param>,
+    pub v_bias: Option<Param>,
+    pub o_bias: Option<Param>,
+    /// Per-head norms `[head_dim]`.
+    pub q_norm: Option<Param>,
+    pub k_norm: Option<Param>,
+    pub post_attn_norm: Option<Param>,
+    pub ffn_norm: Param,
+    pub post_ffn_norm: Option<Param>,
+    pub ffn: Ffn,
+}
+
+/// All weights of a model on one backend.
+pub struct Weights {
+    /// `[vocab, hidden]`.
+    pub embed: Weight,
+    /// `[vocab, hidden]`; the embedding itself when tied.
+    pub output: Weight,
+    pub tied: bool,
+    pub output_norm: Param,
+    pub layers: Vec<LayerWeights>,
+    /// f32 norm weights and biases (see [`Param`]).
+    pub params: Buffer,
+    /// Device bytes of the matrices plus the parameter buffer.
+    pub bytes: usize,
+}
+
+/// Where tensors come from.
+pub(crate) enum Source<'a> {
+    Gguf(&'a GgufFile),
+    Hf(&'a SafetensorsModel),
+}
+
+impl<'a> Source<'a> {
+    fn file(&self) -> &'a str {
+        match *self {
+            Source::Gguf(f) => f.path(),
+            Source::Hf(m) => m.path(),
+        }
+    }
+    fn has(&self, name: &str) -> bool {
+        match self {
+            Source::Gguf(f) => f.contains(name),
+            Source::Hf(m) => m.contains(name),
+        }
+    }
+    fn get(&self, name: &str) -> Result<HostTensor<'a>> {
+        match *self {
+            Source::Gguf(f) => f.tensor(name),
+            Source::Hf(m) => m.tensor(name),
+        }
+    }
+    /// Bytes of every tensor (for progress).
+    fn total_bytes(&self) -> u64 {
+        match self {
+            Source::Gguf(f) => f
+                .tensors()
+                .iter()
+                .filter_map(|t| t.size)
+                .map(|s| s as u64)
+                .sum(),
+            Source::Hf(m) => m.tensors().map(|(_, t)| t.size as u64).sum(),
+        }
+    }
+}
+
+/// Loads tensors by role, checks shapes, prepares them and packs the f32 parameters.
+struct Loader<'a, 'p> {
+    src: Source<'a>,
+    cfg: &'a ModelConfig,
+    backend: &'a dyn Backend,
+    prefix: &'static str,
+    params: Vec<f32>,
+    done: u64,
+    total: u64,
+    bytes: usize,
+    progress: &'p mut dyn FnMut(u64, u64),
+}
+
+impl<'a> Loader<'a, '_> {
+    fn terr(&self, name: &str, msg: impl Into<String>) -> ModelError {
+        ModelError::tensor(self.src.file(), name, msg)
+    }
+    fn missing(&self, name: &str) -> ModelError {
+        ModelError::NoTensor {
+            file: self.src.file().to_string(),
+            name: name.to_string(),
+        }
+    }
+    fn lname(&self, role: Role, layer: usize) -> Result<String> {
+        layer_name(self.cfg, self.prefix, role, layer, 0).ok_or_else(|| {
+            ModelError::Runtime(format!(
+                "{}: {:?} has no tensor name for {role:?}",
+                self.src.file(),
+                self.cfg.arch
+            ))
+        })
+    }
+    fn host(&self, name: &str, shape: &[usize]) -> Result<HostTensor<'a>> {
+        if !self.src.has(name) {
+            return Err(self.missing(name));
+        }
+        let t = self.src.get(name)?;
+        if t.shape.dims() != shape {
+            return Err(self.terr(
+                name,
+                format!("shape {} does not match the config's {shape:?}", t.shape),
+            ));
+        }
+        Ok(t)
+    }
+    fn tick(&mut self, bytes: usize) {
+        self.done += bytes as u64;
+        (self.progress)(self.done, self.total);
+    }
+    fn prepare(&mut self, name: &str, t: &HostTensor<'_>) -> Result<Weight> {
+        let w = self
+            .backend
+            .prepare_weight(t)
+            .map_err(|e| ModelError::backend(format!("{}: tensor '{name}'", self.src.file()), e))?;
+        self.bytes += w.bytes();
+        self.tick(t.data.len());
+        Ok(w)
+    }
+    /// A matrix `[rows, cols]`.
+    fn weight(&mut self, name: &str, rows: usize, cols: usize) -> Result<Weight> {
+        let t = self.host(name, &[rows, cols])?;
+        self.prepare(name, &t)
+    }
+    fn role_weight(
+        &mut self,
+        role: Role,
+        layer: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Weight> {
+        let name = self.lname(role, layer)?;
+        self.weight(&name, rows, cols)
+    }
+    /// An f32 vector of `len` into the parameter buffer (`add_one`: gemma3 HF norms).
+    fn param(&mut self, name: &str, len: usize, add_one: bool) -> Result<Param> {
+        let t = self.host(name, &[len])?;
+        let mut v = kiln_core::convert::to_f32(t.dtype, t.data)
+            .map_err(|e| self.terr(name, e.to_string()))?;
+        let n = t.data.len();
+        if add_one {
+            v.iter_mut().for_each(|x| *x += 1.0);
+        }
+        // 256-byte aligned offsets: any backend may bind the view at its offset.
+        while !self.params.len().is_multiple_of(64) {
+            self.params.push(0.0);
+        }
+        let offset = self.params.len() * 4;
+        self.params.extend_from_slice(&v);
+        self.tick(n);
+        Ok(Param { offset, len })
+    }
+    fn norm(&mut self, role: Role, layer: usize, len: usize) -> Result<Param> {
+        let name = self.lname(role, layer)?;
+        let add = self.cfg.norm_add_one;
+        self.param(&name, len, add)
+    }
+    fn opt_norm(
+        &mut self,
+        role: Role,
+        layer: usize,
+        len: usize,
+        want: bool,
+    ) -> Result<Option<Param>> {
+        if !want {
+            return Ok(None);
+        }
+        self.norm(role, layer, len).map(Some)
+    }
+    /// A bias: required when `required`, else loaded if the file has it.
+    fn bias(
+        &mut self,
+        role: Role,
+        layer: usize,
+        len: usize,
+        required: bool,
+    ) -> Result<Option<Param>> {
+        let name = self.lname(role, layer)?;
+        if !required && !self.src.has(&name) {
+            return Ok(None);
+        }
+        self.param(&name, len, false).map(Some)
+    }
+
+    fn layer(&mut self, l: usize) -> Result<LayerWeights> {
+        let c = self.cfg;
+        let (h, q, kv, hd) = (c.hidden, c.q_dim(), c.kv_dim(), c.head_dim);
+        for role in [Role::GateBias, Role::UpBias, Role::DownBias] {
+            let name = self.lname(role, l)?;
+            if self.src.has(&name) {
+                return Err(self.terr(&name, "MLP biases are not supported"));
+            }
+        }
+        let sandwich = c.sandwich_norms;
+        Ok(LayerWeights {
+            attn_norm: self.norm(Role::AttnNorm, l, h)?,
+            q: self.role_weight(Role::Q, l, q, h)?,
+            k: self.role_weight(Role::K, l, kv, h)?,
+            v: self.role_weight(Role::V, l, kv, h)?,
+            o: self.role_weight(Role::O, l, h, q)?,
+            q_bias: self.bias(Role::QBias, l, q, c.qkv_bias)?,
+            k_bias: self.bias(Role::KBias, l, kv, c.qkv_bias)?,
+            v_bias: self.bias(Role::VBias, l, kv, c.qkv_bias)?,
+            o_bias: self.bias(Role::OBias, l, h, false)?,
+            q_norm: self.opt_norm(Role::QNorm, l, hd, c.qk_norm)?,
+            k_norm: self.opt_norm(Role::KNorm, l, hd, c.qk_norm)?,
+            post_attn_norm: self.opt_norm(Role::PostAttnNorm, l, h, sandwich)?,
+            ffn_norm: self.norm(Role::FfnNorm, l, h)?,
+            post_ffn_norm: self.opt_norm(Role::PostFfnNorm, l, h, sandwich)?,
+            ffn: self.ffn(l)?,
+        })
+    }
+
+    fn ffn(&mut self, l: usize) -> Result<Ffn> {
+        let c = self.cfg;
+        let h = c.hidden;
+        let moe = c.layers.get(l).is_some_and(|s| s.moe);
+        match (&c.moe, moe) {
+            (Some(m), true) => {
+                let (e, ff) = (m.n_experts, m.ff);
+                let router = self.role_weight(Role::Router, l, e, h)?;
+                let (gate, up, down) = match c.format {
+                    WeightFormat::Gguf => (
+                        self.stacked(Role::ExpGate, l, [e, ff, h])?,
+                        self.stacked(Role::ExpUp, l, [e, ff, h])?,
+                        self.stacked(Role::ExpDown, l, [e, h, ff])?,
+                    ),
+                    WeightFormat::Hf => self.hf_experts(l, e, ff)?,
+                };
+                Ok(Ffn::Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                })
+            }
+            _ => Ok(Ffn::Dense {
+                gate: self.role_weight(Role::Gate, l, c.ffn, h)?,
+                up: self.role_weight(Role::Up, l, c.ffn, h)?,
+                down: self.role_weight(Role::Down, l, h, c.ffn)?,
+            }),
+        }
+    }
+
+    /// A GGUF 3-D expert tensor.
+    fn stacked(&mut self, role: Role, l: usize, shape: [usize; 3]) -> Result<Weight> {
+        let name = self.lname(role, l)?;
+        let t = self.host(&name, &shape)?;
+        self.prepare(&name, &t)
+    }
+
+    /// HF experts: per-expert matrices stacked on the host, or the fused v5 form split.
+    fn hf_experts(&mut self, l: usize, e: usize, ff: usize) -> Result<(Weight, Weight, Weight)> {
+        let h = self.cfg.hidden;
+        let (fused_gu, fused_down) = hf_fused_experts(self.prefix, l);
+        if self.src.has(&fused_gu) {
+            let gu = self.host(&fused_gu, &[e, 2 * ff, h])?;
+            let dt = gu.dtype;
+            let half = dt
+                .bytes_for(ff * h)
+                .map_err(|err| self.terr(&fused_gu, err.to_string()))?;
+            let (mut g, mut u) = (Vec::with_capacity(e * half), Vec::with_capacity(e * half));
+            for chunk in gu.data.chunks_exact(2 * half) {
+                g.extend_from_slice(&chunk[..half]);
+                u.extend_from_slice(&chunk[half..]);
+            }
+            let gate = self.from_bytes(&fused_gu, dt, [e, ff, h], &g)?;
+            let up = self.from_bytes(&fused_gu, dt, [e, ff, h], &u)?;
+            let d = self.host(&fused_down, &[e, h, ff])?;
+            let down = self.prepare(&fused_down, &d)?;
+            return Ok((gate, up, down));
+        }
+        let mut out = Vec::with_capacity(3);
+        for (role, rows, cols) in [
+            (Role::ExpGate, ff, h),
+            (Role::ExpUp, ff, h),
+            (Role::ExpDown, h, ff),
+        ] {
+            let mut bytes = Vec::new();
+            let mut dtype = None;
+            let mut first = String::new();
+            for x in 0..e {
+                let name = crate::arch::names::hf_layer(self.cfg, self.prefix, role, l, x)
+                    .ok_or_else(|| ModelError::Runtime(format!("no HF name for {role:?}")))?;
+                let t = self.host(&name, &[rows, cols])?;
+                match dtype {
+                    None => {
+                        dtype = Some(t.dtype);
+                        first = name.clone();
+                    }
+                    Some(d) if d != t.dtype => {
+                        return Err(self.terr(
+                            &name,
+                            format!("dtype {} differs from {first}'s {d}", t.dtype),
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                bytes.extend_from_slice(t.data);
+            }
+            let dt = dtype.unwrap_or(DType::F32);
+            out.push(self.from_bytes(&first, dt, [e, rows, cols], &bytes)?);
+        }
+        let mut it = out.into_iter();
+        match (it.next(), it.next(), it.next()) {
+            (Some(g), Some(u), Some(d)) => Ok((g, u, d)),
+            _ => Err(ModelError::Runtime(
+                "expert stacking produced no weights".into(),
+            )),
+        }
+    }
+
+    fn from_bytes(
+        &mut self,
+        name: &str,
+        dt: DType,
+        shape: [usize; 3],
+        bytes: &[u8],
+    ) -> Result<Weight> {
+        let t = HostTensor::new(dt, Shape::d3(shape[0], shape[1], shape[2]), bytes)
+            .map_err(|e| self.terr(name, e.to_string()))?;
+        self.prepare(name, &t)
+    }
+}
+
+/// The HF prefix under which this checkpoint keeps `embed_tokens`.
+fn hf_prefix(src: &Source<'_>) -> &'static str {
+    HF_PREFIXES
+        .into_iter()
+        .find(|p| src.has(&format!("{p}embed_tokens.weight")))
+        .unwrap_or("model.")
+}
+
+/// Load and prepare every weight of `cfg` from `src`; sets `cfg.vocab` from the embedding.
+pub(crate) fn load(
+    src: Source<'_>,
+    cfg: &mut ModelConfig,
+    backend: &Arc<dyn Backend>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Weights> {
+    let prefix = match src {
+        Source::Hf(_) => hf_prefix(&src),
+        Source::Gguf(_) => "",
+    };
+    // The vocabulary size is the embedding's row count.
+    let embed_name = global_name(cfg, prefix, Global::Embed);
+    if !src.has(&embed_name) {
+        return Err(ModelError::NoTensor {
+            file: src.file().to_string(),
+            name: embed_name,
+        });
+    }
+    let et = src.get(&embed_name)?;
+    if et.shape.rank() != 2 || et.shape.dim(1) != cfg.hidden {
+        return Err(ModelError::tensor(
+            src.file(),
+            &embed_name,
+            format!("shape {} is not [vocab, {}]", et.shape, cfg.hidden),
+        ));
+    }
+    cfg.vocab = et.shape.dim(0);
+    let cfg: &ModelConfig = cfg;
+    let total = src.total_bytes();
+    let mut ld = Loader {
+        src,
+        cfg,
+        backend: backend.as_ref(),
+        prefix,
+        params: Vec::new(),
+        done: 0,
+        total,
+        bytes: 0,
+        progress,
+    };
+    let embed = ld.weight(&embed_name, cfg.vocab, cfg.hidden)?;
+    let out_name = global_name(cfg, prefix, Global::Output);
+    // Tied when the file has no output matrix (MODELS.md §2: use the file, not the config flag).
+    let (output, tied) = if ld.src.has(&out_name) {
+        (ld.weight(&out_name, cfg.vocab, cfg.hidden)?, false)
+    } else {
+        (embed.clone(), true)
+    };
+    let norm_name = global_name(cfg, prefix, Global::OutputNorm);
+    let output_norm = ld.param(&norm_name, cfg.hidden, cfg.norm_add_one)?;
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        layers.push(ld.layer(l)?);
+    }
+    let params_bytes: Vec<u8> = ld.params.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let params = backend
+        .alloc(params_bytes.len().max(4))
+        .and_then(|b| backend.write(&b, 0, &params_bytes).map(|()| b))
+        .map_err(|e| ModelError::backend("uploading norm weights and biases", e))?;
+    let bytes = ld.bytes + params_bytes.len();
+    (ld.progress)(ld.total, ld.total);
+    Ok(Weights {
+        embed,
+        output,
+        tied,
+        output_norm,
+        layers,
+        params,
+        bytes,
+    })
+}

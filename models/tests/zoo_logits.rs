@@ -1,0 +1,314 @@
+//! The runtime against the tiny-model zoo's transformers reference (shared/testdata/zoo): logits
+//! at every position of both prompts for all 7 models × (safetensors, f16 GGUF, q8_0 GGUF), on
+//! every backend found (see zoo_util). Skipped with a message when the zoo is absent.
+//!
+//! Tolerances (zoo/README: an f32 forward reaches ≤ 1e-3 from safetensors, ≤ 2e-3 from f16 GGUF;
+//! an independent numpy forward measured q8_0 at max |Δ| 0.07–0.12 dense, up to 1.0 MoE, top-1
+//! agreement ≥ 0.91):
+//! - safetensors: max |Δ| ≤ 1e-3 (f32 KV cache)
+//! - f16 GGUF: max |Δ| ≤ 2e-3 (f32 KV cache)
+//! - q8_0 GGUF: max |Δ| ≤ 0.25 dense / 1.5 MoE, top-1 agreement ≥ 0.9
+//! - default f16 KV cache from safetensors: max |Δ| ≤ 2e-2 (K/V rounded to f16)
+
+mod zoo_util;
+
+use kiln_core::DType;
+use kiln_models::runtime::SeqInput;
+use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
+use zoo_util::*;
+
+macro_rules! zoo_or_skip {
+    () => {
+        match zoo() {
+            Some(z) => z,
+            None => {
+                println!("skipped: zoo not found");
+                return;
+            }
+        }
+    };
+}
+
+fn opts(chunk: usize, all: bool, kv: DType) -> RuntimeOptions {
+    RuntimeOptions {
+        chunk,
+        context: Some(128),
+        all_logits: all,
+        kv_dtype: kv,
+        ..RuntimeOptions::default()
+    }
+}
+
+/// Logits of every prompt position, prefilled in chunks of `chunk`.
+fn prefill_all(model: &Model, ids: &[u32], chunk: usize, kv: DType) -> Vec<f32> {
+    let mut rt = Runtime::new(model, opts(chunk, true, kv)).unwrap();
+    let s = rt.add_sequence();
+    let mut out = Vec::new();
+    for part in ids.chunks(chunk) {
+        let l = rt
+            .step(&[SeqInput {
+                seq: s,
+                tokens: part,
+            }])
+            .unwrap();
+        assert_eq!(l.rows, part.len());
+        out.extend_from_slice(l.data);
+    }
+    out
+}
+
+#[test]
+fn zoo_logits_every_format() {
+    let zoo = zoo_or_skip!();
+    let mut failures = Vec::new();
+    for (bname, backend) in backends() {
+        println!("backend {bname}");
+        println!(
+            "{:<9} {:<12} {:>10} {:>10} {:>8}",
+            "model", "format", "max|Δ| p0", "max|Δ| p1", "top1"
+        );
+        for m in MODELS {
+            let dir = zoo.join(m);
+            let cases = cases(&dir);
+            for (label, path) in formats(&dir) {
+                let model = Model::load(
+                    path.to_str().unwrap(),
+                    backend.clone(),
+                    &LoadOptions::default(),
+                )
+                .unwrap();
+                assert_eq!(model.vocab_size(), cases[0].vocab);
+                let mut diffs = Vec::new();
+                let (mut agree, mut total) = (0, 0);
+                for c in &cases {
+                    let got = prefill_all(&model, &c.ids, 128, DType::F32);
+                    diffs.push(max_diff(&got, &c.logits));
+                    for i in 0..c.ids.len() {
+                        let g = &got[i * c.vocab..(i + 1) * c.vocab];
+                        agree += usize::from(argmax(g) == argmax(c.row(i)));
+                        total += 1;
+                    }
+                }
+                let top1 = agree as f64 / total as f64;
+                println!(
+                    "{m:<9} {label:<12} {:>10.2e} {:>10.2e} {top1:>8.3}",
+                    diffs[0], diffs[1]
+                );
+                let max = diffs.iter().copied().fold(0.0, f32::max);
+                let moe = model.config().is_moe();
+                let ok = match label {
+                    "safetensors" => max <= 1e-3,
+                    "f16 gguf" => max <= 2e-3,
+                    _ => max <= if moe { 1.5 } else { 0.25 } && top1 >= 0.9,
+                };
+                if !ok {
+                    failures.push(format!(
+                        "{bname} {m} {label}: max |Δ| {max:.3e}, top-1 {top1:.3}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "out of tolerance:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Prefill in chunks smaller than the window (7 < 16) and than the prompt; decode token by
+/// token through the decode path (gather, buckets); both must match the reference and the
+/// one-shot prefill.
+#[test]
+fn zoo_chunked_prefill_and_decode_match() {
+    let zoo = zoo_or_skip!();
+    for (bname, backend) in backends() {
+        for m in MODELS {
+            let dir = zoo.join(m);
+            let c = &cases(&dir)[1]; // 95 tokens, longer than every window
+            let model = Model::load(
+                dir.to_str().unwrap(),
+                backend.clone(),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let whole = prefill_all(&model, &c.ids, 128, DType::F32);
+            let chunked = prefill_all(&model, &c.ids, 7, DType::F32);
+            let d_chunk = max_diff(&chunked, &whole);
+            let d_ref = max_diff(&chunked, &c.logits);
+            // decode: the first token as a prefill, then one token per step
+            let mut rt = Runtime::new(&model, opts(16, false, DType::F32)).unwrap();
+            let s = rt.add_sequence();
+            let mut d_dec = 0f32;
+            for (i, t) in c.ids.iter().enumerate() {
+                let l = rt
+                    .step(&[SeqInput {
+                        seq: s,
+                        tokens: std::slice::from_ref(t),
+                    }])
+                    .unwrap();
+                assert_eq!(l.rows, 1);
+                d_dec = d_dec.max(max_diff(l.row(0), c.row(i)));
+            }
+            println!(
+                "{bname} {m}: chunk-7 vs one-shot {d_chunk:.2e}, vs reference {d_ref:.2e}; decode vs reference {d_dec:.2e}"
+            );
+            assert!(
+                d_chunk <= 1e-4,
+                "{bname} {m}: chunked prefill changed logits by {d_chunk}"
+            );
+            assert!(
+                d_ref <= 1e-3 && d_dec <= 1e-3,
+                "{bname} {m}: chunked {d_ref}, decode {d_dec}"
+            );
+        }
+    }
+}
+
+/// Two sequences in one step — a prefill chunk of one and a decode row of the other — and then
+/// batched decode of both: every row matches the reference.
+#[test]
+fn zoo_ragged_batches_match() {
+    let zoo = zoo_or_skip!();
+    for (bname, backend) in backends() {
+        for m in ["llama3", "gemma3", "qwen3moe"] {
+            let dir = zoo.join(m);
+            let cs = cases(&dir);
+            let model = Model::load(
+                dir.to_str().unwrap(),
+                backend.clone(),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let o = RuntimeOptions {
+                max_seqs: 4,
+                ..opts(24, false, DType::F32)
+            };
+            let mut rt = Runtime::new(&model, o).unwrap();
+            let (a, b) = (rt.add_sequence(), rt.add_sequence());
+            let (ia, ib) = (&cs[0].ids, &cs[1].ids);
+            // a: first 20 tokens; b: first 3 tokens
+            rt.step(&[SeqInput {
+                seq: a,
+                tokens: &ia[..20],
+            }])
+            .unwrap();
+            rt.step(&[SeqInput {
+                seq: b,
+                tokens: &ib[..3],
+            }])
+            .unwrap();
+            let mut worst = 0f32;
+            // mixed: b prefills 3..10 while a decodes token 20
+            let l = rt
+                .step(&[
+                    SeqInput {
+                        seq: b,
+                        tokens: &ib[3..10],
+                    },
+                    SeqInput {
+                        seq: a,
+                        tokens: &ia[20..21],
+                    },
+                ])
+                .unwrap();
+            worst = worst.max(max_diff(l.row(0), cs[1].row(9)));
+            worst = worst.max(max_diff(l.row(1), cs[0].row(20)));
+            // batched decode (bucket 2, then a padded bucket of 4 with 3 sequences)
+            for i in 0..8 {
+                let l = rt
+                    .step(&[
+                        SeqInput {
+                            seq: a,
+                            tokens: &ia[21 + i..22 + i],
+                        },
+                        SeqInput {
+                            seq: b,
+                            tokens: &ib[10 + i..11 + i],
+                        },
+                    ])
+                    .unwrap();
+                worst = worst.max(max_diff(l.row(0), cs[0].row(21 + i)));
+                worst = worst.max(max_diff(l.row(1), cs[1].row(10 + i)));
+            }
+            let c = rt.add_sequence();
+            rt.step(&[SeqInput {
+                seq: c,
+                tokens: &ib[..1],
+            }])
+            .unwrap();
+            let l = rt
+                .step(&[
+                    SeqInput {
+                        seq: a,
+                        tokens: &ia[29..30],
+                    },
+                    SeqInput {
+                        seq: b,
+                        tokens: &ib[18..19],
+                    },
+                    SeqInput {
+                        seq: c,
+                        tokens: &ib[1..2],
+                    },
+                ])
+                .unwrap();
+            worst = worst.max(max_diff(l.row(0), cs[0].row(29)));
+            worst = worst.max(max_diff(l.row(1), cs[1].row(18)));
+            worst = worst.max(max_diff(l.row(2), cs[1].row(1)));
+            println!("{bname} {m}: ragged/batched rows vs reference max |Δ| {worst:.2e}");
+            assert!(worst <= 1e-3, "{bname} {m}: {worst}");
+        }
+    }
+}
+
+/// Greedy continuation from safetensors equals transformers' 24 tokens (EOS ignored).
+#[test]
+fn zoo_greedy_continuations() {
+    let zoo = zoo_or_skip!();
+    for (bname, backend) in backends() {
+        for m in MODELS {
+            let dir = zoo.join(m);
+            let model = Model::load(
+                dir.to_str().unwrap(),
+                backend.clone(),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let mut g = kiln_models::Generator::new(&model, opts(64, false, DType::F32)).unwrap();
+            for (i, c) in cases(&dir).iter().enumerate() {
+                let o = kiln_models::GenerateOptions {
+                    max_tokens: 24,
+                    sampling: kiln_models::SamplingParams::greedy(),
+                    ignore_eos: true,
+                    ..Default::default()
+                };
+                let out = g.generate_ids(&c.ids, &o, &mut |_| {}).unwrap();
+                assert_eq!(out.generated_ids, c.greedy, "{bname} {m} case {i}");
+            }
+            println!("{bname} {m}: greedy continuations equal");
+        }
+    }
+}
+
+/// The default f16 KV cache: stated looser tolerance.
+#[test]
+fn zoo_f16_kv_cache() {
+    let zoo = zoo_or_skip!();
+    for (bname, backend) in backends() {
+        for m in MODELS {
+            let dir = zoo.join(m);
+            let c = &cases(&dir)[1];
+            let model = Model::load(
+                dir.to_str().unwrap(),
+                backend.clone(),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+            let got = prefill_all(&model, &c.ids, 128, DType::F16);
+            let d = max_diff(&got, &c.logits);
+            println!("{bname} {m}: f16 KV cache, max |Δ| {d:.2e}");
+            assert!(d <= 2e-2, "{bname} {m}: {d}");
+        }
+    }
+}
