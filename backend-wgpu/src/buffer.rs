@@ -155,7 +155,7 @@ impl WgpuBackend {
         // Ops recorded before this write must run before it: submit them first
         // (queue.write_buffer lands before the command buffers of the *next* submit).
         self.flush();
-        if offset % 4 == 0 && src.len() % 4 == 0 {
+        if offset.is_multiple_of(4) && src.len().is_multiple_of(4) {
             self.queue.write_buffer(&m.buf, offset as u64, src);
             return Ok(());
         }

@@ -290,7 +290,7 @@ impl WgpuBackend {
         self.subgroups
             && self.subgroup_max > 0
             && self.subgroup_max <= lanes
-            && lanes % self.subgroup_max == 0
+            && lanes.is_multiple_of(self.subgroup_max)
     }
 
     pub(crate) fn limit_error(&self, what: impl Into<String>, requested: u64, limit: u64) -> Error {

@@ -84,9 +84,10 @@ impl WgpuBackend {
         len: usize,
     ) -> Result<()> {
         let (s, d) = (self.mem(OpKind::Copy, src)?, self.mem(OpKind::Copy, dst)?);
-        let ok =
-            |o: usize, b: &Buffer| o % 4 == 0 && o.checked_add(len).is_some_and(|e| e <= b.len());
-        if len % 4 != 0 || !ok(src_off, src) || !ok(dst_off, dst) {
+        let ok = |o: usize, b: &Buffer| {
+            o.is_multiple_of(4) && o.checked_add(len).is_some_and(|e| e <= b.len())
+        };
+        if !len.is_multiple_of(4) || !ok(src_off, src) || !ok(dst_off, dst) {
             return Err(kiln_core::Error::View(format!(
                 "copy_buffer of {len} bytes from {src_off} to {dst_off}: needs 4-byte multiples inside both buffers"
             )));

@@ -96,23 +96,29 @@ pub struct TuneResult {
 
 impl WgpuBackend {
     /// GEMV shape (lanes per 32-element group, weight rows per lane): the override, else the
-    /// tuned value, else (2, 1) (the best single shape across dtypes on the H200 runs).
+    /// value `tune` measured on this adapter, else the best shape measured on an H200
+    /// (BENCHMARKS.md): 4 lanes, 1 row for BF16/F32; 2 lanes, 4 rows for the others.
     pub(crate) fn gemv_config(&self, d: DType) -> (u32, u32) {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        let untuned = if matches!(d, DType::BF16 | DType::F32) {
+            (4, 1)
+        } else {
+            (2, 4)
+        };
         t.lanes_override
             .or_else(|| t.lanes.get(d.name()).copied())
-            .unwrap_or((2, 1))
+            .unwrap_or(untuned)
     }
 
     /// Force the GEMV shape (lanes per group 1/2/4/8, rows per lane 1/2/4) for every dtype,
     /// or `None` to use the tuned values (benchmarks and experiments).
     pub fn set_gemv_config(&self, cfg: Option<(u32, u32)>) -> Result<()> {
-        if let Some((l, r)) = cfg {
-            if ![1, 2, 4, 8].contains(&l) || ![1, 2, 4].contains(&r) {
-                return Err(Error::Invalid(format!(
-                    "gemv config ({l}, {r}): expected lanes 1, 2, 4 or 8 and rows 1, 2 or 4"
-                )));
-            }
+        if let Some((l, r)) = cfg
+            && (![1, 2, 4, 8].contains(&l) || ![1, 2, 4].contains(&r))
+        {
+            return Err(Error::Invalid(format!(
+                "gemv config ({l}, {r}): expected lanes 1, 2, 4 or 8 and rows 1, 2 or 4"
+            )));
         }
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.lanes_override = cfg;

@@ -41,7 +41,7 @@ pub(crate) struct WgpuWeight {
 }
 
 impl WgpuWeight {
-    pub(crate) fn of<'w>(w: &'w Weight, op: OpKind) -> Result<&'w WgpuWeight> {
+    pub(crate) fn of(w: &Weight, op: OpKind) -> Result<&WgpuWeight> {
         w.downcast::<WgpuWeight>()
             .ok_or_else(|| Error::shape(op, format!("{w:?} was not prepared by a wgpu backend")))
     }

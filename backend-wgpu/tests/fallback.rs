@@ -1,5 +1,7 @@
 //! The shaders without subgroups and without f16 (workgroup-memory reductions, f32 GEMM
 //! tiles), forced with KILN_WGPU_NO_SUBGROUPS / KILN_WGPU_NO_F16. Its own process, one test.
+// Tests may unwrap (project convention); index loops keep the oracles close to the math.
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 mod common;
 

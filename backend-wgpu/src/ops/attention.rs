@@ -92,7 +92,7 @@ pub(crate) fn attention(
             format!("head_dim {hd}: this backend takes 1..=256"),
         ));
     }
-    if p.n_kv_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
         return Err(Error::shape(
             op,
             format!(

@@ -65,7 +65,8 @@ pub(crate) fn kv_append(
     check::eq(op, "slots vs tokens", slots.numel(), n_tokens)?;
     let cd = kv.dtype();
     let e = epw(cd) as usize;
-    if hd % e != 0 || (kv.k.offset() % 4 != 0) || (kv.v.offset() % 4 != 0) {
+    if !hd.is_multiple_of(e) || !kv.k.offset().is_multiple_of(4) || !kv.v.offset().is_multiple_of(4)
+    {
         return Err(Error::shape(
             op,
             format!("{cd} cache needs an even head_dim ({hd}) and word-aligned K/V views"),

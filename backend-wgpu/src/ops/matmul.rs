@@ -40,7 +40,7 @@ pub(crate) fn gemv_spec<'a>(
         .over("MT", f64::from(mt))
         .over("SUBL", f64::from(lanes))
         .over("NR", f64::from(nr));
-    if x_off % 4 == 0 {
+    if x_off.is_multiple_of(4) {
         spec = spec.define("X_VEC4");
     }
     if be.subgroup_reduce_ok(GEMV_WG / GEMV_RW) {
@@ -155,7 +155,7 @@ fn run(
             let mut spec = ShaderSpec::new("matmul", &[DEQUANT, SRC], "gemm")
                 .define(wdefine(ww.dtype))
                 .sub("WT", tile_type(be, ww.dtype));
-            if x_off % 4 == 0 {
+            if x_off.is_multiple_of(4) {
                 spec = spec.define("X_VEC4");
             }
             (m32.div_ceil(64), 64, spec)

@@ -41,7 +41,7 @@ pub(crate) fn rope(
         ));
     }
     let (n_tokens, n_heads, head_dim) = (s.dim(0), s.dim(1), s.dim(2));
-    if p.n_rot == 0 || p.n_rot % 2 != 0 || p.n_rot > head_dim {
+    if p.n_rot == 0 || !p.n_rot.is_multiple_of(2) || p.n_rot > head_dim {
         return Err(Error::shape(
             op,
             format!(
