@@ -111,7 +111,7 @@ fn plan<'a>(
         }
         let q_len = q1 - q0;
         let kv_len = nonneg("kv_lens", s, kv_lens[s])?;
-        let cap = max_blocks * block_size;
+        let cap = max_blocks.saturating_mul(block_size);
         if q_len > kv_len || kv_len > cap {
             return Err(err(format!(
                 "sequence {s}: q_len {q_len} ≤ kv_len {kv_len} ≤ max_blocks {max_blocks} × block_size {block_size} does not hold"
