@@ -11,8 +11,10 @@
 #
 # 2. On the GPU machine, from the repository root, in ONE call (use the 2-GPU kind
 #    nvidia-h200-x2 so the NCCL test runs; on one GPU it prints "skipped"):
-#      run(kind="nvidia-h200-x2", carry=[".gpu"],
+#      run(kind="nvidia-h200-x2", carry=[".gpu/attn"],
 #          command="bash backend-cuda/scripts/gpu_check_attention.sh run")
+#    (carry only .gpu/attn, ~28 MiB: the whole .gpu folder holds other bundles too and exceeds
+#    the 64 MiB carry limit).
 #    Logs go to $OUT (or ./gpu-results): conformance_attn_moe.log (attention_*, moe_*,
 #    all_reduce_* on cuda with KILN_REQUIRE=cuda), unit.log, nccl.log (sums 4 KiB..256 MiB,
 #    16 KiB latency, 256 MiB bus bandwidth), attention_bench.log + attention.jsonl (decode
