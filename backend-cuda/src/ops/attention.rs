@@ -350,7 +350,7 @@ impl CudaBackend {
             return v;
         }
         let sms = (self.info.caps.compute_units as usize).max(1);
-        let limit = self.info.caps.shared_memory_bytes as usize;
+        let limit = self.smem_limit();
         let per_sm = variant(Mode::Decode, hd, DType::F16, limit)
             .and_then(|v| {
                 let f = self.function(&ATTENTION, v.name)?;
@@ -362,6 +362,15 @@ impl CudaBackend {
         let v = sms * per_sm;
         cache.push((key, v));
         v
+    }
+
+    /// Dynamic shared memory a block may opt into; 0 (the probe could not read it) counts as
+    /// 99 KiB, the smallest opt-in limit of the sm_80+ devices the backend opens.
+    fn smem_limit(&self) -> usize {
+        match self.info.caps.shared_memory_bytes {
+            0 => 101_376,
+            n => n as usize,
+        }
     }
 
     /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
@@ -541,7 +550,7 @@ impl CudaBackend {
         };
         // Element offsets inside the kernels are i64; row and position counts are i32.
         arg_i32(OP, "n_tokens·n_heads", n_tokens * nh)?;
-        let limit = self.info.caps.shared_memory_bytes as usize;
+        let limit = self.smem_limit();
         let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
         if pl.decode_row_tiles > 0 {
             let v = variant(Mode::Decode, hd, kv.dtype(), limit)?;
