@@ -15,6 +15,10 @@ const MAX_PENDING_OPS: u32 = 48;
 
 fn make_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    // No validation/debug layers by default, whatever the build profile (wgpu turns them on
+    // under debug_assertions, and the optimized test profile keeps those): they cost hundreds
+    // of µs per op. WGPU_DEBUG=1 / WGPU_VALIDATION=1 turn them back on.
+    desc.flags = wgpu::InstanceFlags::empty().with_env();
     // GL is not built (see Cargo.toml); the env (WGPU_BACKEND) may narrow this further.
     if std::env::var_os("WGPU_BACKEND").is_none() {
         desc.backends = wgpu::Backends::PRIMARY;
@@ -141,11 +145,20 @@ pub(crate) fn device_info(index: u32, a: &wgpu::Adapter) -> DeviceInfo {
     }
 }
 
-/// Batched command recording.
+/// Bytes of one op's slot in the params ring (≥ any params struct, a multiple of every
+/// adapter's min_uniform_buffer_offset_alignment, which WebGPU caps at 256).
+pub(crate) const PARAM_SLOT: usize = 256;
+
+/// Batched command recording. The params of the batch's ops are gathered in `params` (one
+/// `PARAM_SLOT` each) and written into the device's params ring with one `write_buffer` right
+/// before the batch is submitted (queue writes land before the submission that follows them,
+/// and wgpu orders them after the previous submission's reads).
 #[derive(Default)]
 pub(crate) struct Pending {
     pub(crate) encoder: Option<wgpu::CommandEncoder>,
     pub(crate) ops: u32,
+    pub(crate) params: Vec<u8>,
+    pub(crate) slots: u32,
 }
 
 /// One wgpu adapter opened as a kiln device.
@@ -160,6 +173,8 @@ pub struct WgpuBackend {
     pub(crate) subgroup_max: u32,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pending: Mutex<Pending>,
+    /// Uniform params of the ops of one batch: `MAX_PENDING_OPS` slots of `PARAM_SLOT` bytes.
+    pub(crate) params_ring: wgpu::Buffer,
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
     pub(crate) tuning: Mutex<crate::tune::TuneState>,
 }
@@ -200,7 +215,14 @@ impl WgpuBackend {
         }));
         let tuning = crate::tune::TuneState::open(&info);
         let subgroup_max = a.get_info().subgroup_max_size;
+        let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln params"),
+            size: (MAX_PENDING_OPS as usize * PARAM_SLOT) as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
         Ok(WgpuBackend {
+            params_ring,
             subgroup_max,
             f16: info.caps.f16,
             subgroups: info.caps.subgroups,
@@ -246,22 +268,77 @@ impl WgpuBackend {
         f(enc);
         p.ops += 1;
         if p.ops >= MAX_PENDING_OPS {
-            Self::submit_locked(&self.queue, &mut p);
+            self.submit_locked(&mut p);
         }
         Ok(())
     }
 
-    fn submit_locked(queue: &wgpu::Queue, p: &mut Pending) {
-        if let Some(enc) = p.encoder.take() {
-            queue.submit([enc.finish()]);
+    /// Record one compute dispatch whose params go to the next ring slot; `bind` makes the
+    /// bind group given the params binding (ring buffer, offset, size).
+    pub(crate) fn record_dispatch(
+        &self,
+        params: &[u8],
+        bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> wgpu::BindGroup,
+        pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &wgpu::BindGroup),
+    ) -> Result<()> {
+        if params.len() > PARAM_SLOT {
+            return Err(kiln_core::Error::Invalid(format!(
+                "op params of {} bytes exceed the {PARAM_SLOT}-byte slot",
+                params.len()
+            )));
         }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.slots >= MAX_PENDING_OPS || p.ops >= MAX_PENDING_OPS {
+            self.submit_locked(&mut p);
+        }
+        let off = p.slots as usize * PARAM_SLOT;
+        p.params.resize(off, 0);
+        p.params.extend_from_slice(params);
+        let size = params.len().max(16).div_ceil(16) * 16;
+        p.params.resize(off + size, 0);
+        let entry = wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.params_ring,
+                offset: off as u64,
+                size: wgpu::BufferSize::new(size as u64),
+            }),
+        };
+        let bg = bind(entry);
+        let enc = p.encoder.get_or_insert_with(|| {
+            self.device
+                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                    label: Some("kiln"),
+                })
+        });
+        {
+            let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: None,
+                timestamp_writes: None,
+            });
+            pass(&mut cp, &bg);
+        }
+        p.slots += 1;
+        p.ops += 1;
+        Ok(())
+    }
+
+    fn submit_locked(&self, p: &mut Pending) {
+        if !p.params.is_empty() {
+            self.queue.write_buffer(&self.params_ring, 0, &p.params);
+        }
+        if let Some(enc) = p.encoder.take() {
+            self.queue.submit([enc.finish()]);
+        }
+        p.params.clear();
+        p.slots = 0;
         p.ops = 0;
     }
 
     /// Submit everything recorded so far.
     pub(crate) fn flush(&self) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        Self::submit_locked(&self.queue, &mut p);
+        self.submit_locked(&mut p);
     }
 
     /// Block until the queue is idle.

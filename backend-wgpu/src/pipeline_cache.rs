@@ -197,35 +197,25 @@ impl WgpuBackend {
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
-        use wgpu::util::DeviceExt;
-        let ubuf = self
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("kiln params"),
-                contents: params,
-                usage: wgpu::BufferUsages::UNIFORM,
-            });
-        let mut entries = Vec::with_capacity(bound.len() + 1);
-        entries.push(wgpu::BindGroupEntry {
-            binding: 0,
-            resource: ubuf.as_entire_binding(),
-        });
-        entries.extend(bound.iter().cloned());
         let layout = pipeline.get_bind_group_layout(0);
-        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: None,
-            layout: &layout,
-            entries: &entries,
-        });
-        self.record(|enc| {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: None,
-            });
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, &bg, &[]);
-            pass.dispatch_workgroups(groups.0, groups.1, groups.2);
-        })
+        self.record_dispatch(
+            params,
+            |param_entry| {
+                let mut entries = Vec::with_capacity(bound.len() + 1);
+                entries.push(param_entry);
+                entries.extend(bound.iter().cloned());
+                self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout: &layout,
+                    entries: &entries,
+                })
+            },
+            |pass, bg| {
+                pass.set_pipeline(pipeline);
+                pass.set_bind_group(0, bg, &[]);
+                pass.dispatch_workgroups(groups.0, groups.1, groups.2);
+            },
+        )
     }
 
     /// Fold `n` workgroups into (x, y) under the per-dimension limit; shaders recover the

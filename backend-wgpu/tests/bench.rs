@@ -235,3 +235,33 @@ fn bench_wgpu() {
         100.0 * kv_bytes / t / 1e9 / copy_bw
     );
 }
+
+/// CPU cost of recording one small op (what bounds decode-sized ops with eager submission).
+#[test]
+#[ignore]
+fn bench_op_overhead() {
+    let Some(be) = open() else { return };
+    let n = 1024;
+    let a = upload(&be, &f32_bytes(&vec![1.0; n]));
+    let o = be.alloc(n * 4).unwrap();
+    let s = Shape::d1(n);
+    let (av, ov) = (
+        a.view(0, s, DType::F32).unwrap(),
+        o.view_mut(0, s, DType::F32).unwrap(),
+    );
+    be.add(av, av, ov).unwrap();
+    be.synchronize().unwrap();
+    let reps = 2000;
+    let t = Instant::now();
+    for _ in 0..reps {
+        be.add(av, av, ov).unwrap();
+    }
+    let rec = t.elapsed().as_secs_f64() / reps as f64;
+    be.synchronize().unwrap();
+    let all = t.elapsed().as_secs_f64() / reps as f64;
+    println!(
+        "BENCH op overhead: {:.1} µs recording per add, {:.1} µs per add incl. execution",
+        rec * 1e6,
+        all * 1e6
+    );
+}
