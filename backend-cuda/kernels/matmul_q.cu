@@ -155,6 +155,131 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
     }
 }
 
+// The same GEMV with x staged in shared memory in lane order (M ≤ 2): x is copied once per block
+// so that for every 32 chunks, run r and 16-byte piece t, the 32 lanes' pieces are consecutive:
+// xs[((G·RUNS + r)·4 + t)·32 + L] is piece t of run r of chunk 32·G + L. Each LDS.128 of a warp
+// then reads 512 consecutive bytes (conflict-free), instead of 16-byte pieces scattered over 16
+// L1 lines. Blocks are persistent (one per SM, 512 threads) so the staging is paid ~once per SM.
+#define GEMV_SMEM_THREADS 512
+
+template <class T, int M, int R>
+__device__ __forceinline__ void gemv_smem_body(const u8* __restrict__ body, const u8* __restrict__ head,
+                                               const float* __restrict__ x, float* __restrict__ y,
+                                               int n, int k, int m, int S) {
+    extern __shared__ float4 xs4[];
+    KILN_DECLARE_TABLE(T)
+    const int nb = k / T::QK;
+    const int nchunks = nb * T::CHUNKS;
+    const int nc32 = (nchunks + KILN_WARP - 1) / KILN_WARP;
+    const int row4 = nc32 * T::RUNS * 4 * KILN_WARP;  // float4s per staged x row
+    const int m0 = blockIdx.y * M;
+    for (int idx = threadIdx.x; idx < M * row4; idx += blockDim.x) {
+        const int mm = idx / row4, rem = idx % row4;
+        const int G = rem / (T::RUNS * 4 * KILN_WARP), rem2 = rem % (T::RUNS * 4 * KILN_WARP);
+        const int rt = rem2 / KILN_WARP, L = rem2 % KILN_WARP;
+        const int r = rt / 4, t = rt % 4;
+        const int ci = G * KILN_WARP + L;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (ci < nchunks && m0 + mm < m) {
+            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+            v = __ldg((const float4*)(x + (i64)(m0 + mm) * k + blk * T::QK + T::run_start(c, r) + 4 * t));
+        }
+        xs4[idx] = v;
+    }
+    __syncthreads();
+
+    const int lane = threadIdx.x % KILN_WARP;
+    const int warp = threadIdx.x / KILN_WARP;
+    const int wpb = blockDim.x / KILN_WARP;
+    const int slots = wpb / S;
+    const int slot = warp / S, sub = warp % S;
+    const int ngroups = (n + R - 1) / R;
+    const int gstride = gridDim.x * slots;
+    const int per_lane = (nchunks + KILN_WARP * S - 1) / (KILN_WARP * S);
+    const int g0 = blockIdx.x * slots;
+    const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
+    __shared__ float red[GEMV_SMEM_THREADS / KILN_WARP][R * M];
+
+    for (int it = 0; it < rounds; it++) {
+        const int g = g0 + slot + it * gstride;
+        const bool active = g < ngroups;
+        float acc[R][M];
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) acc[rr][mm] = 0.0f;
+        for (int j = 0; active && j < per_lane; j++) {
+            const int G = sub + S * j;
+            const int ci = KILN_WARP * G + lane;
+            if (ci >= nchunks) break;
+            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+            typename T::Chunk cur[R];
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) {
+                const int row = min(g * R + rr, n - 1);
+                T::load(body, head, (i64)row * nb + blk, c, cur[rr]);
+            }
+#pragma unroll
+            for (int r = 0; r < T::RUNS; r++) {
+                float xv[M][16], sx[M];
+#pragma unroll
+                for (int mm = 0; mm < M; mm++) {
+                    const float4* xp = xs4 + mm * row4 + ((G * T::RUNS + r) * 4) * KILN_WARP + lane;
+#pragma unroll
+                    for (int t = 0; t < 4; t++) {
+                        const float4 v = xp[t * KILN_WARP];
+                        xv[mm][4 * t] = v.x; xv[mm][4 * t + 1] = v.y; xv[mm][4 * t + 2] = v.z; xv[mm][4 * t + 3] = v.w;
+                    }
+                    sx[mm] = 0.0f;
+                    if (T::HAS_MIN) {
+#pragma unroll
+                        for (int l = 0; l < 16; l++) sx[mm] += xv[mm][l];
+                    }
+                }
+#pragma unroll
+                for (int rr = 0; rr < R; rr++) {
+                    float q[16], dl, ml;
+                    T::run_q(cur[rr], c, r, kiln_tab, q, dl, ml);
+#pragma unroll
+                    for (int mm = 0; mm < M; mm++) acc[rr][mm] = dot_run<T>(q, dl, ml, xv[mm], sx[mm], acc[rr][mm]);
+                }
+            }
+        }
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+#pragma unroll
+            for (int mm = 0; mm < M; mm++) {
+                const float s = warp_sum(acc[rr][mm]);
+                if (S == 1) {
+                    if (lane == 0 && active && g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+                } else if (lane == 0) {
+                    red[warp][rr * M + mm] = s;
+                }
+            }
+        if (S > 1) {
+            __syncthreads();
+            if (sub == 0 && active && lane < R * M) {
+                float s = 0.0f;
+                for (int t = 0; t < S; t++) s += red[slot * S + t][lane];
+                const int rr = lane / M, mm = lane % M;
+                if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+            }
+            __syncthreads();
+        }
+    }
+}
+
+#define GEMV_SMEM_KERNEL(suffix, T, M, R)                                                         \
+    extern "C" __global__ void __launch_bounds__(GEMV_SMEM_THREADS, 1) gemv_##suffix##_m##M##_s(   \
+        const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
+        float* __restrict__ y, int n, int k, int m, int S) {                                      \
+        gemv_smem_body<T, M, R>(body, head, x, y, n, k, m, S);                                    \
+    }
+
+#define GEMV_SMEM_ALL_M(suffix, T) GEMV_SMEM_KERNEL(suffix, T, 1, 4) GEMV_SMEM_KERNEL(suffix, T, 2, 4)
+
+KILN_FOR_EACH_WEIGHT_TYPE(GEMV_SMEM_ALL_M)
+
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \

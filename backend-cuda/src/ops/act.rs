@@ -1,7 +1,6 @@
 //! glu (kernels/act.cu).
 
 use cudarc::driver::PushKernelArg;
-use kiln_core::backend::check;
 use kiln_core::{Activation, OpKind, Result, View, ViewMut};
 
 use super::f32_only;
@@ -21,13 +20,17 @@ impl CudaBackend {
         f32_only(op, "gate", &gate)?;
         f32_only(op, "up", &up)?;
         f32_only(op, "out", &out.as_view())?;
-        check::eq(op, "up elements vs gate elements", up.numel(), gate.numel())?;
-        check::eq(
-            op,
-            "out elements vs gate elements",
-            out.numel(),
-            gate.numel(),
-        )?;
+        if up.shape() != gate.shape() || out.shape() != gate.shape() {
+            return Err(kiln_core::Error::shape(
+                op,
+                format!(
+                    "gate {}, up {} and out {} must have the same shape",
+                    gate.shape(),
+                    up.shape(),
+                    out.shape()
+                ),
+            ));
+        }
         out.check_disjoint(&gate)?;
         out.check_disjoint(&up)?;
         let count = gate.numel() as i64;

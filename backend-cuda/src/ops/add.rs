@@ -15,8 +15,17 @@ impl CudaBackend {
         f32_only(op, "a", &a)?;
         f32_only(op, "b", &b)?;
         f32_only(op, "out", &out.as_view())?;
-        check::eq(op, "b elements vs a elements", b.numel(), a.numel())?;
-        check::eq(op, "out elements vs a elements", out.numel(), a.numel())?;
+        if b.shape() != a.shape() || out.shape() != a.shape() {
+            return Err(kiln_core::Error::shape(
+                op,
+                format!(
+                    "a {}, b {} and out {} must have the same shape",
+                    a.shape(),
+                    b.shape(),
+                    out.shape()
+                ),
+            ));
+        }
         out.check_disjoint(&a)?;
         out.check_disjoint(&b)?;
         let count = a.numel() as i64;
@@ -48,7 +57,12 @@ impl CudaBackend {
         f32_only(op, "out", &out.as_view())?;
         let n = x.shape().last();
         check::eq(op, "bias elements vs x row length", bias.numel(), n)?;
-        check::eq(op, "out elements vs x elements", out.numel(), x.numel())?;
+        if out.shape() != x.shape() {
+            return Err(kiln_core::Error::shape(
+                op,
+                format!("out {} must have the shape of x {}", out.shape(), x.shape()),
+            ));
+        }
         out.check_disjoint(&x)?;
         out.check_disjoint(&bias)?;
         let count = x.numel() as i64;

@@ -166,3 +166,13 @@ pub(crate) fn chunks_per_block(dtype: DType) -> usize {
         _ => 1,
     }
 }
+
+/// RUNS (16-element runs per chunk) of quant.cuh per type.
+pub(crate) fn runs_per_chunk(dtype: DType) -> usize {
+    use DType::*;
+    match dtype {
+        F32 | F16 | BF16 | Q8_0 => 1,
+        Q2_K | Q3_K | Q6_K => 4,
+        _ => 2,
+    }
+}

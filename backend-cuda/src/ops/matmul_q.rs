@@ -12,7 +12,7 @@ use kiln_core::backend::check;
 use kiln_core::{DType, Error, HostTensor, OpKind, Result, View, ViewMut, Weight};
 
 use super::arg_i32;
-use super::embed::chunks_per_block;
+use super::embed::{chunks_per_block, runs_per_chunk};
 use crate::buffer::{CudaWeight, chunked_ok, float_code, repack, split};
 use crate::device::CudaBackend;
 use crate::gemm::{Gemm, GemmInput};
@@ -39,6 +39,9 @@ macro_rules! per_type {
         [$( [concat!($prefix, $s, "_m1"), concat!($prefix, $s, "_m2"), concat!($prefix, $s, "_m4"), concat!($prefix, $s, "_m8")] ),*]
     };
 }
+macro_rules! per_type_s {
+    ($($s:literal),*) => { [$( [concat!("gemv_", $s, "_m1_s"), concat!("gemv_", $s, "_m2_s")] ),*] };
+}
 macro_rules! dequant_names {
     ($($s:literal),*) => { [$( concat!("dequant_bf16_", $s) ),*] };
 }
@@ -48,10 +51,27 @@ const GEMV: [[&str; 4]; 15] = per_type!(
     "gemv_", "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k",
     "q5_k", "q6_k", "iq4_nl", "iq4_xs"
 );
+/// `gemv_<type>_m<M>_s` (x staged in shared memory), M ∈ {1, 2}.
+const GEMV_S: [[&str; 2]; 15] = per_type_s!(
+    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
+    "q6_k", "iq4_nl", "iq4_xs"
+);
 const DEQUANT: [&str; 15] = dequant_names!(
     "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
     "q6_k", "iq4_nl", "iq4_xs"
 );
+
+/// Whether the shared-memory-x GEMV variant is used for a type. Measured on an H200
+/// (BENCHMARKS.md, 2026-11-22): staging x in lane order helps the types with light decode
+/// (Q4_0 34→40 %, IQ4_NL 25→38 %, Q8_0 58→62 % of copy bandwidth on 14336×4096) but hurts the
+/// k-quants, whose decode needs more than the 128 registers a 512-thread block allows
+/// (Q6_K 37→28 %, Q4_K 34→30 %).
+fn smem_x_wins(dt: DType) -> bool {
+    matches!(
+        dt,
+        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS
+    )
+}
 
 fn type_index(dt: DType) -> Option<usize> {
     DType::WEIGHT_TYPES.iter().position(|d| *d == dt)
@@ -188,20 +208,44 @@ impl CudaBackend {
             3 | 4 => (4, 2),
             _ => (8, 3),
         };
-        // R W rows per group (4 for M ≤ 2, else 2: kernels/matmul_q.cu), S warps per group so
-        // the grid holds ~32 warps per SM, 4 warps per block, at most 8 blocks per SM resident
-        // at once (warps stride over the remaining groups).
         let r = if mt <= 2 { 4 } else { 2 };
         let groups = n.div_ceil(r);
         let sms = self.info.caps.compute_units.max(1) as usize;
-        let want_warps = sms * 32;
-        let s_split: usize = if groups >= want_warps {
-            1
-        } else if groups * 2 >= want_warps {
-            2
-        } else {
-            4
+        let split_for = |warps: usize| -> usize {
+            if groups >= warps {
+                1
+            } else if groups * 2 >= warps {
+                2
+            } else {
+                4
+            }
         };
+        // M ≤ 2 with x fitting in shared memory: persistent blocks of 16 warps, x staged once per
+        // block in lane order (kernels/matmul_q.cu gemv_smem_body).
+        let qk = split(w.dtype).map_or(16, |s| s.qk);
+        let nchunks = (k / qk) * chunks_per_block(w.dtype);
+        let runs = runs_per_chunk(w.dtype);
+        let smem = mt * nchunks.div_ceil(32) * runs * 4 * 32 * 16;
+        let smem_cap = (self.info.caps.shared_memory_bytes as usize).saturating_sub(2048);
+        if mt <= 2 && smem_x_wins(w.dtype) && smem <= smem_cap && m.div_ceil(mt) <= 65535 {
+            let s_split = split_for(sms * 16);
+            let cfg = LaunchConfig {
+                grid_dim: (sms as u32, m.div_ceil(mt) as u32, 1),
+                block_dim: (512, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            let name = GEMV_S[ti][mi_idx];
+            let f = self.function(&MATMUL_Q, name)?;
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .map_err(self.drv("cuFuncSetAttribute"))?;
+            return self.launch_gemv(name, cfg, w, xp, outp, mi, ni, ki, s_split as i32);
+        }
+        // Otherwise x is read from global memory: R W rows per group, S warps per group so the
+        // grid holds ~32 warps per SM, 4 warps per block, at most 8 blocks per SM.
+        let s_split = split_for(sms * 32);
         let blocks = (groups * s_split).div_ceil(4).clamp(1, sms * 8);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, m.div_ceil(mt) as u32, 1),
