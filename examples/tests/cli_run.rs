@@ -1,6 +1,7 @@
 //! The built `kiln` binary's `run` and `logits` on zoo models (reference backend): the JSON keys
 //! of `run --format json` and its prompt ids, and the size and
 //! values of the `logits` file. Skipped with a message when the zoo is absent.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

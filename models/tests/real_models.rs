@@ -13,6 +13,7 @@
 //! cache); `KILN_REQUIRE_MODELS=1` fetches it instead and fails if it cannot. On the reference
 //! backend the 2k-token case (`long_context_2k`) is skipped: its all-position logits over a
 //! 262k/152k vocabulary take minutes on two cores.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
 

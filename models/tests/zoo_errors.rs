@@ -1,6 +1,7 @@
 //! Bad models and bad requests are errors that name the file, key or tensor — never panics:
 //! an unknown architecture (config.json and GGUF), a missing tensor, a shape that does not
 //! match the config, a token id outside the vocabulary, a full context.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
 

@@ -2,6 +2,7 @@
 //! never streamed, the iterator and the callback agree, seeded sampling is reproducible, and a
 //! prompt that extends the cached tokens (a chat's next turn) gives the same tokens as a fresh
 //! run while prefilling only the new part.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
 

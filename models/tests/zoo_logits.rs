@@ -9,6 +9,7 @@
 //! - f16 GGUF: max |Δ| ≤ 2e-3 (f32 KV cache)
 //! - q8_0 GGUF: max |Δ| ≤ 0.25 dense / 1.5 MoE, top-1 agreement ≥ 0.9
 //! - default f16 KV cache from safetensors: max |Δ| ≤ 2e-2 (K/V rounded to f16)
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
 

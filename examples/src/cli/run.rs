@@ -131,10 +131,11 @@ pub fn run(a: &Args) -> CliResult {
     let mut out = stdout.lock();
     let mut write_err = None;
     let result = g.generate_ids(&ids, &opts, &mut |ev| {
-        if text_mode && write_err.is_none() {
-            if let Err(e) = out.write_all(ev.text.as_bytes()).and_then(|()| out.flush()) {
-                write_err = Some(e);
-            }
+        if text_mode
+            && write_err.is_none()
+            && let Err(e) = out.write_all(ev.text.as_bytes()).and_then(|()| out.flush())
+        {
+            write_err = Some(e);
         }
     })?;
     if let Some(e) = write_err {

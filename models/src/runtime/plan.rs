@@ -308,23 +308,22 @@ impl Plan {
                 let p = attn_params(cfg, spec.window);
                 attn = attn.max(b.attention_scratch_bytes(&p, n_tokens, &batch));
             }
-            if let (Some(m), Some(l)) = (
-                &cfg.moe,
-                w.layers.iter().find(|l| matches!(l.ffn, Ffn::Moe { .. })),
-            ) {
-                if let Ffn::Moe { gate, up, down, .. } = &l.ffn {
-                    let ex = MoeExperts {
-                        gate,
-                        up,
-                        down,
-                        act: cfg.act,
-                    };
-                    let r = MoeRouting {
-                        top_k: m.top_k,
-                        gating: m.gating,
-                    };
-                    moe = moe.max(b.moe_scratch_bytes(n_tokens, &ex, &r));
-                }
+            let experts = w.layers.iter().find_map(|l| match &l.ffn {
+                Ffn::Moe { gate, up, down, .. } => Some((gate, up, down)),
+                Ffn::Dense { .. } => None,
+            });
+            if let (Some(m), Some((gate, up, down))) = (&cfg.moe, experts) {
+                let ex = MoeExperts {
+                    gate,
+                    up,
+                    down,
+                    act: cfg.act,
+                };
+                let r = MoeRouting {
+                    top_k: m.top_k,
+                    gating: m.gating,
+                };
+                moe = moe.max(b.moe_scratch_bytes(n_tokens, &ex, &r));
             }
         }
         Ok((attn, moe))

@@ -322,8 +322,8 @@ impl<'a> Loader<'a, '_> {
                 g.extend_from_slice(&chunk[..half]);
                 u.extend_from_slice(&chunk[half..]);
             }
-            let gate = self.from_bytes(&fused_gu, dt, [e, ff, h], &g)?;
-            let up = self.from_bytes(&fused_gu, dt, [e, ff, h], &u)?;
+            let gate = self.stacked_weight(&fused_gu, dt, [e, ff, h], &g)?;
+            let up = self.stacked_weight(&fused_gu, dt, [e, ff, h], &u)?;
             let d = self.host(&fused_down, &[e, h, ff])?;
             let down = self.prepare(&fused_down, &d)?;
             return Ok((gate, up, down));
@@ -357,7 +357,7 @@ impl<'a> Loader<'a, '_> {
                 bytes.extend_from_slice(t.data);
             }
             let dt = dtype.unwrap_or(DType::F32);
-            out.push(self.from_bytes(&first, dt, [e, rows, cols], &bytes)?);
+            out.push(self.stacked_weight(&first, dt, [e, rows, cols], &bytes)?);
         }
         let mut it = out.into_iter();
         match (it.next(), it.next(), it.next()) {
@@ -368,7 +368,7 @@ impl<'a> Loader<'a, '_> {
         }
     }
 
-    fn from_bytes(
+    fn stacked_weight(
         &mut self,
         name: &str,
         dt: DType,

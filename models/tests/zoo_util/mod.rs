@@ -1,7 +1,7 @@
 //! Helpers of the runtime tests: the zoo, its reference logits, and the backends to run on
 //! (from the providers; `KILN_TEST_BACKENDS=reference,wgpu,cuda` narrows the list, absent
 //! backends are reported as skipped by name).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
