@@ -159,3 +159,44 @@ fn run_refuses_several_devices_and_unknown_models() {
         "{err}"
     );
 }
+
+#[test]
+fn chat_reads_turns_until_exit() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let Some(zoo) = zoo() else { return };
+    let dir = zoo.join("qwen3");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "chat",
+            dir.to_str().unwrap(),
+            "--backend",
+            "reference",
+            "--max-tokens",
+            "5",
+            "--seed",
+            "1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello\nand again\n/exit\nnot read\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    // two turns answered (one stats line each), the line after /exit ignored
+    assert_eq!(
+        err.lines().filter(|l| l.contains("tok/s")).count(),
+        2,
+        "{err}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(out.matches("> ").count(), 3, "{out}");
+}
