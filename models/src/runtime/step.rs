@@ -216,12 +216,8 @@ impl Runtime {
         }
         let decode = !self.opts.all_logits && batch.iter().all(|s| s.tokens.len() == 1);
         let rows = if decode {
-            let bucket = self
-                .plan
-                .buckets()
-                .into_iter()
-                .find(|&b| b >= n_seqs)
-                .unwrap_or(n_seqs);
+            // The smallest bucket (power of two, or max_seqs) holding the batch; see Plan::buckets.
+            let bucket = n_seqs.next_power_of_two().min(self.plan.dims.max_seqs);
             self.fill(batch, bucket)?;
             self.run_decode(bucket)?;
             n_seqs
