@@ -12,6 +12,6 @@ pub mod weights;
 
 pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, TokenStream};
 pub use kv_cache::{BlockPool, KvCache, SeqId};
-pub use model::{BackendChoice, LoadEvent, LoadOptions, Model, open_backend};
+pub use model::{BackendChoice, LoadEvent, LoadOptions, Model, is_gpu_adapter, open_backend};
 pub use sampler::{Sampler, SamplingParams};
 pub use step::{Logits, Runtime, RuntimeOptions, SeqInput, StepStats};

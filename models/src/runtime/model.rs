@@ -264,8 +264,9 @@ pub fn open_backend(
     }
 }
 
-/// A wgpu adapter that is a GPU, not a CPU rasterizer (lavapipe/llvmpipe/SwiftShader).
-fn is_gpu_adapter(d: &kiln_core::DeviceInfo) -> bool {
+/// Whether a device is a GPU, not a CPU Vulkan adapter (lavapipe/llvmpipe/SwiftShader); what
+/// `--backend auto` skips.
+pub fn is_gpu_adapter(d: &kiln_core::DeviceInfo) -> bool {
     let text = format!("{} {}", d.name, d.driver).to_lowercase();
     !["llvmpipe", "lavapipe", "swiftshader", " cpu "]
         .iter()

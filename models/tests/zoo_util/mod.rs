@@ -127,6 +127,27 @@ pub fn backends() -> Vec<(String, Arc<dyn Backend>)> {
     out
 }
 
+/// [`backends`] without CPU Vulkan adapters (lavapipe) unless KILN_TEST_BACKENDS names wgpu:
+/// real models take minutes per step there.
+pub fn gpu_or_reference_backends() -> Vec<(String, Arc<dyn Backend>)> {
+    let explicit = std::env::var("KILN_TEST_BACKENDS").is_ok_and(|s| s.contains("wgpu"));
+    backends()
+        .into_iter()
+        .filter(|(name, b)| {
+            let keep = explicit
+                || b.id().kind != kiln_core::BackendKind::Wgpu
+                || kiln_models::runtime::is_gpu_adapter(b.info());
+            if !keep {
+                println!(
+                    "skipped: {name} ({}) is a CPU adapter; set KILN_TEST_BACKENDS=wgpu to run it",
+                    b.info().name
+                );
+            }
+            keep
+        })
+        .collect()
+}
+
 /// max |a − b|.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
