@@ -179,25 +179,17 @@ fn apply(cfg: &mut ModelConfig, opts: &LoadOptions) {
 
 /// Fail before loading when the backend lacks an op the model needs.
 fn check_backend(b: &dyn Backend, cfg: &ModelConfig) -> Result<()> {
-    let mut need = vec![
-        (OpKind::Embed, None),
-        (OpKind::RmsNorm, Some(DType::F32)),
-        (OpKind::Rope, Some(DType::F32)),
-        (OpKind::Add, Some(DType::F32)),
-        (OpKind::Gather, Some(DType::F32)),
-        (OpKind::Attention, Some(DType::F16)),
-        (OpKind::KvAppend, Some(DType::F16)),
-    ];
+    // f32 activation ops; weight dtypes are checked by prepare_weight, KV by Runtime::new.
+    let mut need = vec![OpKind::RmsNorm, OpKind::Rope, OpKind::Add, OpKind::Gather];
     if cfg.layers.iter().any(|l| !l.moe) {
-        need.push((OpKind::Glu, Some(DType::F32)));
+        need.push(OpKind::Glu);
     }
     if cfg.qkv_bias {
-        need.push((OpKind::AddBias, Some(DType::F32)));
+        need.push(OpKind::AddBias);
     }
-    for (op, dt) in need {
-        if let Some(dt) = dt
-            && !b.supports(op, dt)
-        {
+    let dt = DType::F32;
+    for op in need {
+        if !b.supports(op, dt) {
             return Err(ModelError::backend(
                 format!("{} needs {op:?} on {}", cfg.origin, b.id()),
                 kiln_core::Error::Unsupported {

@@ -143,6 +143,18 @@ impl Runtime {
             all_logits: opts.all_logits,
         };
         let backend = model.backend().clone();
+        for op in [kiln_core::OpKind::Attention, kiln_core::OpKind::KvAppend] {
+            if !backend.supports(op, opts.kv_dtype) {
+                return Err(ModelError::backend(
+                    format!("a {} KV cache on {}", opts.kv_dtype, backend.id()),
+                    kiln_core::Error::Unsupported {
+                        op,
+                        dtype: opts.kv_dtype,
+                        backend: backend.id().to_string(),
+                    },
+                ));
+            }
+        }
         let w = model.weights_arc();
         let plan = Plan::new(&backend, &cfg, &w, dims)?;
         let max_blocks = dims.max_blocks();
