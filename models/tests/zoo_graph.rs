@@ -353,3 +353,52 @@ fn replayed_decode_steps_match_eager_ones() {
         assert!(worst <= 1e-3, "{m}: {worst}");
     }
 }
+
+/// Past 256 positions the decode step moves to the next KV-length class (its own graph):
+/// replayed steps on both sides of the boundary equal eager ones (graphs off).
+#[test]
+fn kv_length_classes_replay_like_eager() {
+    let Some(zoo) = zoo() else {
+        println!("skipped: zoo not found");
+        return;
+    };
+    let dir = zoo.join("gemma3"); // window 16 + a global layer
+    let ids = &cases(&dir)[1].ids;
+    let tokens: Vec<u32> = ids.iter().cycle().take(300).copied().collect();
+    let rec = Arc::new(Recorder {
+        inner: Arc::new(ReferenceBackend::new(0)),
+        rec: Mutex::new(None),
+        captures: Mutex::new(0),
+    });
+    let model = Model::load(dir.to_str().unwrap(), rec.clone(), &LoadOptions::default()).unwrap();
+    let opts = |graphs| RuntimeOptions {
+        context: Some(600),
+        kv_dtype: DType::F32,
+        graphs,
+        ..RuntimeOptions::default()
+    };
+    let (mut g, mut e) = (
+        Runtime::new(&model, opts(true)).unwrap(),
+        Runtime::new(&model, opts(false)).unwrap(),
+    );
+    let (sg, se) = (g.add_sequence(), e.add_sequence());
+    let mut worst = 0f32;
+    for t in &tokens {
+        let t = std::slice::from_ref(t);
+        let a = g
+            .step(&[SeqInput { seq: sg, tokens: t }])
+            .unwrap()
+            .data
+            .to_vec();
+        let b = e.step(&[SeqInput { seq: se, tokens: t }]).unwrap();
+        worst = worst.max(max_diff(&a, b.data));
+    }
+    let captures = *rec.captures.lock().unwrap();
+    println!(
+        "300 decode steps: {} replayed, {captures} captures, max |Δ| replay vs eager {worst:.2e}",
+        g.stats().replayed
+    );
+    assert_eq!(captures, 2, "classes 256 and 512");
+    assert_eq!(g.stats().replayed, 300 - 4 + 2);
+    assert_eq!(worst, 0.0);
+}

@@ -4,9 +4,10 @@
 //! Host work per step: reserve KV blocks, fill the staging mirror (token ids, positions, slots,
 //! q_starts, kv_lens, last rows, block tables), upload it in one write, enqueue the ops, read
 //! the logits. A step whose rows are all single decode tokens runs at a batch-size bucket
-//! (1, 2, 4, ... max_seqs; padding rows use the null block and slot −1) with every shape fixed
-//! by the bucket, so it can be recorded once with `Backend::capture` and replayed: the first
-//! step of a bucket runs eagerly (warm-up), the second is captured, later ones replay.
+//! (1, 2, 4, ... max_seqs; padding rows use the null block and slot −1) and a KV-length class
+//! (the `max_kv_len` bound: a power of two ≥ 256, ≤ the context), with every shape fixed by
+//! the pair, so it can be recorded once with `Backend::capture` and replayed: the first
+//! step of a pair runs eagerly (warm-up), the second is captured, later ones replay.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ use super::weights::Weights;
 use crate::arch::ModelConfig;
 use crate::arch::block::Fwd;
 use crate::error::{ModelError, Result};
+
+/// Smallest `max_kv_len` class (see `Runtime::kv_class`).
+const MIN_KV_CLASS: usize = 256;
 
 /// How a runtime is sized.
 #[derive(Clone, Debug)]
@@ -120,7 +124,8 @@ pub struct Runtime {
     plan: Plan,
     kv: KvCache,
     opts: RuntimeOptions,
-    buckets: HashMap<usize, Bucket>,
+    /// Decode graphs by (batch-size bucket, KV-length class).
+    buckets: HashMap<(usize, usize), Bucket>,
     host_logits: Vec<f32>,
     stats: StepStats,
 }
@@ -231,12 +236,13 @@ impl Runtime {
             // The smallest bucket (power of two, or max_seqs) holding the batch; see Plan::buckets.
             let bucket = n_seqs.next_power_of_two().min(self.plan.dims.max_seqs);
             self.fill(batch, bucket)?;
-            self.run_decode(bucket)?;
+            let kv = self.kv_class(batch)?;
+            self.run_decode(bucket, kv)?;
             n_seqs
         } else {
             self.fill(batch, n_seqs)?;
             let max_q = batch.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
-            let max_kv = self.plan.dims.context;
+            let max_kv = self.kv_class(batch)?;
             self.forward(n_tokens, n_seqs, max_q, max_kv)?;
             if self.opts.all_logits {
                 n_tokens
@@ -385,10 +391,26 @@ impl Runtime {
         f.head(n_seqs, self.opts.all_logits)
     }
 
-    /// A decode step at bucket `b`: eager warm-up, then capture, then replay.
-    fn run_decode(&mut self, b: usize) -> Result<()> {
-        let max_kv = self.plan.dims.context;
-        let state = self.buckets.remove(&b);
+    /// The `max_kv_len` bound of a step: the longest sequence after it, rounded up to a power
+    /// of two (at least MIN_KV_CLASS, at most the context). Kernels size their launch from it
+    /// (e.g. split-K over keys), so a short sequence does not pay for the whole context, while
+    /// a decode graph is still reused for every length in its class.
+    fn kv_class(&self, batch: &[SeqInput<'_>]) -> Result<usize> {
+        let mut longest = 1;
+        for s in batch {
+            longest = longest.max(self.kv.len(s.seq)? + s.tokens.len());
+        }
+        Ok(longest
+            .next_power_of_two()
+            .max(MIN_KV_CLASS)
+            .min(self.plan.dims.context))
+    }
+
+    /// A decode step at bucket `b` with KV bound `max_kv`: eager warm-up, then capture, then
+    /// replay.
+    fn run_decode(&mut self, b: usize, max_kv: usize) -> Result<()> {
+        let key = (b, max_kv);
+        let state = self.buckets.remove(&key);
         let next = match state {
             None => {
                 self.forward(b, b, 1, max_kv)?;
@@ -438,7 +460,7 @@ impl Runtime {
                 Bucket::Captured(g)
             }
         };
-        self.buckets.insert(b, next);
+        self.buckets.insert(key, next);
         Ok(())
     }
 }
