@@ -14,6 +14,7 @@ pub mod format;
 pub mod runtime;
 pub mod tokenizer;
 
+pub use arch::{Arch, ModelConfig};
 pub use error::{ModelError, Result};
 pub use format::gguf::{GgufArray, GgufFile, GgufTensorInfo, GgufType, GgufValue, Metadata};
 pub use format::hf_dir::HfDir;
@@ -21,9 +22,8 @@ pub use format::safetensors::{
     SafetensorsFile, SafetensorsModel, SafetensorsTensorInfo, ShardIndex, parse_index,
 };
 pub use format::{ModelFormat, detect};
-pub use tokenizer::{GgufVocab, StreamDecoder, Tokenizer};
-pub use arch::{Arch, ModelConfig};
 pub use runtime::{
     BackendChoice, GenerateOptions, Generation, Generator, LoadOptions, Model, Runtime,
     RuntimeOptions, SamplingParams, StopReason, TokenEvent, open_backend,
 };
+pub use tokenizer::{GgufVocab, StreamDecoder, Tokenizer};
