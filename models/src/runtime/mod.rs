@@ -15,3 +15,4 @@ pub use kv_cache::{BlockPool, KvCache, SeqId};
 pub use model::{BackendChoice, LoadEvent, LoadOptions, Model, is_gpu_adapter, open_backend};
 pub use sampler::{Sampler, SamplingParams};
 pub use step::{Logits, Runtime, RuntimeOptions, SeqInput, StepStats};
+pub use weights::HostTensors;

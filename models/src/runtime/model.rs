@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use kiln_core::{Backend, BackendKind, BackendProvider, DType, OpKind, Probe};
 
-use super::weights::{self, Source, Weights};
+use super::weights::{self, HostTensors, Source, Weights};
 use crate::arch::ModelConfig;
 use crate::catalog::{self, FetchEvent};
 use crate::chat::ChatTemplate;
@@ -127,6 +127,39 @@ impl Model {
             chat_template,
             backend,
             path,
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// A model from tensors built in memory (synthetic benchmark models, tests) rather than a
+    /// file: `config` as [`ModelConfig::from_hf`] or [`ModelConfig::from_gguf`] make it (its
+    /// `format` picks the tensor names, `vocab` is set from the embedding), `tensors` named
+    /// accordingly; the weights are checked and prepared on `backend` exactly as by
+    /// [`Model::load`]. The model has no chat template; `path()` is the tensors' origin.
+    pub fn from_parts(
+        config: ModelConfig,
+        tensors: &HostTensors<'_>,
+        tokenizer: Tokenizer,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Model> {
+        let started = Instant::now();
+        let mut config = ModelConfig {
+            origin: tensors.origin().to_string(),
+            ..config
+        }
+        .validate()?;
+        check_backend(backend.as_ref(), &config)?;
+        let w = weights::load(Source::Mem(tensors), &mut config, &backend, &mut |_, _| {})?;
+        backend
+            .synchronize()
+            .map_err(|e| ModelError::backend("uploading weights", e))?;
+        Ok(Model {
+            config: Arc::new(config),
+            weights: Arc::new(w),
+            tokenizer,
+            chat_template: None,
+            backend,
+            path: PathBuf::from(tensors.origin()),
             load_time: started.elapsed(),
         })
     }

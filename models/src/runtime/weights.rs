@@ -8,6 +8,7 @@
 //! `ffn_*_exps` are already stacked. Llama-arch GGUF Q/K rows stay permuted (the config picks
 //! interleaved rope for them).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, Weight};
@@ -78,10 +79,61 @@ pub struct Weights {
     pub bytes: usize,
 }
 
+/// Named host tensors built by a program rather than read from a file (synthetic benchmark
+/// models, tests), for [`Model::from_parts`](super::Model::from_parts). Names follow the
+/// config's [`WeightFormat`]: GGUF names (`blk.0.attn_q.weight`) or HF names
+/// (`model.layers.0.self_attn.q_proj.weight`); any dtype `prepare_weight` takes.
+#[derive(Clone, Debug, Default)]
+pub struct HostTensors<'a> {
+    origin: String,
+    map: HashMap<String, HostTensor<'a>>,
+}
+
+impl<'a> HostTensors<'a> {
+    /// An empty set; `origin` names it in error messages (like a file path).
+    pub fn new(origin: impl Into<String>) -> HostTensors<'a> {
+        HostTensors {
+            origin: origin.into(),
+            map: HashMap::new(),
+        }
+    }
+    /// A set from `(name, tensor)` pairs (a later duplicate name replaces an earlier one).
+    pub fn from_pairs(
+        origin: impl Into<String>,
+        pairs: impl IntoIterator<Item = (String, HostTensor<'a>)>,
+    ) -> HostTensors<'a> {
+        HostTensors {
+            origin: origin.into(),
+            map: pairs.into_iter().collect(),
+        }
+    }
+    /// Add or replace `name`; returns the tensor it replaced.
+    pub fn insert(&mut self, name: impl Into<String>, t: HostTensor<'a>) -> Option<HostTensor<'a>> {
+        self.map.insert(name.into(), t)
+    }
+    pub fn get(&self, name: &str) -> Option<&HostTensor<'a>> {
+        self.map.get(name)
+    }
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Bytes of all tensors.
+    pub fn bytes(&self) -> usize {
+        self.map.values().map(|t| t.data.len()).sum()
+    }
+}
+
 /// Where tensors come from.
 pub(crate) enum Source<'a> {
     Gguf(&'a GgufFile),
     Hf(&'a SafetensorsModel),
+    Mem(&'a HostTensors<'a>),
 }
 
 impl<'a> Source<'a> {
@@ -89,18 +141,28 @@ impl<'a> Source<'a> {
         match *self {
             Source::Gguf(f) => f.path(),
             Source::Hf(m) => m.path(),
+            Source::Mem(t) => t.origin(),
         }
     }
     fn has(&self, name: &str) -> bool {
         match self {
             Source::Gguf(f) => f.contains(name),
             Source::Hf(m) => m.contains(name),
+            Source::Mem(t) => t.map.contains_key(name),
         }
     }
     fn get(&self, name: &str) -> Result<HostTensor<'a>> {
         match *self {
             Source::Gguf(f) => f.tensor(name),
             Source::Hf(m) => m.tensor(name),
+            Source::Mem(t) => t
+                .map
+                .get(name)
+                .copied()
+                .ok_or_else(|| ModelError::NoTensor {
+                    file: t.origin().to_string(),
+                    name: name.to_string(),
+                }),
         }
     }
     /// Bytes of every tensor (for progress).
@@ -113,6 +175,7 @@ impl<'a> Source<'a> {
                 .map(|s| s as u64)
                 .sum(),
             Source::Hf(m) => m.tensors().map(|(_, t)| t.size as u64).sum(),
+            Source::Mem(t) => t.bytes() as u64,
         }
     }
 }
@@ -396,9 +459,9 @@ pub(crate) fn load(
     backend: &Arc<dyn Backend>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Weights> {
-    let prefix = match src {
-        Source::Hf(_) => hf_prefix(&src),
-        Source::Gguf(_) => "",
+    let prefix = match (&src, cfg.format) {
+        (Source::Hf(_), _) | (Source::Mem(_), WeightFormat::Hf) => hf_prefix(&src),
+        (Source::Gguf(_), _) | (Source::Mem(_), WeightFormat::Gguf) => "",
     };
     // The vocabulary size is the embedding's row count.
     let embed_name = global_name(cfg, prefix, Global::Embed);
