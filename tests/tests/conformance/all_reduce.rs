@@ -35,6 +35,17 @@ fn all_reduce_case(b: &dyn Backend, dt: DType, native: bool) {
         coll.devices(),
         group.iter().map(|m| m.id()).collect::<Vec<_>>()
     );
+    check_sum(
+        group,
+        coll.as_ref(),
+        dt,
+        if native { "native" } else { "host-staged" },
+    );
+}
+
+/// Sum random `[33, 4099]` parts (odd sizes: no whole-vector fast path) with `coll` over
+/// `group` and check every member's result against the f64 oracle.
+fn check_sum(group: &[Arc<dyn Backend>], coll: &dyn Collective, dt: DType, label: &str) {
     let mut rng = harness::rng();
     let shape = [33, 4099];
     let parts: Vec<Vec<f32>> = group
@@ -52,12 +63,43 @@ fn all_reduce_case(b: &dyn Backend, dt: DType, native: bool) {
     for (m, t) in group.iter().zip(&ts) {
         let got = dev::read_out(m.as_ref(), t, "all_reduce buffer");
         let what = format!(
-            "all_reduce {} {dt} on {} of {} devices",
-            if native { "native" } else { "host-staged" },
+            "all_reduce {label} {dt} on {} of {} devices",
             m.id(),
             group.len()
         );
         tolerance::check(m.as_ref(), OpKind::AllReduce, dt, &what, &shape, &got, &exp);
+    }
+}
+
+/// The host-staged all-reduce over a group that mixes backends: device 0 of every backend
+/// present (reference:0 always; wgpu:0 on lavapipe in CI; cuda:0 and wgpu:0 on a GPU machine),
+/// so a CUDA device and a Vulkan adapter can share one tensor-parallel group.
+#[test]
+fn all_reduce_mixed_backends() {
+    use kiln_core::BackendKind;
+    use kiln_tests::harness::Slot;
+    let mut group: Vec<Arc<dyn Backend>> = Vec::new();
+    for kind in [BackendKind::Reference, BackendKind::Cuda, BackendKind::Wgpu] {
+        match harness::slot(kind) {
+            Slot::Present { backend, .. } => group.push(backend.clone()),
+            Slot::Absent(why) if harness::is_required(kind) => {
+                panic!("all_reduce_mixed_backends: {kind} is required but absent ({why})")
+            }
+            Slot::Absent(why) => println!("{kind} not in the mixed group: {why}"),
+            Slot::Broken(e) => panic!("all_reduce_mixed_backends: {e}"),
+        }
+    }
+    if group.len() < 2 {
+        println!("skipped: a mixed group needs a second backend besides reference");
+        return;
+    }
+    let names: Vec<String> = group.iter().map(|m| m.id().to_string()).collect();
+    println!("mixed group: {}", names.join(" + "));
+    let coll = HostStagedAllReduce::new(group.clone()).unwrap();
+    for dt in [DType::F32, DType::F16, DType::BF16] {
+        if group.iter().all(|m| m.supports(OpKind::AllReduce, dt)) {
+            check_sum(&group, &coll, dt, "host-staged mixed");
+        }
     }
 }
 

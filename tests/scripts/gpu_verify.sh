@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Whole-stack check on the GPU machine: the full conformance suite on CUDA and on wgpu/Vulkan,
+# the runtime's zoo tests (logits, generation, graph replay) on both, NCCL all-reduce and the
+# attention bench. Two steps:
+#
+# 1. Development machine:  tests/scripts/gpu_verify.sh build
+#    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
+#    zoo_graph, kiln-cuda nccl) and the CUDA attention bench, strips them into .gpu/verify/
+#    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
+#    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
+# 2. GPU machine, one call (two GPUs so NCCL runs; on one GPU that part prints "skipped"):
+#      run(kind="nvidia-h200-x2", carry=[".gpu/verify", ".gl"],
+#          command="bash tests/scripts/gpu_verify.sh run")
+#    Logs under $OUT; a summary is printed last.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+B=.gpu/verify
+
+build() {
+    set -e
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-tests}"
+    local NV="${KILN_NVRTC_DIR:-$HOME/.cache/kiln-ci/venv/lib/python3.11/site-packages/nvidia/cu13}"
+    rm -rf "$B"; mkdir -p "$B"
+    local list; list=$(mktemp)
+    cargo test --release -p kiln-tests -p kiln-models -p kiln-cuda --no-run --message-format=json \
+        2>/dev/null >"$list"
+    python3 - "$list" "$B" <<'EOF'
+import json, shutil, sys
+want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_logits",
+        ("zoo_generate", "test"): "zoo_generate", ("zoo_graph", "test"): "zoo_graph",
+        ("nccl", "test"): "nccl", ("nvrtc_compile", "test"): "nvrtc_compile"}
+found = {}
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+        continue
+    key = (m["target"]["name"], m["target"]["kind"][0])
+    if key in want:
+        found[want[key]] = m["executable"]
+for name, exe in found.items():
+    shutil.copy(exe, f"{sys.argv[2]}/{name}")
+missing = set(want.values()) - set(found)
+if missing:
+    sys.exit(f"missing test executables: {sorted(missing)}")
+EOF
+    cargo build --release -p kiln-benches --no-default-features --features cuda --bin attention
+    cp "$CARGO_TARGET_DIR/release/attention" "$B/attention_bench"
+    strip "$B"/*
+    KILN_CACHE_DIR="$PWD/$B/cache" LD_LIBRARY_PATH="$NV/lib" KILN_CUDA_INCLUDE="$NV/include" \
+        "$B/nvrtc_compile" --ignored precompile_sm90_into_cache --nocapture >/dev/null
+    rm -f "$B/nvrtc_compile" "$list"
+    mkdir -p "$B/zoo"
+    cp -r ../shared/testdata/zoo/. "$B/zoo/"
+    du -sh "$B"
+}
+
+run() {
+    local OUTD="${OUT:-$PWD/gpu-results}"
+    mkdir -p "$OUTD"
+    export NCCL_NVLS_ENABLE=0
+    export KILN_CACHE_DIR=/tmp/kiln-cache
+    mkdir -p "$KILN_CACHE_DIR"; cp -r "$B/cache/." "$KILN_CACHE_DIR/" 2>/dev/null || true
+    for f in .gl/*.deb; do dpkg -x "$f" / ; done; ldconfig
+    export XDG_RUNTIME_DIR=/tmp
+    nvidia-smi -L | tee "$OUTD/devices.txt"
+    local ngpu; ngpu=$(nvidia-smi -L | grep -c '^GPU')
+
+    echo "== conformance suite, cuda + wgpu (KILN_REQUIRE=cuda,wgpu)"
+    KILN_REQUIRE=cuda,wgpu timeout 1200 "$B/conformance" --skip _reference --test-threads 4 \
+        >"$OUTD/conformance.log" 2>&1
+    tail -3 "$OUTD/conformance.log"
+
+    echo "== runtime zoo tests on cuda and wgpu"
+    for t in zoo_logits zoo_generate zoo_graph; do
+        KILN_ZOO="$PWD/$B/zoo" KILN_TEST_BACKENDS=cuda,wgpu timeout 900 "$B/$t" --nocapture \
+            --test-threads 1 >"$OUTD/$t.log" 2>&1
+        echo "$t: $(grep 'test result' "$OUTD/$t.log")"
+    done
+
+    echo "== NCCL all-reduce on $ngpu GPU(s)"
+    if [ "$ngpu" -ge 2 ]; then export KILN_REQUIRE_NCCL=1; fi
+    timeout 600 "$B/nccl" --nocapture --test-threads 1 >"$OUTD/nccl.log" 2>&1
+
+    echo "== attention bench (cuda:0)"
+    timeout 600 "$B/attention_bench" --backend cuda >"$OUTD/attention_bench.log" 2>&1
+
+    echo "== summary"
+    for f in conformance zoo_logits zoo_generate zoo_graph nccl; do
+        echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
+        grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
+    done
+    grep -hE "NCCL all-reduce|latency|busbw" "$OUTD/nccl.log" | head -10
+    grep -hE "^(attn-dec|attn-pre|copy|dense)" "$OUTD/attention_bench.log"
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run ;;
+    *) echo "usage: $0 build|run" >&2; exit 2 ;;
+esac
