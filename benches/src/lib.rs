@@ -12,6 +12,7 @@
 //!
 //! Each bench prints a table and, with `--json FILE`, appends one JSON object per result.
 
+pub mod synth;
 pub mod weights;
 
 use std::io::Write;

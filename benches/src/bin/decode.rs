@@ -1,0 +1,399 @@
+//! End-to-end decode: prefill `--ctx` tokens per sequence, then `--steps` batched greedy decode
+//! steps through `Runtime::step`, for each `--batch` size, with and without CUDA graphs.
+//! Reports per batch the median decode step (host to logits on the host, sampling excluded),
+//! tokens/s, the weight and KV bytes a step must read, the achieved GB/s and its fraction of
+//! the device-to-device copy bandwidth measured in the same run (roofline: bytes / copy GB/s).
+//!
+//! `decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-1b|tiny|PATH
+//!  [--wtype q4_k|bf16|q8_0|f16|f32] [--batch 1,8,32] [--ctx 512] [--steps 64]
+//!  [--graph on|off|both] [--seed S] [--kv f16|f32|bf16] [--copy-mib N] [--json FILE]`
+//! Synthetic models (the names) get seeded random weights made on this machine (see
+//! kiln_benches::synth for exactly how); PATH is a GGUF file or HF directory (`--wtype` unused).
+
+use std::time::Instant;
+
+use kiln_benches::synth::{self, Preset, SynthWeights};
+use kiln_benches::{Args, copy_bandwidth, open, run_main};
+use kiln_core::{Backend, BackendKind, DType, Error, Result};
+use kiln_models::runtime::SeqInput;
+use kiln_models::runtime::weights::Ffn;
+use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
+
+struct Opts {
+    backend: BackendKind,
+    device: u32,
+    model: String,
+    wtype: DType,
+    batches: Vec<usize>,
+    /// Prompt tokens per sequence: one value for every batch size, or one per `--batch` entry.
+    ctx: Vec<usize>,
+    steps: usize,
+    graphs: Vec<bool>,
+    seed: u64,
+    kv: DType,
+    copy_mib: Option<usize>,
+    json: Option<std::path::PathBuf>,
+}
+
+fn parse() -> Result<Opts> {
+    let mut o = Opts {
+        backend: BackendKind::Cuda,
+        device: 0,
+        model: "llama3-8b".into(),
+        wtype: DType::Q4_K,
+        batches: vec![1, 8, 32],
+        ctx: vec![512],
+        steps: 64,
+        graphs: vec![true, false],
+        seed: 1,
+        kv: DType::F16,
+        copy_mib: None,
+        json: None,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let bad = |flag: &str, v: &str| Error::Invalid(format!("{flag}: cannot use '{v}'"));
+    let mut i = 0;
+    while i < argv.len() {
+        let flag = argv[i].as_str();
+        if flag == "--help" || flag == "-h" {
+            println!(
+                "decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-1b|tiny|PATH [--wtype q4_k|bf16|q8_0|f16|f32] [--batch 1,8,32] [--ctx 512] [--steps 64] [--graph on|off|both] [--seed S] [--kv f16] [--copy-mib N] [--json FILE]"
+            );
+            std::process::exit(0);
+        }
+        let v = argv
+            .get(i + 1)
+            .ok_or_else(|| Error::Invalid(format!("{flag} needs a value")))?
+            .as_str();
+        let num = |v: &str| v.parse::<usize>().map_err(|_| bad(flag, v));
+        match flag {
+            "--backend" => o.backend = v.parse()?,
+            "--device" => o.device = v.parse().map_err(|_| bad(flag, v))?,
+            "--model" => o.model = v.to_string(),
+            "--wtype" => o.wtype = DType::parse(v).ok_or_else(|| bad(flag, v))?,
+            "--kv" => o.kv = DType::parse(v).ok_or_else(|| bad(flag, v))?,
+            "--batch" => o.batches = v.split(',').map(|s| num(s.trim())).collect::<Result<_>>()?,
+            "--ctx" => o.ctx = v.split(',').map(|s| num(s.trim())).collect::<Result<_>>()?,
+            "--steps" => o.steps = num(v)?,
+            "--seed" => o.seed = num(v)? as u64,
+            "--copy-mib" => o.copy_mib = Some(num(v)?),
+            "--json" => o.json = Some(v.into()),
+            "--graph" => {
+                o.graphs = match v {
+                    "on" => vec![true],
+                    "off" => vec![false],
+                    "both" => vec![true, false],
+                    _ => return Err(bad(flag, v)),
+                }
+            }
+            _ => return Err(Error::Invalid(format!("unknown option {flag}"))),
+        }
+        i += 2;
+    }
+    if o.batches.contains(&0) || o.ctx.contains(&0) || o.steps == 0 {
+        return Err(Error::Invalid(
+            "--batch sizes, --ctx and --steps must be ≥ 1".into(),
+        ));
+    }
+    if o.ctx.len() != 1 && o.ctx.len() != o.batches.len() {
+        return Err(Error::Invalid(format!(
+            "--ctx takes one length or one per batch size ({} given for {} batch sizes)",
+            o.ctx.len(),
+            o.batches.len()
+        )));
+    }
+    Ok(o)
+}
+
+fn merr(e: kiln_models::ModelError) -> Error {
+    Error::Invalid(e.to_string())
+}
+
+/// Bytes a decode step reads: (weights, KV cache at `avg_len` tokens per sequence).
+fn step_bytes(model: &Model, batch: usize, avg_len: f64, kv: DType) -> (f64, f64) {
+    let w = model.weights();
+    let mut wb = w.output.bytes() + batch * w.embed.bytes() / model.vocab_size().max(1);
+    for l in &w.layers {
+        wb += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes();
+        wb += match &l.ffn {
+            Ffn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
+            // Upper bound: every expert (the bench's synthetic models are dense).
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => router.bytes() + gate.bytes() + up.bytes() + down.bytes(),
+        };
+    }
+    let cfg = model.config();
+    let per_tok = (2 * cfg.kv_dim() * kv.block_bytes()) as f64;
+    let kvb: f64 = cfg
+        .layers
+        .iter()
+        .map(|s| s.window.map_or(avg_len, |win| avg_len.min(win as f64)) * per_tok)
+        .sum();
+    (wb as f64, kvb * batch as f64)
+}
+
+fn argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in row.iter().enumerate() {
+        if x > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+struct RunResult {
+    prefill_s: f64,
+    step_ms: Vec<f64>,
+    replayed: u64,
+    first_tokens: Vec<u32>,
+}
+
+/// Prefill `ctx` seeded random tokens into each of `batch` sequences, then decode `steps`.
+fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Result<RunResult> {
+    let chunk = batch.max(ctx.min(512));
+    let mut rt = Runtime::new(
+        model,
+        RuntimeOptions {
+            max_seqs: batch,
+            context: Some(ctx + o.steps + 1),
+            chunk,
+            kv_dtype: o.kv,
+            graphs,
+            ..RuntimeOptions::default()
+        },
+    )
+    .map_err(merr)?;
+    let vocab = model.vocab_size();
+    let mut rng = kiln_benches::weights::Rng(o.seed ^ 0xDEC0DE);
+    let seqs: Vec<_> = (0..batch).map(|_| rt.add_sequence()).collect();
+    let mut last = vec![0u32; batch];
+    let t0 = Instant::now();
+    for (i, &s) in seqs.iter().enumerate() {
+        let prompt: Vec<u32> = (0..ctx)
+            .map(|_| 3 + (rng.next_u64() % (vocab as u64 - 3)) as u32)
+            .collect();
+        for part in prompt.chunks(chunk) {
+            let l = rt
+                .step(&[SeqInput {
+                    seq: s,
+                    tokens: part,
+                }])
+                .map_err(merr)?;
+            last[i] = argmax(l.row(0));
+        }
+    }
+    let prefill_s = t0.elapsed().as_secs_f64();
+    rt.reset_stats();
+    let mut step_ms = Vec::with_capacity(o.steps);
+    let mut first_tokens = vec![last[0]];
+    for step in 0..o.steps {
+        let inputs: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let batch_in: Vec<SeqInput<'_>> = seqs
+            .iter()
+            .zip(&inputs)
+            .map(|(&seq, t)| SeqInput { seq, tokens: t })
+            .collect();
+        let t = Instant::now();
+        let l = rt.step(&batch_in).map_err(merr)?;
+        step_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        if let Some(bad) = l.data.iter().position(|x| !x.is_finite()) {
+            return Err(Error::Invalid(format!(
+                "decode step {step}: logit {bad} (row {}) is {}",
+                bad / vocab,
+                l.data[bad]
+            )));
+        }
+        for (i, t) in last.iter_mut().enumerate() {
+            *t = argmax(l.row(i));
+        }
+        first_tokens.push(last[0]);
+    }
+    Ok(RunResult {
+        prefill_s,
+        step_ms,
+        replayed: rt.stats().replayed,
+        first_tokens,
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s.get(s.len() / 2).copied().unwrap_or(0.0)
+}
+
+fn build_model(be: &std::sync::Arc<dyn Backend>, o: &Opts, p: &Preset) -> Result<Model> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("weights: {}", synth::how_made(o.wtype, o.seed));
+    let t = Instant::now();
+    let w = SynthWeights::generate(p, o.wtype, o.seed, threads)?;
+    println!(
+        "generated {:.2} GB of {} weights on {threads} threads in {:.2} s",
+        w.bytes() as f64 / 1e9,
+        o.wtype.name(),
+        t.elapsed().as_secs_f64()
+    );
+    let origin = format!("synthetic:{}-{}", p.name, o.wtype.name());
+    let t = Instant::now();
+    let tok = synth::placeholder_tokenizer(p.vocab, &origin)?;
+    let host = w.host_tensors(&origin)?;
+    let m = Model::from_parts(p.config()?, &host, tok, be.clone()).map_err(merr)?;
+    println!(
+        "prepared on {} in {:.2} s ({:.2} GB on the device)",
+        be.info().id,
+        t.elapsed().as_secs_f64(),
+        m.weights().bytes as f64 / 1e9
+    );
+    Ok(m)
+}
+
+fn main() {
+    run_main(|| {
+        let o = parse()?;
+        let be = open(&Args {
+            backend: o.backend,
+            device: o.device,
+            quick: false,
+            json: None,
+            rotate_bytes: 0,
+            types: Vec::new(),
+        })?;
+        let info = be.info();
+        println!(
+            "device: {} ({}, {})",
+            info.name,
+            info.driver,
+            info.caps_summary()
+        );
+        let mib = o.copy_mib.unwrap_or(if o.backend == BackendKind::Cuda {
+            1024
+        } else {
+            64
+        });
+        let copy = copy_bandwidth(&*be, mib)?;
+        println!(
+            "copy ceiling: {:.1} GB/s (device-to-device f32 copy op, {mib} MiB, read+write bytes)",
+            copy / 1e9
+        );
+        let model = match synth::preset(&o.model) {
+            Some(p) => build_model(&be, &o, &p)?,
+            None => {
+                let t = Instant::now();
+                let m = Model::load(&o.model, be.clone(), &LoadOptions::default()).map_err(merr)?;
+                println!(
+                    "loaded {} in {:.2} s",
+                    m.path().display(),
+                    t.elapsed().as_secs_f64()
+                );
+                m
+            }
+        };
+        let cfg = model.config();
+        println!(
+            "model: {} ({} layers, hidden {}, ffn {}, heads {}/{}, head_dim {}, vocab {}), kv {}",
+            cfg.origin,
+            cfg.n_layers,
+            cfg.hidden,
+            cfg.ffn,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.head_dim,
+            cfg.vocab,
+            o.kv.name()
+        );
+        println!(
+            "\n{:>5} {:>5} {:>5} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}  first greedy tokens (seq 0)",
+            "batch",
+            "ctx",
+            "graph",
+            "step ms",
+            "tok/s",
+            "prefill",
+            "W GB",
+            "KV GB",
+            "GB/s",
+            "% copy",
+            "roof t/s",
+            "replayed"
+        );
+        for (bi, &b) in o.batches.iter().enumerate() {
+            let ctx = o.ctx.get(bi).or(o.ctx.first()).copied().unwrap_or(1);
+            let mut by_graph = Vec::new();
+            for &g in &o.graphs {
+                let r = run(&model, &o, b, ctx, g)?;
+                let ms = median(&r.step_ms);
+                let avg_len = ctx as f64 + (o.steps as f64 + 1.0) / 2.0;
+                let (wb, kvb) = step_bytes(&model, b, avg_len, o.kv);
+                let gbs = (wb + kvb) / (ms * 1e-3);
+                let roof_tok = b as f64 / ((wb + kvb) / copy);
+                let shown: Vec<String> =
+                    r.first_tokens.iter().take(8).map(u32::to_string).collect();
+                println!(
+                    "{b:>5} {ctx:>5} {:>5} {ms:>9.3} {:>10.1} {:>7.0}t/s {:>8.3} {:>8.3} {:>8.1} {:>7.1} {roof_tok:>9.1} {:>4}/{:<3}  {}",
+                    if g { "on" } else { "off" },
+                    b as f64 / (ms * 1e-3),
+                    (b * ctx) as f64 / r.prefill_s,
+                    wb / 1e9,
+                    kvb / 1e9,
+                    gbs / 1e9,
+                    100.0 * gbs / copy,
+                    r.replayed,
+                    o.steps,
+                    shown.join(",")
+                );
+                if let Some(p) = &o.json {
+                    append_json(
+                        p,
+                        &serde_json::json!({
+                            "bench": "decode", "model": cfg.origin, "backend": info.id.to_string(),
+                            "device": info.name, "batch": b, "graph": g, "ctx": ctx,
+                            "steps": o.steps, "step_ms_median": ms, "step_ms": r.step_ms,
+                            "tok_s": b as f64 / (ms * 1e-3), "prefill_s": r.prefill_s,
+                            "weight_bytes": wb, "kv_bytes": kvb, "gbs": gbs / 1e9,
+                            "pct_copy": 100.0 * gbs / copy, "copy_gbs": copy / 1e9,
+                            "roofline_tok_s": roof_tok, "replayed": r.replayed,
+                            "tokens": r.first_tokens,
+                        }),
+                    )?;
+                }
+                by_graph.push((g, ms, r.first_tokens, r.replayed));
+            }
+            if let [(true, on, t_on, rep), (false, off, t_off, _)] = by_graph.as_slice() {
+                let same = if t_on == t_off {
+                    "same greedy tokens"
+                } else {
+                    "GREEDY TOKENS DIFFER between graph on and off"
+                };
+                let note = if *rep == 0 {
+                    " (no step replayed: the backend does not capture)"
+                } else {
+                    ""
+                };
+                println!(
+                    "      batch {b}: graph on {on:.3} ms vs off {off:.3} ms = {:.2}x{note}; {same}",
+                    off / on
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+fn append_json(p: &std::path::Path, v: &serde_json::Value) -> Result<()> {
+    use std::io::Write;
+    let io = |e| Error::Io {
+        path: p.display().to_string(),
+        source: e,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(p)
+        .map_err(io)?;
+    writeln!(f, "{v}").map_err(io)
+}
