@@ -69,6 +69,10 @@ pub enum ModelError {
     /// an option out of range).
     #[error("{0}")]
     Runtime(String),
+
+    /// The engine's request queue is full (engine/): the caller should retry later (HTTP 429).
+    #[error("the request queue is full ({max} requests waiting); retry later")]
+    QueueFull { max: usize },
 }
 
 impl ModelError {

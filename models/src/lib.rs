@@ -9,6 +9,7 @@
 pub mod arch;
 pub mod catalog;
 pub mod chat;
+pub mod engine;
 pub mod error;
 pub mod format;
 pub mod runtime;

@@ -221,6 +221,55 @@ impl KvCache {
         Ok(id)
     }
 
+    /// A new sequence made of `blocks` already filled by others (a cached prefix), holding
+    /// `len` tokens; each block gains a reference. The blocks must be allocated (reference
+    /// count ≥ 1) and cover `len`: `len.div_ceil(block_size) == blocks.len()`.
+    pub fn add_sequence_with(&mut self, blocks: &[u32], len: usize) -> Result<SeqId> {
+        if len.div_ceil(self.block_size) != blocks.len() || blocks.len() > self.max_blocks {
+            return Err(ModelError::Runtime(format!(
+                "a sequence of {len} tokens over {} blocks of {} (at most {} blocks)",
+                blocks.len(),
+                self.block_size,
+                self.max_blocks
+            )));
+        }
+        if let Some(&b) = blocks
+            .iter()
+            .find(|&&b| b == NULL_BLOCK || self.pool.ref_count(b) == 0)
+        {
+            return Err(ModelError::Runtime(format!(
+                "block {b} is not allocated: it cannot start a sequence"
+            )));
+        }
+        for &b in blocks {
+            self.pool.retain(b);
+        }
+        let id = self.add_sequence();
+        self.seqs.insert(
+            id,
+            SeqBlocks {
+                blocks: blocks.to_vec(),
+                len,
+            },
+        );
+        Ok(id)
+    }
+
+    /// One more holder of block `b` outside any sequence (the engine's prefix cache).
+    pub fn retain_block(&mut self, b: u32) {
+        self.pool.retain(b);
+    }
+
+    /// Drop a holder of block `b` taken with [`KvCache::retain_block`].
+    pub fn release_block(&mut self, b: u32) {
+        self.pool.release(b);
+    }
+
+    /// Sequences currently in the cache.
+    pub fn num_sequences(&self) -> usize {
+        self.seqs.len()
+    }
+
     /// Drop a sequence and release its blocks.
     pub fn remove_sequence(&mut self, id: SeqId) {
         if let Some(s) = self.seqs.remove(&id) {
@@ -367,5 +416,15 @@ mod tests {
         kv.truncate(c, 1).unwrap();
         assert_eq!(kv.get(c).unwrap().blocks, vec![1]);
         assert_eq!(kv.pool().available(), 2);
+        // a sequence over cached blocks shares them; a free block cannot start one
+        kv.retain_block(1);
+        let d = kv.add_sequence_with(&[1], 2).unwrap();
+        assert_eq!(kv.pool().ref_count(1), 3);
+        assert!(kv.add_sequence_with(&[3], 2).is_err());
+        assert!(kv.add_sequence_with(&[1], 3).is_err());
+        kv.remove_sequence(d);
+        kv.release_block(1);
+        assert_eq!(kv.pool().ref_count(1), 1);
+        assert_eq!(kv.num_sequences(), 3);
     }
 }
