@@ -1,18 +1,22 @@
 // matmul_q.cu: y = x·Wᵀ for every weight type (x f32 [m, k], W [n, k] in the repacked layout of
 // quant.cuh, y f32 [m, n]), plus the dequantize-to-bf16 kernel of the dense (cuBLASLt) path.
 //
-// gemv_<type>_m<M> (fused dequant GEMV / small GEMM, few rows):
-//   grid (min(groups·S / 4, 8·SMs), ceil(m / M)), block 128 threads = 4 warps. A group is R
-//   consecutive W rows (R = 4 for M ≤ 2, else 2) and M consecutive x rows; S warps (1, 2 or 4,
-//   chosen by the host so the grid has ~32 warps per SM) share a group and split its chunks
-//   (CHUNKS per block of QK elements). Each lane loads one chunk of each of the R rows with
-//   16-byte loads (issued together), decodes 16 elements at a time (quant.cuh: one field
-//   extraction + one FFMA per element, exact) and accumulates R·M dot products in f32 as
-//   dl·Σq·x − ml·Σx; the x run is loaded once and shared by the R rows (the scattered x loads
-//   are the L1 limit at m = 1). Warp shuffles, then shared memory across the S warps, reduce.
-//   Bytes: every W byte once per M-group (n·k·bpw), x m·k·4 (from L1/L2), y m·n·4.
-//   FLOPs: 2·m·n·k. At m = 1 the kernel is bound by the W bytes: the target is ≥ 85% of copy
-//   bandwidth.
+// Block types (the 12 GGUF formats), few rows: two kernels per call.
+//   quant_x_<type>: x f32 [m, k] → int8 units of 16 (xq uint4 [m, units]) with (d, d·Σq)
+//     (xs float2 [m, units]), in the lane order of the type's chunks (layout below); one thread
+//     per unit. Reads m·k·4 bytes, writes m·k·1.5 (+ padding).
+//   gemv8_<type>_m<M> (M ∈ {1, 2, 4, 8, 16}): grid (min(groups·S / 4, 8·SMs), ceil(m / M)),
+//     block 128 threads = 4 warps. A group is R = 4 consecutive W rows and M consecutive x rows;
+//     S warps (1, 2 or 4, chosen by the host so the grid has ~32 warps per SM) share a group and
+//     split its chunks. Each lane loads one chunk (16-byte loads) of each of the R rows, turns
+//     each 16-element run into 4 words of byte integers (quant.cuh run_qi: exact), and for each
+//     x row does 4 dp4a against the int8 x and 2 FFMA (dl·d·Σq·qx − ml·d·Σqx). Warp shuffles,
+//     then shared memory across the S warps, reduce. On sm_90 it is launched as a programmatic
+//     dependent of quant_x: its first weight loads overlap quant_x (griddepcontrol).
+//     Bytes: W once per M-group (n·k·bpw), x m·k·1.5 (L1/L2), y m·n·4. FLOPs 2·m·n·k (as int8
+//     dot products). At m = 1 the target is ≥ 85% of copy bandwidth (Q4_K, Q8_0, Q6_K).
+// Float types (f32, f16, bf16), few rows: gemv_<type>_m<M> (M ∈ {1, 2, 4, 8}), the same grid
+//   with f32 x loaded directly (16 bytes per lane, shared by the R rows), f32 FFMA.
 // dequant_bf16_<type>: grid-stride over chunks, 4 chunks in flight per thread: W (any type) →
 //   bf16 [rows, k]; reads the weight bytes once, writes 2 bytes per element.
 // x_to_bf16 / x_to_f16: f32 → bf16/f16 activations for cuBLASLt, one thread per element.
@@ -155,39 +159,125 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
     }
 }
 
-// The same GEMV with x staged in shared memory in lane order (M ≤ 2): x is copied once per block
-// so that for every 32 chunks, run r and 16-byte piece t, the 32 lanes' pieces are consecutive:
-// xs[((G·RUNS + r)·4 + t)·32 + L] is piece t of run r of chunk 32·G + L. Each LDS.128 of a warp
-// then reads 512 consecutive bytes (conflict-free), instead of 16-byte pieces scattered over 16
-// L1 lines. Blocks are persistent (one per SM, 512 threads) so the staging is paid ~once per SM.
-#define GEMV_SMEM_THREADS 512
+// ---------------------------------------------------------------- int8-activation path
+// Block types multiply int8 activations (q8 in units of 16 elements, an f32 scale each) with
+// the exact integer weights, 4 products per `dp4a`. Layout of the quantized x for type T, per
+// x row: `units` = ceil(nchunks / 32)·RUNS·32 units of 16 elements, unit u = (G·RUNS + r)·32 + L
+// holding run r of chunk ci = 32·G + L (zeros past the last chunk), so that lane L of a warp
+// working on chunk 32·G + L reads unit u with one coalesced 16-byte load (512 bytes per warp):
+//   xq uint4 [m, units]  (16 int8 q, element l at byte l % 4 of word l / 4)
+//   xs float2 [m, units] (d, d·Σq): x_l ≈ d·q_l, d = max|x| / 127 over the 16.
+// A run then contributes dl·d·Σ q_l·qx_l − ml·d·Σ qx_l = Σ w_l·(d·qx_l): the exact weights times
+// the rounded activations (the only approximation: |x_l − d·qx_l| ≤ d / 2).
 
-template <class T, int M, int R>
-__device__ __forceinline__ void gemv_smem_body(const u8* __restrict__ body, const u8* __restrict__ head,
-                                               const float* __restrict__ x, float* __restrict__ y,
-                                               int n, int k, int m, int S) {
-    extern __shared__ float4 xs4[];
-    KILN_DECLARE_TABLE(T)
+// Programmatic dependent launch (sm_90+): quant_x lets the GEMV grid start at once; the GEMV
+// issues its first weight loads, then waits for quant_x's results (no-ops before sm_90 and when
+// the kernel was launched without the attribute).
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+template <class T>
+__device__ __forceinline__ int x_units(int k) {
+    const int nchunks = (k / T::QK) * T::CHUNKS;
+    return ((nchunks + KILN_WARP - 1) / KILN_WARP) * T::RUNS * KILN_WARP;
+}
+
+// quant_x_<type>: one thread per unit (16 elements): grid-stride over m·units; reads m·k·4 bytes,
+// writes m·units·24 bytes. A non-finite x makes its unit's scale NaN (the output is then NaN,
+// as it would be with f32 activations).
+template <class T>
+__device__ __forceinline__ void quant_x_body(const float* __restrict__ x, uint4* __restrict__ xq,
+                                             float2* __restrict__ xs, int k, int m) {
+    pdl_launch_dependents();
+    const int nchunks = (k / T::QK) * T::CHUNKS;
+    const int units = x_units<T>(k);
+    const i64 total = (i64)m * units;
+    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
+        const int row = (int)(t / units), u = (int)(t % units);
+        const int L = u % KILN_WARP, rest = u / KILN_WARP;
+        const int r = rest % T::RUNS, G = rest / T::RUNS;
+        const int ci = G * KILN_WARP + L;
+        uint4 q = make_uint4(0u, 0u, 0u, 0u);
+        float2 s = make_float2(0.0f, 0.0f);
+        if (ci < nchunks) {
+            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+            const float* p = x + (i64)row * k + blk * T::QK + T::run_start(c, r);
+            float v[16];
+            float amax = 0.0f;
+            bool finite = true;
+#pragma unroll
+            for (int l = 0; l < 16; l++) {
+                v[l] = p[l];
+                finite = finite && isfinite(v[l]);
+                amax = fmaxf(amax, fabsf(v[l]));
+            }
+            const float d = amax / 127.0f;
+            const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+            u32 w[4] = {0u, 0u, 0u, 0u};
+            int sum = 0;
+#pragma unroll
+            for (int l = 0; l < 16; l++) {
+                const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
+                sum += qi;
+                w[l / 4] |= ((u32)qi & 0xffu) << (8 * (l % 4));
+            }
+            q = make_uint4(w[0], w[1], w[2], w[3]);
+            const float dd = finite ? d : __uint_as_float(0x7fc00000u);
+            s = make_float2(dd, dd * (float)sum);
+        }
+        xq[t] = q;
+        xs[t] = s;
+    }
+}
+
+#define QUANT_X_KERNEL(suffix, T)                                                                 \
+    extern "C" __global__ void quant_x_##suffix(const float* __restrict__ x, uint4* __restrict__ xq, \
+                                                float2* __restrict__ xs, int k, int m) {          \
+        quant_x_body<T>(x, xq, xs, k, m);                                                         \
+    }
+
+KILN_FOR_EACH_BLOCK_TYPE(QUANT_X_KERNEL)
+
+// Σ of the 4 byte products of a (weight bytes, unsigned or signed) and b (int8 x) plus c.
+__device__ __forceinline__ int dp4a_us(u32 a, u32 b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+__device__ __forceinline__ int dp4a_ss(u32 a, u32 b, int c) {
+    int d;
+    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// Σ q_l·qx_l over one run of 16 (exact in int32: |Σ| ≤ 16·255·127).
+template <class T>
+__device__ __forceinline__ int dot16(const u32 qw[4], const uint4& xv) {
+    if (T::SIGNED_Q) return dp4a_ss(qw[3], xv.w, dp4a_ss(qw[2], xv.z, dp4a_ss(qw[1], xv.y, dp4a_ss(qw[0], xv.x, 0))));
+    return dp4a_us(qw[3], xv.w, dp4a_us(qw[2], xv.z, dp4a_us(qw[1], xv.y, dp4a_us(qw[0], xv.x, 0))));
+}
+
+// gemv8_<type>_m<M>: the fused kernel of the block types, on quantized x. Grid, blocks, groups
+// (R W rows × M x rows), the S-warp split and the reductions are those of gemv_body above; per
+// run, each lane decodes the R rows' 16 integers once (run_qi: a few shifts and masks per 4
+// weights), then for each of the M x rows loads 16 + 8 bytes of x and does 4 dp4a + 2 FFMA per
+// W row. Bytes: W once per M-group (n·k·bpw), x m·k·1.5 (L1/L2), y m·n·4. FLOPs 2·m·n·k.
+template <class T, int M, int R, int U>
+__device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8* __restrict__ head,
+                                           const uint4* __restrict__ xq, const float2* __restrict__ xs,
+                                           float* __restrict__ y, int n, int k, int m, int S) {
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
     const int nc32 = (nchunks + KILN_WARP - 1) / KILN_WARP;
-    const int row4 = nc32 * T::RUNS * 4 * KILN_WARP;  // float4s per staged x row
-    const int m0 = blockIdx.y * M;
-    for (int idx = threadIdx.x; idx < M * row4; idx += blockDim.x) {
-        const int mm = idx / row4, rem = idx % row4;
-        const int G = rem / (T::RUNS * 4 * KILN_WARP), rem2 = rem % (T::RUNS * 4 * KILN_WARP);
-        const int rt = rem2 / KILN_WARP, L = rem2 % KILN_WARP;
-        const int r = rt / 4, t = rt % 4;
-        const int ci = G * KILN_WARP + L;
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (ci < nchunks && m0 + mm < m) {
-            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
-            v = __ldg((const float4*)(x + (i64)(m0 + mm) * k + blk * T::QK + T::run_start(c, r) + 4 * t));
-        }
-        xs4[idx] = v;
-    }
-    __syncthreads();
-
+    const int units = nc32 * T::RUNS * KILN_WARP;
     const int lane = threadIdx.x % KILN_WARP;
     const int warp = threadIdx.x / KILN_WARP;
     const int wpb = blockDim.x / KILN_WARP;
@@ -195,10 +285,11 @@ __device__ __forceinline__ void gemv_smem_body(const u8* __restrict__ body, cons
     const int slot = warp / S, sub = warp % S;
     const int ngroups = (n + R - 1) / R;
     const int gstride = gridDim.x * slots;
-    const int per_lane = (nchunks + KILN_WARP * S - 1) / (KILN_WARP * S);
+    const int m0 = blockIdx.y * M;
+    const int per_lane = (nc32 + S - 1) / S;
     const int g0 = blockIdx.x * slots;
     const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
-    __shared__ float red[GEMV_SMEM_THREADS / KILN_WARP][R * M];
+    __shared__ float red[GEMV_THREADS / KILN_WARP][R * M];
 
     for (int it = 0; it < rounds; it++) {
         const int g = g0 + slot + it * gstride;
@@ -208,40 +299,47 @@ __device__ __forceinline__ void gemv_smem_body(const u8* __restrict__ body, cons
         for (int rr = 0; rr < R; rr++)
 #pragma unroll
             for (int mm = 0; mm < M; mm++) acc[rr][mm] = 0.0f;
-        for (int j = 0; active && j < per_lane; j++) {
-            const int G = sub + S * j;
-            const int ci = KILN_WARP * G + lane;
-            if (ci >= nchunks) break;
-            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
-            typename T::Chunk cur[R];
+        // U chunk steps per trip: all U·R chunk loads are issued before any is used (U·R·16..48
+        // bytes in flight per lane); steps past the end load a valid (clamped) chunk, unused.
+        for (int j = 0; active && j < per_lane; j += U) {
+            typename T::Chunk cur[U][R];
 #pragma unroll
-            for (int rr = 0; rr < R; rr++) {
-                const int row = min(g * R + rr, n - 1);
-                T::load(body, head, (i64)row * nb + blk, c, cur[rr]);
-            }
-#pragma unroll
-            for (int r = 0; r < T::RUNS; r++) {
-                float xv[M][16], sx[M];
-#pragma unroll
-                for (int mm = 0; mm < M; mm++) {
-                    const float4* xp = xs4 + mm * row4 + ((G * T::RUNS + r) * 4) * KILN_WARP + lane;
-#pragma unroll
-                    for (int t = 0; t < 4; t++) {
-                        const float4 v = xp[t * KILN_WARP];
-                        xv[mm][4 * t] = v.x; xv[mm][4 * t + 1] = v.y; xv[mm][4 * t + 2] = v.z; xv[mm][4 * t + 3] = v.w;
-                    }
-                    sx[mm] = 0.0f;
-                    if (T::HAS_MIN) {
-#pragma unroll
-                        for (int l = 0; l < 16; l++) sx[mm] += xv[mm][l];
-                    }
-                }
+            for (int uu = 0; uu < U; uu++) {
+                const int ci = min(KILN_WARP * (sub + S * (j + uu)) + lane, nchunks - 1);
+                const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
 #pragma unroll
                 for (int rr = 0; rr < R; rr++) {
-                    float q[16], dl, ml;
-                    T::run_q(cur[rr], c, r, kiln_tab, q, dl, ml);
+                    const int row = min(g * R + rr, n - 1);  // clamped: the tail group reads a valid row
+                    T::load(body, head, (i64)row * nb + blk, c, cur[uu][rr]);
+                }
+            }
+            pdl_wait();  // x is quant_x's output: read only after it completed
 #pragma unroll
-                    for (int mm = 0; mm < M; mm++) acc[rr][mm] = dot_run<T>(q, dl, ml, xv[mm], sx[mm], acc[rr][mm]);
+            for (int uu = 0; uu < U; uu++) {
+                const int G = sub + S * (j + uu);
+                const int ci = KILN_WARP * G + lane;
+                if (j + uu >= per_lane || ci >= nchunks) break;
+                const int c = ci % T::CHUNKS;
+#pragma unroll
+                for (int r = 0; r < T::RUNS; r++) {
+                    u32 qw[R][4];
+                    float dl[R], ml[R];
+#pragma unroll
+                    for (int rr = 0; rr < R; rr++) T::run_qi(cur[uu][rr], c, r, qw[rr], dl[rr], ml[rr]);
+                    const int u = (G * T::RUNS + r) * KILN_WARP + lane;
+#pragma unroll
+                    for (int mm = 0; mm < M; mm++) {
+                        const i64 o = (i64)min(m0 + mm, m - 1) * units + u;  // clamped row: unused result
+                        const uint4 xv = __ldg(xq + o);
+                        const float2 sc = __ldg(xs + o);
+#pragma unroll
+                        for (int rr = 0; rr < R; rr++) {
+                            const float d = (float)dot16<T>(qw[rr], xv);
+                            float a = fmaf(dl[rr] * sc.x, d, acc[rr][mm]);
+                            if (T::HAS_MIN) a = fmaf(-ml[rr], sc.y, a);
+                            acc[rr][mm] = a;
+                        }
+                    }
                 }
             }
         }
@@ -258,27 +356,36 @@ __device__ __forceinline__ void gemv_smem_body(const u8* __restrict__ body, cons
             }
         if (S > 1) {
             __syncthreads();
-            if (sub == 0 && active && lane < R * M) {
-                float s = 0.0f;
-                for (int t = 0; t < S; t++) s += red[slot * S + t][lane];
-                const int rr = lane / M, mm = lane % M;
-                if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+            if (sub == 0 && active) {
+                for (int e = lane; e < R * M; e += KILN_WARP) {
+                    float s = 0.0f;
+                    for (int t = 0; t < S; t++) s += red[slot * S + t][e];
+                    const int rr = e / M, mm = e % M;
+                    if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+                }
             }
             __syncthreads();
         }
     }
 }
 
-#define GEMV_SMEM_KERNEL(suffix, T, M, R)                                                         \
-    extern "C" __global__ void __launch_bounds__(GEMV_SMEM_THREADS, 1) gemv_##suffix##_m##M##_s(   \
-        const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
-        float* __restrict__ y, int n, int k, int m, int S) {                                      \
-        gemv_smem_body<T, M, R>(body, head, x, y, n, k, m, S);                                    \
+#define GEMV8_KERNEL_NAMED(name, T, M, R, U)                                                      \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
+        const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
+        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
+        gemv8_body<T, M, R, U>(body, head, xq, xs, y, n, k, m, S);                                \
     }
+#define GEMV8_KERNEL(suffix, T, M, R, U) GEMV8_KERNEL_NAMED(gemv8_##suffix##_m##M, T, M, R, U)
 
-#define GEMV_SMEM_ALL_M(suffix, T) GEMV_SMEM_KERNEL(suffix, T, 1, 4) GEMV_SMEM_KERNEL(suffix, T, 2, 4)
+// R = 4 W rows per group at every M: measured on an H200 (BENCHMARKS.md), R = 4 beat R = 2 at
+// M = 8 and 16 (x loads shared by more rows) and R ∈ {1, 2, 8} or U ∈ {2, 4} did not beat
+// (R, U) = (4, 1) at M = 1 and 2.
+#define GEMV8_ALL_M(suffix, T)                                                                    \
+    GEMV8_KERNEL(suffix, T, 1, 4, 1) GEMV8_KERNEL(suffix, T, 2, 4, 1) GEMV8_KERNEL(suffix, T, 4, 4, 1) \
+    GEMV8_KERNEL(suffix, T, 8, 4, 1) GEMV8_KERNEL(suffix, T, 16, 4, 1)
 
-KILN_FOR_EACH_WEIGHT_TYPE(GEMV_SMEM_ALL_M)
+
+KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
 
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
@@ -290,7 +397,7 @@ KILN_FOR_EACH_WEIGHT_TYPE(GEMV_SMEM_ALL_M)
 #define GEMV_ALL_M(suffix, T) \
     GEMV_KERNEL(suffix, T, 1, 4) GEMV_KERNEL(suffix, T, 2, 4) GEMV_KERNEL(suffix, T, 4, 2) GEMV_KERNEL(suffix, T, 8, 2)
 
-KILN_FOR_EACH_WEIGHT_TYPE(GEMV_ALL_M)
+KILN_FOR_EACH_FLOAT_TYPE(GEMV_ALL_M)
 
 // Dequantize `rows` rows starting at row `row0` into out bf16 [rows, k]; one thread per chunk.
 template <class T>

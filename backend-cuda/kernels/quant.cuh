@@ -20,6 +20,11 @@
 // representable weight: decoding is bit-exact (up to the sign of zero). The GEMV kernels use
 // Σ w_l·x_l = dl·Σ q_l·x_l − ml·Σ x_l, so the per-element work is one field extraction, one FFMA
 // to finish the conversion and one FFMA per activation row.
+//
+// Integer decode (block types only): `run_qi(ch, c, r, qw[4], dl, ml)` packs the same 16 q_l of
+// run r as bytes (element l = byte l % 4 of word l / 4), unsigned 0..255, or signed for the IQ4
+// types (SIGNED_Q), for `dp4a` against int8 activations (matmul_q.cu gemv8): the same exact
+// integers and the same (dl, ml) as run_q, only packed instead of converted to float.
 #pragma once
 #include "common.cuh"
 
@@ -56,6 +61,18 @@ __device__ __forceinline__ float byte_field(const uint4& q, int l, int s, int bi
 __device__ __forceinline__ u32 byte_dyn(const uint4& q, int i) {
     const u32 w = (i < 4) ? q.x : (i < 8) ? q.y : (i < 12) ? q.z : q.w;
     return (w >> (8 * (i & 3))) & 0xffu;
+}
+
+// Bits 0..3 of t (t < 16) moved to bit 0 of bytes 0..3 (the four shifted copies do not overlap).
+__device__ __forceinline__ u32 spread4(u32 t) { return (t * 0x00204081u) & 0x01010101u; }
+
+// Four nibbles (one per byte of v, each < 16) mapped through the IQ4 table to signed bytes.
+__device__ __forceinline__ u32 iq4_bytes(u32 v) {
+    const u32 k0 = 0xBFAD9881u, k1 = 0xF6EADDCFu, k2 = 0x26190D01u, k3 = 0x71594535u;
+    const u32 sel = (v & 0x7u) | ((v >> 4) & 0x70u) | ((v >> 8) & 0x700u) | ((v >> 12) & 0x7000u);
+    const u32 lo = __byte_perm(k0, k1, sel), hi = __byte_perm(k2, k3, sel);
+    const u32 mask = ((v >> 3) & 0x01010101u) * 0xffu;  // bytes whose nibble has bit 3 set
+    return (lo & ~mask) | (hi & mask);
 }
 
 // IQ4 non-linear values {−127, −104, −83, −65, −49, −35, −22, −10, 1, 13, 25, 38, 53, 69, 89, 113}
@@ -133,7 +150,7 @@ typedef THalf<true> TBF16;
 // Q4_0: head d f16 | body qs[16]; w = d·(q − 8), low nibbles = elements 0..15.
 struct TQ4_0 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 2;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -145,6 +162,12 @@ struct TQ4_0 {
         dl = ch.d;
         ml = 8.0f * ch.d;
     }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = (word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu;
+        dl = ch.d;
+        ml = 8.0f * ch.d;
+    }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
@@ -152,7 +175,7 @@ struct TQ4_0 {
 // Q4_1: head d, m f16 | body qs[16]; w = d·q + m.
 struct TQ4_1 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 4;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; float d, m; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -163,6 +186,12 @@ struct TQ4_1 {
     static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float*, float q[16], float& dl, float& ml) {
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4);
+        dl = ch.d;
+        ml = -ch.m;
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = (word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu;
         dl = ch.d;
         ml = -ch.m;
     }
@@ -180,7 +209,7 @@ __device__ __forceinline__ float q5_high(u32 qh, int e) {
 // Q5_0: head d f16 @0, qh u32 @2 (stride 6, read as u16s) | body qs[16]; w = d·(q − 16).
 struct TQ5_0 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 6;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; float d; u32 qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -194,6 +223,13 @@ struct TQ5_0 {
         dl = ch.d;
         ml = 16.0f * ch.d;
     }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qw[i] = ((word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu) | (spread4((ch.qh >> (16 * r + 4 * i)) & 15u) << 4);
+        dl = ch.d;
+        ml = 16.0f * ch.d;
+    }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
@@ -201,7 +237,7 @@ struct TQ5_0 {
 // Q5_1: head d, m f16, qh u32 | body qs[16]; w = d·q + m.
 struct TQ5_1 {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 8;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; float d, m; u32 qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -216,6 +252,13 @@ struct TQ5_1 {
         dl = ch.d;
         ml = -ch.m;
     }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qw[i] = ((word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu) | (spread4((ch.qh >> (16 * r + 4 * i)) & 15u) << 4);
+        dl = ch.d;
+        ml = -ch.m;
+    }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int, int r) { return 16 * r; }
 };
@@ -223,7 +266,7 @@ struct TQ5_1 {
 // Q8_0: head d f16 | body qs[32] in offset binary (q + 128); two chunks of 16. w = d·(u − 128).
 struct TQ8_0 {
     static constexpr int QK = 32, CHUNKS = 2, RUNS = 1, BODY = 32, HEAD = 2;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         ch.q = ld16(b + g * BODY + 16 * c);
@@ -235,6 +278,11 @@ struct TQ8_0 {
         dl = ch.d;
         ml = 128.0f * ch.d;
     }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int, u32 qw[4], float& dl, float& ml) {
+        qw[0] = ch.q.x; qw[1] = ch.q.y; qw[2] = ch.q.z; qw[3] = ch.q.w;
+        dl = ch.d;
+        ml = 128.0f * ch.d;
+    }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int) { return 16 * c; }
 };
@@ -242,7 +290,7 @@ struct TQ8_0 {
 // IQ4_NL: head d f16 | body qs[16]; w = d·kvalues[nibble] (table in shared memory).
 struct TIQ4_NL {
     static constexpr int QK = 32, CHUNKS = 1, RUNS = 2, BODY = 16, HEAD = 2;
-    static constexpr bool HAS_MIN = false, TABLE = true;
+    static constexpr bool HAS_MIN = false, TABLE = true, SIGNED_Q = true;
     struct Chunk { uint4 q; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int, Chunk& ch) {
         ch.q = ld16(b + g * BODY);
@@ -251,6 +299,12 @@ struct TIQ4_NL {
     static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float* tab, float q[16], float& dl, float& ml) {
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = tab[(byte_of(ch.q, l) >> (4 * r)) & 15u];
+        dl = ch.d;
+        ml = 0.0f;
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = iq4_bytes((word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu);
         dl = ch.d;
         ml = 0.0f;
     }
@@ -266,7 +320,7 @@ struct TIQ4_NL {
 // qs[32h + 16g .. +16]; run s is shift 2s: elements 128h + 32s + 16g + l.
 struct TQ2_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 80, HEAD = 4;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q; uint2 sc; float d, dmin; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
@@ -276,13 +330,21 @@ struct TQ2_K {
         ch.d = h2f((u16)(dd & 0xffffu));
         ch.dmin = h2f((u16)(dd >> 16));
     }
-    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
+    static __device__ __forceinline__ void run_s(const Chunk& ch, int c, int s, float& dl, float& ml) {
         const int i = 2 * s + (c & 1);  // scale byte inside scales[8h .. 8h+8]
         const u32 sc = ((i < 4 ? ch.sc.x : ch.sc.y) >> (8 * (i & 3))) & 0xffu;
         dl = ch.d * (float)(sc & 15u);
         ml = ch.dmin * (float)(sc >> 4);
+    }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
+        run_s(ch, c, s, dl, ml);
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 2 * s, 2);
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int c, int s, u32 qw[4], float& dl, float& ml) {
+        run_s(ch, c, s, dl, ml);
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = (word_of(ch.q, i) >> (2 * s)) & 0x03030303u;
     }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int s) { return 128 * (c >> 1) + 32 * s + 16 * (c & 1); }
@@ -292,7 +354,7 @@ struct TQ2_K {
 // q' = q2 + 4·hbit ∈ [0, 7] (a set hmask bit means no −4), w = dl·(q' − 4).
 struct TQ3_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 96, HEAD = 14;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q, hm; float d; u32 s[3]; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
@@ -312,34 +374,44 @@ struct TQ3_K {
         const u32 w = (i < 4) ? ch.s[0] : (i < 8) ? ch.s[1] : ch.s[2];
         return (w >> (8 * (i & 3))) & 0xffu;
     }
-    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
+    static __device__ __forceinline__ void run_s(const Chunk& ch, int c, int s, float& dl, float& ml) {
         const int hh = c >> 1, gg = c & 1;
         const int i = 8 * hh + 2 * s + gg;  // 6-bit scale index (e / 16)
         const u32 lo4 = (i < 8) ? (sbyte(ch, i) & 15u) : (sbyte(ch, i - 8) >> 4);
         const u32 hi2 = (sbyte(ch, 8 + (i & 3)) >> (2 * (i >> 2))) & 3u;
         dl = ch.d * (float)((int)(lo4 | (hi2 << 4)) - 32);
         ml = 4.0f * dl;
+    }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int s, const float*, float q[16], float& dl, float& ml) {
+        run_s(ch, c, s, dl, ml);
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = fmaf(4.0f, byte_field(ch.hm, l, s, 1), byte_field(ch.q, l, 2 * s, 2));
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int c, int s, u32 qw[4], float& dl, float& ml) {
+        run_s(ch, c, s, dl, ml);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qw[i] = ((word_of(ch.q, i) >> (2 * s)) & 0x03030303u) | (((word_of(ch.hm, i) >> s) & 0x01010101u) << 2);
     }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int s) { return 128 * (c >> 1) + 32 * s + 16 * (c & 1); }
 };
 
-// 6-bit (scale, min) pair j (runtime) of the 12-byte Q4_K/Q5_K scales field (words s0..s2).
-__device__ __forceinline__ void k4_scale_min(u32 s0, u32 s1, u32 s2, int j, float& sc, float& m) {
-    // Byte i of the 12 bytes, without a local array.
-    auto byte = [&](int i) -> u32 {
-        const u32 w = (i < 4) ? s0 : (i < 8) ? s1 : s2;
-        return (w >> (8 * (i & 3))) & 0xffu;
+// The two 6-bit (scale, min) pairs of sub-blocks 2cc and 2cc + 1 (cc runtime 0..3) of the
+// 12-byte Q4_K/Q5_K scales field (words s0..s2), branch-free: byte r of *sc / *mn is sub-block
+// 2cc + r's scale / min (llama.cpp's get_scale_min_k4 for j = 2cc + r, two at a time on 16-bit lanes).
+__device__ __forceinline__ void k4_scale_pairs(u32 s0, u32 s1, u32 s2, int cc, u32& sc, u32& mn) {
+    auto half = [&](int i) -> u32 {  // 16-bit word i (0..5) of the field
+        const u32 w = (i < 2) ? s0 : (i < 4) ? s1 : s2;
+        return (w >> (16 * (i & 1))) & 0xffffu;
     };
-    if (j < 4) {
-        sc = (float)(byte(j) & 63u);
-        m = (float)(byte(j + 4) & 63u);
-    } else {
-        sc = (float)((byte(j + 4) & 15u) | ((byte(j - 4) >> 6) << 4));
-        m = (float)((byte(j + 4) >> 4) | ((byte(j) >> 6) << 4));
-    }
+    const u32 a = half(cc & 1), b = half((cc & 1) + 2), c = half((cc & 1) + 4);
+    // cc < 2: (a, b) = words cc, cc + 2; cc ≥ 2: words cc − 2, cc, cc + 2 = a, b, c.
+    const u32 lo_sc = a & 0x3f3fu, lo_mn = b & 0x3f3fu;
+    const u32 hi_sc = (c & 0x0f0fu) | ((a & 0xc0c0u) >> 2);
+    const u32 hi_mn = ((c >> 4) & 0x0f0fu) | ((b & 0xc0c0u) >> 2);
+    sc = cc < 2 ? lo_sc : hi_sc;
+    mn = cc < 2 ? lo_mn : hi_mn;
 }
 
 // Q4_K: body = the whole 144-byte block: d, dmin f16 @0, scales[12] @4, qs[128] @16.
@@ -347,19 +419,27 @@ __device__ __forceinline__ void k4_scale_min(u32 s0, u32 s1, u32 s2, int j, floa
 // run 1 = high nibbles (sub-block 2cc + 1): elements 64cc + 32r + 16hh + l.
 struct TQ4_K {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 144, HEAD = 0;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q, hd; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int c, Chunk& ch) {
         ch.hd = ld16(b + g * BODY);
         ch.q = ld16(b + g * BODY + 16 + 16 * c);
     }
+    static __device__ __forceinline__ void run_s(const Chunk& ch, int c, int r, float& dl, float& ml) {
+        u32 sc, mn;
+        k4_scale_pairs(ch.hd.y, ch.hd.z, ch.hd.w, c >> 1, sc, mn);
+        dl = h2f((u16)(ch.hd.x & 0xffffu)) * (float)((sc >> (8 * r)) & 0xffu);
+        ml = h2f((u16)(ch.hd.x >> 16)) * (float)((mn >> (8 * r)) & 0xffu);
+    }
     static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
-        float sc, m;
-        k4_scale_min(ch.hd.y, ch.hd.z, ch.hd.w, 2 * (c >> 1) + r, sc, m);
-        dl = h2f((u16)(ch.hd.x & 0xffffu)) * sc;
-        ml = h2f((u16)(ch.hd.x >> 16)) * m;
+        run_s(ch, c, r, dl, ml);
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = byte_field(ch.q, l, 4 * r, 4);
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int c, int r, u32 qw[4], float& dl, float& ml) {
+        run_s(ch, c, r, dl, ml);
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = (word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu;
     }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * (c >> 1) + 32 * r + 16 * (c & 1); }
@@ -368,7 +448,7 @@ struct TQ4_K {
 // Q5_K: body = whole 176-byte block: d, dmin @0, scales @4, qh[32] @16, qs[128] @48.
 struct TQ5_K {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 176, HEAD = 0;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 q, hd, qh; };
     static __device__ __forceinline__ void load(const u8* b, const u8*, i64 g, int c, Chunk& ch) {
         ch.hd = ld16(b + g * BODY);
@@ -380,13 +460,22 @@ struct TQ5_K {
         ch.qh = qh;
         ch.q = ld16(b + g * BODY + 48 + 16 * c);
     }
+    static __device__ __forceinline__ void run_s(const Chunk& ch, int c, int r, float& dl, float& ml) {
+        u32 sc, mn;
+        k4_scale_pairs(ch.hd.y, ch.hd.z, ch.hd.w, c >> 1, sc, mn);
+        dl = h2f((u16)(ch.hd.x & 0xffffu)) * (float)((sc >> (8 * r)) & 0xffu);
+        ml = h2f((u16)(ch.hd.x >> 16)) * (float)((mn >> (8 * r)) & 0xffu);
+    }
     static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
-        float sc, m;
-        k4_scale_min(ch.hd.y, ch.hd.z, ch.hd.w, 2 * (c >> 1) + r, sc, m);
-        dl = h2f((u16)(ch.hd.x & 0xffffu)) * sc;
-        ml = h2f((u16)(ch.hd.x >> 16)) * m;
+        run_s(ch, c, r, dl, ml);
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = fmaf(16.0f, byte_field(ch.qh, l, r, 1), byte_field(ch.q, l, 4 * r, 4));
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int c, int r, u32 qw[4], float& dl, float& ml) {
+        run_s(ch, c, r, dl, ml);
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qw[i] = ((word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu) | (((word_of(ch.qh, i) >> r) & 0x01010101u) << 4);
     }
     KILN_RUN_COMPAT
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * (c >> 1) + 32 * r + 16 * (c & 1); }
@@ -397,7 +486,7 @@ struct TQ5_K {
 // 128h + 32r + 16g + l, scale index 8h + 2r + g; w = d·sc·(q − 32).
 struct TQ6_K {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 208, HEAD = 2;
-    static constexpr bool HAS_MIN = true, TABLE = false;
+    static constexpr bool HAS_MIN = true, TABLE = false, SIGNED_Q = false;
     struct Chunk { uint4 l0, l1, qh; uint2 sc; float d; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
@@ -408,11 +497,22 @@ struct TQ6_K {
         ch.sc = __ldg((const uint2*)(p + 192 + 8 * hh));
         ch.d = h2f(__ldg((const u16*)(h + g * HEAD)));
     }
-    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
+    static __device__ __forceinline__ void run_s(const Chunk& ch, int c, int r, float& dl, float& ml) {
         const int i = 2 * r + (c & 1);  // scale byte inside scales[8h .. 8h+8]
         const u32 sw = (i < 4) ? ch.sc.x : ch.sc.y;
         dl = ch.d * (float)(signed char)((sw >> (8 * (i & 3))) & 0xffu);
         ml = 32.0f * dl;
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int c, int r, u32 qw[4], float& dl, float& ml) {
+        run_s(ch, c, r, dl, ml);
+        const uint4& L = (r & 1) ? ch.l1 : ch.l0;
+        const int lshift = (r >> 1) * 4, hshift = 2 * r;
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            qw[i] = ((word_of(L, i) >> lshift) & 0x0f0f0f0fu) | (((word_of(ch.qh, i) >> hshift) & 0x03030303u) << 4);
+    }
+    static __device__ __forceinline__ void run_q(const Chunk& ch, int c, int r, const float*, float q[16], float& dl, float& ml) {
+        run_s(ch, c, r, dl, ml);
         const uint4& L = (r & 1) ? ch.l1 : ch.l0;
         const int lshift = (r >> 1) * 4, hshift = 2 * r;
 #pragma unroll
@@ -425,7 +525,7 @@ struct TQ6_K {
 // IQ4_XS: body qs[128] | head d f16 @0, scales_h u16 @2, scales_l[4] @4. Chunk = sub-block ib.
 struct TIQ4_XS {
     static constexpr int QK = 256, CHUNKS = 8, RUNS = 2, BODY = 128, HEAD = 8;
-    static constexpr bool HAS_MIN = false, TABLE = true;
+    static constexpr bool HAS_MIN = false, TABLE = true, SIGNED_Q = true;
     struct Chunk { uint4 q; float dl; };
     static __device__ __forceinline__ void load(const u8* b, const u8* h, i64 g, int c, Chunk& ch) {
         ch.q = ld16(b + g * BODY + 16 * c);
@@ -439,6 +539,12 @@ struct TIQ4_XS {
     static __device__ __forceinline__ void run_q(const Chunk& ch, int, int r, const float* tab, float q[16], float& dl, float& ml) {
 #pragma unroll
         for (int l = 0; l < 16; l++) q[l] = tab[(byte_of(ch.q, l) >> (4 * r)) & 15u];
+        dl = ch.dl;
+        ml = 0.0f;
+    }
+    static __device__ __forceinline__ void run_qi(const Chunk& ch, int, int r, u32 qw[4], float& dl, float& ml) {
+#pragma unroll
+        for (int i = 0; i < 4; i++) qw[i] = iq4_bytes((word_of(ch.q, i) >> (4 * r)) & 0x0f0f0f0fu);
         dl = ch.dl;
         ml = 0.0f;
     }
@@ -472,3 +578,12 @@ __device__ __forceinline__ void decode_run(const typename T::Chunk& ch, int c, i
     X(q4_0, TQ4_0) X(q4_1, TQ4_1) X(q5_0, TQ5_0) X(q5_1, TQ5_1) X(q8_0, TQ8_0) \
     X(q2_k, TQ2_K) X(q3_k, TQ3_K) X(q4_k, TQ4_K) X(q5_k, TQ5_K) X(q6_k, TQ6_K) \
     X(iq4_nl, TIQ4_NL) X(iq4_xs, TIQ4_XS)
+
+// Instantiate MACRO(suffix, Type) for the 12 block types (those with run_qi).
+#define KILN_FOR_EACH_BLOCK_TYPE(X) \
+    X(q4_0, TQ4_0) X(q4_1, TQ4_1) X(q5_0, TQ5_0) X(q5_1, TQ5_1) X(q8_0, TQ8_0) \
+    X(q2_k, TQ2_K) X(q3_k, TQ3_K) X(q4_k, TQ4_K) X(q5_k, TQ5_K) X(q6_k, TQ6_K) \
+    X(iq4_nl, TIQ4_NL) X(iq4_xs, TIQ4_XS)
+
+// Instantiate MACRO(suffix, Type) for the float types.
+#define KILN_FOR_EACH_FLOAT_TYPE(X) X(f32, TF32) X(f16, TF16) X(bf16, TBF16)

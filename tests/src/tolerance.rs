@@ -106,6 +106,9 @@ use OpKind::*;
 const F16_ULP: f64 = 9.765625e-4;
 const BF16_ULP: f64 = 7.8125e-3;
 const F32_ULP: f64 = 1.1920929e-7;
+/// Worst-case relative squared error of x rounded to int8 per group of 16 (4/127²): the base
+/// of the block-type matmul rule below.
+const Q8_X_NMSE: f64 = 4.0 / (127.0 * 127.0);
 /// Smallest positive f16 subnormal (2⁻²⁴).
 const F16_TINY: f64 = 5.9604645e-8;
 
@@ -120,12 +123,18 @@ pub static PROFILE: &[Rule] = &[
         nmse(1e-10, 1e-4),
         "f32 products, f64 or blocked f32 accumulation",
     ),
+    // Block-type weights: the CUDA GEMV rounds x to int8 per group of 16 (d = max|x| / 127,
+    // |x − x̂| ≤ d/2, and max|x| ≤ 4·rms over 16 values), so Σ(x − x̂)²/Σx² ≤ 4/127² = 2.48e-4
+    // (~4e-5 for this suite's activations, by simulation). All outputs of one x row share its rounding error:
+    // where the weights have a common offset (Q4_1/Q5_1 random blocks), the output nmse is one
+    // sample of (Σε)²/(Σx)², not an average, so the rule allows 4× the x bound. Measured on an
+    // H200 (BENCHMARKS.md, 2026-11-22 int8-x entry): up to 2.7e-4 (matmul_q5_1_gemv).
     rule(
         On::Gpu,
         Matmul,
         Dt::Block,
-        nmse(2e-4, 8e-2),
-        "activations may be quantized to 8 bits (q8_1, as llama.cpp)",
+        nmse(4.0 * Q8_X_NMSE, 8e-2),
+        "activations rounded to int8 per 16 (CUDA GEMV): nmse ≤ 4·4/127²",
     ),
     rule(
         On::Gpu,
@@ -612,7 +621,10 @@ mod tests {
             t(BackendKind::Reference, Matmul, DType::Q4_K),
             nmse(1e-10, 1e-4)
         );
-        assert_eq!(t(BackendKind::Cuda, Matmul, DType::Q4_K), nmse(2e-4, 8e-2));
+        assert_eq!(
+            t(BackendKind::Cuda, Matmul, DType::Q4_K),
+            nmse(4.0 * Q8_X_NMSE, 8e-2)
+        );
         assert_eq!(t(BackendKind::Wgpu, Matmul, DType::BF16), nmse(1e-5, 3e-2));
         assert_eq!(t(BackendKind::Cuda, KvAppend, DType::F32), elem(0.0, 0.0));
         assert_eq!(

@@ -1,9 +1,12 @@
 //! matmul for every weight type (kernels/matmul_q.cu + cuBLASLt), and prepare_weight.
 //!
 //! Dispatch: for m ≤ the measured crossover of (device, dtype, n, k) the fused dequant GEMV /
-//! small-GEMM kernel runs; above it the weight is dequantized to bf16 (in tiles of at most
-//! `W_TILE_CAP` bytes) and cuBLASLt runs a tensor-core GEMM (bf16 in, f32 accumulate). The
-//! crossover comes from the tuner (src/tune.rs), measured on first use and persisted.
+//! small-GEMM kernel runs (block types: x is first rounded to int8 per 16 elements by
+//! `quant_x_<type>` into the GEMM scratch, then `gemv8_<type>_m<M>` does integer dot products
+//! against the exactly decoded weights; float types: `gemv_<type>_m<M>` on f32 x); above it
+//! the weight is dequantized to bf16 (in tiles of at most `W_TILE_CAP` bytes) and cuBLASLt runs
+//! a tensor-core GEMM (bf16 in, f32 accumulate). The crossover comes from the tuner
+//! (src/tune.rs), measured on first use and persisted.
 
 use std::sync::Arc;
 
@@ -39,38 +42,57 @@ macro_rules! per_type {
         [$( [concat!($prefix, $s, "_m1"), concat!($prefix, $s, "_m2"), concat!($prefix, $s, "_m4"), concat!($prefix, $s, "_m8")] ),*]
     };
 }
-macro_rules! per_type_s {
-    ($($s:literal),*) => { [$( [concat!("gemv_", $s, "_m1_s"), concat!("gemv_", $s, "_m2_s")] ),*] };
+macro_rules! per_type_q8 {
+    ($($s:literal),*) => {
+        [$( [concat!("gemv8_", $s, "_m1"), concat!("gemv8_", $s, "_m2"), concat!("gemv8_", $s, "_m4"),
+             concat!("gemv8_", $s, "_m8"), concat!("gemv8_", $s, "_m16")] ),*]
+    };
 }
-macro_rules! dequant_names {
-    ($($s:literal),*) => { [$( concat!("dequant_bf16_", $s) ),*] };
+macro_rules! names {
+    ($prefix:literal, $($s:literal),*) => { [$( concat!($prefix, $s) ),*] };
 }
 
-/// `gemv_<type>_m<M>`, indexed like `DType::WEIGHT_TYPES`, then by M ∈ {1, 2, 4, 8}.
-const GEMV: [[&str; 4]; 15] = per_type!(
-    "gemv_", "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k",
-    "q5_k", "q6_k", "iq4_nl", "iq4_xs"
+/// `gemv_<type>_m<M>` of the float types (f32, f16, bf16), M ∈ {1, 2, 4, 8}.
+const GEMV_F: [[&str; 4]; 3] = per_type!("gemv_", "f32", "f16", "bf16");
+/// `gemv8_<type>_m<M>` of the 12 block types (indexed like `DType::WEIGHT_TYPES[3..]`),
+/// M ∈ {1, 2, 4, 8, 16}: int8 activations.
+const GEMV8: [[&str; 5]; 12] = per_type_q8!(
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
+    "iq4_xs"
 );
-/// `gemv_<type>_m<M>_s` (x staged in shared memory), M ∈ {1, 2}.
-const GEMV_S: [[&str; 2]; 15] = per_type_s!(
-    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
-    "q6_k", "iq4_nl", "iq4_xs"
+/// `quant_x_<type>`: x f32 → the int8 units of gemv8 in that type's lane order.
+const QUANT_X: [&str; 12] = names!(
+    "quant_x_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_nl", "iq4_xs"
 );
-const DEQUANT: [&str; 15] = dequant_names!(
-    "f32", "f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k",
-    "q6_k", "iq4_nl", "iq4_xs"
+const DEQUANT: [&str; 15] = names!(
+    "dequant_bf16_",
+    "f32",
+    "f16",
+    "bf16",
+    "q4_0",
+    "q4_1",
+    "q5_0",
+    "q5_1",
+    "q8_0",
+    "q2_k",
+    "q3_k",
+    "q4_k",
+    "q5_k",
+    "q6_k",
+    "iq4_nl",
+    "iq4_xs"
 );
 
-/// Whether the shared-memory-x GEMV variant is used for a type. Measured on an H200
-/// (BENCHMARKS.md, 2026-11-22): staging x in lane order helps the types with light decode
-/// (Q4_0 34→40 %, IQ4_NL 25→38 %, Q8_0 58→62 % of copy bandwidth on 14336×4096) but hurts the
-/// k-quants, whose decode needs more than the 128 registers a 512-thread block allows
-/// (Q6_K 37→28 %, Q4_K 34→30 %).
-fn smem_x_wins(dt: DType) -> bool {
-    matches!(
-        dt,
-        DType::Q4_0 | DType::Q4_1 | DType::Q8_0 | DType::IQ4_NL | DType::IQ4_XS
-    )
+/// Number of float types at the head of `DType::WEIGHT_TYPES` (f32, f16, bf16).
+const FLOAT_TYPES: usize = 3;
+
+/// 16-element units of quantized x per row for a block type (kernels/matmul_q.cu `x_units`):
+/// ceil(chunks / 32)·runs·32.
+fn x_units(dt: DType, k: usize) -> usize {
+    let qk = split(dt).map_or(16, |s| s.qk);
+    let nchunks = (k / qk) * chunks_per_block(dt);
+    nchunks.div_ceil(32) * runs_per_chunk(dt) * 32
 }
 
 fn type_index(dt: DType) -> Option<usize> {
@@ -187,88 +209,145 @@ impl CudaBackend {
             arg_i32(op, "n", n)?,
             arg_i32(op, "k", k)?,
         );
-        if !chunked_ok(w.dtype, k) || !xp.is_multiple_of(16) {
+        let float_code = float_code(w.dtype);
+        if !chunked_ok(w.dtype, k) || (float_code.is_some() && !xp.is_multiple_of(16)) {
             // Float weights are stored unrepacked, so the generic kernel reads them for any k and
-            // any x alignment; block types need the 16-byte aligned x of the chunked kernels.
-            let Some(dt) = float_code(w.dtype) else {
+            // any x alignment; block types (x read by quant_x, any alignment) need whole blocks.
+            let Some(dt) = float_code else {
                 return Err(Error::shape(
                     op,
-                    format!(
-                        "x must start at a 16-byte aligned address for {} weights (got {xp:#x})",
-                        w.dtype
-                    ),
+                    format!("{} rows of {k} are not whole blocks", w.dtype),
                 ));
             };
             return self.launch_gemv_generic(w.body_ptr(), dt, xp, outp, mi, ni, ki);
         }
         let ti = type_index(w.dtype).ok_or_else(|| check::unsupported(op, w.dtype, &self.info))?;
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        // x rows per block (M of the kernel) and R W rows per group.
         let (mt, mi_idx) = match m {
             1 => (1, 0),
             2 => (2, 1),
             3 | 4 => (4, 2),
-            _ => (8, 3),
+            5..=8 => (8, 3),
+            _ => (16, 4),
         };
-        let r = if mt <= 2 { 4 } else { 2 };
+        let float_w = ti < FLOAT_TYPES;
+        let mt = if float_w { mt.min(8) } else { mt };
+        let mi_idx = if float_w { mi_idx.min(3) } else { mi_idx };
+        // R W rows per group: 4 (the int8 kernels at every M; float kernels at M ≤ 2), else 2.
+        let r = if mt <= 2 || !float_w { 4 } else { 2 };
         let groups = n.div_ceil(r);
-        let sms = self.info.caps.compute_units.max(1) as usize;
-        let split_for = |warps: usize| -> usize {
-            if groups >= warps {
-                1
-            } else if groups * 2 >= warps {
-                2
-            } else {
-                4
-            }
+        // S warps per group so the grid holds ~32 warps per SM, 4 warps per block, at most 8
+        // blocks per SM (warps stride over the groups).
+        let s_split = if groups >= sms * 32 {
+            1
+        } else if groups * 2 >= sms * 32 {
+            2
+        } else {
+            4
         };
-        // M ≤ 2 with x fitting in shared memory: persistent blocks of 16 warps, x staged once per
-        // block in lane order (kernels/matmul_q.cu gemv_smem_body).
-        let qk = split(w.dtype).map_or(16, |s| s.qk);
-        let nchunks = (k / qk) * chunks_per_block(w.dtype);
-        let runs = runs_per_chunk(w.dtype);
-        let smem = mt * nchunks.div_ceil(32) * runs * 4 * 32 * 16;
-        let smem_cap = (self.info.caps.shared_memory_bytes as usize).saturating_sub(2048);
-        if mt <= 2 && smem_x_wins(w.dtype) && smem <= smem_cap && m.div_ceil(mt) <= 65535 {
-            let s_split = split_for(sms * 16);
-            let cfg = LaunchConfig {
-                grid_dim: (sms as u32, m.div_ceil(mt) as u32, 1),
-                block_dim: (512, 1, 1),
-                shared_mem_bytes: smem as u32,
-            };
-            let name = GEMV_S[ti][mi_idx];
-            let f = self.function(&MATMUL_Q, name)?;
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .map_err(self.drv("cuFuncSetAttribute"))?;
-            return self.launch_gemv(name, cfg, w, xp, outp, mi, ni, ki, s_split as i32);
-        }
-        // Otherwise x is read from global memory: R W rows per group, S warps per group so the
-        // grid holds ~32 warps per SM, 4 warps per block, at most 8 blocks per SM.
-        let s_split = split_for(sms * 32);
         let blocks = (groups * s_split).div_ceil(4).clamp(1, sms * 8);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, m.div_ceil(mt) as u32, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
         if m.div_ceil(mt) > 65535 {
             return Err(Error::shape(
                 op,
                 format!("m = {m} exceeds the fused kernel's grid limit"),
             ));
         }
-        self.launch_gemv(
-            GEMV[ti][mi_idx],
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, m.div_ceil(mt) as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        if float_w {
+            // Float weights: f32 x read directly (16-byte loads; alignment checked above).
+            return self.launch_gemv(
+                GEMV_F[ti][mi_idx],
+                cfg,
+                w,
+                xp,
+                outp,
+                mi,
+                ni,
+                ki,
+                s_split as i32,
+            );
+        }
+        // Block types: x → int8 units (xq uint4 [m, units], xs float2 [m, units]) in scratch,
+        // then the integer-dot kernel.
+        let qi = ti - FLOAT_TYPES;
+        let units = x_units(w.dtype, k);
+        let xq_bytes = m * units * 16;
+        // The scratch is shared: hold the lock until both kernels are enqueued (stream order
+        // then keeps other callers' uses after ours).
+        let (_guard, scratch) = self.matmul_scratch(xq_bytes + m * units * 8)?;
+        let (xq, xs) = (scratch, scratch + xq_bytes as u64);
+        self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, mi, m * units)?;
+        self.launch_gemv8(
+            GEMV8[qi][mi_idx],
             cfg,
             w,
-            xp,
+            [xq, xs],
             outp,
-            mi,
-            ni,
-            ki,
-            s_split as i32,
+            [mi, ni, ki, s_split as i32],
         )
+    }
+
+    /// Device scratch of at least `bytes` (the cuBLASLt state's scratch, shared by the dense
+    /// and fused paths) with the lock that guards it: hold it until every kernel using the
+    /// scratch is enqueued. Older, smaller scratch stays alive for captured graphs.
+    fn matmul_scratch(
+        &self,
+        bytes: usize,
+    ) -> Result<(std::sync::MutexGuard<'_, Option<Gemm>>, u64)> {
+        let mut guard = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let ws_bytes = if self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9) {
+                32 << 20
+            } else {
+                4 << 20
+            };
+            let ws = self.alloc_mem(ws_bytes)?;
+            *guard = Some(Gemm::new(self.name(), ws)?);
+        }
+        let Some(gemm) = guard.as_mut() else {
+            return Err(Error::backend(self.name(), "cuBLASLt state missing"));
+        };
+        let p = match gemm.scratch(bytes) {
+            Some(p) => p,
+            None => {
+                let mem = self.alloc_mem(bytes.max(1 << 20))?;
+                gemm.push_scratch(mem)
+            }
+        };
+        Ok((guard, p))
+    }
+
+    /// x f32 `[m, k]` → xq uint4 `[m, units]`, xs float2 `[m, units]` (`total` = m·units).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_quant_x(
+        &self,
+        name: &'static str,
+        x: u64,
+        xq: u64,
+        xs: u64,
+        k: i32,
+        m: i32,
+        total: usize,
+    ) -> Result<()> {
+        let f = self.function(&MATMUL_Q, name)?;
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let cfg = LaunchConfig {
+            grid_dim: (total.div_ceil(256).clamp(1, sms * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x).arg(&xq).arg(&xs).arg(&k).arg(&m);
+        // SAFETY: x holds m·k f32 (k whole blocks of the type); xq/xs are scratch of m·units
+        // uint4 / float2 (`total` = m·units, sized by the caller with the kernel's x_units).
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch quant_x"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -302,6 +381,90 @@ impl CudaBackend {
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(self.drv("launch gemv"))
+    }
+
+    /// `gemv8_*`: body/head, x = [xq, xs], out, dims = [m, n, k, S]. On sm_90+ the launch allows
+    /// programmatic dependent launch (cuLaunchKernelEx): the grid starts while quant_x (which
+    /// triggers it at its start) runs, loads its first weights, then waits in the kernel
+    /// (`griddepcontrol.wait`) for x. Before sm_90 a plain launch.
+    fn launch_gemv8(
+        &self,
+        name: &'static str,
+        cfg: LaunchConfig,
+        w: &CudaWeight,
+        x: [u64; 2],
+        out: u64,
+        dims: [i32; 4],
+    ) -> Result<()> {
+        let f = self.function(&MATMUL_Q, name)?;
+        let (body, head) = (w.body_ptr(), w.head_ptr());
+        let [m, n, k, s_split] = dims;
+        if self.info.caps.compute_capability.is_none_or(|c| c.0 < 9) {
+            let mut b = self.stream.launch_builder(&f);
+            b.arg(&body)
+                .arg(&head)
+                .arg(&x[0])
+                .arg(&x[1])
+                .arg(&out)
+                .arg(&n)
+                .arg(&k)
+                .arg(&m)
+                .arg(&s_split);
+            // SAFETY: as in the PDL branch below.
+            return unsafe { b.launch(cfg) }
+                .map(|_| ())
+                .map_err(self.drv("launch gemv8"));
+        }
+        use cudarc::driver::sys;
+        let mut params: [*mut std::ffi::c_void; 9] = [
+            &body as *const u64 as *mut _,
+            &head as *const u64 as *mut _,
+            &x[0] as *const u64 as *mut _,
+            &x[1] as *const u64 as *mut _,
+            &out as *const u64 as *mut _,
+            &n as *const i32 as *mut _,
+            &k as *const i32 as *mut _,
+            &m as *const i32 as *mut _,
+            &s_split as *const i32 as *mut _,
+        ];
+        // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let lc = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: params point at 9 live locals matching the kernel's signature (body, head:
+        // the repacked n × k weight; xq uint4 / xs float2 [m, units] written by quant_x just
+        // before on this stream; out m·n f32; n, k, m, S i32); the config's stream is this
+        // backend's. The kernel reads xq/xs only after griddepcontrol.wait (quant_x complete);
+        // rows are clamped to n − 1, writes bounded by n and m.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &lc,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(self.drv("launch gemv8 (cuLaunchKernelEx)"))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -374,26 +537,9 @@ impl CudaBackend {
         } else {
             mt * row_bytes
         };
-        let mut guard = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            let ws_bytes = if self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9) {
-                32 << 20
-            } else {
-                4 << 20
-            };
-            let ws = self.alloc_mem(ws_bytes)?;
-            *guard = Some(Gemm::new(self.name(), ws)?);
-        }
+        let (mut guard, scratch) = self.matmul_scratch(w_scratch + x_scratch)?;
         let Some(gemm) = guard.as_mut() else {
             return Err(Error::backend(self.name(), "cuBLASLt state missing"));
-        };
-        let need = w_scratch + x_scratch;
-        let scratch = match gemm.scratch(need) {
-            Some(p) => p,
-            None => {
-                let mem = self.alloc_mem(need.max(1 << 20))?;
-                gemm.push_scratch(mem)
-            }
         };
         let (ws_ptr, xs_ptr) = (scratch, scratch + w_scratch as u64);
         let esize: u64 = if input == GemmInput::F32 { 4 } else { 2 };

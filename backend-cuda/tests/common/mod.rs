@@ -125,3 +125,29 @@ pub fn nmse(a: &[f32], e: &[f64]) -> f64 {
     let den: f64 = e.iter().map(|e| e * e).sum();
     num / den.max(1e-300)
 }
+
+/// The fused kernel's activation rounding for block-type weights (kernels/matmul_q.cu
+/// quant_x): every aligned group of 16 x values becomes d·q with d = max|x| / 127 (f32),
+/// q = round-half-even(x · (127 / max|x|)) clamped to ±127. Returns x̂ (as f64) and the
+/// per-element error bound d / 2.
+pub fn q8_round(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let mut xh = Vec::with_capacity(x.len());
+    let mut half = Vec::with_capacity(x.len());
+    for g in x.chunks(16) {
+        let amax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for v in g {
+            let q = (v * id).round_ties_even().clamp(-127.0, 127.0);
+            xh.push(d as f64 * q as f64);
+            half.push(d as f64 / 2.0);
+        }
+    }
+    (xh, half)
+}
+
+/// The int8-activation error bound of the fused kernel, relative (nmse): |x − x̂| ≤ d/2 =
+/// max|x|/254 per group of 16, and max|x| ≤ 4·rms over 16 values, so Σ(x − x̂)² ≤ 4/127²·Σx²
+/// (worst case; rounding errors spread uniformly give a third of that). For W with no special
+/// alignment to the error, the output's nmse follows the input's.
+pub const Q8_X_NMSE: f64 = 4.0 / (127.0 * 127.0);
