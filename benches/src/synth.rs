@@ -378,7 +378,11 @@ mod tests {
         let cfg = p.config().unwrap();
         assert_eq!(cfg.n_layers, 2);
         let w = SynthWeights::generate(&p, DType::Q8_0, 1, 2).unwrap();
-        assert_eq!(w.tensors.len(), 3 + 1 + 9 * 2);
+        assert_eq!(
+            w.tensors.len(),
+            3 + 9 * 2,
+            "embed, lm_head, norm + 9 per layer"
+        );
         let h = w.host_tensors("synthetic:tiny").unwrap();
         assert_eq!(h.len(), w.tensors.len());
         assert!(placeholder_tokenizer(p.vocab, "x").is_ok());
