@@ -49,6 +49,7 @@ fn decode_group(dl: f32, qs: &[u8; 16], y: &mut [f32; 32]) {
 
 // src: [n_blocks × block bytes], dst: [n_blocks × block elements] f32 (checked by mod.rs).
 
+#[inline(always)]
 pub(crate) fn dequant_iq4_nl(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockIq4Nl] = blocks(DType::IQ4_NL, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
@@ -57,6 +58,7 @@ pub(crate) fn dequant_iq4_nl(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_iq4_xs(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockIq4Xs] = blocks(DType::IQ4_XS, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {

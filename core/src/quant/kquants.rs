@@ -102,6 +102,7 @@ fn q3k_scales(s: &[u8; 12]) -> [i32; 16] {
 
 // src: [n_blocks × block bytes], dst: [n_blocks × 256] f32 (lengths checked by mod.rs).
 
+#[inline(always)]
 pub(crate) fn dequant_q2_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ2K] = blocks(DType::Q2_K, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {
@@ -133,6 +134,7 @@ pub(crate) fn dequant_q2_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q3_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ3K] = blocks(DType::Q3_K, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {
@@ -163,6 +165,7 @@ pub(crate) fn dequant_q3_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q4_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ4K] = blocks(DType::Q4_K, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {
@@ -189,6 +192,7 @@ pub(crate) fn dequant_q4_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q5_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ5K] = blocks(DType::Q5_K, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {
@@ -219,6 +223,7 @@ pub(crate) fn dequant_q5_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q6_k(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ6K] = blocks(DType::Q6_K, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<256>().0) {

@@ -63,6 +63,7 @@ pub(crate) struct BlockQ8_0 {
 // Decoders. src: [n_blocks × block bytes], dst: [n_blocks × 32] f32 (lengths checked by mod.rs).
 // ---------------------------------------------------------------------------------------------
 
+#[inline(always)]
 pub(crate) fn dequant_q4_0(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ4_0] = blocks(DType::Q4_0, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
@@ -76,6 +77,7 @@ pub(crate) fn dequant_q4_0(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q4_1(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ4_1] = blocks(DType::Q4_1, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
@@ -105,6 +107,7 @@ fn q5_quants(qh: [u8; 4], qs: &[u8; 16]) -> [u8; 32] {
     q
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q5_0(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ5_0] = blocks(DType::Q5_0, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
@@ -117,6 +120,7 @@ pub(crate) fn dequant_q5_0(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q5_1(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ5_1] = blocks(DType::Q5_1, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
@@ -130,6 +134,7 @@ pub(crate) fn dequant_q5_1(src: &[u8], dst: &mut [f32]) -> Result<()> {
     Ok(())
 }
 
+#[inline(always)]
 pub(crate) fn dequant_q8_0(src: &[u8], dst: &mut [f32]) -> Result<()> {
     let bs: &[BlockQ8_0] = blocks(DType::Q8_0, src)?;
     for (b, y) in bs.iter().zip(dst.as_chunks_mut::<32>().0) {
