@@ -2,6 +2,7 @@
 //! `run(args) -> CliResult` function. To add a subcommand: add its module here, a variant to
 //! [`Command`], and a line to the dispatch in [`main`].
 
+pub mod bench;
 pub mod chat;
 pub mod devices;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod load;
 pub mod logits;
 pub mod out;
 pub mod run;
+pub mod serve;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -42,6 +44,10 @@ pub enum Command {
     Chat(chat::Args),
     /// Write f32 logits of every position of --ids to a file.
     Logits(logits::Args),
+    /// OpenAI-compatible HTTP server: /v1/chat/completions, /v1/completions, /v1/models, /health.
+    Serve(serve::Args),
+    /// Benchmarks: `kiln bench serve` (concurrent streams: output tok/s, TTFT, inter-token latency).
+    Bench(bench::Args),
 }
 
 /// `--format text|json`, shared by subcommands.
@@ -64,6 +70,8 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(&a),
         Command::Chat(a) => chat::run(&a),
         Command::Logits(a) => logits::run(&a),
+        Command::Serve(a) => serve::run(&a),
+        Command::Bench(a) => bench::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

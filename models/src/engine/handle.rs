@@ -215,6 +215,7 @@ impl Drop for Engine {
 /// The engine thread's loop.
 fn serve(mut sched: Scheduler<'_>, rx: &Receiver<Cmd>, stats: &Mutex<EngineStats>) {
     let mut stopping = None;
+    publish(&sched, stats);
     loop {
         // Take every command waiting; block for one only when there is nothing to do.
         loop {
