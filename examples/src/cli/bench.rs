@@ -260,7 +260,10 @@ fn serve(a: &ServeArgs) -> CliResult {
         eargs.max_seqs = eargs.max_seqs.max(max_n);
         let ctx = a.prompt_len + a.gen_len + 1;
         eargs.ctx = Some(eargs.ctx.unwrap_or(ctx).max(ctx));
-        let engine = Engine::start(model.clone(), eargs.options(max_n.max(1) * 2))?;
+        let engine = Engine::start(
+            model.clone(),
+            eargs.options(max_n.max(1) * 2, model.config().context_length),
+        )?;
         let mut out = Vec::new();
         for &n in &a.streams {
             round(

@@ -28,7 +28,8 @@ pub struct EngineArgs {
     /// Context (tokens per sequence); default: the model's, at most 4096.
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// KV blocks in the pool; default: enough for every sequence's full context.
+    /// KV blocks in the pool; default: max-seqs sequences of min(context, 1024) tokens each
+    /// (longer sequences still run: under full load the engine preempts and recomputes).
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// Tokens per KV block.
@@ -46,7 +47,10 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn options(&self, max_queue: usize) -> EngineOptions {
+    /// Engine options for a model whose own context is `model_ctx` tokens.
+    pub fn options(&self, max_queue: usize, model_ctx: usize) -> EngineOptions {
+        let ctx = self.ctx.unwrap_or(model_ctx.min(4096)).max(1);
+        let per_seq = ctx.min(1024).div_ceil(self.block_size.max(1));
         EngineOptions {
             runtime: RuntimeOptions {
                 max_seqs: self.max_seqs,
@@ -54,7 +58,7 @@ impl EngineArgs {
                 chunk: self.max_batch_tokens.max(self.max_seqs),
                 block_size: self.block_size,
                 kv_dtype: self.kv_type,
-                kv_blocks: self.kv_blocks,
+                kv_blocks: Some(self.kv_blocks.unwrap_or(self.max_seqs * per_seq)),
                 graphs: !self.no_graph,
                 ..RuntimeOptions::default()
             },
@@ -102,7 +106,10 @@ pub fn run(a: &Args) -> CliResult {
     let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
     let backend = a.dev.open()?;
     let model = Arc::new(load_model(name, backend, &LoadOptions::default())?);
-    let engine = Engine::start(model.clone(), a.engine.options(a.max_queue))?;
+    let engine = Engine::start(
+        model.clone(),
+        a.engine.options(a.max_queue, model.config().context_length),
+    )?;
     let st = engine.stats();
     eprintln!(
         "kiln serve: {} on {}; context {}, {} KV blocks of {} tokens, {} sequences per step",
