@@ -393,6 +393,9 @@ fn engine_thread_streams_cancels_and_bounds_its_queue() {
     let mut opts = eopts(ropts(4, 16, Some(64)));
     opts.max_queue = 6;
     let e = Engine::start(m.clone(), opts).unwrap();
+    // The state is published before start returns.
+    assert_eq!(e.stats().blocks.total, 64);
+    assert_eq!(e.stats().blocks.free, 64);
     let hs: Vec<_> = prompts[..4]
         .iter()
         .map(|p| e.submit(p.clone(), o.clone()).unwrap())

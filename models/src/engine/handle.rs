@@ -122,6 +122,7 @@ impl Engine {
                     total_blocks: sched.total_blocks(),
                     max_queue: sched.options().max_queue,
                 };
+                publish(&sched, &thread_stats);
                 if ready_tx.send(Ok((limits, sched.queued_counter()))).is_err() {
                     return;
                 }
@@ -215,7 +216,6 @@ impl Drop for Engine {
 /// The engine thread's loop.
 fn serve(mut sched: Scheduler<'_>, rx: &Receiver<Cmd>, stats: &Mutex<EngineStats>) {
     let mut stopping = None;
-    publish(&sched, stats);
     loop {
         // Take every command waiting; block for one only when there is nothing to do.
         loop {
