@@ -3,8 +3,8 @@
 //
 // Block types (the 12 GGUF formats), few rows: two kernels per call.
 //   quant_x_<type>: x f32 [m, k] → int8 units of 16 (xq uint4 [m, units]) with (d, d·Σq)
-//     (xs float2 [m, units]), in the lane order of the type's chunks (layout below); one thread
-//     per unit. Reads m·k·4 bytes, writes m·k·1.5 (+ padding).
+//     (xs float2 [m, units]), in the lane order of the type's chunks (layout below); four
+//     threads per unit. Reads m·k·4 bytes, writes m·k·1.5 (+ padding).
 //   gemv8_<type>_m<M> (M ∈ {1, 2, 4, 8, 16}): grid (min(groups·S / 4, 8·SMs), ceil(m / M)),
 //     block 128 threads = 4 warps. A group is R = 4 consecutive W rows and M consecutive x rows;
 //     S warps (1, 2 or 4, chosen by the host so the grid has ~32 warps per SM) share a group and
@@ -190,51 +190,65 @@ __device__ __forceinline__ int x_units(int k) {
     return ((nchunks + KILN_WARP - 1) / KILN_WARP) * T::RUNS * KILN_WARP;
 }
 
-// quant_x_<type>: one thread per unit (16 elements): grid-stride over m·units; reads m·k·4 bytes,
-// writes m·units·24 bytes. A non-finite x makes its unit's scale NaN (the output is then NaN,
-// as it would be with f32 activations).
+// quant_x_<type>: four threads per unit (16 elements; each thread 4 consecutive x values, the
+// quad's max and sum by shuffles): grid-stride over m·units·4 (rounded up to whole warps so the
+// shuffles see full quads); reads m·k·4 bytes, writes m·units·24 bytes. A non-finite x makes its
+// unit's scale NaN (the output is then NaN, as it would be with f32 activations).
 template <class T>
 __device__ __forceinline__ void quant_x_body(const float* __restrict__ x, uint4* __restrict__ xq,
                                              float2* __restrict__ xs, int k, int m) {
     pdl_launch_dependents();
     const int nchunks = (k / T::QK) * T::CHUNKS;
     const int units = x_units<T>(k);
-    const i64 total = (i64)m * units;
-    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
-        const int row = (int)(t / units), u = (int)(t % units);
+    const i64 total = (i64)m * units * 4;
+    const i64 span = (total + KILN_WARP - 1) / KILN_WARP * KILN_WARP;
+    u32* xw = (u32*)xq;  // word `part` of unit `unit` is xw[4·unit + part]
+    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < span; t += (i64)gridDim.x * blockDim.x) {
+        const bool valid = t < total;
+        const i64 unit = valid ? t >> 2 : 0;
+        const int part = (int)(t & 3);
+        const int row = (int)(unit / units), u = (int)(unit % units);
         const int L = u % KILN_WARP, rest = u / KILN_WARP;
         const int r = rest % T::RUNS, G = rest / T::RUNS;
         const int ci = G * KILN_WARP + L;
-        uint4 q = make_uint4(0u, 0u, 0u, 0u);
-        float2 s = make_float2(0.0f, 0.0f);
-        if (ci < nchunks) {
+        const bool live = valid && ci < nchunks;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (live) {
             const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
-            const float* p = x + (i64)row * k + blk * T::QK + T::run_start(c, r);
-            float v[16];
-            float amax = 0.0f;
-            bool finite = true;
+            const float* p = x + (i64)row * k + blk * T::QK + T::run_start(c, r) + 4 * part;
 #pragma unroll
-            for (int l = 0; l < 16; l++) {
-                v[l] = p[l];
-                finite = finite && isfinite(v[l]);
-                amax = fmaxf(amax, fabsf(v[l]));
-            }
-            const float d = amax / 127.0f;
-            const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
-            u32 w[4] = {0u, 0u, 0u, 0u};
-            int sum = 0;
-#pragma unroll
-            for (int l = 0; l < 16; l++) {
-                const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
-                sum += qi;
-                w[l / 4] |= ((u32)qi & 0xffu) << (8 * (l % 4));
-            }
-            q = make_uint4(w[0], w[1], w[2], w[3]);
-            const float dd = finite ? d : __uint_as_float(0x7fc00000u);
-            s = make_float2(dd, dd * (float)sum);
+            for (int l = 0; l < 4; l++) v[l] = p[l];
         }
-        xq[t] = q;
-        xs[t] = s;
+        float amax = 0.0f;
+        int finite = 1;
+#pragma unroll
+        for (int l = 0; l < 4; l++) {
+            finite &= isfinite(v[l]) ? 1 : 0;
+            amax = fmaxf(amax, fabsf(v[l]));
+        }
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
+        finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
+        const float d = amax / 127.0f;
+        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        u32 w = 0u;
+        int sum = 0;
+#pragma unroll
+        for (int l = 0; l < 4; l++) {
+            const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
+            sum += qi;
+            w |= ((u32)qi & 0xffu) << (8 * l);
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        if (valid) {
+            xw[4 * unit + part] = w;  // zeros past the last chunk (v = 0)
+            if (part == 0) {
+                const float dd = finite ? d : __uint_as_float(0x7fc00000u);
+                xs[unit] = live ? make_float2(dd, dd * (float)sum) : make_float2(0.0f, 0.0f);
+            }
+        }
     }
 }
 

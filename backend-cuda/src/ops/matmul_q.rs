@@ -337,7 +337,8 @@ impl CudaBackend {
         let f = self.function(&MATMUL_Q, name)?;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let cfg = LaunchConfig {
-            grid_dim: (total.div_ceil(256).clamp(1, sms * 8) as u32, 1, 1),
+            // Four threads per unit (kernels/matmul_q.cu quant_x_body).
+            grid_dim: ((total * 4).div_ceil(256).clamp(1, sms * 8) as u32, 1, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -629,7 +630,8 @@ impl CudaBackend {
 
     /// Bytes of the dense path's dequantize scratch for the weights prepared so far: the largest
     /// weight's bf16 image, capped at `W_TILE_CAP` (tiles beyond), plus up to `X_TILE_CAP` for
-    /// activations converted to bf16 (m·k·2 bytes). For the memory planner.
+    /// activations converted to bf16 (m·k·2 bytes); the fused path of block types
+    /// shares this scratch for its int8 x (about m·k·1.5 bytes). For the memory planner.
     pub fn dequant_scratch_bytes(&self) -> usize {
         let big = *self
             .largest_weight_bf16
