@@ -57,11 +57,11 @@ fn signal(pid: u32, sig: &str) {
 }
 
 /// Start `kiln serve` on a free port; returns the server and its base URL.
-fn start(model: &Path, max_seqs: &str, extra: &[&str]) -> (Server, String) {
+fn start(model: &Path, ctx: &str, max_seqs: &str, extra: &[&str]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .arg("serve")
         .arg(model)
-        .args(["--backend", "reference", "--port", "0", "--ctx", "256"])
+        .args(["--backend", "reference", "--port", "0", "--ctx", ctx])
         .args([
             "--max-seqs",
             max_seqs,
@@ -83,6 +83,18 @@ fn start(model: &Path, max_seqs: &str, extra: &[&str]) -> (Server, String) {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_string();
     (Server(Some(child)), url)
+}
+
+/// GET /health.
+fn health(addr: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    let body = r.split("\r\n\r\n").nth(1).unwrap();
+    serde_json::from_str(body).unwrap()
 }
 
 /// Wait for exit within `limit`.
@@ -109,7 +121,7 @@ fn openai_client_against_kiln_serve() {
         return;
     };
     let Some(py) = python() else { return };
-    let (mut server, url) = start(&z.join("llama3"), "8", &[]);
+    let (mut server, url) = start(&z.join("llama3"), "2048", "8", &[]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/openai_client.py");
     let out = Command::new(&py).arg(&script).arg(&url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -136,15 +148,21 @@ fn queue_bound_and_sigint() {
         return;
     };
     use std::io::{Read, Write};
-    let (mut server, url) = start(&z.join("llama3"), "1", &["--max-queue", "1"]);
+    let (mut server, url) = start(
+        &z.join("llama3"),
+        "2048",
+        "1",
+        &["--max-queue", "1", "--grace-s", "1"],
+    );
     let addr = url.trim_start_matches("http://").to_string();
-    let body = r#"{"prompt": "Once upon a time", "max_tokens": 200, "stream": true}"#;
+    let body =
+        r#"{"prompt": "Once upon a time", "max_tokens": 2000, "ignore_eos": true, "stream": true}"#;
     let request = format!(
         "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    // One running (max 1 sequence; 200 tokens take far longer than the 30 ms between
-    // requests), one queued, then 429.
+    // One running (max 1 sequence, 2000 tokens: seconds), one queued, then 429. /health says
+    // when the engine has taken each request.
     let mut conns = Vec::new();
     let mut statuses = Vec::new();
     for _ in 0..3 {
@@ -155,7 +173,19 @@ fn queue_bound_and_sigint() {
         s.read_exact(&mut buf).unwrap();
         statuses.push(String::from_utf8_lossy(&buf[9..12]).to_string());
         conns.push(s);
-        std::thread::sleep(Duration::from_millis(30));
+        let t0 = Instant::now();
+        let key = if conns.len() == 1 {
+            "running"
+        } else {
+            "waiting"
+        };
+        while conns.len() < 3 && health(&addr)[key] != 1 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "{key} never reached 1"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     assert_eq!(statuses, ["200", "200", "429"], "{statuses:?}");
     let mut rest = String::new();

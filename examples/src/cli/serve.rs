@@ -28,8 +28,9 @@ pub struct EngineArgs {
     /// Context (tokens per sequence); default: the model's, at most 4096.
     #[arg(long)]
     pub ctx: Option<usize>,
-    /// KV blocks in the pool; default: max-seqs sequences of min(context, 1024) tokens each
-    /// (longer sequences still run: under full load the engine preempts and recomputes).
+    /// KV blocks in the pool; default: max-seqs sequences of min(context, 1024) tokens each, at
+    /// least one full context (longer sequences still run: under full load the engine
+    /// preempts and recomputes).
     #[arg(long)]
     pub kv_blocks: Option<usize>,
     /// Tokens per KV block.
@@ -50,7 +51,8 @@ impl EngineArgs {
     /// Engine options for a model whose own context is `model_ctx` tokens.
     pub fn options(&self, max_queue: usize, model_ctx: usize) -> EngineOptions {
         let ctx = self.ctx.unwrap_or(model_ctx.min(4096)).max(1);
-        let per_seq = ctx.min(1024).div_ceil(self.block_size.max(1));
+        // At least one full context, so a lone request can always reach it.
+        let pool_tokens = (self.max_seqs * ctx.min(1024)).max(ctx);
         EngineOptions {
             runtime: RuntimeOptions {
                 max_seqs: self.max_seqs,
@@ -58,7 +60,10 @@ impl EngineArgs {
                 chunk: self.max_batch_tokens.max(self.max_seqs),
                 block_size: self.block_size,
                 kv_dtype: self.kv_type,
-                kv_blocks: Some(self.kv_blocks.unwrap_or(self.max_seqs * per_seq)),
+                kv_blocks: Some(
+                    self.kv_blocks
+                        .unwrap_or(pool_tokens.div_ceil(self.block_size.max(1))),
+                ),
                 graphs: !self.no_graph,
                 ..RuntimeOptions::default()
             },
