@@ -330,6 +330,10 @@ impl<'m> Scheduler<'m> {
         max_seqs: usize,
     ) -> Result<()> {
         let bs = self.rt.kv().block_size();
+        // Idle cached blocks and the planned rows' new blocks, kept up to date below (no scan
+        // of the cache per candidate).
+        let mut idle = self.prefix.idle(self.rt.kv());
+        let mut planned = self.blocks_needed(plan)?;
         while plan.len() < max_seqs && *used < budget {
             let Some(front) = self.waiting.front() else {
                 break;
@@ -348,6 +352,11 @@ impl<'m> Scheduler<'m> {
                 (Vec::new(), Vec::new())
             };
             let cached_len = blocks.len() * bs;
+            // Reused blocks that were idle (only the cache held them) stop being evictable.
+            let took = blocks
+                .iter()
+                .filter(|&&b| self.rt.kv().pool().ref_count(b) == 1)
+                .count();
             let kv = self.rt.kv_mut();
             let seq = if blocks.is_empty() {
                 kv.add_sequence()
@@ -355,9 +364,9 @@ impl<'m> Scheduler<'m> {
                 kv.add_sequence_with(&blocks, cached_len)?
             };
             let n = (front.tokens.len() - cached_len).min(budget - *used);
-            let need = self.blocks_needed(plan)? + (cached_len + n).div_ceil(bs) - blocks.len();
-            let room = self.rt.kv().pool().available() + self.prefix.idle(self.rt.kv());
-            if need > room {
+            let fresh = (cached_len + n).div_ceil(bs) - blocks.len();
+            let room = self.rt.kv().pool().available() + idle - took;
+            if planned + fresh > room {
                 self.rt.kv_mut().remove_sequence(seq);
                 break;
             }
@@ -373,6 +382,8 @@ impl<'m> Scheduler<'m> {
                 r.cached_tokens = cached_len;
             }
             self.prefix.hits += blocks.len() as u64;
+            idle -= took;
+            planned += fresh;
             r.seq = Some(seq);
             r.fed = cached_len;
             r.keys = keys;
