@@ -9,6 +9,13 @@
 //! - f16 GGUF: max |Δ| ≤ 2e-3 (f32 KV cache)
 //! - q8_0 GGUF: max |Δ| ≤ 0.25 dense / 1.5 MoE, top-1 agreement ≥ 0.9
 //! - default f16 KV cache from safetensors: max |Δ| ≤ 2e-2 (K/V rounded to f16)
+//!
+//! A backend whose dense GEMM rounds activations (CUDA: x → bf16 for bf16/quantized weights,
+//! f16 for f16 weights, above the GEMV crossover) is held to max(bound, 2·e), where e is the
+//! max |Δ| of the reference backend with exactly that rounding applied to every matmul input
+//! (zoo_util/rounded.rs), measured on the same model, format, prompt and KV type in the test.
+//! Greedy continuations must equal the reference until the first step whose top-2 logit margin
+//! is below twice the backend's bound (from there a flip is within tolerance).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
@@ -16,7 +23,37 @@ mod zoo_util;
 use kiln_core::DType;
 use kiln_models::runtime::SeqInput;
 use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
+use zoo_util::rounded::{RoundedActs, rounds_like_cuda};
 use zoo_util::*;
+
+/// `base`, or for a backend that rounds matmul activations, max(base, 2·e) with e the error of
+/// the reference backend doing exactly that rounding (prefill of `ids_list` in chunks of
+/// `chunk`, KV type `kv`).
+fn bound(
+    backend: &dyn kiln_core::Backend,
+    path: &std::path::Path,
+    cases: &[Case],
+    chunk: usize,
+    kv: DType,
+    base: f32,
+) -> f32 {
+    if !rounds_like_cuda(backend) {
+        return base;
+    }
+    let emu: std::sync::Arc<dyn kiln_core::Backend> = std::sync::Arc::new(RoundedActs {
+        inner: std::sync::Arc::new(kiln_core::ReferenceBackend::new(0)),
+    });
+    let model = Model::load(path.to_str().unwrap(), emu, &LoadOptions::default()).unwrap();
+    let e = cases
+        .iter()
+        .map(|c| max_diff(&prefill_all(&model, &c.ids, chunk, kv), &c.logits))
+        .fold(0.0, f32::max);
+    println!(
+        "  rounded-activation reference: max |Δ| {e:.2e} -> bound {:.2e}",
+        base.max(2.0 * e)
+    );
+    base.max(2.0 * e)
+}
 
 macro_rules! zoo_or_skip {
     () => {
@@ -97,11 +134,14 @@ fn zoo_logits_every_format() {
                 );
                 let max = diffs.iter().copied().fold(0.0, f32::max);
                 let moe = model.config().is_moe();
-                let ok = match label {
-                    "safetensors" => max <= 1e-3,
-                    "f16 gguf" => max <= 2e-3,
-                    _ => max <= if moe { 1.5 } else { 0.25 } && top1 >= 0.9,
+                let base = match label {
+                    "safetensors" => 1e-3,
+                    "f16 gguf" => 2e-3,
+                    _ if moe => 1.5,
+                    _ => 0.25,
                 };
+                let lim = bound(backend.as_ref(), &path, &cases, 128, DType::F32, base);
+                let ok = max <= lim && (label != "q8_0 gguf" || top1 >= 0.9);
                 if !ok {
                     failures.push(format!(
                         "{bname} {m} {label}: max |Δ| {max:.3e}, top-1 {top1:.3}"
@@ -154,13 +194,17 @@ fn zoo_chunked_prefill_and_decode_match() {
             println!(
                 "{bname} {m}: chunk-7 vs one-shot {d_chunk:.2e}, vs reference {d_ref:.2e}; decode vs reference {d_dec:.2e}"
             );
+            // Chunks of 7 rows may take the fused f32 path where one-shot takes the dense one:
+            // their difference is bounded by the rounding bound.
+            let one = std::slice::from_ref(c);
+            let lim = bound(backend.as_ref(), &dir, one, 7, DType::F32, 1e-3);
             assert!(
-                d_chunk <= 1e-4,
+                d_chunk <= if lim > 1e-3 { lim } else { 1e-4 },
                 "{bname} {m}: chunked prefill changed logits by {d_chunk}"
             );
             assert!(
-                d_ref <= 1e-3 && d_dec <= 1e-3,
-                "{bname} {m}: chunked {d_ref}, decode {d_dec}"
+                d_ref <= lim && d_dec <= lim,
+                "{bname} {m}: chunked {d_ref}, decode {d_dec} (bound {lim})"
             );
         }
     }
@@ -258,38 +302,81 @@ fn zoo_ragged_batches_match() {
             worst = worst.max(max_diff(l.row(1), cs[1].row(18)));
             worst = worst.max(max_diff(l.row(2), cs[1].row(1)));
             println!("{bname} {m}: ragged/batched rows vs reference max |Δ| {worst:.2e}");
-            assert!(worst <= 1e-3, "{bname} {m}: {worst}");
+            let lim = bound(backend.as_ref(), &dir, &cs, 24, DType::F32, 1e-3);
+            assert!(worst <= lim, "{bname} {m}: {worst} (bound {lim})");
         }
     }
 }
 
-/// Greedy continuation from safetensors equals transformers' 24 tokens (EOS ignored).
+/// Greedy continuation from safetensors equals transformers' 24 tokens (EOS ignored) until the
+/// first step whose top-2 margin is below twice the backend's logit bound.
 #[test]
 fn zoo_greedy_continuations() {
     let zoo = zoo_or_skip!();
     for (bname, backend) in backends() {
         for m in MODELS {
             let dir = zoo.join(m);
+            let cs = cases(&dir);
+            let lim = bound(backend.as_ref(), &dir, &cs, 64, DType::F32, 1e-3);
             let model = Model::load(
                 dir.to_str().unwrap(),
                 backend.clone(),
                 &LoadOptions::default(),
             )
             .unwrap();
-            let mut g = kiln_models::Generator::new(&model, opts(64, false, DType::F32)).unwrap();
-            for (i, c) in cases(&dir).iter().enumerate() {
-                let o = kiln_models::GenerateOptions {
-                    max_tokens: 24,
-                    sampling: kiln_models::SamplingParams::greedy(),
-                    ignore_eos: true,
-                    ..Default::default()
-                };
-                let out = g.generate_ids(&c.ids, &o, &mut |_| {}).unwrap();
-                assert_eq!(out.generated_ids, c.greedy, "{bname} {m} case {i}");
+            for (i, c) in cs.iter().enumerate() {
+                let mut rt = Runtime::new(&model, opts(64, false, DType::F32)).unwrap();
+                let s = rt.add_sequence();
+                let mut last = Vec::new();
+                for part in c.ids.chunks(64) {
+                    let l = rt
+                        .step(&[SeqInput {
+                            seq: s,
+                            tokens: part,
+                        }])
+                        .unwrap();
+                    last = l.row(l.rows - 1).to_vec();
+                }
+                let mut equal = 0;
+                for (step, &want) in c.greedy.iter().enumerate() {
+                    let (t, margin) = top2(&last);
+                    if t as u32 != want {
+                        assert!(
+                            margin < 2.0 * lim,
+                            "{bname} {m} case {i} step {step}: {t} instead of {want} with top-2 margin {margin} (bound {lim})"
+                        );
+                        println!(
+                            "{bname} {m} case {i}: equal for {equal} steps, then a near-tie (margin {margin:.2e} < 2·{lim:.1e})"
+                        );
+                        break;
+                    }
+                    equal += 1;
+                    let l = rt
+                        .step(&[SeqInput {
+                            seq: s,
+                            tokens: std::slice::from_ref(&want),
+                        }])
+                        .unwrap();
+                    last = l.row(l.rows - 1).to_vec();
+                }
+                if equal == c.greedy.len() {
+                    println!("{bname} {m} case {i}: greedy continuation equal ({equal} tokens)");
+                }
             }
-            println!("{bname} {m}: greedy continuations equal");
         }
     }
+}
+
+/// (argmax, top-1 minus top-2 logit).
+fn top2(v: &[f32]) -> (usize, f32) {
+    let t = argmax(v);
+    let second = v
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != t)
+        .map(|(_, x)| *x)
+        .fold(f32::NEG_INFINITY, f32::max);
+    (t, v[t] - second)
 }
 
 /// The default f16 KV cache: stated looser tolerance.
@@ -309,7 +396,15 @@ fn zoo_f16_kv_cache() {
             let got = prefill_all(&model, &c.ids, 128, DType::F16);
             let d = max_diff(&got, &c.logits);
             println!("{bname} {m}: f16 KV cache, max |Δ| {d:.2e}");
-            assert!(d <= 2e-2, "{bname} {m}: {d}");
+            let lim = bound(
+                backend.as_ref(),
+                &dir,
+                std::slice::from_ref(c),
+                128,
+                DType::F16,
+                2e-2,
+            );
+            assert!(d <= lim, "{bname} {m}: {d} (bound {lim})");
         }
     }
 }

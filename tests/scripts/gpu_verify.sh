@@ -5,11 +5,11 @@
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
-#    zoo_graph, kiln-cuda nccl) and the CUDA attention bench, strips them into .gpu/verify/
+#    zoo_graph, kiln-cuda nccl) and the CUDA attention bench, strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
 # 2. GPU machine, one call (two GPUs so NCCL runs; on one GPU that part prints "skipped"):
-#      run(kind="nvidia-h200-x2", carry=[".gpu/verify", ".gl"],
+#      run(kind="nvidia-h200-x2", carry=[".gpu/verify.tar.xz", ".gl"],
 #          command="bash tests/scripts/gpu_verify.sh run")
 #    Logs under $OUT; a summary is printed last.
 set -uo pipefail
@@ -46,20 +46,25 @@ missing = set(want.values()) - set(found)
 if missing:
     sys.exit(f"missing test executables: {sorted(missing)}")
 EOF
-    cargo build --release -p kiln-benches --no-default-features --features cuda --bin attention
+    cargo build --release -p kiln-benches --bin attention --bin decode
     cp "$CARGO_TARGET_DIR/release/attention" "$B/attention_bench"
+    cp "$CARGO_TARGET_DIR/release/decode" "$B/decode_bench"
     strip "$B"/*
     KILN_CACHE_DIR="$PWD/$B/cache" LD_LIBRARY_PATH="$NV/lib" KILN_CUDA_INCLUDE="$NV/include" \
         "$B/nvrtc_compile" --ignored precompile_sm90_into_cache --nocapture >/dev/null
     rm -f "$B/nvrtc_compile" "$list"
     mkdir -p "$B/zoo"
     cp -r ../shared/testdata/zoo/. "$B/zoo/"
-    du -sh "$B"
+    # Stripped binaries + zoo exceed the 64 MiB carry limit: carry one xz archive instead.
+    tar -C "$B" -cf - . | xz -T2 -6 >"$B.tar.xz"
+    rm -rf "$B"
+    du -sh "$B.tar.xz"
 }
 
 run() {
     local OUTD="${OUT:-$PWD/gpu-results}"
-    mkdir -p "$OUTD"
+    mkdir -p "$OUTD" "$B"
+    tar -C "$B" -xJf "$B.tar.xz"
     export NCCL_NVLS_ENABLE=0
     export KILN_CACHE_DIR=/tmp/kiln-cache
     mkdir -p "$KILN_CACHE_DIR"; cp -r "$B/cache/." "$KILN_CACHE_DIR/" 2>/dev/null || true
@@ -87,6 +92,12 @@ run() {
     echo "== attention bench (cuda:0)"
     timeout 600 "$B/attention_bench" --backend cuda >"$OUTD/attention_bench.log" 2>&1
 
+    echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
+    for w in q4_k bf16; do
+        timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b --wtype $w --batch 1,8,32 \
+            --ctx 512 --steps 64 --graph both >"$OUTD/decode_cuda_$w.log" 2>&1
+    done
+
     echo "== summary"
     for f in conformance zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
@@ -94,6 +105,7 @@ run() {
     done
     grep -hE "NCCL all-reduce|latency|busbw" "$OUTD/nccl.log" | head -10
     grep -hE "^(attn-dec|attn-pre|copy|dense)" "$OUTD/attention_bench.log"
+    tail -n 12 "$OUTD"/decode_cuda_*.log
 }
 
 case "${1:-}" in

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use kiln_core::{Backend, BackendProvider, Probe, ReferenceProvider};
 
+pub mod rounded;
+
 pub fn zoo() -> Option<PathBuf> {
     let dir = std::env::var_os("KILN_ZOO")
         .map(PathBuf::from)
