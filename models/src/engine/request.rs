@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use super::{Event, EventSink, FinishReason, Finished, RequestId};
 use crate::runtime::generate::{GenerateOptions, StopReason, TokenEvent};
-use crate::runtime::{Sampler, SeqId};
+use crate::runtime::{Sampler, SeqId, StopText};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// A request as the scheduler holds it.
@@ -29,7 +29,7 @@ pub(crate) struct Req<'m> {
     pub sampler: Sampler,
     decoder: StreamDecoder<'m>,
     /// Text not yet released (it may be the start of a stop string).
-    held: String,
+    held: StopText,
     sink: Box<dyn EventSink>,
     pub cancel: Arc<AtomicBool>,
     /// Prompt tokens served from the prefix cache (first admission).
@@ -60,7 +60,7 @@ impl<'m> Req<'m> {
             sampler: Sampler::new(opts.sampling.clone()),
             opts,
             decoder: tok.stream_decoder(false),
-            held: String::new(),
+            held: StopText::default(),
             sink,
             cancel,
             cached_tokens: 0,
@@ -96,7 +96,7 @@ impl<'m> Req<'m> {
             self.release(true, &mut stop)
         } else {
             if let Some(piece) = self.decoder.push(t)? {
-                self.held.push_str(&piece);
+                self.held.push(&piece);
             }
             let mut text = self.release(false, &mut stop);
             if stop.is_none() {
@@ -121,44 +121,11 @@ impl<'m> Req<'m> {
     /// Release the held text up to where a stop string could still begin; a stop string found
     /// sets `stop` and cuts the text before it.
     fn release(&mut self, done: bool, stop: &mut Option<StopReason>) -> String {
-        if let Some((at, s)) = self
-            .opts
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s.clone())))
-            .min_by_key(|(i, _)| *i)
-        {
-            let out = self.held[..at].to_string();
-            self.held.clear();
-            if stop.is_none() {
-                *stop = Some(StopReason::Stop(s));
-            }
-            return out;
+        let (out, hit) = self.held.release(&self.opts.stop, done);
+        if let (Some(s), None) = (hit, stop.as_ref()) {
+            *stop = Some(StopReason::Stop(s));
         }
-        let keep = if done { 0 } else { self.stop_prefix_len() };
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
         out
-    }
-
-    /// Length of the longest suffix of `held` that is a proper prefix of a stop string.
-    fn stop_prefix_len(&self) -> usize {
-        let h = &self.held;
-        let mut best = 0;
-        for s in &self.opts.stop {
-            for (i, _) in s.char_indices().skip(1) {
-                if i > best
-                    && i <= h.len()
-                    && h.is_char_boundary(h.len() - i)
-                    && h.ends_with(&s[..i])
-                {
-                    best = i;
-                }
-            }
-        }
-        best
     }
 
     /// Send the final event (the request leaves the scheduler).

@@ -15,6 +15,7 @@ use super::kv_cache::SeqId;
 use super::model::Model;
 use super::sampler::{Sampler, SamplingParams};
 use super::step::{Runtime, RuntimeOptions, SeqInput, StepStats};
+use super::stop::StopText;
 use crate::error::Result;
 use crate::tokenizer::StreamDecoder;
 
@@ -192,7 +193,7 @@ impl<'m> Generator<'m> {
             sampler,
             opts: opts.clone(),
             next: first,
-            held: String::new(),
+            held: StopText::default(),
             out,
             first_at: Instant::now(),
         })
@@ -249,7 +250,7 @@ pub struct TokenStream<'g, 'm> {
     /// The sampled token not yet returned.
     next: Option<u32>,
     /// Text not yet released (it may be the start of a stop string).
-    held: String,
+    held: StopText,
     out: Generation,
     first_at: Instant,
 }
@@ -277,45 +278,14 @@ impl TokenStream<'_, '_> {
         self.out.decode_time = self.first_at.elapsed();
     }
 
-    /// Release the held text up to where a stop string could still begin.
+    /// Release the held text up to where a stop string could still begin; a stop string found
+    /// finishes the generation.
     fn release(&mut self, done: bool) -> String {
-        if let Some((at, s)) = self
-            .opts
-            .stop
-            .iter()
-            .filter(|s| !s.is_empty())
-            .filter_map(|s| self.held.find(s.as_str()).map(|i| (i, s.clone())))
-            .min_by_key(|(i, _)| *i)
-        {
-            let out = self.held[..at].to_string();
-            self.held.clear();
+        let (out, hit) = self.held.release(&self.opts.stop, done);
+        if let Some(s) = hit {
             self.finish(StopReason::Stop(s));
-            return out;
         }
-        let keep = if done { 0 } else { self.stop_prefix_len() };
-        let cut = self.held.len() - keep;
-        let out = self.held[..cut].to_string();
-        self.held.drain(..cut);
         out
-    }
-
-    /// Length of the longest suffix of `held` that is a proper prefix of a stop string (at a
-    /// char boundary).
-    fn stop_prefix_len(&self) -> usize {
-        let h = &self.held;
-        let mut best = 0;
-        for s in &self.opts.stop {
-            for (i, _) in s.char_indices().skip(1) {
-                if i > best
-                    && i <= h.len()
-                    && h.is_char_boundary(h.len() - i)
-                    && h.ends_with(&s[..i])
-                {
-                    best = i;
-                }
-            }
-        }
-        best
     }
 
     fn advance(&mut self) -> Result<Option<TokenEvent>> {
@@ -334,7 +304,7 @@ impl TokenStream<'_, '_> {
             return Ok(Some(TokenEvent { id: t, text }));
         }
         if let Some(piece) = self.decoder.push(t)? {
-            self.held.push_str(&piece);
+            self.held.push(&piece);
         }
         let mut text = self.release(false);
         if self.out.stop_reason.is_none() {

@@ -8,6 +8,7 @@ pub mod model;
 pub mod plan;
 pub mod sampler;
 pub mod step;
+pub mod stop;
 pub mod weights;
 
 pub use generate::{GenerateOptions, Generation, Generator, StopReason, TokenEvent, TokenStream};
@@ -15,4 +16,5 @@ pub use kv_cache::{BlockPool, KvCache, SeqId};
 pub use model::{BackendChoice, LoadEvent, LoadOptions, Model, is_gpu_adapter, open_backend};
 pub use sampler::{Sampler, SamplingParams};
 pub use step::{Logits, Runtime, RuntimeOptions, SeqInput, StepStats};
+pub use stop::StopText;
 pub use weights::HostTensors;
