@@ -50,6 +50,38 @@ __device__ __forceinline__ float dot_run(const float q[16], float dl, float ml, 
     return a;
 }
 
+// The end of a row group in both GEMV families: reduce its R·M partial dot products over the warp
+// (shuffles), then over the S warps sharing the group (shared memory `red`, one row per warp), and
+// store y [m, n]. Every thread of the block calls it (barriers when S > 1).
+template <int R, int M>
+__device__ __forceinline__ void reduce_store(float (&acc)[R][M], float (*red)[R * M], float* __restrict__ y,
+                                             int n, int m, int g, int m0, int S, int warp, int slot, int sub,
+                                             int lane, bool active) {
+#pragma unroll
+    for (int rr = 0; rr < R; rr++)
+#pragma unroll
+        for (int mm = 0; mm < M; mm++) {
+            const float s = warp_sum(acc[rr][mm]);
+            if (S == 1) {
+                if (lane == 0 && active && g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+            } else if (lane == 0) {
+                red[warp][rr * M + mm] = s;
+            }
+        }
+    if (S > 1) {
+        __syncthreads();
+        if (sub == 0 && active) {
+            for (int e = lane; e < R * M; e += KILN_WARP) {
+                float s = 0.0f;
+                for (int t = 0; t < S; t++) s += red[slot * S + t][e];
+                const int rr = e / M, mm = e % M;
+                if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
+            }
+        }
+        __syncthreads();
+    }
+}
+
 template <class T, int M, int R>
 __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8* __restrict__ head,
                                           const float* __restrict__ x, float* __restrict__ y,
@@ -134,28 +166,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
                 }
             }
         }
-        // Reduce: over the warp (shuffles), then over the S warps of the group (shared memory).
-#pragma unroll
-        for (int rr = 0; rr < R; rr++)
-#pragma unroll
-            for (int mm = 0; mm < M; mm++) {
-                const float s = warp_sum(acc[rr][mm]);
-                if (S == 1) {
-                    if (lane == 0 && active && g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
-                } else if (lane == 0) {
-                    red[warp][rr * M + mm] = s;
-                }
-            }
-        if (S > 1) {
-            __syncthreads();
-            if (sub == 0 && active && lane < R * M) {
-                float s = 0.0f;
-                for (int t = 0; t < S; t++) s += red[slot * S + t][lane];
-                const int rr = lane / M, mm = lane % M;
-                if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
-            }
-            __syncthreads();
-        }
+        reduce_store<R, M>(acc, red, y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -357,29 +368,7 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
                 }
             }
         }
-#pragma unroll
-        for (int rr = 0; rr < R; rr++)
-#pragma unroll
-            for (int mm = 0; mm < M; mm++) {
-                const float s = warp_sum(acc[rr][mm]);
-                if (S == 1) {
-                    if (lane == 0 && active && g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
-                } else if (lane == 0) {
-                    red[warp][rr * M + mm] = s;
-                }
-            }
-        if (S > 1) {
-            __syncthreads();
-            if (sub == 0 && active) {
-                for (int e = lane; e < R * M; e += KILN_WARP) {
-                    float s = 0.0f;
-                    for (int t = 0; t < S; t++) s += red[slot * S + t][e];
-                    const int rr = e / M, mm = e % M;
-                    if (g * R + rr < n && m0 + mm < m) y[(i64)(m0 + mm) * n + g * R + rr] = s;
-                }
-            }
-            __syncthreads();
-        }
+        reduce_store<R, M>(acc, red, y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
