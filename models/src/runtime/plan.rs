@@ -27,6 +27,7 @@ use std::sync::Arc;
 
 use kiln_core::{
     AttnParams, Backend, Buffer, DType, MoeExperts, MoeRouting, SeqBatch, Shape, Tensor, View,
+    Weight,
 };
 
 use super::weights::{Ffn, Weights};
@@ -56,7 +57,10 @@ fn align64(n: usize) -> usize {
 }
 
 impl Staging {
-    fn new(backend: &dyn Backend, t: usize, s: usize, mb: usize) -> Result<Staging> {
+    /// Element offsets of the regions and the total length (i32 elements) for `t` tokens, `s`
+    /// sequences and block tables `mb` wide: `[ids, pos, slots, q_starts, kv_lens, last,
+    /// tables, len]`.
+    fn layout(t: usize, s: usize, mb: usize) -> [usize; 8] {
         let ids = 0;
         let pos = ids + align64(t);
         let slots = pos + align64(t);
@@ -65,6 +69,11 @@ impl Staging {
         let last = kv_lens + align64(s);
         let tables = last + align64(s);
         let len = tables + align64(s * mb);
+        [ids, pos, slots, q_starts, kv_lens, last, tables, len]
+    }
+
+    fn new(backend: &dyn Backend, t: usize, s: usize, mb: usize) -> Result<Staging> {
+        let [ids, pos, slots, q_starts, kv_lens, last, tables, len] = Self::layout(t, s, mb);
         let buf = backend
             .alloc(len * 4)
             .map_err(|e| ModelError::backend("allocating the step staging buffer", e))?;
@@ -153,6 +162,10 @@ impl PlanDims {
 /// Every buffer of a step (see the module docs for shapes).
 pub struct Plan {
     pub dims: PlanDims,
+    /// This device computes the final norm and the logits (single device, the last stage of a
+    /// layer split, rank 0 of a tensor-parallel group); elsewhere `last`, `normed` and
+    /// `logits` are 1-element placeholders.
+    pub head: bool,
     pub x: [Tensor; 2],
     pub h: Tensor,
     pub q: [Tensor; 2],
@@ -176,14 +189,77 @@ pub struct Plan {
     pub bytes: usize,
 }
 
+/// `[rows, cols]` of every f32 activation buffer: one table for [`Plan::new`] (which
+/// allocates it) and [`Plan::bytes_for`] (which only sums it), so the planner's number is the
+/// allocation. `cfg` is the device's view of the model (a tensor-parallel rank's heads/FFN).
+struct Sizes {
+    /// x, h, o: `[T, H]`.
+    th: (usize, usize),
+    /// q, attn: `[T, Q]`.
+    tq: (usize, usize),
+    /// k, v: `[T, K]`.
+    tk: (usize, usize),
+    /// gate, up, act `[T, F]`, when some layer is dense.
+    ff: Option<(usize, usize)>,
+    /// router `[T, E]`, MoE models.
+    router: Option<(usize, usize)>,
+    /// last `[S, H]`, normed `[R, H]`, logits `[R, V]`: 1×1 when not the head device.
+    last: (usize, usize),
+    normed: (usize, usize),
+    logits: (usize, usize),
+    /// Inverse-frequency tables.
+    rope: [usize; 2],
+}
+
+impl Sizes {
+    fn new(cfg: &ModelConfig, d: PlanDims, head: bool) -> Sizes {
+        let one = |r: usize, c: usize| (r.max(1), c.max(1));
+        let (t, s, r) = (d.max_tokens, d.max_seqs, d.logit_rows());
+        let dense = cfg.layers.iter().any(|l| !l.moe);
+        let (last, normed, logits) = if head {
+            (one(s, cfg.hidden), one(r, cfg.hidden), one(r, cfg.vocab))
+        } else {
+            ((1, 1), (1, 1), (1, 1))
+        };
+        Sizes {
+            th: one(t, cfg.hidden),
+            tq: one(t, cfg.q_dim()),
+            tk: one(t, cfg.kv_dim()),
+            ff: dense.then(|| one(t, cfg.ffn)),
+            router: cfg.moe.as_ref().map(|m| one(t, m.n_experts)),
+            last,
+            normed,
+            logits,
+            rope: [cfg.n_rot / 2, cfg.n_rot / 2],
+        }
+    }
+
+    /// f32 bytes of all activation buffers and rope tables (pairs twice, FFN three times).
+    fn bytes(&self) -> usize {
+        let n = |(r, c): (usize, usize)| r * c * 4;
+        let ff = self.ff.map_or(0, |f| 3 * n(f));
+        let router = self.router.map_or(0, n);
+        // x[2], h, o[2]; q[2], attn; k[2], v[2].
+        5 * n(self.th)
+            + 3 * n(self.tq)
+            + 4 * n(self.tk)
+            + ff
+            + router
+            + n(self.last)
+            + n(self.normed)
+            + n(self.logits)
+            + 4 * (self.rope[0].max(1) + self.rope[1].max(1))
+    }
+}
+
 struct Alloc<'a> {
     backend: &'a dyn Backend,
     bytes: usize,
 }
 
 impl Alloc<'_> {
-    fn f32(&mut self, what: &str, rows: usize, cols: usize) -> Result<Tensor> {
-        self.tensor(what, Shape::d2(rows.max(1), cols.max(1)), DType::F32)
+    fn f32(&mut self, what: &str, (rows, cols): (usize, usize)) -> Result<Tensor> {
+        self.tensor(what, Shape::d2(rows, cols), DType::F32)
     }
     fn tensor(&mut self, what: &str, shape: Shape, dt: DType) -> Result<Tensor> {
         let ctx = |e| ModelError::backend(format!("allocating {what} {shape}"), e);
@@ -192,42 +268,47 @@ impl Alloc<'_> {
         self.bytes += n;
         Tensor::new(buf, 0, shape, dt).map_err(ctx)
     }
-    fn pair(&mut self, what: &str, rows: usize, cols: usize) -> Result<[Tensor; 2]> {
-        Ok([self.f32(what, rows, cols)?, self.f32(what, rows, cols)?])
+    fn pair(&mut self, what: &str, size: (usize, usize)) -> Result<[Tensor; 2]> {
+        Ok([self.f32(what, size)?, self.f32(what, size)?])
     }
 }
 
+/// The MoE expert matrices a scratch size depends on: gate, up, down.
+type Experts<'w> = Option<(&'w Weight, &'w Weight, &'w Weight)>;
+
+fn check_dims(dims: PlanDims) -> Result<()> {
+    if dims.max_tokens < dims.max_seqs || dims.max_seqs == 0 || dims.context == 0 {
+        return Err(ModelError::Runtime(format!(
+            "plan of {} tokens for {} sequences of {} tokens: need tokens ≥ sequences ≥ 1 and a context ≥ 1",
+            dims.max_tokens, dims.max_seqs, dims.context
+        )));
+    }
+    Ok(())
+}
+
 impl Plan {
+    /// Allocate every buffer of a step on `backend` for `cfg` (this device's view of the
+    /// model) and `dims`; `head`: this device computes the logits.
     pub fn new(
         backend: &Arc<dyn Backend>,
         cfg: &ModelConfig,
         w: &Weights,
         dims: PlanDims,
+        head: bool,
     ) -> Result<Plan> {
-        if dims.max_tokens < dims.max_seqs || dims.max_seqs == 0 || dims.context == 0 {
-            return Err(ModelError::Runtime(format!(
-                "plan of {} tokens for {} sequences of {} tokens: need tokens ≥ sequences ≥ 1 and a context ≥ 1",
-                dims.max_tokens, dims.max_seqs, dims.context
-            )));
-        }
+        check_dims(dims)?;
         let b = backend.as_ref();
         let mut a = Alloc {
             backend: b,
             bytes: 0,
         };
-        let (t, s, r) = (dims.max_tokens, dims.max_seqs, dims.logit_rows());
-        let (h, q, kv) = (cfg.hidden, cfg.q_dim(), cfg.kv_dim());
-        let dense_ff = if cfg.layers.iter().any(|l| !l.moe) {
-            cfg.ffn
-        } else {
-            0
-        };
-        let staging = Staging::new(b, t, s, dims.max_blocks())?;
+        let z = Sizes::new(cfg, dims, head);
+        let staging = Staging::new(b, dims.max_tokens, dims.max_seqs, dims.max_blocks())?;
         let rope = |a: &mut Alloc<'_>, what: &str, f: &kiln_core::RopeFreqs| -> Result<Tensor> {
             let inv = f
                 .inv_freq(cfg.n_rot)
                 .map_err(|e| ModelError::backend("rope frequencies", e))?;
-            let tns = a.tensor(what, Shape::d1(inv.len()), DType::F32)?;
+            let tns = a.tensor(what, Shape::d1(inv.len().max(1)), DType::F32)?;
             let bytes: Vec<u8> = inv.iter().flat_map(|x| x.to_le_bytes()).collect();
             b.write(&tns.buf, 0, &bytes)
                 .map_err(|e| ModelError::backend("writing rope frequencies", e))?;
@@ -235,30 +316,21 @@ impl Plan {
         };
         let mut plan = Plan {
             dims,
-            x: a.pair("x", t, h)?,
-            h: a.f32("h", t, h)?,
-            q: a.pair("q", t, q)?,
-            k: a.pair("k", t, kv)?,
-            v: a.pair("v", t, kv)?,
-            attn: a.f32("attn", t, q)?,
-            o: a.pair("o", t, h)?,
-            gate: (dense_ff > 0)
-                .then(|| a.f32("gate", t, dense_ff))
-                .transpose()?,
-            up: (dense_ff > 0)
-                .then(|| a.f32("up", t, dense_ff))
-                .transpose()?,
-            act: (dense_ff > 0)
-                .then(|| a.f32("act", t, dense_ff))
-                .transpose()?,
-            router: cfg
-                .moe
-                .as_ref()
-                .map(|m| a.f32("router", t, m.n_experts))
-                .transpose()?,
-            last: a.f32("last", s, h)?,
-            normed: a.f32("normed", r, h)?,
-            logits: a.f32("logits", r, cfg.vocab)?,
+            head,
+            x: a.pair("x", z.th)?,
+            h: a.f32("h", z.th)?,
+            q: a.pair("q", z.tq)?,
+            k: a.pair("k", z.tk)?,
+            v: a.pair("v", z.tk)?,
+            attn: a.f32("attn", z.tq)?,
+            o: a.pair("o", z.th)?,
+            gate: z.ff.map(|f| a.f32("gate", f)).transpose()?,
+            up: z.ff.map(|f| a.f32("up", f)).transpose()?,
+            act: z.ff.map(|f| a.f32("act", f)).transpose()?,
+            router: z.router.map(|r| a.f32("router", r)).transpose()?,
+            last: a.f32("last", z.last)?,
+            normed: a.f32("normed", z.normed)?,
+            logits: a.f32("logits", z.logits)?,
             rope_global: rope(&mut a, "rope_global", &cfg.rope_global)?,
             rope_local: rope(&mut a, "rope_local", &cfg.rope_local)?,
             attn_scratch: None,
@@ -266,7 +338,7 @@ impl Plan {
             staging,
             bytes: 0,
         };
-        let (attn_bytes, moe_bytes) = plan.scratch_bytes(b, cfg, w)?;
+        let (attn_bytes, moe_bytes) = scratch_bytes(b, cfg, dims, &plan.staging, experts(w))?;
         plan.attn_scratch = (attn_bytes > 0)
             .then(|| a.tensor("attention scratch", Shape::d1(attn_bytes), DType::U8))
             .transpose()?;
@@ -277,57 +349,99 @@ impl Plan {
         Ok(plan)
     }
 
-    /// Batch-size buckets of captured decode steps: 1, 2, 4, ... up to max_seqs.
-    pub fn buckets(&self) -> Vec<usize> {
-        let mut v = Vec::new();
-        let mut b = 1;
-        while b < self.dims.max_seqs {
-            v.push(b);
-            b *= 2;
-        }
-        v.push(self.dims.max_seqs);
-        v
+    /// The device bytes [`Plan::new`] allocates, without allocating the plan: the activation
+    /// table, the staging buffer and the backend's attention / MoE scratch (asked of `backend`
+    /// with a staging buffer of a few KiB it allocates and frees). `moe`: the dtypes of the
+    /// expert gate, up and down matrices of a MoE model.
+    pub fn bytes_for(
+        backend: &Arc<dyn Backend>,
+        cfg: &ModelConfig,
+        dims: PlanDims,
+        head: bool,
+        moe: Option<(DType, DType, DType)>,
+    ) -> Result<usize> {
+        check_dims(dims)?;
+        let b = backend.as_ref();
+        let staging = Staging::new(b, dims.max_tokens, dims.max_seqs, dims.max_blocks())?;
+        // Shape-only stand-ins: the scratch queries read shapes and dtypes, never the data.
+        let stand_ins = match (&cfg.moe, moe) {
+            (Some(m), Some((g, u, d))) => {
+                let w = |dt, n, k| {
+                    Weight::new(Arc::new(()), Shape::d3(m.n_experts, n, k), dt, b.id(), 0)
+                };
+                Some((
+                    w(g, m.ff, cfg.hidden),
+                    w(u, m.ff, cfg.hidden),
+                    w(d, cfg.hidden, m.ff),
+                ))
+            }
+            _ => None,
+        };
+        let ex = stand_ins.as_ref().map(|(g, u, d)| (g, u, d));
+        let (attn, moe) = scratch_bytes(b, cfg, dims, &staging, ex)?;
+        let z = Sizes::new(cfg, dims, head);
+        Ok(z.bytes() + staging.host.len() * 4 + attn + moe)
     }
 
-    /// The largest scratch any step shape needs: prefill (T rows, S sequences) and every
-    /// decode bucket, for every layer's attention parameters.
-    fn scratch_bytes(
-        &self,
-        b: &dyn Backend,
-        cfg: &ModelConfig,
-        w: &Weights,
-    ) -> Result<(usize, usize)> {
-        let d = self.dims;
-        let mut shapes = vec![(d.max_tokens, d.max_seqs, d.max_tokens.min(d.context))];
-        shapes.extend(self.buckets().into_iter().map(|n| (n, n, 1)));
-        let mut attn = 0;
-        let mut moe = 0;
-        for &(n_tokens, n_seqs, max_q) in &shapes {
-            let batch = self.staging.batch(n_seqs, max_q, d.context)?;
-            for spec in &cfg.layers {
-                let p = attn_params(cfg, spec.window);
-                attn = attn.max(b.attention_scratch_bytes(&p, n_tokens, &batch));
-            }
-            let experts = w.layers.iter().find_map(|l| match &l.ffn {
-                Ffn::Moe { gate, up, down, .. } => Some((gate, up, down)),
-                Ffn::Dense { .. } => None,
-            });
-            if let (Some(m), Some((gate, up, down))) = (&cfg.moe, experts) {
-                let ex = MoeExperts {
-                    gate,
-                    up,
-                    down,
-                    act: cfg.act,
-                };
-                let r = MoeRouting {
-                    top_k: m.top_k,
-                    gating: m.gating,
-                };
-                moe = moe.max(b.moe_scratch_bytes(n_tokens, &ex, &r));
-            }
-        }
-        Ok((attn, moe))
+    /// Batch-size buckets of captured decode steps: 1, 2, 4, ... up to max_seqs.
+    pub fn buckets(&self) -> Vec<usize> {
+        buckets(self.dims.max_seqs)
     }
+}
+
+fn buckets(max_seqs: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut b = 1;
+    while b < max_seqs {
+        v.push(b);
+        b *= 2;
+    }
+    v.push(max_seqs);
+    v
+}
+
+/// The expert matrices of the first MoE layer, if any.
+fn experts(w: &Weights) -> Experts<'_> {
+    w.layers.iter().find_map(|l| match &l.ffn {
+        Ffn::Moe { gate, up, down, .. } => Some((gate, up, down)),
+        Ffn::Dense { .. } => None,
+    })
+}
+
+/// The largest scratch any step shape needs: prefill (T rows, S sequences) and every decode
+/// bucket, for every layer's attention parameters.
+fn scratch_bytes(
+    b: &dyn Backend,
+    cfg: &ModelConfig,
+    d: PlanDims,
+    staging: &Staging,
+    experts: Experts<'_>,
+) -> Result<(usize, usize)> {
+    let mut shapes = vec![(d.max_tokens, d.max_seqs, d.max_tokens.min(d.context))];
+    shapes.extend(buckets(d.max_seqs).into_iter().map(|n| (n, n, 1)));
+    let mut attn = 0;
+    let mut moe = 0;
+    for &(n_tokens, n_seqs, max_q) in &shapes {
+        let batch = staging.batch(n_seqs, max_q, d.context)?;
+        for spec in &cfg.layers {
+            let p = attn_params(cfg, spec.window);
+            attn = attn.max(b.attention_scratch_bytes(&p, n_tokens, &batch));
+        }
+        if let (Some(m), Some((gate, up, down))) = (&cfg.moe, experts) {
+            let ex = MoeExperts {
+                gate,
+                up,
+                down,
+                act: cfg.act,
+            };
+            let r = MoeRouting {
+                top_k: m.top_k,
+                gating: m.gating,
+            };
+            moe = moe.max(b.moe_scratch_bytes(n_tokens, &ex, &r));
+        }
+    }
+    Ok((attn, moe))
 }
 
 /// Attention parameters of a layer with this window.

@@ -161,7 +161,7 @@ impl Runtime {
             }
         }
         let w = model.weights_arc();
-        let plan = Plan::new(&backend, &cfg, &w, dims)?;
+        let plan = Plan::new(&backend, &cfg, &w, dims, true)?;
         let max_blocks = dims.max_blocks();
         let blocks = opts.kv_blocks.unwrap_or(opts.max_seqs * max_blocks) + 1;
         let kv = KvCache::new(
