@@ -73,6 +73,28 @@ pub enum ModelError {
     /// The engine's request queue is full (engine/): the caller should retry later (HTTP 429).
     #[error("the request queue is full ({max} requests waiting); retry later")]
     QueueFull { max: usize },
+
+    /// A model name the registry does not serve (engine/registry.rs); `known` lists the names.
+    #[error("unknown model '{name}' (served: {known})")]
+    UnknownModel { name: String, known: String },
+
+    /// A model cannot get its memory under the registry's budget even after evicting every
+    /// idle model (engine/registry.rs). Bytes on `device`: the model `needs`, the `budget`,
+    /// and what models that cannot be evicted now (in use, loading) hold (`pinned`, by `held_by`).
+    #[error(
+        "model '{model}' does not fit on {device}: it needs {need} bytes, the budget is {budget} \
+         bytes and {pinned} bytes are held by models in use or loading ({held_by}); evicting \
+         every idle model frees at most {free_at_most} bytes"
+    )]
+    NoRoom {
+        model: String,
+        device: String,
+        need: u64,
+        budget: u64,
+        pinned: u64,
+        held_by: String,
+        free_at_most: u64,
+    },
 }
 
 impl ModelError {

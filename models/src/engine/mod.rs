@@ -25,6 +25,7 @@
 
 mod handle;
 mod prefix;
+mod registry;
 mod request;
 mod scheduler;
 
@@ -32,6 +33,10 @@ use std::time::Duration;
 
 pub use handle::{Engine, RequestHandle, ShutdownMode};
 pub use prefix::{PrefixCache, ROOT, block_key};
+pub use registry::{
+    EngineLoaderFn, Footprint, FootprintFn, Lease, LoaderFn, ModelSpec, ModelState, ModelStatus,
+    Registry, Served,
+};
 pub use scheduler::{BlockCounts, EngineOptions, EngineStats, Scheduler};
 
 use crate::runtime::generate::{StopReason, TokenEvent};
