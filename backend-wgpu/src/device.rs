@@ -79,7 +79,13 @@ pub(crate) fn adapters() -> std::result::Result<Vec<wgpu::Adapter>, String> {
             out.push(a);
         }
     }
-    Ok(out)
+    // KILN_VIRTUAL_DEVICES=N lists each adapter N times, each opened as its own device
+    // (multi-device tests on one GPU or on lavapipe).
+    let n = kiln_core::devices::virtual_devices() as usize;
+    Ok(out
+        .into_iter()
+        .flat_map(|a| std::iter::repeat_n(a, n))
+        .collect())
 }
 
 fn vendor_name(id: u32) -> String {

@@ -85,6 +85,17 @@ impl FromStr for DeviceId {
     }
 }
 
+/// How many devices each adapter / host appears as: `KILN_VIRTUAL_DEVICES` (1 to 16, default
+/// 1). With N, the reference provider lists `reference:0..N` and the wgpu provider lists every
+/// adapter N times, each opened as a separate device: how tests build groups of several devices
+/// of one backend on one machine (layer split and tensor parallelism on lavapipe in CI).
+pub fn virtual_devices() -> u32 {
+    std::env::var("KILN_VIRTUAL_DEVICES")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(1, |n| n.clamp(1, 16))
+}
+
 /// Parse `cuda:0,wgpu:0,reference:1`.
 pub fn parse_device_list(s: &str) -> Result<Vec<DeviceId>> {
     let ids: Vec<DeviceId> = s

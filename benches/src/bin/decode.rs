@@ -111,20 +111,23 @@ fn merr(e: kiln_models::ModelError) -> Error {
 
 /// Bytes a decode step reads: (weights, KV cache at `avg_len` tokens per sequence).
 fn step_bytes(model: &Model, batch: usize, avg_len: f64, kv: DType) -> (f64, f64) {
-    let w = model.weights();
-    let mut wb = w.output.bytes() + batch * w.embed.bytes() / model.vocab_size().max(1);
-    for l in &w.layers {
-        wb += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes();
-        wb += match &l.ffn {
-            Ffn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
-            // Upper bound: every expert (the bench's synthetic models are dense).
-            Ffn::Moe {
-                router,
-                gate,
-                up,
-                down,
-            } => router.bytes() + gate.bytes() + up.bytes() + down.bytes(),
-        };
+    let mut wb = 0;
+    for w in model.shards().iter().map(|s| &s.weights) {
+        wb += w.output.as_ref().map_or(0, |o| o.bytes())
+            + batch * w.embed.as_ref().map_or(0, |e| e.bytes()) / model.vocab_size().max(1);
+        for l in &w.layers {
+            wb += l.q.bytes() + l.k.bytes() + l.v.bytes() + l.o.bytes();
+            wb += match &l.ffn {
+                Ffn::Dense { gate, up, down } => gate.bytes() + up.bytes() + down.bytes(),
+                // Upper bound: every expert (the bench's synthetic models are dense).
+                Ffn::Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                } => router.bytes() + gate.bytes() + up.bytes() + down.bytes(),
+            };
+        }
     }
     let cfg = model.config();
     let per_tok = (2 * cfg.kv_dim() * kv.block_bytes()) as f64;

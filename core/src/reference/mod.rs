@@ -113,13 +113,16 @@ fn cpu_name() -> Option<String> {
 /// Provider for discovery: the reference backend is always present. `open(i)` makes a fresh
 /// device `reference:i`, so tests can build groups of several host devices.
 pub struct ReferenceProvider {
-    /// How many devices `probe` lists (1 by default; multi-device tests list more).
+    /// How many devices `probe` lists (1 by default, `KILN_VIRTUAL_DEVICES` when set).
     pub count: u32,
 }
 
 impl Default for ReferenceProvider {
+    /// One device, or `KILN_VIRTUAL_DEVICES` of them.
     fn default() -> Self {
-        ReferenceProvider { count: 1 }
+        ReferenceProvider {
+            count: crate::devices::virtual_devices(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use kiln_models::chat::{ChatMessage, ChatTemplate};
 use kiln_models::{GenerateOptions, Generator, LoadOptions, RuntimeOptions, SamplingParams};
 
-use super::load::{DEFAULT_MODEL, DeviceArgs, load_model};
+use super::load::{DEFAULT_MODEL, DeviceArgs, load_placed};
 use super::run::parse_kv;
 use super::{CliError, CliResult};
 
@@ -46,9 +46,9 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> CliResult {
-    let backend = a.dev.open()?;
+    let place = a.dev.placement()?;
     let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = load_model(name, backend, &LoadOptions::default())?;
+    let model = load_placed(name, place, &LoadOptions::default())?;
     let chatml;
     let (template, mut stop) = match a.template {
         TemplateArg::Model => match model.chat_template() {

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_core::devices::{open_devices, parse_device_list};
-use kiln_core::{Backend, BackendKind, BackendProvider};
+use kiln_core::{Backend, BackendKind, BackendProvider, Collective};
 use kiln_models::catalog::FetchEvent;
-use kiln_models::runtime::LoadEvent;
+use kiln_models::runtime::{LoadEvent, Parallel as ModelParallel, Placement};
 use kiln_models::{BackendChoice, LoadOptions, Model, open_backend};
 
 use super::devices::providers;
@@ -41,42 +41,98 @@ pub struct DeviceArgs {
     /// Devices, e.g. `cuda:0` (several devices are for multi-device runs).
     #[arg(long)]
     pub devices: Option<String>,
-    /// How to split a model over several devices.
+    /// How to split a model over several devices (default with several: layer).
     #[arg(long, value_enum)]
     pub parallel: Option<Parallel>,
+    /// Layers per device of a layer split, e.g. `10,22` (default: in proportion to memory).
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Vec<usize>,
 }
 
 impl DeviceArgs {
-    /// Open the one device this run uses.
+    /// Open the one device a single-device command uses.
     pub fn open(&self) -> CliResult<Arc<dyn Backend>> {
+        let place = self.placement()?;
+        if place.devices.len() > 1 {
+            return Err(CliError::Usage(
+                "this command runs on one device: give one in --devices".into(),
+            ));
+        }
+        place
+            .devices
+            .into_iter()
+            .next()
+            .ok_or_else(|| CliError::Usage("--devices: no device given".into()))
+    }
+
+    /// The devices of this run and how the model is spread over them.
+    pub fn placement(&self) -> CliResult<Placement> {
         let providers = providers();
         let refs: Vec<&dyn BackendProvider> = providers.iter().map(|p| p.as_ref()).collect();
-        if let Some(list) = &self.devices {
-            let ids = parse_device_list(list)?;
-            if ids.len() > 1 {
+        let Some(list) = &self.devices else {
+            if self.parallel.is_some() || !self.layers.is_empty() {
+                return Err(CliError::Usage(
+                    "--parallel/--layers need several --devices".into(),
+                ));
+            }
+            let choice = match self.backend {
+                BackendArg::Auto => BackendChoice::Auto,
+                BackendArg::Cuda => BackendChoice::Kind(BackendKind::Cuda),
+                BackendArg::Wgpu => BackendChoice::Kind(BackendKind::Wgpu),
+                BackendArg::Reference => BackendChoice::Kind(BackendKind::Reference),
+            };
+            return Ok(Placement::single(with_quiet_panics(|| {
+                open_backend(&refs, choice)
+            })?));
+        };
+        let ids = parse_device_list(list)?;
+        let devices = with_quiet_panics(|| open_devices(&refs, &ids))?;
+        if devices.len() == 1 {
+            if self.parallel.is_some() || !self.layers.is_empty() {
                 return Err(CliError::Usage(format!(
-                    "--devices {list}: multi-device runs are not implemented yet (give one device)"
+                    "--devices {list}: --parallel/--layers need several devices"
                 )));
             }
-            let opened = with_quiet_panics(|| open_devices(&refs, &ids))?;
-            return opened
-                .into_iter()
-                .next()
-                .ok_or_else(|| CliError::Usage("--devices: no device given".into()));
+            return Ok(Placement::single(devices.into_iter().next().ok_or_else(
+                || CliError::Usage("--devices: no device given".into()),
+            )?));
         }
-        let choice = match self.backend {
-            BackendArg::Auto => BackendChoice::Auto,
-            BackendArg::Cuda => BackendChoice::Kind(BackendKind::Cuda),
-            BackendArg::Wgpu => BackendChoice::Kind(BackendKind::Wgpu),
-            BackendArg::Reference => BackendChoice::Kind(BackendKind::Reference),
+        let parallel = match self.parallel.unwrap_or(Parallel::Layer) {
+            Parallel::Layer => ModelParallel::Layer(self.layers.clone()),
+            Parallel::Tensor if !self.layers.is_empty() => {
+                return Err(CliError::Usage("--layers is for --parallel layer".into()));
+            }
+            Parallel::Tensor => ModelParallel::Tensor,
         };
-        Ok(with_quiet_panics(|| open_backend(&refs, choice))?)
+        let collective = match parallel {
+            ModelParallel::Tensor => group_collective(&devices)?,
+            ModelParallel::Layer(_) => None,
+        };
+        Ok(Placement {
+            devices,
+            parallel: Some(parallel),
+            collective,
+        })
     }
+}
+
+/// NCCL for a group of CUDA devices; `None` (host-staged) for any other group.
+fn group_collective(devices: &[Arc<dyn Backend>]) -> CliResult<Option<Arc<dyn Collective>>> {
+    if devices.iter().all(|d| d.id().kind == BackendKind::Cuda) {
+        let comm = kiln_cuda::CudaComm::new(devices.to_vec())?;
+        return Ok(Some(Arc::new(comm)));
+    }
+    Ok(None)
 }
 
 /// Load `name` on `backend`, showing a progress bar on stderr (hidden when stderr is not a
 /// terminal): catalog download, then weight upload.
 pub fn load_model(name: &str, backend: Arc<dyn Backend>, opts: &LoadOptions) -> CliResult<Model> {
+    load_placed(name, Placement::single(backend), opts)
+}
+
+/// [`load_model`] over the devices of `place`.
+pub fn load_placed(name: &str, place: Placement, opts: &LoadOptions) -> CliResult<Model> {
     let bar = ProgressBar::new(0);
     let bytes_style = ProgressStyle::with_template(
         "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
@@ -117,7 +173,7 @@ pub fn load_model(name: &str, backend: Arc<dyn Backend>, opts: &LoadOptions) -> 
             bar.set_position(*done);
         }
     };
-    let model = Model::load_with(name, backend, opts, &mut on_event);
+    let model = Model::load_on(name, place, opts, &mut on_event);
     bar.finish_and_clear();
     model.map_err(|e| match e {
         kiln_models::ModelError::Fetch { name, msg } => CliError::Usage(format!(

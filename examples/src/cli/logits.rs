@@ -7,7 +7,7 @@ use std::io::Write;
 use kiln_models::runtime::SeqInput;
 use kiln_models::{LoadOptions, Runtime, RuntimeOptions};
 
-use super::load::{DeviceArgs, load_model};
+use super::load::{DeviceArgs, load_placed};
 use super::run::parse_kv;
 use super::{CliError, CliResult};
 
@@ -36,8 +36,7 @@ pub fn run(a: &Args) -> CliResult {
             "--ids needs at least one id and --chunk must be > 0".into(),
         ));
     }
-    let backend = a.dev.open()?;
-    let model = load_model(&a.model, backend, &LoadOptions::default())?;
+    let model = load_placed(&a.model, a.dev.placement()?, &LoadOptions::default())?;
     let vocab = model.vocab_size();
     if let Some(bad) = a.ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(CliError::Usage(format!(

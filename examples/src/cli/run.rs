@@ -12,7 +12,7 @@ use kiln_core::DType;
 use kiln_models::{GenerateOptions, Generator, LoadOptions, RuntimeOptions, SamplingParams};
 use serde_json::json;
 
-use super::load::{DEFAULT_MODEL, DeviceArgs, load_model};
+use super::load::{DEFAULT_MODEL, DeviceArgs, load_placed};
 use super::{CliError, CliResult, Format};
 
 #[derive(clap::Args, Debug)]
@@ -78,9 +78,9 @@ pub fn run(a: &Args) -> CliResult {
         }
         None => "Once upon a time".to_string(),
     };
-    let backend = a.dev.open()?;
+    let place = a.dev.placement()?;
     let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = load_model(name, backend, &LoadOptions::default())?;
+    let model = load_placed(name, place, &LoadOptions::default())?;
     let load_s = model.load_time().as_secs_f64();
     let text_mode = a.format == Format::Text;
     if text_mode {

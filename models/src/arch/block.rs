@@ -138,20 +138,32 @@ impl<'a> Fwd<'a> {
     /// x[0] = scale · embed[ids].
     pub fn embed(&self) -> Result<()> {
         let ids = self.p.staging.view(self.p.staging.ids, self.n)?;
+        let table =
+            self.w.embed.as_ref().ok_or_else(|| {
+                ModelError::Runtime(format!("{} holds no embedding", self.b.id()))
+            })?;
         self.b
-            .embed(
-                ids,
-                &self.w.embed,
-                self.cfg.embed_scale,
-                self.out(&self.p.x[0])?,
-            )
+            .embed(ids, table, self.cfg.embed_scale, self.out(&self.p.x[0])?)
             .map_err(op("embed"))
     }
 
     /// One decoder layer: x[0] → x[1] → x[0].
     pub fn layer(&self, l: &LayerWeights, spec: &LayerSpec, kv: &PagedKv<'_>) -> Result<()> {
+        let o = self.attn_out(l, spec, kv)?;
+        self.attn_residual(l, o)?;
+        let f = self.ffn_out(l)?;
+        self.ffn_residual(l, f)
+    }
+
+    /// The layer's attention output projection of norm(x[0]) (a tensor-parallel rank's
+    /// partial sum, all-reduced before [`Self::attn_residual`]).
+    pub fn attn_out(
+        &self,
+        l: &LayerWeights,
+        spec: &LayerSpec,
+        kv: &PagedKv<'_>,
+    ) -> Result<&'a Tensor> {
         let (p, c) = (self.p, self.cfg);
-        // attention
         self.norm(&p.x[0], l.attn_norm, &p.h)?;
         let q = self.linear(&p.h, &l.q, l.q_bias, &p.q)?;
         let k = self.linear(&p.h, &l.k, l.k_bias, &p.k)?;
@@ -161,14 +173,30 @@ impl<'a> Fwd<'a> {
         self.rope(q, c.n_heads, spec.local_rope)?;
         self.rope(k, c.n_kv_heads, spec.local_rope)?;
         self.attention(q, k, v, kv, spec)?;
-        let o = self.linear(&p.attn, &l.o, l.o_bias, &p.o)?;
+        self.linear(&p.attn, &l.o, l.o_bias, &p.o)
+    }
+
+    /// x[1] = x[0] + post_norm(o).
+    pub fn attn_residual(&self, l: &LayerWeights, o: &'a Tensor) -> Result<()> {
         let o = self.post_norm(o, l.post_attn_norm)?;
-        self.add(&p.x[0], o, &p.x[1])?;
-        // feed-forward
-        self.norm(&p.x[1], l.ffn_norm, &p.h)?;
-        let f = self.ffn(&l.ffn)?;
+        self.add(&self.p.x[0], o, &self.p.x[1])
+    }
+
+    /// The FFN of norm(x[1]) (a partial sum under tensor parallelism).
+    pub fn ffn_out(&self, l: &LayerWeights) -> Result<&'a Tensor> {
+        self.norm(&self.p.x[1], l.ffn_norm, &self.p.h)?;
+        self.ffn(&l.ffn)
+    }
+
+    /// x[0] = x[1] + post_norm(f).
+    pub fn ffn_residual(&self, l: &LayerWeights, f: &'a Tensor) -> Result<()> {
         let f = self.post_norm(f, l.post_ffn_norm)?;
-        self.add(&p.x[1], f, &p.x[0])
+        self.add(&self.p.x[1], f, &self.p.x[0])
+    }
+
+    /// `t`'s rows of this step, for the all-reduce of a partial sum.
+    pub fn step_rows(&self, t: &'a Tensor) -> Result<ViewMut<'a>> {
+        self.out(t)
     }
 
     /// Append k, v to the cache, then attend.
@@ -292,10 +320,13 @@ impl<'a> Fwd<'a> {
             self.norm_rows(&p.last, self.w.output_norm, &p.normed, n_seqs)?;
             n_seqs
         };
+        let output = self.w.output.as_ref().ok_or_else(|| {
+            ModelError::Runtime(format!("{} holds no output matrix", self.b.id()))
+        })?;
         self.b
             .matmul(
                 self.rows(&p.normed, rows)?,
-                &self.w.output,
+                output,
                 self.rows_mut(&p.logits, rows)?,
             )
             .map_err(op("lm head"))

@@ -89,10 +89,23 @@ pub struct SeqBlocks {
     pub len: usize,
 }
 
+/// Where one device's part of the cache lives: the layers it holds and its KV heads (a
+/// tensor-parallel rank holds every layer with its share of the heads).
+pub struct KvPart<'a> {
+    pub backend: &'a Arc<dyn Backend>,
+    pub layers: std::ops::Range<usize>,
+    pub n_kv_heads: usize,
+}
+
 /// Per-layer K/V buffers, the block pool and the sequences' block tables.
+///
+/// One block table serves every device: a layer's K/V live on the device holding the layer
+/// (layer split) or on every rank with its heads (tensor parallelism), all with the same
+/// block ids.
 pub struct KvCache {
-    /// Per layer: (K, V), each `[num_blocks, n_kv_heads, block_size, head_dim]`.
-    layers: Vec<(Tensor, Tensor)>,
+    /// Per layer, per device holding it (in part order): (K, V), each
+    /// `[num_blocks, n_kv_heads, block_size, head_dim]`.
+    layers: Vec<Vec<(Tensor, Tensor)>>,
     pool: BlockPool,
     seqs: HashMap<SeqId, SeqBlocks>,
     next_id: u64,
@@ -116,6 +129,34 @@ impl KvCache {
         max_blocks: usize,
         dtype: DType,
     ) -> Result<KvCache> {
+        let part = KvPart {
+            backend,
+            layers: 0..n_layers,
+            n_kv_heads,
+        };
+        Self::placed(
+            &[part],
+            n_layers,
+            head_dim,
+            block_size,
+            num_blocks,
+            max_blocks,
+            dtype,
+        )
+    }
+
+    /// A cache whose layers live on several devices (see [`KvPart`]); every layer below
+    /// `n_layers` must be held by at least one part.
+    #[allow(clippy::too_many_arguments)]
+    pub fn placed(
+        parts: &[KvPart<'_>],
+        n_layers: usize,
+        head_dim: usize,
+        block_size: usize,
+        num_blocks: usize,
+        max_blocks: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
         if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
             return Err(ModelError::Runtime(format!(
                 "KV cache dtype {dtype} is not supported (f32, f16, bf16)"
@@ -126,33 +167,47 @@ impl KvCache {
                 "KV cache of {num_blocks} blocks × {block_size} rows: need a block size > 0 and at least 2 blocks (block 0 is reserved)"
             )));
         }
-        let shape = Shape::d4(num_blocks, n_kv_heads, block_size, head_dim);
-        let bytes = dtype
-            .bytes_for(shape.numel())
-            .map_err(|e| ModelError::backend("sizing the KV cache", e))?;
-        let null_bytes = bytes / num_blocks;
-        let zeros = vec![0u8; null_bytes];
-        let mut layers = Vec::with_capacity(n_layers);
-        for l in 0..n_layers {
-            let mut pair = Vec::with_capacity(2);
-            for what in ["K", "V"] {
-                let ctx = || format!("allocating the {what} cache of layer {l} ({bytes} bytes)");
-                let buf = backend
-                    .alloc(bytes)
-                    .map_err(|e| ModelError::backend(ctx(), e))?;
-                // bf16/f16/f32 zero is all-zero bytes.
-                backend
-                    .write(&buf, 0, &zeros)
-                    .map_err(|e| ModelError::backend(ctx(), e))?;
-                pair.push(
-                    Tensor::new(buf, 0, shape, dtype).map_err(|e| ModelError::backend(ctx(), e))?,
-                );
+        let mut layers: Vec<Vec<(Tensor, Tensor)>> = (0..n_layers).map(|_| Vec::new()).collect();
+        let mut total = 0;
+        for part in parts {
+            let shape = Shape::d4(num_blocks, part.n_kv_heads, block_size, head_dim);
+            let bytes = dtype
+                .bytes_for(shape.numel())
+                .map_err(|e| ModelError::backend("sizing the KV cache", e))?;
+            let zeros = vec![0u8; bytes / num_blocks];
+            for l in part.layers.clone() {
+                let on = part.backend.id();
+                let ctx = |what| {
+                    format!("allocating the {what} cache of layer {l} on {on} ({bytes} bytes)")
+                };
+                let mut kv = Vec::with_capacity(2);
+                for what in ["K", "V"] {
+                    let buf = part
+                        .backend
+                        .alloc(bytes)
+                        .map_err(|e| ModelError::backend(ctx(what), e))?;
+                    // bf16/f16/f32 zero is all-zero bytes: the null block.
+                    part.backend
+                        .write(&buf, 0, &zeros)
+                        .map_err(|e| ModelError::backend(ctx(what), e))?;
+                    kv.push(
+                        Tensor::new(buf, 0, shape, dtype)
+                            .map_err(|e| ModelError::backend(ctx(what), e))?,
+                    );
+                    total += bytes;
+                }
+                let slot = layers.get_mut(l).ok_or_else(|| {
+                    ModelError::Runtime(format!("KV part holds layer {l} of {n_layers}"))
+                })?;
+                if let (Some(v), Some(k)) = (kv.pop(), kv.pop()) {
+                    slot.push((k, v));
+                }
             }
-            let v = pair.pop();
-            let k = pair.pop();
-            if let (Some(k), Some(v)) = (k, v) {
-                layers.push((k, v));
-            }
+        }
+        if let Some(l) = layers.iter().position(Vec::is_empty) {
+            return Err(ModelError::Runtime(format!(
+                "KV cache: no device holds layer {l}"
+            )));
         }
         Ok(KvCache {
             layers,
@@ -162,7 +217,7 @@ impl KvCache {
             block_size,
             max_blocks,
             dtype,
-            bytes: bytes * 2 * n_layers,
+            bytes: total,
         })
     }
 
@@ -182,12 +237,17 @@ impl KvCache {
     pub fn pool(&self) -> &BlockPool {
         &self.pool
     }
-    /// Layer `l`'s cache as the attention ops take it.
+    /// Layer `l`'s cache as the attention ops take it (on the first device holding it).
     pub fn layer(&self, l: usize) -> Result<PagedKv<'_>> {
-        let (k, v) = self
-            .layers
-            .get(l)
-            .ok_or_else(|| ModelError::Runtime(format!("KV cache has no layer {l}")))?;
+        self.layer_on(l, 0)
+    }
+
+    /// Layer `l`'s cache on the `i`-th device holding it (a tensor-parallel rank).
+    pub fn layer_on(&self, l: usize, i: usize) -> Result<PagedKv<'_>> {
+        let (k, v) =
+            self.layers.get(l).and_then(|d| d.get(i)).ok_or_else(|| {
+                ModelError::Runtime(format!("KV cache has no layer {l} part {i}"))
+            })?;
         PagedKv::new(k.view_mut(), v.view_mut())
             .map_err(|e| ModelError::backend("KV cache view", e))
     }

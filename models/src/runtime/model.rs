@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kiln_core::{Backend, BackendKind, BackendProvider, DType, OpKind, Probe};
+use kiln_core::{
+    Backend, BackendKind, BackendProvider, Collective, DType, HostStagedAllReduce, OpKind, Probe,
+};
 
+use super::shard::{self, Parallel, ShardSpec};
 use super::weights::{self, HostTensors, Source, Weights};
 use crate::arch::ModelConfig;
 use crate::catalog::{self, FetchEvent};
@@ -33,25 +36,72 @@ pub enum LoadEvent<'a> {
     Weights { done: u64, total: u64 },
 }
 
-/// A model on a backend.
+/// The devices a model is loaded on and how it is spread over them.
+#[derive(Clone)]
+pub struct Placement {
+    pub devices: Vec<Arc<dyn Backend>>,
+    /// `None` for one device.
+    pub parallel: Option<Parallel>,
+    /// The all-reduce of a tensor-parallel group (NCCL for CUDA devices, built by the caller);
+    /// `None`: host-staged, which works for any mix of backends.
+    pub collective: Option<Arc<dyn Collective>>,
+}
+
+impl Placement {
+    pub fn single(backend: Arc<dyn Backend>) -> Placement {
+        Placement {
+            devices: vec![backend],
+            parallel: None,
+            collective: None,
+        }
+    }
+}
+
+/// One device's share of a model: its backend, its view of the config (a tensor-parallel
+/// rank's heads and FFN width), its weights and what it computes.
+pub struct ModelShard {
+    pub backend: Arc<dyn Backend>,
+    pub config: Arc<ModelConfig>,
+    pub weights: Arc<Weights>,
+    pub(crate) spec: ShardSpec,
+}
+
+impl ModelShard {
+    /// Global indices of the layers this device runs.
+    pub fn layers(&self) -> std::ops::Range<usize> {
+        self.spec.layers.clone()
+    }
+    /// This device computes the logits.
+    pub fn is_head(&self) -> bool {
+        self.spec.head
+    }
+}
+
+/// A model on one or several devices.
 pub struct Model {
     config: Arc<ModelConfig>,
-    weights: Arc<Weights>,
+    shards: Vec<ModelShard>,
+    parallel: Option<Parallel>,
+    collective: Option<Arc<dyn Collective>>,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
-    backend: Arc<dyn Backend>,
     path: PathBuf,
     load_time: Duration,
 }
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| s.backend.id().to_string())
+            .collect();
         write!(
             f,
             "Model({}, {} on {})",
             self.path.display(),
             self.config.arch_name,
-            self.backend.id()
+            on.join(",")
         )
     }
 }
@@ -73,38 +123,43 @@ impl Model {
         opts: &LoadOptions,
         progress: &mut dyn FnMut(&LoadEvent<'_>),
     ) -> Result<Model> {
+        Model::load_on(name_or_path, Placement::single(backend), opts, progress)
+    }
+
+    /// Load `name_or_path` over the devices of `place`: each device gets its share (see
+    /// [`shard`](super::shard)) straight from the file.
+    pub fn load_on(
+        name_or_path: &str,
+        place: Placement,
+        opts: &LoadOptions,
+        progress: &mut dyn FnMut(&LoadEvent<'_>),
+    ) -> Result<Model> {
         let started = Instant::now();
         let path = catalog::resolve_with(name_or_path, &mut |e| progress(&LoadEvent::Fetch(e)))?;
         let mut weights_progress = |done, total| progress(&LoadEvent::Weights { done, total });
-        let (mut config, weights, tokenizer, chat_template) = match format::detect(&path)? {
+        let (config, shards, tokenizer, chat_template) = match format::detect(&path)? {
             ModelFormat::Gguf => {
                 let file = GgufFile::open(&path)?;
                 let mut cfg = ModelConfig::from_gguf(&file)?;
                 apply(&mut cfg, opts);
-                check_backend(backend.as_ref(), &cfg)?;
-                let w = weights::load(
-                    Source::Gguf(&file),
-                    &mut cfg,
-                    &backend,
-                    &mut weights_progress,
-                )?;
+                let shards =
+                    load_shards(Source::Gguf(&file), &mut cfg, &place, &mut weights_progress)?;
                 let tok = Tokenizer::from_gguf(&file)?;
-                (cfg, w, tok, ChatTemplate::from_gguf(&file)?)
+                (cfg, shards, tok, ChatTemplate::from_gguf(&file)?)
             }
             ModelFormat::HfDir => {
                 let dir = HfDir::open(&path)?;
                 let origin = path.join("config.json").display().to_string();
                 let mut cfg = ModelConfig::from_hf(dir.config(), &origin)?;
                 apply(&mut cfg, opts);
-                check_backend(backend.as_ref(), &cfg)?;
-                let w = weights::load(
+                let shards = load_shards(
                     Source::Hf(dir.weights()),
                     &mut cfg,
-                    &backend,
+                    &place,
                     &mut weights_progress,
                 )?;
                 let tok = Tokenizer::from_hf_dir(&path)?;
-                (cfg, w, tok, ChatTemplate::from_hf_dir(&path)?)
+                (cfg, shards, tok, ChatTemplate::from_hf_dir(&path)?)
             }
             other => {
                 return Err(ModelError::format(
@@ -116,16 +171,16 @@ impl Model {
                 ));
             }
         };
-        backend
-            .synchronize()
-            .map_err(|e| ModelError::backend("uploading weights", e))?;
+        let mut config = config;
         config.origin = path.display().to_string();
+        let collective = tensor_collective(&place)?;
         Ok(Model {
+            parallel: resolve_parallel(&place, config.n_layers),
             config: Arc::new(config),
-            weights: Arc::new(weights),
+            shards,
+            collective,
             tokenizer,
             chat_template,
-            backend,
             path,
             load_time: started.elapsed(),
         })
@@ -142,23 +197,30 @@ impl Model {
         tokenizer: Tokenizer,
         backend: Arc<dyn Backend>,
     ) -> Result<Model> {
+        Model::from_parts_on(config, tensors, tokenizer, Placement::single(backend))
+    }
+
+    /// [`Model::from_parts`] over the devices of `place`.
+    pub fn from_parts_on(
+        config: ModelConfig,
+        tensors: &HostTensors<'_>,
+        tokenizer: Tokenizer,
+        place: Placement,
+    ) -> Result<Model> {
         let started = Instant::now();
         let mut config = ModelConfig {
             origin: tensors.origin().to_string(),
             ..config
         }
         .validate()?;
-        check_backend(backend.as_ref(), &config)?;
-        let w = weights::load(Source::Mem(tensors), &mut config, &backend, &mut |_, _| {})?;
-        backend
-            .synchronize()
-            .map_err(|e| ModelError::backend("uploading weights", e))?;
+        let shards = load_shards(Source::Mem(tensors), &mut config, &place, &mut |_, _| {})?;
         Ok(Model {
+            parallel: resolve_parallel(&place, config.n_layers),
+            collective: tensor_collective(&place)?,
             config: Arc::new(config),
-            weights: Arc::new(w),
+            shards,
             tokenizer,
             chat_template: None,
-            backend,
             path: PathBuf::from(tensors.origin()),
             load_time: started.elapsed(),
         })
@@ -167,14 +229,25 @@ impl Model {
     pub fn config(&self) -> &ModelConfig {
         &self.config
     }
-    pub(crate) fn config_arc(&self) -> Arc<ModelConfig> {
-        self.config.clone()
+    /// Every device's share, in device order.
+    pub fn shards(&self) -> &[ModelShard] {
+        &self.shards
     }
-    pub(crate) fn weights_arc(&self) -> Arc<Weights> {
-        self.weights.clone()
+    /// How the model is spread (`None`: one device).
+    pub fn parallel(&self) -> Option<&Parallel> {
+        self.parallel.as_ref()
     }
+    /// The tensor-parallel group's all-reduce.
+    pub fn collective(&self) -> Option<&Arc<dyn Collective>> {
+        self.collective.as_ref()
+    }
+    /// The first device's weights (all of them on one device).
     pub fn weights(&self) -> &Weights {
-        &self.weights
+        &self.shards[0].weights
+    }
+    /// Device bytes of the weights on every device.
+    pub fn weight_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.weights.bytes).sum()
     }
     pub fn tokenizer(&self) -> &Tokenizer {
         &self.tokenizer
@@ -183,8 +256,9 @@ impl Model {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
+    /// The first device (the only one unless the model is split).
     pub fn backend(&self) -> &Arc<dyn Backend> {
-        &self.backend
+        &self.shards[0].backend
     }
     /// The resolved file or directory.
     pub fn path(&self) -> &Path {
@@ -197,6 +271,78 @@ impl Model {
     pub fn vocab_size(&self) -> usize {
         self.config.vocab
     }
+}
+
+/// Load every device's share of `src`; sets `cfg.vocab`.
+fn load_shards(
+    src: Source<'_>,
+    cfg: &mut ModelConfig,
+    place: &Placement,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<ModelShard>> {
+    if place.devices.is_empty() {
+        return Err(ModelError::Runtime("no device to load the model on".into()));
+    }
+    let resolved = resolve_parallel(place, cfg.n_layers);
+    for (i, a) in place.devices.iter().enumerate() {
+        if place.devices[..i].iter().any(|b| b.id() == a.id()) {
+            return Err(ModelError::Runtime(format!(
+                "device {} is given twice",
+                a.id()
+            )));
+        }
+    }
+    let specs = shard::shard_specs(cfg.n_layers, place.devices.len(), resolved.as_ref())?;
+    let mut shards = Vec::with_capacity(specs.len());
+    for (spec, backend) in specs.into_iter().zip(&place.devices) {
+        check_backend(backend.as_ref(), cfg)?;
+        let w = weights::load(src.clone(), cfg, &spec, backend, progress)?;
+        let local = match spec.tp {
+            Some(tp) => shard::local_config(cfg, tp)?,
+            None => cfg.clone(),
+        };
+        shards.push(ModelShard {
+            backend: backend.clone(),
+            config: Arc::new(local),
+            weights: Arc::new(w),
+            spec,
+        });
+    }
+    for s in &shards {
+        s.backend
+            .synchronize()
+            .map_err(|e| ModelError::backend("uploading weights", e))?;
+    }
+    Ok(shards)
+}
+
+/// An empty layer split (`Parallel::Layer(vec![])`) means: in proportion to each device's
+/// memory.
+pub(crate) fn resolve_parallel(place: &Placement, n_layers: usize) -> Option<Parallel> {
+    match &place.parallel {
+        Some(Parallel::Layer(c)) if c.is_empty() => {
+            let mem: Vec<u64> = place
+                .devices
+                .iter()
+                .map(|d| d.info().memory_bytes)
+                .collect();
+            Some(Parallel::Layer(shard::split_by_memory(n_layers, &mem)))
+        }
+        p => p.clone(),
+    }
+}
+
+/// The all-reduce of a tensor-parallel placement: the caller's, else host-staged.
+fn tensor_collective(place: &Placement) -> Result<Option<Arc<dyn Collective>>> {
+    if place.parallel != Some(Parallel::Tensor) {
+        return Ok(None);
+    }
+    if let Some(c) = &place.collective {
+        return Ok(Some(c.clone()));
+    }
+    let c = HostStagedAllReduce::new(place.devices.clone())
+        .map_err(|e| ModelError::backend("creating the host-staged all-reduce", e))?;
+    Ok(Some(Arc::new(c)))
 }
 
 fn apply(cfg: &mut ModelConfig, opts: &LoadOptions) {

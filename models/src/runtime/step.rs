@@ -10,12 +10,13 @@
 //! step of a pair runs eagerly (warm-up), the second is captured, later ones replay.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kiln_core::{Backend, DType, Replay};
+use kiln_core::{Backend, Collective, DType, Replay};
 
-use super::kv_cache::{KvCache, NULL_BLOCK, SeqId};
+use super::kv_cache::{KvCache, KvPart, NULL_BLOCK, SeqId};
 use super::model::Model;
 use super::plan::{Plan, PlanDims};
 use super::weights::Weights;
@@ -116,13 +117,32 @@ enum Bucket {
     Eager,
 }
 
-/// A model's step runner: plan, KV cache, captured decode graphs.
-pub struct Runtime {
+/// One device's part of a step: its backend, its view of the model, its weights and plan.
+struct Stage {
     backend: Arc<dyn Backend>,
     cfg: Arc<ModelConfig>,
     w: Arc<Weights>,
     plan: Plan,
+    /// Global indices of the layers it runs.
+    layers: Range<usize>,
+}
+
+/// A model's step runner: plan, KV cache, captured decode graphs. Over several devices it
+/// runs a layer split (stages in order, the hidden rows handed over through the host) or a
+/// tensor-parallel group (every rank per layer, all-reduce after o and down); see
+/// [`shard`](super::shard).
+pub struct Runtime {
+    /// One per device, in device order.
+    stages: Vec<Stage>,
+    /// Index of the stage computing the logits.
+    head: usize,
+    /// The tensor-parallel all-reduce (`None`: one device or a layer split).
+    tensor: Option<Arc<dyn Collective>>,
+    /// The whole model's config.
+    cfg: Arc<ModelConfig>,
     kv: KvCache,
+    /// Host buffer of a layer-split hand-over: `[T, H]` f32 bytes.
+    handoff: Mutex<Vec<u8>>,
     opts: RuntimeOptions,
     /// Decode graphs by (batch-size bucket, KV-length class).
     buckets: HashMap<(usize, usize), Bucket>,
@@ -132,7 +152,7 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(model: &Model, opts: RuntimeOptions) -> Result<Runtime> {
-        let cfg = model.config_arc();
+        let cfg = Arc::new(model.config().clone());
         let context = opts.context.unwrap_or(cfg.context_length.min(4096)).max(1);
         if opts.max_seqs == 0 || opts.chunk < opts.max_seqs || opts.block_size == 0 {
             return Err(ModelError::Runtime(format!(
@@ -147,27 +167,48 @@ impl Runtime {
             block_size: opts.block_size,
             all_logits: opts.all_logits,
         };
-        let backend = model.backend().clone();
-        for op in [kiln_core::OpKind::Attention, kiln_core::OpKind::KvAppend] {
-            if !backend.supports(op, opts.kv_dtype) {
-                return Err(ModelError::backend(
-                    format!("a {} KV cache on {}", opts.kv_dtype, backend.id()),
-                    kiln_core::Error::Unsupported {
-                        op,
-                        dtype: opts.kv_dtype,
-                        backend: backend.id().to_string(),
-                    },
-                ));
+        let mut stages = Vec::with_capacity(model.shards().len());
+        for sh in model.shards() {
+            let backend = &sh.backend;
+            for op in [kiln_core::OpKind::Attention, kiln_core::OpKind::KvAppend] {
+                if !backend.supports(op, opts.kv_dtype) {
+                    return Err(ModelError::backend(
+                        format!("a {} KV cache on {}", opts.kv_dtype, backend.id()),
+                        kiln_core::Error::Unsupported {
+                            op,
+                            dtype: opts.kv_dtype,
+                            backend: backend.id().to_string(),
+                        },
+                    ));
+                }
             }
+            let plan = Plan::new(backend, &sh.config, &sh.weights, dims, sh.is_head())?;
+            stages.push(Stage {
+                backend: backend.clone(),
+                cfg: sh.config.clone(),
+                w: sh.weights.clone(),
+                plan,
+                layers: sh.layers(),
+            });
         }
-        let w = model.weights_arc();
-        let plan = Plan::new(&backend, &cfg, &w, dims, true)?;
+        let head = model
+            .shards()
+            .iter()
+            .position(|s| s.is_head())
+            .ok_or_else(|| ModelError::Runtime("no device computes the logits".into()))?;
         let max_blocks = dims.max_blocks();
         let blocks = opts.kv_blocks.unwrap_or(opts.max_seqs * max_blocks) + 1;
-        let kv = KvCache::new(
-            &backend,
+        let parts: Vec<KvPart<'_>> = stages
+            .iter()
+            .map(|s| KvPart {
+                backend: &s.backend,
+                layers: s.layers.clone(),
+                n_kv_heads: s.cfg.n_kv_heads,
+            })
+            .collect();
+        let kv = KvCache::placed(
+            &parts,
             cfg.n_layers,
-            cfg.n_kv_heads,
             cfg.head_dim,
             opts.block_size,
             blocks,
@@ -175,12 +216,18 @@ impl Runtime {
             opts.kv_dtype,
         )?;
         let host_logits = vec![0f32; dims.logit_rows() * cfg.vocab];
+        let handoff = Mutex::new(if stages.len() > 1 {
+            vec![0u8; dims.max_tokens * cfg.hidden * 4]
+        } else {
+            Vec::new()
+        });
         Ok(Runtime {
-            backend,
+            stages,
+            head,
+            tensor: model.collective().cloned(),
             cfg,
-            w,
-            plan,
             kv,
+            handoff,
             opts,
             buckets: HashMap::new(),
             host_logits,
@@ -192,7 +239,10 @@ impl Runtime {
         &self.opts
     }
     pub fn context(&self) -> usize {
-        self.plan.dims.context
+        self.dims().context
+    }
+    fn dims(&self) -> PlanDims {
+        self.stages[self.head].plan.dims
     }
     pub fn kv(&self) -> &KvCache {
         &self.kv
@@ -206,9 +256,11 @@ impl Runtime {
     pub fn reset_stats(&mut self) {
         self.stats = StepStats::default();
     }
-    /// Device bytes of the plan (activations, staging, scratch) and of the KV cache.
+    /// Device bytes of the plans (activations, staging, scratch; every device) and of the KV
+    /// cache.
     pub fn bytes(&self) -> (usize, usize) {
-        (self.plan.bytes, self.kv.bytes())
+        let plans = self.stages.iter().map(|s| s.plan.bytes).sum();
+        (plans, self.kv.bytes())
     }
     pub fn add_sequence(&mut self) -> SeqId {
         self.kv.add_sequence()
@@ -234,7 +286,7 @@ impl Runtime {
         let decode = !self.opts.all_logits && batch.iter().all(|s| s.tokens.len() == 1);
         let rows = if decode {
             // The smallest bucket (power of two, or max_seqs) holding the batch; see Plan::buckets.
-            let bucket = n_seqs.next_power_of_two().min(self.plan.dims.max_seqs);
+            let bucket = n_seqs.next_power_of_two().min(self.dims().max_seqs);
             self.fill(batch, bucket)?;
             let kv = self.kv_class(batch)?;
             self.run_decode(bucket, kv)?;
@@ -252,10 +304,11 @@ impl Runtime {
         };
         let vocab = self.cfg.vocab;
         let out = &mut self.host_logits[..rows * vocab];
-        self.backend
+        let head = &self.stages[self.head];
+        head.backend
             .read(
-                &self.plan.logits.buf,
-                self.plan.logits.offset,
+                &head.plan.logits.buf,
+                head.plan.logits.offset,
                 bytemuck::cast_slice_mut(out),
             )
             .map_err(|e| ModelError::backend("reading logits", e))?;
@@ -281,7 +334,7 @@ impl Runtime {
     }
 
     fn check(&self, batch: &[SeqInput<'_>], n_tokens: usize) -> Result<()> {
-        let d = self.plan.dims;
+        let d = self.dims();
         if batch.is_empty() || batch.len() > d.max_seqs {
             return Err(ModelError::Runtime(format!(
                 "a step takes 1..={} sequences, got {}",
@@ -328,7 +381,8 @@ impl Runtime {
     /// Fill and upload the staging inputs for `batch`, padded to `n_seqs_padded` one-token
     /// sequences (decode buckets).
     fn fill(&mut self, batch: &[SeqInput<'_>], n_seqs_padded: usize) -> Result<()> {
-        let st = &mut self.plan.staging;
+        let (first, rest) = self.stages.split_at_mut(1);
+        let st = &mut first[0].plan.staging;
         let mb = st.max_blocks;
         let mut row = 0usize;
         for (i, s) in batch.iter().enumerate() {
@@ -364,31 +418,112 @@ impl Runtime {
             row += 1;
         }
         st.host[st.q_starts + n_seqs_padded] = row as i32;
-        st.upload(self.backend.as_ref())
+        st.upload(first[0].backend.as_ref())?;
+        // Every device reads the same inputs (same layout: the plans share their dims).
+        for s in rest {
+            s.plan.staging.host.copy_from_slice(&st.host);
+            s.plan.staging.upload(s.backend.as_ref())?;
+        }
+        Ok(())
     }
 
     /// Enqueue the whole forward pass for `n` rows of `n_seqs` sequences.
     fn forward(&self, n: usize, n_seqs: usize, max_q: usize, max_kv: usize) -> Result<()> {
-        let f = Fwd {
-            b: self.backend.as_ref(),
-            cfg: &self.cfg,
-            w: &self.w,
-            p: &self.plan,
-            n,
-            batch: self.plan.staging.batch(n_seqs, max_q, max_kv)?,
-        };
-        f.embed()?;
-        for (i, (l, spec)) in self.w.layers.iter().zip(&self.cfg.layers).enumerate() {
-            let kv = self.kv.layer(i)?;
-            f.layer(l, spec, &kv).map_err(|e| match e {
-                ModelError::Backend { what, source } => ModelError::Backend {
-                    what: format!("layer {i}: {what}"),
-                    source,
-                },
-                e => e,
-            })?;
+        let mut fwds = Vec::with_capacity(self.stages.len());
+        for s in &self.stages {
+            fwds.push(Fwd {
+                b: s.backend.as_ref(),
+                cfg: &s.cfg,
+                w: &s.w,
+                p: &s.plan,
+                n,
+                batch: s.plan.staging.batch(n_seqs, max_q, max_kv)?,
+            });
         }
-        f.head(n_seqs, self.opts.all_logits)
+        match &self.tensor {
+            None => {
+                for (i, (s, f)) in self.stages.iter().zip(&fwds).enumerate() {
+                    if i == 0 {
+                        f.embed()?;
+                    } else {
+                        self.hand_over(&self.stages[i - 1], s, n)?;
+                    }
+                    for l in s.layers.clone() {
+                        let (lw, spec) = self.layer(s, l)?;
+                        f.layer(lw, spec, &self.kv.layer(l)?)
+                            .map_err(|e| at_layer(e, l))?;
+                    }
+                }
+            }
+            Some(group) => {
+                for f in &fwds {
+                    f.embed()?;
+                }
+                for l in 0..self.cfg.n_layers {
+                    let mut outs = Vec::with_capacity(fwds.len());
+                    for (r, (s, f)) in self.stages.iter().zip(&fwds).enumerate() {
+                        let (lw, spec) = self.layer(s, l)?;
+                        outs.push(f.attn_out(lw, spec, &self.kv.layer_on(l, r)?))
+                    }
+                    let outs = collect(outs).map_err(|e| at_layer(e, l))?;
+                    reduce(group.as_ref(), &fwds, &outs).map_err(|e| at_layer(e, l))?;
+                    let mut ffn = Vec::with_capacity(fwds.len());
+                    for ((s, f), o) in self.stages.iter().zip(&fwds).zip(&outs) {
+                        let (lw, _) = self.layer(s, l)?;
+                        f.attn_residual(lw, o).map_err(|e| at_layer(e, l))?;
+                        ffn.push(f.ffn_out(lw));
+                    }
+                    let ffn = collect(ffn).map_err(|e| at_layer(e, l))?;
+                    reduce(group.as_ref(), &fwds, &ffn).map_err(|e| at_layer(e, l))?;
+                    for ((s, f), o) in self.stages.iter().zip(&fwds).zip(&ffn) {
+                        let (lw, _) = self.layer(s, l)?;
+                        f.ffn_residual(lw, o).map_err(|e| at_layer(e, l))?;
+                    }
+                }
+            }
+        }
+        fwds[self.head].head(n_seqs, self.opts.all_logits)
+    }
+
+    /// Layer `l`'s weights on stage `s` and its attention settings.
+    fn layer<'s>(
+        &'s self,
+        s: &'s Stage,
+        l: usize,
+    ) -> Result<(&'s super::weights::LayerWeights, &'s crate::arch::LayerSpec)> {
+        let lw = l
+            .checked_sub(s.w.first_layer)
+            .and_then(|i| s.w.layers.get(i));
+        match (lw, self.cfg.layers.get(l)) {
+            (Some(lw), Some(spec)) => Ok((lw, spec)),
+            _ => Err(ModelError::Runtime(format!(
+                "{} holds no layer {l}",
+                s.backend.id()
+            ))),
+        }
+    }
+
+    /// Copy the `n` hidden rows `x[0]` from one stage of a layer split to the next.
+    fn hand_over(&self, from: &Stage, to: &Stage, n: usize) -> Result<()> {
+        let mut buf = self.handoff.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = n * self.cfg.hidden * 4;
+        let host = buf.get_mut(..bytes).ok_or_else(|| {
+            ModelError::Runtime(format!("hand-over of {n} rows exceeds the plan"))
+        })?;
+        let (src, dst) = (&from.plan.x[0], &to.plan.x[0]);
+        let what = || {
+            format!(
+                "handing rows from {} to {}",
+                from.backend.id(),
+                to.backend.id()
+            )
+        };
+        from.backend
+            .read(&src.buf, src.offset, host)
+            .map_err(|e| ModelError::backend(what(), e))?;
+        to.backend
+            .write(&dst.buf, dst.offset, host)
+            .map_err(|e| ModelError::backend(what(), e))
     }
 
     /// The `max_kv_len` bound of a step: the longest sequence after it, rounded up to a power
@@ -403,7 +538,7 @@ impl Runtime {
         Ok(longest
             .next_power_of_two()
             .max(MIN_KV_CLASS)
-            .min(self.plan.dims.context))
+            .min(self.dims().context))
     }
 
     /// A decode step at bucket `b` with KV bound `max_kv`: eager warm-up, then capture, then
@@ -435,7 +570,11 @@ impl Runtime {
                             kiln_core::Error::Invalid(msg)
                         })
                     };
-                    this.backend.capture(&mut record)
+                    // Only a one-device step is recorded (a group's step spans devices).
+                    match this.stages.as_slice() {
+                        [one] => one.backend.capture(&mut record),
+                        _ => Ok(None),
+                    }
                 };
                 if let Some(e) = err {
                     return Err(e);
@@ -463,4 +602,31 @@ impl Runtime {
         self.buckets.insert(key, next);
         Ok(())
     }
+}
+
+/// Name the layer in a backend error.
+fn at_layer(e: ModelError, l: usize) -> ModelError {
+    match e {
+        ModelError::Backend { what, source } => ModelError::Backend {
+            what: format!("layer {l}: {what}"),
+            source,
+        },
+        e => e,
+    }
+}
+
+fn collect<T>(v: Vec<Result<T>>) -> Result<Vec<T>> {
+    v.into_iter().collect()
+}
+
+/// All-reduce the step's rows of every rank's partial sum.
+fn reduce(group: &dyn Collective, fwds: &[Fwd<'_>], parts: &[&kiln_core::Tensor]) -> Result<()> {
+    let views = fwds
+        .iter()
+        .zip(parts)
+        .map(|(f, t)| f.step_rows(t))
+        .collect::<Result<Vec<_>>>()?;
+    group
+        .all_reduce_sum(&views)
+        .map_err(|e| ModelError::backend("tensor-parallel all-reduce", e))
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, Weight};
 
+use super::shard::{self, Cut, ShardSpec, TpRank};
 use crate::arch::names::{HF_PREFIXES, global_name, hf_fused_experts, layer_name};
 use crate::arch::{Global, ModelConfig, Role, WeightFormat};
 use crate::error::{ModelError, Result};
@@ -64,14 +65,18 @@ pub struct LayerWeights {
     pub ffn: Ffn,
 }
 
-/// All weights of a model on one backend.
+/// A model's weights on one backend: all of them, or one device's share (see
+/// [`shard`](super::shard)).
 pub struct Weights {
-    /// `[vocab, hidden]`.
-    pub embed: Weight,
-    /// `[vocab, hidden]`; the embedding itself when tied.
-    pub output: Weight,
+    /// `[vocab, hidden]`, on devices that embed tokens.
+    pub embed: Option<Weight>,
+    /// `[vocab, hidden]` (the embedding itself when tied), on the device computing logits.
+    pub output: Option<Weight>,
     pub tied: bool,
     pub output_norm: Param,
+    /// Global index of `layers[0]`.
+    pub first_layer: usize,
+    /// The layers held, from `first_layer` on (a tensor-parallel rank's slices).
     pub layers: Vec<LayerWeights>,
     /// f32 norm weights and biases (see [`Param`]).
     pub params: Buffer,
@@ -130,6 +135,7 @@ impl<'a> HostTensors<'a> {
 }
 
 /// Where tensors come from.
+#[derive(Clone, Copy)]
 pub(crate) enum Source<'a> {
     Gguf(&'a GgufFile),
     Hf(&'a SafetensorsModel),
@@ -191,6 +197,8 @@ struct Loader<'a, 'p> {
     total: u64,
     bytes: usize,
     progress: &'p mut dyn FnMut(u64, u64),
+    /// Tensor-parallel rank: matrices and biases are cut to its share.
+    tp: Option<TpRank>,
 }
 
 impl<'a> Loader<'a, '_> {
@@ -229,6 +237,17 @@ impl<'a> Loader<'a, '_> {
         self.done += bytes as u64;
         (self.progress)(self.done, self.total);
     }
+    /// Prepare `t`, or its `cut` (a tensor-parallel share).
+    fn prepare_cut(&mut self, name: &str, t: &HostTensor<'_>, cut: Option<Cut>) -> Result<Weight> {
+        let Some(c) = cut else {
+            return self.prepare(name, t);
+        };
+        let (bytes, shape) = shard::cut(t, &c)
+            .map_err(|m| self.terr(name, format!("tensor-parallel share: {m}")))?;
+        let part =
+            HostTensor::new(t.dtype, shape, &bytes).map_err(|e| self.terr(name, e.to_string()))?;
+        self.prepare(name, &part)
+    }
     fn prepare(&mut self, name: &str, t: &HostTensor<'_>) -> Result<Weight> {
         let w = self
             .backend
@@ -250,15 +269,40 @@ impl<'a> Loader<'a, '_> {
         rows: usize,
         cols: usize,
     ) -> Result<Weight> {
+        self.role_cut(role, layer, [rows, cols], None)
+    }
+    /// A layer matrix of full shape `shape`, cut to this rank's share.
+    fn role_cut(
+        &mut self,
+        role: Role,
+        layer: usize,
+        shape: impl AsRef<[usize]>,
+        cut: Option<Cut>,
+    ) -> Result<Weight> {
         let name = self.lname(role, layer)?;
-        self.weight(&name, rows, cols)
+        let t = self.host(&name, shape.as_ref())?;
+        self.prepare_cut(&name, &t, cut)
     }
     /// An f32 vector of `len` into the parameter buffer (`add_one`: gemma3 HF norms).
     fn param(&mut self, name: &str, len: usize, add_one: bool) -> Result<Param> {
+        self.param_cut(name, len, add_one, None)
+    }
+    /// [`Self::param`], keeping only `range` (a sharded bias).
+    fn param_cut(
+        &mut self,
+        name: &str,
+        len: usize,
+        add_one: bool,
+        range: Option<std::ops::Range<usize>>,
+    ) -> Result<Param> {
         let t = self.host(name, &[len])?;
         let mut v = kiln_core::convert::to_f32(t.dtype, t.data)
             .map_err(|e| self.terr(name, e.to_string()))?;
         let n = t.data.len();
+        if let Some(r) = &range {
+            v = shard::cut_vec(&v, r);
+        }
+        let len = v.len();
         if add_one {
             v.iter_mut().for_each(|x| *x += 1.0);
         }
@@ -295,12 +339,13 @@ impl<'a> Loader<'a, '_> {
         layer: usize,
         len: usize,
         required: bool,
+        range: Option<std::ops::Range<usize>>,
     ) -> Result<Option<Param>> {
         let name = self.lname(role, layer)?;
         if !required && !self.src.has(&name) {
             return Ok(None);
         }
-        self.param(&name, len, false).map(Some)
+        self.param_cut(&name, len, false, range).map(Some)
     }
 
     fn layer(&mut self, l: usize) -> Result<LayerWeights> {
@@ -313,16 +358,32 @@ impl<'a> Loader<'a, '_> {
             }
         }
         let sandwich = c.sandwich_norms;
+        // A tensor-parallel rank's query / KV columns; the output bias is added once (rank 0).
+        let (qr, kr) = match self.tp {
+            Some(tp) => {
+                let (a, b) = (tp.heads(c), tp.kv_heads(c));
+                (
+                    Some(a.start * hd..a.end * hd),
+                    Some(b.start * hd..b.end * hd),
+                )
+            }
+            None => (None, None),
+        };
+        let rows = |r: &Option<std::ops::Range<usize>>| r.clone().map(Cut::Rows);
+        let o_bias = match self.tp {
+            Some(tp) if tp.rank > 0 => None,
+            _ => self.bias(Role::OBias, l, h, false, None)?,
+        };
         Ok(LayerWeights {
             attn_norm: self.norm(Role::AttnNorm, l, h)?,
-            q: self.role_weight(Role::Q, l, q, h)?,
-            k: self.role_weight(Role::K, l, kv, h)?,
-            v: self.role_weight(Role::V, l, kv, h)?,
-            o: self.role_weight(Role::O, l, h, q)?,
-            q_bias: self.bias(Role::QBias, l, q, c.qkv_bias)?,
-            k_bias: self.bias(Role::KBias, l, kv, c.qkv_bias)?,
-            v_bias: self.bias(Role::VBias, l, kv, c.qkv_bias)?,
-            o_bias: self.bias(Role::OBias, l, h, false)?,
+            q: self.role_cut(Role::Q, l, [q, h], rows(&qr))?,
+            k: self.role_cut(Role::K, l, [kv, h], rows(&kr))?,
+            v: self.role_cut(Role::V, l, [kv, h], rows(&kr))?,
+            o: self.role_cut(Role::O, l, [h, q], qr.clone().map(Cut::Cols))?,
+            q_bias: self.bias(Role::QBias, l, q, c.qkv_bias, qr.clone())?,
+            k_bias: self.bias(Role::KBias, l, kv, c.qkv_bias, kr.clone())?,
+            v_bias: self.bias(Role::VBias, l, kv, c.qkv_bias, kr)?,
+            o_bias,
             q_norm: self.opt_norm(Role::QNorm, l, hd, c.qk_norm)?,
             k_norm: self.opt_norm(Role::KNorm, l, hd, c.qk_norm)?,
             post_attn_norm: self.opt_norm(Role::PostAttnNorm, l, h, sandwich)?,
@@ -336,15 +397,20 @@ impl<'a> Loader<'a, '_> {
         let c = self.cfg;
         let h = c.hidden;
         let moe = c.layers.get(l).is_some_and(|s| s.moe);
+        // This rank's FFN columns: gate/up rows, down columns (per expert for MoE).
+        let tp = self.tp;
+        let part = |n: usize| tp.map(|tp| tp.ffn(n));
+        let rows = |n: usize| part(n).map(Cut::Rows);
+        let cols = |n: usize| part(n).map(Cut::Cols);
         match (&c.moe, moe) {
             (Some(m), true) => {
                 let (e, ff) = (m.n_experts, m.ff);
                 let router = self.role_weight(Role::Router, l, e, h)?;
                 let (gate, up, down) = match c.format {
                     WeightFormat::Gguf => (
-                        self.stacked(Role::ExpGate, l, [e, ff, h])?,
-                        self.stacked(Role::ExpUp, l, [e, ff, h])?,
-                        self.stacked(Role::ExpDown, l, [e, h, ff])?,
+                        self.role_cut(Role::ExpGate, l, [e, ff, h], rows(ff))?,
+                        self.role_cut(Role::ExpUp, l, [e, ff, h], rows(ff))?,
+                        self.role_cut(Role::ExpDown, l, [e, h, ff], cols(ff))?,
                     ),
                     WeightFormat::Hf => self.hf_experts(l, e, ff)?,
                 };
@@ -356,18 +422,11 @@ impl<'a> Loader<'a, '_> {
                 })
             }
             _ => Ok(Ffn::Dense {
-                gate: self.role_weight(Role::Gate, l, c.ffn, h)?,
-                up: self.role_weight(Role::Up, l, c.ffn, h)?,
-                down: self.role_weight(Role::Down, l, h, c.ffn)?,
+                gate: self.role_cut(Role::Gate, l, [c.ffn, h], rows(c.ffn))?,
+                up: self.role_cut(Role::Up, l, [c.ffn, h], rows(c.ffn))?,
+                down: self.role_cut(Role::Down, l, [h, c.ffn], cols(c.ffn))?,
             }),
         }
-    }
-
-    /// A GGUF 3-D expert tensor.
-    fn stacked(&mut self, role: Role, l: usize, shape: [usize; 3]) -> Result<Weight> {
-        let name = self.lname(role, l)?;
-        let t = self.host(&name, &shape)?;
-        self.prepare(&name, &t)
     }
 
     /// HF experts: per-expert matrices stacked on the host, or the fused v5 form split.
@@ -385,10 +444,13 @@ impl<'a> Loader<'a, '_> {
                 g.extend_from_slice(&chunk[..half]);
                 u.extend_from_slice(&chunk[half..]);
             }
-            let gate = self.stacked_weight(&fused_gu, dt, [e, ff, h], &g)?;
-            let up = self.stacked_weight(&fused_gu, dt, [e, ff, h], &u)?;
+            let tp = self.tp;
+            let rows = || tp.map(|tp| Cut::Rows(tp.ffn(ff)));
+            let gate = self.stacked_weight(&fused_gu, dt, [e, ff, h], &g, rows())?;
+            let up = self.stacked_weight(&fused_gu, dt, [e, ff, h], &u, rows())?;
             let d = self.host(&fused_down, &[e, h, ff])?;
-            let down = self.prepare(&fused_down, &d)?;
+            let cut = self.tp.map(|tp| Cut::Cols(tp.ffn(ff)));
+            let down = self.prepare_cut(&fused_down, &d, cut)?;
             return Ok((gate, up, down));
         }
         let mut out = Vec::with_capacity(3);
@@ -420,7 +482,11 @@ impl<'a> Loader<'a, '_> {
                 bytes.extend_from_slice(t.data);
             }
             let dt = dtype.unwrap_or(DType::F32);
-            out.push(self.stacked_weight(&first, dt, [e, rows, cols], &bytes)?);
+            let cut = self.tp.map(|tp| match role {
+                Role::ExpDown => Cut::Cols(tp.ffn(ff)),
+                _ => Cut::Rows(tp.ffn(ff)),
+            });
+            out.push(self.stacked_weight(&first, dt, [e, rows, cols], &bytes, cut)?);
         }
         let mut it = out.into_iter();
         match (it.next(), it.next(), it.next()) {
@@ -437,10 +503,11 @@ impl<'a> Loader<'a, '_> {
         dt: DType,
         shape: [usize; 3],
         bytes: &[u8],
+        cut: Option<Cut>,
     ) -> Result<Weight> {
         let t = HostTensor::new(dt, Shape::d3(shape[0], shape[1], shape[2]), bytes)
             .map_err(|e| self.terr(name, e.to_string()))?;
-        self.prepare(name, &t)
+        self.prepare_cut(name, &t, cut)
     }
 }
 
@@ -456,6 +523,7 @@ fn hf_prefix(src: &Source<'_>) -> &'static str {
 pub(crate) fn load(
     src: Source<'_>,
     cfg: &mut ModelConfig,
+    spec: &ShardSpec,
     backend: &Arc<dyn Backend>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Weights> {
@@ -492,19 +560,24 @@ pub(crate) fn load(
         total,
         bytes: 0,
         progress,
+        tp: spec.tp,
     };
-    let embed = ld.weight(&embed_name, cfg.vocab, cfg.hidden)?;
     let out_name = global_name(cfg, prefix, Global::Output);
     // Tied when the file has no output matrix (MODELS.md §2: use the file, not the config flag).
-    let (output, tied) = if ld.src.has(&out_name) {
-        (ld.weight(&out_name, cfg.vocab, cfg.hidden)?, false)
-    } else {
-        (embed.clone(), true)
+    let tied = !ld.src.has(&out_name);
+    let embed = (spec.embed || (spec.head && tied))
+        .then(|| ld.weight(&embed_name, cfg.vocab, cfg.hidden))
+        .transpose()?;
+    let output = match (spec.head, tied) {
+        (false, _) => None,
+        (true, true) => embed.clone(),
+        (true, false) => Some(ld.weight(&out_name, cfg.vocab, cfg.hidden)?),
     };
+    let embed = if spec.embed { embed } else { None };
     let norm_name = global_name(cfg, prefix, Global::OutputNorm);
     let output_norm = ld.param(&norm_name, cfg.hidden, cfg.norm_add_one)?;
-    let mut layers = Vec::with_capacity(cfg.n_layers);
-    for l in 0..cfg.n_layers {
+    let mut layers = Vec::with_capacity(spec.layers.len());
+    for l in spec.layers.clone() {
         layers.push(ld.layer(l)?);
     }
     let params_bytes: Vec<u8> = ld.params.iter().flat_map(|x| x.to_le_bytes()).collect();
@@ -519,6 +592,7 @@ pub(crate) fn load(
         output,
         tied,
         output_norm,
+        first_layer: spec.layers.start,
         layers,
         params,
         bytes,
