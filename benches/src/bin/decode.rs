@@ -6,7 +6,10 @@
 //!
 //! `decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-1b|tiny|PATH
 //!  [--wtype q4_k|bf16|q8_0|f16|f32] [--batch 1,8,32] [--ctx 512] [--steps 64]
-//!  [--graph on|off|both] [--seed S] [--kv f16|f32|bf16] [--copy-mib N] [--json FILE]`
+//!  [--graph on|off|both] [--seed S] [--kv f16|f32|bf16] [--copy-mib N] [--json FILE] [--tp N]`
+//! `--tp N` runs the model tensor-parallel over devices `device .. device+N` (NCCL all-reduce
+//! on CUDA, host-staged elsewhere; no graphs: a group's step is not captured); bytes per step
+//! are then per device (every device reads its 1/N share at the same time).
 //! Synthetic models (the names) get seeded random weights made on this machine (see
 //! kiln_benches::synth for exactly how); PATH is a GGUF file or HF directory (`--wtype` unused).
 
@@ -17,6 +20,7 @@ use kiln_benches::{Args, copy_bandwidth, open, run_main};
 use kiln_core::{Backend, BackendKind, DType, Error, Result};
 use kiln_models::runtime::SeqInput;
 use kiln_models::runtime::weights::Ffn;
+use kiln_models::runtime::{Parallel, Placement};
 use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
 
 struct Opts {
@@ -33,6 +37,8 @@ struct Opts {
     kv: DType,
     copy_mib: Option<usize>,
     json: Option<std::path::PathBuf>,
+    /// Tensor-parallel group size: devices `device .. device + tp` (NCCL on CUDA).
+    tp: usize,
 }
 
 fn parse() -> Result<Opts> {
@@ -49,6 +55,7 @@ fn parse() -> Result<Opts> {
         kv: DType::F16,
         copy_mib: None,
         json: None,
+        tp: 1,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let bad = |flag: &str, v: &str| Error::Invalid(format!("{flag}: cannot use '{v}'"));
@@ -78,6 +85,7 @@ fn parse() -> Result<Opts> {
             "--seed" => o.seed = num(v)? as u64,
             "--copy-mib" => o.copy_mib = Some(num(v)?),
             "--json" => o.json = Some(v.into()),
+            "--tp" => o.tp = num(v)?,
             "--graph" => {
                 o.graphs = match v {
                     "on" => vec![true],
@@ -90,7 +98,7 @@ fn parse() -> Result<Opts> {
         }
         i += 2;
     }
-    if o.batches.contains(&0) || o.ctx.contains(&0) || o.steps == 0 {
+    if o.batches.contains(&0) || o.ctx.contains(&0) || o.steps == 0 || o.tp == 0 {
         return Err(Error::Invalid(
             "--batch sizes, --ctx and --steps must be ≥ 1".into(),
         ));
@@ -230,7 +238,8 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn build_model(be: &std::sync::Arc<dyn Backend>, o: &Opts, p: &Preset) -> Result<Model> {
+fn build_model(group: &[std::sync::Arc<dyn Backend>], o: &Opts, p: &Preset) -> Result<Model> {
+    let be = &group[0];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("weights: {}", synth::how_made(o.wtype, o.seed));
     let t = Instant::now();
@@ -245,27 +254,55 @@ fn build_model(be: &std::sync::Arc<dyn Backend>, o: &Opts, p: &Preset) -> Result
     let t = Instant::now();
     let tok = synth::placeholder_tokenizer(p.vocab, &origin)?;
     let host = w.host_tensors(&origin)?;
-    let m = Model::from_parts(p.config()?, &host, tok, be.clone()).map_err(merr)?;
+    let m = Model::from_parts_on(p.config()?, &host, tok, placement(group)?).map_err(merr)?;
     println!(
-        "prepared on {} in {:.2} s ({:.2} GB on the device)",
+        "prepared on {} device(s) from {} in {:.2} s ({:.2} GB on the devices)",
+        group.len(),
         be.info().id,
         t.elapsed().as_secs_f64(),
-        m.weights().bytes as f64 / 1e9
+        m.weight_bytes() as f64 / 1e9
     );
     Ok(m)
+}
+
+/// One device, or a tensor-parallel group (NCCL for CUDA devices).
+fn placement(group: &[std::sync::Arc<dyn Backend>]) -> Result<Placement> {
+    if group.len() == 1 {
+        return Ok(Placement::single(group[0].clone()));
+    }
+    #[cfg(feature = "cuda")]
+    let collective: Option<std::sync::Arc<dyn kiln_core::Collective>> =
+        if group.iter().all(|d| d.id().kind == BackendKind::Cuda) {
+            Some(std::sync::Arc::new(kiln_cuda::CudaComm::new(
+                group.to_vec(),
+            )?))
+        } else {
+            None
+        };
+    #[cfg(not(feature = "cuda"))]
+    let collective = None;
+    Ok(Placement {
+        devices: group.to_vec(),
+        parallel: Some(Parallel::Tensor),
+        collective,
+    })
 }
 
 fn main() {
     run_main(|| {
         let o = parse()?;
-        let be = open(&Args {
-            backend: o.backend,
-            device: o.device,
-            quick: false,
-            json: None,
-            rotate_bytes: 0,
-            types: Vec::new(),
-        })?;
+        let mut group = Vec::with_capacity(o.tp);
+        for i in 0..o.tp as u32 {
+            group.push(open(&Args {
+                backend: o.backend,
+                device: o.device + i,
+                quick: false,
+                json: None,
+                rotate_bytes: 0,
+                types: Vec::new(),
+            })?);
+        }
+        let be = group[0].clone();
         let info = be.info();
         println!(
             "device: {} ({}, {})",
@@ -284,10 +321,16 @@ fn main() {
             copy / 1e9
         );
         let model = match synth::preset(&o.model) {
-            Some(p) => build_model(&be, &o, &p)?,
+            Some(p) => build_model(&group, &o, &p)?,
             None => {
                 let t = Instant::now();
-                let m = Model::load(&o.model, be.clone(), &LoadOptions::default()).map_err(merr)?;
+                let m = Model::load_on(
+                    &o.model,
+                    placement(&group)?,
+                    &LoadOptions::default(),
+                    &mut |_| {},
+                )
+                .map_err(merr)?;
                 println!(
                     "loaded {} in {:.2} s",
                     m.path().display(),
@@ -332,8 +375,10 @@ fn main() {
                 let ms = median(&r.step_ms);
                 let avg_len = ctx as f64 + (o.steps as f64 + 1.0) / 2.0;
                 let (wb, kvb) = step_bytes(&model, b, avg_len, o.kv);
-                let gbs = (wb + kvb) / (ms * 1e-3);
-                let roof_tok = b as f64 / ((wb + kvb) / copy);
+                // Per device: a tensor-parallel group reads its shares at the same time.
+                let per_dev = (wb + kvb) / o.tp as f64;
+                let gbs = per_dev / (ms * 1e-3);
+                let roof_tok = b as f64 / (per_dev / copy);
                 let shown: Vec<String> =
                     r.first_tokens.iter().take(8).map(u32::to_string).collect();
                 println!(
@@ -360,7 +405,7 @@ fn main() {
                             "weight_bytes": wb, "kv_bytes": kvb, "gbs": gbs / 1e9,
                             "pct_copy": 100.0 * gbs / copy, "copy_gbs": copy / 1e9,
                             "roofline_tok_s": roof_tok, "replayed": r.replayed,
-                            "tokens": r.first_tokens,
+                            "tokens": r.first_tokens, "tp": o.tp,
                         }),
                     )?;
                 }

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Multi-GPU check (issue 7) on the GPU machine: `kiln logits` of every zoo model with a layer
+# split and tensor parallelism over two CUDA GPUs (and a CUDA + Vulkan layer split) against the
+# one-GPU run; the decode bench (Llama-3-8B shape, random weights) at TP1 and TP2; `kiln plan`
+# next to the memory measured while the model runs (if the build has `kiln plan`).
+#
+# 1. Here:  tests/scripts/gpu_multi.sh build      (→ .gpu/multi.tar.xz, git-ignored)
+# 2. GPU:   run(kind="nvidia-h200-x2", carry=[".gpu/multi.tar.xz", ".gl"],
+#               command="bash tests/scripts/gpu_multi.sh run")
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+B=.gpu/multi
+
+build() {
+    set -e
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target-tests}"
+    local NV="${KILN_NVRTC_DIR:-$HOME/.cache/kiln-ci/venv/lib/python3.11/site-packages/nvidia/cu13}"
+    rm -rf "$B"; mkdir -p "$B"
+    cargo build --release -p kiln-examples --bin kiln
+    cargo build --release -p kiln-benches --bin decode
+    cp "$CARGO_TARGET_DIR/release/kiln" "$CARGO_TARGET_DIR/release/decode" "$B/"
+    strip "$B"/*
+    # Kernels precompiled for sm_90 (the NVRTC compile of matmul_q.cu takes minutes).
+    local list; list=$(mktemp)
+    cargo test --release -p kiln-cuda --test nvrtc_compile --no-run --message-format=json \
+        2>/dev/null >"$list"
+    local exe; exe=$(python3 -c "import json,sys
+for l in open(sys.argv[1]):
+    try: m=json.loads(l)
+    except ValueError: continue
+    if m.get('reason')=='compiler-artifact' and m.get('executable') and m['target']['name']=='nvrtc_compile': print(m['executable'])" "$list")
+    KILN_CACHE_DIR="$PWD/$B/cache" LD_LIBRARY_PATH="$NV/lib" KILN_CUDA_INCLUDE="$NV/include" \
+        "$exe" --ignored precompile_sm90_into_cache --nocapture >/dev/null
+    rm -f "$list"
+    mkdir -p "$B/zoo"
+    for m in llama3 qwen3 mistral gemma3 mixtral qwen3moe qwen2; do
+        mkdir -p "$B/zoo/$m"
+        cp ../shared/testdata/zoo/$m/{config.json,tokenizer.json,tokenizer_config.json,model.safetensors,reference.json} "$B/zoo/$m/" 2>/dev/null || true
+        cp ../shared/testdata/zoo/$m/*.f32 "$B/zoo/$m/" 2>/dev/null || true
+        cp ../shared/testdata/zoo/$m/model-q8_0.gguf "$B/zoo/$m/" 2>/dev/null || true
+    done
+    tar -C "$B" -cf - . | xz -T2 -6 >"$B.tar.xz"
+    rm -rf "$B"
+    du -sh "$B.tar.xz"
+}
+
+run() {
+    local OUTD="${OUT:-$PWD/gpu-results}"
+    mkdir -p "$OUTD" "$B"
+    tar -C "$B" -xJf "$B.tar.xz"
+    export NCCL_NVLS_ENABLE=0
+    export KILN_CACHE_DIR=/tmp/kiln-cache
+    mkdir -p "$KILN_CACHE_DIR"; cp -r "$B/cache/." "$KILN_CACHE_DIR/" 2>/dev/null || true
+    for f in .gl/*.deb; do dpkg -x "$f" / ; done; ldconfig
+    export XDG_RUNTIME_DIR=/tmp
+    nvidia-smi -L | tee "$OUTD/devices.txt"
+    "$B/kiln" devices >>"$OUTD/devices.txt" 2>&1
+
+    echo "== kiln logits: zoo on cuda:0 vs two GPUs (tensor, layer) and cuda:0 + wgpu:0 (layer)"
+    python3 - "$B" >"$OUTD/logits.log" 2>&1 <<'PY'
+import json, os, struct, subprocess, sys
+B = sys.argv[1]
+def logits(path, ids, devices, parallel=None):
+    out = "/tmp/kiln-logits.f32"
+    args = [f"{B}/kiln", "logits", path, "--ids", ids, "--out", out, "--devices", devices,
+            "--kv-type", "f32"]
+    if parallel: args += ["--parallel", parallel]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode: return None, p.stderr.strip().splitlines()[-1]
+    b = open(out, "rb").read()
+    return struct.unpack(f"<{len(b)//4}f", b), None
+def diff(a, b): return max(abs(x - y) for x, y in zip(a, b))
+for m in sorted(os.listdir(f"{B}/zoo")):
+    d = f"{B}/zoo/{m}"; r = json.load(open(f"{d}/reference.json")); c = r["cases"][1]
+    ids = ",".join(str(i) for i in c["input_ids"])
+    ref = struct.unpack(f"<{os.path.getsize(d+'/'+c['logits_file'])//4}f", open(d+"/"+c["logits_file"], "rb").read())
+    for fmt, path in [("safetensors", d), ("q8_0", f"{d}/model-q8_0.gguf")]:
+        if not os.path.exists(path): continue
+        one, err = logits(path, ids, "cuda:0")
+        if one is None: print(f"{m} {fmt} cuda:0 FAILED {err}"); continue
+        print(f"{m:<9} {fmt:<11} cuda:0 alone                vs transformers {diff(one, ref):.2e}")
+        for devs, par in [("cuda:0,cuda:1", "tensor"), ("cuda:0,cuda:1", "layer"), ("cuda:0,wgpu:0", "layer"), ("cuda:0,wgpu:0", "tensor")]:
+            got, err = logits(path, ids, devs, par)
+            if got is None: print(f"{m:<9} {fmt:<11} {devs} {par}: {err}"); continue
+            print(f"{m:<9} {fmt:<11} {devs:<14} {par:<6} |Δ| vs cuda:0 {diff(got, one):.2e}  vs transformers {diff(got, ref):.2e}")
+PY
+    cat "$OUTD/logits.log"
+
+    echo "== decode bench: Llama-3-8B shape, TP1 vs TP2 (NCCL), eager steps"
+    for w in bf16 q4_k; do
+        for tp in 1 2; do
+            timeout 280 "$B/decode" --backend cuda --model llama3-8b --wtype $w --batch 1,32 \
+                --ctx 512 --steps 32 --graph off --tp $tp >"$OUTD/decode_${w}_tp$tp.log" 2>&1
+            tail -n 4 "$OUTD/decode_${w}_tp$tp.log"
+        done
+    done
+
+    if "$B/kiln" plan --help >/dev/null 2>&1; then
+        echo "== kiln plan vs measured"
+        KILN_CACHE_DIR=/tmp/kiln-cache bash tests/scripts/plan_vs_measured.sh "$B" "$OUTD" 2>&1 | tail -20 || true
+    fi
+}
+
+case "${1:-}" in
+    build) build ;;
+    run) run ;;
+    *) echo "usage: $0 build|run" >&2; exit 2 ;;
+esac
