@@ -86,12 +86,30 @@ for m in sorted(os.listdir(f"{B}/zoo")):
 PY
     cat "$OUTD/logits.log"
 
-    echo "== decode bench: Llama-3-8B shape, TP1 vs TP2 (NCCL), eager steps"
+    echo "== qwen3moe safetensors: which device / rank goes wrong"
+    python3 - "$B" >>"$OUTD/logits.log" 2>&1 <<'PY'
+import json, os, struct, subprocess, sys
+B = sys.argv[1]; d = f"{B}/zoo/qwen3moe"; c = json.load(open(f"{d}/reference.json"))["cases"][1]
+ids = ",".join(str(i) for i in c["input_ids"])
+def logits(devices, parallel=None):
+    args = [f"{B}/kiln", "logits", d, "--ids", ids, "--out", "/tmp/q.f32", "--devices", devices, "--kv-type", "f32"]
+    if parallel: args += ["--parallel", parallel]
+    p = subprocess.run(args, capture_output=True, text=True)
+    if p.returncode: return p.stderr.strip().splitlines()[-1]
+    b = open("/tmp/q.f32", "rb").read(); return struct.unpack(f"<{len(b)//4}f", b)
+one = logits("cuda:0")
+for devs, par in [("cuda:1", None), ("cuda:1,cuda:0", "tensor"), ("wgpu:0,cuda:0", "tensor"), ("wgpu:0,cuda:1", "tensor"), ("reference:0,cuda:1", "tensor"), ("cuda:0,cuda:1", "tensor")]:
+    got = logits(devs, par)
+    print(f"qwen3moe diag {devs:<20} {par or '':<6}", got if isinstance(got, str) else f"|Δ| vs cuda:0 {max(abs(x-y) for x,y in zip(got, one)):.2e}")
+PY
+    grep "diag" "$OUTD/logits.log"
+
+    echo "== decode bench: Llama-3-8B shape, TP1 vs TP2 (NCCL), graphs on and off"
     for w in bf16 q4_k; do
         for tp in 1 2; do
             timeout 280 "$B/decode" --backend cuda --model llama3-8b --wtype $w --batch 1,32 \
-                --ctx 512 --steps 32 --graph off --tp $tp >"$OUTD/decode_${w}_tp$tp.log" 2>&1
-            tail -n 4 "$OUTD/decode_${w}_tp$tp.log"
+                --ctx 512 --steps 32 --graph both --tp $tp >"$OUTD/decode_${w}_tp$tp.log" 2>&1
+            tail -n 7 "$OUTD/decode_${w}_tp$tp.log"
         done
     done
 

@@ -570,9 +570,12 @@ impl Runtime {
                             kiln_core::Error::Invalid(msg)
                         })
                     };
-                    // Only a one-device step is recorded (a group's step spans devices).
                     match this.stages.as_slice() {
                         [one] => one.backend.capture(&mut record),
+                        // A tensor-parallel step: every rank's stream recorded at once (its
+                        // NCCL calls included), one graph per device.
+                        all if this.tensor.is_some() => capture_group(all, &mut record),
+                        // A layer split hands rows over through the host: not capturable.
                         _ => Ok(None),
                     }
                 };
@@ -629,4 +632,46 @@ fn reduce(group: &dyn Collective, fwds: &[Fwd<'_>], parts: &[&kiln_core::Tensor]
     group
         .all_reduce_sum(&views)
         .map_err(|e| ModelError::backend("tensor-parallel all-reduce", e))
+}
+
+/// One captured graph per device of a group, replayed in order (launches are asynchronous, so
+/// a graph waiting in an all-reduce for its peers does not hold up the host).
+struct GroupReplay(Vec<Box<dyn Replay>>);
+
+impl Replay for GroupReplay {
+    fn replay(&self) -> kiln_core::Result<()> {
+        self.0.iter().try_for_each(|g| g.replay())
+    }
+}
+
+/// Record `f` with every stage's stream capturing (nested `Backend::capture` calls); `None`
+/// when some device does not capture (then `f` may not have run: the caller runs it eagerly).
+fn capture_group(
+    stages: &[Stage],
+    f: &mut dyn FnMut() -> kiln_core::Result<()>,
+) -> kiln_core::Result<Option<Box<dyn Replay>>> {
+    fn nest(
+        stages: &[Stage],
+        f: &mut dyn FnMut() -> kiln_core::Result<()>,
+        out: &mut Vec<Box<dyn Replay>>,
+    ) -> kiln_core::Result<bool> {
+        let Some((first, rest)) = stages.split_first() else {
+            f()?;
+            return Ok(true);
+        };
+        let mut inner_ok = false;
+        let g = first.backend.capture(&mut || {
+            inner_ok = nest(rest, f, out)?;
+            Ok(())
+        })?;
+        match g {
+            Some(g) if inner_ok => {
+                out.push(g);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+    let mut graphs = Vec::with_capacity(stages.len());
+    Ok(nest(stages, f, &mut graphs)?.then(|| Box::new(GroupReplay(graphs)) as Box<dyn Replay>))
 }
