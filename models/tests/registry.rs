@@ -210,7 +210,7 @@ fn busy_models_are_never_evicted_and_refusal_has_numbers() {
             assert_eq!(device, "reference:0");
             assert_eq!((*need, *budget, *pinned, *free_at_most), (100, 200, 200, 0));
             assert!(
-                held_by.contains("'a' 100 bytes, 1 requests") && held_by.contains("'c'"),
+                held_by.contains("'a' 100 bytes, 1 in flight") && held_by.contains("'c'"),
                 "{held_by}"
             );
         }

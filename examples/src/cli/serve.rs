@@ -1,6 +1,10 @@
-//! `kiln serve [MODEL]`: the OpenAI-compatible server (see `src/server`). Binds 127.0.0.1:8080
-//! by default; `--port 0` takes a free port. Prints `kiln serve: listening on http://ADDR` on
-//! stdout once it accepts connections. Exits 0 after SIGINT/SIGTERM.
+//! `kiln serve [MODEL...]`: the OpenAI-compatible server (see `src/server`). Each MODEL is
+//! served under its name (the file or directory name, the catalog name, or `--name`); a
+//! request's `model` picks one (no `model`: the first). The models share one byte budget per
+//! device (`--budget`, default `auto`): a model not loaded is loaded on demand, after evicting
+//! idle models least recently used first when it does not fit (src/server/setup.rs). Binds
+//! 127.0.0.1:8080 by default; `--port 0` takes a free port. Prints `kiln serve: listening on
+//! http://ADDR` on stdout once it accepts connections. Exits 0 after SIGINT/SIGTERM.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -8,12 +12,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use kiln_core::DType;
-use kiln_models::engine::{Engine, EngineOptions, ShutdownMode};
-use kiln_models::{LoadOptions, RuntimeOptions};
+use kiln_models::RuntimeOptions;
+use kiln_models::engine::EngineOptions;
 
-use super::load::{DEFAULT_MODEL, DeviceArgs, load_model};
+use super::load::{DEFAULT_MODEL, DeviceArgs};
 use super::run::parse_kv;
 use super::{CliError, CliResult};
+use crate::server::setup::{self, Budget, ModelArg};
 use crate::server::{self, AppState};
 
 /// Engine sizing flags shared by `serve` and `bench serve`.
@@ -76,8 +81,8 @@ impl EngineArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// GGUF file, Hugging Face directory or catalog name.
-    pub model: Option<String>,
+    /// GGUF files, Hugging Face directories or catalog names (default: gemma3-270m).
+    pub models: Vec<String>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     #[arg(long, default_value_t = 8080)]
@@ -85,9 +90,15 @@ pub struct Args {
     /// Requests waiting for a slot before new ones get HTTP 429.
     #[arg(long, default_value_t = 256)]
     pub max_queue: usize,
-    /// The model name clients use (default: the file or directory name, or the catalog name).
-    #[arg(long)]
-    pub served_name: Option<String>,
+    /// The name clients use for each MODEL, in order (default: the file or directory name, or
+    /// the catalog name). Repeat it for several models.
+    #[arg(long = "name", alias = "served-name")]
+    pub names: Vec<String>,
+    /// Bytes the models may hold together on the device: `auto` (its memory less 5%) or a
+    /// size like 8GiB, 500MB, 1000000. A model that does not fit next to the loaded ones
+    /// evicts idle ones, least recently used first.
+    #[arg(long, default_value = "auto")]
+    pub budget: Budget,
     /// Seconds in-flight requests get to finish after SIGINT/SIGTERM.
     #[arg(long, default_value_t = 10.0)]
     pub grace_s: f64,
@@ -108,28 +119,62 @@ fn served_name(model: &str) -> String {
 }
 
 pub fn run(a: &Args) -> CliResult {
-    let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
+    let sources: Vec<String> = if a.models.is_empty() {
+        vec![DEFAULT_MODEL.to_string()]
+    } else {
+        a.models.clone()
+    };
+    if a.names.len() > sources.len() {
+        return Err(CliError::Usage(format!(
+            "kiln serve: {} --name for {} models",
+            a.names.len(),
+            sources.len()
+        )));
+    }
+    let models: Vec<ModelArg> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ModelArg {
+            source: s.clone(),
+            name: a.names.get(i).cloned().unwrap_or_else(|| served_name(s)),
+        })
+        .collect();
     let backend = a.dev.open()?;
-    let model = Arc::new(load_model(name, backend, &LoadOptions::default())?);
-    let engine = Engine::start(
-        model.clone(),
-        a.engine.options(a.max_queue, model.config().context_length),
-    )?;
-    let st = engine.stats();
-    eprintln!(
-        "kiln serve: {} on {}; context {}, {} KV blocks of {} tokens, {} sequences per step",
-        model.path().display(),
-        model.backend().id(),
-        engine.context(),
-        st.blocks.total,
-        a.engine.block_size,
-        a.engine.max_seqs
-    );
+    let fleet = setup::build(&models, &backend, a.budget, &|ctx| {
+        a.engine.options(a.max_queue, ctx)
+    })?;
+    let first = fleet.registry.inspect(&fleet.default, |s| {
+        (
+            s.model.path().display().to_string(),
+            s.engine.context(),
+            s.engine.stats().blocks.total,
+        )
+    });
+    if let Some((path, ctx, blocks)) = first {
+        eprintln!(
+            "kiln serve: {path} on {}; context {ctx}, {blocks} KV blocks of {} tokens, {} sequences per step",
+            backend.id(),
+            a.engine.block_size,
+            a.engine.max_seqs
+        );
+    }
+    if models.len() > 1 {
+        let budget = fleet
+            .registry
+            .budget()
+            .get(&backend.id())
+            .copied()
+            .unwrap_or(0);
+        eprintln!(
+            "kiln serve: {} models ({}) under a budget of {budget} bytes on {}",
+            models.len(),
+            fleet.registry.names().join(", "),
+            backend.id()
+        );
+    }
     let state = Arc::new(AppState {
-        engine,
-        model,
-        served: a.served_name.clone().unwrap_or_else(|| served_name(name)),
-        alias: name.to_string(),
+        registry: fleet.registry,
+        default: fleet.default,
         created: crate::server::routes::now(),
         next_id: AtomicU64::new(0),
     });
@@ -151,12 +196,10 @@ pub fn run(a: &Args) -> CliResult {
         server::serve(listener, served, grace).await?;
         Ok::<(), CliError>(())
     })?;
+    // Dropping the runtime drops the in-flight requests (and their leases); dropping the
+    // registry then stops every engine, cancelling what outlived the grace period.
     drop(rt);
-    // In-flight requests that outlived the grace period are cancelled here.
-    match Arc::try_unwrap(state) {
-        Ok(s) => s.engine.shutdown(ShutdownMode::Cancel),
-        Err(s) => drop(s),
-    }
+    drop(state);
     eprintln!("kiln serve: stopped");
     Ok(())
 }

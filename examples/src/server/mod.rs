@@ -7,6 +7,7 @@
 pub mod client;
 pub mod openai;
 pub mod routes;
+pub mod setup;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -31,13 +31,28 @@ impl ApiError {
             code: None,
         }
     }
-    pub fn model_not_found(name: &str, served: &str) -> ApiError {
+    /// 404 for a model this server does not serve; the message lists the ones it does.
+    pub fn model_not_found(name: &str, served: &[String]) -> ApiError {
+        let list: Vec<String> = served.iter().map(|n| format!("'{n}'")).collect();
         ApiError {
             status: StatusCode::NOT_FOUND,
-            message: format!("The model '{name}' does not exist (this server serves '{served}')"),
+            message: format!(
+                "The model '{name}' does not exist (this server serves {})",
+                list.join(", ")
+            ),
             kind: "invalid_request_error",
             param: Some("model".into()),
             code: Some("model_not_found"),
+        }
+    }
+    /// 503: the model cannot be loaded now (its bytes do not fit next to the models in use).
+    pub fn unavailable(message: String) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message,
+            kind: "server_error",
+            param: Some("model".into()),
+            code: Some("model_does_not_fit"),
         }
     }
     pub fn queue_full(message: String) -> ApiError {

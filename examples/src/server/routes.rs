@@ -1,6 +1,12 @@
 //! The HTTP handlers: /v1/chat/completions, /v1/completions (JSON or SSE), /v1/models, /health.
 //!
-//! Each request is submitted to the engine with a sink over a tokio channel. A streaming
+//! A request's `model` names one of the served models (none: the first); the handler takes a
+//! lease on it from the registry (loading it, and evicting idle models, when needed: on a
+//! blocking thread) and holds the lease until its answer is complete, so a model is never
+//! evicted under a running request. Unknown model: 404 listing the names; a model that cannot
+//! get its bytes even after evicting every idle one: 503.
+//!
+//! Each request is submitted to its model's engine with a sink over a tokio channel. A streaming
 //! response forwards events as OpenAI chunks; when the client goes away the response stream
 //! is dropped, the channel closes, and the engine cancels the request at its next step
 //! (freeing its blocks). The same holds for a non-streaming request whose connection closes.
@@ -18,8 +24,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream};
 use kiln_models::ModelError;
 use kiln_models::chat::ChatTemplate;
-use kiln_models::engine::{Engine, Event, EventSink, FinishReason};
-use kiln_models::runtime::Model;
+use kiln_models::engine::{Event, EventSink, FinishReason, Lease, Registry, Served};
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
@@ -27,11 +32,10 @@ use super::openai::{self, ApiError, ApiResult, Common, Prompt};
 
 /// What every handler shares.
 pub struct AppState {
-    pub engine: Engine,
-    pub model: Arc<Model>,
-    /// The name clients pass as `model` (also accepted: `alias`, the MODEL argument).
-    pub served: String,
-    pub alias: String,
+    /// The served models by name (each also answers to its MODEL argument, an alias).
+    pub registry: Registry<Served>,
+    /// The model of requests without `model`: the first MODEL.
+    pub default: String,
     pub created: u64,
     pub next_id: AtomicU64,
 }
@@ -63,108 +67,197 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Engine state summed over the loaded models (one model: exactly its engine's), plus each
+/// model's registry state and the byte budget.
 pub async fn health(State(s): Shared) -> Json<Value> {
-    let st = s.engine.stats();
+    let mut sum = kiln_models::engine::EngineStats::default();
+    let mut models = Vec::new();
+    for m in s.registry.status() {
+        let st = s.registry.inspect(&m.name, |v| v.engine.stats());
+        if let Some(st) = st {
+            sum.running += st.running;
+            sum.waiting += st.waiting;
+            sum.steps += st.steps;
+            sum.finished += st.finished;
+            sum.cancelled += st.cancelled;
+            sum.errors += st.errors;
+            sum.preemptions += st.preemptions;
+            sum.prefix_hit_blocks += st.prefix_hit_blocks;
+            sum.generated_tokens += st.generated_tokens;
+            sum.blocks.total += st.blocks.total;
+            sum.blocks.free += st.blocks.free;
+            sum.blocks.cached += st.blocks.cached;
+            sum.blocks.in_use += st.blocks.in_use;
+        }
+        models.push(json!({
+            "name": m.name,
+            "state": m.state.name(),
+            "busy": m.busy,
+            "bytes": m.footprint.as_ref().map(|f| f.total()),
+            "loads": m.loads,
+            "evictions": m.evictions,
+            "running": st.map(|x| x.running),
+            "waiting": st.map(|x| x.waiting),
+        }));
+    }
+    let used = s.registry.used();
+    let budget: serde_json::Map<String, Value> = s
+        .registry
+        .budget()
+        .iter()
+        .map(|(d, b)| {
+            let u = used.get(d).copied().unwrap_or(0);
+            (d.to_string(), json!({"budget": b, "used": u}))
+        })
+        .collect();
     Json(json!({
         "status": "ok",
-        "model": s.served,
-        "running": st.running,
-        "waiting": st.waiting,
-        "steps": st.steps,
-        "finished": st.finished,
-        "cancelled": st.cancelled,
-        "errors": st.errors,
-        "preemptions": st.preemptions,
-        "prefix_hit_blocks": st.prefix_hit_blocks,
-        "generated_tokens": st.generated_tokens,
+        "model": s.default,
+        "running": sum.running,
+        "waiting": sum.waiting,
+        "steps": sum.steps,
+        "finished": sum.finished,
+        "cancelled": sum.cancelled,
+        "errors": sum.errors,
+        "preemptions": sum.preemptions,
+        "prefix_hit_blocks": sum.prefix_hit_blocks,
+        "generated_tokens": sum.generated_tokens,
         "blocks": {
-            "total": st.blocks.total,
-            "free": st.blocks.free,
-            "cached": st.blocks.cached,
-            "in_use": st.blocks.in_use,
+            "total": sum.blocks.total,
+            "free": sum.blocks.free,
+            "cached": sum.blocks.cached,
+            "in_use": sum.blocks.in_use,
         },
+        "models": models,
+        "budget": budget,
     }))
 }
 
+/// Every served model; `context_length` for the loaded ones.
 pub async fn models(State(s): Shared) -> Json<Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": s.served,
-            "object": "model",
-            "created": s.created,
-            "owned_by": "kiln",
-            "context_length": s.engine.context(),
-        }],
-    }))
+    let data: Vec<Value> = s
+        .registry
+        .status()
+        .into_iter()
+        .map(|m| {
+            let mut o = json!({
+                "id": m.name,
+                "object": "model",
+                "created": s.created,
+                "owned_by": "kiln",
+                "status": m.state.name(),
+            });
+            // Only a ready model has an engine (and its context) to report.
+            if let Some(ctx) = s.registry.inspect(&m.name, |v| v.engine.context()) {
+                o["context_length"] = ctx.into();
+            }
+            o
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn chat(State(s): Shared, body: Bytes) -> Response {
-    let run = || -> ApiResult<(Vec<u32>, Common)> {
+    let parsed = || -> ApiResult<(String, Vec<Value>, Common)> {
         let m = openai::object(&body)?;
         let c = openai::common(&m)?;
-        check_model(&s, &c)?;
-        let msgs = openai::messages(&m)?;
+        let name = model_name(&s, &c)?;
+        Ok((name, openai::messages(&m)?, c))
+    };
+    let (name, msgs, c) = match parsed() {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let lease = match lease(&s, name).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let encode = || -> ApiResult<Vec<u32>> {
         let chatml;
-        let tpl = match s.model.chat_template() {
+        let tpl = match lease.model.chat_template() {
             Some(t) => t,
             None => {
                 chatml = ChatTemplate::chatml().map_err(|e| ApiError::server(e.to_string()))?;
                 &chatml
             }
         };
-        let ids = tpl
-            .encode_prompt(s.model.tokenizer(), &msgs, true)
-            .map_err(|e| ApiError::invalid("messages", e.to_string()))?;
-        Ok((ids, c))
+        tpl.encode_prompt(lease.model.tokenizer(), &msgs, true)
+            .map_err(|e| ApiError::invalid("messages", e.to_string()))
     };
-    match run() {
-        Ok((ids, c)) => respond(&s, ids, c, Kind::Chat).await,
+    match encode() {
+        Ok(ids) => respond(&s, lease, ids, c, Kind::Chat).await,
         Err(e) => e.into_response(),
     }
 }
 
 pub async fn completions(State(s): Shared, body: Bytes) -> Response {
-    let run = || -> ApiResult<(Vec<u32>, Common)> {
+    let parsed = || -> ApiResult<(String, Prompt, Common)> {
         let m = openai::object(&body)?;
         let c = openai::common(&m)?;
-        check_model(&s, &c)?;
-        let ids = match openai::prompt(&m)? {
-            Prompt::Text(t) => s
-                .model
-                .tokenizer()
-                .encode_prompt(&t)
-                .map_err(|e| ApiError::invalid("prompt", e.to_string()))?,
-            Prompt::Ids(ids) => ids,
-        };
-        Ok((ids, c))
+        let name = model_name(&s, &c)?;
+        Ok((name, openai::prompt(&m)?, c))
     };
-    match run() {
-        Ok((ids, c)) => respond(&s, ids, c, Kind::Completion).await,
-        Err(e) => e.into_response(),
+    let (name, prompt, c) = match parsed() {
+        Ok(x) => x,
+        Err(e) => return e.into_response(),
+    };
+    let lease = match lease(&s, name).await {
+        Ok(l) => l,
+        Err(e) => return e.into_response(),
+    };
+    let ids = match prompt {
+        Prompt::Text(t) => match lease.model.tokenizer().encode_prompt(&t) {
+            Ok(ids) => ids,
+            Err(e) => return ApiError::invalid("prompt", e.to_string()).into_response(),
+        },
+        Prompt::Ids(ids) => ids,
+    };
+    respond(&s, lease, ids, c, Kind::Completion).await
+}
+
+/// The served model a request names (its `model`, else the default); 404 when unknown.
+fn model_name(s: &AppState, c: &Common) -> ApiResult<String> {
+    let name = c.model.as_deref().unwrap_or(&s.default);
+    match s.registry.spec(name) {
+        Some(spec) => Ok(spec.name),
+        None => Err(ApiError::model_not_found(name, &s.registry.names())),
     }
 }
 
-fn check_model(s: &AppState, c: &Common) -> ApiResult<()> {
-    match &c.model {
-        Some(m) if m != &s.served && m != &s.alias => Err(ApiError::model_not_found(m, &s.served)),
-        _ => Ok(()),
-    }
+/// A lease on `name`, loading it on a blocking thread when needed.
+async fn lease(s: &Arc<AppState>, name: String) -> ApiResult<Lease<Served>> {
+    let reg = s.registry.clone();
+    tokio::task::spawn_blocking(move || reg.acquire(&name))
+        .await
+        .map_err(|e| ApiError::server(format!("loading the model: {e}")))?
+        .map_err(|e| match e {
+            ModelError::UnknownModel { name, .. } => {
+                ApiError::model_not_found(&name, &s.registry.names())
+            }
+            e @ ModelError::NoRoom { .. } => ApiError::unavailable(e.to_string()),
+            e => ApiError::server(format!("loading the model: {e}")),
+        })
 }
 
 /// Submit and answer: one JSON body, or an SSE stream of chunks.
-async fn respond(s: &Arc<AppState>, ids: Vec<u32>, mut c: Common, kind: Kind) -> Response {
+async fn respond(
+    s: &Arc<AppState>,
+    lease: Lease<Served>,
+    ids: Vec<u32>,
+    mut c: Common,
+    kind: Kind,
+) -> Response {
     let param = if kind == Kind::Chat {
         "messages"
     } else {
         "prompt"
     };
-    let context = s.engine.context();
+    let context = lease.engine.context();
     c.opts.max_tokens = c
         .max_tokens
         .unwrap_or(context.saturating_sub(ids.len()).max(1));
     let (tx, rx) = unbounded_channel();
-    if let Err(e) = s
+    if let Err(e) = lease
         .engine
         .submit_with(ids, c.opts.clone(), Box::new(TokioSink(tx)))
     {
@@ -182,13 +275,13 @@ async fn respond(s: &Arc<AppState>, ids: Vec<u32>, mut c: Common, kind: Kind) ->
     let meta = Meta {
         id,
         created: now(),
-        model: s.served.clone(),
+        model: lease.name().to_string(),
         kind,
     };
     if c.stream {
-        sse(meta, rx, c.include_usage).into_response()
+        sse(meta, rx, c.include_usage, lease).into_response()
     } else {
-        whole(meta, rx).await
+        whole(meta, rx, lease).await
     }
 }
 
@@ -237,8 +330,8 @@ impl Meta {
     }
 }
 
-/// Collect the whole answer.
-async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>) -> Response {
+/// Collect the whole answer (the lease is held until it is complete).
+async fn whole(meta: Meta, mut rx: UnboundedReceiver<Event>, _lease: Lease<Served>) -> Response {
     let mut text = String::new();
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -292,12 +385,15 @@ struct Streaming {
     /// Chunks ready to send (the end sends several).
     queue: std::collections::VecDeque<String>,
     done: bool,
+    /// Held while the stream lives (a dropped stream is a disconnected client).
+    _lease: Lease<Served>,
 }
 
 fn sse(
     meta: Meta,
     rx: UnboundedReceiver<Event>,
     include_usage: bool,
+    lease: Lease<Served>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let st = Streaming {
         meta,
@@ -306,6 +402,7 @@ fn sse(
         include_usage,
         queue: Default::default(),
         done: false,
+        _lease: lease,
     };
     let s = stream::unfold(st, |mut st| async move {
         loop {

@@ -331,6 +331,17 @@ impl<T: Send + Sync + 'static> Registry<T> {
         Some(self.lease(&mut b, idx, v))
     }
 
+    /// `f` on `name`'s loaded value if it is ready, under the registry's lock (keep `f` short:
+    /// a stats read). Unlike a lease it does not count as a use (LRU order is unchanged).
+    pub fn inspect<R>(&self, name: &str, f: impl FnOnce(&T) -> R) -> Option<R> {
+        let b = self.shared.lock();
+        let idx = b.find(name)?;
+        match &b.entries[idx].slot {
+            Slot::Ready(v) => Some(f(v)),
+            _ => None,
+        }
+    }
+
     /// Evict `name` now if it is ready and idle; returns whether it was evicted.
     pub fn unload(&self, name: &str) -> Result<bool> {
         let mut b = self.shared.lock();
@@ -589,7 +600,7 @@ impl<T: Send + Sync + 'static> Registry<T> {
             if e.holds() && !e.idle_ready() && n > 0 {
                 pinned += n;
                 let why = if e.busy > 0 {
-                    format!("{} requests", e.busy)
+                    format!("{} in flight", e.busy)
                 } else {
                     e.slot.state().name().to_string()
                 };
