@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex};
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, result as drv};
 use kiln_core::backend::check;
 use kiln_core::{
-    Activation, AttnParams, Backend, Buffer, DType, DeviceInfo, Error, HostTensor, MoeExperts,
-    MoeRouting, OpKind, PagedKv, Replay, Result, RopeParams, SeqBatch, View, ViewMut, Weight,
+    Activation, AttnParams, Backend, Buffer, DType, DeviceInfo, Error, HostTensor, MatmulUse,
+    MoeExperts, MoeRouting, OpKind, PagedKv, Replay, Result, RopeParams, SeqBatch, Shape, View,
+    ViewMut, Weight,
 };
 
 use crate::buffer::{CudaMem, CudaWeight};
@@ -192,6 +193,130 @@ impl CudaBackend {
     }
 }
 
+/// The smallest matmul scratch allocation (ops/matmul_q.rs `matmul_scratch`).
+pub(crate) const MIN_MATMUL_SCRATCH: usize = 1 << 20;
+
+/// What the matmul workspace of a set of uses needs (see `CudaBackend::matmul_workspace`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct MatmulWorkspace {
+    /// Some use asks for the GEMM scratch (so the cuBLASLt state is created).
+    used: bool,
+    /// The largest scratch request.
+    scratch: usize,
+    /// The largest transient allocation of first-use tuning (freed after it).
+    tuning: usize,
+}
+
+impl CudaBackend {
+    /// cuBLASLt workspace: 32 MiB on Hopper and later, 4 MiB before.
+    pub(crate) fn cublaslt_workspace_bytes(&self) -> usize {
+        if self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9) {
+            32 << 20
+        } else {
+            4 << 20
+        }
+    }
+
+    /// The device bytes `prepare_weight` allocates: the repacked image (body + head regions,
+    /// ops/../buffer.rs `repack`), at least one byte. Same checks as `prepare_weight`.
+    fn prepared_bytes(&self, dtype: DType, shape: &Shape) -> Result<usize> {
+        let op = OpKind::Matmul;
+        if !DType::WEIGHT_TYPES.contains(&dtype) {
+            return Err(check::unsupported(op, dtype, &self.info));
+        }
+        if !(shape.rank() == 2 || shape.rank() == 3) {
+            return Err(Error::shape(
+                op,
+                format!("weight {shape} must be [n, k] or [experts, n, k]"),
+            ));
+        }
+        let k = shape.last();
+        if !k.is_multiple_of(dtype.block_size()) {
+            return Err(Error::Quant {
+                dtype,
+                msg: format!(
+                    "rows of {k} elements are not whole blocks of {}",
+                    dtype.block_size()
+                ),
+            });
+        }
+        let data = dtype.bytes_for(shape.numel())?;
+        let Some(sp) = crate::buffer::split(dtype) else {
+            return Err(check::unsupported(op, dtype, &self.info));
+        };
+        let (body, head) = (sp.body_bytes(), sp.head_bytes());
+        let bytes = if head == 0 || (dtype.is_float() && !k.is_multiple_of(sp.qk)) {
+            data
+        } else {
+            let nblocks = shape.rows() * (k / sp.qk);
+            (nblocks * body).div_ceil(16) * 16 + nblocks * head
+        };
+        Ok(bytes.max(1))
+    }
+
+    /// The matmul scratch, cuBLASLt and tuning needs of `uses` (ops/matmul_q.rs): a use with a
+    /// persisted crossover c runs the fused path up to min(c, rows) rows and the dense path at
+    /// rows > c; an untuned use is first tuned, which runs both paths at every `LADDER` row
+    /// count (with transient x, out and L2-flush buffers), then either path up to its rows.
+    fn matmul_workspace(&self, uses: &[MatmulUse]) -> MatmulWorkspace {
+        let ladder = crate::tune::LADDER[crate::tune::LADDER.len() - 1];
+        let mut ws = MatmulWorkspace::default();
+        for u in uses {
+            if u.shape.rank() != 2 || u.max_rows == 0 || u.shape.numel() == 0 {
+                continue;
+            }
+            let (n, k, dt) = (u.shape.dim(0), u.shape.dim(1), u.dtype);
+            let (fused_rows, dense_rows) = match self.crossover(dt, n, k) {
+                Some(c) => (u.max_rows.min(c), (u.max_rows > c).then_some(u.max_rows)),
+                None => {
+                    // tune_inner: out [512, n] f32, the flush buffer, x [512, k] f32.
+                    ws.tuning = ws
+                        .tuning
+                        .max(ladder * n * 4 + crate::tune::FLUSH_BYTES + ladder * k * 4);
+                    let rows = u.max_rows.max(ladder);
+                    (rows, Some(rows))
+                }
+            };
+            let chunked = crate::buffer::chunked_ok(dt, k);
+            // Float weights run the fused path without scratch.
+            if dt.is_quantized() && chunked && fused_rows > 0 {
+                ws.used = true;
+                ws.scratch = ws
+                    .scratch
+                    .max(crate::ops::matmul_q::fused_scratch_bytes(dt, fused_rows, k));
+            }
+            // Block types whose rows are not whole chunks are refused by the dense path.
+            if let Some(m) = dense_rows
+                && (dt.is_float() || chunked)
+            {
+                let t = crate::ops::matmul_q::dense_tiles(dt, m, n, k);
+                ws.used = true;
+                ws.scratch = ws.scratch.max(t.w_scratch + t.x_scratch);
+            }
+        }
+        ws
+    }
+
+    /// Device bytes the cuBLASLt state holds now: its workspace and every GEMM scratch grown so
+    /// far (0 before the first matmul that needs it). Equals the persistent part of
+    /// `workspace_bytes` after `reserve_workspace`, unless later matmuls outgrew it.
+    pub fn workspace_allocated(&self) -> usize {
+        let g = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map_or(0, |g| g.allocated_bytes())
+    }
+
+    /// Device memory in use on this GPU, `total − free` of `cuMemGetInfo` (every process and
+    /// context on the device, the CUDA context itself included): for comparing a planned
+    /// peak with the measured one.
+    pub fn memory_in_use(&self) -> Result<u64> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        let (free, total) = drv::mem_get_info().map_err(self.drv("cuMemGetInfo"))?;
+        Ok(total.saturating_sub(free) as u64)
+    }
+}
+
 impl Backend for CudaBackend {
     fn info(&self) -> &DeviceInfo {
         &self.info
@@ -253,6 +378,30 @@ impl Backend for CudaBackend {
 
     fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight> {
         self.op_prepare_weight(w)
+    }
+
+    fn weight_bytes(&self, dtype: DType, shape: &Shape) -> Result<usize> {
+        self.prepared_bytes(dtype, shape)
+    }
+
+    /// The cuBLASLt workspace, the GEMM scratch at its largest request (at least 1 MiB) and,
+    /// when some use is not tuned yet, the tuner's transient buffers.
+    fn workspace_bytes(&self, matmuls: &[MatmulUse]) -> usize {
+        let ws = self.matmul_workspace(matmuls);
+        if !ws.used {
+            return 0;
+        }
+        self.cublaslt_workspace_bytes() + ws.scratch.max(MIN_MATMUL_SCRATCH) + ws.tuning
+    }
+
+    /// Create the cuBLASLt state and the GEMM scratch at its largest request now, so no matmul
+    /// grows it (a grown scratch keeps the smaller ones alive for captured graphs).
+    fn reserve_workspace(&self, matmuls: &[MatmulUse]) -> Result<()> {
+        let ws = self.matmul_workspace(matmuls);
+        if ws.used {
+            drop(self.matmul_scratch(ws.scratch)?);
+        }
+        Ok(())
     }
 
     fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {

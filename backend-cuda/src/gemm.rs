@@ -124,6 +124,11 @@ impl Gemm {
             .map(|s| s.ptr)
     }
 
+    /// Device bytes held: the workspace and every scratch allocated so far.
+    pub(crate) fn allocated_bytes(&self) -> usize {
+        self.workspace_bytes + self.scratch.iter().map(|s| s.slice.len()).sum::<usize>()
+    }
+
     pub(crate) fn push_scratch(&mut self, mem: CudaMem) -> u64 {
         let p = mem.ptr;
         self.scratch.push(mem);

@@ -21,7 +21,7 @@ use crate::device::CudaBackend;
 pub const LADDER: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 const REPS: usize = 7;
 /// Bytes written between timed runs to evict the weight from L2 (H100/H200 L2 is 50/60 MiB).
-const FLUSH_BYTES: usize = 192 << 20;
+pub(crate) const FLUSH_BYTES: usize = 192 << 20;
 
 /// One tuning result.
 #[derive(Clone, Debug, PartialEq)]

@@ -24,8 +24,8 @@ pub use tune::TuneResult;
 
 use kiln_core::{
     Activation, AttnParams, Backend, BackendKind, BackendProvider, Buffer, DType, DeviceInfo,
-    HostTensor, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams, SeqBatch, View,
-    ViewMut, Weight,
+    HostTensor, MatmulUse, MoeExperts, MoeRouting, OpKind, PagedKv, Probe, Result, RopeParams,
+    SeqBatch, Shape, View, ViewMut, Weight,
 };
 
 /// Discovery entry point for wgpu adapters.
@@ -97,6 +97,53 @@ impl WgpuBackend {
         })
     }
 
+    /// Bytes `prepare` will allocate for a `dtype` weight of `shape` (see weight.rs): per row
+    /// chunk, the repacked blocks (split types: the blocks without their f16 `d`, then the `d`
+    /// array padded to 4 bytes; other types: the bytes padded to 4). The same checks as
+    /// `prepare`, so a weight it would refuse is refused here with the same error.
+    fn prepared_bytes(&self, dtype: DType, shape: &Shape) -> Result<usize> {
+        let op = OpKind::Matmul;
+        if !DType::WEIGHT_TYPES.contains(&dtype) {
+            return Err(kiln_core::backend::check::unsupported(
+                op, dtype, &self.info,
+            ));
+        }
+        if !(2..=3).contains(&shape.rank()) {
+            return Err(kiln_core::Error::shape(
+                op,
+                format!("weight {shape} must be [n, k] or [experts, n, k]"),
+            ));
+        }
+        let k = shape.last();
+        if !k.is_multiple_of(32) {
+            return Err(kiln_core::Error::Quant {
+                dtype,
+                msg: format!("rows of {k} elements: the wgpu backend needs k % 32 == 0"),
+            });
+        }
+        let rows = shape.rows();
+        let row_bytes = dtype.bytes_for(k)?;
+        let cap = self.max_binding();
+        if row_bytes as u64 + 4 > cap {
+            return Err(self.limit_error(
+                format!("one row of a {shape} {dtype} weight"),
+                row_bytes as u64 + 4,
+                cap,
+            ));
+        }
+        let per_chunk = (((cap - 4) / row_bytes as u64) as usize).max(1);
+        // Bytes of one chunk of `r` rows as `weight::repack` lays it out.
+        let chunk = |r: usize| match weight::split_d(dtype) {
+            Some((_, keep)) => {
+                let nb = r * (k / dtype.block_size());
+                nb * keep + (nb * 2).div_ceil(4) * 4
+            }
+            None => (r * row_bytes).div_ceil(4) * 4,
+        };
+        let full = rows / per_chunk;
+        Ok(full * chunk(per_chunk) + chunk(rows % per_chunk))
+    }
+
     /// The number of row chunks (separate bindings) a prepared weight was split into.
     pub fn weight_chunks(&self, w: &Weight) -> Result<usize> {
         Ok(weight::WgpuWeight::of(w, OpKind::Matmul)?.chunks.len())
@@ -136,6 +183,17 @@ impl Backend for WgpuBackend {
 
     fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight> {
         self.prepare(w)
+    }
+
+    fn weight_bytes(&self, dtype: DType, shape: &Shape) -> Result<usize> {
+        self.prepared_bytes(dtype, shape)
+    }
+
+    /// The op-parameter ring allocated when the device opened (uniforms of one command batch).
+    /// Matmuls allocate nothing (tuning at run time is off unless `KILN_WGPU_AUTOTUNE=1`, whose
+    /// transient buffers this does not count); host transfers stage in host memory.
+    fn workspace_bytes(&self, _matmuls: &[MatmulUse]) -> usize {
+        self.params_ring.size() as usize
     }
 
     fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {

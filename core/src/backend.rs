@@ -11,6 +11,7 @@
 use crate::devices::{DeviceId, DeviceInfo};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
+use crate::shape::Shape;
 use crate::tensor::{Buffer, HostTensor, View, ViewMut, Weight};
 
 /// The op families. `supports(op, dtype)` takes the dtype that matters for the op:
@@ -263,6 +264,15 @@ pub struct MoeExperts<'a> {
     pub act: Activation,
 }
 
+/// A matmul a runtime will run, for [`Backend::workspace_bytes`]: the weight's dtype and shape
+/// `[n, k]` (one expert's `[n, k]` for a 3-D weight) and the most rows of x it will pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatmulUse {
+    pub dtype: DType,
+    pub shape: Shape,
+    pub max_rows: usize,
+}
+
 /// A compute device. Object-safe: a runtime holds `Vec<Arc<dyn Backend>>` across vendors.
 pub trait Backend: Send + Sync {
     fn info(&self) -> &DeviceInfo;
@@ -281,6 +291,27 @@ pub trait Backend: Send + Sync {
 
     /// Upload (and repack, if the backend wants) a weight once. 2-D `[n, k]` or 3-D `[e, n, k]`.
     fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight>;
+
+    /// Device bytes `prepare_weight` will hold for a weight of this dtype and shape (what its
+    /// `Weight::bytes` reports), computed without the data: for the memory planner. Default:
+    /// the bytes of the data as given.
+    fn weight_bytes(&self, dtype: DType, shape: &Shape) -> Result<usize> {
+        dtype.bytes_for(shape.numel())
+    }
+
+    /// Device bytes the backend allocates on its own (outside `alloc` and `prepare_weight`:
+    /// library workspaces, lazily grown op scratch, transient tuning buffers) when running
+    /// `matmuls`, at the peak. Exact when [`Backend::reserve_workspace`] was called with the
+    /// same uses before the first op. Default: none.
+    fn workspace_bytes(&self, _matmuls: &[MatmulUse]) -> usize {
+        0
+    }
+
+    /// Allocate now the persistent part of [`Backend::workspace_bytes`], so that no op grows
+    /// it later (call once after the weights are prepared). Default: nothing to allocate.
+    fn reserve_workspace(&self, _matmuls: &[MatmulUse]) -> Result<()> {
+        Ok(())
+    }
 
     // ---- ops ----
     /// y = x·Wᵀ: x `[m, k]`, W `[n, k]` (any weight dtype), out `[m, n]`.

@@ -15,8 +15,8 @@ pub mod tensor;
 pub mod tune;
 
 pub use backend::{
-    Activation, AttnParams, Backend, MoeExperts, MoeGating, MoeRouting, OpKind, PagedKv, Replay,
-    RopeFreqs, RopeParams, RopeScaling, RopeStyle, SeqBatch,
+    Activation, AttnParams, Backend, MatmulUse, MoeExperts, MoeGating, MoeRouting, OpKind, PagedKv,
+    Replay, RopeFreqs, RopeParams, RopeScaling, RopeStyle, SeqBatch,
 };
 pub use collective::{Collective, HostStagedAllReduce};
 pub use devices::{BackendKind, BackendProvider, BackendReport, Caps, DeviceId, DeviceInfo, Probe};

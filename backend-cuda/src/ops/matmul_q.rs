@@ -95,6 +95,50 @@ fn x_units(dt: DType, k: usize) -> usize {
     nchunks.div_ceil(32) * runs_per_chunk(dt) * 32
 }
 
+/// Scratch of the fused path of a block type at m rows: int8 x (xq uint4 `[m, units]`) and
+/// its scales (xs float2 `[m, units]`).
+pub(crate) fn fused_scratch_bytes(dt: DType, m: usize, k: usize) -> usize {
+    m * x_units(dt, k) * 24
+}
+
+/// Tiles and scratch of the dense path for x `[m, k]` and a `dt` weight `[n, k]`.
+pub(crate) struct DenseTiles {
+    /// Weight rows dequantized per tile (all n for float weights, which are not copied).
+    pub(crate) nt: usize,
+    /// x rows converted per tile (all m for f32 weights: f32 x goes to cuBLASLt as is).
+    pub(crate) mt: usize,
+    /// bf16 weight tile `[nt, k]`, rounded to 256 bytes (0 for float weights).
+    pub(crate) w_scratch: usize,
+    /// bf16/f16 x tile `[mt, k]` (0 for f32 weights).
+    pub(crate) x_scratch: usize,
+}
+
+pub(crate) fn dense_tiles(dt: DType, m: usize, n: usize, k: usize) -> DenseTiles {
+    let dequant = !dt.is_float();
+    let f32_in = dt == DType::F32;
+    let row_bytes = (k * 2).max(1);
+    let nt = if dequant {
+        n.min((W_TILE_CAP / row_bytes).max(1))
+    } else {
+        n
+    };
+    let mt = if f32_in {
+        m
+    } else {
+        m.min((X_TILE_CAP / row_bytes).max(1))
+    };
+    DenseTiles {
+        nt,
+        mt,
+        w_scratch: if dequant {
+            (nt * row_bytes).div_ceil(256) * 256
+        } else {
+            0
+        },
+        x_scratch: if f32_in { 0 } else { mt * row_bytes },
+    }
+}
+
 fn type_index(dt: DType) -> Option<usize> {
     DType::WEIGHT_TYPES.iter().position(|d| *d == dt)
 }
@@ -279,7 +323,7 @@ impl CudaBackend {
         let xq_bytes = m * units * 16;
         // The scratch is shared: hold the lock until both kernels are enqueued (stream order
         // then keeps other callers' uses after ours).
-        let (_guard, scratch) = self.matmul_scratch(xq_bytes + m * units * 8)?;
+        let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(w.dtype, m, k))?;
         let (xq, xs) = (scratch, scratch + xq_bytes as u64);
         self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, mi, m * units)?;
         self.launch_gemv8(
@@ -295,18 +339,13 @@ impl CudaBackend {
     /// Device scratch of at least `bytes` (the cuBLASLt state's scratch, shared by the dense
     /// and fused paths) with the lock that guards it: hold it until every kernel using the
     /// scratch is enqueued. Older, smaller scratch stays alive for captured graphs.
-    fn matmul_scratch(
+    pub(crate) fn matmul_scratch(
         &self,
         bytes: usize,
     ) -> Result<(std::sync::MutexGuard<'_, Option<Gemm>>, u64)> {
         let mut guard = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
         if guard.is_none() {
-            let ws_bytes = if self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9) {
-                32 << 20
-            } else {
-                4 << 20
-            };
-            let ws = self.alloc_mem(ws_bytes)?;
+            let ws = self.alloc_mem(self.cublaslt_workspace_bytes())?;
             *guard = Some(Gemm::new(self.name(), ws)?);
         }
         let Some(gemm) = guard.as_mut() else {
@@ -315,7 +354,7 @@ impl CudaBackend {
         let p = match gemm.scratch(bytes) {
             Some(p) => p,
             None => {
-                let mem = self.alloc_mem(bytes.max(1 << 20))?;
+                let mem = self.alloc_mem(bytes.max(crate::device::MIN_MATMUL_SCRATCH))?;
                 gemm.push_scratch(mem)
             }
         };
@@ -517,27 +556,12 @@ impl CudaBackend {
                 format!("{} rows of {k} are not whole blocks", w.dtype),
             ));
         }
-        let row_bytes = k * 2;
-        let nt = if dequant {
-            n.min((W_TILE_CAP / row_bytes).max(1))
-        } else {
-            n
-        };
-        let mt = if input == GemmInput::F32 {
-            m
-        } else {
-            m.min((X_TILE_CAP / row_bytes).max(1))
-        };
-        let w_scratch = if dequant {
-            (nt * row_bytes).div_ceil(256) * 256
-        } else {
-            0
-        };
-        let x_scratch = if input == GemmInput::F32 {
-            0
-        } else {
-            mt * row_bytes
-        };
+        let DenseTiles {
+            nt,
+            mt,
+            w_scratch,
+            x_scratch,
+        } = dense_tiles(w.dtype, m, n, k);
         let (mut guard, scratch) = self.matmul_scratch(w_scratch + x_scratch)?;
         let Some(gemm) = guard.as_mut() else {
             return Err(Error::backend(self.name(), "cuBLASLt state missing"));
