@@ -265,3 +265,60 @@ fn bad_device_groups_are_refused_with_the_reason() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn greedy_generation_over_device_groups_equals_one_device() {
+    let zoo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/zoo");
+    if !zoo.join("README.md").is_file() {
+        println!("skipped: zoo not found");
+        return;
+    }
+    // Batched prefill then one-token decode steps through the runtime of each group; greedy
+    // ids must equal the one-device run's (the zoo models' top-2 margins over these 24 steps are
+    // far above the 1e-6 the groups differ by).
+    let generate = |model: &Path, devices: &str, parallel: Option<&str>| -> Vec<u64> {
+        let mut args = vec![
+            "run",
+            model.to_str().unwrap(),
+            "The quick brown fox",
+            "--max-tokens",
+            "24",
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--format",
+            "json",
+            "--devices",
+            devices,
+        ];
+        if let Some(p) = parallel {
+            args.extend(["--parallel", p]);
+        }
+        let o = kiln(&args);
+        assert!(
+            o.status.success(),
+            "kiln run {devices}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["generated_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    for m in ["llama3", "qwen3moe"] {
+        let dir = zoo.join(m);
+        let one = generate(&dir, "reference:0", None);
+        assert_eq!(one.len(), 24, "{m}: {one:?}");
+        for (devices, parallel) in [
+            ("reference:0,reference:1", "layer"),
+            ("reference:0,reference:1", "tensor"),
+        ] {
+            let got = generate(&dir, devices, Some(parallel));
+            println!("{m} {devices} {parallel}: {got:?}");
+            assert_eq!(got, one, "{m} {devices} {parallel}");
+        }
+    }
+}

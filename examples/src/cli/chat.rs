@@ -88,7 +88,7 @@ pub fn run(a: &Args) -> CliResult {
     eprintln!(
         "kiln: chatting with {} on {} ({}); /exit or end of input quits",
         model.path().display(),
-        model.backend().id(),
+        model.devices_label(),
         template.origin()
     );
     let mut messages: Vec<ChatMessage> = a

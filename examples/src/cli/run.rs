@@ -91,7 +91,7 @@ pub fn run(a: &Args) -> CliResult {
             c.arch_name,
             c.n_layers,
             c.vocab,
-            model.backend().id()
+            model.devices_label()
         );
     }
     let ids = model.tokenizer().encode_prompt(&prompt)?;
@@ -168,7 +168,7 @@ pub fn run(a: &Args) -> CliResult {
                 "decode_step_ms": stats.decode_ms(),
                 "graph": graph,
                 "stop_reason": stop_name(&result.stop_reason),
-                "device": model.backend().id().to_string(),
+                "device": model.devices_label(),
             });
             writeln!(out, "{v}")?;
         }

@@ -256,6 +256,19 @@ impl Model {
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }
+    /// The devices as `cuda:0,cuda:1 (tensor)` for messages.
+    pub fn devices_label(&self) -> String {
+        let ids: Vec<String> = self
+            .shards
+            .iter()
+            .map(|s| s.backend.id().to_string())
+            .collect();
+        match &self.parallel {
+            None => ids.join(","),
+            Some(Parallel::Tensor) => format!("{} (tensor parallel)", ids.join(",")),
+            Some(Parallel::Layer(c)) => format!("{} (layers {c:?})", ids.join(",")),
+        }
+    }
     /// The first device (the only one unless the model is split).
     pub fn backend(&self) -> &Arc<dyn Backend> {
         &self.shards[0].backend
