@@ -12,6 +12,7 @@ pub mod chat;
 pub mod engine;
 pub mod error;
 pub mod format;
+pub mod planner;
 pub mod runtime;
 pub mod tokenizer;
 
