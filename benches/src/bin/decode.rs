@@ -18,6 +18,7 @@ use std::time::Instant;
 use kiln_benches::synth::{self, Preset, SynthWeights};
 use kiln_benches::{Args, copy_bandwidth, open, run_main};
 use kiln_core::{Backend, BackendKind, DType, Error, Result};
+use kiln_models::planner::{self, ModelMeta, Parallel as PlanParallel, PlanOptions, Reserve};
 use kiln_models::runtime::SeqInput;
 use kiln_models::runtime::weights::Ffn;
 use kiln_models::runtime::{Parallel, Placement};
@@ -158,27 +159,30 @@ fn argmax(row: &[f32]) -> u32 {
 }
 
 struct RunResult {
+    /// Device memory in use on the first device after the run, the runtime still alive (CUDA).
+    mem_after: Option<u64>,
     prefill_s: f64,
     step_ms: Vec<f64>,
     replayed: u64,
     first_tokens: Vec<u32>,
 }
 
+fn run_options(o: &Opts, batch: usize, ctx: usize, graphs: bool) -> RuntimeOptions {
+    RuntimeOptions {
+        max_seqs: batch,
+        context: Some(ctx + o.steps + 1),
+        chunk: batch.max(ctx.min(512)),
+        kv_dtype: o.kv,
+        graphs,
+        ..RuntimeOptions::default()
+    }
+}
+
 /// Prefill `ctx` seeded random tokens into each of `batch` sequences, then decode `steps`.
 fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Result<RunResult> {
-    let chunk = batch.max(ctx.min(512));
-    let mut rt = Runtime::new(
-        model,
-        RuntimeOptions {
-            max_seqs: batch,
-            context: Some(ctx + o.steps + 1),
-            chunk,
-            kv_dtype: o.kv,
-            graphs,
-            ..RuntimeOptions::default()
-        },
-    )
-    .map_err(merr)?;
+    let opts = run_options(o, batch, ctx, graphs);
+    let chunk = opts.chunk;
+    let mut rt = Runtime::new(model, opts).map_err(merr)?;
     let vocab = model.vocab_size();
     let mut rng = kiln_benches::weights::Rng(o.seed ^ 0xDEC0DE);
     let seqs: Vec<_> = (0..batch).map(|_| rt.add_sequence()).collect();
@@ -225,6 +229,7 @@ fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Resul
         first_tokens.push(last[0]);
     }
     Ok(RunResult {
+        mem_after: mem_in_use(),
         prefill_s,
         step_ms,
         replayed: rt.stats().replayed,
@@ -238,7 +243,44 @@ fn median(v: &[f64]) -> f64 {
     s.get(s.len() / 2).copied().unwrap_or(0.0)
 }
 
-fn build_model(group: &[std::sync::Arc<dyn Backend>], o: &Opts, p: &Preset) -> Result<Model> {
+/// Device memory in use on the first CUDA device (`cuMemGetInfo`), `None` elsewhere.
+fn mem_in_use() -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Some(b) = kiln_benches::opened_cuda() {
+        return b.memory_in_use().ok();
+    }
+    None
+}
+
+/// The memory planner's bytes for the first device of a run (what `Runtime::new` and the
+/// model hold there), reserve 0.
+fn planned(
+    meta: &ModelMeta,
+    group: &[std::sync::Arc<dyn Backend>],
+    o: &Opts,
+    batch: usize,
+    ctx: usize,
+    graphs: bool,
+) -> Result<u64> {
+    let opts = PlanOptions {
+        parallel: if group.len() > 1 {
+            PlanParallel::Tensor
+        } else {
+            PlanParallel::Single
+        },
+        runtime: run_options(o, batch, ctx, graphs),
+        reserve: vec![Reserve::Bytes(0)],
+        capacity: None,
+    };
+    let plan = planner::plan(meta, group, &opts).map_err(merr)?;
+    Ok(plan.devices.first().map_or(0, |d| d.total()))
+}
+
+fn build_model(
+    group: &[std::sync::Arc<dyn Backend>],
+    o: &Opts,
+    p: &Preset,
+) -> Result<(Model, ModelMeta)> {
     let be = &group[0];
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("weights: {}", synth::how_made(o.wtype, o.seed));
@@ -254,6 +296,7 @@ fn build_model(group: &[std::sync::Arc<dyn Backend>], o: &Opts, p: &Preset) -> R
     let t = Instant::now();
     let tok = synth::placeholder_tokenizer(p.vocab, &origin)?;
     let host = w.host_tensors(&origin)?;
+    let meta = ModelMeta::from_parts(p.config()?, &host).map_err(merr)?;
     let m = Model::from_parts_on(p.config()?, &host, tok, placement(group)?).map_err(merr)?;
     println!(
         "prepared on {} device(s) from {} in {:.2} s ({:.2} GB on the devices)",
@@ -262,7 +305,7 @@ fn build_model(group: &[std::sync::Arc<dyn Backend>], o: &Opts, p: &Preset) -> R
         t.elapsed().as_secs_f64(),
         m.weight_bytes() as f64 / 1e9
     );
-    Ok(m)
+    Ok((m, meta))
 }
 
 /// One device, or a tensor-parallel group (NCCL for CUDA devices).
@@ -320,8 +363,14 @@ fn main() {
             "copy ceiling: {:.1} GB/s (device-to-device f32 copy op, {mib} MiB, read+write bytes)",
             copy / 1e9
         );
+        let base_mem = mem_in_use();
+        let mut meta = None;
         let model = match synth::preset(&o.model) {
-            Some(p) => build_model(&group, &o, &p)?,
+            Some(p) => {
+                let (m, mt) = build_model(&group, &o, &p)?;
+                meta = Some(mt);
+                m
+            }
             None => {
                 let t = Instant::now();
                 let m = Model::load_on(
@@ -372,6 +421,17 @@ fn main() {
             let mut by_graph = Vec::new();
             for &g in &o.graphs {
                 let r = run(&model, &o, b, ctx, g)?;
+                if let (Some(base), Some(after), Some(mt)) = (base_mem, r.mem_after, &meta) {
+                    let plan = planned(mt, &group, &o, b, ctx, g)?;
+                    let used = after.saturating_sub(base);
+                    println!(
+                        "      memory on {}: planned {:.3} GB, measured {:.3} GB in use above the context's (model + runtime, after the run) = {:+.2} %",
+                        be.id(),
+                        plan as f64 / 1e9,
+                        used as f64 / 1e9,
+                        100.0 * (used as f64 - plan as f64) / plan.max(1) as f64
+                    );
+                }
                 let ms = median(&r.step_ms);
                 let avg_len = ctx as f64 + (o.steps as f64 + 1.0) / 2.0;
                 let (wb, kvb) = step_bytes(&model, b, avg_len, o.kv);

@@ -8,7 +8,7 @@ use std::io::{BufRead, Write};
 use kiln_models::chat::{ChatMessage, ChatTemplate};
 use kiln_models::{GenerateOptions, Generator, LoadOptions, RuntimeOptions, SamplingParams};
 
-use super::load::{DEFAULT_MODEL, DeviceArgs, load_placed};
+use super::load::{DEFAULT_MODEL, DeviceArgs, load_planned};
 use super::run::parse_kv;
 use super::{CliError, CliResult};
 
@@ -48,7 +48,13 @@ pub struct Args {
 pub fn run(a: &Args) -> CliResult {
     let place = a.dev.placement()?;
     let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = load_placed(name, place, &LoadOptions::default())?;
+    let ropts = RuntimeOptions {
+        context: a.ctx,
+        kv_dtype: a.kv_type,
+        graphs: !a.no_graph,
+        ..RuntimeOptions::default()
+    };
+    let model = load_planned(name, place, &LoadOptions::default(), &ropts)?;
     let chatml;
     let (template, mut stop) = match a.template {
         TemplateArg::Model => match model.chat_template() {
@@ -66,15 +72,7 @@ pub fn run(a: &Args) -> CliResult {
         }
     };
     stop.dedup();
-    let mut g = Generator::new(
-        &model,
-        RuntimeOptions {
-            context: a.ctx,
-            kv_dtype: a.kv_type,
-            graphs: !a.no_graph,
-            ..RuntimeOptions::default()
-        },
-    )?;
+    let mut g = Generator::new(&model, ropts)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {

@@ -9,7 +9,9 @@ use kiln_core::devices::{open_devices, parse_device_list};
 use kiln_core::{Backend, BackendKind, BackendProvider, Collective};
 use kiln_models::catalog::FetchEvent;
 use kiln_models::runtime::{LoadEvent, Parallel as ModelParallel, Placement};
-use kiln_models::{BackendChoice, LoadOptions, Model, open_backend};
+use kiln_models::{
+    BackendChoice, LoadOptions, Model, RuntimeOptions, catalog, open_backend, planner,
+};
 
 use super::devices::providers;
 use super::{CliError, CliResult, with_quiet_panics};
@@ -128,11 +130,58 @@ fn group_collective(devices: &[Arc<dyn Backend>]) -> CliResult<Option<Arc<dyn Co
 /// Load `name` on `backend`, showing a progress bar on stderr (hidden when stderr is not a
 /// terminal): catalog download, then weight upload.
 pub fn load_model(name: &str, backend: Arc<dyn Backend>, opts: &LoadOptions) -> CliResult<Model> {
-    load_placed(name, Placement::single(backend), opts)
+    load_inner(name, Placement::single(backend), opts, None)
 }
 
-/// [`load_model`] over the devices of `place`.
+/// [`load_model`] over the devices of `place` (no planning: the caller has planned).
 pub fn load_placed(name: &str, place: Placement, opts: &LoadOptions) -> CliResult<Model> {
+    load_inner(name, place, opts, None)
+}
+
+/// [`load_model`] over the devices of `place`, planned first for a runtime sized `runtime`
+/// (the memory planner, from metadata): a model that does not fit is refused with the numbers
+/// before anything is allocated, and a layer split without `--layers` takes the planner's
+/// split (in proportion to each device's memory).
+pub fn load_planned(
+    name: &str,
+    place: Placement,
+    opts: &LoadOptions,
+    runtime: &RuntimeOptions,
+) -> CliResult<Model> {
+    load_inner(name, place, opts, Some(runtime))
+}
+
+/// Check the plan of `path` on `place`; fill in an automatic layer split.
+fn plan_first(path: &str, place: &mut Placement, runtime: &RuntimeOptions) -> CliResult<()> {
+    let parallel = match &place.parallel {
+        None => planner::Parallel::Single,
+        Some(ModelParallel::Tensor) => planner::Parallel::Tensor,
+        Some(ModelParallel::Layer(c)) if c.is_empty() => planner::Parallel::Layer(None),
+        Some(ModelParallel::Layer(c)) => planner::Parallel::Layer(Some(c.clone())),
+    };
+    let meta = planner::ModelMeta::open(path)?;
+    let plan = planner::plan(
+        &meta,
+        &place.devices,
+        &planner::PlanOptions {
+            parallel,
+            runtime: runtime.clone(),
+            ..planner::PlanOptions::default()
+        },
+    )?;
+    plan.check_fits()?;
+    if matches!(&place.parallel, Some(ModelParallel::Layer(c)) if c.is_empty()) {
+        place.parallel = Some(ModelParallel::Layer(plan.layer_counts()));
+    }
+    Ok(())
+}
+
+fn load_inner(
+    name: &str,
+    mut place: Placement,
+    opts: &LoadOptions,
+    runtime: Option<&RuntimeOptions>,
+) -> CliResult<Model> {
     let bar = ProgressBar::new(0);
     let bytes_style = ProgressStyle::with_template(
         "{msg:>10} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
@@ -173,12 +222,20 @@ pub fn load_placed(name: &str, place: Placement, opts: &LoadOptions) -> CliResul
             bar.set_position(*done);
         }
     };
-    let model = Model::load_on(name, place, opts, &mut on_event);
+    let model = catalog::resolve_with(name, &mut |e| on_event(&LoadEvent::Fetch(e)))
+        .map_err(CliError::from)
+        .and_then(|path| {
+            let path = path.to_string_lossy().into_owned();
+            if let Some(rt) = runtime {
+                plan_first(&path, &mut place, rt)?;
+            }
+            Ok(Model::load_on(&path, place, opts, &mut on_event)?)
+        });
     bar.finish_and_clear();
     model.map_err(|e| match e {
-        kiln_models::ModelError::Fetch { name, msg } => CliError::Usage(format!(
+        CliError::Model(kiln_models::ModelError::Fetch { name, msg }) => CliError::Usage(format!(
             "model '{name}' could not be fetched: {msg} (pass a GGUF file or an HF directory instead)"
         )),
-        e => e.into(),
+        e => e,
     })
 }

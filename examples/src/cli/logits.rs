@@ -7,7 +7,7 @@ use std::io::Write;
 use kiln_models::runtime::SeqInput;
 use kiln_models::{LoadOptions, Runtime, RuntimeOptions};
 
-use super::load::{DeviceArgs, load_placed};
+use super::load::{DeviceArgs, load_planned};
 use super::run::parse_kv;
 use super::{CliError, CliResult};
 
@@ -36,23 +36,26 @@ pub fn run(a: &Args) -> CliResult {
             "--ids needs at least one id and --chunk must be > 0".into(),
         ));
     }
-    let model = load_placed(&a.model, a.dev.placement()?, &LoadOptions::default())?;
+    let ropts = RuntimeOptions {
+        chunk: a.chunk,
+        context: Some(a.ids.len()),
+        all_logits: true,
+        kv_dtype: a.kv_type,
+        ..RuntimeOptions::default()
+    };
+    let model = load_planned(
+        &a.model,
+        a.dev.placement()?,
+        &LoadOptions::default(),
+        &ropts,
+    )?;
     let vocab = model.vocab_size();
     if let Some(bad) = a.ids.iter().find(|&&t| t as usize >= vocab) {
         return Err(CliError::Usage(format!(
             "--ids: token {bad} is outside the vocabulary of {vocab}"
         )));
     }
-    let mut rt = Runtime::new(
-        &model,
-        RuntimeOptions {
-            chunk: a.chunk,
-            context: Some(a.ids.len()),
-            all_logits: true,
-            kv_dtype: a.kv_type,
-            ..RuntimeOptions::default()
-        },
-    )?;
+    let mut rt = Runtime::new(&model, ropts)?;
     let seq = rt.add_sequence();
     let file = std::fs::File::create(&a.out)
         .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", a.out.display())))?;

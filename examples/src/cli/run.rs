@@ -12,7 +12,7 @@ use kiln_core::DType;
 use kiln_models::{GenerateOptions, Generator, LoadOptions, RuntimeOptions, SamplingParams};
 use serde_json::json;
 
-use super::load::{DEFAULT_MODEL, DeviceArgs, load_placed};
+use super::load::{DEFAULT_MODEL, DeviceArgs, load_planned};
 use super::{CliError, CliResult, Format};
 
 #[derive(clap::Args, Debug)]
@@ -80,7 +80,13 @@ pub fn run(a: &Args) -> CliResult {
     };
     let place = a.dev.placement()?;
     let name = a.model.as_deref().unwrap_or(DEFAULT_MODEL);
-    let model = load_placed(name, place, &LoadOptions::default())?;
+    let ropts = RuntimeOptions {
+        context: a.ctx,
+        kv_dtype: a.kv_type,
+        graphs: !a.no_graph,
+        ..RuntimeOptions::default()
+    };
+    let model = load_planned(name, place, &LoadOptions::default(), &ropts)?;
     let load_s = model.load_time().as_secs_f64();
     let text_mode = a.format == Format::Text;
     if text_mode {
@@ -95,12 +101,6 @@ pub fn run(a: &Args) -> CliResult {
         );
     }
     let ids = model.tokenizer().encode_prompt(&prompt)?;
-    let ropts = RuntimeOptions {
-        context: a.ctx,
-        kv_dtype: a.kv_type,
-        graphs: !a.no_graph,
-        ..RuntimeOptions::default()
-    };
     let ctx = ropts
         .context
         .unwrap_or(model.config().context_length.min(4096));

@@ -13,6 +13,7 @@ use crate::arch::{Global, ModelConfig, Role, WeightFormat};
 use crate::catalog;
 use crate::error::{ModelError, Result};
 use crate::format::{self, ModelFormat};
+use crate::runtime::HostTensors;
 use crate::{GgufFile, HfDir, SafetensorsModel};
 
 /// One matrix as the loader hands it to `prepare_weight`: file dtype and shape (`[n, k]`, or
@@ -106,6 +107,18 @@ impl ModelMeta {
         }
     }
 
+    /// The metadata of a model built in memory ([`Model::from_parts`](crate::Model::from_parts):
+    /// synthetic benchmark models), `config` as `from_parts` takes it.
+    pub fn from_parts(config: ModelConfig, tensors: &HostTensors<'_>) -> Result<ModelMeta> {
+        let cfg = ModelConfig {
+            origin: tensors.origin().to_string(),
+            ..config
+        }
+        .validate()?;
+        let path = PathBuf::from(tensors.origin());
+        Walker::new(Tensors::Mem(tensors), cfg)?.walk(&path)
+    }
+
     /// The file's bytes of every matrix (file dtypes; the parameters not included).
     pub fn file_weight_bytes(&self) -> usize {
         let mut all = vec![&self.embed];
@@ -159,10 +172,11 @@ fn local_path(name_or_path: &str) -> Result<PathBuf> {
     }
 }
 
-/// Tensor descriptions of a file (no data).
+/// Tensor descriptions of a file (no data), or of tensors in memory.
 enum Tensors<'a> {
     Gguf(&'a GgufFile),
     Hf(&'a SafetensorsModel),
+    Mem(&'a HostTensors<'a>),
 }
 
 impl Tensors<'_> {
@@ -170,12 +184,14 @@ impl Tensors<'_> {
         match self {
             Tensors::Gguf(f) => f.path(),
             Tensors::Hf(m) => m.path(),
+            Tensors::Mem(t) => t.origin(),
         }
     }
     fn has(&self, name: &str) -> bool {
         match self {
             Tensors::Gguf(f) => f.contains(name),
             Tensors::Hf(m) => m.contains(name),
+            Tensors::Mem(t) => t.get(name).is_some(),
         }
     }
     /// dtype and row-major shape; errors like the readers' `tensor()`.
@@ -202,6 +218,10 @@ impl Tensors<'_> {
                 let d = t.dtype.ok_or_else(|| unsupported(t.type_name.clone()))?;
                 Ok((d, t.shape.clone()))
             }
+            Tensors::Mem(m) => {
+                let t = m.get(name).ok_or_else(missing)?;
+                Ok((t.dtype, t.shape.dims().to_vec()))
+            }
         }
     }
 }
@@ -216,11 +236,11 @@ struct Walker<'a> {
 impl<'a> Walker<'a> {
     fn new(src: Tensors<'a>, cfg: ModelConfig) -> Result<Walker<'a>> {
         let prefix = match &src {
-            Tensors::Hf(_) => HF_PREFIXES
+            Tensors::Hf(_) | Tensors::Mem(_) if cfg.format == WeightFormat::Hf => HF_PREFIXES
                 .into_iter()
                 .find(|p| src.has(&format!("{p}embed_tokens.weight")))
                 .unwrap_or("model."),
-            Tensors::Gguf(_) => "",
+            _ => "",
         };
         Ok(Walker { src, cfg, prefix })
     }
