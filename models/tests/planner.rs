@@ -337,6 +337,37 @@ fn multi_device_plans_equal_what_loading_allocates() {
     assert!(checked >= 14, "7 HF models × (layer, tensor) at least");
 }
 
+#[test]
+fn real_catalog_models_plan_equals_what_loading_allocates() {
+    // Mixed-format GGUFs (Q4_K_M: Q5_0, Q6_K, Q4_K, Q8_0 matrices), when already downloaded.
+    let mut checked = 0;
+    for name in ["gemma3-270m", "qwen2.5-coder-0.5b"] {
+        let Ok(meta) = ModelMeta::open(name) else {
+            println!("{name}: skipped (not downloaded)");
+            continue;
+        };
+        let path = meta.path.to_str().unwrap().to_string();
+        let rt = RuntimeOptions {
+            context: Some(256),
+            ..runtime()
+        };
+        let o = PlanOptions {
+            runtime: rt.clone(),
+            ..PlanOptions::default()
+        };
+        let devices = reference(1);
+        let p = planner::plan(&meta, &devices, &o).unwrap();
+        let model = Model::load(&path, devices[0].clone(), &LoadOptions::default()).unwrap();
+        let d = &p.devices[0];
+        assert_eq!(d.weight_bytes(), model.weights().bytes, "{name}");
+        let runtime = Runtime::new(&model, rt).unwrap();
+        assert_eq!((d.activations, d.kv), runtime.bytes(), "{name}");
+        println!("{name}: {} bytes planned = loaded", d.total());
+        checked += 1;
+    }
+    println!("{checked} real models checked");
+}
+
 // ---- the split by free memory and refusals ---------------------------------------------------
 
 /// llama3's metadata with its layers repeated to `n` layers.

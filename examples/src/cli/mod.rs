@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod load;
 pub mod logits;
 pub mod out;
+pub mod plan;
 pub mod run;
 pub mod serve;
 
@@ -48,6 +49,9 @@ pub enum Command {
     Serve(serve::Args),
     /// Benchmarks: `kiln bench serve` (concurrent streams: output tok/s, TTFT, inter-token latency).
     Bench(bench::Args),
+    /// Memory plan of a model on devices (weights, KV, activations, workspace, reserve, layer
+    /// split) from metadata only; exits 1 with the numbers when it does not fit.
+    Plan(plan::Args),
 }
 
 /// `--format text|json`, shared by subcommands.
@@ -72,6 +76,7 @@ pub fn main() -> ExitCode {
         Command::Logits(a) => logits::run(&a),
         Command::Serve(a) => serve::run(&a),
         Command::Bench(a) => bench::run(&a),
+        Command::Plan(a) => plan::run(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,7 +31,7 @@ fn hb(n: usize) -> String {
 fn layers(d: &DevicePlan) -> String {
     match d.layers.len() {
         0 => "-".to_string(),
-        1 => format!("{}", d.layers.start),
+        1 => format!("{} (1)", d.layers.start),
         n => format!("{}-{} ({n})", d.layers.start, d.layers.end - 1),
     }
 }
