@@ -1,8 +1,10 @@
 //! `kiln serve [MODEL...]`: the OpenAI-compatible server (see `src/server`). Each MODEL is
 //! served under its name (the file or directory name, the catalog name, or `--name`); a
 //! request's `model` picks one (no `model`: the first). The models share one byte budget per
-//! device (`--budget`, default `auto`): a model not loaded is loaded on demand, after evicting
-//! idle models least recently used first when it does not fit (src/server/setup.rs). Binds
+//! device (`--budget`, default `auto`), decided from the memory planner's footprints before
+//! loading: a model not loaded is loaded on demand, after evicting idle models least recently
+//! used first when it does not fit (src/server/setup.rs). With several `--devices`, every model
+//! is spread over all of them (`--parallel layer|tensor`). Binds
 //! 127.0.0.1:8080 by default; `--port 0` takes a free port. Prints `kiln serve: listening on
 //! http://ADDR` on stdout once it accepts connections. Exits 0 after SIGINT/SIGTERM.
 
@@ -94,7 +96,7 @@ pub struct Args {
     /// the catalog name). Repeat it for several models.
     #[arg(long = "name", alias = "served-name")]
     pub names: Vec<String>,
-    /// Bytes the models may hold together on the device: `auto` (its memory less 5%) or a
+    /// Bytes the models may hold together on each device: `auto` (its memory less 5%) or a
     /// size like 8GiB, 500MB, 1000000. A model that does not fit next to the loaded ones
     /// evicts idle ones, least recently used first.
     #[arg(long, default_value = "auto")]
@@ -139,8 +141,9 @@ pub fn run(a: &Args) -> CliResult {
             name: a.names.get(i).cloned().unwrap_or_else(|| served_name(s)),
         })
         .collect();
-    let backend = a.dev.open()?;
-    let fleet = setup::build(&models, &backend, a.budget, &|ctx| {
+    let place = a.dev.placement()?;
+    let devices: Vec<String> = place.devices.iter().map(|d| d.id().to_string()).collect();
+    let fleet = setup::build(&models, &place, a.budget, &|ctx| {
         a.engine.options(a.max_queue, ctx)
     })?;
     let first = fleet.registry.inspect(&fleet.default, |s| {
@@ -153,23 +156,23 @@ pub fn run(a: &Args) -> CliResult {
     if let Some((path, ctx, blocks)) = first {
         eprintln!(
             "kiln serve: {path} on {}; context {ctx}, {blocks} KV blocks of {} tokens, {} sequences per step",
-            backend.id(),
+            devices.join(","),
             a.engine.block_size,
             a.engine.max_seqs
         );
     }
     if models.len() > 1 {
-        let budget = fleet
+        let budget: Vec<String> = fleet
             .registry
             .budget()
-            .get(&backend.id())
-            .copied()
-            .unwrap_or(0);
+            .iter()
+            .map(|(d, b)| format!("{b} bytes on {d}"))
+            .collect();
         eprintln!(
-            "kiln serve: {} models ({}) under a budget of {budget} bytes on {}",
+            "kiln serve: {} models ({}) under a budget of {}",
             models.len(),
             fleet.registry.names().join(", "),
-            backend.id()
+            budget.join(", ")
         );
     }
     let state = Arc::new(AppState {

@@ -1,5 +1,6 @@
-//! `kiln serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engine
-//! (`kiln_models::engine`). Routes: POST /v1/chat/completions, POST /v1/completions, GET
+//! `kiln serve`: an OpenAI-compatible HTTP server (axum on tokio) over the engines of one or
+//! more models (`kiln_models::engine`), held by a registry under one byte budget per device
+//! (setup.rs). Routes: POST /v1/chat/completions, POST /v1/completions, GET
 //! /v1/models, GET /health (engine and KV-block state). Shutdown on SIGINT/SIGTERM: stop
 //! accepting, let in-flight requests finish for up to the grace period, cancel the rest, and
 //! return.

@@ -1,76 +1,50 @@
-//! The models of one `kiln serve`: their specs, the byte budget, and the registry that loads
-//! and evicts them (`kiln_models::engine::Registry`).
+//! The models of one `kiln serve`: their specs, the byte budget per device, and the registry
+//! that loads and evicts them (`kiln_models::engine::Registry`).
 //!
-//! Footprints: every model's device bytes (weights + activation plan + KV cache, what
-//! `Model::weights().bytes` and `Runtime::bytes()` report) are MEASURED once at start by
-//! loading the model alone on the device, then dropping it; the first model is measured last
-//! and kept loaded. The registry then decides from these numbers, before any later load,
-//! whether a model fits and what to evict. (When the planner (models/src/planner.rs) computes
-//! the same bytes from metadata, it replaces the start-up loads; the registry's footprint
-//! function is the only thing that changes.) Not counted: backend-internal workspaces
-//! (cuBLASLt) and allocator rounding.
+//! Footprints come from the memory planner (`kiln_models::planner`), from each model's
+//! metadata only, BEFORE anything is loaded: per device, the weights (as the backend stores
+//! them), the KV cache, the activations and the backend workspace, for the engine sizes the
+//! model will run with. The registry decides from them whether a model fits next to the loaded
+//! ones and which idle ones to evict. Catalog names are fetched (not loaded) at start so that
+//! their metadata can be read.
+//!
+//! Several devices (`--devices a,b`): every model is spread over all of them as `--parallel`
+//! says; a layer split uses the planner's layer counts for loading too, so the bytes planned
+//! per device are the bytes loaded there.
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use kiln_core::Backend;
 use kiln_models::engine::{EngineOptions, Footprint, ModelSpec, Registry, Served};
-use kiln_models::runtime::Model;
-use kiln_models::{LoadOptions, ModelError, Runtime};
+use kiln_models::planner::{self, DEFAULT_RESERVE, ModelMeta, PlanOptions, Reserve};
+use kiln_models::runtime::{Parallel, Placement};
+use kiln_models::{LoadOptions, ModelError, catalog};
 
-use crate::cli::load::load_model;
+use crate::cli::load::load_placed;
 use crate::cli::{CliError, CliResult};
 
 /// `--budget`: bytes all models may hold together on each device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Budget {
-    /// The device's memory less [`AUTO_RESERVE_PERCENT`] (unlimited when the backend does
-    /// not report its memory).
+    /// The device's memory less the planner's default reserve (5 %); unlimited when the
+    /// backend does not report its memory.
     Auto,
     Bytes(u64),
 }
 
-/// The share of device memory `--budget auto` leaves free.
-pub const AUTO_RESERVE_PERCENT: u64 = 5;
-
 impl FromStr for Budget {
     type Err = String;
-    /// `auto`, or a byte count with an optional unit: `1000`, `512KiB`, `1.5GiB`, `2G` (K, M,
-    /// G, T and KiB.. are powers of 1024; KB, MB, GB, TB powers of 1000).
+    /// `auto`, or a byte count as `kiln plan` takes it: `24GiB`, `512MiB`, `1.5GB`, `4096`.
     fn from_str(s: &str) -> Result<Budget, String> {
-        let t = s.trim();
-        if t.eq_ignore_ascii_case("auto") {
+        if s.trim().eq_ignore_ascii_case("auto") {
             return Ok(Budget::Auto);
         }
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let mult: f64 = match unit.trim().to_ascii_uppercase().as_str() {
-            "" | "B" => 1.0,
-            "K" | "KIB" => 1024.0,
-            "M" | "MIB" => 1024f64.powi(2),
-            "G" | "GIB" => 1024f64.powi(3),
-            "T" | "TIB" => 1024f64.powi(4),
-            "KB" => 1e3,
-            "MB" => 1e6,
-            "GB" => 1e9,
-            "TB" => 1e12,
-            u => {
-                return Err(format!(
-                    "--budget {s}: unknown unit '{u}' (use bytes, KiB, MiB, GiB, KB, MB, GB or auto)"
-                ));
-            }
-        };
-        let x: f64 = num
-            .parse()
-            .map_err(|_| format!("--budget {s}: expected a number of bytes (e.g. 8GiB) or auto"))?;
-        let bytes = x * mult;
-        if !(bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64) {
-            return Err(format!("--budget {s}: out of range"));
+        match planner::parse_bytes(s) {
+            Ok(0) => Err(format!("--budget {s}: must be more than 0 bytes")),
+            Ok(b) => Ok(Budget::Bytes(b)),
+            Err(e) => Err(format!("--budget: {e}")),
         }
-        Ok(Budget::Bytes(bytes as u64))
     }
 }
 
@@ -80,7 +54,7 @@ impl Budget {
         match self {
             Budget::Bytes(b) => b,
             Budget::Auto if memory == 0 => u64::MAX,
-            Budget::Auto => memory - memory / 100 * AUTO_RESERVE_PERCENT,
+            Budget::Auto => memory.saturating_sub(DEFAULT_RESERVE.bytes(Some(memory))),
         }
     }
 }
@@ -93,13 +67,61 @@ pub struct ModelArg {
     pub name: String,
 }
 
-/// Device bytes of `model` with an engine sized by `opts`: weights + activation plan + KV
-/// cache, by building (and dropping) the engine's runtime.
-pub fn measure(model: &Model, opts: &EngineOptions) -> kiln_models::Result<Footprint> {
-    let rt = Runtime::new(model, opts.runtime.clone())?;
-    let (plan, kv) = rt.bytes();
-    let bytes = model.weights().bytes + plan + kv;
-    Ok(Footprint::single(model.backend().id(), bytes as u64))
+/// A model's plan: its footprint, the engine options it was planned with, and its layer split.
+pub struct Planned {
+    pub footprint: Footprint,
+    pub engine: EngineOptions,
+    /// Layers per device of a layer split (empty otherwise).
+    pub layers: Vec<usize>,
+    pub summary: String,
+}
+
+/// Plan `source` (a local file or directory) on `place` with an engine from `options`
+/// (called with the model's context length).
+pub fn plan(
+    source: &str,
+    place: &Placement,
+    options: &dyn Fn(usize) -> EngineOptions,
+) -> kiln_models::Result<Planned> {
+    let meta = ModelMeta::open(source)?;
+    let engine = options(meta.config.context_length);
+    let parallel = match &place.parallel {
+        None => planner::Parallel::Single,
+        Some(Parallel::Layer(c)) => planner::Parallel::Layer((!c.is_empty()).then(|| c.clone())),
+        Some(Parallel::Tensor) => planner::Parallel::Tensor,
+    };
+    let layer = matches!(parallel, planner::Parallel::Layer(_));
+    let opts = PlanOptions {
+        parallel,
+        runtime: engine.runtime.clone(),
+        // The registry's budget is the limit; the reserve is in `--budget auto`.
+        reserve: vec![Reserve::Bytes(0)],
+        capacity: None,
+    };
+    let p = planner::plan(&meta, &place.devices, &opts)?;
+    let footprint = p.devices.iter().map(|d| (d.device, d.total())).collect();
+    let summary = p
+        .devices
+        .iter()
+        .map(|d| {
+            format!(
+                "{}: {} bytes (weights {}, KV {}, activations {}, workspace {})",
+                d.device,
+                d.total(),
+                d.weight_bytes(),
+                d.kv,
+                d.activations,
+                d.workspace
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(Planned {
+        footprint,
+        engine,
+        layers: if layer { p.layer_counts() } else { Vec::new() },
+        summary,
+    })
 }
 
 /// What [`build`] returns.
@@ -109,87 +131,76 @@ pub struct Fleet {
     pub default: String,
 }
 
-/// Measure every model (see the module docs), register them, and load the first one: an
-/// error when it does not fit the budget or a name is given twice.
+/// Plan every model, register them, and load the first one: an error when a model cannot be
+/// planned, the first one does not fit the budget, or a name is given twice.
 pub fn build(
     models: &[ModelArg],
-    backend: &Arc<dyn Backend>,
+    place: &Placement,
     budget: Budget,
     options: &dyn Fn(usize) -> EngineOptions,
 ) -> CliResult<Fleet> {
     let first = models
         .first()
         .ok_or_else(|| CliError::Usage("kiln serve: no model given".into()))?;
-    let dev = backend.id();
-    let cap = budget.bytes(backend.info().memory_bytes);
-    let mut specs: HashMap<String, (Footprint, EngineOptions)> = HashMap::new();
-    let mut kept: HashMap<String, Arc<Model>> = HashMap::new();
-    // The first model last, so it stays loaded while nothing else is.
-    for m in models[1..].iter().chain(std::iter::once(first)) {
-        if specs.contains_key(&m.name) {
+    let mut planned: HashMap<String, (Planned, String)> = HashMap::new();
+    for m in models {
+        if planned.contains_key(&m.name) {
             return Err(CliError::Usage(format!(
                 "kiln serve: two models are named '{}' (give each its own --name)",
                 m.name
             )));
         }
-        let model = Arc::new(load_model(
-            &m.source,
-            backend.clone(),
-            &LoadOptions::default(),
-        )?);
-        let opts = options(model.config().context_length);
-        let fp = measure(&model, &opts)?;
-        eprintln!(
-            "kiln serve: {} ({}) holds {} bytes on {dev} (weights {}, measured at start)",
-            m.name,
-            model.path().display(),
-            fp.get(dev),
-            model.weights().bytes
-        );
-        if std::ptr::eq(m, first) {
-            kept.insert(m.name.clone(), model);
-        }
-        specs.insert(m.name.clone(), (fp, opts));
+        // A catalog name is fetched now (not loaded) so that its metadata can be planned.
+        let path = catalog::resolve(&m.source)?.display().to_string();
+        let p = plan(&path, place, options)?;
+        eprintln!("kiln serve: {} ({path}) plans {}", m.name, p.summary);
+        planned.insert(m.name.clone(), (p, path));
     }
-    let footprints: HashMap<String, Footprint> = specs
+    let budgets: Vec<_> = place
+        .devices
         .iter()
-        .map(|(n, (f, _))| (n.clone(), f.clone()))
+        .map(|d| (d.id(), budget.bytes(d.info().memory_bytes)))
         .collect();
-    let kept = Mutex::new(kept);
-    let load_backend = backend.clone();
+    let footprints: HashMap<String, Footprint> = planned
+        .iter()
+        .map(|(n, (p, _))| (n.clone(), p.footprint.clone()))
+        .collect();
+    let layers: HashMap<String, Vec<usize>> = planned
+        .iter()
+        .map(|(n, (p, _))| (n.clone(), p.layers.clone()))
+        .collect();
+    let base = place.clone();
     let registry = Registry::serving(
-        [(dev, cap)],
+        budgets,
         Box::new(move |spec: &ModelSpec| {
             footprints.get(&spec.name).cloned().ok_or_else(|| {
-                ModelError::Runtime(format!("kiln serve: no footprint for '{}'", spec.name))
+                ModelError::Runtime(format!("kiln serve: no plan for '{}'", spec.name))
             })
         }),
         Box::new(move |spec: &ModelSpec| {
-            let held = kept.lock().ok().and_then(|mut k| k.remove(&spec.name));
-            let model = match held {
-                Some(m) => m,
-                None => {
-                    eprintln!("kiln serve: loading {} ({})", spec.name, spec.source);
-                    let m = load_model(&spec.source, load_backend.clone(), &LoadOptions::default())
-                        .map_err(|e| match e {
-                            CliError::Model(e) => e,
-                            e => ModelError::Runtime(e.to_string()),
-                        })?;
-                    Arc::new(m)
-                }
-            };
-            Ok((model, spec.engine.clone()))
+            let mut place = base.clone();
+            if let Some(c) = layers.get(&spec.name).filter(|c| !c.is_empty()) {
+                place.parallel = Some(Parallel::Layer(c.clone()));
+            }
+            eprintln!("kiln serve: loading {} ({})", spec.name, spec.source);
+            let m =
+                load_placed(&spec.source, place, &LoadOptions::default()).map_err(|e| match e {
+                    CliError::Model(e) => e,
+                    e => ModelError::Runtime(e.to_string()),
+                })?;
+            Ok((Arc::new(m), spec.engine.clone()))
         }),
     );
     for m in models {
-        let Some((_, opts)) = specs.get(&m.name) else {
+        let Some((p, path)) = planned.get(&m.name) else {
             continue;
         };
-        let mut spec = ModelSpec::new(m.name.clone(), m.source.clone(), vec![dev]);
+        let devices = place.devices.iter().map(|d| d.id()).collect();
+        let mut spec = ModelSpec::new(m.name.clone(), path.clone(), devices);
         if m.source != m.name {
             spec.aliases.push(m.source.clone());
         }
-        spec.engine = opts.clone();
+        spec.engine = p.engine.clone();
         registry.register(spec)?;
     }
     // Load the first model now (an error here when it cannot fit at all).
@@ -210,12 +221,44 @@ mod tests {
         assert_eq!("1000".parse(), Ok(Budget::Bytes(1000)));
         assert_eq!("2KiB".parse(), Ok(Budget::Bytes(2048)));
         assert_eq!("1.5G".parse(), Ok(Budget::Bytes(3 << 29)));
-        assert_eq!("3 MB".parse(), Ok(Budget::Bytes(3_000_000)));
+        assert_eq!("3MB".parse(), Ok(Budget::Bytes(3_000_000)));
         assert!("12 parsecs".parse::<Budget>().is_err());
         assert!("".parse::<Budget>().is_err());
         assert!("0".parse::<Budget>().is_err());
         assert_eq!(Budget::Auto.bytes(1000), 950);
         assert_eq!(Budget::Auto.bytes(0), u64::MAX);
         assert_eq!(Budget::Bytes(7).bytes(1000), 7);
+    }
+
+    /// The planned footprint is what the engine's model and runtime really allocate on the
+    /// reference backend (zoo llama3 and qwen3, the serve tests' engine sizes).
+    #[test]
+    fn plan_equals_what_loading_allocates() {
+        use kiln_core::{Backend, ReferenceBackend};
+        use kiln_models::{Model, Runtime};
+        let zoo =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/zoo");
+        if !zoo.join("README.md").is_file() {
+            println!("skipped: zoo not found");
+            return;
+        }
+        let b: Arc<dyn Backend> = Arc::new(ReferenceBackend::new(0));
+        let place = Placement::single(b.clone());
+        let opts = |ctx: usize| {
+            let mut o = EngineOptions::default();
+            o.runtime.context = Some(ctx.min(2048));
+            o.runtime.kv_dtype = kiln_core::DType::F32;
+            o.runtime.kv_blocks = Some(300);
+            o
+        };
+        for m in ["llama3", "qwen3", "qwen3moe", "gemma3"] {
+            let dir = zoo.join(m).display().to_string();
+            let p = plan(&dir, &place, &opts).unwrap();
+            let model = Model::load(&dir, b.clone(), &LoadOptions::default()).unwrap();
+            let rt = Runtime::new(&model, p.engine.runtime.clone()).unwrap();
+            let (act, kv) = rt.bytes();
+            let loaded = (model.weight_bytes() + act + kv) as u64;
+            assert_eq!(p.footprint.get(b.id()), loaded, "{m}: {}", p.summary);
+        }
     }
 }

@@ -63,7 +63,19 @@ pub fn signal(pid: u32, sig: &str) {
 /// Start `kiln serve MODELS...` on a free port of the reference backend (f32 KV, 64-token
 /// steps); returns the server and its base URL.
 pub fn start(models: &[&Path], ctx: &str, max_seqs: &str, extra: &[&str]) -> (Server, String) {
+    start_env(models, ctx, max_seqs, extra, &[])
+}
+
+/// [`start`] with environment variables for the server.
+pub fn start_env(
+    models: &[&Path],
+    ctx: &str,
+    max_seqs: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .envs(env.iter().copied())
         .arg("serve")
         .args(models)
         .args(["--backend", "reference", "--port", "0", "--ctx", ctx])
