@@ -241,6 +241,8 @@ fn plan_equals_what_loading_allocates() {
                     let model =
                         Model::load(path, backend.clone(), &LoadOptions::default()).unwrap();
                     assert_eq!(d.weight_bytes(), model.weights().bytes, "{path} weights");
+                    // The matmuls the workspace was sized for are the loaded weights'.
+                    assert_eq!(d.matmuls, planner::matmul_uses(model.weights(), p.dims));
                     let runtime = Runtime::new(&model, rt).unwrap();
                     assert_eq!(
                         (d.activations, d.kv),
@@ -320,6 +322,7 @@ fn multi_device_plans_equal_what_loading_allocates() {
                         d.device
                     );
                     assert_eq!(d.layers, sh.layers());
+                    assert_eq!(d.matmuls, planner::matmul_uses(&sh.weights, p.dims));
                 }
                 let rt = Runtime::new(&model, runtime()).unwrap();
                 let sum =
@@ -360,6 +363,7 @@ fn real_catalog_models_plan_equals_what_loading_allocates() {
         let model = Model::load(&path, devices[0].clone(), &LoadOptions::default()).unwrap();
         let d = &p.devices[0];
         assert_eq!(d.weight_bytes(), model.weights().bytes, "{name}");
+        assert_eq!(d.matmuls, planner::matmul_uses(model.weights(), p.dims));
         let runtime = Runtime::new(&model, rt).unwrap();
         assert_eq!((d.activations, d.kv), runtime.bytes(), "{name}");
         println!("{name}: {} bytes planned = loaded", d.total());

@@ -358,6 +358,7 @@ fn device_plan(
         .map_err(kv_err)?;
     let activations = Plan::bytes_for(backend, &lc, ctx.dims, part.head, moe_dtypes)?;
     let workspace = backend.workspace_bytes(&w.uses);
+    let matmuls = w.uses;
     let info = backend.info();
     Ok(DevicePlan {
         device: info.id,
@@ -373,6 +374,7 @@ fn device_plan(
         kv_token_layer,
         activations,
         workspace,
+        matmuls,
     })
 }
 

@@ -30,7 +30,7 @@ use std::ops::Range;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use kiln_core::{Backend, DType, DeviceId};
+use kiln_core::{Backend, DType, DeviceId, MatmulUse, Weight};
 
 pub use meta::{FfnMeta, LayerMeta, ModelMeta, ParamMeta, TensorMeta};
 pub use report::human_bytes;
@@ -38,6 +38,7 @@ pub use report::human_bytes;
 use crate::error::{ModelError, Result};
 use crate::runtime::RuntimeOptions;
 use crate::runtime::plan::PlanDims;
+use crate::runtime::weights::{Ffn, Weights};
 
 /// The default reserve: 5 % of each device's memory (the CUDA context, the allocator's
 /// rounding, other processes).
@@ -203,6 +204,9 @@ pub struct DevicePlan {
     pub activations: usize,
     /// The backend's own allocations (library workspace, matmul scratch).
     pub workspace: usize,
+    /// The matmuls the workspace is sized for (what [`matmul_uses`] gives for the loaded
+    /// weights; pass them to `Backend::reserve_workspace`).
+    pub matmuls: Vec<MatmulUse>,
 }
 
 impl DevicePlan {
@@ -255,6 +259,28 @@ impl MemoryPlan {
         }
         Err(ModelError::Runtime(report::refusal(self)))
     }
+}
+
+/// The matmuls a device's steps run with its loaded `w`, in the plan's order: the output
+/// matrix at the logit rows (on the device computing logits), then per layer q, k, v, o and
+/// gate, up, down (or the router) at `dims.max_tokens` rows. What a runtime passes to
+/// `Backend::reserve_workspace` so that the planned workspace is the allocated one.
+pub fn matmul_uses(w: &Weights, dims: PlanDims) -> Vec<MatmulUse> {
+    let at = |m: &Weight, max_rows: usize| MatmulUse {
+        dtype: m.dtype(),
+        shape: m.shape(),
+        max_rows,
+    };
+    let t = dims.max_tokens;
+    let mut v: Vec<MatmulUse> = w.output.iter().map(|o| at(o, dims.logit_rows())).collect();
+    for l in &w.layers {
+        v.extend([at(&l.q, t), at(&l.k, t), at(&l.v, t), at(&l.o, t)]);
+        match &l.ffn {
+            Ffn::Dense { gate, up, down } => v.extend([at(gate, t), at(up, t), at(down, t)]),
+            Ffn::Moe { router, .. } => v.push(at(router, t)),
+        }
+    }
+    v
 }
 
 /// Plan `meta` on `devices` (opened backends: their `weight_bytes`, scratch and workspace
