@@ -183,6 +183,11 @@ impl Runtime {
                 }
             }
             let plan = Plan::new(backend, &sh.config, &sh.weights, dims, sh.is_head())?;
+            // The matmul workspace at its planned size now, so no op grows it later (the
+            // memory planner counts exactly this).
+            backend
+                .reserve_workspace(&crate::planner::matmul_uses(&sh.weights, dims))
+                .map_err(|e| ModelError::backend("reserving the matmul workspace", e))?;
             stages.push(Stage {
                 backend: backend.clone(),
                 cfg: sh.config.clone(),
