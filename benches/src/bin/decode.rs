@@ -358,12 +358,13 @@ fn main() {
         } else {
             64
         });
+        // Before the copy test: its buffers stay in the allocator's pool for later use.
+        let base_mem = mem_in_use();
         let copy = copy_bandwidth(&*be, mib)?;
         println!(
             "copy ceiling: {:.1} GB/s (device-to-device f32 copy op, {mib} MiB, read+write bytes)",
             copy / 1e9
         );
-        let base_mem = mem_in_use();
         let mut meta = None;
         let model = match synth::preset(&o.model) {
             Some(p) => {
