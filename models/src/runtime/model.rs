@@ -309,7 +309,7 @@ fn load_shards(
     let mut shards = Vec::with_capacity(specs.len());
     for (spec, backend) in specs.into_iter().zip(&place.devices) {
         check_backend(backend.as_ref(), cfg)?;
-        let w = weights::load(src.clone(), cfg, &spec, backend, progress)?;
+        let w = weights::load(src, cfg, &spec, backend, progress)?;
         let local = match spec.tp {
             Some(tp) => shard::local_config(cfg, tp)?,
             None => cfg.clone(),
