@@ -13,8 +13,9 @@
 //!   w = d·sc·(q − 7.5): zero-mean, |w| ≤ 0.057. Activations stay finite through 32 layers.
 //! - Norm weights: f32 ones. u is uniform in [0, 1) from the same generator.
 //!
-//! Generation is parallel: each tensor is cut into chunks of whole blocks, one SplitMix64
-//! stream per (seed, tensor, chunk), one scoped thread per core.
+//! Generation is parallel: each tensor is cut into 4 MiB chunks of whole blocks, one SplitMix64
+//! stream per (seed, tensor, chunk), chunks dealt round-robin to one scoped thread per core (the
+//! values do not depend on the thread count).
 
 use half::{bf16, f16};
 use kiln_core::{DType, Error, HostTensor, Result, Shape};
@@ -107,7 +108,7 @@ pub fn how_made(dt: DType, seed: u64) -> String {
         _ => "uniform in [-0.02, 0.02)",
     };
     format!(
-        "synthetic weights, seed {seed}, SplitMix64 per (tensor, chunk), made on this machine: {m}; norms = 1.0 (f32)"
+        "synthetic weights, seed {seed}, SplitMix64 per (tensor, 4 MiB chunk), made on this machine: {m}; norms = 1.0 (f32)"
     )
 }
 
@@ -234,14 +235,22 @@ fn fill(
         DType::F32 | DType::F16 | DType::BF16 => 8,
         _ => dt.block_bytes(),
     };
-    let units = total.div_ceil(unit);
-    let per = units.div_ceil(threads.max(1)).max(1) * unit;
+    // Chunks of a fixed size (4 MiB of whole units): the values depend on the seed only, not on
+    // the machine's thread count; threads take chunks round-robin.
+    let per = ((4 << 20) / unit).max(1) * unit;
+    let n = threads.max(1);
+    let mut groups: Vec<Vec<(usize, &mut [u8])>> = (0..n).map(|_| Vec::new()).collect();
+    for (c, chunk) in out.chunks_mut(per).enumerate() {
+        groups[c % n].push((c, chunk));
+    }
     std::thread::scope(|s| {
-        for (c, chunk) in out.chunks_mut(per).enumerate() {
+        for g in groups {
             s.spawn(move || {
-                let mut r =
-                    Rng(seed ^ tensor.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((c as u64) << 40));
-                fill_chunk(dt, chunk, &mut r);
+                for (c, chunk) in g {
+                    let mut r =
+                        Rng(seed ^ tensor.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((c as u64) << 40));
+                    fill_chunk(dt, chunk, &mut r);
+                }
             });
         }
     });
@@ -386,5 +395,22 @@ mod tests {
         let h = w.host_tensors("synthetic:tiny").unwrap();
         assert_eq!(h.len(), w.tensors.len());
         assert!(placeholder_tokenizer(p.vocab, "x").is_ok());
+    }
+
+    #[test]
+    fn values_do_not_depend_on_the_thread_count() {
+        // 9 MiB: three 4 MiB chunks, dealt to 1, 2 and 7 threads.
+        let n = 9 << 20;
+        let one = fill(DType::F32, n / 4, false, 7, 3, 1).unwrap();
+        for t in [2, 7] {
+            assert!(
+                fill(DType::F32, n / 4, false, 7, 3, t).unwrap() == one,
+                "{t} threads"
+            );
+        }
+        assert!(
+            fill(DType::F32, n / 4, false, 8, 3, 1).unwrap() != one,
+            "seed ignored"
+        );
     }
 }
