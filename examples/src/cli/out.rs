@@ -4,23 +4,8 @@
 
 use std::io::{self, Write};
 
-/// `1.50 MiB`, `512 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = UNITS[0];
-    for u in UNITS.iter().skip(1) {
-        if v < 1024.0 {
-            break;
-        }
-        v /= 1024.0;
-        unit = u;
-    }
-    format!("{v:.2} {unit}")
-}
+/// `1.50 MiB`, `512 B` (the planner's formatting, one definition).
+pub use kiln_models::planner::human_bytes;
 
 /// `1234567` → `1,234,567`.
 pub fn grouped(n: u64) -> String {

@@ -42,20 +42,8 @@ pub(super) fn plan(
     if n == 0 {
         return Err(ModelError::Runtime("plan: no devices given".into()));
     }
-    if ro.max_seqs == 0 || ro.chunk < ro.max_seqs || ro.block_size == 0 {
-        return Err(ModelError::Runtime(format!(
-            "runtime options: max_seqs {} ≥ 1, chunk {} ≥ max_seqs and block_size {} ≥ 1 are required",
-            ro.max_seqs, ro.chunk, ro.block_size
-        )));
-    }
     // As Runtime::new sizes it.
-    let dims = PlanDims {
-        max_tokens: ro.chunk,
-        max_seqs: ro.max_seqs,
-        context: ro.context.unwrap_or(cfg.context_length.min(4096)).max(1),
-        block_size: ro.block_size,
-        all_logits: ro.all_logits,
-    };
+    let dims = ro.dims(cfg.context_length)?;
     let kv_blocks = ro.kv_blocks.unwrap_or(ro.max_seqs * dims.max_blocks()) + 1;
     let ctx = Ctx {
         meta,

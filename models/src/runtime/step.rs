@@ -48,6 +48,26 @@ pub struct RuntimeOptions {
     pub graphs: bool,
 }
 
+impl RuntimeOptions {
+    /// The plan dimensions for a model whose own context is `model_context` tokens (the
+    /// context defaults to it, at most 4096); checks the options.
+    pub fn dims(&self, model_context: usize) -> Result<PlanDims> {
+        if self.max_seqs == 0 || self.chunk < self.max_seqs || self.block_size == 0 {
+            return Err(ModelError::Runtime(format!(
+                "runtime options: max_seqs {} ≥ 1, chunk {} ≥ max_seqs and block_size {} ≥ 1 are required",
+                self.max_seqs, self.chunk, self.block_size
+            )));
+        }
+        Ok(PlanDims {
+            max_tokens: self.chunk,
+            max_seqs: self.max_seqs,
+            context: self.context.unwrap_or(model_context.min(4096)).max(1),
+            block_size: self.block_size,
+            all_logits: self.all_logits,
+        })
+    }
+}
+
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
@@ -153,20 +173,7 @@ pub struct Runtime {
 impl Runtime {
     pub fn new(model: &Model, opts: RuntimeOptions) -> Result<Runtime> {
         let cfg = Arc::new(model.config().clone());
-        let context = opts.context.unwrap_or(cfg.context_length.min(4096)).max(1);
-        if opts.max_seqs == 0 || opts.chunk < opts.max_seqs || opts.block_size == 0 {
-            return Err(ModelError::Runtime(format!(
-                "runtime options: max_seqs {} ≥ 1, chunk {} ≥ max_seqs and block_size {} ≥ 1 are required",
-                opts.max_seqs, opts.chunk, opts.block_size
-            )));
-        }
-        let dims = PlanDims {
-            max_tokens: opts.chunk,
-            max_seqs: opts.max_seqs,
-            context,
-            block_size: opts.block_size,
-            all_logits: opts.all_logits,
-        };
+        let dims = opts.dims(cfg.context_length)?;
         let mut stages = Vec::with_capacity(model.shards().len());
         for sh in model.shards() {
             let backend = &sh.backend;
