@@ -137,18 +137,23 @@ fn logits_file_has_every_position() {
 }
 
 #[test]
-fn run_refuses_several_devices_and_unknown_models() {
-    let o = kiln(&[
-        "run",
-        "no-such-model",
-        "hi",
-        "--devices",
-        "reference:0,reference:1",
-    ]);
+fn run_refuses_missing_devices_and_unknown_models() {
+    // One reference device unless KILN_VIRTUAL_DEVICES says more: reference:7 does not exist.
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "run",
+            "no-such-model",
+            "hi",
+            "--devices",
+            "reference:0,reference:7",
+        ])
+        .env_remove("KILN_VIRTUAL_DEVICES")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("multi-device runs are not implemented yet"),
+        err.contains("reference:7") && err.contains("no such device"),
         "{err}"
     );
     let o = kiln(&["run", "no-such-model", "hi", "--backend", "reference"]);
