@@ -181,9 +181,11 @@ fn zoo_weights_by_hand() {
     // layer: q [128,128] 16384 + k, v [64,128] 2·8192 + o [128,128] 16384 + 3·32768 = 147456.
     // Params: output 128; per layer attn 128, q bias 128, k, v bias 2·64, ffn 128 = 512.
     let qwen2 = 512 * 128 * 2 + 2 * 147456 * 2 + (128 + 2 * 512) * 4;
-    // mixtral: untied; attention as llama3 (98304 elements), router [4,128], 4 experts each
-    // w1, w3 [128,128] and w2 [128,128], stacked [4,128,128] ×3 = 196608 elements.
-    let mixtral = 2 * 512 * 128 * 2 + 2 * (98304 + 512 + 196608) * 2 + (128 + 2 * 256) * 4;
+    // mixtral: untied; attention as llama3 (98304 elements), 4 experts each w1, w3 [128,128]
+    // and w2 [128,128], stacked [4,128,128] ×3 = 196608 elements; the router [4,128] is loaded
+    // as f32 (512 elements · 4 bytes).
+    let mixtral =
+        2 * 512 * 128 * 2 + 2 * (98304 + 196608) * 2 + 2 * 512 * 4 + (128 + 2 * 256) * 4;
     for (name, want) in [("gemma3", gemma), ("qwen2", qwen2), ("mixtral", mixtral)] {
         let p = plan_of(&z.join(name), 1, Parallel::Single);
         assert_eq!(p.devices[0].weight_bytes(), want, "{name}");

@@ -184,7 +184,31 @@ impl<'a> Fwd<'a> {
 
     /// The FFN of norm(x[1]) (a partial sum under tensor parallelism).
     pub fn ffn_out(&self, l: &LayerWeights) -> Result<&'a Tensor> {
-        self.norm(&self.p.x[1], l.ffn_norm, &self.p.h)?;
+        self.ffn_route(l)?;
+        self.ffn(&l.ffn)
+    }
+
+    /// h = norm(x[1]) and, for a MoE layer, its router logits (returned: under tensor
+    /// parallelism they are all-reduced so that every rank routes alike, see weights.rs)
+    /// before [`Self::ffn_experts`].
+    pub fn ffn_route(&self, l: &LayerWeights) -> Result<Option<&'a Tensor>> {
+        let p = self.p;
+        self.norm(&p.x[1], l.ffn_norm, &p.h)?;
+        let Ffn::Moe { router, .. } = &l.ffn else {
+            return Ok(None);
+        };
+        let r = p
+            .router
+            .as_ref()
+            .ok_or_else(|| ModelError::Runtime("MoE layer without a router buffer".into()))?;
+        self.b
+            .matmul(self.x(&p.h)?, router, self.out(r)?)
+            .map_err(op("router"))?;
+        Ok(Some(r))
+    }
+
+    /// The FFN of h after [`Self::ffn_route`] (a partial sum under tensor parallelism).
+    pub fn ffn_experts(&self, l: &LayerWeights) -> Result<&'a Tensor> {
         self.ffn(&l.ffn)
     }
 
@@ -241,7 +265,7 @@ impl<'a> Fwd<'a> {
         }
     }
 
-    /// FFN of h into o[0].
+    /// FFN of h into o[0] (MoE: routed by the logits already in p.router).
     fn ffn(&self, f: &Ffn) -> Result<&'a Tensor> {
         let p = self.p;
         let out = &p.o[0];
@@ -265,20 +289,13 @@ impl<'a> Fwd<'a> {
                     .matmul(self.x(a)?, down, self.out(out)?)
                     .map_err(op("ffn down"))?;
             }
-            Ffn::Moe {
-                router,
-                gate,
-                up,
-                down,
-            } => {
+            Ffn::Moe { gate, up, down, .. } => {
+                // The router logits are in p.router (Self::ffn_route).
                 let (Some(r), Some(m)) = (&p.router, &self.cfg.moe) else {
                     return Err(ModelError::Runtime(
                         "MoE layer without a router buffer".into(),
                     ));
                 };
-                self.b
-                    .matmul(self.x(&p.h)?, router, self.out(r)?)
-                    .map_err(op("router"))?;
                 let ex = MoeExperts {
                     gate,
                     up,

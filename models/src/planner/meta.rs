@@ -375,7 +375,11 @@ impl<'a> Walker<'a> {
         match (&c.moe, moe) {
             (Some(m), true) => {
                 let (e, ff) = (m.n_experts, m.ff);
-                let router = self.role(Role::Router, l, &[e, h])?;
+                // Loaded as f32 whatever the file's type (runtime/weights.rs `router`).
+                let router = TensorMeta {
+                    dtype: DType::F32,
+                    ..self.role(Role::Router, l, &[e, h])?
+                };
                 let (gate, up, down) = match c.format {
                     WeightFormat::Gguf => (
                         self.role(Role::ExpGate, l, &[e, ff, h])?,

@@ -479,11 +479,21 @@ impl Runtime {
                     }
                     let outs = collect(outs).map_err(|e| at_layer(e, l))?;
                     reduce(group.as_ref(), &fwds, &outs).map_err(|e| at_layer(e, l))?;
-                    let mut ffn = Vec::with_capacity(fwds.len());
+                    let mut routes = Vec::with_capacity(fwds.len());
                     for ((s, f), o) in self.stages.iter().zip(&fwds).zip(&outs) {
                         let (lw, _) = self.layer(s, l)?;
                         f.attn_residual(lw, o).map_err(|e| at_layer(e, l))?;
-                        ffn.push(f.ffn_out(lw));
+                        routes.push(f.ffn_route(lw));
+                    }
+                    // MoE: rank 0's router logits on every rank (the others' are zeros).
+                    let routes = collect(routes).map_err(|e| at_layer(e, l))?;
+                    if let Some(r) = routes.into_iter().collect::<Option<Vec<_>>>() {
+                        reduce(group.as_ref(), &fwds, &r).map_err(|e| at_layer(e, l))?;
+                    }
+                    let mut ffn = Vec::with_capacity(fwds.len());
+                    for (s, f) in self.stages.iter().zip(&fwds) {
+                        let (lw, _) = self.layer(s, l)?;
+                        ffn.push(f.ffn_experts(lw));
                     }
                     let ffn = collect(ffn).map_err(|e| at_layer(e, l))?;
                     reduce(group.as_ref(), &fwds, &ffn).map_err(|e| at_layer(e, l))?;

@@ -262,14 +262,26 @@ impl<'a> Loader<'a, '_> {
         let t = self.host(name, &[rows, cols])?;
         self.prepare(name, &t)
     }
-    fn role_weight(
-        &mut self,
-        role: Role,
-        layer: usize,
-        rows: usize,
-        cols: usize,
-    ) -> Result<Weight> {
-        self.role_cut(role, layer, [rows, cols], None)
+    /// The MoE router `[experts, hidden]`, always in f32: a bf16 GEMM rounds its input to bf16
+    /// (CUDA's dense path), and an expert choice is discrete, so a near-tie that rounding flips
+    /// changes the output by a whole expert (the zoo's qwen3moe: 0.5–0.7 in logits, measured
+    /// with zoo_util/rounded.rs); f32 keeps the router's input in f32 on every backend.
+    /// Under tensor parallelism every rank must also pick the same experts for a token, or each
+    /// computes its share of different experts and the sum is a mixture of none (ranks on
+    /// different backends or kernels round differently). So the logits are broadcast from
+    /// rank 0: ranks above 0 hold zeros, their logits are exact zeros, and the all-reduce of
+    /// the logits (runtime/step.rs) leaves rank 0's on every rank.
+    fn router(&mut self, layer: usize, experts: usize, hidden: usize) -> Result<Weight> {
+        let name = self.lname(Role::Router, layer)?;
+        let t = self.host(&name, &[experts, hidden])?;
+        let mut v = kiln_core::convert::to_f32(t.dtype, t.data)
+            .map_err(|e| self.terr(&name, e.to_string()))?;
+        if self.tp.is_some_and(|tp| tp.rank > 0) {
+            v.fill(0.0);
+        }
+        let z = HostTensor::new(DType::F32, t.shape.clone(), bytemuck::cast_slice(&v))
+            .map_err(|e| self.terr(&name, e.to_string()))?;
+        self.prepare(&name, &z)
     }
     /// A layer matrix of full shape `shape`, cut to this rank's share.
     fn role_cut(
@@ -405,7 +417,7 @@ impl<'a> Loader<'a, '_> {
         match (&c.moe, moe) {
             (Some(m), true) => {
                 let (e, ff) = (m.n_experts, m.ff);
-                let router = self.role_weight(Role::Router, l, e, h)?;
+                let router = self.router(l, e, h)?;
                 let (gate, up, down) = match c.format {
                     WeightFormat::Gguf => (
                         self.role_cut(Role::ExpGate, l, [e, ff, h], rows(ff))?,
