@@ -184,8 +184,7 @@ fn zoo_weights_by_hand() {
     // mixtral: untied; attention as llama3 (98304 elements), 4 experts each w1, w3 [128,128]
     // and w2 [128,128], stacked [4,128,128] ×3 = 196608 elements; the router [4,128] is loaded
     // as f32 (512 elements · 4 bytes).
-    let mixtral =
-        2 * 512 * 128 * 2 + 2 * (98304 + 196608) * 2 + 2 * 512 * 4 + (128 + 2 * 256) * 4;
+    let mixtral = 2 * 512 * 128 * 2 + 2 * (98304 + 196608) * 2 + 2 * 512 * 4 + (128 + 2 * 256) * 4;
     for (name, want) in [("gemma3", gemma), ("qwen2", qwen2), ("mixtral", mixtral)] {
         let p = plan_of(&z.join(name), 1, Parallel::Single);
         assert_eq!(p.devices[0].weight_bytes(), want, "{name}");
@@ -536,4 +535,51 @@ fn reserves_and_byte_counts_parse() {
     assert!("150%".parse::<Reserve>().is_err());
     assert_eq!(Reserve::Percent(5.0).bytes(Some(1000)), 50);
     assert_eq!(Reserve::Percent(5.0).bytes(None), 0);
+}
+
+// ---- a library caller's automatic layer split is the planner's -----------------------------
+
+#[test]
+fn empty_layer_split_is_the_planners() {
+    let Some(dir) = zoo_model("llama3") else {
+        return;
+    };
+    let devices = reference(2);
+    let meta = ModelMeta::open(dir.to_str().unwrap()).unwrap();
+    let o = PlanOptions {
+        parallel: Parallel::Layer(None),
+        ..PlanOptions::default()
+    };
+    let want = planner::plan(&meta, &devices, &o).unwrap().layer_counts();
+    let place = Placement {
+        devices: devices.clone(),
+        parallel: Some(ModelParallel::Layer(vec![])),
+        collective: None,
+    };
+    let m = Model::load_on(
+        dir.to_str().unwrap(),
+        place,
+        &LoadOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(m.parallel(), Some(&ModelParallel::Layer(want.clone())));
+    let layers: Vec<usize> = m.shards().iter().map(|s| s.layers().len()).collect();
+    assert_eq!(layers, want);
+    // The same device twice is refused before anything is planned or loaded.
+    let twice = Placement {
+        devices: vec![devices[0].clone(), devices[0].clone()],
+        parallel: Some(ModelParallel::Layer(vec![])),
+        collective: None,
+    };
+    let e = Model::load_on(
+        dir.to_str().unwrap(),
+        twice,
+        &LoadOptions::default(),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("given twice"), "{e}");
 }

@@ -19,7 +19,7 @@ pub use model::{
     open_backend,
 };
 pub use sampler::{Sampler, SamplingParams};
-pub use shard::{Parallel, TpRank, even_split, local_config, split_by_memory};
+pub use shard::{Parallel, TpRank, even_split, local_config};
 pub use step::{Logits, Runtime, RuntimeOptions, SeqInput, StepStats};
 pub use stop::StopText;
 pub use weights::HostTensors;

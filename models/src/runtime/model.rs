@@ -136,6 +136,10 @@ impl Model {
     ) -> Result<Model> {
         let started = Instant::now();
         let path = catalog::resolve_with(name_or_path, &mut |e| progress(&LoadEvent::Fetch(e)))?;
+        let parallel = resolve_parallel(&place, || {
+            crate::planner::ModelMeta::open(&path.display().to_string())
+        })?;
+        let place = Placement { parallel, ..place };
         let mut weights_progress = |done, total| progress(&LoadEvent::Weights { done, total });
         let (config, shards, tokenizer, chat_template) = match format::detect(&path)? {
             ModelFormat::Gguf => {
@@ -175,7 +179,7 @@ impl Model {
         config.origin = path.display().to_string();
         let collective = tensor_collective(&place)?;
         Ok(Model {
-            parallel: resolve_parallel(&place, config.n_layers),
+            parallel: place.parallel,
             config: Arc::new(config),
             shards,
             collective,
@@ -213,10 +217,14 @@ impl Model {
             ..config
         }
         .validate()?;
+        let parallel = resolve_parallel(&place, || {
+            crate::planner::ModelMeta::from_parts(config.clone(), tensors)
+        })?;
+        let place = Placement { parallel, ..place };
         let shards = load_shards(Source::Mem(tensors), &mut config, &place, &mut |_, _| {})?;
         Ok(Model {
-            parallel: resolve_parallel(&place, config.n_layers),
             collective: tensor_collective(&place)?,
+            parallel: place.parallel,
             config: Arc::new(config),
             shards,
             tokenizer,
@@ -293,19 +301,8 @@ fn load_shards(
     place: &Placement,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<ModelShard>> {
-    if place.devices.is_empty() {
-        return Err(ModelError::Runtime("no device to load the model on".into()));
-    }
-    let resolved = resolve_parallel(place, cfg.n_layers);
-    for (i, a) in place.devices.iter().enumerate() {
-        if place.devices[..i].iter().any(|b| b.id() == a.id()) {
-            return Err(ModelError::Runtime(format!(
-                "device {} is given twice",
-                a.id()
-            )));
-        }
-    }
-    let specs = shard::shard_specs(cfg.n_layers, place.devices.len(), resolved.as_ref())?;
+    check_devices(place)?;
+    let specs = shard::shard_specs(cfg.n_layers, place.devices.len(), place.parallel.as_ref())?;
     let mut shards = Vec::with_capacity(specs.len());
     for (spec, backend) in specs.into_iter().zip(&place.devices) {
         check_backend(backend.as_ref(), cfg)?;
@@ -329,19 +326,40 @@ fn load_shards(
     Ok(shards)
 }
 
-/// An empty layer split (`Parallel::Layer(vec![])`) means: in proportion to each device's
-/// memory.
-pub(crate) fn resolve_parallel(place: &Placement, n_layers: usize) -> Option<Parallel> {
+/// At least one device, none twice.
+fn check_devices(place: &Placement) -> Result<()> {
+    if place.devices.is_empty() {
+        return Err(ModelError::Runtime("no device to load the model on".into()));
+    }
+    for (i, a) in place.devices.iter().enumerate() {
+        if place.devices[..i].iter().any(|b| b.id() == a.id()) {
+            return Err(ModelError::Runtime(format!(
+                "device {} is given twice",
+                a.id()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// An empty layer split (`Parallel::Layer(vec![])`) means: the memory planner's split (in
+/// proportion to each device's free memory after its fixed costs and reserve, planner/assign.rs,
+/// at the default runtime sizes), the same one `kiln plan` prints.
+fn resolve_parallel(
+    place: &Placement,
+    meta: impl FnOnce() -> Result<crate::planner::ModelMeta>,
+) -> Result<Option<Parallel>> {
+    check_devices(place)?;
     match &place.parallel {
         Some(Parallel::Layer(c)) if c.is_empty() => {
-            let mem: Vec<u64> = place
-                .devices
-                .iter()
-                .map(|d| d.info().memory_bytes)
-                .collect();
-            Some(Parallel::Layer(shard::split_by_memory(n_layers, &mem)))
+            let opts = crate::planner::PlanOptions {
+                parallel: crate::planner::Parallel::Layer(None),
+                ..Default::default()
+            };
+            let plan = crate::planner::plan(&meta()?, &place.devices, &opts)?;
+            Ok(Some(Parallel::Layer(plan.layer_counts())))
         }
-        p => p.clone(),
+        p => Ok(p.clone()),
     }
 }
 

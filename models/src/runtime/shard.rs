@@ -32,7 +32,7 @@ use crate::error::{ModelError, Result};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Parallel {
     /// Consecutive layers per device: `counts[i]` layers on device i (sum = n_layers); empty:
-    /// in proportion to each device's memory ([`split_by_memory`]).
+    /// the memory planner's split (in proportion to free memory).
     Layer(Vec<usize>),
     /// Heads and FFN columns sharded over every device, all-reduce after o and down.
     Tensor,
@@ -264,44 +264,6 @@ pub fn even_split(n_layers: usize, n: usize) -> Vec<usize> {
         .collect()
 }
 
-/// A layer split in proportion to each device's free bytes (largest remainders get the
-/// leftover layers; every device at least one layer). Devices reporting 0 bytes (wgpu does not
-/// report memory) count as the average of the others, or all equal when none reports.
-pub fn split_by_memory(n_layers: usize, free: &[u64]) -> Vec<usize> {
-    let n = free.len();
-    if n == 0 || n_layers < n {
-        return even_split(n_layers, n);
-    }
-    let known: Vec<u64> = free.iter().copied().filter(|&f| f > 0).collect();
-    if known.is_empty() {
-        return even_split(n_layers, n);
-    }
-    let avg = known.iter().sum::<u64>() / known.len() as u64;
-    let w: Vec<f64> = free
-        .iter()
-        .map(|&f| if f > 0 { f as f64 } else { avg as f64 })
-        .collect();
-    let total: f64 = w.iter().sum();
-    // One layer each, the rest by largest remainder of the proportional share.
-    let rest = (n_layers - n) as f64;
-    let share: Vec<f64> = w.iter().map(|x| rest * x / total).collect();
-    let mut counts: Vec<usize> = share.iter().map(|s| 1 + s.floor() as usize).collect();
-    let mut left = n_layers - counts.iter().sum::<usize>();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| {
-        let (fa, fb) = (share[a] - share[a].floor(), share[b] - share[b].floor());
-        fb.total_cmp(&fa).then(a.cmp(&b))
-    });
-    for &i in order.iter().cycle() {
-        if left == 0 {
-            break;
-        }
-        counts[i] += 1;
-        left -= 1;
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,11 +294,6 @@ mod tests {
     #[test]
     fn splits() {
         assert_eq!(even_split(5, 2), vec![3, 2]);
-        assert_eq!(split_by_memory(32, &[80, 80]), vec![16, 16]);
-        assert_eq!(split_by_memory(32, &[24, 8]), vec![24, 8]);
-        assert_eq!(split_by_memory(30, &[24, 0, 24]), vec![10, 10, 10]);
-        assert_eq!(split_by_memory(3, &[1000, 1]), vec![2, 1]);
-        assert_eq!(split_by_memory(10, &[0, 0]), vec![5, 5]);
         let s = shard_specs(5, 2, Some(&Parallel::Layer(vec![2, 3]))).unwrap();
         assert_eq!(s[1].layers, 2..5);
         assert!(s[0].embed && !s[0].head && s[1].head && !s[1].embed);

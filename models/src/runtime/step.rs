@@ -287,6 +287,24 @@ impl Runtime {
     /// Run one step. Returns one logits row per sequence (its last token), or one per token
     /// with `all_logits`.
     pub fn step(&mut self, batch: &[SeqInput<'_>]) -> Result<Logits<'_>> {
+        let rows = self.run(batch, true)?;
+        let vocab = self.cfg.vocab;
+        Ok(Logits {
+            data: &self.host_logits[..rows * vocab],
+            rows,
+            vocab,
+        })
+    }
+
+    /// Run one step without computing logits: the tokens only enter the KV cache (a prefill
+    /// chunk whose logits nobody reads; with `all_logits` the LM head of every row is the
+    /// largest matmul of a long prompt).
+    pub fn feed(&mut self, batch: &[SeqInput<'_>]) -> Result<()> {
+        self.run(batch, false).map(|_| ())
+    }
+
+    /// A step; returns the number of logits rows in `host_logits` (0 without `logits`).
+    fn run(&mut self, batch: &[SeqInput<'_>], logits: bool) -> Result<usize> {
         let started = Instant::now();
         let n_seqs = batch.len();
         let n_tokens: usize = batch.iter().map(|s| s.tokens.len()).sum();
@@ -295,7 +313,7 @@ impl Runtime {
             let len = self.kv.len(s.seq)?;
             self.kv.reserve(s.seq, len + s.tokens.len())?;
         }
-        let decode = !self.opts.all_logits && batch.iter().all(|s| s.tokens.len() == 1);
+        let decode = logits && !self.opts.all_logits && batch.iter().all(|s| s.tokens.len() == 1);
         let rows = if decode {
             // The smallest bucket (power of two, or max_seqs) holding the batch; see Plan::buckets.
             let bucket = n_seqs.next_power_of_two().min(self.dims().max_seqs);
@@ -307,25 +325,32 @@ impl Runtime {
             self.fill(batch, n_seqs)?;
             let max_q = batch.iter().map(|s| s.tokens.len()).max().unwrap_or(1);
             let max_kv = self.kv_class(batch)?;
-            self.forward(n_tokens, n_seqs, max_q, max_kv)?;
-            if self.opts.all_logits {
-                n_tokens
-            } else {
-                n_seqs
+            self.forward(n_tokens, n_seqs, max_q, max_kv, logits)?;
+            match (logits, self.opts.all_logits) {
+                (false, _) => 0,
+                (true, true) => n_tokens,
+                (true, false) => n_seqs,
             }
         };
         let vocab = self.cfg.vocab;
-        let out = &mut self.host_logits[..rows * vocab];
         let head = &self.stages[self.head];
-        head.backend
-            .read(
-                &head.plan.logits.buf,
-                head.plan.logits.offset,
-                bytemuck::cast_slice_mut(out),
-            )
-            .map_err(|e| ModelError::backend("reading logits", e))?;
-        if let Some(c) = self.cfg.final_softcap {
-            out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
+        if logits {
+            let out = &mut self.host_logits[..rows * vocab];
+            head.backend
+                .read(
+                    &head.plan.logits.buf,
+                    head.plan.logits.offset,
+                    bytemuck::cast_slice_mut(out),
+                )
+                .map_err(|e| ModelError::backend("reading logits", e))?;
+            if let Some(c) = self.cfg.final_softcap {
+                out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
+            }
+        } else {
+            // Nothing is read back: wait here so that step times stay honest.
+            head.backend
+                .synchronize()
+                .map_err(|e| ModelError::backend("finishing a step", e))?;
         }
         for s in batch {
             self.kv.advance(s.seq, s.tokens.len())?;
@@ -338,11 +363,7 @@ impl Runtime {
             self.stats.prefill_tokens += n_tokens as u64;
             self.stats.prefill_time += dt;
         }
-        Ok(Logits {
-            data: &self.host_logits[..rows * vocab],
-            rows,
-            vocab,
-        })
+        Ok(rows)
     }
 
     fn check(&self, batch: &[SeqInput<'_>], n_tokens: usize) -> Result<()> {
@@ -440,7 +461,14 @@ impl Runtime {
     }
 
     /// Enqueue the whole forward pass for `n` rows of `n_seqs` sequences.
-    fn forward(&self, n: usize, n_seqs: usize, max_q: usize, max_kv: usize) -> Result<()> {
+    fn forward(
+        &self,
+        n: usize,
+        n_seqs: usize,
+        max_q: usize,
+        max_kv: usize,
+        logits: bool,
+    ) -> Result<()> {
         let mut fwds = Vec::with_capacity(self.stages.len());
         for s in &self.stages {
             fwds.push(Fwd {
@@ -503,6 +531,9 @@ impl Runtime {
                     }
                 }
             }
+        }
+        if !logits {
+            return Ok(());
         }
         fwds[self.head].head(n_seqs, self.opts.all_logits)
     }
@@ -570,7 +601,7 @@ impl Runtime {
         let state = self.buckets.remove(&key);
         let next = match state {
             None => {
-                self.forward(b, b, 1, max_kv)?;
+                self.forward(b, b, 1, max_kv, true)?;
                 if self.opts.graphs {
                     Bucket::Warm
                 } else {
@@ -578,7 +609,7 @@ impl Runtime {
                 }
             }
             Some(Bucket::Eager) => {
-                self.forward(b, b, 1, max_kv)?;
+                self.forward(b, b, 1, max_kv, true)?;
                 Bucket::Eager
             }
             Some(Bucket::Warm) => {
@@ -586,7 +617,7 @@ impl Runtime {
                 let captured = {
                     let this = &*self;
                     let mut record = || {
-                        this.forward(b, b, 1, max_kv).map_err(|e| {
+                        this.forward(b, b, 1, max_kv, true).map_err(|e| {
                             let msg = e.to_string();
                             err = Some(e);
                             kiln_core::Error::Invalid(msg)
@@ -612,7 +643,7 @@ impl Runtime {
                         Bucket::Captured(g)
                     }
                     None => {
-                        self.forward(b, b, 1, max_kv)?;
+                        self.forward(b, b, 1, max_kv, true)?;
                         Bucket::Eager
                     }
                 }
