@@ -19,6 +19,14 @@ build() {
     cargo build --release -p kiln-examples --bin kiln
     cargo build --release -p kiln-benches --bin decode
     cp "$CARGO_TARGET_DIR/release/kiln" "$CARGO_TARGET_DIR/release/decode" "$B/"
+    # The engine test (32 batched greedy streams vs each alone, every backend present).
+    local eng; eng=$(cargo test --release -p kiln-models --test engine --no-run --message-format=json 2>/dev/null \
+        | python3 -c "import json,sys
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except ValueError: continue
+    if m.get('reason')=='compiler-artifact' and m.get('executable') and m['target']['name']=='engine': print(m['executable'])")
+    cp "$eng" "$B/engine_test"
     strip "$B"/*
     # Kernels precompiled for sm_90 (the NVRTC compile of matmul_q.cu takes minutes).
     local list; list=$(mktemp)
@@ -33,6 +41,7 @@ for l in open(sys.argv[1]):
         "$exe" --ignored precompile_sm90_into_cache --nocapture >/dev/null
     rm -f "$list"
     mkdir -p "$B/zoo"
+    cp ../shared/testdata/zoo/README.md "$B/zoo/"
     for m in llama3 qwen3 mistral gemma3 mixtral qwen3moe qwen2; do
         mkdir -p "$B/zoo/$m"
         cp ../shared/testdata/zoo/$m/{config.json,tokenizer.json,tokenizer_config.json,model.safetensors,reference.json} "$B/zoo/$m/" 2>/dev/null || true
@@ -104,6 +113,12 @@ for devs, par in [("cuda:1", None), ("cuda:1,cuda:0", "tensor"), ("wgpu:0,cuda:0
 PY
     grep "diag" "$OUTD/logits.log"
 
+    echo "== engine: 32 batched greedy streams vs each alone on CUDA and Vulkan"
+    KILN_ZOO="$PWD/$B/zoo" KILN_TEST_BACKENDS=cuda,wgpu timeout 300 "$B/engine_test" \
+        batched_greedy_streams_match_alone_on_every_backend --nocapture >"$OUTD/engine.log" 2>&1
+    grep -E "streams|test result|panicked|bound" "$OUTD/engine.log" | head -20
+
+    [ -n "${SKIP_DECODE:-}" ] && return 0
     echo "== decode bench: Llama-3-8B shape, TP1 vs TP2 (NCCL), graphs on and off"
     for w in bf16 q4_k; do
         for tp in 1 2; do
