@@ -1,6 +1,12 @@
-//! `CudaComm`: NCCL all-reduce (sum, in place) across a group of CUDA devices, implementing
-//! `kiln_core::Collective`.
+//! `CudaComm`: all-reduce (sum, in place) across a group of CUDA devices, implementing
+//! `kiln_core::Collective`: a one-shot peer-to-peer kernel for small f32 messages
+//! (`comm_p2p.rs`, kernels/allreduce.cu) when every pair of members has peer access, NCCL for
+//! the rest.
 //!
+//! - Dispatch: f32 messages of at most `p2p_max_bytes()` take the P2P path (default
+//!   `P2P_DEFAULT_MAX_BYTES`, the crossover measured against NCCL on the GPU machine; env
+//!   `KILN_P2P_MAX_BYTES` at group creation overrides it, 0 turns P2P off); larger ones, f16/bf16,
+//!   and groups without peer access use NCCL. Both are bit-identical on every rank.
 //! - One communicator per device, created together by `ncclCommInitAll` over the devices'
 //!   ordinals (one process drives the whole group).
 //! - One stream per device: each member's `CudaBackend` stream. An all-reduce is one NCCL group
@@ -12,6 +18,7 @@
 //! - libnccl.so.2 is probed first (cudarc panics when a library is missing); every NCCL call runs
 //!   under `guard`, so a missing symbol is an error, not a panic.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use cudarc::driver::CudaStream;
@@ -22,10 +29,15 @@ use kiln_core::{
 };
 
 use crate::buffer::CudaMem;
+use crate::comm_p2p::{P2P_STAGING_BYTES, P2p};
 use crate::device::CudaBackend;
 use crate::error::{CudaError, guard};
 
 const OP: OpKind = OpKind::AllReduce;
+
+/// The largest f32 message (bytes) the P2P path takes by default. 0 (off) until the crossover
+/// against NCCL is measured on the GPU machine (tests/p2p.rs); `KILN_P2P_MAX_BYTES` turns it on.
+pub const P2P_DEFAULT_MAX_BYTES: usize = 0;
 
 struct Member {
     id: DeviceId,
@@ -34,9 +46,14 @@ struct Member {
     comm: nccl_sys::ncclComm_t,
 }
 
-/// An NCCL communicator group over CUDA devices (see the module docs).
+/// An all-reduce group over CUDA devices: NCCL communicators plus, where peer access allows,
+/// the P2P path (see the module docs).
 pub struct CudaComm {
     members: Vec<Member>,
+    /// The P2P all-reduce, or why there is none.
+    p2p: std::result::Result<P2p, String>,
+    /// Largest f32 message (bytes) sent through `p2p` (0: never).
+    p2p_max: AtomicUsize,
     /// Serializes the group calls (a communicator must not be used by two threads at once).
     lock: Mutex<()>,
 }
@@ -129,7 +146,7 @@ impl CudaComm {
             unsafe { nccl::comm_init_all(comms.as_mut_ptr(), n as i32, ordinals.as_ptr()) }
         })?
         .map_err(|e| nccl_err("ncclCommInitAll", e))?;
-        let members = streams
+        let members: Vec<Member> = streams
             .into_iter()
             .zip(comms)
             .map(|((id, ordinal, stream), comm)| Member {
@@ -139,10 +156,85 @@ impl CudaComm {
                 comm,
             })
             .collect();
+        let p2p = P2p::new(
+            &members
+                .iter()
+                .map(|m: &Member| (m.id, m.stream.clone()))
+                .collect::<Vec<_>>(),
+        )?;
+        let max = match (&p2p, p2p_env()?) {
+            (Err(_), _) => 0,
+            (Ok(_), Some(b)) => b.min(P2P_STAGING_BYTES),
+            (Ok(_), None) => P2P_DEFAULT_MAX_BYTES,
+        };
         Ok(CudaComm {
             members,
+            p2p,
+            p2p_max: AtomicUsize::new(max),
             lock: Mutex::new(()),
         })
+    }
+
+    /// The largest f32 message (bytes) `all_reduce_sum` sends through the P2P kernel (0 when
+    /// the group has no P2P path or it was turned off).
+    pub fn p2p_max_bytes(&self) -> usize {
+        self.p2p_max.load(Ordering::Relaxed)
+    }
+
+    /// Change the P2P threshold (benchmarks, tests). Refused above the staging size, or above 0
+    /// when the group has no P2P path.
+    pub fn set_p2p_max_bytes(&self, bytes: usize) -> Result<()> {
+        if bytes > 0 {
+            if let Err(why) = &self.p2p {
+                return Err(Error::Invalid(format!("P2P all-reduce unavailable: {why}")));
+            }
+            if bytes > P2P_STAGING_BYTES {
+                return Err(Error::Invalid(format!(
+                    "P2P all-reduce threshold {bytes} bytes exceeds the staging buffer ({P2P_STAGING_BYTES} bytes)"
+                )));
+            }
+        }
+        self.p2p_max.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Why the group has no P2P path (`None` when it has one).
+    pub fn p2p_unavailable(&self) -> Option<&str> {
+        self.p2p.as_ref().err().map(|s| s.as_str())
+    }
+
+    /// All-reduce through NCCL whatever the size (what `all_reduce_sum` does above the P2P
+    /// threshold).
+    pub fn all_reduce_sum_nccl(&self, bufs: &[ViewMut<'_>]) -> Result<()> {
+        let (ptrs, count, dtype) = self.resolve(bufs)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.nccl(&ptrs, count, dtype)
+    }
+
+    /// All-reduce through the P2P kernel (f32, at most `P2P_STAGING_BYTES`); an error when the
+    /// group has no P2P path.
+    pub fn all_reduce_sum_p2p(&self, bufs: &[ViewMut<'_>]) -> Result<()> {
+        let (ptrs, count, dtype) = self.resolve(bufs)?;
+        let p2p = self
+            .p2p
+            .as_ref()
+            .map_err(|why| Error::Invalid(format!("P2P all-reduce unavailable: {why}")))?;
+        if dtype != DType::F32 || count * 4 > P2P_STAGING_BYTES {
+            return Err(Error::shape(
+                OP,
+                format!(
+                    "P2P all-reduce takes f32 of at most {P2P_STAGING_BYTES} bytes, got {count} {dtype}"
+                ),
+            ));
+        }
+        if count == 0 {
+            return Ok(());
+        }
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        p2p.all_reduce_f32(&ptrs, count)
     }
 
     /// NCCL's version (e.g. 22703 for 2.27.3), for reports.
@@ -151,12 +243,23 @@ impl CudaComm {
     }
 }
 
-impl Collective for CudaComm {
-    fn devices(&self) -> Vec<DeviceId> {
-        self.members.iter().map(|m| m.id).collect()
+/// `KILN_P2P_MAX_BYTES` (a byte count), if set.
+fn p2p_env() -> Result<Option<usize>> {
+    match std::env::var("KILN_P2P_MAX_BYTES") {
+        Err(_) => Ok(None),
+        Ok(v) => v.trim().parse::<usize>().map(Some).map_err(|_| {
+            Error::Invalid(format!(
+                "KILN_P2P_MAX_BYTES={v:?}: expected a byte count (0 turns the P2P all-reduce off)"
+            ))
+        }),
     }
+}
 
-    fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()> {
+impl CudaComm {
+    /// Check the group's buffers: one per member in rank order, same shape and dtype
+    /// (f32/f16/bf16), allocated by kiln-cuda on the member's device. Returns their device
+    /// addresses, the element count and the dtype.
+    fn resolve(&self, bufs: &[ViewMut<'_>]) -> Result<(Vec<u64>, usize, DType)> {
         check::eq(
             OP,
             "buffers vs group devices",
@@ -164,17 +267,12 @@ impl Collective for CudaComm {
             self.members.len(),
         )?;
         let (shape, dtype) = (bufs[0].shape(), bufs[0].dtype());
-        let nccl_type = match dtype {
-            DType::F32 => nccl_sys::ncclDataType_t::ncclFloat32,
-            DType::F16 => nccl_sys::ncclDataType_t::ncclFloat16,
-            DType::BF16 => nccl_sys::ncclDataType_t::ncclBfloat16,
-            other => {
-                return Err(Error::shape(
-                    OP,
-                    format!("all-reduce of {other} (f32/f16/bf16 only)"),
-                ));
-            }
-        };
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(Error::shape(
+                OP,
+                format!("all-reduce of {dtype} (f32/f16/bf16 only)"),
+            ));
+        }
         let mut ptrs = Vec::with_capacity(bufs.len());
         for (b, m) in bufs.iter().zip(&self.members) {
             check::device(OP, m.id, b.device())?;
@@ -199,18 +297,23 @@ impl Collective for CudaComm {
             }
             ptrs.push(mem.ptr + b.offset() as u64);
         }
-        let count = shape.numel();
-        if count == 0 {
-            return Ok(());
-        }
-        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((ptrs, shape.numel(), dtype))
+    }
+
+    /// One NCCL group call over `ptrs` (from `resolve`); the caller holds `lock`.
+    fn nccl(&self, ptrs: &[u64], count: usize, dtype: DType) -> Result<()> {
+        let nccl_type = match dtype {
+            DType::F32 => nccl_sys::ncclDataType_t::ncclFloat32,
+            DType::F16 => nccl_sys::ncclDataType_t::ncclFloat16,
+            _ => nccl_sys::ncclDataType_t::ncclBfloat16,
+        };
         guard("NCCL all-reduce", || -> Result<()> {
             nccl::group_start().map_err(|e| nccl_err("ncclGroupStart", e))?;
             let mut first_err = None;
             for (p, m) in ptrs.iter().zip(&self.members) {
                 // SAFETY: `p` is the device address of a view of `count` elements of `dtype` on
-                // m's device (checked above), reduced in place; the stream is m's backend stream
-                // and the communicator was created for m's ordinal.
+                // m's device (checked by `resolve`), reduced in place; the stream is m's backend
+                // stream and the communicator was created for m's ordinal.
                 let r = unsafe {
                     nccl::all_reduce(
                         *p as *const std::ffi::c_void,
@@ -233,6 +336,26 @@ impl Collective for CudaComm {
                 None => end.map(|_| ()),
             }
         })?
+    }
+}
+
+impl Collective for CudaComm {
+    fn devices(&self) -> Vec<DeviceId> {
+        self.members.iter().map(|m| m.id).collect()
+    }
+
+    fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()> {
+        let (ptrs, count, dtype) = self.resolve(bufs)?;
+        if count == 0 {
+            return Ok(());
+        }
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        match &self.p2p {
+            Ok(p2p) if dtype == DType::F32 && count * 4 <= self.p2p_max_bytes() => {
+                p2p.all_reduce_f32(&ptrs, count)
+            }
+            _ => self.nccl(&ptrs, count, dtype),
+        }
     }
 }
 

@@ -11,10 +11,12 @@
 //!   crossover measured per (device, dtype, n, k) (`tune`).
 //! - `capture` records CUDA graphs.
 //! - attention (paged, split-KV decode + tensor-core prefill, `ops/attention.rs`), moe (routing +
-//!   grouped expert GEMV, `ops/moe.rs`) and the NCCL all-reduce `CudaComm` (`comm.rs`).
+//!   grouped expert GEMV, `ops/moe.rs`) and the all-reduce `CudaComm` (NCCL, `comm.rs`, plus a
+//!   one-shot P2P kernel for small f32 messages, `comm_p2p.rs`).
 
 mod buffer;
 mod comm;
+mod comm_p2p;
 mod device;
 pub mod error;
 mod gemm;
@@ -28,7 +30,8 @@ use std::sync::Arc;
 
 use kiln_core::{Backend, BackendKind, BackendProvider, Error, Probe, Result};
 
-pub use comm::CudaComm;
+pub use comm::{CudaComm, P2P_DEFAULT_MAX_BYTES};
+pub use comm_p2p::P2P_STAGING_BYTES;
 pub use device::CudaBackend;
 pub use error::CudaError;
 pub use ops::matmul_q::{MatmulPath, W_TILE_CAP, X_TILE_CAP};

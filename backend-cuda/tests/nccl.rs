@@ -1,7 +1,8 @@
 //! NCCL all-reduce (`CudaComm`) across every CUDA device of the machine (at least 2, else the test
 //! prints "skipped"; with KILN_REQUIRE_NCCL=1 fewer than 2 devices is a failure):
 //! - sums are exact for f32 from 4 KiB to 256 MiB (every power of two), and for f16/bf16 at a few
-//!   sizes (small integers, so every partial sum is exact in 16 bits);
+//!   sizes (small integers, so every partial sum is exact in 16 bits), through `all_reduce_sum`
+//!   (the P2P kernel up to its threshold, NCCL above: tests/p2p.rs checks both paths apart);
 //! - the group built from `dyn Backend`s (`CudaComm::new`) works like the one from concrete
 //!   backends;
 //! - prints the latency of a 16 KiB all-reduce and the bus bandwidth of a 256 MiB one
@@ -110,7 +111,9 @@ fn check_sum(comm: &dyn Collective, devs: &[Arc<dyn Backend>], dt: DType, bytes:
     }
 }
 
-/// Seconds per all-reduce of `bytes` f32 zeros (zeros stay zeros over repeats).
+/// Seconds per NCCL all-reduce of `bytes` f32 zeros (zeros stay zeros over repeats); NCCL
+/// whatever the size (`all_reduce_sum` would take the P2P path for small messages: tests/p2p.rs
+/// times both).
 fn time_all_reduce(comm: &CudaComm, devs: &[Arc<CudaBackend>], bytes: usize, iters: usize) -> f64 {
     let n = bytes / 4;
     let bufs: Vec<Buffer> = devs
@@ -126,12 +129,12 @@ fn time_all_reduce(comm: &CudaComm, devs: &[Arc<CudaBackend>], bytes: usize, ite
         .map(|b| b.view_mut(0, Shape::d1(n), DType::F32).unwrap())
         .collect();
     for _ in 0..5 {
-        comm.all_reduce_sum(&views).unwrap();
+        comm.all_reduce_sum_nccl(&views).unwrap();
     }
     devs.iter().for_each(|d| d.synchronize().unwrap());
     let t = Instant::now();
     for _ in 0..iters {
-        comm.all_reduce_sum(&views).unwrap();
+        comm.all_reduce_sum_nccl(&views).unwrap();
     }
     devs.iter().for_each(|d| d.synchronize().unwrap());
     t.elapsed().as_secs_f64() / iters as f64

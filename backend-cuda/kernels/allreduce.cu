@@ -1,0 +1,209 @@
+// allreduce.cu: one-shot peer-to-peer all-reduce (sum, f32, in place) over the GPUs of one
+// process with peer access on between every pair (src/comm_p2p.rs drives it).
+//
+// Every rank r of an n-rank group launches the same grid on its own stream; per call:
+//   1. copy:   staging[r][i] = buf[i]                      (own memory)
+//   2. start barrier of block b: flag = ++epoch; store flag into every peer's
+//      signal.start[b][r] (release, system scope); wait until own signal.start[b][q] == flag
+//      for every q (acquire). After it, every rank's block b has staged its units.
+//   3. reduce: buf[i] = staging[0][i] + staging[1][i] + ... + staging[n-1][i], in rank order on
+//      every rank, so every rank holds bit-identical sums (the runtime relies on it). n-1 of the
+//      n reads go to peer memory (NVLink), ld.global.cg (L2, never the non-coherent path).
+//   4. end barrier of block b, same with signal.end: no rank leaves before every peer has read
+//      its staging, so the next call may overwrite it (without it, a fast rank's next copy
+//      could overwrite data a slow peer is still summing).
+// The epochs live on the device (signal.counter[b], +1 per barrier), so the flags are reused
+// call after call without host work and the kernel can be captured in a CUDA graph.
+//
+// Thread mapping: a grid of B blocks (B <= KILN_AR_MAX_BLOCKS and <= the SM count, chosen by
+// the host from the size) of blockDim threads; one unit (float4 for _v4, float for _v1) per
+// thread per step, grid-stride. Block b of every rank owns the same units (same grid, same
+// count on every rank), so a barrier between block b and the peers' block b is enough.
+// Threads 0..n-1 of a block run the flags (thread q stores to rank q, waits on rank q's flag).
+// Deadlock: a block spins until the peers' blocks arrive. The peers run on other GPUs and the
+// host launches them right after (asynchronously), so this needs no co-residency on one GPU;
+// the grid stays <= the SM count so that every block of it is resident at once. A wait longer
+// than KILN_AR_TIMEOUT_NS (a peer that never launched) traps: the context reports an error
+// instead of hanging forever.
+//
+// Bytes per rank and call (count = floats): copy 4·count read + 4·count written (local);
+// reduce 4·(n-1)·count read from peers + 4·count local + 4·count written. (n-1)·count adds.
+//
+// Buffers: buf f32 [count] (the rank's own, in place); staging[q] f32 [>= count] on rank q;
+// signal[q] a KilnArSignal on rank q (zeroed once at creation).
+#include "common.cuh"
+
+#define KILN_AR_MAX_RANKS 8
+#define KILN_AR_MAX_BLOCKS 32
+#define KILN_AR_TIMEOUT_NS 30000000000ull
+
+struct KilnArSignal {
+    u32 start[KILN_AR_MAX_BLOCKS][KILN_AR_MAX_RANKS];
+    u32 end[KILN_AR_MAX_BLOCKS][KILN_AR_MAX_RANKS];
+    u32 counter[KILN_AR_MAX_BLOCKS];
+};
+
+// Device addresses of every rank's staging buffer and signal area (passed by value).
+struct KilnArPeers {
+    u64 staging[KILN_AR_MAX_RANKS];
+    u64 signal[KILN_AR_MAX_RANKS];
+};
+
+__device__ __forceinline__ void st_release_sys(u32* p, u32 v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ u32 ld_acquire_sys(const u32* p) {
+    u32 v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_volatile(u32* p, u32 v) {
+    asm volatile("st.volatile.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ u32 ld_volatile(const u32* p) {
+    u32 v;
+    asm volatile("ld.volatile.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// Spin until *p == want (acquire or volatile loads); trap after KILN_AR_TIMEOUT_NS.
+template <bool ACQUIRE>
+__device__ __forceinline__ void wait_flag(const u32* p, u32 want) {
+    u64 t0 = 0;
+    u32 spins = 0;
+    while ((ACQUIRE ? ld_acquire_sys(p) : ld_volatile(p)) != want) {
+        if (++spins == 4096) {
+            spins = 0;
+            u64 now = global_ns();
+            if (t0 == 0) t0 = now;
+            else if (now - t0 > KILN_AR_TIMEOUT_NS) __trap();
+        }
+    }
+}
+
+// arr[idx] for a runtime idx without indexing the parameter array (which copies all of it to
+// local memory in every thread): an unrolled select whose operands pass through a `mov`, so the
+// compiler cannot fold it back into an indexed load.
+__device__ __forceinline__ u64 pick(const u64 (&arr)[KILN_AR_MAX_RANKS], int idx) {
+    u64 v = 0;
+#pragma unroll
+    for (int q = 0; q < KILN_AR_MAX_RANKS; ++q) {
+        u64 x;
+        asm("mov.b64 %0, %1;" : "=l"(x) : "l"(arr[q]));
+        v = idx == q ? x : v;
+    }
+    return v;
+}
+
+struct Unit4 { float v[4]; };
+struct Unit1 { float v[1]; };
+
+template <int V> struct UnitOf;
+template <> struct UnitOf<4> { typedef Unit4 T; };
+template <> struct UnitOf<1> { typedef Unit1 T; };
+
+// Plain load/store of one unit of own memory (PTX, so no CUDA header is needed).
+__device__ __forceinline__ Unit4 ld_unit(const float* p, i64 i, Unit4) {
+    Unit4 u;
+    asm volatile("ld.global.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(u.v[0]), "=f"(u.v[1]), "=f"(u.v[2]), "=f"(u.v[3])
+                 : "l"(p + 4 * i) : "memory");
+    return u;
+}
+__device__ __forceinline__ Unit1 ld_unit(const float* p, i64 i, Unit1) {
+    Unit1 u;
+    asm volatile("ld.global.f32 %0, [%1];" : "=f"(u.v[0]) : "l"(p + i) : "memory");
+    return u;
+}
+__device__ __forceinline__ void st_unit(float* p, i64 i, Unit4 u) {
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};"
+                 ::"l"(p + 4 * i), "f"(u.v[0]), "f"(u.v[1]), "f"(u.v[2]), "f"(u.v[3]) : "memory");
+}
+__device__ __forceinline__ void st_unit(float* p, i64 i, Unit1 u) {
+    asm volatile("st.global.f32 [%0], %1;" ::"l"(p + i), "f"(u.v[0]) : "memory");
+}
+
+// Load of one unit of a (possibly peer's) staging buffer written during this kernel: L2 only.
+__device__ __forceinline__ Unit4 ld_cg(const float* p, i64 i, Unit4) {
+    Unit4 u;
+    asm volatile("ld.global.cg.v4.f32 {%0, %1, %2, %3}, [%4];"
+                 : "=f"(u.v[0]), "=f"(u.v[1]), "=f"(u.v[2]), "=f"(u.v[3])
+                 : "l"(p + 4 * i) : "memory");
+    return u;
+}
+__device__ __forceinline__ Unit1 ld_cg(const float* p, i64 i, Unit1) {
+    Unit1 u;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(u.v[0]) : "l"(p + i) : "memory");
+    return u;
+}
+
+template <int V>
+__device__ __forceinline__ void allreduce_f32(const KilnArPeers& peers, int rank, int nranks,
+                                              float* buf, i64 units) {
+    typedef typename UnitOf<V>::T U;
+    KilnArSignal* self = reinterpret_cast<KilnArSignal*>(pick(peers.signal, rank));
+    const int b = blockIdx.x;
+    const int t = threadIdx.x;
+    const i64 first = (i64)b * blockDim.x + t;
+    const i64 stride = (i64)gridDim.x * blockDim.x;
+
+    // 1. Own input into own staging buffer.
+    float* mine = reinterpret_cast<float*>(pick(peers.staging, rank));
+    for (i64 i = first; i < units; i += stride) {
+        st_unit(mine, i, ld_unit(buf, i, U()));
+    }
+
+    // 2. Start barrier: the release publishes this block's staging writes (ordered before it
+    // by __syncthreads); the acquire makes the peers' writes visible to this block.
+    u32 flag = 0;
+    __syncthreads();
+    if (t < nranks) {
+        flag = ld_volatile(&self->counter[b]) + 1;
+        KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
+        st_release_sys(&peer->start[b][rank], flag);
+        wait_flag<true>(&self->start[b][t], flag);
+    }
+    __syncthreads();
+
+    // 3. Sum every rank's staging in rank order (bit-identical on every rank).
+    for (i64 i = first; i < units; i += stride) {
+        U acc = ld_cg(reinterpret_cast<const float*>(peers.staging[0]), i, U());
+#pragma unroll
+        for (int q = 1; q < KILN_AR_MAX_RANKS; ++q) {
+            if (q < nranks) {
+                U x = ld_cg(reinterpret_cast<const float*>(peers.staging[q]), i, U());
+#pragma unroll
+                for (int k = 0; k < V; ++k) acc.v[k] += x.v[k];
+            }
+        }
+        st_unit(buf, i, acc);
+    }
+
+    // 4. End barrier: every thread's peer reads have returned (their values were used) before
+    // the block passes __syncthreads, so volatile flags suffice (nothing to publish).
+    __syncthreads();
+    if (t < nranks) {
+        flag += 1;
+        KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
+        st_volatile(&peer->end[b][rank], flag);
+        wait_flag<false>(&self->end[b][t], flag);
+        if (t == 0) st_volatile(&self->counter[b], flag);
+    }
+}
+
+// buf: 16-byte aligned on every rank, count = 4·units floats.
+extern "C" __global__ void __launch_bounds__(512)
+allreduce_f32_v4(KilnArPeers peers, int rank, int nranks, float* buf, i64 units) {
+    allreduce_f32<4>(peers, rank, nranks, buf, units);
+}
+
+// Any alignment: one float per unit.
+extern "C" __global__ void __launch_bounds__(512)
+allreduce_f32_v1(KilnArPeers peers, int rank, int nranks, float* buf, i64 units) {
+    allreduce_f32<1>(peers, rank, nranks, buf, units);
+}
