@@ -145,22 +145,22 @@ fn llama3_tensor_parallel_by_hand() {
     // q [128,128] + k, v [64,128] + o [128,128] + gate, up [128,128] + down [128,128].
     let layer = (16384 + 2 * 8192 + 16384 + 3 * 16384) * 2; // 196608
     let (r0, r1) = (&p.devices[0], &p.devices[1]);
-    // Rank 0: embedding and lm_head, rank 1 the embedding; both the final norm (packed on
-    // every device) and every layer's two norms: (128 + 4·128) floats.
-    assert_eq!(
-        r0.weight_bytes(),
-        2 * EMBED + 2 * layer + (128 + 4 * 128) * 4
-    );
-    assert_eq!(r1.weight_bytes(), EMBED + 2 * layer + (128 + 4 * 128) * 4);
+    // Both ranks: the embedding, half the lm_head (vocabulary rows 0..256 / 256..512: the
+    // output matrix is untied), the final norm (packed on every device) and every layer's two
+    // norms: (128 + 4·128) floats.
+    let rank = EMBED + EMBED / 2 + 2 * layer + (128 + 4 * 128) * 4;
+    assert_eq!((r0.weight_bytes(), r1.weight_bytes()), (rank, rank));
+    assert!(r0.head && r1.head);
     // KV: [9, 1, 16, 64] f16 per layer, K and V, 2 layers.
     assert_eq!(r0.kv, 2 * 2 * 9 * 16 * 64 * 2);
     assert_eq!(r0.kv_token_layer, 2 * 64 * 2);
     assert_eq!(r1.kv, r0.kv);
     // x, h, o [T,H] 81920; q, attn [T,128] 3·32·128·4 = 49152; k, v [T,64] 4·32·64·4 = 32768;
-    // gate, up, act [T,128] 49152; head rows on rank 0 only; rope 256; staging 1792.
+    // gate, up, act [T,128] 49152; rope 256; staging 1792; head rows on both ranks with half
+    // the logit columns: last, normed 1024 each + logits [2, 256] 2048.
     let body = 81920 + 49152 + 32768 + 49152 + 256 + 1792;
-    assert_eq!(r0.activations, body + HEAD_ROWS);
-    assert_eq!(r1.activations, body + 3 * 4);
+    assert_eq!(r0.activations, body + 1024 + 1024 + 2048);
+    assert_eq!(r1.activations, r0.activations);
     assert_eq!(p.layer_counts(), vec![2, 2]);
 }
 

@@ -282,10 +282,13 @@ fn device_plan(
     if part.embed {
         w.add("embed", &meta.embed, &meta.embed.shape, None)?;
     }
-    if part.head {
+    let vocab_rows =
+        crate::runtime::shard::head_rows(part.head, part.shard, meta.output.is_none(), cfg.vocab);
+    if let Some(cols) = &vocab_rows {
         let rows = Some(ctx.dims.logit_rows());
         match &meta.output {
-            Some(o) => w.add("output", o, &o.shape, rows)?,
+            // Its rows of the vocabulary (all, or a tensor-parallel rank's share).
+            Some(o) => w.add("output", o, &[cols.len(), h], rows)?,
             // Tied: the embedding table is the output matrix; a device without the embedding
             // holds its own copy.
             None if !part.embed => w.add("output", &meta.embed, &meta.embed.shape, rows)?,
@@ -344,7 +347,8 @@ fn device_plan(
     let per_layer = kv_dt
         .bytes_for(ctx.kv_blocks * kv * ctx.dims.block_size)
         .map_err(kv_err)?;
-    let activations = Plan::bytes_for(backend, &lc, ctx.dims, part.head, moe_dtypes)?;
+    let head_cols = vocab_rows.as_ref().map(|r| r.len());
+    let activations = Plan::bytes_for(backend, &lc, ctx.dims, head_cols, moe_dtypes)?;
     let workspace = backend.workspace_bytes(&w.uses);
     let matmuls = w.uses;
     let info = backend.info();
@@ -355,7 +359,7 @@ fn device_plan(
         reserve,
         layers: part.layers.clone(),
         embed: part.embed,
-        head: part.head,
+        head: vocab_rows.is_some(),
         weights: w.lines,
         params: param_buffer_bytes(&params),
         kv: 2 * n_layers * per_layer,

@@ -71,9 +71,14 @@ impl ModelShard {
     pub fn layers(&self) -> std::ops::Range<usize> {
         self.spec.layers.clone()
     }
-    /// This device computes the logits.
+    /// This device computes logits (all of them, or under tensor parallelism with an untied
+    /// output matrix its share of the vocabulary).
     pub fn is_head(&self) -> bool {
-        self.spec.head
+        self.weights.head_rows.is_some()
+    }
+    /// The vocabulary rows whose logits this device computes.
+    pub fn head_rows(&self) -> Option<std::ops::Range<usize>> {
+        self.weights.head_rows.clone()
     }
 }
 

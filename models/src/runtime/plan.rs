@@ -18,7 +18,7 @@
 //! router    [T, E]   router logits (MoE models)
 //! last      [S, H]   the last row of each sequence (gather), unless every row is wanted
 //! normed    [R, H]   final norm
-//! logits    [R, V]
+//! logits    [R, V']  V' = the logit columns this device computes (V, or a TP rank's share)
 //! rope_global, rope_local  [n_rot/2]  inverse frequencies
 //! staging   i32: ids[T] pos[T] slots[T] q_starts[S+1] kv_lens[S] last_rows[S] tables[S, MB]
 //! ```
@@ -162,10 +162,11 @@ impl PlanDims {
 /// Every buffer of a step (see the module docs for shapes).
 pub struct Plan {
     pub dims: PlanDims,
-    /// This device computes the final norm and the logits (single device, the last stage of a
-    /// layer split, rank 0 of a tensor-parallel group); elsewhere `last`, `normed` and
-    /// `logits` are 1-element placeholders.
-    pub head: bool,
+    /// The logit columns this device computes (`None`: no logits; then `last`, `normed` and
+    /// `logits` are 1-element placeholders): the vocabulary on a single device, the last stage
+    /// of a layer split or rank 0 of a tensor-parallel group with a tied output matrix; each
+    /// rank's share of it with an untied one (runtime/shard.rs `head_rows`).
+    pub head: Option<usize>,
     pub x: [Tensor; 2],
     pub h: Tensor,
     pub q: [Tensor; 2],
@@ -203,7 +204,8 @@ struct Sizes {
     ff: Option<(usize, usize)>,
     /// router `[T, E]`, MoE models.
     router: Option<(usize, usize)>,
-    /// last `[S, H]`, normed `[R, H]`, logits `[R, V]`: 1×1 when not the head device.
+    /// last `[S, H]`, normed `[R, H]`, logits `[R, V']` (V' = the device's logit columns):
+    /// 1×1 when the device computes no logits.
     last: (usize, usize),
     normed: (usize, usize),
     logits: (usize, usize),
@@ -212,14 +214,13 @@ struct Sizes {
 }
 
 impl Sizes {
-    fn new(cfg: &ModelConfig, d: PlanDims, head: bool) -> Sizes {
+    fn new(cfg: &ModelConfig, d: PlanDims, head: Option<usize>) -> Sizes {
         let one = |r: usize, c: usize| (r.max(1), c.max(1));
         let (t, s, r) = (d.max_tokens, d.max_seqs, d.logit_rows());
         let dense = cfg.layers.iter().any(|l| !l.moe);
-        let (last, normed, logits) = if head {
-            (one(s, cfg.hidden), one(r, cfg.hidden), one(r, cfg.vocab))
-        } else {
-            ((1, 1), (1, 1), (1, 1))
+        let (last, normed, logits) = match head {
+            Some(cols) => (one(s, cfg.hidden), one(r, cfg.hidden), one(r, cols)),
+            None => ((1, 1), (1, 1), (1, 1)),
         };
         Sizes {
             th: one(t, cfg.hidden),
@@ -288,13 +289,13 @@ fn check_dims(dims: PlanDims) -> Result<()> {
 
 impl Plan {
     /// Allocate every buffer of a step on `backend` for `cfg` (this device's view of the
-    /// model) and `dims`; `head`: this device computes the logits.
+    /// model) and `dims`; `head`: the logit columns this device computes.
     pub fn new(
         backend: &Arc<dyn Backend>,
         cfg: &ModelConfig,
         w: &Weights,
         dims: PlanDims,
-        head: bool,
+        head: Option<usize>,
     ) -> Result<Plan> {
         check_dims(dims)?;
         let b = backend.as_ref();
@@ -357,7 +358,7 @@ impl Plan {
         backend: &Arc<dyn Backend>,
         cfg: &ModelConfig,
         dims: PlanDims,
-        head: bool,
+        head: Option<usize>,
         moe: Option<(DType, DType, DType)>,
     ) -> Result<usize> {
         check_dims(dims)?;

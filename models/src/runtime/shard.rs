@@ -67,6 +67,28 @@ impl TpRank {
     pub fn ffn(&self, n: usize) -> Range<usize> {
         self.part(n)
     }
+    /// This rank's rows of a vocabulary of `n` (any `n`: shares differ by at most one).
+    pub fn vocab(&self, n: usize) -> Range<usize> {
+        self.rank * n / self.world..(self.rank + 1) * n / self.world
+    }
+}
+
+/// The vocabulary rows (output-matrix rows, logit columns) a device computes, or `None` when
+/// it computes no logits. Tensor-parallel ranks split an untied output matrix by vocabulary:
+/// each computes its columns of every logits row and the host joins them (no collective, and
+/// the LM head's bytes and time are shared instead of all on rank 0). A tied one (the
+/// embedding table) stays whole on rank 0: splitting it would need a second copy of the rows
+/// on every rank. `head`: the spec's head flag (single device, last stage, TP rank 0).
+pub(crate) fn head_rows(
+    head: bool,
+    tp: Option<TpRank>,
+    tied: bool,
+    vocab: usize,
+) -> Option<Range<usize>> {
+    match tp {
+        Some(tp) if !tied => Some(tp.vocab(vocab)),
+        _ => head.then_some(0..vocab),
+    }
 }
 
 /// Rank `tp`'s view of the model: its query heads, KV heads and FFN widths. Refuses a group
@@ -301,5 +323,11 @@ mod tests {
         assert!(shard_specs(5, 2, None).is_err());
         let t = shard_specs(5, 2, Some(&Parallel::Tensor)).unwrap();
         assert!(t[0].head && !t[1].head && t[1].embed);
+        let r = |rank| Some(TpRank { rank, world: 3 });
+        assert_eq!(head_rows(true, r(0), false, 10), Some(0..3));
+        assert_eq!(head_rows(false, r(2), false, 10), Some(6..10));
+        assert_eq!(head_rows(false, r(1), true, 10), None);
+        assert_eq!(head_rows(true, r(0), true, 10), Some(0..10));
+        assert_eq!(head_rows(false, None, false, 10), None);
     }
 }

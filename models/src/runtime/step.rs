@@ -154,8 +154,11 @@ struct Stage {
 pub struct Runtime {
     /// One per device, in device order.
     stages: Vec<Stage>,
-    /// Index of the stage computing the logits.
-    head: usize,
+    /// The stages computing logits and their vocabulary columns (one stage with all of them,
+    /// or every tensor-parallel rank with its share).
+    heads: Vec<(usize, Range<usize>)>,
+    /// Host bounce buffer of a shared head: `[R, largest share]` f32 (empty with one head).
+    head_part: Vec<f32>,
     /// The tensor-parallel all-reduce (`None`: one device or a layer split).
     tensor: Option<Arc<dyn Collective>>,
     /// The whole model's config.
@@ -189,7 +192,8 @@ impl Runtime {
                     ));
                 }
             }
-            let plan = Plan::new(backend, &sh.config, &sh.weights, dims, sh.is_head())?;
+            let cols = sh.head_rows().map(|r| r.len());
+            let plan = Plan::new(backend, &sh.config, &sh.weights, dims, cols)?;
             // The matmul workspace at its planned size now, so no op grows it later (the
             // memory planner counts exactly this).
             backend
@@ -203,11 +207,26 @@ impl Runtime {
                 layers: sh.layers(),
             });
         }
-        let head = model
+        let heads: Vec<(usize, Range<usize>)> = model
             .shards()
             .iter()
-            .position(|s| s.is_head())
-            .ok_or_else(|| ModelError::Runtime("no device computes the logits".into()))?;
+            .enumerate()
+            .filter_map(|(i, s)| Some((i, s.head_rows()?)))
+            .collect();
+        if heads.iter().map(|(_, r)| r.len()).sum::<usize>() != cfg.vocab {
+            return Err(ModelError::Runtime(format!(
+                "the devices compute logits for {:?}, not the vocabulary of {}",
+                heads.iter().map(|(_, r)| r.clone()).collect::<Vec<_>>(),
+                cfg.vocab
+            )));
+        }
+        let head_part = match heads.as_slice() {
+            [_] => Vec::new(),
+            h => {
+                let widest = h.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
+                vec![0f32; dims.logit_rows() * widest]
+            }
+        };
         let max_blocks = dims.max_blocks();
         let blocks = opts.kv_blocks.unwrap_or(opts.max_seqs * max_blocks) + 1;
         let parts: Vec<KvPart<'_>> = stages
@@ -235,7 +254,8 @@ impl Runtime {
         });
         Ok(Runtime {
             stages,
-            head,
+            heads,
+            head_part,
             tensor: model.collective().cloned(),
             cfg,
             kv,
@@ -254,7 +274,7 @@ impl Runtime {
         self.dims().context
     }
     fn dims(&self) -> PlanDims {
-        self.stages[self.head].plan.dims
+        self.stages[0].plan.dims
     }
     pub fn kv(&self) -> &KvCache {
         &self.kv
@@ -332,25 +352,15 @@ impl Runtime {
                 (true, false) => n_seqs,
             }
         };
-        let vocab = self.cfg.vocab;
-        let head = &self.stages[self.head];
         if logits {
-            let out = &mut self.host_logits[..rows * vocab];
-            head.backend
-                .read(
-                    &head.plan.logits.buf,
-                    head.plan.logits.offset,
-                    bytemuck::cast_slice_mut(out),
-                )
-                .map_err(|e| ModelError::backend("reading logits", e))?;
-            if let Some(c) = self.cfg.final_softcap {
-                out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
-            }
+            self.read_logits(rows)?;
         } else {
             // Nothing is read back: wait here so that step times stay honest.
-            head.backend
-                .synchronize()
-                .map_err(|e| ModelError::backend("finishing a step", e))?;
+            for s in &self.stages {
+                s.backend
+                    .synchronize()
+                    .map_err(|e| ModelError::backend("finishing a step", e))?;
+            }
         }
         for s in batch {
             self.kv.advance(s.seq, s.tokens.len())?;
@@ -364,6 +374,33 @@ impl Runtime {
             self.stats.prefill_time += dt;
         }
         Ok(rows)
+    }
+
+    /// `rows` logits rows into `host_logits` `[rows, V]`: read whole from one head, or joined
+    /// from every rank's columns; then the final soft-cap.
+    fn read_logits(&mut self, rows: usize) -> Result<()> {
+        let vocab = self.cfg.vocab;
+        let out = &mut self.host_logits[..rows * vocab];
+        for (i, cols) in &self.heads {
+            let (p, b) = (&self.stages[*i].plan.logits, &self.stages[*i].backend);
+            let read = |dst: &mut [f32]| {
+                b.read(&p.buf, p.offset, bytemuck::cast_slice_mut(dst))
+                    .map_err(|e| ModelError::backend("reading logits", e))
+            };
+            if cols.len() == vocab {
+                read(out)?;
+                continue;
+            }
+            let part = &mut self.head_part[..rows * cols.len()];
+            read(part)?;
+            for (r, src) in part.chunks_exact(cols.len()).enumerate() {
+                out[r * vocab + cols.start..r * vocab + cols.end].copy_from_slice(src);
+            }
+        }
+        if let Some(c) = self.cfg.final_softcap {
+            out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
+        }
+        Ok(())
     }
 
     fn check(&self, batch: &[SeqInput<'_>], n_tokens: usize) -> Result<()> {
@@ -535,7 +572,10 @@ impl Runtime {
         if !logits {
             return Ok(());
         }
-        fwds[self.head].head(n_seqs, self.opts.all_logits)
+        for (i, _) in &self.heads {
+            fwds[*i].head(n_seqs, self.opts.all_logits)?;
+        }
+        Ok(())
     }
 
     /// Layer `l`'s weights on stage `s` and its attention settings.

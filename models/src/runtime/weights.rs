@@ -72,6 +72,9 @@ pub struct Weights {
     pub embed: Option<Weight>,
     /// `[vocab, hidden]` (the embedding itself when tied), on the device computing logits.
     pub output: Option<Weight>,
+    /// The vocabulary rows of `output` this device computes logits for (`None`: no logits
+    /// here; see [`shard::head_rows`]).
+    pub head_rows: Option<std::ops::Range<usize>>,
     pub tied: bool,
     pub output_norm: Param,
     /// Global index of `layers[0]`.
@@ -577,13 +580,20 @@ pub(crate) fn load(
     let out_name = global_name(cfg, prefix, Global::Output);
     // Tied when the file has no output matrix (MODELS.md §2: use the file, not the config flag).
     let tied = !ld.src.has(&out_name);
-    let embed = (spec.embed || (spec.head && tied))
+    let head_rows = shard::head_rows(spec.head, spec.tp, tied, cfg.vocab);
+    let embed = (spec.embed || (head_rows.is_some() && tied))
         .then(|| ld.weight(&embed_name, cfg.vocab, cfg.hidden))
         .transpose()?;
-    let output = match (spec.head, tied) {
-        (false, _) => None,
-        (true, true) => embed.clone(),
-        (true, false) => Some(ld.weight(&out_name, cfg.vocab, cfg.hidden)?),
+    let output = match (&head_rows, tied) {
+        (None, _) => None,
+        (Some(_), true) => embed.clone(),
+        (Some(r), false) if r.len() == cfg.vocab => {
+            Some(ld.weight(&out_name, cfg.vocab, cfg.hidden)?)
+        }
+        (Some(r), false) => {
+            let t = ld.host(&out_name, &[cfg.vocab, cfg.hidden])?;
+            Some(ld.prepare_cut(&out_name, &t, Some(Cut::Rows(r.clone())))?)
+        }
     };
     let embed = if spec.embed { embed } else { None };
     let norm_name = global_name(cfg, prefix, Global::OutputNorm);
@@ -602,6 +612,7 @@ pub(crate) fn load(
     Ok(Weights {
         embed,
         output,
+        head_rows,
         tied,
         output_norm,
         first_layer: spec.layers.start,
