@@ -9,11 +9,17 @@
 //!   carries 0.04–0.6 nats of error: Q8 activations, f16 KV cache, an f16 GELU table);
 //! - greedy decoding through the generator (decode path) follows the same rule.
 //!
+//! Where llama.cpp itself is off, an independent f32 forward decides: an entry of llama.cpp's
+//! top-5 that the forward in tests/data/real_oracle.json (tests/scripts/real_oracle_gemma3.py:
+//! numpy over gguf-py-dequantized weights) puts more than LOOSE nats away is judged against that
+//! forward instead (gemma3-270m long_context_2k position 14, token 236771: llama.cpp −6.433,
+//! the numpy forward −8.550, kiln −8.550/−8.543 with an f32/f16 KV cache).
+//!
 //! A model that is not in the catalog cache is skipped with a message (CI runs with an empty
-//! cache); `KILN_REQUIRE_MODELS=1` fetches it instead and fails if it cannot. On the reference
-//! backend the 2k-token case (`long_context_2k`) is skipped unless KILN_REAL_CASES names it: its
-//! prefill takes minutes on two cores. CPU Vulkan adapters (lavapipe) are skipped unless
-//! KILN_TEST_BACKENDS names wgpu (a decode step takes seconds there).
+//! cache); `KILN_REQUIRE_MODELS=1` fetches it instead and fails if it cannot. The 2k-token case
+//! prefills without logits up to the checked rows (`Runtime::feed`): 40 s (gemma3) and about
+//! 2–4 min (qwen2.5) on the reference backend here. CPU Vulkan adapters (lavapipe) are skipped
+//! unless KILN_TEST_BACKENDS names wgpu (a decode step takes seconds there).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 mod zoo_util;
@@ -33,7 +39,6 @@ const TAIL: f64 = -10.0;
 
 use std::path::{Path, PathBuf};
 
-use kiln_core::BackendKind;
 use kiln_models::runtime::SeqInput;
 use kiln_models::{
     GenerateOptions, Generator, LoadOptions, Model, Runtime, RuntimeOptions, SamplingParams,
@@ -125,6 +130,22 @@ fn cases(file: &str) -> Vec<Case> {
         .collect()
 }
 
+/// The independent forward's log-probability of `id` at generated position `pos` of `case`.
+fn oracle(model: &str, case: &str, pos: usize, id: u32) -> Option<f64> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/real_oracle.json");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let c = r["cases"]
+        .as_array()?
+        .iter()
+        .find(|c| c["model"] == model && c["case"] == case)?;
+    let step = c["steps"].as_array()?.iter().find(|s| s["pos"] == pos)?;
+    step["top5"]
+        .as_array()?
+        .iter()
+        .find(|t| t[0] == id)
+        .and_then(|t| t[1].as_f64())
+}
+
 fn log_softmax_at(row: &[f32], ids: &[u32]) -> Vec<f64> {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let z: f64 = row.iter().map(|&x| (x as f64 - max).exp()).sum();
@@ -138,7 +159,6 @@ fn check_model(name: &str, file: &str) {
     let Some(path) = model_path(name) else { return };
     let mut failures = Vec::new();
     for (bname, backend) in gpu_or_reference_backends() {
-        let reference = backend.id().kind == BackendKind::Reference;
         let t0 = std::time::Instant::now();
         let model = Model::load(
             path.to_str().unwrap(),
@@ -154,14 +174,6 @@ fn check_model(name: &str, file: &str) {
         for c in cases(file) {
             if !selected(&c.name) {
                 println!("{bname} {name} {}: not in KILN_REAL_CASES", c.name);
-                continue;
-            }
-            let asked = std::env::var("KILN_REAL_CASES").is_ok();
-            if reference && c.name == "long_context_2k" && !asked {
-                println!(
-                    "{bname} {name} {}: skipped on the reference backend (too slow on 2 cores)",
-                    c.name
-                );
                 continue;
             }
             let all: Vec<u32> = c.prompt.iter().chain(&c.generated).copied().collect();
@@ -214,14 +226,25 @@ fn check_model(name: &str, file: &str) {
                 let am = argmax(row) as u32;
                 let ref_ids: Vec<u32> = step.top5.iter().map(|t| t.0).collect();
                 let lp = log_softmax_at(row, &ref_ids);
-                for (k, ((_, want), got)) in step.top5.iter().zip(&lp).enumerate() {
+                for (k, (&(id, want), got)) in step.top5.iter().zip(&lp).enumerate() {
+                    let want = match oracle(name, &c.name, i, id) {
+                        Some(o) if (o - want).abs() > LOOSE => {
+                            println!(
+                                "{bname} {name} {} pos {i} token {id}: llama.cpp {want:.3} is {:.3} from the independent f32 forward ({o:.3}); kiln {got:.3} is judged against the forward",
+                                c.name,
+                                (o - want).abs()
+                            );
+                            o
+                        }
+                        _ => want,
+                    };
                     let d = (want - got).abs();
-                    if *want < TAIL {
+                    if want < TAIL {
                         continue; // p < e^-10: relative logit noise dominates
                     }
                     deltas.push(d);
                     if d > worst_lp {
-                        worst_at = (i, k, *want, *got);
+                        worst_at = (i, k, want, *got);
                     }
                     worst_lp = worst_lp.max(d);
                     if k == 0 {
