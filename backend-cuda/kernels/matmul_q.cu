@@ -4,7 +4,7 @@
 // Block types (the 12 GGUF formats), few rows: two kernels per call.
 //   quant_x_<type>: x f32 [m, k] → int8 units of 16 (xq uint4 [m, units]) with (d, d·Σq)
 //     (xs float2 [m, units]), in the lane order of the type's chunks (layout below); four
-//     threads per unit. Reads m·k·4 bytes, writes m·k·1.5 (+ padding).
+//     threads per unit; d = max|x| / 127 rounded up to 22 significant bits. Reads m·k·4 bytes, writes m·k·1.5 (+ padding).
 //   gemv8_<type>_m<M> (M ∈ {1, 2, 4, 8, 16}): grid (min(groups·S / 4, 8·SMs), ceil(m / M)),
 //     block 128 threads = 4 warps. A group is R = 4 consecutive W rows and M consecutive x rows;
 //     S warps (1, 2 or 4, chosen by the host so the grid has ~32 warps per SM) share a group and
@@ -241,8 +241,10 @@ __device__ __forceinline__ void quant_x_body(const float* __restrict__ x, uint4*
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
         finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
         finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
-        const float d = amax / 127.0f;
-        const float id = amax > 0.0f ? 127.0f / amax : 0.0f;
+        // d = max|x| / 127 rounded up to 22 significant bits (the low 2 mantissa bits cleared,
+        // rounding up), so that 1.5·2²³·d is exact in f32 (matmul_mma.cu's conversion).
+        const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
+        const float id = amax > 0.0f ? 1.0f / d : 0.0f;
         u32 w = 0u;
         int sum = 0;
 #pragma unroll

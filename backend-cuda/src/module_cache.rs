@@ -53,13 +53,14 @@ pub const COPY: KernelFile = kernel_file!("copy.cu");
 pub const EMBED: KernelFile = kernel_file!("embed.cu");
 pub const KV_APPEND: KernelFile = kernel_file!("kv_append.cu");
 pub const MATMUL_Q: KernelFile = kernel_file!("matmul_q.cu");
+pub const MATMUL_MMA: KernelFile = kernel_file!("matmul_mma.cu");
 pub const ATTENTION: KernelFile = kernel_file!("attention.cu");
 pub const MOE: KernelFile = kernel_file!("moe.cu");
 pub const ALLREDUCE: KernelFile = kernel_file!("allreduce.cu");
 
 /// Every kernel file (the CI compile check walks this list and the directory).
-pub const ALL: [KernelFile; 11] = [
-    NORM, ROPE, ACT, ADD, COPY, EMBED, KV_APPEND, MATMUL_Q, ATTENTION, MOE, ALLREDUCE,
+pub const ALL: [KernelFile; 12] = [
+    NORM, ROPE, ACT, ADD, COPY, EMBED, KV_APPEND, MATMUL_Q, MATMUL_MMA, ATTENTION, MOE, ALLREDUCE,
 ];
 
 /// The NVRTC options every compile uses. No fast math: dequantization must be exact and f16

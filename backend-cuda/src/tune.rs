@@ -1,12 +1,18 @@
-//! The matmul crossover tuner: per (device, dtype, n, k), the largest row count m for which the
-//! fused dequant GEMV/GEMM kernel beats dequantize + cuBLASLt. Measured on first use (or by
-//! `CudaBackend::tune_matmul`, which `kiln tune` calls), persisted with `kiln_core::tune::TuneCache`
-//! under a device key made of the GPU name, compute capability and driver, and used by dispatch.
+//! The matmul crossover tuner: per (device, dtype, n, k), which of the three matmul paths runs
+//! at each row count m: the fused dequant GEMV/GEMM kernel (m ≤ `max_fused_rows`), the int8
+//! tensor-core GEMM of the block types (m ≤ `max_mma_rows`), else dequantize + cuBLASLt.
+//! Measured on first use (or by `CudaBackend::tune_matmul`, which `kiln tune` calls), persisted
+//! with `kiln_core::tune::TuneCache` under a device key made of the GPU name, compute capability
+//! and driver, and used by dispatch. Entries persisted before the mma path existed (no
+//! `max_mma_rows` key) are ignored on load, so those shapes are measured again.
 //!
-//! Measurement: for m in `LADDER`, both paths run on scratch buffers with the L2 cache flushed
-//! before every timed run (as in decode, where other layers' weights evict this one); the time is
-//! the median of `REPS` runs, each bracketed by CUDA events. The crossover is the last m before
-//! the first m where the dense path is faster (the ladder stops after two dense wins in a row).
+//! Measurement: for m in `LADDER`, every applicable path runs on scratch buffers with the L2
+//! cache flushed before every timed run (as in decode, where other layers' weights evict this
+//! one); the time is the median of `REPS` runs, each bracketed by CUDA events. `max_fused_rows`
+//! is the last m of the ladder's prefix where the fused kernel is fastest; `max_mma_rows` (≥ it)
+//! the last m of the prefix where the fused or mma kernel beats the dense path (the ladder stops
+//! after two dense wins in a row). Float weights have no mma path: `max_mma_rows` =
+//! `max_fused_rows` and `mma_us` is empty.
 
 use std::collections::HashMap;
 
@@ -33,14 +39,27 @@ pub struct TuneResult {
     pub m: Vec<usize>,
     pub fused_us: Vec<f64>,
     pub dense_us: Vec<f64>,
+    /// The mma path's median times (empty for float weights, which it does not take).
+    pub mma_us: Vec<f64>,
     /// The dispatch uses the fused kernel for m ≤ this.
     pub max_fused_rows: usize,
+    /// ... and the mma kernel for max_fused_rows < m ≤ this (dense above).
+    pub max_mma_rows: usize,
+}
+
+/// The two crossovers of one (dtype, n, k).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Crossover {
+    /// Fused kernel for m ≤ this.
+    pub max_fused_rows: usize,
+    /// mma kernel for max_fused_rows < m ≤ this; dense above.
+    pub max_mma_rows: usize,
 }
 
 /// The device's crossovers, in memory and on disk.
 pub struct Crossovers {
     cache: TuneCache,
-    known: HashMap<String, usize>,
+    known: HashMap<String, Crossover>,
 }
 
 impl Crossovers {
@@ -49,7 +68,14 @@ impl Crossovers {
         let known = cache
             .entries()
             .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.get("max_fused_rows")?.as_u64()? as usize)))
+            .filter_map(|(k, v)| {
+                // Both keys or nothing: an entry from before the mma path is re-tuned.
+                let c = Crossover {
+                    max_fused_rows: v.get("max_fused_rows")?.as_u64()? as usize,
+                    max_mma_rows: v.get("max_mma_rows")?.as_u64()? as usize,
+                };
+                Some((k.clone(), c))
+            })
             .collect();
         Crossovers { cache, known }
     }
@@ -69,8 +95,13 @@ fn key(dtype: DType, n: usize, k: usize) -> String {
 }
 
 impl CudaBackend {
-    /// The persisted crossover of (dtype, n, k), if measured.
+    /// The persisted fused crossover (max fused rows) of (dtype, n, k), if measured.
     pub fn crossover(&self, dtype: DType, n: usize, k: usize) -> Option<usize> {
+        self.crossovers_of(dtype, n, k).map(|c| c.max_fused_rows)
+    }
+
+    /// Both persisted crossovers of (dtype, n, k), if measured.
+    pub fn crossovers_of(&self, dtype: DType, n: usize, k: usize) -> Option<Crossover> {
         let c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
         c.known.get(&key(dtype, n, k)).copied()
     }
@@ -78,22 +109,33 @@ impl CudaBackend {
     /// Every persisted crossover of this device: `matmul/<dtype>/<n>x<k>` → max fused rows.
     pub fn crossover_table(&self) -> Vec<(String, usize)> {
         let c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = c.known.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut v: Vec<_> = c
+            .known
+            .iter()
+            .map(|(k, v)| (k.clone(), v.max_fused_rows))
+            .collect();
         v.sort();
         v
     }
 
-    /// The crossover for dispatch: measured now if unknown. While a graph is being captured
+    /// The crossovers for dispatch: measured now if unknown. While a graph is being captured
     /// nothing can be measured; the fused kernel (correct for any m) is used without persisting.
-    pub(crate) fn crossover_or_tune(&self, w: &Weight, cw: &CudaWeight) -> Result<usize> {
+    pub(crate) fn crossover_or_tune(&self, w: &Weight, cw: &CudaWeight) -> Result<Crossover> {
         let (n, k) = (w.shape().dim(0), w.shape().dim(1));
-        if let Some(x) = self.crossover(w.dtype(), n, k) {
+        if let Some(x) = self.crossovers_of(w.dtype(), n, k) {
             return Ok(x);
         }
         if self.capturing()? {
-            return Ok(usize::MAX);
+            return Ok(Crossover {
+                max_fused_rows: usize::MAX,
+                max_mma_rows: usize::MAX,
+            });
         }
-        Ok(self.tune_inner(cw, n, k)?.max_fused_rows)
+        let r = self.tune_inner(cw, n, k)?;
+        Ok(Crossover {
+            max_fused_rows: r.max_fused_rows,
+            max_mma_rows: r.max_mma_rows,
+        })
     }
 
     fn capturing(&self) -> Result<bool> {
@@ -123,6 +165,7 @@ impl CudaBackend {
             .flat_map(|i| (((i % 97) as f32 - 48.0) * 1e-3).to_le_bytes())
             .collect();
         let x = self.upload(&xs)?;
+        let mma_ok = crate::ops::matmul_mma::mma_supported(w.dtype, k);
         let mut res = TuneResult {
             dtype: w.dtype,
             n,
@@ -130,33 +173,61 @@ impl CudaBackend {
             m: Vec::new(),
             fused_us: Vec::new(),
             dense_us: Vec::new(),
+            mma_us: Vec::new(),
             max_fused_rows: 0,
+            max_mma_rows: 0,
         };
+        // Still in the prefix where fused (resp. fused or mma) wins at every rung.
+        let (mut fused_prefix, mut quant_prefix) = (true, true);
         let mut dense_wins = 0;
         for &m in &LADDER {
             let f = self.time_path(&flush, || self.matmul_fused(x.ptr, w, out.ptr, m, n, k))?;
             let d = self.time_path(&flush, || self.matmul_dense(x.ptr, w, out.ptr, m, n, k))?;
+            let q = if mma_ok {
+                let q = self.time_path(&flush, || self.matmul_mma(x.ptr, w, out.ptr, m, n, k))?;
+                res.mma_us.push(q);
+                q
+            } else {
+                f64::INFINITY
+            };
             res.m.push(m);
             res.fused_us.push(f);
             res.dense_us.push(d);
-            if f <= d && dense_wins == 0 {
+            fused_prefix &= f <= d && f <= q;
+            quant_prefix &= f.min(q) <= d;
+            if fused_prefix {
                 res.max_fused_rows = m;
-            } else if f > d {
+            }
+            if quant_prefix {
+                res.max_mma_rows = m;
+            }
+            if f.min(q) > d {
                 dense_wins += 1;
                 if dense_wins >= 2 {
                     break;
                 }
+            } else {
+                dense_wins = 0;
             }
         }
+        res.max_mma_rows = res.max_mma_rows.max(res.max_fused_rows);
         let mut c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
         let kk = key(w.dtype, n, k);
-        c.known.insert(kk.clone(), res.max_fused_rows);
+        c.known.insert(
+            kk.clone(),
+            Crossover {
+                max_fused_rows: res.max_fused_rows,
+                max_mma_rows: res.max_mma_rows,
+            },
+        );
         c.cache.insert(
             &kk,
             json!({
                 "max_fused_rows": res.max_fused_rows,
+                "max_mma_rows": res.max_mma_rows,
                 "m": res.m,
                 "fused_us": res.fused_us,
+                "mma_us": res.mma_us,
                 "dense_us": res.dense_us,
             }),
         )?;

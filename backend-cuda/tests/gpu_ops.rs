@@ -174,7 +174,12 @@ fn matmul_all_types_both_paths_match_f64() {
             let (xh, _) = q8_round(&x);
             let want_q8 = oracle(&|i| xh[i]);
             let xb = upload(&*be, &f32_bytes(&x));
-            for path in [MatmulPath::Fused, MatmulPath::Dense, MatmulPath::Auto] {
+            for path in [
+                MatmulPath::Fused,
+                MatmulPath::Mma,
+                MatmulPath::Dense,
+                MatmulPath::Auto,
+            ] {
                 let yb = poisoned(&*be, m * n);
                 be.matmul_with(
                     view(&xb, &[m, k], DType::F32),
@@ -187,7 +192,9 @@ fn matmul_all_types_both_paths_match_f64() {
                 let e = nmse(&y, &want);
                 let q8 = dt.is_quantized();
                 let bound = match (path, dt) {
-                    (MatmulPath::Fused, _) if q8 => Q8_X_NMSE,
+                    (MatmulPath::Fused | MatmulPath::Mma, _) if q8 => Q8_X_NMSE,
+                    // Mma on float weights runs the tuned dispatch.
+                    (MatmulPath::Mma, DType::F16 | DType::BF16) => 1e-4,
                     (MatmulPath::Fused, _) | (_, DType::F32) => 1e-9,
                     (_, DType::F16) => 1e-5,
                     (MatmulPath::Auto, _) if q8 => Q8_X_NMSE.max(1e-4),
@@ -196,15 +203,68 @@ fn matmul_all_types_both_paths_match_f64() {
                 if e.is_nan() || e > bound {
                     failures.push(format!("{dt} m={m} {path:?}: nmse {e:e} > {bound:e}"));
                 }
-                if path == MatmulPath::Fused && q8 {
+                if matches!(path, MatmulPath::Fused | MatmulPath::Mma) && q8 {
                     // The integer path itself is exact up to f32 accumulation: against the
                     // oracle on the rounded x it must agree as the f32 kernels do.
                     let eq = nmse(&y, &want_q8);
                     if eq.is_nan() || eq > 1e-9 {
-                        failures.push(format!("{dt} m={m} fused vs int8-x oracle: nmse {eq:e}"));
+                        failures.push(format!("{dt} m={m} {path:?} vs int8-x oracle: nmse {eq:e}"));
                     }
-                    println!("int8-x error {dt} m={m}: nmse vs f64 {e:.3e} (bound {bound:.3e})");
+                    println!(
+                        "int8-x error {dt} m={m} {path:?}: nmse vs f64 {e:.3e} (bound {bound:.3e})"
+                    );
                 }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The int8 tensor-core path at every tile configuration (m = 8 … 260: BM 16, 32, 64 and the
+/// 64 × 128 tile), k splits (small m), W tails (n = 200 is not a multiple of 64 or 128) and, for
+/// the 32-element types, a partial last k stage (k = 4896 = 19.125 stages): exact integer
+/// products, so it must match the f64 product of the exact weights and the int8-rounded x as
+/// the f32 kernels do (nmse ≤ 1e-9), for all 12 block types.
+#[test]
+fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
+    let Some(be) = gpu() else { return };
+    let n = 200;
+    let mut failures = Vec::new();
+    for (ti, dt) in DType::WEIGHT_TYPES.into_iter().enumerate() {
+        if !dt.is_quantized() {
+            continue;
+        }
+        let k = if dt.block_size() == 32 { 4896 } else { 4864 };
+        let wbytes = random_weight(dt, n, k, 300 + ti as u64);
+        let wdeq = kiln_core::quant::dequantize_vec(dt, &wbytes).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &wbytes).unwrap())
+            .unwrap();
+        for m in [8usize, 16, 24, 33, 64, 130, 260] {
+            let x = Rng(11 + m as u64).vec(m * k);
+            let (xh, _) = q8_round(&x);
+            let want: Vec<f64> = (0..m * n)
+                .map(|i| {
+                    let (r, c) = (i / n, i % n);
+                    let (xr, wr) = (&xh[r * k..(r + 1) * k], &wdeq[c * k..(c + 1) * k]);
+                    xr.iter().zip(wr).map(|(a, b)| a * *b as f64).sum()
+                })
+                .collect();
+            let xb = upload(&*be, &f32_bytes(&x));
+            let yb = poisoned(&*be, m * n);
+            be.matmul_with(
+                view(&xb, &[m, k], DType::F32),
+                &w,
+                yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                MatmulPath::Mma,
+            )
+            .unwrap();
+            let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
+            let e = nmse(&y, &want);
+            if e.is_nan() || e > 1e-9 {
+                failures.push(format!(
+                    "{dt} m={m} n={n} k={k} mma vs int8-x oracle: nmse {e:e}"
+                ));
             }
         }
     }

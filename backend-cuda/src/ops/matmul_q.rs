@@ -4,9 +4,10 @@
 //! small-GEMM kernel runs (block types: x is first rounded to int8 per 16 elements by
 //! `quant_x_<type>` into the GEMM scratch, then `gemv8_<type>_m<M>` does integer dot products
 //! against the exactly decoded weights; float types: `gemv_<type>_m<M>` on f32 x); above it
-//! the weight is dequantized to bf16 (in tiles of at most `W_TILE_CAP` bytes) and cuBLASLt runs
-//! a tensor-core GEMM (bf16 in, f32 accumulate). The crossover comes from the tuner
-//! (src/tune.rs), measured on first use and persisted.
+//! the int8 tensor-core GEMM (ops/matmul_mma.rs) runs up to the second crossover (block types);
+//! above that the weight is dequantized to bf16 (in tiles of at most `W_TILE_CAP` bytes) and
+//! cuBLASLt runs a tensor-core GEMM (bf16 in, f32 accumulate). Both crossovers come from the
+//! tuner (src/tune.rs), measured on first use and persisted.
 
 use std::sync::Arc;
 
@@ -35,6 +36,9 @@ pub enum MatmulPath {
     Fused,
     /// Dequantize to bf16 + cuBLASLt.
     Dense,
+    /// The int8 tensor-core GEMM of the block types (ops/matmul_mma.rs); float weights, which
+    /// it does not take, run the tuned dispatch instead.
+    Mma,
 }
 
 macro_rules! per_type {
@@ -61,7 +65,7 @@ const GEMV8: [[&str; 5]; 12] = per_type_q8!(
     "iq4_xs"
 );
 /// `quant_x_<type>`: x f32 → the int8 units of gemv8 in that type's lane order.
-const QUANT_X: [&str; 12] = names!(
+pub(crate) const QUANT_X: [&str; 12] = names!(
     "quant_x_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
     "iq4_nl", "iq4_xs"
 );
@@ -89,7 +93,7 @@ const FLOAT_TYPES: usize = 3;
 
 /// 16-element units of quantized x per row for a block type (kernels/matmul_q.cu `x_units`):
 /// ceil(chunks / 32)·runs·32.
-fn x_units(dt: DType, k: usize) -> usize {
+pub(crate) fn x_units(dt: DType, k: usize) -> usize {
     let qk = split(dt).map_or(16, |s| s.qk);
     let nchunks = (k / qk) * chunks_per_block(dt);
     nchunks.div_ceil(32) * runs_per_chunk(dt) * 32
@@ -141,6 +145,11 @@ pub(crate) fn dense_tiles(dt: DType, m: usize, n: usize, k: usize) -> DenseTiles
 
 fn type_index(dt: DType) -> Option<usize> {
     DType::WEIGHT_TYPES.iter().position(|d| *d == dt)
+}
+
+/// Index of a block type among the 12 (`DType::WEIGHT_TYPES[3..]`); None for float types.
+pub(crate) fn block_index(dt: DType) -> Option<usize> {
+    type_index(dt).and_then(|i| i.checked_sub(FLOAT_TYPES))
 }
 
 impl CudaBackend {
@@ -225,15 +234,33 @@ impl CudaBackend {
             return Ok(());
         }
         let (xp, op_) = (self.ptr(op, &x)?, self.ptr_mut(op, &out)?);
-        let fused = match path {
-            MatmulPath::Fused => true,
-            MatmulPath::Dense => false,
-            MatmulPath::Auto => m <= self.crossover_or_tune(w, cw)?,
+        let mma_ok = super::matmul_mma::mma_supported(cw.dtype, k);
+        let path = match path {
+            MatmulPath::Auto => match super::matmul_mma::forced_path() {
+                Some(MatmulPath::Mma) if !mma_ok => MatmulPath::Auto,
+                Some(p) => p,
+                None => MatmulPath::Auto,
+            },
+            MatmulPath::Mma if !mma_ok => MatmulPath::Auto,
+            p => p,
         };
-        if fused {
-            self.matmul_fused(xp, cw, op_, m, n, k)
-        } else {
-            self.matmul_dense(xp, cw, op_, m, n, k)
+        let path = match path {
+            MatmulPath::Auto => {
+                let c = self.crossover_or_tune(w, cw)?;
+                if m <= c.max_fused_rows {
+                    MatmulPath::Fused
+                } else if mma_ok && m <= c.max_mma_rows {
+                    MatmulPath::Mma
+                } else {
+                    MatmulPath::Dense
+                }
+            }
+            p => p,
+        };
+        match path {
+            MatmulPath::Mma => self.matmul_mma(xp, cw, op_, m, n, k),
+            MatmulPath::Dense => self.matmul_dense(xp, cw, op_, m, n, k),
+            _ => self.matmul_fused(xp, cw, op_, m, n, k),
         }
     }
 
@@ -363,7 +390,7 @@ impl CudaBackend {
 
     /// x f32 `[m, k]` → xq uint4 `[m, units]`, xs float2 `[m, units]` (`total` = m·units).
     #[allow(clippy::too_many_arguments)]
-    fn launch_quant_x(
+    pub(crate) fn launch_quant_x(
         &self,
         name: &'static str,
         x: u64,

@@ -127,16 +127,17 @@ pub fn nmse(a: &[f32], e: &[f64]) -> f64 {
 }
 
 /// The fused kernel's activation rounding for block-type weights (kernels/matmul_q.cu
-/// quant_x): every aligned group of 16 x values becomes d·q with d = max|x| / 127 (f32),
-/// q = round-half-even(x · (127 / max|x|)) clamped to ±127. Returns x̂ (as f64) and the
+/// quant_x): every aligned group of 16 x values becomes d·q with d = max|x| / 127 (f32, rounded
+/// up to 22 significant bits), q = round-half-even(x · (1 / d)) clamped to ±127. Returns x̂ (as f64) and the
 /// per-element error bound d / 2.
 pub fn q8_round(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
     let mut xh = Vec::with_capacity(x.len());
     let mut half = Vec::with_capacity(x.len());
     for g in x.chunks(16) {
         let amax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        // d rounded up to 22 significant bits, as quant_x does.
+        let d = f32::from_bits(((amax / 127.0).to_bits() + 3) & !3);
+        let id = if amax > 0.0 { 1.0 / d } else { 0.0 };
         for v in g {
             let q = (v * id).round_ties_even().clamp(-127.0, 127.0);
             xh.push(d as f64 * q as f64);

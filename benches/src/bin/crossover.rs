@@ -1,6 +1,6 @@
 //! The matmul crossover table of a CUDA device: for every weight type and the three model
-//! shapes, the tuner's timings of the fused and dense paths per m and the chosen max fused
-//! rows (measured now and persisted, as `kiln tune` will do).
+//! shapes, the tuner's timings of the fused, mma (block types) and dense paths per m and the
+//! chosen max fused rows and max mma rows (measured now and persisted, as `kiln tune` will do).
 //! `crossover --backend cuda [--quick] [--types ...] [--json FILE]`
 
 use kiln_benches::{Args, random_weight, run_main};
@@ -21,8 +21,8 @@ fn main() {
             };
             println!("device key: {}", be.device_key());
             println!(
-                "{:<8} {:<12} {:>6}  per m: fused µs / dense µs",
-                "type", "n x k", "max m"
+                "{:<8} {:<12} {:>6} {:>6}  per m: fused µs / mma µs / dense µs",
+                "type", "n x k", "fused", "mma"
             );
             let mut lines = Vec::new();
             for dt in args.types_or(&DType::WEIGHT_TYPES) {
@@ -33,21 +33,27 @@ fn main() {
                         &HostTensor::new(dt, Shape::d2(n, k), &host)?,
                     )?;
                     let r = be.tune_matmul(&w)?;
-                    let cells: Vec<String> =
-                        r.m.iter()
-                            .zip(r.fused_us.iter().zip(&r.dense_us))
-                            .map(|(m, (f, d))| format!("{m}:{f:.0}/{d:.0}"))
-                            .collect();
+                    let cells: Vec<String> = (0..r.m.len())
+                        .map(|i| {
+                            let q = r
+                                .mma_us
+                                .get(i)
+                                .map_or("-".to_string(), |q| format!("{q:.0}"));
+                            format!("{}:{:.0}/{q}/{:.0}", r.m[i], r.fused_us[i], r.dense_us[i])
+                        })
+                        .collect();
                     println!(
-                        "{:<8} {:<12} {:>6}  {}",
+                        "{:<8} {:<12} {:>6} {:>6}  {}",
                         dt.name(),
                         format!("{n}x{k}"),
                         r.max_fused_rows,
+                        r.max_mma_rows,
                         cells.join(" ")
                     );
                     lines.push(serde_json::json!({
                         "bench": "crossover", "type": dt.name(), "n": n, "k": k,
-                        "max_fused_rows": r.max_fused_rows, "m": r.m, "fused_us": r.fused_us, "dense_us": r.dense_us,
+                        "max_fused_rows": r.max_fused_rows, "max_mma_rows": r.max_mma_rows, "m": r.m,
+                        "fused_us": r.fused_us, "mma_us": r.mma_us, "dense_us": r.dense_us,
                         "device": kiln_core::Backend::info(&*be).name.clone(),
                     }));
                 }

@@ -1,13 +1,17 @@
 //! Small and medium GEMM (m = 1 … 512) for Q4_K, Q8_0 and BF16 weights at n×k = 4096×4096 (and
-//! 14336×4096 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s,
-//! and, on CUDA, the fused and dense paths separately plus Q4_K-vs-bf16-cuBLAS speedups.
-//! The compute ceiling is a dense bf16 matmul at 8192³ measured first.
+//! 14336×4096 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s
+//! and % of the measured copy bandwidth (weight bytes read / time ÷ copy GB/s), and, on CUDA,
+//! the fused, mma (int8 tensor cores, block types) and dense paths separately, then per m the
+//! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
+//! at 8192³) is measured first and each row's note gives its % of it.
 //! `gemm --backend cuda|wgpu|reference [--quick] [--types ...] [--json FILE]`
 
-use kiln_benches::{Args, Report, Row, open, random_weight, rotation_copies, run_main, time_calls};
+use kiln_benches::{
+    Args, Report, Row, copy_bandwidth, open, random_weight, rotation_copies, run_main, time_calls,
+};
 use kiln_core::{Backend, DType, HostTensor, Result, Shape, Weight};
 
-const MS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 128, 512];
+const MS: [usize; 10] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512];
 
 fn main() {
     run_main(|| {
@@ -15,6 +19,8 @@ fn main() {
         let be = open(&args)?;
         let mut rep = Report::new(&*be, &args);
         rep.header("GEMM");
+        let copy = copy_bandwidth(&*be, if args.quick { 64 } else { 256 })?;
+        println!("copy bandwidth: {:.1} GB/s (read + write)", copy / 1e9);
         let ceiling = dense_ceiling(&*be, &args, &mut rep)?;
         let types = args.types_or(&[DType::Q4_K, DType::Q8_0, DType::BF16]);
         let shapes: &[(usize, usize)] = if args.quick {
@@ -23,8 +29,8 @@ fn main() {
             &[(4096, 4096), (14336, 4096)]
         };
         for &(n, k) in shapes {
-            let mut bf16_dense = Vec::new();
-            let mut q4k_auto = Vec::new();
+            // (m, path name) → seconds, for the speed-up lines.
+            let mut times: Vec<(DType, usize, &str, f64)> = Vec::new();
             for &dt in &types {
                 let host = random_weight(dt, n, k, 5);
                 let copies = rotation_copies(host.len(), args.rotate_bytes);
@@ -33,45 +39,68 @@ fn main() {
                     .map(|_| be.prepare_weight(&t))
                     .collect::<Result<Vec<_>>>()?;
                 for &m in &MS {
-                    let auto = time_matmul(&*be, &args, &ws, m, n, k, Path::Auto)?;
                     let flops = 2.0 * (m * n * k) as f64;
-                    rep.push(Row {
-                        bench: "gemm".into(),
-                        case: format!("{} m={m} {n}x{k}", dt.name()),
-                        us: auto * 1e6,
-                        gbs: Some(host.len() as f64 / auto / 1e9),
-                        tflops: Some(flops / auto / 1e12),
-                        pct: ceiling.map(|c| 100.0 * flops / auto / c),
-                        note: "dispatched".into(),
-                    })?;
-                    if dt == DType::Q4_K {
-                        q4k_auto.push((m, auto));
-                    }
+                    let mut row = |secs: f64, name: &str| -> Result<()> {
+                        let note = match ceiling {
+                            Some(c) => {
+                                format!("{name}, {:.1}% of bf16 peak", 100.0 * flops / secs / c)
+                            }
+                            None => name.to_string(),
+                        };
+                        rep.push(Row {
+                            bench: "gemm".into(),
+                            case: format!("{} m={m} {n}x{k}", dt.name()),
+                            us: secs * 1e6,
+                            gbs: Some(host.len() as f64 / secs / 1e9),
+                            tflops: Some(flops / secs / 1e12),
+                            pct: Some(100.0 * host.len() as f64 / secs / copy),
+                            note,
+                        })
+                    };
+                    let auto = time_matmul(&*be, &args, &ws, m, n, k, Path::Auto)?;
+                    row(auto, "dispatched")?;
+                    times.push((dt, m, "dispatched", auto));
                     #[cfg(feature = "cuda")]
                     if be.info().id.kind == kiln_core::BackendKind::Cuda {
-                        for (p, name) in [(Path::Fused, "fused"), (Path::Dense, "dense")] {
-                            let s = time_matmul(&*be, &args, &ws, m, n, k, p)?;
-                            rep.push(Row {
-                                bench: "gemm".into(),
-                                case: format!("{} m={m} {n}x{k}", dt.name()),
-                                us: s * 1e6,
-                                gbs: Some(host.len() as f64 / s / 1e9),
-                                tflops: Some(flops / s / 1e12),
-                                pct: ceiling.map(|c| 100.0 * flops / s / c),
-                                note: name.into(),
-                            })?;
-                            if dt == DType::BF16 && p == Path::Dense {
-                                bf16_dense.push((m, s));
+                        for (p, name) in [
+                            (Path::Fused, "fused"),
+                            (Path::Mma, "mma"),
+                            (Path::Dense, "dense"),
+                        ] {
+                            if p == Path::Mma && dt.is_float() {
+                                continue;
                             }
+                            let s = time_matmul(&*be, &args, &ws, m, n, k, p)?;
+                            row(s, name)?;
+                            times.push((dt, m, name, s));
                         }
                     }
                 }
             }
-            for (m, q) in &q4k_auto {
-                if let Some((_, b)) = bf16_dense.iter().find(|(bm, _)| bm == m) {
+            let get = |dt: DType, m: usize, name: &str| {
+                times
+                    .iter()
+                    .find(|t| t.0 == dt && t.1 == m && t.2 == name)
+                    .map(|t| t.3)
+            };
+            let best = |dt: DType, m: usize| {
+                times
+                    .iter()
+                    .filter(|t| t.0 == dt && t.1 == m && t.2 != "dispatched")
+                    .min_by(|a, b| a.3.total_cmp(&b.3))
+                    .map(|t| (t.2, t.3))
+            };
+            for &m in &MS {
+                let Some(b) = get(DType::BF16, m, "dense") else {
+                    continue;
+                };
+                if let (Some(q), Some((bp, bt))) =
+                    (get(DType::Q4_K, m, "dispatched"), best(DType::Q4_K, m))
+                {
                     println!(
-                        "speedup Q4_K (dispatched) vs bf16 cuBLAS at m={m} {n}x{k}: {:.2}x",
-                        b / q
+                        "speedup Q4_K vs bf16 cuBLAS at m={m} {n}x{k}: dispatched {:.2}x, best path ({bp}) {:.2}x",
+                        b / q,
+                        b / bt
                     );
                 }
             }
@@ -85,6 +114,8 @@ enum Path {
     Auto,
     #[cfg(feature = "cuda")]
     Fused,
+    #[cfg(feature = "cuda")]
+    Mma,
     #[cfg(feature = "cuda")]
     Dense,
 }
@@ -111,14 +142,14 @@ fn time_matmul(
             be.matmul(xv, &ws[i % ws.len()], yv)
         }),
         #[cfg(feature = "cuda")]
-        Path::Fused | Path::Dense => {
+        Path::Fused | Path::Mma | Path::Dense => {
             let cuda = kiln_benches::opened_cuda().ok_or_else(|| {
                 kiln_core::Error::Invalid("forced matmul paths need the CUDA backend".into())
             })?;
-            let p = if path == Path::Fused {
-                kiln_cuda::MatmulPath::Fused
-            } else {
-                kiln_cuda::MatmulPath::Dense
+            let p = match path {
+                Path::Fused => kiln_cuda::MatmulPath::Fused,
+                Path::Mma => kiln_cuda::MatmulPath::Mma,
+                _ => kiln_cuda::MatmulPath::Dense,
             };
             time_calls(be, calls, reps, &mut |i| {
                 cuda.matmul_with(xv, &ws[i % ws.len()], yv, p)

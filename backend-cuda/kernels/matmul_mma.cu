@@ -1,0 +1,269 @@
+// matmul_mma.cu: y = x·Wᵀ for the 12 block types on int8 tensor cores, for 8 ≤ m ≤ ~512 rows
+// (the fused GEMV's int8 x and exact integer weights, llama.cpp's "mmq" idea, our own code).
+//
+// Inputs: W [n, k] in the repacked layout of quant.cuh; x already rounded by quant_x_<type>
+// (matmul_q.cu) to int8 units of 16 elements: xq uint4 [m, units], xs float2 [m, units] (d,
+// d·Σq), unit (G·RUNS + r)·32 + L holding run r of chunk 32·G + L. Output y f32 [m, n], or with
+// a k split (gridDim.z = S > 1) partial sums part f32 [S, m, n] that mma_reduce adds in order.
+//
+// Thread mapping: mma_<type>_b<BM>_w<WT>: grid (ceil(n / BN), ceil(m / BM), S), block 128 = 4
+// warps, BN = 64·WT W rows per block. Warp w owns W rows [16·WT·w, 16·WT·(w + 1)) of the tile
+// and all BM x rows: WT × BM/8 tiles of m16n8k16 (W = the 16-row A operand, x = the 8-column B
+// operand), f32 accumulators in registers. k advances in stages of 16 units (256 elements,
+// 16 / (CHUNKS·RUNS) quant blocks):
+//   - W: each thread loads BN·CPS / 128 chunks of the next stage into registers (T::load,
+//     16-byte loads) while the warps compute the current one, then decodes them exactly to
+//     bytes (T::run_qi) into shared memory Wq [BN][16 units][16 B] (+16 B row pad) with the
+//     run's (dl, ml) in Ws [16][BN] float2;
+//   - x: cp.async (16 B) double buffer Xq [2][BM][16 units][16 B] (+pad), Xs [2][BM][16+2] float2.
+//   Per unit j and tile pair: one `mma.sync.m16n8k16.s32.u8.s8.s32` (s8.s8 for the signed IQ4
+//   types and for the types whose min is C·dl, fed q − C: see MmaOffset) with the accumulator
+//   input the constant 0x4B400000 (M = 1.5·2²³ as f32 bits), so the s32 result S + 0x4B400000
+//   read as f32 is M + S exactly (|S| ≤ 16·255·127 < 2²²); then per output
+//   acc += dl·fma(M + S, d, −M·d) (− ml·d·Σqx for Q4_1, Q5_1, Q2_K, Q4_K, Q5_K): 2 FFMA per
+//   element per unit (3 with a min), plus 2 FMUL per x-row pair.
+// Bytes: W once per m-tile (n·k·bpw·ceil(m / BM)), x ceil(n / BN)·m·k·1.5 (L2), y m·n·4 (·2·S
+// with a split). FLOPs 2·m·n·k (int8 MACs) + 8·m·n·k/16 f32 for the scales.
+#include "quant.cuh"
+
+#define MMA_THREADS 128
+#define MMA_UNITS 16            // 16-element units per k stage (256 elements)
+#define MMA_ROW_WORDS 68        // Wq/Xq row stride in 32-bit words: 16 units × 4 + 4 pad (conflict-free)
+#define MMA_XS_STRIDE 18        // Xs row stride in float2: 16 + 2 pad (16-byte rows, conflict-free)
+#define MMA_MAGIC 0x4B400000    // 1.5·2^23 as f32 bits: the accumulator's starting value
+#define MMA_MAGIC_F 12582912.0f // 1.5·2^23
+
+__device__ __forceinline__ u32 mma_smem_addr(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void mma_cp16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(mma_smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void mma_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void mma_wait1() { asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+
+// Programmatic dependent launch (sm_90+): x is quant_x's output, read only after this.
+__device__ __forceinline__ void mma_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// d[16×8 s32] = a[16×16] · b[16×8] + MMA_MAGIC (every accumulator input is the same constant
+// register: no per-call moves). Fragments (g = lane / 4, t = lane % 4): a0 = row g, k 4t..4t+3
+// (bytes), a1 = row g + 8; b = k 4t..4t+3 of column g; d0, d1 = row g, columns 2t, 2t + 1; d2,
+// d3 = row g + 8. A unsigned (weights 0..255) or signed (IQ4 values, offset-free q − c), B signed.
+template <bool SIGNED>
+__device__ __forceinline__ void mma_i8(int d[4], u32 a0, u32 a1, u32 b) {
+    const int c = MMA_MAGIC;
+    if (SIGNED) {
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(a0), "r"(a1), "r"(b), "r"(c));
+    } else {
+        asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+            : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+            : "r"(a0), "r"(a1), "r"(b), "r"(c));
+    }
+}
+
+// Types whose min is an exact integer multiple of the scale (ml = C·dl: Q4_0 8, Q5_0 16, Q8_0
+// 128, Q3_K 4, Q6_K 32): their weights go to the tensor cores as signed bytes q − C (exact, in
+// −128..127), so w = dl·(q − C) and the per-unit min term disappears.
+template <class T> struct MmaOffset { static constexpr u32 C = 0; };
+template <> struct MmaOffset<TQ4_0> { static constexpr u32 C = 8; };
+template <> struct MmaOffset<TQ5_0> { static constexpr u32 C = 16; };
+template <> struct MmaOffset<TQ8_0> { static constexpr u32 C = 128; };
+template <> struct MmaOffset<TQ3_K> { static constexpr u32 C = 4; };
+template <> struct MmaOffset<TQ6_K> { static constexpr u32 C = 32; };
+
+// Byte-wise a + b mod 256 (no carries between bytes).
+__device__ __forceinline__ u32 add_bytes(u32 a, u32 b) {
+    return ((a & 0x7f7f7f7fu) + (b & 0x7f7f7f7fu)) ^ ((a ^ b) & 0x80808080u);
+}
+
+// Bytes of dynamic shared memory of a configuration (the host computes the same).
+template <int BM, int WT>
+__host__ __device__ constexpr int mma_smem_bytes() {
+    return 64 * WT * MMA_ROW_WORDS * 4 + MMA_UNITS * 64 * WT * 8 + 2 * BM * MMA_ROW_WORDS * 4 + 2 * BM * MMA_XS_STRIDE * 8;
+}
+
+template <class T, int BM, int WT>
+__device__ __forceinline__ void mma_body(const u8* __restrict__ body, const u8* __restrict__ head,
+                                         const uint4* __restrict__ xq, const float2* __restrict__ xs,
+                                         float* __restrict__ y, int n, int k, int m, int spz) {
+    constexpr int CPS = MMA_UNITS / T::RUNS;  // chunks per stage (4, 8 or 16: divides 32)
+    constexpr int BN = 64 * WT;
+    constexpr int NT = BM / 8;
+    constexpr int PER = BN * CPS / MMA_THREADS;  // chunks per thread per stage
+    static_assert(BN * CPS % MMA_THREADS == 0, "stage chunks must split evenly over the threads");
+    static_assert(BM % 8 == 0, "BM must be whole n8 tiles");
+    constexpr u32 OFF = MmaOffset<T>::C;
+    constexpr bool SIGNED = T::SIGNED_Q || OFF != 0;
+    constexpr bool MIN = T::HAS_MIN && OFF == 0;  // a min term left for the f32 epilogue
+    extern __shared__ uint4 mma_smem[];
+    u32* wq = (u32*)mma_smem;                                // [BN][MMA_ROW_WORDS]
+    float2* wsc = (float2*)(wq + BN * MMA_ROW_WORDS);        // [MMA_UNITS][BN]
+    u32* xqs = (u32*)(wsc + MMA_UNITS * BN);                 // [2][BM][MMA_ROW_WORDS]
+    float2* xss = (float2*)(xqs + 2 * BM * MMA_ROW_WORDS);   // [2][BM][MMA_XS_STRIDE]
+
+    const int nb = k / T::QK;
+    const int nchunks = nb * T::CHUNKS;
+    const int units = ((nchunks + KILN_WARP - 1) / KILN_WARP) * T::RUNS * KILN_WARP;
+    const int nst = (nchunks + CPS - 1) / CPS;
+    const int s0 = blockIdx.z * spz, s1 = min(nst, s0 + spz);
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * BM;
+    const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
+    const int g = lane >> 2, t = lane & 3;
+
+    typename T::Chunk pre[PER];
+    // W chunks of stage s → registers (rows and chunks clamped: valid reads, zeroed at decode).
+    auto load_w = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int idx = tid + MMA_THREADS * i, row = idx / CPS, lc = idx % CPS;
+            const int ci = min(s * CPS + lc, nchunks - 1);
+            const int r = min(n0 + row, n - 1);
+            T::load(body, head, (i64)r * nb + ci / T::CHUNKS, ci % T::CHUNKS, pre[i]);
+        }
+    };
+    // Registers → exact bytes + (dl, ml) in shared memory; unit j = r·CPS + lc.
+    auto store_w = [&](int s) {
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int idx = tid + MMA_THREADS * i, row = idx / CPS, lc = idx % CPS;
+            const bool live = s * CPS + lc < nchunks;
+            const int c = min(s * CPS + lc, nchunks - 1) % T::CHUNKS;
+#pragma unroll
+            for (int r = 0; r < T::RUNS; r++) {
+                u32 qw[4];
+                float dl, ml;
+                T::run_qi(pre[i], c, r, qw, dl, ml);
+                if (OFF != 0) {
+#pragma unroll
+                    for (int w = 0; w < 4; w++) qw[w] = add_bytes(qw[w], (256u - OFF) * 0x01010101u);
+                }
+                const int j = r * CPS + lc;
+                *(uint4*)(wq + row * MMA_ROW_WORDS + 4 * j) =
+                    live ? make_uint4(qw[0], qw[1], qw[2], qw[3]) : make_uint4(0u, 0u, 0u, 0u);
+                wsc[j * BN + row] = live ? make_float2(dl, MIN ? ml : 0.0f) : make_float2(0.0f, 0.0f);
+            }
+        }
+    };
+    // x units of stage s → buffer b (cp.async; rows past m clamped: valid reads, unused).
+    auto issue_x = [&](int s, int b) {
+        const int G = (s * CPS) / KILN_WARP, L0 = (s * CPS) % KILN_WARP;
+        for (int e = tid; e < BM * MMA_UNITS; e += MMA_THREADS) {
+            const int row = e / MMA_UNITS, j = e % MMA_UNITS, r = j / CPS, lc = j % CPS;
+            const i64 xr = min(m0 + row, m - 1);
+            const int u = (G * T::RUNS + r) * KILN_WARP + L0 + lc;
+            mma_cp16(xqs + (b * BM + row) * MMA_ROW_WORDS + 4 * j, xq + xr * units + u);
+        }
+        for (int e = tid; e < BM * MMA_UNITS / 2; e += MMA_THREADS) {
+            const int row = e / (MMA_UNITS / 2), j = 2 * (e % (MMA_UNITS / 2)), r = j / CPS, lc = j % CPS;
+            const i64 xr = min(m0 + row, m - 1);
+            const int u = (G * T::RUNS + r) * KILN_WARP + L0 + lc;  // units j, j + 1 are adjacent
+            mma_cp16(xss + (b * BM + row) * MMA_XS_STRIDE + j, xs + xr * units + u);
+        }
+    };
+
+    float acc[WT][NT][4];
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+
+    load_w(s0);
+    mma_pdl_wait();
+    issue_x(s0, 0);
+    mma_commit();
+    for (int s = s0; s < s1; s++) {
+        const int b = (s - s0) & 1;
+        store_w(s);
+        if (s + 1 < s1) {
+            load_w(s + 1);
+            issue_x(s + 1, b ^ 1);
+        }
+        mma_commit();
+        mma_wait1();  // this thread's copies of stage s landed
+        __syncthreads();
+        const u32* xb = xqs + b * BM * MMA_ROW_WORDS;
+        const float2* sb = xss + b * BM * MMA_XS_STRIDE;
+#pragma unroll (WT == 1 ? 2 : 1)
+        for (int j = 0; j < MMA_UNITS; j++) {
+            u32 a[WT][2];
+            float2 ws[WT][2];
+#pragma unroll
+            for (int wt = 0; wt < WT; wt++) {
+                const int row = warp * 16 * WT + wt * 16 + g;
+                a[wt][0] = wq[row * MMA_ROW_WORDS + 4 * j + t];
+                a[wt][1] = wq[(row + 8) * MMA_ROW_WORDS + 4 * j + t];
+                ws[wt][0] = wsc[j * BN + row];
+                ws[wt][1] = wsc[j * BN + row + 8];
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const u32 bq = xb[(nt * 8 + g) * MMA_ROW_WORDS + 4 * j + t];
+                const float2 x0 = sb[(nt * 8 + 2 * t) * MMA_XS_STRIDE + j];
+                const float2 x1 = sb[(nt * 8 + 2 * t + 1) * MMA_XS_STRIDE + j];
+                // −M·d exactly (quant_x keeps d to 22 significant bits, M = 1.5·2²³ has 2), so
+                // fmaf(S + M, d, −M·d) = d·S rounded once.
+                const float xm0 = -MMA_MAGIC_F * x0.x, xm1 = -MMA_MAGIC_F * x1.x;
+#pragma unroll
+                for (int wt = 0; wt < WT; wt++) {
+                    int c[4];
+                    mma_i8<SIGNED>(c, a[wt][0], a[wt][1], bq);
+                    const float2 wv[4] = {ws[wt][0], ws[wt][0], ws[wt][1], ws[wt][1]};
+                    const float xd[4] = {x0.x, x1.x, x0.x, x1.x}, xmm[4] = {xm0, xm1, xm0, xm1};
+                    const float xsum[4] = {x0.y, x1.y, x0.y, x1.y};
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        float v = acc[wt][nt][e];
+                        if (MIN) v = fmaf(-wv[e].y, xsum[e], v);
+                        acc[wt][nt][e] = fmaf(wv[e].x, fmaf(__int_as_float(c[e]), xd[e], xmm[e]), v);
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    float* out = y + (i64)blockIdx.z * m * n;
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
+                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
+                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
+            }
+}
+
+#define MMA_KERNEL(suffix, T, BM, WT)                                                             \
+    extern "C" __global__ void __launch_bounds__(MMA_THREADS) mma_##suffix##_b##BM##_w##WT(         \
+        const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
+        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int spz) {       \
+        mma_body<T, BM, WT>(body, head, xq, xs, y, n, k, m, spz);                                 \
+    }
+
+// The configurations the host picks from (ops/matmul_mma.rs MMA_CONFIGS, same order).
+#define MMA_ALL_CONFIGS(suffix, T) \
+    MMA_KERNEL(suffix, T, 16, 1) MMA_KERNEL(suffix, T, 32, 1) MMA_KERNEL(suffix, T, 64, 1) MMA_KERNEL(suffix, T, 64, 2)
+
+KILN_FOR_EACH_BLOCK_TYPE(MMA_ALL_CONFIGS)
+
+// y[i] = Σ_z part[z·count + i] (z in order: deterministic): the k split's partial sums.
+// Grid-stride, one thread per output element; reads S·count·4 bytes, writes count·4.
+extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __restrict__ y, i64 count, int splits) {
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int z = 0; z < splits; z++) s += part[(i64)z * count + i];
+        y[i] = s;
+    }
+}

@@ -1,0 +1,328 @@
+//! The int8 tensor-core GEMM of the block types (kernels/matmul_mma.cu): the third matmul path,
+//! between the fused GEMV (few rows) and dequantize + cuBLASLt (many rows). x is rounded to int8
+//! per 16 elements by the fused path's `quant_x_<type>` (the same rounding, the same scratch
+//! layout), then `mma_<type>_b<BM>_w<WT>` multiplies it with the exactly decoded weight bytes on
+//! `mma.sync` s8 tensor cores and applies the per-run scales in f32. Small grids split k
+//! (`gridDim.z`), writing partial sums that `mma_reduce` adds in a fixed order (deterministic).
+//!
+//! Test hook: env `KILN_MATMUL_PATH=fused|mma|dense` forces that path for every matmul of the
+//! `Auto` dispatch where the path applies (mma: block types only; the conformance suite runs
+//! with `mma` on the GPU machine so the new path sees every matmul case at every m).
+
+use std::sync::OnceLock;
+
+use cudarc::driver::sys;
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use kiln_core::backend::check;
+use kiln_core::{DType, Error, OpKind, Result};
+
+use super::arg_i32;
+use super::matmul_q::{MatmulPath, QUANT_X, block_index, x_units};
+use crate::buffer::{CudaWeight, chunked_ok};
+use crate::device::CudaBackend;
+use crate::module_cache::MATMUL_MMA;
+
+macro_rules! mma_names {
+    ($($s:literal),*) => {
+        [$( [concat!("mma_", $s, "_b16_w1"), concat!("mma_", $s, "_b32_w1"),
+             concat!("mma_", $s, "_b64_w1"), concat!("mma_", $s, "_b64_w2")] ),*]
+    };
+}
+
+/// `mma_<type>_b<BM>_w<WT>` of the 12 block types (indexed like `DType::WEIGHT_TYPES[3..]`),
+/// one per entry of `MMA_CONFIGS`.
+const MMA: [[&str; 4]; 12] = mma_names!(
+    "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4_nl",
+    "iq4_xs"
+);
+
+/// (BM x rows, WT 16-row W tiles per warp) of each compiled configuration (kernels/matmul_mma.cu
+/// MMA_ALL_CONFIGS, same order). A block covers BM x rows × 64·WT W rows.
+const MMA_CONFIGS: [(usize, usize); 4] = [(16, 1), (32, 1), (64, 1), (64, 2)];
+
+/// Threads per block of the mma kernels.
+const THREADS: usize = 128;
+/// 16-element units per k stage (256 elements).
+const STAGE_UNITS: usize = 16;
+
+/// Dynamic shared memory of configuration (bm, wt), as kernels/matmul_mma.cu `mma_smem_bytes`:
+/// Wq [64·wt][68 words], Ws [16][64·wt] float2, Xq [2][bm][68 words], Xs [2][bm][18] float2.
+fn smem_bytes(bm: usize, wt: usize) -> usize {
+    64 * wt * 68 * 4 + STAGE_UNITS * 64 * wt * 8 + 2 * bm * 68 * 4 + 2 * bm * 18 * 8
+}
+
+/// The launch plan of one mma matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MmaPlan {
+    /// Index into `MMA_CONFIGS`.
+    pub(crate) config: usize,
+    /// k splits (gridDim.z) and k stages per split.
+    pub(crate) splits: usize,
+    pub(crate) stages_per_split: usize,
+    /// Bytes of scratch: xq uint4 `[m, units]`, xs float2 `[m, units]`, then (splits > 1)
+    /// partial sums f32 `[splits, m, n]`.
+    pub(crate) scratch: usize,
+}
+
+/// The configuration (index into `MMA_CONFIGS`) for m rows: the largest up to the m-tile
+/// that covers m which fits the device's opt-in shared memory (sm_86/89 allow ~99 KiB: (64, 2)
+/// needs 102 KiB).
+fn mma_config(m: usize, smem_max: usize) -> usize {
+    let want = match m {
+        0..=16 => 0,
+        17..=32 => 1,
+        33..=64 => 2,
+        _ => 3,
+    };
+    (0..=want)
+        .rev()
+        .find(|&c| smem_bytes(MMA_CONFIGS[c].0, MMA_CONFIGS[c].1) <= smem_max)
+        .unwrap_or(0)
+}
+
+/// Plan the mma path for x `[m, k]`, a `dt` weight `[n, k]` with configuration `config` on a
+/// device where `resident` blocks of it fit at once (SMs × blocks per SM).
+pub(crate) fn mma_plan(
+    dt: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    config: usize,
+    resident: usize,
+) -> MmaPlan {
+    let (bm, wt) = MMA_CONFIGS[config];
+    let runs = super::embed::runs_per_chunk(dt).max(1);
+    let qk = crate::buffer::split(dt).map_or(16, |s| s.qk);
+    let nchunks = (k / qk) * super::embed::chunks_per_block(dt);
+    let stages = nchunks.div_ceil(STAGE_UNITS / runs).max(1);
+    let blocks = n.div_ceil(64 * wt) * m.div_ceil(bm);
+    // Split k when the grid fills the GPU poorly: the split count s minimising the waves per
+    // unit of work, ceil(blocks·s / resident) / s (ties: fewer splits), with ≥ 3 stages per
+    // split and the partial sums' traffic (2·4·m·n bytes per split) under ~1/4 of the weight's.
+    let w_bytes = n * k * dt.block_bytes() / dt.block_size().max(1);
+    let cap = (w_bytes / (32 * m * n).max(1)).min(stages / 3).clamp(1, 16);
+    let resident = resident.max(1);
+    let cost = |s: usize| (blocks * s).div_ceil(resident) as f64 / s as f64;
+    let mut splits = 1;
+    for s in 2..=cap {
+        if cost(s) < cost(splits) - 1e-9 {
+            splits = s;
+        }
+    }
+    let stages_per_split = stages.div_ceil(splits);
+    let splits = stages.div_ceil(stages_per_split);
+    let units = x_units(dt, k);
+    let xq = m * units * 24;
+    let part = if splits > 1 { splits * m * n * 4 } else { 0 };
+    MmaPlan {
+        config,
+        splits,
+        stages_per_split,
+        scratch: xq + part,
+    }
+}
+
+/// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
+pub(crate) fn forced_path() -> Option<MatmulPath> {
+    static P: OnceLock<Option<MatmulPath>> = OnceLock::new();
+    *P.get_or_init(|| match std::env::var("KILN_MATMUL_PATH").ok().as_deref() {
+        Some("fused") => Some(MatmulPath::Fused),
+        Some("mma") => Some(MatmulPath::Mma),
+        Some("dense") => Some(MatmulPath::Dense),
+        _ => None,
+    })
+}
+
+/// Whether the mma path can run a `dt` weight with rows of k (block types, whole chunks).
+pub(crate) fn mma_supported(dt: DType, k: usize) -> bool {
+    block_index(dt).is_some() && chunked_ok(dt, k)
+}
+
+impl CudaBackend {
+    /// Opt-in shared memory per block (the device attribute; 99 KiB if unknown).
+    fn mma_smem_max(&self) -> usize {
+        match self.info.caps.shared_memory_bytes {
+            0 => 101_376,
+            n => n as usize,
+        }
+    }
+
+    /// The mma path: x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
+    pub(crate) fn matmul_mma(
+        &self,
+        xp: u64,
+        w: &CudaWeight,
+        outp: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Result<()> {
+        let op = OpKind::Matmul;
+        let Some(qi) = block_index(w.dtype) else {
+            return Err(check::unsupported(op, w.dtype, &self.info));
+        };
+        if !chunked_ok(w.dtype, k) {
+            return Err(Error::shape(
+                op,
+                format!("{} rows of {k} are not whole blocks", w.dtype),
+            ));
+        }
+        let (mi, ni, ki) = (
+            arg_i32(op, "m", m)?,
+            arg_i32(op, "n", n)?,
+            arg_i32(op, "k", k)?,
+        );
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let config = mma_config(m, self.mma_smem_max());
+        let (bm, wt) = MMA_CONFIGS[config];
+        let smem = smem_bytes(bm, wt);
+        let f = self.function(&MATMUL_MMA, MMA[qi][config])?;
+        self.mma_allow_smem(&f, smem)?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(THREADS as u32, smem, None)
+            .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
+        let plan = mma_plan(w.dtype, m, n, k, config, sms * per_sm.max(1) as usize);
+        if m.div_ceil(bm) > 65535 {
+            return Err(Error::shape(
+                op,
+                format!("m = {m} exceeds the mma kernel's grid limit (65535·{bm} rows)"),
+            ));
+        }
+        let units = x_units(w.dtype, k);
+        let xq_bytes = m * units * 16;
+        let xs_bytes = m * units * 8;
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        let (xq, xs) = (scratch, scratch + xq_bytes as u64);
+        let part = scratch + (xq_bytes + xs_bytes) as u64;
+        self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, mi, m * units)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(64 * wt) as u32,
+                m.div_ceil(bm) as u32,
+                plan.splits as u32,
+            ),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let y = if plan.splits > 1 { part } else { outp };
+        let spz = arg_i32(op, "stages per split", plan.stages_per_split)?;
+        self.launch_mma(&f, cfg, w, [xq, xs], y, [mi, ni, ki, spz])?;
+        if plan.splits > 1 {
+            self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
+        }
+        Ok(())
+    }
+
+    /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
+    fn mma_allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
+        if smem <= 48 << 10 {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        f.set_attribute(
+            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
+    }
+
+    /// `mma_*`: body/head, x = [xq, xs], y (out, or the partial sums with a split),
+    /// dims = [m, n, k, stages per split]. On sm_90+ launched as a programmatic dependent of
+    /// quant_x (cuLaunchKernelEx): the first W loads overlap quant_x; the kernel waits
+    /// (`griddepcontrol.wait`) before reading x. Before sm_90 a plain launch.
+    fn launch_mma(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        w: &CudaWeight,
+        x: [u64; 2],
+        y: u64,
+        dims: [i32; 4],
+    ) -> Result<()> {
+        let (body, head) = (w.body_ptr(), w.head_ptr());
+        let [m, n, k, spz] = dims;
+        if self.info.caps.compute_capability.is_none_or(|c| c.0 < 9) {
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&body)
+                .arg(&head)
+                .arg(&x[0])
+                .arg(&x[1])
+                .arg(&y)
+                .arg(&n)
+                .arg(&k)
+                .arg(&m)
+                .arg(&spz);
+            // SAFETY: as in the PDL branch below.
+            return unsafe { b.launch(cfg) }
+                .map(|_| ())
+                .map_err(self.drv("launch mma"));
+        }
+        let mut params: [*mut std::ffi::c_void; 9] = [
+            &body as *const u64 as *mut _,
+            &head as *const u64 as *mut _,
+            &x[0] as *const u64 as *mut _,
+            &x[1] as *const u64 as *mut _,
+            &y as *const u64 as *mut _,
+            &n as *const i32 as *mut _,
+            &k as *const i32 as *mut _,
+            &m as *const i32 as *mut _,
+            &spz as *const i32 as *mut _,
+        ];
+        // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
+        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let lc = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: params point at 9 live locals matching the kernel's signature (body, head: the
+        // repacked n × k weight, rows whole blocks; xq uint4 / xs float2 [m, units] written by
+        // quant_x just before on this stream, read only after griddepcontrol.wait; y f32
+        // [splits, m, n] (splits = gridDim.z; the out view itself when 1); n, k, m, stages per
+        // split i32). W rows are clamped to n − 1, x rows to m − 1, chunks to the row's last;
+        // writes are bounded by n and m. The dynamic shared memory was allowed just before.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &lc,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(self.drv("launch mma (cuLaunchKernelEx)"))
+    }
+
+    /// out f32 `[count]` = Σ_z part f32 `[splits, count]`, z in order.
+    fn launch_mma_reduce(&self, part: u64, out: u64, count: usize, splits: usize) -> Result<()> {
+        let f = self.function(&MATMUL_MMA, "mma_reduce")?;
+        let cfg = self.grid_1d(count);
+        let (c, s) = (count as i64, arg_i32(OpKind::Matmul, "splits", splits)?);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&part).arg(&out).arg(&c).arg(&s);
+        // SAFETY: part holds splits·count f32 (scratch written by the mma kernel just before on
+        // this stream), out count f32 (the matmul's output view, m·n elements).
+        unsafe { b.launch(cfg) }
+            .map(|_| ())
+            .map_err(self.drv("launch mma_reduce"))
+    }
+}
