@@ -1,19 +1,23 @@
 // allreduce.cu: one-shot peer-to-peer all-reduce (sum, f32, in place) over the GPUs of one
 // process with peer access on between every pair (src/comm_p2p.rs drives it).
 //
-// Every rank r of an n-rank group launches the same grid on its own stream; per call:
-//   1. copy:   staging[r][i] = buf[i]                      (own memory)
-//   2. start barrier of block b: flag = ++epoch; store flag into every peer's
-//      signal.start[b][r] (release, system scope); wait until own signal.start[b][q] == flag
-//      for every q (acquire). After it, every rank's block b has staged its units.
-//   3. reduce: buf[i] = staging[0][i] + staging[1][i] + ... + staging[n-1][i], in rank order on
-//      every rank, so every rank holds bit-identical sums (the runtime relies on it). n-1 of the
-//      n reads go to peer memory (NVLink), ld.global.cg (L2, never the non-coherent path).
-//   4. end barrier of block b, same with signal.end: no rank leaves before every peer has read
-//      its staging, so the next call may overwrite it (without it, a fast rank's next copy
-//      could overwrite data a slow peer is still summing).
-// The epochs live on the device (signal.counter[b], +1 per barrier), so the flags are reused
-// call after call without host work and the kernel can be captured in a CUDA graph.
+// Every rank r of an n-rank group launches the same grid on its own stream; per call, block b:
+//   1. e = ++epoch[b] (device counter, per block); copy buf[i] -> staging[r][e & 1][i] (own
+//      memory; two staging halves used in turn).
+//   2. barrier: store e into every peer's signal.start[b][r] (release, system scope); wait until
+//      own signal.start[b][q] >= e for every q (acquire). After it every rank's block b has
+//      staged its units of this call.
+//   3. reduce: buf[i] = staging[0][e&1][i] + staging[1][e&1][i] + ... + staging[n-1][e&1][i], in
+//      rank order on every rank, so every rank holds bit-identical sums (the runtime relies on
+//      it). n-1 of the n reads go to peer memory (NVLink), ld.global.cg (L2, never the
+//      non-coherent path).
+// One barrier per call is enough because the staging halves alternate: a rank overwrites half
+// h again only in call e+2, after passing barrier e+1, which no peer enters before it has
+// finished call e (kernels on a stream run in order), i.e. before it has read half h. (With one
+// staging buffer a second, end barrier would be needed.) Flags only grow, so a peer may already
+// have stored e+1 when a rank looks for e: the wait is `>=` (wrap-safe difference).
+// The epochs live on the device, so the flags are reused call after call without host work and
+// the kernel can be captured in a CUDA graph.
 //
 // Thread mapping: a grid of B blocks (B <= KILN_AR_MAX_BLOCKS and <= the SM count, chosen by
 // the host from the size) of blockDim threads; one unit (float4 for _v4, float for _v1) per
@@ -29,8 +33,8 @@
 // Bytes per rank and call (count = floats): copy 4·count read + 4·count written (local);
 // reduce 4·(n-1)·count read from peers + 4·count local + 4·count written. (n-1)·count adds.
 //
-// Buffers: buf f32 [count] (the rank's own, in place); staging[q] f32 [>= count] on rank q;
-// signal[q] a KilnArSignal on rank q (zeroed once at creation).
+// Buffers: buf f32 [count] (the rank's own, in place); staging[q] f32 [2][half] on rank q,
+// half >= count; signal[q] a KilnArSignal on rank q (zeroed once at creation).
 #include "common.cuh"
 
 #define KILN_AR_MAX_RANKS 8
@@ -39,7 +43,6 @@
 
 struct KilnArSignal {
     u32 start[KILN_AR_MAX_BLOCKS][KILN_AR_MAX_RANKS];
-    u32 end[KILN_AR_MAX_BLOCKS][KILN_AR_MAX_RANKS];
     u32 counter[KILN_AR_MAX_BLOCKS];
 };
 
@@ -71,12 +74,12 @@ __device__ __forceinline__ u64 global_ns() {
     return t;
 }
 
-// Spin until *p == want (acquire or volatile loads); trap after KILN_AR_TIMEOUT_NS.
-template <bool ACQUIRE>
+// Spin until *p >= want (flags only grow; wrap-safe), acquire loads; trap after
+// KILN_AR_TIMEOUT_NS.
 __device__ __forceinline__ void wait_flag(const u32* p, u32 want) {
     u64 t0 = 0;
     u32 spins = 0;
-    while ((ACQUIRE ? ld_acquire_sys(p) : ld_volatile(p)) != want) {
+    while ((int)(ld_acquire_sys(p) - want) < 0) {
         if (++spins == 4096) {
             spins = 0;
             u64 now = global_ns();
@@ -144,66 +147,57 @@ __device__ __forceinline__ Unit1 ld_cg(const float* p, i64 i, Unit1) {
 
 template <int V>
 __device__ __forceinline__ void allreduce_f32(const KilnArPeers& peers, int rank, int nranks,
-                                              float* buf, i64 units) {
+                                              float* buf, i64 units, i64 half) {
     typedef typename UnitOf<V>::T U;
     KilnArSignal* self = reinterpret_cast<KilnArSignal*>(pick(peers.signal, rank));
     const int b = blockIdx.x;
     const int t = threadIdx.x;
     const i64 first = (i64)b * blockDim.x + t;
     const i64 stride = (i64)gridDim.x * blockDim.x;
+    // This call's epoch and staging half (every thread reads the counter before the
+    // __syncthreads after which thread 0 advances it).
+    const u32 epoch = ld_volatile(&self->counter[b]) + 1;
+    const i64 h = (epoch & 1) ? half : 0;
 
-    // 1. Own input into own staging buffer.
-    float* mine = reinterpret_cast<float*>(pick(peers.staging, rank));
-    for (i64 i = first; i < units; i += stride) {
+    // 1. Own input into own staging half.
+    float* mine = reinterpret_cast<float*>(pick(peers.staging, rank)) + h;
+    for (i64 i = first; i < units; i += stride)
         st_unit(mine, i, ld_unit(buf, i, U()));
-    }
 
-    // 2. Start barrier: the release publishes this block's staging writes (ordered before it
-    // by __syncthreads); the acquire makes the peers' writes visible to this block.
-    u32 flag = 0;
+    // 2. Barrier: the release publishes this block's staging writes (ordered before it by
+    // __syncthreads); the acquire makes the peers' writes visible to this block.
     __syncthreads();
     if (t < nranks) {
-        flag = ld_volatile(&self->counter[b]) + 1;
         KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
-        st_release_sys(&peer->start[b][rank], flag);
-        wait_flag<true>(&self->start[b][t], flag);
+        st_release_sys(&peer->start[b][rank], epoch);
+        wait_flag(&self->start[b][t], epoch);
     }
     __syncthreads();
+    if (t == 0) st_volatile(&self->counter[b], epoch);
 
-    // 3. Sum every rank's staging in rank order (bit-identical on every rank).
+    // 3. Sum every rank's staging half in rank order (bit-identical on every rank).
     for (i64 i = first; i < units; i += stride) {
-        U acc = ld_cg(reinterpret_cast<const float*>(peers.staging[0]), i, U());
+        U acc = ld_cg(reinterpret_cast<const float*>(peers.staging[0]) + h, i, U());
 #pragma unroll
         for (int q = 1; q < KILN_AR_MAX_RANKS; ++q) {
             if (q < nranks) {
-                U x = ld_cg(reinterpret_cast<const float*>(peers.staging[q]), i, U());
+                U x = ld_cg(reinterpret_cast<const float*>(peers.staging[q]) + h, i, U());
 #pragma unroll
                 for (int k = 0; k < V; ++k) acc.v[k] += x.v[k];
             }
         }
         st_unit(buf, i, acc);
     }
-
-    // 4. End barrier: every thread's peer reads have returned (their values were used) before
-    // the block passes __syncthreads, so volatile flags suffice (nothing to publish).
-    __syncthreads();
-    if (t < nranks) {
-        flag += 1;
-        KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
-        st_volatile(&peer->end[b][rank], flag);
-        wait_flag<false>(&self->end[b][t], flag);
-        if (t == 0) st_volatile(&self->counter[b], flag);
-    }
 }
 
-// buf: 16-byte aligned on every rank, count = 4·units floats.
+// buf: 16-byte aligned on every rank, count = 4·units floats; half: floats per staging half.
 extern "C" __global__ void __launch_bounds__(512)
-allreduce_f32_v4(KilnArPeers peers, int rank, int nranks, float* buf, i64 units) {
-    allreduce_f32<4>(peers, rank, nranks, buf, units);
+allreduce_f32_v4(KilnArPeers peers, int rank, int nranks, float* buf, i64 units, i64 half) {
+    allreduce_f32<4>(peers, rank, nranks, buf, units, half);
 }
 
 // Any alignment: one float per unit.
 extern "C" __global__ void __launch_bounds__(512)
-allreduce_f32_v1(KilnArPeers peers, int rank, int nranks, float* buf, i64 units) {
-    allreduce_f32<1>(peers, rank, nranks, buf, units);
+allreduce_f32_v1(KilnArPeers peers, int rank, int nranks, float* buf, i64 units, i64 half) {
+    allreduce_f32<1>(peers, rank, nranks, buf, units, half);
 }

@@ -35,9 +35,10 @@ use crate::error::{CudaError, guard};
 
 const OP: OpKind = OpKind::AllReduce;
 
-/// The largest f32 message (bytes) the P2P path takes by default. 0 (off) until the crossover
-/// against NCCL is measured on the GPU machine (tests/p2p.rs); `KILN_P2P_MAX_BYTES` turns it on.
-pub const P2P_DEFAULT_MAX_BYTES: usize = 0;
+/// The largest f32 message (bytes) the P2P path takes by default: all it can take. Measured on
+/// 2× H200 (tests/p2p.rs, BENCHMARKS.md 2026-11-22 P2P entry): P2P is faster than NCCL at every
+/// size from 4 KiB to 4 MiB, eager and in graphs, so the crossover lies above the staging size.
+pub const P2P_DEFAULT_MAX_BYTES: usize = P2P_STAGING_BYTES;
 
 struct Member {
     id: DeviceId,

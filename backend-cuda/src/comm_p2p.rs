@@ -1,11 +1,13 @@
 //! The one-shot peer-to-peer all-reduce of `CudaComm` for small f32 messages
-//! (kernels/allreduce.cu): every rank's kernel copies its buffer into its own staging buffer,
-//! meets the peers at a flag barrier, reads every rank's staging buffer directly over NVLink,
-//! sums in rank order (bit-identical on every rank), writes its buffer, meets them again.
+//! (kernels/allreduce.cu): every rank's kernel copies its buffer into its own staging buffer
+//! (one of two halves, in turn), meets the peers at a flag barrier, reads every rank's staging
+//! half directly over NVLink, sums in rank order (bit-identical on every rank) and writes its
+//! buffer. The alternating halves make a second (end) barrier unnecessary (see the kernel).
 //!
 //! - Set up at group creation when every ordered pair of members can access each other
 //!   (`cuDeviceCanAccessPeer`): peer access is enabled between all the contexts (already enabled
-//!   is fine), and each rank gets a staging buffer (`STAGING_BYTES`, f32) and a signal area
+//!   is fine), and each rank gets a staging buffer (two halves of `P2P_STAGING_BYTES`, f32)
+//!   and a signal area
 //!   (flags + per-block epoch counters, zeroed once). One process drives every member, so with
 //!   peer access on, one context's device addresses are valid in kernels on the others (UVA);
 //!   no IPC handles.
@@ -42,16 +44,17 @@ pub(crate) const MAX_RANKS: usize = 8;
 const MAX_BLOCKS: usize = 32;
 /// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: usize = 512;
-/// `sizeof(KilnArSignal)` = (2·32·8 + 32)·4 = 2176 bytes, allocated as 4 KiB.
+/// `sizeof(KilnArSignal)` = (32·8 + 32)·4 = 1152 bytes, allocated as 4 KiB.
 const SIGNAL_BYTES: usize = 4096;
-/// Bytes of each rank's staging buffer: the largest message the P2P path can take.
+/// Bytes of each half of a rank's staging buffer: the largest message the P2P path can take
+/// (each rank allocates two halves).
 pub const P2P_STAGING_BYTES: usize = 4 << 20;
 
 /// The peers' addresses, passed by value to every launch (`KilnArPeers`).
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Peers {
-    /// staging[q]: rank q's staging buffer, f32 [P2P_STAGING_BYTES / 4].
+    /// staging[q]: rank q's staging buffer, f32 [2][P2P_STAGING_BYTES / 4].
     staging: [u64; MAX_RANKS],
     /// signal[q]: rank q's signal area, `KilnArSignal` (SIGNAL_BYTES).
     signal: [u64; MAX_RANKS],
@@ -219,7 +222,7 @@ impl P2p {
                     })
             };
             let (v4, v1) = (func("allreduce_f32_v4")?, func("allreduce_f32_v1")?);
-            let staging = DevMem::new(ctx, P2P_STAGING_BYTES, name)?;
+            let staging = DevMem::new(ctx, 2 * P2P_STAGING_BYTES, name)?;
             let signal = DevMem::new(ctx, SIGNAL_BYTES, name)?;
             // SAFETY: `signal` holds SIGNAL_BYTES; zeroed on the member's stream, which is
             // synchronized right after (group creation is never inside a capture).
@@ -269,8 +272,9 @@ impl P2p {
         };
         let nranks = self.ranks.len() as i32;
         let units = units as i64;
+        let half = (P2P_STAGING_BYTES / 4) as i64;
         for (r, (rank, buf)) in self.ranks.iter().zip(ptrs).enumerate() {
-            self.launch(rank, r as i32, nranks, *buf, units, vec4, cfg)
+            self.launch(rank, r as i32, nranks, *buf, units, half, vec4, cfg)
                 .map_err(|e| {
                     Error::backend(
                         rank.name.clone(),
@@ -293,6 +297,7 @@ impl P2p {
         nranks: i32,
         buf: u64,
         units: i64,
+        half: i64,
         vec4: bool,
         cfg: LaunchConfig,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
@@ -302,10 +307,12 @@ impl P2p {
             .arg(&r)
             .arg(&nranks)
             .arg(&buf)
-            .arg(&units);
+            .arg(&units)
+            .arg(&half);
         // SAFETY: `buf` addresses `units` units (float4 when vec4: 16-byte aligned, else float)
         // of rank r's own device memory (checked by the caller); `peers` holds every rank's
-        // live staging buffer (P2P_STAGING_BYTES >= the message, checked above) and signal area
+        // live staging buffer (two halves of `half` floats, `half` >= the message, checked
+        // above) and signal area
         // (zeroed at creation, then only touched by these kernels), all reachable from rank r
         // with peer access on. The grid is the same on every rank and at most the SM count;
         // every rank is launched by this loop (see the module docs on deadlock).
