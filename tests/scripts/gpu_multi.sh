@@ -80,6 +80,7 @@ def logits(path, ids, devices, parallel=None):
     return struct.unpack(f"<{len(b)//4}f", b), None
 def diff(a, b): return max(abs(x - y) for x, y in zip(a, b))
 for m in sorted(os.listdir(f"{B}/zoo")):
+    if not os.path.isdir(f"{B}/zoo/{m}"): continue
     d = f"{B}/zoo/{m}"; r = json.load(open(f"{d}/reference.json")); c = r["cases"][1]
     ids = ",".join(str(i) for i in c["input_ids"])
     ref = struct.unpack(f"<{os.path.getsize(d+'/'+c['logits_file'])//4}f", open(d+"/"+c["logits_file"], "rb").read())
