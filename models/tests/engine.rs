@@ -160,21 +160,31 @@ fn prompts32(m: &Model) -> Vec<Vec<u32>> {
     v
 }
 
-#[test]
-fn batched_greedy_streams_equal_each_alone() {
-    let Some(m) = model() else { return };
-    let prompts = prompts32(&m);
-    let o = greedy(10);
-    let want = alone(&m, &prompts, &o);
-    // 32 sequences per step, a step budget smaller than the prompts together (chunked
-    // prefill mixed with decode), a pool large enough not to preempt.
-    let mut s = Scheduler::new(&m, eopts(ropts(32, 16, Some(400)))).unwrap();
+/// Every prompt submitted at once and run to the end: 32 sequences per step, a step budget
+/// smaller than the prompts together (chunked prefill mixed with decode), a pool large enough
+/// not to preempt.
+fn run_batch<'m>(
+    m: &'m Model,
+    prompts: &[Vec<u32>],
+    o: &GenerateOptions,
+) -> (Scheduler<'m>, Logs, Vec<RequestId>) {
+    let mut s = Scheduler::new(m, eopts(ropts(32, 16, Some(400)))).unwrap();
     let logs: Logs = Arc::default();
     let ids: Vec<RequestId> = prompts
         .iter()
         .map(|p| submit(&mut s, &logs, p.clone(), o.clone()).0)
         .collect();
     drain(&mut s);
+    (s, logs, ids)
+}
+
+#[test]
+fn batched_greedy_streams_equal_each_alone() {
+    let Some(m) = model() else { return };
+    let prompts = prompts32(&m);
+    let o = greedy(10);
+    let want = alone(&m, &prompts, &o);
+    let (mut s, logs, ids) = run_batch(&m, &prompts, &o);
     let logs = logs.lock().unwrap();
     for (i, id) in ids.iter().enumerate() {
         let log = &logs[id];
@@ -239,13 +249,7 @@ fn batched_greedy_streams_match_alone_on_every_backend() {
         .unwrap();
         let prompts = prompts32(&m);
         let o = greedy(10);
-        let mut s = Scheduler::new(&m, eopts(ropts(32, 16, Some(400)))).unwrap();
-        let logs: Logs = Arc::default();
-        let ids: Vec<RequestId> = prompts
-            .iter()
-            .map(|p| submit(&mut s, &logs, p.clone(), o.clone()).0)
-            .collect();
-        drain(&mut s);
+        let (s, logs, ids) = run_batch(&m, &prompts, &o);
         let steps = s.stats().steps;
         drop(s);
         let logs = logs.lock().unwrap();

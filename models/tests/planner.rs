@@ -551,35 +551,27 @@ fn empty_layer_split_is_the_planners() {
         ..PlanOptions::default()
     };
     let want = planner::plan(&meta, &devices, &o).unwrap().layer_counts();
-    let place = Placement {
-        devices: devices.clone(),
-        parallel: Some(ModelParallel::Layer(vec![])),
-        collective: None,
+    let load = |devices: Vec<Arc<dyn Backend>>| {
+        let place = Placement {
+            devices,
+            parallel: Some(ModelParallel::Layer(vec![])),
+            collective: None,
+        };
+        Model::load_on(
+            dir.to_str().unwrap(),
+            place,
+            &LoadOptions::default(),
+            &mut |_| {},
+        )
     };
-    let m = Model::load_on(
-        dir.to_str().unwrap(),
-        place,
-        &LoadOptions::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let m = load(devices.clone()).unwrap();
     assert_eq!(m.parallel(), Some(&ModelParallel::Layer(want.clone())));
     let layers: Vec<usize> = m.shards().iter().map(|s| s.layers().len()).collect();
     assert_eq!(layers, want);
     // The same device twice is refused before anything is planned or loaded.
-    let twice = Placement {
-        devices: vec![devices[0].clone(), devices[0].clone()],
-        parallel: Some(ModelParallel::Layer(vec![])),
-        collective: None,
-    };
-    let e = Model::load_on(
-        dir.to_str().unwrap(),
-        twice,
-        &LoadOptions::default(),
-        &mut |_| {},
-    )
-    .err()
-    .unwrap()
-    .to_string();
+    let e = load(vec![devices[0].clone(), devices[0].clone()])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("given twice"), "{e}");
 }
