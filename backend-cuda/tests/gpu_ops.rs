@@ -220,8 +220,8 @@ fn matmul_all_types_both_paths_match_f64() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The int8 tensor-core path at every tile configuration (m = 8 … 260: BM 16, 32, 64 and the
-/// 64 × 128 tile), k splits (small m), W tails (n = 200 is not a multiple of 64 or 128) and, for
+/// The int8 tensor-core path at its built-in tile choice and with every configuration forced
+/// (m = 8 … 260: BM 16, 32, 64 and the 64 × 128 tile), k splits (small m), W tails (n = 200 is not a multiple of 64 or 128) and, for
 /// the 32-element types, a partial last k stage (k = 4896 = 19.125 stages): exact integer
 /// products, so it must match the f64 product of the exact weights and the int8-rounded x as
 /// the f32 kernels do (nmse ≤ 1e-9), for all 12 block types.
@@ -251,21 +251,28 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
                 })
                 .collect();
             let xb = upload(&*be, &f32_bytes(&x));
-            let yb = poisoned(&*be, m * n);
-            be.matmul_with(
-                view(&xb, &[m, k], DType::F32),
-                &w,
-                yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
-                MatmulPath::Mma,
-            )
-            .unwrap();
-            let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
-            let e = nmse(&y, &want);
-            if e.is_nan() || e > 1e-9 {
-                failures.push(format!(
-                    "{dt} m={m} n={n} k={k} mma vs int8-x oracle: nmse {e:e}"
-                ));
+            // The built-in choice, then every configuration forced.
+            let cfgs = kiln_cuda::CudaBackend::mma_configs();
+            for c in std::iter::once(None).chain((0..cfgs.len()).map(Some)) {
+                be.force_mma_config(c);
+                let yb = poisoned(&*be, m * n);
+                be.matmul_with(
+                    view(&xb, &[m, k], DType::F32),
+                    &w,
+                    yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                    MatmulPath::Mma,
+                )
+                .unwrap();
+                let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
+                let e = nmse(&y, &want);
+                if e.is_nan() || e > 1e-9 {
+                    let cfg = c.map(|c| cfgs[c]);
+                    failures.push(format!(
+                        "{dt} m={m} n={n} k={k} mma {cfg:?} vs int8-x oracle: nmse {e:e}"
+                    ));
+                }
             }
+            be.force_mma_config(None);
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -10,6 +10,7 @@
 //! with `mma` on the GPU machine so the new path sees every matmul case at every m).
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
@@ -40,6 +41,24 @@ const MMA: [[&str; 4]; 12] = mma_names!(
 /// MMA_ALL_CONFIGS, same order). A block covers BM x rows × 64·WT W rows.
 const MMA_CONFIGS: [(usize, usize); 4] = [(16, 1), (32, 1), (64, 1), (64, 2)];
 
+/// A configuration forced for every mma matmul of this process (benches sweep them), or
+/// `usize::MAX` for the built-in choice.
+static FORCED_CONFIG: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+impl CudaBackend {
+    /// Force configuration `c` (an index into `mma_configs()`) for every later mma matmul of
+    /// this process, or restore the built-in choice with None. For benchmarks; a configuration
+    /// that does not fit the device's shared memory is ignored (the built-in choice runs).
+    pub fn force_mma_config(&self, c: Option<usize>) {
+        FORCED_CONFIG.store(c.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// The mma kernel configurations: (x rows, 16-row W tiles per warp) of a block.
+    pub fn mma_configs() -> &'static [(usize, usize)] {
+        &MMA_CONFIGS
+    }
+}
+
 /// Threads per block of the mma kernels.
 const THREADS: usize = 128;
 /// 16-element units per k stage (256 elements).
@@ -47,7 +66,8 @@ const STAGE_UNITS: usize = 16;
 
 /// Dynamic shared memory of configuration (bm, wt), as kernels/matmul_mma.cu `mma_smem_bytes`:
 /// Wq [64·wt][68 words], Ws [16][64·wt] float2, Xq [2][bm][68 words], Xs [2][bm][18] float2.
-fn smem_bytes(bm: usize, wt: usize) -> usize {
+fn smem_bytes(c: usize) -> usize {
+    let (bm, wt) = MMA_CONFIGS[c];
     64 * wt * 68 * 4 + STAGE_UNITS * 64 * wt * 8 + 2 * bm * 68 * 4 + 2 * bm * 18 * 8
 }
 
@@ -68,6 +88,10 @@ pub(crate) struct MmaPlan {
 /// that covers m which fits the device's opt-in shared memory (sm_86/89 allow ~99 KiB: (64, 2)
 /// needs 102 KiB).
 fn mma_config(m: usize, smem_max: usize) -> usize {
+    let forced = FORCED_CONFIG.load(Ordering::Relaxed);
+    if forced < MMA_CONFIGS.len() && smem_bytes(forced) <= smem_max {
+        return forced;
+    }
     let want = match m {
         0..=16 => 0,
         17..=32 => 1,
@@ -76,7 +100,7 @@ fn mma_config(m: usize, smem_max: usize) -> usize {
     };
     (0..=want)
         .rev()
-        .find(|&c| smem_bytes(MMA_CONFIGS[c].0, MMA_CONFIGS[c].1) <= smem_max)
+        .find(|&c| smem_bytes(c) <= smem_max)
         .unwrap_or(0)
 }
 
@@ -175,7 +199,7 @@ impl CudaBackend {
         let sms = self.info.caps.compute_units.max(1) as usize;
         let config = mma_config(m, self.mma_smem_max());
         let (bm, wt) = MMA_CONFIGS[config];
-        let smem = smem_bytes(bm, wt);
+        let smem = smem_bytes(config);
         let f = self.function(&MATMUL_MMA, MMA[qi][config])?;
         self.mma_allow_smem(&f, smem)?;
         let per_sm = f

@@ -4,6 +4,8 @@
 //! the fused, mma (int8 tensor cores, block types) and dense paths separately, then per m the
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
 //! at 8192³) is measured first and each row's note gives its % of it.
+//! With env `KILN_GEMM_MMA_SWEEP=1` (CUDA) it instead times the mma path in every kernel
+//! configuration for Q4_K and Q8_0 at 14336×4096 and 4096×14336, m = 16 … 512.
 //! `gemm --backend cuda|wgpu|reference [--quick] [--types ...] [--json FILE]`
 
 use kiln_benches::{
@@ -17,6 +19,10 @@ fn main() {
     run_main(|| {
         let args = Args::parse()?;
         let be = open(&args)?;
+        #[cfg(feature = "cuda")]
+        if std::env::var("KILN_GEMM_MMA_SWEEP").is_ok_and(|v| v == "1") {
+            return mma_sweep(&*be, &args);
+        }
         let mut rep = Report::new(&*be, &args);
         rep.header("GEMM");
         let copy = copy_bandwidth(&*be, if args.quick { 64 } else { 256 })?;
@@ -107,6 +113,44 @@ fn main() {
         }
         Ok(())
     })
+}
+
+/// µs of the mma path per kernel configuration (kiln_cuda::CudaBackend::mma_configs).
+#[cfg(feature = "cuda")]
+fn mma_sweep(be: &dyn Backend, args: &Args) -> Result<()> {
+    let cuda = kiln_benches::opened_cuda()
+        .ok_or_else(|| kiln_core::Error::Invalid("the mma sweep needs --backend cuda".into()))?;
+    let cfgs = kiln_cuda::CudaBackend::mma_configs();
+    println!("mma sweep: µs per configuration (x rows, 16-row W tiles per warp)");
+    for dt in args.types_or(&[DType::Q4_K, DType::Q8_0]) {
+        for (n, k) in [(14336, 4096), (4096, 14336)] {
+            let host = random_weight(dt, n, k, 5);
+            let copies = rotation_copies(host.len(), args.rotate_bytes);
+            let t = HostTensor::new(dt, Shape::d2(n, k), &host)?;
+            let ws = (0..copies)
+                .map(|_| be.prepare_weight(&t))
+                .collect::<Result<Vec<_>>>()?;
+            for m in [8, 16, 32, 64, 128, 256, 512] {
+                let mut cells = Vec::new();
+                for (c, cfg) in cfgs.iter().enumerate() {
+                    cuda.force_mma_config(Some(c));
+                    let s = time_matmul(be, args, &ws, m, n, k, Path::Mma)?;
+                    cells.push(format!("{cfg:?}:{:.1}", s * 1e6));
+                }
+                cuda.force_mma_config(None);
+                let d = time_matmul(be, args, &ws, m, n, k, Path::Dense)?;
+                let f = time_matmul(be, args, &ws, m, n, k, Path::Fused)?;
+                println!(
+                    "sweep {} m={m} {n}x{k}: fused {:.1} dense {:.1} | {}",
+                    dt.name(),
+                    f * 1e6,
+                    d * 1e6,
+                    cells.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
