@@ -105,14 +105,14 @@ fn mma_config(m: usize, smem_max: usize) -> usize {
 }
 
 /// Plan the mma path for x `[m, k]`, a `dt` weight `[n, k]` with configuration `config` on a
-/// device where `resident` blocks of it fit at once (SMs × blocks per SM).
+/// device with `sms` SMs.
 pub(crate) fn mma_plan(
     dt: DType,
     m: usize,
     n: usize,
     k: usize,
     config: usize,
-    resident: usize,
+    sms: usize,
 ) -> MmaPlan {
     let (bm, wt) = MMA_CONFIGS[config];
     let runs = super::embed::runs_per_chunk(dt).max(1);
@@ -120,19 +120,16 @@ pub(crate) fn mma_plan(
     let nchunks = (k / qk) * super::embed::chunks_per_block(dt);
     let stages = nchunks.div_ceil(STAGE_UNITS / runs).max(1);
     let blocks = n.div_ceil(64 * wt) * m.div_ceil(bm);
-    // Split k when the grid fills the GPU poorly: the split count s minimising the waves per
-    // unit of work, ceil(blocks·s / resident) / s (ties: fewer splits), with ≥ 3 stages per
-    // split and the partial sums' traffic (2·4·m·n bytes per split) under ~1/4 of the weight's.
+    // Split k while the grid is under ~4 blocks per SM (each block has one stage of W loads in
+    // flight: more blocks, more bytes in flight), keeping ≥ 2 stages per split and the partial
+    // sums' traffic (2·4·m·n bytes per split) under ~1/4 of the weight's bytes. On an H200
+    // (BENCHMARKS.md, mma entry), Q4_K 14336×4096 m = 16/32: 42.9/70.4 µs with this rule and the
+    // first kernel version, 46.4/92.5 µs with b491c4f's kernel and a rule filling whole waves of
+    // resident blocks (fewer splits); this rule with the current kernel is not measured yet.
     let w_bytes = n * k * dt.block_bytes() / dt.block_size().max(1);
-    let cap = (w_bytes / (32 * m * n).max(1)).min(stages / 3).clamp(1, 16);
-    let resident = resident.max(1);
-    let cost = |s: usize| (blocks * s).div_ceil(resident) as f64 / s as f64;
-    let mut splits = 1;
-    for s in 2..=cap {
-        if cost(s) < cost(splits) - 1e-9 {
-            splits = s;
-        }
-    }
+    let traffic_cap = (w_bytes / (32 * m * n).max(1)).max(1);
+    let want_splits = (4 * sms.max(1)).div_ceil(blocks.max(1));
+    let splits = want_splits.min(stages / 2).min(traffic_cap).clamp(1, 16);
     let stages_per_split = stages.div_ceil(splits);
     let splits = stages.div_ceil(stages_per_split);
     let units = x_units(dt, k);
@@ -202,10 +199,7 @@ impl CudaBackend {
         let smem = smem_bytes(config);
         let f = self.function(&MATMUL_MMA, MMA[qi][config])?;
         self.mma_allow_smem(&f, smem)?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS as u32, smem, None)
-            .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?;
-        let plan = mma_plan(w.dtype, m, n, k, config, sms * per_sm.max(1) as usize);
+        let plan = mma_plan(w.dtype, m, n, k, config, sms);
         if m.div_ceil(bm) > 65535 {
             return Err(Error::shape(
                 op,
