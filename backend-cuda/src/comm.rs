@@ -21,7 +21,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaStream, DevicePtr};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
 use kiln_core::backend::check;
 use kiln_core::{
@@ -57,6 +57,18 @@ pub struct CudaComm {
     p2p_max: AtomicUsize,
     /// Serializes the group calls (a communicator must not be used by two threads at once).
     lock: Mutex<()>,
+    /// Device bytes the group holds per member, measured at creation (`warm_up`).
+    held: Vec<u64>,
+}
+
+/// Device memory in use on `stream`'s device (cuMemGetInfo: total − free).
+fn used_bytes(stream: &CudaStream) -> Result<u64> {
+    let ctx = stream.context();
+    ctx.bind_to_thread()
+        .map_err(|e| Error::from(CudaError::driver("all-reduce", "cuCtxSetCurrent", e)))?;
+    let (free, total) = cudarc::driver::result::mem_get_info()
+        .map_err(|e| Error::from(CudaError::driver("all-reduce", "cuMemGetInfo", e)))?;
+    Ok(total.saturating_sub(free) as u64)
 }
 
 // SAFETY: the raw communicators are only used inside `all_reduce_sum` while `lock` is held, and
@@ -138,6 +150,10 @@ impl CudaComm {
             .into());
         }
         nvls_off();
+        let before = streams
+            .iter()
+            .map(|s| used_bytes(&s.2))
+            .collect::<Result<Vec<_>>>()?;
         let n = streams.len();
         let ordinals: Vec<i32> = streams.iter().map(|s| s.1 as i32).collect();
         let mut comms: Vec<nccl_sys::ncclComm_t> = vec![std::ptr::null_mut(); n];
@@ -168,12 +184,69 @@ impl CudaComm {
             (Ok(_), Some(b)) => b.min(P2P_STAGING_BYTES),
             (Ok(_), None) => P2P_DEFAULT_MAX_BYTES,
         };
-        Ok(CudaComm {
+        let mut comm = CudaComm {
             members,
             p2p,
             p2p_max: AtomicUsize::new(max),
             lock: Mutex::new(()),
-        })
+            held: Vec::new(),
+        };
+        comm.held = comm.warm_up(&before)?;
+        Ok(comm)
+    }
+
+    /// One NCCL all-reduce larger than the P2P staging (NCCL connects its channels and
+    /// allocates their buffers lazily, at the first collective) and one P2P call, on scratch
+    /// buffers freed again; then each member's device memory in use against `before` (taken
+    /// before the communicators existed): the bytes the group holds per device.
+    fn warm_up(&self, before: &[u64]) -> Result<Vec<u64>> {
+        let count = 2 * P2P_STAGING_BYTES / 4;
+        {
+            let mut bufs = Vec::with_capacity(self.members.len());
+            for m in &self.members {
+                let b = m.stream.alloc_zeros::<f32>(count).map_err(|e| {
+                    Error::from(CudaError::driver(
+                        "all-reduce warm-up",
+                        "cuMemAllocAsync",
+                        e,
+                    ))
+                })?;
+                bufs.push(b);
+            }
+            let ptrs: Vec<u64> = bufs
+                .iter()
+                .zip(&self.members)
+                .map(|(b, m)| b.device_ptr(&m.stream).0)
+                .collect();
+            let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.nccl(&ptrs, count, DType::F32)?;
+            if let Ok(p2p) = &self.p2p {
+                p2p.all_reduce_f32(&ptrs, 1024)?;
+            }
+            for m in &self.members {
+                m.stream.synchronize().map_err(|e| {
+                    Error::from(CudaError::driver(
+                        "all-reduce warm-up",
+                        "cuStreamSynchronize",
+                        e,
+                    ))
+                })?;
+            }
+        }
+        self.members
+            .iter()
+            .zip(before)
+            .map(|(m, b)| {
+                m.stream.synchronize().map_err(|e| {
+                    Error::from(CudaError::driver(
+                        "all-reduce warm-up",
+                        "cuStreamSynchronize",
+                        e,
+                    ))
+                })?;
+                Ok(used_bytes(&m.stream)?.saturating_sub(*b))
+            })
+            .collect()
     }
 
     /// The largest f32 message (bytes) `all_reduce_sum` sends through the P2P kernel (0 when
@@ -343,6 +416,12 @@ impl CudaComm {
 impl Collective for CudaComm {
     fn devices(&self) -> Vec<DeviceId> {
         self.members.iter().map(|m| m.id).collect()
+    }
+
+    /// Measured when the group was created: NCCL's communicator and channel buffers (after
+    /// one warm-up all-reduce) and the P2P staging, per member.
+    fn device_bytes(&self) -> Vec<u64> {
+        self.held.clone()
     }
 
     fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()> {

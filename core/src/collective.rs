@@ -13,6 +13,11 @@ use crate::tensor::ViewMut;
 pub trait Collective: Send + Sync {
     fn devices(&self) -> Vec<DeviceId>;
     fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()>;
+    /// Device memory the group itself holds on each member, in `devices()` order (communicator
+    /// buffers, staging): what a memory plan must leave for it. Zeros when it holds none.
+    fn device_bytes(&self) -> Vec<u64> {
+        vec![0; self.devices().len()]
+    }
 }
 
 /// All-reduce through host memory: works for any mix of backends (wgpu adapters, a CUDA card

@@ -54,6 +54,7 @@ fn opts(parallel: Parallel) -> PlanOptions {
         runtime: runtime(),
         reserve: vec![Reserve::Bytes(MIB)],
         capacity: Some(vec![64 * MIB]),
+        collective: Vec::new(),
     }
 }
 
@@ -162,6 +163,16 @@ fn llama3_tensor_parallel_by_hand() {
     assert_eq!(r0.activations, body + 1024 + 1024 + 2048);
     assert_eq!(r1.activations, r0.activations);
     assert_eq!(p.layer_counts(), vec![2, 2]);
+    // The group's own buffers (Collective::device_bytes) are one more line per device.
+    let meta = ModelMeta::open(dir.to_str().unwrap()).unwrap();
+    let with = PlanOptions {
+        collective: vec![3 * MIB, 5 * MIB],
+        ..opts(Parallel::Tensor)
+    };
+    let q = planner::plan(&meta, &reference(2), &with).unwrap();
+    assert_eq!(q.devices[0].total(), p.devices[0].total() + 3 * MIB);
+    assert_eq!(q.devices[1].total(), p.devices[1].total() + 5 * MIB);
+    assert!(q.to_string().contains("COLLECTIVE"), "{q}");
 }
 
 // ---- other zoo models' weights by hand (bf16 safetensors, single device) -------------------
@@ -401,6 +412,7 @@ fn layer_split_follows_free_memory() {
         runtime: runtime(),
         reserve: vec![Reserve::Bytes(MIB)],
         capacity: Some(vec![MIB + f0 + 3 * MIB, MIB + f1 + MIB]),
+        collective: Vec::new(),
     };
     let p = planner::plan(&meta, &reference(2), &o).unwrap();
     assert_eq!(p.layer_counts(), vec![9, 3]);

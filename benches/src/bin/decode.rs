@@ -252,11 +252,12 @@ fn mem_in_use() -> Option<u64> {
     None
 }
 
-/// The memory planner's bytes for the first device of a run (what `Runtime::new` and the
-/// model hold there), reserve 0.
+/// The memory planner's bytes for the first device of a run (what `Runtime::new`, the model
+/// and a tensor-parallel group's collective hold there), reserve 0.
 fn planned(
     meta: &ModelMeta,
     group: &[std::sync::Arc<dyn Backend>],
+    collective: &[u64],
     o: &Opts,
     batch: usize,
     ctx: usize,
@@ -271,6 +272,7 @@ fn planned(
         runtime: run_options(o, batch, ctx, graphs),
         reserve: vec![Reserve::Bytes(0)],
         capacity: None,
+        collective: collective.to_vec(),
     };
     let plan = planner::plan(meta, group, &opts).map_err(merr)?;
     Ok(plan.devices.first().map_or(0, |d| d.total()))
@@ -423,7 +425,11 @@ fn main() {
             for &g in &o.graphs {
                 let r = run(&model, &o, b, ctx, g)?;
                 if let (Some(base), Some(after), Some(mt)) = (base_mem, r.mem_after, &meta) {
-                    let plan = planned(mt, &group, &o, b, ctx, g)?;
+                    let coll = model
+                        .collective()
+                        .map(|c| c.device_bytes())
+                        .unwrap_or_default();
+                    let plan = planned(mt, &group, &coll, &o, b, ctx, g)?;
                     let used = after.saturating_sub(base);
                     println!(
                         "      memory on {}: planned {:.3} GB, measured {:.3} GB in use above the context's (model + runtime, after the run) = {:+.2} %",

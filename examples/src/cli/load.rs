@@ -119,7 +119,9 @@ impl DeviceArgs {
 }
 
 /// NCCL for a group of CUDA devices; `None` (host-staged) for any other group.
-fn group_collective(devices: &[Arc<dyn Backend>]) -> CliResult<Option<Arc<dyn Collective>>> {
+pub(crate) fn group_collective(
+    devices: &[Arc<dyn Backend>],
+) -> CliResult<Option<Arc<dyn Collective>>> {
     if devices.iter().all(|d| d.id().kind == BackendKind::Cuda) {
         let comm = kiln_cuda::CudaComm::new(devices.to_vec())?;
         return Ok(Some(Arc::new(comm)));
@@ -166,6 +168,12 @@ fn plan_first(path: &str, place: &mut Placement, runtime: &RuntimeOptions) -> Cl
         &planner::PlanOptions {
             parallel,
             runtime: runtime.clone(),
+            // The group's own buffers, measured when it was created (NCCL, P2P staging).
+            collective: place
+                .collective
+                .as_ref()
+                .map(|c| c.device_bytes())
+                .unwrap_or_default(),
             ..planner::PlanOptions::default()
         },
     )?;

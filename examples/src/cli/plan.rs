@@ -77,6 +77,13 @@ pub fn run(a: &Args) -> CliResult {
     // Metadata first: a bad model path fails before any device is opened.
     let meta = ModelMeta::open(&a.model)?;
     let devices = open(&a.devices)?;
+    // A tensor-parallel CUDA group's NCCL/P2P buffers, measured by creating the group.
+    let collective = match &parallel {
+        Parallel::Tensor => super::load::group_collective(&devices)?
+            .map(|c| c.device_bytes())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
     let opts = PlanOptions {
         parallel,
         runtime: RuntimeOptions {
@@ -91,6 +98,7 @@ pub fn run(a: &Args) -> CliResult {
         },
         reserve,
         capacity: (!capacity.is_empty()).then_some(capacity),
+        collective,
     };
     let plan = planner::plan(&meta, &devices, &opts)?;
     let stdout = std::io::stdout();

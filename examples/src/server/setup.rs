@@ -97,6 +97,11 @@ pub fn plan(
         // The registry's budget is the limit; the reserve is in `--budget auto`.
         reserve: vec![Reserve::Bytes(0)],
         capacity: None,
+        collective: place
+            .collective
+            .as_ref()
+            .map(|c| c.device_bytes())
+            .unwrap_or_default(),
     };
     let p = planner::plan(&meta, &place.devices, &opts)?;
     let footprint = p.devices.iter().map(|d| (d.device, d.total())).collect();

@@ -109,12 +109,15 @@ pub(super) fn plan(
         }
         Parallel::Layer(None) => stages(&choose_split(&ctx, devices, &capacity, &reserve)?),
     };
-    let plans = devices
+    let mut plans = devices
         .iter()
         .zip(&parts)
         .enumerate()
         .map(|(i, (b, p))| device_plan(&ctx, b, p, capacity[i], reserve[i]))
         .collect::<Result<Vec<_>>>()?;
+    for (d, &c) in plans.iter_mut().zip(&opts.collective) {
+        d.collective = c;
+    }
     Ok(MemoryPlan {
         model: meta.path.display().to_string(),
         arch: cfg.arch_name.clone(),
@@ -366,6 +369,7 @@ fn device_plan(
         kv_token_layer,
         activations,
         workspace,
+        collective: 0,
         matmuls,
     })
 }

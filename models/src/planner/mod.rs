@@ -155,6 +155,9 @@ pub struct PlanOptions {
     /// Device memory to plan for instead of what the devices report (one value for all, or
     /// one per device). A device reporting 0 bytes (wgpu) has an unknown capacity otherwise.
     pub capacity: Option<Vec<u64>>,
+    /// Bytes the tensor-parallel group's collective holds on each device
+    /// (`Collective::device_bytes`, measured when the group was created); empty: none.
+    pub collective: Vec<u64>,
 }
 
 impl Default for PlanOptions {
@@ -164,6 +167,7 @@ impl Default for PlanOptions {
             runtime: RuntimeOptions::default(),
             reserve: vec![DEFAULT_RESERVE],
             capacity: None,
+            collective: Vec::new(),
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct DevicePlan {
     pub activations: usize,
     /// The backend's own allocations (library workspace, matmul scratch).
     pub workspace: usize,
+    /// The collective's own buffers on this device (NCCL communicator, P2P staging).
+    pub collective: u64,
     /// The matmuls the workspace is sized for (what [`matmul_uses`] gives for the loaded
     /// weights; pass them to `Backend::reserve_workspace`).
     pub matmuls: Vec<MatmulUse>,
@@ -216,7 +222,7 @@ impl DevicePlan {
     }
     /// Everything the model needs on this device (the reserve not included).
     pub fn total(&self) -> u64 {
-        (self.weight_bytes() + self.kv + self.activations + self.workspace) as u64
+        (self.weight_bytes() + self.kv + self.activations + self.workspace) as u64 + self.collective
     }
     /// Capacity minus reserve (`None`: capacity unknown).
     pub fn available(&self) -> Option<u64> {

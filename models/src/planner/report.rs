@@ -109,6 +109,7 @@ fn device_json(d: &DevicePlan) -> Value {
         "kv_bytes_per_token_per_layer": d.kv_token_layer,
         "activations": d.activations,
         "workspace": d.workspace,
+        "collective": d.collective,
         "total": d.total(),
         "reserve": d.reserve,
         "capacity": d.capacity,
@@ -160,6 +161,7 @@ impl fmt::Display for MemoryPlan {
                 "KV",
                 "ACTIVATIONS",
                 "WORKSPACE",
+                "COLLECTIVE",
                 "TOTAL",
                 "RESERVE",
                 "CAPACITY",
@@ -176,6 +178,7 @@ impl fmt::Display for MemoryPlan {
                 hb(d.kv),
                 hb(d.activations),
                 hb(d.workspace),
+                human_bytes(d.collective),
                 human_bytes(d.total()),
                 human_bytes(d.reserve),
                 d.capacity.map_or("unknown".into(), human_bytes),
@@ -244,13 +247,14 @@ pub(super) fn refusal(p: &MemoryPlan) -> String {
         .iter()
         .map(|d| {
             let need = format!(
-                "needs {} ({} bytes: weights {}, KV {}, activations {}, workspace {})",
+                "needs {} ({} bytes: weights {}, KV {}, activations {}, workspace {}, collective {})",
                 human_bytes(d.total()),
                 d.total(),
                 hb(d.weight_bytes()),
                 hb(d.kv),
                 hb(d.activations),
                 hb(d.workspace),
+                human_bytes(d.collective),
             );
             match (d.capacity, d.available()) {
                 (Some(c), Some(a)) => format!(
