@@ -61,11 +61,15 @@ pub struct CudaComm {
     held: Vec<u64>,
 }
 
-/// Device memory in use on `stream`'s device (cuMemGetInfo: total − free).
+/// Device memory in use on `stream`'s device (cuMemGetInfo: total − free), after a context
+/// synchronize: memory freed to the stream-ordered pool is released at a synchronization, and
+/// must not be counted on one side of a before/after difference only.
 fn used_bytes(stream: &CudaStream) -> Result<u64> {
     let ctx = stream.context();
     ctx.bind_to_thread()
         .map_err(|e| Error::from(CudaError::driver("all-reduce", "cuCtxSetCurrent", e)))?;
+    ctx.synchronize()
+        .map_err(|e| Error::from(CudaError::driver("all-reduce", "cuCtxSynchronize", e)))?;
     let (free, total) = cudarc::driver::result::mem_get_info()
         .map_err(|e| Error::from(CudaError::driver("all-reduce", "cuMemGetInfo", e)))?;
     Ok(total.saturating_sub(free) as u64)

@@ -27,7 +27,8 @@ pub struct CudaBackend {
     pub(crate) gemm: Mutex<Option<Gemm>>,
     /// Largest bf16 image (bytes) of a weight prepared so far: sizes the GEMM scratch.
     pub(crate) largest_weight_bf16: Mutex<usize>,
-    pub(crate) crossovers: Mutex<Crossovers>,
+    /// Shared by every device with the same key (`tune::shared`).
+    pub(crate) crossovers: Arc<Mutex<Crossovers>>,
 }
 
 impl CudaBackend {
@@ -61,7 +62,7 @@ impl CudaBackend {
         let device_key = crate::tune::device_key(&info);
         Ok(CudaBackend {
             modules: ModuleCache::new(ctx.clone(), name, arch),
-            crossovers: Mutex::new(Crossovers::load(&device_key)),
+            crossovers: crate::tune::shared(&device_key),
             info,
             ctx,
             stream,

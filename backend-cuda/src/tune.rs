@@ -15,6 +15,7 @@
 //! `max_fused_rows` and `mma_us` is empty.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use kiln_core::tune::TuneCache;
 use kiln_core::{DType, DeviceInfo, Error, Result, Weight};
@@ -54,6 +55,22 @@ pub struct Crossover {
     pub max_fused_rows: usize,
     /// mma kernel for max_fused_rows < m ≤ this; dense above.
     pub max_mma_rows: usize,
+}
+
+/// The crossovers of every device of one kind in this process (one table per device key), so
+/// that identical GPUs dispatch a shape alike: the first to meet a shape measures it, the others
+/// reuse the result. Ranks of a tensor-parallel group that picked different paths for the same
+/// matmul would round their partial sums differently, and a MoE router's near-tie could then
+/// go another way than on one device (qwen3moe on two H200s: 0.71 in logits).
+pub fn shared(device_key: &str) -> Arc<Mutex<Crossovers>> {
+    static TABLES: OnceLock<Mutex<HashMap<String, Arc<Mutex<Crossovers>>>>> = OnceLock::new();
+    let mut t = TABLES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    t.entry(device_key.to_string())
+        .or_insert_with(|| Arc::new(Mutex::new(Crossovers::load(device_key))))
+        .clone()
 }
 
 /// The device's crossovers, in memory and on disk.

@@ -391,6 +391,17 @@ fn main() {
                 m
             }
         };
+        if let Some(c) = model.collective() {
+            let gb: Vec<String> = c
+                .device_bytes()
+                .iter()
+                .map(|b| format!("{:.3}", *b as f64 / 1e9))
+                .collect();
+            println!(
+                "collective: {} GB held per device (measured when the group was created)",
+                gb.join(" / ")
+            );
+        }
         let cfg = model.config();
         println!(
             "model: {} ({} layers, hidden {}, ffn {}, heads {}/{}, head_dim {}, vocab {}), kv {}",
