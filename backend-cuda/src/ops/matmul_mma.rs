@@ -248,9 +248,8 @@ impl CudaBackend {
     }
 
     /// `mma_*`: body/head, x = [xq, xs], y (out, or the partial sums with a split),
-    /// dims = [m, n, k, stages per split]. On sm_90+ launched as a programmatic dependent of
-    /// quant_x (cuLaunchKernelEx): the first W loads overlap quant_x; the kernel waits
-    /// (`griddepcontrol.wait`) before reading x. Before sm_90 a plain launch.
+    /// dims = [m, n, k, stages per split]; launched like the GEMV, as a programmatic dependent
+    /// of quant_x (`launch_after_quant_x`).
     fn launch_mma(
         &self,
         f: &CudaFunction,
@@ -260,74 +259,7 @@ impl CudaBackend {
         y: u64,
         dims: [i32; 4],
     ) -> Result<()> {
-        let (body, head) = (w.body_ptr(), w.head_ptr());
-        let [m, n, k, spz] = dims;
-        if self.info.caps.compute_capability.is_none_or(|c| c.0 < 9) {
-            let mut b = self.stream.launch_builder(f);
-            b.arg(&body)
-                .arg(&head)
-                .arg(&x[0])
-                .arg(&x[1])
-                .arg(&y)
-                .arg(&n)
-                .arg(&k)
-                .arg(&m)
-                .arg(&spz);
-            // SAFETY: as in the PDL branch below.
-            return unsafe { b.launch(cfg) }
-                .map(|_| ())
-                .map_err(self.drv("launch mma"));
-        }
-        let mut params: [*mut std::ffi::c_void; 9] = [
-            &body as *const u64 as *mut _,
-            &head as *const u64 as *mut _,
-            &x[0] as *const u64 as *mut _,
-            &x[1] as *const u64 as *mut _,
-            &y as *const u64 as *mut _,
-            &n as *const i32 as *mut _,
-            &k as *const i32 as *mut _,
-            &m as *const i32 as *mut _,
-            &spz as *const i32 as *mut _,
-        ];
-        // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
-        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
-        let lc = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        // SAFETY: params point at 9 live locals matching the kernel's signature (body, head: the
-        // repacked n × k weight, rows whole blocks; xq uint4 / xs float2 [m, units] written by
-        // quant_x just before on this stream, read only after griddepcontrol.wait; y f32
-        // [splits, m, n] (splits = gridDim.z; the out view itself when 1); n, k, m, stages per
-        // split i32). W rows are clamped to n − 1, x rows to m − 1, chunks to the row's last;
-        // writes are bounded by n and m. The dynamic shared memory was allowed just before.
-        unsafe {
-            sys::cuLaunchKernelEx(
-                &lc,
-                f.cu_function(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        }
-        .result()
-        .map_err(self.drv("launch mma (cuLaunchKernelEx)"))
+        self.launch_after_quant_x(f, "launch mma", cfg, w, x, y, dims)
     }
 
     /// out f32 `[count]` = Σ_z part f32 `[splits, count]`, z in order.

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
 use kiln_core::backend::check;
 use kiln_core::{DType, Error, HostTensor, OpKind, Result, View, ViewMut, Weight};
 
@@ -450,10 +450,8 @@ impl CudaBackend {
             .map_err(self.drv("launch gemv"))
     }
 
-    /// `gemv8_*`: body/head, x = [xq, xs], out, dims = [m, n, k, S]. On sm_90+ the launch allows
-    /// programmatic dependent launch (cuLaunchKernelEx): the grid starts while quant_x (which
-    /// triggers it at its start) runs, loads its first weights, then waits in the kernel
-    /// (`griddepcontrol.wait`) for x. Before sm_90 a plain launch.
+    /// `gemv8_*`: body/head, x = [xq, xs], out, dims = [m, n, k, S] (see
+    /// [`Self::launch_after_quant_x`]).
     fn launch_gemv8(
         &self,
         name: &'static str,
@@ -464,23 +462,39 @@ impl CudaBackend {
         dims: [i32; 4],
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
+        self.launch_after_quant_x(&f, "gemv8", cfg, w, x, out, dims)
+    }
+
+    /// A kernel reading quant_x's int8 x (`gemv8_*`, `mma_*`: one signature: body, head, xq, xs,
+    /// y, n, k, m, s). On sm_90+ launched as a programmatic dependent of quant_x
+    /// (cuLaunchKernelEx): its grid starts while quant_x runs, loads its first weights, then
+    /// waits in the kernel (`griddepcontrol.wait`) for x. Before sm_90 a plain launch.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn launch_after_quant_x(
+        &self,
+        f: &CudaFunction,
+        what: &'static str,
+        cfg: LaunchConfig,
+        w: &CudaWeight,
+        x: [u64; 2],
+        y: u64,
+        dims: [i32; 4],
+    ) -> Result<()> {
         let (body, head) = (w.body_ptr(), w.head_ptr());
-        let [m, n, k, s_split] = dims;
+        let [m, n, k, s] = dims;
         if self.info.caps.compute_capability.is_none_or(|c| c.0 < 9) {
-            let mut b = self.stream.launch_builder(&f);
+            let mut b = self.stream.launch_builder(f);
             b.arg(&body)
                 .arg(&head)
                 .arg(&x[0])
                 .arg(&x[1])
-                .arg(&out)
+                .arg(&y)
                 .arg(&n)
                 .arg(&k)
                 .arg(&m)
-                .arg(&s_split);
+                .arg(&s);
             // SAFETY: as in the PDL branch below.
-            return unsafe { b.launch(cfg) }
-                .map(|_| ())
-                .map_err(self.drv("launch gemv8"));
+            return unsafe { b.launch(cfg) }.map(|_| ()).map_err(self.drv(what));
         }
         use cudarc::driver::sys;
         let mut params: [*mut std::ffi::c_void; 9] = [
@@ -488,11 +502,11 @@ impl CudaBackend {
             &head as *const u64 as *mut _,
             &x[0] as *const u64 as *mut _,
             &x[1] as *const u64 as *mut _,
-            &out as *const u64 as *mut _,
+            &y as *const u64 as *mut _,
             &n as *const i32 as *mut _,
             &k as *const i32 as *mut _,
             &m as *const i32 as *mut _,
-            &s_split as *const i32 as *mut _,
+            &s as *const i32 as *mut _,
         ];
         // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
         let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
@@ -517,11 +531,13 @@ impl CudaBackend {
         self.ctx
             .bind_to_thread()
             .map_err(self.drv("cuCtxSetCurrent"))?;
-        // SAFETY: params point at 9 live locals matching the kernel's signature (body, head:
-        // the repacked n × k weight; xq uint4 / xs float2 [m, units] written by quant_x just
-        // before on this stream; out m·n f32; n, k, m, S i32); the config's stream is this
-        // backend's. The kernel reads xq/xs only after griddepcontrol.wait (quant_x complete);
-        // rows are clamped to n − 1, writes bounded by n and m.
+        // SAFETY: params point at 9 live locals matching both kernels' signature (body, head:
+        // the repacked n × k weight, rows whole blocks; xq uint4 / xs float2 [m, units] written
+        // by quant_x just before on this stream, read only after griddepcontrol.wait; y f32: the
+        // m·n output, or for a split mma the [splits, m, n] partial sums (splits = gridDim.z);
+        // n, k, m i32 and s = S warps per group (gemv8) or stages per split (mma)); the config's
+        // stream is this backend's. W rows are clamped to n − 1, x rows to m − 1; writes are
+        // bounded by n and m. An mma kernel's dynamic shared memory was allowed just before.
         unsafe {
             sys::cuLaunchKernelEx(
                 &lc,
@@ -531,7 +547,7 @@ impl CudaBackend {
             )
         }
         .result()
-        .map_err(self.drv("launch gemv8 (cuLaunchKernelEx)"))
+        .map_err(self.drv(what))
     }
 
     #[allow(clippy::too_many_arguments)]
