@@ -11,36 +11,17 @@
 //! Run with `--nocapture` to see the numbers. NCCL_NVLS_ENABLE=0 is set by `CudaComm` if unset.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
 use half::{bf16, f16};
-use kiln_core::{Backend, BackendProvider, Buffer, Collective, DType, Probe, Shape};
-use kiln_cuda::{CudaBackend, CudaComm, CudaProvider};
+use kiln_core::{Backend, Buffer, Collective, DType, Shape};
+use kiln_cuda::{CudaBackend, CudaComm};
 
 fn devices() -> Option<Vec<Arc<CudaBackend>>> {
-    let required = std::env::var("KILN_REQUIRE_NCCL").is_ok_and(|v| v == "1");
-    let n = match CudaProvider.probe() {
-        Probe::Found(list) => list.len(),
-        Probe::NotFound(why) => {
-            assert!(
-                !required,
-                "KILN_REQUIRE_NCCL=1 but CUDA was not found: {why}"
-            );
-            println!("skipped: CUDA not found ({why})");
-            return None;
-        }
-    };
-    if n < 2 {
-        assert!(!required, "KILN_REQUIRE_NCCL=1 but only {n} CUDA device(s)");
-        println!("skipped: the NCCL test needs 2 CUDA devices, found {n}");
-        return None;
-    }
-    Some(
-        (0..n as u32)
-            .map(|i| CudaProvider.open_cuda(i).unwrap())
-            .collect(),
-    )
+    common::all_gpus("the NCCL test")
 }
 
 /// Element j on rank r: small integers (and halves for f32), so sums are exact.

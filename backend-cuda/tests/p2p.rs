@@ -15,34 +15,16 @@
 //!   crossover.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln_core::{Backend, BackendProvider, Buffer, Collective, DType, Probe, Replay, Shape};
-use kiln_cuda::{CudaBackend, CudaComm, CudaProvider, P2P_STAGING_BYTES};
+use kiln_core::{Backend, Buffer, Collective, DType, Replay, Shape};
+use kiln_cuda::{CudaBackend, CudaComm, P2P_STAGING_BYTES};
 
 fn devices() -> Option<Vec<Arc<CudaBackend>>> {
-    let required = std::env::var("KILN_REQUIRE_NCCL").is_ok_and(|v| v == "1");
-    let n = match CudaProvider.probe() {
-        Probe::Found(list) => list.len(),
-        Probe::NotFound(why) => {
-            assert!(
-                !required,
-                "KILN_REQUIRE_NCCL=1 but CUDA was not found: {why}"
-            );
-            println!("skipped: CUDA not found ({why})");
-            return None;
-        }
-    };
-    if n < 2 {
-        assert!(!required, "KILN_REQUIRE_NCCL=1 but only {n} CUDA device(s)");
-        println!("skipped: the P2P all-reduce test needs 2 CUDA devices, found {n}");
-        return None;
-    }
-    let devs: Vec<_> = (0..n as u32)
-        .map(|i| CudaProvider.open_cuda(i).unwrap())
-        .collect();
-    Some(devs)
+    common::all_gpus("the P2P all-reduce test")
 }
 
 fn group(devs: &[Arc<CudaBackend>]) -> Option<CudaComm> {

@@ -8,6 +8,33 @@ use half::{bf16, f16};
 use kiln_core::{Backend, BackendProvider, Buffer, DType, Probe, Shape, View};
 use kiln_cuda::{CudaBackend, CudaProvider};
 
+/// Every CUDA device of the machine for a group test (`what`), or `None` after printing why it
+/// is skipped: fewer than 2 devices, or none at all (a failure under KILN_REQUIRE_NCCL=1).
+pub fn all_gpus(what: &str) -> Option<Vec<Arc<CudaBackend>>> {
+    let required = std::env::var("KILN_REQUIRE_NCCL").is_ok_and(|v| v == "1");
+    let n = match CudaProvider.probe() {
+        Probe::Found(list) => list.len(),
+        Probe::NotFound(why) => {
+            assert!(
+                !required,
+                "KILN_REQUIRE_NCCL=1 but CUDA was not found: {why}"
+            );
+            println!("skipped: CUDA not found ({why})");
+            return None;
+        }
+    };
+    if n < 2 {
+        assert!(!required, "KILN_REQUIRE_NCCL=1 but only {n} CUDA device(s)");
+        println!("skipped: {what} needs 2 CUDA devices, found {n}");
+        return None;
+    }
+    Some(
+        (0..n as u32)
+            .map(|i| CudaProvider.open_cuda(i).unwrap())
+            .collect(),
+    )
+}
+
 /// cuda:0, or `None` after printing why the test is skipped (a failure under KILN_REQUIRE=cuda).
 pub fn gpu() -> Option<Arc<CudaBackend>> {
     match CudaProvider.probe() {
