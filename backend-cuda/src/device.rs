@@ -371,6 +371,46 @@ impl Backend for CudaBackend {
             .map_err(self.drv("cuStreamSynchronize"))
     }
 
+    /// One pitched copy (cuMemcpy2DAsync) straight into the strided host rows.
+    fn read_rows(
+        &self,
+        src: &Buffer,
+        offset: usize,
+        row_bytes: usize,
+        rows: usize,
+        dst: &mut [u8],
+        dst_pitch: usize,
+    ) -> Result<()> {
+        kiln_core::backend::check::rows_fit(row_bytes, rows, dst.len(), dst_pitch)?;
+        let p = self.check_range(src, offset, row_bytes * rows)?;
+        if rows == 0 || row_bytes == 0 {
+            return Ok(());
+        }
+        use cudarc::driver::sys;
+        // SAFETY: an all-zero CUDA_MEMCPY2D is valid plain data (ints, null pointers).
+        let mut c: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
+        c.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
+        c.srcDevice = p;
+        c.srcPitch = row_bytes;
+        c.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
+        c.dstHost = dst.as_mut_ptr().cast();
+        c.dstPitch = dst_pitch.max(row_bytes);
+        c.WidthInBytes = row_bytes;
+        c.Height = rows;
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: the source (rows · row_bytes contiguous bytes) lies inside the buffer
+        // (check_range); the destination rows lie inside `dst` (rows_fit: (rows − 1) · pitch +
+        // row_bytes ≤ dst.len()); the stream is synchronized before `dst` is handed back.
+        unsafe { sys::cuMemcpy2DAsync_v2(&c, self.stream.cu_stream()) }
+            .result()
+            .map_err(self.drv("cuMemcpy2DAsync"))?;
+        self.stream
+            .synchronize()
+            .map_err(self.drv("cuStreamSynchronize"))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.stream
             .synchronize()

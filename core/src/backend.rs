@@ -287,6 +287,33 @@ pub trait Backend: Send + Sync {
     fn write(&self, dst: &Buffer, offset: usize, src: &[u8]) -> Result<()>;
     /// Device → host; waits for previously enqueued ops.
     fn read(&self, src: &Buffer, offset: usize, dst: &mut [u8]) -> Result<()>;
+    /// Device → host of `rows` contiguous rows of `row_bytes` starting at `offset`, row i into
+    /// `dst[i·dst_pitch ..][.. row_bytes]` (e.g. one rank's columns of a logits matrix); the
+    /// bytes between rows of `dst` are left alone. Default: one contiguous read, then a host
+    /// scatter; a backend with a pitched copy (CUDA's cuMemcpy2D) writes in place.
+    fn read_rows(
+        &self,
+        src: &Buffer,
+        offset: usize,
+        row_bytes: usize,
+        rows: usize,
+        dst: &mut [u8],
+        dst_pitch: usize,
+    ) -> Result<()> {
+        check::rows_fit(row_bytes, rows, dst.len(), dst_pitch)?;
+        if rows <= 1 || row_bytes == dst_pitch {
+            // Contiguous in `dst` too.
+            return self.read(src, offset, &mut dst[..row_bytes * rows]);
+        }
+        let mut tmp = vec![0u8; row_bytes * rows];
+        self.read(src, offset, &mut tmp)?;
+        if row_bytes > 0 {
+            for (i, r) in tmp.chunks_exact(row_bytes).enumerate() {
+                dst[i * dst_pitch..i * dst_pitch + row_bytes].copy_from_slice(r);
+            }
+        }
+        Ok(())
+    }
     fn synchronize(&self) -> Result<()>;
 
     /// Upload (and repack, if the backend wants) a weight once. 2-D `[n, k]` or 3-D `[e, n, k]`.
@@ -419,6 +446,25 @@ pub trait Replay: Send + Sync {
 /// Helpers every backend uses to validate op arguments with uniform messages.
 pub mod check {
     use super::*;
+
+    /// `rows` rows of `row_bytes` at a pitch of `pitch` fit in a destination of `len` bytes
+    /// (rows do not overlap: `row_bytes ≤ pitch` when there are several).
+    pub fn rows_fit(row_bytes: usize, rows: usize, len: usize, pitch: usize) -> Result<()> {
+        let end = rows
+            .checked_sub(1)
+            .map(|r| r.checked_mul(pitch).and_then(|x| x.checked_add(row_bytes)));
+        let ok = match end {
+            None => true,
+            Some(end) => (rows == 1 || row_bytes <= pitch) && end.is_some_and(|e| e <= len),
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::Invalid(format!(
+                "read_rows: {rows} rows of {row_bytes} bytes at a pitch of {pitch} do not fit {len} bytes"
+            )))
+        }
+    }
 
     pub fn device(op: OpKind, backend: DeviceId, found: DeviceId) -> Result<()> {
         if backend != found {

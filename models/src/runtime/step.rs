@@ -157,8 +157,6 @@ pub struct Runtime {
     /// The stages computing logits and their vocabulary columns (one stage with all of them,
     /// or every tensor-parallel rank with its share).
     heads: Vec<(usize, Range<usize>)>,
-    /// Host bounce buffer of a shared head: `[R, largest share]` f32 (empty with one head).
-    head_part: Vec<f32>,
     /// The tensor-parallel all-reduce (`None`: one device or a layer split).
     tensor: Option<Arc<dyn Collective>>,
     /// The whole model's config.
@@ -220,13 +218,6 @@ impl Runtime {
                 cfg.vocab
             )));
         }
-        let head_part = match heads.as_slice() {
-            [_] => Vec::new(),
-            h => {
-                let widest = h.iter().map(|(_, r)| r.len()).max().unwrap_or(0);
-                vec![0f32; dims.logit_rows() * widest]
-            }
-        };
         let max_blocks = dims.max_blocks();
         let blocks = opts.kv_blocks.unwrap_or(opts.max_seqs * max_blocks) + 1;
         let parts: Vec<KvPart<'_>> = stages
@@ -255,7 +246,6 @@ impl Runtime {
         Ok(Runtime {
             stages,
             heads,
-            head_part,
             tensor: model.collective().cloned(),
             cfg,
             kv,
@@ -376,28 +366,26 @@ impl Runtime {
         Ok(rows)
     }
 
-    /// `rows` logits rows into `host_logits` `[rows, V]`: read whole from one head, or joined
-    /// from every rank's columns; then the final soft-cap.
+    /// `rows` logits rows into `host_logits` `[rows, V]`: read whole from one head, or each
+    /// rank's columns straight into their place (`Backend::read_rows`); then the final soft-cap.
     fn read_logits(&mut self, rows: usize) -> Result<()> {
         let vocab = self.cfg.vocab;
-        let out = &mut self.host_logits[..rows * vocab];
+        let out: &mut [u8] = bytemuck::cast_slice_mut(&mut self.host_logits[..rows * vocab]);
         for (i, cols) in &self.heads {
             let (p, b) = (&self.stages[*i].plan.logits, &self.stages[*i].backend);
-            let read = |dst: &mut [f32]| {
-                b.read(&p.buf, p.offset, bytemuck::cast_slice_mut(dst))
-                    .map_err(|e| ModelError::backend("reading logits", e))
-            };
-            if cols.len() == vocab {
-                read(out)?;
-                continue;
-            }
-            let part = &mut self.head_part[..rows * cols.len()];
-            read(part)?;
-            for (r, src) in part.chunks_exact(cols.len()).enumerate() {
-                out[r * vocab + cols.start..r * vocab + cols.end].copy_from_slice(src);
-            }
+            let at = cols.start * 4;
+            b.read_rows(
+                &p.buf,
+                p.offset,
+                cols.len() * 4,
+                rows,
+                &mut out[at..],
+                vocab * 4,
+            )
+            .map_err(|e| ModelError::backend("reading logits", e))?;
         }
         if let Some(c) = self.cfg.final_softcap {
+            let out = &mut self.host_logits[..rows * vocab];
             out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
         }
         Ok(())

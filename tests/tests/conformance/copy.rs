@@ -1,6 +1,6 @@
 //! copy: every f32/f16/bf16 → f32/f16/bf16 conversion (round to nearest even), into a
 //! different shape of the same element count, with specials (±0, ±inf, f16 overflow,
-//! subnormals). gather: rows by index.
+//! subnormals). gather: rows by index. read_rows: strided device → host rows.
 
 use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::{conformance, data, dev, harness, oracle, require_op, tolerance};
@@ -140,7 +140,58 @@ fn gather_errors_case(b: &dyn Backend) {
     );
 }
 
+/// `Backend::read_rows`: `rows` rows of `width` f32 (a tensor at a guarded offset) into a host
+/// matrix of `pitch` f32 per row at column `col`; everything else in the host matrix keeps its
+/// poison. Exact (a copy). Bad geometry is an error, not a wild write.
+fn read_rows_case(b: &dyn Backend, rows: usize, width: usize, pitch: usize, col: usize) {
+    let mut rng = harness::rng();
+    let v = rng.activations(rows * width, 10.0);
+    let t = dev::upload_f32(b, &[rows, width], &v);
+    let poison = 0xA5u8;
+    let mut host = vec![poison; (rows * pitch) * 4];
+    dev::ok(
+        "read_rows",
+        b.read_rows(
+            &t.buf,
+            t.offset,
+            width * 4,
+            rows,
+            &mut host[col * 4..],
+            pitch * 4,
+        ),
+    );
+    for r in 0..rows {
+        for c in 0..pitch {
+            let at = (r * pitch + c) * 4;
+            let got = &host[at..at + 4];
+            if (col..col + width).contains(&c) {
+                let want = v[r * width + c - col].to_le_bytes();
+                assert_eq!(got, want, "read_rows: row {r} column {c} ({})", b.id());
+            } else {
+                assert!(
+                    got.iter().all(|&x| x == poison),
+                    "read_rows wrote outside its rows: row {r} column {c} ({})",
+                    b.id()
+                );
+            }
+        }
+    }
+    if rows > 1 {
+        let mut small = vec![0u8; (rows - 1) * pitch * 4];
+        dev::expect_err("read_rows into a destination one row short", || {
+            b.read_rows(&t.buf, t.offset, width * 4, rows, &mut small, pitch * 4)
+        });
+        let mut big = vec![0u8; rows * width * 8];
+        dev::expect_err("read_rows with a pitch below the row", || {
+            b.read_rows(&t.buf, t.offset, width * 4, rows, &mut big, width * 2)
+        });
+    }
+}
+
 conformance! {
+    read_rows_one => read_rows_case(1, 4099, 4099, 0);
+    read_rows_split_vocab => read_rows_case(33, 1000, 2500, 1250);
+    read_rows_contiguous => read_rows_case(7, 640, 640, 0);
     copy_f32_to_f32 => copy_case(DType::F32, DType::F32);
     copy_f32_to_f16 => copy_case(DType::F32, DType::F16);
     copy_f32_to_bf16 => copy_case(DType::F32, DType::BF16);
