@@ -387,16 +387,24 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         use cudarc::driver::sys;
-        // SAFETY: an all-zero CUDA_MEMCPY2D is valid plain data (ints, null pointers).
-        let mut c: sys::CUDA_MEMCPY2D = unsafe { std::mem::zeroed() };
-        c.srcMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_DEVICE;
-        c.srcDevice = p;
-        c.srcPitch = row_bytes;
-        c.dstMemoryType = sys::CUmemorytype::CU_MEMORYTYPE_HOST;
-        c.dstHost = dst.as_mut_ptr().cast();
-        c.dstPitch = dst_pitch.max(row_bytes);
-        c.WidthInBytes = row_bytes;
-        c.Height = rows;
+        let c = sys::CUDA_MEMCPY2D {
+            srcXInBytes: 0,
+            srcY: 0,
+            srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+            srcHost: std::ptr::null(),
+            srcDevice: p,
+            srcArray: std::ptr::null_mut(),
+            srcPitch: row_bytes,
+            dstXInBytes: 0,
+            dstY: 0,
+            dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+            dstHost: dst.as_mut_ptr().cast(),
+            dstDevice: 0,
+            dstArray: std::ptr::null_mut(),
+            dstPitch: dst_pitch.max(row_bytes),
+            WidthInBytes: row_bytes,
+            Height: rows,
+        };
         self.ctx
             .bind_to_thread()
             .map_err(self.drv("cuCtxSetCurrent"))?;
