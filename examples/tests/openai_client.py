@@ -11,24 +11,10 @@ import urllib.error
 import urllib.request
 
 import openai
+from openai_common import Session
 
-BASE = sys.argv[1].rstrip("/")
-client = openai.OpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0, timeout=120)
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok {name}")
-
-
-def get(path):
-    with urllib.request.urlopen(BASE + path, timeout=30) as r:
-        return json.loads(r.read())
+S = Session(sys.argv[1])
+BASE, client, check, get = S.base, S.client, S.check, S.get
 
 
 def post_raw(path, body):
@@ -151,4 +137,4 @@ check("cancel frees blocks", h["running"] == 0 and h["blocks"]["in_use"] == 0 an
 b = h["blocks"]
 check("block accounting", b["free"] + b["cached"] + b["in_use"] == b["total"], b)
 
-print(f"{passed} passed, 0 failed")
+S.done()

@@ -8,30 +8,14 @@ check. Run by examples/tests/serve_registry.rs.
 
 import json
 import sys
-import urllib.request
 
 import openai
+from openai_common import Session
 
-BASE = sys.argv[1].rstrip("/")
+S = Session(sys.argv[1])
+BASE, client, check, get = S.base, S.client, S.check, S.get
 EXPECT = json.load(open(sys.argv[2]))
 NAMES = sorted(EXPECT["models"])
-client = openai.OpenAI(base_url=BASE + "/v1", api_key="unused", max_retries=0, timeout=120)
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if not cond:
-        print(f"FAIL {name}: {detail}")
-        sys.exit(1)
-    passed += 1
-    print(f"ok {name}")
-
-
-def get(path):
-    with urllib.request.urlopen(BASE + path, timeout=30) as r:
-        return json.loads(r.read())
-
 
 ids = sorted(m.id for m in client.models.list().data)
 check("models.list names every model", ids == NAMES, ids)
@@ -70,4 +54,4 @@ used = sum(b["used"] for b in h["budget"].values())
 check("health: used = sum of the models' bytes", used == sum(m["bytes"] for m in h["models"]), h)
 check("health: no request left", h["running"] == 0 and h["blocks"]["in_use"] == 0, h)
 
-print(f"{passed} passed, 0 failed")
+S.done()
