@@ -184,7 +184,7 @@ fn batched_greedy_streams_equal_each_alone() {
     let prompts = prompts32(&m);
     let o = greedy(10);
     let want = alone(&m, &prompts, &o);
-    let (mut s, logs, ids) = run_batch(&m, &prompts, &o);
+    let (s, logs, ids) = run_batch(&m, &prompts, &o);
     let logs = logs.lock().unwrap();
     for (i, id) in ids.iter().enumerate() {
         let log = &logs[id];

@@ -71,12 +71,8 @@ impl ModelShard {
     pub fn layers(&self) -> std::ops::Range<usize> {
         self.spec.layers.clone()
     }
-    /// This device computes logits (all of them, or under tensor parallelism with an untied
-    /// output matrix its share of the vocabulary).
-    pub fn is_head(&self) -> bool {
-        self.weights.head_rows.is_some()
-    }
-    /// The vocabulary rows whose logits this device computes.
+    /// The vocabulary rows whose logits this device computes (`None`: no logits here; all of
+    /// them, or under tensor parallelism with an untied output matrix this rank's share).
     pub fn head_rows(&self) -> Option<std::ops::Range<usize>> {
         self.weights.head_rows.clone()
     }
