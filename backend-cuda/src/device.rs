@@ -29,6 +29,9 @@ pub struct CudaBackend {
     pub(crate) largest_weight_bf16: Mutex<usize>,
     /// Shared by every device with the same key (`tune::shared`).
     pub(crate) crossovers: Arc<Mutex<Crossovers>>,
+    /// Highest `memory_in_use` seen at the transient peaks this backend knows of (the end of
+    /// each first-use tuning, while its buffers are alive); 0 before any.
+    pub(crate) memory_peak: std::sync::atomic::AtomicU64,
 }
 
 impl CudaBackend {
@@ -68,6 +71,7 @@ impl CudaBackend {
             stream,
             gemm: Mutex::new(None),
             largest_weight_bf16: Mutex::new(0),
+            memory_peak: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -255,47 +259,145 @@ impl CudaBackend {
         Ok(bytes.max(1))
     }
 
-    /// The matmul scratch, cuBLASLt and tuning needs of `uses` (ops/matmul_q.rs): a use with a
-    /// persisted crossover c runs the fused path up to min(c, rows) rows and the dense path at
-    /// rows > c; an untuned use is first tuned, which runs both paths at every `LADDER` row
-    /// count (with transient x, out and L2-flush buffers), then either path up to its rows.
+    /// The GEMM scratch a matmul of x `[m, k]` by a `dt` weight `[n, k]` asks for on `path`
+    /// (what `matmul_fused` / `matmul_mma` / `matmul_dense` request), or None where the path
+    /// cannot run it. Float weights run the fused path without scratch.
+    pub(crate) fn path_scratch(
+        &self,
+        path: crate::ops::matmul_q::MatmulPath,
+        dt: DType,
+        m: usize,
+        n: usize,
+        k: usize,
+    ) -> Option<usize> {
+        use crate::ops::matmul_q::MatmulPath;
+        let chunked = crate::buffer::chunked_ok(dt, k);
+        match path {
+            MatmulPath::Fused if dt.is_float() => Some(0),
+            MatmulPath::Fused => {
+                chunked.then(|| crate::ops::matmul_q::fused_scratch_bytes(dt, m, k))
+            }
+            MatmulPath::Mma => crate::ops::matmul_mma::mma_supported(dt, k)
+                .then(|| self.mma_scratch_bytes(dt, m, n, k)),
+            // Block types whose rows are not whole chunks are refused by the dense path.
+            MatmulPath::Dense | MatmulPath::Auto => (dt.is_float() || chunked).then(|| {
+                let t = crate::ops::matmul_q::dense_tiles(dt, m, n, k);
+                t.w_scratch + t.x_scratch
+            }),
+        }
+    }
+
+    /// The largest GEMM scratch first-use tuning of a `dt` weight `[n, k]` asks for: every
+    /// path at every rung of the ladder (tune.rs `tune_inner`). The tuner allocates it once,
+    /// on top of the scratch stack, and frees it when the measurement is done.
+    pub(crate) fn tuning_scratch(&self, dt: DType, n: usize, k: usize) -> usize {
+        use crate::ops::matmul_q::MatmulPath;
+        let mut most = 0;
+        for &m in &crate::tune::LADDER {
+            for path in [MatmulPath::Fused, MatmulPath::Mma, MatmulPath::Dense] {
+                most = most.max(self.path_scratch(path, dt, m, n, k).unwrap_or(0));
+            }
+        }
+        most
+    }
+
+    /// The matmul scratch, cuBLASLt and tuning needs of `uses` (ops/matmul_q.rs): a use with
+    /// persisted crossovers (f, q) runs the fused path up to min(f, rows) rows, the mma path
+    /// up to min(q, rows) and the dense path above q; the persistent scratch is the largest of
+    /// those requests. An untuned use is first tuned, which runs every path at every `LADDER`
+    /// rung on transient buffers (x, out, the L2 flush and its own scratch, all freed after
+    /// it), and afterwards may take any path up to its rows.
     fn matmul_workspace(&self, uses: &[MatmulUse]) -> MatmulWorkspace {
+        use crate::ops::matmul_q::MatmulPath;
         let ladder = crate::tune::LADDER[crate::tune::LADDER.len() - 1];
         let mut ws = MatmulWorkspace::default();
         for u in uses {
             if u.shape.rank() != 2 || u.max_rows == 0 || u.shape.numel() == 0 {
                 continue;
             }
-            let (n, k, dt) = (u.shape.dim(0), u.shape.dim(1), u.dtype);
-            let (fused_rows, dense_rows) = match self.crossover(dt, n, k) {
-                Some(c) => (u.max_rows.min(c), (u.max_rows > c).then_some(u.max_rows)),
+            let (n, k, dt, rows) = (u.shape.dim(0), u.shape.dim(1), u.dtype, u.max_rows);
+            // (path, rows it runs at most) for this use.
+            let runs: Vec<(MatmulPath, usize)> = match self.crossovers_of(dt, n, k) {
+                Some(c) => {
+                    let f = rows.min(c.max_fused_rows);
+                    let q = rows.min(c.max_mma_rows.max(c.max_fused_rows));
+                    let mut v = vec![(MatmulPath::Fused, f)];
+                    if q > f {
+                        v.push((MatmulPath::Mma, q));
+                    }
+                    if rows > q {
+                        v.push((MatmulPath::Dense, rows));
+                    }
+                    v
+                }
                 None => {
-                    // tune_inner: out [512, n] f32, the flush buffer, x [512, k] f32.
-                    ws.tuning = ws
-                        .tuning
-                        .max(ladder * n * 4 + crate::tune::FLUSH_BYTES + ladder * k * 4);
-                    let rows = u.max_rows.max(ladder);
-                    (rows, Some(rows))
+                    // tune_inner: out [512, n] f32, the flush buffer, x [512, k] f32, scratch.
+                    let t = ladder * n * 4
+                        + crate::tune::FLUSH_BYTES
+                        + ladder * k * 4
+                        + self.tuning_scratch(dt, n, k);
+                    ws.tuning = ws.tuning.max(t);
+                    vec![
+                        (MatmulPath::Fused, rows),
+                        (MatmulPath::Mma, rows),
+                        (MatmulPath::Dense, rows),
+                    ]
                 }
             };
-            let chunked = crate::buffer::chunked_ok(dt, k);
-            // Float weights run the fused path without scratch.
-            if dt.is_quantized() && chunked && fused_rows > 0 {
-                ws.used = true;
-                ws.scratch = ws
-                    .scratch
-                    .max(crate::ops::matmul_q::fused_scratch_bytes(dt, fused_rows, k));
-            }
-            // Block types whose rows are not whole chunks are refused by the dense path.
-            if let Some(m) = dense_rows
-                && (dt.is_float() || chunked)
-            {
-                let t = crate::ops::matmul_q::dense_tiles(dt, m, n, k);
-                ws.used = true;
-                ws.scratch = ws.scratch.max(t.w_scratch + t.x_scratch);
+            for (path, m) in runs {
+                if m == 0 {
+                    continue;
+                }
+                // Rows the mma path cannot take (k not whole chunks) go to the dense path.
+                let b = self.path_scratch(path, dt, m, n, k).or_else(|| {
+                    (path == MatmulPath::Mma)
+                        .then(|| self.path_scratch(MatmulPath::Dense, dt, m, n, k))
+                        .flatten()
+                });
+                if let Some(b) = b
+                    && (b > 0 || path != MatmulPath::Fused)
+                {
+                    ws.used = true;
+                    ws.scratch = ws.scratch.max(b);
+                }
             }
         }
         ws
+    }
+
+    /// The most device bytes the cuBLASLt state has held at once (its workspace and GEMM
+    /// scratch, the tuner's transient scratch included); 0 before the first matmul needing it.
+    pub fn workspace_peak(&self) -> usize {
+        let g = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map_or(0, |g| g.peak_bytes())
+    }
+
+    /// Make the GEMM scratch hold `bytes` for first-use tuning: a fresh allocation pushed on
+    /// top of the stack (its address returned for `pop_tuning_scratch`), or None when the
+    /// current scratch already holds that much.
+    pub(crate) fn push_tuning_scratch(&self, bytes: usize) -> Result<Option<u64>> {
+        let (mut guard, _) = self.matmul_scratch(0)?;
+        let Some(gemm) = guard.as_mut() else {
+            return Err(Error::backend(self.name(), "cuBLASLt state missing"));
+        };
+        if gemm.scratch(bytes).is_some() {
+            return Ok(None);
+        }
+        let mem = self.alloc_mem(bytes.max(MIN_MATMUL_SCRATCH))?;
+        Ok(Some(gemm.push_scratch(mem)))
+    }
+
+    /// Free the tuner's transient scratch once the kernels that used it are done.
+    pub(crate) fn pop_tuning_scratch(&self, ptr: Option<u64>) -> Result<()> {
+        let Some(ptr) = ptr else { return Ok(()) };
+        self.stream
+            .synchronize()
+            .map_err(self.drv("cuStreamSynchronize"))?;
+        let mut guard = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+        let mem = guard.as_mut().and_then(|g| g.remove_scratch(ptr));
+        drop(guard);
+        drop(mem);
+        Ok(())
     }
 
     /// Device bytes the cuBLASLt state holds now: its workspace and every GEMM scratch grown so
@@ -304,6 +406,28 @@ impl CudaBackend {
     pub fn workspace_allocated(&self) -> usize {
         let g = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
         g.as_ref().map_or(0, |g| g.allocated_bytes())
+    }
+
+    /// Record the memory in use now as a candidate peak (called where transient buffers are
+    /// at their largest).
+    pub(crate) fn note_memory_peak(&self) {
+        if let Ok(m) = self.memory_in_use() {
+            self.memory_peak
+                .fetch_max(m, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The peak device memory in use: the largest of the transient peaks noted so far (first-
+    /// use tuning) and the memory in use now. For comparing with a plan's peak.
+    pub fn memory_peak(&self) -> Result<u64> {
+        let now = self.memory_in_use()?;
+        Ok(now.max(self.memory_peak.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
+    /// Forget the transient peaks noted so far (a benchmark starting its next run).
+    pub fn reset_memory_peak(&self) {
+        self.memory_peak
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Device memory in use on this GPU, `total − free` of `cuMemGetInfo` (every process and

@@ -71,6 +71,8 @@ pub(crate) struct Gemm {
     /// The current scratch is the last; older (smaller) ones stay alive because a captured graph
     /// may still reference them.
     scratch: Vec<CudaMem>,
+    /// The most bytes `allocated_bytes` has reached (transient tuning scratch included).
+    peak: usize,
     device: String,
 }
 
@@ -112,6 +114,7 @@ impl Gemm {
             workspace_bytes,
             plans: HashMap::new(),
             scratch: Vec::new(),
+            peak: workspace_bytes,
             device,
         })
     }
@@ -129,10 +132,23 @@ impl Gemm {
         self.workspace_bytes + self.scratch.iter().map(|s| s.slice.len()).sum::<usize>()
     }
 
+    /// Take the scratch at `ptr` off the stack (first-use tuning's transient one; no graph can
+    /// hold it because nothing is captured while tuning).
+    pub(crate) fn remove_scratch(&mut self, ptr: u64) -> Option<CudaMem> {
+        let i = self.scratch.iter().position(|s| s.ptr == ptr)?;
+        Some(self.scratch.remove(i))
+    }
+
     pub(crate) fn push_scratch(&mut self, mem: CudaMem) -> u64 {
         let p = mem.ptr;
         self.scratch.push(mem);
+        self.peak = self.peak.max(self.allocated_bytes());
         p
+    }
+
+    /// The most bytes held at once so far.
+    pub(crate) fn peak_bytes(&self) -> usize {
+        self.peak
     }
 
     fn err(

@@ -174,6 +174,40 @@ impl CudaBackend {
     }
 
     fn tune_inner(&self, w: &CudaWeight, n: usize, k: usize) -> Result<TuneResult> {
+        // Every path's scratch at its largest rung, allocated once on top of the scratch stack
+        // (not grown rung by rung, which would keep each smaller one alive) and freed after:
+        // the runtime keeps only what its own rows need (device.rs `matmul_workspace`).
+        let transient = self.push_tuning_scratch(self.tuning_scratch(w.dtype, n, k))?;
+        let measured = self.tune_ladder(w, n, k);
+        let freed = self.pop_tuning_scratch(transient);
+        let res = measured?;
+        freed?;
+        let mut c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
+        let kk = key(w.dtype, n, k);
+        c.known.insert(
+            kk.clone(),
+            Crossover {
+                max_fused_rows: res.max_fused_rows,
+                max_mma_rows: res.max_mma_rows,
+            },
+        );
+        c.cache.insert(
+            &kk,
+            json!({
+                "max_fused_rows": res.max_fused_rows,
+                "max_mma_rows": res.max_mma_rows,
+                "m": res.m,
+                "fused_us": res.fused_us,
+                "mma_us": res.mma_us,
+                "dense_us": res.dense_us,
+            }),
+        )?;
+        Ok(res)
+    }
+
+    /// Time every applicable path at every rung of the ladder (stopping after two dense wins
+    /// in a row) and derive the crossovers.
+    fn tune_ladder(&self, w: &CudaWeight, n: usize, k: usize) -> Result<TuneResult> {
         let m_max = *LADDER.last().unwrap_or(&1);
         let out = self.alloc_mem(m_max * n * 4)?;
         let flush = self.alloc_mem(FLUSH_BYTES)?;
@@ -228,26 +262,11 @@ impl CudaBackend {
             }
         }
         res.max_mma_rows = res.max_mma_rows.max(res.max_fused_rows);
-        let mut c = self.crossovers.lock().unwrap_or_else(|e| e.into_inner());
-        let kk = key(w.dtype, n, k);
-        c.known.insert(
-            kk.clone(),
-            Crossover {
-                max_fused_rows: res.max_fused_rows,
-                max_mma_rows: res.max_mma_rows,
-            },
-        );
-        c.cache.insert(
-            &kk,
-            json!({
-                "max_fused_rows": res.max_fused_rows,
-                "max_mma_rows": res.max_mma_rows,
-                "m": res.m,
-                "fused_us": res.fused_us,
-                "mma_us": res.mma_us,
-                "dense_us": res.dense_us,
-            }),
-        )?;
+        // The transient buffers (out, flush, x and the tuning scratch) are all alive here.
+        self.stream
+            .synchronize()
+            .map_err(self.drv("cuStreamSynchronize"))?;
+        self.note_memory_peak();
         Ok(res)
     }
 

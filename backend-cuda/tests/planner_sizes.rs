@@ -85,3 +85,56 @@ fn reserved_workspace_is_not_outgrown() {
         "workspace: planned {planned} bytes (tuning transients included), reserved {reserved}"
     );
 }
+
+/// First-use tuning of an untuned shape runs every path at every rung of the ladder (up to 512
+/// rows) on one transient scratch that it frees afterwards: the scratch held after it is the
+/// reserve of the plan's rows (not the ladder's), and the most held at once stays within the
+/// plan, which counts the transient. With the old rung-by-rung growth every smaller scratch
+/// stayed alive: the peak was several times the largest request.
+#[test]
+fn first_use_tuning_frees_its_transient_scratch() {
+    let Some(be) = gpu() else { return };
+    // A shape no other test uses, so it is untuned in a fresh cache directory (the GPU scripts
+    // start from one); where a persisted cache knows it, the tuned plan is checked instead.
+    let (dt, n, k) = (DType::Q4_K, 4104, 4096);
+    let uses = [MatmulUse {
+        dtype: dt,
+        shape: Shape::d2(n, k),
+        max_rows: 1,
+    }];
+    let untuned = be.crossover(dt, n, k).is_none();
+    let planned = be.workspace_bytes(&uses);
+    be.reserve_workspace(&uses).unwrap();
+    let reserved = be.workspace_allocated();
+    let data = random_weight(dt, n, k, 23);
+    let w = be
+        .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &data).unwrap())
+        .unwrap();
+    let x = upload(be.as_ref(), &f32_bytes(&Rng(5).vec(k)));
+    let out = poisoned(be.as_ref(), n);
+    be.matmul(
+        x.view(0, Shape::d2(1, k), DType::F32).unwrap(),
+        &w,
+        out.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+    )
+    .unwrap();
+    be.synchronize().unwrap();
+    assert!(
+        be.crossover(dt, n, k).is_some(),
+        "the matmul tuned the shape"
+    );
+    let (after, peak) = (be.workspace_allocated(), be.workspace_peak());
+    println!(
+        "{dt} [{n}, {k}] {}: planned {planned}, reserved {reserved}, held after {after}, peak {peak}",
+        if untuned { "untuned" } else { "tuned" }
+    );
+    assert_eq!(after, reserved, "the tuner's scratch was freed");
+    assert!(peak <= planned, "peak {peak} within the plan {planned}");
+    if untuned {
+        // The transient held the dense path's 512-row tiles: far above the 1-row reserve.
+        assert!(
+            peak > reserved,
+            "the tuner ran on its own transient scratch"
+        );
+    }
+}

@@ -168,6 +168,13 @@ impl CudaBackend {
         }
     }
 
+    /// The scratch `matmul_mma` asks for at x `[m, k]` and a `dt` weight `[n, k]` (the same
+    /// plan as the launch).
+    pub(crate) fn mma_scratch_bytes(&self, dt: DType, m: usize, n: usize, k: usize) -> usize {
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch
+    }
+
     /// The mma path: x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
     pub(crate) fn matmul_mma(
         &self,

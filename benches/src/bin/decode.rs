@@ -252,6 +252,16 @@ fn mem_in_use() -> Option<u64> {
     None
 }
 
+/// Peak device memory in use on the first CUDA device (the transient peaks of first-use
+/// tuning included), `None` elsewhere.
+fn mem_peak() -> Option<u64> {
+    #[cfg(feature = "cuda")]
+    if let Some(b) = kiln_benches::opened_cuda() {
+        return b.memory_peak().ok();
+    }
+    None
+}
+
 /// The memory planner's bytes for the first device of a run (what `Runtime::new`, the model
 /// and a tensor-parallel group's collective hold there), reserve 0.
 fn planned(
@@ -434,20 +444,37 @@ fn main() {
             let ctx = o.ctx.get(bi).or(o.ctx.first()).copied().unwrap_or(1);
             let mut by_graph = Vec::new();
             for &g in &o.graphs {
+                let coll = model
+                    .collective()
+                    .map(|c| c.device_bytes())
+                    .unwrap_or_default();
+                // The plan as a user gets it before running (shapes not tuned yet include the
+                // tuner's transient buffers), and again after the run (every shape tuned).
+                let plan_before = match &meta {
+                    Some(mt) => Some(planned(mt, &group, &coll, &o, b, ctx, g)?),
+                    None => None,
+                };
+                #[cfg(feature = "cuda")]
+                if let Some(cb) = kiln_benches::opened_cuda() {
+                    cb.reset_memory_peak();
+                }
                 let r = run(&model, &o, b, ctx, g)?;
-                if let (Some(base), Some(after), Some(mt)) = (base_mem, r.mem_after, &meta) {
-                    let coll = model
-                        .collective()
-                        .map(|c| c.device_bytes())
-                        .unwrap_or_default();
+                if let (Some(base), Some(after), Some(peak), Some(mt), Some(pb)) =
+                    (base_mem, r.mem_after, mem_peak(), &meta, plan_before)
+                {
                     let plan = planned(mt, &group, &coll, &o, b, ctx, g)?;
                     let used = after.saturating_sub(base);
+                    let peak = peak.saturating_sub(base);
+                    let pct = |m: u64, p: u64| 100.0 * (m as f64 - p as f64) / p.max(1) as f64;
                     println!(
-                        "      memory on {}: planned {:.3} GB, measured {:.3} GB in use above the context's (model + runtime, after the run) = {:+.2} %",
+                        "      memory on {}: planned peak {:.3} GB (plan before the run), measured peak {:.3} GB = {:+.2} %; after the run planned {:.3} GB, in use {:.3} GB = {:+.2} % (above the context's)",
                         be.id(),
+                        pb as f64 / 1e9,
+                        peak as f64 / 1e9,
+                        pct(peak, pb),
                         plan as f64 / 1e9,
                         used as f64 / 1e9,
-                        100.0 * (used as f64 - plan as f64) / plan.max(1) as f64
+                        pct(used, plan)
                     );
                 }
                 let ms = median(&r.step_ms);

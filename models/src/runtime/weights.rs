@@ -282,7 +282,7 @@ impl<'a> Loader<'a, '_> {
         if self.tp.is_some_and(|tp| tp.rank > 0) {
             v.fill(0.0);
         }
-        let z = HostTensor::new(DType::F32, t.shape.clone(), bytemuck::cast_slice(&v))
+        let z = HostTensor::new(DType::F32, t.shape, bytemuck::cast_slice(&v))
             .map_err(|e| self.terr(&name, e.to_string()))?;
         self.prepare(&name, &z)
     }
