@@ -15,8 +15,19 @@
 //     dependent of quant_x: its first weight loads overlap quant_x (griddepcontrol).
 //     Bytes: W once per M-group (n·k·bpw), x m·k·1.5 (L1/L2), y m·n·4. FLOPs 2·m·n·k (as int8
 //     dot products). At m = 1 the target is ≥ 85% of copy bandwidth (Q4_K, Q8_0, Q6_K).
+//   On sm_90 quant_x is itself a programmatic dependent of the previous kernel (it waits with
+//   griddepcontrol.wait before touching x or the scratch) and gemv8 triggers its dependents at
+//   its start, so consecutive calls overlap.
+// gemv1_<type> (m = 1, one kernel; host picks it for the 256-element k-quants and IQ4 types up
+//   to 16 MiB of weight, measured on an H200): grid at most one resident wave of 256-thread
+//   blocks; each block L2-prefetches its first steps (cp.async.bulk.prefetch), waits for the
+//   previous kernel (PDL), quantizes all of x into shared memory itself (xq/xs in quant_x's lane
+//   order, x_units·24 bytes), then streams its groups (R = 4 rows, S warps per group, one
+//   32-chunk step per trip, prefetching GEMV1_P steps ahead) as gemv8 does. Bytes: W once, x k·4
+//   per block from L2, y n·4. Mapping details and measurements: backend-cuda/labs/gemv/README.md.
 // Float types (f32, f16, bf16), few rows: gemv_<type>_m<M> (M ∈ {1, 2, 4, 8}), the same grid
-//   with f32 x loaded directly (16 bytes per lane, shared by the R rows), f32 FFMA.
+//   with f32 x loaded directly (16 bytes per lane, shared by the R rows), f32 FFMA; launched as
+//   programmatic dependents (they read x and write y only after griddepcontrol.wait).
 // dequant_bf16_<type>: grid-stride over chunks, 4 chunks in flight per thread: W (any type) →
 //   bf16 [rows, k]; reads the weight bytes once, writes 2 bytes per element.
 // x_to_bf16 / x_to_f16: f32 → bf16/f16 activations for cuBLASLt, one thread per element.
@@ -25,6 +36,26 @@
 #include "quant.cuh"
 
 #define GEMV_THREADS 128
+// gemv1 (m = 1, one kernel): W rows per group, chunk steps in flight, threads per block.
+#define GEMV1_R 4
+#define GEMV1_U 1
+#define GEMV1_P 2
+#define GEMV1_THREADS 256
+
+// Programmatic dependent launch (sm_90+): quant_x lets the GEMV grid start at once; the GEMV
+// issues its first weight loads, then waits for quant_x's results (no-ops before sm_90 and when
+// the kernel was launched without the attribute).
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 
 // 16 f32 activations from a 16-byte aligned address.
 __device__ __forceinline__ void load_x16(const float* p, float xv[16]) {
@@ -102,6 +133,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
     // Block-uniform trip count (the S > 1 reduction has barriers).
     const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
     __shared__ float red[GEMV_THREADS / KILN_WARP][R * M];
+    pdl_launch_dependents();
 
     for (int it = 0; it < rounds; it++) {
         const int g = g0 + slot + it * gstride;
@@ -123,6 +155,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
                 const int row = min(g * R + rr, n - 1);  // clamped: the tail group reads a valid row
                 T::load(body, head, (i64)row * nb + blk, c, cur[rr]);
             }
+            pdl_wait();  // x may be the previous kernel's output (PDL launch on sm_90)
 #pragma unroll
             for (int r = 0; r < T::RUNS; r++) {
                 const int off = blk * T::QK + T::run_start(c, r);
@@ -166,6 +199,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
                 }
             }
         }
+        pdl_wait();  // every thread, before any y write (y may be read by the previous kernel)
         reduce_store<R, M>(acc, red, y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
@@ -181,20 +215,6 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
 // A run then contributes dl·d·Σ q_l·qx_l − ml·d·Σ qx_l = Σ w_l·(d·qx_l): the exact weights times
 // the rounded activations (the only approximation: |x_l − d·qx_l| ≤ d / 2).
 
-// Programmatic dependent launch (sm_90+): quant_x lets the GEMV grid start at once; the GEMV
-// issues its first weight loads, then waits for quant_x's results (no-ops before sm_90 and when
-// the kernel was launched without the attribute).
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 template <class T>
 __device__ __forceinline__ int x_units(int k) {
     const int nchunks = (k / T::QK) * T::CHUNKS;
@@ -209,6 +229,7 @@ template <class T>
 __device__ __forceinline__ void quant_x_body(const float* __restrict__ x, uint4* __restrict__ xq,
                                              float2* __restrict__ xs, int k, int m) {
     pdl_launch_dependents();
+    pdl_wait();  // PDL launch: x and the scratch may still be in use by the previous kernel
     const int nchunks = (k / T::QK) * T::CHUNKS;
     const int units = x_units<T>(k);
     const i64 total = (i64)m * units * 4;
@@ -317,6 +338,7 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
     const int g0 = blockIdx.x * slots;
     const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
     __shared__ float red[GEMV_THREADS / KILN_WARP][R * M];
+    pdl_launch_dependents();  // the next call's quant_x may start (it waits for this grid)
 
     for (int it = 0; it < rounds; it++) {
         const int g = g0 + slot + it * gstride;
@@ -391,6 +413,214 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
 
 
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
+
+// ---------------------------------------------------------------- m = 1: one kernel
+// gemv1_<type> (block types, m = 1, x 16-byte aligned, x_units·24 bytes of x fit in shared
+// memory): y f32 [1, n] = x f32 [1, k] · Wᵀ in ONE kernel, launched as a programmatic dependent
+// of whatever ran before it on the stream (PDL): every block first issues its first weight
+// loads (W never depends on earlier kernels), then waits (griddepcontrol.wait), quantizes the
+// whole x row into shared memory itself (the quant_x arithmetic, same lane order: xq uint4
+// [units], xs float2 [units]; k·4 bytes read from L2 per block), and streams its rows.
+// Thread mapping: block NT threads = NT/32 warps; a group is R consecutive W rows; S warps of a
+// block (S ∈ {1, 2, 4, 8}, host-chosen) share a group and split its 32-chunk steps
+// (step G = sub + S·j, lane L takes chunk 32·G + L); each lane issues U steps × R rows of chunk
+// loads before using any (U·R chunks in flight), per run 4 dp4a + 2 FFMA per row against the
+// shared-memory x (one conflict-free 16-byte load per run, shared by the R rows). The grid is
+// at most one resident wave (host: occupancy), warps stride over the groups; reduction as in
+// gemv8 (shuffles, then shared memory across the S warps).
+// Bytes: W once (n·k·bpw from DRAM), x k·4 per block (L2), y n·4. FLOPs 2·n·k.
+
+// x f32 [k] → xq uint4 [units], xs float2 [units] in shared memory, in T's lane order (as
+// quant_x_body), one thread per unit of 16, two units' loads in flight per thread. Ends with a
+// block barrier.
+template <class T>
+__device__ __forceinline__ void quant_x_smem(const float* __restrict__ x, uint4* xq, float2* xs, int k) {
+    const int nchunks = (k / T::QK) * T::CHUNKS;
+    const int units = x_units<T>(k);
+    constexpr int QB = 2;
+    for (int u0 = threadIdx.x; u0 < units; u0 += QB * blockDim.x) {
+        float4 v[QB][4];  // the 16 x of unit u0 + b·blockDim.x
+        bool live[QB];
+#pragma unroll
+        for (int b = 0; b < QB; b++) {
+            const int u = u0 + b * blockDim.x;
+            const int L = u % KILN_WARP, rest = u / KILN_WARP;
+            const int r = rest % T::RUNS, G = rest / T::RUNS;
+            const int ci = G * KILN_WARP + L;
+            live[b] = u < units && ci < nchunks;
+            const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+            const float4* p = (const float4*)(x + (live[b] ? blk * T::QK + T::run_start(c, r) : 0));
+#pragma unroll
+            for (int t = 0; t < 4; t++) v[b][t] = live[b] ? __ldg(p + t) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int b = 0; b < QB; b++) {
+            const int u = u0 + b * blockDim.x;
+            float e[16];
+#pragma unroll
+            for (int t = 0; t < 4; t++) {
+                e[4 * t] = v[b][t].x; e[4 * t + 1] = v[b][t].y; e[4 * t + 2] = v[b][t].z; e[4 * t + 3] = v[b][t].w;
+            }
+            float amax = 0.0f;
+            bool finite = true;
+#pragma unroll
+            for (int l = 0; l < 16; l++) {
+                finite = finite && isfinite(e[l]);
+                amax = fmaxf(amax, fabsf(e[l]));
+            }
+            // As quant_x_body: d = max|x| / 127 rounded up to 22 significant bits.
+            const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
+            const float id = amax > 0.0f ? 1.0f / d : 0.0f;
+            u32 w[4] = {0u, 0u, 0u, 0u};
+            int sum = 0;
+#pragma unroll
+            for (int l = 0; l < 16; l++) {
+                const int qi = max(-127, min(127, __float2int_rn(e[l] * id)));
+                sum += qi;
+                w[l / 4] |= ((u32)qi & 0xffu) << (8 * (l % 4));
+            }
+            if (u < units) {
+                xq[u] = make_uint4(w[0], w[1], w[2], w[3]);
+                const float dd = finite ? d : __uint_as_float(0x7fc00000u);
+                xs[u] = live[b] ? make_float2(dd, dd * (float)sum) : make_float2(0.0f, 0.0f);
+            }
+        }
+    }
+    __syncthreads();
+}
+
+// The U steps × R rows of chunk loads of group g at step j (rows and chunks clamped: a valid
+// read, result unused).
+template <class T, int R, int U>
+__device__ __forceinline__ void gemv1_load(const u8* __restrict__ body, const u8* __restrict__ head,
+                                           typename T::Chunk (&cur)[U][R], int g, int j, int sub, int S,
+                                           int lane, int nb, int nchunks, int n) {
+#pragma unroll
+    for (int uu = 0; uu < U; uu++) {
+        const int ci = min(KILN_WARP * (sub + S * (j + uu)) + lane, nchunks - 1);
+        const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const int row = min(g * R + rr, n - 1);
+            T::load(body, head, (i64)row * nb + blk, c, cur[uu][rr]);
+        }
+    }
+}
+
+// Bulk prefetch of `bytes` (a multiple of 16) at a 16-byte aligned global address into L2
+// (sm_90 cp.async.bulk.prefetch; no registers held, nothing returned; a no-op before sm_90).
+__device__ __forceinline__ void l2_prefetch(const u8* p, u32 bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (bytes > 0) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// L2 prefetch of chunk step G of group g: lane rr < R takes row g·R + rr's body bytes, lane
+// R + rr its head bytes (the head range shrunk to whole 16-byte words inside it).
+template <class T, int R>
+__device__ __forceinline__ void gemv1_prefetch(const u8* __restrict__ body, const u8* __restrict__ head, int g,
+                                               int G, int lane, int nb, int nchunks, int n) {
+    const int c0 = KILN_WARP * G;
+    if (lane >= 2 * R || c0 >= nchunks) return;
+    const int rr = lane % R;
+    const int row = g * R + rr;
+    if (row >= n) return;
+    const int b0 = c0 / T::CHUNKS, b1 = (min(c0 + KILN_WARP, nchunks) - 1) / T::CHUNKS;
+    const i64 blk = (i64)row * nb + b0;
+    if (lane < R) {
+        l2_prefetch(body + blk * T::BODY, (u32)((b1 - b0 + 1) * T::BODY));
+    } else if (T::HEAD > 0) {
+        const u64 s = ((u64)(head + blk * T::HEAD) + 15u) & ~(u64)15u;
+        const u64 e = ((u64)(head + (blk + b1 - b0 + 1) * T::HEAD)) & ~(u64)15u;
+        if (e > s) l2_prefetch((const u8*)s, (u32)(e - s));
+    }
+}
+
+template <class T, int R, int U, int P>
+__device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8* __restrict__ head,
+                                           const float* __restrict__ x, float* __restrict__ y, int n, int k,
+                                           int S) {
+    extern __shared__ uint4 gemv1_x[];  // xq uint4 [units], then xs float2 [units]
+    const int nb = k / T::QK;
+    const int nchunks = nb * T::CHUNKS;
+    const int nc32 = (nchunks + KILN_WARP - 1) / KILN_WARP;
+    const int units = nc32 * T::RUNS * KILN_WARP;
+    uint4* xq = gemv1_x;
+    float2* xs = (float2*)(gemv1_x + units);
+    const int lane = threadIdx.x % KILN_WARP;
+    const int warp = threadIdx.x / KILN_WARP;
+    const int wpb = blockDim.x / KILN_WARP;
+    const int slots = wpb / S;
+    const int slot = warp / S, sub = warp % S;
+    const int ngroups = (n + R - 1) / R;
+    const int gstride = gridDim.x * slots;
+    const int per_lane = (nc32 + S - 1) / S;
+    const int g0 = blockIdx.x * slots;
+    const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
+    __shared__ float red[1024 / KILN_WARP][R];
+
+    pdl_launch_dependents();
+    // This warp's steps in order t = it·per_lane + j; the L2 prefetch runs P steps ahead.
+    auto prefetch = [&](int t) {
+        const int it = t / per_lane, j = t % per_lane;
+        const int g = g0 + slot + it * gstride;
+        if (it < rounds && g < ngroups) gemv1_prefetch<T, R>(body, head, g, sub + S * j, lane, nb, nchunks, n);
+    };
+    if (P > 0)
+        for (int t = 0; t < P; t++) prefetch(t);  // W does not depend on earlier kernels
+    pdl_wait();  // x may be the previous kernel's output
+    quant_x_smem<T>(x, xq, xs, k);
+
+    for (int it = 0; it < rounds; it++) {
+        const int g = g0 + slot + it * gstride;
+        const bool active = g < ngroups;
+        float acc[R][1];
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
+        for (int j = 0; active && j < per_lane; j += U) {
+            typename T::Chunk cur[U][R];
+            gemv1_load<T, R, U>(body, head, cur, g, j, sub, S, lane, nb, nchunks, n);
+            if (P > 0)
+#pragma unroll
+                for (int uu = 0; uu < U; uu++) prefetch(it * per_lane + j + uu + P);
+#pragma unroll
+            for (int uu = 0; uu < U; uu++) {
+                const int G = sub + S * (j + uu);
+                const int ci = KILN_WARP * G + lane;
+                if (j + uu >= per_lane || ci >= nchunks) break;
+                const int c = ci % T::CHUNKS;
+#pragma unroll
+                for (int r = 0; r < T::RUNS; r++) {
+                    const int u = (G * T::RUNS + r) * KILN_WARP + lane;
+                    const uint4 xv = xq[u];
+                    const float2 sc = xs[u];
+#pragma unroll
+                    for (int rr = 0; rr < R; rr++) {
+                        u32 qw[4];
+                        float dl, ml;
+                        T::run_qi(cur[uu][rr], c, r, qw, dl, ml);
+                        const float d = (float)dot16<T>(qw, xv);
+                        float a = fmaf(dl * sc.x, d, acc[rr][0]);
+                        if (T::HAS_MIN) a = fmaf(-ml, sc.y, a);
+                        acc[rr][0] = a;
+                    }
+                }
+            }
+        }
+        reduce_store<R, 1>(acc, red, y, n, 1, g, 0, S, warp, slot, sub, lane, active);
+    }
+}
+
+#define GEMV1_KERNEL_NAMED(name, T, R, U, P, NT)                                                 \
+    extern "C" __global__ void __launch_bounds__(NT) name(                                          \
+        const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
+        float* __restrict__ y, int n, int k, int S) {                                             \
+        gemv1_body<T, R, U, P>(body, head, x, y, n, k, S);                                        \
+    }
+
+// Kiln's m = 1 kernels: (R, U, threads) measured in backend-cuda/labs/gemv (BENCHMARKS.md).
+#define GEMV1_KERNEL(suffix, T) GEMV1_KERNEL_NAMED(gemv1_##suffix, T, GEMV1_R, GEMV1_U, GEMV1_P, GEMV1_THREADS)
+KILN_FOR_EACH_BLOCK_TYPE(GEMV1_KERNEL)
 
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \

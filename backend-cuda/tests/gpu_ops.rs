@@ -278,6 +278,63 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// m = 1 of the 12 block types on both of its kernels, forced: the one-kernel `gemv1_*` (x
+/// quantized by every block into shared memory) and quant_x + `gemv8_*`, at k = 4096 and
+/// k = 14336 (the x image of 21 KiB in shared memory, a row split over several warps), n = 202
+/// (a partial last group of 4 rows), x at a 16-byte aligned offset and at a 4-byte one (where
+/// gemv1 does not apply and the two-kernel path runs). Both round x the same way, so each must
+/// match the f64 product of the exact weights and the int8-rounded x (nmse ≤ 1e-9), and the
+/// exact-x product within the int8 bound.
+#[test]
+fn gemv_m1_one_and_two_kernel_paths_match_the_int8_x_oracle() {
+    let Some(be) = gpu() else { return };
+    let n = 202;
+    let mut failures = Vec::new();
+    for k in [4096usize, 14336] {
+        for (ti, dt) in DType::WEIGHT_TYPES.into_iter().enumerate() {
+            if !dt.is_quantized() {
+                continue;
+            }
+            let wbytes = random_weight(dt, n, k, 300 + ti as u64 + k as u64);
+            let wdeq = kiln_core::quant::dequantize_vec(dt, &wbytes).unwrap();
+            let w = be
+                .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &wbytes).unwrap())
+                .unwrap();
+            let x = Rng(11 + k as u64).vec(k + 4);
+            for off in [0usize, 4, 1] {
+                // x elements off .. off + k: byte offsets 0 and 16 (aligned), 4 (not).
+                let xs = &x[off..off + k];
+                let (xh, _) = q8_round(xs);
+                let want_q8: Vec<f64> = (0..n)
+                    .map(|c| (0..k).map(|j| xh[j] * wdeq[c * k + j] as f64).sum())
+                    .collect();
+                let want: Vec<f64> = (0..n)
+                    .map(|c| (0..k).map(|j| xs[j] as f64 * wdeq[c * k + j] as f64).sum())
+                    .collect();
+                let xb = upload(&*be, &f32_bytes(&x));
+                for one in [true, false] {
+                    let yb = poisoned(&*be, n);
+                    be.matmul_fused_m1(
+                        xb.view(off * 4, Shape::d2(1, k), DType::F32).unwrap(),
+                        &w,
+                        yb.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+                        one,
+                    )
+                    .unwrap();
+                    let y = read_f32(&*be, view(&yb, &[1, n], DType::F32));
+                    let (eq, e) = (nmse(&y, &want_q8), nmse(&y, &want));
+                    if eq.is_nan() || eq > 1e-9 || e > Q8_X_NMSE {
+                        failures.push(format!(
+                            "{dt} k={k} x+{off} one_kernel={one}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn float_weights_with_odd_k_and_unaligned_x_use_the_generic_kernel() {
     let Some(be) = gpu() else { return };

@@ -3,7 +3,8 @@
 //! Dispatch: for m ≤ the measured crossover of (device, dtype, n, k) the fused dequant GEMV /
 //! small-GEMM kernel runs (block types: x is first rounded to int8 per 16 elements by
 //! `quant_x_<type>` into the GEMM scratch, then `gemv8_<type>_m<M>` does integer dot products
-//! against the exactly decoded weights; float types: `gemv_<type>_m<M>` on f32 x); above it
+//! against the exactly decoded weights; at m = 1 the one-kernel `gemv1_<type>` (matmul_q/gemv1.rs)
+//! where it was measured faster; float types: `gemv_<type>_m<M>` on f32 x); above it
 //! the int8 tensor-core GEMM (ops/matmul_mma.rs) runs up to the second crossover (block types);
 //! above that the weight is dequantized to bf16 (in tiles of at most `W_TILE_CAP` bytes) and
 //! cuBLASLt runs a tensor-core GEMM (bf16 in, f32 accumulate). Both crossovers come from the
@@ -21,6 +22,9 @@ use crate::buffer::{CudaWeight, chunked_ok, float_code, repack, split};
 use crate::device::CudaBackend;
 use crate::gemm::{Gemm, GemmInput};
 use crate::module_cache::MATMUL_Q;
+
+mod gemv1;
+use gemv1::{Arg, GemvM1};
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -213,6 +217,36 @@ impl CudaBackend {
         out: ViewMut<'_>,
         path: MatmulPath,
     ) -> Result<()> {
+        self.matmul_impl(x, w, out, path, GemvM1::Auto)
+    }
+
+    /// The fused path with the m = 1 kernel of the block types forced (tests, benches): the
+    /// one-kernel `gemv1_*` wherever it applies (x 16-byte aligned, x's int8 image ≤ 46 KiB,
+    /// whatever the weight size) if `one_kernel`, else quant_x + `gemv8_*`. Other m and float
+    /// weights run the fused path as usual.
+    pub fn matmul_fused_m1(
+        &self,
+        x: View<'_>,
+        w: &Weight,
+        out: ViewMut<'_>,
+        one_kernel: bool,
+    ) -> Result<()> {
+        let m1 = if one_kernel {
+            GemvM1::OneKernel
+        } else {
+            GemvM1::TwoKernels
+        };
+        self.matmul_impl(x, w, out, MatmulPath::Fused, m1)
+    }
+
+    fn matmul_impl(
+        &self,
+        x: View<'_>,
+        w: &Weight,
+        out: ViewMut<'_>,
+        path: MatmulPath,
+        m1: GemvM1,
+    ) -> Result<()> {
         let op = OpKind::Matmul;
         let cw = self.weight(op, w)?;
         check::dtype(op, "x", x.dtype(), &[DType::F32])?;
@@ -260,7 +294,7 @@ impl CudaBackend {
         match path {
             MatmulPath::Mma => self.matmul_mma(xp, cw, op_, m, n, k),
             MatmulPath::Dense => self.matmul_dense(xp, cw, op_, m, n, k),
-            _ => self.matmul_fused(xp, cw, op_, m, n, k),
+            _ => self.matmul_fused_with(xp, cw, op_, [m, n, k], m1),
         }
     }
 
@@ -273,6 +307,18 @@ impl CudaBackend {
         m: usize,
         n: usize,
         k: usize,
+    ) -> Result<()> {
+        self.matmul_fused_with(xp, w, outp, [m, n, k], GemvM1::Auto)
+    }
+
+    /// [`Self::matmul_fused`] with the m = 1 kernel choice of the block types (`m1`).
+    fn matmul_fused_with(
+        &self,
+        xp: u64,
+        w: &CudaWeight,
+        outp: u64,
+        [m, n, k]: [usize; 3],
+        m1: GemvM1,
     ) -> Result<()> {
         let op = OpKind::Matmul;
         let (mi, ni, ki) = (
@@ -346,6 +392,9 @@ impl CudaBackend {
         // Block types: x → int8 units (xq uint4 [m, units], xs float2 [m, units]) in scratch,
         // then the integer-dot kernel.
         let qi = ti - FLOAT_TYPES;
+        if m == 1 && self.try_gemv1(qi, w, [xp, outp], [n, k], m1)? {
+            return Ok(());
+        }
         let units = x_units(w.dtype, k);
         let xq_bytes = m * units * 16;
         // The scratch is shared: hold the lock until both kernels are enqueued (stream order
@@ -408,13 +457,18 @@ impl CudaBackend {
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&x).arg(&xq).arg(&xs).arg(&k).arg(&m);
-        // SAFETY: x holds m·k f32 (k whole blocks of the type); xq/xs are scratch of m·units
-        // uint4 / float2 (`total` = m·units, sized by the caller with the kernel's x_units).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch quant_x"))
+        let args = [
+            Arg::U64(&x),
+            Arg::U64(&xq),
+            Arg::U64(&xs),
+            Arg::I32(&k),
+            Arg::I32(&m),
+        ];
+        // SAFETY: quant_x_<type>(x, xq, xs, k, m): x holds m·k f32 (k whole blocks of the
+        // type); xq/xs are scratch of m·units uint4 / float2 (`total` = m·units, sized by the
+        // caller with the kernel's x_units). A programmatic dependent of the previous kernel: it
+        // waits (griddepcontrol.wait) before reading x or writing the scratch.
+        unsafe { self.launch_pdl(&f, "launch quant_x", cfg, &args) }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -432,22 +486,23 @@ impl CudaBackend {
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
         let (body, head) = (w.body_ptr(), w.head_ptr());
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&body)
-            .arg(&head)
-            .arg(&x)
-            .arg(&out)
-            .arg(&n)
-            .arg(&k)
-            .arg(&m)
-            .arg(&s_split);
-        // SAFETY: body/head are the repacked n × k weight (rows are whole blocks); x holds m·k
-        // f32 at a 16-byte aligned address, out m·n f32 (checked by the callers); warps stride
-        // over the row groups (block-uniform trip counts around the barriers), every read row is
-        // clamped to n − 1 and writes are bounded by n and m.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch gemv"))
+        let args = [
+            Arg::U64(&body),
+            Arg::U64(&head),
+            Arg::U64(&x),
+            Arg::U64(&out),
+            Arg::I32(&n),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&s_split),
+        ];
+        // SAFETY: gemv_<float>_m<M>(body, head, x, y, n, k, m, S): body/head are the repacked
+        // n × k weight (rows are whole blocks); x holds m·k f32 at a 16-byte aligned address,
+        // out m·n f32 (checked by the callers); warps stride over the row groups (block-uniform
+        // trip counts around the barriers), every read row is clamped to n − 1 and writes are
+        // bounded by n and m. A programmatic dependent: x is read and y written only after
+        // griddepcontrol.wait.
+        unsafe { self.launch_pdl(&f, "launch gemv", cfg, &args) }
     }
 
     /// `gemv8_*`: body/head, x = [xq, xs], out, dims = [m, n, k, S] (see
@@ -482,72 +537,25 @@ impl CudaBackend {
     ) -> Result<()> {
         let (body, head) = (w.body_ptr(), w.head_ptr());
         let [m, n, k, s] = dims;
-        if self.info.caps.compute_capability.is_none_or(|c| c.0 < 9) {
-            let mut b = self.stream.launch_builder(f);
-            b.arg(&body)
-                .arg(&head)
-                .arg(&x[0])
-                .arg(&x[1])
-                .arg(&y)
-                .arg(&n)
-                .arg(&k)
-                .arg(&m)
-                .arg(&s);
-            // SAFETY: as in the PDL branch below.
-            return unsafe { b.launch(cfg) }.map(|_| ()).map_err(self.drv(what));
-        }
-        use cudarc::driver::sys;
-        let mut params: [*mut std::ffi::c_void; 9] = [
-            &body as *const u64 as *mut _,
-            &head as *const u64 as *mut _,
-            &x[0] as *const u64 as *mut _,
-            &x[1] as *const u64 as *mut _,
-            &y as *const u64 as *mut _,
-            &n as *const i32 as *mut _,
-            &k as *const i32 as *mut _,
-            &m as *const i32 as *mut _,
-            &s as *const i32 as *mut _,
+        let args = [
+            Arg::U64(&body),
+            Arg::U64(&head),
+            Arg::U64(&x[0]),
+            Arg::U64(&x[1]),
+            Arg::U64(&y),
+            Arg::I32(&n),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&s),
         ];
-        // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
-        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
-        let lc = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        // SAFETY: params point at 9 live locals matching both kernels' signature (body, head:
-        // the repacked n × k weight, rows whole blocks; xq uint4 / xs float2 [m, units] written
-        // by quant_x just before on this stream, read only after griddepcontrol.wait; y f32: the
-        // m·n output, or for a split mma the [splits, m, n] partial sums (splits = gridDim.z);
-        // n, k, m i32 and s = S warps per group (gemv8) or stages per split (mma)); the config's
-        // stream is this backend's. W rows are clamped to n − 1, x rows to m − 1; writes are
-        // bounded by n and m. An mma kernel's dynamic shared memory was allowed just before.
-        unsafe {
-            sys::cuLaunchKernelEx(
-                &lc,
-                f.cu_function(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        }
-        .result()
-        .map_err(self.drv(what))
+        // SAFETY: args match both kernels' signature (body, head: the repacked n × k weight,
+        // rows whole blocks; xq uint4 / xs float2 [m, units] written by quant_x just before on
+        // this stream, read only after griddepcontrol.wait; y f32: the m·n output, or for a split
+        // mma the [splits, m, n] partial sums (splits = gridDim.z); n, k, m i32 and s = S warps
+        // per group (gemv8) or stages per split (mma)). W rows are clamped to n − 1, x rows to
+        // m − 1; writes are bounded by n and m. An mma kernel's dynamic shared memory was allowed
+        // just before.
+        unsafe { self.launch_pdl(f, what, cfg, &args) }
     }
 
     #[allow(clippy::too_many_arguments)]

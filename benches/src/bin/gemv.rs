@@ -1,5 +1,7 @@
 //! GEMV (m = 1) for every weight type at n×k = 4096×4096, 14336×4096, 4096×14336: GB/s of
-//! weight + activation bytes and the fraction of the measured copy bandwidth.
+//! weight + activation bytes and the fraction of the measured copy bandwidth. On CUDA, block
+//! types also get a row for each m = 1 kernel forced (`gemv1`: one kernel; `quant_x+gemv8`: two),
+//! beside the dispatched one.
 //! `gemv --backend cuda|wgpu|reference [--quick] [--types q4_k,bf16] [--json FILE]`
 
 use kiln_benches::{
@@ -63,21 +65,35 @@ fn bench_one(
     let xv = x.view(0, Shape::d2(1, k), DType::F32)?;
     let yv = y.view_mut(0, Shape::d2(1, n), DType::F32)?;
     let calls = copies.max(if args.quick { 8 } else { 32 });
-    let secs = time_calls(be, calls, if args.quick { 3 } else { 7 }, &mut |i| {
+    let reps = if args.quick { 3 } else { 7 };
+    let bytes = (wbytes + 4 * k + 4 * n) as f64;
+    let mut row = |case: String, secs: f64| {
+        let gbs = bytes / secs;
+        rep.push(Row {
+            bench: "gemv".into(),
+            case,
+            us: secs * 1e6,
+            gbs: Some(gbs / 1e9),
+            tflops: Some(2.0 * (n * k) as f64 / secs / 1e12),
+            pct: Some(100.0 * gbs / copy),
+            note: format!(
+                "{:.1} MB weight, {copies} copies rotated",
+                wbytes as f64 / 1e6
+            ),
+        })
+    };
+    let secs = time_calls(be, calls, reps, &mut |i| {
         be.matmul(xv, &weights[i % copies], yv)
     })?;
-    let bytes = (wbytes + 4 * k + 4 * n) as f64;
-    let gbs = bytes / secs;
-    rep.push(Row {
-        bench: "gemv".into(),
-        case: format!("{} {n}x{k}", dt.name()),
-        us: secs * 1e6,
-        gbs: Some(gbs / 1e9),
-        tflops: Some(2.0 * (n * k) as f64 / secs / 1e12),
-        pct: Some(100.0 * gbs / copy),
-        note: format!(
-            "{:.1} MB weight, {copies} copies rotated",
-            wbytes as f64 / 1e6
-        ),
-    })
+    row(format!("{} {n}x{k}", dt.name()), secs)?;
+    #[cfg(feature = "cuda")]
+    if let (Some(cuda), true) = (kiln_benches::opened_cuda(), dt.is_quantized()) {
+        for (one, name) in [(true, "gemv1"), (false, "quant_x+gemv8")] {
+            let secs = time_calls(be, calls, reps, &mut |i| {
+                cuda.matmul_fused_m1(xv, &weights[i % copies], yv, one)
+            })?;
+            row(format!("{} {n}x{k} {name}", dt.name()), secs)?;
+        }
+    }
+    Ok(())
 }
