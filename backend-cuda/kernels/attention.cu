@@ -3,7 +3,8 @@
 // Buffers: q, out f32 [n_tokens, n_heads, HD]; K/V cache [num_blocks, n_kv, block_size, HD]
 // (f32, f16 or bf16); q_starts i32 [n_seqs + 1], kv_lens i32 [n_seqs], tables i32
 // [n_seqs, max_blocks]; split-KV partials (scratch) part_acc f32 [n_seqs, n_kv, rd, splits, HD]
-// and part_ml f32 [n_seqs, n_kv, rd, splits, 2].
+// and part_ml f32 [n_seqs, n_kv, rd, splits, 2]; merge counters i32 [n_seqs, n_kv, row_tiles]
+// (backend-owned, zero between calls).
 //
 // Rows: for a (sequence s, KV head g) the query rows are r = j·G + hh (j < q_len the query,
 // hh < G = n_heads / n_kv the head inside the group), so all query heads that share a KV head
@@ -16,7 +17,10 @@
 //   tile), the 4 warps split each 64-key tile into 16-key slices (each warp keeps its own online
 //   softmax state; merged through shared memory at the end); the KV range is split into chunks
 //   of `chunk` keys over gridDim.x (flash-decoding). A row whose keys span one chunk is written
-//   to `out` directly; otherwise each split writes (acc, m, l) and attn_combine merges them.
+//   to `out` directly; otherwise each split writes (acc, m, l) and they are merged: by the
+//   last CTA of the row tile to finish (a counter per (sequence, KV head, row tile) in
+//   `counters`, which that CTA sets back to 0), or, if `counters` is null, by attn_combine_hd*.
+//   The first NS−1 K/V tiles are requested before the Q tile is loaded.
 // - prefill config (q_len > qd): ROWS = 64 rows, each warp owns 16 rows and all keys of a tile
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
 // Per tile: K and V (BC keys × HD) are copied into shared memory with cp.async (16-byte chunks,
@@ -44,6 +48,7 @@ struct AttnArgs {
     const int* tables;
     float* part_acc;
     float* part_ml;
+    int* counters;           // fused merge: arrivals per (sequence, KV head, row tile); null: attn_combine merges
     int n_seqs, n_tokens, n_heads, n_kv;
     int group, block_size, max_blocks, num_blocks;
     int max_q_len, max_kv_len;
@@ -57,6 +62,17 @@ struct AttnArgs {
     int pad_;
 };
 
+// Build-time knobs (the lab, backend-cuda/labs/attn_decode, builds the alternatives):
+// KILN_ATTN_L2_PREFETCH: L2 prefetch size of the K/V cp.async (0 none, 64/128/256 bytes);
+// KILN_ATTN_TABLE_PREFETCH: 1 = decode CTAs prefetch their first block-table entries into L1
+// before reading the batch arrays, so the table loads after seq_ok hit L1.
+#ifndef KILN_ATTN_L2_PREFETCH
+#define KILN_ATTN_L2_PREFETCH 0
+#endif
+#ifndef KILN_ATTN_TABLE_PREFETCH
+#define KILN_ATTN_TABLE_PREFETCH 1
+#endif
+
 #define NEG_INF __int_as_float(0xff800000)
 #define LOG2E 1.4426950408889634f
 
@@ -67,8 +83,17 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
     return r;
 }
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
+#if KILN_ATTN_L2_PREFETCH == 256
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#elif KILN_ATTN_L2_PREFETCH == 128
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#elif KILN_ATTN_L2_PREFETCH == 64
+    asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+#endif
 }
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
@@ -131,6 +156,104 @@ __device__ __forceinline__ void key_range(const AttnArgs& a, int q_len, int kv_l
     const int p_lo = first + r0 / a.group, p_hi = first + (r_end - 1) / a.group;
     klo = a.window > 0 ? max(0, p_lo + 1 - a.window) : 0;
     khi = a.causal ? p_hi + 1 : kv_len;
+}
+
+// ------------------------------------------------------------------- split-KV merge
+// Partials are read through L2 (ld.global.cg): in the fused merge, other CTAs wrote them
+// during this launch, so L1 may hold nothing valid for them.
+__device__ __forceinline__ float ld_cg(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+// Four floats at p: one 16-byte load if `vec` (p 16-byte aligned), else four (the caller's
+// scratch and out need only be 4-byte aligned).
+__device__ __forceinline__ float4 ld_cg4(const float* p, bool vec) {
+    float4 v;
+    if (vec) {
+        asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    } else {
+        v = make_float4(ld_cg(p), ld_cg(p + 1), ld_cg(p + 2), ld_cg(p + 3));
+    }
+    return v;
+}
+
+// Combine the split-KV partials of rows r0..r_end-1 of (s, g): warp w takes rows r0 + w,
+// r0 + w + 4, ...; lane z (mod 32) reads split z's (m, l), the warp reduces max and sum, then
+// lane l accumulates dims 4l..4l+3 (+128 …) over the splits with float4 loads. Partials are
+// read through L2 (ld.global.cg): in the fused path other CTAs wrote them during this launch.
+// Bytes: (HD + 2)·4 per split and row read, HD·4 written per row; ≤ 4 rows per warp.
+template <int HD>
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
+                                          int r0, int r_end) {
+    constexpr int NV = (HD / 4 + KILN_WARP - 1) / KILN_WARP;  // float4 columns per lane
+    int klo, khi;
+    key_range(a, q_len, kv_len, r0, r_end, klo, khi);
+    const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
+    const int warp = threadIdx.x / KILN_WARP, lane = threadIdx.x % KILN_WARP;
+    const int nwarps = blockDim.x / KILN_WARP;
+    // Rows of part_acc and out are HD floats (≥ 256 bytes) apart: their bases decide alignment.
+    const bool vec = ((((unsigned long long)a.part_acc) | ((unsigned long long)a.out)) & 15ull) == 0;
+    for (int r = r0 + warp; r < r_end; r += nwarps) {
+        const i64 base = (((i64)s * a.n_kv + g) * a.rd + r) * a.splits;
+        // (m, l) of this lane's splits, merged online, then across the warp.
+        float m_l = NEG_INF, l_l = 0.0f, m_first = NEG_INF;
+        for (int zz = z0 + lane; zz <= z1; zz += KILN_WARP) {
+            const float2 ml = make_float2(ld_cg(a.part_ml + (base + zz) * 2), ld_cg(a.part_ml + (base + zz) * 2 + 1));
+            if (zz < z0 + KILN_WARP) m_first = ml.x;
+            const float mn = fmaxf(m_l, ml.x);
+            const float rf = (mn == NEG_INF) ? 0.0f : mn;
+            l_l = l_l * exp2f(m_l - rf) + ml.y * exp2f(ml.x - rf);
+            m_l = mn;
+        }
+        float M = m_l;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+        const float mref = (M == NEG_INF) ? 0.0f : M;
+        const float L = warp_sum(l_l * exp2f(m_l - mref));
+        float4 acc[NV];
+#pragma unroll
+        for (int v = 0; v < NV; v++) acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int zc = z0; zc <= z1; zc += KILN_WARP) {
+            // Weight of split zc + lane (0 past z1).
+            const float mz = zc == z0 ? m_first : (zc + lane <= z1 ? ld_cg(a.part_ml + (base + zc + lane) * 2) : NEG_INF);
+            const float wz = (zc + lane <= z1) ? exp2f(mz - mref) : 0.0f;
+            const int n = min(KILN_WARP, z1 - zc + 1);
+#pragma unroll 8
+            for (int j = 0; j < n; j++) {
+                const float w = __shfl_sync(0xffffffffu, wz, j);
+                const float* src = a.part_acc + (base + zc + j) * HD;
+#pragma unroll
+                for (int v = 0; v < NV; v++) {
+                    const int c = (lane + v * KILN_WARP) * 4;
+                    if (c < HD) {
+                        const float4 x = ld_cg4(src + c, vec);
+                        acc[v].x += w * x.x;
+                        acc[v].y += w * x.y;
+                        acc[v].z += w * x.z;
+                        acc[v].w += w * x.w;
+                    }
+                }
+            }
+        }
+        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+        const int j = r / a.group, hh = r % a.group;
+        float* dst = a.out + ((i64)(q0 + j) * a.n_heads + g * a.group + hh) * HD;
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const int c = (lane + v * KILN_WARP) * 4;
+            if (c >= HD) continue;
+            const float4 y = make_float4(acc[v].x * inv, acc[v].y * inv, acc[v].z * inv, acc[v].w * inv);
+            if (vec) {
+                *(float4*)(dst + c) = y;
+            } else {
+                dst[c] = y.x;
+                dst[c + 1] = y.y;
+                dst[c + 2] = y.z;
+                dst[c + 3] = y.w;
+            }
+        }
+    }
 }
 
 // ----------------------------------------------------------------------------- tile loader
@@ -197,6 +320,16 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     // ---- which rows and keys this CTA owns
     const int s = blockIdx.z, g = blockIdx.y;
     const int z = blockIdx.x / a.row_tiles, rt0 = blockIdx.x % a.row_tiles;
+#if KILN_ATTN_TABLE_PREFETCH
+    if (DECODE) {
+        // Table entries of this split's first keys (up to 8 per 32-byte sector, ≤ 64 sectors):
+        // in flight while seq_ok's loads are. Entries inside the [n_seqs, max_blocks] table only.
+        const int b0 = (int)(((i64)z * a.chunk) / a.block_size);
+        const int nb = min(a.chunk / a.block_size + 1, a.max_blocks - b0);
+        if (threadIdx.x < 64 && threadIdx.x * 8 < nb)
+            prefetch_l1(a.tables + (i64)s * a.max_blocks + b0 + threadIdx.x * 8);
+    }
+#endif
     int q0, q_len, kv_len;
     if (!seq_ok(a, s, q0, q_len, kv_len)) return;
     if (DECODE ? (q_len > a.qd) : (q_len <= a.qd)) return;
@@ -233,7 +366,22 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
     }
 
-    // ---- Q tile → shared memory (zeros past r_end)
+    // ---- main loop over key tiles, NS-stage cp.async ring
+    const int t_begin = klo / BC, t_end = (khi + BC - 1) / BC;
+    float o[NT_O][4];
+#pragma unroll
+    for (int n = 0; n < NT_O; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
+
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++) {
+        if (t_begin + st < t_end) {
+            u16* Ks = KVs + st * 2 * BC * LD;
+            load_kv<HD, BC, THREADS>(a, s, g, t_begin + st, klo, khi, Ks, Ks + BC * LD);
+        }
+        cp_async_commit();
+    }
+    // ---- Q tile → shared memory (zeros past r_end), while the first K/V tiles are in flight
     for (int i = threadIdx.x; i < ROWS * (HD / 8); i += THREADS) {
         const int rr = i / (HD / 8), c = i % (HD / 8);
         const int r = r0 + rr;
@@ -258,21 +406,6 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
     }
 
-    // ---- main loop over key tiles, NS-stage cp.async ring
-    const int t_begin = klo / BC, t_end = (khi + BC - 1) / BC;
-    float o[NT_O][4];
-#pragma unroll
-    for (int n = 0; n < NT_O; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
-
-#pragma unroll
-    for (int st = 0; st < NS - 1; st++) {
-        if (t_begin + st < t_end) {
-            u16* Ks = KVs + st * 2 * BC * LD;
-            load_kv<HD, BC, THREADS>(a, s, g, t_begin + st, klo, khi, Ks, Ks + BC * LD);
-        }
-        cp_async_commit();
-    }
     for (int t = t_begin; t < t_end; t++) {
         const int it = t - t_begin;
         {
@@ -413,9 +546,9 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < 16 * HD; idx += THREADS) {
+    // Only rows r0..r_end-1 exist (4 of 16 for one Llama-3 decode token).
+    for (int idx = threadIdx.x; idx < (r_end - r0) * HD; idx += THREADS) {
         const int rl = idx / HD, d = idx % HD, r = r0 + rl;
-        if (r >= r_end) continue;
         float M = NEG_INF;
 #pragma unroll
         for (int w = 0; w < WN; w++) M = fmaxf(M, wml[(w * 16 + rl) * 2]);
@@ -439,36 +572,43 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
             }
         }
     }
+    if (direct || a.counters == nullptr) return;
+
+    // Fused merge: the last of the row tile's splits to arrive merges every split's partials
+    // (threadFenceReduction pattern) and sets the counter back to 0 for the next call.
+    __shared__ int is_last;
+    __threadfence();  // this CTA's partials are visible device-wide before it counts itself
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int k0, k1;  // the row tile's whole key range (klo, khi are this split's)
+        key_range(a, q_len, kv_len, r0, r_end, k0, k1);
+        const int nz = (k1 - 1) / a.chunk - k0 / a.chunk + 1;
+        int* cnt = a.counters + ((i64)s * a.n_kv + g) * a.row_tiles + rt0;
+        is_last = (atomicAdd(cnt, 1) == nz - 1);
+        if (is_last) atomicExch(cnt, 0);
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    merge_splits<HD>(a, s, g, q_len, kv_len, q0, r0, r_end);
 }
 
-// Merge the split-KV partials of decode rows whose keys span more than one chunk.
-// Grid (rd, n_kv, n_seqs), block 128: one CTA per (sequence, KV head, row), threads over HD.
-// Bytes: (HD + 2)·4 per split read, HD·4 written per row.
-extern "C" __global__ void __launch_bounds__(128) attn_combine(const AttnArgs a, int hd) {
-    const int r = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
+// Merge the split-KV partials of decode row tiles whose keys span more than one chunk (when the
+// decode kernel did not: counters null). Grid (decode row tiles, n_kv, n_seqs), block 128.
+// Bytes: (HD + 2)·4 per split and row read, HD·4 written per row.
+template <int HD>
+__device__ __forceinline__ void combine_body(const AttnArgs& a) {
+    const int rt = blockIdx.x, g = blockIdx.y, s = blockIdx.z;
     int q0, q_len, kv_len;
     if (!seq_ok(a, s, q0, q_len, kv_len) || q_len > a.qd) return;
     const int nrows = q_len * a.group;
-    if (r >= nrows) return;
-    const int r0 = (r / 16) * 16, r_end = min(r0 + 16, nrows);
+    const int r0 = rt * 16;
+    if (r0 >= nrows) return;
+    const int r_end = min(r0 + 16, nrows);
     int klo, khi;
     key_range(a, q_len, kv_len, r0, r_end, klo, khi);
-    const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
-    if (z0 == z1) return;  // written directly by the decode kernel
-    const i64 base = (((i64)s * a.n_kv + g) * a.rd + r) * a.splits;
-    float M = NEG_INF;
-    for (int z = z0; z <= z1; z++) M = fmaxf(M, a.part_ml[(base + z) * 2]);
-    const float mref = (M == NEG_INF) ? 0.0f : M;
-    float L = 0.0f;
-    for (int z = z0; z <= z1; z++) L += a.part_ml[(base + z) * 2 + 1] * exp2f(a.part_ml[(base + z) * 2] - mref);
-    const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-    const int j = r / a.group, hh = r % a.group;
-    float* dst = a.out + ((i64)(q0 + j) * a.n_heads + g * a.group + hh) * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float O = 0.0f;
-        for (int z = z0; z <= z1; z++) O += a.part_acc[(base + z) * hd + d] * exp2f(a.part_ml[(base + z) * 2] - mref);
-        dst[d] = O * inv;
-    }
+    if (klo / a.chunk == (khi - 1) / a.chunk) return;  // written directly by the decode kernel
+    merge_splits<HD>(a, s, g, q_len, kv_len, q0, r0, r_end);
 }
 
 // attn_<decode|prefill>_hd<HD>_<f16|bf16>_s<NS> (f32 caches use the f16 kernels). Decode:
@@ -486,6 +626,7 @@ extern "C" __global__ void __launch_bounds__(128) attn_combine(const AttnArgs a,
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, bf16, true)
 
 ATTN_BOTH(decode, 64, 1, 4, 64, 3)
+ATTN_BOTH(decode, 128, 1, 4, 64, 3)
 ATTN_BOTH(decode, 128, 1, 4, 64, 2)
 ATTN_BOTH(decode, 256, 1, 4, 64, 2)
 ATTN_BOTH(decode, 256, 1, 4, 64, 1)
@@ -493,3 +634,11 @@ ATTN_BOTH(prefill, 64, 4, 1, 64, 2)
 ATTN_BOTH(prefill, 128, 4, 1, 64, 2)
 ATTN_KERNEL(prefill, 128, 4, 1, 64, 1, bf16, true)
 ATTN_BOTH(prefill, 256, 4, 1, 32, 1)
+
+// attn_combine_hd<HD>: the split merge as its own launch (the host's choice when the decode
+// kernel does not merge: no counters).
+#define ATTN_COMBINE(HD) \
+    extern "C" __global__ void __launch_bounds__(128) attn_combine_hd##HD(const AttnArgs a) { combine_body<HD>(a); }
+ATTN_COMBINE(64)
+ATTN_COMBINE(128)
+ATTN_COMBINE(256)

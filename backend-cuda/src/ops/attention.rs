@@ -6,8 +6,11 @@
 //! 1. the decode kernel for sequences with `q_len ≤ qd` (qd = max(1, 16 / G), G = query heads
 //!    per KV head): one 16-row tile per (sequence, KV head), the KV range split into `splits`
 //!    chunks of `chunk` keys (flash-decoding);
-//! 2. if `splits > 1`, `attn_combine`, merging the partials (acc, m, l) of rows whose keys span
-//!    more than one chunk (rows that fit one chunk were written directly);
+//! 2. if `splits > 1`, the partials (acc, m, l) of rows whose keys span more than one chunk are
+//!    merged (rows that fit one chunk were written directly): by the decode kernel itself (the
+//!    last CTA of a row tile to finish merges, counted in a backend-owned counter buffer that
+//!    the merging CTA sets back to 0, so graph replays need no memset), or by `attn_combine_hd*`
+//!    when no counter buffer can be had (first use inside a graph capture);
 //! 3. if `max_q_len > qd`, the prefill kernel (64-row tiles, no split) for the other sequences.
 //!
 //! Sequences that break the batch contract (q_starts not increasing inside n_tokens, q_len >
@@ -18,7 +21,8 @@
 use cudarc::driver::sys::CUfunction_attribute_enum;
 use std::sync::Mutex;
 
-use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUstreamCaptureStatus;
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
@@ -34,6 +38,9 @@ const PREFILL_ROWS: usize = 64;
 const DECODE_BC: usize = 64;
 /// Resident decode CTAs per SM assumed when the occupancy query fails.
 const FALLBACK_CTAS_PER_SM: usize = 2;
+/// Split-merge counters per SM in the backend-owned buffer: at least the resident 128-thread
+/// CTAs an SM can hold (16 at 2048 threads per SM), hence at least any plan's `counters`.
+const COUNTERS_PER_SM: usize = 16;
 /// Smallest split of the KV range (keys): smaller ones cost more in partials than they gain.
 const MIN_CHUNK: usize = 128;
 /// Head sizes with kernels.
@@ -52,6 +59,7 @@ struct AttnArgs {
     tables: u64,
     part_acc: u64,
     part_ml: u64,
+    counters: u64,
     n_seqs: i32,
     n_tokens: i32,
     n_heads: i32,
@@ -76,7 +84,7 @@ struct AttnArgs {
     pad_: i32,
 }
 
-// SAFETY: plain old data (u64/i32/f32 fields, no padding: 9·8 + 22·4 = 160 bytes) with the C
+// SAFETY: plain old data (u64/i32/f32 fields, no padding: 10·8 + 22·4 = 168 bytes) with the C
 // layout of the kernels' `AttnArgs`; the kernels only read it.
 unsafe impl DeviceRepr for AttnArgs {}
 
@@ -99,6 +107,10 @@ pub(crate) struct AttnPlan {
     /// f32 partials: acc `[n_seqs, n_kv, rd, splits, head_dim]`, then (m, l) `[.., 2]`.
     pub part_acc_floats: usize,
     pub part_ml_floats: usize,
+    /// Arrival counters of the fused split merge: one per (sequence, KV head, decode row tile)
+    /// when the decode is split, else 0. Never above `slots / 2` (a split needs two slots per
+    /// tile), so a buffer of `COUNTERS_PER_SM` per SM always holds them.
+    pub counters: usize,
 }
 
 impl AttnPlan {
@@ -148,7 +160,15 @@ pub(crate) fn plan(
         prefill_row_tiles,
         part_acc_floats: rows * p.head_dim,
         part_ml_floats: rows * 2,
+        counters: if rows > 0 { base } else { 0 },
     }
+}
+
+/// The split-merge counter buffers, one per backend stream (see `attn_counters`).
+type CounterBufs = Mutex<Vec<(usize, CudaSlice<i32>)>>;
+fn attn_counter_bufs() -> &'static CounterBufs {
+    static COUNTERS: CounterBufs = Mutex::new(Vec::new());
+    &COUNTERS
 }
 
 /// Decode or prefill configuration of the kernel.
@@ -168,7 +188,7 @@ pub(crate) struct Variant {
 /// (mode, head_dim, stages, keys per tile, kernel for f16/f32 caches, kernel for bf16 caches),
 /// fastest first; exactly the instantiations at the end of attention.cu ("" = none).
 type Entry = (Mode, usize, usize, usize, &'static str, &'static str);
-const VARIANTS: [Entry; 8] = [
+const VARIANTS: [Entry; 9] = [
     (
         Mode::Decode,
         64,
@@ -176,6 +196,14 @@ const VARIANTS: [Entry; 8] = [
         64,
         "attn_decode_hd64_f16_s3",
         "attn_decode_hd64_bf16_s3",
+    ),
+    (
+        Mode::Decode,
+        128,
+        3,
+        64,
+        "attn_decode_hd128_f16_s3",
+        "attn_decode_hd128_bf16_s3",
     ),
     (
         Mode::Decode,
@@ -338,10 +366,11 @@ impl CudaBackend {
         )
     }
 
-    /// Decode CTAs this device keeps resident at once for `hd`: SMs × the occupancy of the f16
-    /// decode kernel (registers and shared memory), queried once per (device, hd) and cached so
-    /// `attention_scratch_bytes` and `attention` always agree (a failed query uses
-    /// FALLBACK_CTAS_PER_SM, cached the same way).
+    /// Decode CTAs this device keeps resident at once for `hd`: SMs × the smaller occupancy of
+    /// the f16 and bf16 decode kernels (registers and shared memory; the scratch size may not
+    /// depend on the cache dtype, which `attention_scratch_bytes` does not see), queried once per
+    /// (device, hd) and cached so `attention_scratch_bytes` and `attention` always agree (a
+    /// failed query uses FALLBACK_CTAS_PER_SM, cached the same way).
     fn decode_slots(&self, hd: usize) -> usize {
         static SLOTS: Mutex<Vec<((u32, usize), usize)>> = Mutex::new(Vec::new());
         let key = (self.info.id.index, hd);
@@ -351,14 +380,17 @@ impl CudaBackend {
         }
         let sms = (self.info.caps.compute_units as usize).max(1);
         let limit = self.smem_limit();
-        let per_sm = variant(Mode::Decode, hd, DType::F16, limit)
-            .and_then(|v| {
-                let f = self.function(&ATTENTION, v.name)?;
-                self.allow_smem(&f, v.smem)?;
-                f.occupancy_max_active_blocks_per_multiprocessor(128, v.smem, None)
-                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
-            })
-            .map_or(FALLBACK_CTAS_PER_SM, |n| (n as usize).max(1));
+        let occupancy = |kv: DType| {
+            variant(Mode::Decode, hd, kv, limit)
+                .and_then(|v| {
+                    let f = self.function(&ATTENTION, v.name)?;
+                    self.allow_smem(&f, v.smem)?;
+                    f.occupancy_max_active_blocks_per_multiprocessor(128, v.smem, None)
+                        .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+                })
+                .map_or(FALLBACK_CTAS_PER_SM, |n| (n as usize).max(1))
+        };
+        let per_sm = occupancy(DType::F16).min(occupancy(DType::BF16));
         let v = sms * per_sm;
         cache.push((key, v));
         v
@@ -387,7 +419,64 @@ impl CudaBackend {
 
     /// Bytes of scratch `attention` needs for this batch (the decode split's partials).
     pub(crate) fn op_attention_scratch_bytes(&self, p: &AttnParams, batch: &SeqBatch<'_>) -> usize {
-        self.attn_plan(p, batch).scratch_bytes()
+        let pl = self.attn_plan(p, batch);
+        if pl.counters > 0 {
+            // Planning happens before capture: create the merge counters now (best effort: a
+            // failure here only means `attention` merges with attn_combine).
+            let _ = self.attn_counters(pl.counters);
+        }
+        pl.scratch_bytes()
+    }
+
+    /// This backend's split-merge counters copied to the host (empty if none were created).
+    #[cfg(test)]
+    pub(crate) fn attn_counters_host(&self) -> Result<Vec<i32>> {
+        let key = self.stream.cu_stream() as usize;
+        let all = attn_counter_bufs()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match all.iter().find(|(k, _)| *k == key) {
+            Some((_, b)) => self
+                .stream
+                .clone_dtoh(b)
+                .map_err(self.drv("cuMemcpyDtoH(attention merge counters)")),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Device address of this backend's split-merge counters (`sms · COUNTERS_PER_SM` i32,
+    /// zero between calls: every call's merging CTAs set theirs back to 0), created zeroed on
+    /// first use; `None` if `n` exceed them, or if they do not exist yet and the stream is
+    /// capturing a graph (an allocation must not become part of the graph): the caller then
+    /// merges with attn_combine. One buffer per stream, so backends sharing a device never
+    /// share counters; it lives as long as the process (8 KiB on a 132-SM device).
+    fn attn_counters(&self, n: usize) -> Result<Option<u64>> {
+        let key = self.stream.cu_stream() as usize;
+        let mut all = attn_counter_bufs()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let len = (self.info.caps.compute_units as usize).max(1) * COUNTERS_PER_SM;
+        if n > len {
+            return Ok(None);
+        }
+        if !all.iter().any(|(k, _)| *k == key) {
+            let status = self
+                .stream
+                .capture_status()
+                .map_err(self.drv("cuStreamIsCapturing"))?;
+            if status != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE {
+                return Ok(None);
+            }
+            let buf = self
+                .stream
+                .alloc_zeros::<i32>(len)
+                .map_err(self.drv("cuMemAlloc(attention merge counters)"))?;
+            all.push((key, buf));
+        }
+        Ok(all.iter().find(|(k, _)| *k == key).map(|(_, b)| {
+            let (ptr, _sync) = b.device_ptr(&self.stream);
+            ptr
+        }))
     }
 
     pub(crate) fn op_attention(
@@ -521,6 +610,7 @@ impl CudaBackend {
             tables: btp,
             part_acc,
             part_ml,
+            counters: 0,
             n_seqs: arg_i32(OP, "n_seqs", n_seqs)?,
             n_tokens: arg_i32(OP, "n_tokens", n_tokens)?,
             n_heads: arg_i32(OP, "n_heads", nh)?,
@@ -554,14 +644,20 @@ impl CudaBackend {
         let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
         if pl.decode_row_tiles > 0 {
             let v = variant(Mode::Decode, hd, kv.dtype(), limit)?;
+            let counters = if pl.counters > 0 {
+                self.attn_counters(pl.counters)?
+            } else {
+                None
+            };
             let a = AttnArgs {
                 row_tiles: arg_i32(OP, "row tiles", pl.decode_row_tiles)?,
+                counters: counters.unwrap_or(0),
                 ..args
             };
             let gx = arg_i32(OP, "decode grid", pl.decode_row_tiles * pl.splits)? as u32;
             self.launch_attn(v, (gx, nkv, ns), &a)?;
-            if pl.splits > 1 {
-                self.launch_combine((pl.rd as u32, nkv, ns), &a, hd as i32)?;
+            if pl.splits > 1 && counters.is_none() {
+                self.launch_combine((pl.decode_row_tiles as u32, nkv, ns), &a, hd)?;
             }
         }
         if pl.prefill_row_tiles > 0 {
@@ -590,23 +686,31 @@ impl CudaBackend {
         // batch arrays with the element counts checked, and (when splits > 1) scratch of
         // scratch_bytes(). The kernel reads only sequences passing `seq_ok` (rows < n_tokens,
         // kv_len ≤ max_blocks·block_size), block ids inside 0..num_blocks, and writes partial
-        // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size.
+        // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size. A
+        // non-null `counters` is this backend's counter buffer (attn_counters), which holds at
+        // least plan.counters = n_seqs·n_kv·row_tiles i32, the highest index the kernel uses.
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(self.drv("launch attention"))
     }
 
-    fn launch_combine(&self, grid: (u32, u32, u32), a: &AttnArgs, hd: i32) -> Result<()> {
-        let f = self.function(&ATTENTION, "attn_combine")?;
+    fn launch_combine(&self, grid: (u32, u32, u32), a: &AttnArgs, hd: usize) -> Result<()> {
+        let name = match hd {
+            64 => "attn_combine_hd64",
+            128 => "attn_combine_hd128",
+            _ => "attn_combine_hd256",
+        };
+        let f = self.function(&ATTENTION, name)?;
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = self.stream.launch_builder(&f);
-        b.arg(a).arg(&hd);
+        b.arg(a);
         // SAFETY: as `launch_attn`: the combine reads the partial slots the decode kernel wrote
-        // for the same rows (same `seq_ok` / key-range logic) and writes rows of `out`.
+        // for the same row tiles (same `seq_ok` / key-range logic) and writes rows of `out`;
+        // `hd` is the head_dim checked against HEAD_DIMS, so the kernel's HD matches the views.
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(self.drv("launch attn_combine"))
@@ -620,3 +724,7 @@ mod tests;
 #[cfg(test)]
 #[path = "attention_mma_tests.rs"]
 mod mma_tests;
+
+#[cfg(test)]
+#[path = "attention_gpu_tests.rs"]
+mod gpu_tests;

@@ -1,8 +1,9 @@
 //! CPU emulation of attention.cu's control flow and softmax math (no GPU needed): the launch
 //! geometry of `plan`, `seq_ok`, `key_range`, the split/direct decision, the tile ring's key
 //! ranges and zero-filled loads, the per-warp online softmax (log2 domain), the warp merge of
-//! the decode configuration and `attn_combine`, checked against a naive f64 softmax on caches
-//! whose unused rows are NaN. The mma fragments are not emulated (f32 dot products instead);
+//! the decode configuration and the split merge (fused: the last CTA of a row tile to arrive,
+//! counted as the kernel counts, merges and sets its counter back to 0; `attn_combine_hd*`
+//! does the same merge), checked against a naive f64 softmax on caches whose unused rows are NaN. The mma fragments are not emulated (f32 dot products instead);
 //! they are checked on the GPU by the conformance suite.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
@@ -95,6 +96,8 @@ struct Out {
     part_acc: Vec<f32>,
     part_ml: Vec<f32>,
     part_written: Vec<bool>,
+    /// Split-merge arrivals per (sequence, KV head, decode row tile), as the kernel's counters.
+    counters: Vec<usize>,
 }
 
 fn rng(seed: &mut u64) -> f32 {
@@ -273,6 +276,22 @@ fn cta(
             o.part_ml[slot * 2 + 1] = l;
         }
     }
+    if decode && !direct {
+        // The kernel's arrival count: splits of the row tile's whole key range.
+        let (k0, k1) = e.key_range(&sq, r0, r_end);
+        let nz = (k1 - 1) / e.pl.chunk - k0 / e.pl.chunk + 1;
+        let at = (s * c.n_kv + g) * row_tiles + rt0;
+        assert!(at < e.pl.counters, "counter {at} outside plan.counters");
+        o.counters[at] += 1;
+        assert!(o.counters[at] <= nz, "more arrivals than splits at {at}");
+        if o.counters[at] == nz {
+            // Last arrival: merge every row of the tile (combine asserts all partials exist).
+            for r in r0..r_end {
+                combine(e, o, r, g, s);
+            }
+            o.counters[at] = 0;
+        }
+    }
 }
 
 fn combine(e: &Emu<'_>, o: &mut Out, r: usize, g: usize, s: usize) {
@@ -394,6 +413,7 @@ fn run_case(c: Case) {
         part_acc: vec![f32::NAN; pl.part_acc_floats],
         part_ml: vec![f32::NAN; pl.part_ml_floats],
         part_written: vec![false; pl.part_ml_floats / 2],
+        counters: vec![0; pl.counters],
     };
     let n_seqs = c.seqs.len();
     for s in 0..n_seqs {
@@ -403,15 +423,8 @@ fn run_case(c: Case) {
             }
         }
     }
-    if pl.splits > 1 && pl.decode_row_tiles > 0 {
-        for s in 0..n_seqs {
-            for g in 0..nkv {
-                for r in 0..pl.rd {
-                    combine(&e, &mut o, r, g, s);
-                }
-            }
-        }
-    }
+    // Every counter is back at 0 for the next call (graph replays need no memset).
+    assert!(o.counters.iter().all(|&x| x == 0), "{:?}", o.counters);
     for s in 0..n_seqs {
         for g in 0..nkv {
             for bx in 0..pl.prefill_row_tiles {
@@ -591,7 +604,7 @@ fn every_variant_fits_its_merge_buffer_and_hopper_smem() {
         variant(Mode::Prefill, 256, DType::BF16, 48 << 10),
         Err(Error::Limit { .. })
     ));
-    assert_eq!(std::mem::size_of::<AttnArgs>(), 160);
+    assert_eq!(std::mem::size_of::<AttnArgs>(), 168);
 }
 
 #[test]
@@ -619,4 +632,39 @@ fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
     assert_eq!((many.splits, many.scratch_bytes()), (1, 0));
     let prefill = plan(&p, 1, 4096, 4096, 132);
     assert_eq!(prefill.prefill_row_tiles, 4096 * 4 / 64);
+}
+
+#[test]
+fn merge_counters_fit_the_backend_buffer() {
+    // A split needs at least two resident slots per row tile, so plan.counters ≤ slots / 2 and
+    // the per-backend buffer (COUNTERS_PER_SM per SM, ≥ the resident CTAs per SM) holds them.
+    for (n_heads, n_kv, hd) in [(32, 8, 128), (32, 1, 64), (8, 8, 256), (64, 4, 128)] {
+        let p = AttnParams {
+            n_heads,
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            scale: 0.1,
+            causal: true,
+            window: None,
+            softcap: None,
+        };
+        for sms in [1, 46, 132] {
+            for per_sm in 1..=COUNTERS_PER_SM {
+                let slots = sms * per_sm;
+                for n_seqs in [1, 2, 3, 7, 32, 200] {
+                    for (q, kv) in [(1, 1), (1, 4096), (3, 100_000), (16, 20_000)] {
+                        let pl = plan(&p, n_seqs, q, kv, slots);
+                        let need = n_seqs * n_kv * pl.decode_row_tiles;
+                        if pl.splits > 1 && pl.decode_row_tiles > 0 {
+                            assert_eq!(pl.counters, need);
+                            assert!(2 * pl.counters <= slots, "{pl:?} slots {slots}");
+                            assert!(pl.counters <= sms * COUNTERS_PER_SM);
+                        } else {
+                            assert_eq!(pl.counters, 0, "{pl:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

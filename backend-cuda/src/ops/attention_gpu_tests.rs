@@ -1,0 +1,243 @@
+//! GPU checks of the split-KV decode merge (skipped without CUDA; a failure under
+//! KILN_REQUIRE=cuda): the fused merge (counters created by `attention_scratch_bytes`) and the
+//! attn_combine fallback (first use inside a capture, no counters yet) both match the reference
+//! backend, in plain calls and in graph replays, and leave every counter at 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use super::*;
+use kiln_core::convert::{from_f32, i32_bytes, to_f32};
+use kiln_core::reference::ReferenceBackend;
+use kiln_core::{Backend, BackendProvider, Buffer, Probe, Shape};
+
+use crate::CudaProvider;
+
+fn gpu() -> Option<Arc<CudaBackend>> {
+    match CudaProvider.probe() {
+        Probe::Found(_) => Some(CudaProvider.open_cuda(0).expect("cuda:0 opens")),
+        Probe::NotFound(why) => {
+            let req = std::env::var("KILN_REQUIRE").unwrap_or_default();
+            assert!(
+                !req.split(',').any(|s| s.trim() == "cuda"),
+                "KILN_REQUIRE=cuda but CUDA was not found: {why}"
+            );
+            println!("skipped: CUDA not found ({why})");
+            None
+        }
+    }
+}
+
+const NH: usize = 32;
+const NKV: usize = 8;
+const HD: usize = 128;
+const BS: usize = 16;
+/// Decode rows (q_len 1): long (split), one chunk, and an invalid one (kv_len 0 < q_len).
+const KV_LENS: [i32; 4] = [4096, 2999, 100, 0];
+/// The reference backend rejects invalid sequences: it gets a valid length there (row unused).
+const REF_KV_LENS: [i32; 4] = [4096, 2999, 100, 1];
+
+struct Case {
+    q: Buffer,
+    k: Buffer,
+    v: Buffer,
+    q_starts: Buffer,
+    kv_lens: Buffer,
+    tables: Buffer,
+    out: Buffer,
+    blocks: usize,
+    max_blocks: usize,
+}
+
+fn upload(be: &dyn Backend, bytes: &[u8]) -> Buffer {
+    let b = be.alloc(bytes.len()).unwrap();
+    be.write(&b, 0, bytes).unwrap();
+    b
+}
+
+fn case(be: &dyn Backend, host: &HostData, kv_lens: &[i32]) -> Case {
+    Case {
+        q: upload(be, &from_f32(DType::F32, &host.q).unwrap()),
+        k: upload(be, &from_f32(DType::F16, &host.k).unwrap()),
+        v: upload(be, &from_f32(DType::F16, &host.v).unwrap()),
+        q_starts: upload(be, &i32_bytes(&host.q_starts)),
+        kv_lens: upload(be, &i32_bytes(kv_lens)),
+        tables: upload(be, &i32_bytes(&host.tables)),
+        out: be.alloc(host.q.len() * 4).unwrap(),
+        blocks: host.blocks,
+        max_blocks: host.max_blocks,
+    }
+}
+
+struct HostData {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    q_starts: Vec<i32>,
+    tables: Vec<i32>,
+    blocks: usize,
+    max_blocks: usize,
+}
+
+fn host_data() -> HostData {
+    let mut seed = 0x9e37_79b9_u64;
+    let mut rnd = || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let n = KV_LENS.len();
+    let max_blocks = 4096 / BS;
+    let blocks = n * max_blocks;
+    let q = (0..n * NH * HD).map(|_| rnd()).collect();
+    let k = (0..blocks * NKV * BS * HD).map(|_| rnd()).collect();
+    let v = (0..blocks * NKV * BS * HD).map(|_| rnd()).collect();
+    // Scrambled block order (every entry inside the cache).
+    let tables = (0..blocks)
+        .map(|i| ((i * 37 + 11) % blocks) as i32)
+        .collect();
+    HostData {
+        q,
+        k,
+        v,
+        q_starts: (0..=n as i32).collect(),
+        tables,
+        blocks,
+        max_blocks,
+    }
+}
+
+fn params() -> AttnParams {
+    AttnParams {
+        n_heads: NH,
+        n_kv_heads: NKV,
+        head_dim: HD,
+        scale: 1.0 / (HD as f32).sqrt(),
+        causal: true,
+        window: None,
+        softcap: None,
+    }
+}
+
+/// Runs attention on `c` (out poisoned with NaN first) and returns out.
+fn run(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Vec<f32> {
+    let n = KV_LENS.len();
+    be.write(&c.out, 0, &vec![0xff; n * NH * HD * 4]).unwrap();
+    call(be, c, scratch, sb).unwrap();
+    let mut bytes = vec![0u8; n * NH * HD * 4];
+    be.read(&c.out, 0, &mut bytes).unwrap();
+    to_f32(DType::F32, &bytes).unwrap()
+}
+
+fn call(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Result<()> {
+    let n = KV_LENS.len();
+    let cs = Shape::new(&[c.blocks, NKV, BS, HD])?;
+    let kv = PagedKv::new(
+        c.k.view_mut(0, cs, DType::F16)?,
+        c.v.view_mut(0, cs, DType::F16)?,
+    )?;
+    let qs = Shape::new(&[n, NH, HD])?;
+    let sv = scratch.view_mut(0, Shape::d1(sb.max(4) / 4), DType::F32)?;
+    be.attention(
+        c.q.view(0, qs, DType::F32)?,
+        &kv,
+        &batch(c)?,
+        &params(),
+        (sb > 0).then_some(sv),
+        c.out.view_mut(0, qs, DType::F32)?,
+    )
+}
+
+fn batch(c: &Case) -> Result<SeqBatch<'_>> {
+    let n = KV_LENS.len();
+    Ok(SeqBatch {
+        q_starts: c.q_starts.view(0, Shape::d1(n + 1), DType::I32)?,
+        kv_lens: c.kv_lens.view(0, Shape::d1(n), DType::I32)?,
+        block_tables: c.tables.view(0, Shape::d2(n, c.max_blocks), DType::I32)?,
+        max_q_len: 1,
+        max_kv_len: 4096,
+    })
+}
+
+/// Max |a − b| over rows valid in `b`; invalid rows (NaN in the reference's poisoned output)
+/// must be left unwritten (NaN) in `a` too.
+fn max_err(a: &[f32], b: &[f32]) -> f32 {
+    let row = NH * HD;
+    let mut worst = 0f32;
+    for (s, &kv) in KV_LENS.iter().enumerate() {
+        for i in s * row..(s + 1) * row {
+            if kv == 0 {
+                assert!(a[i].is_nan(), "invalid sequence {s} was written");
+            } else {
+                worst = worst.max((a[i] - b[i]).abs());
+            }
+        }
+    }
+    worst
+}
+
+fn counters_of(be: &CudaBackend) -> Vec<i32> {
+    be.attn_counters_host().unwrap()
+}
+
+#[test]
+fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
+    let Some(be) = gpu() else { return };
+    let host = host_data();
+    let rf = ReferenceBackend::new(0);
+    let rc = case(&rf, &host, &REF_KV_LENS);
+    let rsb = rf.attention_scratch_bytes(&params(), KV_LENS.len(), &batch(&rc).unwrap());
+    let want = run(&rf, &rc, &rf.alloc(rsb.max(4)).unwrap(), rsb);
+
+    // Fused: attention_scratch_bytes (planning, before any capture) creates the counters.
+    let c = case(&*be, &host, &KV_LENS);
+    let pl = be.attn_plan(&params(), &batch(&c).unwrap());
+    assert!(pl.splits > 1 && pl.counters > 0, "{pl:?}");
+    let sb = be.attention_scratch_bytes(&params(), KV_LENS.len(), &batch(&c).unwrap());
+    let scratch = be.alloc(sb.max(4)).unwrap();
+    for rep in 0..3 {
+        let err = max_err(&run(&*be, &c, &scratch, sb), &want);
+        assert!(err < 2e-3, "fused call {rep}: max err {err}");
+        assert!(counters_of(&be).iter().all(|&x| x == 0));
+    }
+    let g = be
+        .capture(&mut || call(&*be, &c, &scratch, sb))
+        .unwrap()
+        .expect("CUDA captures graphs");
+    for rep in 0..3 {
+        be.write(&c.out, 0, &vec![0xff; want.len() * 4]).unwrap();
+        g.replay().unwrap();
+        let mut bytes = vec![0u8; want.len() * 4];
+        be.read(&c.out, 0, &mut bytes).unwrap();
+        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want);
+        assert!(err < 2e-3, "fused replay {rep}: max err {err}");
+        assert!(counters_of(&be).iter().all(|&x| x == 0));
+    }
+    println!("fused: {pl:?}");
+
+    // Fallback: a fresh backend (own stream, no counters yet) whose first call is captured
+    // merges with attn_combine; it still matches, and creates no counters inside the capture.
+    let be2 = CudaProvider.open_cuda(0).unwrap();
+    let c2 = case(&*be2, &host, &KV_LENS);
+    let sb2 = be2
+        .attn_plan(&params(), &batch(&c2).unwrap())
+        .scratch_bytes();
+    let scratch2 = be2.alloc(sb2.max(4)).unwrap();
+    let g2 = be2
+        .capture(&mut || call(&*be2, &c2, &scratch2, sb2))
+        .unwrap()
+        .expect("CUDA captures graphs");
+    for rep in 0..2 {
+        be2.write(&c2.out, 0, &vec![0xff; want.len() * 4]).unwrap();
+        g2.replay().unwrap();
+        let mut bytes = vec![0u8; want.len() * 4];
+        be2.read(&c2.out, 0, &mut bytes).unwrap();
+        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want);
+        assert!(err < 2e-3, "attn_combine replay {rep}: max err {err}");
+    }
+    assert!(
+        counters_of(&be2).is_empty(),
+        "counters created during capture"
+    );
+}
