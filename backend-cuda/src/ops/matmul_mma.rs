@@ -44,6 +44,9 @@ const MMA_CONFIGS: [(usize, usize); 4] = [(16, 1), (32, 1), (64, 1), (64, 2)];
 /// A configuration forced for every mma matmul of this process (benches sweep them), or
 /// `usize::MAX` for the built-in choice.
 static FORCED_CONFIG: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// A k split forced for every mma matmul of this process (benches sweep it), or `usize::MAX`
+/// for the built-in rule.
+static FORCED_SPLITS: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 impl CudaBackend {
     /// Force configuration `c` (an index into `mma_configs()`) for every later mma matmul of
@@ -51,6 +54,12 @@ impl CudaBackend {
     /// that does not fit the device's shared memory is ignored (the built-in choice runs).
     pub fn force_mma_config(&self, c: Option<usize>) {
         FORCED_CONFIG.store(c.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Force `s` k splits (clamped to 1 ..= the k stages) for every later mma matmul of this
+    /// process, or restore the built-in rule with None. For benchmarks.
+    pub fn force_mma_splits(&self, s: Option<usize>) {
+        FORCED_SPLITS.store(s.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// The mma kernel configurations: (x rows, 16-row W tiles per warp) of a block.
@@ -121,15 +130,17 @@ pub(crate) fn mma_plan(
     let stages = nchunks.div_ceil(STAGE_UNITS / runs).max(1);
     let blocks = n.div_ceil(64 * wt) * m.div_ceil(bm);
     // Split k while the grid is under ~4 blocks per SM (each block has one stage of W loads in
-    // flight: more blocks, more bytes in flight), keeping ≥ 2 stages per split and the partial
-    // sums' traffic (2·4·m·n bytes per split) under ~1/4 of the weight's bytes. On an H200
-    // (BENCHMARKS.md, mma entry), Q4_K 14336×4096 m = 16/32: 42.9/70.4 µs with this rule and the
-    // first kernel version, 46.4/92.5 µs with b491c4f's kernel and a rule filling whole waves of
-    // resident blocks (fewer splits); this rule with the current kernel is not measured yet.
-    let w_bytes = n * k * dt.block_bytes() / dt.block_size().max(1);
-    let traffic_cap = (w_bytes / (32 * m * n).max(1)).max(1);
+    // flight: more blocks, more bytes in flight), keeping ≥ 2 stages per split. The kernel is
+    // bound by each block's serial load → decode → mma chain, not by bytes, so the partial
+    // sums' traffic (2·4·m·n bytes per split) is not capped: an H200 sweep of forced splits
+    // (BENCHMARKS.md, "mma k-split sweep") put this rule within 14 % of the best (configuration,
+    // split) at every measured (type, shape, m); the former cap (partials ≤ 1/4 of W) cost up
+    // to 3.7× (Q4_K 4096×14336 m = 64: 127 µs at 3 splits, 97 at 8; m = 128: 608 at 1, 166).
     let want_splits = (4 * sms.max(1)).div_ceil(blocks.max(1));
-    let splits = want_splits.min(stages / 2).min(traffic_cap).clamp(1, 16);
+    let splits = match FORCED_SPLITS.load(Ordering::Relaxed) {
+        usize::MAX => want_splits.min(stages / 2).clamp(1, 16),
+        f => f.clamp(1, stages),
+    };
     let stages_per_split = stages.div_ceil(splits);
     let splits = stages.div_ceil(stages_per_split);
     let units = x_units(dt, k);
@@ -281,5 +292,50 @@ impl CudaBackend {
         unsafe { b.launch(cfg) }
             .map(|_| ())
             .map_err(self.drv("launch mma_reduce"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The split rule on a 132-SM device: the grid is filled up to ~4 blocks per SM, every
+    /// split keeps ≥ 2 k stages, the splits cover k, and the scratch holds the partials.
+    #[test]
+    fn split_rule_fills_the_grid_and_covers_k() {
+        let sms = 132;
+        for (dt, n, k) in [
+            (DType::Q4_K, 14336, 4096),
+            (DType::Q4_K, 4096, 14336),
+            (DType::Q8_0, 4096, 4096),
+        ] {
+            for m in [8, 16, 32, 64, 128, 256, 512] {
+                let c = mma_config(m, 232_448);
+                let p = mma_plan(dt, m, n, k, c, sms);
+                let stages = k / 256;
+                let (bm, wt) = MMA_CONFIGS[c];
+                let blocks = n.div_ceil(64 * wt) * m.div_ceil(bm);
+                assert!(
+                    p.splits * p.stages_per_split >= stages,
+                    "{dt} {n}x{k} m={m}"
+                );
+                assert!(
+                    (p.splits - 1) * p.stages_per_split < stages,
+                    "no empty split"
+                );
+                assert!(p.splits == 1 || p.stages_per_split >= 2);
+                assert!(p.splits <= 16 && p.splits <= (4 * sms).div_ceil(blocks).max(1));
+                let xq = m * x_units(dt, k) * 24;
+                let part = if p.splits > 1 {
+                    p.splits * m * n * 4
+                } else {
+                    0
+                };
+                assert_eq!(p.scratch, xq + part);
+            }
+        }
+        // Q4_K 4096×14336 at m = 64 (64 blocks): 8 splits, as the sweep's best.
+        let p = mma_plan(DType::Q4_K, 64, 4096, 14336, mma_config(64, 232_448), sms);
+        assert_eq!((p.splits, p.stages_per_split), (8, 7));
     }
 }

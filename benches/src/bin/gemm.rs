@@ -5,7 +5,8 @@
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
 //! at 8192³) is measured first and each row's note gives its % of it.
 //! With env `KILN_GEMM_MMA_SWEEP=1` (CUDA) it instead times the mma path in every kernel
-//! configuration for Q4_K and Q8_0 at 14336×4096 and 4096×14336, m = 16 … 512.
+//! configuration for Q4_K and Q8_0 at 14336×4096 and 4096×14336, m = 8 … 512; with
+//! `KILN_GEMM_MMA_SPLITS=1,2,4,…` also at each forced k split.
 //! `gemm --backend cuda|wgpu|reference [--quick] [--types ...] [--json FILE]`
 
 use kiln_benches::{
@@ -121,7 +122,16 @@ fn mma_sweep(be: &dyn Backend, args: &Args) -> Result<()> {
     let cuda = kiln_benches::opened_cuda()
         .ok_or_else(|| kiln_core::Error::Invalid("the mma sweep needs --backend cuda".into()))?;
     let cfgs = kiln_cuda::CudaBackend::mma_configs();
-    println!("mma sweep: µs per configuration (x rows, 16-row W tiles per warp)");
+    // KILN_GEMM_MMA_SPLITS=1,2,4 also sweeps forced k splits (default: the built-in rule).
+    let splits: Vec<Option<usize>> = match std::env::var("KILN_GEMM_MMA_SPLITS") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|x| x.trim().parse().ok())
+            .map(Some)
+            .collect(),
+        Err(_) => vec![None],
+    };
+    println!("mma sweep: µs per configuration (x rows, 16-row W tiles per warp[/k splits])");
     for dt in args.types_or(&[DType::Q4_K, DType::Q8_0]) {
         for (n, k) in [(14336, 4096), (4096, 14336)] {
             let host = random_weight(dt, n, k, 5);
@@ -134,10 +144,17 @@ fn mma_sweep(be: &dyn Backend, args: &Args) -> Result<()> {
                 let mut cells = Vec::new();
                 for (c, cfg) in cfgs.iter().enumerate() {
                     cuda.force_mma_config(Some(c));
-                    let s = time_matmul(be, args, &ws, m, n, k, Path::Mma)?;
-                    cells.push(format!("{cfg:?}:{:.1}", s * 1e6));
+                    for &sp in &splits {
+                        cuda.force_mma_splits(sp);
+                        let s = time_matmul(be, args, &ws, m, n, k, Path::Mma)?;
+                        match sp {
+                            None => cells.push(format!("{cfg:?}:{:.1}", s * 1e6)),
+                            Some(sp) => cells.push(format!("{cfg:?}/s{sp}:{:.1}", s * 1e6)),
+                        }
+                    }
                 }
                 cuda.force_mma_config(None);
+                cuda.force_mma_splits(None);
                 let d = time_matmul(be, args, &ws, m, n, k, Path::Dense)?;
                 let f = time_matmul(be, args, &ws, m, n, k, Path::Fused)?;
                 println!(
