@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Whole-stack check on the GPU machine: the full conformance suite on CUDA and on wgpu/Vulkan,
-# the runtime's zoo tests (logits, generation, graph replay) on both, NCCL all-reduce and the
-# attention bench. Two steps:
+# kiln-cuda's own GPU tests, the runtime's zoo tests (logits, generation, graph replay) on both,
+# NCCL all-reduce, and the attention, gemm and decode benches. Two steps:
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
-#    zoo_graph, kiln-cuda nccl) and the CUDA attention bench, strips them into .gpu/verify.tar.xz
+#    zoo_graph, kiln-cuda nccl, gpu_ops, planner_sizes and its unit tests) and the CUDA
+#    attention and decode benches, strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
 # 2. GPU machine, one call (two GPUs so NCCL runs; on one GPU that part prints "skipped"):
@@ -28,7 +29,9 @@ build() {
 import json, shutil, sys
 want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_logits",
         ("zoo_generate", "test"): "zoo_generate", ("zoo_graph", "test"): "zoo_graph",
-        ("nccl", "test"): "nccl", ("nvrtc_compile", "test"): "nvrtc_compile"}
+        ("nccl", "test"): "nccl", ("nvrtc_compile", "test"): "nvrtc_compile",
+        ("gpu_ops", "test"): "gpu_ops", ("planner_sizes", "test"): "planner_sizes",
+        ("kiln_cuda", "lib"): "kiln_cuda_unit"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -46,8 +49,9 @@ missing = set(want.values()) - set(found)
 if missing:
     sys.exit(f"missing test executables: {sorted(missing)}")
 EOF
-    cargo build --release -p kiln-benches --bin attention --bin decode
+    cargo build --release -p kiln-benches --bin attention --bin decode --bin gemm
     cp "$CARGO_TARGET_DIR/release/attention" "$B/attention_bench"
+    cp "$CARGO_TARGET_DIR/release/gemm" "$B/gemm_bench"
     cp "$CARGO_TARGET_DIR/release/decode" "$B/decode_bench"
     strip "$B"/*
     KILN_CACHE_DIR="$PWD/$B/cache" LD_LIBRARY_PATH="$NV/lib" KILN_CUDA_INCLUDE="$NV/include" \
@@ -78,6 +82,13 @@ run() {
         >"$OUTD/conformance.log" 2>&1
     tail -3 "$OUTD/conformance.log"
 
+    echo "== kiln-cuda's own GPU tests (kernels vs oracles, planner sizes, unit tests)"
+    for t in gpu_ops planner_sizes kiln_cuda_unit; do
+        KILN_REQUIRE=cuda KILN_QUANT_DATA="$PWD/core/tests/data/quant" timeout 600 "$B/$t" \
+            --test-threads 1 >"$OUTD/$t.log" 2>&1
+        echo "$t: $(grep 'test result' "$OUTD/$t.log")"
+    done
+
     echo "== runtime zoo tests on cuda and wgpu"
     for t in zoo_logits zoo_generate zoo_graph; do
         KILN_ZOO="$PWD/$B/zoo" KILN_TEST_BACKENDS=cuda,wgpu timeout 900 "$B/$t" --nocapture \
@@ -92,6 +103,9 @@ run() {
     echo "== attention bench (cuda:0)"
     timeout 600 "$B/attention_bench" --backend cuda >"$OUTD/attention_bench.log" 2>&1
 
+    echo "== gemm bench (Q4_K, Q8_0, BF16; fused / mma / dense / dispatched), cuda:0"
+    timeout 600 "$B/gemm_bench" --backend cuda --types q4_k,q8_0,bf16 >"$OUTD/gemm_bench.log" 2>&1
+
     echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
     for w in q4_k bf16; do
         timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b --wtype $w --batch 1,8,32 \
@@ -99,7 +113,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance gpu_ops planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done
