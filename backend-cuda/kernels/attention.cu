@@ -62,17 +62,6 @@ struct AttnArgs {
     int pad_;
 };
 
-// Build-time knobs (the lab, backend-cuda/labs/attn_decode, builds the alternatives):
-// KILN_ATTN_L2_PREFETCH: L2 prefetch size of the K/V cp.async (0 none, 64/128/256 bytes);
-// KILN_ATTN_TABLE_PREFETCH: 1 = decode CTAs prefetch their first block-table entries into L1
-// before reading the batch arrays, so the table loads after seq_ok hit L1.
-#ifndef KILN_ATTN_L2_PREFETCH
-#define KILN_ATTN_L2_PREFETCH 0
-#endif
-#ifndef KILN_ATTN_TABLE_PREFETCH
-#define KILN_ATTN_TABLE_PREFETCH 1
-#endif
-
 #define NEG_INF __int_as_float(0xff800000)
 #define LOG2E 1.4426950408889634f
 
@@ -83,17 +72,8 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
     return r;
 }
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
-#if KILN_ATTN_L2_PREFETCH == 256
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-#elif KILN_ATTN_L2_PREFETCH == 128
-    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-#elif KILN_ATTN_L2_PREFETCH == 64
-    asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-#endif
 }
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
@@ -159,47 +139,37 @@ __device__ __forceinline__ void key_range(const AttnArgs& a, int q_len, int kv_l
 }
 
 // ------------------------------------------------------------------- split-KV merge
-// Partials are read through L2 (ld.global.cg): in the fused merge, other CTAs wrote them
-// during this launch, so L1 may hold nothing valid for them.
-__device__ __forceinline__ float ld_cg(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
-// Four floats at p: one 16-byte load if `vec` (p 16-byte aligned), else four (the caller's
-// scratch and out need only be 4-byte aligned).
-__device__ __forceinline__ float4 ld_cg4(const float* p, bool vec) {
-    float4 v;
-    if (vec) {
-        asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
-    } else {
-        v = make_float4(ld_cg(p), ld_cg(p + 1), ld_cg(p + 2), ld_cg(p + 3));
-    }
-    return v;
+// Partials are read through L2 (__ldcg: ld.global.cg): in the fused merge, other CTAs wrote
+// them during this launch, so L1 may hold nothing valid for them. VEC: part_acc and out are
+// 16-byte aligned (float4 loads and stores; the caller's scratch and out need only be 4-byte
+// aligned, so the scalar form exists too). Decided once per call, outside the loops, so the
+// unrolled loads of several splits stay independent and in flight together.
+template <bool VEC>
+__device__ __forceinline__ float4 ld_cg4(const float* p) {
+    if (VEC) return __ldcg((const float4*)p);
+    return make_float4(__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), __ldcg(p + 3));
 }
 
 // Combine the split-KV partials of rows r0..r_end-1 of (s, g): warp w takes rows r0 + w,
 // r0 + w + 4, ...; lane z (mod 32) reads split z's (m, l), the warp reduces max and sum, then
-// lane l accumulates dims 4l..4l+3 (+128 …) over the splits with float4 loads. Partials are
-// read through L2 (ld.global.cg): in the fused path other CTAs wrote them during this launch.
+// lane l accumulates dims 4l..4l+3 (+128 …) over the splits (float4 loads when VEC).
 // Bytes: (HD + 2)·4 per split and row read, HD·4 written per row; ≤ 4 rows per warp.
-template <int HD>
-__device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
-                                          int r0, int r_end) {
+template <int HD, bool VEC>
+__device__ __forceinline__ void merge_splits_v(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
+                                            int r0, int r_end) {
     constexpr int NV = (HD / 4 + KILN_WARP - 1) / KILN_WARP;  // float4 columns per lane
     int klo, khi;
     key_range(a, q_len, kv_len, r0, r_end, klo, khi);
     const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
     const int warp = threadIdx.x / KILN_WARP, lane = threadIdx.x % KILN_WARP;
     const int nwarps = blockDim.x / KILN_WARP;
-    // Rows of part_acc and out are HD floats (≥ 256 bytes) apart: their bases decide alignment.
-    const bool vec = ((((unsigned long long)a.part_acc) | ((unsigned long long)a.out)) & 15ull) == 0;
     for (int r = r0 + warp; r < r_end; r += nwarps) {
         const i64 base = (((i64)s * a.n_kv + g) * a.rd + r) * a.splits;
         // (m, l) of this lane's splits, merged online, then across the warp.
         float m_l = NEG_INF, l_l = 0.0f, m_first = NEG_INF;
         for (int zz = z0 + lane; zz <= z1; zz += KILN_WARP) {
-            const float2 ml = make_float2(ld_cg(a.part_ml + (base + zz) * 2), ld_cg(a.part_ml + (base + zz) * 2 + 1));
+            const float* pml = a.part_ml + (base + zz) * 2;
+            const float2 ml = VEC ? __ldcg((const float2*)pml) : make_float2(__ldcg(pml), __ldcg(pml + 1));
             if (zz < z0 + KILN_WARP) m_first = ml.x;
             const float mn = fmaxf(m_l, ml.x);
             const float rf = (mn == NEG_INF) ? 0.0f : mn;
@@ -216,7 +186,7 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
         for (int v = 0; v < NV; v++) acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         for (int zc = z0; zc <= z1; zc += KILN_WARP) {
             // Weight of split zc + lane (0 past z1).
-            const float mz = zc == z0 ? m_first : (zc + lane <= z1 ? ld_cg(a.part_ml + (base + zc + lane) * 2) : NEG_INF);
+            const float mz = zc == z0 ? m_first : (zc + lane <= z1 ? __ldcg(a.part_ml + (base + zc + lane) * 2) : NEG_INF);
             const float wz = (zc + lane <= z1) ? exp2f(mz - mref) : 0.0f;
             const int n = min(KILN_WARP, z1 - zc + 1);
 #pragma unroll 8
@@ -227,7 +197,7 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
                 for (int v = 0; v < NV; v++) {
                     const int c = (lane + v * KILN_WARP) * 4;
                     if (c < HD) {
-                        const float4 x = ld_cg4(src + c, vec);
+                        const float4 x = ld_cg4<VEC>(src + c);
                         acc[v].x += w * x.x;
                         acc[v].y += w * x.y;
                         acc[v].z += w * x.z;
@@ -244,7 +214,7 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
             const int c = (lane + v * KILN_WARP) * 4;
             if (c >= HD) continue;
             const float4 y = make_float4(acc[v].x * inv, acc[v].y * inv, acc[v].z * inv, acc[v].w * inv);
-            if (vec) {
+            if (VEC) {
                 *(float4*)(dst + c) = y;
             } else {
                 dst[c] = y.x;
@@ -254,6 +224,16 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
             }
         }
     }
+}
+
+template <int HD>
+__device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
+                                          int r0, int r_end) {
+    // Rows of part_acc and out are HD floats (≥ 256 bytes) apart: their bases decide alignment.
+    if (((((unsigned long long)a.part_acc) | ((unsigned long long)a.out)) & 15ull) == 0)
+        merge_splits_v<HD, true>(a, s, g, q_len, kv_len, q0, r0, r_end);
+    else
+        merge_splits_v<HD, false>(a, s, g, q_len, kv_len, q0, r0, r_end);
 }
 
 // ----------------------------------------------------------------------------- tile loader
@@ -320,16 +300,6 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     // ---- which rows and keys this CTA owns
     const int s = blockIdx.z, g = blockIdx.y;
     const int z = blockIdx.x / a.row_tiles, rt0 = blockIdx.x % a.row_tiles;
-#if KILN_ATTN_TABLE_PREFETCH
-    if (DECODE) {
-        // Table entries of this split's first keys (up to 8 per 32-byte sector, ≤ 64 sectors):
-        // in flight while seq_ok's loads are. Entries inside the [n_seqs, max_blocks] table only.
-        const int b0 = (int)(((i64)z * a.chunk) / a.block_size);
-        const int nb = min(a.chunk / a.block_size + 1, a.max_blocks - b0);
-        if (threadIdx.x < 64 && threadIdx.x * 8 < nb)
-            prefetch_l1(a.tables + (i64)s * a.max_blocks + b0 + threadIdx.x * 8);
-    }
-#endif
     int q0, q_len, kv_len;
     if (!seq_ok(a, s, q0, q_len, kv_len)) return;
     if (DECODE ? (q_len > a.qd) : (q_len <= a.qd)) return;
@@ -626,7 +596,6 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, bf16, true)
 
 ATTN_BOTH(decode, 64, 1, 4, 64, 3)
-ATTN_BOTH(decode, 128, 1, 4, 64, 3)
 ATTN_BOTH(decode, 128, 1, 4, 64, 2)
 ATTN_BOTH(decode, 256, 1, 4, 64, 2)
 ATTN_BOTH(decode, 256, 1, 4, 64, 1)

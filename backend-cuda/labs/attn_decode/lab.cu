@@ -94,9 +94,14 @@ static const int NVAR = sizeof(VARIANTS) / sizeof(VARIANTS[0]);
 
 typedef void (*NewK)(const AttnArgs);
 typedef void (*BaseK)(const base::AttnArgs);
+// The working tree's decode body at NS stages (NS 2 is the backend's attn_decode_hd128_*_s2).
+template <int NS, bool BF>
+__global__ void __launch_bounds__(128) new_decode(const AttnArgs a) {
+    attn_body<128, 1, 4, 64, NS, BF>(a);
+}
 static NewK new_kernel(int ns, bool bf) {
-    if (ns == 3) return bf ? attn_decode_hd128_bf16_s3 : attn_decode_hd128_f16_s3;
-    return bf ? attn_decode_hd128_bf16_s2 : attn_decode_hd128_f16_s2;
+    if (ns == 3) return bf ? new_decode<3, true> : new_decode<3, false>;
+    return bf ? new_decode<2, true> : new_decode<2, false>;
 }
 static BaseK base_kernel(int ns, bool bf) {
     if (ns == 3) return bf ? base_decode<3, true> : base_decode<3, false>;
@@ -437,8 +442,7 @@ int main(int argc, char** argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     g_sms = prop.multiProcessorCount;
-    printf("device %s, %d SMs, L2 %d MB; build: KILN_ATTN_L2_PREFETCH %d, KILN_ATTN_TABLE_PREFETCH %d\n", prop.name,
-           g_sms, prop.l2CacheSize >> 20, KILN_ATTN_L2_PREFETCH, KILN_ATTN_TABLE_PREFETCH);
+    printf("device %s, %d SMs, L2 %d MB\n", prop.name, g_sms, prop.l2CacheSize >> 20);
     for (int vi = 0; vi < NVAR; vi++)
         printf("slots %-44s f16 %d bf16 %d\n", VARIANTS[vi].name, slots_of(VARIANTS[vi], false),
                slots_of(VARIANTS[vi], true));

@@ -41,8 +41,11 @@ const FALLBACK_CTAS_PER_SM: usize = 2;
 /// Split-merge counters per SM in the backend-owned buffer: at least the resident 128-thread
 /// CTAs an SM can hold (16 at 2048 threads per SM), hence at least any plan's `counters`.
 const COUNTERS_PER_SM: usize = 16;
-/// Smallest split of the KV range (keys): smaller ones cost more in partials than they gain.
-const MIN_CHUNK: usize = 128;
+/// Smallest split of the KV range (keys): one 64-key tile. Measured on the H200 (lab
+/// backend-cuda/labs/attn_decode): ctx 1024 batch 1 runs 16 splits of 64 keys in 9.7 µs
+/// against 8 of 128 in 10.8 µs; more splits than resident slots lose (ctx 4096: 64 splits of 64
+/// keys on 2 CTAs/SM 22 µs against 32 of 128 in 15 µs), which the slot bound already prevents.
+const MIN_CHUNK: usize = 64;
 /// Head sizes with kernels.
 pub(crate) const HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
@@ -188,7 +191,7 @@ pub(crate) struct Variant {
 /// (mode, head_dim, stages, keys per tile, kernel for f16/f32 caches, kernel for bf16 caches),
 /// fastest first; exactly the instantiations at the end of attention.cu ("" = none).
 type Entry = (Mode, usize, usize, usize, &'static str, &'static str);
-const VARIANTS: [Entry; 9] = [
+const VARIANTS: [Entry; 8] = [
     (
         Mode::Decode,
         64,
@@ -196,14 +199,6 @@ const VARIANTS: [Entry; 9] = [
         64,
         "attn_decode_hd64_f16_s3",
         "attn_decode_hd64_bf16_s3",
-    ),
-    (
-        Mode::Decode,
-        128,
-        3,
-        64,
-        "attn_decode_hd128_f16_s3",
-        "attn_decode_hd128_bf16_s3",
     ),
     (
         Mode::Decode,

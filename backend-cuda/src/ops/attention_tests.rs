@@ -625,9 +625,16 @@ fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
     );
     assert!(one.splits > 1 && one.scratch_bytes() > 0 && one.prefill_row_tiles == 0);
     // 132 SMs × 3 resident CTAs: batch 1 fills the slots with 8 KV heads × 32 chunks of 128
-    // keys; batch 32 (256 CTAs) is one wave without splitting.
+    // keys; batch 32 (256 CTAs) is one wave without splitting; at 1k, 64-key chunks.
     let h100 = plan(&p, 1, 1, 4096, 396);
     assert_eq!((h100.splits, h100.chunk), (32, 128));
+    assert_eq!(
+        (
+            plan(&p, 1, 1, 1024, 264).splits,
+            plan(&p, 1, 1, 1024, 264).chunk
+        ),
+        (16, 64)
+    );
     let many = plan(&p, 32, 1, 4096, 396);
     assert_eq!((many.splits, many.scratch_bytes()), (1, 0));
     let prefill = plan(&p, 1, 4096, 4096, 132);
