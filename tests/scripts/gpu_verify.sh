@@ -120,6 +120,10 @@ run() {
     grep -hE "NCCL all-reduce|latency|busbw" "$OUTD/nccl.log" | head -10
     grep -hE "^(attn-dec|attn-pre|copy|dense)" "$OUTD/attention_bench.log"
     tail -n 12 "$OUTD"/decode_cuda_*.log
+    # The persisted crossovers of this GPU (the tuner's table), then one archive of every log:
+    # at most 8 files come back from the device.
+    cp "$KILN_CACHE_DIR"/tune/*.json "$OUTD/" 2>/dev/null || true
+    (cd "$OUTD" && tar -czf logs.tar.gz --remove-files ./*.log ./*.json ./*.txt 2>/dev/null) || true
 }
 
 case "${1:-}" in
