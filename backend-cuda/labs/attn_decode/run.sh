@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build and run the decode-attention lab (see README.md). On the GPU machine:
 #   bash backend-cuda/labs/attn_decode/run.sh          (logs under $OUT, or ./out)
-# BASE_RAW: the baseline attention.cu (default: HEAD's, from git; the GPU machine has no .git,
-# so write it first: git show <rev>:backend-cuda/kernels/attention.cu > .gpu/attn2/base_attention_raw.cu).
+# BASE_RAW: the baseline attention.cu, default .gpu/attn2/base_attention_raw.cu, written from
+# git (BASE_REV, default ef8375b: the kernel before this lab) if missing; the GPU machine has no
+# .git, so write it on the development machine and carry it.
 # NCU=0 skips the ncu pass; LAB_BIN: a prebuilt binary (skips nvcc); LAB_FLAGS: extra nvcc
-# flags (the kernel's build knobs, e.g. -DKILN_ATTN_L2_PREFETCH=256); TAG: suffix of the logs.
+# flags; TAG: suffix of the logs.
 set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(cd ../../.. && pwd)
@@ -12,7 +13,7 @@ OUTD=${OUT:-$PWD/out}
 mkdir -p "$OUTD"
 W=$(mktemp -d)
 RAW=${BASE_RAW:-$ROOT/.gpu/attn2/base_attention_raw.cu}
-[ -f "$RAW" ] || git -C "$ROOT" show HEAD:backend-cuda/kernels/attention.cu >"$RAW"
+[ -f "$RAW" ] || git -C "$ROOT" show "${BASE_REV:-ef8375b}":backend-cuda/kernels/attention.cu >"$RAW"
 # The baseline goes into `namespace base`: no common.cuh (already included), no extern "C", no
 # instantiations (the lab instantiates what it times).
 sed -e '/#include "common.cuh"/d' -e 's/extern "C" //' -e '/^ATTN_/d' "$RAW" >"$W/base_attention.cu"
@@ -23,7 +24,7 @@ if [ -z "${LAB_BIN:-}" ]; then
 fi
 "$BIN" | tee "$OUTD/lab${TAG:-}.txt" || echo "lab: checks failed or crashed (see lab${TAG:-}.txt)"
 if [ "${NCU:-1}" = 1 ]; then
-    ncu --clock-control none -k 'regex:attn_decode|base_decode|combine' \
+    ncu --clock-control none -k 'regex:new_decode|base_decode|combine' \
         --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,dram__bytes_read.sum,launch__grid_size,launch__registers_per_thread,sm__warps_active.avg.pct_of_peak_sustained_active \
         "$BIN" ncu >"$OUTD/ncu${TAG:-}.txt" 2>&1 || echo "ncu failed (see ncu${TAG:-}.txt)"
     timeout 120 compute-sanitizer --tool memcheck "$BIN" ncu >"$OUTD/memcheck${TAG:-}.txt" 2>&1 || echo "memcheck: rc $?"
