@@ -32,6 +32,9 @@ pub struct CudaBackend {
     /// Highest `memory_in_use` seen at the transient peaks this backend knows of (the end of
     /// each first-use tuning, while its buffers are alive); 0 before any.
     pub(crate) memory_peak: std::sync::atomic::AtomicU64,
+    /// Attention's split-merge counters (ops/attention.rs `attn_counters`), created zeroed on
+    /// first use outside a graph capture.
+    pub(crate) attn_counters: Mutex<Option<cudarc::driver::CudaSlice<i32>>>,
 }
 
 impl CudaBackend {
@@ -72,6 +75,7 @@ impl CudaBackend {
             gemm: Mutex::new(None),
             largest_weight_bf16: Mutex::new(0),
             memory_peak: std::sync::atomic::AtomicU64::new(0),
+            attn_counters: Mutex::new(None),
         })
     }
 

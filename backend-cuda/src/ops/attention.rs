@@ -22,7 +22,7 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use std::sync::Mutex;
 
 use cudarc::driver::sys::CUstreamCaptureStatus;
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
@@ -165,13 +165,6 @@ pub(crate) fn plan(
         part_ml_floats: rows * 2,
         counters: if rows > 0 { base } else { 0 },
     }
-}
-
-/// The split-merge counter buffers, one per backend stream (see `attn_counters`).
-type CounterBufs = Mutex<Vec<(usize, CudaSlice<i32>)>>;
-fn attn_counter_bufs() -> &'static CounterBufs {
-    static COUNTERS: CounterBufs = Mutex::new(Vec::new());
-    &COUNTERS
 }
 
 /// Decode or prefill configuration of the kernel.
@@ -426,12 +419,9 @@ impl CudaBackend {
     /// This backend's split-merge counters copied to the host (empty if none were created).
     #[cfg(test)]
     pub(crate) fn attn_counters_host(&self) -> Result<Vec<i32>> {
-        let key = self.stream.cu_stream() as usize;
-        let all = attn_counter_bufs()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match all.iter().find(|(k, _)| *k == key) {
-            Some((_, b)) => self
+        let cur = self.attn_counters.lock().unwrap_or_else(|e| e.into_inner());
+        match cur.as_ref() {
+            Some(b) => self
                 .stream
                 .clone_dtoh(b)
                 .map_err(self.drv("cuMemcpyDtoH(attention merge counters)")),
@@ -443,18 +433,15 @@ impl CudaBackend {
     /// zero between calls: every call's merging CTAs set theirs back to 0), created zeroed on
     /// first use; `None` if `n` exceed them, or if they do not exist yet and the stream is
     /// capturing a graph (an allocation must not become part of the graph): the caller then
-    /// merges with attn_combine. One buffer per stream, so backends sharing a device never
-    /// share counters; it lives as long as the process (8 KiB on a 132-SM device).
+    /// merges with attn_combine. One buffer per backend (one stream), so backends sharing a
+    /// device never share counters; freed with the backend (8 KiB on a 132-SM device).
     fn attn_counters(&self, n: usize) -> Result<Option<u64>> {
-        let key = self.stream.cu_stream() as usize;
-        let mut all = attn_counter_bufs()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.attn_counters.lock().unwrap_or_else(|e| e.into_inner());
         let len = (self.info.caps.compute_units as usize).max(1) * COUNTERS_PER_SM;
         if n > len {
             return Ok(None);
         }
-        if !all.iter().any(|(k, _)| *k == key) {
+        if cur.is_none() {
             let status = self
                 .stream
                 .capture_status()
@@ -466,9 +453,9 @@ impl CudaBackend {
                 .stream
                 .alloc_zeros::<i32>(len)
                 .map_err(self.drv("cuMemAlloc(attention merge counters)"))?;
-            all.push((key, buf));
+            *cur = Some(buf);
         }
-        Ok(all.iter().find(|(k, _)| *k == key).map(|(_, b)| {
+        Ok(cur.as_ref().map(|b| {
             let (ptr, _sync) = b.device_ptr(&self.stream);
             ptr
         }))
