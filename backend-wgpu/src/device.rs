@@ -177,6 +177,8 @@ pub struct WgpuBackend {
     pub(crate) subgroups: bool,
     /// Largest subgroup size the adapter may use (0 when unknown).
     pub(crate) subgroup_max: u32,
+    /// Smallest subgroup size the adapter may use (0 when unknown).
+    pub(crate) subgroup_min: u32,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pending: Mutex<Pending>,
     /// Uniform params of the ops of one batch: `MAX_PENDING_OPS` slots of `PARAM_SLOT` bytes.
@@ -221,6 +223,7 @@ impl WgpuBackend {
         }));
         let tuning = crate::tune::TuneState::open(&info);
         let subgroup_max = a.get_info().subgroup_max_size;
+        let subgroup_min = a.get_info().subgroup_min_size;
         let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln params"),
             size: (MAX_PENDING_OPS as usize * PARAM_SLOT) as u64,
@@ -230,6 +233,7 @@ impl WgpuBackend {
         Ok(WgpuBackend {
             params_ring,
             subgroup_max,
+            subgroup_min,
             f16: info.caps.f16,
             subgroups: info.caps.subgroups,
             info,

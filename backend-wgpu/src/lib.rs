@@ -97,6 +97,36 @@ impl WgpuBackend {
         })
     }
 
+    /// The shader-copy bandwidth probe (`shaders/copy_v4.wgsl`): copies the first `bytes` of
+    /// `src` to `dst` with 16-byte loads, `per_invocation` (1, 2, 4 or 8) of them in flight
+    /// per invocation. Benchmarks time it as the adapter's streaming ceiling (read + write).
+    /// `bytes` must be a multiple of 16, inside both buffers, below 2^36.
+    pub fn copy_probe(
+        &self,
+        src: &Buffer,
+        dst: &Buffer,
+        bytes: usize,
+        per_invocation: u32,
+    ) -> Result<()> {
+        let (s, d) = (self.mem(OpKind::Copy, src)?, self.mem(OpKind::Copy, dst)?);
+        let n4 = u32::try_from(bytes / 16)
+            .ok()
+            .filter(|_| bytes.is_multiple_of(16));
+        let Some(n4) = n4.filter(|_| bytes <= src.len() && bytes <= dst.len()) else {
+            return Err(kiln_core::Error::View(format!(
+                "copy_probe of {bytes} bytes: needs a multiple of 16 inside both buffers ({} and {} bytes), below 2^36",
+                src.len(),
+                dst.len()
+            )));
+        };
+        if ![1, 2, 4, 8].contains(&per_invocation) {
+            return Err(kiln_core::Error::Invalid(format!(
+                "copy_probe: {per_invocation} vec4s per invocation (expected 1, 2, 4 or 8)"
+            )));
+        }
+        ops::copy::copy_v4(self, &s.buf, &d.buf, n4, per_invocation)
+    }
+
     /// Bytes `prepare` will allocate for a `dtype` weight of `shape` (see weight.rs): per row
     /// chunk, the repacked blocks (split types: the blocks without their f16 `d`, then the `d`
     /// array padded to 4 bytes; other types: the bytes padded to 4). The same checks as

@@ -36,6 +36,8 @@ pub(crate) struct TuneState {
     /// dtype name → GEMV (lanes per group, rows per lane) (measured), and an override.
     lanes: HashMap<String, (u32, u32)>,
     lanes_override: Option<(u32, u32)>,
+    /// m = 1 vec4 GEMV (gemv_v): (teams per workgroup, rows per team) forced, or (0, 0) = off.
+    vgemv_override: Option<(u32, u32)>,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -68,6 +70,7 @@ impl TuneState {
             cache,
             lanes,
             lanes_override: None,
+            vgemv_override: None,
             known,
             warned: HashSet::new(),
         }
@@ -123,6 +126,37 @@ impl WgpuBackend {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.lanes_override = cfg;
         Ok(())
+    }
+
+    /// Force the shape of the m = 1 vec4 GEMV (BF16, Q8_0, Q4_K): (teams of 32 invocations
+    /// per workgroup 1/2/4/8, weight rows per team 1/2/4/8); `Some((0, 0))` turns that kernel
+    /// off (those types then use the general GEMV at m = 1 too); `None`: the built-in choice.
+    pub fn set_vgemv_config(&self, cfg: Option<(u32, u32)>) -> Result<()> {
+        if let Some((t, r)) = cfg
+            && (t, r) != (0, 0)
+            && (![1, 2, 4, 8].contains(&t) || ![1, 2, 4, 8].contains(&r))
+        {
+            return Err(Error::Invalid(format!(
+                "vgemv config ({t}, {r}): expected teams 1, 2, 4 or 8 and rows 1, 2, 4 or 8, or (0, 0)"
+            )));
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_override = cfg;
+        Ok(())
+    }
+
+    /// The forced gemv_v shape, if any (not the "off" value).
+    pub(crate) fn vgemv_override(&self) -> Option<(u32, u32)> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_override.filter(|c| *c != (0, 0))
+    }
+
+    /// Whether m = 1 products of the gemv_v types go to gemv_v (`KILN_WGPU_VGEMV=0` or
+    /// `set_vgemv_config(Some((0, 0)))` turn it off).
+    pub(crate) fn vgemv_enabled(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_override != Some((0, 0))
+            && std::env::var("KILN_WGPU_VGEMV").map_or(true, |v| v != "0")
     }
 
     pub(crate) fn choose_path(&self, d: DType, n: usize, k: usize, m: usize) -> MatmulPath {
@@ -218,11 +252,17 @@ impl WgpuBackend {
             .collect();
         self.write_bytes(&x, 0, &xs)?;
         let out = self.alloc_buffer(mmax * n * 4)?;
-        // 1) the GEMV shape at m = 1
+        // 1) the general GEMV's shape at m = 1 (at m = 4 for the types whose m = 1 products
+        //    go to gemv_v, which this shape does not affect)
+        let m_cfg = if crate::ops::gemv_v::supports(dtype) && self.vgemv_enabled() {
+            4
+        } else {
+            1
+        };
         let mut lane_t = Vec::new();
         for &c in &GEMV_CONFIGS {
             self.set_gemv_config(Some(c))?;
-            lane_t.push((c, self.time_path(&x, &w, &out, 1, MatmulPath::Gemv)?));
+            lane_t.push((c, self.time_path(&x, &w, &out, m_cfg, MatmulPath::Gemv)?));
         }
         self.set_gemv_config(None)?;
         let best = lane_t

@@ -180,3 +180,73 @@ fn bad_shapes_are_errors() {
         .is_err()
     );
 }
+
+/// Random bytes that are a valid weight of `d`: every 16-bit float field that could be inf or
+/// NaN is made small and finite (bf16 values: top bits cleared; block d/dmin: f16 < 1).
+fn random_weight(r: &mut impl rand::Rng, d: DType, n: usize, k: usize) -> Vec<u8> {
+    let bytes = d.bytes_for(n * k).unwrap();
+    let mut v: Vec<u8> = (0..bytes).map(|_| r.random::<u8>()).collect();
+    match d {
+        DType::BF16 => v.chunks_exact_mut(2).for_each(|c| c[1] &= 0x3f),
+        DType::Q8_0 => v.chunks_exact_mut(34).for_each(|c| c[1] &= 0x2b),
+        DType::Q4_K => v.chunks_exact_mut(144).for_each(|c| {
+            c[1] &= 0x2b;
+            c[3] &= 0x2b;
+        }),
+        _ => unreachable!(),
+    }
+    v
+}
+
+/// The m = 1 vec4 kernel (gemv_v: BF16, Q8_0, Q4_K) at every (teams, rows per team) shape,
+/// k with a partial last 1024-element chunk, n not a multiple of the rows per workgroup, x at
+/// a 16-byte offset: against an f64 CPU product of the dequantized weight and against the
+/// general GEMV kernel.
+#[test]
+fn vec4_gemv_all_shapes() {
+    let Some(be) = open() else { return };
+    let mut r = rng(5);
+    for d in [DType::BF16, DType::Q8_0, DType::Q4_K] {
+        for (n, k) in [(37usize, 1280usize), (64, 2048), (5, 256)] {
+            let host = random_weight(&mut r, d, n, k);
+            let deq = kiln_core::quant::dequantize_vec(d, &host).unwrap();
+            let w = be
+                .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &host).unwrap())
+                .unwrap();
+            let x = randn(&mut r, k, 1.0);
+            let want = cpu_mm(&x, &deq, 1, n, k);
+            let buf = poisoned(&be, 4 + k + n);
+            be.write(&buf, 16, &f32_bytes(&x)).unwrap();
+            let xv = buf.view(16, Shape::d2(1, k), DType::F32).unwrap();
+            let ov = buf
+                .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
+                .unwrap();
+            let mut cfgs = vec![(0u32, 0u32)];
+            for t in [1, 2, 4, 8] {
+                for nr in [1, 2, 4, 8] {
+                    cfgs.push((t, nr));
+                }
+            }
+            for cfg in cfgs {
+                be.set_vgemv_config(Some(cfg)).unwrap();
+                be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
+                    .unwrap();
+                be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
+                let got = read_f32(&be, &buf, 16 + 4 * k, n);
+                for j in 0..n {
+                    let abs: f64 = (0..k)
+                        .map(|t| (f64::from(x[t]) * f64::from(deq[j * k + t])).abs())
+                        .sum();
+                    let err = (f64::from(got[j]) - f64::from(want[j])).abs();
+                    assert!(
+                        err <= 1e-5 * abs + 1e-30,
+                        "{d} {n}x{k} vgemv {cfg:?}: y[{j}] = {} want {} (err {err:e}, sum|xw| {abs:e})",
+                        got[j],
+                        want[j]
+                    );
+                }
+            }
+            be.set_vgemv_config(None).unwrap();
+        }
+    }
+}

@@ -9,7 +9,7 @@ use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use crate::device::WgpuBackend;
-use crate::ops::{bytes_of, u32_of};
+use crate::ops::{bytes_of, gemv_v, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
 
@@ -139,6 +139,14 @@ fn run(
     let op = OpKind::Matmul;
     if m == 0 || ww.rows == 0 {
         return Ok(());
+    }
+    if path == MatmulPath::Gemv
+        && m == 1
+        && gemv_v::supports(ww.dtype)
+        && be.vgemv_enabled()
+        && x.offset().is_multiple_of(16)
+    {
+        return gemv_v::run(be, x, ww, out);
     }
     let bx = be.bind_view(op, &x, "x")?;
     let bo = be.bind_out(op, &out, "out")?;

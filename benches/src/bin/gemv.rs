@@ -86,6 +86,15 @@ fn bench_one(
         be.matmul(xv, &weights[i % copies], yv)
     })?;
     row(format!("{} {n}x{k}", dt.name()), secs)?;
+    // wgpu has no graph capture: the row above records `calls` ops and then runs them, so it
+    // times recording + execution back to back. Streaming 480 calls (submitted in batches of
+    // 48) overlaps the recording of one batch with the execution of the previous one.
+    if be.info().id.kind == kiln_core::BackendKind::Wgpu {
+        let secs = time_calls(be, 480, reps, &mut |i| {
+            be.matmul(xv, &weights[i % copies], yv)
+        })?;
+        row(format!("{} {n}x{k} streamed", dt.name()), secs)?;
+    }
     #[cfg(feature = "cuda")]
     if let (Some(cuda), true) = (kiln_benches::opened_cuda(), dt.is_quantized()) {
         for (one, name) in [(true, "gemv1"), (false, "quant_x+gemv8")] {

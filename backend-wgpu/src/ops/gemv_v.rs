@@ -1,0 +1,110 @@
+//! The m = 1 GEMV with vec4 weight loads and x held in registers, `shaders/gemv_v.wgsl`, for
+//! the weight types whose prepared rows are 16-byte aligned: BF16, Q8_0 (blocks without their
+//! d) and Q4_K (144-byte blocks). `matmul` sends one-row products of those types here; the
+//! general `gemv` kernel (matmul.wgsl) keeps every other case.
+
+use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
+
+use crate::device::WgpuBackend;
+use crate::ops::bytes_of;
+use crate::ops::matmul::wdefine;
+use crate::pipeline_cache::ShaderSpec;
+use crate::weight::WgpuWeight;
+
+const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
+
+/// x elements per chunk of the k loop (32 invocations × 32 values).
+const CHUNK: usize = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n_c: u32,
+    k: u32,
+    r0: u32,
+    bpr: u32,
+    d_base: u32,
+    x4: u32,
+    o_off: u32,
+    chunks: u32,
+}
+
+/// Whether the vec4 kernel handles this weight dtype.
+pub(crate) fn supports(d: DType) -> bool {
+    matches!(d, DType::BF16 | DType::Q8_0 | DType::Q4_K)
+}
+
+/// (teams of 32 per workgroup, rows per team) for `n_c` rows: the override, else 4 teams and
+/// the most rows per team (≤ 8) that still leaves ≥ 512 workgroups (enough 16-byte loads in
+/// flight on a large GPU without starving it of workgroups on small n).
+fn config(be: &WgpuBackend, n_c: u32) -> (u32, u32) {
+    if let Some(c) = be.vgemv_override() {
+        return c;
+    }
+    let rw = 4;
+    let mut nr = 8;
+    while nr > 1 && n_c.div_ceil(rw * nr) < 512 {
+        nr /= 2;
+    }
+    (rw, nr)
+}
+
+/// y[1, n] = x[1, k]·Wᵀ through gemv_v. The caller checked shapes and that `supports`.
+pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'_>) -> Result<()> {
+    let op = OpKind::Matmul;
+    let bx = be.bind_view(op, &x, "x")?;
+    let bo = be.bind_out(op, &out, "out")?;
+    let x_off = bx.elem_off(4);
+    if !x_off.is_multiple_of(4) {
+        return Err(Error::shape(
+            op,
+            "gemv_v needs x at a 16-byte offset".to_string(),
+        ));
+    }
+    let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
+    for c in &ww.chunks {
+        let n_c = (c.r1 - c.r0) as u32;
+        let (rw, nr) = config(be, n_c);
+        let mut spec = ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
+            .define(wdefine(ww.dtype))
+            .over("RW", f64::from(rw))
+            .over("NR", f64::from(nr))
+            .over("WGS", f64::from(32 * rw));
+        if sg32 {
+            spec = spec.define("SG32");
+        }
+        let pipe = be.pipeline(spec)?;
+        // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
+        // Q8_0 also binds the whole buffer as words for its d array.
+        let size = c.buf.size();
+        let bw4 = be.bind_range(&c.buf, 0, size / 16 * 16, "weight chunk (vec4)")?;
+        let bw = be.bind_range(&c.buf, 0, size, "weight chunk")?;
+        let p = Params {
+            n_c,
+            k: ww.k as u32,
+            r0: c.r0 as u32,
+            bpr: ww.bpr() as u32,
+            d_base: c.d_base,
+            x4: x_off / 4,
+            o_off: bo.elem_off(4),
+            chunks: ww.k.div_ceil(CHUNK) as u32,
+        };
+        let (gx, gy) = be.grid(n_c.div_ceil(rw * nr));
+        if ww.dtype == DType::Q8_0 {
+            be.dispatch(
+                &pipe,
+                bytes_of(&p),
+                &[bw4.entry(1), bx.entry(2), bo.entry(3), bw.entry(4)],
+                (gx, gy, 1),
+            )?;
+        } else {
+            be.dispatch(
+                &pipe,
+                bytes_of(&p),
+                &[bw4.entry(1), bx.entry(2), bo.entry(3)],
+                (gx, gy, 1),
+            )?;
+        }
+    }
+    Ok(())
+}
