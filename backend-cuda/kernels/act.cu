@@ -5,6 +5,7 @@
 
 extern "C" __global__ void glu_f32(const float* __restrict__ gate, const float* __restrict__ up,
                                    float* __restrict__ out, i64 count, int act) {
+    pdl_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
         const float g = gate[i];
         float a;

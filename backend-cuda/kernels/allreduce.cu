@@ -19,10 +19,24 @@
 // The epochs live on the device, so the flags are reused call after call without host work and
 // the kernel can be captured in a CUDA graph.
 //
-// Thread mapping: a grid of B blocks (B <= KILN_AR_MAX_BLOCKS and <= the SM count, chosen by
-// the host from the size) of blockDim threads; one unit (float4 for _v4, float for _v1) per
-// thread per step, grid-stride. Block b of every rank owns the same units (same grid, same
-// count on every rank), so a barrier between block b and the peers' block b is enough.
+// Thread mapping: a grid of B blocks (B = min(KILN_AR_MAX_BLOCKS, the SM count), the same for
+// EVERY call of every kernel of this file: see below) of blockDim threads; one unit (float4
+// for _v4, float for _v1) per thread per step, grid-stride. Block b of every rank owns the same
+// units (same grid, same count on every rank), so a barrier between block b and the peers'
+// block b is enough. Why one grid for all calls: the staging half of a call is chosen per
+// block from that block's epoch; with equal grids every block's epoch is the call count, so a
+// call's writes (half e+1 & 1) never land in the half a slower peer still reads for the
+// previous call (half e & 1) — whatever units each block owns in either call. With grids that
+// differ from call to call the blocks' epochs would drift apart and two consecutive calls
+// could use the same half.
+//
+// allreduce_add_rms_norm_f32 (the tensor-parallel residual): the same staging, barrier and
+// epochs, rows of `dim` floats (one row per block at a time, grid-stride over rows, float4
+// units), then per row sum = res + (part_0 + ... + part_{n-1}) (rank order, then the
+// residual: bit for bit the unfused all-reduce followed by add) and out = rms_norm(sum)·w. The
+// part is an input (copied to staging, not overwritten). Bytes per rank: part 4·count read,
+// staging 4·count written, 4·(n-1)·count read from peers + 4·count local, res 4·count read,
+// sum and out 8·count written (+ sum re-read from L1/L2), w 4·dim per row (L2).
 // Threads 0..n-1 of a block run the flags (thread q stores to rank q, waits on rank q's flag).
 // Deadlock: a block spins until the peers' blocks arrive. The peers run on other GPUs and the
 // host launches them right after (asynchronously), so this needs no co-residency on one GPU;
@@ -145,10 +159,26 @@ __device__ __forceinline__ Unit1 ld_cg(const float* p, i64 i, Unit1) {
     return u;
 }
 
+// The barrier of block b with the peers' block b after this block's staging writes for call
+// `epoch`, then the epoch recorded (step 2 of the file comment).
+__device__ __forceinline__ void ar_barrier(const KilnArPeers& peers, int rank, int nranks, u32 epoch) {
+    KilnArSignal* self = reinterpret_cast<KilnArSignal*>(pick(peers.signal, rank));
+    const int b = blockIdx.x, t = threadIdx.x;
+    __syncthreads();
+    if (t < nranks) {
+        KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
+        st_release_sys(&peer->start[b][rank], epoch);
+        wait_flag(&self->start[b][t], epoch);
+    }
+    __syncthreads();
+    if (t == 0) st_volatile(&self->counter[b], epoch);
+}
+
 template <int V>
 __device__ __forceinline__ void allreduce_f32(const KilnArPeers& peers, int rank, int nranks,
                                               float* buf, i64 units, i64 half) {
     typedef typename UnitOf<V>::T U;
+    pdl_enter();
     KilnArSignal* self = reinterpret_cast<KilnArSignal*>(pick(peers.signal, rank));
     const int b = blockIdx.x;
     const int t = threadIdx.x;
@@ -166,14 +196,7 @@ __device__ __forceinline__ void allreduce_f32(const KilnArPeers& peers, int rank
 
     // 2. Barrier: the release publishes this block's staging writes (ordered before it by
     // __syncthreads); the acquire makes the peers' writes visible to this block.
-    __syncthreads();
-    if (t < nranks) {
-        KilnArSignal* peer = reinterpret_cast<KilnArSignal*>(pick(peers.signal, t));
-        st_release_sys(&peer->start[b][rank], epoch);
-        wait_flag(&self->start[b][t], epoch);
-    }
-    __syncthreads();
-    if (t == 0) st_volatile(&self->counter[b], epoch);
+    ar_barrier(peers, rank, nranks, epoch);
 
     // 3. Sum every rank's staging half in rank order (bit-identical on every rank).
     for (i64 i = first; i < units; i += stride) {
@@ -200,4 +223,61 @@ allreduce_f32_v4(KilnArPeers peers, int rank, int nranks, float* buf, i64 units,
 extern "C" __global__ void __launch_bounds__(512)
 allreduce_f32_v1(KilnArPeers peers, int rank, int nranks, float* buf, i64 units, i64 half) {
     allreduce_f32<1>(peers, rank, nranks, buf, units, half);
+}
+
+// part, res, sum, out f32 [rows, dim] (16-byte aligned, dim % 4 == 0), w f32 [dim]; half:
+// floats per staging half (>= rows·dim).
+extern "C" __global__ void __launch_bounds__(512)
+allreduce_add_rms_norm_f32(KilnArPeers peers, int rank, int nranks, const float* part,
+                           const float* res, const float* w, float* sum, float* out, int rows,
+                           int dim, i64 half, float eps) {
+    __shared__ float smem[32];
+    pdl_enter();
+    KilnArSignal* self = reinterpret_cast<KilnArSignal*>(pick(peers.signal, rank));
+    const int b = blockIdx.x, t = threadIdx.x;
+    const u32 epoch = ld_volatile(&self->counter[b]) + 1;
+    const i64 h = (epoch & 1) ? half : 0;
+    const int d4 = dim / 4;
+
+    // 1. This block's rows of the own part into the own staging half.
+    float* mine = reinterpret_cast<float*>(pick(peers.staging, rank)) + h;
+    for (int r = b; r < rows; r += gridDim.x) {
+        const i64 o = (i64)r * dim;
+        for (int i = t; i < d4; i += blockDim.x) st_unit(mine + o, i, ld_unit(part + o, i, Unit4()));
+    }
+    // 2. Barrier with the peers' block b.
+    ar_barrier(peers, rank, nranks, epoch);
+    // 3. Per row: the rank-order sum plus the residual, then the norm.
+    for (int r = b; r < rows; r += gridDim.x) {
+        const i64 o = (i64)r * dim;
+        float ss = 0.0f;
+        for (int i = t; i < d4; i += blockDim.x) {
+            Unit4 acc = ld_cg(reinterpret_cast<const float*>(peers.staging[0]) + h + o, i, Unit4());
+#pragma unroll
+            for (int q = 1; q < KILN_AR_MAX_RANKS; ++q) {
+                if (q < nranks) {
+                    Unit4 x = ld_cg(reinterpret_cast<const float*>(peers.staging[q]) + h + o, i, Unit4());
+#pragma unroll
+                    for (int k = 0; k < 4; ++k) acc.v[k] += x.v[k];
+                }
+            }
+            Unit4 s = ld_unit(res + o, i, Unit4());
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                s.v[k] += acc.v[k];
+                ss = fmaf(s.v[k], s.v[k], ss);
+            }
+            st_unit(sum + o, i, s);
+        }
+        ss = block_sum(ss, smem);
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        for (int i = t; i < d4; i += blockDim.x) {
+            const Unit4 s = ld_unit(sum + o, i, Unit4());
+            const Unit4 wv = ld_unit(w, i, Unit4());
+            Unit4 y;
+#pragma unroll
+            for (int k = 0; k < 4; ++k) y.v[k] = s.v[k] * inv * wv.v[k];
+            st_unit(out + o, i, y);
+        }
+    }
 }

@@ -589,6 +589,7 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
 #define ATTN_KERNEL(mode, HD, WM, WN, BC, NS, dts, BF)                                         \
     extern "C" __global__ void __launch_bounds__(128)                                          \
         attn_##mode##_hd##HD##_##dts##_s##NS(const AttnArgs a) {                                \
+        pdl_enter();                                                                            \
         attn_body<HD, WM, WN, BC, NS, BF>(a);                                                   \
     }
 #define ATTN_BOTH(mode, HD, WM, WN, BC, NS)          \
@@ -607,7 +608,7 @@ ATTN_BOTH(prefill, 256, 4, 1, 32, 1)
 // attn_combine_hd<HD>: the split merge as its own launch (the host's choice when the decode
 // kernel does not merge: no counters).
 #define ATTN_COMBINE(HD) \
-    extern "C" __global__ void __launch_bounds__(128) attn_combine_hd##HD(const AttnArgs a) { combine_body<HD>(a); }
+    extern "C" __global__ void __launch_bounds__(128) attn_combine_hd##HD(const AttnArgs a) { pdl_enter(); combine_body<HD>(a); }
 ATTN_COMBINE(64)
 ATTN_COMBINE(128)
 ATTN_COMBINE(256)

@@ -11,6 +11,27 @@ typedef long long i64;
 
 #define KILN_WARP 32
 
+// Programmatic dependent launch (sm_90+; no-ops before it and when a kernel was launched
+// without the attribute, src/ops/launch.rs). A kernel launched as a programmatic dependent may
+// start while the previous kernel on its stream still runs, so it calls `pdl_wait` before it
+// reads anything an earlier kernel wrote or writes anything an earlier kernel may read; it
+// calls `pdl_launch_dependents` as early as it likes to let the next kernel's grid start.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+// Both, at the top of a small kernel: wait for the previous kernel, let the next one launch.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_launch_dependents();
+}
+
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));

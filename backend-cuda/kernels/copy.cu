@@ -16,6 +16,7 @@ extern "C" __global__ void convert(const void* __restrict__ src, int sdt, void* 
 // Bytes: 2·esize per element.
 extern "C" __global__ void gather(const void* __restrict__ x, const int* __restrict__ ids,
                                   void* __restrict__ out, int n, int d, int rows, int esize) {
+    pdl_enter();
     const i64 total = (i64)n * d;
     for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
         const int i = (int)(t / d), j = (int)(t % d);

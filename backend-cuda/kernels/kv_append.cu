@@ -10,6 +10,7 @@ extern "C" __global__ void kv_append(const void* __restrict__ k, const void* __r
                                      void* __restrict__ kc, void* __restrict__ vc, int kv_dt,
                                      const int* __restrict__ slots, int n_tokens, int n_kv_heads,
                                      int head_dim, int block_size, i64 total_slots) {
+    pdl_enter();
     const i64 per_tok = (i64)n_kv_heads * head_dim;
     const i64 total = (i64)n_tokens * per_tok;
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {

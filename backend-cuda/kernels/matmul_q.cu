@@ -42,20 +42,8 @@
 #define GEMV1_P 2
 #define GEMV1_THREADS 256
 
-// Programmatic dependent launch (sm_90+): quant_x lets the GEMV grid start at once; the GEMV
-// issues its first weight loads, then waits for quant_x's results (no-ops before sm_90 and when
-// the kernel was launched without the attribute).
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
+// Programmatic dependent launch (common.cuh pdl_*): quant_x lets the GEMV grid start at once;
+// the GEMV issues its first weight loads, then waits for quant_x's results.
 
 // 16 f32 activations from a 16-byte aligned address.
 __device__ __forceinline__ void load_x16(const float* p, float xv[16]) {

@@ -9,6 +9,7 @@
 extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict__ pos,
                                     const float* __restrict__ inv_freq, int n_tokens, int n_heads,
                                     int head_dim, int n_rot, int style) {
+    pdl_enter();
     const int half = n_rot / 2;
     const i64 total = (i64)n_tokens * n_heads * half;
     for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {

@@ -25,7 +25,8 @@ use cudarc::driver::{CudaStream, DevicePtr};
 use cudarc::nccl::{result as nccl, sys as nccl_sys};
 use kiln_core::backend::check;
 use kiln_core::{
-    Backend, BackendKind, Collective, DType, DeviceId, Error, OpKind, Result, ViewMut,
+    Backend, BackendKind, Collective, DType, DeviceId, Error, OpKind, ResidualNorm, Result, View,
+    ViewMut,
 };
 
 use crate::buffer::CudaMem;
@@ -338,6 +339,12 @@ impl CudaComm {
     /// (f32/f16/bf16), allocated by kiln-cuda on the member's device. Returns their device
     /// addresses, the element count and the dtype.
     fn resolve(&self, bufs: &[ViewMut<'_>]) -> Result<(Vec<u64>, usize, DType)> {
+        let views: Vec<View<'_>> = bufs.iter().map(|b| b.as_view()).collect();
+        self.resolve_views(&views)
+    }
+
+    /// `resolve` for input views.
+    fn resolve_views(&self, bufs: &[View<'_>]) -> Result<(Vec<u64>, usize, DType)> {
         check::eq(
             OP,
             "buffers vs group devices",
@@ -417,6 +424,12 @@ impl CudaComm {
     }
 }
 
+/// `KILN_TP_FUSE` (read once): `0` turns the fused all-reduce + residual + norm off.
+fn fuse_allowed() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_TP_FUSE").map_or(true, |v| v.trim() != "0"))
+}
+
 impl Collective for CudaComm {
     fn devices(&self) -> Vec<DeviceId> {
         self.members.iter().map(|m| m.id).collect()
@@ -426,6 +439,78 @@ impl Collective for CudaComm {
     /// one warm-up all-reduce) and the P2P staging, per member.
     fn device_bytes(&self) -> Vec<u64> {
         self.held.clone()
+    }
+
+    /// Fused on the P2P path (f32, at most the P2P threshold, rows of a multiple of 4 floats,
+    /// 16-byte aligned operands), else declined. `KILN_TP_FUSE=0` always declines (for
+    /// measuring what the fusion gains).
+    fn all_reduce_add_rms_norm(&self, members: &[ResidualNorm<'_>], eps: f32) -> Result<bool> {
+        let Ok(p2p) = &self.p2p else {
+            return Ok(false);
+        };
+        if !fuse_allowed() {
+            return Ok(false);
+        }
+        check::eq(
+            OP,
+            "residual operands vs group devices",
+            members.len(),
+            self.members.len(),
+        )?;
+        let Some(first) = members.first() else {
+            return Ok(false);
+        };
+        let (shape, dim) = (first.part.shape(), first.part.shape().last());
+        let rows = shape.numel() / dim.max(1);
+        let fits = dim > 0
+            && dim.is_multiple_of(4)
+            && shape.numel() * 4 <= self.p2p_max_bytes()
+            && members.iter().all(|m| {
+                let same = [m.res, m.sum.as_view(), m.out.as_view()];
+                same.iter()
+                    .all(|v| v.shape() == shape && v.dtype() == DType::F32)
+                    && m.part.dtype() == DType::F32
+                    && m.part.shape() == shape
+                    && m.w.dtype() == DType::F32
+                    && m.w.numel() == dim
+            });
+        if !fits {
+            return Ok(false);
+        }
+        for m in members {
+            for i in [&m.part, &m.res, &m.w] {
+                m.sum.check_disjoint(i)?;
+                m.out.check_disjoint(i)?;
+            }
+            m.out.check_disjoint(&m.sum.as_view())?;
+        }
+        // One address per operand and rank, each checked like an all-reduce buffer.
+        let mut ptrs = vec![[0u64; 5]; members.len()];
+        for j in 0..5 {
+            let views: Vec<View<'_>> = members
+                .iter()
+                .map(|m| match j {
+                    0 => m.part,
+                    1 => m.res,
+                    2 => m.w,
+                    3 => m.sum.as_view(),
+                    _ => m.out.as_view(),
+                })
+                .collect();
+            let (p, _, _) = self.resolve_views(&views)?;
+            for (dst, a) in ptrs.iter_mut().zip(p) {
+                dst[j] = a;
+            }
+        }
+        if ptrs.iter().flatten().any(|a| !a.is_multiple_of(16)) {
+            return Ok(false);
+        }
+        if rows == 0 {
+            return Ok(true);
+        }
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        p2p.all_reduce_add_rms_norm_f32(&ptrs, rows, dim, eps)?;
+        Ok(true)
     }
 
     fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()> {

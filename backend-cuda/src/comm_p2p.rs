@@ -29,14 +29,14 @@ use std::sync::Arc;
 
 use cudarc::driver::sys::{CUdevice_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg, result as drv,
-    sys,
+    CudaContext, CudaFunction, CudaStream, DeviceRepr, LaunchConfig, result as drv, sys,
 };
 use cudarc::nvrtc::Ptx;
 use kiln_core::{DeviceId, Error, Result};
 
 use crate::error::{CudaError, guard};
 use crate::module_cache::{ALLREDUCE, cached_cubin};
+use crate::ops::launch::{Arg, launch_ex, pdl_allowed};
 
 /// `KILN_AR_MAX_RANKS` of kernels/allreduce.cu.
 pub(crate) const MAX_RANKS: usize = 8;
@@ -109,8 +109,12 @@ struct Rank {
     stream: Arc<CudaStream>,
     v4: CudaFunction,
     v1: CudaFunction,
+    /// allreduce_add_rms_norm_f32.
+    norm: CudaFunction,
     _staging: DevMem,
     _signal: DevMem,
+    /// Launch as a programmatic dependent (sm_90+).
+    pdl: bool,
 }
 
 /// The P2P all-reduce of one group (see the module docs).
@@ -222,6 +226,7 @@ impl P2p {
                     })
             };
             let (v4, v1) = (func("allreduce_f32_v4")?, func("allreduce_f32_v1")?);
+            let norm = func("allreduce_add_rms_norm_f32")?;
             let staging = DevMem::new(ctx, 2 * P2P_STAGING_BYTES, name)?;
             let signal = DevMem::new(ctx, SIGNAL_BYTES, name)?;
             // SAFETY: `signal` holds SIGNAL_BYTES; zeroed on the member's stream, which is
@@ -238,8 +243,10 @@ impl P2p {
                 stream: stream.clone(),
                 v4,
                 v1,
+                norm,
                 _staging: staging,
                 _signal: signal,
+                pdl: major >= 9 && pdl_allowed(),
             });
         }
         Ok(Ok(P2p {
@@ -264,12 +271,7 @@ impl P2p {
         // Every rank must take the same variant and grid (block b meets block b).
         let vec4 = count.is_multiple_of(4) && ptrs.iter().all(|p| p.is_multiple_of(16));
         let units = if vec4 { count / 4 } else { count };
-        let blocks = units.div_ceil(THREADS).clamp(1, self.blocks_cap);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = self.grid();
         let nranks = self.ranks.len() as i32;
         let units = units as i64;
         let half = (P2P_STAGING_BYTES / 4) as i64;
@@ -288,6 +290,92 @@ impl P2p {
         Ok(())
     }
 
+    /// The grid of every launch: the same for every call of every kernel (the staging halves
+    /// follow the blocks' epochs, which stay equal only with one grid: kernels/allreduce.cu).
+    fn grid(&self) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (self.blocks_cap as u32, 1, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// The all-reduce of `rows`×`dim` f32 partial sums fused with the residual add and the
+    /// RMS norm (allreduce_add_rms_norm_f32): per rank r, `ptrs[r]` = [part, res, w, sum, out]
+    /// device addresses on rank r's device, each of them checked by the caller to hold
+    /// rows·dim f32 (w: dim), 16-byte aligned, sum and out disjoint from the rest;
+    /// dim % 4 == 0 and rows·dim·4 <= `P2P_STAGING_BYTES`.
+    pub(crate) fn all_reduce_add_rms_norm_f32(
+        &self,
+        ptrs: &[[u64; 5]],
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let bytes = rows * dim * 4;
+        if ptrs.len() != self.ranks.len()
+            || bytes > P2P_STAGING_BYTES
+            || !dim.is_multiple_of(4)
+            || ptrs.iter().flatten().any(|p| !p.is_multiple_of(16))
+        {
+            return Err(Error::Invalid(format!(
+                "P2P all-reduce + rms_norm: {} ranks' buffers ({} expected) of {rows}×{dim} f32 \
+                 ({bytes} bytes, staging {P2P_STAGING_BYTES}); dim must be a multiple of 4 and \
+                 every address 16-byte aligned",
+                ptrs.len(),
+                self.ranks.len()
+            )));
+        }
+        let (rows, dim) = (
+            i32::try_from(rows).map_err(|_| Error::Invalid(format!("{rows} rows")))?,
+            i32::try_from(dim).map_err(|_| Error::Invalid(format!("dim {dim}")))?,
+        );
+        let nranks = self.ranks.len() as i32;
+        let half = (P2P_STAGING_BYTES / 4) as i64;
+        for (r, (rank, p)) in self.ranks.iter().zip(ptrs).enumerate() {
+            let ri = r as i32;
+            let args = [
+                Arg::raw(&self.peers),
+                Arg::I32(&ri),
+                Arg::I32(&nranks),
+                Arg::U64(&p[0]),
+                Arg::U64(&p[1]),
+                Arg::U64(&p[2]),
+                Arg::U64(&p[3]),
+                Arg::U64(&p[4]),
+                Arg::I32(&rows),
+                Arg::I32(&dim),
+                Arg::I64(&half),
+                Arg::F32(&eps),
+            ];
+            // SAFETY: the arguments match allreduce_add_rms_norm_f32's parameters; part, res,
+            // sum, out hold rows·dim f32 and w dim f32 on rank r's device, 16-byte aligned
+            // (the caller's contract, sizes and alignment checked above); the staging halves
+            // hold `half` >= rows·dim floats; the grid is the same on every rank and at most
+            // the SM count, every rank is launched by this loop (module docs on deadlock).
+            unsafe {
+                launch_ex(
+                    rank.stream.context(),
+                    &rank.stream,
+                    rank.pdl,
+                    &rank.norm,
+                    self.grid(),
+                    &args,
+                )
+            }
+            .map_err(|e| {
+                Error::backend(
+                    rank.name.clone(),
+                    format!(
+                        "P2P all-reduce + rms_norm launch on rank {r} failed ({e}); ranks \
+                         before it wait for it and will trap after 30 s"
+                    ),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// One rank's launch of allreduce_f32_v4 / _v1.
     #[allow(clippy::too_many_arguments)]
     fn launch(
@@ -302,20 +390,22 @@ impl P2p {
         cfg: LaunchConfig,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         let f = if vec4 { &rank.v4 } else { &rank.v1 };
-        let mut l = rank.stream.launch_builder(f);
-        l.arg(&self.peers)
-            .arg(&r)
-            .arg(&nranks)
-            .arg(&buf)
-            .arg(&units)
-            .arg(&half);
+        let args = [
+            Arg::raw(&self.peers),
+            Arg::I32(&r),
+            Arg::I32(&nranks),
+            Arg::U64(&buf),
+            Arg::I64(&units),
+            Arg::I64(&half),
+        ];
         // SAFETY: `buf` addresses `units` units (float4 when vec4: 16-byte aligned, else float)
         // of rank r's own device memory (checked by the caller); `peers` holds every rank's
         // live staging buffer (two halves of `half` floats, `half` >= the message, checked
         // above) and signal area
         // (zeroed at creation, then only touched by these kernels), all reachable from rank r
         // with peer access on. The grid is the same on every rank and at most the SM count;
-        // every rank is launched by this loop (see the module docs on deadlock).
-        unsafe { l.launch(cfg) }.map(|_| ())
+        // every rank is launched by this loop (see the module docs on deadlock). The arguments
+        // match the kernel's parameters; it waits for the previous kernel first (pdl_enter).
+        unsafe { launch_ex(rank.stream.context(), &rank.stream, rank.pdl, f, cfg, &args) }
     }
 }

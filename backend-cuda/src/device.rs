@@ -609,6 +609,18 @@ impl Backend for CudaBackend {
         self.op_rms_norm(x, w, eps, out)
     }
 
+    fn add_rms_norm(
+        &self,
+        a: View<'_>,
+        b: View<'_>,
+        w: View<'_>,
+        eps: f32,
+        sum: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        self.op_add_rms_norm(a, b, w, eps, sum, out)
+    }
+
     fn rope(
         &self,
         x: ViewMut<'_>,

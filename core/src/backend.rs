@@ -371,6 +371,24 @@ pub trait Backend: Send + Sync {
     /// out = x / sqrt(mean(x²) + eps) · w, per row: x, out `[rows, dim]`, w f32 `[dim]`.
     fn rms_norm(&self, x: View<'_>, w: View<'_>, eps: f32, out: ViewMut<'_>) -> Result<()>;
 
+    /// The residual add and the next norm in one op (rms_norm family): sum = a + b, then
+    /// out = rms_norm(sum)·w; a, b, sum, out f32 `[rows, dim]`, w f32 `[dim]`. A backend may
+    /// fuse it into one pass; the default is `add` then `rms_norm`, and a fused version must
+    /// give the same `sum` bit for bit (a + b in f32) and `out` within rms_norm's tolerance.
+    fn add_rms_norm(
+        &self,
+        a: View<'_>,
+        b: View<'_>,
+        w: View<'_>,
+        eps: f32,
+        sum: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        let s = sum.as_view();
+        self.add(a, b, sum)?;
+        self.rms_norm(s, w, eps, out)
+    }
+
     /// In place: x `[n_tokens, n_heads, head_dim]`, positions i32 `[n_tokens]`,
     /// inv_freq f32 `[n_rot/2]`.
     fn rope(

@@ -6,18 +6,38 @@ use crate::backend::{Backend, OpKind};
 use crate::devices::DeviceId;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-use crate::tensor::ViewMut;
+use crate::tensor::{View, ViewMut};
 
 /// One per group of devices. `bufs[i]` lives on the group's device i; all have the same shape
 /// and dtype; after the call every one holds the elementwise sum.
 pub trait Collective: Send + Sync {
     fn devices(&self) -> Vec<DeviceId>;
     fn all_reduce_sum(&self, bufs: &[ViewMut<'_>]) -> Result<()>;
+    /// The all-reduce of a tensor-parallel partial sum fused with the residual add and the
+    /// next RMS norm: on every member i, sum = res + Σ_j part_j (the parts summed in member
+    /// order, then the residual added, exactly as `all_reduce_sum` then `Backend::add` would)
+    /// and out = rms_norm(sum)·w. Returns Ok(false), having done nothing, where the group
+    /// cannot fuse these operands (the default): the caller then runs `all_reduce_sum` and
+    /// `Backend::add_rms_norm`. The parts are inputs here (left as they were).
+    fn all_reduce_add_rms_norm(&self, members: &[ResidualNorm<'_>], eps: f32) -> Result<bool> {
+        let _ = (members, eps);
+        Ok(false)
+    }
     /// Device memory the group itself holds on each member, in `devices()` order (communicator
     /// buffers, staging): what a memory plan must leave for it. Zeros when it holds none.
     fn device_bytes(&self) -> Vec<u64> {
         vec![0; self.devices().len()]
     }
+}
+
+/// One member's operands of [`Collective::all_reduce_add_rms_norm`]: part, res, sum, out f32
+/// `[rows, dim]` and w f32 `[dim]`, all on the member's device.
+pub struct ResidualNorm<'a> {
+    pub part: View<'a>,
+    pub res: View<'a>,
+    pub w: View<'a>,
+    pub sum: ViewMut<'a>,
+    pub out: ViewMut<'a>,
 }
 
 /// All-reduce through host memory: works for any mix of backends (wgpu adapters, a CUDA card

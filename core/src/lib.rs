@@ -18,7 +18,7 @@ pub use backend::{
     Activation, AttnParams, Backend, MatmulUse, MoeExperts, MoeGating, MoeRouting, OpKind, PagedKv,
     Replay, RopeFreqs, RopeParams, RopeScaling, RopeStyle, SeqBatch,
 };
-pub use collective::{Collective, HostStagedAllReduce};
+pub use collective::{Collective, HostStagedAllReduce, ResidualNorm};
 pub use devices::{BackendKind, BackendProvider, BackendReport, Caps, DeviceId, DeviceInfo, Probe};
 pub use dtype::DType;
 pub use error::{Error, Result};

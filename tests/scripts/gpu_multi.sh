@@ -27,6 +27,17 @@ for l in sys.stdin:
     except ValueError: continue
     if m.get('reason')=='compiler-artifact' and m.get('executable') and m['target']['name']=='engine': print(m['executable'])")
     cp "$eng" "$B/engine_test"
+    # The P2P all-reduce tests (plain and fused with the residual + norm).
+    local t
+    for t in p2p p2p_norm; do
+        cargo test --release -p kiln-cuda --test $t --no-run --message-format=json 2>/dev/null \
+            | python3 -c "import json,sys
+for l in sys.stdin:
+    try: m=json.loads(l)
+    except ValueError: continue
+    if m.get('reason')=='compiler-artifact' and m.get('executable') and m['target']['name']=='$t': print(m['executable'])" \
+            | xargs -I{} cp {} "$B/${t}_test"
+    done
     strip "$B"/*
     # Kernels precompiled for sm_90 (the NVRTC compile of matmul_q.cu takes minutes).
     local list; list=$(mktemp)
@@ -119,8 +130,16 @@ PY
         batched_greedy_streams_match_alone_on_every_backend --nocapture >"$OUTD/engine.log" 2>&1
     grep -E "streams|test result|panicked|bound" "$OUTD/engine.log" | head -20
 
+    echo "== P2P all-reduce tests (plain; fused with the residual add + rms_norm)"
+    for t in p2p p2p_norm; do
+        [ -x "$B/${t}_test" ] || continue
+        KILN_REQUIRE_P2P=1 KILN_REQUIRE_NCCL=1 timeout 240 "$B/${t}_test" --test-threads=1 \
+            --nocapture >"$OUTD/${t}.log" 2>&1
+        grep -E "^test |test result|panicked|fused|interleaved|KiB|MiB" "$OUTD/${t}.log" | head -40
+    done
+
     [ -n "${SKIP_DECODE:-}" ] && return 0
-    echo "== decode bench: Llama-3-8B shape, TP1 vs TP2 (NCCL), graphs on and off"
+    echo "== decode bench: Llama-3-8B shape, TP1 vs TP2, graphs on and off"
     for w in bf16 q4_k; do
         for tp in 1 2; do
             timeout 280 "$B/decode" --backend cuda --model llama3-8b --wtype $w --batch 1,32 \
@@ -128,6 +147,19 @@ PY
             tail -n 7 "$OUTD/decode_${w}_tp$tp.log"
         done
     done
+    # DECODE_AB=1: the same, graphs on, without programmatic dependent launches and without the
+    # fused TP all-reduce + residual + norm (what they gain).
+    if [ -n "${DECODE_AB:-}" ]; then
+        echo "== decode bench A/B: KILN_PDL=0 KILN_TP_FUSE=0"
+        for w in bf16 q4_k; do
+            for tp in 1 2; do
+                KILN_PDL=0 KILN_TP_FUSE=0 timeout 280 "$B/decode" --backend cuda --model llama3-8b \
+                    --wtype $w --batch 1,32 --ctx 512 --steps 32 --graph on --tp $tp \
+                    >"$OUTD/decode_${w}_tp${tp}_nopdl.log" 2>&1
+                tail -n 5 "$OUTD/decode_${w}_tp${tp}_nopdl.log"
+            done
+        done
+    fi
 
     if "$B/kiln" plan --help >/dev/null 2>&1; then
         echo "== kiln plan vs measured"

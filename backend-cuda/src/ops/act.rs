@@ -1,11 +1,11 @@
 //! glu (kernels/act.cu).
 
-use cudarc::driver::PushKernelArg;
 use kiln_core::{Activation, OpKind, Result, View, ViewMut};
 
 use super::f32_only;
 use crate::device::CudaBackend;
 use crate::module_cache::ACT;
+use crate::ops::launch::Arg;
 
 impl CudaBackend {
     /// out = act(gate) ⊙ up, all f32 `[rows, n]`.
@@ -48,11 +48,15 @@ impl CudaBackend {
         );
         let f = self.function(&ACT, "glu_f32")?;
         let cfg = self.grid_1d(gate.numel());
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&gp).arg(&upp).arg(&op_).arg(&count).arg(&a);
-        // SAFETY: gate, up and out hold `count` f32 each (checked above), out disjoint.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch glu_f32"))
+        let args = [
+            Arg::U64(&gp),
+            Arg::U64(&upp),
+            Arg::U64(&op_),
+            Arg::I64(&count),
+            Arg::I32(&a),
+        ];
+        // SAFETY: gate, up and out hold `count` f32 each (checked above), out disjoint; the
+        // arguments match glu_f32's parameters; the kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch glu_f32", cfg, &args) }
     }
 }

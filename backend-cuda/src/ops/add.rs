@@ -1,12 +1,12 @@
 //! add (kernels/add.cu).
 
-use cudarc::driver::PushKernelArg;
 use kiln_core::backend::check;
 use kiln_core::{OpKind, Result, View, ViewMut};
 
 use super::f32_only;
 use crate::device::CudaBackend;
 use crate::module_cache::ADD;
+use crate::ops::launch::Arg;
 
 impl CudaBackend {
     /// out = a + b, f32, same shape.
@@ -39,12 +39,15 @@ impl CudaBackend {
         );
         let f = self.function(&ADD, "add_f32")?;
         let cfg = self.grid_1d(a.numel());
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&ap).arg(&bp).arg(&op_).arg(&count);
-        // SAFETY: a, b and out hold `count` f32 each (checked above), out disjoint.
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch add_f32"))
+        let args = [
+            Arg::U64(&ap),
+            Arg::U64(&bp),
+            Arg::U64(&op_),
+            Arg::I64(&count),
+        ];
+        // SAFETY: a, b and out hold `count` f32 each (checked above), out disjoint; the
+        // arguments match add_f32's parameters; the kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch add_f32", cfg, &args) }
     }
 }
 
@@ -77,11 +80,15 @@ impl CudaBackend {
         );
         let f = self.function(&ADD, "add_bias_f32")?;
         let cfg = self.grid_1d(x.numel());
-        let mut l = self.stream.launch_builder(&f);
-        l.arg(&xp).arg(&bp).arg(&op_).arg(&count).arg(&ni);
-        // SAFETY: x and out hold `count` f32 (= rows·n), bias n f32 (checked above).
-        unsafe { l.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch add_bias_f32"))
+        let args = [
+            Arg::U64(&xp),
+            Arg::U64(&bp),
+            Arg::U64(&op_),
+            Arg::I64(&count),
+            Arg::I32(&ni),
+        ];
+        // SAFETY: x and out hold `count` f32 (= rows·n), bias n f32 (checked above); the
+        // arguments match add_bias_f32's parameters; the kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch add_bias_f32", cfg, &args) }
     }
 }

@@ -22,13 +22,14 @@ use cudarc::driver::sys::CUfunction_attribute_enum;
 use std::sync::Mutex;
 
 use cudarc::driver::sys::CUstreamCaptureStatus;
-use cudarc::driver::{CudaFunction, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
 use super::arg_i32;
 use crate::device::CudaBackend;
 use crate::module_cache::ATTENTION;
+use crate::ops::launch::Arg;
 
 const OP: OpKind = OpKind::Attention;
 /// Rows of a decode tile (one mma M tile) and of a prefill tile (4 warps × 16).
@@ -661,9 +662,8 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: v.smem as u32,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(a);
-        // SAFETY: `a` holds the addresses of views validated above: q/out [n_tokens, n_heads,
+        // SAFETY: `a` (AttnArgs, #[repr(C)] like the kernels' parameter) holds the addresses of
+        // views validated above: q/out [n_tokens, n_heads,
         // head_dim] f32, caches [num_blocks, n_kv, block_size, head_dim] 16-byte aligned, the i32
         // batch arrays with the element counts checked, and (when splits > 1) scratch of
         // scratch_bytes(). The kernel reads only sequences passing `seq_ok` (rows < n_tokens,
@@ -671,9 +671,8 @@ impl CudaBackend {
         // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size. A
         // non-null `counters` is this backend's counter buffer (attn_counters), which holds at
         // least plan.counters = n_seqs·n_kv·row_tiles i32, the highest index the kernel uses.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch attention"))
+        // The kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch attention", cfg, &[Arg::raw(a)]) }
     }
 
     fn launch_combine(&self, grid: (u32, u32, u32), a: &AttnArgs, hd: usize) -> Result<()> {
@@ -688,14 +687,10 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(a);
         // SAFETY: as `launch_attn`: the combine reads the partial slots the decode kernel wrote
         // for the same row tiles (same `seq_ok` / key-range logic) and writes rows of `out`;
         // `hd` is the head_dim checked against HEAD_DIMS, so the kernel's HD matches the views.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch attn_combine"))
+        unsafe { self.launch_pdl(&f, "launch attn_combine", cfg, &[Arg::raw(a)]) }
     }
 }
 

@@ -7,6 +7,7 @@ use kiln_core::{DType, OpKind, Result, View, ViewMut};
 use crate::buffer::float_code;
 use crate::device::CudaBackend;
 use crate::module_cache::COPY;
+use crate::ops::launch::Arg;
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -83,18 +84,18 @@ impl CudaBackend {
         let esize = x.dtype().block_bytes() as i32;
         let f = self.function(&COPY, "gather")?;
         let cfg = self.grid_1d(n * d);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&xp)
-            .arg(&ip)
-            .arg(&op_)
-            .arg(&ni)
-            .arg(&di)
-            .arg(&ri)
-            .arg(&esize);
+        let args = [
+            Arg::U64(&xp),
+            Arg::U64(&ip),
+            Arg::U64(&op_),
+            Arg::I32(&ni),
+            Arg::I32(&di),
+            Arg::I32(&ri),
+            Arg::I32(&esize),
+        ];
         // SAFETY: x holds rows·d elements, ids n i32, out n·d elements of `esize` bytes (checked);
-        // the kernel skips ids outside [0, rows).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch gather"))
+        // the kernel skips ids outside [0, rows); the arguments match gather's parameters; the
+        // kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch gather", cfg, &args) }
     }
 }

@@ -1,6 +1,5 @@
 //! kv_append (kernels/kv_append.cu).
 
-use cudarc::driver::PushKernelArg;
 use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, PagedKv, Result, View};
 
@@ -8,6 +7,7 @@ use super::arg_i32;
 use crate::buffer::float_code;
 use crate::device::CudaBackend;
 use crate::module_cache::KV_APPEND;
+use crate::ops::launch::Arg;
 
 const FLOATS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
 
@@ -73,24 +73,24 @@ impl CudaBackend {
         let total_slots = (kv.num_blocks() * kv.block_size()) as i64;
         let f = self.function(&KV_APPEND, "kv_append")?;
         let cfg = self.grid_1d(k.numel());
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&kp)
-            .arg(&vp)
-            .arg(&in_dt)
-            .arg(&kc)
-            .arg(&vc)
-            .arg(&kv_dt)
-            .arg(&sp)
-            .arg(&nt)
-            .arg(&nh)
-            .arg(&hdi)
-            .arg(&bs)
-            .arg(&total_slots);
+        let args = [
+            Arg::U64(&kp),
+            Arg::U64(&vp),
+            Arg::I32(&in_dt),
+            Arg::U64(&kc),
+            Arg::U64(&vc),
+            Arg::I32(&kv_dt),
+            Arg::U64(&sp),
+            Arg::I32(&nt),
+            Arg::I32(&nh),
+            Arg::I32(&hdi),
+            Arg::I32(&bs),
+            Arg::I64(&total_slots),
+        ];
         // SAFETY: k, v hold n_tokens·n_kv_heads·head_dim elements, slots n_tokens i32 (checked);
         // the caches are [blocks, n_kv_heads, block_size, head_dim] and the kernel skips slots
-        // outside [0, blocks·block_size).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch kv_append"))
+        // outside [0, blocks·block_size); the arguments match kv_append's parameters; the kernel
+        // waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch kv_append", cfg, &args) }
     }
 }

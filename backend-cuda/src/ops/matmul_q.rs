@@ -24,7 +24,8 @@ use crate::gemm::{Gemm, GemmInput};
 use crate::module_cache::MATMUL_Q;
 
 mod gemv1;
-use gemv1::{Arg, GemvM1};
+use crate::ops::launch::Arg;
+use gemv1::GemvM1;
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;

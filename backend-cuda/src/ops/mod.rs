@@ -8,6 +8,7 @@ mod attention;
 mod copy;
 mod embed;
 mod kv_append;
+pub(crate) mod launch;
 pub(crate) mod matmul_mma;
 pub(crate) mod matmul_q;
 mod moe;

@@ -1,12 +1,12 @@
 //! rope (kernels/rope.cu).
 
-use cudarc::driver::PushKernelArg;
 use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result, RopeParams, RopeStyle, View, ViewMut};
 
 use super::{arg_i32, f32_only};
 use crate::device::CudaBackend;
 use crate::module_cache::ROPE;
+use crate::ops::launch::Arg;
 
 impl CudaBackend {
     /// In place: x f32 `[n_tokens, n_heads, head_dim]`, positions i32 `[n_tokens]`,
@@ -63,19 +63,19 @@ impl CudaBackend {
             arg_i32(op, "n_rot", p.n_rot)?,
         );
         let cfg = self.grid_1d(n_tokens * n_heads * p.n_rot / 2);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&xp)
-            .arg(&pp)
-            .arg(&fp)
-            .arg(&nt)
-            .arg(&nh)
-            .arg(&hd)
-            .arg(&nr)
-            .arg(&style);
+        let args = [
+            Arg::U64(&xp),
+            Arg::U64(&pp),
+            Arg::U64(&fp),
+            Arg::I32(&nt),
+            Arg::I32(&nh),
+            Arg::I32(&hd),
+            Arg::I32(&nr),
+            Arg::I32(&style),
+        ];
         // SAFETY: x holds n_tokens·n_heads·head_dim f32, positions n_tokens i32, inv_freq
-        // n_rot/2 f32 (checked above); each thread rotates one pair inside its own head.
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch rope_f32"))
+        // n_rot/2 f32 (checked above); each thread rotates one pair inside its own head; the
+        // arguments match rope_f32's parameters; the kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch rope_f32", cfg, &args) }
     }
 }

@@ -12,14 +12,23 @@
 //! helpers narrow every buffer to the step's rows, so a step enqueues ops and allocates nothing.
 
 use kiln_core::{
-    Backend, MoeExperts, MoeRouting, PagedKv, RopeParams, SeqBatch, Shape, Tensor, View, ViewMut,
-    Weight,
+    Backend, MoeExperts, MoeRouting, PagedKv, ResidualNorm, RopeParams, SeqBatch, Shape, Tensor,
+    View, ViewMut, Weight,
 };
 
 use crate::arch::{LayerSpec, ModelConfig};
 use crate::error::{ModelError, Result};
 use crate::runtime::plan::{Plan, attn_params};
 use crate::runtime::weights::{Ffn, LayerWeights, Param, Weights};
+
+/// The residual step after a sub-block: sum = res + post_norm(part), then h = norm(sum)
+/// when `norm` is set.
+pub(crate) struct Residual<'a> {
+    res: &'a Tensor,
+    sum: &'a Tensor,
+    post: Option<Param>,
+    norm: Option<Param>,
+}
 
 /// One step's forward context.
 pub(crate) struct Fwd<'a> {
@@ -147,16 +156,30 @@ impl<'a> Fwd<'a> {
             .map_err(op("embed"))
     }
 
-    /// One decoder layer: x[0] → x[1] → x[0].
-    pub fn layer(&self, l: &LayerWeights, spec: &LayerSpec, kv: &PagedKv<'_>) -> Result<()> {
+    /// One decoder layer: x[0] → x[1] → x[0]. On entry h holds this layer's norm(x[0])
+    /// ([`Self::attn_norm`] for the first layer of a device, else the previous layer's
+    /// residual); `next` (the following layer, when this device runs it) gets its attention
+    /// norm fused into this layer's last residual add.
+    pub fn layer(
+        &self,
+        l: &LayerWeights,
+        spec: &LayerSpec,
+        kv: &PagedKv<'_>,
+        next: Option<&LayerWeights>,
+    ) -> Result<()> {
         let o = self.attn_out(l, spec, kv)?;
-        self.attn_residual(l, o)?;
+        self.residual(&self.attn_residual(l), o)?;
         let f = self.ffn_out(l)?;
-        self.ffn_residual(l, f)
+        self.residual(&self.ffn_residual(l, next), f)
     }
 
-    /// The layer's attention output projection of norm(x[0]) (a tensor-parallel rank's
-    /// partial sum, all-reduced before [`Self::attn_residual`]).
+    /// h = norm(x[0]) with the layer's attention norm (the first layer on a device).
+    pub fn attn_norm(&self, l: &LayerWeights) -> Result<()> {
+        self.norm(&self.p.x[0], l.attn_norm, &self.p.h)
+    }
+
+    /// The layer's attention output projection of h = norm(x[0]) (a tensor-parallel rank's
+    /// partial sum, all-reduced before the residual).
     pub fn attn_out(
         &self,
         l: &LayerWeights,
@@ -164,7 +187,6 @@ impl<'a> Fwd<'a> {
         kv: &PagedKv<'_>,
     ) -> Result<&'a Tensor> {
         let (p, c) = (self.p, self.cfg);
-        self.norm(&p.x[0], l.attn_norm, &p.h)?;
         let q = self.linear(&p.h, &l.q, l.q_bias, &p.q)?;
         let k = self.linear(&p.h, &l.k, l.k_bias, &p.k)?;
         let v = self.linear(&p.h, &l.v, l.v_bias, &p.v)?;
@@ -176,24 +198,77 @@ impl<'a> Fwd<'a> {
         self.linear(&p.attn, &l.o, l.o_bias, &p.o)
     }
 
-    /// x[1] = x[0] + post_norm(o).
-    pub fn attn_residual(&self, l: &LayerWeights, o: &'a Tensor) -> Result<()> {
-        let o = self.post_norm(o, l.post_attn_norm)?;
-        self.add(&self.p.x[0], o, &self.p.x[1])
+    /// The residual after attention: x[1] = x[0] + post_norm(o), h = ffn_norm(x[1]).
+    pub fn attn_residual(&self, l: &LayerWeights) -> Residual<'a> {
+        Residual {
+            res: &self.p.x[0],
+            sum: &self.p.x[1],
+            post: l.post_attn_norm,
+            norm: Some(l.ffn_norm),
+        }
     }
 
-    /// The FFN of norm(x[1]) (a partial sum under tensor parallelism).
+    /// The residual after the FFN: x[0] = x[1] + post_norm(f), and h = the next layer's
+    /// attention norm of x[0] when `next` is given.
+    pub fn ffn_residual(&self, l: &LayerWeights, next: Option<&LayerWeights>) -> Residual<'a> {
+        Residual {
+            res: &self.p.x[1],
+            sum: &self.p.x[0],
+            post: l.post_ffn_norm,
+            norm: next.map(|n| n.attn_norm),
+        }
+    }
+
+    /// Apply `r` to a sub-block's (all-reduced) output `part`: one fused add + norm when a
+    /// norm follows, else an add.
+    pub fn residual(&self, r: &Residual<'a>, part: &'a Tensor) -> Result<()> {
+        let p = self.p;
+        let part = self.post_norm(part, r.post)?;
+        let Some(w) = r.norm else {
+            return self.add(r.res, part, r.sum);
+        };
+        self.b
+            .add_rms_norm(
+                self.x(r.res)?,
+                self.x(part)?,
+                self.param(w)?,
+                self.cfg.eps,
+                self.out(r.sum)?,
+                self.out(&p.h)?,
+            )
+            .map_err(op("add_rms_norm"))
+    }
+
+    /// The views of a fused all-reduce + residual + norm on this rank (`r` without a post
+    /// norm and with a norm): (partial sum, residual, norm weight, sum out, norm out).
+    pub fn residual_views(
+        &self,
+        r: &Residual<'a>,
+        part: &'a Tensor,
+    ) -> Result<Option<ResidualNorm<'a>>> {
+        let (None, Some(w)) = (r.post, r.norm) else {
+            return Ok(None);
+        };
+        Ok(Some(ResidualNorm {
+            part: self.x(part)?,
+            res: self.x(r.res)?,
+            w: self.param(w)?,
+            sum: self.out(r.sum)?,
+            out: self.out(&self.p.h)?,
+        }))
+    }
+
+    /// The FFN of h = norm(x[1]) (a partial sum under tensor parallelism).
     pub fn ffn_out(&self, l: &LayerWeights) -> Result<&'a Tensor> {
         self.ffn_route(l)?;
         self.ffn(&l.ffn)
     }
 
-    /// h = norm(x[1]) and, for a MoE layer, its router logits (returned: under tensor
-    /// parallelism they are all-reduced so that every rank routes alike, see weights.rs)
-    /// before [`Self::ffn_experts`].
+    /// For a MoE layer, the router logits of h (returned: under tensor parallelism they are
+    /// all-reduced so that every rank routes alike, see weights.rs) before
+    /// [`Self::ffn_experts`].
     pub fn ffn_route(&self, l: &LayerWeights) -> Result<Option<&'a Tensor>> {
         let p = self.p;
-        self.norm(&p.x[1], l.ffn_norm, &p.h)?;
         let Ffn::Moe { router, .. } = &l.ffn else {
             return Ok(None);
         };
@@ -210,12 +285,6 @@ impl<'a> Fwd<'a> {
     /// The FFN of h after [`Self::ffn_route`] (a partial sum under tensor parallelism).
     pub fn ffn_experts(&self, l: &LayerWeights) -> Result<&'a Tensor> {
         self.ffn(&l.ffn)
-    }
-
-    /// x[0] = x[1] + post_norm(f).
-    pub fn ffn_residual(&self, l: &LayerWeights, f: &'a Tensor) -> Result<()> {
-        let f = self.post_norm(f, l.post_ffn_norm)?;
-        self.add(&self.p.x[1], f, &self.p.x[0])
     }
 
     /// `t`'s rows of this step, for the all-reduce of a partial sum.
@@ -254,13 +323,13 @@ impl<'a> Fwd<'a> {
             .map_err(op("attention"))
     }
 
-    /// gemma3's norm of a sub-block output (into h).
+    /// gemma3's norm of a sub-block output (`o[0]`, into `o[1]`).
     fn post_norm(&self, t: &'a Tensor, w: Option<Param>) -> Result<&'a Tensor> {
         match w {
             None => Ok(t),
             Some(w) => {
-                self.norm(t, w, &self.p.h)?;
-                Ok(&self.p.h)
+                self.norm(t, w, &self.p.o[1])?;
+                Ok(&self.p.o[1])
             }
         }
     }

@@ -24,6 +24,8 @@ use crate::arch::ModelConfig;
 use crate::arch::block::Fwd;
 use crate::error::{ModelError, Result};
 
+mod tp;
+
 /// Smallest `max_kv_len` class (see `Runtime::kv_class`).
 const MIN_KV_CLASS: usize = 256;
 
@@ -513,9 +515,18 @@ impl Runtime {
                     } else {
                         self.hand_over(&self.stages[i - 1], s, n)?;
                     }
-                    for l in s.layers.clone() {
+                    let layers = s.layers.clone();
+                    if !layers.is_empty() {
+                        f.attn_norm(self.layer(s, layers.start)?.0)
+                            .map_err(|e| at_layer(e, layers.start))?;
+                    }
+                    for l in layers.clone() {
                         let (lw, spec) = self.layer(s, l)?;
-                        f.layer(lw, spec, &self.kv.layer(l)?)
+                        let next = match l + 1 < layers.end {
+                            true => Some(self.layer(s, l + 1)?.0),
+                            false => None,
+                        };
+                        f.layer(lw, spec, &self.kv.layer(l)?, next)
                             .map_err(|e| at_layer(e, l))?;
                     }
                 }
@@ -524,37 +535,7 @@ impl Runtime {
                 for f in &fwds {
                     f.embed()?;
                 }
-                for l in 0..self.cfg.n_layers {
-                    let mut outs = Vec::with_capacity(fwds.len());
-                    for (r, (s, f)) in self.stages.iter().zip(&fwds).enumerate() {
-                        let (lw, spec) = self.layer(s, l)?;
-                        outs.push(f.attn_out(lw, spec, &self.kv.layer_on(l, r)?))
-                    }
-                    let outs = collect(outs).map_err(|e| at_layer(e, l))?;
-                    reduce(group.as_ref(), &fwds, &outs).map_err(|e| at_layer(e, l))?;
-                    let mut routes = Vec::with_capacity(fwds.len());
-                    for ((s, f), o) in self.stages.iter().zip(&fwds).zip(&outs) {
-                        let (lw, _) = self.layer(s, l)?;
-                        f.attn_residual(lw, o).map_err(|e| at_layer(e, l))?;
-                        routes.push(f.ffn_route(lw));
-                    }
-                    // MoE: rank 0's router logits on every rank (the others' are zeros).
-                    let routes = collect(routes).map_err(|e| at_layer(e, l))?;
-                    if let Some(r) = routes.into_iter().collect::<Option<Vec<_>>>() {
-                        reduce(group.as_ref(), &fwds, &r).map_err(|e| at_layer(e, l))?;
-                    }
-                    let mut ffn = Vec::with_capacity(fwds.len());
-                    for (s, f) in self.stages.iter().zip(&fwds) {
-                        let (lw, _) = self.layer(s, l)?;
-                        ffn.push(f.ffn_experts(lw));
-                    }
-                    let ffn = collect(ffn).map_err(|e| at_layer(e, l))?;
-                    reduce(group.as_ref(), &fwds, &ffn).map_err(|e| at_layer(e, l))?;
-                    for ((s, f), o) in self.stages.iter().zip(&fwds).zip(&ffn) {
-                        let (lw, _) = self.layer(s, l)?;
-                        f.ffn_residual(lw, o).map_err(|e| at_layer(e, l))?;
-                    }
-                }
+                self.tensor_layers(group.as_ref(), &fwds)?;
             }
         }
         if !logits {
@@ -701,18 +682,6 @@ fn at_layer(e: ModelError, l: usize) -> ModelError {
 
 fn collect<T>(v: Vec<Result<T>>) -> Result<Vec<T>> {
     v.into_iter().collect()
-}
-
-/// All-reduce the step's rows of every rank's partial sum.
-fn reduce(group: &dyn Collective, fwds: &[Fwd<'_>], parts: &[&kiln_core::Tensor]) -> Result<()> {
-    let views = fwds
-        .iter()
-        .zip(parts)
-        .map(|(f, t)| f.step_rows(t))
-        .collect::<Result<Vec<_>>>()?;
-    group
-        .all_reduce_sum(&views)
-        .map_err(|e| ModelError::backend("tensor-parallel all-reduce", e))
 }
 
 /// One captured graph per device of a group, replayed in order (launches are asynchronous, so

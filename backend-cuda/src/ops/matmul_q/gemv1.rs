@@ -1,5 +1,4 @@
-//! The one-kernel m = 1 GEMV of the block types (`gemv1_<type>`, kernels/matmul_q.cu) and the
-//! programmatic-dependent-launch helper shared by the matmul kernels.
+//! The one-kernel m = 1 GEMV of the block types (`gemv1_<type>`, kernels/matmul_q.cu).
 //!
 //! `gemv1_<type>` quantizes x itself (per block, into shared memory) instead of the separate
 //! `quant_x` kernel, so a call is one launch; it is launched as a programmatic dependent of the
@@ -14,12 +13,13 @@
 //! for [`GEMV1_AUTO`] types up to [`GEMV1_MAX_BYTES`] (a crossover measured on one device, not
 //! re-measured per device by the tuner).
 
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 use kiln_core::{DType, OpKind, Result};
 
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_Q;
+use crate::ops::launch::Arg;
 
 /// Threads per block of `gemv1_*` (kernels/matmul_q.cu `GEMV1_THREADS`).
 const GEMV1_THREADS: u32 = 256;
@@ -65,76 +65,7 @@ pub(crate) enum GemvM1 {
     TwoKernels,
 }
 
-/// A kernel argument for [`CudaBackend::launch_pdl`]: a pointer to a live u64 or i32.
-pub(crate) enum Arg<'a> {
-    U64(&'a u64),
-    I32(&'a i32),
-}
-
 impl CudaBackend {
-    /// Launches `f` with `args` on this backend's stream; on sm_90+ as a programmatic dependent
-    /// of the previous kernel (cuLaunchKernelEx with programmatic stream serialization): its grid
-    /// may start before that kernel ends, so every kernel launched this way must execute
-    /// `griddepcontrol.wait` before it reads anything an earlier kernel writes and before it
-    /// writes anything an earlier kernel may read (kernels/matmul_q.cu `pdl_wait`). Before
-    /// sm_90 a plain launch.
-    ///
-    /// # Safety
-    /// `args` must match `f`'s parameters in number, order and type, and the launch must keep
-    /// every memory access of the kernel inside the buffers those arguments describe.
-    pub(crate) unsafe fn launch_pdl(
-        &self,
-        f: &CudaFunction,
-        what: &'static str,
-        cfg: LaunchConfig,
-        args: &[Arg<'_>],
-    ) -> Result<()> {
-        use cudarc::driver::sys;
-        let mut params: Vec<*mut std::ffi::c_void> = args
-            .iter()
-            .map(|a| match a {
-                Arg::U64(v) => *v as *const u64 as *mut std::ffi::c_void,
-                Arg::I32(v) => *v as *const i32 as *mut std::ffi::c_void,
-            })
-            .collect();
-        let pdl = self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9);
-        // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
-        let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
-        let lc = sys::CUlaunchConfig {
-            gridDimX: cfg.grid_dim.0,
-            gridDimY: cfg.grid_dim.1,
-            gridDimZ: cfg.grid_dim.2,
-            blockDimX: cfg.block_dim.0,
-            blockDimY: cfg.block_dim.1,
-            blockDimZ: cfg.block_dim.2,
-            sharedMemBytes: cfg.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: if pdl { 1 } else { 0 },
-        };
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        // SAFETY: params point at live locals of the caller matching the kernel's signature (the
-        // caller's contract); the config's stream is this backend's.
-        unsafe {
-            sys::cuLaunchKernelEx(
-                &lc,
-                f.cu_function(),
-                params.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        }
-        .result()
-        .map_err(self.drv(what))
-    }
-
     /// Runs y `[1, n]` = x `[1, k]`·Wᵀ with `gemv1_<type>` (`qi`: index among the 12 block
     /// types; x at `xp`, y at `outp`) if it applies (x 16-byte aligned, x's shared-memory image
     /// fits, `mode` allows it): Ok(true) when launched, Ok(false) when the caller should run
