@@ -59,71 +59,95 @@ var<private> sb: f32;
 
 const MAGIC: u32 = 0x4b000000u; // 2^23 as f32 bits: OR a small integer into the mantissa
 
+// Weight words one invocation loads for one row and chunk (unused fields stay zero). `ld`
+// only issues loads; `dp` decodes and multiplies, so the loads of all NR rows are in flight
+// before the first one is consumed.
+struct WL {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    c: vec4<u32>,
+    d: vec4<u32>,
+    e: u32,
+    f: u32,
+}
+
 //#if W_BF16
 // Lane l, chunk c: weight vec4s j = 128c + 32t + l (t < 4), 8 bf16 each; x vec4s 2j, 2j+1.
-fn load_x(c: u32, l: u32) {
+fn load_x(c: u32, l: u32, full: bool) {
     let q = P.k / 8u;
     let j = c * 128u + l;
     let xb = P.x4 + 2u * j;
-    v0 = j < q;
-    v1 = j + 32u < q;
-    v2 = j + 64u < q;
-    v3 = j + 96u < q;
-    x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    v0 = full || j < q;
+    v1 = full || j + 32u < q;
+    v2 = full || j + 64u < q;
+    v3 = full || j + 96u < q;
+    if !full {
+        x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    }
     if v0 { x0 = X[xb]; x1 = X[xb + 1u]; }
     if v1 { x2 = X[xb + 64u]; x3 = X[xb + 65u]; }
     if v2 { x4 = X[xb + 128u]; x5 = X[xb + 129u]; }
     if v3 { x6 = X[xb + 192u]; x7 = X[xb + 193u]; }
 }
+fn x_sums() {}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let base = r * (P.k / 8u) + c * 128u + l;
+    var w: WL;
+    if v0 { w.a = W4[base]; }
+    if v1 { w.b = W4[base + 32u]; }
+    if v2 { w.c = W4[base + 64u]; }
+    if v3 { w.d = W4[base + 96u]; }
+    return w;
+}
 fn bf4(a: u32, b: u32) -> vec4<f32> {
     return bitcast<vec4<f32>>(vec4<u32>(a << 16u, a & 0xffff0000u, b << 16u, b & 0xffff0000u));
 }
-fn part(r: u32, c: u32, l: u32) -> f32 {
-    let base = r * (P.k / 8u) + c * 128u + l;
-    var s = 0.0;
-    if v0 { let w = W4[base]; s += dot(bf4(w.x, w.y), x0) + dot(bf4(w.z, w.w), x1); }
-    if v1 { let w = W4[base + 32u]; s += dot(bf4(w.x, w.y), x2) + dot(bf4(w.z, w.w), x3); }
-    if v2 { let w = W4[base + 64u]; s += dot(bf4(w.x, w.y), x4) + dot(bf4(w.z, w.w), x5); }
-    if v3 { let w = W4[base + 96u]; s += dot(bf4(w.x, w.y), x6) + dot(bf4(w.z, w.w), x7); }
-    return s;
+fn dp(w: WL, c: u32, l: u32) -> f32 {
+    return dot(bf4(w.a.x, w.a.y), x0) + dot(bf4(w.a.z, w.a.w), x1)
+         + dot(bf4(w.b.x, w.b.y), x2) + dot(bf4(w.b.z, w.b.w), x3)
+         + dot(bf4(w.c.x, w.c.y), x4) + dot(bf4(w.c.z, w.c.w), x5)
+         + dot(bf4(w.d.x, w.d.y), x6) + dot(bf4(w.d.z, w.d.w), x7);
 }
 //#endif
 
 //#if W_Q8_0
 // Block = 32 int8 (2 vec4) in W4, its f16 d in the d array. Lane l, chunk c: weight vec4s
 // j = 64c + 32t + l (t < 2), 16 int8 each, block j/2; x vec4s 4j..4j+3.
-fn load_x(c: u32, l: u32) {
+fn load_x(c: u32, l: u32, full: bool) {
     let q = P.k / 16u;
     let j = c * 64u + l;
     let xb = P.x4 + 4u * j;
-    v0 = j < q;
-    v1 = j + 32u < q;
-    x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    v0 = full || j < q;
+    v1 = full || j + 32u < q;
+    if !full {
+        x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    }
     if v0 { x0 = X[xb]; x1 = X[xb + 1u]; x2 = X[xb + 2u]; x3 = X[xb + 3u]; }
     if v1 { x4 = X[xb + 128u]; x5 = X[xb + 129u]; x6 = X[xb + 130u]; x7 = X[xb + 131u]; }
+}
+fn x_sums() {}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let j = c * 64u + l;
+    let base = r * (P.k / 16u) + j;
+    let b = r * P.bpr + j / 2u;
+    var w: WL;
+    if v0 { w.a = W4[base]; w.e = W[P.d_base + (b >> 1u)]; }
+    if v1 { w.b = W4[base + 32u]; w.f = W[P.d_base + ((b + 16u) >> 1u)]; }
+    return w;
 }
 // The 4 signed bytes of w: (b ^ 0x80) = q + 128 in the mantissa of 2^23.
 fn s8(w: u32) -> vec4<f32> {
     let b = (vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
     return bitcast<vec4<f32>>((b ^ vec4<u32>(0x80u)) | vec4<u32>(MAGIC)) - vec4<f32>(8388736.0);
 }
-fn d8(b: u32) -> f32 {
-    return f16_half(W[P.d_base + (b >> 1u)], b & 1u);
-}
-fn part(r: u32, c: u32, l: u32) -> f32 {
-    let j = c * 64u + l;
-    let base = r * (P.k / 16u) + j;
-    let b = r * P.bpr + j / 2u;
-    var s = 0.0;
-    if v0 {
-        let w = W4[base];
-        s += d8(b) * (dot(s8(w.x), x0) + dot(s8(w.y), x1) + dot(s8(w.z), x2) + dot(s8(w.w), x3));
-    }
-    if v1 {
-        let w = W4[base + 32u];
-        s += d8(b + 16u) * (dot(s8(w.x), x4) + dot(s8(w.y), x5) + dot(s8(w.z), x6) + dot(s8(w.w), x7));
-    }
-    return s;
+fn dp(w: WL, c: u32, l: u32) -> f32 {
+    // the block of vec4 j is j/2: its d is half (b & 1) of the word loaded; b + 16 has the
+    // same parity
+    let hf = ((c * 64u + l) / 2u) & 1u;
+    let d0 = unpack2x16float(w.e)[hf];
+    let d1 = unpack2x16float(w.f)[hf];
+    return d0 * (dot(s8(w.a.x), x0) + dot(s8(w.a.y), x1) + dot(s8(w.a.z), x2) + dot(s8(w.a.w), x3))
+         + d1 * (dot(s8(w.b.x), x4) + dot(s8(w.b.y), x5) + dot(s8(w.b.z), x6) + dot(s8(w.b.w), x7));
 }
 //#endif
 
@@ -131,34 +155,39 @@ fn part(r: u32, c: u32, l: u32) -> f32 {
 // Block (144 B = 9 vec4): vec4 0 = d|dmin, scales[0..12]; vec4 1 + q (q < 8) = qs[16q..16q+16]
 // = elements 16(q%2)..+16 of group 2(q/2) (low nibbles) and of group 2(q/2)+1 (high nibbles).
 // Lane l, chunk c: block 4c + l/8, q = l%8; x: 16 values of each of the two groups.
-fn load_x(c: u32, l: u32) {
+fn load_x(c: u32, l: u32, full: bool) {
     let blk = c * 4u + l / 8u;
     let q = l % 8u;
     let xa = P.x4 + blk * 64u + (q / 2u) * 16u + (q % 2u) * 4u;
-    v0 = blk < P.bpr;
-    x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    v0 = full || blk < P.bpr;
+    if !full {
+        x0 = vec4<f32>(0.0); x1 = x0; x2 = x0; x3 = x0; x4 = x0; x5 = x0; x6 = x0; x7 = x0;
+    }
     if v0 {
         x0 = X[xa]; x1 = X[xa + 1u]; x2 = X[xa + 2u]; x3 = X[xa + 3u];
         x4 = X[xa + 8u]; x5 = X[xa + 9u]; x6 = X[xa + 10u]; x7 = X[xa + 11u];
     }
+}
+fn x_sums() {
     let one = vec4<f32>(1.0);
     sa = dot(x0 + x1 + x2 + x3, one);
     sb = dot(x4 + x5 + x6 + x7, one);
+}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let bw = (r * P.bpr + c * 4u + l / 8u) * 9u;
+    var w: WL;
+    if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + l % 8u]; }
+    return w;
 }
 // Nibbles at bit s of the 4 bytes of w, as floats.
 fn q4(w: u32, s: u32) -> vec4<f32> {
     let n = (vec4<u32>(w) >> vec4<u32>(s, s + 8u, s + 16u, s + 24u)) & vec4<u32>(15u);
     return bitcast<vec4<f32>>(n | vec4<u32>(MAGIC)) - vec4<f32>(8388608.0);
 }
-fn part(r: u32, c: u32, l: u32) -> f32 {
-    let blk = c * 4u + l / 8u;
+fn dp(wl: WL, c: u32, l: u32) -> f32 {
     let q = l % 8u;
-    if !v0 {
-        return 0.0;
-    }
-    let bw = (r * P.bpr + blk) * 9u;
-    let h = W4[bw];
-    let w = W4[bw + 1u + q];
+    let h = wl.a;
+    let w = wl.b;
     // 6-bit (scale, min) of groups j = 2(q/2) and j + 1 (get_scale_min_k4): bytes jj, jj + 1
     // of scales[0..4] (h.y), [4..8] (h.z), [8..12] (h.w) with jj = j % 4.
     let jj = (2u * (q / 2u)) % 4u;
@@ -173,9 +202,62 @@ fn part(r: u32, c: u32, l: u32) -> f32 {
     let mnf = bitcast<vec2<f32>>(mn | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
     let a = dot(q4(w.x, 0u), x0) + dot(q4(w.y, 0u), x1) + dot(q4(w.z, 0u), x2) + dot(q4(w.w, 0u), x3);
     let b = dot(q4(w.x, 4u), x4) + dot(q4(w.y, 4u), x5) + dot(q4(w.z, 4u), x6) + dot(q4(w.w, 4u), x7);
-    return f16_half(h.x, 0u) * (scf.x * a + scf.y * b) - f16_half(h.x, 1u) * (mnf.x * sa + mnf.y * sb);
+    // d | dmin: the hardware f16 conversion (subnormal scales are checked by the gguf-py
+    // vectors in tests/matmul.rs, on lavapipe and on the GPU)
+    let dm = unpack2x16float(h.x);
+    return dm.x * (scf.x * a + scf.y * b) - dm.y * (mnf.x * sa + mnf.y * sb);
 }
 //#endif
+
+var<private> a0: f32;
+var<private> a1: f32;
+var<private> a2: f32;
+var<private> a3: f32;
+var<private> a4: f32;
+var<private> a5: f32;
+var<private> a6: f32;
+var<private> a7: f32;
+
+// One chunk for the team's rows r[0..NR) (`full`: the chunk lies inside k, no masks).
+fn step(c: u32, l: u32, full: bool, rows: array<u32, 8>) {
+    load_x(c, l, full);
+    let w0 = ld(rows[0], c, l);
+    var w1 = w0;
+    var w2 = w0;
+    var w3 = w0;
+    var w4 = w0;
+    var w5 = w0;
+    var w6 = w0;
+    var w7 = w0;
+    if NR > 1u {
+        w1 = ld(rows[1], c, l);
+    }
+    if NR > 2u {
+        w2 = ld(rows[2], c, l);
+        w3 = ld(rows[3], c, l);
+    }
+    if NR > 4u {
+        w4 = ld(rows[4], c, l);
+        w5 = ld(rows[5], c, l);
+        w6 = ld(rows[6], c, l);
+        w7 = ld(rows[7], c, l);
+    }
+    x_sums();
+    a0 += dp(w0, c, l);
+    if NR > 1u {
+        a1 += dp(w1, c, l);
+    }
+    if NR > 2u {
+        a2 += dp(w2, c, l);
+        a3 += dp(w3, c, l);
+    }
+    if NR > 4u {
+        a4 += dp(w4, c, l);
+        a5 += dp(w5, c, l);
+        a6 += dp(w6, c, l);
+        a7 += dp(w7, c, l);
+    }
+}
 
 var<workgroup> red: array<f32, 256>;
 
@@ -217,38 +299,16 @@ fn gemv_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let row0 = ((wid.x + wid.y * nwg.x) * RW + team) * NR;
     let last = P.n_c - 1u;
     // Rows past the chunk read the last row (computed, never written).
-    let ra = min(row0, last);
-    let rb = min(row0 + 1u, last);
-    let rc = min(row0 + 2u, last);
-    let rd = min(row0 + 3u, last);
-    let re = min(row0 + 4u, last);
-    let rf = min(row0 + 5u, last);
-    let rg = min(row0 + 6u, last);
-    let rh = min(row0 + 7u, last);
-    var a0 = 0.0;
-    var a1 = 0.0;
-    var a2 = 0.0;
-    var a3 = 0.0;
-    var a4 = 0.0;
-    var a5 = 0.0;
-    var a6 = 0.0;
-    var a7 = 0.0;
-    for (var c = 0u; c < P.chunks; c++) {
-        load_x(c, l);
-        a0 += part(ra, c, l);
-        if NR > 1u {
-            a1 += part(rb, c, l);
-        }
-        if NR > 2u {
-            a2 += part(rc, c, l);
-            a3 += part(rd, c, l);
-        }
-        if NR > 4u {
-            a4 += part(re, c, l);
-            a5 += part(rf, c, l);
-            a6 += part(rg, c, l);
-            a7 += part(rh, c, l);
-        }
+    let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
+                             min(row0 + 3u, last), min(row0 + 4u, last), min(row0 + 5u, last),
+                             min(row0 + 6u, last), min(row0 + 7u, last));
+    a0 = 0.0; a1 = 0.0; a2 = 0.0; a3 = 0.0; a4 = 0.0; a5 = 0.0; a6 = 0.0; a7 = 0.0;
+    let nfull = P.k / 1024u;
+    for (var c = 0u; c < nfull; c++) {
+        step(c, l, true, rows);
+    }
+    if nfull < P.chunks {
+        step(nfull, l, false, rows);
     }
 //#if SG32
     a0 = subgroupAdd(a0);

@@ -118,6 +118,10 @@ fn wanted_features(a: &wgpu::Adapter) -> wgpu::Features {
     if have.contains(wgpu::Features::SUBGROUP) && !env_off("KILN_WGPU_NO_SUBGROUPS") {
         f |= wgpu::Features::SUBGROUP;
     }
+    // GPU timestamps around compute passes (the benchmarks' kernel timer; unused otherwise).
+    if have.contains(wgpu::Features::TIMESTAMP_QUERY) {
+        f |= wgpu::Features::TIMESTAMP_QUERY;
+    }
     f
 }
 
@@ -165,7 +169,21 @@ pub(crate) struct Pending {
     pub(crate) ops: u32,
     pub(crate) params: Vec<u8>,
     pub(crate) slots: u32,
+    /// The kernel timer while it runs (see `gpu_timer_start`).
+    pub(crate) timer: Option<GpuTimer>,
 }
+
+/// Timestamp queries written at the start and end of each compute pass while the timer runs.
+pub(crate) struct GpuTimer {
+    set: wgpu::QuerySet,
+    /// Passes timed so far (two queries each).
+    passes: u32,
+    /// Passes recorded while the query set was full (not timed).
+    missed: u32,
+}
+
+/// Queries in the timer's set (two per pass).
+const TIMER_QUERIES: u32 = 4096;
 
 /// One wgpu adapter opened as a kiln device.
 pub struct WgpuBackend {
@@ -297,9 +315,10 @@ impl WgpuBackend {
                 params.len()
             )));
         }
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let p = &mut *guard;
         if p.slots >= MAX_PENDING_OPS || p.ops >= MAX_PENDING_OPS {
-            self.submit_locked(&mut p);
+            self.submit_locked(p);
         }
         let off = p.slots as usize * PARAM_SLOT;
         p.params.resize(off, 0);
@@ -321,10 +340,25 @@ impl WgpuBackend {
                     label: Some("kiln"),
                 })
         });
+        let ts = match p.timer.as_mut() {
+            Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
+                t.passes += 1;
+                Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: Some(2 * t.passes - 2),
+                    end_of_pass_write_index: Some(2 * t.passes - 1),
+                })
+            }
+            Some(t) => {
+                t.missed += 1;
+                None
+            }
+            None => None,
+        };
         {
             let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: None,
-                timestamp_writes: None,
+                timestamp_writes: ts,
             });
             pass(&mut cp, &bg);
         }
@@ -343,6 +377,93 @@ impl WgpuBackend {
         p.params.clear();
         p.slots = 0;
         p.ops = 0;
+    }
+
+    /// Start the kernel timer: every compute pass recorded until `gpu_timer_stop` writes a GPU
+    /// timestamp at its start and end (up to 2048 passes). `Ok(false)` when the adapter has no
+    /// TIMESTAMP_QUERY (nothing is timed then).
+    pub fn gpu_timer_start(&self) -> Result<bool> {
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(false);
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.submit_locked(&mut p);
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count: TIMER_QUERIES,
+        });
+        p.timer = Some(GpuTimer {
+            set,
+            passes: 0,
+            missed: 0,
+        });
+        Ok(true)
+    }
+
+    /// Stop the kernel timer and wait for the GPU: (seconds summed over the timed passes, from
+    /// the start to the end timestamp of each, so gaps between passes are not counted; passes
+    /// timed). Passes past the set's capacity are an error; `None` if the timer was not running.
+    pub fn gpu_timer_stop(&self) -> Result<Option<(f64, u32)>> {
+        let t = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            self.submit_locked(&mut p);
+            p.timer.take()
+        };
+        let Some(t) = t else { return Ok(None) };
+        if t.missed > 0 {
+            return Err(kiln_core::Error::Invalid(format!(
+                "gpu timer: {} passes past its {} queries were not timed",
+                t.missed, TIMER_QUERIES
+            )));
+        }
+        if t.passes == 0 {
+            return Ok(Some((0.0, 0)));
+        }
+        let n = u64::from(t.passes) * 2;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timer resolve"),
+            size: n * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timer read"),
+            size: n * 8,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kiln timer"),
+            });
+        enc.resolve_query_set(&t.set, 0..t.passes * 2, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n * 8);
+        self.queue.submit([enc.finish()]);
+        let slice = read.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        self.wait_idle()?;
+        let ticks: Vec<u64> = {
+            let view = slice.get_mapped_range().map_err(|e| WgpuError::Map {
+                device: self.dev_name(),
+                msg: e.to_string(),
+            })?;
+            view.chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        };
+        read.unmap();
+        let period_ns = f64::from(self.queue.get_timestamp_period());
+        let total: u64 = ticks
+            .chunks_exact(2)
+            .map(|c| c[1].saturating_sub(c[0]))
+            .sum();
+        Ok(Some((total as f64 * period_ns * 1e-9, t.passes)))
     }
 
     /// Submit everything recorded so far.

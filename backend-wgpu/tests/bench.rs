@@ -37,6 +37,19 @@ fn time<F: FnMut()>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
     best
 }
 
+/// GPU time of one call of `f` (sum of its compute passes' timestamps), mean over `reps`
+/// calls; `None` without timestamp queries.
+fn kernel_time<F: FnMut()>(mut f: F, reps: usize, be: &kiln_wgpu::WgpuBackend) -> Option<f64> {
+    if !be.gpu_timer_start().unwrap() {
+        return None;
+    }
+    for _ in 0..reps {
+        f();
+    }
+    let (secs, _) = be.gpu_timer_stop().unwrap()?;
+    Some(secs / reps as f64)
+}
+
 #[test]
 #[ignore]
 fn bench_wgpu() {
@@ -84,6 +97,11 @@ fn bench_wgpu() {
             t * 1e3
         );
         probe_bw = probe_bw.max(bw);
+        if let Some(k) = kernel_time(|| be.copy_probe(&a, &b, n * 4, u).unwrap(), 20, &be) {
+            let kb = (n * 8) as f64 / k / 1e9;
+            println!("BENCH copy (vec4 shader, {u} per invocation) kernel: {kb:.1} GB/s");
+            probe_bw = probe_bw.max(kb);
+        }
     }
     // Fractions below are of the best shader/API copy; the CUDA copy (4200 GB/s on an H200,
     // BENCHMARKS.md) is printed beside.
@@ -133,10 +151,25 @@ fn bench_wgpu() {
             let wbytes = (rows * row_bytes) as f64;
             // Small weights: enough calls that recording overlaps execution (batches of 48).
             let reps = if rows == big { 10 } else { 240 };
+            // Wall clock per call in a stream of calls, then the GPU time of the kernel alone.
             let line = |what: String, t: f64| {
                 let gbs = wbytes / t / 1e9;
+                let kt = kernel_time(
+                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
+                    20,
+                    &be,
+                );
+                let kern = kt.map_or("no timestamps".to_string(), |k| {
+                    let g = wbytes / k / 1e9;
+                    format!(
+                        "kernel {:.2} us, {g:.1} GB/s, {:.1}% of ceiling, {:.1}% of 4200",
+                        k * 1e6,
+                        100.0 * g / copy_bw,
+                        100.0 * g / 4200.0
+                    )
+                });
                 println!(
-                    "BENCH gemv {d} n={rows} k={kk} m=1 {what}: {:.2} us, {gbs:.1} GB/s weight, {:.1}% of ceiling, {:.1}% of 4200",
+                    "BENCH gemv {d} n={rows} k={kk} m=1 {what}: wall {:.2} us, {gbs:.1} GB/s weight, {:.1}% of ceiling, {:.1}% of 4200 | {kern}",
                     t * 1e6,
                     100.0 * gbs / copy_bw,
                     100.0 * gbs / 4200.0
