@@ -249,6 +249,12 @@ impl Gemm {
         };
         let (handle, ws, ws_bytes) = (self.handle, self.workspace.ptr, self.workspace_bytes);
         let device = self.device.clone();
+        // cuBLASLt works in the thread's current context, which another device's launch (a
+        // tensor-parallel peer's kernel) may have left set: make it this stream's.
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| CudaError::driver(&device, "cuCtxSetCurrent", e))?;
         let plan = self.plan(key)?;
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: the plan's layouts describe exactly the ranges the caller passes (w: n·k,
