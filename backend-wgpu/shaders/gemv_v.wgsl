@@ -19,6 +19,9 @@
 override RW: u32 = 4u;
 override NR: u32 = 4u;
 override WGS: u32 = 128u; // = 32·RW
+// Prefetch: the weight loads of chunk c + 1 are issued before chunk c is decoded (two sets of
+// weight registers), so a team keeps loads in flight while it computes.
+override PREFETCH: bool = true;
 
 struct Params {
     n_c: u32,    // weight rows in this chunk
@@ -209,6 +212,33 @@ fn dp(wl: WL, c: u32, l: u32) -> f32 {
 }
 //#endif
 
+// The prefetched weights of the next chunk, one set per row.
+var<private> n0: WL;
+var<private> n1: WL;
+var<private> n2: WL;
+var<private> n3: WL;
+var<private> n4: WL;
+var<private> n5: WL;
+var<private> n6: WL;
+var<private> n7: WL;
+
+fn ld_all(c: u32, l: u32, rows: array<u32, 8>) {
+    n0 = ld(rows[0], c, l);
+    if NR > 1u {
+        n1 = ld(rows[1], c, l);
+    }
+    if NR > 2u {
+        n2 = ld(rows[2], c, l);
+        n3 = ld(rows[3], c, l);
+    }
+    if NR > 4u {
+        n4 = ld(rows[4], c, l);
+        n5 = ld(rows[5], c, l);
+        n6 = ld(rows[6], c, l);
+        n7 = ld(rows[7], c, l);
+    }
+}
+
 var<private> a0: f32;
 var<private> a1: f32;
 var<private> a2: f32;
@@ -304,8 +334,48 @@ fn gemv_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
                              min(row0 + 6u, last), min(row0 + 7u, last));
     a0 = 0.0; a1 = 0.0; a2 = 0.0; a3 = 0.0; a4 = 0.0; a5 = 0.0; a6 = 0.0; a7 = 0.0;
     let nfull = P.k / 1024u;
-    for (var c = 0u; c < nfull; c++) {
-        step(c, l, true, rows);
+    if PREFETCH {
+        // full chunks: no masks
+        v0 = true;
+        v1 = true;
+        v2 = true;
+        v3 = true;
+        if nfull > 0u {
+            ld_all(0u, l, rows);
+        }
+        for (var c = 0u; c < nfull; c++) {
+            let w0 = n0;
+            let w1 = n1;
+            let w2 = n2;
+            let w3 = n3;
+            let w4 = n4;
+            let w5 = n5;
+            let w6 = n6;
+            let w7 = n7;
+            load_x(c, l, true);
+            if c + 1u < nfull {
+                ld_all(c + 1u, l, rows);
+            }
+            x_sums();
+            a0 += dp(w0, c, l);
+            if NR > 1u {
+                a1 += dp(w1, c, l);
+            }
+            if NR > 2u {
+                a2 += dp(w2, c, l);
+                a3 += dp(w3, c, l);
+            }
+            if NR > 4u {
+                a4 += dp(w4, c, l);
+                a5 += dp(w5, c, l);
+                a6 += dp(w6, c, l);
+                a7 += dp(w7, c, l);
+            }
+        }
+    } else {
+        for (var c = 0u; c < nfull; c++) {
+            step(c, l, true, rows);
+        }
     }
     if nfull < P.chunks {
         step(nfull, l, false, rows);

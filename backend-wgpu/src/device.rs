@@ -405,10 +405,10 @@ impl WgpuBackend {
         Ok(true)
     }
 
-    /// Stop the kernel timer and wait for the GPU: (seconds summed over the timed passes, from
-    /// the start to the end timestamp of each, so gaps between passes are not counted; passes
-    /// timed). Passes past the set's capacity are an error; `None` if the timer was not running.
-    pub fn gpu_timer_stop(&self) -> Result<Option<(f64, u32)>> {
+    /// Stop the kernel timer and wait for the GPU: the seconds of each timed pass, from its
+    /// start to its end timestamp (gaps between passes are not counted), in recording order.
+    /// Passes past the set's capacity are an error; `None` if the timer was not running.
+    pub fn gpu_timer_stop(&self) -> Result<Option<Vec<f64>>> {
         let t = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             self.submit_locked(&mut p);
@@ -422,7 +422,7 @@ impl WgpuBackend {
             )));
         }
         if t.passes == 0 {
-            return Ok(Some((0.0, 0)));
+            return Ok(Some(Vec::new()));
         }
         let n = u64::from(t.passes) * 2;
         let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
@@ -459,11 +459,12 @@ impl WgpuBackend {
         };
         read.unmap();
         let period_ns = f64::from(self.queue.get_timestamp_period());
-        let total: u64 = ticks
-            .chunks_exact(2)
-            .map(|c| c[1].saturating_sub(c[0]))
-            .sum();
-        Ok(Some((total as f64 * period_ns * 1e-9, t.passes)))
+        Ok(Some(
+            ticks
+                .chunks_exact(2)
+                .map(|c| c[1].saturating_sub(c[0]) as f64 * period_ns * 1e-9)
+                .collect(),
+        ))
     }
 
     /// Submit everything recorded so far.

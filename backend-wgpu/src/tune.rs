@@ -38,6 +38,8 @@ pub(crate) struct TuneState {
     lanes_override: Option<(u32, u32)>,
     /// m = 1 vec4 GEMV (gemv_v): (teams per workgroup, rows per team) forced, or (0, 0) = off.
     vgemv_override: Option<(u32, u32)>,
+    /// gemv_v without the next-chunk prefetch (benchmarks).
+    vgemv_no_prefetch: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -71,6 +73,7 @@ impl TuneState {
             lanes,
             lanes_override: None,
             vgemv_override: None,
+            vgemv_no_prefetch: false,
             known,
             warned: HashSet::new(),
         }
@@ -143,6 +146,18 @@ impl WgpuBackend {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_override = cfg;
         Ok(())
+    }
+
+    /// Whether gemv_v issues the next chunk's weight loads before decoding the current one
+    /// (default true; false is kept for comparison in the benchmarks).
+    pub fn set_vgemv_prefetch(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_no_prefetch = !on;
+    }
+
+    pub(crate) fn vgemv_prefetch(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        !t.vgemv_no_prefetch
     }
 
     /// The forced gemv_v shape, if any (not the "off" value).

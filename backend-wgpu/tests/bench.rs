@@ -23,7 +23,10 @@ fn scale() -> f64 {
 }
 
 fn time<F: FnMut()>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
-    f();
+    // warm-up: one batch (compiles the pipeline, brings the clocks up)
+    for _ in 0..reps {
+        f();
+    }
     be.synchronize().unwrap();
     let mut best = f64::MAX;
     for _ in 0..3 {
@@ -37,8 +40,9 @@ fn time<F: FnMut()>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
     best
 }
 
-/// GPU time of one call of `f` (sum of its compute passes' timestamps), mean over `reps`
-/// calls; `None` without timestamp queries.
+/// GPU time of one call of `f` (one compute pass: the weights here fit one binding), from
+/// the pass's start and end timestamps: the median over `reps` calls recorded back to back.
+/// `None` without timestamp queries.
 fn kernel_time<F: FnMut()>(mut f: F, reps: usize, be: &kiln_wgpu::WgpuBackend) -> Option<f64> {
     if !be.gpu_timer_start().unwrap() {
         return None;
@@ -46,8 +50,10 @@ fn kernel_time<F: FnMut()>(mut f: F, reps: usize, be: &kiln_wgpu::WgpuBackend) -
     for _ in 0..reps {
         f();
     }
-    let (secs, _) = be.gpu_timer_stop().unwrap()?;
-    Some(secs / reps as f64)
+    let mut v = be.gpu_timer_stop().unwrap()?;
+    assert_eq!(v.len(), reps, "one pass per call");
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
 }
 
 #[test]
@@ -110,16 +116,14 @@ fn bench_wgpu() {
     drop((a, b));
     let k = 4096;
     let vcfgs = [
-        (1u32, 8u32),
+        (2u32, 2u32),
         (2, 4),
         (2, 8),
         (4, 1),
         (4, 2),
         (4, 4),
-        (4, 8),
         (8, 1),
         (8, 2),
-        (8, 4),
     ];
     // GEMV m = 1 at k = 4096: ~280 MB weights (n large), then the benches-crate shapes.
     for d in [
@@ -156,7 +160,7 @@ fn bench_wgpu() {
                 let gbs = wbytes / t / 1e9;
                 let kt = kernel_time(
                     || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                    20,
+                    50,
                     &be,
                 );
                 let kern = kt.map_or("no timestamps".to_string(), |k| {
@@ -200,7 +204,23 @@ fn bench_wgpu() {
                     );
                     line(format!("vgemv (teams, rows)={c:?}"), t);
                 }
+                be.set_vgemv_config(Some((2, 4))).unwrap();
+                be.set_vgemv_prefetch(false);
+                let t = time(
+                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
+                    reps,
+                    be.as_ref(),
+                );
+                line("vgemv (teams, rows)=(2, 4) no prefetch".into(), t);
+                be.set_vgemv_prefetch(true);
                 be.set_vgemv_config(None).unwrap();
+                // the dispatched shape again (drift check)
+                let t = time(
+                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
+                    reps,
+                    be.as_ref(),
+                );
+                line("dispatched (again)".into(), t);
             }
         }
     }

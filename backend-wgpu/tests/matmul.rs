@@ -207,7 +207,7 @@ fn vec4_gemv_all_shapes() {
     let Some(be) = open() else { return };
     let mut r = rng(5);
     for d in [DType::BF16, DType::Q8_0, DType::Q4_K] {
-        for (n, k) in [(37usize, 1280usize), (64, 2048), (5, 256)] {
+        for (n, k) in [(37usize, 1280usize), (64, 3072), (5, 256)] {
             let host = random_weight(&mut r, d, n, k);
             let deq = kiln_core::quant::dequantize_vec(d, &host).unwrap();
             let w = be
@@ -221,13 +221,18 @@ fn vec4_gemv_all_shapes() {
             let ov = buf
                 .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
                 .unwrap();
-            let mut cfgs = vec![(0u32, 0u32)];
-            for t in [1, 2, 4, 8] {
+            // (0, 0): the general kernel; without prefetch only for 2 teams (lavapipe time).
+            let mut cfgs = vec![((0u32, 0u32), true)];
+            for t in [1, 2, 8] {
                 for nr in [1, 2, 4, 8] {
-                    cfgs.push((t, nr));
+                    cfgs.push(((t, nr), true));
+                    if t == 2 {
+                        cfgs.push(((t, nr), false));
+                    }
                 }
             }
-            for cfg in cfgs {
+            for (cfg, prefetch) in cfgs {
+                be.set_vgemv_prefetch(prefetch);
                 be.set_vgemv_config(Some(cfg)).unwrap();
                 be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
                     .unwrap();
@@ -240,13 +245,14 @@ fn vec4_gemv_all_shapes() {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= 1e-5 * abs + 1e-30,
-                        "{d} {n}x{k} vgemv {cfg:?}: y[{j}] = {} want {} (err {err:e}, sum|xw| {abs:e})",
+                        "{d} {n}x{k} vgemv {cfg:?} prefetch {prefetch}: y[{j}] = {} want {} (err {err:e}, sum|xw| {abs:e})",
                         got[j],
                         want[j]
                     );
                 }
             }
             be.set_vgemv_config(None).unwrap();
+            be.set_vgemv_prefetch(true);
         }
     }
 }

@@ -34,15 +34,15 @@ pub(crate) fn supports(d: DType) -> bool {
     matches!(d, DType::BF16 | DType::Q8_0 | DType::Q4_K)
 }
 
-/// (teams of 32 per workgroup, rows per team) for `n_c` rows: the override, else 4 teams and
-/// the most rows per team (≤ 8) that still leaves ≥ 512 workgroups (enough 16-byte loads in
-/// flight on a large GPU without starving it of workgroups on small n).
+/// (teams of 32 per workgroup, rows per team) for `n_c` rows: the override, else 2 teams of
+/// 4 rows (the best shape of BF16, Q8_0 and Q4_K on an H200 at n ≥ 14336, BENCHMARKS.md), with
+/// fewer rows per team while that leaves under 512 workgroups (small n: keep every SM busy).
 fn config(be: &WgpuBackend, n_c: u32) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
-    let rw = 4;
-    let mut nr = 8;
+    let rw = 2;
+    let mut nr = 4;
     while nr > 1 && n_c.div_ceil(rw * nr) < 512 {
         nr /= 2;
     }
@@ -69,7 +69,8 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
             .define(wdefine(ww.dtype))
             .over("RW", f64::from(rw))
             .over("NR", f64::from(nr))
-            .over("WGS", f64::from(32 * rw));
+            .over("WGS", f64::from(32 * rw))
+            .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 });
         if sg32 {
             spec = spec.define("SG32");
         }
