@@ -54,6 +54,8 @@
 #define KILN_AR_MAX_RANKS 8
 #define KILN_AR_MAX_BLOCKS 32
 #define KILN_AR_TIMEOUT_NS 30000000000ull
+// float4 per thread of allreduce_add_rms_norm_f32's row (dim <= 4 · 4 · blockDim).
+#define KILN_AR_NORM_V4 4
 
 struct KilnArSignal {
     u32 start[KILN_AR_MAX_BLOCKS][KILN_AR_MAX_RANKS];
@@ -225,8 +227,8 @@ allreduce_f32_v1(KilnArPeers peers, int rank, int nranks, float* buf, i64 units,
     allreduce_f32<1>(peers, rank, nranks, buf, units, half);
 }
 
-// part, res, sum, out f32 [rows, dim] (16-byte aligned, dim % 4 == 0), w f32 [dim]; half:
-// floats per staging half (>= rows·dim).
+// part, res, sum, out f32 [rows, dim] (16-byte aligned, dim % 4 == 0, dim <= 16·blockDim),
+// w f32 [dim]; half: floats per staging half (>= rows·dim).
 extern "C" __global__ void __launch_bounds__(512)
 allreduce_add_rms_norm_f32(KilnArPeers peers, int rank, int nranks, const float* part,
                            const float* res, const float* w, float* sum, float* out, int rows,
@@ -247,11 +249,17 @@ allreduce_add_rms_norm_f32(KilnArPeers peers, int rank, int nranks, const float*
     }
     // 2. Barrier with the peers' block b.
     ar_barrier(peers, rank, nranks, epoch);
-    // 3. Per row: the rank-order sum plus the residual, then the norm.
+    // 3. Per row: the rank-order sum plus the residual, then the norm. Each thread holds its
+    // (at most KILN_AR_NORM_V4) float4 of the row in registers, so all of its loads (the
+    // peers' over NVLink included) are in flight at once.
     for (int r = b; r < rows; r += gridDim.x) {
         const i64 o = (i64)r * dim;
+        Unit4 v[KILN_AR_NORM_V4];
         float ss = 0.0f;
-        for (int i = t; i < d4; i += blockDim.x) {
+#pragma unroll
+        for (int j = 0; j < KILN_AR_NORM_V4; ++j) {
+            const int i = t + j * blockDim.x;
+            if (i >= d4) continue;
             Unit4 acc = ld_cg(reinterpret_cast<const float*>(peers.staging[0]) + h + o, i, Unit4());
 #pragma unroll
             for (int q = 1; q < KILN_AR_MAX_RANKS; ++q) {
@@ -261,22 +269,29 @@ allreduce_add_rms_norm_f32(KilnArPeers peers, int rank, int nranks, const float*
                     for (int k = 0; k < 4; ++k) acc.v[k] += x.v[k];
                 }
             }
-            Unit4 s = ld_unit(res + o, i, Unit4());
+            const Unit4 rv = ld_unit(res + o, i, Unit4());
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                s.v[k] += acc.v[k];
-                ss = fmaf(s.v[k], s.v[k], ss);
+                v[j].v[k] = rv.v[k] + acc.v[k];
+                ss = fmaf(v[j].v[k], v[j].v[k], ss);
             }
-            st_unit(sum + o, i, s);
+        }
+        // The stores after every load (the asm loads and stores keep their order).
+#pragma unroll
+        for (int j = 0; j < KILN_AR_NORM_V4; ++j) {
+            const int i = t + j * blockDim.x;
+            if (i < d4) st_unit(sum + o, i, v[j]);
         }
         ss = block_sum(ss, smem);
         const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        for (int i = t; i < d4; i += blockDim.x) {
-            const Unit4 s = ld_unit(sum + o, i, Unit4());
+#pragma unroll
+        for (int j = 0; j < KILN_AR_NORM_V4; ++j) {
+            const int i = t + j * blockDim.x;
+            if (i >= d4) continue;
             const Unit4 wv = ld_unit(w, i, Unit4());
             Unit4 y;
 #pragma unroll
-            for (int k = 0; k < 4; ++k) y.v[k] = s.v[k] * inv * wv.v[k];
+            for (int k = 0; k < 4; ++k) y.v[k] = v[j].v[k] * inv * wv.v[k];
             st_unit(out + o, i, y);
         }
     }

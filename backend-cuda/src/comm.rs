@@ -30,7 +30,7 @@ use kiln_core::{
 };
 
 use crate::buffer::CudaMem;
-use crate::comm_p2p::{P2P_STAGING_BYTES, P2p};
+use crate::comm_p2p::{NORM_MAX_DIM, P2P_STAGING_BYTES, P2p};
 use crate::device::CudaBackend;
 use crate::error::{CudaError, guard};
 
@@ -464,6 +464,7 @@ impl Collective for CudaComm {
         let rows = shape.numel() / dim.max(1);
         let fits = dim > 0
             && dim.is_multiple_of(4)
+            && dim <= NORM_MAX_DIM
             && shape.numel() * 4 <= self.p2p_max_bytes()
             && members.iter().all(|m| {
                 let same = [m.res, m.sum.as_view(), m.out.as_view()];

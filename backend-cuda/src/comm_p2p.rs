@@ -44,6 +44,8 @@ pub(crate) const MAX_RANKS: usize = 8;
 const MAX_BLOCKS: usize = 32;
 /// Threads per block (the kernels' `__launch_bounds__`).
 const THREADS: usize = 512;
+/// Longest row allreduce_add_rms_norm_f32 takes: KILN_AR_NORM_V4 float4 per thread.
+pub(crate) const NORM_MAX_DIM: usize = 4 * 4 * THREADS;
 /// `sizeof(KilnArSignal)` = (32·8 + 32)·4 = 1152 bytes, allocated as 4 KiB.
 const SIGNAL_BYTES: usize = 4096;
 /// Bytes of each half of a rank's staging buffer: the largest message the P2P path can take
@@ -304,7 +306,7 @@ impl P2p {
     /// RMS norm (allreduce_add_rms_norm_f32): per rank r, `ptrs[r]` = [part, res, w, sum, out]
     /// device addresses on rank r's device, each of them checked by the caller to hold
     /// rows·dim f32 (w: dim), 16-byte aligned, sum and out disjoint from the rest;
-    /// dim % 4 == 0 and rows·dim·4 <= `P2P_STAGING_BYTES`.
+    /// dim % 4 == 0, dim <= [`NORM_MAX_DIM`] and rows·dim·4 <= `P2P_STAGING_BYTES`.
     pub(crate) fn all_reduce_add_rms_norm_f32(
         &self,
         ptrs: &[[u64; 5]],
@@ -316,12 +318,13 @@ impl P2p {
         if ptrs.len() != self.ranks.len()
             || bytes > P2P_STAGING_BYTES
             || !dim.is_multiple_of(4)
+            || dim > NORM_MAX_DIM
             || ptrs.iter().flatten().any(|p| !p.is_multiple_of(16))
         {
             return Err(Error::Invalid(format!(
                 "P2P all-reduce + rms_norm: {} ranks' buffers ({} expected) of {rows}×{dim} f32 \
-                 ({bytes} bytes, staging {P2P_STAGING_BYTES}); dim must be a multiple of 4 and \
-                 every address 16-byte aligned",
+                 ({bytes} bytes, staging {P2P_STAGING_BYTES}); dim must be a multiple of 4 up to \
+                 {NORM_MAX_DIM} and every address 16-byte aligned",
                 ptrs.len(),
                 self.ranks.len()
             )));
