@@ -34,15 +34,20 @@ pub(crate) fn supports(d: DType) -> bool {
     matches!(d, DType::BF16 | DType::Q8_0 | DType::Q4_K)
 }
 
-/// (teams of 32 per workgroup, rows per team) for `n_c` rows: the override, else 2 teams of
-/// 4 rows (the best shape of BF16, Q8_0 and Q4_K on an H200 at n ≥ 14336, BENCHMARKS.md), with
-/// fewer rows per team while that leaves under 512 workgroups (small n: keep every SM busy).
-fn config(be: &WgpuBackend, n_c: u32) -> (u32, u32) {
+/// (teams of 32 per workgroup, rows per team) for `n_c` rows of `d`: the override, else the
+/// shape that was best or tied for best on an H200 across n = 4096..127424 (BENCHMARKS.md,
+/// "kiln-wgpu gemv_v"): BF16 4 teams of 2 rows (its 4 weight vec4s per row and lane already
+/// keep loads in flight), Q8_0 2 × 2, Q4_K 2 × 4; with fewer rows per team while that leaves
+/// under 512 workgroups (small n: keep every SM busy).
+fn config(be: &WgpuBackend, d: DType, n_c: u32) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
-    let rw = 2;
-    let mut nr = 4;
+    let (rw, mut nr) = match d {
+        DType::BF16 => (4, 2),
+        DType::Q8_0 => (2, 2),
+        _ => (2, 4),
+    };
     while nr > 1 && n_c.div_ceil(rw * nr) < 512 {
         nr /= 2;
     }
@@ -64,7 +69,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let (rw, nr) = config(be, n_c);
+        let (rw, nr) = config(be, ww.dtype, n_c);
         let mut spec = ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
             .define(wdefine(ww.dtype))
             .over("RW", f64::from(rw))
