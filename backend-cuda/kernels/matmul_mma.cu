@@ -260,10 +260,303 @@ KILN_FOR_EACH_BLOCK_TYPE(MMA_ALL_CONFIGS)
 
 // y[i] = Σ_z part[z·count + i] (z in order: deterministic): the k split's partial sums.
 // Grid-stride, one thread per output element; reads S·count·4 bytes, writes count·4.
+// A programmatic dependent (the partial sums are read after griddepcontrol.wait; a no-op when
+// launched without the attribute).
 extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __restrict__ y, i64 count, int splits) {
+    pdl_enter();
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (i64)gridDim.x * blockDim.x) {
         float s = 0.0f;
         for (int z = 0; z < splits; z++) s += part[(i64)z * count + i];
         y[i] = s;
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// mq4k_b<BM>_w<WT>_n<NW>_s<ST>: Q4_K for 2 ≤ m ≤ 64 at the weight-bandwidth bound (issue 3).
+//
+// x: mq_quant_x rounds x to int8 per 32 elements (one Q4_K sub-block) with (d, d·Σq), d =
+// max|x| / 127 rounded up to 22 significant bits (as quant_x): xq u8 [k/256][mp][256] (block
+// column, x row, element), xs float2 [k/256][mp/2][8][2] (block column, x row pair, sub-block,
+// row in pair); rows m..mp−1 are zero (mp = the m-tiles' rows). Reads m·k·4 bytes, writes
+// mp·k·1.25.
+//
+// Main kernel. Grid (mp / BM, ceil(n / BN), S) (the m tiles of one W tile are adjacent block
+// indices, so a W tile read twice comes from L2), block 32·NW threads, BN = 16·WT·NW W rows. A
+// k stage is one Q4_K block column (256 elements): the RAW 144-byte blocks of the BN rows
+// (d, dmin, scales[12], qs[128]: the GGUF block, kiln's body), the int8 x of the BM rows and
+// their scales, copied by cp.async into a ring of ST stages (ST − 1 in flight while one is
+// used; BN·144 + BM·320 bytes per stage from global, padded in shared memory so every fragment
+// load below is bank-conflict free). Warp w owns W rows [16·WT·w, 16·WT·(w + 1)) × all BM x
+// rows: WT × BM/8 tiles of mma.sync m16n8k32 s8 (W = A, 16 rows; x = B, 8 columns).
+// Fragments straight from the raw block (g = lane / 4, t = lane % 4): one 8-byte LDS of qs
+// bytes 32cc + 8t .. +7 of row g (and of g + 8) holds elements 8t..8t+7 of sub-block 2cc (low
+// nibbles) and of 2cc + 1 (high nibbles), i.e. a0/a2 of both sub-blocks after AND 0x0F0F0F0F
+// (SHR 4 + AND): the k order inside the mma is permuted (a0 ↔ elements 8t..8t+3, a2 ↔
+// 8t+4..8t+7) and the B fragment (x bytes 8t..8t+7 of the sub-block, one 8-byte LDS) uses the
+// same permutation, so the dot product is unchanged. One sub-block = one k32 mma with one
+// (scale, min) per W row and one (d, d·Σq) per x row: the s32 sum S (accumulator input
+// 1.5·2²³ as f32 bits, so the result read as f32 is M + S exactly, |S| ≤ 32·15·127) is
+// converted and scaled by 3 FFMA per output: acc += dl·(dx·S) − ml·(dx·Σq). The (dl, ml) of
+// a row are decoded once per sub-block pair (lane t of a row's 4 lanes decodes pair t) and
+// exchanged by shuffles. W copy addresses are computed once per thread (hoisted).
+// PDL: W copies of the first stages are issued before griddepcontrol.wait (x comes from the
+// previous kernel); the kernel lets its dependents launch at its start.
+// k split (gridDim.z = S > 1): each block writes its partial sums y = part f32 [S, m, n];
+// mma_reduce (a programmatic dependent) adds them in split order. (Tried: the last block of a
+// tile adding the partials itself, after an arrival counter: 1.2–2.6× slower in the lab.)
+// Bytes: W once (n·k·0.5625), x mp·k·1.25 per W tile (L2), y m·n·4 (·2·S with a split).
+// FLOPs 2·m·n·k (int8 MACs) + 6·m·n·k/32 f32.
+#define MQ_W_STRIDE 160  // bytes per W row in a stage: 144 + 16 pad (40 words ≡ 8 mod 32)
+#define MQ_X_STRIDE 288  // bytes per x row in a stage: 256 + 32 pad (72 words ≡ 8 mod 32)
+#define MQ_S_STRIDE 144  // bytes per x row pair of scales: 8 sub-blocks × 16 + 16 pad
+
+// Bytes of dynamic shared memory of a configuration (the host computes the same).
+template <int BM, int WT, int NW, int ST>
+__host__ __device__ constexpr int mq_smem_bytes() {
+    return ST * (16 * WT * NW * MQ_W_STRIDE + BM * MQ_X_STRIDE + BM / 2 * MQ_S_STRIDE);
+}
+
+template <int N>
+__device__ __forceinline__ void mq_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
+// d[16×8 s32] = a[16×32] · b[32×8] + MMA_MAGIC. Fragments (g = lane / 4, t = lane % 4): a0 =
+// row g, k 4t..4t+3; a1 = row g + 8; a2 = row g, k 16+4t..; a3 = row g + 8, k 16+4t..; b0 = k
+// 4t..4t+3 of column g, b1 = k 16+4t..; d0, d1 = row g, columns 2t, 2t + 1; d2, d3 = row g + 8.
+__device__ __forceinline__ void mma_k32(int d[4], const u32 a[4], u32 b0, u32 b1) {
+    const int c = MMA_MAGIC;
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
+}
+
+// mq_quant_x: one warp per (block column, x row); lane L rounds elements 8L..8L+7, the 4 lanes
+// of a sub-block share max and Σq by shuffles. Grid-stride over k/256 · mp warps. A non-finite
+// x makes its sub-block's scale NaN (the output is then NaN, as with f32 activations).
+extern "C" __global__ void __launch_bounds__(256) mq_quant_x(const float* __restrict__ x, u8* __restrict__ xq,
+                                                             float2* __restrict__ xs, int k, int m, int mp) {
+    pdl_launch_dependents();
+    pdl_wait();  // PDL launch: x and the scratch may still be in use by the previous kernel
+    const int nb = k / 256;
+    const i64 warps = (i64)nb * mp;
+    const int lane = threadIdx.x % KILN_WARP;
+    for (i64 wi = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / KILN_WARP; wi < warps;
+         wi += (i64)gridDim.x * blockDim.x / KILN_WARP) {
+        const int blk = (int)(wi / mp), row = (int)(wi % mp);
+        float v[8];
+#pragma unroll
+        for (int l = 0; l < 8; l++) v[l] = 0.0f;
+        if (row < m) {
+            const float* p = x + (i64)row * k + blk * 256 + 8 * lane;
+#pragma unroll
+            for (int l = 0; l < 8; l++) v[l] = p[l];
+        }
+        float amax = 0.0f;
+        int finite = 1;
+#pragma unroll
+        for (int l = 0; l < 8; l++) {
+            finite &= isfinite(v[l]) ? 1 : 0;
+            amax = fmaxf(amax, fabsf(v[l]));
+        }
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+        finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
+        finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
+        // As quant_x: d rounded up to 22 significant bits so that 1.5·2²³·d is exact in f32.
+        const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
+        const float id = amax > 0.0f ? 1.0f / d : 0.0f;
+        u32 w[2] = {0u, 0u};
+        int sum = 0;
+#pragma unroll
+        for (int l = 0; l < 8; l++) {
+            const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
+            sum += qi;
+            w[l >> 2] |= ((u32)qi & 0xffu) << (8 * (l & 3));
+        }
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        *(uint2*)(xq + ((i64)blk * mp + row) * 256 + 8 * lane) = make_uint2(w[0], w[1]);
+        if ((lane & 3) == 0) {
+            const float dd = finite ? d : __uint_as_float(0x7fc00000u);
+            xs[(((i64)blk * (mp / 2) + row / 2) * 8 + lane / 4) * 2 + (row & 1)] = make_float2(dd, dd * (float)sum);
+        }
+    }
+}
+
+template <int BM, int WT, int NW, int ST>
+__device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __restrict__ xq,
+                                          const float2* __restrict__ xs, float* __restrict__ y, int n, int k,
+                                          int m, int mp, int spz) {
+    constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
+    constexpr int WB = BN * MQ_W_STRIDE, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
+    constexpr int WPER = (BN * 9 + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
+    static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
+    extern __shared__ uint4 mq_smem[];
+    u8* sm = (u8*)mq_smem;  // [ST][W [BN][160] | Xq [BM][288] | Xs [BM/2][144]]
+    pdl_launch_dependents();  // the next kernel may launch; it waits for this grid to finish
+    const int nb = k / 256;
+    const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;  // m tiles fastest: W tile shared in L2
+    const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
+    const int g = lane >> 2, t = lane & 3;
+
+    // This thread's W copies (row, 16-byte chunk), hoisted: source of block column b0 (rows
+    // past n clamped: valid reads, outputs not written) and offset in a stage.
+    const u8* wsrc[WPER];
+    int wdst[WPER];
+#pragma unroll
+    for (int i = 0; i < WPER; i++) {
+        const int e = min(tid + THREADS * i, BN * 9 - 1), row = e / 9, c = e - 9 * row;
+        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * 144 + 16 * c;
+        wdst[i] = row * MQ_W_STRIDE + 16 * c;
+    }
+    auto issue_w = [&](int s, int slot) {
+        u8* dst = sm + slot * STAGE;
+#pragma unroll
+        for (int i = 0; i < WPER; i++)
+            if (tid + THREADS * i < BN * 9) mma_cp16(dst + wdst[i], wsrc[i] + (s - b0) * 144);
+    };
+    // x bytes and scales of column s, rows m0..m0+BM−1 (< mp) → slot.
+    auto issue_x = [&](int s, int slot) {
+        u8* dq = sm + slot * STAGE + WB;
+        const u8* sq = xq + ((i64)s * mp + m0) * 256;
+#pragma unroll
+        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ_X_STRIDE + 16 * (e & 15), sq + 16 * e);
+        u8* ds = dq + XB;
+        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
+#pragma unroll
+        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+    };
+
+    float acc[WT][NT][4];
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+
+    // Prologue: W of the first ST − 1 stages before the PDL wait (W does not depend on the
+    // previous kernel), then x; group i = stage i (group 0 also holds the earlier W copies).
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++)
+        if (b0 + i < b1) issue_w(b0 + i, i);
+    mma_pdl_wait();
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (b0 + i < b1) issue_x(b0 + i, i);
+        mma_commit();
+    }
+
+    for (int s = b0; s < b1; s++) {
+        const int i = s - b0;
+        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
+        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
+        {
+            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
+            if (sn < b1) {
+                issue_w(sn, slot);
+                issue_x(sn, slot);
+            }
+            mma_commit();
+        }
+        const u8* ws = sm + (i % ST) * STAGE;
+        const u8* xb = ws + WB;
+        const u8* sb = xb + XB;
+        // Scales, decoded once per (row, sub-block pair): lane t decodes pair cc = t of rows g
+        // and g + 8; the 4 lanes of a row exchange them by shuffles below.
+        float my_dl[WT][2][2], my_ml[WT][2][2];  // [tile][sub-block 2t + h][row g / g + 8]
+#pragma unroll
+        for (int wt = 0; wt < WT; wt++) {
+            const int row = warp * 16 * WT + wt * 16 + g;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const uint4 hd = *(const uint4*)(ws + (row + 8 * r) * MQ_W_STRIDE);  // d, dmin, scales[12]
+                u32 sc, mn;
+                k4_scale_pairs(hd.y, hd.z, hd.w, t, sc, mn);
+                const float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    my_dl[wt][h][r] = d * (float)((sc >> (8 * h)) & 0xffu);
+                    my_ml[wt][h][r] = -dm * (float)((mn >> (8 * h)) & 0xffu);
+                }
+            }
+        }
+#pragma unroll
+        for (int cc = 0; cc < 4; cc++) {
+            u32 a[WT][2][4];          // [tile][low/high nibbles = sub-block 2cc / 2cc + 1][a0..a3]
+            float dl[WT][2][2], nml[WT][2][2];  // [tile][sub-block][row g / g + 8]: d·sc, −dmin·mn
+            const int src = (lane & ~3) | cc;
+#pragma unroll
+            for (int wt = 0; wt < WT; wt++) {
+                const int row = warp * 16 * WT + wt * 16 + g;
+                const uint2 q0 = *(const uint2*)(ws + row * MQ_W_STRIDE + 16 + 32 * cc + 8 * t);
+                const uint2 q1 = *(const uint2*)(ws + (row + 8) * MQ_W_STRIDE + 16 + 32 * cc + 8 * t);
+                a[wt][0][0] = q0.x & 0x0f0f0f0fu;
+                a[wt][0][1] = q1.x & 0x0f0f0f0fu;
+                a[wt][0][2] = q0.y & 0x0f0f0f0fu;
+                a[wt][0][3] = q1.y & 0x0f0f0f0fu;
+                a[wt][1][0] = (q0.x >> 4) & 0x0f0f0f0fu;
+                a[wt][1][1] = (q1.x >> 4) & 0x0f0f0f0fu;
+                a[wt][1][2] = (q0.y >> 4) & 0x0f0f0f0fu;
+                a[wt][1][3] = (q1.y >> 4) & 0x0f0f0f0fu;
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        dl[wt][h][r] = __shfl_sync(0xffffffffu, my_dl[wt][h][r], src);
+                        nml[wt][h][r] = __shfl_sync(0xffffffffu, my_ml[wt][h][r], src);
+                    }
+            }
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int sbi = 2 * cc + h;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const uint2 bq = *(const uint2*)(xb + (nt * 8 + g) * MQ_X_STRIDE + 32 * sbi + 8 * t);
+                    // (d, d·Σq) of x rows nt·8 + 2t and nt·8 + 2t + 1 for this sub-block.
+                    const float4 xv = *(const float4*)(sb + (nt * 4 + t) * MQ_S_STRIDE + 16 * sbi);
+                    // −M·d exactly (d has 22 significant bits): fmaf(M + S, d, −M·d) = d·S.
+                    const float xm0 = -MMA_MAGIC_F * xv.x, xm1 = -MMA_MAGIC_F * xv.z;
+#pragma unroll
+                    for (int wt = 0; wt < WT; wt++) {
+                        int c[4];
+                        mma_k32(c, a[wt][h], bq.x, bq.y);
+                        float* o = acc[wt][nt];
+                        o[0] = fmaf(nml[wt][h][0], xv.y, fmaf(dl[wt][h][0], fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]));
+                        o[1] = fmaf(nml[wt][h][0], xv.w, fmaf(dl[wt][h][0], fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]));
+                        o[2] = fmaf(nml[wt][h][1], xv.y, fmaf(dl[wt][h][1], fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]));
+                        o[3] = fmaf(nml[wt][h][1], xv.w, fmaf(dl[wt][h][1], fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]));
+                    }
+                }
+            }
+        }
+    }
+
+    float* out = y + (i64)blockIdx.z * m * n;  // y, or split z's partial sums
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
+                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
+                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
+            }
+}
+
+#define MQ4K_KERNEL(BM, WT, NW, ST)                                                                \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq4k_b##BM##_w##WT##_n##NW##_s##ST( \
+        const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
+        float* __restrict__ y, int n, int k, int m, int mp, int spz) {                               \
+        mq4k_body<BM, WT, NW, ST>(w, xq, xs, y, n, k, m, mp, spz);                                 \
+    }
+
+// The configurations the host picks from by m (ops/matmul_mma.rs MQ4K, same order); the lab
+// (backend-cuda/labs/mma) instantiates its own set instead.
+#ifndef MQ4K_NO_INSTANCES
+MQ4K_KERNEL(8, 1, 8, 3)
+MQ4K_KERNEL(16, 1, 8, 3)
+MQ4K_KERNEL(32, 2, 4, 3)
+MQ4K_KERNEL(64, 2, 8, 3)
+#endif

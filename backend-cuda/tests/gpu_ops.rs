@@ -170,9 +170,17 @@ fn matmul_all_types_both_paths_match_f64() {
                     .collect()
             };
             let want = oracle(&|i| x[i] as f64);
-            // The same product with x rounded as the int8 path rounds it.
+            // The same product with x rounded as the int8 path rounds it (the mma path's group
+            // of elements per scale: 32 where the Q4_K few-row kernel runs).
             let (xh, _) = q8_round(&x);
             let want_q8 = oracle(&|i| xh[i]);
+            let mma_group = be.mma_x_group(dt, m);
+            let want_q8_mma = if mma_group == 16 {
+                want_q8.clone()
+            } else {
+                let (xg, _) = q8_round_group(&x, mma_group);
+                oracle(&|i| xg[i])
+            };
             let xb = upload(&*be, &f32_bytes(&x));
             for path in [
                 MatmulPath::Fused,
@@ -192,12 +200,14 @@ fn matmul_all_types_both_paths_match_f64() {
                 let e = nmse(&y, &want);
                 let q8 = dt.is_quantized();
                 let bound = match (path, dt) {
-                    (MatmulPath::Fused | MatmulPath::Mma, _) if q8 => Q8_X_NMSE,
+                    // The error bound grows with the group (q8_round's derivation, per group).
+                    (MatmulPath::Mma, _) if q8 => Q8_X_NMSE * (mma_group / 16) as f64,
+                    (MatmulPath::Fused, _) if q8 => Q8_X_NMSE,
                     // Mma on float weights runs the tuned dispatch.
                     (MatmulPath::Mma, DType::F16 | DType::BF16) => 1e-4,
                     (MatmulPath::Fused, _) | (_, DType::F32) => 1e-9,
                     (_, DType::F16) => 1e-5,
-                    (MatmulPath::Auto, _) if q8 => Q8_X_NMSE.max(1e-4),
+                    (MatmulPath::Auto, _) if q8 => (Q8_X_NMSE * (mma_group / 16) as f64).max(1e-4),
                     _ => 1e-4, // bf16 rounding of x (and of f16/quant weights)
                 };
                 if e.is_nan() || e > bound {
@@ -206,7 +216,12 @@ fn matmul_all_types_both_paths_match_f64() {
                 if matches!(path, MatmulPath::Fused | MatmulPath::Mma) && q8 {
                     // The integer path itself is exact up to f32 accumulation: against the
                     // oracle on the rounded x it must agree as the f32 kernels do.
-                    let eq = nmse(&y, &want_q8);
+                    let oracle_q8 = if path == MatmulPath::Mma {
+                        &want_q8_mma
+                    } else {
+                        &want_q8
+                    };
+                    let eq = nmse(&y, oracle_q8);
                     if eq.is_nan() || eq > 1e-9 {
                         failures.push(format!("{dt} m={m} {path:?} vs int8-x oracle: nmse {eq:e}"));
                     }
@@ -224,7 +239,8 @@ fn matmul_all_types_both_paths_match_f64() {
 /// (m = 8 … 260: BM 16, 32, 64 and the 64 × 128 tile), k splits (small m), W tails (n = 200 is not a multiple of 64 or 128) and, for
 /// the 32-element types, a partial last k stage (k = 4896 = 19.125 stages): exact integer
 /// products, so it must match the f64 product of the exact weights and the int8-rounded x as
-/// the f32 kernels do (nmse ≤ 1e-9), for all 12 block types.
+/// the f32 kernels do (nmse ≤ 1e-9), for all 12 block types. x is rounded per 16 elements,
+/// or per 32 where the built-in choice is the Q4_K few-row kernel (`mma_x_group`).
 #[test]
 fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
     let Some(be) = gpu() else { return };
@@ -242,14 +258,25 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
             .unwrap();
         for m in [8usize, 16, 24, 33, 64, 130, 260] {
             let x = Rng(11 + m as u64).vec(m * k);
-            let (xh, _) = q8_round(&x);
-            let want: Vec<f64> = (0..m * n)
-                .map(|i| {
-                    let (r, c) = (i / n, i % n);
-                    let (xr, wr) = (&xh[r * k..(r + 1) * k], &wdeq[c * k..(c + 1) * k]);
-                    xr.iter().zip(wr).map(|(a, b)| a * *b as f64).sum()
-                })
-                .collect();
+            // The built-in choice rounds x per mma_x_group; a forced configuration runs the
+            // generic kernel (groups of 16).
+            let oracle = |group: usize| -> Vec<f64> {
+                let (xh, _) = q8_round_group(&x, group);
+                (0..m * n)
+                    .map(|i| {
+                        let (r, c) = (i / n, i % n);
+                        let (xr, wr) = (&xh[r * k..(r + 1) * k], &wdeq[c * k..(c + 1) * k]);
+                        xr.iter().zip(wr).map(|(a, b)| a * *b as f64).sum()
+                    })
+                    .collect()
+            };
+            let want16 = oracle(16);
+            let group = be.mma_x_group(dt, m);
+            let want_builtin = if group == 16 {
+                want16.clone()
+            } else {
+                oracle(group)
+            };
             let xb = upload(&*be, &f32_bytes(&x));
             // The built-in choice, then every configuration forced.
             let cfgs = kiln_cuda::CudaBackend::mma_configs();
@@ -264,7 +291,8 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
                 )
                 .unwrap();
                 let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
-                let e = nmse(&y, &want);
+                let want = if c.is_none() { &want_builtin } else { &want16 };
+                let e = nmse(&y, want);
                 if e.is_nan() || e > 1e-9 {
                     let cfg = c.map(|c| cfgs[c]);
                     failures.push(format!(

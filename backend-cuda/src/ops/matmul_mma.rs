@@ -13,11 +13,12 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::sys;
-use cudarc::driver::{CudaFunction, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result};
 
 use super::arg_i32;
+use super::launch::Arg;
 use super::matmul_q::{MatmulPath, QUANT_X, block_index, x_units};
 use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
@@ -154,6 +155,117 @@ pub(crate) fn mma_plan(
     }
 }
 
+/// One configuration of the Q4_K kernel for few rows (kernels/matmul_mma.cu
+/// `mq4k_b<BM>_w<WT>_n<NW>_s<ST>`): BM x rows per block, WT 16-row W tiles per warp, NW warps
+/// (BN = 16·WT·NW W rows per block), ST stages in the cp.async ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MqConfig {
+    bm: usize,
+    wt: usize,
+    nw: usize,
+    st: usize,
+    name: &'static str,
+}
+
+/// The configurations, by x-row tile BM = 8, 16, 32, 64: each the best mean over the three lab
+/// shapes at its m range (backend-cuda/labs/mma on an H200, BENCHMARKS.md "mma2"). A device
+/// whose shared memory cannot hold the preferred tile for m (sm_80: 163 KiB, sm_86/89: 99 KiB)
+/// runs the largest tile that fits, over several m tiles.
+const MQ4K: [MqConfig; 4] = [
+    MqConfig {
+        bm: 8,
+        wt: 1,
+        nw: 8,
+        st: 3,
+        name: "mq4k_b8_w1_n8_s3",
+    },
+    MqConfig {
+        bm: 16,
+        wt: 1,
+        nw: 8,
+        st: 3,
+        name: "mq4k_b16_w1_n8_s3",
+    },
+    MqConfig {
+        bm: 32,
+        wt: 2,
+        nw: 4,
+        st: 3,
+        name: "mq4k_b32_w2_n4_s3",
+    },
+    MqConfig {
+        bm: 64,
+        wt: 2,
+        nw: 8,
+        st: 3,
+        name: "mq4k_b64_w2_n8_s3",
+    },
+];
+
+/// The configuration (index into `MQ4K`) for m rows on a device with `smem_max` bytes of
+/// opt-in shared memory per block: the smallest tile covering m that fits, else the largest
+/// tile that fits; None if none fits.
+fn mq_config(m: usize, smem_max: usize) -> Option<usize> {
+    let fits = |c: &MqConfig| mq_smem(c) <= smem_max;
+    MQ4K.iter()
+        .position(|c| c.bm >= m && fits(c))
+        .or_else(|| MQ4K.iter().rposition(fits))
+}
+
+/// The most x rows the Q4_K kernel takes (its largest tile).
+const MQ_MAX_ROWS: usize = 64;
+
+/// Dynamic shared memory of a Q4_K configuration, as kernels/matmul_mma.cu `mq_smem_bytes`:
+/// per stage W [BN][160 B], Xq [BM][288 B], Xs [BM/2][144 B].
+fn mq_smem(c: &MqConfig) -> usize {
+    c.st * (16 * c.wt * c.nw * 160 + c.bm * 288 + c.bm / 2 * 144)
+}
+
+/// The launch plan of one Q4_K few-row matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MqPlan {
+    /// Index into `MQ4K`.
+    cfg: usize,
+    /// x rows padded to whole tiles (the rows of the scratch x image).
+    mp: usize,
+    /// k splits (gridDim.z) and Q4_K block columns (256 elements) per split.
+    splits: usize,
+    blocks_per_split: usize,
+    /// Bytes of scratch: xq u8 `[k/256, mp, 256]`, xs float2 `[k/256, mp/2, 8, 2]`, then
+    /// (splits > 1) the partial sums f32 `[splits, m, n]`.
+    scratch: usize,
+}
+
+/// Plan the Q4_K kernel for x `[m, k]` (1 ≤ m ≤ 64), W `[n, k]` on `sms` SMs with `per_sm`
+/// resident blocks per SM (the occupancy of the configuration). The k split S (≤ 16, ≥ 2 block
+/// columns per split) minimizes whole waves × (block columns per split + 1 for the pipeline
+/// fill), ceil(tiles·S / slots) · (ceil(nb / S) + 1), ties to the smaller S: one resident wave of blocks when the tiles allow it,
+/// each streaming as many block columns as the split leaves (backend-cuda/labs/mma).
+fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) -> MqPlan {
+    let c = &MQ4K[cfg];
+    let mp = m.div_ceil(c.bm).max(1) * c.bm;
+    let nb = (k / 256).max(1);
+    let tiles = n.div_ceil(16 * c.wt * c.nw) * (mp / c.bm);
+    let slots = sms.max(1) * per_sm.max(1);
+    let splits = match FORCED_SPLITS.load(Ordering::Relaxed) {
+        usize::MAX => (1..=(nb / 2).clamp(1, 16))
+            .min_by_key(|&s| ((tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1), s))
+            .unwrap_or(1),
+        f => f.clamp(1, nb),
+    };
+    let blocks_per_split = nb.div_ceil(splits);
+    let splits = nb.div_ceil(blocks_per_split);
+    let x = mp * k + mp * (k / 32) * 8;
+    let part = if splits > 1 { splits * m * n * 4 } else { 0 };
+    MqPlan {
+        cfg,
+        mp,
+        splits,
+        blocks_per_split,
+        scratch: x + part,
+    }
+}
+
 /// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
 pub(crate) fn forced_path() -> Option<MatmulPath> {
     static P: OnceLock<Option<MatmulPath>> = OnceLock::new();
@@ -183,7 +295,57 @@ impl CudaBackend {
     /// plan as the launch).
     pub(crate) fn mma_scratch_bytes(&self, dt: DType, m: usize, n: usize, k: usize) -> usize {
         let sms = self.info.caps.compute_units.max(1) as usize;
+        if let Some(cfg) = self.mq4k_config(dt, m) {
+            return mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg)).scratch;
+        }
         mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch
+    }
+
+    /// The Q4_K few-row configuration (index into `MQ4K`) that takes an mma matmul of a `dt`
+    /// weight at m rows, if any: Q4_K, 1 ≤ m ≤ 64, no generic configuration forced
+    /// (`force_mma_config`), and a tile that fits the device's shared memory.
+    fn mq4k_config(&self, dt: DType, m: usize) -> Option<usize> {
+        if dt != DType::Q4_K
+            || !(1..=MQ_MAX_ROWS).contains(&m)
+            || FORCED_CONFIG.load(Ordering::Relaxed) < MMA_CONFIGS.len()
+        {
+            return None;
+        }
+        mq_config(m, self.mma_smem_max())
+    }
+
+    /// Resident blocks per SM of Q4_K configuration `cfg`: the occupancy the driver reports
+    /// (registers and shared memory), cached per configuration; 1 if it cannot say.
+    fn mq_per_sm(&self, cfg: usize) -> usize {
+        static OCC: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
+        let cached = OCC[cfg].load(Ordering::Relaxed);
+        if cached > 0 {
+            return cached;
+        }
+        let c = &MQ4K[cfg];
+        let smem = mq_smem(c);
+        let occ = self
+            .function(&MATMUL_MMA, c.name)
+            .and_then(|f| {
+                self.mma_allow_smem(&f, smem)?;
+                f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, smem, None)
+                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+            })
+            .map_or(1, |o| (o as usize).max(1));
+        OCC[cfg].store(occ, Ordering::Relaxed);
+        occ
+    }
+
+    /// Elements per int8 rounding group of x on the mma path for a `dt` weight at m rows: 32
+    /// where the Q4_K few-row kernel runs (`mq_quant_x`: one scale per Q4_K sub-block), else 16
+    /// (`quant_x_<type>`). Both keep d to 22 significant bits. Tests build their rounded-x
+    /// oracle with it.
+    pub fn mma_x_group(&self, dt: DType, m: usize) -> usize {
+        if self.mq4k_config(dt, m).is_some() {
+            32
+        } else {
+            16
+        }
     }
 
     /// The mma path: x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
@@ -205,6 +367,9 @@ impl CudaBackend {
                 op,
                 format!("{} rows of {k} are not whole blocks", w.dtype),
             ));
+        }
+        if let Some(cfg) = self.mq4k_config(w.dtype, m) {
+            return self.matmul_mq4k(xp, w, outp, m, n, k, cfg);
         }
         let (mi, ni, ki) = (
             arg_i32(op, "m", m)?,
@@ -250,6 +415,125 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// The Q4_K few-row path (1 ≤ m ≤ 64): x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
+    /// `mq_quant_x` rounds x per 32 elements into the scratch, `mq4k_*` multiplies it with the
+    /// raw Q4_K blocks, `mma_reduce` (a programmatic dependent) adds the k splits' partial sums
+    /// in order.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_mq4k(
+        &self,
+        xp: u64,
+        w: &CudaWeight,
+        outp: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        cfg: usize,
+    ) -> Result<()> {
+        let op = OpKind::Matmul;
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let plan = mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg));
+        let c = &MQ4K[plan.cfg];
+        let smem = mq_smem(c);
+        let f = self.function(&MATMUL_MMA, c.name)?;
+        self.mma_allow_smem(&f, smem)?;
+        let dims = [
+            arg_i32(op, "n", n)?,
+            arg_i32(op, "k", k)?,
+            arg_i32(op, "m", m)?,
+            arg_i32(op, "padded m", plan.mp)?,
+            arg_i32(op, "blocks per split", plan.blocks_per_split)?,
+        ];
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        let xq = scratch;
+        let xs = xq + (plan.mp * k) as u64;
+        let part = xs + (plan.mp * (k / 32) * 8) as u64;
+        self.launch_mq_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
+        let bn = 16 * c.wt * c.nw;
+        if n.div_ceil(bn) > 65535 {
+            return Err(Error::shape(
+                op,
+                format!("n = {n} exceeds the mq4k kernel's grid limit (65535·{bn} rows)"),
+            ));
+        }
+        let cfg = LaunchConfig {
+            // m tiles fastest: the blocks sharing a W tile run together (W read once from HBM).
+            grid_dim: (
+                (plan.mp / c.bm) as u32,
+                n.div_ceil(bn) as u32,
+                plan.splits as u32,
+            ),
+            block_dim: ((32 * c.nw) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        let y = if plan.splits > 1 { part } else { outp };
+        self.launch_mq4k(&f, cfg, w, [xq, xs], y, dims)?;
+        if plan.splits > 1 {
+            self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
+        }
+        Ok(())
+    }
+
+    /// `mq_quant_x(x, xq, xs, k, m, mp)`: one warp per (Q4_K block column, padded x row),
+    /// `warps` of them, 8 per 256-thread block, grid-stride.
+    fn launch_mq_quant_x(&self, x: u64, xqs: [u64; 2], dims: [i32; 5], warps: usize) -> Result<()> {
+        let f = self.function(&MATMUL_MMA, "mq_quant_x")?;
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let cfg = LaunchConfig {
+            grid_dim: (warps.div_ceil(8).clamp(1, sms * 8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let [_, k, m, mp, _] = dims;
+        let args = [
+            Arg::U64(&x),
+            Arg::U64(&xqs[0]),
+            Arg::U64(&xqs[1]),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&mp),
+        ];
+        // SAFETY: mq_quant_x(x, xq, xs, k, m, mp): x holds m·k f32 (k a multiple of 256: Q4_K
+        // rows are whole blocks); xq is scratch of mp·k bytes and xs of mp·(k/32) float2 (the
+        // plan's sizes, mp ≥ m). A programmatic dependent of the previous kernel: it waits
+        // (griddepcontrol.wait) before reading x or writing the scratch.
+        unsafe { self.launch_pdl(&f, "launch mq_quant_x", cfg, &args) }
+    }
+
+    /// `mq4k_*(w, xq, xs, y, n, k, m, mp, blocks per split)`, a programmatic dependent of
+    /// mq_quant_x (it issues its first W copies, then waits).
+    fn launch_mq4k(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        w: &CudaWeight,
+        x: [u64; 2],
+        y: u64,
+        dims: [i32; 5],
+    ) -> Result<()> {
+        let body = w.body_ptr();
+        let [n, k, m, mp, spz] = dims;
+        let args = [
+            Arg::U64(&body),
+            Arg::U64(&x[0]),
+            Arg::U64(&x[1]),
+            Arg::U64(&y),
+            Arg::I32(&n),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&mp),
+            Arg::I32(&spz),
+        ];
+        // SAFETY: w's body is the n × k Q4_K weight (n·k/256 blocks of 144 bytes, rows whole
+        // blocks; rows read are clamped to n − 1); xq u8 [k/256, mp, 256] and xs float2
+        // [k/256, mp/2, 8, 2] written by mq_quant_x just before on this stream (read after
+        // griddepcontrol.wait; x rows read < mp = gridDim.x·BM); y f32: the m·n output, or the
+        // [splits, m, n] partial sums (splits = gridDim.z, every split's block range non-empty);
+        // writes bounded by n and m. Dynamic shared memory (mq_smem) was allowed just before.
+        unsafe { self.launch_pdl(f, "launch mq4k", cfg, &args) }
+    }
+
     /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
     fn mma_allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
         if smem <= 48 << 10 {
@@ -285,13 +569,11 @@ impl CudaBackend {
         let f = self.function(&MATMUL_MMA, "mma_reduce")?;
         let cfg = self.grid_1d(count);
         let (c, s) = (count as i64, arg_i32(OpKind::Matmul, "splits", splits)?);
-        let mut b = self.stream.launch_builder(&f);
-        b.arg(&part).arg(&out).arg(&c).arg(&s);
+        let args = [Arg::U64(&part), Arg::U64(&out), Arg::I64(&c), Arg::I32(&s)];
         // SAFETY: part holds splits·count f32 (scratch written by the mma kernel just before on
-        // this stream), out count f32 (the matmul's output view, m·n elements).
-        unsafe { b.launch(cfg) }
-            .map(|_| ())
-            .map_err(self.drv("launch mma_reduce"))
+        // this stream), out count f32 (the matmul's output view, m·n elements). A programmatic
+        // dependent: it reads part only after griddepcontrol.wait (kernels/matmul_mma.cu).
+        unsafe { self.launch_pdl(&f, "launch mma_reduce", cfg, &args) }
     }
 }
 
@@ -337,5 +619,43 @@ mod tests {
         // Q4_K 4096×14336 at m = 64 (64 blocks): 8 splits, as the sweep's best.
         let p = mma_plan(DType::Q4_K, 64, 4096, 14336, mma_config(64, 232_448), sms);
         assert_eq!((p.splits, p.stages_per_split), (8, 7));
+    }
+
+    /// The Q4_K plan: the tile covers m where the H200's shared memory allows, fits smaller
+    /// devices, splits cover k with no empty split, and the split costs no more than none.
+    #[test]
+    fn mq_plan_covers_k_and_fits_the_device() {
+        for (n, k) in [(14336, 4096), (4096, 14336), (4096, 4096), (200, 4864)] {
+            for m in [1, 2, 3, 8, 9, 16, 24, 33, 64] {
+                for (per_sm, smem) in [(1, 232_448), (2, 232_448), (3, 166_912), (4, 101_376)] {
+                    let Some(cfg) = mq_config(m, smem) else {
+                        panic!("no Q4_K tile fits {smem} bytes");
+                    };
+                    let p = mq_plan(m, n, k, cfg, 132, per_sm);
+                    let c = &MQ4K[p.cfg];
+                    assert!(mq_smem(c) <= smem);
+                    assert!(p.mp % c.bm == 0 && p.mp >= m && p.mp < m + c.bm);
+                    assert!(
+                        c.bm >= m || smem < 232_448,
+                        "the H200 takes the covering tile"
+                    );
+                    let nb = k / 256;
+                    assert!(p.splits * p.blocks_per_split >= nb, "{n}x{k} m={m}");
+                    assert!((p.splits - 1) * p.blocks_per_split < nb, "no empty split");
+                    assert!(p.splits <= 16 && (p.splits == 1 || p.blocks_per_split >= 2));
+                    // The rule's cost is no worse than not splitting.
+                    let tiles = n.div_ceil(16 * c.wt * c.nw) * (p.mp / c.bm);
+                    let slots = 132 * per_sm;
+                    let cost = |s: usize| (tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1);
+                    assert!(cost(p.splits) <= cost(1), "{n}x{k} m={m}");
+                    let part = if p.splits > 1 {
+                        p.splits * m * n * 4
+                    } else {
+                        0
+                    };
+                    assert_eq!(p.scratch, p.mp * k * 5 / 4 + part);
+                }
+            }
+        }
     }
 }

@@ -158,9 +158,15 @@ pub fn nmse(a: &[f32], e: &[f64]) -> f64 {
 /// up to 22 significant bits), q = round-half-even(x · (1 / d)) clamped to ±127. Returns x̂ (as f64) and the
 /// per-element error bound d / 2.
 pub fn q8_round(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    q8_round_group(x, 16)
+}
+
+/// `q8_round` with `group` elements per scale (32: the Q4_K few-row mma kernel's mq_quant_x,
+/// `CudaBackend::mma_x_group`).
+pub fn q8_round_group(x: &[f32], group: usize) -> (Vec<f64>, Vec<f64>) {
     let mut xh = Vec::with_capacity(x.len());
     let mut half = Vec::with_capacity(x.len());
-    for g in x.chunks(16) {
+    for g in x.chunks(group) {
         let amax = g.iter().fold(0.0f32, |a, v| a.max(v.abs()));
         // d rounded up to 22 significant bits, as quant_x does.
         let d = f32::from_bits(((amax / 127.0).to_bits() + 3) & !3);

@@ -1,5 +1,5 @@
 //! Small and medium GEMM (m = 1 … 512) for Q4_K, Q8_0 and BF16 weights at n×k = 4096×4096 (and
-//! 14336×4096 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s
+//! 14336×4096, 4096×14336 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s
 //! and % of the measured copy bandwidth (weight bytes read / time ÷ copy GB/s), and, on CUDA,
 //! the fused, mma (int8 tensor cores, block types) and dense paths separately, then per m the
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
@@ -33,7 +33,7 @@ fn main() {
         let shapes: &[(usize, usize)] = if args.quick {
             &[(4096, 4096)]
         } else {
-            &[(4096, 4096), (14336, 4096)]
+            &[(4096, 4096), (14336, 4096), (4096, 14336)]
         };
         for &(n, k) in shapes {
             // (m, path name) → seconds, for the speed-up lines.
