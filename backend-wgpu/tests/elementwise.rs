@@ -315,3 +315,38 @@ fn kv_append_all_cache_dtypes() {
         }
     }
 }
+
+/// The bandwidth probe really copies (every U, a length that leaves a partial workgroup), the
+/// bytes past the length are untouched, bad lengths are errors; the kernel timer gives one
+/// duration per compute pass.
+#[test]
+fn copy_probe_and_kernel_timer() {
+    let Some(be) = open() else { return };
+    let n = 16 * 2600; // 2600 vec4s: not a multiple of 256 · U
+    let src: Vec<u8> = (0..n + 64).map(|i| (i * 7 + 3) as u8).collect();
+    let a = upload(&be, &src);
+    for u in [1u32, 2, 4, 8] {
+        let b = upload(&be, &vec![0xee; n + 64]);
+        be.copy_probe(&a, &b, n, u).unwrap();
+        let mut got = vec![0u8; n + 64];
+        be.read(&b, 0, &mut got).unwrap();
+        assert_eq!(&got[..n], &src[..n], "U = {u}");
+        assert!(
+            got[n..].iter().all(|&x| x == 0xee),
+            "U = {u}: wrote past the length"
+        );
+    }
+    let b = be.alloc(n + 64).unwrap();
+    assert!(be.copy_probe(&a, &b, n + 4, 4).is_err());
+    assert!(be.copy_probe(&a, &b, n, 3).is_err());
+    assert!(be.copy_probe(&a, &b, n + 128, 4).is_err());
+    if be.gpu_timer_start().unwrap() {
+        for _ in 0..3 {
+            be.copy_probe(&a, &b, n, 4).unwrap();
+        }
+        let t = be.gpu_timer_stop().unwrap().unwrap();
+        assert_eq!(t.len(), 3);
+        assert!(t.iter().all(|&s| s >= 0.0 && s < 1.0), "{t:?}");
+    }
+    assert!(be.gpu_timer_stop().unwrap().is_none());
+}
