@@ -346,7 +346,7 @@ fn copy_probe_and_kernel_timer() {
         }
         let t = be.gpu_timer_stop().unwrap().unwrap();
         assert_eq!(t.len(), 3);
-        assert!(t.iter().all(|&s| s >= 0.0 && s < 1.0), "{t:?}");
+        assert!(t.iter().all(|s| (0.0..1.0).contains(s)), "{t:?}");
     }
     assert!(be.gpu_timer_stop().unwrap().is_none());
 }
