@@ -16,6 +16,17 @@ pub(crate) struct GpuMem {
     pub(crate) buf: wgpu::Buffer,
 }
 
+/// Counts buffer and weight frees in this process: the bind-group cache (pipeline_cache.rs)
+/// holds references to the buffers it binds, and drops all of them when this changes, so a
+/// freed buffer's memory is released at the next dispatch.
+pub(crate) static FREES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for GpuMem {
+    fn drop(&mut self) {
+        FREES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn round4(n: u64) -> u64 {
     n.div_ceil(4) * 4
 }

@@ -31,6 +31,12 @@ pub(crate) struct Chunk {
     pub(crate) d_base: u32,
 }
 
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        crate::buffer::FREES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// A weight as this backend keeps it.
 pub(crate) struct WgpuWeight {
     pub(crate) dtype: DType,

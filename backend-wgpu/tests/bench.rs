@@ -338,3 +338,35 @@ fn bench_op_overhead() {
         all * 1e6
     );
 }
+
+/// CPU cost of recording alone: 40 adds per batch (below the 48-op submit threshold), timed
+/// before the batch is submitted; median over 50 batches.
+#[test]
+#[ignore]
+fn bench_record_only() {
+    let Some(be) = open() else { return };
+    let n = 1024;
+    let a = upload(&be, &f32_bytes(&vec![1.0; n]));
+    let o = be.alloc(n * 4).unwrap();
+    let s = Shape::d1(n);
+    let (av, ov) = (
+        a.view(0, s, DType::F32).unwrap(),
+        o.view_mut(0, s, DType::F32).unwrap(),
+    );
+    be.add(av, av, ov).unwrap();
+    be.synchronize().unwrap();
+    let mut v = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        for _ in 0..40 {
+            be.add(av, av, ov).unwrap();
+        }
+        v.push(t.elapsed().as_secs_f64() / 40.0);
+        be.synchronize().unwrap();
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "BENCH record only: {:.1} µs per add (median of 50 batches of 40, no submit inside)",
+        v[25] * 1e6
+    );
+}
