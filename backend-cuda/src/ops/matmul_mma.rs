@@ -634,7 +634,7 @@ mod tests {
                     let p = mq_plan(m, n, k, cfg, 132, per_sm);
                     let c = &MQ4K[p.cfg];
                     assert!(mq_smem(c) <= smem);
-                    assert!(p.mp % c.bm == 0 && p.mp >= m && p.mp < m + c.bm);
+                    assert!(p.mp.is_multiple_of(c.bm) && p.mp >= m && p.mp < m + c.bm);
                     assert!(
                         c.bm >= m || smem < 232_448,
                         "the H200 takes the covering tile"
