@@ -27,17 +27,6 @@ fn devices() -> Option<Vec<Arc<CudaBackend>>> {
     common::all_gpus("the P2P all-reduce test")
 }
 
-fn group(devs: &[Arc<CudaBackend>]) -> Option<CudaComm> {
-    let comm = CudaComm::from_cuda(devs).unwrap();
-    if let Some(why) = comm.p2p_unavailable() {
-        let required = std::env::var("KILN_REQUIRE_P2P").is_ok_and(|v| v == "1");
-        assert!(!required, "KILN_REQUIRE_P2P=1 but: {why}");
-        println!("skipped: no P2P all-reduce on this machine: {why}");
-        return None;
-    }
-    Some(comm)
-}
-
 /// xorshift64*: reproducible random numbers without a dependency.
 struct Rng(u64);
 impl Rng {
@@ -156,7 +145,9 @@ fn check_random(
 #[test]
 fn p2p_sums_are_exact_and_identical_on_every_rank() {
     let Some(devs) = devices() else { return };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     println!(
         "{} devices; default P2P threshold {} bytes (staging {P2P_STAGING_BYTES})",
         devs.len(),
@@ -327,7 +318,9 @@ impl Chain {
 #[test]
 fn p2p_flags_are_reused_call_after_call_and_inside_graphs() {
     let Some(devs) = devices() else { return };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     // 600 steps of two sizes interleaved (1 block and 32 blocks per grid), no host sync.
     let small = Chain::new(&devs, 1024);
     let big = Chain::new(&devs, 262_144 + 4);
@@ -456,7 +449,9 @@ fn time_path(comm: &CudaComm, devs: &[Arc<CudaBackend>], path: Path, bytes: usiz
 #[test]
 fn p2p_vs_nccl_latency_4k_to_4m() {
     let Some(devs) = devices() else { return };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     let n = devs.len();
     println!(
         "all-reduce f32 on {n} devices ({}), NCCL {}; µs per call",

@@ -14,21 +14,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use kiln_core::{Backend, Buffer, Collective, DType, ResidualNorm, Shape};
-use kiln_cuda::{CudaBackend, CudaComm};
-
-fn group(devs: &[Arc<CudaBackend>]) -> Option<CudaComm> {
-    let comm = CudaComm::from_cuda(devs).unwrap();
-    if let Some(why) = comm.p2p_unavailable() {
-        let required = std::env::var("KILN_REQUIRE_P2P").is_ok_and(|v| v == "1");
-        assert!(!required, "KILN_REQUIRE_P2P=1 but: {why}");
-        println!("skipped: no P2P all-reduce on this machine: {why}");
-        return None;
-    }
-    Some(comm)
-}
+use kiln_cuda::CudaBackend;
 
 /// Reproducible floats ±[0.5, 1)·2^e, e in −8..8 (sums round differently by order).
 struct Rng(u64);
@@ -121,7 +108,9 @@ fn fused_all_reduce_add_rms_norm_matches_the_host() {
     let Some(devs) = common::all_gpus("the fused P2P all-reduce + rms_norm test") else {
         return;
     };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     let n = devs.len();
     let eps = 1e-5;
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -180,7 +169,9 @@ fn fused_and_plain_calls_interleave_without_synchronization() {
     let Some(devs) = common::all_gpus("the fused P2P all-reduce interleave test") else {
         return;
     };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     let n = devs.len();
     let (rows, dim, eps) = (1, 4096, 1e-5);
     let mut rng = Rng(0x1234_5678_9abc_def1);
@@ -268,7 +259,9 @@ fn a_group_without_the_p2p_path_declines() {
     let Some(devs) = common::all_gpus("the fused P2P all-reduce fallback test") else {
         return;
     };
-    let Some(comm) = group(&devs) else { return };
+    let Some(comm) = common::p2p_group(&devs) else {
+        return;
+    };
     let before = comm.p2p_max_bytes();
     comm.set_p2p_max_bytes(0).unwrap();
     let (rows, dim) = (1, 64);

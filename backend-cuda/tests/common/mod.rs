@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use half::{bf16, f16};
 use kiln_core::{Backend, BackendProvider, Buffer, DType, Probe, Shape, View};
-use kiln_cuda::{CudaBackend, CudaProvider};
+use kiln_cuda::{CudaBackend, CudaComm, CudaProvider};
 
 /// Every CUDA device of the machine for a group test (`what`), or `None` after printing why it
 /// is skipped: fewer than 2 devices, or none at all (a failure under KILN_REQUIRE_NCCL=1).
@@ -33,6 +33,19 @@ pub fn all_gpus(what: &str) -> Option<Vec<Arc<CudaBackend>>> {
             .map(|i| CudaProvider.open_cuda(i).unwrap())
             .collect(),
     )
+}
+
+/// A group over `devs` with its P2P all-reduce path, or `None` after printing why there is none
+/// (a failure under KILN_REQUIRE_P2P=1).
+pub fn p2p_group(devs: &[Arc<CudaBackend>]) -> Option<CudaComm> {
+    let comm = CudaComm::from_cuda(devs).unwrap();
+    if let Some(why) = comm.p2p_unavailable() {
+        let required = std::env::var("KILN_REQUIRE_P2P").is_ok_and(|v| v == "1");
+        assert!(!required, "KILN_REQUIRE_P2P=1 but: {why}");
+        println!("skipped: no P2P all-reduce on this machine: {why}");
+        return None;
+    }
+    Some(comm)
 }
 
 /// cuda:0, or `None` after printing why the test is skipped (a failure under KILN_REQUIRE=cuda).

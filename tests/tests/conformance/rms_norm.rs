@@ -7,6 +7,16 @@
 use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::{conformance, data, dev, harness, optional_op, oracle, require_op, tolerance};
 
+/// Random rows at scales 1, 1e-3 and 300 in turn (eps matters on some, large sums on others).
+fn scaled_rows(rng: &mut data::Rng, rows: usize, dim: usize) -> Vec<f32> {
+    let mut x = rng.activations(rows * dim, 1.0);
+    for (r, row) in x.chunks_exact_mut(dim).enumerate() {
+        let s = [1.0, 1e-3, 300.0][r % 3];
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    x
+}
+
 pub(crate) fn rms_norm_case(b: &dyn Backend, dt: DType, rows_list: &[usize], dim: usize, eps: f32) {
     let ok = if dt == DType::F32 {
         require_op(b, OpKind::RmsNorm, dt)
@@ -20,12 +30,7 @@ pub(crate) fn rms_norm_case(b: &dyn Backend, dt: DType, rows_list: &[usize], dim
     let w: Vec<f32> = (0..dim).map(|_| 1.0 + 0.2 * rng.normal()).collect();
     let w_t = dev::upload_f32(b, &[dim], &w);
     for &rows in rows_list {
-        let mut x = rng.activations(rows * dim, 1.0);
-        for (r, row) in x.chunks_exact_mut(dim).enumerate() {
-            let s = [1.0, 1e-3, 300.0][r % 3];
-            row.iter_mut().for_each(|v| *v *= s);
-        }
-        let x = data::round_to(dt, &x);
+        let x = data::round_to(dt, &scaled_rows(&mut rng, rows, dim));
         let x_t = dev::upload_floats(b, dt, &[rows, dim], &x);
         let out = dev::output(b, dt, &[rows, dim]);
         dev::ok(
@@ -81,11 +86,7 @@ pub(crate) fn add_rms_norm_case(b: &dyn Backend, rows_list: &[usize], dim: usize
     let w: Vec<f32> = (0..dim).map(|_| 1.0 + 0.2 * rng.normal()).collect();
     let w_t = dev::upload_f32(b, &[dim], &w);
     for &rows in rows_list {
-        let mut a = rng.activations(rows * dim, 1.0);
-        for (r, row) in a.chunks_exact_mut(dim).enumerate() {
-            let s = [1.0, 1e-3, 300.0][r % 3];
-            row.iter_mut().for_each(|v| *v *= s);
-        }
+        let a = scaled_rows(&mut rng, rows, dim);
         let c = rng.activations(rows * dim, 0.5);
         let (a_t, c_t) = (
             dev::upload_f32(b, &[rows, dim], &a),
