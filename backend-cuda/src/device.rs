@@ -284,10 +284,15 @@ impl CudaBackend {
             MatmulPath::Mma => crate::ops::matmul_mma::mma_supported(dt, k)
                 .then(|| self.mma_scratch_bytes(dt, m, n, k)),
             // Block types whose rows are not whole chunks are refused by the dense path.
-            MatmulPath::Dense | MatmulPath::Auto => (dt.is_float() || chunked).then(|| {
+            MatmulPath::Dense => (dt.is_float() || chunked).then(|| {
                 let t = crate::ops::matmul_q::dense_tiles(dt, m, n, k);
                 t.w_scratch + t.x_scratch
             }),
+            // Not resolved yet: the most any concrete path that applies could take.
+            MatmulPath::Auto => [MatmulPath::Fused, MatmulPath::Mma, MatmulPath::Dense]
+                .into_iter()
+                .filter_map(|p| self.path_scratch(p, dt, m, n, k))
+                .max(),
         }
     }
 
