@@ -1,5 +1,7 @@
 // matmul_mma.cu: y = x·Wᵀ for the 12 block types on int8 tensor cores, for 8 ≤ m ≤ ~512 rows
 // (the fused GEMV's int8 x and exact integer weights, llama.cpp's "mmq" idea, our own code).
+// Q4_K at 1 ≤ m ≤ 64 has its own kernel (mq4k, second half of this file); the host
+// (ops/matmul_mma.rs) takes it unless a generic configuration is forced.
 //
 // Inputs: W [n, k] in the repacked layout of quant.cuh; x already rounded by quant_x_<type>
 // (matmul_q.cu) to int8 units of 16 elements: xq uint4 [m, units], xs float2 [m, units] (d,
@@ -272,7 +274,8 @@ extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __r
 }
 
 // ------------------------------------------------------------------------------------------
-// mq4k_b<BM>_w<WT>_n<NW>_s<ST>: Q4_K for 2 ≤ m ≤ 64 at the weight-bandwidth bound (issue 3).
+// mq4k_b<BM>_w<WT>_n<NW>_s<ST>: Q4_K for 1 ≤ m ≤ 64 (issues 3 and 6). Measured in labs/mma
+// (H200): 33–47 % of copy bandwidth at m ≤ 16 on the large shapes, not yet the bound it aims at.
 //
 // x: mq_quant_x rounds x to int8 per 32 elements (one Q4_K sub-block) with (d, d·Σq), d =
 // max|x| / 127 rounded up to 22 significant bits (as quant_x): xq u8 [k/256][mp][256] (block
