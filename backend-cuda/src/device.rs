@@ -636,6 +636,20 @@ impl Backend for CudaBackend {
         self.op_rope(x, positions, inv_freq, p)
     }
 
+    fn rope_kv_append(
+        &self,
+        q: ViewMut<'_>,
+        k: ViewMut<'_>,
+        v: View<'_>,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
+        kv: &PagedKv<'_>,
+        slots: View<'_>,
+    ) -> Result<()> {
+        self.op_rope_kv_append(q, k, v, positions, inv_freq, p, kv, slots)
+    }
+
     fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()> {
         self.op_glu(gate, up, act, out)
     }

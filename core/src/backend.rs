@@ -399,6 +399,27 @@ pub trait Backend: Send + Sync {
         p: &RopeParams,
     ) -> Result<()>;
 
+    /// A layer's attention inputs in one op: q `[n_tokens, n_heads, head_dim]` and k
+    /// `[n_tokens, n_kv_heads, head_dim]` (f32) rotated in place as `rope` does, then the rotated
+    /// k and v written into the cache at `slots` as `kv_append` does. The default runs those
+    /// three ops; a fused version must give bit for bit the same q, k and cache.
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_append(
+        &self,
+        q: ViewMut<'_>,
+        k: ViewMut<'_>,
+        v: View<'_>,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
+        kv: &PagedKv<'_>,
+        slots: View<'_>,
+    ) -> Result<()> {
+        self.rope(q, positions, inv_freq, p)?;
+        self.rope(k, positions, inv_freq, p)?;
+        self.kv_append(k.as_view(), v, kv, slots)
+    }
+
     /// out = act(gate) ⊙ up, all `[rows, n]`.
     fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()>;
 

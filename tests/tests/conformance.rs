@@ -17,4 +17,5 @@ mod conformance {
     pub mod mutants;
     pub mod rms_norm;
     pub mod rope;
+    pub mod rope_kv;
 }

@@ -23,40 +23,8 @@ impl CudaBackend {
         slots: View<'_>,
     ) -> Result<()> {
         let op = OpKind::KvAppend;
-        check::dtype(op, "k", k.dtype(), &FLOATS)?;
-        check::dtype(op, "v", v.dtype(), &FLOATS)?;
-        check::dtype(op, "cache", kv.dtype(), &FLOATS)?;
-        check::dtype(op, "slots", slots.dtype(), &[DType::I32])?;
-        if k.shape() != v.shape() || k.dtype() != v.dtype() {
-            return Err(Error::shape(
-                op,
-                format!(
-                    "k {} {} and v {} {} differ",
-                    k.shape(),
-                    k.dtype(),
-                    v.shape(),
-                    v.dtype()
-                ),
-            ));
-        }
+        let n_tokens = self.kv_append_tokens(k, v, kv, slots)?;
         let (nkv, hd) = (kv.n_kv_heads(), kv.head_dim());
-        let per_tok = nkv * hd;
-        if per_tok == 0 || !k.numel().is_multiple_of(per_tok) || k.shape().last() != hd {
-            return Err(Error::shape(
-                op,
-                format!("k {} is not [n_tokens, {nkv}, {hd}]", k.shape()),
-            ));
-        }
-        let n_tokens = k.numel() / per_tok;
-        check::eq(op, "slots vs n_tokens", slots.numel(), n_tokens)?;
-        for (name, c) in [("K cache", &kv.k), ("V cache", &kv.v)] {
-            c.check_disjoint(&k)
-                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
-            c.check_disjoint(&v)
-                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
-            c.check_disjoint(&slots)
-                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
-        }
         if n_tokens == 0 {
             return Ok(());
         }
@@ -92,5 +60,53 @@ impl CudaBackend {
         // outside [0, blocks·block_size); the arguments match kv_append's parameters; the kernel
         // waits first (pdl_enter).
         unsafe { self.launch_pdl(&f, "launch kv_append", cfg, &args) }
+    }
+}
+
+impl CudaBackend {
+    /// The token count of a valid kv_append call, or the error naming what is wrong.
+    pub(crate) fn kv_append_tokens(
+        &self,
+        k: View<'_>,
+        v: View<'_>,
+        kv: &PagedKv<'_>,
+        slots: View<'_>,
+    ) -> Result<usize> {
+        let op = OpKind::KvAppend;
+        check::dtype(op, "k", k.dtype(), &FLOATS)?;
+        check::dtype(op, "v", v.dtype(), &FLOATS)?;
+        check::dtype(op, "cache", kv.dtype(), &FLOATS)?;
+        check::dtype(op, "slots", slots.dtype(), &[DType::I32])?;
+        if k.shape() != v.shape() || k.dtype() != v.dtype() {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "k {} {} and v {} {} differ",
+                    k.shape(),
+                    k.dtype(),
+                    v.shape(),
+                    v.dtype()
+                ),
+            ));
+        }
+        let (nkv, hd) = (kv.n_kv_heads(), kv.head_dim());
+        let per_tok = nkv * hd;
+        if per_tok == 0 || !k.numel().is_multiple_of(per_tok) || k.shape().last() != hd {
+            return Err(Error::shape(
+                op,
+                format!("k {} is not [n_tokens, {nkv}, {hd}]", k.shape()),
+            ));
+        }
+        let n_tokens = k.numel() / per_tok;
+        check::eq(op, "slots vs n_tokens", slots.numel(), n_tokens)?;
+        for (name, c) in [("K cache", &kv.k), ("V cache", &kv.v)] {
+            c.check_disjoint(&k)
+                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
+            c.check_disjoint(&v)
+                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
+            c.check_disjoint(&slots)
+                .map_err(|e| Error::shape(op, format!("{name}: {e}")))?;
+        }
+        Ok(n_tokens)
     }
 }

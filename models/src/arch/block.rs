@@ -118,25 +118,6 @@ impl<'a> Fwd<'a> {
         Ok(&pair[1])
     }
 
-    /// Rotate `t` (`[n, heads, head_dim]`) in place.
-    fn rope(&self, t: &'a Tensor, heads: usize, local: bool) -> Result<()> {
-        let x = self
-            .out(t)?
-            .reshape(Shape::d3(self.n, heads, self.cfg.head_dim))
-            .map_err(op("view"))?;
-        let table = if local {
-            &self.p.rope_local
-        } else {
-            &self.p.rope_global
-        };
-        let pos = self.p.staging.view(self.p.staging.pos, self.n)?;
-        let rp = RopeParams {
-            style: self.cfg.rope_style,
-            n_rot: self.cfg.n_rot,
-        };
-        self.b.rope(x, pos, table.view(), &rp).map_err(op("rope"))
-    }
-
     /// out = a + b.
     fn add(&self, a: &'a Tensor, b: &'a Tensor, out: &'a Tensor) -> Result<()> {
         self.b
@@ -192,8 +173,6 @@ impl<'a> Fwd<'a> {
         let v = self.linear(&p.h, &l.v, l.v_bias, &p.v)?;
         let q = self.head_norm(q, l.q_norm, &p.q, c.n_heads)?;
         let k = self.head_norm(k, l.k_norm, &p.k, c.n_kv_heads)?;
-        self.rope(q, c.n_heads, spec.local_rope)?;
-        self.rope(k, c.n_kv_heads, spec.local_rope)?;
         self.attention(q, k, v, kv, spec)?;
         self.linear(&p.attn, &l.o, l.o_bias, &p.o)
     }
@@ -292,7 +271,7 @@ impl<'a> Fwd<'a> {
         self.out(t)
     }
 
-    /// Append k, v to the cache, then attend.
+    /// Rotate q and k, append k and v to the cache (one op), then attend.
     fn attention(
         &self,
         q: &'a Tensor,
@@ -304,13 +283,23 @@ impl<'a> Fwd<'a> {
         let c = self.cfg;
         let (n, hd) = (self.n, c.head_dim);
         let kv_shape = Shape::d3(n, c.n_kv_heads, hd);
+        let q_shape = Shape::d3(n, c.n_heads, hd);
         let slots = self.p.staging.view(self.p.staging.slots, n)?;
-        let kx = self.x(k)?.reshape(kv_shape).map_err(op("view"))?;
+        let pos = self.p.staging.view(self.p.staging.pos, n)?;
+        let table = match spec.local_rope {
+            true => &self.p.rope_local,
+            false => &self.p.rope_global,
+        };
+        let rp = RopeParams {
+            style: c.rope_style,
+            n_rot: c.n_rot,
+        };
+        let view = |t: &'a Tensor, s: Shape| self.out(t)?.reshape(s).map_err(op("view"));
+        let (qm, km) = (view(q, q_shape)?, view(k, kv_shape)?);
         let vx = self.x(v)?.reshape(kv_shape).map_err(op("view"))?;
         self.b
-            .kv_append(kx, vx, kv, slots)
-            .map_err(op("kv_append"))?;
-        let q_shape = Shape::d3(n, c.n_heads, hd);
+            .rope_kv_append(qm, km, vx, pos, table.view(), &rp, kv, slots)
+            .map_err(op("rope + kv_append"))?;
         let qx = self.x(q)?.reshape(q_shape).map_err(op("view"))?;
         let out = self
             .out(&self.p.attn)?
