@@ -415,9 +415,7 @@ pub trait Backend: Send + Sync {
         kv: &PagedKv<'_>,
         slots: View<'_>,
     ) -> Result<()> {
-        self.rope(q, positions, inv_freq, p)?;
-        self.rope(k, positions, inv_freq, p)?;
-        self.kv_append(k.as_view(), v, kv, slots)
+        rope_kv_append_unfused(self, q, k, v, positions, inv_freq, p, kv, slots)
     }
 
     /// out = act(gate) ⊙ up, all `[rows, n]`.
@@ -480,6 +478,25 @@ pub trait Backend: Send + Sync {
 pub trait Replay: Send + Sync {
     /// Enqueue the whole recorded sequence once.
     fn replay(&self) -> Result<()>;
+}
+
+/// `Backend::rope_kv_append` as its three ops, rope(q), rope(k), kv_append(k, v): the trait's
+/// default, and the fallback of a backend whose fused kernel does not take some operands.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_kv_append_unfused<B: Backend + ?Sized>(
+    b: &B,
+    q: ViewMut<'_>,
+    k: ViewMut<'_>,
+    v: View<'_>,
+    positions: View<'_>,
+    inv_freq: View<'_>,
+    p: &RopeParams,
+    kv: &PagedKv<'_>,
+    slots: View<'_>,
+) -> Result<()> {
+    b.rope(q, positions, inv_freq, p)?;
+    b.rope(k, positions, inv_freq, p)?;
+    b.kv_append(k.as_view(), v, kv, slots)
 }
 
 /// Helpers every backend uses to validate op arguments with uniform messages.

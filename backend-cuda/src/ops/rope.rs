@@ -1,6 +1,6 @@
 //! rope and rope_kv_append (kernels/rope.cu).
 
-use kiln_core::backend::check;
+use kiln_core::backend::{check, rope_kv_append_unfused};
 use kiln_core::{DType, Error, OpKind, PagedKv, Result, RopeParams, RopeStyle, View, ViewMut};
 
 use super::{arg_i32, f32_only};
@@ -77,10 +77,10 @@ impl CudaBackend {
             self.kv_append_tokens(k.as_view(), v, kv, slots),
         );
         let (Ok(Some([n_tokens, n_heads, hd])), Ok(Some([nt_k, n_kv, _])), Ok(nt_c)) = dims else {
-            return self.rope_then_append(q, k, v, positions, inv_freq, p, kv, slots);
+            return rope_kv_append_unfused(self, q, k, v, positions, inv_freq, p, kv, slots);
         };
         if v.dtype() != DType::F32 || nt_k != n_tokens || nt_c != n_tokens {
-            return self.rope_then_append(q, k, v, positions, inv_freq, p, kv, slots);
+            return rope_kv_append_unfused(self, q, k, v, positions, inv_freq, p, kv, slots);
         }
         q.check_disjoint(&k.as_view())?;
         q.check_disjoint(&v)?;
@@ -139,24 +139,6 @@ impl CudaBackend {
         // outside [0, blocks·block_size); the arguments match rope_kv_append_f32's parameters;
         // the kernel waits first (pdl_enter).
         unsafe { self.launch_pdl(&f, "launch rope_kv_append_f32", self.grid_1d(items), &args) }
-    }
-
-    /// The unfused sequence (`Backend::rope_kv_append`'s default).
-    #[allow(clippy::too_many_arguments)]
-    fn rope_then_append(
-        &self,
-        q: ViewMut<'_>,
-        k: ViewMut<'_>,
-        v: View<'_>,
-        positions: View<'_>,
-        inv_freq: View<'_>,
-        p: &RopeParams,
-        kv: &PagedKv<'_>,
-        slots: View<'_>,
-    ) -> Result<()> {
-        self.op_rope(q, positions, inv_freq, p)?;
-        self.op_rope(k, positions, inv_freq, p)?;
-        self.op_kv_append(k.as_view(), v, kv, slots)
     }
 }
 

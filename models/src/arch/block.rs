@@ -286,9 +286,10 @@ impl<'a> Fwd<'a> {
         let q_shape = Shape::d3(n, c.n_heads, hd);
         let slots = self.p.staging.view(self.p.staging.slots, n)?;
         let pos = self.p.staging.view(self.p.staging.pos, n)?;
-        let table = match spec.local_rope {
-            true => &self.p.rope_local,
-            false => &self.p.rope_global,
+        let table = if spec.local_rope {
+            &self.p.rope_local
+        } else {
+            &self.p.rope_global
         };
         let rp = RopeParams {
             style: c.rope_style,

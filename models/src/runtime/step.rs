@@ -522,9 +522,10 @@ impl Runtime {
                     }
                     for l in layers.clone() {
                         let (lw, spec) = self.layer(s, l)?;
-                        let next = match l + 1 < layers.end {
-                            true => Some(self.layer(s, l + 1)?.0),
-                            false => None,
+                        let next = if l + 1 < layers.end {
+                            Some(self.layer(s, l + 1)?.0)
+                        } else {
+                            None
                         };
                         f.layer(lw, spec, &self.kv.layer(l)?, next)
                             .map_err(|e| at_layer(e, l))?;

@@ -42,9 +42,10 @@ impl Runtime {
             }
             let ffn = collect(ffn).map_err(at)?;
             let res = self.residuals(fwds, |s, f| {
-                let next = match l + 1 < n_layers {
-                    true => Some(self.layer(s, l + 1)?.0),
-                    false => None,
+                let next = if l + 1 < n_layers {
+                    Some(self.layer(s, l + 1)?.0)
+                } else {
+                    None
                 };
                 Ok(f.ffn_residual(self.layer(s, l)?.0, next))
             })?;
