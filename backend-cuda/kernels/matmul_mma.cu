@@ -353,35 +353,10 @@ extern "C" __global__ void __launch_bounds__(256) mq_quant_x(const float* __rest
 #pragma unroll
             for (int l = 0; l < 8; l++) v[l] = p[l];
         }
-        float amax = 0.0f;
-        int finite = 1;
-#pragma unroll
-        for (int l = 0; l < 8; l++) {
-            finite &= isfinite(v[l]) ? 1 : 0;
-            amax = fmaxf(amax, fabsf(v[l]));
-        }
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
-        finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
-        // As quant_x: d rounded up to 22 significant bits so that 1.5·2²³·d is exact in f32.
-        const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
-        const float id = amax > 0.0f ? 1.0f / d : 0.0f;
-        u32 w[2] = {0u, 0u};
-        int sum = 0;
-#pragma unroll
-        for (int l = 0; l < 8; l++) {
-            const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
-            sum += qi;
-            w[l >> 2] |= ((u32)qi & 0xffu) << (8 * (l & 3));
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        u32 w[2];
+        const float2 ds = q8_group<8>(v, w);
         *(uint2*)(xq + ((i64)blk * mp + row) * 256 + 8 * lane) = make_uint2(w[0], w[1]);
-        if ((lane & 3) == 0) {
-            const float dd = finite ? d : __uint_as_float(0x7fc00000u);
-            xs[(((i64)blk * (mp / 2) + row / 2) * 8 + lane / 4) * 2 + (row & 1)] = make_float2(dd, dd * (float)sum);
-        }
+        if ((lane & 3) == 0) xs[(((i64)blk * (mp / 2) + row / 2) * 8 + lane / 4) * 2 + (row & 1)] = ds;
     }
 }
 

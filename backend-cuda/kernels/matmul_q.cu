@@ -239,37 +239,11 @@ __device__ __forceinline__ void quant_x_body(const float* __restrict__ x, uint4*
 #pragma unroll
             for (int l = 0; l < 4; l++) v[l] = p[l];
         }
-        float amax = 0.0f;
-        int finite = 1;
-#pragma unroll
-        for (int l = 0; l < 4; l++) {
-            finite &= isfinite(v[l]) ? 1 : 0;
-            amax = fmaxf(amax, fabsf(v[l]));
-        }
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
-        amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
-        finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
-        finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
-        // d = max|x| / 127 rounded up to 22 significant bits (the low 2 mantissa bits cleared,
-        // rounding up), so that 1.5·2²³·d is exact in f32 (matmul_mma.cu's conversion).
-        const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
-        const float id = amax > 0.0f ? 1.0f / d : 0.0f;
-        u32 w = 0u;
-        int sum = 0;
-#pragma unroll
-        for (int l = 0; l < 4; l++) {
-            const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
-            sum += qi;
-            w |= ((u32)qi & 0xffu) << (8 * l);
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        u32 w[1];
+        const float2 ds = q8_group<4>(v, w);
         if (valid) {
-            xw[4 * unit + part] = w;  // zeros past the last chunk (v = 0)
-            if (part == 0) {
-                const float dd = finite ? d : __uint_as_float(0x7fc00000u);
-                xs[unit] = live ? make_float2(dd, dd * (float)sum) : make_float2(0.0f, 0.0f);
-            }
+            xw[4 * unit + part] = w[0];  // zeros past the last chunk (v = 0)
+            if (part == 0) xs[unit] = live ? ds : make_float2(0.0f, 0.0f);
         }
     }
 }

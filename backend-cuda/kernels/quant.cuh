@@ -28,6 +28,43 @@
 #pragma once
 #include "common.cuh"
 
+// The int8 rounding of x shared by quant_x (matmul_q.cu) and mq_quant_x (matmul_mma.cu): one
+// group of x spread over 4 consecutive lanes, L values per lane. d = max|x| / 127 rounded up to
+// 22 significant bits (the low 2 mantissa bits cleared, rounding up), so that 1.5·2²³·d is exact
+// in f32 (the mma kernels' conversion); q = clamp(round(x / d), ±127) packed into w (byte l % 4
+// of word l / 4). Returns the group's (d, d·Σq), with d = NaN when the group holds a non-finite
+// x (so the product shows it instead of a silently wrong number). Every lane of the warp calls
+// it (shuffles within each 4-lane group).
+template <int L>
+__device__ __forceinline__ float2 q8_group(const float (&v)[L], u32 (&w)[(L + 3) / 4]) {
+    float amax = 0.0f;
+    int finite = 1;
+#pragma unroll
+    for (int l = 0; l < L; l++) {
+        finite &= isfinite(v[l]) ? 1 : 0;
+        amax = fmaxf(amax, fabsf(v[l]));
+    }
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+    amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 2));
+    finite &= __shfl_xor_sync(0xffffffffu, finite, 1);
+    finite &= __shfl_xor_sync(0xffffffffu, finite, 2);
+    const float d = __uint_as_float((__float_as_uint(amax / 127.0f) + 3u) & ~3u);
+    const float id = amax > 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+#pragma unroll
+    for (int i = 0; i < (L + 3) / 4; i++) w[i] = 0u;
+#pragma unroll
+    for (int l = 0; l < L; l++) {
+        const int qi = max(-127, min(127, __float2int_rn(v[l] * id)));
+        sum += qi;
+        w[l >> 2] |= ((u32)qi & 0xffu) << (8 * (l & 3));
+    }
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const float dd = finite ? d : __uint_as_float(0x7fc00000u);
+    return make_float2(dd, dd * (float)sum);
+}
+
 // 2^e for a compile-time e (folded by the compiler).
 __device__ __forceinline__ float pow2f(int e) { return __uint_as_float((u32)(127 + e) << 23); }
 
