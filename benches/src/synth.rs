@@ -42,8 +42,10 @@ pub struct Preset {
     pub llama3_factor: Option<f64>,
 }
 
-/// The shapes `--model` accepts by name.
-pub const PRESETS: [Preset; 3] = [
+/// The shapes `--model` accepts by name. `llama3-8b-rank2` is one rank's share of llama3-8b
+/// under 2-way tensor parallelism (half the heads, KV heads, FFN columns and vocabulary): run on
+/// one device it shows what a TP2 rank computes without the all-reduces.
+pub const PRESETS: [Preset; 4] = [
     Preset {
         name: "llama3-8b",
         layers: 32,
@@ -53,6 +55,19 @@ pub const PRESETS: [Preset; 3] = [
         kv_heads: 8,
         head_dim: 128,
         vocab: 128256,
+        tied: false,
+        rope_theta: 500000.0,
+        llama3_factor: Some(8.0),
+    },
+    Preset {
+        name: "llama3-8b-rank2",
+        layers: 32,
+        hidden: 4096,
+        ffn: 7168,
+        heads: 16,
+        kv_heads: 4,
+        head_dim: 128,
+        vocab: 64128,
         tied: false,
         rope_theta: 500000.0,
         llama3_factor: Some(8.0),

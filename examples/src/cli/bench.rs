@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kiln_core::DType;
-use kiln_models::engine::{Engine, Event, FinishReason, FnSink};
+use kiln_models::engine::{Engine, EngineStats, Event, FinishReason, FnSink};
 use kiln_models::runtime::Model;
 use kiln_models::{GenerateOptions, LoadOptions, SamplingParams};
 use serde_json::json;
@@ -90,6 +90,41 @@ pub struct RoundResult {
     pub tok_s: f64,
     pub ttft_ms: [f64; 3],
     pub itl_ms: [f64; 3],
+}
+
+/// Where the in-process engine's thread spent one round (deltas of [`EngineStats`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EngineSplit {
+    pub steps: u64,
+    pub decode_steps: u64,
+    pub replayed: u64,
+    /// Milliseconds per step: inside `Runtime::step`, sampling, the rest of the scheduler.
+    pub runtime_ms: f64,
+    pub sample_ms: f64,
+    pub other_ms: f64,
+    /// Seconds the engine thread was busy stepping.
+    pub busy_s: f64,
+}
+
+impl EngineSplit {
+    pub fn between(a: &EngineStats, b: &EngineStats) -> EngineSplit {
+        let steps = b.steps.saturating_sub(a.steps);
+        let per = |d: Duration| d.as_secs_f64() * 1e3 / steps.max(1) as f64;
+        let (rt, sm, busy) = (
+            b.runtime_time.saturating_sub(a.runtime_time),
+            b.sample_time.saturating_sub(a.sample_time),
+            b.busy_time.saturating_sub(a.busy_time),
+        );
+        EngineSplit {
+            steps,
+            decode_steps: b.decode_steps.saturating_sub(a.decode_steps),
+            replayed: b.replayed_steps.saturating_sub(a.replayed_steps),
+            runtime_ms: per(rt),
+            sample_ms: per(sm),
+            other_ms: per(busy.saturating_sub(rt + sm)),
+            busy_s: busy.as_secs_f64(),
+        }
+    }
 }
 
 /// p50/p90/p99 (nearest rank) of `v` in milliseconds.
@@ -240,7 +275,7 @@ fn serve(a: &ServeArgs) -> CliResult {
         ));
     }
     let max_n = a.streams.iter().copied().max().unwrap_or(1);
-    let (results, what) = if let Some(url) = &a.url {
+    let (results, splits, what) = if let Some(url) = &a.url {
         let mut out = Vec::new();
         for &n in &a.streams {
             bench_http::round(url, n, a.prompt_len, 8, a.seed ^ 0xFFFF)?;
@@ -252,7 +287,7 @@ fn serve(a: &ServeArgs) -> CliResult {
                 a.seed + n as u64,
             )?);
         }
-        (out, format!("server {url}"))
+        (out, Vec::new(), format!("server {url}"))
     } else {
         let model = Arc::new(load(a)?);
         let vocab = model.config().vocab;
@@ -265,6 +300,7 @@ fn serve(a: &ServeArgs) -> CliResult {
             eargs.options(max_n.max(1) * 2, model.config().context_length),
         )?;
         let mut out = Vec::new();
+        let mut splits = Vec::new();
         for &n in &a.streams {
             round(
                 &engine,
@@ -274,6 +310,7 @@ fn serve(a: &ServeArgs) -> CliResult {
                 vocab,
                 a.seed ^ 0xFFFF,
             )?;
+            let before = engine.stats();
             out.push(round(
                 &engine,
                 n,
@@ -282,6 +319,7 @@ fn serve(a: &ServeArgs) -> CliResult {
                 vocab,
                 a.seed + n as u64,
             )?);
+            splits.push(EngineSplit::between(&before, &engine.stats()));
         }
         let what = format!(
             "{} on {}, in-process engine",
@@ -291,7 +329,7 @@ fn serve(a: &ServeArgs) -> CliResult {
                 .unwrap_or_else(|| model.path().display().to_string()),
             model.backend().id()
         );
-        (out, what)
+        (out, splits, what)
     };
     match a.format {
         Format::Text => {
@@ -327,12 +365,32 @@ fn serve(a: &ServeArgs) -> CliResult {
                     first.streams
                 );
             }
+            for (r, e) in results.iter().zip(&splits) {
+                println!(
+                    "engine at {} streams: {} steps ({} decode, {} replayed); per step {:.2} ms in the runtime step, {:.2} ms sampling, {:.2} ms scheduling; busy {:.2} of {:.2} s",
+                    r.streams,
+                    e.steps,
+                    e.decode_steps,
+                    e.replayed,
+                    e.runtime_ms,
+                    e.sample_ms,
+                    e.other_ms,
+                    e.busy_s,
+                    r.wall_s
+                );
+            }
         }
         Format::Json => {
             let rows: Vec<_> = results
                 .iter()
-                .map(|r| {
-                    json!({
+                .enumerate()
+                .map(|(i, r)| {
+                    let e = splits.get(i).map(|e| {
+                        json!({"steps": e.steps, "decode_steps": e.decode_steps,
+                            "replayed": e.replayed, "runtime_ms": e.runtime_ms,
+                            "sample_ms": e.sample_ms, "other_ms": e.other_ms, "busy_s": e.busy_s})
+                    });
+                    json!({"engine": e,
                         "streams": r.streams, "generated": r.generated, "wall_s": r.wall_s,
                         "output_tok_s": r.tok_s,
                         "ttft_ms": {"p50": r.ttft_ms[0], "p90": r.ttft_ms[1], "p99": r.ttft_ms[2]},
@@ -369,6 +427,35 @@ mod tests {
         assert_ne!(a, prompts(4, 10, 50, 2));
         assert_ne!(a[0], a[1]);
         assert!(a.iter().flatten().all(|&t| (3..50).contains(&t)));
+    }
+
+    #[test]
+    fn engine_split_is_per_step_deltas() {
+        let ms = Duration::from_millis;
+        let a = EngineStats {
+            steps: 10,
+            decode_steps: 4,
+            replayed_steps: 2,
+            runtime_time: ms(100),
+            sample_time: ms(10),
+            busy_time: ms(200),
+            ..EngineStats::default()
+        };
+        let b = EngineStats {
+            steps: 14,
+            decode_steps: 8,
+            replayed_steps: 5,
+            runtime_time: ms(140),
+            sample_time: ms(18),
+            busy_time: ms(260),
+            ..a
+        };
+        let e = EngineSplit::between(&a, &b);
+        assert_eq!((e.steps, e.decode_steps, e.replayed), (4, 4, 3));
+        assert!((e.runtime_ms - 10.0).abs() < 1e-9);
+        assert!((e.sample_ms - 2.0).abs() < 1e-9);
+        assert!((e.other_ms - 3.0).abs() < 1e-9);
+        assert!((e.busy_s - 0.06).abs() < 1e-9);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use super::prefix::{PrefixCache, ROOT};
 use super::request::Req;
@@ -72,6 +73,16 @@ pub struct EngineStats {
     pub generated_tokens: u64,
     /// Tokens run in steps (prompt chunks, recomputation and decode rows).
     pub step_tokens: u64,
+    /// Steps that were pure decode (one token per sequence) and of those, the ones that
+    /// replayed a captured graph.
+    pub decode_steps: u64,
+    pub replayed_steps: u64,
+    /// Where the engine thread's time went: inside `Runtime::step` (the device step and the
+    /// logits' copy to the host), sampling, and the whole of [`Scheduler::step`] (these two
+    /// plus planning, admission, block accounting and streaming).
+    pub runtime_time: Duration,
+    pub sample_time: Duration,
+    pub busy_time: Duration,
     pub blocks: BlockCounts,
 }
 
@@ -273,6 +284,13 @@ impl<'m> Scheduler<'m> {
     /// running request), run one `Runtime::step`, sample and stream. Returns whether a step ran.
     /// A failed runtime step ends every running request with an error and is returned.
     pub fn step(&mut self) -> Result<bool> {
+        let started = Instant::now();
+        let r = self.step_inner();
+        self.stats.busy_time += started.elapsed();
+        r
+    }
+
+    fn step_inner(&mut self) -> Result<bool> {
         self.reap_cancelled();
         if self.is_idle() {
             return Ok(false);
@@ -437,7 +455,11 @@ impl<'m> Scheduler<'m> {
                 tokens: &r.tokens[r.fed..r.fed + n],
             });
         }
-        let sampled: Vec<Option<u32>> = match self.rt.step(&inputs) {
+        let before = self.rt.stats();
+        let t0 = Instant::now();
+        let stepped = self.rt.step(&inputs);
+        let t1 = Instant::now();
+        let sampled: Vec<Option<u32>> = match stepped {
             Ok(logits) => rows
                 .iter()
                 .enumerate()
@@ -455,6 +477,11 @@ impl<'m> Scheduler<'m> {
                 return Err(e);
             }
         };
+        let after = self.rt.stats();
+        self.stats.runtime_time += t1 - t0;
+        self.stats.sample_time += t1.elapsed();
+        self.stats.decode_steps += after.decode_steps - before.decode_steps;
+        self.stats.replayed_steps += after.replayed - before.replayed;
         self.stats.steps += 1;
         self.stats.step_tokens += rows.iter().map(|r| r.1 as u64).sum::<u64>();
         let context = self.rt.context();
