@@ -101,10 +101,60 @@ __device__ __forceinline__ void reduce_store(float (&acc)[R][M], float (*red)[R 
     }
 }
 
-template <class T, int M, int R>
-__device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8* __restrict__ head,
-                                          const float* __restrict__ x, float* __restrict__ y,
-                                          int n, int k, int m, int S) {
+// Weight segments: up to GEMV_NS weights that read the same x and k (q/k/v, gate/up) run as ONE
+// launch (the `*s_` kernels): their R-row groups are numbered one after the other, segment s
+// holding the next ceil(n[s] / R) groups, and each group reads its segment's weight and writes
+// its segment's y [m, n[s]]. The single-weight kernels are the NS = 1 case (the lookup folds
+// away). Rows per segment n[s] = 0: unused.
+#define GEMV_NS 3
+struct GemvSegs {
+    const u8* body[GEMV_NS];
+    const u8* head[GEMV_NS];
+    float* y[GEMV_NS];
+    int n[GEMV_NS];
+};
+// Group `g` of the concatenation: its segment's weight, y, rows and group index within it.
+struct GemvSeg {
+    const u8* body;
+    const u8* head;
+    float* y;
+    int n;
+    int g;
+};
+
+__device__ __forceinline__ GemvSegs gemv_one_seg(const u8* body, const u8* head, float* y, int n) {
+    GemvSegs s;
+#pragma unroll
+    for (int i = 0; i < GEMV_NS; i++) {
+        s.body[i] = body; s.head[i] = head; s.y[i] = y; s.n[i] = i == 0 ? n : 0;
+    }
+    return s;
+}
+
+template <int NS, int R>
+__device__ __forceinline__ int gemv_ngroups(const GemvSegs& sg) {
+    int t = 0;
+#pragma unroll
+    for (int i = 0; i < NS; i++) t += (sg.n[i] + R - 1) / R;
+    return t;
+}
+
+// Past the last group: segment 0 with an out-of-range group (callers test `g < ngroups`).
+template <int NS, int R>
+__device__ __forceinline__ GemvSeg gemv_seg(const GemvSegs& sg, int g) {
+    GemvSeg r = {sg.body[0], sg.head[0], sg.y[0], sg.n[0], g};
+    int base = 0;
+#pragma unroll
+    for (int i = 0; i < NS; i++) {
+        const int gi = (sg.n[i] + R - 1) / R;
+        if (g >= base && g < base + gi) r = GemvSeg{sg.body[i], sg.head[i], sg.y[i], sg.n[i], g - base};
+        base += gi;
+    }
+    return r;
+}
+
+template <class T, int M, int R, int NS>
+__device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __restrict__ x, int k, int m, int S) {
     KILN_DECLARE_TABLE(T)
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
@@ -113,7 +163,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;  // row groups a block works on at once
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = (n + R - 1) / R;
+    const int ngroups = gemv_ngroups<NS, R>(sg);
     const int gstride = gridDim.x * slots;
     const int m0 = blockIdx.y * M;
     const int per_lane = (nchunks + KILN_WARP * S - 1) / (KILN_WARP * S);
@@ -124,8 +174,11 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
     pdl_launch_dependents();
 
     for (int it = 0; it < rounds; it++) {
-        const int g = g0 + slot + it * gstride;
-        const bool active = g < ngroups;
+        const bool active = g0 + slot + it * gstride < ngroups;
+        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
+        const u8* __restrict__ body = sq.body;
+        const u8* __restrict__ head = sq.head;
+        const int n = sq.n, g = sq.g;
         float acc[R][M];
 #pragma unroll
         for (int rr = 0; rr < R; rr++)
@@ -188,7 +241,7 @@ __device__ __forceinline__ void gemv_body(const u8* __restrict__ body, const u8*
             }
         }
         pdl_wait();  // every thread, before any y write (y may be read by the previous kernel)
-        reduce_store<R, M>(acc, red, y, n, m, g, m0, S, warp, slot, sub, lane, active);
+        reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -280,10 +333,9 @@ __device__ __forceinline__ int dot16(const u32 qw[4], const uint4& xv) {
 // run, each lane decodes the R rows' 16 integers once (run_qi: a few shifts and masks per 4
 // weights), then for each of the M x rows loads 16 + 8 bytes of x and does 4 dp4a + 2 FFMA per
 // W row. Bytes: W once per M-group (n·k·bpw), x m·k·1.5 (L1/L2), y m·n·4. FLOPs 2·m·n·k.
-template <class T, int M, int R, int U>
-__device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8* __restrict__ head,
-                                           const uint4* __restrict__ xq, const float2* __restrict__ xs,
-                                           float* __restrict__ y, int n, int k, int m, int S) {
+template <class T, int M, int R, int U, int NS>
+__device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __restrict__ xq,
+                                           const float2* __restrict__ xs, int k, int m, int S) {
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
     const int nc32 = (nchunks + KILN_WARP - 1) / KILN_WARP;
@@ -293,7 +345,7 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = (n + R - 1) / R;
+    const int ngroups = gemv_ngroups<NS, R>(sg);
     const int gstride = gridDim.x * slots;
     const int m0 = blockIdx.y * M;
     const int per_lane = (nc32 + S - 1) / S;
@@ -303,8 +355,11 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
     pdl_launch_dependents();  // the next call's quant_x may start (it waits for this grid)
 
     for (int it = 0; it < rounds; it++) {
-        const int g = g0 + slot + it * gstride;
-        const bool active = g < ngroups;
+        const bool active = g0 + slot + it * gstride < ngroups;
+        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
+        const u8* __restrict__ body = sq.body;
+        const u8* __restrict__ head = sq.head;
+        const int n = sq.n, g = sq.g;
         float acc[R][M];
 #pragma unroll
         for (int rr = 0; rr < R; rr++)
@@ -354,7 +409,7 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
                 }
             }
         }
-        reduce_store<R, M>(acc, red, y, n, m, g, m0, S, warp, slot, sub, lane, active);
+        reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -362,7 +417,7 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
-        gemv8_body<T, M, R, U>(body, head, xq, xs, y, n, k, m, S);                                \
+        gemv8_body<T, M, R, U, 1>(gemv_one_seg(body, head, y, n), xq, xs, k, m, S);                 \
     }
 #define GEMV8_KERNEL(suffix, T, M, R, U) GEMV8_KERNEL_NAMED(gemv8_##suffix##_m##M, T, M, R, U)
 
@@ -375,6 +430,15 @@ __device__ __forceinline__ void gemv8_body(const u8* __restrict__ body, const u8
 
 
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
+
+// gemv8s_<type>: gemv8 at M = 1 over up to GEMV_NS weight segments (q/k/v or gate/up as one
+// launch after one quant_x). y of segment s: [1, n[s]].
+#define GEMV8S_KERNEL(suffix, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8s_##suffix(                    \
+        GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S) {   \
+        gemv8_body<T, 1, 4, 1, GEMV_NS>(sg, xq, xs, k, 1, S);                                     \
+    }
+KILN_FOR_EACH_BLOCK_TYPE(GEMV8S_KERNEL)
 
 // ---------------------------------------------------------------- m = 1: one kernel
 // gemv1_<type> (block types, m = 1, x 16-byte aligned, x_units·24 bytes of x fit in shared
@@ -498,10 +562,8 @@ __device__ __forceinline__ void gemv1_prefetch(const u8* __restrict__ body, cons
     }
 }
 
-template <class T, int R, int U, int P>
-__device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8* __restrict__ head,
-                                           const float* __restrict__ x, float* __restrict__ y, int n, int k,
-                                           int S) {
+template <class T, int R, int U, int P, int NS>
+__device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __restrict__ x, int k, int S) {
     extern __shared__ uint4 gemv1_x[];  // xq uint4 [units], then xs float2 [units]
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
@@ -514,7 +576,7 @@ __device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = (n + R - 1) / R;
+    const int ngroups = gemv_ngroups<NS, R>(sg);
     const int gstride = gridDim.x * slots;
     const int per_lane = (nc32 + S - 1) / S;
     const int g0 = blockIdx.x * slots;
@@ -525,8 +587,11 @@ __device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8
     // This warp's steps in order t = it·per_lane + j; the L2 prefetch runs P steps ahead.
     auto prefetch = [&](int t) {
         const int it = t / per_lane, j = t % per_lane;
-        const int g = g0 + slot + it * gstride;
-        if (it < rounds && g < ngroups) gemv1_prefetch<T, R>(body, head, g, sub + S * j, lane, nb, nchunks, n);
+        const int gg = g0 + slot + it * gstride;
+        if (it < rounds && gg < ngroups) {
+            const GemvSeg sq = gemv_seg<NS, R>(sg, gg);
+            gemv1_prefetch<T, R>(sq.body, sq.head, sq.g, sub + S * j, lane, nb, nchunks, sq.n);
+        }
     };
     if (P > 0)
         for (int t = 0; t < P; t++) prefetch(t);  // W does not depend on earlier kernels
@@ -534,8 +599,11 @@ __device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8
     quant_x_smem<T>(x, xq, xs, k);
 
     for (int it = 0; it < rounds; it++) {
-        const int g = g0 + slot + it * gstride;
-        const bool active = g < ngroups;
+        const bool active = g0 + slot + it * gstride < ngroups;
+        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
+        const u8* __restrict__ body = sq.body;
+        const u8* __restrict__ head = sq.head;
+        const int n = sq.n, g = sq.g;
         float acc[R][1];
 #pragma unroll
         for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
@@ -569,7 +637,7 @@ __device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8
                 }
             }
         }
-        reduce_store<R, 1>(acc, red, y, n, 1, g, 0, S, warp, slot, sub, lane, active);
+        reduce_store<R, 1>(acc, red, sq.y, n, 1, g, 0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -577,24 +645,40 @@ __device__ __forceinline__ void gemv1_body(const u8* __restrict__ body, const u8
     extern "C" __global__ void __launch_bounds__(NT) name(                                          \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int S) {                                             \
-        gemv1_body<T, R, U, P>(body, head, x, y, n, k, S);                                        \
+        gemv1_body<T, R, U, P, 1>(gemv_one_seg(body, head, y, n), x, k, S);                       \
     }
 
 // Kiln's m = 1 kernels: (R, U, threads) measured in backend-cuda/labs/gemv (BENCHMARKS.md).
 #define GEMV1_KERNEL(suffix, T) GEMV1_KERNEL_NAMED(gemv1_##suffix, T, GEMV1_R, GEMV1_U, GEMV1_P, GEMV1_THREADS)
 KILN_FOR_EACH_BLOCK_TYPE(GEMV1_KERNEL)
 
+// gemv1s_<type>: gemv1 over up to GEMV_NS weight segments (y of segment s: [1, n[s]]).
+#define GEMV1S_KERNEL(suffix, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV1_THREADS) gemv1s_##suffix(                   \
+        GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
+        gemv1_body<T, GEMV1_R, GEMV1_U, GEMV1_P, GEMV_NS>(sg, x, k, S);                           \
+    }
+KILN_FOR_EACH_BLOCK_TYPE(GEMV1S_KERNEL)
+
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int m, int S) {                                      \
-        gemv_body<T, M, R>(body, head, x, y, n, k, m, S);                                         \
+        gemv_body<T, M, R, 1>(gemv_one_seg(body, head, y, n), x, k, m, S);                        \
     }
 
 #define GEMV_ALL_M(suffix, T) \
     GEMV_KERNEL(suffix, T, 1, 4) GEMV_KERNEL(suffix, T, 2, 4) GEMV_KERNEL(suffix, T, 4, 2) GEMV_KERNEL(suffix, T, 8, 2)
 
 KILN_FOR_EACH_FLOAT_TYPE(GEMV_ALL_M)
+
+// gemvs_<type>: the float kernel at M = 1 over up to GEMV_NS weight segments.
+#define GEMVS_KERNEL(suffix, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvs_##suffix(                     \
+        GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
+        gemv_body<T, 1, 4, GEMV_NS>(sg, x, k, 1, S);                                              \
+    }
+KILN_FOR_EACH_FLOAT_TYPE(GEMVS_KERNEL)
 
 // Dequantize `rows` rows starting at row `row0` into out bf16 [rows, k]; one thread per chunk.
 template <class T>

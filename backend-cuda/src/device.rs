@@ -590,6 +590,10 @@ impl Backend for CudaBackend {
         self.op_matmul(x, w, out)
     }
 
+    fn matmul_many(&self, x: View<'_>, parts: &[(&Weight, ViewMut<'_>)]) -> Result<()> {
+        self.op_matmul_many(x, parts)
+    }
+
     fn attention_scratch_bytes(&self, p: &AttnParams, _n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         self.op_attention_scratch_bytes(p, b)
     }

@@ -344,6 +344,17 @@ pub trait Backend: Send + Sync {
     /// y = x·Wᵀ: x `[m, k]`, W `[n, k]` (any weight dtype), out `[m, n]`.
     fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()>;
 
+    /// out_i = x·W_iᵀ for every `(W_i, out_i)` of `parts`: weights that read the same x (a
+    /// layer's q, k, v projections; its FFN gate and up). A backend may run them as one kernel
+    /// (CUDA does at one row: one launch instead of three); the default runs one `matmul` each,
+    /// and a fused version must meet `matmul`'s tolerance for every part. Errors as `matmul`'s.
+    fn matmul_many(&self, x: View<'_>, parts: &[(&Weight, ViewMut<'_>)]) -> Result<()> {
+        for (w, out) in parts {
+            self.matmul(x, w, *out)?;
+        }
+        Ok(())
+    }
+
     /// Bytes of scratch `attention` needs for this batch shape (0 if none).
     fn attention_scratch_bytes(
         &self,

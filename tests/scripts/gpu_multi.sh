@@ -147,16 +147,16 @@ PY
             tail -n 7 "$OUTD/decode_${w}_tp$tp.log"
         done
     done
-    # DECODE_AB=1: the same, graphs on, without programmatic dependent launches and without the
-    # fused TP all-reduce + residual + norm (what they gain).
+    # DECODE_AB=1: the same, graphs on, batch 1, without the grouped q/k/v and gate/up GEMVs
+    # (KILN_GEMV_GROUP=0: what one launch per group gains).
     if [ -n "${DECODE_AB:-}" ]; then
-        echo "== decode bench A/B: KILN_PDL=0 KILN_TP_FUSE=0"
+        echo "== decode bench A/B: KILN_GEMV_GROUP=0"
         for w in bf16 q4_k; do
             for tp in 1 2; do
-                KILN_PDL=0 KILN_TP_FUSE=0 timeout 280 "$B/decode" --backend cuda --model llama3-8b \
-                    --wtype $w --batch 1,32 --ctx 512 --steps 32 --graph on --tp $tp \
-                    >"$OUTD/decode_${w}_tp${tp}_nopdl.log" 2>&1
-                tail -n 5 "$OUTD/decode_${w}_tp${tp}_nopdl.log"
+                KILN_GEMV_GROUP=0 timeout 280 "$B/decode" --backend cuda --model llama3-8b \
+                    --wtype $w --batch 1 --ctx 512 --steps 32 --graph on --tp $tp \
+                    >"$OUTD/decode_${w}_tp${tp}_nogroup.log" 2>&1
+                tail -n 4 "$OUTD/decode_${w}_tp${tp}_nogroup.log"
             done
         done
     fi

@@ -24,8 +24,10 @@ use crate::gemm::{Gemm, GemmInput};
 use crate::module_cache::MATMUL_Q;
 
 mod gemv1;
+mod group;
 use crate::ops::launch::Arg;
 use gemv1::GemvM1;
+pub use group::GroupKernel;
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -146,6 +148,20 @@ pub(crate) fn dense_tiles(dt: DType, m: usize, n: usize, k: usize) -> DenseTiles
         },
         x_scratch: if f32_in { 0 } else { mt * row_bytes },
     }
+}
+
+/// Grid of the fused kernels (`gemv_*`, `gemv8_*`) for `groups` row groups: S warps per group
+/// so the grid holds ~32 warps per SM, 4 warps per block, at most 8 blocks per SM (warps stride
+/// over the groups). Returns (blocks, S).
+pub(crate) fn fused_grid(groups: usize, sms: usize) -> (usize, usize) {
+    let s_split = if groups >= sms * 32 {
+        1
+    } else if groups * 2 >= sms * 32 {
+        2
+    } else {
+        4
+    };
+    ((groups * s_split).div_ceil(4).clamp(1, sms * 8), s_split)
 }
 
 fn type_index(dt: DType) -> Option<usize> {
@@ -354,17 +370,7 @@ impl CudaBackend {
         let mi_idx = if float_w { mi_idx.min(3) } else { mi_idx };
         // R W rows per group: 4 (the int8 kernels at every M; float kernels at M ≤ 2), else 2.
         let r = if mt <= 2 || !float_w { 4 } else { 2 };
-        let groups = n.div_ceil(r);
-        // S warps per group so the grid holds ~32 warps per SM, 4 warps per block, at most 8
-        // blocks per SM (warps stride over the groups).
-        let s_split = if groups >= sms * 32 {
-            1
-        } else if groups * 2 >= sms * 32 {
-            2
-        } else {
-            4
-        };
-        let blocks = (groups * s_split).div_ceil(4).clamp(1, sms * 8);
+        let (blocks, s_split) = fused_grid(n.div_ceil(r), sms);
         if m.div_ceil(mt) > 65535 {
             return Err(Error::shape(
                 op,

@@ -1,7 +1,7 @@
 //! The decoder block as backend ops, for all seven architectures (MODELS.md §1):
 //!
 //! ```text
-//! h = norm(x);  q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv)
+//! h = norm(x);  q, k, v = h·Wq (+bq), h·Wk (+bk), h·Wv (+bv)   (one matmul_many without biases)
 //! q, k = head_norm(q), head_norm(k)          (qwen3, qwen3moe, gemma3)
 //! q, k = rope(q), rope(k);  cache ← k, v
 //! o = attention(q, cache)·Wo (+bo);  o = norm(o) (gemma3);  x = x + o
@@ -168,9 +168,24 @@ impl<'a> Fwd<'a> {
         kv: &PagedKv<'_>,
     ) -> Result<&'a Tensor> {
         let (p, c) = (self.p, self.cfg);
-        let q = self.linear(&p.h, &l.q, l.q_bias, &p.q)?;
-        let k = self.linear(&p.h, &l.k, l.k_bias, &p.k)?;
-        let v = self.linear(&p.h, &l.v, l.v_bias, &p.v)?;
+        let (q, k, v) = if l.q_bias.is_none() && l.k_bias.is_none() && l.v_bias.is_none() {
+            // One op for the three projections of the same h (one launch where the backend can).
+            let parts = [
+                (&l.q, self.out(&p.q[0])?),
+                (&l.k, self.out(&p.k[0])?),
+                (&l.v, self.out(&p.v[0])?),
+            ];
+            self.b
+                .matmul_many(self.x(&p.h)?, &parts)
+                .map_err(op("q/k/v"))?;
+            (&p.q[0], &p.k[0], &p.v[0])
+        } else {
+            (
+                self.linear(&p.h, &l.q, l.q_bias, &p.q)?,
+                self.linear(&p.h, &l.k, l.k_bias, &p.k)?,
+                self.linear(&p.h, &l.v, l.v_bias, &p.v)?,
+            )
+        };
         let q = self.head_norm(q, l.q_norm, &p.q, c.n_heads)?;
         let k = self.head_norm(k, l.k_norm, &p.k, c.n_kv_heads)?;
         self.attention(q, k, v, kv, spec)?;
@@ -336,11 +351,8 @@ impl<'a> Fwd<'a> {
                     ));
                 };
                 self.b
-                    .matmul(self.x(&p.h)?, gate, self.out(g)?)
-                    .map_err(op("ffn gate"))?;
-                self.b
-                    .matmul(self.x(&p.h)?, up, self.out(u)?)
-                    .map_err(op("ffn up"))?;
+                    .matmul_many(self.x(&p.h)?, &[(gate, self.out(g)?), (up, self.out(u)?)])
+                    .map_err(op("ffn gate/up"))?;
                 self.b
                     .glu(self.x(g)?, self.x(u)?, self.cfg.act, self.out(a)?)
                     .map_err(op("glu"))?;

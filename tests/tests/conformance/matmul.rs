@@ -1,5 +1,5 @@
 //! matmul: y = x·Wᵀ for all 15 weight dtypes, GEMV (m = 1, 2) and GEMM (m = 7, 33, 130) rows,
-//! k = 4096 and k = 4096 + 3·256, odd n (4099, 259, 67).
+//! k = 4096 and k = 4096 + 3·256, odd n (4099, 259, 67); `matmul_many` (weights sharing x).
 
 use kiln_core::{Backend, DType, OpKind};
 use kiln_tests::data::{self, HostWeight, WeightSource};
@@ -84,6 +84,56 @@ fn matmul_large_case(b: &dyn Backend, dt: DType) {
     run_matmul(b, &w, &[33], "large");
     let w = data::random_weight(&mut rng, dt, &[259, 4096], 0.02, WeightSource::RandomBlocks);
     run_matmul(b, &w, &[130], "large");
+}
+
+/// `matmul_many`: three weights reading the same x (q/k/v-like: n = 259, 67, 67, row counts
+/// that leave partial groups) at m = 1 (where a backend may run one kernel) and m = 2; every
+/// output against the oracle; an output of the wrong shape is an error.
+fn matmul_many_case(b: &dyn Backend, dt: DType) {
+    if !require_op(b, OpKind::Matmul, dt) {
+        return;
+    }
+    let k = 4864;
+    let mut rng = harness::rng();
+    let ws: Vec<HostWeight> = [259, 67, 67]
+        .iter()
+        .map(|&n| data::random_weight(&mut rng, dt, &[n, k], 0.02, WeightSource::RandomBlocks))
+        .collect();
+    let wd: Vec<Vec<f32>> = ws.iter().map(data::dequantize).collect();
+    let prepared: Vec<_> = ws.iter().map(|w| dev::prepare(b, w)).collect();
+    for m in [1usize, 2] {
+        let x = rng.activations(m * k, 1.0);
+        let xt = dev::upload_f32(b, &[m, k], &x);
+        let outs: Vec<_> = ws
+            .iter()
+            .map(|w| dev::output(b, DType::F32, &[m, w.shape.dim(0)]))
+            .collect();
+        let parts: Vec<_> = prepared
+            .iter()
+            .zip(&outs)
+            .map(|(w, o)| (w, o.view_mut()))
+            .collect();
+        dev::ok("matmul_many", b.matmul_many(xt.view(), &parts));
+        for (i, (w, o)) in ws.iter().zip(&outs).enumerate() {
+            let n = w.shape.dim(0);
+            let got = dev::read_out(b, o, "matmul_many out");
+            let exp = oracle::matmul::matmul(&x, &wd[i], m, n, k);
+            let what = format!("matmul_many {dt} part {i} m={m} n={n} k={k}");
+            tolerance::check(b, OpKind::Matmul, dt, &what, &[m, n], &got, &exp);
+        }
+    }
+    let x = dev::upload_f32(b, &[1, k], &rng.activations(k, 1.0));
+    let good = dev::output(b, DType::F32, &[1, 259]);
+    let bad = dev::output(b, DType::F32, &[1, 68]);
+    dev::expect_err("matmul_many with an out of [1,68] for W [67,k]", || {
+        b.matmul_many(
+            x.view(),
+            &[
+                (&prepared[0], good.view_mut()),
+                (&prepared[1], bad.view_mut()),
+            ],
+        )
+    });
 }
 
 /// Bad arguments return Err, never panic; views of another device give WrongDevice.
@@ -183,6 +233,12 @@ conformance! {
     matmul_bf16_large => matmul_large_case(DType::BF16);
     matmul_q4_k_large => matmul_large_case(DType::Q4_K);
     matmul_q8_0_large => matmul_large_case(DType::Q8_0);
+
+    matmul_q4_k_many => matmul_many_case(DType::Q4_K);
+    matmul_q8_0_many => matmul_many_case(DType::Q8_0);
+    matmul_q6_k_many => matmul_many_case(DType::Q6_K);
+    matmul_bf16_many => matmul_many_case(DType::BF16);
+    matmul_f32_many => matmul_many_case(DType::F32);
 
     matmul_errors => matmul_errors_case();
 }

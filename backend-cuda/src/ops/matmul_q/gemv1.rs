@@ -22,7 +22,7 @@ use crate::module_cache::MATMUL_Q;
 use crate::ops::launch::Arg;
 
 /// Threads per block of `gemv1_*` (kernels/matmul_q.cu `GEMV1_THREADS`).
-const GEMV1_THREADS: u32 = 256;
+pub(super) const GEMV1_THREADS: u32 = 256;
 /// W rows per group of `gemv1_*` (`GEMV1_R`).
 const GEMV1_R: usize = 4;
 /// Largest weight (bytes) for which m = 1 uses `gemv1_*` by default (measured crossover on an
@@ -30,12 +30,12 @@ const GEMV1_R: usize = 4;
 pub(crate) const GEMV1_MAX_BYTES: usize = 16 << 20;
 /// Block types (indexed like [`GEMV1`]) for which m = 1 uses `gemv1_*` by default: not the
 /// 32-element legacy types Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 (slower there, module doc).
-const GEMV1_AUTO: [bool; 12] = [
+pub(super) const GEMV1_AUTO: [bool; 12] = [
     false, false, false, false, false, true, true, true, true, true, true, true,
 ];
 /// Largest x shared-memory image (`x_units`·24 bytes) `gemv1_*` takes without an opt-in
 /// (48 KiB minus the kernel's static shared memory).
-const GEMV1_MAX_SMEM: usize = 46 << 10;
+pub(super) const GEMV1_MAX_SMEM: usize = 46 << 10;
 
 /// `gemv1_<type>` of the 12 block types (indexed like `DType::WEIGHT_TYPES[3..]`).
 const GEMV1: [&str; 12] = [
@@ -132,7 +132,7 @@ impl CudaBackend {
 /// Grid of `gemv1_*`: at most one resident wave (`occ` blocks per SM); S warps per group (1, 2,
 /// 4 or 8) minimizing ceil(groups·S / warps)·ceil(steps / S) (ties to the smaller S), where a
 /// step is 32 chunks of a row. Returns (blocks, S).
-fn gemv1_grid(dt: DType, n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
+pub(super) fn gemv1_grid(dt: DType, n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
     let wpb = (GEMV1_THREADS / 32) as usize;
     let warps = sms * occ * wpb;
     let groups = n.div_ceil(GEMV1_R);

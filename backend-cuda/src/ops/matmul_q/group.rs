@@ -1,0 +1,235 @@
+//! `Backend::matmul_many` on CUDA: weights that read the same x at one row (a layer's q, k, v;
+//! its gate and up) as ONE fused-GEMV launch instead of one per weight.
+//!
+//! At batch-1 decode every projection is a GEMV whose fixed cost (launch, ramp-up, the tail of
+//! a partly filled last wave) is a large share of its time on the small matrices (k and v are
+//! 1024 × 4096, at 2-way tensor parallelism 512 × 4096). The `*s_` kernels of
+//! kernels/matmul_q.cu (`gemv1s_<type>`, `gemv8s_<type>`, `gemvs_<float>`) take up to
+//! `GEMV_NS` weight segments and number their row groups one after the other, so the three
+//! projections fill one grid. Each row's dot product is computed exactly as the single-weight
+//! kernel computes it (same x rounding, same per-lane order); only the S-warp split of a row —
+//! chosen from the total group count — may differ, i.e. the order of the final partial sums.
+//!
+//! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
+//! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
+//! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
+//! errors are `matmul`'s). The block types pick the one-kernel `gemv1s_` by the rule of
+//! [`super::gemv1`] applied to the group's total bytes, else `quant_x` once + `gemv8s_`.
+//! `KILN_GEMV_GROUP=0` turns grouping off (A/B measurements).
+
+use std::sync::OnceLock;
+
+use cudarc::driver::LaunchConfig;
+use kiln_core::{DType, OpKind, Result, View, ViewMut, Weight};
+
+use super::gemv1::{GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_grid};
+use super::{FLOAT_TYPES, QUANT_X, arg_i32, fused_grid, fused_scratch_bytes, type_index, x_units};
+use crate::buffer::{CudaWeight, chunked_ok};
+use crate::device::CudaBackend;
+use crate::module_cache::MATMUL_Q;
+use crate::ops::launch::Arg;
+
+/// Weight segments per launch (kernels/matmul_q.cu `GEMV_NS`).
+pub(crate) const GEMV_NS: usize = 3;
+/// W rows per group of every segmented kernel (R = 4 at M = 1).
+const R: usize = 4;
+
+/// The kernels' `GemvSegs` parameter (passed by value): segment s = weight body/head pointers,
+/// its y `[1, n[s]]` and its rows (0: unused).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct GemvSegs {
+    body: [u64; GEMV_NS],
+    head: [u64; GEMV_NS],
+    y: [u64; GEMV_NS],
+    n: [i32; GEMV_NS],
+}
+
+macro_rules! names {
+    ($prefix:literal, $($s:literal),*) => { [$( concat!($prefix, $s) ),*] };
+}
+const GEMV1S: [&str; 12] = names!(
+    "gemv1s_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_nl", "iq4_xs"
+);
+const GEMV8S: [&str; 12] = names!(
+    "gemv8s_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_nl", "iq4_xs"
+);
+const GEMVS_F: [&str; 3] = names!("gemvs_", "f32", "f16", "bf16");
+
+/// Grouping on unless `KILN_GEMV_GROUP=0`.
+fn group_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
+}
+
+/// Which segmented kernel a group runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupKernel {
+    /// `gemv1s_<type>`: one kernel, x quantized in shared memory.
+    OneKernel,
+    /// `quant_x_<type>` + `gemv8s_<type>`.
+    TwoKernels,
+    /// `gemvs_<float type>`.
+    Float,
+}
+
+impl CudaBackend {
+    /// `Backend::matmul_many`: one launch for the group where it applies, else one matmul each.
+    pub(crate) fn op_matmul_many(
+        &self,
+        x: View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+    ) -> Result<()> {
+        if self.matmul_group(x, parts, true)?.is_none() {
+            for (w, out) in parts {
+                self.op_matmul(x, w, *out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `parts` as one segmented launch if they qualify (module doc) and says which kernel
+    /// ran; `None`: nothing was launched (the caller runs one matmul per part). `tuned`: also
+    /// require the tuned crossover to pick the fused kernel at one row for every part (the
+    /// runtime's rule); tests and benches pass false to run the segmented kernel regardless.
+    pub fn matmul_group(
+        &self,
+        x: View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+        tuned: bool,
+    ) -> Result<Option<GroupKernel>> {
+        let op = OpKind::Matmul;
+        let k = x.shape().last();
+        if !group_enabled()
+            || !(2..=GEMV_NS).contains(&parts.len())
+            || x.dtype() != DType::F32
+            || k == 0
+            || x.numel() != k
+            || super::super::matmul_mma::forced_path().is_some()
+        {
+            return Ok(None);
+        }
+        let dt = parts[0].0.dtype();
+        if !chunked_ok(dt, k) || !DType::WEIGHT_TYPES.contains(&dt) {
+            return Ok(None);
+        }
+        let mut segs = GemvSegs::default();
+        let (mut groups, mut bytes) = (0, 0);
+        for (i, (w, out)) in parts.iter().enumerate() {
+            let s = w.shape();
+            if w.dtype() != dt
+                || w.device() != self.info.id
+                || s.rank() != 2
+                || s.dim(1) != k
+                || out.dtype() != DType::F32
+                || out.numel() != s.dim(0)
+                || out.shape().last() != s.dim(0)
+                || out.device() != self.info.id
+                || out.check_disjoint(&x).is_err()
+                || parts[..i]
+                    .iter()
+                    .any(|(_, o)| out.check_disjoint(&o.as_view()).is_err())
+            {
+                return Ok(None);
+            }
+            let cw: &CudaWeight = self.weight(op, w)?;
+            if tuned && self.crossover_or_tune(w, cw)?.max_fused_rows < 1 {
+                return Ok(None);
+            }
+            let n = s.dim(0);
+            segs.body[i] = cw.body_ptr();
+            segs.head[i] = cw.head_ptr();
+            segs.y[i] = self.ptr_mut(op, out)?;
+            segs.n[i] = arg_i32(op, "n", n)?;
+            groups += n.div_ceil(R);
+            bytes += cw.mem.slice.len();
+        }
+        let xp = self.ptr(op, &x)?;
+        let ki = arg_i32(op, "k", k)?;
+        let Some(ti) = type_index(dt) else {
+            return Ok(None);
+        };
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        if ti < FLOAT_TYPES {
+            if !xp.is_multiple_of(16) {
+                return Ok(None);
+            }
+            let (blocks, s) = fused_grid(groups, sms);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            self.launch_segs(GEMVS_F[ti], cfg, &segs, [xp, 0], ki, s as i32)?;
+            return Ok(Some(GroupKernel::Float));
+        }
+        let qi = ti - FLOAT_TYPES;
+        let smem = x_units(dt, k) * 24;
+        if GEMV1_AUTO[qi]
+            && bytes <= GEMV1_MAX_BYTES
+            && xp.is_multiple_of(16)
+            && smem <= GEMV1_MAX_SMEM
+        {
+            let f = self.function(&MATMUL_Q, GEMV1S[qi])?;
+            let occ = f
+                .occupancy_max_active_blocks_per_multiprocessor(GEMV1_THREADS, smem, None)
+                .map_err(self.drv("gemv1s occupancy"))?
+                .max(1) as usize;
+            let (blocks, s) = gemv1_grid(dt, groups * R, k, sms, occ);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (GEMV1_THREADS, 1, 1),
+                shared_mem_bytes: smem as u32,
+            };
+            self.launch_segs(GEMV1S[qi], cfg, &segs, [xp, 0], ki, s as i32)?;
+            return Ok(Some(GroupKernel::OneKernel));
+        }
+        let units = x_units(dt, k);
+        // The scratch is shared: hold its lock until both kernels are enqueued.
+        let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(dt, 1, k))?;
+        let (xq, xs) = (scratch, scratch + (units * 16) as u64);
+        self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, 1, units)?;
+        let (blocks, s) = fused_grid(groups, sms);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        self.launch_segs(GEMV8S[qi], cfg, &segs, [xq, xs], ki, s as i32)?;
+        Ok(Some(GroupKernel::TwoKernels))
+    }
+
+    /// A segmented kernel: (segs, x pointers, k, S); `x` = [x, 0] (`gemv1s_`, `gemvs_`: one
+    /// pointer) or [xq, xs] (`gemv8s_`).
+    fn launch_segs(
+        &self,
+        name: &'static str,
+        cfg: LaunchConfig,
+        segs: &GemvSegs,
+        x: [u64; 2],
+        k: i32,
+        s: i32,
+    ) -> Result<()> {
+        let f = self.function(&MATMUL_Q, name)?;
+        let two = [
+            Arg::raw(segs),
+            Arg::U64(&x[0]),
+            Arg::U64(&x[1]),
+            Arg::I32(&k),
+            Arg::I32(&s),
+        ];
+        let one = [Arg::raw(segs), Arg::U64(&x[0]), Arg::I32(&k), Arg::I32(&s)];
+        let args: &[Arg<'_>] = if x[1] != 0 { &two } else { &one };
+        // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S); GemvSegs
+        // is #[repr(C)] with the kernel struct's layout (3 body, 3 head, 3 y pointers, 3 i32
+        // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
+        // blocks, checked), y_s holds n_s f32 (checked, disjoint from x and each other); x holds
+        // k f32 at a 16-byte aligned address (gemv1s_/gemvs_), or xq/xs are quant_x's scratch
+        // for one row written just before on this stream. W rows are clamped to n_s − 1, writes
+        // bounded by n_s; the dynamic shared memory of gemv1s_ is x_units·24 bytes. A
+        // programmatic dependent: x is read and y written only after griddepcontrol.wait.
+        unsafe { self.launch_pdl(&f, "launch segmented gemv", cfg, args) }
+    }
+}

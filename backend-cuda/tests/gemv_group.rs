@@ -1,0 +1,179 @@
+//! `matmul_many` on CUDA (ops/matmul_q/group.rs): the segmented GEMV kernels that run several
+//! weights reading the same x (q/k/v, gate/up) as one launch. Every kernel family is forced
+//! (tuner bypassed) and checked against the f64 product of the exact weights with the x the
+//! kernel rounds (int8 per 16 for the block types, f32 for the float types), with poisoned
+//! outputs so an unwritten row fails; segment sizes that are not multiples of the 4-row group
+//! test the tails; then the tuned `Backend::matmul_many` is checked the same way. Prints
+//! "skipped" without a GPU.
+
+#![allow(clippy::unwrap_used, clippy::needless_range_loop)]
+
+mod common;
+
+use common::*;
+use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
+use kiln_cuda::GroupKernel;
+
+/// One segment's weight, its dequantized values and its poisoned output.
+struct Seg {
+    n: usize,
+    w: Weight,
+    wd: Vec<f32>,
+    y: Buffer,
+}
+
+fn segs(be: &dyn Backend, dt: DType, rows: &[usize], k: usize, seed: u64) -> Vec<Seg> {
+    rows.iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bytes = random_weight(dt, n, k, seed + i as u64);
+            let wd = kiln_core::quant::dequantize_vec(dt, &bytes).unwrap();
+            let w = be
+                .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &bytes).unwrap())
+                .unwrap();
+            Seg {
+                n,
+                w,
+                wd,
+                y: poisoned(be, n),
+            }
+        })
+        .collect()
+}
+
+fn parts(s: &[Seg]) -> Vec<(&Weight, ViewMut<'_>)> {
+    s.iter()
+        .map(|g| {
+            let y = g.y.view_mut(0, Shape::d2(1, g.n), DType::F32).unwrap();
+            (&g.w, y)
+        })
+        .collect()
+}
+
+/// nmse of every segment's output against x_eff·Wᵀ (f64), as "what: nmse" failures.
+fn check(
+    be: &dyn Backend,
+    s: &[Seg],
+    x_eff: &[f64],
+    k: usize,
+    bound: f64,
+    what: &str,
+) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (i, g) in s.iter().enumerate() {
+        let want: Vec<f64> = (0..g.n)
+            .map(|c| (0..k).map(|j| x_eff[j] * g.wd[c * k + j] as f64).sum())
+            .collect();
+        let y = read_f32(be, view(&g.y, &[g.n], DType::F32));
+        let e = nmse(&y, &want);
+        if e.is_nan() || e > bound {
+            bad.push(format!("{what} segment {i} (n={}): nmse {e:e}", g.n));
+        }
+    }
+    bad
+}
+
+#[test]
+fn segmented_gemv_kernels_match_the_oracle() {
+    let Some(be) = gpu() else { return };
+    let k = 4096;
+    let x = Rng(7).vec(k + 4);
+    let xb = upload(&*be, &f32_bytes(&x));
+    let mut failures = Vec::new();
+    // (type, segment rows, x offset in elements, the kernel the group must run)
+    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 8] = [
+        (DType::Q4_K, &[256, 66, 66], 0, Some(GroupKernel::OneKernel)),
+        // 2 × 9.4 MB > the one-kernel limit (16 MiB): quant_x + gemv8s.
+        (DType::Q4_K, &[4096, 4098], 0, Some(GroupKernel::TwoKernels)),
+        // Unaligned x: the one-kernel path does not apply.
+        (
+            DType::Q4_K,
+            &[256, 66, 66],
+            1,
+            Some(GroupKernel::TwoKernels),
+        ),
+        (
+            DType::Q8_0,
+            &[258, 64, 65],
+            0,
+            Some(GroupKernel::TwoKernels),
+        ),
+        (DType::Q6_K, &[130, 34], 0, Some(GroupKernel::OneKernel)),
+        (DType::BF16, &[258, 66, 67], 0, Some(GroupKernel::Float)),
+        (DType::F32, &[100, 30, 1], 0, Some(GroupKernel::Float)),
+        // Float weights need a 16-byte aligned x: no group (one matmul each instead).
+        (DType::BF16, &[64, 64], 1, None),
+    ];
+    for (ci, (dt, rows, off, want_kernel)) in cases.into_iter().enumerate() {
+        let s = segs(&*be, dt, rows, k, 100 + 10 * ci as u64);
+        let p = parts(&s);
+        let xv = xb.view(off * 4, Shape::d2(1, k), DType::F32).unwrap();
+        let ran = be.matmul_group(xv, &p, false).unwrap();
+        let what = format!("{dt} rows {rows:?} x+{off}");
+        if ran != want_kernel {
+            failures.push(format!("{what}: ran {ran:?}, expected {want_kernel:?}"));
+            continue;
+        }
+        if ran.is_none() {
+            continue;
+        }
+        let xs = &x[off..off + k];
+        let (x_eff, bound) = if dt.is_quantized() {
+            (q8_round(xs).0, 1e-9)
+        } else {
+            (xs.iter().map(|&v| v as f64).collect(), 1e-10)
+        };
+        failures.extend(check(&*be, &s, &x_eff, k, bound, &what));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The runtime's entry point (tuned dispatch: grouped where every part runs the fused kernel at
+/// one row, else one matmul each) at m = 1 and m = 2 (one matmul per part): every row against
+/// the f64 product with x rounded to int8 per 16 (block types) or exact (float types), within
+/// the loosest bound of the paths the tuner may pick (the mma path rounds x per 32, the dense
+/// path to bf16).
+#[test]
+fn matmul_many_matches_separate_products() {
+    let Some(be) = gpu() else { return };
+    let k = 4096;
+    let mut failures = Vec::new();
+    for (ci, dt) in [DType::Q4_K, DType::Q8_0, DType::BF16]
+        .into_iter()
+        .enumerate()
+    {
+        for m in [1usize, 2] {
+            let rows = [512usize, 128, 128];
+            let s = segs(&*be, dt, &rows, k, 500 + 10 * ci as u64);
+            let ys: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
+            let p: Vec<(&Weight, ViewMut<'_>)> = s
+                .iter()
+                .zip(&ys)
+                .map(|(g, y)| (&g.w, y.view_mut(0, Shape::d2(m, g.n), DType::F32).unwrap()))
+                .collect();
+            let x = Rng(9 + m as u64).vec(m * k);
+            let xb = upload(&*be, &f32_bytes(&x));
+            let xv = xb.view(0, Shape::d2(m, k), DType::F32).unwrap();
+            be.matmul_many(xv, &p).unwrap();
+            for (g, y) in s.iter().zip(&ys) {
+                let got = read_f32(&*be, view(y, &[m * g.n], DType::F32));
+                for r in 0..m {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let xe: Vec<f64> = if dt.is_quantized() {
+                        q8_round(xr).0
+                    } else {
+                        xr.iter().map(|&v| v as f64).collect()
+                    };
+                    let want: Vec<f64> = (0..g.n)
+                        .map(|c| (0..k).map(|j| xe[j] * g.wd[c * k + j] as f64).sum())
+                        .collect();
+                    let e = nmse(&got[r * g.n..(r + 1) * g.n], &want);
+                    if e.is_nan() || e > 1e-4 {
+                        failures.push(format!("{dt} m={m} row {r} n={}: nmse {e:e}", g.n));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
