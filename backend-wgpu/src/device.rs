@@ -197,6 +197,10 @@ pub struct WgpuBackend {
     pub(crate) subgroup_max: u32,
     /// Smallest subgroup size the adapter may use (0 when unknown).
     pub(crate) subgroup_min: u32,
+    /// The shader language has `dot4I8Packed` (WGSL `packed_4x8_integer_dot_product`: naga
+    /// emits SPIR-V OpSDot where the Vulkan device has shaderIntegerDotProduct, a shift/mask
+    /// polyfill elsewhere); the int8-x GEMV needs it.
+    pub(crate) dot4_packed: bool,
     pub(crate) pipelines: PipelineCache,
     pub(crate) pending: Mutex<Pending>,
     /// Uniform params of the ops of one batch: `MAX_PENDING_OPS` slots of `PARAM_SLOT` bytes.
@@ -248,7 +252,11 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let dot4_packed = make_instance()
+            .wgsl_language_features()
+            .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
         Ok(WgpuBackend {
+            dot4_packed,
             params_ring,
             subgroup_max,
             subgroup_min,
@@ -409,6 +417,15 @@ impl WgpuBackend {
     /// start to its end timestamp (gaps between passes are not counted), in recording order.
     /// Passes past the set's capacity are an error; `None` if the timer was not running.
     pub fn gpu_timer_stop(&self) -> Result<Option<Vec<f64>>> {
+        Ok(self
+            .gpu_timer_stop_spans()?
+            .map(|v| v.iter().map(|(a, b)| (b - a).max(0.0)).collect()))
+    }
+
+    /// As `gpu_timer_stop`, but each timed pass as its (start, end) GPU timestamps in seconds
+    /// after the first pass's start: the gaps between passes (idle GPU, e.g. while the CPU
+    /// records) are visible, and `last end / passes` is the time per call a stream sustains.
+    pub fn gpu_timer_stop_spans(&self) -> Result<Option<Vec<(f64, f64)>>> {
         let t = {
             let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             self.submit_locked(&mut p);
@@ -458,11 +475,13 @@ impl WgpuBackend {
                 .collect()
         };
         read.unmap();
-        let period_ns = f64::from(self.queue.get_timestamp_period());
+        let period_s = f64::from(self.queue.get_timestamp_period()) * 1e-9;
+        let t0 = ticks.first().copied().unwrap_or(0);
+        let at = |t: u64| t.saturating_sub(t0) as f64 * period_s;
         Ok(Some(
             ticks
                 .chunks_exact(2)
-                .map(|c| c[1].saturating_sub(c[0]) as f64 * period_ns * 1e-9)
+                .map(|c| (at(c[0]), at(c[1])))
                 .collect(),
         ))
     }

@@ -40,6 +40,8 @@ pub(crate) struct TuneState {
     vgemv_override: Option<(u32, u32)>,
     /// gemv_v without the next-chunk prefetch (benchmarks).
     vgemv_no_prefetch: bool,
+    /// Q8_0/Q4_K at m = 1 through the float-x gemv_v instead of the int8-x gemv_x8.
+    vgemv_no_x8: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -74,6 +76,7 @@ impl TuneState {
             lanes_override: None,
             vgemv_override: None,
             vgemv_no_prefetch: false,
+            vgemv_no_x8: false,
             known,
             warned: HashSet::new(),
         }
@@ -158,6 +161,23 @@ impl WgpuBackend {
     pub(crate) fn vgemv_prefetch(&self) -> bool {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         !t.vgemv_no_prefetch
+    }
+
+    /// Whether m = 1 products of Q8_0/Q4_K round x to int8 and use integer dot products
+    /// (`shaders/gemv_x8.wgsl`, default true where the shader language has
+    /// `dot4I8Packed`); false keeps the exact-x float kernel gemv_v (comparison, tests).
+    /// `KILN_WGPU_X8=0` turns it off for the whole process.
+    pub fn set_vgemv_x8(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_no_x8 = !on;
+    }
+
+    /// Whether the int8-x m = 1 kernel may run (switch, environment and language feature).
+    pub(crate) fn vgemv_x8(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        !t.vgemv_no_x8
+            && self.dot4_packed
+            && std::env::var("KILN_WGPU_X8").map_or(true, |v| v != "0")
     }
 
     /// The forced gemv_v shape, if any (not the "off" value).

@@ -22,17 +22,19 @@ fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
-fn time<F: FnMut()>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
+/// Wall clock per call (`f(i)`, i = call index): best of 3 streams of `reps` calls, after
+/// one warm-up stream.
+fn time<F: FnMut(usize)>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
     // warm-up: one batch (compiles the pipeline, brings the clocks up)
-    for _ in 0..reps {
-        f();
+    for i in 0..reps {
+        f(i);
     }
     be.synchronize().unwrap();
     let mut best = f64::MAX;
     for _ in 0..3 {
         let t = Instant::now();
-        for _ in 0..reps {
-            f();
+        for i in 0..reps {
+            f(i);
         }
         be.synchronize().unwrap();
         best = best.min(t.elapsed().as_secs_f64() / reps as f64);
@@ -40,20 +42,80 @@ fn time<F: FnMut()>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
     best
 }
 
-/// GPU time of one call of `f` (one compute pass: the weights here fit one binding), from
-/// the pass's start and end timestamps: the median over `reps` calls recorded back to back.
-/// `None` without timestamp queries.
-fn kernel_time<F: FnMut()>(mut f: F, reps: usize, be: &kiln_wgpu::WgpuBackend) -> Option<f64> {
+/// Unix time in ms (printed on every measurement line, to line up with an `nvidia-smi
+/// --query-gpu=timestamp,clocks.sm ... -lms 100` log taken beside the run).
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Steady GPU time of one call (`f(i)`, i = call index for rotating weights; one compute pass
+/// per call).
+struct KStat {
+    /// Median / best of the per-pass kernel times (pass start → end timestamps).
+    median: f64,
+    best: f64,
+    /// GPU time per call of the stream: (last pass end − first pass start) / calls, gaps
+    /// between passes included.
+    stream: f64,
+    /// Calls per window and windows run before the timed one (the warm-up).
+    calls: usize,
+    warm: usize,
+    t0: u128,
+}
+
+/// One window: `calls` calls recorded back to back (submitted in batches of 48 as the CPU
+/// records them), each pass timed by GPU timestamps.
+fn window<F: FnMut(usize)>(
+    f: &mut F,
+    calls: usize,
+    be: &kiln_wgpu::WgpuBackend,
+) -> Option<(f64, f64, f64)> {
     if !be.gpu_timer_start().unwrap() {
         return None;
     }
-    for _ in 0..reps {
-        f();
+    for i in 0..calls {
+        f(i);
     }
-    let mut v = be.gpu_timer_stop().unwrap()?;
-    assert_eq!(v.len(), reps, "one pass per call");
-    v.sort_by(|a, b| a.total_cmp(b));
-    Some(v[v.len() / 2])
+    let v = be.gpu_timer_stop_spans().unwrap()?;
+    assert_eq!(v.len(), calls, "one pass per call");
+    let mut d: Vec<f64> = v.iter().map(|(a, b)| b - a).collect();
+    d.sort_by(|a, b| a.total_cmp(b));
+    let span = v.last().map_or(0.0, |l| l.1);
+    Some((d[d.len() / 2], d[0], span / calls as f64))
+}
+
+/// The measurement method (printed by `bench_wgpu`): windows of back-to-back calls sized to
+/// ≥ 20 ms of GPU work (20..2000 calls) are run until the GPU has been busy ≥ 150 ms and two
+/// consecutive windows' medians agree within 2 % (at most 40 windows), so the clocks have
+/// settled under this very load; then one more window is the measurement.
+fn kernel_stat<F: FnMut(usize)>(mut f: F, be: &kiln_wgpu::WgpuBackend) -> Option<KStat> {
+    let (m0, _, _) = window(&mut f, 20, be)?;
+    let calls = ((0.02 / m0.max(1e-7)) as usize).clamp(20, 2000);
+    let mut prev = m0;
+    let mut busy = 0.0;
+    let mut warm = 1;
+    loop {
+        let (m, _, st) = window(&mut f, calls, be)?;
+        busy += st * calls as f64;
+        warm += 1;
+        let settled = (m - prev).abs() <= 0.02 * prev;
+        prev = m;
+        if (busy >= 0.15 && settled) || warm >= 40 {
+            break;
+        }
+    }
+    let t0 = unix_ms();
+    let (median, best, stream) = window(&mut f, calls, be)?;
+    Some(KStat {
+        median,
+        best,
+        stream,
+        calls,
+        warm,
+        t0,
+    })
 }
 
 #[test]
@@ -74,7 +136,7 @@ fn bench_wgpu() {
     let b = be.alloc(n * 4).unwrap();
     let av = a.view(0, Shape::d1(n), DType::F32).unwrap();
     let bv = b.view_mut(0, Shape::d1(n), DType::F32).unwrap();
-    let t = time(|| be.copy(av, bv).unwrap(), 20, be.as_ref());
+    let t = time(|_| be.copy(av, bv).unwrap(), 20, be.as_ref());
     let shader_bw = (n * 8) as f64 / t / 1e9;
     println!(
         "BENCH copy (shader, f32) {} MiB: {:.3} ms, {shader_bw:.1} GB/s (read+write)",
@@ -82,7 +144,7 @@ fn bench_wgpu() {
         t * 1e3
     );
     let t = time(
-        || be.copy_buffer(&a, 0, &b, 0, n * 4).unwrap(),
+        |_| be.copy_buffer(&a, 0, &b, 0, n * 4).unwrap(),
         20,
         be.as_ref(),
     );
@@ -92,39 +154,52 @@ fn bench_wgpu() {
         (n * 4) >> 20,
         t * 1e3
     );
+    println!(
+        "BENCH method: kernel = GPU timestamps at the start and end of each call's compute pass; \
+         windows of back-to-back calls (>= 20 ms of GPU work, 20..2000 calls) are repeated until \
+         the GPU was busy >= 150 ms and two consecutive windows' medians agree within 2 %, then \
+         one more window is the measurement: median and best pass, and stream = GPU span of the \
+         window / calls (gaps between passes included). Weights under 256 MiB are rotated over \
+         copies (>= 256 MiB in all) so the 50 MB L2 holds none between calls. wall = host clock \
+         per call over a stream of calls. t = unix ms at the measured window's start (line it up \
+         with nvidia-smi's clocks)."
+    );
     // The honest streaming ceiling: copy_v4.wgsl, 16-byte loads, U in flight per invocation.
     let mut probe_bw: f64 = 0.0;
     for u in [1u32, 2, 4, 8] {
-        let t = time(|| be.copy_probe(&a, &b, n * 4, u).unwrap(), 20, be.as_ref());
-        let bw = (n * 8) as f64 / t / 1e9;
-        println!(
-            "BENCH copy (vec4 shader, {u} per invocation) {} MiB: {:.3} ms, {bw:.1} GB/s (read+write)",
-            (n * 4) >> 20,
-            t * 1e3
+        let t = time(
+            |_| be.copy_probe(&a, &b, n * 4, u).unwrap(),
+            20,
+            be.as_ref(),
         );
+        let bw = (n * 8) as f64 / t / 1e9;
         probe_bw = probe_bw.max(bw);
-        if let Some(k) = kernel_time(|| be.copy_probe(&a, &b, n * 4, u).unwrap(), 20, &be) {
-            let kb = (n * 8) as f64 / k / 1e9;
-            println!("BENCH copy (vec4 shader, {u} per invocation) kernel: {kb:.1} GB/s");
-            probe_bw = probe_bw.max(kb);
-        }
+        let ks = kernel_stat(|_| be.copy_probe(&a, &b, n * 4, u).unwrap(), &be);
+        let kern = ks.map_or("no timestamps".to_string(), |k| {
+            let g = |t: f64| (n * 8) as f64 / t / 1e9;
+            probe_bw = probe_bw.max(g(k.median));
+            format!(
+                "kernel median {:.1} GB/s, best {:.1}, stream {:.1} ({} calls, {} warm-up windows, t={})",
+                g(k.median),
+                g(k.best),
+                g(k.stream),
+                k.calls,
+                k.warm,
+                k.t0
+            )
+        });
+        println!(
+            "BENCH copy (vec4 shader, {u} per invocation) {} MiB: wall {bw:.1} GB/s (read+write) | {kern}",
+            (n * 4) >> 20
+        );
     }
     // Fractions below are of the best shader/API copy; the CUDA copy (4200 GB/s on an H200,
     // BENCHMARKS.md) is printed beside.
     let copy_bw = shader_bw.max(api_bw).max(probe_bw);
     println!("BENCH ceiling: {copy_bw:.1} GB/s (best copy above)");
     drop((a, b));
+    clock_ramp(&be, s);
     let k = 4096;
-    let vcfgs = [
-        (2u32, 2u32),
-        (2, 4),
-        (2, 8),
-        (4, 1),
-        (4, 2),
-        (4, 4),
-        (8, 1),
-        (8, 2),
-    ];
     // GEMV m = 1 at k = 4096: ~280 MB weights (n large), then the benches-crate shapes.
     for d in [
         DType::Q4_K,
@@ -140,88 +215,10 @@ fn bench_wgpu() {
             if s < 1.0 && rows != big {
                 continue;
             }
-            let row_bytes = d.bytes_for(kk).unwrap();
-            let data: Vec<u8> = (0..rows * row_bytes)
-                .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] & 0x3b)
-                .collect();
-            let w = be
-                .prepare_weight(&HostTensor::new(d, Shape::d2(rows, kk), &data).unwrap())
-                .unwrap();
-            drop(data);
-            let x = be.alloc(16 * kk * 4).unwrap();
-            let o = be.alloc(16 * rows * 4).unwrap();
-            let xv = x.view(0, Shape::d2(1, kk), DType::F32).unwrap();
-            let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
-            let wbytes = (rows * row_bytes) as f64;
-            // Small weights: enough calls that recording overlaps execution (batches of 48).
-            let reps = if rows == big { 10 } else { 240 };
-            // Wall clock per call in a stream of calls, then the GPU time of the kernel alone.
-            let line = |what: String, t: f64| {
-                let gbs = wbytes / t / 1e9;
-                let kt = kernel_time(
-                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                    50,
-                    &be,
-                );
-                let kern = kt.map_or("no timestamps".to_string(), |k| {
-                    let g = wbytes / k / 1e9;
-                    format!(
-                        "kernel {:.2} us, {g:.1} GB/s, {:.1}% of ceiling, {:.1}% of 4200",
-                        k * 1e6,
-                        100.0 * g / copy_bw,
-                        100.0 * g / 4200.0
-                    )
-                });
-                println!(
-                    "BENCH gemv {d} n={rows} k={kk} m=1 {what}: wall {:.2} us, {gbs:.1} GB/s weight, {:.1}% of ceiling, {:.1}% of 4200 | {kern}",
-                    t * 1e6,
-                    100.0 * gbs / copy_bw,
-                    100.0 * gbs / 4200.0
-                );
-            };
-            // The general kernel (as before this kernel existed), its untuned shape.
-            be.set_vgemv_config(Some((0, 0))).unwrap();
-            let t = time(
-                || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                reps,
-                be.as_ref(),
-            );
-            line("general gemv".into(), t);
-            be.set_vgemv_config(None).unwrap();
-            let t = time(
-                || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                reps,
-                be.as_ref(),
-            );
-            line("dispatched".into(), t);
-            if matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
-                for c in vcfgs {
-                    be.set_vgemv_config(Some(c)).unwrap();
-                    let t = time(
-                        || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                        reps,
-                        be.as_ref(),
-                    );
-                    line(format!("vgemv (teams, rows)={c:?}"), t);
-                }
-                be.set_vgemv_config(Some((2, 4))).unwrap();
-                be.set_vgemv_prefetch(false);
-                let t = time(
-                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                    reps,
-                    be.as_ref(),
-                );
-                line("vgemv (teams, rows)=(2, 4) no prefetch".into(), t);
-                be.set_vgemv_prefetch(true);
-                be.set_vgemv_config(None).unwrap();
-                // the dispatched shape again (drift check)
-                let t = time(
-                    || be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap(),
-                    reps,
-                    be.as_ref(),
-                );
-                line("dispatched (again)".into(), t);
+            if rows != big && !matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
+                continue;
             }
+            gemv_shape(&be, d, rows, kk, rows == big, copy_bw, s);
         }
     }
     // Crossover on a llama-8B-like shape.
@@ -285,7 +282,7 @@ fn bench_wgpu() {
     let need = be.attention_scratch_bytes(&p, nseq, &batch);
     let scr = be.alloc(need.max(4)).unwrap();
     let t = time(
-        || {
+        |_| {
             let sv = (need > 0).then(|| scr.view_mut(0, Shape::d1(need / 4), DType::F32).unwrap());
             be.attention(
                 q.view(0, qs, DType::F32).unwrap(),
@@ -306,6 +303,134 @@ fn bench_wgpu() {
         t * 1e3,
         kv_bytes / t / 1e9,
         100.0 * kv_bytes / t / 1e9 / copy_bw
+    );
+}
+
+/// One GEMV shape: the general kernel, the dispatched one, every gemv_v / gemv_x8 shape for
+/// the types that have them, the float-x kernel beside the int8-x one, and the dispatched
+/// shape again (drift check). Lines: kernel median / best / stream and wall, GB/s of weight.
+fn gemv_shape(
+    be: &kiln_wgpu::WgpuBackend,
+    d: DType,
+    rows: usize,
+    kk: usize,
+    big: bool,
+    copy_bw: f64,
+    s: f64,
+) {
+    let row_bytes = d.bytes_for(kk).unwrap();
+    let data: Vec<u8> = (0..rows * row_bytes)
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] & 0x3b)
+        .collect();
+    let wbytes = (rows * row_bytes) as f64;
+    let floor = ((256usize << 20) as f64 * s) as usize;
+    let copies = floor.div_ceil(rows * row_bytes).clamp(1, 32);
+    let ht = HostTensor::new(d, Shape::d2(rows, kk), &data).unwrap();
+    let ws: Vec<_> = (0..copies)
+        .map(|_| be.prepare_weight(&ht).unwrap())
+        .collect();
+    drop(data);
+    let x = upload(be, &f32_bytes(&randn(&mut rng(3), kk, 1.0)));
+    let o = be.alloc(rows * 4).unwrap();
+    let xv = x.view(0, Shape::d2(1, kk), DType::F32).unwrap();
+    let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
+    // Small weights: enough calls that recording overlaps execution (batches of 48).
+    let reps = if big { 20 } else { 240 };
+    let call = |i: usize| {
+        be.matmul_with(xv, &ws[i % copies], ov, MatmulPath::Gemv)
+            .unwrap()
+    };
+    let line = |what: String| {
+        let t = time(call, reps, be);
+        let g = |t: f64| wbytes / t / 1e9;
+        let kern = kernel_stat(call, be).map_or("no timestamps".to_string(), |k| {
+            format!(
+                "kernel median {:.2} us, {:.1} GB/s, {:.1}% of ceiling, {:.1}% of 4200 | best {:.1} GB/s ({:.1}%) | stream {:.1} GB/s ({:.1}%) | {} calls, {} warm-up windows, t={}",
+                k.median * 1e6,
+                g(k.median),
+                100.0 * g(k.median) / copy_bw,
+                100.0 * g(k.median) / 4200.0,
+                g(k.best),
+                100.0 * g(k.best) / copy_bw,
+                g(k.stream),
+                100.0 * g(k.stream) / copy_bw,
+                k.calls,
+                k.warm,
+                k.t0
+            )
+        });
+        println!(
+            "BENCH gemv {d} n={rows} k={kk} m=1 {what}: {kern} | wall {:.2} us, {:.1} GB/s ({copies} copies)",
+            t * 1e6,
+            g(t)
+        );
+    };
+    // The general kernel (as before gemv_v existed), its untuned shape.
+    be.set_vgemv_config(Some((0, 0))).unwrap();
+    line("general gemv".into());
+    be.set_vgemv_config(None).unwrap();
+    line("dispatched".into());
+    let x8 = matches!(d, DType::Q4_K | DType::Q8_0);
+    if x8 {
+        be.set_vgemv_x8(false);
+        line("gemv_v float x (previous kernel, its default shape)".into());
+        be.set_vgemv_x8(true);
+    }
+    if matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
+        let cfgs: &[(u32, u32)] = if x8 {
+            &[
+                (2, 2),
+                (2, 4),
+                (4, 1),
+                (4, 2),
+                (4, 4),
+                (8, 1),
+                (8, 2),
+                (8, 4),
+            ]
+        } else {
+            &[(2, 4), (4, 2), (8, 1), (8, 2)]
+        };
+        let name = if x8 { "gemv_x8" } else { "gemv_v" };
+        for &c in cfgs {
+            be.set_vgemv_config(Some(c)).unwrap();
+            line(format!("{name} (teams, rows)={c:?}"));
+        }
+        be.set_vgemv_config(None).unwrap();
+        line("dispatched (again)".into());
+    }
+}
+
+/// Clock ramp: the same large GEMV after 2 s of idle GPU, 40 windows of 10 calls back to back
+/// (no warm-up), each window's median kernel time and its start time after the first.
+fn clock_ramp(be: &kiln_wgpu::WgpuBackend, s: f64) {
+    let (d, k) = (DType::Q8_0, 4096);
+    let rows = (((280usize << 20) as f64 * s) as usize / d.bytes_for(k).unwrap()).max(64) / 64 * 64;
+    let data: Vec<u8> = (0..d.bytes_for(rows * k).unwrap())
+        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[3] & 0x3b)
+        .collect();
+    let w = be
+        .prepare_weight(&HostTensor::new(d, Shape::d2(rows, k), &data).unwrap())
+        .unwrap();
+    let x = upload(be, &f32_bytes(&randn(&mut rng(3), k, 1.0)));
+    let o = be.alloc(rows * 4).unwrap();
+    let xv = x.view(0, Shape::d2(1, k), DType::F32).unwrap();
+    let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
+    be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
+    be.synchronize().unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let t0 = Instant::now();
+    let mut line = String::new();
+    for _ in 0..40 {
+        let at = t0.elapsed().as_secs_f64() * 1e3;
+        let mut f = |_| be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
+        if let Some((m, _, _)) = window(&mut f, 10, be) {
+            line.push_str(&format!(" {at:.0}ms:{:.0}", data.len() as f64 / m / 1e9));
+        }
+    }
+    println!(
+        "BENCH clock ramp {d} n={rows} k={k} after 2 s idle (window start: GB/s of the window's median pass; t={}):{line}",
+        unix_ms()
     );
 }
 

@@ -67,6 +67,8 @@ fn gemv_matches_gguf_vectors() {
             .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
             .unwrap();
         let xb = upload(&be, &f32_bytes(&c.x));
+        // exact x (the float kernels; Q8_0/Q4_K's int8-x kernel is checked below)
+        be.set_vgemv_x8(false);
         for lanes in [(1, 1), (4, 2), (8, 4)] {
             be.set_gemv_config(Some(lanes)).unwrap();
             let o = poisoned(&be, 8);
@@ -90,7 +92,52 @@ fn gemv_matches_gguf_vectors() {
             }
         }
         be.set_gemv_config(None).unwrap();
+        be.set_vgemv_x8(true);
+        if matches!(d, DType::Q8_0 | DType::Q4_K) {
+            // int8 x: |y − ŷ| ≤ Σ_t |w_t|·d_g(t)/2 (+ f32 accumulation)
+            let o = poisoned(&be, 8);
+            be.matmul_with(
+                xb.view(0, Shape::d2(1, 512), DType::F32).unwrap(),
+                &w,
+                o.view_mut(0, Shape::d2(1, 8), DType::F32).unwrap(),
+                MatmulPath::Gemv,
+            )
+            .unwrap();
+            let got = read_f32(&be, &o, 0, 8);
+            let (_, dq) = round_x8(&c.x);
+            for r in 0..8 {
+                let bound: f64 = (0..512)
+                    .map(|t| f64::from(c.deq[r * 512 + t]).abs() * dq[t / 16] / 2.0)
+                    .sum();
+                let tol = bound + 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
+                let err = (got[r] as f64 - c.y[r] as f64).abs();
+                assert!(
+                    err <= tol,
+                    "{d} gemv_x8: y[{r}] = {} want {} (err {err:e} > {tol:e})",
+                    got[r],
+                    c.y[r]
+                );
+            }
+        }
     }
+}
+
+/// x rounded to int8 per group of 16 as gemv_x8.wgsl does (CUDA's q8_group): d = max|x|/127
+/// rounded up to 22 significant bits, q = clamp(round(x/d), ±127). Returns (d·q per element,
+/// d per group).
+fn round_x8(x: &[f32]) -> (Vec<f32>, Vec<f64>) {
+    let mut xr = Vec::with_capacity(x.len());
+    let mut ds = Vec::new();
+    for g in x.chunks(16) {
+        let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = f32::from_bits(((amax / 127.0).to_bits() + 3) & !3);
+        let id = if amax > 0.0 { 1.0 / d } else { 0.0 };
+        for v in g {
+            xr.push(d * (v * id).round_ties_even().clamp(-127.0, 127.0));
+        }
+        ds.push(f64::from(d));
+    }
+    (xr, ds)
 }
 
 /// CPU y = x·Wᵀ in f64 from the dequantized weights.
@@ -231,6 +278,8 @@ fn vec4_gemv_all_shapes() {
                     }
                 }
             }
+            // gemv_v with exact x (Q8_0/Q4_K: the fallback of the int8-x kernel)
+            be.set_vgemv_x8(false);
             for (cfg, prefetch) in cfgs {
                 be.set_vgemv_prefetch(prefetch);
                 be.set_vgemv_config(Some(cfg)).unwrap();
@@ -253,6 +302,124 @@ fn vec4_gemv_all_shapes() {
             }
             be.set_vgemv_config(None).unwrap();
             be.set_vgemv_prefetch(true);
+            be.set_vgemv_x8(true);
+        }
+    }
+}
+
+/// The int8-x m = 1 kernel (gemv_x8: Q8_0, Q4_K) at every (teams, rows per team) shape, k
+/// with and without a partial last chunk (and several chunks), n not a multiple of the rows
+/// per workgroup, x at a 16-byte offset: against an f64 CPU product of the int8-rounded x and
+/// the dequantized weight (the kernel's exact arithmetic up to f32 accumulation and a rare
+/// tie rounded the other way). The same inputs with exact x differ from that oracle by more
+/// than the tolerance in some row, so the test sees which kernel ran.
+#[test]
+fn x8_gemv_all_shapes() {
+    let Some(be) = open() else { return };
+    let mut r = rng(9);
+    for d in [DType::Q8_0, DType::Q4_K] {
+        for (n, k) in [(37usize, 1280usize), (64, 3072), (5, 256), (19, 4096)] {
+            let host = random_weight(&mut r, d, n, k);
+            let deq = kiln_core::quant::dequantize_vec(d, &host).unwrap();
+            let w = be
+                .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &host).unwrap())
+                .unwrap();
+            // a few outlier channels, as real activations have
+            let mut x = randn(&mut r, k, 1.0);
+            for t in (0..k).step_by(97) {
+                x[t] *= 20.0;
+            }
+            let (xr, ds) = round_x8(&x);
+            let want = cpu_mm(&xr, &deq, 1, n, k);
+            let exact = cpu_mm(&x, &deq, 1, n, k);
+            // x·(1/d) within 1e-4 of a rounding tie may round the other way on the GPU
+            // (its 1/d is not exactly rounded): one step d·|w| each
+            let near_tie: Vec<usize> = (0..k)
+                .filter(|&t| {
+                    let v = f64::from(x[t]) / ds[t / 16];
+                    (v.abs().fract() - 0.5).abs() < 1e-4
+                })
+                .collect();
+            let tols: Vec<f64> = (0..n)
+                .map(|j| {
+                    let abs: f64 = (0..k)
+                        .map(|t| (f64::from(xr[t]) * f64::from(deq[j * k + t])).abs())
+                        .sum();
+                    let ties: f64 = near_tie
+                        .iter()
+                        .map(|&t| ds[t / 16] * f64::from(deq[j * k + t]).abs())
+                        .sum();
+                    1e-5 * abs + ties + 1e-30
+                })
+                .collect();
+            assert!(
+                (0..n).any(|j| (f64::from(exact[j]) - f64::from(want[j])).abs() > tols[j]),
+                "{d} {n}x{k}: the rounded-x oracle does not tell the kernels apart"
+            );
+            let buf = poisoned(&be, 4 + k + n);
+            be.write(&buf, 16, &f32_bytes(&x)).unwrap();
+            let xv = buf.view(16, Shape::d2(1, k), DType::F32).unwrap();
+            let ov = buf
+                .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
+                .unwrap();
+            let mut cfgs = vec![None];
+            for t in [1, 2, 4, 8] {
+                for nr in [1, 2, 4, 8] {
+                    cfgs.push(Some((t, nr)));
+                }
+            }
+            for cfg in cfgs {
+                be.set_vgemv_config(cfg).unwrap();
+                be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
+                    .unwrap();
+                be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
+                let got = read_f32(&be, &buf, 16 + 4 * k, n);
+                for j in 0..n {
+                    let err = (f64::from(got[j]) - f64::from(want[j])).abs();
+                    assert!(
+                        err <= tols[j],
+                        "{d} {n}x{k} gemv_x8 {cfg:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        got[j],
+                        want[j],
+                        tols[j],
+                        exact[j]
+                    );
+                }
+            }
+            be.set_vgemv_config(None).unwrap();
+        }
+    }
+}
+
+/// A non-finite x makes the int8-x kernel's output NaN (its group's scale is NaN), not a
+/// silently finite number; the other groups' rows stay finite when that x is zeroed.
+#[test]
+fn x8_gemv_non_finite_x_shows() {
+    let Some(be) = open() else { return };
+    let mut r = rng(4);
+    let (n, k) = (8usize, 512usize);
+    for d in [DType::Q8_0, DType::Q4_K] {
+        let host = random_weight(&mut r, d, n, k);
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &host).unwrap())
+            .unwrap();
+        for bad in [f32::INFINITY, f32::NAN] {
+            let mut x = randn(&mut r, k, 1.0);
+            x[100] = bad;
+            let xb = upload(&be, &f32_bytes(&x));
+            let o = be.alloc(n * 4).unwrap();
+            be.matmul_with(
+                xb.view(0, Shape::d2(1, k), DType::F32).unwrap(),
+                &w,
+                o.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+                MatmulPath::Gemv,
+            )
+            .unwrap();
+            let got = read_f32(&be, &o, 0, n);
+            assert!(
+                got.iter().all(|v| v.is_nan()),
+                "{d} x[100] = {bad}: {got:?}"
+            );
         }
     }
 }

@@ -2,6 +2,10 @@
 //! the weight types whose prepared rows are 16-byte aligned: BF16, Q8_0 (blocks without their
 //! d) and Q4_K (144-byte blocks). `matmul` sends one-row products of those types here; the
 //! general `gemv` kernel (matmul.wgsl) keeps every other case.
+//!
+//! Q8_0 and Q4_K go to `shaders/gemv_x8.wgsl` instead where it can run (`x8_ok`): x rounded to
+//! int8 per 16 elements in workgroup memory and integer dot products (`dot4I8Packed`), the
+//! CUDA GEMV's arithmetic; gemv_v's exact-x float decode is the fallback.
 
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 
@@ -12,6 +16,10 @@ use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
 
 const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
+const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
+
+/// Workgroup memory gemv_x8 needs besides its x: the 256-float reduction tree.
+const X8_FIXED_BYTES: u64 = 1024;
 
 /// x elements per chunk of the k loop (32 invocations × 32 values).
 const CHUNK: usize = 1024;
@@ -34,18 +42,36 @@ pub(crate) fn supports(d: DType) -> bool {
     matches!(d, DType::BF16 | DType::Q8_0 | DType::Q4_K)
 }
 
+/// Int8 x groups of 16 gemv_x8 holds for k (rounded up to 64 groups, so one pipeline serves
+/// each 1024 of k), and whether their 24 bytes each fit the device's workgroup memory.
+fn x8_groups(be: &WgpuBackend, k: usize) -> Option<u32> {
+    let g = u32::try_from(k.div_ceil(16).div_ceil(64) * 64).ok()?;
+    let bytes = u64::from(g) * 24 + X8_FIXED_BYTES;
+    (bytes <= u64::from(be.limits.max_compute_workgroup_storage_size)).then_some(g)
+}
+
+/// Whether this product runs through gemv_x8: Q8_0/Q4_K, the int8 path on (see
+/// `set_vgemv_x8`), k a multiple of 16 and x's int8 copy fits workgroup memory.
+fn x8_ok(be: &WgpuBackend, d: DType, k: usize) -> Option<u32> {
+    if !matches!(d, DType::Q8_0 | DType::Q4_K) || !k.is_multiple_of(16) || !be.vgemv_x8() {
+        return None;
+    }
+    x8_groups(be, k)
+}
+
 /// (teams of 32 per workgroup, rows per team) for `n_c` rows of `d`: the override, else the
 /// shape that was best or tied for best on an H200 across n = 4096..127424 (BENCHMARKS.md,
 /// "kiln-wgpu gemv_v"): BF16 4 teams of 2 rows (its 4 weight vec4s per row and lane already
 /// keep loads in flight), Q8_0 2 × 2, Q4_K 2 × 4; with fewer rows per team while that leaves
 /// under 512 workgroups (small n: keep every SM busy).
-fn config(be: &WgpuBackend, d: DType, n_c: u32) -> (u32, u32) {
+fn config(be: &WgpuBackend, d: DType, n_c: u32, x8: bool) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
-    let (rw, mut nr) = match d {
-        DType::BF16 => (4, 2),
-        DType::Q8_0 => (2, 2),
+    let (rw, mut nr) = match (d, x8) {
+        (_, true) => (4, 2),
+        (DType::BF16, _) => (4, 2),
+        (DType::Q8_0, _) => (2, 2),
         _ => (2, 4),
     };
     while nr > 1 && n_c.div_ceil(rw * nr) < 512 {
@@ -67,15 +93,20 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
         ));
     }
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
+    let x8 = x8_ok(be, ww.dtype, ww.k);
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let (rw, nr) = config(be, ww.dtype, n_c);
-        let mut spec = ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
+        let (rw, nr) = config(be, ww.dtype, n_c, x8.is_some());
+        let mut spec = match x8 {
+            Some(g) => ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8").sub("XG", g.to_string()),
+            None => ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
+                .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
+        };
+        spec = spec
             .define(wdefine(ww.dtype))
             .over("RW", f64::from(rw))
             .over("NR", f64::from(nr))
-            .over("WGS", f64::from(32 * rw))
-            .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 });
+            .over("WGS", f64::from(32 * rw));
         if sg32 {
             spec = spec.define("SG32");
         }

@@ -1,0 +1,386 @@
+// gemv_x8.wgsl — y = x·Wᵀ for ONE x row (m = 1) with x rounded to int8 and integer dot
+// products (`dot4I8Packed`, SPIR-V OpSDot: dp4a on NVIDIA), for Q8_0 and Q4_K. x: f32 [k]
+// (bound as vec4, offset a multiple of 4, k a multiple of 16); W chunk: rows r0..r0+n_c of
+// [n, k] in the prepared layout of src/weight.rs (Q8_0: 32 int8 per block, the f16 d array
+// after the quants at word d_base; Q4_K: 144-byte blocks); y: f32 [n].
+//
+// Thread mapping: a workgroup is RW teams of 32 invocations; team t owns NR consecutive weight
+// rows. First the workgroup issues its first chunk's weight loads, then rounds the whole x to
+// int8 in workgroup memory (invocation i takes groups i, i + WGS, ... of 16 elements: 4 vec4
+// loads of x, one group each) and waits at one barrier. Then each team walks k in chunks of
+// 1024 elements exactly as gemv_v.wgsl does (same lane → weight vec4 mapping, next-chunk
+// weight prefetch, subgroupAdd or a workgroup tree per row), but each invocation reads its
+// x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a weight
+// vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed (Q4_K: 32
+// values, the nibbles are already bytes after a mask) instead of ~4 float ops per value.
+//
+// Bytes moved: the weight once (n·k·bytes_per_weight); x once per workgroup from L2 (k·4 per
+// n/(RW·NR) workgroups) and 1.5 bytes per element per team from workgroup memory; y n·4.
+// FLOPs: 2·n·k (as int8 MACs) + the rounding of x (≈ 6 per element per workgroup).
+//
+// Accuracy (the CUDA int8-x path's reasoning, backend-cuda/README.md, and the same rounding as
+// its q8_group): per group of 16, d = max|x|/127 rounded up to 22 significant bits, q =
+// clamp(round(x/d), ±127), so |x − d·q| ≤ d/2 per element: Σ(x − x̂)² ≤ 16·(d/2)² =
+// 4·max|x|²/127² over a group while Σx² ≥ max|x|², i.e. Σ(x − x̂)²/Σx² ≤ 4/127² = 2.5e-4
+// (worst case; ~4e-5 for the suite's activations). The weights are decoded exactly to integers and the integer sums are exact
+// (|Σ| ≤ 16·127·127), so the only error besides f32 accumulation is x's rounding: the
+// conformance rule for block-type matmul on GPUs (tests/src/tolerance.rs: nmse ≤ 4·4/127²)
+// covers it. A group with a non-finite x gets d = NaN so the product shows it.
+
+override RW: u32 = 4u;
+override NR: u32 = 2u;
+override WGS: u32 = 128u; // = 32·RW
+
+struct Params {
+    n_c: u32,    // weight rows in this chunk
+    k: u32,
+    r0: u32,     // first weight row of this chunk (column of y)
+    bpr: u32,    // blocks per row
+    d_base: u32, // Q8_0: word index of the moved-out f16 d array in W
+    x4: u32,     // vec4 offset of x
+    o_off: u32,  // element offset of y
+    chunks: u32, // ceil(k / 1024)
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> W4: array<vec4<u32>>;      // the chunk's rows
+@group(0) @binding(2) var<storage, read_write> X: array<vec4<f32>>; // [k/4]
+@group(0) @binding(3) var<storage, read_write> O: array<f32>;       // [n]
+//#if W_Q8_0
+@group(0) @binding(4) var<storage, read> W: array<u32>;             // same buffer, for d
+//#endif
+
+// x rounded to int8 per group of 16 elements: [k/16] quants (byte l % 4 of word l / 4 of the
+// vec4 = element 16g + l) and [k/16] (d, d·Σq). XG = k/16 rounded up (see gemv_v.rs).
+var<workgroup> xq: array<vec4<u32>, {{XG}}>;
+var<workgroup> xd: array<vec2<f32>, {{XG}}>;
+
+fn quant_x(li: u32) {
+    let ng = P.k / 16u;
+    let ex = vec4<u32>(0x7f800000u);
+    let lo = vec4<f32>(-127.0);
+    let hi = vec4<f32>(127.0);
+    for (var g = li; g < ng; g += WGS) {
+        let b = P.x4 + 4u * g;
+        let v0 = X[b];
+        let v1 = X[b + 1u];
+        let v2 = X[b + 2u];
+        let v3 = X[b + 3u];
+        let m4 = max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3)));
+        let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
+        // non-finite: an exponent of all ones (bit test: the compiler may assume no NaN)
+        let nf = any((bitcast<vec4<u32>>(v0) & ex) == ex) || any((bitcast<vec4<u32>>(v1) & ex) == ex)
+              || any((bitcast<vec4<u32>>(v2) & ex) == ex) || any((bitcast<vec4<u32>>(v3) & ex) == ex);
+        let d = bitcast<f32>((bitcast<u32>(amax / 127.0) + 3u) & 0xfffffffcu);
+        let id = select(0.0, 1.0 / d, amax > 0.0);
+        let q0 = vec4<i32>(clamp(round(v0 * id), lo, hi));
+        let q1 = vec4<i32>(clamp(round(v1 * id), lo, hi));
+        let q2 = vec4<i32>(clamp(round(v2 * id), lo, hi));
+        let q3 = vec4<i32>(clamp(round(v3 * id), lo, hi));
+        xq[g] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));
+        let s4 = q0 + q1 + q2 + q3;
+        let dd = select(d, bitcast<f32>(0x7fc00000u), nf);
+        xd[g] = vec2<f32>(dd, dd * f32(s4.x + s4.y + s4.z + s4.w));
+    }
+}
+
+// The invocation's 2 int8 x groups of the current chunk and their (d, d·Σq) (zero past k).
+var<private> xa: vec4<u32>;
+var<private> xb: vec4<u32>;
+var<private> da: vec2<f32>;
+var<private> db: vec2<f32>;
+// Which of the invocation's weight vec4s lie inside the row.
+var<private> v0: bool;
+var<private> v1: bool;
+
+// Weight words one invocation loads for one row and chunk (unused fields stay zero).
+struct WL {
+    a: vec4<u32>,
+    b: vec4<u32>,
+    e: u32,
+    f: u32,
+}
+
+const MAGIC: u32 = 0x4b000000u; // 2^23 as f32 bits: OR a small integer into the mantissa
+
+//#if W_Q8_0
+// Block = 32 int8 (2 vec4) in W4, its f16 d in the d array. Lane l, chunk c: weight vec4s
+// j = 64c + 32t + l (t < 2), 16 int8 each = x group j, block j/2.
+fn load_x(c: u32, l: u32, full: bool) {
+    let q = P.k / 16u;
+    let j = c * 64u + l;
+    v0 = full || j < q;
+    v1 = full || j + 32u < q;
+    if !full {
+        xa = vec4<u32>(0u); xb = xa; da = vec2<f32>(0.0); db = da;
+    }
+    if v0 { xa = xq[j]; da = xd[j]; }
+    if v1 { xb = xq[j + 32u]; db = xd[j + 32u]; }
+}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let j = c * 64u + l;
+    let base = r * (P.k / 16u) + j;
+    let b = r * P.bpr + j / 2u;
+    var w: WL;
+    if v0 { w.a = W4[base]; w.e = W[P.d_base + (b >> 1u)]; }
+    if v1 { w.b = W4[base + 32u]; w.f = W[P.d_base + ((b + 16u) >> 1u)]; }
+    return w;
+}
+fn dp(w: WL, c: u32, l: u32) -> f32 {
+    // the block of vec4 j is j/2: its d is half (b & 1) of the word loaded; b + 16 has the
+    // same parity
+    let hf = ((c * 64u + l) / 2u) & 1u;
+    let d0 = unpack2x16float(w.e)[hf];
+    let d1 = unpack2x16float(w.f)[hf];
+    let i0 = dot4I8Packed(w.a.x, xa.x) + dot4I8Packed(w.a.y, xa.y)
+           + dot4I8Packed(w.a.z, xa.z) + dot4I8Packed(w.a.w, xa.w);
+    let i1 = dot4I8Packed(w.b.x, xb.x) + dot4I8Packed(w.b.y, xb.y)
+           + dot4I8Packed(w.b.z, xb.z) + dot4I8Packed(w.b.w, xb.w);
+    return d0 * da.x * f32(i0) + d1 * db.x * f32(i1);
+}
+//#endif
+
+//#if W_Q4_K
+// Block (144 B = 9 vec4): vec4 0 = d|dmin, scales[0..12]; vec4 1 + q (q < 8) = qs[16q..16q+16]:
+// low nibbles = elements 64(q/2) + 16(q%2) + 0..16 (x group 16·blk + 4(q/2) + q%2), high
+// nibbles = the 16 elements 32 later (group + 2). Lane l, chunk c: block 4c + l/8, q = l%8.
+fn load_x(c: u32, l: u32, full: bool) {
+    let blk = c * 4u + l / 8u;
+    let q = l % 8u;
+    v0 = full || blk < P.bpr;
+    if !full {
+        xa = vec4<u32>(0u); xb = xa; da = vec2<f32>(0.0); db = da;
+    }
+    if v0 {
+        let g = blk * 16u + (q / 2u) * 4u + q % 2u;
+        xa = xq[g]; da = xd[g];
+        xb = xq[g + 2u]; db = xd[g + 2u];
+    }
+}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let bw = (r * P.bpr + c * 4u + l / 8u) * 9u;
+    var w: WL;
+    if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + l % 8u]; }
+    return w;
+}
+fn dp(wl: WL, c: u32, l: u32) -> f32 {
+    let q = l % 8u;
+    let h = wl.a;
+    let w = wl.b;
+    // 6-bit (scale, min) of groups j = 2(q/2) and j + 1 (get_scale_min_k4): bytes jj, jj + 1
+    // of scales[0..4] (h.y), [4..8] (h.z), [8..12] (h.w) with jj = j % 4.
+    let jj = (2u * (q / 2u)) % 4u;
+    let sh = vec2<u32>(8u * jj, 8u * jj + 8u);
+    let by = (vec2<u32>(h.y) >> sh) & vec2<u32>(255u);
+    let bz = (vec2<u32>(h.z) >> sh) & vec2<u32>(255u);
+    let bv = (vec2<u32>(h.w) >> sh) & vec2<u32>(255u);
+    let hi = q >= 4u;
+    let sc = select(by & vec2<u32>(63u), (bv & vec2<u32>(15u)) | ((by >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    let mn = select(bz & vec2<u32>(63u), (bv >> vec2<u32>(4u)) | ((bz >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    let scf = bitcast<vec2<f32>>(sc | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
+    let mnf = bitcast<vec2<f32>>(mn | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
+    let m4 = 0x0f0f0f0fu;
+    let il = dot4I8Packed(w.x & m4, xa.x) + dot4I8Packed(w.y & m4, xa.y)
+           + dot4I8Packed(w.z & m4, xa.z) + dot4I8Packed(w.w & m4, xa.w);
+    let ih = dot4I8Packed((w.x >> 4u) & m4, xb.x) + dot4I8Packed((w.y >> 4u) & m4, xb.y)
+           + dot4I8Packed((w.z >> 4u) & m4, xb.z) + dot4I8Packed((w.w >> 4u) & m4, xb.w);
+    // d | dmin: the hardware f16 conversion (subnormal scales are checked by the gguf-py
+    // vectors in tests/matmul.rs, on lavapipe and on the GPU)
+    let dm = unpack2x16float(h.x);
+    return dm.x * (scf.x * da.x * f32(il) + scf.y * db.x * f32(ih))
+         - dm.y * (mnf.x * da.y + mnf.y * db.y);
+}
+//#endif
+
+// The prefetched weights of the next chunk, one set per row.
+var<private> n0: WL;
+var<private> n1: WL;
+var<private> n2: WL;
+var<private> n3: WL;
+var<private> n4: WL;
+var<private> n5: WL;
+var<private> n6: WL;
+var<private> n7: WL;
+
+fn ld_all(c: u32, l: u32, rows: array<u32, 8>) {
+    n0 = ld(rows[0], c, l);
+    if NR > 1u {
+        n1 = ld(rows[1], c, l);
+    }
+    if NR > 2u {
+        n2 = ld(rows[2], c, l);
+        n3 = ld(rows[3], c, l);
+    }
+    if NR > 4u {
+        n4 = ld(rows[4], c, l);
+        n5 = ld(rows[5], c, l);
+        n6 = ld(rows[6], c, l);
+        n7 = ld(rows[7], c, l);
+    }
+}
+
+var<private> a0: f32;
+var<private> a1: f32;
+var<private> a2: f32;
+var<private> a3: f32;
+var<private> a4: f32;
+var<private> a5: f32;
+var<private> a6: f32;
+var<private> a7: f32;
+
+// Decode and accumulate the weights in n0..n7 (chunk c, x already in xa/xb).
+fn acc_all(c: u32, l: u32) {
+    let w0 = n0;
+    let w1 = n1;
+    let w2 = n2;
+    let w3 = n3;
+    let w4 = n4;
+    let w5 = n5;
+    let w6 = n6;
+    let w7 = n7;
+    a0 += dp(w0, c, l);
+    if NR > 1u {
+        a1 += dp(w1, c, l);
+    }
+    if NR > 2u {
+        a2 += dp(w2, c, l);
+        a3 += dp(w3, c, l);
+    }
+    if NR > 4u {
+        a4 += dp(w4, c, l);
+        a5 += dp(w5, c, l);
+        a6 += dp(w6, c, l);
+        a7 += dp(w7, c, l);
+    }
+}
+
+var<workgroup> red: array<f32, 256>;
+
+// The sum of v over the 32 invocations of team `team` (lane l), valid in lane 0.
+fn team_sum(v: f32, li: u32, team: u32, l: u32) -> f32 {
+    red[li] = v;
+    workgroupBarrier();
+    for (var st = 16u; st > 0u; st = st / 2u) {
+        if l < st {
+            red[li] += red[li + st];
+        }
+        workgroupBarrier();
+    }
+    let t = red[team * 32u];
+    workgroupBarrier();
+    return t;
+}
+
+fn put(row: u32, v: f32) {
+    if row < P.n_c {
+        O[P.o_off + P.r0 + row] = v;
+    }
+}
+
+@compute @workgroup_size(WGS)
+fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) li: u32,
+//#if SG32
+           @builtin(subgroup_id) sgid: u32, @builtin(subgroup_invocation_id) sgi: u32,
+//#endif
+) {
+//#if SG32
+    let team = sgid;
+    let l = sgi;
+//#else
+    let team = li / 32u;
+    let l = li % 32u;
+//#endif
+    let row0 = ((wid.x + wid.y * nwg.x) * RW + team) * NR;
+    let last = P.n_c - 1u;
+    // Rows past the chunk read the last row (computed, never written).
+    let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
+                             min(row0 + 3u, last), min(row0 + 4u, last), min(row0 + 5u, last),
+                             min(row0 + 6u, last), min(row0 + 7u, last));
+    a0 = 0.0; a1 = 0.0; a2 = 0.0; a3 = 0.0; a4 = 0.0; a5 = 0.0; a6 = 0.0; a7 = 0.0;
+    let nfull = P.k / 1024u;
+    // full chunks: no masks; the first chunk's weight loads go out before x is rounded
+    v0 = true;
+    v1 = true;
+    if nfull > 0u {
+        ld_all(0u, l, rows);
+    }
+    quant_x(li);
+    workgroupBarrier();
+    for (var c = 0u; c < nfull; c++) {
+        load_x(c, l, true);
+        // the weights of chunk c move to w*, then chunk c + 1's loads are issued
+        let w0 = n0;
+        let w1 = n1;
+        let w2 = n2;
+        let w3 = n3;
+        let w4 = n4;
+        let w5 = n5;
+        let w6 = n6;
+        let w7 = n7;
+        if c + 1u < nfull {
+            ld_all(c + 1u, l, rows);
+        }
+        a0 += dp(w0, c, l);
+        if NR > 1u {
+            a1 += dp(w1, c, l);
+        }
+        if NR > 2u {
+            a2 += dp(w2, c, l);
+            a3 += dp(w3, c, l);
+        }
+        if NR > 4u {
+            a4 += dp(w4, c, l);
+            a5 += dp(w5, c, l);
+            a6 += dp(w6, c, l);
+            a7 += dp(w7, c, l);
+        }
+    }
+    if nfull < P.chunks {
+        // the partial last chunk, with masks
+        load_x(nfull, l, false);
+        ld_all(nfull, l, rows);
+        acc_all(nfull, l);
+    }
+//#if SG32
+    a0 = subgroupAdd(a0);
+    a1 = subgroupAdd(a1);
+    a2 = subgroupAdd(a2);
+    a3 = subgroupAdd(a3);
+    a4 = subgroupAdd(a4);
+    a5 = subgroupAdd(a5);
+    a6 = subgroupAdd(a6);
+    a7 = subgroupAdd(a7);
+//#else
+    a0 = team_sum(a0, li, team, l);
+    if NR > 1u {
+        a1 = team_sum(a1, li, team, l);
+    }
+    if NR > 2u {
+        a2 = team_sum(a2, li, team, l);
+        a3 = team_sum(a3, li, team, l);
+    }
+    if NR > 4u {
+        a4 = team_sum(a4, li, team, l);
+        a5 = team_sum(a5, li, team, l);
+        a6 = team_sum(a6, li, team, l);
+        a7 = team_sum(a7, li, team, l);
+    }
+//#endif
+    if l == 0u {
+        put(row0, a0);
+        if NR > 1u {
+            put(row0 + 1u, a1);
+        }
+        if NR > 2u {
+            put(row0 + 2u, a2);
+            put(row0 + 3u, a3);
+        }
+        if NR > 4u {
+            put(row0 + 4u, a4);
+            put(row0 + 5u, a5);
+            put(row0 + 6u, a6);
+            put(row0 + 7u, a7);
+        }
+    }
+}
