@@ -164,6 +164,8 @@ struct RunResult {
     prefill_s: f64,
     step_ms: Vec<f64>,
     replayed: u64,
+    /// Mean time per decode step copying logits to the host (part of `step_ms`).
+    logits_ms: f64,
     first_tokens: Vec<u32>,
 }
 
@@ -233,6 +235,7 @@ fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Resul
         prefill_s,
         step_ms,
         replayed: rt.stats().replayed,
+        logits_ms: rt.stats().logits_time.as_secs_f64() * 1e3 / o.steps.max(1) as f64,
         first_tokens,
     })
 }
@@ -426,7 +429,7 @@ fn main() {
             o.kv.name()
         );
         println!(
-            "\n{:>5} {:>5} {:>5} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}  first greedy tokens (seq 0)",
+            "\n{:>5} {:>5} {:>5} {:>9} {:>10} {:>9} {:>8} {:>8} {:>8} {:>7} {:>9} {:>9} {:>8}  first greedy tokens (seq 0)",
             "batch",
             "ctx",
             "graph",
@@ -438,6 +441,7 @@ fn main() {
             "GB/s",
             "% copy",
             "roof t/s",
+            "logits ms",
             "replayed"
         );
         for (bi, &b) in o.batches.iter().enumerate() {
@@ -487,7 +491,7 @@ fn main() {
                 let shown: Vec<String> =
                     r.first_tokens.iter().take(8).map(u32::to_string).collect();
                 println!(
-                    "{b:>5} {ctx:>5} {:>5} {ms:>9.3} {:>10.1} {:>7.0}t/s {:>8.3} {:>8.3} {:>8.1} {:>7.1} {roof_tok:>9.1} {:>4}/{:<3}  {}",
+                    "{b:>5} {ctx:>5} {:>5} {ms:>9.3} {:>10.1} {:>7.0}t/s {:>8.3} {:>8.3} {:>8.1} {:>7.1} {roof_tok:>9.1} {:>9.3} {:>4}/{:<3}  {}",
                     if g { "on" } else { "off" },
                     b as f64 / (ms * 1e-3),
                     (b * ctx) as f64 / r.prefill_s,
@@ -495,6 +499,7 @@ fn main() {
                     kvb / 1e9,
                     gbs / 1e9,
                     100.0 * gbs / copy,
+                    r.logits_ms,
                     r.replayed,
                     o.steps,
                     shown.join(",")
@@ -509,7 +514,7 @@ fn main() {
                             "tok_s": b as f64 / (ms * 1e-3), "prefill_s": r.prefill_s,
                             "weight_bytes": wb, "kv_bytes": kvb, "gbs": gbs / 1e9,
                             "pct_copy": 100.0 * gbs / copy, "copy_gbs": copy / 1e9,
-                            "roofline_tok_s": roof_tok, "replayed": r.replayed,
+                            "roofline_tok_s": roof_tok, "replayed": r.replayed, "logits_ms": r.logits_ms,
                             "tokens": r.first_tokens, "tp": o.tp,
                         }),
                     )?;

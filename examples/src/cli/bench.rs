@@ -100,6 +100,8 @@ pub struct EngineSplit {
     pub replayed: u64,
     /// Milliseconds per step: inside `Runtime::step`, sampling, the rest of the scheduler.
     pub runtime_ms: f64,
+    /// Of `runtime_ms`: the logits' copy to the host.
+    pub logits_ms: f64,
     pub sample_ms: f64,
     pub other_ms: f64,
     /// Seconds the engine thread was busy stepping.
@@ -120,6 +122,7 @@ impl EngineSplit {
             decode_steps: b.decode_steps.saturating_sub(a.decode_steps),
             replayed: b.replayed_steps.saturating_sub(a.replayed_steps),
             runtime_ms: per(rt),
+            logits_ms: per(b.logits_time.saturating_sub(a.logits_time)),
             sample_ms: per(sm),
             other_ms: per(busy.saturating_sub(rt + sm)),
             busy_s: busy.as_secs_f64(),
@@ -367,12 +370,13 @@ fn serve(a: &ServeArgs) -> CliResult {
             }
             for (r, e) in results.iter().zip(&splits) {
                 println!(
-                    "engine at {} streams: {} steps ({} decode, {} replayed); per step {:.2} ms in the runtime step, {:.2} ms sampling, {:.2} ms scheduling; busy {:.2} of {:.2} s",
+                    "engine at {} streams: {} steps ({} decode, {} replayed); per step {:.2} ms in the runtime step (of which {:.2} ms copying logits), {:.2} ms sampling, {:.2} ms scheduling; busy {:.2} of {:.2} s",
                     r.streams,
                     e.steps,
                     e.decode_steps,
                     e.replayed,
                     e.runtime_ms,
+                    e.logits_ms,
                     e.sample_ms,
                     e.other_ms,
                     e.busy_s,
@@ -387,7 +391,7 @@ fn serve(a: &ServeArgs) -> CliResult {
                 .map(|(i, r)| {
                     let e = splits.get(i).map(|e| {
                         json!({"steps": e.steps, "decode_steps": e.decode_steps,
-                            "replayed": e.replayed, "runtime_ms": e.runtime_ms,
+                            "replayed": e.replayed, "runtime_ms": e.runtime_ms, "logits_ms": e.logits_ms,
                             "sample_ms": e.sample_ms, "other_ms": e.other_ms, "busy_s": e.busy_s})
                     });
                     json!({"engine": e,

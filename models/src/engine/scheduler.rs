@@ -82,6 +82,8 @@ pub struct EngineStats {
     /// logits' copy to the host), sampling, and the whole of [`Scheduler::step`] (these two
     /// plus planning, admission, block accounting and streaming).
     pub runtime_time: Duration,
+    /// Of `runtime_time`: copying the logits to the host.
+    pub logits_time: Duration,
     pub sample_time: Duration,
     pub busy_time: Duration,
     pub blocks: BlockCounts,
@@ -512,6 +514,7 @@ impl<'m> Scheduler<'m> {
         };
         let after = self.rt.stats();
         self.stats.runtime_time += t1 - t0;
+        self.stats.logits_time += after.logits_time.saturating_sub(before.logits_time);
         self.stats.sample_time += t1.elapsed();
         self.stats.decode_steps += after.decode_steps - before.decode_steps;
         self.stats.replayed_steps += after.replayed - before.replayed;

@@ -101,6 +101,9 @@ pub struct StepStats {
     pub replayed: u64,
     pub prefill_tokens: u64,
     pub prefill_time: Duration,
+    /// Time copying logits to the host, after the device finished the step (part of the step
+    /// times above).
+    pub logits_time: Duration,
 }
 
 impl StepStats {
@@ -372,6 +375,15 @@ impl Runtime {
     /// rank's columns straight into their place (`Backend::read_rows`); then the final soft-cap.
     fn read_logits(&mut self, rows: usize) -> Result<()> {
         let vocab = self.cfg.vocab;
+        // Wait for the step first, so that the copy's own time is known (the read would wait
+        // for it anyway).
+        for (i, _) in &self.heads {
+            self.stages[*i]
+                .backend
+                .synchronize()
+                .map_err(|e| ModelError::backend("finishing a step", e))?;
+        }
+        let started = Instant::now();
         let out: &mut [u8] = bytemuck::cast_slice_mut(&mut self.host_logits[..rows * vocab]);
         for (i, cols) in &self.heads {
             let (p, b) = (&self.stages[*i].plan.logits, &self.stages[*i].backend);
@@ -386,6 +398,7 @@ impl Runtime {
             )
             .map_err(|e| ModelError::backend("reading logits", e))?;
         }
+        self.stats.logits_time += started.elapsed();
         if let Some(c) = self.cfg.final_softcap {
             let out = &mut self.host_logits[..rows * vocab];
             out.iter_mut().for_each(|x| *x = c * (*x / c).tanh());
