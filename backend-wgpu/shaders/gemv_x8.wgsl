@@ -8,8 +8,8 @@
 // rows. First the workgroup issues its first chunk's weight loads, then rounds the whole x to
 // int8 in workgroup memory (invocation i takes groups i, i + WGS, ... of 16 elements: 4 vec4
 // loads of x, one group each) and waits at one barrier. Then each team walks k in chunks of
-// 1024 elements exactly as gemv_v.wgsl does (same lane → weight vec4 mapping, next-chunk
-// weight prefetch, subgroupAdd or a workgroup tree per row), but each invocation reads its
+// 1024 elements as gemv_v.wgsl does (same lane → weight vec4 mapping, the weights of the next
+// DEPTH chunks loaded ahead, subgroupAdd or a workgroup tree per row), but each invocation reads its
 // x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a weight
 // vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed (Q4_K: 32
 // values, the nibbles are already bytes after a mask) instead of ~4 float ops per value.
@@ -30,6 +30,9 @@
 override RW: u32 = 4u;
 override NR: u32 = 2u;
 override WGS: u32 = 128u; // = 32·RW
+// Chunks of weight loads in flight ahead of the one being decoded: 1 (set n) or 2 (sets n and
+// m, the loop unrolled by two so no set is copied while its loads are pending).
+override DEPTH: u32 = 1u;
 
 struct Params {
     n_c: u32,    // weight rows in this chunk
@@ -202,6 +205,33 @@ var<private> n5: WL;
 var<private> n6: WL;
 var<private> n7: WL;
 
+// The second prefetch set (DEPTH = 2).
+var<private> m0: WL;
+var<private> m1: WL;
+var<private> m2: WL;
+var<private> m3: WL;
+var<private> m4: WL;
+var<private> m5: WL;
+var<private> m6: WL;
+var<private> m7: WL;
+
+fn ld_all_m(c: u32, l: u32, rows: array<u32, 8>) {
+    m0 = ld(rows[0], c, l);
+    if NR > 1u {
+        m1 = ld(rows[1], c, l);
+    }
+    if NR > 2u {
+        m2 = ld(rows[2], c, l);
+        m3 = ld(rows[3], c, l);
+    }
+    if NR > 4u {
+        m4 = ld(rows[4], c, l);
+        m5 = ld(rows[5], c, l);
+        m6 = ld(rows[6], c, l);
+        m7 = ld(rows[7], c, l);
+    }
+}
+
 fn ld_all(c: u32, l: u32, rows: array<u32, 8>) {
     n0 = ld(rows[0], c, l);
     if NR > 1u {
@@ -230,14 +260,11 @@ var<private> a7: f32;
 
 // Decode and accumulate the weights in n0..n7 (chunk c, x already in xa/xb).
 fn acc_all(c: u32, l: u32) {
-    let w0 = n0;
-    let w1 = n1;
-    let w2 = n2;
-    let w3 = n3;
-    let w4 = n4;
-    let w5 = n5;
-    let w6 = n6;
-    let w7 = n7;
+    acc8(n0, n1, n2, n3, n4, n5, n6, n7, c, l);
+}
+
+// Decode and accumulate one chunk's weights of the NR rows.
+fn acc8(w0: WL, w1: WL, w2: WL, w3: WL, w4: WL, w5: WL, w6: WL, w7: WL, c: u32, l: u32) {
     a0 += dp(w0, c, l);
     if NR > 1u {
         a1 += dp(w1, c, l);
@@ -305,9 +332,46 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if nfull > 0u {
         ld_all(0u, l, rows);
     }
+    if DEPTH > 1u && nfull > 1u {
+        ld_all_m(1u, l, rows);
+    }
     quant_x(li);
     workgroupBarrier();
-    for (var c = 0u; c < nfull; c++) {
+    if DEPTH > 1u {
+        // chunk c from set n, then chunk c + 1 from set m; each set is refilled with the
+        // chunk two ahead right after it is taken
+        for (var c = 0u; c < nfull; c += 2u) {
+            load_x(c, l, true);
+            let w0 = n0;
+            let w1 = n1;
+            let w2 = n2;
+            let w3 = n3;
+            let w4 = n4;
+            let w5 = n5;
+            let w6 = n6;
+            let w7 = n7;
+            if c + 2u < nfull {
+                ld_all(c + 2u, l, rows);
+            }
+            acc8(w0, w1, w2, w3, w4, w5, w6, w7, c, l);
+            if c + 1u < nfull {
+                load_x(c + 1u, l, true);
+                let u0 = m0;
+                let u1 = m1;
+                let u2 = m2;
+                let u3 = m3;
+                let u4 = m4;
+                let u5 = m5;
+                let u6 = m6;
+                let u7 = m7;
+                if c + 3u < nfull {
+                    ld_all_m(c + 3u, l, rows);
+                }
+                acc8(u0, u1, u2, u3, u4, u5, u6, u7, c + 1u, l);
+            }
+        }
+    }
+    for (var c = 0u; c < nfull && DEPTH == 1u; c++) {
         load_x(c, l, true);
         // the weights of chunk c move to w*, then chunk c + 1's loads are issued
         let w0 = n0;

@@ -42,6 +42,8 @@ pub(crate) struct TuneState {
     vgemv_no_prefetch: bool,
     /// Q8_0/Q4_K at m = 1 through the float-x gemv_v instead of the int8-x gemv_x8.
     vgemv_no_x8: bool,
+    /// gemv_x8's chunks of weight loads in flight (1 or 2), forced; None = built-in.
+    vgemv_depth: Option<u32>,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -77,6 +79,7 @@ impl TuneState {
             vgemv_override: None,
             vgemv_no_prefetch: false,
             vgemv_no_x8: false,
+            vgemv_depth: None,
             known,
             warned: HashSet::new(),
         }
@@ -170,6 +173,24 @@ impl WgpuBackend {
     pub fn set_vgemv_x8(&self, on: bool) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_no_x8 = !on;
+    }
+
+    /// Force gemv_x8's prefetch depth (chunks of weight loads in flight ahead of the one
+    /// being decoded: 1 or 2), or `None` for the built-in choice (benchmarks, tests).
+    pub fn set_vgemv_depth(&self, depth: Option<u32>) -> Result<()> {
+        if let Some(d) = depth
+            && !(1..=2).contains(&d)
+        {
+            return Err(Error::Invalid(format!("vgemv depth {d}: expected 1 or 2")));
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_depth = depth;
+        Ok(())
+    }
+
+    pub(crate) fn vgemv_depth(&self) -> Option<u32> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_depth
     }
 
     /// Whether the int8-x m = 1 kernel may run (switch, environment and language feature).

@@ -362,14 +362,17 @@ fn x8_gemv_all_shapes() {
             let ov = buf
                 .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
                 .unwrap();
-            let mut cfgs = vec![None];
+            let mut cfgs = vec![(None, None)];
             for t in [1, 2, 4, 8] {
                 for nr in [1, 2, 4, 8] {
-                    cfgs.push(Some((t, nr)));
+                    for depth in [1, 2] {
+                        cfgs.push((Some((t, nr)), Some(depth)));
+                    }
                 }
             }
-            for cfg in cfgs {
+            for (cfg, depth) in cfgs {
                 be.set_vgemv_config(cfg).unwrap();
+                be.set_vgemv_depth(depth).unwrap();
                 be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
                     .unwrap();
                 be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
@@ -378,7 +381,7 @@ fn x8_gemv_all_shapes() {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -387,12 +390,13 @@ fn x8_gemv_all_shapes() {
                 }
             }
             be.set_vgemv_config(None).unwrap();
+            be.set_vgemv_depth(None).unwrap();
         }
     }
 }
 
 /// A non-finite x makes the int8-x kernel's output NaN (its group's scale is NaN), not a
-/// silently finite number; the other groups' rows stay finite when that x is zeroed.
+/// silently finite number.
 #[test]
 fn x8_gemv_non_finite_x_shows() {
     let Some(be) = open() else { return };

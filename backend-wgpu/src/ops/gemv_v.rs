@@ -18,6 +18,9 @@ use crate::weight::WgpuWeight;
 const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
 const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 
+/// gemv_x8's default prefetch depth (chunks of weight loads in flight ahead).
+const X8_DEPTH: u32 = 2;
+
 /// Workgroup memory gemv_x8 needs besides its x: the 256-float reduction tree.
 const X8_FIXED_BYTES: u64 = 1024;
 
@@ -68,10 +71,15 @@ fn config(be: &WgpuBackend, d: DType, n_c: u32, x8: bool) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
-    let (rw, mut nr) = match (d, x8) {
-        (_, true) => (4, 2),
-        (DType::BF16, _) => (4, 2),
-        (DType::Q8_0, _) => (2, 2),
+    if x8 {
+        // gemv_x8: 8 teams of 2 rows at every n (best or within 4 % of the best shape for
+        // Q8_0 and Q4_K at every bench shape, BENCHMARKS.md "gemv_x8"); fewer rows per
+        // workgroup would round x once more per row.
+        return (8, 2);
+    }
+    let (rw, mut nr) = match d {
+        DType::BF16 => (4, 2),
+        DType::Q8_0 => (2, 2),
         _ => (2, 4),
     };
     while nr > 1 && n_c.div_ceil(rw * nr) < 512 {
@@ -98,7 +106,9 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
         let n_c = (c.r1 - c.r0) as u32;
         let (rw, nr) = config(be, ww.dtype, n_c, x8.is_some());
         let mut spec = match x8 {
-            Some(g) => ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8").sub("XG", g.to_string()),
+            Some(g) => ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8")
+                .sub("XG", g.to_string())
+                .over("DEPTH", f64::from(be.vgemv_depth().unwrap_or(X8_DEPTH))),
             None => ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
                 .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
         };
