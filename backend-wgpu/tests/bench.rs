@@ -197,6 +197,25 @@ fn bench_wgpu() {
     // BENCHMARKS.md) is printed beside.
     let copy_bw = shader_bw.max(api_bw).max(probe_bw);
     println!("BENCH ceiling: {copy_bw:.1} GB/s (best copy above)");
+    // The same probe moving as many bytes as the GEMV shapes read (a copy of half the weight
+    // bytes reads and writes them): the ceiling a kernel of that size reaches on this adapter
+    // with the same timing (launch, ramp-up and tail included).
+    for mb in [9.4f64, 17.8, 33.0, 62.4, 117.4] {
+        let bytes = ((mb * 1e6 / 2.0 * s) as usize / 16 * 16).min(n * 4);
+        if let Some(k) = kernel_stat(|_| be.copy_probe(&a, &b, bytes, 4).unwrap(), &be) {
+            let g = |t: f64| (2 * bytes) as f64 / t / 1e9;
+            println!(
+                "BENCH copy (vec4 shader, 4 per invocation) moving {:.1} MB: kernel median {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.1}, stream {:.1} (t={})",
+                (2 * bytes) as f64 / 1e6,
+                k.median * 1e6,
+                g(k.median),
+                100.0 * g(k.median) / copy_bw,
+                g(k.best),
+                g(k.stream),
+                k.t0
+            );
+        }
+    }
     drop((a, b));
     clock_ramp(&be, s);
     let k = 4096;
@@ -340,6 +359,16 @@ fn gemv_shape(
         be.matmul_with(xv, &ws[i % copies], ov, MatmulPath::Gemv)
             .unwrap()
     };
+    // The weights were prepared with the GPU idle (CPU work): after ~1-2 s idle the SM clock
+    // can fall to ~345-405 MHz and climb back in steps over ~1 s of load (nvidia-smi in the
+    // 2026-11-22 gemv_x8 entry, run 1), so keep the GPU busy 1.5 s before measuring.
+    let t = Instant::now();
+    while t.elapsed().as_secs_f64() < 1.5 {
+        for i in 0..64 {
+            call(i);
+        }
+        be.synchronize().unwrap();
+    }
     let line = |what: String| {
         let t = time(call, reps, be);
         let g = |t: f64| wbytes / t / 1e9;
@@ -376,26 +405,30 @@ fn gemv_shape(
         line("gemv_v float x (previous kernel, its default shape)".into());
         be.set_vgemv_x8(true);
     }
-    if matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
-        let cfgs: &[(u32, u32)] = if x8 {
-            &[
-                (2, 2),
-                (2, 4),
-                (4, 1),
-                (4, 2),
-                (4, 4),
-                (8, 1),
-                (8, 2),
-                (8, 4),
-            ]
-        } else {
-            &[(2, 4), (4, 2), (8, 1), (8, 2)]
-        };
-        let name = if x8 { "gemv_x8" } else { "gemv_v" };
-        for &c in cfgs {
-            be.set_vgemv_config(Some(c)).unwrap();
-            line(format!("{name} (teams, rows)={c:?}"));
+    if x8 {
+        // (teams, rows, prefetch depth)
+        for (t, r, dd) in [
+            (2, 4, 1),
+            (4, 2, 1),
+            (4, 4, 1),
+            (8, 1, 1),
+            (8, 2, 1),
+            (8, 4, 1),
+            (8, 1, 2),
+            (8, 2, 2),
+        ] {
+            be.set_vgemv_config(Some((t, r))).unwrap();
+            be.set_vgemv_depth(Some(dd)).unwrap();
+            line(format!("gemv_x8 (teams, rows)=({t}, {r}) depth {dd}"));
         }
+        be.set_vgemv_depth(None).unwrap();
+    } else if d == DType::BF16 {
+        for c in [(2, 4), (4, 2), (8, 1), (8, 2)] {
+            be.set_vgemv_config(Some(c)).unwrap();
+            line(format!("gemv_v (teams, rows)={c:?}"));
+        }
+    }
+    if matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
         be.set_vgemv_config(None).unwrap();
         line("dispatched (again)".into());
     }

@@ -24,7 +24,16 @@ fn fallback_paths_match() {
             .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
             .unwrap();
         let xb = upload(&be, &f32_bytes(&c.x));
-        for path in [MatmulPath::Gemv, MatmulPath::Gemm] {
+        // Gemv twice for Q8_0/Q4_K: gemv_v (exact x) and gemv_x8 (x rounded to int8, its
+        // workgroup-tree reduction here)
+        for (path, x8) in [
+            (MatmulPath::Gemv, false),
+            (MatmulPath::Gemv, true),
+            (MatmulPath::Gemm, true),
+        ] {
+            be.set_vgemv_x8(x8);
+            let int8 = x8 && path == MatmulPath::Gemv && matches!(d, DType::Q4_K | DType::Q8_0);
+            let (_, dq) = round_x8(&c.x);
             let o = poisoned(&be, 8);
             be.matmul_with(
                 xb.view(0, Shape::d2(1, 512), DType::F32).unwrap(),
@@ -35,11 +44,19 @@ fn fallback_paths_match() {
             .unwrap();
             let got = read_f32(&be, &o, 0, 8);
             for r in 0..8 {
-                let tol = 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
+                // int8 x: + Σ_t |w_t|·d_g(t)/2
+                let bound: f64 = if int8 {
+                    (0..512)
+                        .map(|t| f64::from(c.deq[r * 512 + t]).abs() * dq[t / 16] / 2.0)
+                        .sum()
+                } else {
+                    0.0
+                };
+                let tol = bound + 1e-4 * c.y[r].abs() as f64 + 1e-6 * c.row_abs_dot[r];
                 let err = (got[r] as f64 - c.y[r] as f64).abs();
                 assert!(
                     err <= tol,
-                    "{d} {path:?}: y[{r}] = {} want {}",
+                    "{d} {path:?} x8 {x8}: y[{r}] = {} want {}",
                     got[r],
                     c.y[r]
                 );

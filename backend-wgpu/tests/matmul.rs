@@ -122,24 +122,6 @@ fn gemv_matches_gguf_vectors() {
     }
 }
 
-/// x rounded to int8 per group of 16 as gemv_x8.wgsl does (CUDA's q8_group): d = max|x|/127
-/// rounded up to 22 significant bits, q = clamp(round(x/d), ±127). Returns (d·q per element,
-/// d per group).
-fn round_x8(x: &[f32]) -> (Vec<f32>, Vec<f64>) {
-    let mut xr = Vec::with_capacity(x.len());
-    let mut ds = Vec::new();
-    for g in x.chunks(16) {
-        let amax = g.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let d = f32::from_bits(((amax / 127.0).to_bits() + 3) & !3);
-        let id = if amax > 0.0 { 1.0 / d } else { 0.0 };
-        for v in g {
-            xr.push(d * (v * id).round_ties_even().clamp(-127.0, 127.0));
-        }
-        ds.push(f64::from(d));
-    }
-    (xr, ds)
-}
-
 /// CPU y = x·Wᵀ in f64 from the dequantized weights.
 fn cpu_mm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     let mut y = vec![0f32; m * n];

@@ -19,7 +19,7 @@ const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
 const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 
 /// gemv_x8's default prefetch depth (chunks of weight loads in flight ahead).
-const X8_DEPTH: u32 = 2;
+const X8_DEPTH: u32 = 1;
 
 /// Workgroup memory gemv_x8 needs besides its x: the 256-float reduction tree.
 const X8_FIXED_BYTES: u64 = 1024;
