@@ -40,12 +40,17 @@ pub struct TuneResult {
     pub m: Vec<usize>,
     pub fused_us: Vec<f64>,
     pub dense_us: Vec<f64>,
-    /// The mma path's median times (empty for float weights, which it does not take).
+    /// The mma path's median times (empty for float weights, which it does not take); for
+    /// Q4_K at m ≤ 64 the int8 kernel `mq4k`.
     pub mma_us: Vec<f64>,
+    /// Q4_K: the f16 kernel `mh4k` at the rungs m ≤ 64 (empty otherwise).
+    pub mh_us: Vec<f64>,
     /// The dispatch uses the fused kernel for m ≤ this.
     pub max_fused_rows: usize,
     /// ... and the mma kernel for max_fused_rows < m ≤ this (dense above).
     pub max_mma_rows: usize,
+    /// Q4_K: the mma path runs the f16 kernel for this ≤ m ≤ 64, the int8 one below.
+    pub min_mh_rows: usize,
 }
 
 /// The two crossovers of one (dtype, n, k).
@@ -55,6 +60,9 @@ pub struct Crossover {
     pub max_fused_rows: usize,
     /// mma kernel for max_fused_rows < m ≤ this; dense above.
     pub max_mma_rows: usize,
+    /// Q4_K: f16 kernel (`mh4k`) for this ≤ m ≤ 64 on the mma path, int8 (`mq4k`) below;
+    /// usize::MAX for the other types.
+    pub min_mh_rows: usize,
 }
 
 /// The crossovers of every device of one kind in this process (one table per device key), so
@@ -86,10 +94,17 @@ impl Crossovers {
             .entries()
             .iter()
             .filter_map(|(k, v)| {
-                // Both keys or nothing: an entry from before the mma path is re-tuned.
+                // Both keys or nothing: an entry from before the mma path is re-tuned (and a
+                // Q4_K entry from before its f16 kernel).
+                let min_mh_rows = match v.get("min_mh_rows") {
+                    Some(r) => r.as_u64()? as usize,
+                    None if k.starts_with("matmul/Q4_K/") => return None,
+                    None => usize::MAX,
+                };
                 let c = Crossover {
                     max_fused_rows: v.get("max_fused_rows")?.as_u64()? as usize,
                     max_mma_rows: v.get("max_mma_rows")?.as_u64()? as usize,
+                    min_mh_rows,
                 };
                 Some((k.clone(), c))
             })
@@ -146,12 +161,14 @@ impl CudaBackend {
             return Ok(Crossover {
                 max_fused_rows: usize::MAX,
                 max_mma_rows: usize::MAX,
+                min_mh_rows: usize::MAX,
             });
         }
         let r = self.tune_inner(cw, n, k)?;
         Ok(Crossover {
             max_fused_rows: r.max_fused_rows,
             max_mma_rows: r.max_mma_rows,
+            min_mh_rows: r.min_mh_rows,
         })
     }
 
@@ -189,6 +206,7 @@ impl CudaBackend {
             Crossover {
                 max_fused_rows: res.max_fused_rows,
                 max_mma_rows: res.max_mma_rows,
+                min_mh_rows: res.min_mh_rows,
             },
         );
         c.cache.insert(
@@ -196,9 +214,11 @@ impl CudaBackend {
             json!({
                 "max_fused_rows": res.max_fused_rows,
                 "max_mma_rows": res.max_mma_rows,
+                "min_mh_rows": res.min_mh_rows,
                 "m": res.m,
                 "fused_us": res.fused_us,
                 "mma_us": res.mma_us,
+                "mh_us": res.mh_us,
                 "dense_us": res.dense_us,
             }),
         )?;
@@ -225,8 +245,10 @@ impl CudaBackend {
             fused_us: Vec::new(),
             dense_us: Vec::new(),
             mma_us: Vec::new(),
+            mh_us: Vec::new(),
             max_fused_rows: 0,
             max_mma_rows: 0,
+            min_mh_rows: usize::MAX,
         };
         // Still in the prefix where fused (resp. fused or mma) wins at every rung.
         let (mut fused_prefix, mut quant_prefix) = (true, true);
@@ -234,10 +256,29 @@ impl CudaBackend {
         for &m in &LADDER {
             let f = self.time_path(&flush, || self.matmul_fused(x.ptr, w, out.ptr, m, n, k))?;
             let d = self.time_path(&flush, || self.matmul_dense(x.ptr, w, out.ptr, m, n, k))?;
+            use crate::ops::matmul_mma::Q4kKernel;
+            let q4k = mma_ok && w.dtype == DType::Q4_K && m <= 64;
+            let mma = |kernel| {
+                self.time_path(&flush, || {
+                    self.matmul_mma_with(x.ptr, w, out.ptr, [m, n, k], kernel)
+                })
+            };
             let q = if mma_ok {
-                let q = self.time_path(&flush, || self.matmul_mma(x.ptr, w, out.ptr, m, n, k))?;
+                let q = mma(q4k.then_some(Q4kKernel::Int8))?;
                 res.mma_us.push(q);
-                q
+                if q4k {
+                    // The f16 kernel from the first rung where it wins at every rung up to 64.
+                    let h = mma(Some(Q4kKernel::F16))?;
+                    res.mh_us.push(h);
+                    if h >= q {
+                        res.min_mh_rows = usize::MAX;
+                    } else if res.min_mh_rows == usize::MAX {
+                        res.min_mh_rows = m;
+                    }
+                    q.min(h)
+                } else {
+                    q
+                }
             } else {
                 f64::INFINITY
             };

@@ -170,17 +170,9 @@ fn matmul_all_types_both_paths_match_f64() {
                     .collect()
             };
             let want = oracle(&|i| x[i] as f64);
-            // The same product with x rounded as the int8 path rounds it (the mma path's group
-            // of elements per scale: 32 where the Q4_K few-row kernel runs).
+            // The same product with x rounded as the int8 path rounds it.
             let (xh, _) = q8_round(&x);
             let want_q8 = oracle(&|i| xh[i]);
-            let mma_group = be.mma_x_group(dt, m);
-            let want_q8_mma = if mma_group == 16 {
-                want_q8.clone()
-            } else {
-                let (xg, _) = q8_round_group(&x, mma_group);
-                oracle(&|i| xg[i])
-            };
             let xb = upload(&*be, &f32_bytes(&x));
             for path in [
                 MatmulPath::Fused,
@@ -188,6 +180,9 @@ fn matmul_all_types_both_paths_match_f64() {
                 MatmulPath::Dense,
                 MatmulPath::Auto,
             ] {
+                // The mma path's x rounding (int8 per 16; per 32 or f16 per 256 where a Q4_K
+                // kernel runs), asked right before the call (the Auto path may tune the shape).
+                let mma_x = be.mma_x_rounding(dt, n, k, m);
                 let yb = poisoned(&*be, m * n);
                 be.matmul_with(
                     view(&xb, &[m, k], DType::F32),
@@ -201,13 +196,13 @@ fn matmul_all_types_both_paths_match_f64() {
                 let q8 = dt.is_quantized();
                 let bound = match (path, dt) {
                     // The error bound grows with the group (q8_round's derivation, per group).
-                    (MatmulPath::Mma, _) if q8 => Q8_X_NMSE * (mma_group / 16) as f64,
+                    (MatmulPath::Mma, _) if q8 => mma_x_nmse(mma_x),
                     (MatmulPath::Fused, _) if q8 => Q8_X_NMSE,
                     // Mma on float weights runs the tuned dispatch.
                     (MatmulPath::Mma, DType::F16 | DType::BF16) => 1e-4,
                     (MatmulPath::Fused, _) | (_, DType::F32) => 1e-9,
                     (_, DType::F16) => 1e-5,
-                    (MatmulPath::Auto, _) if q8 => (Q8_X_NMSE * (mma_group / 16) as f64).max(1e-4),
+                    (MatmulPath::Auto, _) if q8 => mma_x_nmse(mma_x).max(Q8_X_NMSE).max(1e-4),
                     _ => 1e-4, // bf16 rounding of x (and of f16/quant weights)
                 };
                 if e.is_nan() || e > bound {
@@ -216,8 +211,11 @@ fn matmul_all_types_both_paths_match_f64() {
                 if matches!(path, MatmulPath::Fused | MatmulPath::Mma) && q8 {
                     // The integer path itself is exact up to f32 accumulation: against the
                     // oracle on the rounded x it must agree as the f32 kernels do.
+                    let want_mma;
                     let oracle_q8 = if path == MatmulPath::Mma {
-                        &want_q8_mma
+                        let xr = mma_round(&x, mma_x);
+                        want_mma = oracle(&|i| xr[i]);
+                        &want_mma
                     } else {
                         &want_q8
                     };
@@ -240,7 +238,8 @@ fn matmul_all_types_both_paths_match_f64() {
 /// the 32-element types, a partial last k stage (k = 4896 = 19.125 stages): exact integer
 /// products, so it must match the f64 product of the exact weights and the int8-rounded x as
 /// the f32 kernels do (nmse ≤ 1e-9), for all 12 block types. x is rounded per 16 elements,
-/// or per 32 where the built-in choice is the Q4_K few-row kernel (`mma_x_group`).
+/// or as the Q4_K kernel of the built-in choice rounds it (`mma_x_rounding`); for Q4_K at m ≤ 64
+/// both Q4_K kernels are also forced (int8 per 32, f16 per 256).
 #[test]
 fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
     let Some(be) = gpu() else { return };
@@ -258,10 +257,10 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
             .unwrap();
         for m in [8usize, 16, 24, 33, 64, 130, 260] {
             let x = Rng(11 + m as u64).vec(m * k);
-            // The built-in choice rounds x per mma_x_group; a forced configuration runs the
+            // The built-in choice rounds x per mma_x_rounding; a forced configuration runs the
             // generic kernel (groups of 16).
-            let oracle = |group: usize| -> Vec<f64> {
-                let (xh, _) = q8_round_group(&x, group);
+            let oracle = |r: kiln_cuda::MmaXRounding| -> Vec<f64> {
+                let xh = mma_round(&x, r);
                 (0..m * n)
                     .map(|i| {
                         let (r, c) = (i / n, i % n);
@@ -270,14 +269,42 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
                     })
                     .collect()
             };
-            let want16 = oracle(16);
-            let group = be.mma_x_group(dt, m);
-            let want_builtin = if group == 16 {
+            let int8_16 = kiln_cuda::MmaXRounding::Int8 { group: 16 };
+            let want16 = oracle(int8_16);
+            let builtin = be.mma_x_rounding(dt, n, k, m);
+            let want_builtin = if builtin == int8_16 {
                 want16.clone()
             } else {
-                oracle(group)
+                oracle(builtin)
             };
             let xb = upload(&*be, &f32_bytes(&x));
+            // Q4_K's two kernels forced (where m ≤ 64), with their own rounding of x.
+            if dt == DType::Q4_K && m <= 64 {
+                for (kern, r) in [
+                    (
+                        kiln_cuda::Q4kKernel::Int8,
+                        kiln_cuda::MmaXRounding::Int8 { group: 32 },
+                    ),
+                    (kiln_cuda::Q4kKernel::F16, kiln_cuda::MmaXRounding::F16Block),
+                ] {
+                    be.force_q4k_kernel(Some(kern));
+                    assert_eq!(be.mma_x_rounding(dt, n, k, m), r);
+                    let yb = poisoned(&*be, m * n);
+                    be.matmul_with(
+                        view(&xb, &[m, k], DType::F32),
+                        &w,
+                        yb.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                        MatmulPath::Mma,
+                    )
+                    .unwrap();
+                    be.force_q4k_kernel(None);
+                    let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
+                    let e = nmse(&y, &oracle(r));
+                    if e.is_nan() || e > 1e-9 {
+                        failures.push(format!("Q4_K m={m} {kern:?} vs its x oracle: nmse {e:e}"));
+                    }
+                }
+            }
             // The built-in choice, then every configuration forced.
             let cfgs = kiln_cuda::CudaBackend::mma_configs();
             for c in std::iter::once(None).chain((0..cfgs.len()).map(Some)) {

@@ -5,6 +5,10 @@
 //! `mma.sync` s8 tensor cores and applies the per-run scales in f32. Small grids split k
 //! (`gridDim.z`), writing partial sums that `mma_reduce` adds in a fixed order (deterministic).
 //!
+//! Q4_K at 1 ≤ m ≤ 64 has two kernels of its own: `mq4k` (int8, below) and `mh4k` (f16 weight
+//! operand sc·q, mh4k.rs); the tuner measures both per shape and dispatch takes the faster
+//! (`Crossover::min_mh_rows`).
+//!
 //! Test hook: env `KILN_MATMUL_PATH=fused|mma|dense` forces that path for every matmul of the
 //! `Auto` dispatch where the path applies (mma: block types only; the conformance suite runs
 //! with `mma` on the GPU machine so the new path sees every matmul case at every m).
@@ -23,6 +27,29 @@ use super::matmul_q::{MatmulPath, QUANT_X, block_index, x_units};
 use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
+
+mod mh4k;
+use mh4k::{mh_config, mh_plan};
+
+/// The two Q4_K kernels for 1 ≤ m ≤ 64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Q4kKernel {
+    /// `mq_quant_x` + `mq4k_*`: x int8 per 32, int8 tensor cores, f32 scales per sub-block.
+    Int8,
+    /// `mh_quant_x` + `mh4k_*`: x f16 with a power-of-two scale per (row, 256), f16 tensor
+    /// cores on the exact sc·q, d and dmin per 256.
+    F16,
+}
+
+/// How the mma path rounds x (tests build their oracle with it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmaXRounding {
+    /// int8 per `group` elements, d = max|x| / 127 kept to 22 significant bits.
+    Int8 { group: usize },
+    /// Per (row, 256 elements): s = 2^(e − 14), e = ⌊log2 max|x|⌋ (at least −112), x̂ =
+    /// s·f16_rn(x / s).
+    F16Block,
+}
 
 macro_rules! mma_names {
     ($($s:literal),*) => {
@@ -48,6 +75,9 @@ static FORCED_CONFIG: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// A k split forced for every mma matmul of this process (benches sweep it), or `usize::MAX`
 /// for the built-in rule.
 static FORCED_SPLITS: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The Q4_K kernel forced for every mma matmul of this process at 1 ≤ m ≤ 64: 0 the tuned
+/// choice, 1 Int8, 2 F16.
+static FORCED_Q4K: AtomicUsize = AtomicUsize::new(0);
 
 impl CudaBackend {
     /// Force configuration `c` (an index into `mma_configs()`) for every later mma matmul of
@@ -66,6 +96,17 @@ impl CudaBackend {
     /// The mma kernel configurations: (x rows, 16-row W tiles per warp) of a block.
     pub fn mma_configs() -> &'static [(usize, usize)] {
         &MMA_CONFIGS
+    }
+
+    /// Force kernel `k` for every later Q4_K mma matmul at 1 ≤ m ≤ 64 of this process (where
+    /// its tile fits the device), or restore the tuned choice with None. For tests and benches.
+    pub fn force_q4k_kernel(&self, k: Option<Q4kKernel>) {
+        let v = match k {
+            None => 0,
+            Some(Q4kKernel::Int8) => 1,
+            Some(Q4kKernel::F16) => 2,
+        };
+        FORCED_Q4K.store(v, Ordering::Relaxed);
     }
 }
 
@@ -212,8 +253,16 @@ fn mq_config(m: usize, smem_max: usize) -> Option<usize> {
         .or_else(|| MQ4K.iter().rposition(fits))
 }
 
-/// The most x rows the Q4_K kernel takes (its largest tile).
+/// The most x rows the Q4_K kernels take (their largest tile).
 const MQ_MAX_ROWS: usize = 64;
+
+/// Whether a Q4_K kernel may take a `dt` matmul at m rows: Q4_K, 1 ≤ m ≤ 64, no generic
+/// configuration forced (`force_mma_config`).
+fn q4k_rows(dt: DType, m: usize) -> bool {
+    dt == DType::Q4_K
+        && (1..=MQ_MAX_ROWS).contains(&m)
+        && FORCED_CONFIG.load(Ordering::Relaxed) >= MMA_CONFIGS.len()
+}
 
 /// Dynamic shared memory of a Q4_K configuration, as kernels/matmul_mma.cu `mq_smem_bytes`:
 /// per stage W [BN][160 B], Xq [BM][288 B], Xs [BM/2][144 B].
@@ -292,11 +341,21 @@ impl CudaBackend {
     }
 
     /// The scratch `matmul_mma` asks for at x `[m, k]` and a `dt` weight `[n, k]` (the same
-    /// plan as the launch).
+    /// plan as the launch; for Q4_K at 1 ≤ m ≤ 64 the larger of its two kernels', which the
+    /// tuner both runs).
     pub(crate) fn mma_scratch_bytes(&self, dt: DType, m: usize, n: usize, k: usize) -> usize {
         let sms = self.info.caps.compute_units.max(1) as usize;
+        let splits = FORCED_SPLITS.load(Ordering::Relaxed);
+        let mut q4k = 0;
         if let Some(cfg) = self.mq4k_config(dt, m) {
-            return mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg)).scratch;
+            q4k = mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg)).scratch;
+        }
+        if let Some(cfg) = self.mh4k_config(dt, m) {
+            let p = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), splits);
+            q4k = q4k.max(p.scratch);
+        }
+        if q4k > 0 {
+            return q4k;
         }
         mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch
     }
@@ -305,13 +364,31 @@ impl CudaBackend {
     /// weight at m rows, if any: Q4_K, 1 ≤ m ≤ 64, no generic configuration forced
     /// (`force_mma_config`), and a tile that fits the device's shared memory.
     fn mq4k_config(&self, dt: DType, m: usize) -> Option<usize> {
-        if dt != DType::Q4_K
-            || !(1..=MQ_MAX_ROWS).contains(&m)
-            || FORCED_CONFIG.load(Ordering::Relaxed) < MMA_CONFIGS.len()
-        {
-            return None;
+        q4k_rows(dt, m).then(|| mq_config(m, self.mma_smem_max()))?
+    }
+
+    /// The f16 Q4_K configuration (index into `MH4K`) for m rows, under the same conditions.
+    fn mh4k_config(&self, dt: DType, m: usize) -> Option<usize> {
+        q4k_rows(dt, m).then(|| mh_config(m, self.mma_smem_max()))?
+    }
+
+    /// The Q4_K kernel that runs an mma matmul of a `dt` weight `[n, k]` at m rows (None: the
+    /// generic kernel): the forced one (`force_q4k_kernel`) where it fits, else F16 from the
+    /// tuned `min_mh_rows` of (Q4_K, n, k) on, else Int8 (also while the shape is not tuned).
+    fn q4k_kernel(&self, dt: DType, m: usize, n: usize, k: usize) -> Option<Q4kKernel> {
+        let mq = self.mq4k_config(dt, m).is_some();
+        let mh = self.mh4k_config(dt, m).is_some();
+        let tuned = || {
+            self.crossovers_of(dt, n, k)
+                .is_some_and(|c| m >= c.min_mh_rows)
+        };
+        match FORCED_Q4K.load(Ordering::Relaxed) {
+            1 if mq => Some(Q4kKernel::Int8),
+            2 if mh => Some(Q4kKernel::F16),
+            _ if mh && (!mq || tuned()) => Some(Q4kKernel::F16),
+            _ if mq => Some(Q4kKernel::Int8),
+            _ => None,
         }
-        mq_config(m, self.mma_smem_max())
     }
 
     /// Resident blocks per SM of Q4_K configuration `cfg`: the occupancy the driver reports
@@ -336,15 +413,13 @@ impl CudaBackend {
         occ
     }
 
-    /// Elements per int8 rounding group of x on the mma path for a `dt` weight at m rows: 32
-    /// where the Q4_K few-row kernel runs (`mq_quant_x`: one scale per Q4_K sub-block), else 16
-    /// (`quant_x_<type>`). Both keep d to 22 significant bits. Tests build their rounded-x
-    /// oracle with it.
-    pub fn mma_x_group(&self, dt: DType, m: usize) -> usize {
-        if self.mq4k_config(dt, m).is_some() {
-            32
-        } else {
-            16
+    /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
+    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k` does, else int8 per 16 (`quant_x_<type>`).
+    pub fn mma_x_rounding(&self, dt: DType, n: usize, k: usize, m: usize) -> MmaXRounding {
+        match self.q4k_kernel(dt, m, n, k) {
+            Some(Q4kKernel::F16) => MmaXRounding::F16Block,
+            Some(Q4kKernel::Int8) => MmaXRounding::Int8 { group: 32 },
+            None => MmaXRounding::Int8 { group: 16 },
         }
     }
 
@@ -358,6 +433,19 @@ impl CudaBackend {
         n: usize,
         k: usize,
     ) -> Result<()> {
+        self.matmul_mma_with(xp, w, outp, [m, n, k], None)
+    }
+
+    /// The mma path with the Q4_K kernel given (the tuner times both); None, or a kernel whose
+    /// tile does not fit the device, runs the dispatch's choice.
+    pub(crate) fn matmul_mma_with(
+        &self,
+        xp: u64,
+        w: &CudaWeight,
+        outp: u64,
+        [m, n, k]: [usize; 3],
+        kernel: Option<Q4kKernel>,
+    ) -> Result<()> {
         let op = OpKind::Matmul;
         let Some(qi) = block_index(w.dtype) else {
             return Err(check::unsupported(op, w.dtype, &self.info));
@@ -368,8 +456,21 @@ impl CudaBackend {
                 format!("{} rows of {k} are not whole blocks", w.dtype),
             ));
         }
-        if let Some(cfg) = self.mq4k_config(w.dtype, m) {
-            return self.matmul_mq4k(xp, w, outp, m, n, k, cfg);
+        let (mh, mq) = (self.mh4k_config(w.dtype, m), self.mq4k_config(w.dtype, m));
+        let kernel = match kernel {
+            Some(Q4kKernel::F16) if mh.is_some() => kernel,
+            Some(Q4kKernel::Int8) if mq.is_some() => kernel,
+            _ => self.q4k_kernel(w.dtype, m, n, k),
+        };
+        match (kernel, mh, mq) {
+            (Some(Q4kKernel::F16), Some(cfg), _) => {
+                let splits = FORCED_SPLITS.load(Ordering::Relaxed);
+                return self.matmul_mh4k(xp, w, outp, [m, n, k], cfg, splits);
+            }
+            (Some(Q4kKernel::Int8), _, Some(cfg)) => {
+                return self.matmul_mq4k(xp, w, outp, m, n, k, cfg);
+            }
+            _ => {}
         }
         let (mi, ni, ki) = (
             arg_i32(op, "m", m)?,

@@ -175,7 +175,7 @@ pub fn q8_round(x: &[f32]) -> (Vec<f64>, Vec<f64>) {
 }
 
 /// `q8_round` with `group` elements per scale (32: the Q4_K few-row mma kernel's mq_quant_x,
-/// `CudaBackend::mma_x_group`).
+/// `CudaBackend::mma_x_rounding`).
 pub fn q8_round_group(x: &[f32], group: usize) -> (Vec<f64>, Vec<f64>) {
     let mut xh = Vec::with_capacity(x.len());
     let mut half = Vec::with_capacity(x.len());
@@ -191,6 +191,46 @@ pub fn q8_round_group(x: &[f32], group: usize) -> (Vec<f64>, Vec<f64>) {
         }
     }
     (xh, half)
+}
+
+/// x rounded as the Q4_K f16 mma kernel (`mh_quant_x`) rounds it: per aligned block of 256
+/// (rows are whole blocks), s = 2^(e − 14) with e = ⌊log2 max|x|⌋ (at least −112) and x̂ =
+/// s·f16_rn(x / s); finite x.
+pub fn f16_block_round(x: &[f32]) -> Vec<f64> {
+    let f16_rn = |v: f32| -> f32 {
+        if v.abs() < 6.103_515_6e-5 {
+            // The subnormal grid 2^-24.
+            return (v * 16_777_216.0).round_ties_even() / 16_777_216.0;
+        }
+        let u = v.to_bits();
+        f32::from_bits((u + 0xfff + ((u >> 13) & 1)) & !0x1fff)
+    };
+    let mut out = Vec::with_capacity(x.len());
+    for b in x.chunks(256) {
+        let amax = b.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let e = (((amax.to_bits() >> 23) & 255) as i32 - 127).max(-112);
+        let (s, inv) = (2f64.powi(e - 14), 2f32.powi(14 - e));
+        out.extend(b.iter().map(|v| s * f16_rn(v * inv) as f64));
+    }
+    out
+}
+
+/// x as the mma path rounds it (`CudaBackend::mma_x_rounding`).
+pub fn mma_round(x: &[f32], r: kiln_cuda::MmaXRounding) -> Vec<f64> {
+    match r {
+        kiln_cuda::MmaXRounding::Int8 { group } => q8_round_group(x, group).0,
+        kiln_cuda::MmaXRounding::F16Block => f16_block_round(x),
+    }
+}
+
+/// The nmse bound of the mma path's x rounding against exact x: int8 per `group` as
+/// `Q8_X_NMSE` per 16 (the bound grows with the group); f16 (11 significant bits: relative
+/// error ≤ 2^-11 per element) 1e-6.
+pub fn mma_x_nmse(r: kiln_cuda::MmaXRounding) -> f64 {
+    match r {
+        kiln_cuda::MmaXRounding::Int8 { group } => Q8_X_NMSE * (group / 16) as f64,
+        kiln_cuda::MmaXRounding::F16Block => 1e-6,
+    }
 }
 
 /// The int8-activation error bound of the fused kernel, relative (nmse): |x − x̂| ≤ d/2 =
