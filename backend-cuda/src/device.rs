@@ -558,6 +558,51 @@ impl Backend for CudaBackend {
             .map_err(self.drv("cuStreamSynchronize"))
     }
 
+    unsafe fn pin_host(&self, buf: &mut [u8]) -> Result<bool> {
+        use cudarc::driver::sys;
+        if buf.is_empty() {
+            return Ok(false);
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: `buf` is a live host allocation of buf.len() bytes; the caller keeps it at
+        // this address until unpin_host (trait contract). PORTABLE: pinned for every context,
+        // so the ranks of a group may all read into it.
+        let r = unsafe {
+            sys::cuMemHostRegister_v2(
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                sys::CU_MEMHOSTREGISTER_PORTABLE,
+            )
+        };
+        match r {
+            sys::CUresult::CUDA_SUCCESS => Ok(true),
+            sys::CUresult::CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED => Ok(false),
+            e => Err(CudaError::driver(
+                self.name(),
+                "cuMemHostRegister",
+                cudarc::driver::DriverError(e),
+            )
+            .into()),
+        }
+    }
+
+    unsafe fn unpin_host(&self, buf: &mut [u8]) -> Result<()> {
+        use cudarc::driver::sys;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        // SAFETY: `buf` is the range this backend registered (trait contract); no copy into it
+        // is in flight (reads synchronize before returning).
+        unsafe { sys::cuMemHostUnregister(buf.as_mut_ptr().cast()) }
+            .result()
+            .map_err(self.drv("cuMemHostUnregister"))
+    }
+
     fn prepare_weight(&self, w: &HostTensor<'_>) -> Result<Weight> {
         self.op_prepare_weight(w)
     }

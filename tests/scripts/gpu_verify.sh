@@ -5,7 +5,7 @@
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
-#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, planner_sizes and its unit tests) and the CUDA
+#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, host_pin, planner_sizes and its unit tests) and the CUDA
 #    attention and decode benches, strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
@@ -31,7 +31,7 @@ want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_log
         ("zoo_generate", "test"): "zoo_generate", ("zoo_graph", "test"): "zoo_graph",
         ("nccl", "test"): "nccl", ("nvrtc_compile", "test"): "nvrtc_compile",
         ("gpu_ops", "test"): "gpu_ops", ("planner_sizes", "test"): "planner_sizes",
-        ("gemv_group", "test"): "gemv_group",
+        ("gemv_group", "test"): "gemv_group", ("host_pin", "test"): "host_pin",
         ("kiln_cuda", "lib"): "kiln_cuda_unit"}
 found = {}
 for line in open(sys.argv[1]):
@@ -85,7 +85,7 @@ run() {
     tail -3 "$OUTD/conformance.log"
 
     echo "== kiln-cuda's own GPU tests (kernels vs oracles, planner sizes, unit tests)"
-    for t in gpu_ops gemv_group planner_sizes kiln_cuda_unit; do
+    for t in gpu_ops gemv_group host_pin planner_sizes kiln_cuda_unit; do
         KILN_REQUIRE=cuda KILN_QUANT_DATA="$PWD/core/tests/data/quant" timeout 600 "$B/$t" \
             --test-threads 1 >"$OUTD/$t.log" 2>&1
         echo "$t: $(grep 'test result' "$OUTD/$t.log")"
@@ -126,7 +126,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance gpu_ops gemv_group planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance gpu_ops gemv_group host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done
