@@ -42,7 +42,7 @@ struct Params {
     d_base: u32, // Q8_0: word index of the moved-out f16 d array in W
     x4: u32,     // vec4 offset of x
     o_off: u32,  // element offset of y
-    chunks: u32, // ceil(k / 1024)
+    chunks: u32, // ceil(k / CH)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -92,6 +92,11 @@ var<private> xa: vec4<u32>;
 var<private> xb: vec4<u32>;
 var<private> da: vec2<f32>;
 var<private> db: vec2<f32>;
+// Q4K_WIDE: the lane's third and fourth groups, and Σ-terms of its two sub-blocks.
+var<private> xc: vec4<u32>;
+var<private> xe: vec4<u32>;
+var<private> dc: vec2<f32>;
+var<private> de: vec2<f32>;
 // Which of the invocation's weight vec4s lie inside the row.
 var<private> v0: bool;
 var<private> v1: bool;
@@ -100,6 +105,7 @@ var<private> v1: bool;
 struct WL {
     a: vec4<u32>,
     b: vec4<u32>,
+    c: vec4<u32>,
     e: u32,
     f: u32,
 }
@@ -109,6 +115,7 @@ const MAGIC: u32 = 0x4b000000u; // 2^23 as f32 bits: OR a small integer into the
 //#if W_Q8_0
 // Block = 32 int8 (2 vec4) in W4, its f16 d in the d array. Lane l, chunk c: weight vec4s
 // j = 64c + 32t + l (t < 2), 16 int8 each = x group j, block j/2.
+const CH: u32 = 1024u; // elements per chunk
 fn load_x(c: u32, l: u32, full: bool) {
     let q = P.k / 16u;
     let j = c * 64u + l;
@@ -144,9 +151,69 @@ fn dp(w: WL, c: u32, l: u32) -> f32 {
 //#endif
 
 //#if W_Q4_K
+//#if Q4K_WIDE
+// Block (144 B = 9 vec4): vec4 0 = d|dmin, scales[0..12]; vec4 1 + q = qs[16q..16q+16].
+// Lane l, chunk c (2048 elements): block 8c + l/4, pair p = l%4 = elements 64p..64p+64 =
+// sub-blocks 2p (low nibbles of qs vec4s 2p, 2p+1: x groups 4p, 4p+1) and 2p+1 (their high
+// nibbles: groups 4p+2, 4p+3): one header decode per 64 weights.
+const CH: u32 = 2048u;
+fn load_x(c: u32, l: u32, full: bool) {
+    let blk = c * 8u + l / 4u;
+    let p = l % 4u;
+    v0 = full || blk < P.bpr;
+    if !full {
+        xa = vec4<u32>(0u); xb = xa; xc = xa; xe = xa;
+        da = vec2<f32>(0.0); db = da; dc = da; de = da;
+    }
+    if v0 {
+        let g = blk * 16u + p * 4u;
+        xa = xq[g]; da = xd[g];
+        xb = xq[g + 1u]; db = xd[g + 1u];
+        xc = xq[g + 2u]; dc = xd[g + 2u];
+        xe = xq[g + 3u]; de = xd[g + 3u];
+    }
+}
+fn ld(r: u32, c: u32, l: u32) -> WL {
+    let bw = (r * P.bpr + c * 8u + l / 4u) * 9u;
+    let p = l % 4u;
+    var w: WL;
+    if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + 2u * p]; w.c = W4[bw + 2u + 2u * p]; }
+    return w;
+}
+fn dp(wl: WL, c: u32, l: u32) -> f32 {
+    let p = l % 4u;
+    let h = wl.a;
+    // 6-bit (scale, min) of sub-blocks j = 2p and j + 1 (get_scale_min_k4)
+    let jj = (2u * p) % 4u;
+    let sh = vec2<u32>(8u * jj, 8u * jj + 8u);
+    let by = (vec2<u32>(h.y) >> sh) & vec2<u32>(255u);
+    let bz = (vec2<u32>(h.z) >> sh) & vec2<u32>(255u);
+    let bv = (vec2<u32>(h.w) >> sh) & vec2<u32>(255u);
+    let hi = p >= 2u;
+    let sc = select(by & vec2<u32>(63u), (bv & vec2<u32>(15u)) | ((by >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    let mn = select(bz & vec2<u32>(63u), (bv >> vec2<u32>(4u)) | ((bz >> vec2<u32>(6u)) << vec2<u32>(4u)), hi);
+    let scf = bitcast<vec2<f32>>(sc | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
+    let mnf = bitcast<vec2<f32>>(mn | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
+    let m4 = 0x0f0f0f0fu;
+    let u = wl.b;
+    let v = wl.c;
+    let l0 = dot4I8Packed(u.x & m4, xa.x) + dot4I8Packed(u.y & m4, xa.y)
+           + dot4I8Packed(u.z & m4, xa.z) + dot4I8Packed(u.w & m4, xa.w);
+    let l1 = dot4I8Packed(v.x & m4, xb.x) + dot4I8Packed(v.y & m4, xb.y)
+           + dot4I8Packed(v.z & m4, xb.z) + dot4I8Packed(v.w & m4, xb.w);
+    let h0 = dot4I8Packed((u.x >> 4u) & m4, xc.x) + dot4I8Packed((u.y >> 4u) & m4, xc.y)
+           + dot4I8Packed((u.z >> 4u) & m4, xc.z) + dot4I8Packed((u.w >> 4u) & m4, xc.w);
+    let h1 = dot4I8Packed((v.x >> 4u) & m4, xe.x) + dot4I8Packed((v.y >> 4u) & m4, xe.y)
+           + dot4I8Packed((v.z >> 4u) & m4, xe.z) + dot4I8Packed((v.w >> 4u) & m4, xe.w);
+    let dm = unpack2x16float(h.x);
+    return dm.x * (scf.x * (da.x * f32(l0) + db.x * f32(l1)) + scf.y * (dc.x * f32(h0) + de.x * f32(h1)))
+         - dm.y * (mnf.x * (da.y + db.y) + mnf.y * (dc.y + de.y));
+}
+//#else
 // Block (144 B = 9 vec4): vec4 0 = d|dmin, scales[0..12]; vec4 1 + q (q < 8) = qs[16q..16q+16]:
 // low nibbles = elements 64(q/2) + 16(q%2) + 0..16 (x group 16·blk + 4(q/2) + q%2), high
 // nibbles = the 16 elements 32 later (group + 2). Lane l, chunk c: block 4c + l/8, q = l%8.
+const CH: u32 = 1024u;
 fn load_x(c: u32, l: u32, full: bool) {
     let blk = c * 4u + l / 8u;
     let q = l % 8u;
@@ -193,6 +260,7 @@ fn dp(wl: WL, c: u32, l: u32) -> f32 {
     return dm.x * (scf.x * da.x * f32(il) + scf.y * db.x * f32(ih))
          - dm.y * (mnf.x * da.y + mnf.y * db.y);
 }
+//#endif
 //#endif
 
 // The prefetched weights of the next chunk, one set per row.
@@ -325,7 +393,7 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                              min(row0 + 3u, last), min(row0 + 4u, last), min(row0 + 5u, last),
                              min(row0 + 6u, last), min(row0 + 7u, last));
     a0 = 0.0; a1 = 0.0; a2 = 0.0; a3 = 0.0; a4 = 0.0; a5 = 0.0; a6 = 0.0; a7 = 0.0;
-    let nfull = P.k / 1024u;
+    let nfull = P.k / CH;
     // full chunks: no masks; the first chunk's weight loads go out before x is rounded
     v0 = true;
     v1 = true;

@@ -44,6 +44,9 @@ pub(crate) struct TuneState {
     vgemv_no_x8: bool,
     /// gemv_x8's chunks of weight loads in flight (1 or 2), forced; None = built-in.
     vgemv_depth: Option<u32>,
+    /// gemv_x8 Q4_K with 64 weights per lane and row per chunk (two qs vec4s, one header
+    /// decode) instead of 32.
+    vgemv_q4k_narrow: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -80,6 +83,7 @@ impl TuneState {
             vgemv_no_prefetch: false,
             vgemv_no_x8: false,
             vgemv_depth: None,
+            vgemv_q4k_narrow: false,
             known,
             warned: HashSet::new(),
         }
@@ -186,6 +190,19 @@ impl WgpuBackend {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_depth = depth;
         Ok(())
+    }
+
+    /// gemv_x8's Q4_K lane mapping: `true` (default) = each lane takes a pair of qs vec4s
+    /// (64 weights, one scale/min decode) per row and 2048-element chunk; `false` = one vec4
+    /// (32 weights) per 1024-element chunk (comparison in the benchmarks).
+    pub fn set_vgemv_q4k_wide(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_q4k_narrow = !on;
+    }
+
+    pub(crate) fn vgemv_q4k_wide(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        !t.vgemv_q4k_narrow
     }
 
     pub(crate) fn vgemv_depth(&self) -> Option<u32> {

@@ -352,7 +352,16 @@ fn x8_gemv_all_shapes() {
                     }
                 }
             }
-            for (cfg, depth) in cfgs {
+            // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk)
+            let wides: &[bool] = if d == DType::Q4_K {
+                &[true, false]
+            } else {
+                &[true]
+            };
+            for (&wide, (cfg, depth)) in
+                wides.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
+            {
+                be.set_vgemv_q4k_wide(wide);
                 be.set_vgemv_config(cfg).unwrap();
                 be.set_vgemv_depth(depth).unwrap();
                 be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
@@ -363,7 +372,7 @@ fn x8_gemv_all_shapes() {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} wide {wide}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -373,6 +382,7 @@ fn x8_gemv_all_shapes() {
             }
             be.set_vgemv_config(None).unwrap();
             be.set_vgemv_depth(None).unwrap();
+            be.set_vgemv_q4k_wide(true);
         }
     }
 }

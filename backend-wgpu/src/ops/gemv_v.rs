@@ -105,6 +105,8 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
         let (rw, nr) = config(be, ww.dtype, n_c, x8.is_some());
+        let wide = x8.is_some() && ww.dtype == DType::Q4_K && be.vgemv_q4k_wide();
+        let chunk = if wide { 2 * CHUNK } else { CHUNK };
         let mut spec = match x8 {
             Some(g) => ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8")
                 .sub("XG", g.to_string())
@@ -120,6 +122,9 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
         if sg32 {
             spec = spec.define("SG32");
         }
+        if wide {
+            spec = spec.define("Q4K_WIDE");
+        }
         let pipe = be.pipeline(spec)?;
         // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
         // Q8_0 also binds the whole buffer as words for its d array.
@@ -134,7 +139,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
             d_base: c.d_base,
             x4: x_off / 4,
             o_off: bo.elem_off(4),
-            chunks: ww.k.div_ceil(CHUNK) as u32,
+            chunks: ww.k.div_ceil(chunk) as u32,
         };
         let (gx, gy) = be.grid(n_c.div_ceil(rw * nr));
         if ww.dtype == DType::Q8_0 {
