@@ -46,7 +46,7 @@ pub(crate) struct TuneState {
     vgemv_depth: Option<u32>,
     /// gemv_x8 Q4_K with 64 weights per lane and row per chunk (two qs vec4s, one header
     /// decode) instead of 32.
-    vgemv_q4k_narrow: bool,
+    vgemv_q4k_wide: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -83,7 +83,7 @@ impl TuneState {
             vgemv_no_prefetch: false,
             vgemv_no_x8: false,
             vgemv_depth: None,
-            vgemv_q4k_narrow: false,
+            vgemv_q4k_wide: false,
             known,
             warned: HashSet::new(),
         }
@@ -192,17 +192,19 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// gemv_x8's Q4_K lane mapping: `true` (default) = each lane takes a pair of qs vec4s
-    /// (64 weights, one scale/min decode) per row and 2048-element chunk; `false` = one vec4
-    /// (32 weights) per 1024-element chunk (comparison in the benchmarks).
+    /// gemv_x8's Q4_K lane mapping: `false` (default) = one qs vec4 (32 weights) per lane,
+    /// row and 1024-element chunk; `true` = a pair of qs vec4s (64 weights, one scale/min
+    /// decode) per 2048-element chunk. On an H200 the pair mapping was 8 % faster at
+    /// 4096×14336 and 19-23 % slower at 14336×4096 and n = 127424 (BENCHMARKS.md, gemv_x8
+    /// entry), so it is kept only as an option.
     pub fn set_vgemv_q4k_wide(&self, on: bool) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        t.vgemv_q4k_narrow = !on;
+        t.vgemv_q4k_wide = on;
     }
 
     pub(crate) fn vgemv_q4k_wide(&self) -> bool {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        !t.vgemv_q4k_narrow
+        t.vgemv_q4k_wide
     }
 
     pub(crate) fn vgemv_depth(&self) -> Option<u32> {

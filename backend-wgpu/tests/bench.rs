@@ -423,13 +423,13 @@ fn gemv_shape(
         }
         be.set_vgemv_depth(None).unwrap();
         if d == DType::Q4_K {
-            // the previous lane mapping (32 weights per lane and row per chunk)
-            be.set_vgemv_q4k_wide(false);
+            // the pair mapping (64 weights per lane and row per 2048-element chunk)
+            be.set_vgemv_q4k_wide(true);
             for c in [(8, 1), (8, 2)] {
                 be.set_vgemv_config(Some(c)).unwrap();
-                line(format!("gemv_x8 narrow Q4_K (teams, rows)={c:?} depth 1"));
+                line(format!("gemv_x8 wide Q4_K (teams, rows)={c:?} depth 1"));
             }
-            be.set_vgemv_q4k_wide(true);
+            be.set_vgemv_q4k_wide(false);
         }
     } else if d == DType::BF16 {
         for c in [(2, 4), (4, 2), (8, 1), (8, 2)] {

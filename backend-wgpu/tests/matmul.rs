@@ -382,7 +382,7 @@ fn x8_gemv_all_shapes() {
             }
             be.set_vgemv_config(None).unwrap();
             be.set_vgemv_depth(None).unwrap();
-            be.set_vgemv_q4k_wide(true);
+            be.set_vgemv_q4k_wide(false);
         }
     }
 }

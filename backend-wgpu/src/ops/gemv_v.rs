@@ -72,9 +72,10 @@ fn config(be: &WgpuBackend, d: DType, n_c: u32, x8: bool) -> (u32, u32) {
         return c;
     }
     if x8 {
-        // gemv_x8: 8 teams of 2 rows at every n (best or within 4 % of the best shape for
-        // Q8_0 and Q4_K at every bench shape, BENCHMARKS.md "gemv_x8"); fewer rows per
-        // workgroup would round x once more per row.
+        // gemv_x8: 8 teams of 2 rows at every n: on an H200 the best or within 2 % of the
+        // best (teams, rows) for Q8_0 and Q4_K at n = 4096..127424, k = 4096 and 14336
+        // (BENCHMARKS.md, "kiln-wgpu gemv_x8", runs 1 and 3); smaller workgroups round x
+        // once per fewer rows.
         return (8, 2);
     }
     let (rw, mut nr) = match d {
