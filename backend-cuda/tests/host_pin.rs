@@ -18,15 +18,11 @@ fn reads_into_pinned_memory_match_pageable_ones() {
     let dev = upload(&*be, &f32_bytes(&src));
     let mut pinned = vec![0u8; rows * row * 4 + 64];
     // SAFETY: `pinned` stays alive and unmoved until unpin_host below.
-    assert!(
-        unsafe { be.pin_host(&mut pinned) }.unwrap(),
-        "first pin_host must pin"
-    );
+    let first = unsafe { be.pin_host(&mut pinned) }.unwrap();
+    assert!(first, "first pin_host must pin");
     // SAFETY: as above (already pinned: reported, not an error).
-    assert!(
-        !unsafe { be.pin_host(&mut pinned) }.unwrap(),
-        "second pin_host must say false"
-    );
+    let second = unsafe { be.pin_host(&mut pinned) }.unwrap();
+    assert!(!second, "second pin_host must say false");
     let mut pageable = vec![0u8; pinned.len()];
     for _ in 0..3 {
         be.read(&dev, 0, &mut pinned[..rows * row * 4]).unwrap();
@@ -51,7 +47,8 @@ fn reads_into_pinned_memory_match_pageable_ones() {
     unsafe { be.unpin_host(&mut pinned) }.unwrap();
     // Pageable again: pinning works once more.
     // SAFETY: as above.
-    assert!(unsafe { be.pin_host(&mut pinned) }.unwrap());
+    let again = unsafe { be.pin_host(&mut pinned) }.unwrap();
+    assert!(again);
     // SAFETY: as above.
     unsafe { be.unpin_host(&mut pinned) }.unwrap();
 }

@@ -265,12 +265,12 @@ impl Runtime {
         // logits took 2.5–2.9 ms on an H200 host). Best effort: reads work unpinned too.
         let mut pinned_by = None;
         for (i, _) in &heads {
+            let Some(st) = stages.get(*i) else { continue };
             let buf: &mut [u8] = bytemuck::cast_slice_mut(&mut host_logits[..]);
             // SAFETY: the Vec is stored in the Runtime, never resized, and unpinned by this
             // backend in Runtime's Drop before it is freed.
-            if let Some(st) = stages.get(*i)
-                && unsafe { st.backend.pin_host(buf) }.unwrap_or(false)
-            {
+            let pinned = unsafe { st.backend.pin_host(buf) };
+            if pinned.unwrap_or(false) {
                 pinned_by = Some(*i);
                 break;
             }
