@@ -195,7 +195,7 @@ impl WgpuBackend {
     /// gemv_x8's Q4_K lane mapping: `false` (default) = one qs vec4 (32 weights) per lane,
     /// row and 1024-element chunk; `true` = a pair of qs vec4s (64 weights, one scale/min
     /// decode) per 2048-element chunk. On an H200 the pair mapping was 8 % faster at
-    /// 4096×14336 and 19-23 % slower at 14336×4096 and n = 127424 (BENCHMARKS.md, gemv_x8
+    /// 4096×14336 and 16-19 % slower at 14336×4096 and n = 127424 (BENCHMARKS.md, gemv_x8
     /// entry), so it is kept only as an option.
     pub fn set_vgemv_q4k_wide(&self, on: bool) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
