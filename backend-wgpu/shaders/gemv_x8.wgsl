@@ -7,12 +7,14 @@
 // Thread mapping: a workgroup is RW teams of 32 invocations; team t owns NR consecutive weight
 // rows. First the workgroup issues its first chunk's weight loads, then rounds the whole x to
 // int8 in workgroup memory (invocation i takes groups i, i + WGS, ... of 16 elements: 4 vec4
-// loads of x, one group each) and waits at one barrier. Then each team walks k in chunks of
-// 1024 elements as gemv_v.wgsl does (same lane → weight vec4 mapping, the weights of the next
-// DEPTH chunks loaded ahead, subgroupAdd or a workgroup tree per row), but each invocation reads its
-// x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a weight
-// vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed (Q4_K: 32
-// values, the nibbles are already bytes after a mask) instead of ~4 float ops per value.
+// loads of x, one group each) and waits at one barrier. Then each team walks k in chunks of CH
+// = 1024 elements as gemv_v.wgsl does (same lane → weight vec4 mapping, the weights of the
+// next DEPTH chunks loaded ahead, subgroupAdd or a workgroup tree per row), but each invocation
+// reads its x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a
+// weight vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed
+// (Q4_K: 32 values, the nibbles are already bytes after a mask) instead of ~4 float ops per
+// value. Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
+// (64 values, 4 x groups, one scale/min decode) per row and CH = 2048-element chunk.
 //
 // Bytes moved: the weight once (n·k·bytes_per_weight); x once per workgroup from L2 (k·4 per
 // n/(RW·NR) workgroups) and 1.5 bytes per element per team from workgroup memory; y n·4.
