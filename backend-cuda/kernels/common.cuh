@@ -71,6 +71,14 @@ __device__ __forceinline__ void store_from_f32(void* p, i64 i, int dt, float v) 
     else ((u16*)p)[i] = f2bf(v);
 }
 
+// The GLU activations (core Activation): act 0 = silu x·sigmoid(x); act 1 = gelu-tanh
+// 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). Shared by glu_f32 and the GEMV's GLU epilogue.
+__device__ __forceinline__ float glu_act(float g, int act) {
+    if (act == 0) return g / (1.0f + expf(-g));
+    const float k = 0.7978845608028654f;  // sqrt(2/pi)
+    return 0.5f * g * (1.0f + tanhf(k * (g + 0.044715f * g * g * g)));
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -153,8 +153,72 @@ __device__ __forceinline__ GemvSeg gemv_seg(const GemvSegs& sg, int g) {
     return r;
 }
 
-template <class T, int M, int R, int NS>
-__device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __restrict__ x, int k, int m, int S) {
+// GLU mode (GLU = 1, the `*g_` kernels, M = 1): segment 0 is a gate weight, segment 1 the up
+// weight of the same shape; a group is R/2 rows of each (rows rr < R/2 of the group are gate
+// rows g·R/2 + rr, rows rr ≥ R/2 the same up rows) and stores act(gate)·up for its R/2 rows
+// into segment 0's y: y [1, n] = act(x·Gᵀ) ⊙ x·Uᵀ, the glu kernel folded into the GEMV.
+template <int NS, int R, int GLU>
+__device__ __forceinline__ int group_count(const GemvSegs& sg) {
+    if (GLU) return (sg.n[0] + R / 2 - 1) / (R / 2);
+    return gemv_ngroups<NS, R>(sg);
+}
+template <int NS, int R, int GLU>
+__device__ __forceinline__ GemvSeg group_seg(const GemvSegs& sg, int g) {
+    if (GLU) return GemvSeg{sg.body[0], sg.head[0], sg.y[0], sg.n[0], g};
+    return gemv_seg<NS, R>(sg, g);
+}
+// Row rr of group sq.g: its weight and row (clamped to a valid row: a tail group's extra rows
+// are read, their results unused).
+template <int R, int GLU>
+__device__ __forceinline__ void group_row(const GemvSegs& sg, const GemvSeg& sq, int rr, const u8*& b,
+                                          const u8*& h, int& row) {
+    if (GLU) {
+        const int up = rr >= R / 2 ? 1 : 0;
+        b = sg.body[up];
+        h = sg.head[up];
+        row = min(sq.g * (R / 2) + rr % (R / 2), sq.n - 1);
+    } else {
+        b = sq.body;
+        h = sq.head;
+        row = min(sq.g * R + rr, sq.n - 1);
+    }
+}
+
+// The end of a GLU group: the R sums as reduce_store forms them (shuffles, then the S warps in
+// order), then y[g·R/2 + j] = act(gate_j)·up_j by one lane.
+template <int R>
+__device__ __forceinline__ void reduce_store_glu(float (&acc)[R][1], float (*red)[R], float* __restrict__ y, int n,
+                                                 int g, int S, int warp, int slot, int sub, int lane, bool active,
+                                                 int act) {
+    float t[R];
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) t[rr] = warp_sum(acc[rr][0]);
+    if (S > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) red[warp][rr] = t[rr];
+        }
+        __syncthreads();
+        if (sub == 0 && lane == 0) {
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) {
+                float v = 0.0f;
+                for (int w = 0; w < S; w++) v += red[slot * S + w][rr];
+                t[rr] = v;
+            }
+        }
+        __syncthreads();
+    }
+    if (sub == 0 && lane == 0 && active) {
+#pragma unroll
+        for (int j = 0; j < R / 2; j++)
+            if (g * (R / 2) + j < n) y[g * (R / 2) + j] = glu_act(t[j], act) * t[j + R / 2];
+    }
+}
+
+template <class T, int M, int R, int NS, int GLU>
+__device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __restrict__ x, int k, int m, int S,
+                                          int act) {
     KILN_DECLARE_TABLE(T)
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
@@ -163,7 +227,7 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;  // row groups a block works on at once
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = gemv_ngroups<NS, R>(sg);
+    const int ngroups = group_count<NS, R, GLU>(sg);
     const int gstride = gridDim.x * slots;
     const int m0 = blockIdx.y * M;
     const int per_lane = (nchunks + KILN_WARP * S - 1) / (KILN_WARP * S);
@@ -175,9 +239,7 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
 
     for (int it = 0; it < rounds; it++) {
         const bool active = g0 + slot + it * gstride < ngroups;
-        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
-        const u8* __restrict__ body = sq.body;
-        const u8* __restrict__ head = sq.head;
+        const GemvSeg sq = group_seg<NS, R, GLU>(sg, g0 + slot + it * gstride);
         const int n = sq.n, g = sq.g;
         float acc[R][M];
 #pragma unroll
@@ -193,8 +255,11 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
             typename T::Chunk cur[R];
 #pragma unroll
             for (int rr = 0; rr < R; rr++) {
-                const int row = min(g * R + rr, n - 1);  // clamped: the tail group reads a valid row
-                T::load(body, head, (i64)row * nb + blk, c, cur[rr]);
+                const u8* b;
+                const u8* h;
+                int row;
+                group_row<R, GLU>(sg, sq, rr, b, h, row);
+                T::load(b, h, (i64)row * nb + blk, c, cur[rr]);
             }
             pdl_wait();  // x may be the previous kernel's output (PDL launch on sm_90)
 #pragma unroll
@@ -241,7 +306,10 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
             }
         }
         pdl_wait();  // every thread, before any y write (y may be read by the previous kernel)
-        reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
+        if constexpr (GLU != 0)
+            reduce_store_glu<R>(acc, red, sq.y, n, g, S, warp, slot, sub, lane, active, act);
+        else
+            reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -333,9 +401,9 @@ __device__ __forceinline__ int dot16(const u32 qw[4], const uint4& xv) {
 // run, each lane decodes the R rows' 16 integers once (run_qi: a few shifts and masks per 4
 // weights), then for each of the M x rows loads 16 + 8 bytes of x and does 4 dp4a + 2 FFMA per
 // W row. Bytes: W once per M-group (n·k·bpw), x m·k·1.5 (L1/L2), y m·n·4. FLOPs 2·m·n·k.
-template <class T, int M, int R, int U, int NS>
+template <class T, int M, int R, int U, int NS, int GLU>
 __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __restrict__ xq,
-                                           const float2* __restrict__ xs, int k, int m, int S) {
+                                           const float2* __restrict__ xs, int k, int m, int S, int act) {
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
     const int nc32 = (nchunks + KILN_WARP - 1) / KILN_WARP;
@@ -345,7 +413,7 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = gemv_ngroups<NS, R>(sg);
+    const int ngroups = group_count<NS, R, GLU>(sg);
     const int gstride = gridDim.x * slots;
     const int m0 = blockIdx.y * M;
     const int per_lane = (nc32 + S - 1) / S;
@@ -356,9 +424,7 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
 
     for (int it = 0; it < rounds; it++) {
         const bool active = g0 + slot + it * gstride < ngroups;
-        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
-        const u8* __restrict__ body = sq.body;
-        const u8* __restrict__ head = sq.head;
+        const GemvSeg sq = group_seg<NS, R, GLU>(sg, g0 + slot + it * gstride);
         const int n = sq.n, g = sq.g;
         float acc[R][M];
 #pragma unroll
@@ -375,8 +441,11 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
                 const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
 #pragma unroll
                 for (int rr = 0; rr < R; rr++) {
-                    const int row = min(g * R + rr, n - 1);  // clamped: the tail group reads a valid row
-                    T::load(body, head, (i64)row * nb + blk, c, cur[uu][rr]);
+                    const u8* b;
+                    const u8* h;
+                    int row;
+                    group_row<R, GLU>(sg, sq, rr, b, h, row);
+                    T::load(b, h, (i64)row * nb + blk, c, cur[uu][rr]);
                 }
             }
             pdl_wait();  // x is quant_x's output: read only after it completed
@@ -409,7 +478,10 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
                 }
             }
         }
-        reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
+        if constexpr (GLU != 0)
+            reduce_store_glu<R>(acc, red, sq.y, n, g, S, warp, slot, sub, lane, active, act);
+        else
+            reduce_store<R, M>(acc, red, sq.y, n, m, g, m0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -417,7 +489,7 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
-        gemv8_body<T, M, R, U, 1>(gemv_one_seg(body, head, y, n), xq, xs, k, m, S);                 \
+        gemv8_body<T, M, R, U, 1, 0>(gemv_one_seg(body, head, y, n), xq, xs, k, m, S, 0);           \
     }
 #define GEMV8_KERNEL(suffix, T, M, R, U) GEMV8_KERNEL_NAMED(gemv8_##suffix##_m##M, T, M, R, U)
 
@@ -436,9 +508,18 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
 #define GEMV8S_KERNEL(suffix, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8s_##suffix(                    \
         GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S) {   \
-        gemv8_body<T, 1, 4, 1, GEMV_NS>(sg, xq, xs, k, 1, S);                                     \
+        gemv8_body<T, 1, 4, 1, GEMV_NS, 0>(sg, xq, xs, k, 1, S, 0);                               \
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8S_KERNEL)
+
+// gemv8g_<type>: gemv8 at M = 1 in GLU mode (segment 0 gate, 1 up; y = act(gate)·up [1, n]).
+#define GEMV8G_KERNEL(suffix, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8g_##suffix(                    \
+        GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S,     \
+        int act) {                                                                                \
+        gemv8_body<T, 1, 4, 1, 2, 1>(sg, xq, xs, k, 1, S, act);                                   \
+    }
+KILN_FOR_EACH_BLOCK_TYPE(GEMV8G_KERNEL)
 
 // ---------------------------------------------------------------- m = 1: one kernel
 // gemv1_<type> (block types, m = 1, x 16-byte aligned, x_units·24 bytes of x fit in shared
@@ -517,18 +598,20 @@ __device__ __forceinline__ void quant_x_smem(const float* __restrict__ x, uint4*
 
 // The U steps × R rows of chunk loads of group g at step j (rows and chunks clamped: a valid
 // read, result unused).
-template <class T, int R, int U>
-__device__ __forceinline__ void gemv1_load(const u8* __restrict__ body, const u8* __restrict__ head,
-                                           typename T::Chunk (&cur)[U][R], int g, int j, int sub, int S,
-                                           int lane, int nb, int nchunks, int n) {
+template <class T, int R, int U, int GLU>
+__device__ __forceinline__ void gemv1_load(const GemvSegs& sg, const GemvSeg& sq, typename T::Chunk (&cur)[U][R],
+                                           int j, int sub, int S, int lane, int nb, int nchunks) {
 #pragma unroll
     for (int uu = 0; uu < U; uu++) {
         const int ci = min(KILN_WARP * (sub + S * (j + uu)) + lane, nchunks - 1);
         const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
 #pragma unroll
         for (int rr = 0; rr < R; rr++) {
-            const int row = min(g * R + rr, n - 1);
-            T::load(body, head, (i64)row * nb + blk, c, cur[uu][rr]);
+            const u8* b;
+            const u8* h;
+            int row;
+            group_row<R, GLU>(sg, sq, rr, b, h, row);
+            T::load(b, h, (i64)row * nb + blk, c, cur[uu][rr]);
         }
     }
 }
@@ -562,8 +645,8 @@ __device__ __forceinline__ void gemv1_prefetch(const u8* __restrict__ body, cons
     }
 }
 
-template <class T, int R, int U, int P, int NS>
-__device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __restrict__ x, int k, int S) {
+template <class T, int R, int U, int P, int NS, int GLU>
+__device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __restrict__ x, int k, int S, int act) {
     extern __shared__ uint4 gemv1_x[];  // xq uint4 [units], then xs float2 [units]
     const int nb = k / T::QK;
     const int nchunks = nb * T::CHUNKS;
@@ -576,7 +659,7 @@ __device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __re
     const int wpb = blockDim.x / KILN_WARP;
     const int slots = wpb / S;
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = gemv_ngroups<NS, R>(sg);
+    const int ngroups = group_count<NS, R, GLU>(sg);
     const int gstride = gridDim.x * slots;
     const int per_lane = (nc32 + S - 1) / S;
     const int g0 = blockIdx.x * slots;
@@ -589,8 +672,14 @@ __device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __re
         const int it = t / per_lane, j = t % per_lane;
         const int gg = g0 + slot + it * gstride;
         if (it < rounds && gg < ngroups) {
-            const GemvSeg sq = gemv_seg<NS, R>(sg, gg);
-            gemv1_prefetch<T, R>(sq.body, sq.head, sq.g, sub + S * j, lane, nb, nchunks, sq.n);
+            const GemvSeg sq = group_seg<NS, R, GLU>(sg, gg);
+            if constexpr (GLU != 0) {
+                // R/2 gate rows and the same R/2 up rows.
+                gemv1_prefetch<T, R / 2>(sg.body[0], sg.head[0], sq.g, sub + S * j, lane, nb, nchunks, sq.n);
+                gemv1_prefetch<T, R / 2>(sg.body[1], sg.head[1], sq.g, sub + S * j, lane, nb, nchunks, sq.n);
+            } else {
+                gemv1_prefetch<T, R>(sq.body, sq.head, sq.g, sub + S * j, lane, nb, nchunks, sq.n);
+            }
         }
     };
     if (P > 0)
@@ -600,16 +689,14 @@ __device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __re
 
     for (int it = 0; it < rounds; it++) {
         const bool active = g0 + slot + it * gstride < ngroups;
-        const GemvSeg sq = gemv_seg<NS, R>(sg, g0 + slot + it * gstride);
-        const u8* __restrict__ body = sq.body;
-        const u8* __restrict__ head = sq.head;
+        const GemvSeg sq = group_seg<NS, R, GLU>(sg, g0 + slot + it * gstride);
         const int n = sq.n, g = sq.g;
         float acc[R][1];
 #pragma unroll
         for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
         for (int j = 0; active && j < per_lane; j += U) {
             typename T::Chunk cur[U][R];
-            gemv1_load<T, R, U>(body, head, cur, g, j, sub, S, lane, nb, nchunks, n);
+            gemv1_load<T, R, U, GLU>(sg, sq, cur, j, sub, S, lane, nb, nchunks);
             if (P > 0)
 #pragma unroll
                 for (int uu = 0; uu < U; uu++) prefetch(it * per_lane + j + uu + P);
@@ -637,7 +724,10 @@ __device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __re
                 }
             }
         }
-        reduce_store<R, 1>(acc, red, sq.y, n, 1, g, 0, S, warp, slot, sub, lane, active);
+        if constexpr (GLU != 0)
+            reduce_store_glu<R>(acc, red, sq.y, n, g, S, warp, slot, sub, lane, active, act);
+        else
+            reduce_store<R, 1>(acc, red, sq.y, n, 1, g, 0, S, warp, slot, sub, lane, active);
     }
 }
 
@@ -645,7 +735,7 @@ __device__ __forceinline__ void gemv1_body(const GemvSegs& sg, const float* __re
     extern "C" __global__ void __launch_bounds__(NT) name(                                          \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int S) {                                             \
-        gemv1_body<T, R, U, P, 1>(gemv_one_seg(body, head, y, n), x, k, S);                       \
+        gemv1_body<T, R, U, P, 1, 0>(gemv_one_seg(body, head, y, n), x, k, S, 0);                 \
     }
 
 // Kiln's m = 1 kernels: (R, U, threads) measured in backend-cuda/labs/gemv (BENCHMARKS.md).
@@ -656,15 +746,23 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV1_KERNEL)
 #define GEMV1S_KERNEL(suffix, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(GEMV1_THREADS) gemv1s_##suffix(                   \
         GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
-        gemv1_body<T, GEMV1_R, GEMV1_U, GEMV1_P, GEMV_NS>(sg, x, k, S);                           \
+        gemv1_body<T, GEMV1_R, GEMV1_U, GEMV1_P, GEMV_NS, 0>(sg, x, k, S, 0);                     \
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV1S_KERNEL)
+
+// gemv1g_<type>: gemv1 in GLU mode (segment 0 gate, 1 up; y = act(gate)·up [1, n]).
+#define GEMV1G_KERNEL(suffix, T)                                                                  \
+    extern "C" __global__ void __launch_bounds__(GEMV1_THREADS) gemv1g_##suffix(                   \
+        GemvSegs sg, const float* __restrict__ x, int k, int S, int act) {                        \
+        gemv1_body<T, GEMV1_R, GEMV1_U, GEMV1_P, 2, 1>(sg, x, k, S, act);                         \
+    }
+KILN_FOR_EACH_BLOCK_TYPE(GEMV1G_KERNEL)
 
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int m, int S) {                                      \
-        gemv_body<T, M, R, 1>(gemv_one_seg(body, head, y, n), x, k, m, S);                        \
+        gemv_body<T, M, R, 1, 0>(gemv_one_seg(body, head, y, n), x, k, m, S, 0);                  \
     }
 
 #define GEMV_ALL_M(suffix, T) \
@@ -676,9 +774,17 @@ KILN_FOR_EACH_FLOAT_TYPE(GEMV_ALL_M)
 #define GEMVS_KERNEL(suffix, T)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvs_##suffix(                     \
         GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
-        gemv_body<T, 1, 4, GEMV_NS>(sg, x, k, 1, S);                                              \
+        gemv_body<T, 1, 4, GEMV_NS, 0>(sg, x, k, 1, S, 0);                                        \
     }
 KILN_FOR_EACH_FLOAT_TYPE(GEMVS_KERNEL)
+
+// gemvg_<type>: the float kernel at M = 1 in GLU mode (segment 0 gate, 1 up).
+#define GEMVG_KERNEL(suffix, T)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvg_##suffix(                     \
+        GemvSegs sg, const float* __restrict__ x, int k, int S, int act) {                        \
+        gemv_body<T, 1, 4, 2, 1>(sg, x, k, 1, S, act);                                            \
+    }
+KILN_FOR_EACH_FLOAT_TYPE(GEMVG_KERNEL)
 
 // Dequantize `rows` rows starting at row `row0` into out bf16 [rows, k]; one thread per chunk.
 template <class T>

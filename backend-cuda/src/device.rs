@@ -639,6 +639,19 @@ impl Backend for CudaBackend {
         self.op_matmul_many(x, parts)
     }
 
+    fn matmul_glu(
+        &self,
+        x: View<'_>,
+        gate: &Weight,
+        up: &Weight,
+        act: Activation,
+        g_out: ViewMut<'_>,
+        u_out: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        self.op_matmul_glu(x, gate, up, act, g_out, u_out, out)
+    }
+
     fn attention_scratch_bytes(&self, p: &AttnParams, _n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         self.op_attention_scratch_bytes(p, b)
     }

@@ -3,15 +3,16 @@
 //! (tuner bypassed) and checked against the f64 product of the exact weights with the x the
 //! kernel rounds (int8 per 16 for the block types, f32 for the float types), with poisoned
 //! outputs so an unwritten row fails; segment sizes that are not multiples of the 4-row group
-//! test the tails; then the tuned `Backend::matmul_many` is checked the same way. Prints
-//! "skipped" without a GPU.
+//! test the tails; then the tuned `Backend::matmul_many` is checked the same way; then the
+//! GLU-mode kernels of `matmul_glu` (act(x·Gᵀ) ⊙ x·Uᵀ in one launch). Prints "skipped" without a
+//! GPU.
 
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 mod common;
 
 use common::*;
-use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
+use kiln_core::{Activation, Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
 use kiln_cuda::GroupKernel;
 
 /// One segment's weight, its dequantized values and its poisoned output.
@@ -172,6 +173,72 @@ fn matmul_many_matches_separate_products() {
                         failures.push(format!("{dt} m={m} row {r} n={}: nmse {e:e}", g.n));
                     }
                 }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn act_f64(g: f64, act: Activation) -> f64 {
+    match act {
+        Activation::Silu => g / (1.0 + (-g).exp()),
+        Activation::GeluTanh => {
+            0.5 * g
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+        }
+    }
+}
+
+/// The GLU-mode kernels (`gemv1g_`, `quant_x` + `gemv8g_`, `gemvg_`; forced): out = act(x·Gᵀ) ⊙
+/// x·Uᵀ against the f64 oracle with the kernel's x rounding, both activations, n odd (a tail
+/// group of one gate/up row pair), the scratch outputs left alone and the out poisoned.
+#[test]
+fn glu_mode_kernels_match_the_oracle() {
+    let Some(be) = gpu() else { return };
+    let k = 4096;
+    let x = Rng(17).vec(k);
+    let xb = upload(&*be, &f32_bytes(&x));
+    let mut failures = Vec::new();
+    let cases: [(DType, usize, GroupKernel); 5] = [
+        (DType::Q4_K, 259, GroupKernel::OneKernel),
+        // 2 × 10.5 MB > 16 MiB: quant_x + gemv8g.
+        (DType::Q4_K, 4607, GroupKernel::TwoKernels),
+        (DType::Q8_0, 259, GroupKernel::TwoKernels),
+        (DType::BF16, 259, GroupKernel::Float),
+        (DType::F32, 131, GroupKernel::Float),
+    ];
+    for (ci, (dt, n, want_kernel)) in cases.into_iter().enumerate() {
+        for act in [Activation::Silu, Activation::GeluTanh] {
+            let s = segs(&*be, dt, &[n, n], k, 900 + 10 * ci as u64);
+            let out = poisoned(&*be, n);
+            let xv = xb.view(0, Shape::d2(1, k), DType::F32).unwrap();
+            let views = [
+                s[0].y.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+                s[1].y.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+                out.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
+            ];
+            let ran = be
+                .matmul_glu_group(xv, &s[0].w, &s[1].w, act, views, false)
+                .unwrap();
+            let what = format!("{dt} n={n} {act:?}");
+            if ran != Some(want_kernel) {
+                failures.push(format!("{what}: ran {ran:?}, expected {want_kernel:?}"));
+                continue;
+            }
+            let xe: Vec<f64> = if dt.is_quantized() {
+                q8_round(&x).0
+            } else {
+                x.iter().map(|&v| v as f64).collect()
+            };
+            let dot =
+                |w: &[f32], c: usize| (0..k).map(|j| xe[j] * w[c * k + j] as f64).sum::<f64>();
+            let want: Vec<f64> = (0..n)
+                .map(|c| act_f64(dot(&s[0].wd, c), act) * dot(&s[1].wd, c))
+                .collect();
+            let got = read_f32(&*be, view(&out, &[n], DType::F32));
+            let e = nmse(&got, &want);
+            if e.is_nan() || e > 1e-9 {
+                failures.push(format!("{what}: nmse {e:e}"));
             }
         }
     }

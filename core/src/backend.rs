@@ -373,6 +373,25 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// out = act(x·Gᵀ) ⊙ (x·Uᵀ): a dense FFN's gate and up projections and its GLU. x `[m, k]`,
+    /// G and U `[n, k]`, out `[m, n]`; `g_out` and `u_out` `[m, n]` are scratch for the default
+    /// (`matmul_many`, then `glu`); a fused version (CUDA at one row: the GLU in the GEMV's
+    /// epilogue) may leave them unwritten. Tolerance: that of `glu` over `matmul`'s outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_glu(
+        &self,
+        x: View<'_>,
+        gate: &Weight,
+        up: &Weight,
+        act: Activation,
+        g_out: ViewMut<'_>,
+        u_out: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        self.matmul_many(x, &[(gate, g_out), (up, u_out)])?;
+        self.glu(g_out.as_view(), u_out.as_view(), act, out)
+    }
+
     /// Bytes of scratch `attention` needs for this batch shape (0 if none).
     fn attention_scratch_bytes(
         &self,

@@ -350,12 +350,10 @@ impl<'a> Fwd<'a> {
                         "dense FFN without planned buffers".into(),
                     ));
                 };
+                let (g, u) = (self.out(g)?, self.out(u)?);
                 self.b
-                    .matmul_many(self.x(&p.h)?, &[(gate, self.out(g)?), (up, self.out(u)?)])
-                    .map_err(op("ffn gate/up"))?;
-                self.b
-                    .glu(self.x(g)?, self.x(u)?, self.cfg.act, self.out(a)?)
-                    .map_err(op("glu"))?;
+                    .matmul_glu(self.x(&p.h)?, gate, up, self.cfg.act, g, u, self.out(a)?)
+                    .map_err(op("ffn gate/up + glu"))?;
                 self.b
                     .matmul(self.x(a)?, down, self.out(out)?)
                     .map_err(op("ffn down"))?;

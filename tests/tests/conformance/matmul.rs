@@ -1,7 +1,7 @@
 //! matmul: y = x·Wᵀ for all 15 weight dtypes, GEMV (m = 1, 2) and GEMM (m = 7, 33, 130) rows,
 //! k = 4096 and k = 4096 + 3·256, odd n (4099, 259, 67); `matmul_many` (weights sharing x).
 
-use kiln_core::{Backend, DType, OpKind};
+use kiln_core::{Activation, Backend, DType, OpKind};
 use kiln_tests::data::{self, HostWeight, WeightSource};
 use kiln_tests::{conformance, dev, harness, oracle, require_op, tolerance};
 
@@ -136,6 +136,54 @@ fn matmul_many_case(b: &dyn Backend, dt: DType) {
     });
 }
 
+/// `matmul_glu`: act(x·Gᵀ) ⊙ x·Uᵀ for SiLU and GELU-tanh, n = 259 (odd), m = 1 (where a
+/// backend may fuse the GLU into the GEMV) and m = 2, against glu of the oracle's products.
+fn matmul_glu_case(b: &dyn Backend, dt: DType) {
+    if !require_op(b, OpKind::Matmul, dt) {
+        return;
+    }
+    let (n, k) = (259, 4864);
+    let mut rng = harness::rng();
+    let ws: Vec<HostWeight> = (0..2)
+        .map(|_| data::random_weight(&mut rng, dt, &[n, k], 0.02, WeightSource::RandomBlocks))
+        .collect();
+    let wd: Vec<Vec<f32>> = ws.iter().map(data::dequantize).collect();
+    let (g, u) = (dev::prepare(b, &ws[0]), dev::prepare(b, &ws[1]));
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        for m in [1usize, 2] {
+            let x = rng.activations(m * k, 1.0);
+            let xt = dev::upload_f32(b, &[m, k], &x);
+            let (gs, us) = (
+                dev::output(b, DType::F32, &[m, n]),
+                dev::output(b, DType::F32, &[m, n]),
+            );
+            let out = dev::output(b, DType::F32, &[m, n]);
+            dev::ok(
+                "matmul_glu",
+                b.matmul_glu(
+                    xt.view(),
+                    &g,
+                    &u,
+                    act,
+                    gs.view_mut(),
+                    us.view_mut(),
+                    out.view_mut(),
+                ),
+            );
+            let got = dev::read_out(b, &out, "matmul_glu out");
+            let eg = oracle::matmul::matmul(&x, &wd[0], m, n, k);
+            let eu = oracle::matmul::matmul(&x, &wd[1], m, n, k);
+            let exp: Vec<f64> = eg
+                .iter()
+                .zip(&eu)
+                .map(|(&a, &b)| oracle::glu::act(act, a) * b)
+                .collect();
+            let what = format!("matmul_glu {dt} {act:?} m={m} n={n} k={k}");
+            tolerance::check(b, OpKind::Matmul, dt, &what, &[m, n], &got, &exp);
+        }
+    }
+}
+
 /// Bad arguments return Err, never panic; views of another device give WrongDevice.
 fn matmul_errors_case(b: &dyn Backend) {
     let op = OpKind::Matmul;
@@ -239,6 +287,10 @@ conformance! {
     matmul_q6_k_many => matmul_many_case(DType::Q6_K);
     matmul_bf16_many => matmul_many_case(DType::BF16);
     matmul_f32_many => matmul_many_case(DType::F32);
+
+    matmul_q4_k_glu => matmul_glu_case(DType::Q4_K);
+    matmul_q8_0_glu => matmul_glu_case(DType::Q8_0);
+    matmul_bf16_glu => matmul_glu_case(DType::BF16);
 
     matmul_errors => matmul_errors_case();
 }

@@ -20,7 +20,7 @@
 use std::sync::OnceLock;
 
 use cudarc::driver::LaunchConfig;
-use kiln_core::{DType, OpKind, Result, View, ViewMut, Weight};
+use kiln_core::{Activation, DType, OpKind, Result, View, ViewMut, Weight};
 
 use super::gemv1::{GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_grid};
 use super::{FLOAT_TYPES, QUANT_X, arg_i32, fused_grid, fused_scratch_bytes, type_index, x_units};
@@ -57,11 +57,26 @@ const GEMV8S: [&str; 12] = names!(
     "iq4_nl", "iq4_xs"
 );
 const GEMVS_F: [&str; 3] = names!("gemvs_", "f32", "f16", "bf16");
+const GEMV1G: [&str; 12] = names!(
+    "gemv1g_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_nl", "iq4_xs"
+);
+const GEMV8G: [&str; 12] = names!(
+    "gemv8g_", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k",
+    "iq4_nl", "iq4_xs"
+);
+const GEMVG_F: [&str; 3] = names!("gemvg_", "f32", "f16", "bf16");
 
 /// Grouping on unless `KILN_GEMV_GROUP=0`.
 fn group_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
+}
+
+/// GLU-mode launches on unless `KILN_GEMV_GLU=0` (then matmul_many + glu).
+fn glu_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_GLU").map_or(true, |v| v != "0"))
 }
 
 /// Which segmented kernel a group runs.
@@ -99,6 +114,71 @@ impl CudaBackend {
         x: View<'_>,
         parts: &[(&Weight, ViewMut<'_>)],
         tuned: bool,
+    ) -> Result<Option<GroupKernel>> {
+        self.group_launch(x, parts, tuned, None)
+    }
+
+    /// `Backend::matmul_glu`: out = act(x·Gᵀ) ⊙ x·Uᵀ as one GLU-mode launch where it applies
+    /// (as [`Self::matmul_group`], with G and U of one shape), else matmul_many then glu.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn op_matmul_glu(
+        &self,
+        x: View<'_>,
+        gate: &Weight,
+        up: &Weight,
+        act: Activation,
+        g_out: ViewMut<'_>,
+        u_out: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        if self
+            .matmul_glu_group(x, gate, up, act, [g_out, u_out, out], true)?
+            .is_none()
+        {
+            self.op_matmul_many(x, &[(gate, g_out), (up, u_out)])?;
+            self.op_glu(g_out.as_view(), u_out.as_view(), act, out)?;
+        }
+        Ok(())
+    }
+
+    /// The GLU-mode launch (`gemv1g_`, `quant_x` + `gemv8g_`, `gemvg_`) if it applies: `outs`
+    /// = [g_out, u_out, out] (the first two only qualify the call; the kernel writes `out`
+    /// `[1, n]` alone). `tuned` as in [`Self::matmul_group`].
+    pub fn matmul_glu_group(
+        &self,
+        x: View<'_>,
+        gate: &Weight,
+        up: &Weight,
+        act: Activation,
+        [g_out, u_out, out]: [ViewMut<'_>; 3],
+        tuned: bool,
+    ) -> Result<Option<GroupKernel>> {
+        let n = gate.shape().dim(0);
+        if !glu_enabled()
+            || up.shape() != gate.shape()
+            || out.dtype() != DType::F32
+            || out.numel() != n
+            || out.shape().last() != n
+            || out.device() != self.info.id
+            || out.check_disjoint(&x).is_err()
+        {
+            return Ok(None);
+        }
+        let code = match act {
+            Activation::Silu => 0,
+            Activation::GeluTanh => 1,
+        };
+        let outp = self.ptr_mut(OpKind::Matmul, &out)?;
+        self.group_launch(x, &[(gate, g_out), (up, u_out)], tuned, Some((code, outp)))
+    }
+
+    /// The segmented launch of `parts` (`glu`: GLU mode with (act code, out pointer)).
+    fn group_launch(
+        &self,
+        x: View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+        tuned: bool,
+        glu: Option<(i32, u64)>,
     ) -> Result<Option<GroupKernel>> {
         let op = OpKind::Matmul;
         let k = x.shape().last();
@@ -146,6 +226,11 @@ impl CudaBackend {
             groups += n.div_ceil(R);
             bytes += cw.mem.slice.len();
         }
+        if let Some((_, outp)) = glu {
+            // GLU mode: the kernel writes act(gate)·up into `out` only.
+            segs.y = [outp, 0, 0];
+        }
+        let act = glu.map(|g| g.0);
         let xp = self.ptr(op, &x)?;
         let ki = arg_i32(op, "k", k)?;
         let Some(ti) = type_index(dt) else {
@@ -162,7 +247,12 @@ impl CudaBackend {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            self.launch_segs(GEMVS_F[ti], cfg, &segs, [xp, 0], ki, s as i32)?;
+            let name = if glu.is_some() {
+                GEMVG_F[ti]
+            } else {
+                GEMVS_F[ti]
+            };
+            self.launch_segs(name, cfg, &segs, [xp, 0], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
         }
         let qi = ti - FLOAT_TYPES;
@@ -172,7 +262,12 @@ impl CudaBackend {
             && xp.is_multiple_of(16)
             && smem <= GEMV1_MAX_SMEM
         {
-            let f = self.function(&MATMUL_Q, GEMV1S[qi])?;
+            let name = if glu.is_some() {
+                GEMV1G[qi]
+            } else {
+                GEMV1S[qi]
+            };
+            let f = self.function(&MATMUL_Q, name)?;
             let occ = f
                 .occupancy_max_active_blocks_per_multiprocessor(GEMV1_THREADS, smem, None)
                 .map_err(self.drv("gemv1s occupancy"))?
@@ -183,7 +278,7 @@ impl CudaBackend {
                 block_dim: (GEMV1_THREADS, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
-            self.launch_segs(GEMV1S[qi], cfg, &segs, [xp, 0], ki, s as i32)?;
+            self.launch_segs(name, cfg, &segs, [xp, 0], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::OneKernel));
         }
         let units = x_units(dt, k);
@@ -197,12 +292,19 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch_segs(GEMV8S[qi], cfg, &segs, [xq, xs], ki, s as i32)?;
+        let name = if glu.is_some() {
+            GEMV8G[qi]
+        } else {
+            GEMV8S[qi]
+        };
+        self.launch_segs(name, cfg, &segs, [xq, xs], ki, s as i32, act)?;
         Ok(Some(GroupKernel::TwoKernels))
     }
 
-    /// A segmented kernel: (segs, x pointers, k, S); `x` = [x, 0] (`gemv1s_`, `gemvs_`: one
-    /// pointer) or [xq, xs] (`gemv8s_`).
+    /// A segmented kernel: (segs, x pointers, k, S[, act]); `x` = [x, 0] (`gemv1s_`/`gemvs_`
+    /// and their GLU forms: one pointer) or [xq, xs] (`gemv8s_`, `gemv8g_`); `act` for the GLU
+    /// kernels.
+    #[allow(clippy::too_many_arguments)]
     fn launch_segs(
         &self,
         name: &'static str,
@@ -211,25 +313,39 @@ impl CudaBackend {
         x: [u64; 2],
         k: i32,
         s: i32,
+        act: Option<i32>,
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
-        let two = [
+        let a = act.unwrap_or(0);
+        let mut args = [
             Arg::raw(segs),
             Arg::U64(&x[0]),
             Arg::U64(&x[1]),
             Arg::I32(&k),
             Arg::I32(&s),
+            Arg::I32(&a),
         ];
-        let one = [Arg::raw(segs), Arg::U64(&x[0]), Arg::I32(&k), Arg::I32(&s)];
-        let args: &[Arg<'_>] = if x[1] != 0 { &two } else { &one };
-        // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S); GemvSegs
+        let mut len = 6;
+        if x[1] == 0 {
+            // One x pointer: shift k, S, act down.
+            args[2] = args[3];
+            args[3] = args[4];
+            args[4] = args[5];
+            len -= 1;
+        }
+        if act.is_none() {
+            len -= 1;
+        }
+        let args = &args[..len];
+        // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S[, act]); GemvSegs
         // is #[repr(C)] with the kernel struct's layout (3 body, 3 head, 3 y pointers, 3 i32
         // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
         // blocks, checked), y_s holds n_s f32 (checked, disjoint from x and each other); x holds
         // k f32 at a 16-byte aligned address (gemv1s_/gemvs_), or xq/xs are quant_x's scratch
         // for one row written just before on this stream. W rows are clamped to n_s − 1, writes
         // bounded by n_s; the dynamic shared memory of gemv1s_ is x_units·24 bytes. A
-        // programmatic dependent: x is read and y written only after griddepcontrol.wait.
+        // programmatic dependent: x is read and y written only after griddepcontrol.wait. GLU
+        // kernels read segments 0 (gate) and 1 (up), both n × k, and write y_0 = out [1, n].
         unsafe { self.launch_pdl(&f, "launch segmented gemv", cfg, args) }
     }
 }
