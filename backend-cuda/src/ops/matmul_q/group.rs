@@ -73,6 +73,18 @@ fn group_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
 }
 
+/// The launch of the 128-thread fused kernels (`gemvs_`, `gemv8s_` and their GLU forms) over
+/// `groups` row groups, and their S (warps per group).
+fn fused_cfg(groups: usize, sms: usize) -> (LaunchConfig, usize) {
+    let (blocks, s) = fused_grid(groups, sms);
+    let cfg = LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (128, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    (cfg, s)
+}
+
 /// GLU-mode launches on unless `KILN_GEMV_GLU=0` (then matmul_many + glu).
 fn glu_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -241,12 +253,7 @@ impl CudaBackend {
             if !xp.is_multiple_of(16) {
                 return Ok(None);
             }
-            let (blocks, s) = fused_grid(groups, sms);
-            let cfg = LaunchConfig {
-                grid_dim: (blocks as u32, 1, 1),
-                block_dim: (128, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let (cfg, s) = fused_cfg(groups, sms);
             let name = if glu.is_some() {
                 GEMVG_F[ti]
             } else {
@@ -286,12 +293,7 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(dt, 1, k))?;
         let (xq, xs) = (scratch, scratch + (units * 16) as u64);
         self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, 1, units)?;
-        let (blocks, s) = fused_grid(groups, sms);
-        let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let (cfg, s) = fused_cfg(groups, sms);
         let name = if glu.is_some() {
             GEMV8G[qi]
         } else {
