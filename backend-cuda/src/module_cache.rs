@@ -7,7 +7,7 @@
 //! included), the architecture, the defines, the compiler options and the NVRTC version. A
 //! compile failure is an error carrying NVRTC's log and the kernel file name.
 //!
-//! NVRTC finds no headers by itself: our own headers (`common.cuh`, `quant.cuh`, `gemv_segs.cuh`) are expanded
+//! NVRTC finds no headers by itself: our own headers (`common.cuh`, `quant.cuh`, `gemv_segs.cuh`, `mma_ring.cuh`) are expanded
 //! textually before compiling; the CUDA include directory is added with `--include-path` from env
 //! `KILN_CUDA_INCLUDE`, else `/usr/local/cuda/include` when it exists (the kernels themselves need
 //! no CUDA header). libnvrtc is found through the loader path (`LD_LIBRARY_PATH`).
@@ -40,10 +40,11 @@ macro_rules! kernel_file {
 }
 
 /// Headers that `#include "..."` may name (expanded before compiling).
-pub const HEADERS: [(&str, &str); 3] = [
+pub const HEADERS: [(&str, &str); 4] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
     ("gemv_segs.cuh", include_str!("../kernels/gemv_segs.cuh")),
+    ("mma_ring.cuh", include_str!("../kernels/mma_ring.cuh")),
 ];
 
 pub const NORM: KernelFile = kernel_file!("norm.cu");
@@ -55,13 +56,15 @@ pub const EMBED: KernelFile = kernel_file!("embed.cu");
 pub const KV_APPEND: KernelFile = kernel_file!("kv_append.cu");
 pub const MATMUL_Q: KernelFile = kernel_file!("matmul_q.cu");
 pub const MATMUL_MMA: KernelFile = kernel_file!("matmul_mma.cu");
+pub const MATMUL_MH: KernelFile = kernel_file!("matmul_mh.cu");
 pub const ATTENTION: KernelFile = kernel_file!("attention.cu");
 pub const MOE: KernelFile = kernel_file!("moe.cu");
 pub const ALLREDUCE: KernelFile = kernel_file!("allreduce.cu");
 
 /// Every kernel file (the CI compile check walks this list and the directory).
-pub const ALL: [KernelFile; 12] = [
-    NORM, ROPE, ACT, ADD, COPY, EMBED, KV_APPEND, MATMUL_Q, MATMUL_MMA, ATTENTION, MOE, ALLREDUCE,
+pub const ALL: [KernelFile; 13] = [
+    NORM, ROPE, ACT, ADD, COPY, EMBED, KV_APPEND, MATMUL_Q, MATMUL_MMA, MATMUL_MH, ATTENTION, MOE,
+    ALLREDUCE,
 ];
 
 /// The NVRTC options every compile uses. No fast math: dequantization must be exact and f16

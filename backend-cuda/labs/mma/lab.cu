@@ -32,6 +32,7 @@
 
 #define MQ4K_NO_INSTANCES  // the lab instantiates its own Q4_K kernels below (and no generic ones)
 #include "../../kernels/matmul_mma.cu"
+#include "../../kernels/matmul_mh.cu"
 
 // mq: the host's configuration per BM (ops/matmul_mma.rs MQ4K).
 MQ4K_KERNEL(8, 1, 8, 3) MQ4K_KERNEL(16, 1, 8, 3) MQ4K_KERNEL(32, 2, 4, 3) MQ4K_KERNEL(64, 2, 8, 3)

@@ -13,7 +13,7 @@ use super::super::arg_i32;
 use super::super::launch::Arg;
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
-use crate::module_cache::MATMUL_MMA;
+use crate::module_cache::MATMUL_MH;
 
 /// One configuration of `mh4k_b<BM>_w<WT>_n<NW>_x<WM>_s<ST>_m<MB>`: BM x rows per block, NW
 /// warps (WM of them along m), WT 16-row W tiles per warp, so BN = 16·WT·NW/WM W rows per block;
@@ -139,7 +139,7 @@ impl CudaBackend {
         }
         let c = &MH4K[cfg];
         let occ = self
-            .function(&MATMUL_MMA, c.name)
+            .function(&MATMUL_MH, c.name)
             .and_then(|f| {
                 self.mma_allow_smem(&f, c.smem())?;
                 f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, c.smem(), None)
@@ -167,7 +167,7 @@ impl CudaBackend {
         let sms = self.info.caps.compute_units.max(1) as usize;
         let plan = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits);
         let c = &MH4K[plan.cfg];
-        let f = self.function(&MATMUL_MMA, c.name)?;
+        let f = self.function(&MATMUL_MH, c.name)?;
         self.mma_allow_smem(&f, c.smem())?;
         let dims = [
             arg_i32(op, "n", n)?,
@@ -212,7 +212,7 @@ impl CudaBackend {
     /// `mh_quant_x(x, xh, xx, xsx, k, m, mp)`: one warp per (block column, padded x row),
     /// `warps` of them, 8 per 256-thread block, grid-stride.
     fn launch_mh_quant_x(&self, x: u64, out: [u64; 3], dims: [i32; 5], warps: usize) -> Result<()> {
-        let f = self.function(&MATMUL_MMA, "mh_quant_x")?;
+        let f = self.function(&MATMUL_MH, "mh_quant_x")?;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let cfg = LaunchConfig {
             grid_dim: (warps.div_ceil(8).clamp(1, sms * 8) as u32, 1, 1),
