@@ -34,8 +34,8 @@ pub use comm::{CudaComm, P2P_DEFAULT_MAX_BYTES};
 pub use comm_p2p::P2P_STAGING_BYTES;
 pub use device::CudaBackend;
 pub use error::CudaError;
-pub use ops::matmul_q::{GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP};
 pub use ops::matmul_mma::{MmaXRounding, Q4kKernel};
+pub use ops::matmul_q::{GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP};
 pub use tune::TuneResult;
 
 /// Discovery entry point for CUDA devices.
