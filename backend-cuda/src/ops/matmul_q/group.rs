@@ -259,7 +259,7 @@ impl CudaBackend {
             } else {
                 GEMVS_F[ti]
             };
-            self.launch_segs(name, cfg, &segs, [xp, 0], ki, s as i32, act)?;
+            self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
         }
         let qi = ti - FLOAT_TYPES;
@@ -285,7 +285,7 @@ impl CudaBackend {
                 block_dim: (GEMV1_THREADS, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
-            self.launch_segs(name, cfg, &segs, [xp, 0], ki, s as i32, act)?;
+            self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::OneKernel));
         }
         let units = x_units(dt, k);
@@ -299,11 +299,11 @@ impl CudaBackend {
         } else {
             GEMV8S[qi]
         };
-        self.launch_segs(name, cfg, &segs, [xq, xs], ki, s as i32, act)?;
+        self.launch_segs(name, cfg, &segs, &[xq, xs], ki, s as i32, act)?;
         Ok(Some(GroupKernel::TwoKernels))
     }
 
-    /// A segmented kernel: (segs, x pointers, k, S[, act]); `x` = [x, 0] (`gemv1s_`/`gemvs_`
+    /// A segmented kernel: (segs, x pointers, k, S[, act]); `x` = [x] (`gemv1s_`/`gemvs_`
     /// and their GLU forms: one pointer) or [xq, xs] (`gemv8s_`, `gemv8g_`); `act` for the GLU
     /// kernels.
     #[allow(clippy::too_many_arguments)]
@@ -312,31 +312,25 @@ impl CudaBackend {
         name: &'static str,
         cfg: LaunchConfig,
         segs: &GemvSegs,
-        x: [u64; 2],
+        x: &[u64],
         k: i32,
         s: i32,
         act: Option<i32>,
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
-        let a = act.unwrap_or(0);
-        let mut args = [
-            Arg::raw(segs),
-            Arg::U64(&x[0]),
-            Arg::U64(&x[1]),
-            Arg::I32(&k),
-            Arg::I32(&s),
-            Arg::I32(&a),
-        ];
-        let mut len = 6;
-        if x[1] == 0 {
-            // One x pointer: shift k, S, act down.
-            args[2] = args[3];
-            args[3] = args[4];
-            args[4] = args[5];
-            len -= 1;
+        // (segs, x pointers, k, S[, act]) in parameter order, at most 6.
+        let mut args = [Arg::raw(segs); 6];
+        let mut len = 1;
+        for (slot, p) in args[1..].iter_mut().zip(x) {
+            *slot = Arg::U64(p);
+            len += 1;
         }
-        if act.is_none() {
-            len -= 1;
+        args[len] = Arg::I32(&k);
+        args[len + 1] = Arg::I32(&s);
+        len += 2;
+        if let Some(a) = &act {
+            args[len] = Arg::I32(a);
+            len += 1;
         }
         let args = &args[..len];
         // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S[, act]); GemvSegs
