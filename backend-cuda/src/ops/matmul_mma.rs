@@ -316,6 +316,53 @@ fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) 
 }
 
 /// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
+/// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k) and its x rounding: [n, k, m, padded m,
+/// blocks per split].
+fn q4k_dims([m, n, k]: [usize; 3], mp: usize, blocks_per_split: usize) -> Result<[i32; 5]> {
+    let op = OpKind::Matmul;
+    Ok([
+        arg_i32(op, "n", n)?,
+        arg_i32(op, "k", k)?,
+        arg_i32(op, "m", m)?,
+        arg_i32(op, "padded m", mp)?,
+        arg_i32(op, "blocks per split", blocks_per_split)?,
+    ])
+}
+
+/// Launch shape of a Q4_K few-row kernel (`what` names it in errors): m tiles fastest (the
+/// blocks sharing a W tile run together: W read once from HBM), then W tiles of `bn` rows, then
+/// k splits; `threads` per block, `smem` bytes of dynamic shared memory.
+fn q4k_launch(
+    what: &str,
+    n: usize,
+    bn: usize,
+    [m_tiles, splits]: [usize; 2],
+    threads: usize,
+    smem: usize,
+) -> Result<LaunchConfig> {
+    if n.div_ceil(bn) > 65535 {
+        return Err(Error::shape(
+            OpKind::Matmul,
+            format!("n = {n} exceeds the {what} kernel's grid limit (65535·{bn} rows)"),
+        ));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (m_tiles as u32, n.div_ceil(bn) as u32, splits as u32),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: smem as u32,
+    })
+}
+
+/// The x rounding of the Q4_K few-row kernels (mq_quant_x, mh_quant_x): one warp per (block
+/// column, padded x row), `warps` of them, 8 per 256-thread block, grid-stride.
+fn warp_items_launch(warps: usize, sms: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (warps.div_ceil(8).clamp(1, sms * 8) as u32, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 pub(crate) fn forced_path() -> Option<MatmulPath> {
     static P: OnceLock<Option<MatmulPath>> = OnceLock::new();
     *P.get_or_init(|| match std::env::var("KILN_MATMUL_PATH").ok().as_deref() {
@@ -531,43 +578,21 @@ impl CudaBackend {
         k: usize,
         cfg: usize,
     ) -> Result<()> {
-        let op = OpKind::Matmul;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let plan = mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg));
         let c = &MQ4K[plan.cfg];
         let smem = mq_smem(c);
         let f = self.function(&MATMUL_MMA, c.name)?;
         self.mma_allow_smem(&f, smem)?;
-        let dims = [
-            arg_i32(op, "n", n)?,
-            arg_i32(op, "k", k)?,
-            arg_i32(op, "m", m)?,
-            arg_i32(op, "padded m", plan.mp)?,
-            arg_i32(op, "blocks per split", plan.blocks_per_split)?,
-        ];
+        let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
+        let tiles = [plan.mp / c.bm, plan.splits];
+        let cfg = q4k_launch("mq4k", n, 16 * c.wt * c.nw, tiles, 32 * c.nw, smem)?;
         // Hold the scratch lock until every kernel using it is enqueued.
         let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
         let xq = scratch;
         let xs = xq + (plan.mp * k) as u64;
         let part = xs + (plan.mp * (k / 32) * 8) as u64;
         self.launch_mq_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
-        let bn = 16 * c.wt * c.nw;
-        if n.div_ceil(bn) > 65535 {
-            return Err(Error::shape(
-                op,
-                format!("n = {n} exceeds the mq4k kernel's grid limit (65535·{bn} rows)"),
-            ));
-        }
-        let cfg = LaunchConfig {
-            // m tiles fastest: the blocks sharing a W tile run together (W read once from HBM).
-            grid_dim: (
-                (plan.mp / c.bm) as u32,
-                n.div_ceil(bn) as u32,
-                plan.splits as u32,
-            ),
-            block_dim: ((32 * c.nw) as u32, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
         let y = if plan.splits > 1 { part } else { outp };
         self.launch_mq4k(&f, cfg, w, [xq, xs], y, dims)?;
         if plan.splits > 1 {
@@ -580,12 +605,7 @@ impl CudaBackend {
     /// `warps` of them, 8 per 256-thread block, grid-stride.
     fn launch_mq_quant_x(&self, x: u64, xqs: [u64; 2], dims: [i32; 5], warps: usize) -> Result<()> {
         let f = self.function(&MATMUL_MMA, "mq_quant_x")?;
-        let sms = self.info.caps.compute_units.max(1) as usize;
-        let cfg = LaunchConfig {
-            grid_dim: (warps.div_ceil(8).clamp(1, sms * 8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = warp_items_launch(warps, self.info.caps.compute_units.max(1) as usize);
         let [_, k, m, mp, _] = dims;
         let args = [
             Arg::U64(&x),

@@ -7,10 +7,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use kiln_core::{Error, OpKind, Result};
+use kiln_core::Result;
 
-use super::super::arg_i32;
 use super::super::launch::Arg;
+use super::{q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MH;
@@ -163,26 +163,14 @@ impl CudaBackend {
         cfg: usize,
         forced_splits: usize,
     ) -> Result<()> {
-        let op = OpKind::Matmul;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let plan = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits);
         let c = &MH4K[plan.cfg];
         let f = self.function(&MATMUL_MH, c.name)?;
         self.mma_allow_smem(&f, c.smem())?;
-        let dims = [
-            arg_i32(op, "n", n)?,
-            arg_i32(op, "k", k)?,
-            arg_i32(op, "m", m)?,
-            arg_i32(op, "padded m", plan.mp)?,
-            arg_i32(op, "blocks per split", plan.blocks_per_split)?,
-        ];
-        let bn = c.bn();
-        if n.div_ceil(bn) > 65535 {
-            return Err(Error::shape(
-                op,
-                format!("n = {n} exceeds the mh4k kernel's grid limit (65535·{bn} rows)"),
-            ));
-        }
+        let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
+        let tiles = [plan.mp / c.bm, plan.splits];
+        let cfg = q4k_launch("mh4k", n, c.bn(), tiles, 32 * c.nw, c.smem())?;
         // Hold the scratch lock until every kernel using it is enqueued.
         let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
         let nb = k / 256;
@@ -191,16 +179,6 @@ impl CudaBackend {
         let xsx = xx + (plan.mp * nb * 32) as u64;
         let part = xsx + (plan.mp * nb * 4) as u64;
         self.launch_mh_quant_x(xp, [xh, xx, xsx], dims, nb * plan.mp)?;
-        let cfg = LaunchConfig {
-            // m tiles fastest: the blocks sharing a W tile run together (W read once from HBM).
-            grid_dim: (
-                (plan.mp / c.bm) as u32,
-                n.div_ceil(bn) as u32,
-                plan.splits as u32,
-            ),
-            block_dim: ((32 * c.nw) as u32, 1, 1),
-            shared_mem_bytes: c.smem() as u32,
-        };
         let y = if plan.splits > 1 { part } else { outp };
         self.launch_mh4k(&f, cfg, w, [xh, xx, xsx], y, dims)?;
         if plan.splits > 1 {
@@ -213,12 +191,7 @@ impl CudaBackend {
     /// `warps` of them, 8 per 256-thread block, grid-stride.
     fn launch_mh_quant_x(&self, x: u64, out: [u64; 3], dims: [i32; 5], warps: usize) -> Result<()> {
         let f = self.function(&MATMUL_MH, "mh_quant_x")?;
-        let sms = self.info.caps.compute_units.max(1) as usize;
-        let cfg = LaunchConfig {
-            grid_dim: (warps.div_ceil(8).clamp(1, sms * 8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = super::warp_items_launch(warps, self.info.caps.compute_units.max(1) as usize);
         let [_, k, m, mp, _] = dims;
         let args = [
             Arg::U64(&x),
