@@ -27,7 +27,10 @@
 //   per block from L2, y n·4. Mapping details and measurements: backend-cuda/labs/gemv/README.md.
 // Float types (f32, f16, bf16), few rows: gemv_<type>_m<M> (M ∈ {1, 2, 4, 8}), the same grid
 //   with f32 x loaded directly (16 bytes per lane, shared by the R rows), f32 FFMA; launched as
-//   programmatic dependents (they read x and write y only after griddepcontrol.wait).
+//   programmatic dependents (they read x and write y only after griddepcontrol.wait). At M = 1
+//   (and in the segmented/GLU forms) 16-bit weights load two chunk steps per trip (U = 2: 8 × 32
+//   bytes in flight per lane) and the host sizes the grid by a wave cost model
+//   (ops/matmul_q.rs `float_m1_grid`; the GEMV lab's r4u2n128 "model" variant).
 // dequant_bf16_<type>: grid-stride over chunks, 4 chunks in flight per thread: W (any type) →
 //   bf16 [rows, k]; reads the weight bytes once, writes 2 bytes per element.
 // x_to_bf16 / x_to_f16: f32 → bf16/f16 activations for cuBLASLt, one thread per element.
@@ -103,7 +106,9 @@ __device__ __forceinline__ void reduce_store(float (&acc)[R][M], float (*red)[R 
 
 #include "gemv_segs.cuh"
 
-template <class T, int M, int R, int NS, int GLU>
+// U chunk steps of the R rows are loaded before any is used (U·R chunks in flight per lane);
+// NT threads per block.
+template <class T, int M, int R, int NS, int GLU, int U = 1, int NT = GEMV_THREADS>
 __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __restrict__ x, int k, int m, int S,
                                           int act) {
     KILN_DECLARE_TABLE(T)
@@ -121,7 +126,7 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
     const int g0 = blockIdx.x * slots;
     // Block-uniform trip count (the S > 1 reduction has barriers).
     const int rounds = g0 < ngroups ? (ngroups - 1 - g0) / gstride + 1 : 0;
-    __shared__ float red[GEMV_THREADS / KILN_WARP][R * M];
+    __shared__ float red[NT / KILN_WARP][R * M];
     pdl_launch_dependents();
 
     for (int it = 0; it < rounds; it++) {
@@ -133,22 +138,9 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
         for (int rr = 0; rr < R; rr++)
 #pragma unroll
             for (int mm = 0; mm < M; mm++) acc[rr][mm] = 0.0f;
-        // The S warps of a group split its chunks: lane handles ci = 32·sub + lane + 32·S·j, and
-        // issues the R rows' chunk loads together (R·16..48 bytes in flight per lane).
-        for (int j = 0; active && j < per_lane; j++) {
-            const int ci = KILN_WARP * sub + lane + KILN_WARP * S * j;
-            if (ci >= nchunks) break;
+        // One chunk step of the R rows: x runs times the decoded weights into acc.
+        auto consume = [&](int ci, const typename T::Chunk (&cur)[R]) {
             const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
-            typename T::Chunk cur[R];
-#pragma unroll
-            for (int rr = 0; rr < R; rr++) {
-                const u8* b;
-                const u8* h;
-                int row;
-                group_row<R, GLU>(sg, sq, rr, b, h, row);
-                T::load(b, h, (i64)row * nb + blk, c, cur[rr]);
-            }
-            pdl_wait();  // x may be the previous kernel's output (PDL launch on sm_90)
 #pragma unroll
             for (int r = 0; r < T::RUNS; r++) {
                 const int off = blk * T::QK + T::run_start(c, r);
@@ -190,6 +182,35 @@ __device__ __forceinline__ void gemv_body(const GemvSegs& sg, const float* __res
                         }
                     }
                 }
+            }
+        };
+        // The S warps of a group split its chunks: lane handles ci = 32·sub + lane + 32·S·j. A
+        // trip issues the loads of U steps × R rows together (U·R·16..48 bytes in flight per
+        // lane), then uses them.
+        for (int j0 = 0; active && j0 < per_lane; j0 += U) {
+            const int ci0 = KILN_WARP * sub + lane + KILN_WARP * S * j0;
+            if (ci0 >= nchunks) break;
+            typename T::Chunk cur[U][R];
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int ci = ci0 + KILN_WARP * S * u;
+                if (u > 0 && (j0 + u >= per_lane || ci >= nchunks)) break;
+                const int blk = ci / T::CHUNKS, c = ci % T::CHUNKS;
+#pragma unroll
+                for (int rr = 0; rr < R; rr++) {
+                    const u8* b;
+                    const u8* h;
+                    int row;
+                    group_row<R, GLU>(sg, sq, rr, b, h, row);
+                    T::load(b, h, (i64)row * nb + blk, c, cur[u][rr]);
+                }
+            }
+            pdl_wait();  // x may be the previous kernel's output (PDL launch on sm_90)
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int ci = ci0 + KILN_WARP * S * u;
+                if (u > 0 && (j0 + u >= per_lane || ci >= nchunks)) break;
+                consume(ci, cur[u]);
             }
         }
         pdl_wait();  // every thread, before any y write (y may be read by the previous kernel)
@@ -645,11 +666,15 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV1S_KERNEL)
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV1G_KERNEL)
 
+// Chunk steps per trip of the float kernels at M = 1: 2 for 16-bit weights (8 chunks of 32
+// bytes in flight per lane, 128 registers; the GEMV lab's r4u2n128), 1 for f32 (64-byte chunks).
+#define GEMVF_U(T) (sizeof(typename T::Chunk) <= 32 ? 2 : 1)
+
 #define GEMV_KERNEL(suffix, T, M, R)                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int m, int S) {                                      \
-        gemv_body<T, M, R, 1, 0>(gemv_one_seg(body, head, y, n), x, k, m, S, 0);                  \
+        gemv_body<T, M, R, 1, 0, M == 1 ? GEMVF_U(T) : 1>(gemv_one_seg(body, head, y, n), x, k, m, S, 0); \
     }
 
 #define GEMV_ALL_M(suffix, T) \
@@ -661,7 +686,7 @@ KILN_FOR_EACH_FLOAT_TYPE(GEMV_ALL_M)
 #define GEMVS_KERNEL(suffix, T)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvs_##suffix(                     \
         GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
-        gemv_body<T, 1, 4, GEMV_NS, 0>(sg, x, k, 1, S, 0);                                        \
+        gemv_body<T, 1, 4, GEMV_NS, 0, GEMVF_U(T)>(sg, x, k, 1, S, 0);                            \
     }
 KILN_FOR_EACH_FLOAT_TYPE(GEMVS_KERNEL)
 
@@ -669,7 +694,7 @@ KILN_FOR_EACH_FLOAT_TYPE(GEMVS_KERNEL)
 #define GEMVG_KERNEL(suffix, T)                                                                   \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvg_##suffix(                     \
         GemvSegs sg, const float* __restrict__ x, int k, int S, int act) {                        \
-        gemv_body<T, 1, 4, 2, 1>(sg, x, k, 1, S, act);                                            \
+        gemv_body<T, 1, 4, 2, 1, GEMVF_U(T)>(sg, x, k, 1, S, act);                                \
     }
 KILN_FOR_EACH_FLOAT_TYPE(GEMVG_KERNEL)
 

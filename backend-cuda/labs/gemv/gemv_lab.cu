@@ -133,6 +133,27 @@ __device__ __forceinline__ void gemv1db_body(const u8* __restrict__ body, const 
     GEMV1DB_KERNEL_NAMED(lab_##suffix##_g, T, 2, 128, 8)                                          \
     GEMV1DB_KERNEL_NAMED(lab_##suffix##_h, T, 1, 256, 4)
 LAB_SET(q4_k, TQ4_K)
+
+// Float (bf16) lab instantiations of kiln's gemv_body at m = 1: R rows per group, U chunk steps
+// loaded per trip, NT threads per block.
+#define LABF_KERNEL(name, T, R, U, NT)                                                            \
+    extern "C" __global__ void __launch_bounds__(NT) name(                                          \
+        const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
+        float* __restrict__ y, int n, int k, int m, int S) {                                      \
+        gemv_body<T, 1, R, 1, 0, U, NT>(gemv_one_seg(body, head, y, n), x, k, m, S, 0);           \
+    }
+// gemv8 (quant_x + integer-dot kernel) at M = 1 with U = 2 chunk steps per trip.
+GEMV8_KERNEL_NAMED(lab8_q4_k_u2, TQ4_K, 1, 4, 2)
+GEMV8_KERNEL_NAMED(lab8_q6_k_u2, TQ6_K, 1, 4, 2)
+GEMV8_KERNEL_NAMED(lab8_q8_0_u2, TQ8_0, 1, 4, 2)
+LABF_KERNEL(labf_r4u2n128, TBF16, 4, 2, 128)
+LABF_KERNEL(labf_r4u4n128, TBF16, 4, 4, 128)
+LABF_KERNEL(labf_r2u2n128, TBF16, 2, 2, 128)
+LABF_KERNEL(labf_r2u4n128, TBF16, 2, 4, 128)
+LABF_KERNEL(labf_r4u1n256, TBF16, 4, 1, 256)
+LABF_KERNEL(labf_r4u2n256, TBF16, 4, 2, 256)
+LABF_KERNEL(labf_r2u2n256, TBF16, 2, 2, 256)
+LABF_KERNEL(labf_r2u4n256, TBF16, 2, 4, 256)
 LAB_SET(q6_k, TQ6_K)
 LAB_SET(q8_0, TQ8_0)
 
@@ -266,6 +287,8 @@ struct Variant {
     Gemv1Fn g1 = nullptr; int R = 4, NT = 128; bool pdl = true;  // one-kernel variants
     QuantFn qx = nullptr; Gemv8Fn g8 = nullptr; bool chain = false;  // v0 (chain: quant_x PDL-launched too)
     GemvFFn gf = nullptr;                                         // bf16
+    int U = 1;
+    int plan = 0;  // float variants: 0 = kiln's grid (fused_grid), 1 = one-wave cost model
 };
 
 static int g_sms = 0;
@@ -307,15 +330,67 @@ static Launch plan_gemv1(const Variant& v, Ty t, int n, int k) {
     return L;
 }
 
-// The old grid (ops/matmul_q.rs b845f67) for v0 and the float gemv.
-static Launch plan_old(int n) {
+// The old grid (ops/matmul_q.rs b845f67) for v0 and the float gemv; `r` rows per group.
+static Launch plan_old(int n, int r = 4) {
     Launch L;
-    const long groups = (n + 3) / 4;
+    const long groups = (n + r - 1) / r;
     const int s = groups >= (long)g_sms * 32 ? 1 : groups * 2 >= (long)g_sms * 32 ? 2 : 4;
     L.S = s;
     L.grid = dim3((unsigned)std::clamp<long>((groups * s + 3) / 4, 1, (long)g_sms * 8));
     L.block = dim3(128);
     L.smem = 0;
+    return L;
+}
+
+// Float variants, plan 1: S warps per group (1 … warps per block) minimizing
+// ceil(groups·S / resident warps)·ceil(ceil(steps / S) / U); blocks = groups·S / warps per block
+// (no clamp: at most a few waves).
+static Launch plan_model(const Variant& v, int n, int k, int U) {
+    static std::map<std::tuple<const void*, int, int>, Launch> cache;
+    const auto key = std::make_tuple((const void*)v.gf, n, k);
+    if (cache.count(key)) return cache[key];
+    Launch L; L.smem = 0; L.block = dim3(v.NT);
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, (const void*)v.gf, v.NT, 0));
+    occ = std::max(occ, 1);
+    const int wpb = v.NT / 32;
+    const long warps = (long)g_sms * occ * wpb;
+    const long groups = (n + v.R - 1) / v.R;
+    const long steps = ((k / 16) + 31) / 32;
+    long best = -1; int bs = 1;
+    for (int s = 1; s <= wpb; s *= 2) {
+        const long trips = ((steps + s - 1) / s + U - 1) / U;
+        const long cost = ((groups * s + warps - 1) / warps) * trips;
+        if (best < 0 || cost < best) { best = cost; bs = s; }
+    }
+    L.S = bs;
+    L.grid = dim3((unsigned)std::max<long>((groups * bs + wpb - 1) / wpb, 1));
+    cache[key] = L;
+    return L;
+}
+
+// gemv8 variants, plan 1: the float model's S choice with steps = ceil(chunks / 32) and the
+// kernel's occupancy; one group per slot.
+static Launch plan_model8(const Variant& v, Ty t, int n, int k) {
+    static std::map<std::tuple<const void*, int, int>, Launch> cache;
+    const auto key = std::make_tuple((const void*)v.g8, n, k);
+    if (cache.count(key)) return cache[key];
+    Launch L; L.smem = 0; L.block = dim3(128);
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, (const void*)v.g8, 128, 0));
+    occ = std::max(occ, 1);
+    const long warps = (long)g_sms * occ * 4;
+    const long groups = (n + 3) / 4;
+    const long steps = ((k / TYI[t].qk) * TYI[t].chunks + 31) / 32;
+    long best = -1; int bs = 1;
+    for (int s = 1; s <= 4; s *= 2) {
+        const long trips = ((steps + s - 1) / s + v.U - 1) / v.U;
+        const long cost = ((groups * s + warps - 1) / warps) * trips;
+        if (best < 0 || cost < best) { best = cost; bs = s; }
+    }
+    L.S = bs;
+    L.grid = dim3((unsigned)std::max<long>((groups * bs + 3) / 4, 1));
+    cache[key] = L;
     return L;
 }
 
@@ -348,10 +423,11 @@ static void call(const Variant& v, const Ctx& c, int i) {
         Launch q; q.block = dim3(256); q.smem = 0; q.S = 0;
         q.grid = dim3((unsigned)std::clamp<long>(((long)units * 4 + 255) / 256, 1, (long)g_sms * 8));
         launch_ex(v.qx, q, v.chain, c.st, (const float*)c.x, c.xq, c.xs, c.k, 1);
-        Launch L = plan_old(c.n);
+        Launch L = v.plan ? plan_model8(v, c.t, c.n, c.k) : plan_old(c.n);
         launch_ex(v.g8, L, true, c.st, b, h, (const uint4*)c.xq, (const float2*)c.xs, c.y, c.n, c.k, 1, L.S);
     } else {
-        Launch L = plan_old(c.n);
+        Launch L = v.plan ? plan_model(v, c.n, c.k, v.U) : plan_old(c.n, v.R);
+        if (v.NT != 128 && !v.plan) L.block = dim3(v.NT), L.grid = dim3((L.grid.x * 128 + v.NT - 1) / v.NT);
         launch_ex(v.gf, L, v.pdl, c.st, b, h, (const float*)c.x, c.y, c.n, c.k, 1, L.S);
     }
 }
@@ -420,6 +496,13 @@ static std::vector<Variant> variants(Ty t) {
     };
 #define LAB_FNS(s) {lab_##s##_a, lab_##s##_b, lab_##s##_c, lab_##s##_d, lab_##s##_e, lab_##s##_f, lab_##s##_g, lab_##s##_h}
     Variant v0; v0.name = "v0 quant_x+gemv8";
+    // gemv8 at U = 1 / 2 on kiln's grid and on the model grid (quant_x PDL-chained).
+    auto add_g8 = [&](QuantFn qx, Gemv8Fn u1, Gemv8Fn u2) {
+        Variant x; x.qx = qx; x.chain = true;
+        x.g8 = u1; x.U = 1; x.plan = 1; x.name = "g8 u1 model"; v.push_back(x);
+        x.g8 = u2; x.U = 2; x.plan = 0; x.name = "g8 u2 kiln"; v.push_back(x);
+        x.plan = 1; x.name = "g8 u2 model"; v.push_back(x);
+    };
     if (t == Q4K) {
         v0.qx = quant_x_q4_k; v0.g8 = gemv8_q4_k_m1; v.push_back(v0);
         v0.name = "v0c quant_x(pdl)+gemv8"; v0.chain = true; v.push_back(v0);
@@ -434,9 +517,25 @@ static std::vector<Variant> variants(Ty t) {
         add_set(LAB_FNS(q8_0), gemv1_q8_0);
     } else {
         Variant f; f.gf = gemv_bf16_m1;
-        f.name = "v0 gemv_bf16_m1 plain"; f.pdl = false; v.push_back(f);
-        f.name = "v1 gemv_bf16_m1 pdl"; f.pdl = true; v.push_back(f);
+        f.name = "v0 gemv_bf16_m1 pdl"; f.pdl = true; v.push_back(f);
+        f.name = "v1 gemv_bf16_m1 plain"; f.pdl = false; v.push_back(f);
+        f.pdl = true;
+        f.name = "v1m kiln r4u1n128 model"; f.plan = 1; v.push_back(f);
+        struct { const char* nm; GemvFFn fn; int R, U, NT; } fs[] = {
+            {"r4u2n128", labf_r4u2n128, 4, 2, 128}, {"r4u4n128", labf_r4u4n128, 4, 4, 128},
+            {"r2u2n128", labf_r2u2n128, 2, 2, 128}, {"r2u4n128", labf_r2u4n128, 2, 4, 128},
+            {"r4u1n256", labf_r4u1n256, 4, 1, 256}, {"r4u2n256", labf_r4u2n256, 4, 2, 256},
+            {"r2u2n256", labf_r2u2n256, 2, 2, 256}, {"r2u4n256", labf_r2u4n256, 2, 4, 256}};
+        for (auto& e : fs)
+            for (int pl = 0; pl < 2; pl++) {
+                Variant x; x.gf = e.fn; x.R = e.R; x.U = e.U; x.NT = e.NT; x.plan = pl;
+                x.name = std::string("f ") + e.nm + (pl ? " model" : " kiln");
+                v.push_back(x);
+            }
     }
+    if (t == Q4K) add_g8(quant_x_q4_k, gemv8_q4_k_m1, lab8_q4_k_u2);
+    if (t == Q6K) add_g8(quant_x_q6_k, gemv8_q6_k_m1, lab8_q6_k_u2);
+    if (t == Q80) add_g8(quant_x_q8_0, gemv8_q8_0_m1, lab8_q8_0_u2);
     return v;
 }
 
@@ -448,14 +547,25 @@ int main(int argc, char** argv) {
     cudaStream_t st; CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     const double copy = copy_bw(st);
     printf("device %s, %d SMs; copy %.0f GB/s (256 MiB d2d, read+write)\n", p.name, g_sms, copy / 1e9);
-    const int shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
+    // LAB_SHAPES="3072x4096,4096x2048" replaces the three default shapes.
+    std::vector<std::pair<int, int>> shapes = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
+    if (const char* e = getenv("LAB_SHAPES")) {
+        shapes.clear();
+        for (const char* p = e; *p;) {
+            int a = 0, b = 0, used = 0;
+            if (sscanf(p, "%dx%d%n", &a, &b, &used) != 2) break;
+            shapes.push_back({a, b});
+            p += used;
+            if (*p == ',') p++;
+        }
+    }
     int failures = 0;
     for (int ti = 0; ti < 4; ti++) {
         const Ty t = (Ty)ti;
         if (only && !strstr(only, TYI[t].name)) continue;
         const int s0 = getenv("LAB_SHAPE") ? atoi(getenv("LAB_SHAPE")) : 0;  // --quick: this shape only
-        for (int si = quick ? s0 : 0; si < (quick ? s0 + 1 : 3); si++) {
-            const int n = shapes[si][0], k = shapes[si][1];
+        for (int si = quick ? s0 : 0; si < (quick ? s0 + 1 : (int)shapes.size()); si++) {
+            const int n = shapes[si].first, k = shapes[si].second;
             HostW w = make_weight(t, n, k);
             const size_t wb = w.bytes.size();
             const size_t stride = (wb + 255) / 256 * 256;
@@ -507,6 +617,16 @@ int main(int argc, char** argv) {
                 // LAB_NO_TIME=1 (under ncu): validation launches only.
                 const double s = getenv("LAB_NO_TIME") ? 1.0 : time_graph(v, c, calls, quick ? 3 : 7);
                 std::string grid;
+                if (v.g8 && v.plan) {
+                    Launch L = plan_model8(v, t, n, k);
+                    char buf[96]; snprintf(buf, sizeof buf, "grid %u S=%d", L.grid.x, L.S);
+                    grid = buf;
+                }
+                if (v.gf) {
+                    Launch L = v.plan ? plan_model(v, n, k, v.U) : plan_old(n, v.R);
+                    char buf[96]; snprintf(buf, sizeof buf, "grid %u S=%d", v.plan ? L.grid.x : (L.grid.x * 128 + v.NT - 1) / v.NT, L.S);
+                    grid = buf;
+                }
                 if (v.g1) {
                     Launch L = plan_gemv1(v, t, n, k);
                     char buf[96]; snprintf(buf, sizeof buf, "grid %u x %u thr S=%d smem %zu", L.grid.x, L.block.x, L.S, L.smem);

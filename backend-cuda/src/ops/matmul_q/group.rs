@@ -23,7 +23,10 @@ use cudarc::driver::LaunchConfig;
 use kiln_core::{Activation, DType, OpKind, Result, View, ViewMut, Weight};
 
 use super::gemv1::{GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_grid};
-use super::{FLOAT_TYPES, QUANT_X, arg_i32, fused_grid, fused_scratch_bytes, type_index, x_units};
+use super::{
+    FLOAT_TYPES, QUANT_X, arg_i32, float_m1_grid, fused_grid, fused_scratch_bytes, type_index,
+    x_units,
+};
 use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_Q;
@@ -253,11 +256,17 @@ impl CudaBackend {
             if !xp.is_multiple_of(16) {
                 return Ok(None);
             }
-            let (cfg, s) = fused_cfg(groups, sms);
             let name = if glu.is_some() {
                 GEMVG_F[ti]
             } else {
                 GEMVS_F[ti]
+            };
+            let occ = self.occupancy(name, 128, 0)?;
+            let (blocks, s) = float_m1_grid(dt, groups, k, sms, occ);
+            let cfg = LaunchConfig {
+                grid_dim: (blocks as u32, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
             };
             self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
