@@ -404,8 +404,14 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
 // R = 4 W rows per group at every M: measured on an H200 (BENCHMARKS.md), R = 4 beat R = 2 at
 // M = 8 and 16 (x loads shared by more rows) and R ∈ {1, 2, 8} or U ∈ {2, 4} did not beat
 // (R, U) = (4, 1) at M = 1 and 2.
+// Chunk steps per trip of gemv8 at M = 1 (plain, segmented, GLU): 2 for Q4_K (the GEMV lab,
+// LAB_CHAIN=1: quant_x + gemv8 u2 on the host's wave-model grid beat gemv1 and u1 at the
+// Llama-3-8B shapes and their TP2 halves), 1 for the rest (u2 measured slower for Q6_K, Q8_0).
+template <class T> struct Gemv8U1 { static constexpr int U = 1; };
+template <> struct Gemv8U1<TQ4_K> { static constexpr int U = 2; };
+
 #define GEMV8_ALL_M(suffix, T)                                                                    \
-    GEMV8_KERNEL(suffix, T, 1, 4, 1) GEMV8_KERNEL(suffix, T, 2, 4, 1) GEMV8_KERNEL(suffix, T, 4, 4, 1) \
+    GEMV8_KERNEL(suffix, T, 1, 4, Gemv8U1<T>::U) GEMV8_KERNEL(suffix, T, 2, 4, 1) GEMV8_KERNEL(suffix, T, 4, 4, 1) \
     GEMV8_KERNEL(suffix, T, 8, 4, 1) GEMV8_KERNEL(suffix, T, 16, 4, 1)
 
 
@@ -416,7 +422,7 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
 #define GEMV8S_KERNEL(suffix, T)                                                                  \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8s_##suffix(                    \
         GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S) {   \
-        gemv8_body<T, 1, 4, 1, GEMV_NS, 0>(sg, xq, xs, k, 1, S, 0);                               \
+        gemv8_body<T, 1, 4, Gemv8U1<T>::U, GEMV_NS, 0>(sg, xq, xs, k, 1, S, 0);                   \
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8S_KERNEL)
 
@@ -425,7 +431,7 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV8S_KERNEL)
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8g_##suffix(                    \
         GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S,     \
         int act) {                                                                                \
-        gemv8_body<T, 1, 4, 1, 2, 1>(sg, xq, xs, k, 1, S, act);                                   \
+        gemv8_body<T, 1, 4, Gemv8U1<T>::U, 2, 1>(sg, xq, xs, k, 1, S, act);                       \
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8G_KERNEL)
 

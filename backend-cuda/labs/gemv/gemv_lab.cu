@@ -157,6 +157,16 @@ LABF_KERNEL(labf_r2u4n256, TBF16, 2, 4, 256)
 LAB_SET(q6_k, TQ6_K)
 LAB_SET(q8_0, TQ8_0)
 
+// LAB_CHAIN=1: after every GEMV call a one-warp dependent kernel (PDL-launched, like the norm
+// between two GEMVs of a decode step) waits for the GEMV, reads y and writes x (which the next
+// call reads after its own wait), so a call's time is its latency in a dependent chain plus this kernel, not its
+// throughput when back-to-back calls overlap.
+extern "C" __global__ void lab_touch(const float* __restrict__ y, float* __restrict__ x) {
+    pdl_wait();
+    if (threadIdx.x == 0 && y[0] == -1.2345e30f) x[0] = 0.0f;  // a read of y; never taken
+    pdl_launch_dependents();
+}
+
 #define CK(x)                                                                                     \
     do {                                                                                          \
         cudaError_t e_ = (x);                                                                     \
@@ -412,7 +422,16 @@ struct Ctx {
     cudaStream_t st;
 };
 
+static void call_gemv(const Variant& v, const Ctx& c, int i);
 static void call(const Variant& v, const Ctx& c, int i) {
+    call_gemv(v, c, i);
+    static const bool chain = getenv("LAB_CHAIN") && atoi(getenv("LAB_CHAIN"));
+    if (chain) {
+        Launch t; t.grid = dim3(1); t.block = dim3(32); t.smem = 0; t.S = 0;
+        launch_ex(lab_touch, t, true, c.st, (const float*)c.y, c.x);
+    }
+}
+static void call_gemv(const Variant& v, const Ctx& c, int i) {
     const u8* b = c.wb[i % c.wb.size()];
     const u8* h = c.wh[i % c.wh.size()];
     if (v.g1) {

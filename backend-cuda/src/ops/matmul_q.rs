@@ -164,28 +164,44 @@ pub(crate) fn fused_grid(groups: usize, sms: usize) -> (usize, usize) {
     ((groups * s_split).div_ceil(4).clamp(1, sms * 8), s_split)
 }
 
-/// Chunk steps per trip of the float kernels at one x row (`GEMVF_U` of matmul_q.cu): 2 for
-/// f16/bf16, 1 for f32.
-pub(crate) fn float_m1_unroll(dt: DType) -> usize {
-    if dt == DType::F32 { 1 } else { 2 }
+/// Chunk steps per trip of the 128-thread fused kernels at one x row (`GEMVF_U` and `Gemv8U1`
+/// of matmul_q.cu): 2 for f16/bf16 and Q4_K, 1 for the rest.
+pub(crate) fn m1_unroll(dt: DType) -> usize {
+    match dt {
+        DType::F16 | DType::BF16 | DType::Q4_K => 2,
+        _ => 1,
+    }
 }
 
-/// Grid of the float kernels at one x row (`gemv_<t>_m1`, `gemvs_<t>`, `gemvg_<t>`; 128-thread
-/// blocks, `occ` resident per SM) for `groups` row groups of k-element rows: S warps per group
-/// (1, 2 or 4) minimizing ceil(groups·S / resident warps)·ceil(ceil(steps / S) / U), where a step
-/// is 32 chunks of 16 elements and U the unroll above (ties to the smaller S); one group per
-/// slot. The GEMV lab's "model" plan (backend-cuda/labs/gemv): on an H200, bf16 at the
-/// Llama-3-8B shapes and their TP2 halves 3–14 % faster than [`fused_grid`]. Returns (blocks, S).
-pub(crate) fn float_m1_grid(
+/// `KILN_GEMV_GRID=fused`: the one-row fused kernels take [`fused_grid`] instead of
+/// [`m1_grid`] (A/B measurements).
+fn m1_grid_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_GRID").map_or(true, |v| v != "fused"))
+}
+
+/// Grid of the 128-thread fused kernels at one x row (`gemv_<t>_m1`, `gemv8_<t>_m1` and their
+/// segmented/GLU forms; `occ` blocks resident per SM) for `groups` row groups of k-element
+/// rows: S warps per group (1, 2 or 4) minimizing ceil(groups·S / resident warps)·
+/// ceil(ceil(steps / S) / U), where a step is 32 chunks and U is [`m1_unroll`] (ties to the
+/// smaller S); one group per slot. The GEMV lab's "model" plan (backend-cuda/labs/gemv).
+/// Returns (blocks, S); [`fused_grid`] under `KILN_GEMV_GRID=fused`.
+pub(crate) fn m1_grid(
     dt: DType,
     groups: usize,
     k: usize,
     sms: usize,
     occ: usize,
 ) -> (usize, usize) {
+    if !m1_grid_enabled() {
+        return fused_grid(groups, sms);
+    }
     let warps = sms.max(1) * occ.max(1) * 4;
-    let steps = (k / 16).div_ceil(32).max(1);
-    let u = float_m1_unroll(dt);
+    let qk = split(dt).map_or(16, |s| s.qk);
+    let steps = ((k / qk) * super::embed::chunks_per_block(dt))
+        .div_ceil(32)
+        .max(1);
+    let u = m1_unroll(dt);
     let mut best = (usize::MAX, 1);
     for s in [1usize, 2, 4] {
         let cost = (groups * s).div_ceil(warps) * steps.div_ceil(s).div_ceil(u);
@@ -402,9 +418,19 @@ impl CudaBackend {
         let mi_idx = if float_w { mi_idx.min(3) } else { mi_idx };
         // R W rows per group: 4 (the int8 kernels at every M; float kernels at M ≤ 2), else 2.
         let r = if mt <= 2 || !float_w { 4 } else { 2 };
-        let (blocks, s_split) = if float_w && mt == 1 {
-            let occ = self.occupancy(GEMV_F[ti][mi_idx], 128, 0)?;
-            float_m1_grid(w.dtype, n.div_ceil(r), k, sms, occ)
+        let (blocks, s_split) = if mt == 1 {
+            let name = if float_w {
+                GEMV_F[ti][mi_idx]
+            } else {
+                GEMV8[ti - FLOAT_TYPES][mi_idx]
+            };
+            m1_grid(
+                w.dtype,
+                n.div_ceil(r),
+                k,
+                sms,
+                self.occupancy(name, 128, 0)?,
+            )
         } else {
             fused_grid(n.div_ceil(r), sms)
         };
@@ -776,19 +802,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn float_m1_grid_matches_the_lab_plan() {
+    fn m1_grid_matches_the_lab_plan() {
         // H200 (132 SMs), bf16 r4u2n128 at 4 resident blocks per SM: the GEMV lab's "model"
         // grids (3072×4096: 384 blocks, S = 2; 14336×4096: 3584, S = 4; 4096×7168 and
         // 4096×2048: 512, S = 2).
-        assert_eq!(float_m1_grid(DType::BF16, 768, 4096, 132, 4), (384, 2));
-        assert_eq!(float_m1_grid(DType::BF16, 3584, 4096, 132, 4), (3584, 4));
-        assert_eq!(float_m1_grid(DType::BF16, 1024, 7168, 132, 4), (512, 2));
-        assert_eq!(float_m1_grid(DType::BF16, 1024, 2048, 132, 4), (512, 2));
+        assert_eq!(m1_grid(DType::BF16, 768, 4096, 132, 4), (384, 2));
+        assert_eq!(m1_grid(DType::BF16, 3584, 4096, 132, 4), (3584, 4));
+        assert_eq!(m1_grid(DType::BF16, 1024, 7168, 132, 4), (512, 2));
+        assert_eq!(m1_grid(DType::BF16, 1024, 2048, 132, 4), (512, 2));
         // f32 loads one step per trip: 4096² at 4 blocks per SM costs 8 / 4 / 2·2 trips at
         // S = 1 / 2 / 4 → S = 2 (the tie goes to the smaller S); at 1 block per SM, S = 1.
-        assert_eq!(float_m1_grid(DType::F32, 1024, 4096, 132, 4), (512, 2));
-        assert_eq!(float_m1_grid(DType::F32, 1024, 4096, 132, 1), (256, 1));
+        assert_eq!(m1_grid(DType::F32, 1024, 4096, 132, 4), (512, 2));
+        assert_eq!(m1_grid(DType::F32, 1024, 4096, 132, 1), (256, 1));
         // Tiny shapes still launch one block.
-        assert_eq!(float_m1_grid(DType::F16, 1, 16, 1, 1).0, 1);
+        assert_eq!(m1_grid(DType::F16, 1, 16, 1, 1).0, 1);
     }
 }

@@ -33,6 +33,13 @@ pub(crate) const GEMV1_MAX_BYTES: usize = 16 << 20;
 pub(super) const GEMV1_AUTO: [bool; 12] = [
     false, false, false, false, false, true, true, true, true, true, true, true,
 ];
+/// `KILN_GEMV1=0` keeps the automatic dispatch off `gemv1_*` (A/B measurements; forcing it
+/// with [`GemvM1::OneKernel`] still works).
+pub(super) fn gemv1_auto_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV1").map_or(true, |v| v != "0"))
+}
+
 /// Largest x shared-memory image (`x_units`·24 bytes) `gemv1_*` takes without an opt-in
 /// (48 KiB minus the kernel's static shared memory).
 pub(super) const GEMV1_MAX_SMEM: usize = 46 << 10;
@@ -85,7 +92,9 @@ impl CudaBackend {
             || !xp.is_multiple_of(16)
             || smem > GEMV1_MAX_SMEM
             || (mode == GemvM1::Auto
-                && (wbytes > GEMV1_MAX_BYTES || !GEMV1_AUTO.get(qi).copied().unwrap_or(false)))
+                && (wbytes > GEMV1_MAX_BYTES
+                    || !gemv1_auto_on()
+                    || !GEMV1_AUTO.get(qi).copied().unwrap_or(false)))
         {
             return Ok(false);
         }

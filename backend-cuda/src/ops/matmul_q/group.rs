@@ -22,11 +22,10 @@ use std::sync::OnceLock;
 use cudarc::driver::LaunchConfig;
 use kiln_core::{Activation, DType, OpKind, Result, View, ViewMut, Weight};
 
-use super::gemv1::{GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_grid};
-use super::{
-    FLOAT_TYPES, QUANT_X, arg_i32, float_m1_grid, fused_grid, fused_scratch_bytes, type_index,
-    x_units,
+use super::gemv1::{
+    GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_auto_on, gemv1_grid,
 };
+use super::{FLOAT_TYPES, QUANT_X, arg_i32, fused_scratch_bytes, m1_grid, type_index, x_units};
 use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_Q;
@@ -74,18 +73,6 @@ const GEMVG_F: [&str; 3] = names!("gemvg_", "f32", "f16", "bf16");
 fn group_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
-}
-
-/// The launch of the 128-thread fused kernels (`gemvs_`, `gemv8s_` and their GLU forms) over
-/// `groups` row groups, and their S (warps per group).
-fn fused_cfg(groups: usize, sms: usize) -> (LaunchConfig, usize) {
-    let (blocks, s) = fused_grid(groups, sms);
-    let cfg = LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (128, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    (cfg, s)
 }
 
 /// GLU-mode launches on unless `KILN_GEMV_GLU=0` (then matmul_many + glu).
@@ -262,7 +249,7 @@ impl CudaBackend {
                 GEMVS_F[ti]
             };
             let occ = self.occupancy(name, 128, 0)?;
-            let (blocks, s) = float_m1_grid(dt, groups, k, sms, occ);
+            let (blocks, s) = m1_grid(dt, groups, k, sms, occ);
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, 1, 1),
                 block_dim: (128, 1, 1),
@@ -274,6 +261,7 @@ impl CudaBackend {
         let qi = ti - FLOAT_TYPES;
         let smem = x_units(dt, k) * 24;
         if GEMV1_AUTO[qi]
+            && gemv1_auto_on()
             && bytes <= GEMV1_MAX_BYTES
             && xp.is_multiple_of(16)
             && smem <= GEMV1_MAX_SMEM
@@ -302,11 +290,16 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(dt, 1, k))?;
         let (xq, xs) = (scratch, scratch + (units * 16) as u64);
         self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, 1, units)?;
-        let (cfg, s) = fused_cfg(groups, sms);
         let name = if glu.is_some() {
             GEMV8G[qi]
         } else {
             GEMV8S[qi]
+        };
+        let (blocks, s) = m1_grid(dt, groups, k, sms, self.occupancy(name, 128, 0)?);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
         };
         self.launch_segs(name, cfg, &segs, &[xq, xs], ki, s as i32, act)?;
         Ok(Some(GroupKernel::TwoKernels))
