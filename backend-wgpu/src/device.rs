@@ -207,6 +207,9 @@ pub struct WgpuBackend {
     pub(crate) params_ring: wgpu::Buffer,
     pub(crate) errors: Arc<Mutex<Vec<String>>>,
     pub(crate) tuning: Mutex<crate::tune::TuneState>,
+    /// The GEMM's k-split partials (`ops/gemm.rs`), grown on demand or by
+    /// `reserve_workspace`; counted by `workspace_bytes`.
+    pub(crate) gemm_scratch: Mutex<Option<wgpu::Buffer>>,
 }
 
 impl WgpuBackend {
@@ -270,6 +273,7 @@ impl WgpuBackend {
             pending: Mutex::new(Pending::default()),
             errors,
             tuning: Mutex::new(tuning),
+            gemm_scratch: Mutex::new(None),
         })
     }
 
@@ -519,6 +523,29 @@ impl WgpuBackend {
             && self.subgroup_max > 0
             && self.subgroup_max <= lanes
             && lanes.is_multiple_of(self.subgroup_max)
+    }
+
+    /// The GEMM's split scratch, at least `bytes` long (a larger buffer replaces a smaller
+    /// one; ops already recorded keep the old one alive until they ran).
+    pub(crate) fn gemm_scratch(&self, bytes: usize) -> Result<wgpu::Buffer> {
+        let mut g = self.gemm_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = g.as_ref()
+            && b.size() >= bytes as u64
+        {
+            return Ok(b.clone());
+        }
+        let b = self.alloc_mem(bytes, "kiln gemm split scratch")?;
+        if g.replace(b.clone()).is_some() {
+            // the bind-group cache drops its references to freed buffers on this signal
+            crate::buffer::FREES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(b)
+    }
+
+    /// Bytes of the GEMM split scratch allocated now.
+    pub(crate) fn gemm_scratch_bytes(&self) -> usize {
+        let g = self.gemm_scratch.lock().unwrap_or_else(|e| e.into_inner());
+        g.as_ref().map_or(0, |b| b.size() as usize)
     }
 
     pub(crate) fn limit_error(&self, what: impl Into<String>, requested: u64, limit: u64) -> Error {

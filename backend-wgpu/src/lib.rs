@@ -219,11 +219,22 @@ impl Backend for WgpuBackend {
         self.prepared_bytes(dtype, shape)
     }
 
-    /// The op-parameter ring allocated when the device opened (uniforms of one command batch).
-    /// Matmuls allocate nothing (tuning at run time is off unless `KILN_WGPU_AUTOTUNE=1`, whose
-    /// transient buffers this does not count); host transfers stage in host memory.
-    fn workspace_bytes(&self, _matmuls: &[MatmulUse]) -> usize {
+    /// The op-parameter ring allocated when the device opened (uniforms of one command batch),
+    /// plus the GEMM's k-split scratch (the most any of `matmuls` needs, or what is allocated
+    /// if more). Tuning at run time is off unless `KILN_WGPU_AUTOTUNE=1`, whose transient
+    /// buffers this does not count; host transfers stage in host memory.
+    fn workspace_bytes(&self, matmuls: &[MatmulUse]) -> usize {
         self.params_ring.size() as usize
+            + ops::gemm::scratch_bound(matmuls).max(self.gemm_scratch_bytes())
+    }
+
+    /// Allocates the GEMM's k-split scratch for the largest split product of `matmuls`.
+    fn reserve_workspace(&self, matmuls: &[MatmulUse]) -> Result<()> {
+        let b = ops::gemm::scratch_bound(matmuls);
+        if b > 0 {
+            self.gemm_scratch(b)?;
+        }
+        Ok(())
     }
 
     fn matmul(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {

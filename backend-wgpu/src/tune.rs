@@ -47,6 +47,12 @@ pub(crate) struct TuneState {
     /// gemv_x8 Q4_K with 64 weights per lane and row per chunk (two qs vec4s, one header
     /// decode) instead of 32.
     vgemv_q4k_wide: bool,
+    /// k splits of the GEMM forced (benchmarks, tests); None = `ops/gemm.rs`'s rule.
+    gemm_splits: Option<u32>,
+    /// The GEMM path runs matmul.wgsl's older 64×64 `gemm` (comparison).
+    gemm_legacy: bool,
+    /// gemm.wgsl reads the next k's tile values before the current k's FMAs (`KK_PF`).
+    gemm_kk_prefetch: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -84,14 +90,19 @@ impl TuneState {
             vgemv_no_x8: false,
             vgemv_depth: None,
             vgemv_q4k_wide: false,
+            gemm_splits: None,
+            gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
+            gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
             known,
             warned: HashSet::new(),
         }
     }
 }
 
+/// The cache key of a crossover. "gemm2": measured against `gemm.wgsl` (entries measured
+/// against the older GEMM, keyed without it, are left unread).
 pub(crate) fn key(d: DType, n: usize, k: usize) -> String {
-    format!("matmul/{}/n{n}/k{k}", d.name())
+    format!("matmul/{}/n{n}/k{k}/gemm2", d.name())
 }
 
 /// What `tune` measured for one shape.
@@ -200,6 +211,47 @@ impl WgpuBackend {
     pub fn set_vgemv_q4k_wide(&self, on: bool) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_q4k_wide = on;
+    }
+
+    /// Force the GEMM's k splits (1 = none; capped at k/32), or `None` for the built-in
+    /// rule (`ops/gemm.rs`: split until ~256 workgroups). Benchmarks and tests.
+    pub fn set_gemm_splits(&self, splits: Option<u32>) -> Result<()> {
+        if splits == Some(0) {
+            return Err(Error::Invalid("gemm splits 0: expected ≥ 1".into()));
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_splits = splits;
+        Ok(())
+    }
+
+    pub(crate) fn gemm_splits_forced(&self) -> Option<u32> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_splits
+    }
+
+    /// Run the GEMM path through matmul.wgsl's older kernel (64×64 tiles, 64 of 256
+    /// invocations dequantizing, no split) instead of gemm.wgsl: comparison only.
+    /// `KILN_WGPU_GEMM=legacy` sets it for the whole process.
+    pub fn set_gemm_legacy(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_legacy = on;
+    }
+
+    /// gemm.wgsl's register double buffering of its workgroup-memory reads (default on;
+    /// `KILN_WGPU_GEMM=nopf` turns it off for the whole process): comparison.
+    pub fn set_gemm_kk_prefetch(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_kk_prefetch = on;
+    }
+
+    pub(crate) fn gemm_kk_prefetch(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_kk_prefetch
+    }
+
+    pub(crate) fn gemm_legacy(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_legacy
     }
 
     pub(crate) fn vgemv_q4k_wide(&self) -> bool {

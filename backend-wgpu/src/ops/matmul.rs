@@ -1,7 +1,8 @@
 //! y = x·Wᵀ for every weight dtype, `shaders/matmul.wgsl` (+ `dequant.wgsl`).
 //!
-//! Two kernels: `gemv` (fused dequant + dot, memory-bound, for few x rows) and `gemm` (tiled,
-//! dequantizing into workgroup memory, for many rows). Which one runs for m x rows is decided
+//! Two kernels: `gemv` (fused dequant + dot, memory-bound, for few x rows) and the GEMM
+//! (tiled, dequantizing into workgroup memory, for many rows: `ops/gemm.rs`; matmul.wgsl's
+//! older `gemm` stays as a comparison, `set_gemm_legacy`). Which one runs for m x rows is decided
 //! by the crossover measured by `tune` for (adapter, dtype, n, k) and persisted in the tuning
 //! cache (see `tune.rs`).
 
@@ -9,7 +10,7 @@ use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use crate::device::WgpuBackend;
-use crate::ops::{bytes_of, gemv_v, u32_of};
+use crate::ops::{bytes_of, gemm, gemv_v, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
 
@@ -147,6 +148,9 @@ fn run(
         && x.offset().is_multiple_of(16)
     {
         return gemv_v::run(be, x, ww, out);
+    }
+    if path == MatmulPath::Gemm && !be.gemm_legacy() {
+        return gemm::run(be, x, ww, out, m);
     }
     let bx = be.bind_view(op, &x, "x")?;
     let bo = be.bind_out(op, &out, "out")?;

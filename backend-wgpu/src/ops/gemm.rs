@@ -1,0 +1,193 @@
+//! The many-row matmul kernel, `shaders/gemm.wgsl` (+ `dequant.wgsl`): 64×128 output tiles
+//! per 128 invocations, all of them dequantizing, 8×8 register tiles, the next k group loaded while the
+//! current one is multiplied; and a k split over workgroups (partials in a scratch buffer the
+//! backend keeps, summed by `gemm_sum`) when m·n gives too few tiles to fill the GPU.
+
+use kiln_core::{MatmulUse, OpKind, Result, View, ViewMut};
+
+use crate::device::WgpuBackend;
+use crate::ops::bytes_of;
+use crate::ops::matmul::{DEQUANT, wdefine};
+use crate::pipeline_cache::ShaderSpec;
+use crate::weight::WgpuWeight;
+
+pub(crate) const SRC: &str = include_str!("../../shaders/gemm.wgsl");
+
+/// Output tile of one workgroup: x rows × weight rows.
+pub(crate) const TILE_M: usize = 64;
+pub(crate) const TILE_N: usize = 128;
+/// Workgroups the split rule aims for: below this many output tiles, k is split (×2 at a
+/// time) until tiles × splits reaches it (about two 128-invocation workgroups per SM of a
+/// 132-SM H200). Chosen from forced splits 1…16 timed by `tests/bench_gemm.rs` on an H200
+/// (BENCHMARKS.md, "wgemm" entry): at m = 64 it picks 8 splits at n = 4096 (best there)
+/// and 4 at n = 14336 (within 1 % of the best, 2).
+const SPLIT_TARGET_WGS: usize = 256;
+/// Most k splits, and fewest 32-element groups per split.
+const MAX_SPLITS: usize = 8;
+const MIN_GROUPS_PER_SPLIT: usize = 8;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n_c: u32,
+    k: u32,
+    n_out: u32,
+    r0: u32,
+    bpr: u32,
+    d_base: u32,
+    x_off: u32,
+    o_off: u32,
+    splits: u32,
+    gps: u32,
+    pad: u32,
+}
+
+/// k splits for an m × n_c output with k columns: 1 unless the tiles alone leave the GPU
+/// short of `SPLIT_TARGET_WGS` workgroups; `forced` (benchmarks, tests) wins, capped so every
+/// split has at least one group.
+pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
+    let groups = k / 32;
+    if let Some(f) = forced {
+        return (f as usize).clamp(1, groups.max(1));
+    }
+    let tiles = m.div_ceil(TILE_M) * n_c.div_ceil(TILE_N);
+    let mut s = 1;
+    while tiles * s < SPLIT_TARGET_WGS
+        && s * 2 <= MAX_SPLITS
+        && groups / (s * 2) >= MIN_GROUPS_PER_SPLIT
+    {
+        s *= 2;
+    }
+    s
+}
+
+/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split).
+pub(crate) fn scratch_bytes(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
+    let s = splits(m, n_c, k, forced);
+    if s > 1 { s * m * n_c * 4 } else { 0 }
+}
+
+/// The most scratch any GEMM of `uses` needs (every m up to its max_rows, unforced).
+pub(crate) fn scratch_bound(uses: &[MatmulUse]) -> usize {
+    uses.iter()
+        .filter(|u| u.shape.rank() >= 2)
+        .map(|u| {
+            let (n, k) = (
+                u.shape.dim(u.shape.rank() - 2),
+                u.shape.dim(u.shape.rank() - 1),
+            );
+            (1..=u.max_rows)
+                .map(|m| scratch_bytes(m, n, k, None))
+                .max()
+                .unwrap_or(0)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Run the GEMM for x [m, k] · chunked W [n, k]ᵀ → out [m, n].
+pub(crate) fn run(
+    be: &WgpuBackend,
+    x: View<'_>,
+    ww: &WgpuWeight,
+    out: ViewMut<'_>,
+    m: usize,
+) -> Result<()> {
+    let op = OpKind::Matmul;
+    let bx = be.bind_view(op, &x, "x")?;
+    let bo = be.bind_out(op, &out, "out")?;
+    let x_off = bx.elem_off(4);
+    let forced = be.gemm_splits_forced();
+    let groups = ww.k / 32;
+    let zmax = be.limits.max_compute_workgroups_per_dimension as usize;
+    for c in &ww.chunks {
+        let n_c = c.r1 - c.r0;
+        let s = splits(m, n_c, ww.k, forced);
+        let tiles_m = m.div_ceil(TILE_M);
+        if tiles_m * s > zmax {
+            return Err(be.limit_error(
+                "matmul: x-row tiles × k splits (workgroups in z)",
+                (tiles_m * s) as u64,
+                zmax as u64,
+            ));
+        }
+        let p = Params {
+            m: m as u32,
+            n_c: n_c as u32,
+            k: ww.k as u32,
+            n_out: ww.rows as u32,
+            r0: c.r0 as u32,
+            bpr: ww.bpr() as u32,
+            d_base: c.d_base,
+            x_off,
+            o_off: bo.elem_off(4),
+            splits: s as u32,
+            gps: groups.div_ceil(s) as u32,
+            pad: 0,
+        };
+        let mut spec = ShaderSpec::new("gemm", &[DEQUANT, SRC], "gemm").define(wdefine(ww.dtype));
+        if x_off.is_multiple_of(4) {
+            spec = spec.define("X_VEC4");
+        }
+        if be.gemm_kk_prefetch() {
+            spec = spec.define("KK_PF");
+        }
+        let bw = be.bind_range(&c.buf, 0, c.buf.size(), "weight chunk")?;
+        let (gx, gy) = be.grid(n_c.div_ceil(TILE_N) as u32);
+        if s == 1 {
+            let pipe = be.pipeline(spec)?;
+            be.dispatch(
+                &pipe,
+                bytes_of(&p),
+                &[bw.entry(1), bx.entry(2), bo.entry(3)],
+                (gx, gy, (tiles_m * s) as u32),
+            )?;
+            continue;
+        }
+        // Partials [s][m][n_c] in the scratch buffer, then their sum into out.
+        let part = be.gemm_scratch(s * m * n_c * 4)?;
+        let bp = be.bind_range(&part, 0, (s * m * n_c * 4) as u64, "gemm k-split scratch")?;
+        let pipe = be.pipeline(spec.define("SPLIT"))?;
+        be.dispatch(
+            &pipe,
+            bytes_of(&p),
+            &[bw.entry(1), bx.entry(2), bp.entry(4)],
+            (gx, gy, (tiles_m * s) as u32),
+        )?;
+        let sum = be.pipeline(
+            ShaderSpec::new("gemm", &[SRC], "gemm_sum")
+                .define("SUM")
+                .define("SPLIT"),
+        )?;
+        let (sx, sy) = be.grid((m * n_c).div_ceil(256) as u32);
+        be.dispatch(&sum, bytes_of(&p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_rule() {
+        // few tiles: split until 256 workgroups or 8 splits
+        assert_eq!(splits(64, 4096, 4096, None), 8);
+        assert_eq!(splits(64, 14336, 4096, None), 4);
+        assert_eq!(splits(128, 14336, 4096, None), 2);
+        assert_eq!(splits(128, 4096, 4096, None), 4);
+        assert_eq!(splits(64, 1024, 4096, None), 8);
+        // enough tiles: no split
+        assert_eq!(splits(1024, 4096, 4096, None), 1);
+        assert_eq!(splits(64, 128256, 4096, None), 1);
+        // short k: at least 8 groups per split
+        assert_eq!(splits(64, 64, 512, None), 2);
+        assert_eq!(splits(64, 64, 256, None), 1);
+        // forced, capped by the groups
+        assert_eq!(splits(512, 4096, 4096, Some(4)), 4);
+        assert_eq!(splits(1, 8, 64, Some(8)), 2);
+        assert_eq!(scratch_bytes(64, 4096, 4096, None), 8 * 64 * 4096 * 4);
+        assert_eq!(scratch_bytes(1024, 4096, 4096, None), 0);
+    }
+}

@@ -1,0 +1,130 @@
+//! The many-row GEMM (`shaders/gemm.wgsl`) forced at m ∈ {9, 17, 33, 64, 65} for the weight
+//! types `kiln_core::quant::quantize` writes, with a partial last 64-row weight tile, every
+//! k split (none, the built-in rule, 2, 3, 8), x at an offset that is and one that is not a
+//! multiple of 4 elements, outputs poisoned (NaN) before each run: against an f64 CPU product
+//! of the dequantized weight.
+// Tests may unwrap (project convention).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use kiln_core::{Backend, DType, HostTensor, Shape};
+use kiln_wgpu::MatmulPath;
+
+/// CPU y = x·Wᵀ in f64 from the dequantized weights.
+fn cpu_mm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
+    let mut y = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let s: f64 = x[i * k..(i + 1) * k]
+                .iter()
+                .zip(&w[j * k..(j + 1) * k])
+                .map(|(a, b)| f64::from(*a) * f64::from(*b))
+                .sum();
+            y[i * n + j] = s as f32;
+        }
+    }
+    y
+}
+
+#[test]
+fn gemm_forced_rows_splits_types() {
+    let Some(be) = open() else { return };
+    let mut r = rng(5);
+    let (n, k) = (200, 1024); // one full and one partial 128-row weight tile; 32 groups
+    let types = [
+        DType::Q4_K,
+        DType::Q8_0,
+        DType::Q6_K,
+        DType::Q4_0,
+        DType::BF16,
+        DType::F16,
+        DType::F32,
+    ];
+    let mut checked = 0;
+    for d in types {
+        if !kiln_core::quant::can_quantize(d) {
+            eprintln!("SKIPPED {d}: no quantizer");
+            continue;
+        }
+        let wf = randn(&mut r, n * k, 0.5);
+        let mut bytes = vec![0u8; d.bytes_for(n * k).unwrap()];
+        kiln_core::quant::quantize(d, &wf, &mut bytes).unwrap();
+        let deq = kiln_core::quant::dequantize_vec(d, &bytes).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &bytes).unwrap())
+            .unwrap();
+        for m in [9, 17, 33, 64, 65] {
+            let x = randn(&mut r, m * k, 1.0);
+            let want = cpu_mm(&x, &deq, m, n, k);
+            for x_el in [4usize, 3] {
+                // x at element x_el, out right after it, in one buffer
+                let buf = poisoned(&be, x_el + m * k + m * n);
+                be.write(&buf, x_el * 4, &f32_bytes(&x)).unwrap();
+                let off_o = (x_el + m * k) * 4;
+                for sp in [Some(1), None, Some(2), Some(3), Some(8)] {
+                    be.set_gemm_splits(sp).unwrap();
+                    be.write(&buf, off_o, &f32_bytes(&vec![f32::NAN; m * n]))
+                        .unwrap();
+                    let run = be.matmul_with(
+                        buf.view(x_el * 4, Shape::d2(m, k), DType::F32).unwrap(),
+                        &w,
+                        buf.view_mut(off_o, Shape::d2(m, n), DType::F32).unwrap(),
+                        MatmulPath::Gemm,
+                    );
+                    be.set_gemm_splits(None).unwrap();
+                    run.unwrap();
+                    let got = read_f32(&be, &buf, off_o, m * n);
+                    assert!(
+                        got.iter().all(|v| v.is_finite()),
+                        "{d} m={m} x at {x_el} splits {sp:?}: unwritten (NaN) outputs"
+                    );
+                    let e = nmse(&got, &want);
+                    // f32 FMAs over k = 1024: ~1e-13; a wrong index or group is ≫ 1e-3
+                    assert!(e < 1e-10, "{d} m={m} x at {x_el} splits {sp:?}: nmse {e:e}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 5 * 2 * 5 * 4, "too few cases ran: {checked}");
+}
+
+/// Short k (2 and 3 groups: forced splits are capped, the rule does not split) and n that
+/// leaves most of the last tile empty.
+#[test]
+fn gemm_split_short_k() {
+    let Some(be) = open() else { return };
+    let mut r = rng(9);
+    for (n, k) in [(70, 64), (130, 96)] {
+        let d = DType::Q8_0;
+        let wf = randn(&mut r, n * k, 0.5);
+        let mut bytes = vec![0u8; d.bytes_for(n * k).unwrap()];
+        kiln_core::quant::quantize(d, &wf, &mut bytes).unwrap();
+        let deq = kiln_core::quant::dequantize_vec(d, &bytes).unwrap();
+        let w = be
+            .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &bytes).unwrap())
+            .unwrap();
+        let m = 40;
+        let x = randn(&mut r, m * k, 1.0);
+        let want = cpu_mm(&x, &deq, m, n, k);
+        let xb = upload(&be, &f32_bytes(&x));
+        for sp in [None, Some(2), Some(8)] {
+            be.set_gemm_splits(sp).unwrap();
+            let o = poisoned(&be, m * n);
+            let run = be.matmul_with(
+                xb.view(0, Shape::d2(m, k), DType::F32).unwrap(),
+                &w,
+                o.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                MatmulPath::Gemm,
+            );
+            be.set_gemm_splits(None).unwrap();
+            run.unwrap();
+            let got = read_f32(&be, &o, 0, m * n);
+            let e = nmse(&got, &want);
+            assert!(e < 1e-10, "{n}x{k} splits {sp:?}: nmse {e:e}");
+        }
+    }
+    assert!(be.set_gemm_splits(Some(0)).is_err());
+}
