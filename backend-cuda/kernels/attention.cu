@@ -23,8 +23,10 @@
 //   The first NS−1 K/V tiles are requested before the Q tile is loaded.
 // - prefill config (q_len > qd): ROWS = 64 rows, each warp owns 16 rows and all keys of a tile
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
-// Per tile: K and V (BC keys × HD) are copied into shared memory with cp.async (16-byte chunks,
-// rows padded by 16 bytes so ldmatrix is conflict-free) in an NS-stage ring; S = Q·Kᵀ and
+// Per tile: K and V (BC keys × HD) are copied into shared memory (rows padded by 16 bytes so
+// ldmatrix is conflict-free) in an NS-stage ring: decode on sm_90+ by cp.async.bulk, one copy
+// per key row, completing on an mbarrier per stage; prefill, and decode below sm_90, by
+// cp.async (16-byte chunks); S = Q·Kᵀ and
 // O += P·V use mma.sync m16n8k16 (f16 for f16/f32 caches, bf16 for bf16 caches; an f32 cache is
 // rounded to f16 on the way into shared memory), accumulating in f32; softmax is online in f32
 // (log2 domain). Q is pre-multiplied by `scale` and rounded once; for bf16, Q is split into
@@ -239,7 +241,34 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
 // ----------------------------------------------------------------------------- tile loader
 // K and V rows of key positions tile·BC .. tile·BC+BC-1 of (s, g) into Ks, Vs [BC][LD] (16-bit).
 // Positions outside [klo, khi) and blocks outside the cache are zero-filled, never read.
-// One 16-byte chunk (8 elements) per thread per step: consecutive threads read one key row.
+// Block id of key `pos` of the table `bt`, or −1 (outside [klo, khi) or outside the cache).
+__device__ __forceinline__ int kv_block(const AttnArgs& a, const int* bt, int pos, int klo, int khi) {
+    if (pos < klo || pos >= khi) return -1;
+    const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
+    const int blk = __ldg(bt + bi);
+    return (blk >= 0 && blk < a.num_blocks) ? blk : -1;
+}
+
+// Element offset of (block blk, KV head g, key pos) in the cache [num_blocks, n_kv, bs, HD]
+// (shift/mask for power-of-two block sizes: no division).
+template <int HD>
+__device__ __forceinline__ i64 kv_row_off(const AttnArgs& a, int blk, int g, int pos) {
+    const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
+    const int row = pos - bi * a.block_size;
+    return (((i64)blk * a.n_kv + g) * a.block_size + row) * HD;
+}
+
+// One 16-byte chunk of an f32 cache row, rounded to f16 (no cp.async: the data changes type).
+__device__ __forceinline__ uint4 f32x8_to_f16(const float* src) {
+    const float4 x0 = __ldg((const float4*)src), x1 = __ldg((const float4*)src + 1);
+    return make_uint4(pack2<false>(x0.x, x0.y), pack2<false>(x0.z, x0.w), pack2<false>(x1.x, x1.y),
+                      pack2<false>(x1.z, x1.w));
+}
+
+// cp.async loader (prefill; decode below sm_90): one 16-byte chunk (8 elements) per thread per
+// step, consecutive threads read one key row; each chunk's block id is read right before its
+// copy. (Reading a tile's block ids first, all in flight, then copying measured 10–20 % slower
+// in the lab, round 3: more registers, and the copies start later.)
 template <int HD, int BC, int THREADS>
 __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int tile, int klo, int khi,
                                         u16* Ks, u16* Vs) {
@@ -253,29 +282,16 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
         const int pos = tile * BC + kk;
         u16* kd = Ks + kk * LD + c * 8;
         u16* vd = Vs + kk * LD + c * 8;
-        // Block and row of `pos` (shift/mask for power-of-two block sizes: no division).
-        const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
-        const int row = pos - bi * a.block_size;
-        int blk = -1;
-        if (pos >= klo && pos < khi) {
-            blk = __ldg(bt + bi);
-            if (blk >= a.num_blocks) blk = -1;
-        }
+        const int blk = kv_block(a, bt, pos, klo, khi);
         if (blk < 0) {
             *(uint4*)kd = make_uint4(0u, 0u, 0u, 0u);
             *(uint4*)vd = make_uint4(0u, 0u, 0u, 0u);
             continue;
         }
-        const i64 off = (((i64)blk * a.n_kv + g) * a.block_size + row) * HD + c * 8;
+        const i64 off = kv_row_off<HD>(a, blk, g, pos) + c * 8;
         if (a.kv_f32) {
-            // Rounded to f16 on the way in (no cp.async: the data changes type).
-#pragma unroll
-            for (int which = 0; which < 2; which++) {
-                const float4* src = (const float4*)((const float*)(which ? a.vc : a.kc) + off);
-                const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
-                *(uint4*)(which ? vd : kd) = make_uint4(pack2<false>(x0.x, x0.y), pack2<false>(x0.z, x0.w),
-                                                        pack2<false>(x1.x, x1.y), pack2<false>(x1.z, x1.w));
-            }
+            *(uint4*)kd = f32x8_to_f16((const float*)a.kc + off);
+            *(uint4*)vd = f32x8_to_f16((const float*)a.vc + off);
         } else {
             cp_async16(smem_addr(kd), (const u16*)a.kc + off);
             cp_async16(smem_addr(vd), (const u16*)a.vc + off);
@@ -283,10 +299,98 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
     }
 }
 
+// ------------------------------------------------------------ bulk-copy (TMA) loader, sm_90+
+// Decode tiles by `cp.async.bulk` (the copy engine, not the load/store unit: one instruction per
+// HD·2-byte key row, so a CTA keeps whole tiles in flight with few instructions) completing on
+// one mbarrier per ring stage. Mapping: THREADS = 2·BC, thread t copies row t % BC of K (t < BC)
+// or V; each thread arrives once per tile on the stage's barrier (count THREADS) after adding
+// the bytes it will copy (expect_tx), so a stage's phase completes when every row has landed or
+// been zero-filled. Rows stay padded to LD (one bulk copy per row: ldmatrix stays
+// conflict-free). Bytes in flight per CTA: (NS − 1)·2·BC·HD·2. Below sm_90 the helpers are empty
+// and attn_body uses the cp.async loader (ATTN_BULK = 0).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define ATTN_BULK 1
+#else
+#define ATTN_BULK 0
+#endif
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+#if ATTN_BULK
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) {
+#if ATTN_BULK
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive_tx(u32 bar, u32 bytes) {
+#if ATTN_BULK
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+#if ATTN_BULK
+    u32 done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+#endif
+}
+// dst (shared) ← src (global), `bytes` (multiple of 16, both 16-byte aligned), completing on bar.
+__device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
+#if ATTN_BULK
+    // Earlier generic accesses of this row (ldmatrix reads, zero fills) before the async write.
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
+#endif
+}
+
+// The block id of this thread's row (bulk mapping).
+template <int BC>
+__device__ __forceinline__ int kv_block_bulk(const AttnArgs& a, int s, int tile, int klo, int khi) {
+    return kv_block(a, a.tables + (i64)s * a.max_blocks, tile * BC + threadIdx.x % BC, klo, khi);
+}
+template <int HD, int BC>
+__device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int g, int tile, int blk, u16* Ks, u16* Vs, u32 bar) {
+    constexpr int LD = HD + 8;
+    const int kk = threadIdx.x % BC, which = threadIdx.x / BC;
+    u16* d = (which ? Vs : Ks) + kk * LD;
+    if (blk >= 0 && !a.kv_f32) {
+        const u16* src = (const u16*)(which ? a.vc : a.kc) + kv_row_off<HD>(a, blk, g, tile * BC + kk);
+        mbar_arrive_tx(bar, HD * 2);
+        bulk_g2s(smem_addr(d), src, HD * 2, bar);
+        return;
+    }
+    if (blk >= 0) {
+        const float* src = (const float*)(which ? a.vc : a.kc) + kv_row_off<HD>(a, blk, g, tile * BC + kk);
+#pragma unroll 4
+        for (int c = 0; c < HD / 8; c++) *(uint4*)(d + c * 8) = f32x8_to_f16(src + c * 8);
+    } else {
+#pragma unroll 4
+        for (int c = 0; c < HD / 8; c++) *(uint4*)(d + c * 8) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    mbar_arrive(bar);  // release: the generic stores are visible to the waiting threads
+}
+
 // ------------------------------------------------------------------------------- the kernel
 // WM warps along rows × WN warps along keys (WM·WN = 4); BC keys per tile; NS pipeline stages;
 // BF: bf16 cache (bf16 mma, Q split in hi + lo), else f16 mma (f16 cache, or f32 when kv_f32).
-template <int HD, int WM, int WN, int BC, int NS, bool BF>
+// BULK (decode, THREADS = 2·BC): K/V tiles by cp.async.bulk into an mbarrier ring on sm_90+
+// (the cp.async loader below sm_90). EARLY: the kernel's PDL prologue — batch arrays, key range
+// and (bulk loader) the first tiles' block-table entries — runs before griddepcontrol.wait. The
+// batch arrays are step inputs the host writes (Backend::write: a copy, not a kernel, so every
+// later kernel starts after it completed); q, the cache, the partials, `out` and the counters
+// are touched only after the wait (they may belong to the previous kernels). Every CTA waits
+// before it exits (a grid that ends without waiting would end the dependency chain early).
+// Without EARLY the caller waits first.
+#define ATTN_LEAVE          \
+    {                       \
+        if (EARLY) pdl_wait(); \
+        return;             \
+    }
+template <int HD, int WM, int WN, int BC, int NS, bool BF, bool BULK = false, bool EARLY = false>
 __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     constexpr bool DECODE = (WN > 1);
     constexpr int ROWS = 16 * WM, THREADS = 32 * WM * WN, KW = BC / WN;
@@ -296,23 +400,27 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     extern __shared__ uint4 smem_raw[];
     u16* Qs = (u16*)smem_raw;            // [NQ][ROWS][LD]: scale·q rounded (bf16: hi, then lo)
     u16* KVs = Qs + NQ * ROWS * LD;      // [NS][K, V][BC][LD]
+    constexpr bool USE_BULK = BULK && DECODE && ATTN_BULK;
+    static_assert(!BULK || (DECODE && THREADS == 2 * BC), "bulk loader: one thread per K or V row");
+    __shared__ alignas(8) u64 bars[NS];        // bulk: one mbarrier per ring stage
+    if (EARLY) pdl_launch_dependents();
 
     // ---- which rows and keys this CTA owns
     const int s = blockIdx.z, g = blockIdx.y;
     const int z = blockIdx.x / a.row_tiles, rt0 = blockIdx.x % a.row_tiles;
     int q0, q_len, kv_len;
-    if (!seq_ok(a, s, q0, q_len, kv_len)) return;
-    if (DECODE ? (q_len > a.qd) : (q_len <= a.qd)) return;
+    if (!seq_ok(a, s, q0, q_len, kv_len)) ATTN_LEAVE
+    if (DECODE ? (q_len > a.qd) : (q_len <= a.qd)) ATTN_LEAVE
     const int nrows = q_len * a.group;
     const int r0 = (DECODE ? rt0 : a.row_tiles - 1 - rt0) * ROWS;
-    if (r0 >= nrows) return;
+    if (r0 >= nrows) ATTN_LEAVE
     const int r_end = min(r0 + ROWS, nrows);
     int klo, khi;
     key_range(a, q_len, kv_len, r0, r_end, klo, khi);
     bool direct = true;
     if (DECODE) {
         const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
-        if (z < z0 || z > z1) return;
+        if (z < z0 || z > z1) ATTN_LEAVE
         direct = (z0 == z1);
         klo = max(klo, z * a.chunk);
         khi = min(khi, (z + 1) * a.chunk);
@@ -336,20 +444,31 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
     }
 
-    // ---- main loop over key tiles, NS-stage cp.async ring
+    // ---- main loop over key tiles, NS-stage ring (cp.async groups or bulk copies + mbarriers)
     const int t_begin = klo / BC, t_end = (khi + BC - 1) / BC;
     float o[NT_O][4];
 #pragma unroll
     for (int n = 0; n < NT_O; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
     float m_r[2] = {NEG_INF, NEG_INF}, l_r[2] = {0.0f, 0.0f};
-
+    const u32 bar0 = smem_addr(bars);  // stage st: bar0 + 8·st
+    if (USE_BULK) {
+        if (threadIdx.x < NS) mbar_init(bar0 + 8 * threadIdx.x, THREADS);
+        __syncthreads();
+    }
+    // The first NS−1 tiles. Bulk: this thread's block ids are read before the PDL wait (EARLY).
+    int pblk[NS > 1 ? NS - 1 : 1];
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++)
+        pblk[st] = (USE_BULK && t_begin + st < t_end) ? kv_block_bulk<BC>(a, s, t_begin + st, klo, khi) : -1;
+    if (EARLY) pdl_wait();
 #pragma unroll
     for (int st = 0; st < NS - 1; st++) {
         if (t_begin + st < t_end) {
             u16* Ks = KVs + st * 2 * BC * LD;
-            load_kv<HD, BC, THREADS>(a, s, g, t_begin + st, klo, khi, Ks, Ks + BC * LD);
+            if (USE_BULK) kv_issue_bulk<HD, BC>(a, g, t_begin + st, pblk[st], Ks, Ks + BC * LD, bar0 + 8 * st);
+            else load_kv<HD, BC, THREADS>(a, s, g, t_begin + st, klo, khi, Ks, Ks + BC * LD);
         }
-        cp_async_commit();
+        if (!USE_BULK) cp_async_commit();
     }
     // ---- Q tile → shared memory (zeros past r_end), while the first K/V tiles are in flight
     for (int i = threadIdx.x; i < ROWS * (HD / 8); i += THREADS) {
@@ -381,13 +500,24 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         {
             const int tn = t + NS - 1;
             if (tn < t_end) {
-                u16* Ks = KVs + ((it + NS - 1) % NS) * 2 * BC * LD;
-                load_kv<HD, BC, THREADS>(a, s, g, tn, klo, khi, Ks, Ks + BC * LD);
+                const int st = (it + NS - 1) % NS;
+                u16* Ks = KVs + st * 2 * BC * LD;
+                if (USE_BULK) {
+                    kv_issue_bulk<HD, BC>(a, g, tn, kv_block_bulk<BC>(a, s, tn, klo, khi), Ks, Ks + BC * LD,
+                                          bar0 + 8 * st);
+                } else {
+                    load_kv<HD, BC, THREADS>(a, s, g, tn, klo, khi, Ks, Ks + BC * LD);
+                }
             }
-            cp_async_commit();
         }
-        cp_async_wait<NS - 1>();
-        __syncthreads();
+        if (USE_BULK) {
+            if (it == 0) __syncthreads();  // the Q tile
+            mbar_wait(bar0 + 8 * (it % NS), (it / NS) & 1);
+        } else {
+            cp_async_commit();
+            cp_async_wait<NS - 1>();
+            __syncthreads();
+        }
         const u16* Ks = KVs + (it % NS) * 2 * BC * LD;
         const u16* Vs = Ks + BC * LD;
 
@@ -582,10 +712,11 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
 }
 
 // attn_<decode|prefill>_hd<HD>_<f16|bf16>_s<NS> (f32 caches use the f16 kernels). Decode:
-// WM 1 × WN 4, 64-key tiles. Prefill: WM 4 × WN 1, 64-key tiles (32 for HD 256). The host
-// takes the first variant whose shared memory fits the device (src/ops/attention.rs
-// `VARIANTS`): NS = 1 fallbacks exist only where the faster variant needs more than 99 KiB
-// (sm_86/sm_89).
+// WM 1 × WN 4, 64-key tiles, bulk-copy loader on sm_90+ (cp.async below), early PDL prologue.
+// Prefill: WM 4 × WN 1, 64-key tiles (32 for HD 256), waits first. The host takes, per call,
+// the variant src/ops/attention.rs `VARIANTS` lists for the plan whose shared memory fits the
+// device: hd128 decode NS = 3, except bf16 caches with several KV splits (NS = 2; `decode_stages`);
+// NS = 1 fallbacks exist only where the faster variant needs more than 99 KiB (sm_86/sm_89).
 #define ATTN_KERNEL(mode, HD, WM, WN, BC, NS, dts, BF)                                         \
     extern "C" __global__ void __launch_bounds__(128)                                          \
         attn_##mode##_hd##HD##_##dts##_s##NS(const AttnArgs a) {                                \
@@ -595,11 +726,20 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
 #define ATTN_BOTH(mode, HD, WM, WN, BC, NS)          \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, f16, false) \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, bf16, true)
+// Decode kernels: attn_body waits itself (EARLY), after its prologue.
+#define ATTN_DECODE1(HD, NS, dts, BF)                                                           \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_hd##HD##_##dts##_s##NS(const AttnArgs a) { \
+        attn_body<HD, 1, 4, 64, NS, BF, true, true>(a);                                         \
+    }
+#define ATTN_DECODE(HD, NS) \
+    ATTN_DECODE1(HD, NS, f16, false) \
+    ATTN_DECODE1(HD, NS, bf16, true)
 
-ATTN_BOTH(decode, 64, 1, 4, 64, 3)
-ATTN_BOTH(decode, 128, 1, 4, 64, 2)
-ATTN_BOTH(decode, 256, 1, 4, 64, 2)
-ATTN_BOTH(decode, 256, 1, 4, 64, 1)
+ATTN_DECODE(64, 3)
+ATTN_DECODE(128, 2)
+ATTN_DECODE(128, 3)
+ATTN_DECODE(256, 2)
+ATTN_DECODE(256, 1)
 ATTN_BOTH(prefill, 64, 4, 1, 64, 2)
 ATTN_BOTH(prefill, 128, 4, 1, 64, 2)
 ATTN_KERNEL(prefill, 128, 4, 1, 64, 1, bf16, true)

@@ -29,6 +29,7 @@ namespace base {
 }
 template <int NS, bool BF>
 __global__ void __launch_bounds__(128) base_decode(const base::AttnArgs a) {
+    pdl_enter();  // as the backend's kernels (every call is a programmatic dependent here)
     base::attn_body<128, 1, 4, 64, NS, BF>(a);
 }
 
@@ -41,7 +42,9 @@ __global__ void __launch_bounds__(128) base_decode(const base::AttnArgs a) {
         }                                                                                      \
     } while (0)
 
-static const int NH = 32, NKV = 8, HD = 128, BS = 16, G = NH / NKV;
+// NH / NKV: Llama-3-8B (32 / 8), or one TP2 rank (16 / 4) for the `tp2` cases; G stays 4.
+static int NH = 32, NKV = 8;
+static const int HD = 128, BS = 16, G = 4;
 
 // ------------------------------------------------------------------------------ random fill
 __global__ void fill16(u16* p, size_t n, u32 seed, int bf) {
@@ -69,39 +72,50 @@ static float bf2f_host(u16 b) {
 }
 
 // ------------------------------------------------------------------------------- variants
-enum Kind { BASE = 0, SEPARATE = 1, FUSED_MEMSET = 2, FUSED = 3 };
+// Every call is launched as a programmatic dependent (cudaLaunchKernelEx, programmatic stream
+// serialization), as the backend launches it; the split merge is fused (counters zeroed once).
+enum Kind { BASE = 0, NEW = 1 };
 struct Variant {
     const char* name;
     Kind kind;
     int ns;
-    int min_chunk;    // smallest split (keys)
-    int split_scale;  // splits0 multiplied by this before the clamp
+    bool bulk;   // cp.async.bulk rows into an mbarrier ring (else 16-byte cp.async)
+    bool early;  // batch arrays + first block ids before griddepcontrol.wait
+    int min_chunk = 64;   // smallest split (keys)
+    int split_scale = 1;  // splits0 multiplied by this before the clamp
 };
 static const Variant VARIANTS[] = {
-    {"v0 base: HEAD kernel NS2 + serial combine", BASE, 2, 128, 1},
-    {"v1 KV-first NS2 + parallel combine kernel", SEPARATE, 2, 128, 1},
-    {"v2 KV-first NS3 + parallel combine kernel", SEPARATE, 3, 128, 1},
-    {"v3 NS2 fused merge, memset node per call", FUSED_MEMSET, 2, 128, 1},
-    {"v4 NS3 fused merge, memset node per call", FUSED_MEMSET, 3, 128, 1},
-    {"v5 NS3 fused merge, counters zeroed once", FUSED, 3, 128, 1},
-    {"v6 v5 with min chunk 64", FUSED, 3, 64, 1},
-    {"v7 v5 with 2x splits", FUSED, 3, 128, 2},
-    {"v8 NS2 fused merge, counters zeroed once", FUSED, 2, 128, 1},
-    {"v9 v5 with min chunk 64 and 2x splits", FUSED, 3, 64, 2},
-    {"v10 v8 with min chunk 64 and 2x splits", FUSED, 2, 64, 2},
+    {"v0 base (HEAD kernel, NS2)", BASE, 2, false, false},
+    {"v1 cp.async (this tree), NS2", NEW, 2, false, false},
+    {"v2 cp.async (this tree), NS3", NEW, 3, false, false},
+    {"v3 bulk rows + mbarrier, NS2", NEW, 2, true, false},
+    {"v4 bulk rows + mbarrier, NS3", NEW, 3, true, false},
+    {"v5 v1 + early PDL prologue", NEW, 2, false, true},
+    {"v6 v3 + early PDL prologue", NEW, 2, true, true},
+    {"v7 v4 + early PDL prologue", NEW, 3, true, true},
 };
 static const int NVAR = sizeof(VARIANTS) / sizeof(VARIANTS[0]);
 
 typedef void (*NewK)(const AttnArgs);
 typedef void (*BaseK)(const base::AttnArgs);
-// The working tree's decode body at NS stages (NS 2 is the backend's attn_decode_hd128_*_s2).
-template <int NS, bool BF>
+// The working tree's decode body (NS stages, loader, prologue).
+template <int NS, bool BF, bool BULK, bool EARLY>
 __global__ void __launch_bounds__(128) new_decode(const AttnArgs a) {
-    attn_body<128, 1, 4, 64, NS, BF>(a);
+    if (!EARLY) pdl_enter();
+    attn_body<128, 1, 4, 64, NS, BF, BULK, EARLY>(a);
 }
-static NewK new_kernel(int ns, bool bf) {
-    if (ns == 3) return bf ? new_decode<3, true> : new_decode<3, false>;
-    return bf ? new_decode<2, true> : new_decode<2, false>;
+template <bool BF, bool BULK, bool EARLY>
+static NewK new_kernel_ns(int ns) {
+    if (ns == 3) return new_decode<3, BF, BULK, EARLY>;
+    return new_decode<2, BF, BULK, EARLY>;
+}
+template <bool BF>
+static NewK new_kernel_bf(int ns, bool bulk, bool early) {
+    if (bulk) return early ? new_kernel_ns<BF, true, true>(ns) : new_kernel_ns<BF, true, false>(ns);
+    return early ? new_kernel_ns<BF, false, true>(ns) : new_kernel_ns<BF, false, false>(ns);
+}
+static NewK new_kernel(const Variant& v, bool bf) {
+    return bf ? new_kernel_bf<true>(v.ns, v.bulk, v.early) : new_kernel_bf<false>(v.ns, v.bulk, v.early);
 }
 static BaseK base_kernel(int ns, bool bf) {
     if (ns == 3) return bf ? base_decode<3, true> : base_decode<3, false>;
@@ -110,19 +124,24 @@ static BaseK base_kernel(int ns, bool bf) {
 static int smem_of(int ns, bool bf) { return 2 * (HD + 8) * ((bf ? 2 : 1) * 16 + ns * 2 * 64); }
 
 static int g_sms = 0;
-static int slots_of(const Variant& v, bool bf) {
-    const int smem = smem_of(v.ns, bf);
-    int n = 0;
-    if (v.kind == BASE) {
-        BaseK k = base_kernel(v.ns, false);
-        CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 128, smem_of(v.ns, false)));
-    } else {
-        NewK k = new_kernel(v.ns, false);
-        CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 128, smem_of(v.ns, false)));
+// SMs × the smaller occupancy of the f16 and bf16 kernels (the backend's decode_slots).
+static int slots_of(const Variant& v, bool) {
+    int best = 1 << 30;
+    for (int bf = 0; bf < 2; bf++) {
+        const int smem = smem_of(v.ns, bf);
+        int n = 0;
+        if (v.kind == BASE) {
+            BaseK k = base_kernel(v.ns, bf);
+            CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 128, smem));
+        } else {
+            NewK k = new_kernel(v, bf);
+            CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+            CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, 128, smem));
+        }
+        best = std::min(best, std::max(n, 1));
     }
-    return g_sms * std::max(n, 1);
+    return g_sms * best;
 }
 
 // ------------------------------------------------------------------------------ one problem
@@ -198,22 +217,29 @@ static void enqueue(Launch& L, const Problem& p, int table_i, cudaStream_t st) {
     const Variant& v = *L.v;
     const dim3 grid(L.pl.splits, NKV, p.n_seqs);
     const int smem = smem_of(v.ns, p.bf);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(128);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
     if (v.kind == BASE) {
         fill_args(L.ba, p, L.pl, table_i, L.part_acc, L.part_ml);
+        L.ba.counters = L.counters;
         BaseK k = base_kernel(v.ns, p.bf);
         CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        k<<<grid, 128, smem, st>>>(L.ba);
-        if (L.pl.splits > 1) base::attn_combine<<<dim3(16, NKV, p.n_seqs), 128, 0, st>>>(L.ba, HD);
+        CK(cudaLaunchKernelEx(&cfg, k, L.ba));
         return;
     }
     fill_args(L.na, p, L.pl, table_i, L.part_acc, L.part_ml);
-    const bool fused = v.kind == FUSED || v.kind == FUSED_MEMSET;
-    L.na.counters = fused ? L.counters : nullptr;
-    if (fused && v.kind == FUSED_MEMSET && L.pl.splits > 1) CK(cudaMemsetAsync(L.counters, 0, L.n_counters * 4, st));
-    NewK k = new_kernel(v.ns, p.bf);
+    L.na.counters = L.counters;
+    NewK k = new_kernel(v, p.bf);
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    k<<<grid, 128, smem, st>>>(L.na);
-    if (!fused && L.pl.splits > 1) attn_combine_hd128<<<dim3(1, NKV, p.n_seqs), 128, 0, st>>>(L.na);
+    CK(cudaLaunchKernelEx(&cfg, k, L.na));
 }
 
 // Problem with the given decode rows; `copies` rotated block tables (disjoint blocks, shuffled
@@ -446,9 +472,15 @@ int main(int argc, char** argv) {
     for (int vi = 0; vi < NVAR; vi++)
         printf("slots %-44s f16 %d bf16 %d\n", VARIANTS[vi].name, slots_of(VARIANTS[vi], false),
                slots_of(VARIANTS[vi], true));
+    // (ctx, batch, KV heads): Llama-3-8B decode, and one TP2 rank's decode (16 q / 4 KV heads).
+    struct Case {
+        int ctx, batch, nkv;
+    };
     if (ncu) {
-        for (int batch : {1, 32}) {
-            Problem p = make_problem(false, std::vector<Seq>(batch, Seq{4096}), 2, false, 5);
+        for (Case c : {Case{4096, 1, 8}, Case{4096, 32, 8}, Case{512, 1, 4}}) {
+            NKV = c.nkv;
+            NH = G * c.nkv;
+            Problem p = make_problem(false, std::vector<Seq>(c.batch, Seq{c.ctx}), 2, false, 5);
             for (int vi = 0; vi < NVAR; vi++) {
                 Launch L = make_launch(VARIANTS[vi], p, slots_of(VARIANTS[vi], false));
                 for (int r = 0; r < 2; r++) enqueue(L, p, r % 2, 0);
@@ -463,11 +495,15 @@ int main(int argc, char** argv) {
     const double copy = copy_gbs();
     printf("copy ceiling (d2d 1 GiB, read+write): %.0f GB/s\n", copy);
     const size_t rotate = (size_t)512 << 20;
-    printf("%-5s %-6s %-5s %-44s %6s %6s %9s %8s %7s %s\n", "kv", "ctx", "batch", "variant", "splits", "chunk", "us",
+    printf("%-5s %-6s %-5s %-3s %-44s %6s %6s %9s %8s %7s %s\n", "kv", "ctx", "batch", "nkv", "variant", "splits", "chunk", "us",
            "GB/s", "%copy", "vs v0 output");
+    const Case cases[] = {{512, 1, 4},  {1024, 1, 8}, {1024, 32, 8},  {4096, 1, 8},
+                          {4096, 32, 8}, {16384, 1, 8}, {16384, 32, 8}};
     for (int bf = 0; bf < 2; bf++)
-        for (int ctx : {1024, 4096, 16384})
-            for (int batch : {1, 32}) {
+        for (const Case& c : cases) {
+                const int ctx = c.ctx, batch = c.batch;
+                NKV = c.nkv;
+                NH = G * c.nkv;
                 const size_t kv_bytes = (size_t)2 * batch * ctx * NKV * HD * 2;
                 const int copies = (int)std::max<size_t>(1, (rotate + kv_bytes - 1) / kv_bytes);
                 Problem p = make_problem(bf, std::vector<Seq>(batch, Seq{ctx}), copies, false, 3);
@@ -493,8 +529,8 @@ int main(int argc, char** argv) {
                         fails++;
                     }
                     const double bytes = (double)kv_bytes + 2.0 * batch * NH * HD * 4;
-                    printf("%-5s %-6d %-5d %-44s %6d %6d %9.2f %8.0f %6.1f%% %s\n", bf ? "bf16" : "f16", ctx, batch,
-                           v.name, L.pl.splits, L.pl.chunk, us, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / copy,
+                    printf("%-5s %-6d %-5d %-3d %-44s %6d %6d %9.2f %8.0f %6.1f%% %s\n", bf ? "bf16" : "f16", ctx,
+                           batch, NKV, v.name, L.pl.splits, L.pl.chunk, us, bytes / us / 1e3, 100.0 * bytes / us / 1e3 / copy,
                            cmp.c_str());
                     fflush(stdout);
                     free_launch(L);

@@ -183,9 +183,10 @@ pub(crate) struct Variant {
 }
 
 /// (mode, head_dim, stages, keys per tile, kernel for f16/f32 caches, kernel for bf16 caches),
-/// fastest first; exactly the instantiations at the end of attention.cu ("" = none).
+/// the default first (`variant`); exactly the instantiations at the end of attention.cu ("" =
+/// none). `decode_variant` may prefer another stage count of the same head_dim.
 type Entry = (Mode, usize, usize, usize, &'static str, &'static str);
-const VARIANTS: [Entry; 8] = [
+const VARIANTS: [Entry; 9] = [
     (
         Mode::Decode,
         64,
@@ -201,6 +202,14 @@ const VARIANTS: [Entry; 8] = [
         64,
         "attn_decode_hd128_f16_s2",
         "attn_decode_hd128_bf16_s2",
+    ),
+    (
+        Mode::Decode,
+        128,
+        3,
+        64,
+        "attn_decode_hd128_f16_s3",
+        "attn_decode_hd128_bf16_s3",
     ),
     (
         Mode::Decode,
@@ -257,7 +266,38 @@ pub(crate) fn smem_bytes(mode: Mode, hd: usize, kv: DType, stages: usize, bc: us
     2 * (hd + 8) * (nq * rows + stages * 2 * bc)
 }
 
-/// The fastest variant for (mode, head_dim, KV dtype) whose shared memory fits `limit`.
+/// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3
+/// (two bulk-copied tiles in flight per CTA), except bf16 with several splits (a few tiles per
+/// CTA): 2. Measured on an H200 in labs/attn_decode (BENCHMARKS.md, round 3): NS = 3 vs 2 at
+/// ctx 4096, f16 batch 32 155.6 vs 176.6 µs, batch 1 13.2 vs 14.7 µs; bf16 batch 32 162.6 vs
+/// 163.7 µs, batch 1 13.5 vs 13.0 µs.
+pub(crate) fn decode_stages(splits: usize, kv: DType) -> usize {
+    if kv == DType::BF16 && splits > 1 {
+        2
+    } else {
+        3
+    }
+}
+
+/// The decode variant for head_dim `hd`: the one with `stages` ring stages if it exists and
+/// fits `limit`, else `variant`'s choice.
+pub(crate) fn decode_variant(hd: usize, kv: DType, limit: usize, stages: usize) -> Result<Variant> {
+    let bf16 = kv == DType::BF16;
+    for &(m, h, ns, bc, f16_name, bf16_name) in &VARIANTS {
+        let name = if bf16 { bf16_name } else { f16_name };
+        if m != Mode::Decode || h != hd || ns != stages || name.is_empty() {
+            continue;
+        }
+        let smem = smem_bytes(Mode::Decode, hd, kv, ns, bc);
+        if smem <= limit && matches!(kv, DType::F32 | DType::F16 | DType::BF16) {
+            return Ok(Variant { name, smem });
+        }
+    }
+    variant(Mode::Decode, hd, kv, limit)
+}
+
+/// The default (first listed) variant for (mode, head_dim, KV dtype) whose shared memory fits
+/// `limit`.
 pub(crate) fn variant(mode: Mode, hd: usize, kv: DType, limit: usize) -> Result<Variant> {
     let bf16 = match kv {
         DType::F32 | DType::F16 => false,
@@ -626,7 +666,7 @@ impl CudaBackend {
         let limit = self.smem_limit();
         let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
         if pl.decode_row_tiles > 0 {
-            let v = variant(Mode::Decode, hd, kv.dtype(), limit)?;
+            let v = decode_variant(hd, kv.dtype(), limit, decode_stages(pl.splits, kv.dtype()))?;
             let counters = if pl.counters > 0 {
                 self.attn_counters(pl.counters)?
             } else {
@@ -671,7 +711,9 @@ impl CudaBackend {
         // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size. A
         // non-null `counters` is this backend's counter buffer (attn_counters), which holds at
         // least plan.counters = n_seqs·n_kv·row_tiles i32, the highest index the kernel uses.
-        // The kernel waits first (pdl_enter).
+        // Prefill kernels wait first (pdl_enter); decode kernels read only q_starts, kv_lens
+        // and the block tables (step inputs the host writes, never an earlier kernel) before
+        // their griddepcontrol.wait, and every CTA waits before it exits.
         unsafe { self.launch_pdl(&f, "launch attention", cfg, &[Arg::raw(a)]) }
     }
 

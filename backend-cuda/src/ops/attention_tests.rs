@@ -675,3 +675,39 @@ fn merge_counters_fit_the_backend_buffer() {
         }
     }
 }
+
+#[test]
+fn decode_takes_three_stages_except_split_bf16_and_only_where_it_fits() {
+    for kv in [DType::F32, DType::F16] {
+        assert_eq!((decode_stages(1, kv), decode_stages(32, kv)), (3, 3));
+    }
+    assert_eq!(
+        (decode_stages(1, DType::BF16), decode_stages(2, DType::BF16)),
+        (3, 2)
+    );
+    for kv in [DType::F32, DType::F16, DType::BF16] {
+        let (f16, bf16) = (kv != DType::BF16, kv == DType::BF16);
+        // H100/H200 (227 KB opt-in): hd128 has both rings.
+        let three = decode_variant(128, kv, 232448, 3).unwrap();
+        let two = decode_variant(128, kv, 232448, 2).unwrap();
+        assert!(three.name.ends_with("_s3"), "{three:?}");
+        assert!(two.name.ends_with("_s2"), "{two:?}");
+        assert_eq!(three.name.contains("_bf16_"), bf16);
+        assert_eq!(two.name.contains("_f16_"), f16);
+        assert_eq!(three.smem, smem_bytes(Mode::Decode, 128, kv, 3, 64));
+        // A 99 KB device cannot hold NS = 3 (113 KB for bf16, 109 KB for f16): NS = 2.
+        assert!(
+            decode_variant(128, kv, 101376, 3)
+                .unwrap()
+                .name
+                .ends_with("_s2")
+        );
+        // Head sizes without an NS = 3 kernel fall back to `variant`'s choice.
+        assert_eq!(
+            decode_variant(256, kv, 232448, 3).unwrap(),
+            variant(Mode::Decode, 256, kv, 232448).unwrap()
+        );
+    }
+    assert!(decode_variant(96, DType::F16, 232448, 3).is_err());
+    assert!(decode_variant(128, DType::Q8_0, 232448, 3).is_err());
+}

@@ -3,6 +3,8 @@
 //!   bytes read (plus q and out) and the fraction of the measured copy bandwidth (target ≥ 80%
 //!   at 4k on H100/H200). KV caches are rotated (disjoint block tables into one big cache) so the
 //!   working set exceeds `--rotate-mib` (default 512 MiB, above any L2).
+//! - decode of one tensor-parallel rank of that model (TP2: 16 query heads, 4 KV heads) at 512
+//!   context, batch 1 (the shape a TP2 decode step runs per layer).
 //! - causal prefill of one 4096-token sequence: TFLOP/s (4·head_dim FLOPs per kept (query, key,
 //!   head)) and the fraction of a dense bf16 matmul measured first (8192×8192×8192).
 //!
@@ -54,9 +56,10 @@ fn main() {
             }
             for &ctx in ctxs {
                 for batch in [1usize, 32] {
-                    decode(&*be, &args, &mut rep, kv, ctx, batch, copy)?;
+                    decode(&*be, &args, &mut rep, kv, Heads::FULL, ctx, batch, copy)?;
                 }
             }
+            decode(&*be, &args, &mut rep, kv, Heads::TP2, 512, 1, copy)?;
             prefill(&*be, &args, &mut rep, kv, 4096, dense)?;
         }
         Ok(())
@@ -69,9 +72,30 @@ fn upload_i32(be: &dyn Backend, v: &[i32]) -> Result<Buffer> {
     Ok(b)
 }
 
-/// A cache `[blocks, 8, 16, 128]` of `kv` filled with a repeated random pattern.
-fn cache(be: &dyn Backend, kv: DType, blocks: usize, seed: u64) -> Result<Buffer> {
-    let elems = blocks * N_KV * BS * HD;
+/// Query and KV heads of a decode case: the whole model, or one TP2 rank's half.
+#[derive(Clone, Copy)]
+struct Heads {
+    q: usize,
+    kv: usize,
+    tag: &'static str,
+}
+
+impl Heads {
+    const FULL: Heads = Heads {
+        q: N_HEADS,
+        kv: N_KV,
+        tag: "",
+    };
+    const TP2: Heads = Heads {
+        q: N_HEADS / 2,
+        kv: N_KV / 2,
+        tag: " tp2-rank (16 q / 4 kv heads)",
+    };
+}
+
+/// A cache `[blocks, n_kv, 16, 128]` of `kv` filled with a repeated random pattern.
+fn cache(be: &dyn Backend, kv: DType, n_kv: usize, blocks: usize, seed: u64) -> Result<Buffer> {
+    let elems = blocks * n_kv * BS * HD;
     let bytes = kv.bytes_for(elems)?;
     let b = be.alloc(bytes)?;
     let chunk_elems = (1usize << 20).min(elems);
@@ -85,10 +109,10 @@ fn cache(be: &dyn Backend, kv: DType, blocks: usize, seed: u64) -> Result<Buffer
     Ok(b)
 }
 
-fn params() -> AttnParams {
+fn params(h: Heads) -> AttnParams {
     AttnParams {
-        n_heads: N_HEADS,
-        n_kv_heads: N_KV,
+        n_heads: h.q,
+        n_kv_heads: h.kv,
         head_dim: HD,
         scale: 1.0 / (HD as f32).sqrt(),
         causal: true,
@@ -103,16 +127,20 @@ fn decode(
     args: &Args,
     rep: &mut Report,
     kv: DType,
+    h: Heads,
     ctx: usize,
     batch: usize,
     copy: f64,
 ) -> Result<()> {
     let blocks_per_seq = ctx.div_ceil(BS);
-    let kv_bytes = 2 * kv.bytes_for(batch * ctx * N_KV * HD)?;
+    let kv_bytes = 2 * kv.bytes_for(batch * ctx * h.kv * HD)?;
     let copies = rotation_copies(kv_bytes, args.rotate_bytes);
     let blocks = copies * batch * blocks_per_seq;
-    let (k, v) = (cache(be, kv, blocks, 1)?, cache(be, kv, blocks, 2)?);
-    let shape = Shape::new(&[blocks, N_KV, BS, HD])?;
+    let (k, v) = (
+        cache(be, kv, h.kv, blocks, 1)?,
+        cache(be, kv, h.kv, blocks, 2)?,
+    );
+    let shape = Shape::new(&[blocks, h.kv, BS, HD])?;
     let paged = PagedKv::new(k.view_mut(0, shape, kv)?, v.view_mut(0, shape, kv)?)?;
     // Copy c uses blocks [c·batch·bps, (c+1)·batch·bps), sequence s its own run of them.
     let tables: Vec<Buffer> = (0..copies)
@@ -125,12 +153,12 @@ fn decode(
         .collect::<Result<_>>()?;
     let q_starts = upload_i32(be, &(0..=batch as i32).collect::<Vec<_>>())?;
     let kv_lens = upload_i32(be, &vec![ctx as i32; batch])?;
-    let qn = batch * N_HEADS * HD;
+    let qn = batch * h.q * HD;
     let q = be.alloc(qn * 4)?;
     be.write(&q, 0, &random_weight(DType::F32, 1, qn, 3))?;
     let out = be.alloc(qn * 4)?;
-    let qs = Shape::new(&[batch, N_HEADS, HD])?;
-    let p = params();
+    let qs = Shape::new(&[batch, h.q, HD])?;
+    let p = params(h);
     let sb = be.attention_scratch_bytes(
         &p,
         batch,
@@ -154,10 +182,10 @@ fn decode(
     let bytes = (kv_bytes + 2 * qn * 4) as f64;
     rep.push(Row {
         bench: "attn-dec".into(),
-        case: format!("{} ctx {ctx} batch {batch}", kv.name()),
+        case: format!("{} ctx {ctx} batch {batch}{}", kv.name(), h.tag),
         us: secs * 1e6,
         gbs: Some(bytes / secs / 1e9),
-        tflops: Some(4.0 * (batch * ctx * N_HEADS * HD) as f64 / secs / 1e12),
+        tflops: Some(4.0 * (batch * ctx * h.q * HD) as f64 / secs / 1e12),
         pct: Some(100.0 * bytes / secs / copy),
         note: format!(
             "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B",
@@ -193,7 +221,7 @@ fn prefill(
     dense: Option<f64>,
 ) -> Result<()> {
     let bps = n.div_ceil(BS);
-    let (k, v) = (cache(be, kv, bps, 4)?, cache(be, kv, bps, 5)?);
+    let (k, v) = (cache(be, kv, N_KV, bps, 4)?, cache(be, kv, N_KV, bps, 5)?);
     let shape = Shape::new(&[bps, N_KV, BS, HD])?;
     let paged = PagedKv::new(k.view_mut(0, shape, kv)?, v.view_mut(0, shape, kv)?)?;
     let table = upload_i32(be, &(0..bps as i32).collect::<Vec<_>>())?;
@@ -211,7 +239,7 @@ fn prefill(
         max_q_len: n,
         max_kv_len: n,
     };
-    let p = params();
+    let p = params(Heads::FULL);
     let sb = be.attention_scratch_bytes(&p, n, &b);
     let scratch = be.alloc(sb.max(4))?;
     let sv = scratch.view_mut(0, Shape::d1(sb.max(4) / 4), DType::F32)?;
