@@ -27,10 +27,9 @@
 //   per block from L2, y n·4. Mapping details and measurements: backend-cuda/labs/gemv/README.md.
 // Float types (f32, f16, bf16), few rows: gemv_<type>_m<M> (M ∈ {1, 2, 4, 8}), the same grid
 //   with f32 x loaded directly (16 bytes per lane, shared by the R rows), f32 FFMA; launched as
-//   programmatic dependents (they read x and write y only after griddepcontrol.wait). At M = 1
-//   (and in the segmented/GLU forms) 16-bit weights load two chunk steps per trip (U = 2: 8 × 32
-//   bytes in flight per lane) and the host sizes the grid by a wave cost model
-//   (ops/matmul_q.rs `float_m1_grid`; the GEMV lab's r4u2n128 "model" variant).
+//   programmatic dependents (they read x and write y only after griddepcontrol.wait). At M = 1 the
+//   host sizes the grid by a wave cost model (ops/matmul_q.rs `m1_grid`), and `_u2` forms load
+//   two chunk steps per trip (see below).
 // dequant_bf16_<type>: grid-stride over chunks, 4 chunks in flight per thread: W (any type) →
 //   bf16 [rows, k]; reads the weight bytes once, writes 2 bytes per element.
 // x_to_bf16 / x_to_f16: f32 → bf16/f16 activations for cuBLASLt, one thread per element.
@@ -404,14 +403,8 @@ __device__ __forceinline__ void gemv8_body(const GemvSegs& sg, const uint4* __re
 // R = 4 W rows per group at every M: measured on an H200 (BENCHMARKS.md), R = 4 beat R = 2 at
 // M = 8 and 16 (x loads shared by more rows) and R ∈ {1, 2, 8} or U ∈ {2, 4} did not beat
 // (R, U) = (4, 1) at M = 1 and 2.
-// Chunk steps per trip of gemv8 at M = 1 (plain, segmented, GLU): 2 for Q4_K (the GEMV lab,
-// LAB_CHAIN=1: quant_x + gemv8 u2 on the host's wave-model grid beat gemv1 and u1 at the
-// Llama-3-8B shapes and their TP2 halves), 1 for the rest (u2 measured slower for Q6_K, Q8_0).
-template <class T> struct Gemv8U1 { static constexpr int U = 1; };
-template <> struct Gemv8U1<TQ4_K> { static constexpr int U = 2; };
-
 #define GEMV8_ALL_M(suffix, T)                                                                    \
-    GEMV8_KERNEL(suffix, T, 1, 4, Gemv8U1<T>::U) GEMV8_KERNEL(suffix, T, 2, 4, 1) GEMV8_KERNEL(suffix, T, 4, 4, 1) \
+    GEMV8_KERNEL(suffix, T, 1, 4, 1) GEMV8_KERNEL(suffix, T, 2, 4, 1) GEMV8_KERNEL(suffix, T, 4, 4, 1) \
     GEMV8_KERNEL(suffix, T, 8, 4, 1) GEMV8_KERNEL(suffix, T, 16, 4, 1)
 
 
@@ -419,21 +412,29 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV8_ALL_M)
 
 // gemv8s_<type>: gemv8 at M = 1 over up to GEMV_NS weight segments (q/k/v or gate/up as one
 // launch after one quant_x). y of segment s: [1, n[s]].
-#define GEMV8S_KERNEL(suffix, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8s_##suffix(                    \
+#define GEMV8S_KERNEL_NAMED(name, T, U)                                                           \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S) {   \
-        gemv8_body<T, 1, 4, Gemv8U1<T>::U, GEMV_NS, 0>(sg, xq, xs, k, 1, S, 0);                   \
+        gemv8_body<T, 1, 4, U, GEMV_NS, 0>(sg, xq, xs, k, 1, S, 0);                               \
     }
+#define GEMV8S_KERNEL(suffix, T) GEMV8S_KERNEL_NAMED(gemv8s_##suffix, T, 1)
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8S_KERNEL)
 
 // gemv8g_<type>: gemv8 at M = 1 in GLU mode (segment 0 gate, 1 up; y = act(gate)·up [1, n]).
-#define GEMV8G_KERNEL(suffix, T)                                                                  \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv8g_##suffix(                    \
+#define GEMV8G_KERNEL_NAMED(name, T, U)                                                           \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         GemvSegs sg, const uint4* __restrict__ xq, const float2* __restrict__ xs, int k, int S,     \
         int act) {                                                                                \
-        gemv8_body<T, 1, 4, Gemv8U1<T>::U, 2, 1>(sg, xq, xs, k, 1, S, act);                       \
+        gemv8_body<T, 1, 4, U, 2, 1>(sg, xq, xs, k, 1, S, act);                                   \
     }
+#define GEMV8G_KERNEL(suffix, T) GEMV8G_KERNEL_NAMED(gemv8g_##suffix, T, 1)
 KILN_FOR_EACH_BLOCK_TYPE(GEMV8G_KERNEL)
+
+// `_u2` forms of the one-row Q4_K kernels: two chunk steps per trip (U = 2; 8 chunks in flight
+// per lane). The host picks them under `KILN_GEMV_U=2` (ops/matmul_q.rs `m1_u2`).
+GEMV8_KERNEL_NAMED(gemv8_q4_k_m1_u2, TQ4_K, 1, 4, 2)
+GEMV8S_KERNEL_NAMED(gemv8s_q4_k_u2, TQ4_K, 2)
+GEMV8G_KERNEL_NAMED(gemv8g_q4_k_u2, TQ4_K, 2)
 
 // ---------------------------------------------------------------- m = 1: one kernel
 // gemv1_<type> (block types, m = 1, x 16-byte aligned, x_units·24 bytes of x fit in shared
@@ -672,16 +673,13 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV1S_KERNEL)
     }
 KILN_FOR_EACH_BLOCK_TYPE(GEMV1G_KERNEL)
 
-// Chunk steps per trip of the float kernels at M = 1: 2 for 16-bit weights (8 chunks of 32
-// bytes in flight per lane, 128 registers; the GEMV lab's r4u2n128), 1 for f32 (64-byte chunks).
-#define GEMVF_U(T) (sizeof(typename T::Chunk) <= 32 ? 2 : 1)
-
-#define GEMV_KERNEL(suffix, T, M, R)                                                              \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_##suffix##_m##M(               \
+#define GEMV_KERNEL_NAMED(name, T, M, R, U)                                                       \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         const u8* __restrict__ body, const u8* __restrict__ head, const float* __restrict__ x,      \
         float* __restrict__ y, int n, int k, int m, int S) {                                      \
-        gemv_body<T, M, R, 1, 0, M == 1 ? GEMVF_U(T) : 1>(gemv_one_seg(body, head, y, n), x, k, m, S, 0); \
+        gemv_body<T, M, R, 1, 0, U>(gemv_one_seg(body, head, y, n), x, k, m, S, 0);               \
     }
+#define GEMV_KERNEL(suffix, T, M, R) GEMV_KERNEL_NAMED(gemv_##suffix##_m##M, T, M, R, 1)
 
 #define GEMV_ALL_M(suffix, T) \
     GEMV_KERNEL(suffix, T, 1, 4) GEMV_KERNEL(suffix, T, 2, 4) GEMV_KERNEL(suffix, T, 4, 2) GEMV_KERNEL(suffix, T, 8, 2)
@@ -689,20 +687,31 @@ KILN_FOR_EACH_BLOCK_TYPE(GEMV1G_KERNEL)
 KILN_FOR_EACH_FLOAT_TYPE(GEMV_ALL_M)
 
 // gemvs_<type>: the float kernel at M = 1 over up to GEMV_NS weight segments.
-#define GEMVS_KERNEL(suffix, T)                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvs_##suffix(                     \
+#define GEMVS_KERNEL_NAMED(name, T, U)                                                            \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         GemvSegs sg, const float* __restrict__ x, int k, int S) {                                 \
-        gemv_body<T, 1, 4, GEMV_NS, 0, GEMVF_U(T)>(sg, x, k, 1, S, 0);                            \
+        gemv_body<T, 1, 4, GEMV_NS, 0, U>(sg, x, k, 1, S, 0);                                     \
     }
+#define GEMVS_KERNEL(suffix, T) GEMVS_KERNEL_NAMED(gemvs_##suffix, T, 1)
 KILN_FOR_EACH_FLOAT_TYPE(GEMVS_KERNEL)
 
 // gemvg_<type>: the float kernel at M = 1 in GLU mode (segment 0 gate, 1 up).
-#define GEMVG_KERNEL(suffix, T)                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemvg_##suffix(                     \
+#define GEMVG_KERNEL_NAMED(name, T, U)                                                            \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) name(                                \
         GemvSegs sg, const float* __restrict__ x, int k, int S, int act) {                        \
-        gemv_body<T, 1, 4, 2, 1, GEMVF_U(T)>(sg, x, k, 1, S, act);                                \
+        gemv_body<T, 1, 4, 2, 1, U>(sg, x, k, 1, S, act);                                         \
     }
+#define GEMVG_KERNEL(suffix, T) GEMVG_KERNEL_NAMED(gemvg_##suffix, T, 1)
 KILN_FOR_EACH_FLOAT_TYPE(GEMVG_KERNEL)
+
+// `_u2` forms of the one-row 16-bit float kernels: two chunk steps per trip (U = 2: 8 × 32
+// bytes in flight per lane, 128 registers; the GEMV lab's r4u2n128). Host: `KILN_GEMV_U=2`.
+GEMV_KERNEL_NAMED(gemv_f16_m1_u2, TF16, 1, 4, 2)
+GEMV_KERNEL_NAMED(gemv_bf16_m1_u2, TBF16, 1, 4, 2)
+GEMVS_KERNEL_NAMED(gemvs_f16_u2, TF16, 2)
+GEMVS_KERNEL_NAMED(gemvs_bf16_u2, TBF16, 2)
+GEMVG_KERNEL_NAMED(gemvg_f16_u2, TF16, 2)
+GEMVG_KERNEL_NAMED(gemvg_bf16_u2, TBF16, 2)
 
 // Dequantize `rows` rows starting at row `row0` into out bf16 [rows, k]; one thread per chunk.
 template <class T>

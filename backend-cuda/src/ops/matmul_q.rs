@@ -164,12 +164,40 @@ pub(crate) fn fused_grid(groups: usize, sms: usize) -> (usize, usize) {
     ((groups * s_split).div_ceil(4).clamp(1, sms * 8), s_split)
 }
 
-/// Chunk steps per trip of the 128-thread fused kernels at one x row (`GEMVF_U` and `Gemv8U1`
-/// of matmul_q.cu): 2 for f16/bf16 and Q4_K, 1 for the rest.
+/// `KILN_GEMV_U=2`: the one-row f16/bf16/Q4_K kernels load two chunk steps per trip (their
+/// `_u2` forms in matmul_q.cu). Off by default: decode on an H200 measured them no faster in a
+/// step, although the back-to-back GEMV bench is (BENCHMARKS.md, stop 15).
+fn m1_u2_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_U").is_ok_and(|v| v == "2"))
+}
+
+/// Chunk steps per trip of the one-row fused kernel that runs for `dt` (1, or 2 for the `_u2`
+/// forms).
 pub(crate) fn m1_unroll(dt: DType) -> usize {
-    match dt {
-        DType::F16 | DType::BF16 | DType::Q4_K => 2,
-        _ => 1,
+    if m1_u2_enabled() && matches!(dt, DType::F16 | DType::BF16 | DType::Q4_K) {
+        2
+    } else {
+        1
+    }
+}
+
+/// The one-row kernel to launch for `name`: its `_u2` form where [`m1_unroll`] is 2.
+pub(crate) fn m1_kernel(dt: DType, name: &'static str) -> &'static str {
+    if m1_unroll(dt) == 1 {
+        return name;
+    }
+    match name {
+        "gemv_f16_m1" => "gemv_f16_m1_u2",
+        "gemv_bf16_m1" => "gemv_bf16_m1_u2",
+        "gemvs_f16" => "gemvs_f16_u2",
+        "gemvs_bf16" => "gemvs_bf16_u2",
+        "gemvg_f16" => "gemvg_f16_u2",
+        "gemvg_bf16" => "gemvg_bf16_u2",
+        "gemv8_q4_k_m1" => "gemv8_q4_k_m1_u2",
+        "gemv8s_q4_k" => "gemv8s_q4_k_u2",
+        "gemv8g_q4_k" => "gemv8g_q4_k_u2",
+        other => other,
     }
 }
 
@@ -418,12 +446,17 @@ impl CudaBackend {
         let mi_idx = if float_w { mi_idx.min(3) } else { mi_idx };
         // R W rows per group: 4 (the int8 kernels at every M; float kernels at M ≤ 2), else 2.
         let r = if mt <= 2 || !float_w { 4 } else { 2 };
+        let name = if float_w {
+            GEMV_F[ti][mi_idx]
+        } else {
+            GEMV8[ti - FLOAT_TYPES][mi_idx]
+        };
+        let name = if mt == 1 {
+            m1_kernel(w.dtype, name)
+        } else {
+            name
+        };
         let (blocks, s_split) = if mt == 1 {
-            let name = if float_w {
-                GEMV_F[ti][mi_idx]
-            } else {
-                GEMV8[ti - FLOAT_TYPES][mi_idx]
-            };
             m1_grid(
                 w.dtype,
                 n.div_ceil(r),
@@ -447,17 +480,7 @@ impl CudaBackend {
         };
         if float_w {
             // Float weights: f32 x read directly (16-byte loads; alignment checked above).
-            return self.launch_gemv(
-                GEMV_F[ti][mi_idx],
-                cfg,
-                w,
-                xp,
-                outp,
-                mi,
-                ni,
-                ki,
-                s_split as i32,
-            );
+            return self.launch_gemv(name, cfg, w, xp, outp, mi, ni, ki, s_split as i32);
         }
         // Block types: x → int8 units (xq uint4 [m, units], xs float2 [m, units]) in scratch,
         // then the integer-dot kernel.
@@ -472,14 +495,7 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(w.dtype, m, k))?;
         let (xq, xs) = (scratch, scratch + xq_bytes as u64);
         self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, mi, m * units)?;
-        self.launch_gemv8(
-            GEMV8[qi][mi_idx],
-            cfg,
-            w,
-            [xq, xs],
-            outp,
-            [mi, ni, ki, s_split as i32],
-        )
+        self.launch_gemv8(name, cfg, w, [xq, xs], outp, [mi, ni, ki, s_split as i32])
     }
 
     /// Device scratch of at least `bytes` (the cuBLASLt state's scratch, shared by the dense
@@ -803,9 +819,9 @@ mod tests {
 
     #[test]
     fn m1_grid_matches_the_lab_plan() {
-        // H200 (132 SMs), bf16 r4u2n128 at 4 resident blocks per SM: the GEMV lab's "model"
-        // grids (3072×4096: 384 blocks, S = 2; 14336×4096: 3584, S = 4; 4096×7168 and
-        // 4096×2048: 512, S = 2).
+        // H200 (132 SMs), bf16 at 4 resident blocks per SM: the GEMV lab's "model" grids
+        // (3072×4096: 384 blocks, S = 2; 14336×4096: 3584, S = 4; 4096×7168 and 4096×2048:
+        // 512, S = 2), the same for U = 1 and U = 2 (KILN_GEMV_U unset here).
         assert_eq!(m1_grid(DType::BF16, 768, 4096, 132, 4), (384, 2));
         assert_eq!(m1_grid(DType::BF16, 3584, 4096, 132, 4), (3584, 4));
         assert_eq!(m1_grid(DType::BF16, 1024, 7168, 132, 4), (512, 2));

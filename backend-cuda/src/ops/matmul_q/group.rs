@@ -25,7 +25,9 @@ use kiln_core::{Activation, DType, OpKind, Result, View, ViewMut, Weight};
 use super::gemv1::{
     GEMV1_AUTO, GEMV1_MAX_BYTES, GEMV1_MAX_SMEM, GEMV1_THREADS, gemv1_auto_on, gemv1_grid,
 };
-use super::{FLOAT_TYPES, QUANT_X, arg_i32, fused_scratch_bytes, m1_grid, type_index, x_units};
+use super::{
+    FLOAT_TYPES, QUANT_X, arg_i32, fused_scratch_bytes, m1_grid, m1_kernel, type_index, x_units,
+};
 use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_Q;
@@ -243,11 +245,14 @@ impl CudaBackend {
             if !xp.is_multiple_of(16) {
                 return Ok(None);
             }
-            let name = if glu.is_some() {
-                GEMVG_F[ti]
-            } else {
-                GEMVS_F[ti]
-            };
+            let name = m1_kernel(
+                dt,
+                if glu.is_some() {
+                    GEMVG_F[ti]
+                } else {
+                    GEMVS_F[ti]
+                },
+            );
             let occ = self.occupancy(name, 128, 0)?;
             let (blocks, s) = m1_grid(dt, groups, k, sms, occ);
             let cfg = LaunchConfig {
@@ -290,11 +295,14 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(fused_scratch_bytes(dt, 1, k))?;
         let (xq, xs) = (scratch, scratch + (units * 16) as u64);
         self.launch_quant_x(QUANT_X[qi], xp, xq, xs, ki, 1, units)?;
-        let name = if glu.is_some() {
-            GEMV8G[qi]
-        } else {
-            GEMV8S[qi]
-        };
+        let name = m1_kernel(
+            dt,
+            if glu.is_some() {
+                GEMV8G[qi]
+            } else {
+                GEMV8S[qi]
+            },
+        );
         let (blocks, s) = m1_grid(dt, groups, k, sms, self.occupancy(name, 128, 0)?);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
