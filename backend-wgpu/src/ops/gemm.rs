@@ -13,9 +13,20 @@ use crate::weight::WgpuWeight;
 
 pub(crate) const SRC: &str = include_str!("../../shaders/gemm.wgsl");
 
-/// Output tile of one workgroup: x rows × weight rows.
+/// Output tile of one workgroup: x rows × weight rows. Products of at most `TILE_M_SMALL`
+/// rows use the 32-row tile (TM32: no FMAs on rows that do not exist).
 pub(crate) const TILE_M: usize = 64;
+pub(crate) const TILE_M_SMALL: usize = 32;
 pub(crate) const TILE_N: usize = 128;
+
+/// x rows per tile for an m-row product.
+fn tile_m(m: usize) -> usize {
+    if m <= TILE_M_SMALL {
+        TILE_M_SMALL
+    } else {
+        TILE_M
+    }
+}
 /// Workgroups the split rule aims for: below this many output tiles, k is split (×2 at a
 /// time) until tiles × splits reaches it (about two 128-invocation workgroups per SM of a
 /// 132-SM H200). Chosen from forced splits 1…16 timed by `tests/bench_gemm.rs` on an H200
@@ -51,7 +62,7 @@ pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usi
     if let Some(f) = forced {
         return (f as usize).clamp(1, groups.max(1));
     }
-    let tiles = m.div_ceil(TILE_M) * n_c.div_ceil(TILE_N);
+    let tiles = m.div_ceil(tile_m(m)) * n_c.div_ceil(TILE_N);
     let mut s = 1;
     while tiles * s < SPLIT_TARGET_WGS
         && s * 2 <= MAX_SPLITS
@@ -104,7 +115,8 @@ pub(crate) fn run(
     for c in &ww.chunks {
         let n_c = c.r1 - c.r0;
         let s = splits(m, n_c, ww.k, forced);
-        let tiles_m = m.div_ceil(TILE_M);
+        let tm = tile_m(m);
+        let tiles_m = m.div_ceil(tm);
         if tiles_m * s > zmax {
             return Err(be.limit_error(
                 "matmul: x-row tiles × k splits (workgroups in z)",
@@ -126,7 +138,12 @@ pub(crate) fn run(
             gps: groups.div_ceil(s) as u32,
             pad: 0,
         };
-        let mut spec = ShaderSpec::new("gemm", &[DEQUANT, SRC], "gemm").define(wdefine(ww.dtype));
+        let mut spec = ShaderSpec::new("gemm", &[DEQUANT, SRC], "gemm")
+            .define(wdefine(ww.dtype))
+            .sub("TM", tm.to_string());
+        if tm == TILE_M_SMALL {
+            spec = spec.define("TM32");
+        }
         if x_off.is_multiple_of(4) {
             spec = spec.define("X_VEC4");
         }
@@ -174,6 +191,8 @@ mod tests {
     fn split_rule() {
         // few tiles: split until 256 workgroups or 8 splits
         assert_eq!(splits(64, 4096, 4096, None), 8);
+        assert_eq!(splits(32, 14336, 4096, None), 4);
+        assert_eq!(splits(33, 14336, 4096, None), 4);
         assert_eq!(splits(64, 14336, 4096, None), 4);
         assert_eq!(splits(128, 14336, 4096, None), 2);
         assert_eq!(splits(128, 4096, 4096, None), 4);
