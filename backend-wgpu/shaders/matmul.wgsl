@@ -12,7 +12,8 @@
 // bytes = n·k·bytes_per_weight·ceil(m/MT) + x, FLOPs = 2·m·n·k.
 // MOE: the x row and the expert come from Ids (one (token, slot) pair per workgroup z, MT = 1).
 //
-// `gemm` (many x rows; compute-bound): 64×64 output tile per workgroup of 256 invocations,
+// `gemm` (kept for comparison only, `set_gemm_legacy`: the GEMM path runs gemm.wgsl):
+// 64×64 output tile per workgroup of 256 invocations,
 // each 4×4 outputs; K is walked one 32-element group at a time: invocations 0..63
 // dequantize one weight row's group into workgroup memory (type {{WT}}: f16 where the device
 // has SHADER_F16, else f32), all 256 load the 64×32 x tile. Weight bytes are read
