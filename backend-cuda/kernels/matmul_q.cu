@@ -18,8 +18,8 @@
 //   On sm_90 quant_x is itself a programmatic dependent of the previous kernel (it waits with
 //   griddepcontrol.wait before touching x or the scratch) and gemv8 triggers its dependents at
 //   its start, so consecutive calls overlap.
-// gemv1_<type> (m = 1, one kernel; host picks it for the 256-element k-quants and IQ4 types up
-//   to 16 MiB of weight, measured on an H200): grid at most one resident wave of 256-thread
+// gemv1_<type> (m = 1, one kernel; the host takes it for the 256-element k-quants and IQ4 types
+//   up to 16 MiB of weight only under KILN_GEMV1=1, see ops/matmul_q/gemv1.rs): grid at most one resident wave of 256-thread
 //   blocks; each block L2-prefetches its first steps (cp.async.bulk.prefetch), waits for the
 //   previous kernel (PDL), quantizes all of x into shared memory itself (xq/xs in quant_x's lane
 //   order, x_units·24 bytes), then streams its groups (R = 4 rows, S warps per group, one

@@ -9,9 +9,15 @@
 //! Q6_K 7.06 vs 8.64, Q3_K 6.22 vs 7.88, IQ4_NL 8.28 vs 8.57) and loses for Q4_0, Q4_1, Q5_0,
 //! Q5_1 (Q4_0 7.13 vs 5.93) and Q8_0 (8.12 vs 7.10); on the 19–62 MB weights it loses for all
 //! but Q4_K at 4096×14336 (15.17 vs 17.49): its grid is one resident wave of 256-thread blocks,
-//! which keeps fewer bytes in flight than gemv8's many small blocks. Hence the default: gemv1
+//! which keeps fewer bytes in flight than gemv8's many small blocks. Hence the rule: gemv1
 //! for [`GEMV1_AUTO`] types up to [`GEMV1_MAX_BYTES`] (a crossover measured on one device, not
 //! re-measured per device by the tuner).
+//!
+//! That rule is now off by default (`KILN_GEMV1=1` turns it on): the measurements above time
+//! back-to-back calls, where a call's weight loads overlap the previous call's tail. Inside a
+//! decode step every kernel waits for the one before, and there the two-kernel path on the
+//! wave-model grid (`m1_grid`) was faster (H200, BENCHMARKS.md stop 15: Llama-3-8B Q4_K batch 1
+//! 2.51 → 2.34 ms per step, its TP2-rank shapes 1.68 → 1.65 ms).
 
 use cudarc::driver::LaunchConfig;
 use kiln_core::{DType, OpKind, Result};
@@ -33,11 +39,11 @@ pub(crate) const GEMV1_MAX_BYTES: usize = 16 << 20;
 pub(super) const GEMV1_AUTO: [bool; 12] = [
     false, false, false, false, false, true, true, true, true, true, true, true,
 ];
-/// `KILN_GEMV1=0` keeps the automatic dispatch off `gemv1_*` (A/B measurements; forcing it
-/// with [`GemvM1::OneKernel`] still works).
+/// `KILN_GEMV1=1` lets the automatic dispatch take `gemv1_*` (off by default, see above;
+/// forcing it with [`GemvM1::OneKernel`] works either way).
 pub(super) fn gemv1_auto_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMV1").map_or(true, |v| v != "0"))
+    *ON.get_or_init(|| std::env::var("KILN_GEMV1").is_ok_and(|v| v == "1"))
 }
 
 /// Largest x shared-memory image (`x_units`·24 bytes) `gemv1_*` takes without an opt-in
