@@ -241,7 +241,8 @@ __device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, in
 // ----------------------------------------------------------------------------- tile loader
 // K and V rows of key positions tile·BC .. tile·BC+BC-1 of (s, g) into Ks, Vs [BC][LD] (16-bit).
 // Positions outside [klo, khi) and blocks outside the cache are zero-filled, never read.
-// Block id of key `pos` of the table `bt`, or −1 (outside [klo, khi) or outside the cache).
+// Helpers of the bulk loader below. Block id of key `pos` of the table `bt`, or −1 (outside
+// [klo, khi) or outside the cache).
 __device__ __forceinline__ int kv_block(const AttnArgs& a, const int* bt, int pos, int klo, int khi) {
     if (pos < klo || pos >= khi) return -1;
     const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
@@ -267,8 +268,10 @@ __device__ __forceinline__ uint4 f32x8_to_f16(const float* src) {
 
 // cp.async loader (prefill; decode below sm_90): one 16-byte chunk (8 elements) per thread per
 // step, consecutive threads read one key row; each chunk's block id is read right before its
-// copy. (Reading a tile's block ids first, all in flight, then copying measured 10–20 % slower
-// in the lab, round 3: more registers, and the copies start later.)
+// copy. Kept exactly as written (its PTX is 6e3b99c's): two rewrites measured 10–20 % slower at
+// decode batch 32 and 10 % in prefill in the round-3 lab — the block ids of a tile read first
+// (146 registers), and the same loop through kv_block / kv_row_off (the block-size shift test
+// and division emitted twice: +60 % branches and divisions in the loader's PTX).
 template <int HD, int BC, int THREADS>
 __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int tile, int klo, int khi,
                                         u16* Ks, u16* Vs) {
@@ -282,16 +285,29 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
         const int pos = tile * BC + kk;
         u16* kd = Ks + kk * LD + c * 8;
         u16* vd = Vs + kk * LD + c * 8;
-        const int blk = kv_block(a, bt, pos, klo, khi);
+        // Block and row of `pos` (shift/mask for power-of-two block sizes: no division).
+        const int bi = a.bs_shift >= 0 ? (pos >> a.bs_shift) : pos / a.block_size;
+        const int row = pos - bi * a.block_size;
+        int blk = -1;
+        if (pos >= klo && pos < khi) {
+            blk = __ldg(bt + bi);
+            if (blk >= a.num_blocks) blk = -1;
+        }
         if (blk < 0) {
             *(uint4*)kd = make_uint4(0u, 0u, 0u, 0u);
             *(uint4*)vd = make_uint4(0u, 0u, 0u, 0u);
             continue;
         }
-        const i64 off = kv_row_off<HD>(a, blk, g, pos) + c * 8;
+        const i64 off = (((i64)blk * a.n_kv + g) * a.block_size + row) * HD + c * 8;
         if (a.kv_f32) {
-            *(uint4*)kd = f32x8_to_f16((const float*)a.kc + off);
-            *(uint4*)vd = f32x8_to_f16((const float*)a.vc + off);
+            // Rounded to f16 on the way in (no cp.async: the data changes type).
+#pragma unroll
+            for (int which = 0; which < 2; which++) {
+                const float4* src = (const float4*)((const float*)(which ? a.vc : a.kc) + off);
+                const float4 x0 = __ldg(src), x1 = __ldg(src + 1);
+                *(uint4*)(which ? vd : kd) = make_uint4(pack2<false>(x0.x, x0.y), pack2<false>(x0.z, x0.w),
+                                                        pack2<false>(x1.x, x1.y), pack2<false>(x1.z, x1.w));
+            }
         } else {
             cp_async16(smem_addr(kd), (const u16*)a.kc + off);
             cp_async16(smem_addr(vd), (const u16*)a.vc + off);
@@ -383,11 +399,13 @@ __device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int g, int tile
 // batch arrays are step inputs the host writes (Backend::write: a copy, not a kernel, so every
 // later kernel starts after it completed); q, the cache, the partials, `out` and the counters
 // are touched only after the wait (they may belong to the previous kernels). Every CTA waits
-// before it exits (a grid that ends without waiting would end the dependency chain early).
-// Without EARLY the caller waits first.
+// before it exits (a grid that ends without waiting would end the dependency chain early), and
+// lets the next kernel launch only after its wait: triggering first let a prefill call's next
+// grid sit on the SMs while the one before still ran (bench: prefill 4096 +10 %). Without
+// EARLY the caller waits first.
 #define ATTN_LEAVE          \
     {                       \
-        if (EARLY) pdl_wait(); \
+        if (EARLY) pdl_enter(); \
         return;             \
     }
 template <int HD, int WM, int WN, int BC, int NS, bool BF, bool BULK = false, bool EARLY = false>
@@ -403,7 +421,6 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     constexpr bool USE_BULK = BULK && DECODE && ATTN_BULK;
     static_assert(!BULK || (DECODE && THREADS == 2 * BC), "bulk loader: one thread per K or V row");
     __shared__ alignas(8) u64 bars[NS];        // bulk: one mbarrier per ring stage
-    if (EARLY) pdl_launch_dependents();
 
     // ---- which rows and keys this CTA owns
     const int s = blockIdx.z, g = blockIdx.y;
@@ -460,7 +477,7 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
 #pragma unroll
     for (int st = 0; st < NS - 1; st++)
         pblk[st] = (USE_BULK && t_begin + st < t_end) ? kv_block_bulk<BC>(a, s, t_begin + st, klo, khi) : -1;
-    if (EARLY) pdl_wait();
+    if (EARLY) pdl_enter();  // wait, then let the next kernel launch (as the non-EARLY kernels)
 #pragma unroll
     for (int st = 0; st < NS - 1; st++) {
         if (t_begin + st < t_end) {
