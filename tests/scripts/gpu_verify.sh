@@ -108,21 +108,17 @@ run() {
     echo "== gemm bench (Q4_K, Q8_0, BF16; fused / mma / dense / dispatched), cuda:0"
     timeout 600 "$B/gemm_bench" --backend cuda --types q4_k,q8_0,bf16 >"$OUTD/gemm_bench.log" 2>&1
 
-    echo "== gemv bench (the types with targets + the legacy ones), cuda:0; then with KILN_PDL=0"
+    echo "== gemv bench (the types with targets + the legacy ones), cuda:0"
     timeout 300 "$B/gemv_bench" --backend cuda --types q4_k,q6_k,q8_0,bf16,q4_0 \
         >"$OUTD/gemv_bench.log" 2>&1
-    KILN_PDL=0 timeout 300 "$B/gemv_bench" --backend cuda --types q4_k,q6_k,q8_0,bf16,q4_0 \
-        >"$OUTD/gemv_bench_nopdl.log" 2>&1
 
     echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
     for w in q4_k bf16; do
         timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b --wtype $w --batch 1,8,32 \
             --ctx 512 --steps 64 --graph both >"$OUTD/decode_cuda_$w.log" 2>&1
-        KILN_PDL=0 timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b --wtype $w \
-            --batch 1,32 --ctx 512 --steps 64 --graph on >"$OUTD/decode_cuda_${w}_nopdl.log" 2>&1
-        KILN_GEMV_GROUP=0 timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b \
-            --wtype $w --batch 1 --ctx 512 --steps 64 --graph on \
-            >"$OUTD/decode_cuda_${w}_nogroup.log" 2>&1
+        # One TP2 rank's shapes alone (issue 7's per-rank bound).
+        timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b-rank2 --wtype $w \
+            --batch 1,32 --ctx 512 --steps 64 --graph on >"$OUTD/decode_cuda_${w}_rank2.log" 2>&1
     done
 
     echo "== summary"
@@ -133,7 +129,6 @@ run() {
     grep -hE "NCCL all-reduce|latency|busbw" "$OUTD/nccl.log" | head -10
     grep -hE "^(attn-dec|attn-pre|copy|dense)" "$OUTD/attention_bench.log"
     grep -hE "4096|14336" "$OUTD/gemv_bench.log" | head -40
-    echo "-- KILN_PDL=0:"; grep -hE "4096|14336" "$OUTD/gemv_bench_nopdl.log" | head -40
     tail -n 12 "$OUTD"/decode_cuda_*.log
     # The persisted crossovers of this GPU (the tuner's table), then one archive of every log:
     # at most 8 files come back from the device.
