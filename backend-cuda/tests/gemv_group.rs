@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use kiln_core::{Activation, Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
-use kiln_cuda::GroupKernel;
+use kiln_cuda::{GroupKernel, gemv1_auto_on};
 
 /// One segment's weight, its dequantized values and its poisoned output.
 struct Seg {
@@ -81,9 +81,16 @@ fn segmented_gemv_kernels_match_the_oracle() {
     let x = Rng(7).vec(k + 4);
     let xb = upload(&*be, &f32_bytes(&x));
     let mut failures = Vec::new();
+    // The one-kernel forms run where gemv1's rule is on (`KILN_GEMV1=1`; gpu_verify.sh runs this
+    // binary both ways), else quant_x + gemv8s.
+    let one = if gemv1_auto_on() {
+        GroupKernel::OneKernel
+    } else {
+        GroupKernel::TwoKernels
+    };
     // (type, segment rows, x offset in elements, the kernel the group must run)
     let cases: [(DType, &[usize], usize, Option<GroupKernel>); 8] = [
-        (DType::Q4_K, &[256, 66, 66], 0, Some(GroupKernel::OneKernel)),
+        (DType::Q4_K, &[256, 66, 66], 0, Some(one)),
         // 2 × 9.4 MB > the one-kernel limit (16 MiB): quant_x + gemv8s.
         (DType::Q4_K, &[4096, 4098], 0, Some(GroupKernel::TwoKernels)),
         // Unaligned x: the one-kernel path does not apply.
@@ -99,7 +106,7 @@ fn segmented_gemv_kernels_match_the_oracle() {
             0,
             Some(GroupKernel::TwoKernels),
         ),
-        (DType::Q6_K, &[130, 34], 0, Some(GroupKernel::OneKernel)),
+        (DType::Q6_K, &[130, 34], 0, Some(one)),
         (DType::BF16, &[258, 66, 67], 0, Some(GroupKernel::Float)),
         (DType::F32, &[100, 30, 1], 0, Some(GroupKernel::Float)),
         // Float weights need a 16-byte aligned x: no group (one matmul each instead).
@@ -199,8 +206,13 @@ fn glu_mode_kernels_match_the_oracle() {
     let x = Rng(17).vec(k);
     let xb = upload(&*be, &f32_bytes(&x));
     let mut failures = Vec::new();
+    let one = if gemv1_auto_on() {
+        GroupKernel::OneKernel
+    } else {
+        GroupKernel::TwoKernels
+    };
     let cases: [(DType, usize, GroupKernel); 5] = [
-        (DType::Q4_K, 259, GroupKernel::OneKernel),
+        (DType::Q4_K, 259, one),
         // 2 × 10.5 MB > 16 MiB: quant_x + gemv8g.
         (DType::Q4_K, 4607, GroupKernel::TwoKernels),
         (DType::Q8_0, 259, GroupKernel::TwoKernels),

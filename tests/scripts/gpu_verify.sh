@@ -90,6 +90,10 @@ run() {
             --test-threads 1 >"$OUTD/$t.log" 2>&1
         echo "$t: $(grep 'test result' "$OUTD/$t.log")"
     done
+    # The one-kernel m = 1 forms (gemv1s_/gemv1g_) run only under gemv1's rule (off by default).
+    KILN_GEMV1=1 KILN_REQUIRE=cuda timeout 600 "$B/gemv_group" --test-threads 1 \
+        >"$OUTD/gemv_group_gemv1.log" 2>&1
+    echo "gemv_group (KILN_GEMV1=1): $(grep 'test result' "$OUTD/gemv_group_gemv1.log")"
 
     echo "== runtime zoo tests on cuda and wgpu"
     for t in zoo_logits zoo_generate zoo_graph; do
@@ -122,7 +126,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance gpu_ops gemv_group host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance gpu_ops gemv_group gemv_group_gemv1 host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done

@@ -27,6 +27,7 @@ mod gemv1;
 mod group;
 use crate::ops::launch::Arg;
 use gemv1::GemvM1;
+pub use gemv1::gemv1_auto_on;
 pub use group::GroupKernel;
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).

@@ -41,7 +41,7 @@ pub(super) const GEMV1_AUTO: [bool; 12] = [
 ];
 /// `KILN_GEMV1=1` lets the automatic dispatch take `gemv1_*` (off by default, see above;
 /// forcing it with [`GemvM1::OneKernel`] works either way).
-pub(super) fn gemv1_auto_on() -> bool {
+pub fn gemv1_auto_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMV1").is_ok_and(|v| v == "1"))
 }
