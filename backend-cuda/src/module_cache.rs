@@ -279,6 +279,9 @@ pub fn cache_key(
     ))
 }
 
+/// (kernel file, function, threads per block, dynamic shared memory bytes).
+type OccKey = (&'static str, &'static str, u32, usize);
+
 /// Loaded modules and functions of one device, compiled (or read from disk) on first use.
 pub struct ModuleCache {
     ctx: Arc<CudaContext>,
@@ -286,6 +289,9 @@ pub struct ModuleCache {
     arch: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<(&'static str, &'static str), CudaFunction>>,
+    /// Resident blocks per SM of (file, function, threads, dynamic shared bytes): fixed for a
+    /// device, so asked of the driver once, not on every launch that sizes its grid by it.
+    occupancy: Mutex<HashMap<OccKey, usize>>,
 }
 
 impl ModuleCache {
@@ -296,6 +302,7 @@ impl ModuleCache {
             arch,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            occupancy: Mutex::new(HashMap::new()),
         }
     }
 
@@ -324,6 +331,42 @@ impl ModuleCache {
             })?;
         fns.insert((file.name, name), f.clone());
         Ok(f)
+    }
+
+    /// Resident blocks per SM (at least 1) of `name` launched with `threads` threads and `smem`
+    /// bytes of dynamic shared memory; memoized.
+    pub fn occupancy(
+        &self,
+        file: &KernelFile,
+        name: &'static str,
+        threads: u32,
+        smem: usize,
+    ) -> Result<usize, CudaError> {
+        let key = (file.name, name, threads, smem);
+        if let Some(&n) = self
+            .occupancy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(n);
+        }
+        let n = self
+            .function(file, name)?
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+            .map_err(|e| {
+                CudaError::driver(
+                    self.device.clone(),
+                    "cuOccupancyMaxActiveBlocksPerMultiprocessor",
+                    e,
+                )
+            })?
+            .max(1) as usize;
+        self.occupancy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, n);
+        Ok(n)
     }
 
     fn module(&self, file: &KernelFile) -> Result<Arc<CudaModule>, CudaError> {

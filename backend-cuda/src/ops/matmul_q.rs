@@ -471,14 +471,9 @@ impl CudaBackend {
     }
 
     /// Resident blocks per SM of `name` (matmul_q.cu) at `threads` threads and `smem` bytes of
-    /// dynamic shared memory (at least 1).
+    /// dynamic shared memory (at least 1; asked of the driver once per kernel and shape).
     pub(crate) fn occupancy(&self, name: &'static str, threads: u32, smem: usize) -> Result<usize> {
-        let f = self.function(&MATMUL_Q, name)?;
-        Ok(
-            f.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
-                .map_err(self.drv("gemv occupancy"))?
-                .max(1) as usize,
-        )
+        Ok(self.modules.occupancy(&MATMUL_Q, name, threads, smem)?)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -109,10 +109,7 @@ impl CudaBackend {
         };
         let f = self.function(&MATMUL_Q, name)?;
         let sms = self.info.caps.compute_units.max(1) as usize;
-        let occ = f
-            .occupancy_max_active_blocks_per_multiprocessor(GEMV1_THREADS, smem, None)
-            .map_err(self.drv("gemv1 occupancy"))?
-            .max(1) as usize;
+        let occ = self.occupancy(name, GEMV1_THREADS, smem)?;
         let (blocks, s) = gemv1_grid(w.dtype, n, k, sms, occ);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),

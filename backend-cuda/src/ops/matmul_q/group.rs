@@ -276,11 +276,7 @@ impl CudaBackend {
             } else {
                 GEMV1S[qi]
             };
-            let f = self.function(&MATMUL_Q, name)?;
-            let occ = f
-                .occupancy_max_active_blocks_per_multiprocessor(GEMV1_THREADS, smem, None)
-                .map_err(self.drv("gemv1s occupancy"))?
-                .max(1) as usize;
+            let occ = self.occupancy(name, GEMV1_THREADS, smem)?;
             let (blocks, s) = gemv1_grid(dt, groups * R, k, sms, occ);
             let cfg = LaunchConfig {
                 grid_dim: (blocks as u32, 1, 1),
