@@ -28,6 +28,24 @@ fn cpu_mm(x: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f32> {
     y
 }
 
+/// A random n × k weight of type `d`, prepared on `be`, and its dequantized values.
+fn quantized_weight(
+    be: &kiln_wgpu::WgpuBackend,
+    r: &mut rand::rngs::StdRng,
+    d: DType,
+    n: usize,
+    k: usize,
+) -> (kiln_core::Weight, Vec<f32>) {
+    let wf = randn(r, n * k, 0.5);
+    let mut bytes = vec![0u8; d.bytes_for(n * k).unwrap()];
+    kiln_core::quant::quantize(d, &wf, &mut bytes).unwrap();
+    let deq = kiln_core::quant::dequantize_vec(d, &bytes).unwrap();
+    let w = be
+        .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &bytes).unwrap())
+        .unwrap();
+    (w, deq)
+}
+
 #[test]
 fn gemm_forced_rows_splits_types() {
     let Some(be) = open() else { return };
@@ -48,13 +66,7 @@ fn gemm_forced_rows_splits_types() {
             eprintln!("SKIPPED {d}: no quantizer");
             continue;
         }
-        let wf = randn(&mut r, n * k, 0.5);
-        let mut bytes = vec![0u8; d.bytes_for(n * k).unwrap()];
-        kiln_core::quant::quantize(d, &wf, &mut bytes).unwrap();
-        let deq = kiln_core::quant::dequantize_vec(d, &bytes).unwrap();
-        let w = be
-            .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &bytes).unwrap())
-            .unwrap();
+        let (w, deq) = quantized_weight(&be, &mut r, d, n, k);
         for m in [9, 17, 33, 64, 65] {
             let x = randn(&mut r, m * k, 1.0);
             let want = cpu_mm(&x, &deq, m, n, k);
@@ -99,13 +111,7 @@ fn gemm_split_short_k() {
     let mut r = rng(9);
     for (n, k) in [(70, 64), (130, 96)] {
         let d = DType::Q8_0;
-        let wf = randn(&mut r, n * k, 0.5);
-        let mut bytes = vec![0u8; d.bytes_for(n * k).unwrap()];
-        kiln_core::quant::quantize(d, &wf, &mut bytes).unwrap();
-        let deq = kiln_core::quant::dequantize_vec(d, &bytes).unwrap();
-        let w = be
-            .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &bytes).unwrap())
-            .unwrap();
+        let (w, deq) = quantized_weight(&be, &mut r, d, n, k);
         let m = 40;
         let x = randn(&mut r, m * k, 1.0);
         let want = cpu_mm(&x, &deq, m, n, k);
