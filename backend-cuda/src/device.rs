@@ -35,6 +35,9 @@ pub struct CudaBackend {
     /// Attention's split-merge counters (ops/attention.rs `attn_counters`), created zeroed on
     /// first use outside a graph capture.
     pub(crate) attn_counters: Mutex<Option<cudarc::driver::CudaSlice<i32>>>,
+    /// While a graph is captured: the GEMM scratch its matmuls used, handed to the graph so a
+    /// scratch retired by a later, larger one lives exactly as long as the graphs holding it.
+    pub(crate) graph_keep: Mutex<Option<Vec<Arc<CudaMem>>>>,
 }
 
 impl CudaBackend {
@@ -76,6 +79,7 @@ impl CudaBackend {
             largest_weight_bf16: Mutex::new(0),
             memory_peak: std::sync::atomic::AtomicU64::new(0),
             attn_counters: Mutex::new(None),
+            graph_keep: Mutex::new(None),
         })
     }
 
@@ -393,7 +397,17 @@ impl CudaBackend {
             return Ok(None);
         }
         let mem = self.alloc_mem(bytes.max(MIN_MATMUL_SCRATCH))?;
-        Ok(Some(gemm.push_scratch(mem)))
+        Ok(Some(gemm.push_scratch(mem, true).ptr))
+    }
+
+    /// During a graph capture, hold `mem` for the graph (see `graph_keep`); otherwise nothing.
+    pub(crate) fn keep_for_capture(&self, mem: &Arc<CudaMem>) {
+        let mut keep = self.graph_keep.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = keep.as_mut()
+            && !list.iter().any(|m| Arc::ptr_eq(m, mem))
+        {
+            list.push(Arc::clone(mem));
+        }
     }
 
     /// Free the tuner's transient scratch once the kernels that used it are done.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::sync::Arc;
 
 use cudarc::cublaslt::{result as lt, sys};
 use cudarc::driver::CudaStream;
@@ -61,6 +62,13 @@ impl Drop for Plan {
     }
 }
 
+/// One GEMM scratch allocation; shared with the graphs captured while it was current.
+struct Scratch {
+    mem: Arc<CudaMem>,
+    /// First-use tuning's (removed by address afterwards); persistent otherwise.
+    transient: bool,
+}
+
 /// cuBLASLt handle, its workspace, the cached plans and the backend's GEMM scratch
 /// (dequantized weight tiles and converted activations).
 pub(crate) struct Gemm {
@@ -68,9 +76,11 @@ pub(crate) struct Gemm {
     workspace: CudaMem,
     workspace_bytes: usize,
     plans: HashMap<PlanKey, Plan>,
-    /// The current scratch is the last; older (smaller) ones stay alive because a captured graph
-    /// may still reference them.
-    scratch: Vec<CudaMem>,
+    /// The current scratch is the last. Growing it retires the older persistent one: it is
+    /// freed then (stream-ordered) unless a captured graph holds it (`graph.rs` keeps the
+    /// scratch a capture used alive as long as the graph). First-use tuning's transient scratch
+    /// sits on top of the persistent one until `remove_scratch`.
+    scratch: Vec<Scratch>,
     /// The most bytes `allocated_bytes` has reached (transient tuning scratch included).
     peak: usize,
     device: String,
@@ -120,30 +130,42 @@ impl Gemm {
     }
 
     /// The current scratch if it holds `bytes`, else `None` (the caller allocates and `push`es).
-    pub(crate) fn scratch(&self, bytes: usize) -> Option<u64> {
+    pub(crate) fn scratch(&self, bytes: usize) -> Option<&Arc<CudaMem>> {
         self.scratch
             .last()
-            .filter(|s| s.slice.len() >= bytes)
-            .map(|s| s.ptr)
+            .map(|s| &s.mem)
+            .filter(|m| m.slice.len() >= bytes)
     }
 
-    /// Device bytes held: the workspace and every scratch allocated so far.
+    /// Device bytes held: the workspace and the scratch on the stack (a retired scratch that a
+    /// captured graph still holds is the graph's, not counted here).
     pub(crate) fn allocated_bytes(&self) -> usize {
-        self.workspace_bytes + self.scratch.iter().map(|s| s.slice.len()).sum::<usize>()
+        self.workspace_bytes
+            + self
+                .scratch
+                .iter()
+                .map(|s| s.mem.slice.len())
+                .sum::<usize>()
     }
 
-    /// Take the scratch at `ptr` off the stack (first-use tuning's transient one; no graph can
-    /// hold it because nothing is captured while tuning).
-    pub(crate) fn remove_scratch(&mut self, ptr: u64) -> Option<CudaMem> {
-        let i = self.scratch.iter().position(|s| s.ptr == ptr)?;
-        Some(self.scratch.remove(i))
+    /// Take the scratch at `ptr` off the stack (first-use tuning's transient one).
+    pub(crate) fn remove_scratch(&mut self, ptr: u64) -> Option<Arc<CudaMem>> {
+        let i = self.scratch.iter().position(|s| s.mem.ptr == ptr)?;
+        Some(self.scratch.remove(i).mem)
     }
 
-    pub(crate) fn push_scratch(&mut self, mem: CudaMem) -> u64 {
-        let p = mem.ptr;
-        self.scratch.push(mem);
+    /// Make `mem` the current scratch. A persistent one retires the persistent scratch it
+    /// outgrew (freed once no captured graph holds it); a transient one stacks on top.
+    pub(crate) fn push_scratch(&mut self, mem: CudaMem, transient: bool) -> &Arc<CudaMem> {
+        if !transient {
+            self.scratch.retain(|s| s.transient);
+        }
+        self.scratch.push(Scratch {
+            mem: Arc::new(mem),
+            transient,
+        });
         self.peak = self.peak.max(self.allocated_bytes());
-        p
+        &self.scratch[self.scratch.len() - 1].mem
     }
 
     /// The most bytes held at once so far.

@@ -2,18 +2,23 @@
 //! stream are recorded into a graph, instantiated once, and replayed with `Replay::replay`.
 //! Capture uses the relaxed mode: host-side calls made while recording (cuBLASLt heuristics,
 //! module loads on first use) stay legal; a `read`/`synchronize` inside `f` makes capture fail.
+//! The graph holds the GEMM scratch its matmuls used (`CudaBackend::graph_keep`): a later,
+//! larger scratch retires it from the backend, and it is freed when the last graph using it is.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::CudaGraph;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use kiln_core::{Error, Replay, Result};
 
+use crate::buffer::CudaMem;
 use crate::device::CudaBackend;
 
 struct GraphReplay {
     graph: Mutex<CudaGraph>,
     device: String,
+    /// The GEMM scratch the recorded kernels address (dropped after `graph`).
+    _scratch: Vec<Arc<CudaMem>>,
 }
 
 // SAFETY: a CudaGraph is not internally synchronized; every use goes through the mutex, so no
@@ -38,7 +43,14 @@ pub(crate) fn capture(
     be.stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
         .map_err(be.drv("cuStreamBeginCapture"))?;
+    *be.graph_keep.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
     let recorded = f();
+    let scratch = be
+        .graph_keep
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+        .unwrap_or_default();
     // End the capture whatever `f` returned, so the stream is usable again.
     let ended = be.stream.end_capture(CUgraphInstantiate_flags(0));
     recorded?;
@@ -50,6 +62,7 @@ pub(crate) fn capture(
             Ok(Some(Box::new(GraphReplay {
                 graph: Mutex::new(g),
                 device: be.name(),
+                _scratch: scratch,
             })))
         }
     }

@@ -413,7 +413,7 @@ impl CudaBackend {
 
     /// Device scratch of at least `bytes` (the cuBLASLt state's scratch, shared by the dense
     /// and fused paths) with the lock that guards it: hold it until every kernel using the
-    /// scratch is enqueued. Older, smaller scratch stays alive for captured graphs.
+    /// scratch is enqueued. A graph being captured keeps the scratch it used alive.
     pub(crate) fn matmul_scratch(
         &self,
         bytes: usize,
@@ -426,13 +426,18 @@ impl CudaBackend {
         let Some(gemm) = guard.as_mut() else {
             return Err(Error::backend(self.name(), "cuBLASLt state missing"));
         };
-        let p = match gemm.scratch(bytes) {
-            Some(p) => p,
-            None => {
-                let mem = self.alloc_mem(bytes.max(crate::device::MIN_MATMUL_SCRATCH))?;
-                gemm.push_scratch(mem)
-            }
+        if gemm.scratch(bytes).is_none() {
+            let mem = self.alloc_mem(bytes.max(crate::device::MIN_MATMUL_SCRATCH))?;
+            gemm.push_scratch(mem, false);
+        }
+        let Some(mem) = gemm.scratch(bytes) else {
+            return Err(Error::backend(
+                self.name(),
+                "GEMM scratch missing after growth",
+            ));
         };
+        let p = mem.ptr;
+        self.keep_for_capture(mem);
         Ok((guard, p))
     }
 

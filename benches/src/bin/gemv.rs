@@ -2,6 +2,9 @@
 //! weight + activation bytes and the fraction of the measured copy bandwidth. On CUDA, block
 //! types also get a row for each m = 1 kernel forced (`gemv1`: one kernel; `quant_x+gemv8`: two),
 //! beside the dispatched one.
+//! A "chained" row times each call followed by a dependent rms_norm of its output (a decode
+//! step's order: back-to-back calls overlap one call's weight loads with the previous tail,
+//! which a step does not).
 //! `gemv --backend cuda|wgpu|reference [--quick] [--types q4_k,bf16] [--json FILE]`
 
 use kiln_benches::{
@@ -86,6 +89,22 @@ fn bench_one(
         be.matmul(xv, &weights[i % copies], yv)
     })?;
     row(format!("{} {n}x{k}", dt.name()), secs)?;
+    // Chained: each call followed by an rms_norm of its output row, as in a decode step, where
+    // the next matmul cannot overlap the previous one's tail with its own weight loads. GB/s
+    // and % count the matmul's bytes over the pair's time (the norm moves 3·n floats).
+    let nw = be.alloc(n * 4)?;
+    be.write(&nw, 0, &f32_ones(n))?;
+    let z = be.alloc(n * 4)?;
+    let (yr, nwv) = (
+        y.view(0, Shape::d2(1, n), DType::F32)?,
+        nw.view(0, Shape::d1(n), DType::F32)?,
+    );
+    let zv = z.view_mut(0, Shape::d2(1, n), DType::F32)?;
+    let secs = time_calls(be, calls, reps, &mut |i| {
+        be.matmul(xv, &weights[i % copies], yv)?;
+        be.rms_norm(yr, nwv, 1e-6, zv)
+    })?;
+    row(format!("{} {n}x{k} chained", dt.name()), secs)?;
     // wgpu has no graph capture: the row above records `calls` ops and then runs them, so it
     // times recording + execution back to back. Streaming 480 calls (submitted in batches of
     // 48) overlaps the recording of one batch with the execution of the previous one.
@@ -105,4 +124,8 @@ fn bench_one(
         }
     }
     Ok(())
+}
+
+fn f32_ones(n: usize) -> Vec<u8> {
+    (0..n).flat_map(|_| 1f32.to_le_bytes()).collect()
 }
