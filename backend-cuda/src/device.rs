@@ -625,14 +625,20 @@ impl Backend for CudaBackend {
         self.prepared_bytes(dtype, shape)
     }
 
-    /// The cuBLASLt workspace, the GEMM scratch at its largest request (at least 1 MiB) and,
-    /// when some use is not tuned yet, the tuner's transient buffers.
+    /// The cuBLASLt workspace, the GEMM scratch at its largest request (at least 1 MiB; or the
+    /// persistent scratch the backend already holds, if larger: it is never shrunk, so a
+    /// later runtime in the same process keeps it) and, when some use is not tuned yet, the
+    /// tuner's transient buffers.
     fn workspace_bytes(&self, matmuls: &[MatmulUse]) -> usize {
         let ws = self.matmul_workspace(matmuls);
-        if !ws.used {
+        let held = {
+            let g = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+            g.as_ref().map_or(0, |g| g.persistent_scratch_bytes())
+        };
+        if !ws.used && held == 0 {
             return 0;
         }
-        self.cublaslt_workspace_bytes() + ws.scratch.max(MIN_MATMUL_SCRATCH) + ws.tuning
+        self.cublaslt_workspace_bytes() + ws.scratch.max(MIN_MATMUL_SCRATCH).max(held) + ws.tuning
     }
 
     /// Create the cuBLASLt state and the GEMM scratch at its largest request now, so no matmul

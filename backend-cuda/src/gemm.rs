@@ -148,6 +148,15 @@ impl Gemm {
                 .sum::<usize>()
     }
 
+    /// Bytes of the current persistent scratch (0 when none): what a new reserve keeps.
+    pub(crate) fn persistent_scratch_bytes(&self) -> usize {
+        self.scratch
+            .iter()
+            .rev()
+            .find(|s| !s.transient)
+            .map_or(0, |s| s.mem.slice.len())
+    }
+
     /// Take the scratch at `ptr` off the stack (first-use tuning's transient one).
     pub(crate) fn remove_scratch(&mut self, ptr: u64) -> Option<Arc<CudaMem>> {
         let i = self.scratch.iter().position(|s| s.mem.ptr == ptr)?;

@@ -229,10 +229,20 @@ fn outgrown_scratch_lives_as_long_as_its_graphs() {
         (a3 - a2) / MIB,
         (in3 - in2) / MIB
     );
+    // (The pool rounds allocations up: allow half of S2, which is ≥ 128 MiB.)
     assert!(
-        ((in3 - in2) - (a3 - a2)).abs() <= 8 * MIB,
+        in3 - in2 < (a3 - a2) + 64 * MIB,
         "the outgrown S2 was freed: device +{} MiB for S3 − S2 = {} MiB",
         (in3 - in2) / MIB,
         (a3 - a2) / MIB
     );
+
+    // A later, smaller runtime's plan counts the scratch the backend keeps (never shrunk).
+    let small = MatmulUse {
+        dtype: DType::Q4_K,
+        shape: Shape::d2(n, k),
+        max_rows: 1,
+    };
+    let planned = be.workspace_bytes(&[small]) as i64;
+    assert!(planned >= a3, "a later plan {planned} counts the held {a3}");
 }

@@ -347,7 +347,9 @@ pub trait Backend: Send + Sync {
     /// Device bytes the backend allocates on its own (outside `alloc` and `prepare_weight`:
     /// library workspaces, lazily grown op scratch, transient tuning buffers) when running
     /// `matmuls`, at the peak. Exact when [`Backend::reserve_workspace`] was called with the
-    /// same uses before the first op. Default: none.
+    /// same uses before the first op. Workspace the backend already holds and keeps (from an
+    /// earlier runtime in the same process) counts: the plan is what the device will hold.
+    /// Default: none.
     fn workspace_bytes(&self, _matmuls: &[MatmulUse]) -> usize {
         0
     }
