@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Whole-stack check on the GPU machine: the full conformance suite on CUDA and on wgpu/Vulkan,
 # kiln-cuda's own GPU tests, the runtime's zoo tests (logits, generation, graph replay) on both,
-# NCCL all-reduce, and the attention, gemm and decode benches. Two steps:
+# NCCL all-reduce, the attention, gemm, gemv and decode benches, and `kiln bench serve` on
+# Vulkan and CUDA. Two steps:
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
 #    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, host_pin, planner_sizes and its unit tests) and the CUDA
-#    attention and decode benches, strips them into .gpu/verify.tar.xz
+#    attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
+#    Vulkan and CUDA), strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
 # 2. GPU machine, one call (two GPUs so NCCL runs; on one GPU that part prints "skipped"):
@@ -51,6 +53,8 @@ if missing:
     sys.exit(f"missing test executables: {sorted(missing)}")
 EOF
     cargo build --release -p kiln-benches --bin attention --bin decode --bin gemm --bin gemv
+    cargo build --release -p kiln-examples --bin kiln
+    cp "$CARGO_TARGET_DIR/release/kiln" "$B/kiln"
     cp "$CARGO_TARGET_DIR/release/attention" "$B/attention_bench"
     cp "$CARGO_TARGET_DIR/release/gemv" "$B/gemv_bench"
     cp "$CARGO_TARGET_DIR/release/gemm" "$B/gemm_bench"
@@ -123,6 +127,17 @@ run() {
         # One TP2 rank's shapes alone (issue 7's per-rank bound).
         timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b-rank2 --wtype $w \
             --batch 1,32 --ctx 512 --steps 64 --graph on >"$OUTD/decode_cuda_${w}_rank2.log" 2>&1
+    done
+
+    echo "== kiln bench serve (issue 6): Llama-3-8B shape, Q4_K, prompt/gen 32, Vulkan then CUDA"
+    # One short 64-stream run fills the Vulkan tuning cache first (its crossovers are measured
+    # on first use); the CUDA tuner runs inside the first run.
+    local S="--synth llama3-8b --synth-type q4_k --streams 1,8,32,64 --prompt-len 32 --gen-len 32"
+    KILN_WGPU_AUTOTUNE=1 timeout 300 "$B/kiln" bench serve --synth llama3-8b --synth-type q4_k \
+        --backend wgpu --streams 64 --prompt-len 32 --gen-len 4 >"$OUTD/serve_wgpu_tune.log" 2>&1
+    for be in wgpu cuda; do
+        timeout 300 "$B/kiln" bench serve $S --backend $be >"$OUTD/serve_$be.log" 2>&1
+        echo "serve $be:"; grep -E "^\| [0-9]|x the|engine at 64" "$OUTD/serve_$be.log"
     done
 
     echo "== summary"
