@@ -39,30 +39,35 @@ const MIN_GROUPS_PER_SPLIT: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n_c: u32,
-    k: u32,
-    n_out: u32,
-    r0: u32,
-    bpr: u32,
-    d_base: u32,
-    x_off: u32,
-    o_off: u32,
-    splits: u32,
-    gps: u32,
-    pad: u32,
+pub(crate) struct Params {
+    pub(crate) m: u32,
+    pub(crate) n_c: u32,
+    pub(crate) k: u32,
+    pub(crate) n_out: u32,
+    pub(crate) r0: u32,
+    pub(crate) bpr: u32,
+    pub(crate) d_base: u32,
+    pub(crate) x_off: u32,
+    pub(crate) o_off: u32,
+    pub(crate) splits: u32,
+    pub(crate) gps: u32,
+    pub(crate) pad: u32,
 }
 
 /// k splits for an m × n_c output with k columns: 1 unless the tiles alone leave the GPU
 /// short of `SPLIT_TARGET_WGS` workgroups; `forced` (benchmarks, tests) wins, capped so every
 /// split has at least one group.
 pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
+    splits_tm(m, tile_m(m), n_c, k, forced)
+}
+
+/// As `splits`, for a kernel whose x-row tile is `tm` rows (`ops/gemm_coop.rs`).
+pub(crate) fn splits_tm(m: usize, tm: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
     let groups = k / 32;
     if let Some(f) = forced {
         return (f as usize).clamp(1, groups.max(1));
     }
-    let tiles = m.div_ceil(tile_m(m)) * n_c.div_ceil(TILE_N);
+    let tiles = m.div_ceil(tm) * n_c.div_ceil(TILE_N);
     let mut s = 1;
     while tiles * s < SPLIT_TARGET_WGS
         && s * 2 <= MAX_SPLITS
@@ -73,9 +78,10 @@ pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usi
     s
 }
 
-/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split).
+/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split), by
+/// either GEMM kernel (this one or `gemm_coop`, whichever splits more).
 pub(crate) fn scratch_bytes(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
-    let s = splits(m, n_c, k, forced);
+    let s = splits(m, n_c, k, forced).max(crate::ops::gemm_coop::splits(m, n_c, k, forced));
     if s > 1 { s * m * n_c * 4 } else { 0 }
 }
 
@@ -172,15 +178,26 @@ pub(crate) fn run(
             &[bw.entry(1), bx.entry(2), bp.entry(4)],
             (gx, gy, (tiles_m * s) as u32),
         )?;
-        let sum = be.pipeline(
-            ShaderSpec::new("gemm", &[SRC], "gemm_sum")
-                .define("SUM")
-                .define("SPLIT"),
-        )?;
-        let (sx, sy) = be.grid((m * n_c).div_ceil(256) as u32);
-        be.dispatch(&sum, bytes_of(&p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))?;
+        sum_splits(be, &p, &bo, &bp, m * n_c)?;
     }
     Ok(())
+}
+
+/// `gemm_sum`: y = Σ over the splits of the partials (`outputs` = m · n_c of one chunk).
+pub(crate) fn sum_splits(
+    be: &WgpuBackend,
+    p: &Params,
+    bo: &crate::buffer::Bound<'_>,
+    bp: &crate::buffer::Bound<'_>,
+    outputs: usize,
+) -> Result<()> {
+    let sum = be.pipeline(
+        ShaderSpec::new("gemm", &[SRC], "gemm_sum")
+            .define("SUM")
+            .define("SPLIT"),
+    )?;
+    let (sx, sy) = be.grid(outputs.div_ceil(256) as u32);
+    be.dispatch(&sum, bytes_of(p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))
 }
 
 #[cfg(test)]
