@@ -11,7 +11,9 @@
 // split). Per 32-element k group: invocation li dequantizes half a group of weight row li/2
 // (one `hdr`, 4 `dqv`) and loads TM/32 vec4s of x, converts both to f16 (x clamped to
 // ±65504) and stores them into workgroup memory row-major with a 40-half pitch (80 bytes:
-// the 8 rows a 16-byte-per-row matrix load touches hit 8 different bank quads). Then each
+// the 8 rows a 16-byte-per-row matrix load touches hit 8 different bank quads); with
+// STAGE_V4 (default) the tiles are vec4<f16> arrays, written with one 8-byte store per 4
+// values, else f16 arrays written per value (`KILN_WGPU_COOP_STAGE=f16`, comparison). Then each
 // subgroup multiplies 16×16×16 cooperative matrices: subgroup sg (of SGM × SGN) owns x rows
 // 32·(sg / SGN) + 0..31 (two A matrices) and weight rows 16·NB·(sg % SGN) + 0..16·NB-1 (NB
 // B matrices), 2·NB f32 accumulators, two k steps of 16 per group. The next group's weights
@@ -71,9 +73,25 @@ const XT: u32 = 8u / XV;
 // row pitch (halves) of the staged tiles
 const PITCH: u32 = 40u;
 
+var<workgroup> Cs: array<f32, 2048>;      // [8 subgroups][16][16]
+//#if STAGE_V4
+// STAGE_V4: the tiles are vec4<f16> arrays (one 8-byte store per 4 halves; cooperative loads
+// take a pointer to a vec4 and a stride in vec4s, PITCH / 4)
+const Q: u32 = 4u;
+var<workgroup> Xs: array<vec4<f16>, {{XS4}}>; // [TM][PITCH / 4]
+var<workgroup> Ws: array<vec4<f16>, 1280>;    // [128][PITCH / 4]
+
+fn stage_w(base: u32, v: vec4<f32>) {
+    Ws[base / 4u] = vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+
+fn stage_x(base: u32, v: vec4<f32>) {
+    Xs[base / 4u] = vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+//#else
+const Q: u32 = 1u;
 var<workgroup> Xs: array<f16, {{XS}}>;    // [TM][PITCH]
 var<workgroup> Ws: array<f16, 5120>;      // [128][PITCH]
-var<workgroup> Cs: array<f32, 2048>;      // [8 subgroups][16][16]
 
 fn stage_w(base: u32, v: vec4<f32>) {
     let h = vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
@@ -90,6 +108,7 @@ fn stage_x(base: u32, v: vec4<f32>) {
     Xs[base + 2u] = h.z;
     Xs[base + 3u] = h.w;
 }
+//#endif
 
 // Write accumulator tile `c` (x rows mr.., weight rows r.. of the chunk) through this
 // subgroup's staging tile; lanes write the elements that exist.
@@ -213,21 +232,21 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 //#endif
         }
         for (var kk = 0u; kk < 32u; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&Xs[am * PITCH + kk], PITCH);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&Xs[(am + 16u) * PITCH + kk], PITCH);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Ws[bn * PITCH + kk], PITCH);
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&Xs[(am * PITCH + kk) / Q], PITCH / Q);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&Xs[((am + 16u) * PITCH + kk) / Q], PITCH / Q);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&Ws[(bn * PITCH + kk) / Q], PITCH / Q);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c10 = coopMultiplyAdd(a1, b0, c10);
 //#if !NB1
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Ws[(bn + 16u) * PITCH + kk], PITCH);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&Ws[((bn + 16u) * PITCH + kk) / Q], PITCH / Q);
             c01 = coopMultiplyAdd(a0, b1, c01);
             c11 = coopMultiplyAdd(a1, b1, c11);
 //#endif
 //#if NB4
-            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Ws[(bn + 32u) * PITCH + kk], PITCH);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&Ws[((bn + 32u) * PITCH + kk) / Q], PITCH / Q);
             c02 = coopMultiplyAdd(a0, b2, c02);
             c12 = coopMultiplyAdd(a1, b2, c12);
-            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Ws[(bn + 48u) * PITCH + kk], PITCH);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&Ws[((bn + 48u) * PITCH + kk) / Q], PITCH / Q);
             c03 = coopMultiplyAdd(a0, b3, c03);
             c13 = coopMultiplyAdd(a1, b3, c13);
 //#endif

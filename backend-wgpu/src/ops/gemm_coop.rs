@@ -34,7 +34,12 @@ pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usi
 }
 
 /// The shader spec for an x-row tile of `tm` rows.
-pub(crate) fn spec(dtype: kiln_core::DType, tm: usize, x_vec4: bool) -> ShaderSpec<'static> {
+pub(crate) fn spec(
+    dtype: kiln_core::DType,
+    tm: usize,
+    x_vec4: bool,
+    stage_v4: bool,
+) -> ShaderSpec<'static> {
     // subgroups along n: 8 / (tm / 32) (each subgroup owns 32 x rows)
     let sgn = 8 / (tm / 32);
     let mut s = ShaderSpec::new("gemm_coop", &[DEQUANT, SRC], "gemm_coop")
@@ -42,7 +47,8 @@ pub(crate) fn spec(dtype: kiln_core::DType, tm: usize, x_vec4: bool) -> ShaderSp
         .define(wdefine(dtype))
         .sub("TM", tm.to_string())
         .sub("SGN", sgn.to_string())
-        .sub("XS", (tm * 40).to_string());
+        .sub("XS", (tm * 40).to_string())
+        .sub("XS4", (tm * 10).to_string());
     s = match tm {
         32 => s.define("TM32").define("NB1"),
         128 => s.define("TM128").define("NB4"),
@@ -51,7 +57,17 @@ pub(crate) fn spec(dtype: kiln_core::DType, tm: usize, x_vec4: bool) -> ShaderSp
     if x_vec4 {
         s = s.define("X_VEC4");
     }
+    if stage_v4 {
+        s = s.define("STAGE_V4");
+    }
     s
+}
+
+/// The tiles as vec4<f16> arrays (default) or f16 arrays (`KILN_WGPU_COOP_STAGE=f16`,
+/// comparison).
+fn stage_v4() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WGPU_COOP_STAGE").map_or(true, |v| v != "f16"))
 }
 
 /// Run the coop GEMM for x [m, k] · chunked W [n, k]ᵀ → out [m, n].
@@ -95,7 +111,7 @@ pub(crate) fn run(
             gps: groups.div_ceil(s) as u32,
             pad: 0,
         };
-        let sp = spec(ww.dtype, tm, x_off.is_multiple_of(4));
+        let sp = spec(ww.dtype, tm, x_off.is_multiple_of(4), stage_v4());
         let bw = be.bind_range(&c.buf, 0, c.buf.size(), "weight chunk")?;
         let (gx, gy) = be.grid(n_c.div_ceil(TILE_N) as u32);
         let z = (tiles_m * s) as u32;
@@ -144,8 +160,8 @@ mod tests {
         ] {
             for tm in [32, 64, 128] {
                 for split in [false, true] {
-                    for xv4 in [false, true] {
-                        let mut s = spec(d, tm, xv4);
+                    for (xv4, sv4) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let mut s = spec(d, tm, xv4, sv4);
                         if split {
                             s = s.define("SPLIT");
                         }
