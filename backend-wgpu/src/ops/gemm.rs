@@ -78,15 +78,26 @@ pub(crate) fn splits_tm(m: usize, tm: usize, n_c: usize, k: usize, forced: Optio
     s
 }
 
-/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split), by
-/// either GEMM kernel (this one or `gemm_coop`, whichever splits more).
-pub(crate) fn scratch_bytes(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
-    let s = splits(m, n_c, k, forced).max(crate::ops::gemm_coop::splits(m, n_c, k, forced));
+/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split): by
+/// this kernel, or by either this one or `gemm_coop` (whichever splits more) when `coop` (the
+/// device has cooperative matrices; `set_gemm_coop` may switch kernels at run time).
+pub(crate) fn scratch_bytes(
+    m: usize,
+    n_c: usize,
+    k: usize,
+    forced: Option<u32>,
+    coop: bool,
+) -> usize {
+    let mut s = splits(m, n_c, k, forced);
+    if coop {
+        s = s.max(crate::ops::gemm_coop::splits(m, n_c, k, forced));
+    }
     if s > 1 { s * m * n_c * 4 } else { 0 }
 }
 
-/// The most scratch any GEMM of `uses` needs (every m up to its max_rows, unforced).
-pub(crate) fn scratch_bound(uses: &[MatmulUse]) -> usize {
+/// The most scratch any GEMM of `uses` needs (every m up to its max_rows, unforced; `coop` as
+/// in `scratch_bytes`).
+pub(crate) fn scratch_bound(uses: &[MatmulUse], coop: bool) -> usize {
     uses.iter()
         .filter(|u| u.shape.rank() >= 2)
         .map(|u| {
@@ -95,7 +106,7 @@ pub(crate) fn scratch_bound(uses: &[MatmulUse]) -> usize {
                 u.shape.dim(u.shape.rank() - 1),
             );
             (1..=u.max_rows)
-                .map(|m| scratch_bytes(m, n, k, None))
+                .map(|m| scratch_bytes(m, n, k, None, coop))
                 .max()
                 .unwrap_or(0)
         })
@@ -223,7 +234,19 @@ mod tests {
         // forced, capped by the groups
         assert_eq!(splits(512, 4096, 4096, Some(4)), 4);
         assert_eq!(splits(1, 8, 64, Some(8)), 2);
-        assert_eq!(scratch_bytes(64, 4096, 4096, None), 8 * 64 * 4096 * 4);
-        assert_eq!(scratch_bytes(1024, 4096, 4096, None), 0);
+        assert_eq!(
+            scratch_bytes(64, 4096, 4096, None, false),
+            8 * 64 * 4096 * 4
+        );
+        assert_eq!(scratch_bytes(1024, 4096, 4096, None, false), 0);
+        // m = 1024, n = 1024: gemm.wgsl 16 × 8 tiles → 2 splits; gemm_coop 8 × 8 → 4
+        assert_eq!(
+            scratch_bytes(1024, 1024, 4096, None, false),
+            2 * 1024 * 1024 * 4
+        );
+        assert_eq!(
+            scratch_bytes(1024, 1024, 4096, None, true),
+            4 * 1024 * 1024 * 4
+        );
     }
 }
