@@ -122,7 +122,53 @@ fn wanted_features(a: &wgpu::Adapter) -> wgpu::Features {
     if have.contains(wgpu::Features::TIMESTAMP_QUERY) {
         f |= wgpu::Features::TIMESTAMP_QUERY;
     }
+    if coop_usable(a, f) {
+        f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+    }
     f
+}
+
+/// The adapter's cooperative-matrix configurations, as "MxNxK ab→cr" strings (empty without
+/// the feature): logs and `WgpuBackend::coop_matrix_configs`.
+pub(crate) fn coop_configs(a: &wgpu::Adapter) -> Vec<String> {
+    if !a
+        .features()
+        .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+    {
+        return Vec::new();
+    }
+    a.cooperative_matrix_properties()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}x{}x{} {:?}->{:?}",
+                p.m_size, p.n_size, p.k_size, p.ab_type, p.cr_type
+            )
+        })
+        .collect()
+}
+
+/// Whether `gemm_coop.wgsl` can run on this adapter: it offers cooperative matrices with a
+/// 16×16×16 f16·f16→f32 configuration, f16 and subgroups are enabled (`others`), and every
+/// subgroup has 32 invocations (the shader splits its 256 invocations into 8 subgroups).
+/// `KILN_WGPU_NO_COOP=1` says no.
+fn coop_usable(a: &wgpu::Adapter, others: wgpu::Features) -> bool {
+    use wgpu::CooperativeScalarType as T;
+    if env_off("KILN_WGPU_NO_COOP")
+        || !a
+            .features()
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+        || !others.contains(wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP)
+    {
+        return false;
+    }
+    let i = a.get_info();
+    if i.subgroup_min_size != 32 || i.subgroup_max_size != 32 {
+        return false;
+    }
+    a.cooperative_matrix_properties().iter().any(|p| {
+        (p.m_size, p.n_size, p.k_size) == (16, 16, 16) && p.ab_type == T::F16 && p.cr_type == T::F32
+    })
 }
 
 pub(crate) fn device_info(index: u32, a: &wgpu::Adapter) -> DeviceInfo {
@@ -210,6 +256,11 @@ pub struct WgpuBackend {
     /// The GEMM's k-split partials (`ops/gemm.rs`), grown on demand or by
     /// `reserve_workspace`; counted by `workspace_bytes`.
     pub(crate) gemm_scratch: Mutex<Option<wgpu::Buffer>>,
+    /// EXPERIMENTAL_COOPERATIVE_MATRIX is enabled with a 16×16×16 f16→f32 configuration and
+    /// 32-wide subgroups: the GEMM path may run gemm_coop.wgsl.
+    pub(crate) coop_matrix: bool,
+    /// The adapter's cooperative-matrix configurations ("MxNxK ab->cr"), for logs.
+    pub(crate) coop_matrix_configs: Vec<String>,
 }
 
 impl WgpuBackend {
@@ -227,11 +278,32 @@ impl WgpuBackend {
         let info = device_info(index, &a);
         let features = wanted_features(&a);
         let limits = a.limits();
+        let coop_matrix = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX);
+        let coop_matrix_configs = coop_configs(&a);
+        let experimental_features = if coop_matrix {
+            // SAFETY: wgpu marks EXPERIMENTAL_* features as possibly unsound in its own
+            // implementation. kiln asks for the one experimental feature,
+            // EXPERIMENTAL_COOPERATIVE_MATRIX, only where the adapter reports it with a
+            // 16×16×16 f16→f32 configuration, and uses it in one shader (gemm_coop.wgsl,
+            // only those types, subgroup-uniform control flow, loads/stores inside
+            // fixed-size workgroup arrays); the GEMM tests compare it with a CPU product.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
+        if !coop_matrix_configs.is_empty() {
+            tracing::info!(
+                "wgpu: {} cooperative matrix configs [{}]; coop GEMM {}",
+                info.id,
+                coop_matrix_configs.join(", "),
+                if coop_matrix { "on" } else { "off" }
+            );
+        }
         let desc = wgpu::DeviceDescriptor {
             label: Some("kiln"),
             required_features: features,
             required_limits: limits.clone(),
-            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            experimental_features,
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         };
@@ -274,6 +346,8 @@ impl WgpuBackend {
             errors,
             tuning: Mutex::new(tuning),
             gemm_scratch: Mutex::new(None),
+            coop_matrix,
+            coop_matrix_configs,
         })
     }
 
@@ -514,6 +588,17 @@ impl WgpuBackend {
     }
     pub fn has_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// Whether the cooperative-matrix GEMM (tensor cores) can run on this device.
+    pub fn has_coop_matrix(&self) -> bool {
+        self.coop_matrix
+    }
+
+    /// The adapter's cooperative-matrix configurations ("MxNxK ab->cr"; empty without the
+    /// feature).
+    pub fn coop_matrix_configs(&self) -> &[String] {
+        &self.coop_matrix_configs
     }
 
     /// Whether a reduction over `lanes` consecutive invocations can use subgroupAdd: the

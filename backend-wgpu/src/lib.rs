@@ -225,12 +225,12 @@ impl Backend for WgpuBackend {
     /// buffers this does not count; host transfers stage in host memory.
     fn workspace_bytes(&self, matmuls: &[MatmulUse]) -> usize {
         self.params_ring.size() as usize
-            + ops::gemm::scratch_bound(matmuls).max(self.gemm_scratch_bytes())
+            + ops::gemm::scratch_bound(matmuls, self.coop_matrix).max(self.gemm_scratch_bytes())
     }
 
     /// Allocates the GEMM's k-split scratch for the largest split product of `matmuls`.
     fn reserve_workspace(&self, matmuls: &[MatmulUse]) -> Result<()> {
-        let b = ops::gemm::scratch_bound(matmuls);
+        let b = ops::gemm::scratch_bound(matmuls, self.coop_matrix);
         if b > 0 {
             self.gemm_scratch(b)?;
         }

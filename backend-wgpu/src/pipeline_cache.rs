@@ -166,6 +166,9 @@ impl WgpuBackend {
             defines.push("F16".into());
             head.push_str("enable f16;\n");
         }
+        if spec.defines.iter().any(|d| d == "COOP") {
+            head.push_str("enable wgpu_cooperative_matrix;\n");
+        }
         if self.subgroups {
             // naga takes subgroup builtins without the `enable subgroups;` directive (and
             // rejects the directive as not yet implemented).

@@ -53,6 +53,9 @@ pub(crate) struct TuneState {
     gemm_legacy: bool,
     /// gemm.wgsl reads the next k's tile values before the current k's FMAs (`KK_PF`).
     gemm_kk_prefetch: bool,
+    /// The GEMM path may use gemm_coop.wgsl (where the adapter has cooperative matrices);
+    /// false (`KILN_WGPU_GEMM=f32`) keeps it on gemm.wgsl's f32 FMAs.
+    gemm_coop: bool,
     /// key → max GEMV rows (mirror of the file for the hot path).
     known: HashMap<String, usize>,
     warned: HashSet<String>,
@@ -93,16 +96,19 @@ impl TuneState {
             gemm_splits: None,
             gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
             gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
+            gemm_coop: std::env::var("KILN_WGPU_GEMM")
+                .map_or(true, |v| !matches!(v.as_str(), "f32" | "nopf" | "legacy")),
             known,
             warned: HashSet::new(),
         }
     }
 }
 
-/// The cache key of a crossover. "gemm2": measured against `gemm.wgsl` (entries measured
-/// against the older GEMM, keyed without it, are left unread).
-pub(crate) fn key(d: DType, n: usize, k: usize) -> String {
-    format!("matmul/{}/n{n}/k{k}/gemm2", d.name())
+/// The cache key of a crossover. "gemm2": measured against `gemm.wgsl`; "gemm3": against
+/// `gemm_coop.wgsl` (entries measured against the older GEMMs are left unread).
+pub(crate) fn key(d: DType, n: usize, k: usize, coop: bool) -> String {
+    let g = if coop { "gemm3" } else { "gemm2" };
+    format!("matmul/{}/n{n}/k{k}/{g}", d.name())
 }
 
 /// What `tune` measured for one shape.
@@ -249,6 +255,20 @@ impl WgpuBackend {
         t.gemm_kk_prefetch
     }
 
+    /// Let the GEMM path use the cooperative-matrix kernel where the adapter has one (default
+    /// on; `KILN_WGPU_GEMM=f32` turns it off for the whole process): comparison.
+    pub fn set_gemm_coop(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.gemm_coop = on;
+    }
+
+    /// Whether the GEMM path runs `gemm_coop.wgsl`: the adapter has a usable cooperative
+    /// matrix configuration and neither `set_gemm_coop(false)` nor the legacy kernel is set.
+    pub fn gemm_coop(&self) -> bool {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        self.coop_matrix && t.gemm_coop && !t.gemm_legacy
+    }
+
     pub(crate) fn gemm_legacy(&self) -> bool {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.gemm_legacy
@@ -287,7 +307,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn choose_path(&self, d: DType, n: usize, k: usize, m: usize) -> MatmulPath {
-        let key = key(d, n, k);
+        let key = key(d, n, k, self.gemm_coop());
         let known = {
             let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
             t.known.get(&key).copied()
@@ -428,7 +448,7 @@ impl WgpuBackend {
                 }
             }
         }
-        let key = key(dtype, n, k);
+        let key = key(dtype, n, k, self.gemm_coop());
         let value = serde_json::json!({
             "max_gemv_rows": max_gemv_rows,
             "timings_s": timings.iter().map(|(m, a, b)| serde_json::json!({"m": m, "gemv": a, "gemm": b})).collect::<Vec<_>>(),

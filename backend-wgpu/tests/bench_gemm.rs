@@ -11,7 +11,9 @@
 //! (comma list) replaces the m ladder; KILN_BENCH_GEMM_LEGACY=all|some|none times the older
 //! GEMM at every m, at m = 64 and 512 (default) or not; KILN_BENCH_GEMM_SPLITS (comma list,
 //! default 1,2,4,8,16; empty: none) the forced k splits at m ≤ 128; KILN_BENCH_GEMM_TYPES
-//! (comma list of dtype names) the weight types. "gemm nopf" is the GEMM without the k-loop
+//! (comma list of dtype names) the weight types. "gemm" is gemm.wgsl (f32 FMAs, forced with
+//! `set_gemm_coop(false)`), "coop" the cooperative-matrix kernel (`gemm_coop.wgsl`, where the
+//! adapter has it); "gemm nopf" (KILN_BENCH_GEMM_NOPF=1) is gemm.wgsl without the k-loop
 //! prefetch (`set_gemm_kk_prefetch(false)`).
 // Tests may unwrap (project convention).
 #![allow(clippy::unwrap_used)]
@@ -72,10 +74,12 @@ fn bench_gemm() {
     let Some(be) = open() else { return };
     let i = be.info();
     println!(
-        "BENCH device: {} | {} | {}",
+        "BENCH device: {} | {} | {} | coop {} {:?}",
         i.name,
         i.driver,
-        i.caps_summary()
+        i.caps_summary(),
+        be.has_coop_matrix(),
+        be.coop_matrix_configs()
     );
     let sc = scale();
     let ms: Vec<usize> = std::env::var("KILN_BENCH_GEMM_M")
@@ -87,6 +91,7 @@ fn bench_gemm() {
     let forced: Vec<u32> = std::env::var("KILN_BENCH_GEMM_SPLITS")
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|_| vec![1, 2, 4, 8, 16]);
+    let nopf = std::env::var("KILN_BENCH_GEMM_NOPF").is_ok_and(|v| v == "1");
     let types: Vec<DType> = std::env::var("KILN_BENCH_GEMM_TYPES")
         .ok()
         .map(|v| {
@@ -128,15 +133,27 @@ fn bench_gemm() {
                 let xv = x.view(0, Shape::d2(m, k), DType::F32).unwrap();
                 let yv = y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap();
                 // (name, path, forced splits, legacy kernel, k-loop prefetch)
-                let mut variants: Vec<(String, MatmulPath, Option<u32>, bool, bool)> = vec![
-                    ("gemm".into(), MatmulPath::Gemm, None, false, true),
-                    ("gemm nopf".into(), MatmulPath::Gemm, None, false, false),
-                ];
+                // (name, path, forced splits, legacy kernel, k-loop prefetch, coop kernel)
+                let mut variants: Vec<(String, MatmulPath, Option<u32>, bool, bool, bool)> =
+                    vec![("gemm".into(), MatmulPath::Gemm, None, false, true, false)];
+                if be.has_coop_matrix() {
+                    variants.push(("coop".into(), MatmulPath::Gemm, None, false, true, true));
+                }
+                if nopf {
+                    variants.push((
+                        "gemm nopf".into(),
+                        MatmulPath::Gemm,
+                        None,
+                        false,
+                        false,
+                        false,
+                    ));
+                }
                 if legacy == "all" || (legacy == "some" && (m == 64 || m == 512)) {
-                    variants.push(("legacy".into(), MatmulPath::Gemm, None, true, true));
+                    variants.push(("legacy".into(), MatmulPath::Gemm, None, true, true, false));
                 }
                 if m <= 128 {
-                    variants.push(("gemv".into(), MatmulPath::Gemv, None, false, true));
+                    variants.push(("gemv".into(), MatmulPath::Gemv, None, false, true, false));
                     for &s in &forced {
                         variants.push((
                             format!("gemm s{s}"),
@@ -144,14 +161,26 @@ fn bench_gemm() {
                             Some(s),
                             false,
                             true,
+                            false,
                         ));
+                        if be.has_coop_matrix() {
+                            variants.push((
+                                format!("coop s{s}"),
+                                MatmulPath::Gemm,
+                                Some(s),
+                                false,
+                                true,
+                                true,
+                            ));
+                        }
                     }
                 }
                 let mut cells = Vec::new();
-                for (name, path, sp, old, pf) in variants {
+                for (name, path, sp, old, pf, coop) in variants {
                     be.set_gemm_splits(sp).unwrap();
                     be.set_gemm_legacy(old);
                     be.set_gemm_kk_prefetch(pf);
+                    be.set_gemm_coop(coop);
                     let mut f = |c: usize| {
                         be.matmul_with(xv, &ws[c % ws.len()], yv, path).unwrap();
                     };
@@ -159,6 +188,7 @@ fn bench_gemm() {
                     be.set_gemm_splits(None).unwrap();
                     be.set_gemm_legacy(false);
                     be.set_gemm_kk_prefetch(true);
+                    be.set_gemm_coop(true);
                     let Some((stream, kern)) = r else {
                         println!("BENCH gemm: no TIMESTAMP_QUERY on this adapter");
                         return;

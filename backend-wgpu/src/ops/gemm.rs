@@ -39,30 +39,35 @@ const MIN_GROUPS_PER_SPLIT: usize = 8;
 
 #[repr(C)]
 #[derive(Clone, Copy, Default, bytemuck::Pod, bytemuck::Zeroable)]
-struct Params {
-    m: u32,
-    n_c: u32,
-    k: u32,
-    n_out: u32,
-    r0: u32,
-    bpr: u32,
-    d_base: u32,
-    x_off: u32,
-    o_off: u32,
-    splits: u32,
-    gps: u32,
-    pad: u32,
+pub(crate) struct Params {
+    pub(crate) m: u32,
+    pub(crate) n_c: u32,
+    pub(crate) k: u32,
+    pub(crate) n_out: u32,
+    pub(crate) r0: u32,
+    pub(crate) bpr: u32,
+    pub(crate) d_base: u32,
+    pub(crate) x_off: u32,
+    pub(crate) o_off: u32,
+    pub(crate) splits: u32,
+    pub(crate) gps: u32,
+    pub(crate) pad: u32,
 }
 
 /// k splits for an m × n_c output with k columns: 1 unless the tiles alone leave the GPU
 /// short of `SPLIT_TARGET_WGS` workgroups; `forced` (benchmarks, tests) wins, capped so every
 /// split has at least one group.
 pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
+    splits_tm(m, tile_m(m), n_c, k, forced)
+}
+
+/// As `splits`, for a kernel whose x-row tile is `tm` rows (`ops/gemm_coop.rs`).
+pub(crate) fn splits_tm(m: usize, tm: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
     let groups = k / 32;
     if let Some(f) = forced {
         return (f as usize).clamp(1, groups.max(1));
     }
-    let tiles = m.div_ceil(tile_m(m)) * n_c.div_ceil(TILE_N);
+    let tiles = m.div_ceil(tm) * n_c.div_ceil(TILE_N);
     let mut s = 1;
     while tiles * s < SPLIT_TARGET_WGS
         && s * 2 <= MAX_SPLITS
@@ -73,14 +78,26 @@ pub(crate) fn splits(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usi
     s
 }
 
-/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split).
-pub(crate) fn scratch_bytes(m: usize, n_c: usize, k: usize, forced: Option<u32>) -> usize {
-    let s = splits(m, n_c, k, forced);
+/// Scratch bytes the split partials of one m × n_c × k product need (0 without a split): by
+/// this kernel, or by either this one or `gemm_coop` (whichever splits more) when `coop` (the
+/// device has cooperative matrices; `set_gemm_coop` may switch kernels at run time).
+pub(crate) fn scratch_bytes(
+    m: usize,
+    n_c: usize,
+    k: usize,
+    forced: Option<u32>,
+    coop: bool,
+) -> usize {
+    let mut s = splits(m, n_c, k, forced);
+    if coop {
+        s = s.max(crate::ops::gemm_coop::splits(m, n_c, k, forced));
+    }
     if s > 1 { s * m * n_c * 4 } else { 0 }
 }
 
-/// The most scratch any GEMM of `uses` needs (every m up to its max_rows, unforced).
-pub(crate) fn scratch_bound(uses: &[MatmulUse]) -> usize {
+/// The most scratch any GEMM of `uses` needs (every m up to its max_rows, unforced; `coop` as
+/// in `scratch_bytes`).
+pub(crate) fn scratch_bound(uses: &[MatmulUse], coop: bool) -> usize {
     uses.iter()
         .filter(|u| u.shape.rank() >= 2)
         .map(|u| {
@@ -89,7 +106,7 @@ pub(crate) fn scratch_bound(uses: &[MatmulUse]) -> usize {
                 u.shape.dim(u.shape.rank() - 1),
             );
             (1..=u.max_rows)
-                .map(|m| scratch_bytes(m, n, k, None))
+                .map(|m| scratch_bytes(m, n, k, None, coop))
                 .max()
                 .unwrap_or(0)
         })
@@ -172,15 +189,26 @@ pub(crate) fn run(
             &[bw.entry(1), bx.entry(2), bp.entry(4)],
             (gx, gy, (tiles_m * s) as u32),
         )?;
-        let sum = be.pipeline(
-            ShaderSpec::new("gemm", &[SRC], "gemm_sum")
-                .define("SUM")
-                .define("SPLIT"),
-        )?;
-        let (sx, sy) = be.grid((m * n_c).div_ceil(256) as u32);
-        be.dispatch(&sum, bytes_of(&p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))?;
+        sum_splits(be, &p, &bo, &bp, m * n_c)?;
     }
     Ok(())
+}
+
+/// `gemm_sum`: y = Σ over the splits of the partials (`outputs` = m · n_c of one chunk).
+pub(crate) fn sum_splits(
+    be: &WgpuBackend,
+    p: &Params,
+    bo: &crate::buffer::Bound<'_>,
+    bp: &crate::buffer::Bound<'_>,
+    outputs: usize,
+) -> Result<()> {
+    let sum = be.pipeline(
+        ShaderSpec::new("gemm", &[SRC], "gemm_sum")
+            .define("SUM")
+            .define("SPLIT"),
+    )?;
+    let (sx, sy) = be.grid(outputs.div_ceil(256) as u32);
+    be.dispatch(&sum, bytes_of(p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))
 }
 
 #[cfg(test)]
@@ -206,7 +234,19 @@ mod tests {
         // forced, capped by the groups
         assert_eq!(splits(512, 4096, 4096, Some(4)), 4);
         assert_eq!(splits(1, 8, 64, Some(8)), 2);
-        assert_eq!(scratch_bytes(64, 4096, 4096, None), 8 * 64 * 4096 * 4);
-        assert_eq!(scratch_bytes(1024, 4096, 4096, None), 0);
+        assert_eq!(
+            scratch_bytes(64, 4096, 4096, None, false),
+            8 * 64 * 4096 * 4
+        );
+        assert_eq!(scratch_bytes(1024, 4096, 4096, None, false), 0);
+        // m = 1024, n = 1024: gemm.wgsl 16 × 8 tiles → 2 splits; gemm_coop 8 × 8 → 4
+        assert_eq!(
+            scratch_bytes(1024, 1024, 4096, None, false),
+            2 * 1024 * 1024 * 4
+        );
+        assert_eq!(
+            scratch_bytes(1024, 1024, 4096, None, true),
+            4 * 1024 * 1024 * 4
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! y = x·Wᵀ for every weight dtype, `shaders/matmul.wgsl` (+ `dequant.wgsl`).
 //!
 //! Two kernels: `gemv` (fused dequant + dot, memory-bound, for few x rows) and the GEMM
-//! (tiled, dequantizing into workgroup memory, for many rows: `ops/gemm.rs`; matmul.wgsl's
-//! older `gemm` stays as a comparison, `set_gemm_legacy`). Which one runs for m x rows is decided
+//! (tiled, dequantizing into workgroup memory, for many rows: `ops/gemm_coop.rs` on
+//! cooperative matrices where the adapter has them, else `ops/gemm.rs`'s f32 FMAs,
+//! `set_gemm_coop(false)` / `KILN_WGPU_GEMM=f32` to compare; matmul.wgsl's older `gemm` stays
+//! as a comparison, `set_gemm_legacy`). Which one runs for m x rows is decided
 //! by the crossover measured by `tune` for (adapter, dtype, n, k) and persisted in the tuning
 //! cache (see `tune.rs`).
 
@@ -10,7 +12,7 @@ use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use crate::device::WgpuBackend;
-use crate::ops::{bytes_of, gemm, gemv_v, u32_of};
+use crate::ops::{bytes_of, gemm, gemm_coop, gemv_v, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
 
@@ -148,6 +150,9 @@ fn run(
         && x.offset().is_multiple_of(16)
     {
         return gemv_v::run(be, x, ww, out);
+    }
+    if path == MatmulPath::Gemm && be.gemm_coop() {
+        return gemm_coop::run(be, x, ww, out, m);
     }
     if path == MatmulPath::Gemm && !be.gemm_legacy() {
         return gemm::run(be, x, ww, out, m);

@@ -7,6 +7,7 @@ pub(crate) mod copy;
 pub(crate) mod embed;
 pub(crate) mod gather;
 pub(crate) mod gemm;
+pub(crate) mod gemm_coop;
 pub(crate) mod gemv_v;
 pub(crate) mod glu;
 pub(crate) mod kv_append;
