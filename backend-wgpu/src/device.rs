@@ -210,6 +210,10 @@ pub struct WgpuBackend {
     /// The GEMM's k-split partials (`ops/gemm.rs`), grown on demand or by
     /// `reserve_workspace`; counted by `workspace_bytes`.
     pub(crate) gemm_scratch: Mutex<Option<wgpu::Buffer>>,
+    /// x rounded to int8 for the one-row GEMV (`ops/gemv_v.rs`, quant_x8.wgsl): quants at 0,
+    /// (d, d·Σq) pairs at `XQ_D_OFF`; fixed size (`XQ_BYTES`), allocated when the device
+    /// opens and counted by `workspace_bytes`.
+    pub(crate) xq_buf: wgpu::Buffer,
 }
 
 impl WgpuBackend {
@@ -255,6 +259,12 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let xq_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln gemv x8 quants"),
+            size: crate::ops::gemv_v::XQ_BYTES,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let dot4_packed = make_instance()
             .wgsl_language_features()
             .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
@@ -274,6 +284,7 @@ impl WgpuBackend {
             errors,
             tuning: Mutex::new(tuning),
             gemm_scratch: Mutex::new(None),
+            xq_buf,
         })
     }
 
@@ -313,13 +324,14 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// Record one compute dispatch whose params go to the next ring slot; `bind` makes the
-    /// bind group given the params binding (ring buffer, offset, size).
-    pub(crate) fn record_dispatch(
+    /// Record one compute pass whose params go to the next ring slot; `bind` makes the bind
+    /// group(s) given the params binding (ring buffer, offset, size), `pass` records the
+    /// pass's dispatch(es).
+    pub(crate) fn record_dispatch<B>(
         &self,
         params: &[u8],
-        bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> wgpu::BindGroup,
-        pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &wgpu::BindGroup),
+        bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> B,
+        pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &B),
     ) -> Result<()> {
         if params.len() > PARAM_SLOT {
             return Err(kiln_core::Error::Invalid(format!(
