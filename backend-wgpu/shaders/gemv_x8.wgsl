@@ -16,8 +16,19 @@
 // value. Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
 // (64 values, 4 x groups, one scale/min decode) per row and CH = 2048-element chunk.
 //
+// XQG (x quantized globally): a separate tiny dispatch (quant_x8.wgsl) rounds x once per call
+// into XQ/XD; there is no prologue and no barrier here, every team starts with its weight
+// loads and reads its x groups from that buffer (L1/L2), the next chunk's groups loaded with
+// the next chunk's weights. KS (split-k inside the workgroup, 1/2/4/8, RW a multiple of KS):
+// the KS teams t = KS·g + s (s < KS) of row group g own the same NR rows and walk chunks
+// s, s + KS, s + 2·KS, ...; their sums meet in workgroup memory, team s = 0 writes. Rows per
+// workgroup are RW·NR/KS, and KS times as many chunks of a row are in flight at once (what a
+// 4096-row product lacks: with KS = 1 it has one 1024-element chunk per row in flight).
+//
 // Bytes moved: the weight once (n·k·bytes_per_weight); x once per workgroup from L2 (k·4 per
 // n/(RW·NR) workgroups) and 1.5 bytes per element per team from workgroup memory; y n·4.
+// XQG: x read once (k·4) and written as 1.5·k bytes by quant_x8, then 1.5 bytes per element
+// per team from L1/L2.
 // FLOPs: 2·n·k (as int8 MACs) + the rounding of x (≈ 6 per element per workgroup).
 //
 // Accuracy (the CUDA int8-x path's reasoning, backend-cuda/README.md, and the same rounding as
@@ -35,6 +46,8 @@ override WGS: u32 = 128u; // = 32·RW
 // Chunks of weight loads in flight ahead of the one being decoded: 1 (set n) or 2 (sets n and
 // m, the loop unrolled by two so no set is copied while its loads are pending).
 override DEPTH: u32 = 1u;
+// Teams per row group (split-k inside the workgroup); RW is a multiple of KS.
+override KS: u32 = 1u;
 
 struct Params {
     n_c: u32,    // weight rows in this chunk
@@ -49,7 +62,9 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> W4: array<vec4<u32>>;      // the chunk's rows
+//#if !XQG
 @group(0) @binding(2) var<storage, read_write> X: array<vec4<f32>>; // [k/4]
+//#endif
 @group(0) @binding(3) var<storage, read_write> O: array<f32>;       // [n]
 //#if W_Q8_0
 @group(0) @binding(4) var<storage, read> W: array<u32>;             // same buffer, for d
@@ -57,8 +72,16 @@ struct Params {
 
 // x rounded to int8 per group of 16 elements: [k/16] quants (byte l % 4 of word l / 4 of the
 // vec4 = element 16g + l) and [k/16] (d, d·Σq). XG = k/16 rounded up (see gemv_v.rs).
+//#if XQG
+@group(0) @binding(5) var<storage, read> XQ: array<vec4<u32>>;
+@group(0) @binding(6) var<storage, read> XD: array<vec2<f32>>;
+fn gq(g: u32) -> vec4<u32> { return XQ[g]; }
+fn gd(g: u32) -> vec2<f32> { return XD[g]; }
+//#else
 var<workgroup> xq: array<vec4<u32>, {{XG}}>;
 var<workgroup> xd: array<vec2<f32>, {{XG}}>;
+fn gq(g: u32) -> vec4<u32> { return xq[g]; }
+fn gd(g: u32) -> vec2<f32> { return xd[g]; }
 
 fn quant_x(li: u32) {
     let ng = P.k / 16u;
@@ -88,6 +111,7 @@ fn quant_x(li: u32) {
         xd[g] = vec2<f32>(dd, dd * f32(s4.x + s4.y + s4.z + s4.w));
     }
 }
+//#endif
 
 // The invocation's 2 int8 x groups of the current chunk and their (d, d·Σq) (zero past k).
 var<private> xa: vec4<u32>;
@@ -126,8 +150,8 @@ fn load_x(c: u32, l: u32, full: bool) {
     if !full {
         xa = vec4<u32>(0u); xb = xa; da = vec2<f32>(0.0); db = da;
     }
-    if v0 { xa = xq[j]; da = xd[j]; }
-    if v1 { xb = xq[j + 32u]; db = xd[j + 32u]; }
+    if v0 { xa = gq(j); da = gd(j); }
+    if v1 { xb = gq(j + 32u); db = gd(j + 32u); }
 }
 fn ld(r: u32, c: u32, l: u32) -> WL {
     let j = c * 64u + l;
@@ -169,10 +193,10 @@ fn load_x(c: u32, l: u32, full: bool) {
     }
     if v0 {
         let g = blk * 16u + p * 4u;
-        xa = xq[g]; da = xd[g];
-        xb = xq[g + 1u]; db = xd[g + 1u];
-        xc = xq[g + 2u]; dc = xd[g + 2u];
-        xe = xq[g + 3u]; de = xd[g + 3u];
+        xa = gq(g); da = gd(g);
+        xb = gq(g + 1u); db = gd(g + 1u);
+        xc = gq(g + 2u); dc = gd(g + 2u);
+        xe = gq(g + 3u); de = gd(g + 3u);
     }
 }
 fn ld(r: u32, c: u32, l: u32) -> WL {
@@ -225,8 +249,8 @@ fn load_x(c: u32, l: u32, full: bool) {
     }
     if v0 {
         let g = blk * 16u + (q / 2u) * 4u + q % 2u;
-        xa = xq[g]; da = xd[g];
-        xb = xq[g + 2u]; db = xd[g + 2u];
+        xa = gq(g); da = gd(g);
+        xb = gq(g + 2u); db = gd(g + 2u);
     }
 }
 fn ld(r: u32, c: u32, l: u32) -> WL {
@@ -264,6 +288,41 @@ fn dp(wl: WL, c: u32, l: u32) -> f32 {
 }
 //#endif
 //#endif
+
+//#if XQG
+// The next chunk's x groups (XQG, depth 1), loaded beside its weights.
+var<private> pxa: vec4<u32>;
+var<private> pxb: vec4<u32>;
+var<private> pxc: vec4<u32>;
+var<private> pxe: vec4<u32>;
+var<private> pda: vec2<f32>;
+var<private> pdb: vec2<f32>;
+var<private> pdc: vec2<f32>;
+var<private> pde: vec2<f32>;
+//#endif
+
+// Issue the loads of full chunk c's x groups (XQG) into the p* set; nothing otherwise.
+fn pre_x(c: u32, l: u32) {
+//#if XQG
+    let s = array<vec4<u32>, 4>(xa, xb, xc, xe);
+    let t = array<vec2<f32>, 4>(da, db, dc, de);
+    load_x(c, l, true);
+    pxa = xa; pxb = xb; pxc = xc; pxe = xe;
+    pda = da; pdb = db; pdc = dc; pde = de;
+    xa = s[0]; xb = s[1]; xc = s[2]; xe = s[3];
+    da = t[0]; db = t[1]; dc = t[2]; de = t[3];
+//#endif
+}
+
+// x of full chunk c for the decode: the p* set (XQG, loaded by pre_x) or workgroup memory.
+fn x_now(c: u32, l: u32) {
+//#if XQG
+    xa = pxa; xb = pxb; xc = pxc; xe = pxe;
+    da = pda; db = pdb; dc = pdc; de = pde;
+//#else
+    load_x(c, l, true);
+//#endif
+}
 
 // The prefetched weights of the next chunk, one set per row.
 var<private> n0: WL;
@@ -388,7 +447,9 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let team = li / 32u;
     let l = li % 32u;
 //#endif
-    let row0 = ((wid.x + wid.y * nwg.x) * RW + team) * NR;
+    // team = KS·g + s: row group g, k slice s (chunks s, s + KS, ...)
+    let ks = team % KS;
+    let row0 = ((wid.x + wid.y * nwg.x) * (RW / KS) + team / KS) * NR;
     let last = P.n_c - 1u;
     // Rows past the chunk read the last row (computed, never written).
     let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
@@ -399,18 +460,21 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     // full chunks: no masks; the first chunk's weight loads go out before x is rounded
     v0 = true;
     v1 = true;
-    if nfull > 0u {
-        ld_all(0u, l, rows);
+    if ks < nfull {
+        ld_all(ks, l, rows);
+        pre_x(ks, l);
     }
-    if DEPTH > 1u && nfull > 1u {
-        ld_all_m(1u, l, rows);
+    if DEPTH > 1u && ks + KS < nfull {
+        ld_all_m(ks + KS, l, rows);
     }
+//#if !XQG
     quant_x(li);
     workgroupBarrier();
+//#endif
     if DEPTH > 1u {
-        // chunk c from set n, then chunk c + 1 from set m; each set is refilled with the
-        // chunk two ahead right after it is taken
-        for (var c = 0u; c < nfull; c += 2u) {
+        // chunk c from set n, then chunk c + KS from set m; each set is refilled with the
+        // chunk 2·KS ahead right after it is taken
+        for (var c = ks; c < nfull; c += 2u * KS) {
             load_x(c, l, true);
             let w0 = n0;
             let w1 = n1;
@@ -420,12 +484,12 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             let w5 = n5;
             let w6 = n6;
             let w7 = n7;
-            if c + 2u < nfull {
-                ld_all(c + 2u, l, rows);
+            if c + 2u * KS < nfull {
+                ld_all(c + 2u * KS, l, rows);
             }
             acc8(w0, w1, w2, w3, w4, w5, w6, w7, c, l);
-            if c + 1u < nfull {
-                load_x(c + 1u, l, true);
+            if c + KS < nfull {
+                load_x(c + KS, l, true);
                 let u0 = m0;
                 let u1 = m1;
                 let u2 = m2;
@@ -434,16 +498,17 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
                 let u5 = m5;
                 let u6 = m6;
                 let u7 = m7;
-                if c + 3u < nfull {
-                    ld_all_m(c + 3u, l, rows);
+                if c + 3u * KS < nfull {
+                    ld_all_m(c + 3u * KS, l, rows);
                 }
-                acc8(u0, u1, u2, u3, u4, u5, u6, u7, c + 1u, l);
+                acc8(u0, u1, u2, u3, u4, u5, u6, u7, c + KS, l);
             }
         }
     }
-    for (var c = 0u; c < nfull && DEPTH == 1u; c++) {
-        load_x(c, l, true);
-        // the weights of chunk c move to w*, then chunk c + 1's loads are issued
+    for (var c = ks; c < nfull && DEPTH == 1u; c += KS) {
+        x_now(c, l);
+        // the weights (and XQG: x groups) of chunk c move to w*, then chunk c + KS's loads
+        // are issued
         let w0 = n0;
         let w1 = n1;
         let w2 = n2;
@@ -452,25 +517,13 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         let w5 = n5;
         let w6 = n6;
         let w7 = n7;
-        if c + 1u < nfull {
-            ld_all(c + 1u, l, rows);
+        if c + KS < nfull {
+            ld_all(c + KS, l, rows);
+            pre_x(c + KS, l);
         }
-        a0 += dp(w0, c, l);
-        if NR > 1u {
-            a1 += dp(w1, c, l);
-        }
-        if NR > 2u {
-            a2 += dp(w2, c, l);
-            a3 += dp(w3, c, l);
-        }
-        if NR > 4u {
-            a4 += dp(w4, c, l);
-            a5 += dp(w5, c, l);
-            a6 += dp(w6, c, l);
-            a7 += dp(w7, c, l);
-        }
+        acc8(w0, w1, w2, w3, w4, w5, w6, w7, c, l);
     }
-    if nfull < P.chunks {
+    if nfull < P.chunks && nfull % KS == ks {
         // the partial last chunk, with masks
         load_x(nfull, l, false);
         ld_all(nfull, l, rows);
@@ -501,7 +554,23 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         a7 = team_sum(a7, li, team, l);
     }
 //#endif
-    if l == 0u {
+    if KS > 1u {
+        // the row group's KS partial sums meet in red[8·team + row]; slice 0 adds them
+        if l == 0u {
+            let b = 8u * team;
+            red[b] = a0; red[b + 1u] = a1; red[b + 2u] = a2; red[b + 3u] = a3;
+            red[b + 4u] = a4; red[b + 5u] = a5; red[b + 6u] = a6; red[b + 7u] = a7;
+        }
+        workgroupBarrier();
+        if l == 0u && ks == 0u {
+            for (var s = 1u; s < KS; s++) {
+                let b = 8u * (team + s);
+                a0 += red[b]; a1 += red[b + 1u]; a2 += red[b + 2u]; a3 += red[b + 3u];
+                a4 += red[b + 4u]; a5 += red[b + 5u]; a6 += red[b + 6u]; a7 += red[b + 7u];
+            }
+        }
+    }
+    if l == 0u && ks == 0u {
         put(row0, a0);
         if NR > 1u {
             put(row0 + 1u, a1);

@@ -261,6 +261,10 @@ pub struct WgpuBackend {
     pub(crate) coop_matrix: bool,
     /// The adapter's cooperative-matrix configurations ("MxNxK ab->cr"), for logs.
     pub(crate) coop_matrix_configs: Vec<String>,
+    /// x rounded to int8 for the one-row GEMV (`ops/gemv_v.rs`, quant_x8.wgsl): quants at 0,
+    /// (d, d·Σq) pairs at `XQ_D_OFF`; fixed size (`XQ_BYTES`), allocated when the device
+    /// opens and counted by `workspace_bytes`.
+    pub(crate) xq_buf: wgpu::Buffer,
 }
 
 impl WgpuBackend {
@@ -327,6 +331,12 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let xq_buf = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln gemv x8 quants"),
+            size: crate::ops::gemv_v::XQ_BYTES,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
         let dot4_packed = make_instance()
             .wgsl_language_features()
             .contains(wgpu::WgslLanguageFeatures::Packed4x8IntegerDotProduct);
@@ -348,6 +358,7 @@ impl WgpuBackend {
             gemm_scratch: Mutex::new(None),
             coop_matrix,
             coop_matrix_configs,
+            xq_buf,
         })
     }
 
@@ -387,13 +398,14 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// Record one compute dispatch whose params go to the next ring slot; `bind` makes the
-    /// bind group given the params binding (ring buffer, offset, size).
-    pub(crate) fn record_dispatch(
+    /// Record one compute pass whose params go to the next ring slot; `bind` makes the bind
+    /// group(s) given the params binding (ring buffer, offset, size), `pass` records the
+    /// pass's dispatch(es).
+    pub(crate) fn record_dispatch<B>(
         &self,
         params: &[u8],
-        bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> wgpu::BindGroup,
-        pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &wgpu::BindGroup),
+        bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> B,
+        pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &B),
     ) -> Result<()> {
         if params.len() > PARAM_SLOT {
             return Err(kiln_core::Error::Invalid(format!(

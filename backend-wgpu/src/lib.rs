@@ -219,12 +219,13 @@ impl Backend for WgpuBackend {
         self.prepared_bytes(dtype, shape)
     }
 
-    /// The op-parameter ring allocated when the device opened (uniforms of one command batch),
-    /// plus the GEMM's k-split scratch (the most any of `matmuls` needs, or what is allocated
-    /// if more). Tuning at run time is off unless `KILN_WGPU_AUTOTUNE=1`, whose transient
+    /// The op-parameter ring and the one-row GEMV's int8-x buffer allocated when the device
+    /// opened (uniforms of one command batch; 96 KiB), plus the GEMM's k-split scratch (the
+    /// most any of `matmuls` needs, or what is allocated if more). Tuning at run time is off unless `KILN_WGPU_AUTOTUNE=1`, whose transient
     /// buffers this does not count; host transfers stage in host memory.
     fn workspace_bytes(&self, matmuls: &[MatmulUse]) -> usize {
         self.params_ring.size() as usize
+            + self.xq_buf.size() as usize
             + ops::gemm::scratch_bound(matmuls, self.coop_matrix).max(self.gemm_scratch_bytes())
     }
 

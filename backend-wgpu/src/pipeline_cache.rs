@@ -231,43 +231,95 @@ impl WgpuBackend {
         }
         self.record_dispatch(
             params,
-            |param_entry| {
-                let make = |param_entry: wgpu::BindGroupEntry<'_>| {
-                    let mut entries = Vec::with_capacity(bound.len() + 1);
-                    entries.push(param_entry);
-                    entries.extend(bound.iter().cloned());
-                    self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout: &pipeline.get_bind_group_layout(0),
-                        entries: &entries,
-                    })
-                };
-                let Some(key) = bind_key(pipeline, &param_entry, bound) else {
-                    return make(param_entry);
-                };
-                let mut c = self
-                    .pipelines
-                    .binds
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
-                let frees = crate::buffer::FREES.load(std::sync::atomic::Ordering::Relaxed);
-                if c.frees != frees || c.map.len() >= BIND_CACHE_MAX {
-                    c.map.clear();
-                    c.frees = frees;
-                }
-                if let Some(bg) = c.map.get(&key) {
-                    return bg.clone();
-                }
-                let bg = make(param_entry);
-                c.map.insert(key, bg.clone());
-                bg
-            },
+            |param_entry| self.bind_group(pipeline, param_entry, bound),
             |pass, bg| {
                 pass.set_pipeline(pipeline);
                 pass.set_bind_group(0, bg, &[]);
                 pass.dispatch_workgroups(groups.0, groups.1, groups.2);
             },
         )
+    }
+
+    /// Record two dependent dispatches in ONE compute pass (wgpu puts the barrier between
+    /// them), both reading the same `params` uniform: e.g. a small pre-pass whose output the
+    /// second reads. One pass keeps the pair together (no other op is recorded between them)
+    /// and lets the kernel timer time the pair as one call.
+    pub(crate) fn dispatch2(
+        &self,
+        params: &[u8],
+        first: (
+            &wgpu::ComputePipeline,
+            &[wgpu::BindGroupEntry<'_>],
+            (u32, u32, u32),
+        ),
+        second: (
+            &wgpu::ComputePipeline,
+            &[wgpu::BindGroupEntry<'_>],
+            (u32, u32, u32),
+        ),
+    ) -> Result<()> {
+        let empty = |g: (u32, u32, u32)| g.0 == 0 || g.1 == 0 || g.2 == 0;
+        if empty(first.2) || empty(second.2) {
+            return Err(kiln_core::Error::Invalid(
+                "dispatch2: an empty grid (the pair must run together)".into(),
+            ));
+        }
+        self.record_dispatch(
+            params,
+            |pe| {
+                (
+                    self.bind_group(first.0, pe.clone(), first.1),
+                    self.bind_group(second.0, pe, second.1),
+                )
+            },
+            |pass, (b1, b2)| {
+                pass.set_pipeline(first.0);
+                pass.set_bind_group(0, b1, &[]);
+                pass.dispatch_workgroups(first.2.0, first.2.1, first.2.2);
+                pass.set_pipeline(second.0);
+                pass.set_bind_group(0, b2, &[]);
+                pass.dispatch_workgroups(second.2.0, second.2.1, second.2.2);
+            },
+        )
+    }
+
+    /// The bind group of `pipeline` with `param_entry` at binding 0 and `bound` after it, from
+    /// the cache when the same one was made before.
+    fn bind_group(
+        &self,
+        pipeline: &wgpu::ComputePipeline,
+        param_entry: wgpu::BindGroupEntry<'_>,
+        bound: &[wgpu::BindGroupEntry<'_>],
+    ) -> wgpu::BindGroup {
+        let make = |param_entry: wgpu::BindGroupEntry<'_>| {
+            let mut entries = Vec::with_capacity(bound.len() + 1);
+            entries.push(param_entry);
+            entries.extend(bound.iter().cloned());
+            self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &pipeline.get_bind_group_layout(0),
+                entries: &entries,
+            })
+        };
+        let Some(key) = bind_key(pipeline, &param_entry, bound) else {
+            return make(param_entry);
+        };
+        let mut c = self
+            .pipelines
+            .binds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let frees = crate::buffer::FREES.load(std::sync::atomic::Ordering::Relaxed);
+        if c.frees != frees || c.map.len() >= BIND_CACHE_MAX {
+            c.map.clear();
+            c.frees = frees;
+        }
+        if let Some(bg) = c.map.get(&key) {
+            return bg.clone();
+        }
+        let bg = make(param_entry);
+        c.map.insert(key, bg.clone());
+        bg
     }
 
     /// Fold `n` workgroups into (x, y) under the per-dimension limit; shaders recover the

@@ -47,6 +47,10 @@ pub(crate) struct TuneState {
     /// gemv_x8 Q4_K with 64 weights per lane and row per chunk (two qs vec4s, one header
     /// decode) instead of 32.
     vgemv_q4k_wide: bool,
+    /// gemv_x8 with x rounded once per call by a pre-pass (XQG), forced on/off; None = built-in.
+    vgemv_xq: Option<bool>,
+    /// gemv_x8's teams per row group (split-k inside the workgroup), forced; None = built-in.
+    vgemv_ksplit: Option<u32>,
     /// k splits of the GEMM forced (benchmarks, tests); None = `ops/gemm.rs`'s rule.
     gemm_splits: Option<u32>,
     /// The GEMM path runs matmul.wgsl's older 64×64 `gemm` (comparison).
@@ -91,8 +95,25 @@ impl TuneState {
             vgemv_override: None,
             vgemv_no_prefetch: false,
             vgemv_no_x8: false,
-            vgemv_depth: None,
+            // KILN_WGPU_X8_DEPTH=1|2: gemv_x8's prefetch depth for the whole process (A/B)
+            vgemv_depth: std::env::var("KILN_WGPU_X8_DEPTH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| (1..=2).contains(v)),
             vgemv_q4k_wide: false,
+            // KILN_WGPU_XQ=0|1 and KILN_WGPU_KS=1|2|4|8: gemv_x8's x pre-pass and k split
+            // for the whole process (A/B of the built-in choice)
+            vgemv_xq: std::env::var("KILN_WGPU_XQ")
+                .ok()
+                .and_then(|v| match v.as_str() {
+                    "0" => Some(false),
+                    "1" => Some(true),
+                    _ => None,
+                }),
+            vgemv_ksplit: std::env::var("KILN_WGPU_KS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|v| [1, 2, 4, 8].contains(v)),
             gemm_splits: None,
             gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
             gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
@@ -217,6 +238,40 @@ impl WgpuBackend {
     pub fn set_vgemv_q4k_wide(&self, on: bool) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_q4k_wide = on;
+    }
+
+    /// gemv_x8's x: `Some(true)` = rounded to int8 once per call by a separate dispatch
+    /// (quant_x8.wgsl) in the same compute pass, the GEMV reading it from memory;
+    /// `Some(false)` = rounded by every workgroup into workgroup memory (the first gemv_x8);
+    /// `None` = the built-in choice (`ops/gemv_v.rs`). Benchmarks and tests.
+    pub fn set_vgemv_xq(&self, on: Option<bool>) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_xq = on;
+    }
+
+    /// Force gemv_x8's split-k inside the workgroup: teams per row group 1, 2, 4 or 8 (capped
+    /// at the teams per workgroup), or `None` for the built-in choice. Benchmarks and tests.
+    pub fn set_vgemv_ksplit(&self, ks: Option<u32>) -> Result<()> {
+        if let Some(v) = ks
+            && ![1, 2, 4, 8].contains(&v)
+        {
+            return Err(Error::Invalid(format!(
+                "vgemv k split {v}: expected 1, 2, 4 or 8"
+            )));
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_ksplit = ks;
+        Ok(())
+    }
+
+    pub(crate) fn vgemv_xq(&self) -> Option<bool> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_xq
+    }
+
+    pub(crate) fn vgemv_ksplit(&self) -> Option<u32> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_ksplit
     }
 
     /// Force the GEMM's k splits (1 = none; capped at k/32), or `None` for the built-in

@@ -237,7 +237,12 @@ fn bench_wgpu() {
             if rows != big && !matches!(d, DType::Q4_K | DType::Q8_0 | DType::BF16) {
                 continue;
             }
-            gemv_shape(&be, d, rows, kk, rows == big, copy_bw, s);
+            let sweep = if rows == big {
+                Sweep::Big
+            } else {
+                Sweep::Bench
+            };
+            gemv_shape(&be, d, rows, kk, sweep, copy_bw, s);
         }
     }
     // Crossover on a llama-8B-like shape.
@@ -325,6 +330,15 @@ fn bench_wgpu() {
     );
 }
 
+/// Which rows `gemv_shape` measures: `bench_wgpu`'s sweep at its large n (fewer calls per
+/// wall-clock stream) or at a benches shape, or the wgemv lab's variants.
+#[derive(Clone, Copy, PartialEq)]
+enum Sweep {
+    Big,
+    Bench,
+    Lab,
+}
+
 /// One GEMV shape: the general kernel, the dispatched one, every gemv_v / gemv_x8 shape for
 /// the types that have them, the float-x kernel beside the int8-x one, and the dispatched
 /// shape again (drift check). Lines: kernel median / best / stream and wall, GB/s of weight.
@@ -333,7 +347,7 @@ fn gemv_shape(
     d: DType,
     rows: usize,
     kk: usize,
-    big: bool,
+    sweep: Sweep,
     copy_bw: f64,
     s: f64,
 ) {
@@ -354,7 +368,7 @@ fn gemv_shape(
     let xv = x.view(0, Shape::d2(1, kk), DType::F32).unwrap();
     let ov = o.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
     // Small weights: enough calls that recording overlaps execution (batches of 48).
-    let reps = if big { 20 } else { 240 };
+    let reps = if sweep == Sweep::Big { 20 } else { 240 };
     let call = |i: usize| {
         be.matmul_with(xv, &ws[i % copies], ov, MatmulPath::Gemv)
             .unwrap()
@@ -394,6 +408,10 @@ fn gemv_shape(
             g(t)
         );
     };
+    if sweep == Sweep::Lab {
+        gemv_lab(be, d, &line);
+        return;
+    }
     // The general kernel (as before gemv_v existed), its untuned shape.
     be.set_vgemv_config(Some((0, 0))).unwrap();
     line("general gemv".into());
@@ -536,4 +554,121 @@ fn bench_record_only() {
         "BENCH record only: {:.1} µs per add (median of 50 batches of 40, no submit inside)",
         v[25] * 1e6
     );
+}
+
+/// The wgemv lab: the three benches-crate shapes × Q4_K/Q8_0/BF16, gemv_x8's x pre-pass (XQG)
+/// and split-k variants A/B'd against the shipped gemv_x8 in one run (same weights, same
+/// timing as `bench_wgpu`), after the size-matched copy probes.
+#[test]
+#[ignore]
+fn bench_wgemv() {
+    let Some(be) = open() else { return };
+    let i = be.info();
+    println!(
+        "BENCH device: {} | {} | {}",
+        i.name,
+        i.driver,
+        i.caps_summary()
+    );
+    let s = scale();
+    let n = ((128usize << 20) as f64 * s) as usize / 256 * 256;
+    let a = be.alloc(n * 4).unwrap();
+    let b = be.alloc(n * 4).unwrap();
+    let g = |bytes: usize, t: f64| (2 * bytes) as f64 / t / 1e9;
+    let mut ceiling: f64 = 0.0;
+    if let Some(k) = kernel_stat(|_| be.copy_probe(&a, &b, n * 4, 4).unwrap(), &be) {
+        ceiling = g(n * 4, k.median);
+        println!(
+            "BENCH copy (vec4 shader, 4 per invocation) {} MiB: kernel median {ceiling:.1} GB/s, best {:.1} (t={})",
+            (n * 4) >> 20,
+            g(n * 4, k.best),
+            k.t0
+        );
+    }
+    for mb in [9.4f64, 17.8, 33.0, 62.4] {
+        let bytes = ((mb * 1e6 / 2.0 * s) as usize / 16 * 16).min(n * 4);
+        if let Some(k) = kernel_stat(|_| be.copy_probe(&a, &b, bytes, 4).unwrap(), &be) {
+            println!(
+                "BENCH copy (vec4 shader, 4 per invocation) moving {:.1} MB: kernel median {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.1} (t={})",
+                (2 * bytes) as f64 / 1e6,
+                k.median * 1e6,
+                g(bytes, k.median),
+                100.0 * g(bytes, k.median) / ceiling.max(1.0),
+                g(bytes, k.best),
+                k.t0
+            );
+        }
+    }
+    drop((a, b));
+    for d in [DType::Q4_K, DType::Q8_0, DType::BF16] {
+        for (rows, kk) in [(4096, 4096), (14336, 4096), (4096, 14336)] {
+            let (rows, kk) = if s < 1.0 { (256, 1024) } else { (rows, kk) };
+            gemv_shape(&be, d, rows, kk, Sweep::Lab, ceiling.max(1.0), s);
+        }
+    }
+}
+
+/// The lab's variants of one shape (`line` measures the current setting and prints it).
+fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, line: &dyn Fn(String)) {
+    line("dispatched".into());
+    if !matches!(d, DType::Q4_K | DType::Q8_0) {
+        return;
+    }
+    // ((teams, rows), depth, x pre-pass, k split, Q4_K wide)
+    let mut v = vec![
+        ((8, 2), 1, false, 1, false),
+        ((8, 2), 1, true, 1, false),
+        ((8, 1), 1, true, 1, false),
+        ((8, 2), 1, true, 2, false),
+        ((8, 2), 1, true, 4, false),
+        ((8, 2), 1, true, 8, false),
+        ((8, 4), 1, true, 2, false),
+        ((8, 4), 1, true, 4, false),
+        ((8, 4), 1, true, 8, false),
+        ((8, 1), 1, true, 2, false),
+        ((4, 2), 1, true, 2, false),
+        ((8, 2), 2, true, 2, false),
+        ((8, 2), 2, true, 1, false),
+        ((8, 2), 1, false, 2, false),
+        ((8, 4), 1, false, 4, false),
+    ];
+    if d == DType::Q4_K {
+        v.push(((8, 2), 1, true, 2, true));
+        v.push(((8, 4), 1, true, 4, true));
+    }
+    if std::env::var("KILN_WGEMV_LAB").is_ok_and(|l| l == "final") {
+        // the previous default beside the new one (dispatched, first and last line)
+        v = vec![
+            ((8, 2), 1, false, 1, false),
+            ((8, 1), 2, false, 1, false),
+            ((8, 2), 2, false, 1, false),
+        ];
+    }
+    if std::env::var("KILN_WGEMV_LAB").is_ok_and(|l| l == "depth") {
+        // second pass: prefetch depth 2 with x rounded per workgroup (the shipped x)
+        v = vec![((8, 2), 1, false, 1, false)];
+        for c in [(8, 2), (8, 1), (4, 2), (4, 4), (2, 4)] {
+            v.push((c, 2, false, 1, false));
+        }
+        v.push(((8, 1), 1, false, 1, false));
+        v.push(((4, 2), 1, false, 1, false));
+    }
+    for (c, depth, xq, ks, wide) in v {
+        be.set_vgemv_config(Some(c)).unwrap();
+        be.set_vgemv_depth(Some(depth)).unwrap();
+        be.set_vgemv_xq(Some(xq));
+        be.set_vgemv_ksplit(Some(ks)).unwrap();
+        be.set_vgemv_q4k_wide(wide);
+        line(format!(
+            "lab (teams, rows)={c:?} depth {depth} xq {} ks {ks}{}",
+            u8::from(xq),
+            if wide { " wide" } else { "" }
+        ));
+    }
+    be.set_vgemv_config(None).unwrap();
+    be.set_vgemv_depth(None).unwrap();
+    be.set_vgemv_xq(None);
+    be.set_vgemv_ksplit(None).unwrap();
+    be.set_vgemv_q4k_wide(false);
+    line("dispatched (again)".into());
 }

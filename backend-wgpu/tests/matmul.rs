@@ -299,6 +299,45 @@ fn vec4_gemv_all_shapes() {
 #[test]
 fn x8_gemv_all_shapes() {
     let Some(be) = open() else { return };
+    // ((teams, rows), depth, x rounded by a pre-pass, k split over teams)
+    let mut cfgs = vec![(None, None, None, None)];
+    for t in [1, 2, 4, 8] {
+        for nr in [1, 2, 4, 8] {
+            for depth in [1, 2] {
+                cfgs.push((Some((t, nr)), Some(depth), Some(false), Some(1)));
+            }
+        }
+    }
+    x8_gemv_check(&be, &cfgs);
+}
+
+/// As `x8_gemv_all_shapes` for gemv_x8's x pre-pass (quant_x8 + XQG) and its split-k (KS
+/// teams per row group, with either x), at shapes that cover every KS and a KS-team tail.
+#[test]
+fn x8_gemv_prepass_split() {
+    let Some(be) = open() else { return };
+    let mut cfgs = vec![(None, None, Some(true), None)];
+    for (t, nr, depth, ks) in [
+        (1, 1, 1, 1),
+        (8, 2, 1, 1),
+        (8, 2, 1, 2),
+        (8, 2, 2, 4),
+        (4, 8, 1, 4),
+        (8, 1, 2, 8),
+        (8, 4, 1, 8),
+        (2, 4, 2, 2),
+    ] {
+        cfgs.push((Some((t, nr)), Some(depth), Some(true), Some(ks)));
+    }
+    for (t, nr, depth, ks) in [(8, 2, 1, 2), (4, 4, 2, 4), (8, 1, 1, 8)] {
+        cfgs.push((Some((t, nr)), Some(depth), Some(false), Some(ks)));
+    }
+    x8_gemv_check(&be, &cfgs);
+}
+
+type X8Cfg = (Option<(u32, u32)>, Option<u32>, Option<bool>, Option<u32>);
+
+fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
     let mut r = rng(9);
     for d in [DType::Q8_0, DType::Q4_K] {
         for (n, k) in [(37usize, 1280usize), (64, 3072), (5, 256), (19, 4096)] {
@@ -339,41 +378,35 @@ fn x8_gemv_all_shapes() {
                 (0..n).any(|j| (f64::from(exact[j]) - f64::from(want[j])).abs() > tols[j]),
                 "{d} {n}x{k}: the rounded-x oracle does not tell the kernels apart"
             );
-            let buf = poisoned(&be, 4 + k + n);
+            let buf = poisoned(be, 4 + k + n);
             be.write(&buf, 16, &f32_bytes(&x)).unwrap();
             let xv = buf.view(16, Shape::d2(1, k), DType::F32).unwrap();
             let ov = buf
                 .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
                 .unwrap();
-            let mut cfgs = vec![(None, None)];
-            for t in [1, 2, 4, 8] {
-                for nr in [1, 2, 4, 8] {
-                    for depth in [1, 2] {
-                        cfgs.push((Some((t, nr)), Some(depth)));
-                    }
-                }
-            }
             // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk)
             let wides: &[bool] = if d == DType::Q4_K {
                 &[true, false]
             } else {
                 &[true]
             };
-            for (&wide, (cfg, depth)) in
+            for (&wide, (cfg, depth, xq, ks)) in
                 wides.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
             {
                 be.set_vgemv_q4k_wide(wide);
                 be.set_vgemv_config(cfg).unwrap();
                 be.set_vgemv_depth(depth).unwrap();
+                be.set_vgemv_xq(xq);
+                be.set_vgemv_ksplit(ks).unwrap();
                 be.write(&buf, 16 + 4 * k, &f32_bytes(&vec![f32::NAN; n]))
                     .unwrap();
                 be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
-                let got = read_f32(&be, &buf, 16 + 4 * k, n);
+                let got = read_f32(be, &buf, 16 + 4 * k, n);
                 for j in 0..n {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} wide {wide}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -384,6 +417,8 @@ fn x8_gemv_all_shapes() {
             be.set_vgemv_config(None).unwrap();
             be.set_vgemv_depth(None).unwrap();
             be.set_vgemv_q4k_wide(false);
+            be.set_vgemv_xq(None);
+            be.set_vgemv_ksplit(None).unwrap();
         }
     }
 }
@@ -400,7 +435,11 @@ fn x8_gemv_non_finite_x_shows() {
         let w = be
             .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &host).unwrap())
             .unwrap();
-        for bad in [f32::INFINITY, f32::NAN] {
+        for (bad, xq) in [f32::INFINITY, f32::NAN]
+            .into_iter()
+            .flat_map(|b| [(b, false), (b, true)])
+        {
+            be.set_vgemv_xq(Some(xq));
             let mut x = randn(&mut r, k, 1.0);
             x[100] = bad;
             let xb = upload(&be, &f32_bytes(&x));
@@ -415,8 +454,9 @@ fn x8_gemv_non_finite_x_shows() {
             let got = read_f32(&be, &o, 0, n);
             assert!(
                 got.iter().all(|v| v.is_nan()),
-                "{d} x[100] = {bad}: {got:?}"
+                "{d} x[100] = {bad} (x rounded by a pre-pass: {xq}): {got:?}"
             );
         }
+        be.set_vgemv_xq(None);
     }
 }

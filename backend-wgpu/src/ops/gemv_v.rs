@@ -5,7 +5,11 @@
 //!
 //! Q8_0 and Q4_K go to `shaders/gemv_x8.wgsl` instead where it can run (`x8_ok`): x rounded to
 //! int8 per 16 elements in workgroup memory and integer dot products (`dot4I8Packed`), the
-//! CUDA GEMV's arithmetic; gemv_v's exact-x float decode is the fallback.
+//! CUDA GEMV's arithmetic; gemv_v's exact-x float decode is the fallback. gemv_x8 has two
+//! ways to get its int8 x: every workgroup rounds the whole x into workgroup memory before its
+//! decode, or (XQG) a tiny dispatch (`shaders/quant_x8.wgsl`) rounds it once per call into
+//! the backend's `xq_buf` in the same compute pass and the GEMV reads it from there; and it
+//! can split k over KS teams of a workgroup (more chunks of a row in flight for few rows).
 
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 
@@ -17,9 +21,32 @@ use crate::weight::WgpuWeight;
 
 const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
 const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
+const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
 
-/// gemv_x8's default prefetch depth (chunks of weight loads in flight ahead).
-const X8_DEPTH: u32 = 1;
+/// Largest k whose int8 x fits the backend's `xq_buf` (XQG).
+pub(crate) const XQ_MAX_K: usize = 65536;
+/// Byte offset of the (d, d·Σq) pairs in `xq_buf` (after k/16 vec4 quants).
+pub(crate) const XQ_D_OFF: u64 = XQ_MAX_K as u64;
+/// Size of `xq_buf`: quants, then one vec2<f32> per group of 16.
+pub(crate) const XQ_BYTES: u64 = XQ_D_OFF + (XQ_MAX_K as u64 / 16) * 8;
+
+/// gemv_x8's built-in prefetch depth (chunks of weight loads in flight ahead) for `d` at
+/// `k`: 2 for Q8_0 at k ≤ 8192 (with 8 teams of 1 row, see `config`) and for Q4_K above
+/// k = 8192, else 1. On an H200 (BENCHMARKS.md, "(wgemv)", lab run 2; the Q8_0 rule also
+/// matches the "kiln-wgpu gemv_x8" entry's run 3 sweep): Q8_0 (8, 1) depth 2 vs (8, 2) depth
+/// 1 −7 % kernel time at 4096×4096, −4 % at 14336×4096 but +7 % at 4096×14336 (a workgroup
+/// of 8 rows rounds all of x for half the rows); Q4_K (8, 2) depth 2 −4 % at 4096×14336,
+/// +1 % / +9 % at 4096×4096 / 14336×4096.
+fn x8_depth(d: DType, k: usize) -> u32 {
+    match d {
+        DType::Q8_0 if k <= X8_SMALL_K => 2,
+        DType::Q4_K if k > X8_SMALL_K => 2,
+        _ => 1,
+    }
+}
+
+/// The k up to which Q8_0's gemv_x8 takes 8 teams of 1 row at depth 2 (`x8_depth`).
+const X8_SMALL_K: usize = 8192;
 
 /// Workgroup memory gemv_x8 needs besides its x: the 256-float reduction tree.
 const X8_FIXED_BYTES: u64 = 1024;
@@ -53,13 +80,43 @@ fn x8_groups(be: &WgpuBackend, k: usize) -> Option<u32> {
     (bytes <= u64::from(be.limits.max_compute_workgroup_storage_size)).then_some(g)
 }
 
-/// Whether this product runs through gemv_x8: Q8_0/Q4_K, the int8 path on (see
-/// `set_vgemv_x8`), k a multiple of 16 and x's int8 copy fits workgroup memory.
-fn x8_ok(be: &WgpuBackend, d: DType, k: usize) -> Option<u32> {
+/// How gemv_x8 gets its int8 x.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum X8 {
+    /// Every workgroup rounds x into workgroup memory (this many groups of 16 held).
+    Local(u32),
+    /// A pre-pass rounds x once into `xq_buf` (XQG).
+    Global,
+}
+
+/// Whether this product runs through gemv_x8 and how: Q8_0/Q4_K, the int8 path on (see
+/// `set_vgemv_x8`), k a multiple of 16, and x's int8 copy fits `xq_buf` (XQG, the built-in
+/// choice or forced by `set_vgemv_xq`) or workgroup memory.
+fn x8_ok(be: &WgpuBackend, d: DType, k: usize) -> Option<X8> {
     if !matches!(d, DType::Q8_0 | DType::Q4_K) || !k.is_multiple_of(16) || !be.vgemv_x8() {
         return None;
     }
-    x8_groups(be, k)
+    let global_fits = k <= XQ_MAX_K;
+    match be.vgemv_xq() {
+        Some(false) => x8_groups(be, k).map(X8::Local),
+        Some(true) if global_fits => Some(X8::Global),
+        _ if global_fits && XQ_DEFAULT => Some(X8::Global),
+        _ => x8_groups(be, k).map(X8::Local),
+    }
+}
+
+/// Whether gemv_x8 rounds x in a pre-pass by default: no. On an H200 (BENCHMARKS.md,
+/// "(wgemv)") the pre-pass + XQG kernel was 2-22 % slower than the per-workgroup rounding
+/// at 4096×4096 and 14336×4096 for Q4_K and Q8_0 and within 1 % at 4096×14336; kept as a
+/// switch (`set_vgemv_xq`, `KILN_WGPU_XQ=1`) for adapters where the prologue costs more.
+const XQ_DEFAULT: bool = false;
+
+/// gemv_x8's teams per row group (split-k): the override (capped at the teams per
+/// workgroup), else 1. On an H200 every split (2, 4, 8; either x) was slower at the three
+/// benches shapes except Q8_0 4096×4096 at KS = 2 (−3 %, and +3 % / +9 % at the other two
+/// shapes): BENCHMARKS.md, "(wgemv)". `set_vgemv_ksplit`, `KILN_WGPU_KS`.
+fn x8_ksplit(be: &WgpuBackend, rw: u32) -> u32 {
+    be.vgemv_ksplit().unwrap_or(1).min(rw)
 }
 
 /// (teams of 32 per workgroup, rows per team) for `n_c` rows of `d`: the override, else the
@@ -67,15 +124,18 @@ fn x8_ok(be: &WgpuBackend, d: DType, k: usize) -> Option<u32> {
 /// "kiln-wgpu gemv_v"): BF16 4 teams of 2 rows (its 4 weight vec4s per row and lane already
 /// keep loads in flight), Q8_0 2 × 2, Q4_K 2 × 4; with fewer rows per team while that leaves
 /// under 512 workgroups (small n: keep every SM busy).
-fn config(be: &WgpuBackend, d: DType, n_c: u32, x8: bool) -> (u32, u32) {
+fn config(be: &WgpuBackend, d: DType, n_c: u32, k: usize, x8: bool) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
     if x8 {
-        // gemv_x8: 8 teams of 2 rows at every n: on an H200 the best or within 2 % of the
-        // best (teams, rows) for Q8_0 and Q4_K at n = 4096..127424, k = 4096 and 14336
-        // (BENCHMARKS.md, "kiln-wgpu gemv_x8", runs 1 and 3); smaller workgroups round x
-        // once per fewer rows.
+        // gemv_x8: 8 teams of 2 rows: on an H200 the best or within 2 % of the best (teams,
+        // rows) for Q8_0 and Q4_K at n = 4096..127424, k = 4096 and 14336 (BENCHMARKS.md,
+        // "kiln-wgpu gemv_x8", runs 1 and 3); smaller workgroups round x once per fewer rows.
+        // Except Q8_0 at k ≤ 8192: 8 teams of 1 row with depth 2 (`x8_depth`).
+        if d == DType::Q8_0 && k <= X8_SMALL_K {
+            return (8, 1);
+        }
         return (8, 2);
     }
     let (rw, mut nr) = match d {
@@ -103,15 +163,26 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     }
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     let x8 = x8_ok(be, ww.dtype, ww.k);
+    let ng = (ww.k / 16) as u64;
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let (rw, nr) = config(be, ww.dtype, n_c, x8.is_some());
+        let (rw, nr) = config(be, ww.dtype, n_c, ww.k, x8.is_some());
         let wide = x8.is_some() && ww.dtype == DType::Q4_K && be.vgemv_q4k_wide();
         let chunk = if wide { 2 * CHUNK } else { CHUNK };
+        let ks = x8_ksplit(be, rw);
         let mut spec = match x8 {
-            Some(g) => ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8")
-                .sub("XG", g.to_string())
-                .over("DEPTH", f64::from(be.vgemv_depth().unwrap_or(X8_DEPTH))),
+            Some(how) => {
+                let s = ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8")
+                    .over(
+                        "DEPTH",
+                        f64::from(be.vgemv_depth().unwrap_or(x8_depth(ww.dtype, ww.k))),
+                    )
+                    .over("KS", f64::from(ks));
+                match how {
+                    X8::Local(g) => s.sub("XG", g.to_string()),
+                    X8::Global => s.define("XQG"),
+                }
+            }
             None => ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
                 .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
         };
@@ -142,8 +213,40 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
             o_off: bo.elem_off(4),
             chunks: ww.k.div_ceil(chunk) as u32,
         };
-        let (gx, gy) = be.grid(n_c.div_ceil(rw * nr));
-        if ww.dtype == DType::Q8_0 {
+        let rows_per_wg = if x8.is_some() { rw * nr / ks } else { rw * nr };
+        let (gx, gy) = be.grid(n_c.div_ceil(rows_per_wg));
+        if x8 == Some(X8::Global) {
+            // quant_x8 then gemv_x8 in one pass; the quants and pairs of xq_buf
+            let xq_at = |binding: u32, offset: u64, size: u64| wgpu::BindGroupEntry {
+                binding,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &be.xq_buf,
+                    offset,
+                    size: wgpu::BufferSize::new(size),
+                }),
+            };
+            let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_Q], "quant_x8"))?;
+            let qg = be.grid(ng.div_ceil(64) as u32);
+            let q_in = [
+                bx.entry(1),
+                xq_at(2, 0, ng * 16),
+                xq_at(3, XQ_D_OFF, ng * 8),
+            ];
+            let mut g_in = vec![
+                bw4.entry(1),
+                bo.entry(3),
+                xq_at(5, 0, ng * 16),
+                xq_at(6, XQ_D_OFF, ng * 8),
+            ];
+            if ww.dtype == DType::Q8_0 {
+                g_in.push(bw.entry(4));
+            }
+            be.dispatch2(
+                bytes_of(&p),
+                (&qpipe, &q_in, (qg.0, qg.1, 1)),
+                (&pipe, &g_in, (gx, gy, 1)),
+            )?;
+        } else if ww.dtype == DType::Q8_0 {
             be.dispatch(
                 &pipe,
                 bytes_of(&p),
