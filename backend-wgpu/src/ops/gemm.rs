@@ -183,32 +183,45 @@ pub(crate) fn run(
         let part = be.gemm_scratch(s * m * n_c * 4)?;
         let bp = be.bind_range(&part, 0, (s * m * n_c * 4) as u64, "gemm k-split scratch")?;
         let pipe = be.pipeline(spec.define("SPLIT"))?;
-        be.dispatch(
-            &pipe,
-            bytes_of(&p),
-            &[bw.entry(1), bx.entry(2), bp.entry(4)],
-            (gx, gy, (tiles_m * s) as u32),
+        let split = [bw.entry(1), bx.entry(2), bp.entry(4)];
+        split_then_sum(
+            be,
+            &p,
+            (&pipe, &split, (gx, gy, (tiles_m * s) as u32)),
+            &bo,
+            &bp,
         )?;
-        sum_splits(be, &p, &bo, &bp, m * n_c)?;
     }
     Ok(())
 }
 
-/// `gemm_sum`: y = Σ over the splits of the partials (`outputs` = m · n_c of one chunk).
-pub(crate) fn sum_splits(
+/// The split partials' dispatch (`split`: pipeline, bindings, grid) and `gemm_sum`, y = Σ over
+/// the splits (m · n_c outputs of one chunk), recorded as ONE pair (`dispatch2`): the scratch is
+/// shared by every thread of the backend, so another thread's split must not land between a
+/// split and its sum (it did: a wrong Q5_K result at m = 33, 1 run in 4 of the 8-thread wgpu
+/// conformance suite on the H200, BENCHMARKS "(wgemv)").
+pub(crate) fn split_then_sum(
     be: &WgpuBackend,
     p: &Params,
+    split: (
+        &wgpu::ComputePipeline,
+        &[wgpu::BindGroupEntry<'_>],
+        (u32, u32, u32),
+    ),
     bo: &crate::buffer::Bound<'_>,
     bp: &crate::buffer::Bound<'_>,
-    outputs: usize,
 ) -> Result<()> {
     let sum = be.pipeline(
         ShaderSpec::new("gemm", &[SRC], "gemm_sum")
             .define("SUM")
             .define("SPLIT"),
     )?;
-    let (sx, sy) = be.grid(outputs.div_ceil(256) as u32);
-    be.dispatch(&sum, bytes_of(p), &[bo.entry(3), bp.entry(4)], (sx, sy, 1))
+    let (sx, sy) = be.grid((p.m as usize * p.n_c as usize).div_ceil(256) as u32);
+    be.dispatch2(
+        bytes_of(p),
+        split,
+        (&sum, &[bo.entry(3), bp.entry(4)], (sx, sy, 1)),
+    )
 }
 
 #[cfg(test)]

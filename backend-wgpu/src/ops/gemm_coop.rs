@@ -9,7 +9,7 @@ use kiln_core::{OpKind, Result, View, ViewMut};
 
 use crate::device::WgpuBackend;
 use crate::ops::bytes_of;
-use crate::ops::gemm::{Params, TILE_N, splits_tm, sum_splits};
+use crate::ops::gemm::{Params, TILE_N, split_then_sum, splits_tm};
 use crate::ops::matmul::{DEQUANT, wdefine};
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
@@ -128,13 +128,8 @@ pub(crate) fn run(
         let part = be.gemm_scratch(s * m * n_c * 4)?;
         let bp = be.bind_range(&part, 0, (s * m * n_c * 4) as u64, "gemm k-split scratch")?;
         let pipe = be.pipeline(sp.define("SPLIT"))?;
-        be.dispatch(
-            &pipe,
-            bytes_of(&p),
-            &[bw.entry(1), bx.entry(2), bp.entry(4)],
-            (gx, gy, z),
-        )?;
-        sum_splits(be, &p, &bo, &bp, m * n_c)?;
+        let split = [bw.entry(1), bx.entry(2), bp.entry(4)];
+        split_then_sum(be, &p, (&pipe, &split, (gx, gy, z)), &bo, &bp)?;
     }
     Ok(())
 }
