@@ -117,6 +117,7 @@ fn probe_libcuda() -> ProbeResult {
                     shared_memory_bytes: a(ATTR_SMEM_OPTIN) as u64,
                     compute_capability: Some(cc),
                     compute_units: a(ATTR_SM_COUNT),
+                    tensor_cores: true,
                 },
             });
         }

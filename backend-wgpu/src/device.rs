@@ -197,6 +197,7 @@ pub(crate) fn device_info(index: u32, a: &wgpu::Adapter) -> DeviceInfo {
             shared_memory_bytes: u64::from(l.max_compute_workgroup_storage_size),
             compute_capability: None,
             compute_units: 0,
+            tensor_cores: f.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX),
         },
     }
 }

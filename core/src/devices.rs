@@ -128,6 +128,9 @@ pub struct Caps {
     pub compute_capability: Option<(u32, u32)>,
     /// Number of SMs / compute units, or CPU threads for the reference backend.
     pub compute_units: u32,
+    /// The many-row matmul runs on tensor cores (CUDA: mma / cuBLASLt; wgpu: cooperative
+    /// matrices), so its inputs are rounded to 16-bit floats (see each backend's matmul).
+    pub tensor_cores: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +160,11 @@ impl DeviceInfo {
         }
         if let Some((a, b)) = c.compute_capability {
             v.push(format!("sm_{a}{b}"));
+        }
+        if c.tensor_cores && c.compute_capability.is_none() {
+            // (every CUDA device kiln opens has them; a wgpu adapter says so only with
+            // cooperative matrices)
+            v.push("coop-matrix".to_string());
         }
         if c.max_binding_bytes > 0 && c.max_binding_bytes < c.max_buffer_bytes {
             v.push(format!("binding≤{}MiB", c.max_binding_bytes >> 20));

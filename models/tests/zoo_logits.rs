@@ -10,10 +10,11 @@
 //! - q8_0 GGUF: max |Δ| ≤ 0.25 dense / 1.5 MoE, top-1 agreement ≥ 0.9
 //! - default f16 KV cache from safetensors: max |Δ| ≤ 2e-2 (K/V rounded to f16)
 //!
-//! A backend whose dense GEMM rounds activations (CUDA: x → bf16 for bf16/quantized weights,
-//! f16 for f16 weights, above the GEMV crossover) is held to max(bound, 2·e), where e is the
-//! max |Δ| of the reference backend with exactly that rounding applied to every matmul input
-//! (zoo_util/rounded.rs), measured on the same model, format, prompt and KV type in the test.
+//! A backend whose many-row GEMM rounds its inputs (CUDA: x → bf16 for bf16/quantized weights,
+//! f16 for f16 weights, above the GEMV crossover; wgpu on an adapter with cooperative matrices:
+//! x and weights → f16) is held to max(bound, 2·e), where e is the max |Δ| of the reference
+//! backend with that rounding applied to every matmul input (zoo_util/rounded.rs), measured on
+//! the same model, format, prompt and KV type in the test.
 //! Greedy continuations must equal the reference until the first step whose top-2 logit margin
 //! is below twice the backend's bound (from there a flip is within tolerance).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
@@ -23,7 +24,7 @@ mod zoo_util;
 use kiln_core::DType;
 use kiln_models::runtime::SeqInput;
 use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
-use zoo_util::rounded::{RoundedActs, rounds_like_cuda};
+use zoo_util::rounded::{RoundedActs, act_rounding};
 use zoo_util::*;
 
 /// `base`, or for a backend that rounds matmul activations, max(base, 2·e) with e the error of
@@ -37,11 +38,12 @@ fn bound(
     kv: DType,
     base: f32,
 ) -> f32 {
-    if !rounds_like_cuda(backend) {
+    let Some(mode) = act_rounding(backend) else {
         return base;
-    }
+    };
     let emu: std::sync::Arc<dyn kiln_core::Backend> = std::sync::Arc::new(RoundedActs {
         inner: std::sync::Arc::new(kiln_core::ReferenceBackend::new(0)),
+        mode,
     });
     let model = Model::load(path.to_str().unwrap(), emu, &LoadOptions::default()).unwrap();
     let e = cases

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use kiln_core::{Backend, DType, ReferenceBackend};
 use kiln_models::runtime::{Parallel, Placement, SeqInput};
 use kiln_models::{LoadOptions, Model, Runtime, RuntimeOptions};
-use zoo_util::rounded::RoundedActs;
+use zoo_util::rounded::{RoundedActs, Rounding};
 use zoo_util::*;
 
 const BOUND: f32 = 5e-2;
@@ -51,7 +51,10 @@ fn plain(i: u32) -> Arc<dyn Backend> {
 }
 
 fn rounded(i: u32) -> Arc<dyn Backend> {
-    Arc::new(RoundedActs { inner: plain(i) })
+    Arc::new(RoundedActs {
+        inner: plain(i),
+        mode: Rounding::Cuda,
+    })
 }
 
 #[test]

@@ -85,6 +85,7 @@ fn host_info(index: u32) -> DeviceInfo {
             shared_memory_bytes: 0,
             compute_capability: None,
             compute_units: threads,
+            tensor_cores: false,
         },
     }
 }

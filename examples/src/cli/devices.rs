@@ -113,6 +113,7 @@ fn device_json(d: &DeviceInfo) -> serde_json::Value {
             "shared_memory_bytes": c.shared_memory_bytes,
             "compute_capability": c.compute_capability.map(|(a, b)| format!("{a}.{b}")),
             "compute_units": c.compute_units,
+            "tensor_cores": c.tensor_cores,
         },
     })
 }
