@@ -9,7 +9,7 @@ use crate::device::WgpuBackend;
 use crate::ops::bytes_of;
 use crate::ops::matmul::{DEQUANT, wdefine};
 use crate::pipeline_cache::ShaderSpec;
-use crate::weight::WgpuWeight;
+use crate::weight::{Chunk, WgpuWeight};
 
 pub(crate) const SRC: &str = include_str!("../../shaders/gemm.wgsl");
 
@@ -52,6 +52,46 @@ pub(crate) struct Params {
     pub(crate) splits: u32,
     pub(crate) gps: u32,
     pub(crate) pad: u32,
+}
+
+impl Params {
+    /// The parameters of weight chunk `c` for an m-row product in `tiles_m` x-row tiles, k
+    /// split `s` ways; (x, y) element offsets `offs`. Refuses a grid whose z (x-row tiles ×
+    /// splits) passes the device's per-dimension limit (`op` names the kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn chunk(
+        be: &WgpuBackend,
+        op: &str,
+        m: usize,
+        tiles_m: usize,
+        ww: &WgpuWeight,
+        c: &Chunk,
+        offs: (u32, u32),
+        s: usize,
+    ) -> Result<Params> {
+        let zmax = be.limits.max_compute_workgroups_per_dimension as usize;
+        if tiles_m * s > zmax {
+            return Err(be.limit_error(
+                format!("{op}: x-row tiles × k splits (workgroups in z)"),
+                (tiles_m * s) as u64,
+                zmax as u64,
+            ));
+        }
+        Ok(Params {
+            m: m as u32,
+            n_c: (c.r1 - c.r0) as u32,
+            k: ww.k as u32,
+            n_out: ww.rows as u32,
+            r0: c.r0 as u32,
+            bpr: ww.bpr() as u32,
+            d_base: c.d_base,
+            x_off: offs.0,
+            o_off: offs.1,
+            splits: s as u32,
+            gps: (ww.k / 32).div_ceil(s) as u32,
+            pad: 0,
+        })
+    }
 }
 
 /// k splits for an m × n_c output with k columns: 1 unless the tiles alone leave the GPU
@@ -127,34 +167,12 @@ pub(crate) fn run(
     let bo = be.bind_out(op, &out, "out")?;
     let x_off = bx.elem_off(4);
     let forced = be.gemm_splits_forced();
-    let groups = ww.k / 32;
-    let zmax = be.limits.max_compute_workgroups_per_dimension as usize;
     for c in &ww.chunks {
         let n_c = c.r1 - c.r0;
         let s = splits(m, n_c, ww.k, forced);
         let tm = tile_m(m);
         let tiles_m = m.div_ceil(tm);
-        if tiles_m * s > zmax {
-            return Err(be.limit_error(
-                "matmul: x-row tiles × k splits (workgroups in z)",
-                (tiles_m * s) as u64,
-                zmax as u64,
-            ));
-        }
-        let p = Params {
-            m: m as u32,
-            n_c: n_c as u32,
-            k: ww.k as u32,
-            n_out: ww.rows as u32,
-            r0: c.r0 as u32,
-            bpr: ww.bpr() as u32,
-            d_base: c.d_base,
-            x_off,
-            o_off: bo.elem_off(4),
-            splits: s as u32,
-            gps: groups.div_ceil(s) as u32,
-            pad: 0,
-        };
+        let p = Params::chunk(be, "matmul", m, tiles_m, ww, c, (x_off, bo.elem_off(4)), s)?;
         let mut spec = ShaderSpec::new("gemm", &[DEQUANT, SRC], "gemm")
             .define(wdefine(ww.dtype))
             .sub("TM", tm.to_string());

@@ -83,34 +83,21 @@ pub(crate) fn run(
     let bo = be.bind_out(op, &out, "out")?;
     let x_off = bx.elem_off(4);
     let forced = be.gemm_splits_forced();
-    let groups = ww.k / 32;
-    let zmax = be.limits.max_compute_workgroups_per_dimension as usize;
     let tm = tile_m(m);
     let tiles_m = m.div_ceil(tm);
     for c in &ww.chunks {
         let n_c = c.r1 - c.r0;
         let s = splits(m, n_c, ww.k, forced);
-        if tiles_m * s > zmax {
-            return Err(be.limit_error(
-                "matmul (coop): x-row tiles × k splits (workgroups in z)",
-                (tiles_m * s) as u64,
-                zmax as u64,
-            ));
-        }
-        let p = Params {
-            m: m as u32,
-            n_c: n_c as u32,
-            k: ww.k as u32,
-            n_out: ww.rows as u32,
-            r0: c.r0 as u32,
-            bpr: ww.bpr() as u32,
-            d_base: c.d_base,
-            x_off,
-            o_off: bo.elem_off(4),
-            splits: s as u32,
-            gps: groups.div_ceil(s) as u32,
-            pad: 0,
-        };
+        let p = Params::chunk(
+            be,
+            "matmul (coop)",
+            m,
+            tiles_m,
+            ww,
+            c,
+            (x_off, bo.elem_off(4)),
+            s,
+        )?;
         let sp = spec(ww.dtype, tm, x_off.is_multiple_of(4), stage_v4());
         let bw = be.bind_range(&c.buf, 0, c.buf.size(), "weight chunk")?;
         let (gx, gy) = be.grid(n_c.div_ceil(TILE_N) as u32);
