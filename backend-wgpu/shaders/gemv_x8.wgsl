@@ -85,30 +85,11 @@ fn gd(g: u32) -> vec2<f32> { return xd[g]; }
 
 fn quant_x(li: u32) {
     let ng = P.k / 16u;
-    let ex = vec4<u32>(0x7f800000u);
-    let lo = vec4<f32>(-127.0);
-    let hi = vec4<f32>(127.0);
     for (var g = li; g < ng; g += WGS) {
         let b = P.x4 + 4u * g;
-        let v0 = X[b];
-        let v1 = X[b + 1u];
-        let v2 = X[b + 2u];
-        let v3 = X[b + 3u];
-        let m4 = max(max(abs(v0), abs(v1)), max(abs(v2), abs(v3)));
-        let amax = max(max(m4.x, m4.y), max(m4.z, m4.w));
-        // non-finite: an exponent of all ones (bit test: the compiler may assume no NaN)
-        let nf = any((bitcast<vec4<u32>>(v0) & ex) == ex) || any((bitcast<vec4<u32>>(v1) & ex) == ex)
-              || any((bitcast<vec4<u32>>(v2) & ex) == ex) || any((bitcast<vec4<u32>>(v3) & ex) == ex);
-        let d = bitcast<f32>((bitcast<u32>(amax / 127.0) + 3u) & 0xfffffffcu);
-        let id = select(0.0, 1.0 / d, amax > 0.0);
-        let q0 = vec4<i32>(clamp(round(v0 * id), lo, hi));
-        let q1 = vec4<i32>(clamp(round(v1 * id), lo, hi));
-        let q2 = vec4<i32>(clamp(round(v2 * id), lo, hi));
-        let q3 = vec4<i32>(clamp(round(v3 * id), lo, hi));
-        xq[g] = vec4<u32>(pack4xI8(q0), pack4xI8(q1), pack4xI8(q2), pack4xI8(q3));
-        let s4 = q0 + q1 + q2 + q3;
-        let dd = select(d, bitcast<f32>(0x7fc00000u), nf);
-        xd[g] = vec2<f32>(dd, dd * f32(s4.x + s4.y + s4.z + s4.w));
+        let r = round_x16(X[b], X[b + 1u], X[b + 2u], X[b + 3u]);
+        xq[g] = r.q;
+        xd[g] = r.dq;
     }
 }
 //#endif

@@ -22,6 +22,8 @@ use crate::weight::WgpuWeight;
 const SRC: &str = include_str!("../../shaders/gemv_v.wgsl");
 const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
+/// round_x16, shared by gemv_x8's quant_x and the quant_x8 pre-pass.
+const SRC_R: &str = include_str!("../../shaders/round_x8.wgsl");
 
 /// Largest k whose int8 x fits the backend's `xq_buf` (XQG).
 pub(crate) const XQ_MAX_K: usize = 65536;
@@ -172,7 +174,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
         let ks = x8_ksplit(be, rw);
         let mut spec = match x8 {
             Some(how) => {
-                let s = ShaderSpec::new("gemv_x8", &[SRC_X8], "gemv_x8")
+                let s = ShaderSpec::new("gemv_x8", &[SRC_R, SRC_X8], "gemv_x8")
                     .over(
                         "DEPTH",
                         f64::from(be.vgemv_depth().unwrap_or(x8_depth(ww.dtype, ww.k))),
@@ -225,7 +227,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
                     size: wgpu::BufferSize::new(size),
                 }),
             };
-            let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_Q], "quant_x8"))?;
+            let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_R, SRC_Q], "quant_x8"))?;
             let qg = be.grid(ng.div_ceil(64) as u32);
             let q_in = [
                 bx.entry(1),
