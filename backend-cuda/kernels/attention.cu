@@ -25,8 +25,10 @@
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
 // Per tile: K and V (BC keys × HD) are copied into shared memory (rows padded by 16 bytes so
 // ldmatrix is conflict-free) in an NS-stage ring: decode on sm_90+ by cp.async.bulk, one copy
-// per key row, completing on an mbarrier per stage; prefill, and decode below sm_90, by
-// cp.async (16-byte chunks); S = Q·Kᵀ and
+// per pair of key rows (the pad after each pair: half the copy-engine requests of one copy per
+// row for 2-way ldmatrix conflicts; measured 10–15 % faster at batch 32, BENCHMARKS.md
+// 2026-11-23), completing on an mbarrier per stage, Q's fragments held in registers (HD ≤ 128);
+// prefill, and decode below sm_90, by cp.async (16-byte chunks); S = Q·Kᵀ and
 // O += P·V use mma.sync m16n8k16 (f16 for f16/f32 caches, bf16 for bf16 caches; an f32 cache is
 // rounded to f16 on the way into shared memory), accumulating in f32; softmax is online in f32
 // (log2 domain). Q is pre-multiplied by `scale` and rounded once; for bf16, Q is split into
@@ -140,103 +142,7 @@ __device__ __forceinline__ void key_range(const AttnArgs& a, int q_len, int kv_l
     khi = a.causal ? p_hi + 1 : kv_len;
 }
 
-// ------------------------------------------------------------------- split-KV merge
-// Partials are read through L2 (__ldcg: ld.global.cg): in the fused merge, other CTAs wrote
-// them during this launch, so L1 may hold nothing valid for them. VEC: part_acc and out are
-// 16-byte aligned (float4 loads and stores; the caller's scratch and out need only be 4-byte
-// aligned, so the scalar form exists too). Decided once per call, outside the loops, so the
-// unrolled loads of several splits stay independent and in flight together.
-template <bool VEC>
-__device__ __forceinline__ float4 ld_cg4(const float* p) {
-    if (VEC) return __ldcg((const float4*)p);
-    return make_float4(__ldcg(p), __ldcg(p + 1), __ldcg(p + 2), __ldcg(p + 3));
-}
-
-// Combine the split-KV partials of rows r0..r_end-1 of (s, g): warp w takes rows r0 + w,
-// r0 + w + 4, ...; lane z (mod 32) reads split z's (m, l), the warp reduces max and sum, then
-// lane l accumulates dims 4l..4l+3 (+128 …) over the splits (float4 loads when VEC).
-// Bytes: (HD + 2)·4 per split and row read, HD·4 written per row; ≤ 4 rows per warp.
-template <int HD, bool VEC>
-__device__ __forceinline__ void merge_splits_v(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
-                                            int r0, int r_end) {
-    constexpr int NV = (HD / 4 + KILN_WARP - 1) / KILN_WARP;  // float4 columns per lane
-    int klo, khi;
-    key_range(a, q_len, kv_len, r0, r_end, klo, khi);
-    const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
-    const int warp = threadIdx.x / KILN_WARP, lane = threadIdx.x % KILN_WARP;
-    const int nwarps = blockDim.x / KILN_WARP;
-    for (int r = r0 + warp; r < r_end; r += nwarps) {
-        const i64 base = (((i64)s * a.n_kv + g) * a.rd + r) * a.splits;
-        // (m, l) of this lane's splits, merged online, then across the warp.
-        float m_l = NEG_INF, l_l = 0.0f, m_first = NEG_INF;
-        for (int zz = z0 + lane; zz <= z1; zz += KILN_WARP) {
-            const float* pml = a.part_ml + (base + zz) * 2;
-            const float2 ml = VEC ? __ldcg((const float2*)pml) : make_float2(__ldcg(pml), __ldcg(pml + 1));
-            if (zz < z0 + KILN_WARP) m_first = ml.x;
-            const float mn = fmaxf(m_l, ml.x);
-            const float rf = (mn == NEG_INF) ? 0.0f : mn;
-            l_l = l_l * exp2f(m_l - rf) + ml.y * exp2f(ml.x - rf);
-            m_l = mn;
-        }
-        float M = m_l;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
-        const float mref = (M == NEG_INF) ? 0.0f : M;
-        const float L = warp_sum(l_l * exp2f(m_l - mref));
-        float4 acc[NV];
-#pragma unroll
-        for (int v = 0; v < NV; v++) acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int zc = z0; zc <= z1; zc += KILN_WARP) {
-            // Weight of split zc + lane (0 past z1).
-            const float mz = zc == z0 ? m_first : (zc + lane <= z1 ? __ldcg(a.part_ml + (base + zc + lane) * 2) : NEG_INF);
-            const float wz = (zc + lane <= z1) ? exp2f(mz - mref) : 0.0f;
-            const int n = min(KILN_WARP, z1 - zc + 1);
-#pragma unroll 8
-            for (int j = 0; j < n; j++) {
-                const float w = __shfl_sync(0xffffffffu, wz, j);
-                const float* src = a.part_acc + (base + zc + j) * HD;
-#pragma unroll
-                for (int v = 0; v < NV; v++) {
-                    const int c = (lane + v * KILN_WARP) * 4;
-                    if (c < HD) {
-                        const float4 x = ld_cg4<VEC>(src + c);
-                        acc[v].x += w * x.x;
-                        acc[v].y += w * x.y;
-                        acc[v].z += w * x.z;
-                        acc[v].w += w * x.w;
-                    }
-                }
-            }
-        }
-        const float inv = L > 0.0f ? 1.0f / L : 0.0f;
-        const int j = r / a.group, hh = r % a.group;
-        float* dst = a.out + ((i64)(q0 + j) * a.n_heads + g * a.group + hh) * HD;
-#pragma unroll
-        for (int v = 0; v < NV; v++) {
-            const int c = (lane + v * KILN_WARP) * 4;
-            if (c >= HD) continue;
-            const float4 y = make_float4(acc[v].x * inv, acc[v].y * inv, acc[v].z * inv, acc[v].w * inv);
-            if (VEC) {
-                *(float4*)(dst + c) = y;
-            } else {
-                dst[c] = y.x;
-                dst[c + 1] = y.y;
-                dst[c + 2] = y.z;
-                dst[c + 3] = y.w;
-            }
-        }
-    }
-}
-
-template <int HD>
-__device__ __forceinline__ void merge_splits(const AttnArgs& a, int s, int g, int q_len, int kv_len, int q0,
-                                          int r0, int r_end) {
-    // Rows of part_acc and out are HD floats (≥ 256 bytes) apart: their bases decide alignment.
-    if (((((unsigned long long)a.part_acc) | ((unsigned long long)a.out)) & 15ull) == 0)
-        merge_splits_v<HD, true>(a, s, g, q_len, kv_len, q0, r0, r_end);
-    else
-        merge_splits_v<HD, false>(a, s, g, q_len, kv_len, q0, r0, r_end);
-}
+#include "attn_merge.cuh"
 
 // ----------------------------------------------------------------------------- tile loader
 // K and V rows of key positions tile·BC .. tile·BC+BC-1 of (s, g) into Ks, Vs [BC][LD] (16-bit).
@@ -368,13 +274,61 @@ template <int BC>
 __device__ __forceinline__ int kv_block_bulk(const AttnArgs& a, int s, int tile, int klo, int khi) {
     return kv_block(a, a.tables + (i64)s * a.max_blocks, tile * BC + threadIdx.x % BC, klo, khi);
 }
-template <int HD, int BC>
-__device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int g, int tile, int blk, u16* Ks, u16* Vs, u32 bar) {
+// Shared-memory element offset of K/V row r of a tile: padded rows (r·LD), or, PAIR, rows 2p and
+// 2p + 1 contiguous (one 2·HD·2-byte bulk copy) and the 16-byte pad after the pair: half the
+// copy-engine requests, for 2-way ldmatrix bank conflicts (8 rows land in 4 bank groups).
+// Same footprint: 2·LD per pair.
+template <int HD, bool PAIR>
+__device__ __forceinline__ int kv_soff(int r) {
     constexpr int LD = HD + 8;
+    return PAIR ? (r >> 1) * 2 * LD + (r & 1) * HD : r * LD;
+}
+template <int HD, int BC, bool PAIR = false>
+__device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int s, int g, int tile, int blk, u16* Ks, u16* Vs,
+                                              u32 bar, int klo, int khi) {
     const int kk = threadIdx.x % BC, which = threadIdx.x / BC;
-    u16* d = (which ? Vs : Ks) + kk * LD;
+    u16* base = which ? Vs : Ks;
+    const u16* gsrc = (const u16*)(which ? a.vc : a.kc);
+    if (PAIR && !a.kv_f32 && (a.block_size & 1) == 0) {
+        // The even thread of a pair moves rows kk, kk + 1 (same cache block: kk and the block
+        // size are even); the odd thread only arrives.
+        if (kk & 1) {
+            mbar_arrive(bar);
+            return;
+        }
+        const int pos = tile * BC + kk;
+        const int blk1 = blk >= 0 && pos + 1 < khi ? blk : kv_block(a, a.tables + (i64)s * a.max_blocks, pos + 1, klo, khi);
+        if (blk >= 0 && blk1 >= 0) {
+            mbar_arrive_tx(bar, 2 * HD * 2);
+            bulk_g2s(smem_addr(base + kv_soff<HD, PAIR>(kk)), gsrc + kv_row_off<HD>(a, blk, g, pos), 2 * HD * 2, bar);
+            return;
+        }
+        // A pair at the edge of [klo, khi) or of the cache: zero-fill first (the arrive below
+        // releases the stores), then copy the valid row.
+        const int b2[2] = {blk, blk1};
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            if (b2[j] < 0) {
+                u16* d = base + kv_soff<HD, PAIR>(kk + j);
+#pragma unroll 4
+                for (int c = 0; c < HD / 8; c++) *(uint4*)(d + c * 8) = make_uint4(0u, 0u, 0u, 0u);
+            }
+        const u32 bytes = (blk >= 0 ? HD * 2 : 0) + (blk1 >= 0 ? HD * 2 : 0);
+        if (bytes == 0) {
+            mbar_arrive(bar);
+            return;
+        }
+        mbar_arrive_tx(bar, bytes);
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+            if (b2[j] >= 0)
+                bulk_g2s(smem_addr(base + kv_soff<HD, PAIR>(kk + j)), gsrc + kv_row_off<HD>(a, b2[j], g, pos + j), HD * 2,
+                         bar);
+        return;
+    }
+    u16* d = base + kv_soff<HD, PAIR>(kk);
     if (blk >= 0 && !a.kv_f32) {
-        const u16* src = (const u16*)(which ? a.vc : a.kc) + kv_row_off<HD>(a, blk, g, tile * BC + kk);
+        const u16* src = gsrc + kv_row_off<HD>(a, blk, g, tile * BC + kk);
         mbar_arrive_tx(bar, HD * 2);
         bulk_g2s(smem_addr(d), src, HD * 2, bar);
         return;
@@ -408,7 +362,8 @@ __device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int g, int tile
         if (EARLY) pdl_enter(); \
         return;             \
     }
-template <int HD, int WM, int WN, int BC, int NS, bool BF, bool BULK = false, bool EARLY = false>
+template <int HD, int WM, int WN, int BC, int NS, bool BF, bool BULK = false, bool EARLY = false, bool PAIR_ = false,
+          bool QREG_ = false>
 __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     constexpr bool DECODE = (WN > 1);
     constexpr int ROWS = 16 * WM, THREADS = 32 * WM * WN, KW = BC / WN;
@@ -419,6 +374,8 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     u16* Qs = (u16*)smem_raw;            // [NQ][ROWS][LD]: scale·q rounded (bf16: hi, then lo)
     u16* KVs = Qs + NQ * ROWS * LD;      // [NS][K, V][BC][LD]
     constexpr bool USE_BULK = BULK && DECODE && ATTN_BULK;
+    constexpr bool PAIR = PAIR_ && USE_BULK;  // pair layout only with the bulk loader
+    constexpr bool QREG = QREG_ && DECODE;    // Q fragments held in registers across tiles
     static_assert(!BULK || (DECODE && THREADS == 2 * BC), "bulk loader: one thread per K or V row");
     __shared__ alignas(8) u64 bars[NS];        // bulk: one mbarrier per ring stage
 
@@ -482,7 +439,8 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     for (int st = 0; st < NS - 1; st++) {
         if (t_begin + st < t_end) {
             u16* Ks = KVs + st * 2 * BC * LD;
-            if (USE_BULK) kv_issue_bulk<HD, BC>(a, g, t_begin + st, pblk[st], Ks, Ks + BC * LD, bar0 + 8 * st);
+            if (USE_BULK)
+                kv_issue_bulk<HD, BC, PAIR>(a, s, g, t_begin + st, pblk[st], Ks, Ks + BC * LD, bar0 + 8 * st, klo, khi);
             else load_kv<HD, BC, THREADS>(a, s, g, t_begin + st, klo, khi, Ks, Ks + BC * LD);
         }
         if (!USE_BULK) cp_async_commit();
@@ -512,6 +470,10 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
     }
 
+    // QREG: Q's A fragments [NQ][KS][4] for the whole call (decode: registers are not what limits
+    // occupancy; shared memory is).
+    u32 qreg[QREG ? NQ : 1][QREG ? KS : 1][4];
+    const int a_row0 = (lane & 7) + ((lane >> 3) & 1) * 8, a_col0 = (lane >> 4) * 8;
     for (int t = t_begin; t < t_end; t++) {
         const int it = t - t_begin;
         {
@@ -520,8 +482,8 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
                 const int st = (it + NS - 1) % NS;
                 u16* Ks = KVs + st * 2 * BC * LD;
                 if (USE_BULK) {
-                    kv_issue_bulk<HD, BC>(a, g, tn, kv_block_bulk<BC>(a, s, tn, klo, khi), Ks, Ks + BC * LD,
-                                          bar0 + 8 * st);
+                    kv_issue_bulk<HD, BC, PAIR>(a, s, g, tn, kv_block_bulk<BC>(a, s, tn, klo, khi), Ks, Ks + BC * LD,
+                                                bar0 + 8 * st, klo, khi);
                 } else {
                     load_kv<HD, BC, THREADS>(a, s, g, tn, klo, khi, Ks, Ks + BC * LD);
                 }
@@ -537,31 +499,59 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         }
         const u16* Ks = KVs + (it % NS) * 2 * BC * LD;
         const u16* Vs = Ks + BC * LD;
+        if (QREG && it == 0) {
+            // The Q tile is visible (the barrier above): its fragments for all KS k-steps.
+#pragma unroll
+            for (int qp = 0; qp < NQ; qp++)
+#pragma unroll
+                for (int kk = 0; kk < KS; kk++)
+                    ldsm4(smem_addr(Qs + qp * ROWS * LD + (wm * 16 + a_row0) * LD + kk * 16 + a_col0), qreg[qp][kk]);
+        }
 
-        // S = (scale·Q) · Kᵀ for this warp's 16 rows × KW keys.
-        float sacc[NT_S][4];
+        // S = (scale·Q) · Kᵀ for this warp's 16 rows × KW keys. QREG: two accumulator chains per
+        // n-tile (k-step parity, or hi/lo part), summed after: half the dependent mma chain.
+        float sacc[NT_S][4], sacc2[QREG ? NT_S : 1][4];
 #pragma unroll
         for (int n = 0; n < NT_S; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.0f;
+#pragma unroll
+        for (int n = 0; n < (QREG ? NT_S : 1); n++) sacc2[n][0] = sacc2[n][1] = sacc2[n][2] = sacc2[n][3] = 0.0f;
         // ldmatrix lane offsets: A-style (rows (lane&7) + 8·bit3, col 8·bit4) and B-style (row lane&7, col 8·(lane>>3)).
-        const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8, a_col = (lane >> 4) * 8;
+        const int a_row = a_row0, a_col = a_col0;
 #pragma unroll
         for (int kk = 0; kk < KS; kk += 2) {
             u32 qa[NQ][2][4];
 #pragma unroll
             for (int qp = 0; qp < NQ; qp++)
 #pragma unroll
-                for (int h = 0; h < 2; h++)
-                    ldsm4(smem_addr(Qs + qp * ROWS * LD + (wm * 16 + a_row) * LD + (kk + h) * 16 + a_col), qa[qp][h]);
+                for (int h = 0; h < 2; h++) {
+                    if (QREG) {
+#pragma unroll
+                        for (int e = 0; e < 4; e++) qa[qp][h][e] = qreg[qp][QREG ? kk + h : 0][e];
+                    } else {
+                        ldsm4(smem_addr(Qs + qp * ROWS * LD + (wm * 16 + a_row) * LD + (kk + h) * 16 + a_col), qa[qp][h]);
+                    }
+                }
 #pragma unroll
             for (int n = 0; n < NT_S; n++) {
                 u32 b[4];  // b0, b1 of k-step kk, then of kk + 1
-                ldsm4(smem_addr(Ks + (wn * KW + n * 8 + (lane & 7)) * LD + kk * 16 + (lane >> 3) * 8), b);
+                ldsm4(smem_addr(Ks + kv_soff<HD, PAIR>(wn * KW + n * 8 + (lane & 7)) + kk * 16 + (lane >> 3) * 8), b);
 #pragma unroll
                 for (int qp = 0; qp < NQ; qp++) {
-                    mma16816<BF>(sacc[n], qa[qp][0], b[0], b[1]);
-                    mma16816<BF>(sacc[n], qa[qp][1], b[2], b[3]);
+                    if (QREG) {
+                        mma16816<BF>((qp & 1) ? sacc2[QREG ? n : 0] : sacc[n], qa[qp][0], b[0], b[1]);
+                        mma16816<BF>((qp & 1) ? sacc[n] : sacc2[QREG ? n : 0], qa[qp][1], b[2], b[3]);
+                    } else {
+                        mma16816<BF>(sacc[n], qa[qp][0], b[0], b[1]);
+                        mma16816<BF>(sacc[n], qa[qp][1], b[2], b[3]);
+                    }
                 }
             }
+        }
+        if (QREG) {
+#pragma unroll
+            for (int n = 0; n < NT_S; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) sacc[n][e] += sacc2[QREG ? n : 0][e];
         }
 
         // softcap, mask, online softmax (log2 domain). Element e of n-tile n: row gid + 8·(e>>1),
@@ -613,7 +603,7 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
 #pragma unroll
             for (int nd = 0; nd < HD / 16; nd++) {
                 u32 b[4];  // b0, b1 of dims 16nd..16nd+7, then of 16nd+8..
-                ldsm4_t(smem_addr(Vs + (wn * KW + kt * 16 + a_row) * LD + nd * 16 + a_col), b);
+                ldsm4_t(smem_addr(Vs + kv_soff<HD, PAIR>(wn * KW + kt * 16 + a_row) + nd * 16 + a_col), b);
                 mma16816<BF>(o[2 * nd], pa, b[0], b[1]);
                 mma16816<BF>(o[2 * nd + 1], pa, b[2], b[3]);
             }
@@ -743,10 +733,11 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
 #define ATTN_BOTH(mode, HD, WM, WN, BC, NS)          \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, f16, false) \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, bf16, true)
-// Decode kernels: attn_body waits itself (EARLY), after its prologue.
+// Decode kernels: attn_body waits itself (EARLY), after its prologue; K/V row pairs per bulk
+// copy (PAIR) and, for HD ≤ 128, Q fragments in registers (QREG: at HD 256 they would spill).
 #define ATTN_DECODE1(HD, NS, dts, BF)                                                           \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_hd##HD##_##dts##_s##NS(const AttnArgs a) { \
-        attn_body<HD, 1, 4, 64, NS, BF, true, true>(a);                                         \
+        attn_body<HD, 1, 4, 64, NS, BF, true, true, true, (HD <= 128)>(a);                      \
     }
 #define ATTN_DECODE(HD, NS) \
     ATTN_DECODE1(HD, NS, f16, false) \

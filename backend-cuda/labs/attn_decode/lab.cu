@@ -83,6 +83,8 @@ struct Variant {
     bool early;  // batch arrays + first block ids before griddepcontrol.wait
     int min_chunk = 64;   // smallest split (keys)
     int split_scale = 1;  // splits0 multiplied by this before the clamp
+    bool pair = false;    // K/V row pairs per bulk copy (kv_soff pair layout)
+    bool qreg = false;    // Q fragments in registers, two QK accumulator chains
 };
 static const Variant VARIANTS[] = {
     {"v0 base (HEAD kernel, NS2)", BASE, 2, false, false},
@@ -93,30 +95,37 @@ static const Variant VARIANTS[] = {
     {"v5 v1 + early PDL prologue", NEW, 2, false, true},
     {"v6 v3 + early PDL prologue", NEW, 2, true, true},
     {"v7 v4 + early PDL prologue", NEW, 3, true, true},
+    {"v8 v7 + row pairs per bulk copy", NEW, 3, true, true, 64, 1, true, false},
+    {"v9 v7 + Q in registers, 2 chains", NEW, 3, true, true, 64, 1, false, true},
+    {"v10 v7 + pairs + Q regs", NEW, 3, true, true, 64, 1, true, true},
+    {"v11 v6 + pairs + Q regs (NS2)", NEW, 2, true, true, 64, 1, true, true},
 };
 static const int NVAR = sizeof(VARIANTS) / sizeof(VARIANTS[0]);
 
 typedef void (*NewK)(const AttnArgs);
 typedef void (*BaseK)(const base::AttnArgs);
-// The working tree's decode body (NS stages, loader, prologue).
-template <int NS, bool BF, bool BULK, bool EARLY>
+// The working tree's decode body (NS stages, loader, prologue, pair layout, Q registers).
+template <int NS, bool BF, bool BULK, bool EARLY, bool PAIR, bool QREG>
 __global__ void __launch_bounds__(128) new_decode(const AttnArgs a) {
     if (!EARLY) pdl_enter();
-    attn_body<128, 1, 4, 64, NS, BF, BULK, EARLY>(a);
+    attn_body<128, 1, 4, 64, NS, BF, BULK, EARLY, PAIR, QREG>(a);
 }
-template <bool BF, bool BULK, bool EARLY>
+template <bool BF, bool BULK, bool EARLY, bool PAIR, bool QREG>
 static NewK new_kernel_ns(int ns) {
-    if (ns == 3) return new_decode<3, BF, BULK, EARLY>;
-    return new_decode<2, BF, BULK, EARLY>;
+    if (ns == 3) return new_decode<3, BF, BULK, EARLY, PAIR, QREG>;
+    return new_decode<2, BF, BULK, EARLY, PAIR, QREG>;
+}
+template <bool BF, bool PAIR, bool QREG>
+static NewK new_kernel_pq(int ns, bool bulk, bool early) {
+    if (bulk) return early ? new_kernel_ns<BF, true, true, PAIR, QREG>(ns) : new_kernel_ns<BF, true, false, PAIR, QREG>(ns);
+    return early ? new_kernel_ns<BF, false, true, PAIR, QREG>(ns) : new_kernel_ns<BF, false, false, PAIR, QREG>(ns);
 }
 template <bool BF>
-static NewK new_kernel_bf(int ns, bool bulk, bool early) {
-    if (bulk) return early ? new_kernel_ns<BF, true, true>(ns) : new_kernel_ns<BF, true, false>(ns);
-    return early ? new_kernel_ns<BF, false, true>(ns) : new_kernel_ns<BF, false, false>(ns);
+static NewK new_kernel_bf(const Variant& v) {
+    if (v.pair) return v.qreg ? new_kernel_pq<BF, true, true>(v.ns, v.bulk, v.early) : new_kernel_pq<BF, true, false>(v.ns, v.bulk, v.early);
+    return v.qreg ? new_kernel_pq<BF, false, true>(v.ns, v.bulk, v.early) : new_kernel_pq<BF, false, false>(v.ns, v.bulk, v.early);
 }
-static NewK new_kernel(const Variant& v, bool bf) {
-    return bf ? new_kernel_bf<true>(v.ns, v.bulk, v.early) : new_kernel_bf<false>(v.ns, v.bulk, v.early);
-}
+static NewK new_kernel(const Variant& v, bool bf) { return bf ? new_kernel_bf<true>(v) : new_kernel_bf<false>(v); }
 static BaseK base_kernel(int ns, bool bf) {
     if (ns == 3) return bf ? base_decode<3, true> : base_decode<3, false>;
     return bf ? base_decode<2, true> : base_decode<2, false>;

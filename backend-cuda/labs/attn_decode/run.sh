@@ -2,7 +2,7 @@
 # Build and run the decode-attention lab (see README.md). On the GPU machine:
 #   bash backend-cuda/labs/attn_decode/run.sh          (logs under $OUT, or ./out)
 # BASE_RAW: the baseline attention.cu, default .gpu/attn3/base_attention_raw.cu, written from
-# git (BASE_REV, default 6e3b99c: the kernel before round 3) if missing; the GPU machine has no
+# git (BASE_REV, default 33ed371: the kernel before round 4; round 3 used 6e3b99c) if missing; the GPU machine has no
 # .git, so write it on the development machine and carry it.
 # NCU=0 skips the ncu pass; LAB_BIN: a prebuilt binary (skips nvcc); LAB_FLAGS: extra nvcc
 # flags; TAG: suffix of the logs.
@@ -13,7 +13,7 @@ OUTD=${OUT:-$PWD/out}
 mkdir -p "$OUTD"
 W=$(mktemp -d)
 RAW=${BASE_RAW:-$ROOT/.gpu/attn3/base_attention_raw.cu}
-[ -f "$RAW" ] || git -C "$ROOT" show "${BASE_REV:-6e3b99c}":backend-cuda/kernels/attention.cu >"$RAW"
+[ -f "$RAW" ] || git -C "$ROOT" show "${BASE_REV:-33ed371}":backend-cuda/kernels/attention.cu >"$RAW"
 # The baseline goes into `namespace base`: no common.cuh (already included), no extern "C", no
 # instantiations (the lab instantiates what it times).
 sed -e '/#include "common.cuh"/d' -e 's/extern "C" //' -e '/^ATTN_/d' "$RAW" >"$W/base_attention.cu"

@@ -266,17 +266,14 @@ pub(crate) fn smem_bytes(mode: Mode, hd: usize, kv: DType, stages: usize, bc: us
     2 * (hd + 8) * (nq * rows + stages * 2 * bc)
 }
 
-/// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3
-/// (two bulk-copied tiles in flight per CTA), except bf16 with several splits (a few tiles per
-/// CTA): 2. Measured on an H200 in labs/attn_decode (BENCHMARKS.md, round 3): NS = 3 vs 2 at
-/// ctx 4096, f16 batch 32 155.6 vs 176.6 µs, batch 1 13.2 vs 14.7 µs; bf16 batch 32 162.6 vs
-/// 163.7 µs, batch 1 13.5 vs 13.0 µs.
-pub(crate) fn decode_stages(splits: usize, kv: DType) -> usize {
-    if kv == DType::BF16 && splits > 1 {
-        2
-    } else {
-        3
-    }
+/// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3 for
+/// f16/f32 caches, 2 for bf16 (whose QKᵀ runs two mma per k-step for Q's hi + lo parts: fewer,
+/// earlier tiles pay more than a third stage). Measured on an H200 in labs/attn_decode with the
+/// paired-row loader and Q in registers (BENCHMARKS.md, 2026-11-23 attention entry; µs, NS 3 vs 2):
+/// f16 ctx 4096 batch 32 134.8 vs 143.6, batch 1 13.2 vs 14.2; bf16 batch 32 139.9 vs 136.3,
+/// batch 1 13.6 vs 12.6, ctx 16384 batch 1 26.4 vs 25.6.
+pub(crate) fn decode_stages(_splits: usize, kv: DType) -> usize {
+    if kv == DType::BF16 { 2 } else { 3 }
 }
 
 /// The decode variant for head_dim `hd`: the one with `stages` ring stages if it exists and

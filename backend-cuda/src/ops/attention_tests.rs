@@ -677,13 +677,13 @@ fn merge_counters_fit_the_backend_buffer() {
 }
 
 #[test]
-fn decode_takes_three_stages_except_split_bf16_and_only_where_it_fits() {
+fn decode_takes_three_stages_except_bf16_and_only_where_it_fits() {
     for kv in [DType::F32, DType::F16] {
         assert_eq!((decode_stages(1, kv), decode_stages(32, kv)), (3, 3));
     }
     assert_eq!(
         (decode_stages(1, DType::BF16), decode_stages(2, DType::BF16)),
-        (3, 2)
+        (2, 2)
     );
     for kv in [DType::F32, DType::F16, DType::BF16] {
         let (f16, bf16) = (kv != DType::BF16, kv == DType::BF16);

@@ -270,6 +270,15 @@ conformance! {
         softcap: Some(20.0), scale: Some(1.0 / 16.0), k_std: 3.0, ..BASE
     });
     attention_window_hd128_gqa8_f32 => attention_case(Setup { seqs: MIXED, window: Some(100), ..BASE });
+    // Odd and non-power-of-two block sizes, odd window starts: the CUDA decode kernel copies K/V
+    // rows in pairs, falling back to single rows at range edges and for odd block sizes.
+    attention_decode_hd128_bs15_f16 => attention_case(Setup {
+        seqs: &[(1, 1), (1, 2), (1, 15), (1, 16), (1, 31), (2, 40), (1, 301), (1, 1001), (1, 2900)],
+        block_size: 15, kv: DType::F16, ..BASE
+    });
+    attention_window_hd128_bs24_bf16 => attention_case(Setup {
+        seqs: MIXED, block_size: 24, kv: DType::BF16, window: Some(37), ..BASE
+    });
     attention_softcap_hd128_gqa8_f16 => attention_case(Setup { seqs: MIXED, kv: DType::F16, softcap: Some(5.0), k_std: 4.0, ..BASE });
     attention_noncausal_hd64_f32 => attention_case(Setup {
         seqs: &[(10, 10), (5, 40), (1, 7)],
