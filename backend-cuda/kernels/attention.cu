@@ -25,10 +25,9 @@
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
 // Per tile: K and V (BC keys × HD) are copied into shared memory (rows padded by 16 bytes so
 // ldmatrix is conflict-free) in an NS-stage ring: decode on sm_90+ by cp.async.bulk, one copy
-// per pair of key rows (the pad after each pair: half the copy-engine requests of one copy per
-// row for 2-way ldmatrix conflicts; measured 10–15 % faster at batch 32, BENCHMARKS.md
-// 2026-11-23), completing on an mbarrier per stage, Q's fragments held in registers (HD ≤ 128);
-// prefill, and decode below sm_90, by cp.async (16-byte chunks); S = Q·Kᵀ and
+// per key row or, in the `p` kernels, per pair of rows (the pad after each pair: half the
+// copy-engine requests for 2-way ldmatrix conflicts; 10–15 % faster at batch 32, BENCHMARKS.md
+// 2026-11-23), completing on an mbarrier per stage (`p`: Q's fragments in registers); prefill, and decode below sm_90, by cp.async (16-byte chunks); S = Q·Kᵀ and
 // O += P·V use mma.sync m16n8k16 (f16 for f16/f32 caches, bf16 for bf16 caches; an f32 cache is
 // rounded to f16 on the way into shared memory), accumulating in f32; softmax is online in f32
 // (log2 domain). Q is pre-multiplied by `scale` and rounded once; for bf16, Q is split into
@@ -733,10 +732,15 @@ __device__ __forceinline__ void combine_body(const AttnArgs& a) {
 #define ATTN_BOTH(mode, HD, WM, WN, BC, NS)          \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, f16, false) \
     ATTN_KERNEL(mode, HD, WM, WN, BC, NS, bf16, true)
-// Decode kernels: attn_body waits itself (EARLY), after its prologue; K/V row pairs per bulk
-// copy (PAIR) and, for HD ≤ 128, Q fragments in registers (QREG: at HD 256 they would spill).
+// Decode kernels: attn_body waits itself (EARLY), after its prologue. The `p` forms copy K/V
+// rows in pairs (PAIR) and, for HD ≤ 128, hold Q's fragments in registers (QREG: at HD 256 they
+// would spill): faster when a CTA streams many tiles, slower inside a decode step when it has
+// one or two (the host's rule: src/ops/attention.rs `decode_paired`).
 #define ATTN_DECODE1(HD, NS, dts, BF)                                                           \
     extern "C" __global__ void __launch_bounds__(128) attn_decode_hd##HD##_##dts##_s##NS(const AttnArgs a) { \
+        attn_body<HD, 1, 4, 64, NS, BF, true, true>(a);                                         \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(128) attn_decode_hd##HD##_##dts##_s##NS##p(const AttnArgs a) { \
         attn_body<HD, 1, 4, 64, NS, BF, true, true, true, (HD <= 128)>(a);                      \
     }
 #define ATTN_DECODE(HD, NS) \

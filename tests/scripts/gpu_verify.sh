@@ -87,6 +87,11 @@ run() {
     KILN_REQUIRE=cuda,wgpu timeout 1200 "$B/conformance" --skip _reference --test-threads 4 \
         >"$OUTD/conformance.log" 2>&1
     tail -3 "$OUTD/conformance.log"
+    # The paired decode-attention kernels run by default only from 256 keys per split (the
+    # suite's cases split finer on 132 SMs): force them for the attention cases once more.
+    KILN_ATTN_PAIR=1 KILN_REQUIRE=cuda timeout 600 "$B/conformance" attention --skip _reference \
+        --skip _wgpu --test-threads 4 >"$OUTD/conformance_attn_paired.log" 2>&1
+    echo "attention, paired decode kernels forced: $(grep 'test result' "$OUTD/conformance_attn_paired.log")"
 
     echo "== kiln-cuda's own GPU tests (kernels vs oracles, planner sizes, unit tests)"
     for t in gpu_ops gemv_group host_pin planner_sizes kiln_cuda_unit; do
@@ -141,7 +146,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance gpu_ops gemv_group gemv_group_gemv1 host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done

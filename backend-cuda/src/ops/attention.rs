@@ -266,20 +266,50 @@ pub(crate) fn smem_bytes(mode: Mode, hd: usize, kv: DType, stages: usize, bc: us
     2 * (hd + 8) * (nq * rows + stages * 2 * bc)
 }
 
-/// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3 for
-/// f16/f32 caches, 2 for bf16 (whose QKᵀ runs two mma per k-step for Q's hi + lo parts: fewer,
-/// earlier tiles pay more than a third stage). Measured on an H200 in labs/attn_decode with the
-/// paired-row loader and Q in registers (BENCHMARKS.md, 2026-11-23 attention entry; µs, NS 3 vs 2):
-/// f16 ctx 4096 batch 32 134.8 vs 143.6, batch 1 13.2 vs 14.2; bf16 batch 32 139.9 vs 136.3,
-/// batch 1 13.6 vs 12.6, ctx 16384 batch 1 26.4 vs 25.6.
-pub(crate) fn decode_stages(_splits: usize, kv: DType) -> usize {
-    if kv == DType::BF16 { 2 } else { 3 }
+/// Keys per split from which decode takes the `…p` kernels (K/V rows copied in pairs, Q in
+/// registers). H200, BENCHMARKS.md 2026-11-23: 10–15 % faster when a CTA streams many tiles (ctx
+/// 4096 batch 32: f16 153.7 → 134.8 µs, bf16 163.7 → 136.3) but, one tile per CTA inside a decode
+/// step (ctx 512 batch 1), the step is slower (Llama-3-8B BF16 4.356 → 4.470 ms).
+const PAIRED_MIN_CHUNK: usize = 4 * DECODE_BC;
+
+/// Whether a decode plan with `chunk` keys per split takes the paired kernels;
+/// `KILN_ATTN_PAIR=0|1` forces the choice (A/B runs).
+pub(crate) fn decode_paired(chunk: usize) -> bool {
+    match std::env::var("KILN_ATTN_PAIR").ok().as_deref() {
+        Some("0") => false,
+        Some("1") => true,
+        _ => chunk >= PAIRED_MIN_CHUNK,
+    }
 }
 
-/// The decode variant for head_dim `hd`: the one with `stages` ring stages if it exists and
-/// fits `limit`, else `variant`'s choice.
-pub(crate) fn decode_variant(hd: usize, kv: DType, limit: usize, stages: usize) -> Result<Variant> {
+/// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3,
+/// except bf16 caches in the paired kernel, or with several splits in the per-row one: 2 (bf16's
+/// QKᵀ runs two mma per k-step for Q's hi + lo parts). H200, labs/attn_decode (µs, NS 3 vs 2):
+/// per-row kernel (round 3) f16 ctx 4096 batch 32 155.6 vs 176.6, batch 1 13.2 vs 14.7; bf16
+/// batch 32 162.6 vs 163.7, batch 1 13.5 vs 13.0. Paired (round 4): f16 batch 32 134.8 vs 143.6;
+/// bf16 batch 32 139.9 vs 136.3, ctx 16384 batch 1 26.4 vs 25.6.
+pub(crate) fn decode_stages(splits: usize, kv: DType, paired: bool) -> usize {
+    if kv == DType::BF16 && (paired || splits > 1) {
+        2
+    } else {
+        3
+    }
+}
+
+/// The decode variant for head_dim `hd`: the one with `stages` ring stages (its paired form when
+/// `paired`) if it exists and fits `limit`, else `variant`'s choice.
+pub(crate) fn decode_variant(
+    hd: usize,
+    kv: DType,
+    limit: usize,
+    stages: usize,
+    paired: bool,
+) -> Result<Variant> {
     let bf16 = kv == DType::BF16;
+    let pick = |v: Variant| Variant {
+        name: if paired { paired_name(v.name) } else { v.name },
+        ..v
+    };
     for &(m, h, ns, bc, f16_name, bf16_name) in &VARIANTS {
         let name = if bf16 { bf16_name } else { f16_name };
         if m != Mode::Decode || h != hd || ns != stages || name.is_empty() {
@@ -287,11 +317,33 @@ pub(crate) fn decode_variant(hd: usize, kv: DType, limit: usize, stages: usize) 
         }
         let smem = smem_bytes(Mode::Decode, hd, kv, ns, bc);
         if smem <= limit && matches!(kv, DType::F32 | DType::F16 | DType::BF16) {
-            return Ok(Variant { name, smem });
+            return Ok(pick(Variant { name, smem }));
         }
     }
-    variant(Mode::Decode, hd, kv, limit)
+    variant(Mode::Decode, hd, kv, limit).map(pick)
 }
+
+/// The paired form (`…p`, same shared memory) of a decode kernel of VARIANTS.
+fn paired_name(name: &'static str) -> &'static str {
+    PAIRED
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(name, |&(_, p)| p)
+}
+
+/// Decode kernels and their paired forms (attention.cu `ATTN_DECODE1`).
+const PAIRED: [(&str, &str); 10] = [
+    ("attn_decode_hd64_f16_s3", "attn_decode_hd64_f16_s3p"),
+    ("attn_decode_hd64_bf16_s3", "attn_decode_hd64_bf16_s3p"),
+    ("attn_decode_hd128_f16_s2", "attn_decode_hd128_f16_s2p"),
+    ("attn_decode_hd128_bf16_s2", "attn_decode_hd128_bf16_s2p"),
+    ("attn_decode_hd128_f16_s3", "attn_decode_hd128_f16_s3p"),
+    ("attn_decode_hd128_bf16_s3", "attn_decode_hd128_bf16_s3p"),
+    ("attn_decode_hd256_f16_s2", "attn_decode_hd256_f16_s2p"),
+    ("attn_decode_hd256_bf16_s2", "attn_decode_hd256_bf16_s2p"),
+    ("attn_decode_hd256_f16_s1", "attn_decode_hd256_f16_s1p"),
+    ("attn_decode_hd256_bf16_s1", "attn_decode_hd256_bf16_s1p"),
+];
 
 /// The default (first listed) variant for (mode, head_dim, KV dtype) whose shared memory fits
 /// `limit`.
@@ -663,7 +715,9 @@ impl CudaBackend {
         let limit = self.smem_limit();
         let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
         if pl.decode_row_tiles > 0 {
-            let v = decode_variant(hd, kv.dtype(), limit, decode_stages(pl.splits, kv.dtype()))?;
+            let paired = decode_paired(pl.chunk);
+            let stages = decode_stages(pl.splits, kv.dtype(), paired);
+            let v = decode_variant(hd, kv.dtype(), limit, stages, paired)?;
             let counters = if pl.counters > 0 {
                 self.attn_counters(pl.counters)?
             } else {

@@ -677,37 +677,78 @@ fn merge_counters_fit_the_backend_buffer() {
 }
 
 #[test]
-fn decode_takes_three_stages_except_bf16_and_only_where_it_fits() {
+fn decode_stages_paired_forms_and_only_where_it_fits() {
     for kv in [DType::F32, DType::F16] {
-        assert_eq!((decode_stages(1, kv), decode_stages(32, kv)), (3, 3));
+        for paired in [false, true] {
+            assert_eq!(
+                (decode_stages(1, kv, paired), decode_stages(32, kv, paired)),
+                (3, 3)
+            );
+        }
     }
     assert_eq!(
-        (decode_stages(1, DType::BF16), decode_stages(2, DType::BF16)),
+        (
+            decode_stages(1, DType::BF16, false),
+            decode_stages(2, DType::BF16, false)
+        ),
+        (3, 2)
+    );
+    assert_eq!(
+        (
+            decode_stages(1, DType::BF16, true),
+            decode_stages(2, DType::BF16, true)
+        ),
         (2, 2)
     );
+    if std::env::var_os("KILN_ATTN_PAIR").is_none() {
+        assert!(!decode_paired(64) && !decode_paired(192));
+        assert!(decode_paired(256) && decode_paired(4096));
+    }
     for kv in [DType::F32, DType::F16, DType::BF16] {
         let (f16, bf16) = (kv != DType::BF16, kv == DType::BF16);
-        // H100/H200 (227 KB opt-in): hd128 has both rings.
-        let three = decode_variant(128, kv, 232448, 3).unwrap();
-        let two = decode_variant(128, kv, 232448, 2).unwrap();
-        assert!(three.name.ends_with("_s3"), "{three:?}");
-        assert!(two.name.ends_with("_s2"), "{two:?}");
-        assert_eq!(three.name.contains("_bf16_"), bf16);
-        assert_eq!(two.name.contains("_f16_"), f16);
-        assert_eq!(three.smem, smem_bytes(Mode::Decode, 128, kv, 3, 64));
-        // A 99 KB device cannot hold NS = 3 (113 KB for bf16, 109 KB for f16): NS = 2.
-        assert!(
-            decode_variant(128, kv, 101376, 3)
-                .unwrap()
-                .name
-                .ends_with("_s2")
-        );
+        for paired in [false, true] {
+            let sfx = if paired { "p" } else { "" };
+            // H100/H200 (227 KB opt-in): hd128 has both rings.
+            let three = decode_variant(128, kv, 232448, 3, paired).unwrap();
+            let two = decode_variant(128, kv, 232448, 2, paired).unwrap();
+            assert!(three.name.ends_with(&format!("_s3{sfx}")), "{three:?}");
+            assert!(two.name.ends_with(&format!("_s2{sfx}")), "{two:?}");
+            assert_eq!(three.name.contains("_bf16_"), bf16);
+            assert_eq!(two.name.contains("_f16_"), f16);
+            assert_eq!(three.smem, smem_bytes(Mode::Decode, 128, kv, 3, 64));
+            // A 99 KB device cannot hold NS = 3 (113 KB for bf16, 109 KB for f16): NS = 2.
+            assert!(
+                decode_variant(128, kv, 101376, 3, paired)
+                    .unwrap()
+                    .name
+                    .ends_with(&format!("_s2{sfx}"))
+            );
+        }
         // Head sizes without an NS = 3 kernel fall back to `variant`'s choice.
         assert_eq!(
-            decode_variant(256, kv, 232448, 3).unwrap(),
+            decode_variant(256, kv, 232448, 3, false).unwrap(),
             variant(Mode::Decode, 256, kv, 232448).unwrap()
         );
     }
-    assert!(decode_variant(96, DType::F16, 232448, 3).is_err());
-    assert!(decode_variant(128, DType::Q8_0, 232448, 3).is_err());
+    assert!(decode_variant(96, DType::F16, 232448, 3, true).is_err());
+    assert!(decode_variant(128, DType::Q8_0, 232448, 3, false).is_err());
+}
+
+/// Every decode kernel of VARIANTS has its paired form (the same name + `p`), and attention.cu
+/// instantiates both (ATTN_DECODE(hd, ns) emits the pair).
+#[test]
+fn every_decode_kernel_has_a_paired_form() {
+    let src = ATTENTION.source;
+    for &(m, hd, ns, _, f16_name, bf16_name) in &VARIANTS {
+        if m != Mode::Decode {
+            continue;
+        }
+        assert!(
+            src.contains(&format!("ATTN_DECODE({hd}, {ns})")),
+            "attention.cu lacks ATTN_DECODE({hd}, {ns})"
+        );
+        for name in [f16_name, bf16_name] {
+            assert_eq!(paired_name(name), format!("{name}p"), "{name}");
+        }
+    }
 }
