@@ -13,7 +13,8 @@
 // reads its x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a
 // weight vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed
 // (Q4_K: 32 values, the nibbles are already bytes after a mask) instead of ~4 float ops per
-// value. Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
+// value. Q4K_PACK (the default): the lane's two 6-bit scale/min pairs are decoded as 16-bit
+// lanes of one u32 without a select and applied to the integer sums (see its dp). Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
 // (64 values, 4 x groups, one scale/min decode) per row and CH = 2048-element chunk.
 //
 // XQG (x quantized globally): a separate tiny dispatch (quant_x8.wgsl) rounds x once per call

@@ -167,7 +167,7 @@ fn bench_one(
 
 /// GPU seconds per call of `calls` calls `f(i)` (`passes` compute passes each) recorded
 /// into one submission between two GPU timestamps (`WgpuBackend::gpu_span_start`), median
-/// of `reps` windows after one; `None` without timestamp queries.
+/// of `reps` windows after 0.3 s of them; `None` without timestamp queries.
 #[cfg(feature = "wgpu")]
 fn gpu_b2b(
     w: &kiln_wgpu::WgpuBackend,
@@ -176,6 +176,20 @@ fn gpu_b2b(
     passes: usize,
     f: &mut dyn FnMut(usize) -> Result<()>,
 ) -> Result<Option<f64>> {
+    // warm-up: windows until the GPU has been busy 0.3 s (clocks up after the CPU-side
+    // weight preparation; without it one process measured BF16 14336x4096 13 % slower)
+    let t0 = std::time::Instant::now();
+    let mut r0 = 0;
+    while t0.elapsed().as_secs_f64() < 0.3 {
+        if !w.gpu_span_start(u32::try_from(calls * passes).unwrap_or(u32::MAX))? {
+            return Ok(None);
+        }
+        for i in 0..calls {
+            f(r0 * calls + i)?;
+        }
+        w.gpu_span_stop()?;
+        r0 += 1;
+    }
     let mut v = Vec::new();
     for r in 0..=reps {
         let n = u32::try_from(calls * passes).unwrap_or(u32::MAX);
@@ -183,7 +197,7 @@ fn gpu_b2b(
             return Ok(None);
         }
         for i in 0..calls {
-            f(r * calls + i)?;
+            f((r0 + r) * calls + i)?;
         }
         let Some(t) = w.gpu_span_stop()? else {
             return Ok(None);
