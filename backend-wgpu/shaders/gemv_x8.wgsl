@@ -13,7 +13,8 @@
 // reads its x as 2 int8 groups (2 vec4<u32> + 2 (d, d·Σq) pairs) from workgroup memory and a
 // weight vec4 costs 4 dot4I8Packed (Q8_0: 16 values) or 4 AND + 4 SHR/AND + 8 dot4I8Packed
 // (Q4_K: 32 values, the nibbles are already bytes after a mask) instead of ~4 float ops per
-// value. Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
+// value. Q4K_PACK (the default): the lane's two 6-bit scale/min pairs are decoded as 16-bit
+// lanes of one u32 without a select and applied to the integer sums (see its dp). Q4K_WIDE (an option, slower on an H200 at most shapes): Q4_K lanes take two qs vec4s
 // (64 values, 4 x groups, one scale/min decode) per row and CH = 2048-element chunk.
 //
 // XQG (x quantized globally): a separate tiny dispatch (quant_x8.wgsl) rounds x once per call
@@ -240,6 +241,45 @@ fn ld(r: u32, c: u32, l: u32) -> WL {
     if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + l % 8u]; }
     return w;
 }
+//#if Q4K_PACK
+// Q4K_PACK: the 6-bit (scale, min) pairs of sub-blocks 2p, 2p + 1 (p = q/2) decoded as two
+// 16-bit lanes of one u32 each, without a select between the j < 4 and j ≥ 4 formulas (the
+// per-lane shift/mask constants are loop-invariant), the scales applied to the integer dot
+// products (|il·sc| ≤ 16·15·127·63 < 2^22) and int → float by the 2^23 + 2^22 bit trick
+// (an add, not a quarter-rate conversion): ~25 instructions for what the select form spends
+// ~60 on (counted in the WGSL; the driver's SASS is not visible through wgpu).
+fn i2f(i: i32) -> f32 {
+    return bitcast<f32>(i + 0x4b400000) - 12582912.0;
+}
+fn dp(wl: WL, c: u32, l: u32) -> f32 {
+    let q = l % 8u;
+    let h = wl.a;
+    let w = wl.b;
+    // bytes jj, jj + 1 (jj = 2p % 4) of scales[0..4] (h.y), [4..8] (h.z), [8..12] (h.w):
+    // j < 4: sc = y & 63, mn = z & 63; j ≥ 4: sc = (v & 15) | (y >> 6) << 4,
+    // mn = (v >> 4) | (z >> 6) << 4 — per 16-bit lane, both bytes at once.
+    let s = 16u * ((q / 2u) % 2u);
+    let hi = q >= 4u;
+    let s2 = select(0u, 2u, hi);
+    let ma = select(0x3f3fu, 0x3030u, hi);
+    let mb = select(0u, 0x0f0fu, hi);
+    let y = h.y >> s;
+    let z = h.z >> s;
+    let v = h.w >> s;
+    let scp = ((y >> s2) & ma) | (v & mb);
+    let mnp = ((z >> s2) & ma) | ((v >> 4u) & mb);
+    let m4 = 0x0f0f0f0fu;
+    let il = dot4I8Packed(w.x & m4, xa.x) + dot4I8Packed(w.y & m4, xa.y)
+           + dot4I8Packed(w.z & m4, xa.z) + dot4I8Packed(w.w & m4, xa.w);
+    let ih = dot4I8Packed((w.x >> 4u) & m4, xb.x) + dot4I8Packed((w.y >> 4u) & m4, xb.y)
+           + dot4I8Packed((w.z >> 4u) & m4, xb.z) + dot4I8Packed((w.w >> 4u) & m4, xb.w);
+    let fl = i2f(il * i32(scp & 0xffu));
+    let fh = i2f(ih * i32(scp >> 8u));
+    let mn = bitcast<vec2<f32>>(vec2<u32>(mnp & 0xffu, mnp >> 8u) | vec2<u32>(MAGIC)) - vec2<f32>(8388608.0);
+    let dm = unpack2x16float(h.x);
+    return dm.x * (da.x * fl + db.x * fh) - dm.y * (mn.x * da.y + mn.y * db.y);
+}
+//#else
 fn dp(wl: WL, c: u32, l: u32) -> f32 {
     let q = l % 8u;
     let h = wl.a;
@@ -267,6 +307,7 @@ fn dp(wl: WL, c: u32, l: u32) -> f32 {
     return dm.x * (scf.x * da.x * f32(il) + scf.y * db.x * f32(ih))
          - dm.y * (mnf.x * da.y + mnf.y * db.y);
 }
+//#endif
 //#endif
 //#endif
 

@@ -13,6 +13,10 @@ use crate::pipeline_cache::PipelineCache;
 /// paying a submit per op; reads, writes and `synchronize` submit at once).
 const MAX_PENDING_OPS: u32 = 48;
 
+/// Slots of the params ring: `MAX_PENDING_OPS` for ordinary batches, more while a span timer
+/// holds the submission (`gpu_span_start`: up to this many passes in one submission).
+pub(crate) const RING_SLOTS: u32 = 256;
+
 fn make_instance() -> wgpu::Instance {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
     // No validation/debug layers by default, whatever the build profile (wgpu turns them on
@@ -220,6 +224,13 @@ pub(crate) struct Pending {
     pub(crate) timer: Option<GpuTimer>,
 }
 
+impl Pending {
+    /// Whether a span timer holds the submission back (see `gpu_span_start`).
+    fn holding(&self) -> bool {
+        self.timer.as_ref().is_some_and(|t| t.span.is_some())
+    }
+}
+
 /// Timestamp queries written at the start and end of each compute pass while the timer runs.
 pub(crate) struct GpuTimer {
     set: wgpu::QuerySet,
@@ -227,6 +238,11 @@ pub(crate) struct GpuTimer {
     passes: u32,
     /// Passes recorded while the query set was full (not timed).
     missed: u32,
+    /// Span mode (`gpu_span_start`): only the first pass's start and pass `span`'s end are
+    /// written, and nothing is submitted until the stop (unless the params ring is full).
+    span: Option<u32>,
+    /// Submissions made while the timer ran (span mode: must stay 0 for a valid span).
+    submits: u32,
 }
 
 /// Queries in the timer's set (two per pass).
@@ -328,7 +344,7 @@ impl WgpuBackend {
         let subgroup_min = a.get_info().subgroup_min_size;
         let params_ring = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("kiln params"),
-            size: (MAX_PENDING_OPS as usize * PARAM_SLOT) as u64,
+            size: (RING_SLOTS as usize * PARAM_SLOT) as u64,
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
@@ -393,7 +409,7 @@ impl WgpuBackend {
         });
         f(enc);
         p.ops += 1;
-        if p.ops >= MAX_PENDING_OPS {
+        if p.ops >= MAX_PENDING_OPS && !p.holding() {
             self.submit_locked(&mut p);
         }
         Ok(())
@@ -416,7 +432,7 @@ impl WgpuBackend {
         }
         let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let p = &mut *guard;
-        if p.slots >= MAX_PENDING_OPS || p.ops >= MAX_PENDING_OPS {
+        if p.slots >= RING_SLOTS || (p.ops >= MAX_PENDING_OPS && !p.holding()) {
             self.submit_locked(p);
         }
         let off = p.slots as usize * PARAM_SLOT;
@@ -440,6 +456,18 @@ impl WgpuBackend {
                 })
         });
         let ts = match p.timer.as_mut() {
+            Some(t) if t.span.is_some() => {
+                t.passes += 1;
+                let last = t.span.unwrap_or(0);
+                if t.passes > last {
+                    t.missed += 1;
+                }
+                (t.passes == 1 || t.passes == last).then(|| wgpu::ComputePassTimestampWrites {
+                    query_set: &t.set,
+                    beginning_of_pass_write_index: (t.passes == 1).then_some(0),
+                    end_of_pass_write_index: (t.passes == last).then_some(1),
+                })
+            }
             Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
                 t.passes += 1;
                 Some(wgpu::ComputePassTimestampWrites {
@@ -472,6 +500,9 @@ impl WgpuBackend {
         }
         if let Some(enc) = p.encoder.take() {
             self.queue.submit([enc.finish()]);
+            if let Some(t) = p.timer.as_mut() {
+                t.submits += 1;
+            }
         }
         p.params.clear();
         p.slots = 0;
@@ -500,8 +531,114 @@ impl WgpuBackend {
             set,
             passes: 0,
             missed: 0,
+            span: None,
+            submits: 0,
         });
         Ok(true)
+    }
+
+    /// Start a span timer over the next `passes` compute passes (1..=256): they are recorded
+    /// into ONE submission (nothing is submitted until `gpu_span_stop`), with a GPU timestamp
+    /// only at the first pass's start and at pass `passes`'s end, so the span is what the GPU
+    /// takes for those passes back to back (the barriers between dependent passes included, no
+    /// CPU recording gaps). `Ok(false)` when the adapter has no TIMESTAMP_QUERY.
+    pub fn gpu_span_start(&self, passes: u32) -> Result<bool> {
+        if !(1..=RING_SLOTS).contains(&passes) {
+            return Err(kiln_core::Error::Invalid(format!(
+                "gpu span timer: {passes} passes, expected 1..={RING_SLOTS} (one submission)"
+            )));
+        }
+        if !self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            return Ok(false);
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        self.submit_locked(&mut p);
+        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("kiln span timer"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        p.timer = Some(GpuTimer {
+            set,
+            passes: 0,
+            missed: 0,
+            span: Some(passes),
+            submits: 0,
+        });
+        Ok(true)
+    }
+
+    /// Stop the span timer, submit and wait: the seconds from the first timed pass's start to
+    /// the end of pass `passes` (see `gpu_span_start`). An error if a different number of
+    /// passes was recorded or the passes did not go in one submission; `None` if no span
+    /// timer was running.
+    pub fn gpu_span_stop(&self) -> Result<Option<f64>> {
+        let t = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let t = p.timer.take();
+            self.submit_locked(&mut p);
+            t
+        };
+        let Some(t) = t else { return Ok(None) };
+        let Some(want) = t.span else {
+            return Err(kiln_core::Error::Invalid(
+                "gpu_span_stop: the running timer is a per-pass timer".into(),
+            ));
+        };
+        if t.passes != want || t.submits > 0 {
+            self.wait_idle()?;
+            return Err(kiln_core::Error::Invalid(format!(
+                "gpu span timer: {} passes in {} submissions, expected {want} in one",
+                t.passes,
+                t.submits + 1
+            )));
+        }
+        let ticks = self.resolve_ticks(&t.set, 2)?;
+        let period_s = f64::from(self.queue.get_timestamp_period()) * 1e-9;
+        Ok(Some(ticks[1].saturating_sub(ticks[0]) as f64 * period_s))
+    }
+
+    /// Resolve the first `n` queries of `set` (after everything submitted) and read them back.
+    fn resolve_ticks(&self, set: &wgpu::QuerySet, n: u32) -> Result<Vec<u64>> {
+        let bytes = u64::from(n) * 8;
+        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timer resolve"),
+            size: bytes,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("kiln timer read"),
+            size: bytes,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("kiln timer"),
+            });
+        enc.resolve_query_set(set, 0..n, &resolve, 0);
+        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+        self.queue.submit([enc.finish()]);
+        let slice = read.slice(..);
+        slice.map_async(wgpu::MapMode::Read, |_| {});
+        self.wait_idle()?;
+        let ticks: Vec<u64> = {
+            let view = slice.get_mapped_range().map_err(|e| WgpuError::Map {
+                device: self.dev_name(),
+                msg: e.to_string(),
+            })?;
+            view.chunks_exact(8)
+                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect()
+        };
+        read.unmap();
+        Ok(ticks)
     }
 
     /// Stop the kernel timer and wait for the GPU: the seconds of each timed pass, from its
@@ -529,43 +666,15 @@ impl WgpuBackend {
                 t.missed, TIMER_QUERIES
             )));
         }
+        if t.span.is_some() {
+            return Err(kiln_core::Error::Invalid(
+                "gpu_timer_stop: the running timer is a span timer (gpu_span_stop)".into(),
+            ));
+        }
         if t.passes == 0 {
             return Ok(Some(Vec::new()));
         }
-        let n = u64::from(t.passes) * 2;
-        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln timer resolve"),
-            size: n * 8,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln timer read"),
-            size: n * 8,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("kiln timer"),
-            });
-        enc.resolve_query_set(&t.set, 0..t.passes * 2, &resolve, 0);
-        enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, n * 8);
-        self.queue.submit([enc.finish()]);
-        let slice = read.slice(..);
-        slice.map_async(wgpu::MapMode::Read, |_| {});
-        self.wait_idle()?;
-        let ticks: Vec<u64> = {
-            let view = slice.get_mapped_range().map_err(|e| WgpuError::Map {
-                device: self.dev_name(),
-                msg: e.to_string(),
-            })?;
-            view.chunks_exact(8)
-                .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect()
-        };
-        read.unmap();
+        let ticks = self.resolve_ticks(&t.set, t.passes * 2)?;
         let period_s = f64::from(self.queue.get_timestamp_period()) * 1e-9;
         let t0 = ticks.first().copied().unwrap_or(0);
         let at = |t: u64| t.saturating_sub(t0) as f64 * period_s;

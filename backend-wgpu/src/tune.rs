@@ -51,6 +51,8 @@ pub(crate) struct TuneState {
     vgemv_xq: Option<bool>,
     /// gemv_x8's teams per row group (split-k inside the workgroup), forced; None = built-in.
     vgemv_ksplit: Option<u32>,
+    /// gemv_x8 Q4_K's packed scale/min decode (Q4K_PACK), forced on/off; None = built-in.
+    vgemv_q4k_pack: Option<bool>,
     /// k splits of the GEMM forced (benchmarks, tests); None = `ops/gemm.rs`'s rule.
     gemm_splits: Option<u32>,
     /// The GEMM path runs matmul.wgsl's older 64×64 `gemm` (comparison).
@@ -114,6 +116,14 @@ impl TuneState {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .filter(|v| [1, 2, 4, 8].contains(v)),
+            // KILN_WGPU_Q4K_PACK=0|1: gemv_x8 Q4_K's scale/min decode (A/B)
+            vgemv_q4k_pack: std::env::var("KILN_WGPU_Q4K_PACK").ok().and_then(|v| {
+                match v.as_str() {
+                    "0" => Some(false),
+                    "1" => Some(true),
+                    _ => None,
+                }
+            }),
             gemm_splits: None,
             gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
             gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
@@ -262,6 +272,20 @@ impl WgpuBackend {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_ksplit = ks;
         Ok(())
+    }
+
+    /// gemv_x8 Q4_K's scale/min decode: `Some(true)` = the packed form (two 16-bit lanes per
+    /// u32, no select, scales applied to the integer sums: `Q4K_PACK` in gemv_x8.wgsl),
+    /// `Some(false)` = the per-value select form, `None` = the built-in choice
+    /// (`ops/gemv_v.rs`). Benchmarks and tests; `KILN_WGPU_Q4K_PACK=0|1` for the process.
+    pub fn set_vgemv_q4k_pack(&self, on: Option<bool>) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_q4k_pack = on;
+    }
+
+    pub(crate) fn vgemv_q4k_pack(&self) -> Option<bool> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_q4k_pack
     }
 
     pub(crate) fn vgemv_xq(&self) -> Option<bool> {

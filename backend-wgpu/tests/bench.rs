@@ -8,114 +8,20 @@
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
 mod common;
+mod timing;
 
 use std::time::Instant;
 
 use common::*;
 use kiln_core::{AttnParams, Backend, DType, HostTensor, PagedKv, SeqBatch, Shape};
 use kiln_wgpu::MatmulPath;
+use timing::*;
 
 fn scale() -> f64 {
     std::env::var("KILN_BENCH_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1.0)
-}
-
-/// Wall clock per call (`f(i)`, i = call index): best of 3 streams of `reps` calls, after
-/// one warm-up stream.
-fn time<F: FnMut(usize)>(mut f: F, reps: usize, be: &dyn Backend) -> f64 {
-    // warm-up: one batch (compiles the pipeline, brings the clocks up)
-    for i in 0..reps {
-        f(i);
-    }
-    be.synchronize().unwrap();
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let t = Instant::now();
-        for i in 0..reps {
-            f(i);
-        }
-        be.synchronize().unwrap();
-        best = best.min(t.elapsed().as_secs_f64() / reps as f64);
-    }
-    best
-}
-
-/// Unix time in ms (printed on every measurement line, to line up with an `nvidia-smi
-/// --query-gpu=timestamp,clocks.sm ... -lms 100` log taken beside the run).
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-}
-
-/// Steady GPU time of one call (`f(i)`, i = call index for rotating weights; one compute pass
-/// per call).
-struct KStat {
-    /// Median / best of the per-pass kernel times (pass start → end timestamps).
-    median: f64,
-    best: f64,
-    /// GPU time per call of the stream: (last pass end − first pass start) / calls, gaps
-    /// between passes included.
-    stream: f64,
-    /// Calls per window and windows run before the timed one (the warm-up).
-    calls: usize,
-    warm: usize,
-    t0: u128,
-}
-
-/// One window: `calls` calls recorded back to back (submitted in batches of 48 as the CPU
-/// records them), each pass timed by GPU timestamps.
-fn window<F: FnMut(usize)>(
-    f: &mut F,
-    calls: usize,
-    be: &kiln_wgpu::WgpuBackend,
-) -> Option<(f64, f64, f64)> {
-    if !be.gpu_timer_start().unwrap() {
-        return None;
-    }
-    for i in 0..calls {
-        f(i);
-    }
-    let v = be.gpu_timer_stop_spans().unwrap()?;
-    assert_eq!(v.len(), calls, "one pass per call");
-    let mut d: Vec<f64> = v.iter().map(|(a, b)| b - a).collect();
-    d.sort_by(|a, b| a.total_cmp(b));
-    let span = v.last().map_or(0.0, |l| l.1);
-    Some((d[d.len() / 2], d[0], span / calls as f64))
-}
-
-/// The measurement method (printed by `bench_wgpu`): windows of back-to-back calls sized to
-/// ≥ 20 ms of GPU work (20..2000 calls) are run until the GPU has been busy ≥ 150 ms and two
-/// consecutive windows' medians agree within 2 % (at most 40 windows), so the clocks have
-/// settled under this very load; then one more window is the measurement.
-fn kernel_stat<F: FnMut(usize)>(mut f: F, be: &kiln_wgpu::WgpuBackend) -> Option<KStat> {
-    let (m0, _, _) = window(&mut f, 20, be)?;
-    let calls = ((0.02 / m0.max(1e-7)) as usize).clamp(20, 2000);
-    let mut prev = m0;
-    let mut busy = 0.0;
-    let mut warm = 1;
-    loop {
-        let (m, _, st) = window(&mut f, calls, be)?;
-        busy += st * calls as f64;
-        warm += 1;
-        let settled = (m - prev).abs() <= 0.02 * prev;
-        prev = m;
-        if (busy >= 0.15 && settled) || warm >= 40 {
-            break;
-        }
-    }
-    let t0 = unix_ms();
-    let (median, best, stream) = window(&mut f, calls, be)?;
-    Some(KStat {
-        median,
-        best,
-        stream,
-        calls,
-        warm,
-        t0,
-    })
 }
 
 #[test]
@@ -154,16 +60,7 @@ fn bench_wgpu() {
         (n * 4) >> 20,
         t * 1e3
     );
-    println!(
-        "BENCH method: kernel = GPU timestamps at the start and end of each call's compute pass; \
-         windows of back-to-back calls (>= 20 ms of GPU work, 20..2000 calls) are repeated until \
-         the GPU was busy >= 150 ms and two consecutive windows' medians agree within 2 %, then \
-         one more window is the measurement: median and best pass, and stream = GPU span of the \
-         window / calls (gaps between passes included). Weights under 256 MiB are rotated over \
-         copies (>= 256 MiB in all) so the 50 MB L2 holds none between calls. wall = host clock \
-         per call over a stream of calls. t = unix ms at the measured window's start (line it up \
-         with nvidia-smi's clocks)."
-    );
+    println!("{METHOD}");
     // The honest streaming ceiling: copy_v4.wgsl, 16-byte loads, U in flight per invocation.
     let mut probe_bw: f64 = 0.0;
     for u in [1u32, 2, 4, 8] {
@@ -373,6 +270,24 @@ fn gemv_shape(
         be.matmul_with(xv, &ws[i % copies], ov, MatmulPath::Gemv)
             .unwrap()
     };
+    // Chained (the CUDA bench's row): each call followed by an rms_norm of its output.
+    let nw = upload(be, &f32_bytes(&vec![1.0; rows]));
+    let z = be.alloc(rows * 4).unwrap();
+    let (yr, nwv) = (
+        o.view(0, Shape::d2(1, rows), DType::F32).unwrap(),
+        nw.view(0, Shape::d1(rows), DType::F32).unwrap(),
+    );
+    let zv = z.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
+    // (x, y) per call for the no-dependency diagnostic: activations bind read_write, so only
+    // calls that share no activation buffer record without a barrier between them
+    let xbytes = f32_bytes(&randn(&mut rng(3), kk, 1.0));
+    let outs: Vec<_> = (0..B2B_CALLS)
+        .map(|_| (upload(be, &xbytes), be.alloc(rows * 4).unwrap()))
+        .collect();
+    let chain = |i: usize| {
+        call(i);
+        be.rms_norm(yr, nwv, 1e-6, zv).unwrap();
+    };
     // The weights were prepared with the GPU idle (CPU work): after ~1-2 s idle the SM clock
     // can fall to ~345-405 MHz and climb back in steps over ~1 s of load (nvidia-smi in the
     // 2026-11-22 gemv_x8 entry, run 1), so keep the GPU busy 1.5 s before measuring.
@@ -402,14 +317,49 @@ fn gemv_shape(
                 k.t0
             )
         });
+        let bb = |r: Option<(f64, f64)>| {
+            r.map_or("no timestamps".to_string(), |(m, b)| {
+                format!(
+                    "{:.2} us, {:.1} GB/s, {:.1}% (best {:.2} us)",
+                    m * 1e6,
+                    g(m),
+                    100.0 * g(m) / copy_bw,
+                    b * 1e6
+                )
+            })
+        };
+        let plain = bb(b2b(&mut { call }, be));
+        let chained = bb(b2b(&mut { chain }, be));
+        // Diagnostics on the dispatched lines: the rms_norm alone, and the GEMV with a
+        // different output per call (no write-after-write between calls, so no barrier).
+        let diag = if what.starts_with("dispatched") {
+            let norm = b2b(&mut |_| be.rms_norm(yr, nwv, 1e-6, zv).unwrap(), be);
+            let free = b2b(
+                &mut |i: usize| {
+                    let (xb, ob) = &outs[i % B2B_CALLS];
+                    let xv = xb.view(0, Shape::d2(1, kk), DType::F32).unwrap();
+                    let ov = ob.view_mut(0, Shape::d2(1, rows), DType::F32).unwrap();
+                    be.matmul_with(xv, &ws[i % copies], ov, MatmulPath::Gemv)
+                        .unwrap()
+                },
+                be,
+            );
+            format!(
+                " | B2B rms_norm alone: {:.2} us | B2B {B2B_CALLS} (x, y) pairs (no dependency): {}",
+                norm.map_or(0.0, |n| n.0 * 1e6),
+                bb(free)
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "BENCH gemv {d} n={rows} k={kk} m=1 {what}: {kern} | wall {:.2} us, {:.1} GB/s ({copies} copies)",
+            "BENCH gemv {d} n={rows} k={kk} m=1 {what}: {kern} | wall {:.2} us, {:.1} GB/s ({copies} copies) | B2B {B2B_CALLS} calls/submission: {plain} | B2B chained (+rms_norm): {chained}{diag}",
             t * 1e6,
             g(t)
         );
     };
     if sweep == Sweep::Lab {
-        gemv_lab(be, d, &line);
+        gemv_lab(be, d, kk, &line);
         return;
     }
     // The general kernel (as before gemv_v existed), its untuned shape.
@@ -570,6 +520,7 @@ fn bench_wgemv() {
         i.driver,
         i.caps_summary()
     );
+    println!("{METHOD}");
     let s = scale();
     let n = ((128usize << 20) as f64 * s) as usize / 256 * 256;
     let a = be.alloc(n * 4).unwrap();
@@ -585,21 +536,51 @@ fn bench_wgemv() {
             k.t0
         );
     }
+    if let Some((m, b)) = b2b(&mut |_| be.copy_probe(&a, &b, n * 4, 4).unwrap(), &be) {
+        println!(
+            "BENCH copy (vec4 shader, 4 per invocation) {} MiB B2B: {:.1} GB/s ({:.1}% of ceiling), best {:.1}",
+            (n * 4) >> 20,
+            g(n * 4, m),
+            100.0 * g(n * 4, m) / ceiling.max(1.0),
+            g(n * 4, b)
+        );
+    }
+    drop((a, b));
     for mb in [9.4f64, 17.8, 33.0, 62.4] {
-        let bytes = ((mb * 1e6 / 2.0 * s) as usize / 16 * 16).min(n * 4);
-        if let Some(k) = kernel_stat(|_| be.copy_probe(&a, &b, bytes, 4).unwrap(), &be) {
+        let bytes = ((mb * 1e6 / 2.0 * s) as usize / 16 * 16).max(16);
+        // (source, destination) pairs rotated over >= 256 MiB, as the GEMV's weight copies
+        let pairs = ((256usize << 20) as f64 * s / (2 * bytes) as f64).ceil() as usize;
+        let bufs: Vec<_> = (0..pairs.clamp(1, 64))
+            .map(|_| (be.alloc(bytes).unwrap(), be.alloc(bytes).unwrap()))
+            .collect();
+        let mut cp = |i: usize| {
+            let (x, y) = &bufs[i % bufs.len()];
+            be.copy_probe(x, y, bytes, 4).unwrap()
+        };
+        let pct = |t: f64| 100.0 * g(bytes, t) / ceiling.max(1.0);
+        if let Some(k) = kernel_stat(&mut cp, &be) {
             println!(
-                "BENCH copy (vec4 shader, 4 per invocation) moving {:.1} MB: kernel median {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.1} (t={})",
+                "BENCH copy (vec4 shader, 4 per invocation) moving {:.1} MB: kernel median {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.1} (t={}; {} pairs rotated)",
                 (2 * bytes) as f64 / 1e6,
                 k.median * 1e6,
                 g(bytes, k.median),
-                100.0 * g(bytes, k.median) / ceiling.max(1.0),
+                pct(k.median),
                 g(bytes, k.best),
-                k.t0
+                k.t0,
+                bufs.len()
+            );
+        }
+        if let Some((m, b)) = b2b(&mut cp, &be) {
+            println!(
+                "BENCH copy (vec4 shader, 4 per invocation) moving {:.1} MB B2B: {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.2} us",
+                (2 * bytes) as f64 / 1e6,
+                m * 1e6,
+                g(bytes, m),
+                pct(m),
+                b * 1e6
             );
         }
     }
-    drop((a, b));
     for d in [DType::Q4_K, DType::Q8_0, DType::BF16] {
         for (rows, kk) in [(4096, 4096), (14336, 4096), (4096, 14336)] {
             let (rows, kk) = if s < 1.0 { (256, 1024) } else { (rows, kk) };
@@ -609,60 +590,100 @@ fn bench_wgemv() {
 }
 
 /// The lab's variants of one shape (`line` measures the current setting and prints it).
-fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, line: &dyn Fn(String)) {
+/// `KILN_WGEMV_LAB`: unset = the Q4_K scale/min decode A/B (vgemv), `xq` = the x pre-pass
+/// and split-k sweep (wgemv run 1), `depth` = its run 2, `final` = its run 3, `pack` = the
+/// previous default (Q4_K select decode) beside the dispatched one.
+fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, kk: usize, line: &dyn Fn(String)) {
     line("dispatched".into());
     if !matches!(d, DType::Q4_K | DType::Q8_0) {
         return;
     }
-    // ((teams, rows), depth, x pre-pass, k split, Q4_K wide)
-    let mut v = vec![
-        ((8, 2), 1, false, 1, false),
-        ((8, 2), 1, true, 1, false),
-        ((8, 1), 1, true, 1, false),
-        ((8, 2), 1, true, 2, false),
-        ((8, 2), 1, true, 4, false),
-        ((8, 2), 1, true, 8, false),
-        ((8, 4), 1, true, 2, false),
-        ((8, 4), 1, true, 4, false),
-        ((8, 4), 1, true, 8, false),
-        ((8, 1), 1, true, 2, false),
-        ((4, 2), 1, true, 2, false),
-        ((8, 2), 2, true, 2, false),
-        ((8, 2), 2, true, 1, false),
-        ((8, 2), 1, false, 2, false),
-        ((8, 4), 1, false, 4, false),
-    ];
-    if d == DType::Q4_K {
-        v.push(((8, 2), 1, true, 2, true));
-        v.push(((8, 4), 1, true, 4, true));
-    }
-    if std::env::var("KILN_WGEMV_LAB").is_ok_and(|l| l == "final") {
-        // the previous default beside the new one (dispatched, first and last line)
-        v = vec![
-            ((8, 2), 1, false, 1, false),
-            ((8, 1), 2, false, 1, false),
-            ((8, 2), 2, false, 1, false),
-        ];
-    }
-    if std::env::var("KILN_WGEMV_LAB").is_ok_and(|l| l == "depth") {
-        // second pass: prefetch depth 2 with x rounded per workgroup (the shipped x)
-        v = vec![((8, 2), 1, false, 1, false)];
-        for c in [(8, 2), (8, 1), (4, 2), (4, 4), (2, 4)] {
-            v.push((c, 2, false, 1, false));
+    // ((teams, rows), depth, x pre-pass, k split, Q4_K wide, Q4_K packed decode)
+    let lab = std::env::var("KILN_WGEMV_LAB").unwrap_or_default();
+    let mut v = match lab.as_str() {
+        "xq" => vec![
+            ((8, 2), 1, false, 1, false, None),
+            ((8, 2), 1, true, 1, false, None),
+            ((8, 1), 1, true, 1, false, None),
+            ((8, 2), 1, true, 2, false, None),
+            ((8, 2), 1, true, 4, false, None),
+            ((8, 2), 1, true, 8, false, None),
+            ((8, 4), 1, true, 2, false, None),
+            ((8, 4), 1, true, 4, false, None),
+            ((8, 4), 1, true, 8, false, None),
+            ((8, 1), 1, true, 2, false, None),
+            ((4, 2), 1, true, 2, false, None),
+            ((8, 2), 2, true, 2, false, None),
+            ((8, 2), 2, true, 1, false, None),
+            ((8, 2), 1, false, 2, false, None),
+            ((8, 4), 1, false, 4, false, None),
+        ],
+        "pack" if d == DType::Q4_K => {
+            let dd = if kk > 8192 { 2 } else { 1 };
+            vec![((8, 2), dd, false, 1, false, Some(false))]
         }
-        v.push(((8, 1), 1, false, 1, false));
-        v.push(((4, 2), 1, false, 1, false));
+        "pack" => vec![],
+        "final" => vec![
+            ((8, 2), 1, false, 1, false, None),
+            ((8, 1), 2, false, 1, false, None),
+            ((8, 2), 2, false, 1, false, None),
+        ],
+        "depth" => {
+            let mut v = vec![((8, 2), 1, false, 1, false, None)];
+            for c in [(8, 2), (8, 1), (4, 2), (4, 4), (2, 4)] {
+                v.push((c, 2, false, 1, false, None));
+            }
+            v.push(((8, 1), 1, false, 1, false, None));
+            v.push(((4, 2), 1, false, 1, false, None));
+            v
+        }
+        _ if d == DType::Q4_K => {
+            // the select decode (the wgemv default) against the packed one, at the shapes
+            // near the best; the packed decode frees issue slots, which may move the best
+            let mut v = Vec::new();
+            for (c, dd) in [((8, 2), 1), ((8, 2), 2)] {
+                v.push((c, dd, false, 1, false, Some(false)));
+            }
+            for (c, dd) in [
+                ((8, 2), 1),
+                ((8, 2), 2),
+                ((8, 1), 1),
+                ((8, 1), 2),
+                ((4, 2), 1),
+                ((8, 4), 1),
+                ((4, 4), 1),
+            ] {
+                v.push((c, dd, false, 1, false, Some(true)));
+            }
+            v.push(((8, 2), 1, true, 1, false, Some(true)));
+            v
+        }
+        _ => vec![
+            ((8, 2), 1, false, 1, false, None),
+            ((8, 1), 2, false, 1, false, None),
+            ((8, 2), 2, false, 1, false, None),
+        ],
+    };
+    if lab == "xq" && d == DType::Q4_K {
+        v.push(((8, 2), 1, true, 2, true, None));
+        v.push(((8, 4), 1, true, 4, true, None));
     }
-    for (c, depth, xq, ks, wide) in v {
+    for (c, depth, xq, ks, wide, pack) in v {
         be.set_vgemv_config(Some(c)).unwrap();
         be.set_vgemv_depth(Some(depth)).unwrap();
         be.set_vgemv_xq(Some(xq));
         be.set_vgemv_ksplit(Some(ks)).unwrap();
         be.set_vgemv_q4k_wide(wide);
+        be.set_vgemv_q4k_pack(pack);
         line(format!(
-            "lab (teams, rows)={c:?} depth {depth} xq {} ks {ks}{}",
+            "lab (teams, rows)={c:?} depth {depth} xq {} ks {ks}{}{}",
             u8::from(xq),
-            if wide { " wide" } else { "" }
+            if wide { " wide" } else { "" },
+            match pack {
+                Some(true) => " pack",
+                Some(false) => " select",
+                None => "",
+            }
         ));
     }
     be.set_vgemv_config(None).unwrap();
@@ -670,5 +691,6 @@ fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, line: &dyn Fn(String)) {
     be.set_vgemv_xq(None);
     be.set_vgemv_ksplit(None).unwrap();
     be.set_vgemv_q4k_wide(false);
+    be.set_vgemv_q4k_pack(None);
     line("dispatched (again)".into());
 }

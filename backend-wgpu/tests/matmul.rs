@@ -384,16 +384,18 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
             let ov = buf
                 .view_mut(16 + 4 * k, Shape::d2(1, n), DType::F32)
                 .unwrap();
-            // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk)
-            let wides: &[bool] = if d == DType::Q4_K {
-                &[true, false]
+            // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk), the
+            // 32-weight one with both scale/min decodes (select form, packed form)
+            let maps: &[(bool, Option<bool>)] = if d == DType::Q4_K {
+                &[(true, None), (false, Some(false)), (false, Some(true))]
             } else {
-                &[true]
+                &[(true, None)]
             };
-            for (&wide, (cfg, depth, xq, ks)) in
-                wides.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
+            for (&(wide, pack), (cfg, depth, xq, ks)) in
+                maps.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
             {
                 be.set_vgemv_q4k_wide(wide);
+                be.set_vgemv_q4k_pack(pack);
                 be.set_vgemv_config(cfg).unwrap();
                 be.set_vgemv_depth(depth).unwrap();
                 be.set_vgemv_xq(xq);
@@ -406,7 +408,7 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide} pack {pack:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -417,6 +419,7 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
             be.set_vgemv_config(None).unwrap();
             be.set_vgemv_depth(None).unwrap();
             be.set_vgemv_q4k_wide(false);
+            be.set_vgemv_q4k_pack(None);
             be.set_vgemv_xq(None);
             be.set_vgemv_ksplit(None).unwrap();
         }

@@ -116,8 +116,24 @@ pub fn opened_cuda() -> Option<Arc<kiln_cuda::CudaBackend>> {
     CUDA.get().cloned()
 }
 
+#[cfg(feature = "wgpu")]
+static WGPU: std::sync::OnceLock<Arc<kiln_wgpu::WgpuBackend>> = std::sync::OnceLock::new();
+
+/// The wgpu backend `open` returned, as its concrete type (for wgpu-only extras such as the
+/// GPU span timer; the same device and queue as the `dyn Backend`).
+#[cfg(feature = "wgpu")]
+pub fn opened_wgpu() -> Option<Arc<kiln_wgpu::WgpuBackend>> {
+    WGPU.get().cloned()
+}
+
 /// Open the requested backend device.
 pub fn open(args: &Args) -> Result<Arc<dyn Backend>> {
+    #[cfg(feature = "wgpu")]
+    if args.backend == BackendKind::Wgpu {
+        let b = Arc::new(kiln_wgpu::WgpuBackend::open(args.device)?);
+        let _ = WGPU.set(b.clone());
+        return Ok(b);
+    }
     #[cfg(feature = "cuda")]
     if args.backend == BackendKind::Cuda {
         let b = kiln_cuda::CudaProvider.open_cuda(args.device)?;

@@ -113,6 +113,13 @@ fn x8_ok(be: &WgpuBackend, d: DType, k: usize) -> Option<X8> {
 /// switch (`set_vgemv_xq`, `KILN_WGPU_XQ=1`) for adapters where the prologue costs more.
 const XQ_DEFAULT: bool = false;
 
+/// Whether gemv_x8's Q4_K (32-weight lanes) decodes its scales/mins in the packed form
+/// (`Q4K_PACK`, fewer instructions per byte) by default: yes. On an H200 (BENCHMARKS.md,
+/// "(vgemv)", run 1, same process) at the built-in (8, 2) shape and depth: −1.7 % kernel time
+/// at 4096×4096, −4.5 % at 14336×4096, −8 % at 4096×14336 (depth 2 both). The select form
+/// stays as `set_vgemv_q4k_pack(Some(false))` / `KILN_WGPU_Q4K_PACK=0`.
+const Q4K_PACK_DEFAULT: bool = true;
+
 /// gemv_x8's teams per row group (split-k): the override (capped at the teams per
 /// workgroup), else 1. On an H200 every split (2, 4, 8; either x) was slower at the three
 /// benches shapes except Q8_0 4096×4096 at KS = 2 (−3 %, and +3 % / +9 % at the other two
@@ -198,6 +205,11 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
         }
         if wide {
             spec = spec.define("Q4K_WIDE");
+        } else if x8.is_some()
+            && ww.dtype == DType::Q4_K
+            && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT)
+        {
+            spec = spec.define("Q4K_PACK");
         }
         let pipe = be.pipeline(spec)?;
         // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
