@@ -551,8 +551,8 @@ impl CudaBackend {
         self.launch_after_quant_x(&f, "gemv8", cfg, w, x, out, dims)
     }
 
-    /// A kernel reading quant_x's int8 x (`gemv8_*`, `mma_*`: one signature: body, head, xq, xs,
-    /// y, n, k, m, s). On sm_90+ launched as a programmatic dependent of quant_x
+    /// A kernel reading quant_x's int8 x (`gemv8_*`, `gemvp_*`, `mma_*`: one signature: body,
+    /// head, xq, xs, y, n, k, m, s). On sm_90+ launched as a programmatic dependent of quant_x
     /// (cuLaunchKernelEx): its grid starts while quant_x runs, loads its first weights, then
     /// waits in the kernel (`griddepcontrol.wait`) for x. Before sm_90 a plain launch.
     #[allow(clippy::too_many_arguments)]
@@ -583,9 +583,9 @@ impl CudaBackend {
         // rows whole blocks; xq uint4 / xs float2 [m, units] written by quant_x just before on
         // this stream, read only after griddepcontrol.wait; y f32: the m·n output, or for a split
         // mma the [splits, m, n] partial sums (splits = gridDim.z); n, k, m i32 and s = S warps
-        // per group (gemv8) or stages per split (mma)). W rows are clamped to n − 1, x rows to
-        // m − 1; writes are bounded by n and m. An mma kernel's dynamic shared memory was allowed
-        // just before.
+        // per group (gemv8, gemvp) or stages per split (mma)). W rows are clamped to n − 1, x
+        // rows to m − 1; writes are bounded by n and m. An mma or gemvp kernel's dynamic shared
+        // memory was allowed just before (gemvp: every copy lies inside the weight, whole steps).
         unsafe { self.launch_pdl(f, what, cfg, &args) }
     }
 
