@@ -40,6 +40,12 @@ pub fn gemv_pipe_on() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
 }
 
+/// `KILN_GEMV_PIPE_CARVE` (A/B of the shared-memory carveout: unset, `off` or `both`).
+fn carve_mode() -> &'static str {
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODE.get_or_init(|| std::env::var("KILN_GEMV_PIPE_CARVE").unwrap_or_default())
+}
+
 /// Dynamic shared memory of `gemvp_q4_k` (kernels/gemv_pipe.cuh `GP_SMEM`): per warp D stages
 /// of R rows × one step, plus D mbarriers rounded to 16 bytes.
 fn pipe_smem() -> usize {
@@ -105,12 +111,26 @@ impl CudaBackend {
             .min(PIPE_BLOCKS_PER_SM);
         // Shared memory for `occ` blocks (+2 KiB each for the static part), the rest L1 (x is
         // read from L1): percent of the 228 KiB maximum, as the lab ran it.
+        // `KILN_GEMV_PIPE_CARVE=off` leaves the driver's choice, `=both` also sets it on
+        // quant_x_q4_k2 (A/B: a carveout that differs between neighbouring kernels keeps their
+        // blocks off the same SM).
         let carve = (occ * (smem + 2048) * 100).div_ceil(228 << 10).min(100);
-        f.set_attribute(
-            FuncAttr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-            carve as i32,
-        )
-        .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
+        let mode = carve_mode();
+        if mode != "off" {
+            f.set_attribute(
+                FuncAttr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                carve as i32,
+            )
+            .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
+        }
+        if mode == "both" {
+            self.function(&MATMUL_Q, "quant_x_q4_k2")?
+                .set_attribute(
+                    FuncAttr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    carve as i32,
+                )
+                .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
+        }
         let (blocks, s) = pipe_grid(n, k, sms, occ);
         let units = super::x_units(DType::Q4_K, k);
         let xq_bytes = units * 16;
