@@ -35,7 +35,9 @@ pub use comm_p2p::P2P_STAGING_BYTES;
 pub use device::CudaBackend;
 pub use error::CudaError;
 pub use ops::matmul_mma::{MmaXRounding, Q4kKernel};
-pub use ops::matmul_q::{GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP, gemv1_auto_on};
+pub use ops::matmul_q::{
+    GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP, gemv_pipe_on, gemv1_auto_on,
+};
 pub use tune::TuneResult;
 
 /// Discovery entry point for CUDA devices.

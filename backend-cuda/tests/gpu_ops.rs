@@ -339,7 +339,8 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
 /// (a partial last group of 4 rows), x at a 16-byte aligned offset and at a 4-byte one (where
 /// gemv1 does not apply and the two-kernel path runs). Both round x the same way, so each must
 /// match the f64 product of the exact weights and the int8-rounded x (nmse ≤ 1e-9), and the
-/// exact-x product within the int8 bound.
+/// exact-x product within the int8 bound. Q4_K also through the pipelined `gemvp_q4_k`
+/// (quant_x_q4_k2's lane order; sm_90+), which must meet the same bounds.
 #[test]
 fn gemv_m1_one_and_two_kernel_paths_match_the_int8_x_oracle() {
     let Some(be) = gpu() else { return };
@@ -367,20 +368,28 @@ fn gemv_m1_one_and_two_kernel_paths_match_the_int8_x_oracle() {
                     .map(|c| (0..k).map(|j| xs[j] as f64 * wdeq[c * k + j] as f64).sum())
                     .collect();
                 let xb = upload(&*be, &f32_bytes(&x));
-                for one in [true, false] {
+                // gemv1, quant_x + gemv8, and for Q4_K the pipelined kernel (sm_90+).
+                let pipe = dt == DType::Q4_K
+                    && be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
+                for path in ["gemv1", "gemv8", "gemvp"] {
+                    if path == "gemvp" && !pipe {
+                        continue;
+                    }
                     let yb = poisoned(&*be, n);
-                    be.matmul_fused_m1(
+                    let (xv, yv) = (
                         xb.view(off * 4, Shape::d2(1, k), DType::F32).unwrap(),
-                        &w,
                         yb.view_mut(0, Shape::d2(1, n), DType::F32).unwrap(),
-                        one,
-                    )
-                    .unwrap();
+                    );
+                    if path == "gemvp" {
+                        be.matmul_fused_m1_pipe(xv, &w, yv).unwrap();
+                    } else {
+                        be.matmul_fused_m1(xv, &w, yv, path == "gemv1").unwrap();
+                    }
                     let y = read_f32(&*be, view(&yb, &[1, n], DType::F32));
                     let (eq, e) = (nmse(&y, &want_q8), nmse(&y, &want));
                     if eq.is_nan() || eq > 1e-9 || e > Q8_X_NMSE {
                         failures.push(format!(
-                            "{dt} k={k} x+{off} one_kernel={one}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
+                            "{dt} k={k} x+{off} {path}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
                         ));
                     }
                 }

@@ -14,6 +14,8 @@
 //   v1..  gemv1<R, U, NT>: one kernel, x quantized per block into shared memory; launched with
 //         the PDL attribute (back-to-back calls overlap) unless the name ends in "-nopdl".
 //   bf16: gemv_bf16_m1 plain launch vs PDL launch.
+//   p ...: quant_x + gemvp<R, D stages, NT, U> (kernels/gemv_pipe.cuh: W through per-warp
+//         shared-memory rings filled by cp.async.bulk); LAB_VARIANTS="p ,g8" filters by name.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -157,6 +159,24 @@ LABF_KERNEL(labf_r2u4n256, TBF16, 2, 4, 256)
 LAB_SET(q6_k, TQ6_K)
 LAB_SET(q8_0, TQ8_0)
 
+// The shared-memory pipeline (kernels/gemv_pipe.cuh): gemvp<T, TW, R rows, D stages, NT threads>.
+#include "../../kernels/gemv_pipe.cuh"
+#define LABP(name, T, TW, R, D, NT, U) GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U)
+LABP(labp_q4k2_r4d3n128u1, TQ4_K2, TQ4_K, 4, 3, 128, 1)
+LABP(labp_q4k2_r4d2n256u1, TQ4_K2, TQ4_K, 4, 2, 256, 1)
+LABP(labp_q4k2_r4d3n256u1, TQ4_K2, TQ4_K, 4, 3, 256, 1)
+LABP(labp_q4k2_r2d4n256u1, TQ4_K2, TQ4_K, 2, 4, 256, 1)
+LABP(labp_q4k2_r4d2n384u1, TQ4_K2, TQ4_K, 4, 2, 384, 1)
+LABP(labp_q4k2_r2d2n512u1, TQ4_K2, TQ4_K, 2, 2, 512, 1)
+LABP(labp_q4k2_r8d2n256u1, TQ4_K2, TQ4_K, 8, 2, 256, 1)
+LABP(labp_q6k_r2d4n128u1, TQ6_K, TQ6_K, 2, 4, 128, 1)
+LABP(labp_q6k_r2d3n256u1, TQ6_K, TQ6_K, 2, 3, 256, 1)
+LABP(labp_q6k_r2d2n256u1, TQ6_K, TQ6_K, 2, 2, 256, 1)
+LABP(labp_q6k_r2d2n512u1, TQ6_K, TQ6_K, 2, 2, 512, 1)
+LABP(labp_q6k_r4d2n256u1, TQ6_K, TQ6_K, 4, 2, 256, 1)
+LABP(labp_q80_r4d3n256u2, TQ8_0, TQ8_0, 4, 3, 256, 2)
+LABP(labp_q80_r4d2n512u2, TQ8_0, TQ8_0, 4, 2, 512, 2)
+
 // LAB_CHAIN=1: after every GEMV call a one-warp dependent kernel (PDL-launched, like the norm
 // between two GEMVs of a decode step) waits for the GEMV, reads y and writes x (which the next
 // call reads after its own wait), so a call's time is its latency in a dependent chain plus this kernel, not its
@@ -298,7 +318,8 @@ struct Variant {
     QuantFn qx = nullptr; Gemv8Fn g8 = nullptr; bool chain = false;  // v0 (chain: quant_x PDL-launched too)
     GemvFFn gf = nullptr;                                         // bf16
     int U = 1;
-    int plan = 0;  // float variants: 0 = kiln's grid (fused_grid), 1 = one-wave cost model
+    int plan = 0;
+    Gemv8Fn gp = nullptr; int D = 0, bpsm = 0, chunks = 0; size_t gsmem = 0;  // gemvp (pipe) variants  // float variants: 0 = kiln's grid (fused_grid), 1 = one-wave cost model
 };
 
 static int g_sms = 0;
@@ -404,6 +425,34 @@ static Launch plan_model8(const Variant& v, Ty t, int n, int k) {
     return L;
 }
 
+// gemvp variants: persistent grid of at most bpsm blocks per SM (occupancy permitting); S warps
+// per group minimizing ceil(groups·S / warps)·ceil(steps / S).
+static Launch plan_pipe(const Variant& v, Ty t, int n, int k) {
+    static std::map<std::tuple<const void*, int, int, int>, Launch> cache;
+    const auto key = std::make_tuple((const void*)v.gp, n, k, v.bpsm);
+    if (cache.count(key)) return cache[key];
+    Launch L; L.smem = v.gsmem; L.block = dim3(v.NT);
+    CK(cudaFuncSetAttribute((const void*)v.gp, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)v.gsmem));
+    int occ = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, (const void*)v.gp, v.NT, v.gsmem));
+    occ = std::max(1, std::min(occ, v.bpsm));
+    const int carve = (int)std::min<size_t>(100, (occ * (v.gsmem + 2048) * 100 + (228u << 10) - 1) / (228u << 10));
+    CK(cudaFuncSetAttribute((const void*)v.gp, cudaFuncAttributePreferredSharedMemoryCarveout, carve));
+    const int wpb = v.NT / 32;
+    const long warps = (long)g_sms * occ * wpb;
+    const long groups = (n + v.R - 1) / v.R;
+    const long steps = (k / TYI[t].qk) / (32 / v.chunks);
+    long best = -1; int bs = 1;
+    for (int s = 1; s <= wpb; s *= 2) {
+        const long cost = ((groups * s + warps - 1) / warps) * ((steps + s - 1) / s);
+        if (best < 0 || cost < best) { best = cost; bs = s; }
+    }
+    L.S = bs;
+    L.grid = dim3((unsigned)std::max<long>(std::min<long>((groups * bs + wpb - 1) / wpb, (long)g_sms * occ), 1));
+    cache[key] = L;
+    return L;
+}
+
 template <class F, class... A>
 static void launch_ex(F fn, Launch L, bool pdl, cudaStream_t st, A... args) {
     cudaLaunchConfig_t cfg = {};
@@ -434,7 +483,14 @@ static void call(const Variant& v, const Ctx& c, int i) {
 static void call_gemv(const Variant& v, const Ctx& c, int i) {
     const u8* b = c.wb[i % c.wb.size()];
     const u8* h = c.wh[i % c.wh.size()];
-    if (v.g1) {
+    if (v.gp) {
+        const int units = units_of(c.t, c.k);
+        Launch q; q.block = dim3(256); q.smem = 0; q.S = 0;
+        q.grid = dim3((unsigned)std::clamp<long>(((long)units * 4 + 255) / 256, 1, (long)g_sms * 8));
+        launch_ex(v.qx, q, true, c.st, (const float*)c.x, c.xq, c.xs, c.k, 1);
+        Launch L = plan_pipe(v, c.t, c.n, c.k);
+        launch_ex(v.gp, L, true, c.st, b, h, (const uint4*)c.xq, (const float2*)c.xs, c.y, c.n, c.k, 1, L.S);
+    } else if (v.g1) {
         Launch L = plan_gemv1(v, c.t, c.n, c.k);
         launch_ex(v.g1, L, v.pdl, c.st, b, h, (const float*)c.x, c.y, c.n, c.k, L.S);
     } else if (v.g8) {
@@ -555,6 +611,49 @@ static std::vector<Variant> variants(Ty t) {
     if (t == Q4K) add_g8(quant_x_q4_k, gemv8_q4_k_m1, lab8_q4_k_u2);
     if (t == Q6K) add_g8(quant_x_q6_k, gemv8_q6_k_m1, lab8_q6_k_u2);
     if (t == Q80) add_g8(quant_x_q8_0, gemv8_q8_0_m1, lab8_q8_0_u2);
+    // Pipe variants: (name, quant_x, kernel, R, D, NT, chunks of the lane order, blocks/SM cap).
+    struct PV { const char* nm; Ty ty; QuantFn qx; Gemv8Fn fn; int R, D, NT, chunks, bpsm; size_t smem; int U; };
+#define PVS(nm, ty, qx, fn, T, TW, R, D, NT, U, B) {nm, ty, qx, fn, R, D, NT, T::CHUNKS, B, (size_t)GP_SMEM(T, TW, R, D, NT, U), U}
+    const PV pvs[] = {
+        PVS("p k2 r4d3n128u1 b3", Q4K, quant_x_q4_k2, labp_q4k2_r4d3n128u1, TQ4_K2, TQ4_K, 4, 3, 128, 1, 3),
+        PVS("p k2 r4d2n256u1 b2", Q4K, quant_x_q4_k2, labp_q4k2_r4d2n256u1, TQ4_K2, TQ4_K, 4, 2, 256, 1, 2),
+        PVS("p k2 r4d3n256u1 b2", Q4K, quant_x_q4_k2, labp_q4k2_r4d3n256u1, TQ4_K2, TQ4_K, 4, 3, 256, 1, 2),
+        PVS("p k2 r2d4n256u1 b2", Q4K, quant_x_q4_k2, labp_q4k2_r2d4n256u1, TQ4_K2, TQ4_K, 2, 4, 256, 1, 2),
+        PVS("p k2 r2d4n256u1 b3", Q4K, quant_x_q4_k2, labp_q4k2_r2d4n256u1, TQ4_K2, TQ4_K, 2, 4, 256, 1, 3),
+        PVS("p k2 r4d2n384u1 b2", Q4K, quant_x_q4_k2, labp_q4k2_r4d2n384u1, TQ4_K2, TQ4_K, 4, 2, 384, 1, 2),
+        PVS("p k2 r2d2n512u1 b2", Q4K, quant_x_q4_k2, labp_q4k2_r2d2n512u1, TQ4_K2, TQ4_K, 2, 2, 512, 1, 2),
+        PVS("p k2 r2d2n512u1 b3", Q4K, quant_x_q4_k2, labp_q4k2_r2d2n512u1, TQ4_K2, TQ4_K, 2, 2, 512, 1, 3),
+        PVS("p k2 r8d2n256u1 b1", Q4K, quant_x_q4_k2, labp_q4k2_r8d2n256u1, TQ4_K2, TQ4_K, 8, 2, 256, 1, 1),
+        PVS("p r2d4n128u1 b3", Q6K, quant_x_q6_k, labp_q6k_r2d4n128u1, TQ6_K, TQ6_K, 2, 4, 128, 1, 3),
+        PVS("p r2d3n256u1 b2", Q6K, quant_x_q6_k, labp_q6k_r2d3n256u1, TQ6_K, TQ6_K, 2, 3, 256, 1, 2),
+        PVS("p r2d2n256u1 b3", Q6K, quant_x_q6_k, labp_q6k_r2d2n256u1, TQ6_K, TQ6_K, 2, 2, 256, 1, 3),
+        PVS("p r2d2n512u1 b2", Q6K, quant_x_q6_k, labp_q6k_r2d2n512u1, TQ6_K, TQ6_K, 2, 2, 512, 1, 2),
+        PVS("p r4d2n256u1 b2", Q6K, quant_x_q6_k, labp_q6k_r4d2n256u1, TQ6_K, TQ6_K, 4, 2, 256, 1, 2),
+        PVS("p r4d3n256u2 b2", Q80, quant_x_q8_0, labp_q80_r4d3n256u2, TQ8_0, TQ8_0, 4, 3, 256, 2, 2),
+        PVS("p r4d2n512u2 b1", Q80, quant_x_q8_0, labp_q80_r4d2n512u2, TQ8_0, TQ8_0, 4, 2, 512, 2, 1),
+    };
+    for (const PV& p : pvs) {
+        if (p.ty != t) continue;
+        Variant x; x.name = p.nm; x.qx = p.qx; x.gp = p.fn; x.R = p.R; x.D = p.D; x.NT = p.NT;
+        x.chunks = p.chunks; x.bpsm = p.bpsm; x.gsmem = p.smem; x.U = p.U;
+        v.push_back(x);
+    }
+    // LAB_VARIANTS="p ,g8": keep v0 (the reference) and variants whose name contains a token.
+    if (const char* f = getenv("LAB_VARIANTS")) {
+        std::vector<std::string> toks;
+        std::string cur;
+        for (const char* p = f;; p++) {
+            if (*p == ',' || !*p) { if (!cur.empty()) toks.push_back(cur); cur.clear(); if (!*p) break; }
+            else cur += *p;
+        }
+        std::vector<Variant> kept;
+        for (size_t i = 0; i < v.size(); i++) {
+            bool keep = i == 0;
+            for (auto& tk : toks) keep = keep || v[i].name.find(tk) != std::string::npos;
+            if (keep) kept.push_back(v[i]);
+        }
+        v = kept;
+    }
     return v;
 }
 
@@ -644,6 +743,11 @@ int main(int argc, char** argv) {
                 if (v.gf) {
                     Launch L = v.plan ? plan_model(v, n, k, v.U) : plan_old(n, v.R);
                     char buf[96]; snprintf(buf, sizeof buf, "grid %u S=%d", v.plan ? L.grid.x : (L.grid.x * 128 + v.NT - 1) / v.NT, L.S);
+                    grid = buf;
+                }
+                if (v.gp) {
+                    Launch L = plan_pipe(v, t, n, k);
+                    char buf[96]; snprintf(buf, sizeof buf, "grid %u x %u S=%d smem %zu", L.grid.x, L.block.x, L.S, L.smem);
                     grid = buf;
                 }
                 if (v.g1) {

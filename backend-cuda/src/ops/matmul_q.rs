@@ -26,11 +26,13 @@ use crate::module_cache::MATMUL_Q;
 mod gemv1;
 mod grid;
 mod group;
+mod pipe;
 use crate::ops::launch::Arg;
 use gemv1::GemvM1;
 pub use gemv1::gemv1_auto_on;
 pub(crate) use grid::{fused_grid, m1_grid, m1_kernel};
 pub use group::GroupKernel;
+pub use pipe::gemv_pipe_on;
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -245,6 +247,12 @@ impl CudaBackend {
         self.matmul_impl(x, w, out, MatmulPath::Fused, m1)
     }
 
+    /// The fused path with the pipelined m = 1 Q4_K kernel forced (tests, benches): an error
+    /// where it does not apply (matmul_q/pipe.rs: Q4_K, m = 1, k a multiple of 2048, sm_90+).
+    pub fn matmul_fused_m1_pipe(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
+        self.matmul_impl(x, w, out, MatmulPath::Fused, GemvM1::Pipe)
+    }
+
     fn matmul_impl(
         &self,
         x: View<'_>,
@@ -398,6 +406,19 @@ impl CudaBackend {
         // Block types: x → int8 units (xq uint4 [m, units], xs float2 [m, units]) in scratch,
         // then the integer-dot kernel.
         let qi = ti - FLOAT_TYPES;
+        let pipe = m1 == GemvM1::Pipe || (m1 == GemvM1::Auto && gemv_pipe_on());
+        if m == 1 && pipe && self.gemv_pipe_applies(w, k) {
+            return self.gemv_pipe(w, [xp, outp], [n, k]);
+        }
+        if m1 == GemvM1::Pipe {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "the pipelined m = 1 kernel does not take {} [{n}, {k}] at m = {m}",
+                    w.dtype
+                ),
+            ));
+        }
         if m == 1 && self.try_gemv1(qi, w, [xp, outp], [n, k], m1)? {
             return Ok(());
         }
@@ -530,8 +551,8 @@ impl CudaBackend {
         self.launch_after_quant_x(&f, "gemv8", cfg, w, x, out, dims)
     }
 
-    /// A kernel reading quant_x's int8 x (`gemv8_*`, `mma_*`: one signature: body, head, xq, xs,
-    /// y, n, k, m, s). On sm_90+ launched as a programmatic dependent of quant_x
+    /// A kernel reading quant_x's int8 x (`gemv8_*`, `gemvp_*`, `mma_*`: one signature: body,
+    /// head, xq, xs, y, n, k, m, s). On sm_90+ launched as a programmatic dependent of quant_x
     /// (cuLaunchKernelEx): its grid starts while quant_x runs, loads its first weights, then
     /// waits in the kernel (`griddepcontrol.wait`) for x. Before sm_90 a plain launch.
     #[allow(clippy::too_many_arguments)]
@@ -562,9 +583,9 @@ impl CudaBackend {
         // rows whole blocks; xq uint4 / xs float2 [m, units] written by quant_x just before on
         // this stream, read only after griddepcontrol.wait; y f32: the m·n output, or for a split
         // mma the [splits, m, n] partial sums (splits = gridDim.z); n, k, m i32 and s = S warps
-        // per group (gemv8) or stages per split (mma)). W rows are clamped to n − 1, x rows to
-        // m − 1; writes are bounded by n and m. An mma kernel's dynamic shared memory was allowed
-        // just before.
+        // per group (gemv8, gemvp) or stages per split (mma)). W rows are clamped to n − 1, x
+        // rows to m − 1; writes are bounded by n and m. An mma or gemvp kernel's dynamic shared
+        // memory was allowed just before (gemvp: every copy lies inside the weight, whole steps).
         unsafe { self.launch_pdl(f, what, cfg, &args) }
     }
 

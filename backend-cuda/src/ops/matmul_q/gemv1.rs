@@ -76,6 +76,8 @@ pub(crate) enum GemvM1 {
     OneKernel,
     /// Always quant_x + gemv8.
     TwoKernels,
+    /// The pipelined Q4_K kernel (matmul_q/pipe.rs); an error where it does not apply.
+    Pipe,
 }
 
 impl CudaBackend {
@@ -94,7 +96,7 @@ impl CudaBackend {
         let op = OpKind::Matmul;
         let smem = super::x_units(w.dtype, k) * 24;
         let wbytes = w.mem.slice.len();
-        if mode == GemvM1::TwoKernels
+        if matches!(mode, GemvM1::TwoKernels | GemvM1::Pipe)
             || !xp.is_multiple_of(16)
             || smem > GEMV1_MAX_SMEM
             || (mode == GemvM1::Auto

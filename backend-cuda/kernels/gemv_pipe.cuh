@@ -1,0 +1,304 @@
+// gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
+// memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
+// dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
+// Kiln instantiates Q4_K (`gemvp_q4_k`, the default for m = 1 where it applies); the lab
+// (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through it.
+//
+// Why: gemv8 loads each lane's chunks into registers and then decodes them, so a warp has bytes
+// in flight only between its loads and its first use (ncu, Q4_K 14336×4096: 45 % DRAM
+// throughput, 0.51 issued warp-instructions per scheduler per cycle, 33 % occupancy at 79
+// registers). Here every warp owns a ring of D shared-memory stages; lane 0 issues the
+// `cp.async.bulk` copies of a stage (one per W row, plus one per row for the head bytes), which
+// complete on the stage's mbarrier, D − 1 stages ahead of the one the warp decodes.
+//
+// Thread mapping: block NT threads = NT/32 warps; a group is R consecutive W rows; S warps of a
+// block (host-chosen, S divides NT/32) share a group and split its steps into contiguous ranges
+// (warp `sub` takes steps [sub·P, sub·P + P), P = ceil(steps / S)); warps stride over groups
+// (persistent grid). A step is 32 chunks of each of the R rows: BPS = 32 / CHUNKS whole blocks
+// per row (Q4_K 8 × 144 bytes, Q6_K 8 × (208 + 2), Q8_0 16 × (32 + 2)), contiguous in the body
+// region and in the head region; a stage is U steps: per row one bulk copy of U·BPS·BODY bytes
+// (+ one of U·BPS·HEAD). Lane L decodes chunk L of each step (block L / CHUNKS, chunk
+// L % CHUNKS) of the R rows from shared memory against quant_x's units (unit (G·RUNS + r)·32 + L,
+// L1/L2): 4 dp4a per 16 weights and row. Warp shuffles, then shared memory across the S warps.
+// Q4_K decodes in the lane order of TQ4_K2 (below: 64 weights per lane, a whole sub-block pair,
+// so the 6-bit scale/min unpack and the block header are paid once per 64 weights with
+// lane-constant selects, and the high nibbles are used in place with ×1/16 folded into the x
+// scale); quant_x_q4_k2 writes x in that order.
+// Requires (host-checked): nb = k / QK a multiple of BPS (whole steps: every copy is whole
+// 16-byte words), body and head 16-byte aligned; sm_90 for the copy engine (below sm_90 the ring
+// is filled by ordinary warp loads: correct, unpipelined, not dispatched by the host).
+// Bytes: W once (n·k·bpw from DRAM), x 1.5·k per group from L1/L2, y n·4. FLOPs 2·n·k.
+// Shared memory per warp: D·R·U·BPS·(BODY + HEAD) + round16(8·D) (GP_SMEM).
+#pragma once
+#include "quant.cuh"
+
+// Q4_K in a 64-weight lane order (only the x layout of quant_x_q4_k2 and gemvp_q4_k use it):
+// chunk c (0..3) = qs[32c .. 32c + 32] of a block, runs r = 0..3: elements 64c + 32·(r >> 1) +
+// 16·(r & 1) + l (run 0/1: low nibbles of qs bytes 0..15 / 16..31, run 2/3: their high nibbles).
+struct TQ4_K2 {
+    static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 144, HEAD = 0;
+    static __device__ __forceinline__ int run_start(int c, int r) { return 64 * c + 32 * (r >> 1) + 16 * (r & 1); }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define GP_BULK 1
+#else
+#define GP_BULK 0
+#endif
+
+__device__ __forceinline__ u32 gp_smem_addr(const void* p) {
+    u32 r;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
+    return r;
+}
+__device__ __forceinline__ void gp_bar_init(u32 bar) {
+#if GP_BULK
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void gp_bar_wait(u32 bar, u32 parity) {
+#if GP_BULK
+    u32 done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+#endif
+}
+
+// Per-type stage geometry and the shared-memory form of T::load (sb: this row's body bytes in
+// the stage, sh: its head bytes, lb: block within the stage, c: chunk within the block).
+template <class T> struct GP;
+template <> struct GP<TQ6_K> {
+    typedef TQ6_K T;
+    static __device__ __forceinline__ void load(const u8* sb, const u8* sh, int lb, int c, T::Chunk& ch) {
+        const int hh = c >> 1, gg = c & 1;
+        const u8* p = sb + lb * T::BODY;
+        ch.l0 = *(const uint4*)(p + 64 * hh + 16 * gg);
+        ch.l1 = *(const uint4*)(p + 64 * hh + 32 + 16 * gg);
+        ch.qh = *(const uint4*)(p + 128 + 32 * hh + 16 * gg);
+        ch.sc = *(const uint2*)(p + 192 + 8 * hh);
+        ch.d = h2f(*(const u16*)(sh + 2 * lb));
+    }
+};
+template <> struct GP<TQ8_0> {
+    typedef TQ8_0 T;
+    static __device__ __forceinline__ void load(const u8* sb, const u8* sh, int lb, int c, T::Chunk& ch) {
+        ch.q = *(const uint4*)(sb + lb * T::BODY + 16 * c);
+        ch.d = h2f(*(const u16*)(sh + 2 * lb));
+    }
+};
+template <> struct GP<TQ4_K> {
+    typedef TQ4_K T;
+    static __device__ __forceinline__ void load(const u8* sb, const u8*, int lb, int c, T::Chunk& ch) {
+        ch.hd = *(const uint4*)(sb + lb * T::BODY);
+        ch.q = *(const uint4*)(sb + lb * T::BODY + 16 + 16 * c);
+    }
+};
+
+// The exact float value of byte 0 of v (PRMT into the mantissa of 2^23, one FADD).
+__device__ __forceinline__ float gp_byte0(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7650u)) - 8388608.0f; }
+__device__ __forceinline__ float gp_byte1(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7651u)) - 8388608.0f; }
+
+// One step of Q4_K in the TQ4_K2 order: lane L = block L / 4 of the stage, sub-block pair
+// c = L % 4 (2c: low nibbles, 2c + 1: high nibbles). acc[rr] += Σ w·x over the lane's 64
+// weights of row rr: d·(sc0·(dx0·i0 + dx1·i1) + sc1·(dx2·i2 + dx3·i3)/16) − dmin·(m0·Σx01 + m1·Σx23),
+// i_r the dp4a sums of run r (i2, i3 on the nibbles in place: 16× the value, exact in int32).
+template <int R, int SB>
+__device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uint4 (&xv)[4], const float2 (&xs)[4],
+                                            float (&acc)[R][1]) {
+    const int lb = lane >> 2, c = lane & 3;
+    const int sh16 = 16 * (c & 1);
+    const bool lo = c < 2;
+    const float dx0 = xs[0].x, dx1 = xs[1].x, dx2 = xs[2].x * 0.0625f, dx3 = xs[3].x * 0.0625f;
+    const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) {
+        const u8* p = stage + rr * SB + lb * 144;
+        const uint4 hd = *(const uint4*)p;
+        const uint4 q0 = *(const uint4*)(p + 16 + 32 * c);
+        const uint4 q1 = *(const uint4*)(p + 32 + 32 * c);
+        // 6-bit (scale, min) of sub-blocks 2c (byte 0) and 2c + 1 (byte 1): k4_scale_pairs.
+        const u32 a = hd.y >> sh16, b = hd.z >> sh16, e = hd.w >> sh16;
+        const u32 sc = lo ? (a & 0x3f3fu) : ((e & 0x0f0fu) | ((a >> 2) & 0x3030u));
+        const u32 mn = lo ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+        const int i0 = dp4a_us(q0.w & 0x0f0f0f0fu, xv[0].w, dp4a_us(q0.z & 0x0f0f0f0fu, xv[0].z,
+                       dp4a_us(q0.y & 0x0f0f0f0fu, xv[0].y, dp4a_us(q0.x & 0x0f0f0f0fu, xv[0].x, 0))));
+        const int i1 = dp4a_us(q1.w & 0x0f0f0f0fu, xv[1].w, dp4a_us(q1.z & 0x0f0f0f0fu, xv[1].z,
+                       dp4a_us(q1.y & 0x0f0f0f0fu, xv[1].y, dp4a_us(q1.x & 0x0f0f0f0fu, xv[1].x, 0))));
+        const int i2 = dp4a_us(q0.w & 0xf0f0f0f0u, xv[2].w, dp4a_us(q0.z & 0xf0f0f0f0u, xv[2].z,
+                       dp4a_us(q0.y & 0xf0f0f0f0u, xv[2].y, dp4a_us(q0.x & 0xf0f0f0f0u, xv[2].x, 0))));
+        const int i3 = dp4a_us(q1.w & 0xf0f0f0f0u, xv[3].w, dp4a_us(q1.z & 0xf0f0f0f0u, xv[3].z,
+                       dp4a_us(q1.y & 0xf0f0f0f0u, xv[3].y, dp4a_us(q1.x & 0xf0f0f0f0u, xv[3].x, 0))));
+        const float t0 = fmaf(dx1, (float)i1, dx0 * (float)i0);
+        const float t1 = fmaf(dx3, (float)i3, dx2 * (float)i2);
+        const float s = fmaf(gp_byte1(sc), t1, gp_byte0(sc) * t0);
+        const float mm = fmaf(gp_byte1(mn), sy23, gp_byte0(mn) * sy01);
+        const float d = h2f((u16)(hd.x & 0xffffu)), dmin = h2f((u16)(hd.x >> 16));
+        acc[rr][0] = fmaf(-dmin, mm, fmaf(d, s, acc[rr][0]));
+    }
+}
+
+// gemvp_<type> body. T: the weight type (TQ4_K2 for Q4_K: its decode is gp_q4k_step); TW: the
+// type whose block layout the bytes have (TQ4_K for TQ4_K2). R rows per group, D stages per
+// warp, U steps per stage (one bulk copy of U·BPS blocks per row and stage).
+template <class T, class TW, int R, int D, int NT, int U>
+__device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8* __restrict__ head,
+                                           const uint4* __restrict__ xq, const float2* __restrict__ xs,
+                                           float* __restrict__ y, int n, int k, int S) {
+    constexpr int BPS = KILN_WARP / T::CHUNKS;
+    constexpr int SB = BPS * TW::BODY;                     // body bytes per row and step
+    constexpr int SH = BPS * TW::HEAD;                     // head bytes per row and step (0, 16 or 32)
+    constexpr int RB = U * SB, RH = U * SH;                // per row and stage
+    constexpr int STAGE = R * (RB + RH);
+    constexpr int WARP_BYTES = D * STAGE + (8 * D + 15) / 16 * 16;
+    static_assert(SB % 16 == 0 && SH % 16 == 0, "gemvp: a step's body and head bytes are whole 16-byte words");
+    extern __shared__ __align__(16) u8 gp_smem[];
+    const int nb = k / T::QK;
+    const int nsteps = nb / BPS;
+    const int lane = threadIdx.x % KILN_WARP;
+    const int warp = threadIdx.x / KILN_WARP;
+    const int slots = (NT / KILN_WARP) / S;
+    const int slot = warp / S, sub = warp % S;
+    const int ngroups = (n + R - 1) / R;
+    const int gstride = gridDim.x * slots;
+    const int g0 = blockIdx.x * slots + slot;
+    const int per = (nsteps + S - 1) / S;                  // steps of a group per warp
+    const int ipg = (per + U - 1) / U;                     // items (stages) of a group per warp
+    const int gend = min(sub * per + per, nsteps);         // end of this warp's step range
+    // Block-uniform item count (the S > 1 reduction has barriers).
+    const int rounds = (int)blockIdx.x * slots < ngroups ? (ngroups - 1 - (int)blockIdx.x * slots) / gstride + 1 : 0;
+    const int total = rounds * ipg;
+    u8* ring = gp_smem + (size_t)warp * WARP_BYTES;
+    u64* bars = (u64*)(ring + D * STAGE);
+    __shared__ float red[NT / KILN_WARP][R];
+
+    pdl_launch_dependents();  // the next call's quant_x may start (it waits for this grid)
+    // Item t: group g0 + (t / ipg)·gstride, steps sub·per + (t % ipg)·U + [0, ns).
+    auto issue = [&](int t) {
+        const int g = g0 + (t / ipg) * gstride, G = sub * per + (t % ipg) * U;
+        const int ns = g < ngroups ? min(U, gend - G) : 0;
+        u8* st = ring + (t % D) * STAGE;
+#if GP_BULK
+        if (lane == 0) {
+            const u32 bar = gp_smem_addr(bars + t % D);
+            if (ns <= 0) {
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+            } else {
+                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar),
+                             "r"((u32)(R * ns * (SB + SH))) : "memory");
+                // Earlier generic reads of this stage (the warp's decode) before the async write.
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#pragma unroll
+                for (int rr = 0; rr < R; rr++) {
+                    const i64 blk = (i64)min(g * R + rr, n - 1) * nb + (i64)G * BPS;
+                    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                                 ::"r"(gp_smem_addr(st + rr * RB)), "l"(body + blk * TW::BODY), "r"((u32)(ns * SB)),
+                                 "r"(bar) : "memory");
+                    if (SH > 0)
+                        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                                     ::"r"(gp_smem_addr(st + R * RB + rr * RH)), "l"(head + blk * TW::HEAD),
+                                     "r"((u32)(ns * SH)), "r"(bar) : "memory");
+                }
+            }
+        }
+#else
+        for (int rr = 0; rr < R; rr++) {
+            const i64 blk = (i64)min(g * R + rr, n - 1) * nb + (i64)G * BPS;
+            for (int o = 16 * lane; o < ns * SB; o += 16 * KILN_WARP)
+                *(uint4*)(st + rr * RB + o) = ld16(body + blk * TW::BODY + o);
+            for (int o = 16 * lane; o < ns * SH; o += 16 * KILN_WARP)
+                *(uint4*)(st + R * RB + rr * RH + o) = ld16(head + blk * TW::HEAD + o);
+        }
+        __syncwarp();
+#endif
+    };
+    // x units of step G for this lane (quant_x's layout: unit (G·RUNS + r)·32 + lane).
+    auto load_x = [&](int G, uint4 (&xv)[T::RUNS], float2 (&xsv)[T::RUNS]) {
+#pragma unroll
+        for (int r = 0; r < T::RUNS; r++) {
+            const int u = (G * T::RUNS + r) * KILN_WARP + lane;
+            xv[r] = __ldg(xq + u);
+            xsv[r] = __ldg(xs + u);
+        }
+    };
+#if GP_BULK
+    if (lane == 0)
+        for (int s = 0; s < D; s++) gp_bar_init(gp_smem_addr(bars + s));
+    __syncwarp();
+#endif
+    for (int t = 0; t < D && t < total; t++) issue(t);  // W does not depend on earlier kernels
+    pdl_wait();  // x is quant_x's output; y may still be read by the previous kernel
+
+    float acc[R][1];
+#pragma unroll
+    for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
+    for (int t = 0; t < total; t++) {
+        const int it = t / ipg, j = t % ipg;
+        const int g = g0 + it * gstride, G0 = sub * per + j * U;
+        const int ns = g < ngroups ? min(U, gend - G0) : 0;
+        uint4 xv[T::RUNS];
+        float2 xsv[T::RUNS];
+        if (ns > 0) load_x(G0, xv, xsv);
+        gp_bar_wait(gp_smem_addr(bars + t % D), (u32)((t / D) & 1));
+        const u8* st = ring + (t % D) * STAGE;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            if (u >= ns) break;
+            uint4 xn[T::RUNS];
+            float2 xsn[T::RUNS];
+            if (u + 1 < ns) load_x(G0 + u + 1, xn, xsn);  // next step's x before this step's decode
+            if constexpr (T::CHUNKS == 4 && T::RUNS == 4 && TW::BODY == 144) {
+                gp_q4k_step<R, RB>(st + u * SB, lane, xv, xsv, acc);
+            } else {
+                const int lb = lane / T::CHUNKS, c = lane % T::CHUNKS;
+#pragma unroll
+                for (int rr = 0; rr < R; rr++) {
+                    typename TW::Chunk ch;
+                    GP<TW>::load(st + rr * RB + u * SB, st + R * RB + rr * RH + u * SH, lb, c, ch);
+#pragma unroll
+                    for (int r = 0; r < T::RUNS; r++) {
+                        u32 qw[4];
+                        float dl, ml;
+                        TW::run_qi(ch, c, r, qw, dl, ml);
+                        const float d = (float)dot16<TW>(qw, xv[r]);
+                        float a = fmaf(dl * xsv[r].x, d, acc[rr][0]);
+                        if (TW::HAS_MIN) a = fmaf(-ml, xsv[r].y, a);
+                        acc[rr][0] = a;
+                    }
+                }
+            }
+            if (u + 1 < U) {
+#pragma unroll
+                for (int r = 0; r < T::RUNS; r++) { xv[r] = xn[r]; xsv[r] = xsn[r]; }
+            }
+        }
+        __syncwarp();  // every lane's reads of this stage are done before it is refilled
+        if (t + D < total) issue(t + D);
+        if (j == ipg - 1) {  // the group's last item (block-uniform): reduce and store
+            reduce_store<R, 1>(acc, red, y, n, 1, g, 0, S, warp, slot, sub, lane, g < ngroups);
+#pragma unroll
+            for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
+        }
+    }
+}
+
+// Shared memory of gemvp<T, TW, R, D, NT> (the host computes the same: pipe.rs).
+#define GP_SMEM(T, TW, R, D, NT, U) \
+    ((NT / KILN_WARP) * ((D) * (R) * (U) * ((KILN_WARP / T::CHUNKS) * (TW::BODY + TW::HEAD)) + (8 * (D) + 15) / 16 * 16))
+
+#define GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                 \
+    extern "C" __global__ void __launch_bounds__(NT) name(                                          \
+        const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
+        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
+        gemvp_body<T, TW, R, D, NT, U>(body, head, xq, xs, y, n, k, S);                              \
+    }
+
+// Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): Q4_K at
+// R = 4 rows per group, D = 2 stages per warp, 256 threads, one step per stage (measured in
+// backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"); quant_x_q4_k2 writes x in TQ4_K2's order.
+#define GEMVP_R 4
+#define GEMVP_D 2
+#define GEMVP_THREADS 256
+QUANT_X_KERNEL(q4_k2, TQ4_K2)
+GEMVP_KERNEL_NAMED(gemvp_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)

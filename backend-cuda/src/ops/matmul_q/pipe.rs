@@ -1,0 +1,167 @@
+//! The pipelined m = 1 GEMV of Q4_K (`quant_x_q4_k2` + `gemvp_q4_k`, kernels/gemv_pipe.cuh).
+//!
+//! Every warp owns a ring of shared-memory stages that the bulk copy engine fills (one
+//! `cp.async.bulk` per W row and step, completing on an mbarrier) one stage ahead of the one it
+//! decodes, so the bytes in flight no longer depend on registers; and Q4_K is decoded 64 weights
+//! per lane (the 6-bit scale unpack and the block header paid once per sub-block pair). Measured
+//! on an H200 (backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"): back to back Q4_K 4096² 6.62 →
+//! 4.98 µs, 14336×4096 15.90 → 11.10, 4096×14336 16.37 → 12.25 (quant_x + gemv8 on the model
+//! grid → this path); in a dependent chain 6.79 → 6.44, 16.59 → 13.19, 13.94 → 13.28. Q6_K and
+//! Q8_0 through the same pipeline did not win at every shape and stay on gemv8.
+//!
+//! It applies on sm_90+ (the copy engine), for Q4_K rows of a whole number of 8-block steps
+//! (k a multiple of 2048) with a 16-byte aligned weight; `KILN_GEMV_PIPE=0` turns it off (the
+//! two-kernel path quant_x + gemv8 then runs, as before).
+
+use cudarc::driver::LaunchConfig;
+use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
+use kiln_core::{DType, OpKind, Result};
+
+use crate::buffer::CudaWeight;
+use crate::device::CudaBackend;
+use crate::module_cache::MATMUL_Q;
+
+/// Threads per block (kernels/gemv_pipe.cuh `GEMVP_THREADS`).
+const PIPE_THREADS: u32 = 256;
+/// W rows per group (`GEMVP_R`).
+const PIPE_R: usize = 4;
+/// Shared-memory stages per warp (`GEMVP_D`).
+const PIPE_D: usize = 2;
+/// Most resident blocks per SM the grid asks for (the lab's best: 2, which leaves L1 room for x).
+const PIPE_BLOCKS_PER_SM: usize = 2;
+/// Q4_K blocks per step and row (32 lanes × 64 weights = 8 blocks of 256).
+const PIPE_BPS: usize = 8;
+/// Bytes of a Q4_K block.
+const Q4K_BLOCK: usize = 144;
+
+/// `KILN_GEMV_PIPE=0` turns the pipelined Q4_K kernel off (on by default).
+pub fn gemv_pipe_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
+}
+
+/// `KILN_GEMV_PIPE_CARVE` (A/B of the shared-memory carveout: unset, `off` or `both`).
+fn carve_mode() -> &'static str {
+    static MODE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MODE.get_or_init(|| std::env::var("KILN_GEMV_PIPE_CARVE").unwrap_or_default())
+}
+
+/// Dynamic shared memory of `gemvp_q4_k` (kernels/gemv_pipe.cuh `GP_SMEM`): per warp D stages
+/// of R rows × one step, plus D mbarriers rounded to 16 bytes.
+fn pipe_smem() -> usize {
+    let warps = (PIPE_THREADS / 32) as usize;
+    warps * (PIPE_D * PIPE_R * PIPE_BPS * Q4K_BLOCK + (8 * PIPE_D).div_ceil(16) * 16)
+}
+
+/// Grid of `gemvp_q4_k`: at most `occ` blocks per SM; S warps per group (1, 2, 4 or 8)
+/// minimizing ceil(groups·S / warps)·ceil(steps / S), ties to the smaller S. Returns (blocks, S).
+fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
+    let wpb = (PIPE_THREADS / 32) as usize;
+    let warps = sms * occ * wpb;
+    let groups = n.div_ceil(PIPE_R);
+    let steps = (k / 256) / PIPE_BPS;
+    let mut best = (usize::MAX, 1);
+    for s in [1usize, 2, 4, 8] {
+        let cost = (groups * s).div_ceil(warps) * steps.div_ceil(s);
+        if cost < best.0 {
+            best = (cost, s);
+        }
+    }
+    let s = best.1;
+    ((groups * s).div_ceil(wpb).clamp(1, sms * occ), s)
+}
+
+impl CudaBackend {
+    /// Whether `gemvp_q4_k` can take this m = 1 product (see the module doc; the automatic
+    /// dispatch also asks [`gemv_pipe_on`]).
+    pub(crate) fn gemv_pipe_applies(&self, w: &CudaWeight, k: usize) -> bool {
+        w.dtype == DType::Q4_K
+            && self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9)
+            && k.is_multiple_of(256 * PIPE_BPS)
+            && w.body_ptr().is_multiple_of(16)
+    }
+
+    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_q4_k. The caller checked
+    /// [`Self::gemv_pipe_applies`] and that rows are whole blocks.
+    pub(crate) fn gemv_pipe(
+        &self,
+        w: &CudaWeight,
+        [xp, outp]: [u64; 2],
+        [n, k]: [usize; 2],
+    ) -> Result<()> {
+        let op = OpKind::Matmul;
+        let (ni, ki) = (
+            super::super::arg_i32(op, "n", n)?,
+            super::super::arg_i32(op, "k", k)?,
+        );
+        let name = "gemvp_q4_k";
+        let f = self.function(&MATMUL_Q, name)?;
+        let smem = pipe_smem();
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        f.set_attribute(
+            FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))?;
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let occ = self
+            .occupancy(name, PIPE_THREADS, smem)?
+            .min(PIPE_BLOCKS_PER_SM);
+        // Shared memory for `occ` blocks (+2 KiB each for the static part), the rest L1 (x is
+        // read from L1): percent of the 228 KiB maximum, as the lab ran it.
+        // `KILN_GEMV_PIPE_CARVE=off` leaves the driver's choice, `=both` also sets it on
+        // quant_x_q4_k2 (A/B: a carveout that differs between neighbouring kernels keeps their
+        // blocks off the same SM).
+        let carve = (occ * (smem + 2048) * 100).div_ceil(228 << 10).min(100);
+        let mode = carve_mode();
+        if mode != "off" {
+            f.set_attribute(
+                FuncAttr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                carve as i32,
+            )
+            .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
+        }
+        if mode == "both" {
+            self.function(&MATMUL_Q, "quant_x_q4_k2")?
+                .set_attribute(
+                    FuncAttr::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                    carve as i32,
+                )
+                .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
+        }
+        let (blocks, s) = pipe_grid(n, k, sms, occ);
+        let units = super::x_units(DType::Q4_K, k);
+        let xq_bytes = units * 16;
+        // The scratch is shared: hold the lock until both kernels are enqueued.
+        let (_guard, scratch) =
+            self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, 1, k))?;
+        let (xq, xs) = (scratch, scratch + xq_bytes as u64);
+        // quant_x_q4_k2 writes the same units (x_units of Q4_K = of TQ4_K2 for k a multiple of
+        // 2048) in the 64-weight lane order gemvp_q4_k reads.
+        self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, 1, units)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (PIPE_THREADS, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        self.launch_after_quant_x(&f, "gemvp", cfg, w, [xq, xs], outp, [1, ni, ki, s as i32])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_grid_and_smem_match_the_lab() {
+        // The kernel's GP_SMEM(TQ4_K2, TQ4_K, 4, 2, 256, 1) = 8 warps × (2·4·8·144 + 16).
+        assert_eq!(pipe_smem(), 73856);
+        // H200, 132 SMs, 2 blocks per SM (lab "p k2 r4d2n256u1 b2"): 4096² grid 256 S = 2,
+        // 14336×4096 grid 264 S = 1, 4096×14336 grid 256 S = 2.
+        assert_eq!(pipe_grid(4096, 4096, 132, 2), (256, 2));
+        assert_eq!(pipe_grid(14336, 4096, 132, 2), (264, 1));
+        assert_eq!(pipe_grid(4096, 14336, 132, 2), (256, 2));
+    }
+}
