@@ -39,6 +39,7 @@
 // per sequence, plus q and out (4·G·HD per row) and, when split, 2·4·(HD+2) per row and split.
 // FLOPs: 4·HD per (row, key) pair kept (+2·HD more for bf16 Q's lo part).
 #include "common.cuh"
+#include "bulk.cuh"
 
 // Kernel arguments (must match `AttnArgs` in src/ops/attention.rs field for field).
 struct AttnArgs {
@@ -69,11 +70,6 @@ struct AttnArgs {
 #define LOG2E 1.4426950408889634f
 
 // ------------------------------------------------------------------------------ PTX helpers
-__device__ __forceinline__ u32 smem_addr(const void* p) {
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
 __device__ __forceinline__ void cp_async16(u32 dst, const void* src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
@@ -229,44 +225,7 @@ __device__ __forceinline__ void load_kv(const AttnArgs& a, int s, int g, int til
 // been zero-filled. Rows stay padded to LD (one bulk copy per row: ldmatrix stays
 // conflict-free). Bytes in flight per CTA: (NS − 1)·2·BC·HD·2. Below sm_90 the helpers are empty
 // and attn_body uses the cp.async loader (ATTN_BULK = 0).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define ATTN_BULK 1
-#else
-#define ATTN_BULK 0
-#endif
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-#if ATTN_BULK
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive(u32 bar) {
-#if ATTN_BULK
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_arrive_tx(u32 bar, u32 bytes) {
-#if ATTN_BULK
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-#if ATTN_BULK
-    u32 done = 0;
-    while (!done)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-#endif
-}
-// dst (shared) ← src (global), `bytes` (multiple of 16, both 16-byte aligned), completing on bar.
-__device__ __forceinline__ void bulk_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
-#if ATTN_BULK
-    // Earlier generic accesses of this row (ldmatrix reads, zero fills) before the async write.
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-#endif
-}
+#define ATTN_BULK KILN_BULK
 
 // The block id of this thread's row (bulk mapping).
 template <int BC>

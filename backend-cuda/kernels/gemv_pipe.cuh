@@ -31,6 +31,7 @@
 // Shared memory per warp: D·R·U·BPS·(BODY + HEAD) + round16(8·D) (GP_SMEM).
 #pragma once
 #include "quant.cuh"
+#include "bulk.cuh"
 
 // Q4_K in a 64-weight lane order (only the x layout of quant_x_q4_k2 and gemvp_q4_k use it):
 // chunk c (0..3) = qs[32c .. 32c + 32] of a block, runs r = 0..3: elements 64c + 32·(r >> 1) +
@@ -40,31 +41,7 @@ struct TQ4_K2 {
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * c + 32 * (r >> 1) + 16 * (r & 1); }
 };
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define GP_BULK 1
-#else
-#define GP_BULK 0
-#endif
-
-__device__ __forceinline__ u32 gp_smem_addr(const void* p) {
-    u32 r;
-    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(r) : "l"(p));
-    return r;
-}
-__device__ __forceinline__ void gp_bar_init(u32 bar) {
-#if GP_BULK
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void gp_bar_wait(u32 bar, u32 parity) {
-#if GP_BULK
-    u32 done = 0;
-    while (!done)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-#endif
-}
+#define GP_BULK KILN_BULK
 
 // Per-type stage geometry and the shared-memory form of T::load (sb: this row's body bytes in
 // the stage, sh: its head bytes, lb: block within the stage, c: chunk within the block).
@@ -181,7 +158,7 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
         u8* st = ring + (t % D) * STAGE;
 #if GP_BULK
         if (lane == 0) {
-            const u32 bar = gp_smem_addr(bars + t % D);
+            const u32 bar = smem_addr(bars + t % D);
             if (ns <= 0) {
                 asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
             } else {
@@ -193,11 +170,11 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
                 for (int rr = 0; rr < R; rr++) {
                     const i64 blk = (i64)min(g * R + rr, n - 1) * nb + (i64)G * BPS;
                     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                                 ::"r"(gp_smem_addr(st + rr * RB)), "l"(body + blk * TW::BODY), "r"((u32)(ns * SB)),
+                                 ::"r"(smem_addr(st + rr * RB)), "l"(body + blk * TW::BODY), "r"((u32)(ns * SB)),
                                  "r"(bar) : "memory");
                     if (SH > 0)
                         asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                                     ::"r"(gp_smem_addr(st + R * RB + rr * RH)), "l"(head + blk * TW::HEAD),
+                                     ::"r"(smem_addr(st + R * RB + rr * RH)), "l"(head + blk * TW::HEAD),
                                      "r"((u32)(ns * SH)), "r"(bar) : "memory");
                 }
             }
@@ -224,7 +201,7 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
     };
 #if GP_BULK
     if (lane == 0)
-        for (int s = 0; s < D; s++) gp_bar_init(gp_smem_addr(bars + s));
+        for (int s = 0; s < D; s++) mbar_init(smem_addr(bars + s), 1);
     __syncwarp();
 #endif
     for (int t = 0; t < D && t < total; t++) issue(t);  // W does not depend on earlier kernels
@@ -240,7 +217,7 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
         uint4 xv[T::RUNS];
         float2 xsv[T::RUNS];
         if (ns > 0) load_x(G0, xv, xsv);
-        gp_bar_wait(gp_smem_addr(bars + t % D), (u32)((t / D) & 1));
+        mbar_wait(smem_addr(bars + t % D), (u32)((t / D) & 1));
         const u8* st = ring + (t % D) * STAGE;
 #pragma unroll
         for (int u = 0; u < U; u++) {

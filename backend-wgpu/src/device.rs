@@ -513,28 +513,34 @@ impl WgpuBackend {
     /// timestamp at its start and end (up to 2048 passes). `Ok(false)` when the adapter has no
     /// TIMESTAMP_QUERY (nothing is timed then).
     pub fn gpu_timer_start(&self) -> Result<bool> {
+        Ok(self.start_timer("kiln timer", TIMER_QUERIES, None))
+    }
+
+    /// Submit what is pending and install a timer of `count` timestamp queries (`span`: the span
+    /// timer's pass count); false when the adapter has no TIMESTAMP_QUERY.
+    fn start_timer(&self, label: &str, count: u32, span: Option<u32>) -> bool {
         if !self
             .device
             .features()
             .contains(wgpu::Features::TIMESTAMP_QUERY)
         {
-            return Ok(false);
+            return false;
         }
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         self.submit_locked(&mut p);
         let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("kiln timer"),
+            label: Some(label),
             ty: wgpu::QueryType::Timestamp,
-            count: TIMER_QUERIES,
+            count,
         });
         p.timer = Some(GpuTimer {
             set,
             passes: 0,
             missed: 0,
-            span: None,
+            span,
             submits: 0,
         });
-        Ok(true)
+        true
     }
 
     /// Start a span timer over the next `passes` compute passes (1..=256): they are recorded
@@ -548,28 +554,7 @@ impl WgpuBackend {
                 "gpu span timer: {passes} passes, expected 1..={RING_SLOTS} (one submission)"
             )));
         }
-        if !self
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY)
-        {
-            return Ok(false);
-        }
-        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        self.submit_locked(&mut p);
-        let set = self.device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("kiln span timer"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        p.timer = Some(GpuTimer {
-            set,
-            passes: 0,
-            missed: 0,
-            span: Some(passes),
-            submits: 0,
-        });
-        Ok(true)
+        Ok(self.start_timer("kiln span timer", 2, Some(passes)))
     }
 
     /// Stop the span timer, submit and wait: the seconds from the first timed pass's start to

@@ -60,15 +60,7 @@ fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
     let warps = sms * occ * wpb;
     let groups = n.div_ceil(PIPE_R);
     let steps = (k / 256) / PIPE_BPS;
-    let mut best = (usize::MAX, 1);
-    for s in [1usize, 2, 4, 8] {
-        let cost = (groups * s).div_ceil(warps) * steps.div_ceil(s);
-        if cost < best.0 {
-            best = (cost, s);
-        }
-    }
-    let s = best.1;
-    ((groups * s).div_ceil(wpb).clamp(1, sms * occ), s)
+    super::gemv1::wave_grid(groups, steps, warps, wpb, sms * occ)
 }
 
 impl CudaBackend {
