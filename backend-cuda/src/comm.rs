@@ -189,6 +189,7 @@ impl CudaComm {
             (Ok(_), Some(b)) => b.min(P2P_STAGING_BYTES),
             (Ok(_), None) => P2P_DEFAULT_MAX_BYTES,
         };
+        crate::ops::matmul_q::note_grouped(&members.iter().map(|m| m.ordinal).collect::<Vec<_>>());
         let mut comm = CudaComm {
             members,
             p2p,

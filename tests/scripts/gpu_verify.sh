@@ -125,6 +125,10 @@ run() {
     timeout 300 "$B/gemv_bench" --backend cuda --types q4_k,q6_k,q8_0,bf16,q4_0 \
         >"$OUTD/gemv_bench.log" 2>&1
 
+    echo "== gemv and attention benches on Vulkan (issue 4: the same benches as CUDA)"
+    timeout 240 "$B/gemv_bench" --backend wgpu --types q4_k,q8_0,bf16 >"$OUTD/gemv_bench_wgpu.log" 2>&1
+    timeout 240 "$B/attention_bench" --backend wgpu --quick >"$OUTD/attention_bench_wgpu.log" 2>&1
+
     echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
     for w in q4_k bf16; do
         timeout 300 "$B/decode_bench" --backend cuda --model llama3-8b --wtype $w --batch 1,8,32 \

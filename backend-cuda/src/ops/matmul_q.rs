@@ -33,6 +33,7 @@ pub use gemv1::gemv1_auto_on;
 pub(crate) use grid::{fused_grid, m1_grid, m1_kernel};
 pub use group::GroupKernel;
 pub use pipe::gemv_pipe_on;
+pub(crate) use pipe::note_grouped;
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -406,7 +407,8 @@ impl CudaBackend {
         // Block types: x → int8 units (xq uint4 [m, units], xs float2 [m, units]) in scratch,
         // then the integer-dot kernel.
         let qi = ti - FLOAT_TYPES;
-        let pipe = m1 == GemvM1::Pipe || (m1 == GemvM1::Auto && gemv_pipe_on());
+        let pipe = m1 == GemvM1::Pipe
+            || (m1 == GemvM1::Auto && gemv_pipe_on() && !pipe::grouped(self.ctx.ordinal()));
         if m == 1 && pipe && self.gemv_pipe_applies(w, k) {
             return self.gemv_pipe(w, [xp, outp], [n, k]);
         }

@@ -10,8 +10,9 @@
 //! Q8_0 through the same pipeline did not win at every shape and stay on gemv8.
 //!
 //! It applies on sm_90+ (the copy engine), for Q4_K rows of a whole number of 8-block steps
-//! (k a multiple of 2048) with a 16-byte aligned weight; `KILN_GEMV_PIPE=0` turns it off (the
-//! two-kernel path quant_x + gemv8 then runs, as before).
+//! (k a multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
+//! (`GROUPED`); `KILN_GEMV_PIPE=0` turns it off (the two-kernel path quant_x + gemv8 then runs,
+//! as before).
 
 use cudarc::driver::LaunchConfig;
 use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
@@ -38,6 +39,31 @@ const Q4K_BLOCK: usize = 144;
 pub fn gemv_pipe_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
+}
+
+/// Device ordinals that belong to an all-reduce group (`CudaComm`): their automatic m = 1 Q4_K
+/// GEMV stays on quant_x + gemv8. Measured on 2× H200 (BENCHMARKS.md, stop 17): Llama-3-8B
+/// Q4_K batch 1, TP1 2.44 → 2.02 ms per step with this kernel, but TP2 2.02 → 2.10 ms (two
+/// runs each, same binary, `KILN_GEMV_PIPE=0` vs on); why it loses next to the collectives is
+/// not established.
+static GROUPED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+
+/// Mark `ordinals` as members of an all-reduce group (see GROUPED).
+pub(crate) fn note_grouped(ordinals: &[usize]) {
+    let mut g = GROUPED.lock().unwrap_or_else(|e| e.into_inner());
+    for &o in ordinals {
+        if !g.contains(&o) {
+            g.push(o);
+        }
+    }
+}
+
+/// Whether device `ordinal` belongs to an all-reduce group.
+pub(crate) fn grouped(ordinal: usize) -> bool {
+    GROUPED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&ordinal)
 }
 
 /// `KILN_GEMV_PIPE_CARVE` (A/B of the shared-memory carveout: unset, `off` or `both`).
