@@ -24,10 +24,9 @@ fn scale() -> f64 {
         .unwrap_or(1.0)
 }
 
-#[test]
-#[ignore]
-fn bench_wgpu() {
-    let Some(be) = open() else { return };
+/// wgpu:0 (None: skipped), after printing the device line every bench log starts with.
+fn open_with_header() -> Option<std::sync::Arc<kiln_wgpu::WgpuBackend>> {
+    let be = open()?;
     let i = be.info();
     println!(
         "BENCH device: {} | {} | {}",
@@ -35,6 +34,13 @@ fn bench_wgpu() {
         i.driver,
         i.caps_summary()
     );
+    Some(be)
+}
+
+#[test]
+#[ignore]
+fn bench_wgpu() {
+    let Some(be) = open_with_header() else { return };
     let s = scale();
     // Copy bandwidth: f32 → f32 copy op over 512 MiB (scaled).
     let n = ((128usize << 20) as f64 * s) as usize / 256 * 256;
@@ -512,14 +518,7 @@ fn bench_record_only() {
 #[test]
 #[ignore]
 fn bench_wgemv() {
-    let Some(be) = open() else { return };
-    let i = be.info();
-    println!(
-        "BENCH device: {} | {} | {}",
-        i.name,
-        i.driver,
-        i.caps_summary()
-    );
+    let Some(be) = open_with_header() else { return };
     println!("{METHOD}");
     let s = scale();
     let n = ((128usize << 20) as f64 * s) as usize / 256 * 256;

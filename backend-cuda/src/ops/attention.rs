@@ -266,20 +266,20 @@ pub(crate) fn smem_bytes(mode: Mode, hd: usize, kv: DType, stages: usize, bc: us
     2 * (hd + 8) * (nq * rows + stages * 2 * bc)
 }
 
-/// Keys per split from which decode takes the `…p` kernels (K/V rows copied in pairs, Q in
-/// registers). H200, BENCHMARKS.md 2026-11-23: 10–15 % faster when a CTA streams many tiles (ctx
-/// 4096 batch 32: f16 153.7 → 134.8 µs, bf16 163.7 → 136.3) but, one tile per CTA inside a decode
-/// step (ctx 512 batch 1), the step is slower (Llama-3-8B BF16 4.356 → 4.470 ms).
+/// Keys per split from which decode takes the `…p` kernels (K/V rows in pairs, Q in registers):
+/// H200, BENCHMARKS.md 2026-11-23: 10–15 % faster with many tiles per CTA (4k batch 32: f16 153.7
+/// → 134.8 µs, bf16 163.7 → 136.3), a slower step with one (ctx 512 batch 1: 4.356 → 4.470 ms).
 const PAIRED_MIN_CHUNK: usize = 4 * DECODE_BC;
 
-/// Whether a decode plan with `chunk` keys per split takes the paired kernels;
-/// `KILN_ATTN_PAIR=0|1` forces the choice (A/B runs).
+/// Whether `chunk` keys per split take the paired kernels (`KILN_ATTN_PAIR=0|1`, read once: A/B).
 pub(crate) fn decode_paired(chunk: usize) -> bool {
-    match std::env::var("KILN_ATTN_PAIR").ok().as_deref() {
-        Some("0") => false,
-        Some("1") => true,
-        _ => chunk >= PAIRED_MIN_CHUNK,
-    }
+    static FORCE: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    let force = FORCE.get_or_init(|| match std::env::var("KILN_ATTN_PAIR").as_deref() {
+        Ok("0") => Some(false),
+        Ok("1") => Some(true),
+        _ => None,
+    });
+    force.unwrap_or(chunk >= PAIRED_MIN_CHUNK)
 }
 
 /// Ring stages the decode kernel prefers for a plan with `splits` KV splits and cache `kv`: 3,

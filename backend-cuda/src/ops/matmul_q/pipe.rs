@@ -46,24 +46,24 @@ pub fn gemv_pipe_on() -> bool {
 /// Q4_K batch 1, TP1 2.44 → 2.02 ms per step with this kernel, but TP2 2.02 → 2.10 ms (two
 /// runs each, same binary, `KILN_GEMV_PIPE=0` vs on); why it loses next to the collectives is
 /// not established.
-static GROUPED: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+/// One bit per ordinal (ordinals ≥ 63 share the top bit: such devices are treated as grouped
+/// if any of them is); read lock-free on every m = 1 matmul.
+static GROUPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn ordinal_bit(ordinal: usize) -> u64 {
+    1u64 << ordinal.min(63)
+}
 
 /// Mark `ordinals` as members of an all-reduce group (see GROUPED).
 pub(crate) fn note_grouped(ordinals: &[usize]) {
-    let mut g = GROUPED.lock().unwrap_or_else(|e| e.into_inner());
     for &o in ordinals {
-        if !g.contains(&o) {
-            g.push(o);
-        }
+        GROUPED.fetch_or(ordinal_bit(o), std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 /// Whether device `ordinal` belongs to an all-reduce group.
 pub(crate) fn grouped(ordinal: usize) -> bool {
-    GROUPED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains(&ordinal)
+    GROUPED.load(std::sync::atomic::Ordering::Relaxed) & ordinal_bit(ordinal) != 0
 }
 
 /// `KILN_GEMV_PIPE_CARVE` (A/B of the shared-memory carveout: unset, `off` or `both`).
@@ -181,5 +181,16 @@ mod tests {
         assert_eq!(pipe_grid(4096, 4096, 132, 2), (256, 2));
         assert_eq!(pipe_grid(14336, 4096, 132, 2), (264, 1));
         assert_eq!(pipe_grid(4096, 14336, 132, 2), (256, 2));
+    }
+
+    #[test]
+    fn grouped_devices_are_marked_one_by_one() {
+        // Ordinals no GPU test uses (a real group marks 0, 1, ...).
+        assert!(!grouped(40) && !grouped(41));
+        note_grouped(&[40]);
+        assert!(grouped(40) && !grouped(41) && !grouped(39));
+        // Ordinals past 63 share the top bit.
+        note_grouped(&[70]);
+        assert!(grouped(63) && grouped(100));
     }
 }
