@@ -18,11 +18,10 @@
 //! GPU: their rows are left unwritten and nothing outside the buffers is read. Block-table
 //! entries outside the cache read as zero rows.
 
-use cudarc::driver::sys::CUfunction_attribute_enum;
 use std::sync::Mutex;
 
 use cudarc::driver::sys::CUstreamCaptureStatus;
-use cudarc::driver::{CudaFunction, DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
@@ -481,18 +480,6 @@ impl CudaBackend {
             0 => 101_376,
             n => n as usize,
         }
-    }
-
-    /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
-    fn allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        f.set_attribute(
-            CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
     }
 
     /// Bytes of scratch `attention` needs for this batch (the decode split's partials).

@@ -104,6 +104,22 @@ impl CudaBackend {
         pdl_allowed() && self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9)
     }
 
+    /// Let `f` take `smem` bytes of dynamic shared memory (nothing to do up to the 48 KiB
+    /// default).
+    pub(crate) fn allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
+        if smem <= 48 << 10 {
+            return Ok(());
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(self.drv("cuCtxSetCurrent"))?;
+        f.set_attribute(
+            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
+    }
+
     /// Launches `f` with `args` on this backend's stream as a programmatic dependent of the
     /// previous kernel (sm_90+; module doc).
     ///

@@ -16,7 +16,6 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::backend::check;
 use kiln_core::{DType, Error, OpKind, Result};
@@ -451,7 +450,7 @@ impl CudaBackend {
         let occ = self
             .function(&MATMUL_MMA, c.name)
             .and_then(|f| {
-                self.mma_allow_smem(&f, smem)?;
+                self.allow_smem(&f, smem)?;
                 f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, smem, None)
                     .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
             })
@@ -529,7 +528,7 @@ impl CudaBackend {
         let (bm, wt) = MMA_CONFIGS[config];
         let smem = smem_bytes(config);
         let f = self.function(&MATMUL_MMA, MMA[qi][config])?;
-        self.mma_allow_smem(&f, smem)?;
+        self.allow_smem(&f, smem)?;
         let plan = mma_plan(w.dtype, m, n, k, config, sms);
         if m.div_ceil(bm) > 65535 {
             return Err(Error::shape(
@@ -583,7 +582,7 @@ impl CudaBackend {
         let c = &MQ4K[plan.cfg];
         let smem = mq_smem(c);
         let f = self.function(&MATMUL_MMA, c.name)?;
-        self.mma_allow_smem(&f, smem)?;
+        self.allow_smem(&f, smem)?;
         let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
         let tiles = [plan.mp / c.bm, plan.splits];
         let cfg = q4k_launch("mq4k", n, 16 * c.wt * c.nw, tiles, 32 * c.nw, smem)?;
@@ -653,21 +652,6 @@ impl CudaBackend {
         // [splits, m, n] partial sums (splits = gridDim.z, every split's block range non-empty);
         // writes bounded by n and m. Dynamic shared memory (mq_smem) was allowed just before.
         unsafe { self.launch_pdl(f, "launch mq4k", cfg, &args) }
-    }
-
-    /// Let `f` take `smem` bytes of dynamic shared memory (above the 48 KiB default).
-    fn mma_allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
-        if smem <= 48 << 10 {
-            return Ok(());
-        }
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        f.set_attribute(
-            sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
     }
 
     /// `mma_*`: body/head, x = [xq, xs], y (out, or the partial sums with a split),

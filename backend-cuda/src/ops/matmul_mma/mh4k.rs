@@ -141,7 +141,7 @@ impl CudaBackend {
         let occ = self
             .function(&MATMUL_MH, c.name)
             .and_then(|f| {
-                self.mma_allow_smem(&f, c.smem())?;
+                self.allow_smem(&f, c.smem())?;
                 f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, c.smem(), None)
                     .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
             })
@@ -167,7 +167,7 @@ impl CudaBackend {
         let plan = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits);
         let c = &MH4K[plan.cfg];
         let f = self.function(&MATMUL_MH, c.name)?;
-        self.mma_allow_smem(&f, c.smem())?;
+        self.allow_smem(&f, c.smem())?;
         let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
         let tiles = [plan.mp / c.bm, plan.splits];
         let cfg = q4k_launch("mh4k", n, c.bn(), tiles, 32 * c.nw, c.smem())?;

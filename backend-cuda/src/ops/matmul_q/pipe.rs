@@ -115,14 +115,7 @@ impl CudaBackend {
         let name = "gemvp_q4_k";
         let f = self.function(&MATMUL_Q, name)?;
         let smem = pipe_smem();
-        self.ctx
-            .bind_to_thread()
-            .map_err(self.drv("cuCtxSetCurrent"))?;
-        f.set_attribute(
-            FuncAttr::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))?;
+        self.allow_smem(&f, smem)?;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let occ = self
             .occupancy(name, PIPE_THREADS, smem)?
