@@ -14,12 +14,13 @@ const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Params {
     rows: u32,
-    dim: u32,
+    units: u32,
     x_off: u32,
     w_off: u32,
     o_off: u32,
     eps: f32,
-    _pad: [u32; 2],
+    dim: u32,
+    _pad: u32,
 }
 
 pub(crate) fn rms_norm(
@@ -47,16 +48,27 @@ pub(crate) fn rms_norm(
     let bx = be.bind_view(op, &x, "x")?;
     let bw = be.bind_view(op, &w, "w")?;
     let bo = be.bind_out(op, &out, "out")?;
+    let dim = u32_of(op, "dim", dim)?;
+    let offs = [bx.elem_off(4), bw.elem_off(4), bo.elem_off(4)];
+    // vec4 units where the row and every offset allow them (the shader header says why).
+    let v = if dim % 4 == 0 && offs.iter().all(|o| o % 4 == 0) { 4 } else { 1 };
     let p = Params {
         rows,
-        dim: u32_of(op, "dim", dim)?,
-        x_off: bx.elem_off(4),
-        w_off: bw.elem_off(4),
-        o_off: bo.elem_off(4),
+        units: dim / v,
+        x_off: offs[0] / v,
+        w_off: offs[1] / v,
+        o_off: offs[2] / v,
         eps,
-        _pad: [0; 2],
+        dim,
+        _pad: 0,
     };
-    let pipe = be.pipeline(ShaderSpec::new("rms_norm", &[REDUCE, SRC], "main"))?;
+    let spec = ShaderSpec::new("rms_norm", &[REDUCE, SRC], "main");
+    let spec = if v == 4 {
+        spec.define("V4").sub("T", "vec4<f32>")
+    } else {
+        spec.sub("T", "f32")
+    };
+    let pipe = be.pipeline(spec)?;
     let (gx, gy) = be.grid(rows);
     be.dispatch(
         &pipe,
