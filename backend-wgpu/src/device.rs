@@ -243,10 +243,12 @@ pub(crate) struct GpuTimer {
     span: Option<u32>,
     /// Submissions made while the timer ran (span mode: must stay 0 for a valid span).
     submits: u32,
+    /// The op profile (profile.rs): each timed pass's pipeline name, in order.
+    pub(crate) labels: Option<Vec<Arc<str>>>,
 }
 
 /// Queries in the timer's set (two per pass).
-const TIMER_QUERIES: u32 = 4096;
+pub(crate) const TIMER_QUERIES: u32 = 4096;
 
 /// One wgpu adapter opened as a kiln device.
 pub struct WgpuBackend {
@@ -421,6 +423,7 @@ impl WgpuBackend {
     pub(crate) fn record_dispatch<B>(
         &self,
         params: &[u8],
+        label: &dyn Fn() -> Arc<str>,
         bind: impl FnOnce(wgpu::BindGroupEntry<'_>) -> B,
         pass: impl FnOnce(&mut wgpu::ComputePass<'_>, &B),
     ) -> Result<()> {
@@ -470,6 +473,9 @@ impl WgpuBackend {
             }
             Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
                 t.passes += 1;
+                if let Some(l) = t.labels.as_mut() {
+                    l.push(label());
+                }
                 Some(wgpu::ComputePassTimestampWrites {
                     query_set: &t.set,
                     beginning_of_pass_write_index: Some(2 * t.passes - 2),
@@ -518,7 +524,7 @@ impl WgpuBackend {
 
     /// Submit what is pending and install a timer of `count` timestamp queries (`span`: the span
     /// timer's pass count); false when the adapter has no TIMESTAMP_QUERY.
-    fn start_timer(&self, label: &str, count: u32, span: Option<u32>) -> bool {
+    pub(crate) fn start_timer(&self, label: &str, count: u32, span: Option<u32>) -> bool {
         if !self
             .device
             .features()
@@ -539,6 +545,7 @@ impl WgpuBackend {
             missed: 0,
             span,
             submits: 0,
+            labels: None,
         });
         true
     }

@@ -12,6 +12,7 @@ mod device;
 mod error;
 mod ops;
 mod pipeline_cache;
+mod profile;
 mod tune;
 mod weight;
 
@@ -20,6 +21,7 @@ use std::sync::Arc;
 pub use device::WgpuBackend;
 pub use error::WgpuError;
 pub use ops::matmul::MatmulPath;
+pub use profile::PassTime;
 pub use tune::TuneResult;
 
 use kiln_core::{

@@ -18,6 +18,7 @@ use kiln_core::Result;
 
 use crate::device::WgpuBackend;
 use crate::error::WgpuError;
+use crate::profile::profile_name;
 
 pub(crate) const COMMON: &str = include_str!("../shaders/common.wgsl");
 
@@ -120,6 +121,8 @@ pub(crate) fn render(
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     binds: Mutex<BindCache>,
+    /// Each pipeline's name for the op profile (`profile.rs`), by the pipeline's address.
+    names: Mutex<HashMap<usize, Arc<str>>>,
 }
 
 /// Bind groups already made, by (pipeline, params-ring offset, bound buffer ranges). Creating a
@@ -213,6 +216,11 @@ impl WgpuBackend {
         let p = Arc::new(pipeline);
         let mut m = self.pipelines.map.lock().unwrap_or_else(|e| e.into_inner());
         m.insert(key, p.clone());
+        self.pipelines
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(Arc::as_ptr(&p) as usize, profile_name(&spec).into());
         Ok(p)
     }
 
@@ -231,6 +239,7 @@ impl WgpuBackend {
         }
         self.record_dispatch(
             params,
+            &|| self.pipeline_name(pipeline),
             |param_entry| self.bind_group(pipeline, param_entry, bound),
             |pass, bg| {
                 pass.set_pipeline(pipeline);
@@ -266,6 +275,14 @@ impl WgpuBackend {
         }
         self.record_dispatch(
             params,
+            &|| {
+                format!(
+                    "{}+{}",
+                    self.pipeline_name(first.0),
+                    self.pipeline_name(second.0)
+                )
+                .into()
+            },
             |pe| {
                 (
                     self.bind_group(first.0, pe.clone(), first.1),
@@ -281,6 +298,19 @@ impl WgpuBackend {
                 pass.dispatch_workgroups(second.2.0, second.2.1, second.2.2);
             },
         )
+    }
+
+    /// The name `pipeline` was made under (`profile_name`), for the op profile.
+    pub(crate) fn pipeline_name(&self, pipeline: &wgpu::ComputePipeline) -> Arc<str> {
+        let names = self
+            .pipelines
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        names
+            .get(&(pipeline as *const wgpu::ComputePipeline as usize))
+            .cloned()
+            .unwrap_or_else(|| "?".into())
     }
 
     /// The bind group of `pipeline` with `param_entry` at binding 0 and `bound` after it, from

@@ -51,7 +51,11 @@ pub(crate) fn rms_norm(
     let dim = u32_of(op, "dim", dim)?;
     let offs = [bx.elem_off(4), bw.elem_off(4), bo.elem_off(4)];
     // vec4 units where the row and every offset allow them (the shader header says why).
-    let v = if dim % 4 == 0 && offs.iter().all(|o| o % 4 == 0) { 4 } else { 1 };
+    let v = if dim % 4 == 0 && offs.iter().all(|o| o % 4 == 0) {
+        4
+    } else {
+        1
+    };
     let p = Params {
         rows,
         units: dim / v,

@@ -40,6 +40,8 @@ struct Opts {
     json: Option<std::path::PathBuf>,
     /// Tensor-parallel group size: devices `device .. device + tp` (NCCL on CUDA).
     tp: usize,
+    /// `--profile on`: one more step per run under the wgpu op profile (`profile_step`).
+    profile: bool,
 }
 
 fn parse() -> Result<Opts> {
@@ -57,6 +59,7 @@ fn parse() -> Result<Opts> {
         copy_mib: None,
         json: None,
         tp: 1,
+        profile: false,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let bad = |flag: &str, v: &str| Error::Invalid(format!("{flag}: cannot use '{v}'"));
@@ -65,7 +68,7 @@ fn parse() -> Result<Opts> {
         let flag = argv[i].as_str();
         if flag == "--help" || flag == "-h" {
             println!(
-                "decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-8b-rank2|llama3-1b|tiny|PATH [--wtype q4_k|bf16|q8_0|f16|f32] [--batch 1,8,32] [--ctx 512] [--steps 64] [--graph on|off|both] [--seed S] [--kv f16] [--copy-mib N] [--json FILE]"
+                "decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-8b-rank2|llama3-1b|tiny|PATH [--wtype q4_k|bf16|q8_0|f16|f32] [--batch 1,8,32] [--ctx 512] [--steps 64] [--graph on|off|both] [--seed S] [--kv f16] [--copy-mib N] [--json FILE] [--profile on]"
             );
             std::process::exit(0);
         }
@@ -87,6 +90,7 @@ fn parse() -> Result<Opts> {
             "--copy-mib" => o.copy_mib = Some(num(v)?),
             "--json" => o.json = Some(v.into()),
             "--tp" => o.tp = num(v)?,
+            "--profile" => o.profile = v == "on",
             "--graph" => {
                 o.graphs = match v {
                     "on" => vec![true],
@@ -230,6 +234,15 @@ fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Resul
         }
         first_tokens.push(last[0]);
     }
+    if o.profile {
+        let inputs: Vec<[u32; 1]> = last.iter().map(|&t| [t]).collect();
+        let batch_in: Vec<SeqInput<'_>> = seqs
+            .iter()
+            .zip(&inputs)
+            .map(|(&seq, t)| SeqInput { seq, tokens: t })
+            .collect();
+        profile_step(&mut rt, &batch_in, batch)?;
+    }
     Ok(RunResult {
         mem_after: mem_in_use(),
         prefill_s,
@@ -238,6 +251,52 @@ fn run(model: &Model, o: &Opts, batch: usize, ctx: usize, graphs: bool) -> Resul
         logits_ms: rt.stats().logits_time.as_secs_f64() * 1e3 / o.steps.max(1) as f64,
         first_tokens,
     })
+}
+
+/// One more decode step under the wgpu op profile (kiln_wgpu's `gpu_profile_*`): per pipeline
+/// the passes, GPU µs and share of the GPU-busy time, then the step's GPU span and how much of
+/// it no pass was running (barriers, idle while the CPU records). wgpu only.
+fn profile_step(rt: &mut Runtime, batch_in: &[SeqInput<'_>], batch: usize) -> Result<()> {
+    #[cfg(feature = "wgpu")]
+    if let Some(be) = kiln_benches::opened_wgpu() {
+        if !be.gpu_profile_start()? {
+            println!("profile: the adapter has no TIMESTAMP_QUERY");
+            return Ok(());
+        }
+        let r = rt.step(batch_in).map(|_| ());
+        let passes = be.gpu_profile_stop()?.unwrap_or_default();
+        r.map_err(merr)?;
+        let mut by: std::collections::BTreeMap<&str, (usize, f64)> = Default::default();
+        for p in &passes {
+            let e = by.entry(&p.name).or_default();
+            e.0 += 1;
+            e.1 += p.end - p.start;
+        }
+        let busy: f64 = by.values().map(|v| v.1).sum();
+        let span = passes.iter().map(|p| p.end).fold(0.0, f64::max);
+        let mut rows: Vec<_> = by.into_iter().collect();
+        rows.sort_by(|a, b| b.1.1.total_cmp(&a.1.1));
+        println!(
+            "profile batch {batch}: {} passes, GPU span {:.1} µs, busy {:.1} µs ({:.1} %), between passes {:.1} µs",
+            passes.len(),
+            span * 1e6,
+            busy * 1e6,
+            100.0 * busy / span.max(1e-12),
+            (span - busy) * 1e6
+        );
+        for (name, (n, t)) in rows {
+            println!(
+                "profile  {name:<48} {n:>5} passes {:>9.1} µs {:>7.2} µs/pass {:>5.1} %",
+                t * 1e6,
+                t * 1e6 / n as f64,
+                100.0 * t / busy.max(1e-12)
+            );
+        }
+        return Ok(());
+    }
+    let _ = (rt, batch_in);
+    println!("profile batch {batch}: --profile times wgpu steps only");
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {
