@@ -268,6 +268,18 @@ impl Backend for WgpuBackend {
         ops::rms_norm::rms_norm(self, x, w, eps, out)
     }
 
+    fn add_rms_norm(
+        &self,
+        a: View<'_>,
+        b: View<'_>,
+        w: View<'_>,
+        eps: f32,
+        sum: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        ops::rms_norm::add_rms_norm(self, a, b, w, eps, sum, out)
+    }
+
     fn rope(
         &self,
         x: ViewMut<'_>,

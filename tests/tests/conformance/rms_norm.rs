@@ -172,6 +172,7 @@ fn add_rms_norm_errors_case(b: &dyn Backend) {
 conformance! {
     add_rms_norm_f32_d4096 => add_rms_norm_case(&[1, 7, 33], 4096, 1e-5);
     add_rms_norm_f32_d2304 => add_rms_norm_case(&[5], 2304, 1e-6);
+    add_rms_norm_f32_d4099 => add_rms_norm_case(&[2, 3], 4099, 1e-6);
     add_rms_norm_errors => add_rms_norm_errors_case();
     rms_norm_f32_d4096 => rms_norm_case(DType::F32, &[1, 7, 33], 4096, 1e-5);
     rms_norm_f32_d4099 => rms_norm_case(DType::F32, &[2, 3], 4099, 1e-6);
