@@ -290,6 +290,21 @@ impl Backend for WgpuBackend {
         ops::rope::rope(self, x, positions, inv_freq, p)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn rope_kv_append(
+        &self,
+        q: ViewMut<'_>,
+        k: ViewMut<'_>,
+        v: View<'_>,
+        positions: View<'_>,
+        inv_freq: View<'_>,
+        p: &RopeParams,
+        kv: &PagedKv<'_>,
+        slots: View<'_>,
+    ) -> Result<()> {
+        ops::rope::rope_kv_append(self, q, k, v, positions, inv_freq, p, kv, slots)
+    }
+
     fn glu(&self, gate: View<'_>, up: View<'_>, act: Activation, out: ViewMut<'_>) -> Result<()> {
         ops::glu::glu(self, gate, up, act, out)
     }

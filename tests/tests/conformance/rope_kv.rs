@@ -157,5 +157,8 @@ conformance! {
     rope_kv_append_neox_gqa_f16 => rope_kv_case(Case { style: RopeStyle::Neox, heads: (8, 2), head_dim: 128, n_rot: 128, cache: DType::F16 });
     rope_kv_append_interleaved_partial_bf16 => rope_kv_case(Case { style: RopeStyle::Interleaved, heads: (4, 4), head_dim: 64, n_rot: 32, cache: DType::BF16 });
     rope_kv_append_neox_partial_f32 => rope_kv_case(Case { style: RopeStyle::Neox, heads: (6, 3), head_dim: 256, n_rot: 64, cache: DType::F32 });
+    // An odd number of rotary pairs (wgpu's one-pass shader takes pairs two at a time: it runs
+    // the three ops here) and a tail that is not a multiple of 4.
+    rope_kv_append_neox_odd_pairs_f16 => rope_kv_case(Case { style: RopeStyle::Neox, heads: (4, 2), head_dim: 64, n_rot: 34, cache: DType::F16 });
     rope_kv_append_errors => rope_kv_errors_case();
 }
