@@ -59,6 +59,10 @@ struct Params {
     x4: u32,     // vec4 offset of x
     o_off: u32,  // element offset of y
     chunks: u32, // ceil(k / CH)
+    pn: vec4<u32>,  // MANY (gemv_many.wgsl): rows, first workgroup, d_base, y offset per part
+    pwg: vec4<u32>,
+    pd: vec4<u32>,
+    po: vec4<u32>,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -140,8 +144,8 @@ fn ld(r: u32, c: u32, l: u32) -> WL {
     let base = r * (P.k / 16u) + j;
     let b = r * P.bpr + j / 2u;
     var w: WL;
-    if v0 { w.a = W4[base]; w.e = W[P.d_base + (b >> 1u)]; }
-    if v1 { w.b = W4[base + 32u]; w.f = W[P.d_base + ((b + 16u) >> 1u)]; }
+    if v0 { w.a = ldw4(base); w.e = ldw(d_base_ + (b >> 1u)); }
+    if v1 { w.b = ldw4(base + 32u); w.f = ldw(d_base_ + ((b + 16u) >> 1u)); }
     return w;
 }
 fn dp(w: WL, c: u32, l: u32) -> f32 {
@@ -185,7 +189,7 @@ fn ld(r: u32, c: u32, l: u32) -> WL {
     let bw = (r * P.bpr + c * 8u + l / 4u) * 9u;
     let p = l % 4u;
     var w: WL;
-    if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + 2u * p]; w.c = W4[bw + 2u + 2u * p]; }
+    if v0 { w.a = ldw4(bw); w.b = ldw4(bw + 1u + 2u * p); w.c = ldw4(bw + 2u + 2u * p); }
     return w;
 }
 fn dp(wl: WL, c: u32, l: u32) -> f32 {
@@ -238,7 +242,7 @@ fn load_x(c: u32, l: u32, full: bool) {
 fn ld(r: u32, c: u32, l: u32) -> WL {
     let bw = (r * P.bpr + c * 4u + l / 8u) * 9u;
     var w: WL;
-    if v0 { w.a = W4[bw]; w.b = W4[bw + 1u + l % 8u]; }
+    if v0 { w.a = ldw4(bw); w.b = ldw4(bw + 1u + l % 8u); }
     return w;
 }
 //#if Q4K_PACK
@@ -450,8 +454,8 @@ fn team_sum(v: f32, li: u32, team: u32, l: u32) -> f32 {
 }
 
 fn put(row: u32, v: f32) {
-    if row < P.n_c {
-        O[P.o_off + P.r0 + row] = v;
+    if row < n_c_ {
+        sto(o_off_ + P.r0 + row, v);
     }
 }
 
@@ -471,8 +475,8 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 //#endif
     // team = KS·g + s: row group g, k slice s (chunks s, s + KS, ...)
     let ks = team % KS;
-    let row0 = ((wid.x + wid.y * nwg.x) * (RW / KS) + team / KS) * NR;
-    let last = P.n_c - 1u;
+    let row0 = (part_setup(wid.x + wid.y * nwg.x) * (RW / KS) + team / KS) * NR;
+    let last = n_c_ - 1u;
     // Rows past the chunk read the last row (computed, never written).
     let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
                              min(row0 + 3u, last), min(row0 + 4u, last), min(row0 + 5u, last),

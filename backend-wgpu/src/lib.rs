@@ -244,6 +244,10 @@ impl Backend for WgpuBackend {
         ops::matmul::matmul(self, x, w, out)
     }
 
+    fn matmul_many(&self, x: View<'_>, parts: &[(&Weight, ViewMut<'_>)]) -> Result<()> {
+        ops::matmul::matmul_many(self, x, parts)
+    }
+
     fn attention_scratch_bytes(&self, p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         ops::attention::scratch_bytes(p, n_tokens, b)
     }

@@ -13,6 +13,7 @@
 
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 
+use crate::buffer::Bound;
 use crate::device::WgpuBackend;
 use crate::ops::bytes_of;
 use crate::ops::matmul::wdefine;
@@ -24,6 +25,8 @@ const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
 /// round_x16, shared by gemv_x8's quant_x and the quant_x8 pre-pass.
 const SRC_R: &str = include_str!("../../shaders/round_x8.wgsl");
+/// The parts of a several-weight dispatch (`run_many`), included before either GEMV.
+const SRC_MANY: &str = include_str!("../../shaders/gemv_many.wgsl");
 
 /// Largest k whose int8 x fits the backend's `xq_buf` (XQG).
 pub(crate) const XQ_MAX_K: usize = 65536;
@@ -67,6 +70,11 @@ struct Params {
     x4: u32,
     o_off: u32,
     chunks: u32,
+    /// `run_many` (gemv_many.wgsl): rows, first workgroup, d_base and y offset per part.
+    pn: [u32; 4],
+    pwg: [u32; 4],
+    pd: [u32; 4],
+    po: [u32; 4],
 }
 
 /// Whether the vec4 kernel handles this weight dtype.
@@ -158,6 +166,114 @@ fn config(be: &WgpuBackend, d: DType, n_c: u32, k: usize, x8: bool) -> (u32, u32
     (rw, nr)
 }
 
+/// The pipeline for `n_c` rows of `d` at `k` (gemv_x8 where `x8`, else gemv_v; MANY for
+/// `run_many`) and its workgroup rows and k chunk.
+struct Plan {
+    pipe: std::sync::Arc<wgpu::ComputePipeline>,
+    rows_per_wg: u32,
+    chunk: usize,
+}
+
+fn plan(
+    be: &WgpuBackend,
+    d: DType,
+    k: usize,
+    n_c: u32,
+    x8: Option<X8>,
+    many: bool,
+) -> Result<Plan> {
+    let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
+    let (rw, nr) = config(be, d, n_c, k, x8.is_some());
+    let wide = x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_wide();
+    let chunk = if wide { 2 * CHUNK } else { CHUNK };
+    let ks = x8_ksplit(be, rw);
+    let mut spec = match x8 {
+        Some(how) => {
+            let s = ShaderSpec::new("gemv_x8", &[SRC_MANY, SRC_R, SRC_X8], "gemv_x8")
+                .over(
+                    "DEPTH",
+                    f64::from(be.vgemv_depth().unwrap_or(x8_depth(d, k))),
+                )
+                .over("KS", f64::from(ks));
+            match how {
+                X8::Local(g) => s.sub("XG", g.to_string()),
+                X8::Global => s.define("XQG"),
+            }
+        }
+        None => ShaderSpec::new("gemv_v", &[SRC_MANY, SRC], "gemv_v")
+            .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
+    };
+    spec = spec
+        .define(wdefine(d))
+        .over("RW", f64::from(rw))
+        .over("NR", f64::from(nr))
+        .over("WGS", f64::from(32 * rw));
+    if sg32 {
+        spec = spec.define("SG32");
+    }
+    if many {
+        spec = spec.define("MANY");
+    }
+    if wide {
+        spec = spec.define("Q4K_WIDE");
+    } else if x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT) {
+        spec = spec.define("Q4K_PACK");
+    }
+    let rows_per_wg = if x8.is_some() { rw * nr / ks } else { rw * nr };
+    Ok(Plan {
+        pipe: be.pipeline(spec)?,
+        rows_per_wg,
+        chunk,
+    })
+}
+
+/// `xq_buf`'s quants (at 0) or (d, d·Σq) pairs (at XQ_D_OFF) as binding `binding`.
+fn xq_at(be: &WgpuBackend, binding: u32, offset: u64, size: u64) -> wgpu::BindGroupEntry<'_> {
+    wgpu::BindGroupEntry {
+        binding,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &be.xq_buf,
+            offset,
+            size: wgpu::BufferSize::new(size),
+        }),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+/// Record `plan`'s GEMV with `g_in` bound (weights, output) plus x: bound at 2, or (XQG) the
+/// quant_x8 pre-pass in the same pass and xq_buf at 5 and 6.
+fn record<'a>(
+    be: &'a WgpuBackend,
+    plan: &Plan,
+    x8: Option<X8>,
+    x: &'a Bound<'a>,
+    k: usize,
+    mut g_in: Vec<wgpu::BindGroupEntry<'a>>,
+    p: &Params,
+    grid: (u32, u32),
+) -> Result<()> {
+    let ng = (k / 16) as u64;
+    if x8 == Some(X8::Global) {
+        // quant_x8 then gemv_x8 in one pass; the quants and pairs of xq_buf
+        let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_R, SRC_Q], "quant_x8"))?;
+        let qg = be.grid(ng.div_ceil(64) as u32);
+        let q_in = [
+            x.entry(1),
+            xq_at(be, 2, 0, ng * 16),
+            xq_at(be, 3, XQ_D_OFF, ng * 8),
+        ];
+        g_in.extend([xq_at(be, 5, 0, ng * 16), xq_at(be, 6, XQ_D_OFF, ng * 8)]);
+        be.dispatch2(
+            bytes_of(p),
+            (&qpipe, &q_in, (qg.0, qg.1, 1)),
+            (&plan.pipe, &g_in, (grid.0, grid.1, 1)),
+        )
+    } else {
+        g_in.push(x.entry(2));
+        be.dispatch(&plan.pipe, bytes_of(p), &g_in, (grid.0, grid.1, 1))
+    }
+}
+
 /// y[1, n] = x[1, k]·Wᵀ through gemv_v. The caller checked shapes and that `supports`.
 pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'_>) -> Result<()> {
     let op = OpKind::Matmul;
@@ -170,48 +286,10 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
             "gemv_v needs x at a 16-byte offset".to_string(),
         ));
     }
-    let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     let x8 = x8_ok(be, ww.dtype, ww.k);
-    let ng = (ww.k / 16) as u64;
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let (rw, nr) = config(be, ww.dtype, n_c, ww.k, x8.is_some());
-        let wide = x8.is_some() && ww.dtype == DType::Q4_K && be.vgemv_q4k_wide();
-        let chunk = if wide { 2 * CHUNK } else { CHUNK };
-        let ks = x8_ksplit(be, rw);
-        let mut spec = match x8 {
-            Some(how) => {
-                let s = ShaderSpec::new("gemv_x8", &[SRC_R, SRC_X8], "gemv_x8")
-                    .over(
-                        "DEPTH",
-                        f64::from(be.vgemv_depth().unwrap_or(x8_depth(ww.dtype, ww.k))),
-                    )
-                    .over("KS", f64::from(ks));
-                match how {
-                    X8::Local(g) => s.sub("XG", g.to_string()),
-                    X8::Global => s.define("XQG"),
-                }
-            }
-            None => ShaderSpec::new("gemv_v", &[SRC], "gemv_v")
-                .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
-        };
-        spec = spec
-            .define(wdefine(ww.dtype))
-            .over("RW", f64::from(rw))
-            .over("NR", f64::from(nr))
-            .over("WGS", f64::from(32 * rw));
-        if sg32 {
-            spec = spec.define("SG32");
-        }
-        if wide {
-            spec = spec.define("Q4K_WIDE");
-        } else if x8.is_some()
-            && ww.dtype == DType::Q4_K
-            && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT)
-        {
-            spec = spec.define("Q4K_PACK");
-        }
-        let pipe = be.pipeline(spec)?;
+        let plan = plan(be, ww.dtype, ww.k, n_c, x8, false)?;
         // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
         // Q8_0 also binds the whole buffer as words for its d array.
         let size = c.buf.size();
@@ -225,56 +303,94 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
             d_base: c.d_base,
             x4: x_off / 4,
             o_off: bo.elem_off(4),
-            chunks: ww.k.div_ceil(chunk) as u32,
+            chunks: ww.k.div_ceil(plan.chunk) as u32,
+            ..Params::default()
         };
-        let rows_per_wg = if x8.is_some() { rw * nr / ks } else { rw * nr };
-        let (gx, gy) = be.grid(n_c.div_ceil(rows_per_wg));
-        if x8 == Some(X8::Global) {
-            // quant_x8 then gemv_x8 in one pass; the quants and pairs of xq_buf
-            let xq_at = |binding: u32, offset: u64, size: u64| wgpu::BindGroupEntry {
-                binding,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &be.xq_buf,
-                    offset,
-                    size: wgpu::BufferSize::new(size),
-                }),
-            };
-            let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_R, SRC_Q], "quant_x8"))?;
-            let qg = be.grid(ng.div_ceil(64) as u32);
-            let q_in = [
-                bx.entry(1),
-                xq_at(2, 0, ng * 16),
-                xq_at(3, XQ_D_OFF, ng * 8),
-            ];
-            let mut g_in = vec![
-                bw4.entry(1),
-                bo.entry(3),
-                xq_at(5, 0, ng * 16),
-                xq_at(6, XQ_D_OFF, ng * 8),
-            ];
-            if ww.dtype == DType::Q8_0 {
-                g_in.push(bw.entry(4));
-            }
-            be.dispatch2(
-                bytes_of(&p),
-                (&qpipe, &q_in, (qg.0, qg.1, 1)),
-                (&pipe, &g_in, (gx, gy, 1)),
-            )?;
-        } else if ww.dtype == DType::Q8_0 {
-            be.dispatch(
-                &pipe,
-                bytes_of(&p),
-                &[bw4.entry(1), bx.entry(2), bo.entry(3), bw.entry(4)],
-                (gx, gy, 1),
-            )?;
-        } else {
-            be.dispatch(
-                &pipe,
-                bytes_of(&p),
-                &[bw4.entry(1), bx.entry(2), bo.entry(3)],
-                (gx, gy, 1),
-            )?;
+        let mut g_in = vec![bw4.entry(1), bo.entry(3)];
+        if ww.dtype == DType::Q8_0 {
+            g_in.push(bw.entry(4));
         }
+        let grid = be.grid(n_c.div_ceil(plan.rows_per_wg));
+        record(be, &plan, x8, &bx, ww.k, g_in, &p, grid)?;
     }
     Ok(())
+}
+
+/// out_i = x[1, k]·W_iᵀ for 2 or 3 weights of one dtype and k in ONE dispatch (gemv_many.wgsl):
+/// a layer's q/k/v or gate/up. `Ok(false)` (nothing recorded) where they do not qualify: a
+/// weight in several chunks, more than 3 parts, mixed dtypes or k, x off a 16-byte offset, or
+/// `KILN_WGPU_MANY=0`; the caller then runs one matmul each. Shapes are the caller's (checked).
+pub(crate) fn run_many(
+    be: &WgpuBackend,
+    x: View<'_>,
+    parts: &[(&WgpuWeight, ViewMut<'_>)],
+) -> Result<bool> {
+    let op = OpKind::Matmul;
+    let Some((w0, _)) = parts.first() else {
+        return Ok(false);
+    };
+    let (d, k) = (w0.dtype, w0.k);
+    let one_chunk = |w: &WgpuWeight| w.chunks.len() == 1 && w.chunks[0].r0 == 0;
+    if !many_on()
+        || !(2..=3).contains(&parts.len())
+        || !parts
+            .iter()
+            .all(|(w, _)| w.dtype == d && w.k == k && one_chunk(w) && w.rows > 0)
+    {
+        return Ok(false);
+    }
+    let bx = be.bind_view(op, &x, "x")?;
+    let x_off = bx.elem_off(4);
+    if !x_off.is_multiple_of(4) {
+        return Ok(false);
+    }
+    let x8 = x8_ok(be, d, k);
+    let n_all: usize = parts.iter().map(|(w, _)| w.rows).sum();
+    let plan = plan(be, d, k, n_all as u32, x8, true)?;
+    let mut p = Params {
+        k: k as u32,
+        bpr: w0.bpr() as u32,
+        x4: x_off / 4,
+        chunks: k.div_ceil(plan.chunk) as u32,
+        pwg: [0, u32::MAX, u32::MAX, u32::MAX],
+        ..Params::default()
+    };
+    let (mut w4s, mut ws, mut outs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut wg = 0u32;
+    for (i, (w, out)) in parts.iter().enumerate() {
+        let c = &w.chunks[0];
+        let size = c.buf.size();
+        w4s.push(be.bind_range(&c.buf, 0, size / 16 * 16, "weight chunk (vec4)")?);
+        ws.push(be.bind_range(&c.buf, 0, size, "weight chunk")?);
+        let bo = be.bind_out(op, out, "out")?;
+        p.pn[i] = w.rows as u32;
+        p.pwg[i] = wg;
+        p.pd[i] = c.d_base;
+        p.po[i] = bo.elem_off(4);
+        outs.push(bo);
+        wg += (w.rows as u32).div_ceil(plan.rows_per_wg);
+    }
+    // Two parts: the third part's bindings repeat the second's (never read: pwg.z is MAX).
+    let last = parts.len() - 1;
+    let at = |i: usize| i.min(last);
+    let mut g_in = vec![
+        w4s[0].entry(1),
+        outs[0].entry(3),
+        w4s[at(1)].entry(7),
+        w4s[at(2)].entry(8),
+        outs[at(1)].entry(11),
+        outs[at(2)].entry(12),
+    ];
+    if d == DType::Q8_0 {
+        g_in.extend([ws[0].entry(4), ws[at(1)].entry(9), ws[at(2)].entry(10)]);
+    }
+    let grid = be.grid(wg);
+    record(be, &plan, x8, &bx, k, g_in, &p, grid)?;
+    Ok(true)
+}
+
+/// `KILN_WGPU_MANY=0` runs matmul_many as one matmul per weight (comparison).
+fn many_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WGPU_MANY").map_or(true, |v| v != "0"))
 }

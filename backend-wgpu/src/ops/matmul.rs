@@ -118,6 +118,35 @@ pub(crate) fn matmul(be: &WgpuBackend, x: View<'_>, w: &Weight, out: ViewMut<'_>
     run(be, x, ww, out, m, path)
 }
 
+/// The trait's matmul_many: one-row products of 2–3 weights that the tuned path sends to the
+/// vec4 GEMV go as ONE dispatch (`gemv_v::run_many`); anything else, one matmul each.
+pub(crate) fn matmul_many(
+    be: &WgpuBackend,
+    x: View<'_>,
+    parts: &[(&Weight, ViewMut<'_>)],
+) -> Result<()> {
+    let mut ws = Vec::with_capacity(parts.len());
+    let mut one = x.offset().is_multiple_of(16) && be.vgemv_enabled();
+    for (i, (w, out)) in parts.iter().enumerate() {
+        let m = check_args(be, &x, w, out)?;
+        let ww = WgpuWeight::of(w, OpKind::Matmul)?;
+        one &= m == 1
+            && gemv_v::supports(ww.dtype)
+            && be.choose_path(ww.dtype, ww.rows, ww.k, m) == MatmulPath::Gemv
+            && parts[..i]
+                .iter()
+                .all(|(_, o)| out.check_disjoint(&o.as_view()).is_ok());
+        ws.push((ww, *out));
+    }
+    if one && gemv_v::run_many(be, x, &ws)? {
+        return Ok(());
+    }
+    for (w, out) in parts {
+        matmul(be, x, w, *out)?;
+    }
+    Ok(())
+}
+
 /// Run one path explicitly (tests and the tuner).
 pub(crate) fn matmul_with(
     be: &WgpuBackend,
