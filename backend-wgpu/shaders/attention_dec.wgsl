@@ -29,8 +29,7 @@ const GH: u32 = {{GH}}u;  // query heads per workgroup
 const W: u32 = HD / EPW;  // words per K/V row
 const W4: u32 = W / 4u;   // vec4s per row
 const TK: u32 = {{TK}}u;  // keys per tile: 2048 / W
-const KS: u32 = W + 1u;   // K row stride in workgroup memory (words)
-const QS: u32 = HD + 1u;  // q row stride in workgroup memory
+const GQ: u32 = (GH + 3u) / 4u * 4u; // GH rounded up to a quad of heads
 const NPH: u32 = {{NPH}}u; // V phases (key subsets): max(128 / W, 1)
 const CPI: u32 = {{CPI}}u; // V word columns per invocation: max(W / 128, 1)
 const NEG: f32 = -3.4028235e38;
@@ -72,34 +71,70 @@ struct Params {
 // Two cache elements of one word (the second is 0 for f32 caches).
 {{UNPACK}}
 
-var<workgroup> kt: array<u32, 2112>;        // TK rows of KS words (≤ 2048 + 64); merge area
-var<workgroup> vt: array<vec4<u32>, 512>;   // TK rows of W words
-var<workgroup> qsm: array<f32, 2056>;       // GH rows of QS floats
-var<workgroup> ps: array<f32, 512>;         // GH · TK scores, then probabilities
-var<workgroup> pm: array<f32, 64>;          // GH · 8 partial maxima; then GH · NPH sums
+// Every per-head quantity is a vec4 over 4 query heads (quad 0: heads 0..3, quad 1: 4..7)
+// and nothing is an indexed private array (drivers may put those in local memory).
+var<workgroup> kt: array<vec4<u32>, 576>;   // TK rows of W4 + 1 vec4s (padded); merge area
+var<workgroup> vt: array<vec4<u32>, 512>;   // TK rows of W4 vec4s
+var<workgroup> qsm: array<vec4<f32>, 520>;  // GH rows of HD/4 + 1 vec4s
+var<workgroup> ps: array<vec4<f32>, 128>;   // [key j][quad]: scores, then probabilities
+var<workgroup> pm: array<vec4<f32>, 32>;    // [i < 8][quad] partial maxima; phase sums
+
+struct KV4 {
+    k: vec4<u32>,
+    v: vec4<u32>,
+}
 
 // The next tile's K/V vec4s of this invocation (registers).
-var<private> kr: array<vec4<u32>, 4>;
-var<private> vr: array<vec4<u32>, 4>;
+var<private> f0: KV4;
+var<private> f1: KV4;
+var<private> f2: KV4;
+var<private> f3: KV4;
 
-// Registers ← the tile of keys kb.. (zeros past k_hi: masked keys never read the cache).
-fn fetch(li: u32, kb: u32, k_hi: u32, bt0: u32, kvh: u32) {
-    let ko = P.k_off / (4u * EPW);
-    let vo = P.v_off / (4u * EPW);
-    for (var r = 0u; r < 4u; r++) {
-        let i = li + 128u * r;
-        let key = kb + i / W4;
-        var kv4 = vec4<u32>();
-        var vv4 = vec4<u32>();
-        if key < k_hi {
-            let blk = u32(BT[bt0 + key / P.block_size]);
-            let row = ((blk * P.n_kv + kvh) * P.block_size + key % P.block_size) * W4 + i % W4;
-            kv4 = K[ko + row];
-            vv4 = V[vo + row];
-        }
-        kr[r] = kv4;
-        vr[r] = vv4;
+// vec4 i of the tile of keys kb.. (zeros past k_hi: masked keys never read the cache).
+fn ld(i: u32, kb: u32, k_hi: u32, bt0: u32, kvh: u32) -> KV4 {
+    let key = kb + i / W4;
+    var r = KV4(vec4<u32>(), vec4<u32>());
+    if key < k_hi {
+        let blk = u32(BT[bt0 + key / P.block_size]);
+        let row = ((blk * P.n_kv + kvh) * P.block_size + key % P.block_size) * W4 + i % W4;
+        r.k = K[P.k_off / (4u * EPW) + row];
+        r.v = V[P.v_off / (4u * EPW) + row];
     }
+    return r;
+}
+
+fn fetch(li: u32, kb: u32, k_hi: u32, bt0: u32, kvh: u32) {
+    f0 = ld(li, kb, k_hi, bt0, kvh);
+    f1 = ld(li + 128u, kb, k_hi, bt0, kvh);
+    f2 = ld(li + 256u, kb, k_hi, bt0, kvh);
+    f3 = ld(li + 384u, kb, k_hi, bt0, kvh);
+}
+
+fn put(i: u32, f: KV4) {
+    kt[(i / W4) * (W4 + 1u) + i % W4] = f.k;
+    vt[i] = f.v;
+}
+
+// q_g · k_j over the row (j a key of the staged tile).
+fn score(g: u32, j: u32) -> f32 {
+    let kr = j * (W4 + 1u);
+    let qr = g * (HD / 4u + 1u);
+    var d = vec4<f32>();
+    for (var w = 0u; w < W4; w++) {
+        let kw = kt[kr + w];
+        if EPW == 2u {
+            d += qsm[qr + 2u * w] * vec4<f32>(unpack_kv(kw.x), unpack_kv(kw.y));
+            d += qsm[qr + 2u * w + 1u] * vec4<f32>(unpack_kv(kw.z), unpack_kv(kw.w));
+        } else {
+            d += qsm[qr + w] * bitcast<vec4<f32>>(kw);
+        }
+    }
+    return d.x + d.y + d.z + d.w;
+}
+
+// Component g % 4 of the quad vector of head g.
+fn head(q0: vec4<f32>, q1: vec4<f32>, g: u32) -> f32 {
+    return select(q0, q1, g >= 4u)[g % 4u];
 }
 
 @compute @workgroup_size(128)
@@ -137,164 +172,162 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         let t0 = min(wid.z * per, n_tiles);
         let t1 = min(t0 + per, n_tiles);
 
-        for (var i = li; i < GH * HD; i += 128u) {
-            qsm[(i / HD) * QS + i % HD] = Q[P.q_off + (tok * P.n_heads + h0) * HD + i];
+        for (var i = li; i < GH * HD / 4u; i += 128u) {
+            let b = P.q_off + (tok * P.n_heads + h0) * HD + 4u * i;
+            qsm[(i / (HD / 4u)) * (HD / 4u + 1u) + i % (HD / 4u)] =
+                vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
         }
         if t0 < t1 {
             fetch(li, k_lo + t0 * TK, k_hi, bt0, kvh);
         }
-        var m: array<f32, GH>;
-        var lsum: array<f32, GH>;
-        var acc: array<vec2<f32>, GH * CPI>;
-        for (var g = 0u; g < GH; g++) {
-            m[g] = NEG;
-            lsum[g] = 0.0;
-        }
-        for (var a = 0u; a < GH * CPI; a++) {
-            acc[a] = vec2<f32>();
-        }
+        var m0 = vec4<f32>(NEG);
+        var m1 = vec4<f32>(NEG);
+        var l0 = vec4<f32>();
+        var l1 = vec4<f32>();
+        var a0 = vec4<f32>(); // heads 0..3, slot A (word element x, or column c)
+        var b0 = vec4<f32>(); // heads 0..3, slot B (element y, or column c + 128)
+        var a1 = vec4<f32>(); // heads 4..7
+        var b1 = vec4<f32>();
 
         for (var t = t0; t < t1; t++) {
             workgroupBarrier(); // the previous tile's readers are done (and qsm is written)
-            for (var r = 0u; r < 4u; r++) {
-                let i = li + 128u * r;
-                let j = i / W4;
-                let w = (i % W4) * 4u;
-                kt[j * KS + w] = kr[r].x;
-                kt[j * KS + w + 1u] = kr[r].y;
-                kt[j * KS + w + 2u] = kr[r].z;
-                kt[j * KS + w + 3u] = kr[r].w;
-                vt[i] = vr[r];
-            }
+            put(li, f0);
+            put(li + 128u, f1);
+            put(li + 256u, f2);
+            put(li + 384u, f3);
             workgroupBarrier();
             let kb = k_lo + t * TK;
             if t + 1u < t1 {
                 fetch(li, kb + TK, k_hi, bt0, kvh); // in flight during this tile's math
             }
-            // scores
-            for (var u = li; u < GH * TK; u += 128u) {
+            // scores: GQ (GH rounded up to a quad) heads × TK keys; heads ≥ GH are masked
+            for (var u = li; u < GQ * TK; u += 128u) {
                 let g = u / TK;
                 let j = u % TK;
                 var sc = NEG;
-                if kb + j < k_hi {
-                    var d0 = 0.0;
-                    var d1 = 0.0;
-                    let kbase = j * KS;
-                    let qb = g * QS;
-                    for (var w = 0u; w < W; w++) {
-                        let kk = unpack_kv(kt[kbase + w]);
-                        if EPW == 2u {
-                            d0 += qsm[qb + 2u * w] * kk.x;
-                            d1 += qsm[qb + 2u * w + 1u] * kk.y;
-                        } else {
-                            d0 += qsm[qb + w] * kk.x;
-                        }
-                    }
-                    sc = (d0 + d1) * P.scale;
+                if g < GH && kb + j < k_hi {
+                    sc = score(g, j) * P.scale;
                     if P.softcap > 0.0 {
                         sc = P.softcap * tanh(clamp(sc / P.softcap, -10.0, 10.0));
                     }
                 }
-                ps[u] = sc;
+                ps[j * 2u + g / 4u][g % 4u] = sc;
             }
             workgroupBarrier();
-            if li < GH * 8u {
-                let g = li / 8u;
-                var mx = NEG;
-                for (var j = li % 8u; j < TK; j += 8u) {
-                    mx = max(mx, ps[g * TK + j]);
+            if li < 2u * 8u {
+                var mx = vec4<f32>(NEG);
+                for (var j = li / 2u; j < TK; j += 8u) {
+                    mx = max(mx, ps[j * 2u + li % 2u]);
                 }
                 pm[li] = mx;
             }
             workgroupBarrier();
-            var alpha: array<f32, GH>;
-            for (var g = 0u; g < GH; g++) {
-                var mx = m[g];
-                for (var i = 0u; i < 8u; i++) {
-                    mx = max(mx, pm[g * 8u + i]);
+            var n0 = m0;
+            var n1 = m1;
+            for (var i = 0u; i < 8u; i++) {
+                n0 = max(n0, pm[2u * i]);
+                if GQ > 4u {
+                    n1 = max(n1, pm[2u * i + 1u]);
                 }
-                alpha[g] = exp(m[g] - mx);
-                m[g] = mx;
             }
-            for (var u = li; u < GH * TK; u += 128u) {
-                var mg = 0.0;
-                for (var g = 0u; g < GH; g++) {
-                    mg = select(mg, m[g], g == u / TK); // a register, not an indexed array
-                }
-                ps[u] = exp(ps[u] - mg);
+            let al0 = exp(m0 - n0);
+            let al1 = exp(m1 - n1);
+            m0 = n0;
+            m1 = n1;
+            for (var u = li; u < GQ * TK; u += 128u) {
+                let g = u / TK;
+                let j = u % TK;
+                let e = j * 2u + g / 4u;
+                ps[e][g % 4u] = exp(ps[e][g % 4u] - head(n0, n1, g));
             }
             workgroupBarrier();
-            for (var g = 0u; g < GH; g++) {
-                lsum[g] *= alpha[g];
-                for (var ci = 0u; ci < CPI; ci++) {
-                    acc[g * CPI + ci] *= alpha[g];
-                }
-            }
-            var pj: array<f32, GH>;
+            l0 *= al0;
+            a0 *= al0;
+            b0 *= al0;
+            l1 *= al1;
+            a1 *= al1;
+            b1 *= al1;
             for (var j = ph; j < TK; j += NPH) {
-                for (var g = 0u; g < GH; g++) {
-                    pj[g] = ps[g * TK + j];
-                    lsum[g] += pj[g];
-                }
-                for (var ci = 0u; ci < CPI; ci++) {
-                    let wi = j * W + c + ci * 128u;
+                let p0 = ps[j * 2u];
+                l0 += p0;
+                let wi = j * W + c;
+                var va: f32;
+                var vb: f32;
+                if CPI == 1u {
                     let vv = unpack_kv(vt[wi / 4u][wi % 4u]);
-                    for (var g = 0u; g < GH; g++) {
-                        acc[g * CPI + ci] += pj[g] * vv;
-                    }
+                    va = vv.x;
+                    vb = vv.y;
+                } else {
+                    let wj = wi + 128u;
+                    va = unpack_kv(vt[wi / 4u][wi % 4u]).x;
+                    vb = unpack_kv(vt[wj / 4u][wj % 4u]).x;
+                }
+                a0 += p0 * va;
+                b0 += p0 * vb;
+                if GQ > 4u {
+                    let p1 = ps[j * 2u + 1u];
+                    l1 += p1;
+                    a1 += p1 * va;
+                    b1 += p1 * vb;
                 }
             }
         }
 
-        // Sum the phases (NPH > 1): phase p > 0 parks its acc and sums in kt / pm.
+        // Sum the phases (NPH > 1): phase p > 0 parks its acc in kt and its sums in pm.
         if NPH > 1u {
             workgroupBarrier();
             if ph > 0u {
-                for (var g = 0u; g < GH; g++) {
-                    let b = (((ph - 1u) * GH + g) * W + c) * 2u;
-                    kt[b] = bitcast<u32>(acc[g].x);
-                    kt[b + 1u] = bitcast<u32>(acc[g].y);
-                }
-            }
-            if c == 0u {
-                for (var g = 0u; g < GH; g++) {
-                    pm[ph * GH + g] = lsum[g];
+                let b = ((ph - 1u) * W + c) * 4u;
+                kt[b] = bitcast<vec4<u32>>(a0);
+                kt[b + 1u] = bitcast<vec4<u32>>(b0);
+                kt[b + 2u] = bitcast<vec4<u32>>(a1);
+                kt[b + 3u] = bitcast<vec4<u32>>(b1);
+                if c == 0u {
+                    pm[16u + 2u * ph] = l0;
+                    pm[17u + 2u * ph] = l1;
                 }
             }
             workgroupBarrier();
             if ph == 0u {
-                for (var g = 0u; g < GH; g++) {
-                    for (var p = 1u; p < NPH; p++) {
-                        let b = (((p - 1u) * GH + g) * W + c) * 2u;
-                        acc[g] += vec2<f32>(bitcast<f32>(kt[b]), bitcast<f32>(kt[b + 1u]));
-                        lsum[g] += pm[p * GH + g];
-                    }
+                for (var p = 1u; p < NPH; p++) {
+                    let b = ((p - 1u) * W + c) * 4u;
+                    a0 += bitcast<vec4<f32>>(kt[b]);
+                    b0 += bitcast<vec4<f32>>(kt[b + 1u]);
+                    a1 += bitcast<vec4<f32>>(kt[b + 2u]);
+                    b1 += bitcast<vec4<f32>>(kt[b + 3u]);
+                    l0 += pm[16u + 2u * p];
+                    l1 += pm[17u + 2u * p];
                 }
             }
         }
         if ph == 0u {
             for (var g = 0u; g < GH; g++) {
                 let th = tok * P.n_heads + h0 + g;
-                for (var ci = 0u; ci < CPI; ci++) {
-                    let d = (c + ci * 128u) * EPW; // first output dim of this word column
-                    let a = acc[g * CPI + ci];
-                    if SPLIT {
-                        let sb = P.s_off + (th * P.n_splits + wid.z) * (HD + 2u);
-                        S[sb + d] = a.x;
-                        if EPW == 2u {
-                            S[sb + d + 1u] = a.y;
-                        }
-                        if li == 0u && ci == 0u {
-                            S[sb + HD] = m[g];
-                            S[sb + HD + 1u] = lsum[g];
-                        }
-                    } else {
-                        let inv = select(0.0, 1.0 / lsum[g], lsum[g] > 0.0);
-                        let ob = P.o_off + th * HD;
-                        O[ob + d] = a.x * inv;
-                        if EPW == 2u {
-                            O[ob + d + 1u] = a.y * inv;
-                        }
+                let va = head(a0, a1, g);
+                let vb = head(b0, b1, g);
+                let lg = head(l0, l1, g);
+                // output dims of slot A and B
+                var da = c * EPW;
+                var db = da + 1u;
+                if EPW == 1u {
+                    db = c + 128u;
+                }
+                if SPLIT {
+                    let sb = P.s_off + (th * P.n_splits + wid.z) * (HD + 2u);
+                    S[sb + da] = va;
+                    if EPW == 2u || CPI == 2u {
+                        S[sb + db] = vb;
+                    }
+                    if li == 0u {
+                        S[sb + HD] = head(m0, m1, g);
+                        S[sb + HD + 1u] = lg;
+                    }
+                } else {
+                    let inv = select(0.0, 1.0 / lg, lg > 0.0);
+                    let ob = P.o_off + th * HD;
+                    O[ob + da] = va * inv;
+                    if EPW == 2u || CPI == 2u {
+                        O[ob + db] = vb * inv;
                     }
                 }
             }
