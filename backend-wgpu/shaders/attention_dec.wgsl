@@ -28,7 +28,9 @@ const EPW: u32 = {{EPW}}u; // elements per u32 word of the cache (2: f16/bf16, 1
 const GH: u32 = {{GH}}u;  // query heads per workgroup
 const W: u32 = HD / EPW;  // words per K/V row
 const W4: u32 = W / 4u;   // vec4s per row
-const TK: u32 = {{TK}}u;  // keys per tile: 2048 / W
+const TW: u32 = {{TW}}u;  // words per K (and per V) tile: 2048, or 1024 (a knob)
+const TK: u32 = TW / W;   // keys per tile
+const NF: u32 = TW / 512u; // vec4s of K (and of V) each invocation stages per tile
 const GQ: u32 = (GH + 3u) / 4u * 4u; // GH rounded up to a quad of heads
 const NPH: u32 = {{NPH}}u; // V phases (key subsets): max(128 / W, 1)
 const CPI: u32 = {{CPI}}u; // V word columns per invocation: max(W / 128, 1)
@@ -73,11 +75,12 @@ struct Params {
 
 // Every per-head quantity is a vec4 over 4 query heads (quad 0: heads 0..3, quad 1: 4..7)
 // and nothing is an indexed private array (drivers may put those in local memory).
-var<workgroup> kt: array<vec4<u32>, 576>;   // TK rows of W4 + 1 vec4s (padded); merge area
-var<workgroup> vt: array<vec4<u32>, 512>;   // TK rows of W4 vec4s
-var<workgroup> qsm: array<vec4<f32>, 520>;  // GH rows of HD/4 + 1 vec4s
-var<workgroup> ps: array<vec4<f32>, 128>;   // [key j][quad]: scores, then probabilities
-var<workgroup> pm: array<vec4<f32>, 32>;    // [i < 8][quad] partial maxima; phase sums
+// (Sizes are exact per specialisation: the host substitutes them.)
+var<workgroup> kt: array<vec4<u32>, {{KT_N}}>; // TK rows of W4 + 1 vec4s (padded); merge area
+var<workgroup> vt: array<u32, {{TW}}>;        // TK rows of W words
+var<workgroup> qsm: array<vec4<f32>, {{QS_N}}>; // GH rows of HD/4 + 1 vec4s
+var<workgroup> ps: array<f32, {{PS_N}}>;      // [key j][head g < 8]: scores, then probabilities
+var<workgroup> pm: array<vec4<f32>, 32>;      // [i < 8][quad] partial maxima; phase sums
 
 struct KV4 {
     k: vec4<u32>,
@@ -90,29 +93,30 @@ var<private> f1: KV4;
 var<private> f2: KV4;
 var<private> f3: KV4;
 
-// vec4 i of the tile of keys kb.. (zeros past k_hi: masked keys never read the cache).
+// vec4 i of the tile of keys kb.. . Keys past k_hi read the row of key k_hi − 1 instead (no
+// branch around the loads; such keys are masked, p = 0 times a finite row).
 fn ld(i: u32, kb: u32, k_hi: u32, bt0: u32, kvh: u32) -> KV4 {
-    let key = kb + i / W4;
-    var r = KV4(vec4<u32>(), vec4<u32>());
-    if key < k_hi {
-        let blk = u32(BT[bt0 + key / P.block_size]);
-        let row = ((blk * P.n_kv + kvh) * P.block_size + key % P.block_size) * W4 + i % W4;
-        r.k = K[P.k_off / (4u * EPW) + row];
-        r.v = V[P.v_off / (4u * EPW) + row];
-    }
-    return r;
+    let key = min(kb + i / W4, k_hi - 1u);
+    let blk = u32(BT[bt0 + key / P.block_size]);
+    let row = ((blk * P.n_kv + kvh) * P.block_size + key % P.block_size) * W4 + i % W4;
+    return KV4(K[P.k_off / (4u * EPW) + row], V[P.v_off / (4u * EPW) + row]);
 }
 
 fn fetch(li: u32, kb: u32, k_hi: u32, bt0: u32, kvh: u32) {
     f0 = ld(li, kb, k_hi, bt0, kvh);
     f1 = ld(li + 128u, kb, k_hi, bt0, kvh);
-    f2 = ld(li + 256u, kb, k_hi, bt0, kvh);
-    f3 = ld(li + 384u, kb, k_hi, bt0, kvh);
+    if NF == 4u {
+        f2 = ld(li + 256u, kb, k_hi, bt0, kvh);
+        f3 = ld(li + 384u, kb, k_hi, bt0, kvh);
+    }
 }
 
 fn put(i: u32, f: KV4) {
     kt[(i / W4) * (W4 + 1u) + i % W4] = f.k;
-    vt[i] = f.v;
+    vt[4u * i] = f.v.x;
+    vt[4u * i + 1u] = f.v.y;
+    vt[4u * i + 2u] = f.v.z;
+    vt[4u * i + 3u] = f.v.w;
 }
 
 // q_g · k_j over the row (j a key of the staged tile).
@@ -120,21 +124,35 @@ fn score(g: u32, j: u32) -> f32 {
     let kr = j * (W4 + 1u);
     let qr = g * (HD / 4u + 1u);
     var d = vec4<f32>();
-    for (var w = 0u; w < W4; w++) {
+    var e = vec4<f32>(); // two chains (W4 is even)
+    for (var w = 0u; w < W4; w += 2u) {
         let kw = kt[kr + w];
+        let kx = kt[kr + w + 1u];
         if EPW == 2u {
             d += qsm[qr + 2u * w] * vec4<f32>(unpack_kv(kw.x), unpack_kv(kw.y));
-            d += qsm[qr + 2u * w + 1u] * vec4<f32>(unpack_kv(kw.z), unpack_kv(kw.w));
+            e += qsm[qr + 2u * w + 1u] * vec4<f32>(unpack_kv(kw.z), unpack_kv(kw.w));
+            d += qsm[qr + 2u * w + 2u] * vec4<f32>(unpack_kv(kx.x), unpack_kv(kx.y));
+            e += qsm[qr + 2u * w + 3u] * vec4<f32>(unpack_kv(kx.z), unpack_kv(kx.w));
         } else {
             d += qsm[qr + w] * bitcast<vec4<f32>>(kw);
+            e += qsm[qr + w + 1u] * bitcast<vec4<f32>>(kx);
         }
     }
+    d += e;
     return d.x + d.y + d.z + d.w;
 }
 
-// Component g % 4 of the quad vector of head g.
+// Component g % 4 of the quad vector of head g (selects: no dynamic vector indexing).
 fn head(q0: vec4<f32>, q1: vec4<f32>, g: u32) -> f32 {
-    return select(q0, q1, g >= 4u)[g % 4u];
+    let v = select(q0, q1, g >= 4u);
+    let k = g % 4u;
+    return select(select(select(v.x, v.y, k == 1u), v.z, k == 2u), v.w, k == 3u);
+}
+
+// Probabilities of key j for heads 4·quad .. 4·quad + 3.
+fn pq(j: u32, quad: u32) -> vec4<f32> {
+    let b = j * 8u + 4u * quad;
+    return vec4<f32>(ps[b], ps[b + 1u], ps[b + 2u], ps[b + 3u]);
 }
 
 @compute @workgroup_size(128)
@@ -193,8 +211,10 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             workgroupBarrier(); // the previous tile's readers are done (and qsm is written)
             put(li, f0);
             put(li + 128u, f1);
-            put(li + 256u, f2);
-            put(li + 384u, f3);
+            if NF == 4u {
+                put(li + 256u, f2);
+                put(li + 384u, f3);
+            }
             workgroupBarrier();
             let kb = k_lo + t * TK;
             if t + 1u < t1 {
@@ -211,13 +231,13 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                         sc = P.softcap * tanh(clamp(sc / P.softcap, -10.0, 10.0));
                     }
                 }
-                ps[j * 2u + g / 4u][g % 4u] = sc;
+                ps[j * 8u + g] = sc;
             }
             workgroupBarrier();
             if li < 2u * 8u {
                 var mx = vec4<f32>(NEG);
                 for (var j = li / 2u; j < TK; j += 8u) {
-                    mx = max(mx, ps[j * 2u + li % 2u]);
+                    mx = max(mx, pq(j, li % 2u));
                 }
                 pm[li] = mx;
             }
@@ -237,8 +257,8 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             for (var u = li; u < GQ * TK; u += 128u) {
                 let g = u / TK;
                 let j = u % TK;
-                let e = j * 2u + g / 4u;
-                ps[e][g % 4u] = exp(ps[e][g % 4u] - head(n0, n1, g));
+                let e = j * 8u + g;
+                ps[e] = exp(ps[e] - head(n0, n1, g));
             }
             workgroupBarrier();
             l0 *= al0;
@@ -247,28 +267,39 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             l1 *= al1;
             a1 *= al1;
             b1 *= al1;
-            for (var j = ph; j < TK; j += NPH) {
-                let p0 = ps[j * 2u];
-                l0 += p0;
+            // two keys per step (TK / NPH is even): independent loads in flight
+            for (var j = ph; j < TK; j += 2u * NPH) {
+                let jb = j + NPH;
+                let p0 = pq(j, 0u);
+                let r0 = pq(jb, 0u);
+                l0 += p0 + r0;
                 let wi = j * W + c;
+                let wk = jb * W + c;
                 var va: f32;
                 var vb: f32;
+                var xa: f32;
+                var xb: f32;
                 if CPI == 1u {
-                    let vv = unpack_kv(vt[wi / 4u][wi % 4u]);
+                    let vv = unpack_kv(vt[wi]);
+                    let xx = unpack_kv(vt[wk]);
                     va = vv.x;
                     vb = vv.y;
+                    xa = xx.x;
+                    xb = xx.y;
                 } else {
-                    let wj = wi + 128u;
-                    va = unpack_kv(vt[wi / 4u][wi % 4u]).x;
-                    vb = unpack_kv(vt[wj / 4u][wj % 4u]).x;
+                    va = unpack_kv(vt[wi]).x;
+                    vb = unpack_kv(vt[wi + 128u]).x;
+                    xa = unpack_kv(vt[wk]).x;
+                    xb = unpack_kv(vt[wk + 128u]).x;
                 }
-                a0 += p0 * va;
-                b0 += p0 * vb;
+                a0 += p0 * va + r0 * xa;
+                b0 += p0 * vb + r0 * xb;
                 if GQ > 4u {
-                    let p1 = ps[j * 2u + 1u];
-                    l1 += p1;
-                    a1 += p1 * va;
-                    b1 += p1 * vb;
+                    let p1 = pq(j, 1u);
+                    let r1 = pq(jb, 1u);
+                    l1 += p1 + r1;
+                    a1 += p1 * va + r1 * xa;
+                    b1 += p1 * vb + r1 * xb;
                 }
             }
         }

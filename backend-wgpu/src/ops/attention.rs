@@ -62,8 +62,18 @@ fn splits(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         .min(MAX_SPLITS)
 }
 
-/// Words of the decode kernel's workgroup K/V tiles (each).
+/// Words of the decode kernel's workgroup K/V tiles (each): 2048 (16 KiB of K + V), or 1024
+/// with `KILN_WGPU_ATTN_TILE=1024` (A/B: half the workgroup memory, twice the barriers).
 const DEC_TILE_WORDS: usize = 2048;
+
+fn dec_tile_words() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        env_usize("KILN_WGPU_ATTN_TILE")
+            .filter(|v| *v == 1024)
+            .unwrap_or(DEC_TILE_WORDS)
+    })
+}
 /// Decode: fewest keys per split, most splits, and the workgroups the split aims for
 /// (`KILN_WGPU_ATTN_KEYS`, `KILN_WGPU_ATTN_GRID` override the first and the last: A/B).
 const DEC_KEYS_PER_SPLIT: usize = 128;
@@ -300,12 +310,18 @@ pub(crate) fn attention(
     if let Some(d) = dec {
         let w = hd / d.epw;
         let g = p.n_heads / p.n_kv_heads;
+        let tw = dec_tile_words();
+        let (tk, nph) = (tw / w, (128 / w).max(1));
+        let kt_n = (tk * (w / 4 + 1)).max((nph - 1) * w * 4);
         let spec = ShaderSpec::new("attention_dec", &[DEC], "attn_dec")
             .sub("HD", hd.to_string())
             .sub("EPW", d.epw.to_string())
             .sub("GH", d.gh.to_string())
-            .sub("TK", (DEC_TILE_WORDS / w).to_string())
-            .sub("NPH", (128 / w).max(1).to_string())
+            .sub("TW", tw.to_string())
+            .sub("KT_N", kt_n.to_string())
+            .sub("QS_N", (d.gh * (hd / 4 + 1)).to_string())
+            .sub("PS_N", (tk * 8).to_string())
+            .sub("NPH", nph.to_string())
             .sub("CPI", (w / 128).max(1).to_string())
             .sub("UNPACK", unpack_fn(kd))
             .over("SPLIT", split);
