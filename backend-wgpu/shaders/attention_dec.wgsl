@@ -26,12 +26,15 @@
 const HD: u32 = {{HD}}u;  // head_dim
 const EPW: u32 = {{EPW}}u; // elements per u32 word of the cache (2: f16/bf16, 1: f32)
 const GH: u32 = {{GH}}u;  // query heads per workgroup
+const BQ: u32 = {{BQ}}u;  // query tokens per workgroup (prefill tiles; 1 for decode)
+const NR: u32 = GH * BQ;  // rows (token t, head g) = t·GH + g, ≤ 8
+const PREFILL: bool = {{PREFILL}};
 const W: u32 = HD / EPW;  // words per K/V row
 const W4: u32 = W / 4u;   // vec4s per row
 const TW: u32 = {{TW}}u;  // words per K (and per V) tile: 2048, or 1024 (a knob)
 const TK: u32 = TW / W;   // keys per tile
 const NF: u32 = TW / 512u; // vec4s of K (and of V) each invocation stages per tile
-const GQ: u32 = (GH + 3u) / 4u * 4u; // GH rounded up to a quad of heads
+const GQ: u32 = (NR + 3u) / 4u * 4u; // NR rounded up to a quad of rows
 const NPH: u32 = {{NPH}}u; // V phases (key subsets): max(128 / W, 1)
 const CPI: u32 = {{CPI}}u; // V word columns per invocation: max(W / 128, 1)
 const NEG: f32 = -3.4028235e38;
@@ -58,6 +61,7 @@ struct Params {
     kl_off: u32,
     bt_off: u32,
     s_off: u32,
+    n_qt: u32,      // query tiles per sequence in the grid (prefill; 1 for decode)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -155,15 +159,28 @@ fn pq(j: u32, quad: u32) -> vec4<f32> {
     return vec4<f32>(ps[b], ps[b + 1u], ps[b + 2u], ps[b + 3u]);
 }
 
+// Key range [lo, hi) of the query at position qpos (causal, window).
+fn key_range(qpos: u32, kv_len: u32) -> vec2<u32> {
+    var hi = kv_len;
+    if P.causal != 0u {
+        hi = min(hi, qpos + 1u);
+    }
+    var lo = 0u;
+    if P.window != 0u && qpos + 1u > P.window {
+        lo = qpos + 1u - P.window;
+    }
+    return vec2<u32>(lo, max(hi, lo));
+}
+
 @compute @workgroup_size(128)
 fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {
     let n_hg = P.n_heads / P.n_kv / GH; // head groups per KV head
-    let id = wid.x + wid.y * nwg.x;     // (seq · n_kv + kvh) · n_hg + hg
-    if id >= P.n_seqs * P.n_kv * n_hg {
+    let id = wid.x + wid.y * nwg.x;     // ((seq · n_qt + qt) · n_kv + kvh) · n_hg + hg
+    if id >= P.n_seqs * P.n_qt * P.n_kv * n_hg {
         return; // uniform: the whole workgroup
     }
-    let s = id / (P.n_kv * n_hg);
+    let s = id / (P.n_qt * P.n_kv * n_hg);
     let kvh = (id / n_hg) % P.n_kv;
     let h0 = kvh * (P.n_heads / P.n_kv) + (id % n_hg) * GH; // first query head
     let bt0 = P.bt_off + s * P.max_blocks;
@@ -172,27 +189,32 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let kv_len = u32(max(KL[P.kl_off + s], 0));
     let c = li % W;              // V word column (W ≤ 128; else columns li, li + 128)
     let ph = li / min(W, 128u);  // V phase
-    // One query per sequence is the case this kernel is for; a sequence of q_len ≠ 1 in a
-    // batch of n_tokens = n_seqs is served too, one query after the other.
-    for (var qi = 0u; qi < q_len; qi++) {
-        let tok = q0 + qi;
-        let qpos = kv_len - q_len + qi;
-        var k_hi = kv_len;
-        if P.causal != 0u {
-            k_hi = min(k_hi, qpos + 1u);
-        }
-        var k_lo = 0u;
-        if P.window != 0u && qpos + 1u > P.window {
-            k_lo = qpos + 1u - P.window;
-        }
-        let n_tiles = (max(k_hi, k_lo) - k_lo + TK - 1u) / TK;
+    // Decode: one query per sequence is the case this is for; a sequence of q_len ≠ 1 in a
+    // batch of n_tokens = n_seqs is served too, one query after the other. Prefill: query
+    // tile qt of the grid, BQ tokens, and nothing else.
+    var qt = 0u;
+    var qt_end = q_len;
+    if PREFILL {
+        qt = (id / (P.n_kv * n_hg)) % P.n_qt;
+        qt_end = min(qt + 1u, (q_len + BQ - 1u) / BQ);
+    }
+    for (; qt < qt_end; qt++) {
+        let tq = qt * BQ;                      // first token of the tile in the sequence
+        let nt = min(BQ, q_len - tq);          // its tokens
+        let pos0 = kv_len - q_len + tq;        // position of its first token
+        // keys of the tile: from the first token's lo to the last token's hi
+        let k_lo = key_range(pos0, kv_len).x;
+        let k_hi = max(key_range(pos0 + nt - 1u, kv_len).y, k_lo);
+        let n_tiles = (k_hi - k_lo + TK - 1u) / TK;
         let per = (n_tiles + P.n_splits - 1u) / P.n_splits;
         let t0 = min(wid.z * per, n_tiles);
         let t1 = min(t0 + per, n_tiles);
 
-        for (var i = li; i < GH * HD / 4u; i += 128u) {
-            let b = P.q_off + (tok * P.n_heads + h0) * HD + 4u * i;
-            qsm[(i / (HD / 4u)) * (HD / 4u + 1u) + i % (HD / 4u)] =
+        for (var i = li; i < NR * HD / 4u; i += 128u) {
+            let r = i / (HD / 4u);
+            let t = min(r / GH, nt - 1u); // rows past the last token repeat it (masked)
+            let b = P.q_off + ((q0 + tq + t) * P.n_heads + h0 + r % GH) * HD + 4u * (i % (HD / 4u));
+            qsm[r * (HD / 4u + 1u) + i % (HD / 4u)] =
                 vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
         }
         if t0 < t1 {
@@ -202,9 +224,9 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         var m1 = vec4<f32>(NEG);
         var l0 = vec4<f32>();
         var l1 = vec4<f32>();
-        var a0 = vec4<f32>(); // heads 0..3, slot A (word element x, or column c)
-        var b0 = vec4<f32>(); // heads 0..3, slot B (element y, or column c + 128)
-        var a1 = vec4<f32>(); // heads 4..7
+        var a0 = vec4<f32>(); // rows 0..3, slot A (word element x, or column c)
+        var b0 = vec4<f32>(); // rows 0..3, slot B (element y, or column c + 128)
+        var a1 = vec4<f32>(); // rows 4..7
         var b1 = vec4<f32>();
 
         for (var t = t0; t < t1; t++) {
@@ -220,18 +242,20 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             if t + 1u < t1 {
                 fetch(li, kb + TK, k_hi, bt0, kvh); // in flight during this tile's math
             }
-            // scores: GQ (GH rounded up to a quad) heads × TK keys; heads ≥ GH are masked
+            // scores: GQ (NR rounded up to a quad) rows × TK keys; rows ≥ NR, rows past the
+            // last token and keys outside a row's range are masked
             for (var u = li; u < GQ * TK; u += 128u) {
-                let g = u / TK;
+                let r = u / TK;
                 let j = u % TK;
+                let kr = key_range(pos0 + r / GH, kv_len);
                 var sc = NEG;
-                if g < GH && kb + j < k_hi {
-                    sc = score(g, j) * P.scale;
+                if r < NR && r / GH < nt && kb + j >= kr.x && kb + j < kr.y {
+                    sc = score(r, j) * P.scale;
                     if P.softcap > 0.0 {
                         sc = P.softcap * tanh(clamp(sc / P.softcap, -10.0, 10.0));
                     }
                 }
-                ps[j * 8u + g] = sc;
+                ps[j * 8u + r] = sc;
             }
             workgroupBarrier();
             if li < 2u * 8u {
@@ -255,10 +279,11 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             m0 = n0;
             m1 = n1;
             for (var u = li; u < GQ * TK; u += 128u) {
-                let g = u / TK;
+                let r = u / TK;
                 let j = u % TK;
-                let e = j * 8u + g;
-                ps[e] = exp(ps[e] - head(n0, n1, g));
+                let e = j * 8u + r;
+                // a row with no visible key yet has max NEG: its masked scores stay 0
+                ps[e] = select(exp(ps[e] - head(n0, n1, r)), 0.0, ps[e] == NEG);
             }
             workgroupBarrier();
             l0 *= al0;
@@ -332,11 +357,11 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
         }
         if ph == 0u {
-            for (var g = 0u; g < GH; g++) {
-                let th = tok * P.n_heads + h0 + g;
-                let va = head(a0, a1, g);
-                let vb = head(b0, b1, g);
-                let lg = head(l0, l1, g);
+            for (var r = 0u; r < min(NR, nt * GH); r++) {
+                let th = (q0 + tq + r / GH) * P.n_heads + h0 + r % GH;
+                let va = head(a0, a1, r);
+                let vb = head(b0, b1, r);
+                let lg = head(l0, l1, r);
                 // output dims of slot A and B
                 var da = c * EPW;
                 var db = da + 1u;
@@ -350,7 +375,7 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                         S[sb + db] = vb;
                     }
                     if li == 0u {
-                        S[sb + HD] = head(m0, m1, g);
+                        S[sb + HD] = head(m0, m1, r);
                         S[sb + HD + 1u] = lg;
                     }
                 } else {

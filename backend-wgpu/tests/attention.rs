@@ -123,10 +123,11 @@ fn run_case(c: &Case, seed: u64) {
     let qs = Shape::d3(n_tokens, c.n_heads, c.hd);
     let need = be.attention_scratch_bytes(&p, n_tokens, &batch);
     let scr = be.alloc(need.max(4)).unwrap();
-    // Both kernels where the batch is a decode batch (n_tokens = n_seqs): attention_dec.wgsl
-    // (default) and the per-(token, head) kernel kept behind `set_attn_decode(false)`.
+    // Both kernels: attention_dec.wgsl (default, decode and prefill tiles) and the
+    // per-(token, head) kernel kept behind `set_attn_decode(false)` / `set_attn_prefill(false)`.
     for dec in [true, false] {
         be.set_attn_decode(dec);
+        be.set_attn_prefill(dec);
         let o = poisoned(&be, q.len());
         let scratch = (need > 0).then(|| scr.view_mut(0, Shape::d1(need / 4), DType::F32).unwrap());
         be.attention(
@@ -142,12 +143,13 @@ fn run_case(c: &Case, seed: u64) {
         let e = nmse(&got, &want);
         eprintln!(
             "attention hd {} heads {}/{} bs {} kv {} seqs {:?} window {:?} softcap {:?} \
-             scratch {need} decode kernel {dec}: nmse {e:e}",
+             scratch {need} tiled kernel {dec}: nmse {e:e}",
             c.hd, c.n_heads, c.n_kv, c.bs, c.kv_dtype, c.seqs, c.window, c.softcap
         );
-        assert!(e < 1e-9, "decode kernel {dec}: nmse {e:e}");
+        assert!(e < 1e-9, "tiled kernel {dec}: nmse {e:e}");
     }
     be.set_attn_decode(true);
+    be.set_attn_prefill(true);
 }
 
 /// Decode batches (one query per sequence) of `n_heads / n_kv` = `g` at the given shapes:

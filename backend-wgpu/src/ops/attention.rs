@@ -1,8 +1,11 @@
-//! Paged attention (prefill + decode, ragged batch), `shaders/attention.wgsl`, and decode
-//! batches (n_tokens = n_seqs: one query per sequence) through `shaders/attention_dec.wgsl`
-//! (one workgroup per sequence, KV head and group of ≤ 8 of its query heads: K/V read once
-//! per GQA group, coalesced). `KILN_WGPU_ATTN=0` / `set_attn_decode(false)` keep decode on
-//! the older per-(token, head) kernel (comparison).
+//! Paged attention (prefill + decode, ragged batch) through `shaders/attention_dec.wgsl`:
+//! one workgroup per (sequence, query tile, KV head, group of its query heads) with ≤ 8
+//! (token, head) rows sharing every K/V tile it reads (coalesced, staged in workgroup
+//! memory): decode batches (n_tokens = n_seqs) take one token and up to 8 heads of a GQA
+//! group, prefill batches tiles of 8 / heads tokens. head_dims whose rows are not 32..256
+//! words (and f32 caches past 256 words) use `shaders/attention.wgsl`'s per-(token, head)
+//! kernel, as do `KILN_WGPU_ATTN=0` (both) / `=decode` (prefill) and `set_attn_decode(false)`
+//! / `set_attn_prefill(false)` (comparison).
 //!
 //! Long decode contexts are split over several workgroups per (token, head) when the grid
 //! would otherwise be small; the splits write partial (acc, max, sum) rows to the scratch
@@ -49,6 +52,7 @@ struct Params {
     kl_off: u32,
     bt_off: u32,
     s_off: u32,
+    n_qt: u32,
 }
 
 fn splits(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
@@ -99,16 +103,21 @@ fn dec_target() -> usize {
 struct Dec {
     /// Query heads per workgroup (a divisor of n_heads / n_kv_heads, ≤ 8).
     gh: usize,
+    /// Query tokens per workgroup (prefill: 8 / gh; decode 1) and tiles per sequence.
+    bq: usize,
+    n_qt: usize,
+    prefill: bool,
     /// Elements per u32 word of the cache.
     epw: usize,
     splits: usize,
 }
 
-/// The decode kernel's plan, or None where it does not apply: not a decode batch, or a
-/// head_dim whose row is not 32/64/128/256 words.
+/// The tiled kernel's plan, or None where it does not apply (a head_dim whose row is not
+/// 32/64/128/256 words). Decode batches (n_tokens = n_seqs) split long contexts; prefill
+/// batches get query tiles and no split.
 fn dec_plan(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>, kd: DType) -> Option<Dec> {
     let n_seqs = b.n_seqs();
-    if n_tokens != n_seqs || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
         return None;
     }
     let epw = if kd == DType::F32 { 1 } else { 2 };
@@ -118,6 +127,17 @@ fn dec_plan(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>, kd: DType) -> Opt
     }
     let g = p.n_heads / p.n_kv_heads;
     let gh = (1..=8.min(g)).rev().find(|d| g.is_multiple_of(*d))?;
+    if n_tokens != n_seqs {
+        let bq = (8 / gh).max(1);
+        return Some(Dec {
+            gh,
+            bq,
+            n_qt: b.max_q_len.div_ceil(bq).max(1),
+            prefill: true,
+            epw,
+            splits: 1,
+        });
+    }
     let grid = (n_seqs * p.n_kv_heads * (g / gh)).max(1);
     let splits = if grid >= dec_target() || b.max_kv_len <= dec_keys() {
         1
@@ -127,7 +147,14 @@ fn dec_plan(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>, kd: DType) -> Opt
             .min(dec_target().div_ceil(grid))
             .min(DEC_MAX_SPLITS)
     };
-    Some(Dec { gh, epw, splits })
+    Some(Dec {
+        gh,
+        bq: 1,
+        n_qt: 1,
+        prefill: false,
+        epw,
+        splits,
+    })
 }
 
 pub(crate) fn scratch_bytes(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
@@ -156,9 +183,17 @@ impl WgpuBackend {
         t.attn_decode = on;
     }
 
-    fn attn_decode(&self) -> bool {
+    /// Prefill batches through attention_dec.wgsl's query tiles (default true; false as
+    /// `set_attn_decode`; `KILN_WGPU_ATTN=0` or `=decode` set false for the process).
+    pub fn set_attn_prefill(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.attn_prefill = on;
+    }
+
+    /// (decode, prefill) through the tiled kernel.
+    fn attn_tiled(&self) -> (bool, bool) {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        t.attn_decode
+        (t.attn_decode, t.attn_prefill)
     }
 }
 
@@ -229,11 +264,8 @@ pub(crate) fn attention(
     }
     u32_of(op, "q elements", q.numel())?;
     let kd = kv.dtype();
-    let dec = if be.attn_decode() {
-        dec_plan(p, n_tokens, b, kd)
-    } else {
-        None
-    };
+    let (on_dec, on_pre) = be.attn_tiled();
+    let dec = dec_plan(p, n_tokens, b, kd).filter(|d| if d.prefill { on_pre } else { on_dec });
     let mut n_splits = match dec {
         Some(d) => d.splits,
         None => splits(p, n_tokens, b),
@@ -278,6 +310,7 @@ pub(crate) fn attention(
         kl_off: bkl.elem_off(4),
         bt_off: bbt.elem_off(4),
         s_off: bs.elem_off(4),
+        n_qt: u32_of(op, "query tiles", dec.map_or(1, |d| d.n_qt))?,
     };
     // The decode kernel reads K/V as vec4 words: the cache views must start 16-byte aligned.
     let dec = dec.filter(|d| {
@@ -317,17 +350,19 @@ pub(crate) fn attention(
             .sub("HD", hd.to_string())
             .sub("EPW", d.epw.to_string())
             .sub("GH", d.gh.to_string())
+            .sub("BQ", d.bq.to_string())
+            .sub("PREFILL", d.prefill.to_string())
             .sub("TW", tw.to_string())
             .sub("KT_N", kt_n.to_string())
-            .sub("QS_N", (d.gh * (hd / 4 + 1)).to_string())
+            .sub("QS_N", (d.gh * d.bq * (hd / 4 + 1)).to_string())
             .sub("PS_N", (tk * 8).to_string())
             .sub("NPH", nph.to_string())
             .sub("CPI", (w / 128).max(1).to_string())
             .sub("UNPACK", unpack_fn(kd))
             .over("SPLIT", split);
         let pipe = be.pipeline(spec)?;
-        let wgs = n_seqs * p.n_kv_heads * (g / d.gh);
-        let (gx, gy) = be.grid(u32_of(op, "sequences · kv heads · head groups", wgs)?);
+        let wgs = n_seqs * d.n_qt * p.n_kv_heads * (g / d.gh);
+        let (gx, gy) = be.grid(u32_of(op, "attention workgroups", wgs)?);
         let grid = (gx, gy, n_splits as u32);
         if n_splits > 1 {
             let comb = comb()?;
