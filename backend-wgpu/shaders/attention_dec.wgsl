@@ -1,27 +1,44 @@
-// attention_dec.wgsl — paged decode attention (one query token per sequence), GQA/MQA,
-// window, softcap; head_dim 64/128/256 (f16/bf16 caches) or 32..256 (f32), power of two.
+// attention_dec.wgsl — paged attention, tiled: decode (one query token per sequence) and
+// prefill (query tiles), GQA/MQA, causal + sliding window, softcap, scale; head_dim 64/128/256
+// (f16/bf16 caches) or 32..256 (f32): K/V rows of 32, 64, 128 or 256 u32 words.
 //
-// Thread mapping: one workgroup of 128 invocations per (sequence, KV head, group of GH query
-// heads of that KV head, split). GH (≤ 8) query heads share every K/V byte the workgroup
-// reads, so K/V of a GQA group are read once, not once per query head. Keys are walked in
-// tiles of TK = 2048 / W keys (W = u32 words per K/V row: hd/2 for 16-bit caches, hd for
-// f32), 8 KiB of K and 8 KiB of V per tile:
-// - staging: invocation li loads vec4 words li + 128·r (r < 4) of the K and of the V tile
-//   (rows of one key are W/4 consecutive vec4s: coalesced) into registers, one tile AHEAD
-//   (the loads of tile t+1 are in flight while tile t is computed), then stores them to
-//   workgroup memory (K rows padded to W+1 words so the score reads below hit distinct banks);
-// - scores: task u = g·TK + j (head g, key j), u = li, li+128, ...: q_g·k_j over the row
-//   (q of the GH heads in workgroup memory), scale, softcap, mask → ps;
-// - online softmax per head: 8 partial maxima per head, every invocation folds them into
-//   its copy of the running max m[g] (uniform), the score tasks turn ps into p = exp(s − m);
+// Thread mapping: one workgroup of 128 invocations per (sequence, query tile, KV head, group
+// of GH query heads of that KV head, split). Its NR = GH·BQ ≤ 8 rows — (token t, head g)
+// pairs: decode BQ = 1 token and GH ≤ 8 heads of a GQA group; prefill BQ = 8 / GH tokens —
+// share every K/V byte the workgroup reads (K/V of a GQA group are read once per group, not
+// once per query head). Keys from the tile's first lo to its last hi are walked in tiles of
+// TK = TW / W keys (W = u32 words per row: hd/2 for 16-bit caches, hd for f32; TW = 2048
+// words: 8 KiB of K and 8 KiB of V per tile):
+// - staging: invocation li loads vec4s li + 128·r (r < TW/512) of the K and of the V tile
+//   (a key's row is W/4 consecutive vec4s: coalesced; keys past the range re-read the last
+//   row instead of branching) into registers one tile AHEAD (tile t+1's loads are in flight
+//   while tile t is computed), then stores them to workgroup memory (K rows padded to W/4+1
+//   vec4s so the score reads below hit distinct banks);
+// - scores: task u = r·TK + j (row r, key j), u = li, li+128, ...: q_r·k_j with vec4 reads
+//   of K and of q (rows padded likewise) in two FMA chains; scale, softcap, the row's causal
+//   and window range → ps[j][r];
+// - online softmax per row, all per-row state in vec4 quads (rows 0..3, 4..7; no indexed
+//   private arrays, no dynamic vector indexing: drivers may put those in local memory): 16
+//   invocations take partial maxima, every invocation folds them into its copy of the
+//   running max (uniform), the score tasks turn ps into p = exp(s − m) (0 while a row has
+//   seen no visible key);
 // - V: invocation li owns word column c = li mod W (two output dims for 16-bit caches; W =
 //   256 takes columns li and li+128) and phase li / W of the tile's keys (128/W phases split
-//   the keys), accumulating p·v for all GH heads from one V read; phases are summed at the
-//   end (they share m, so the sum is exact).
-// Without SPLIT the normalized output goes to O; with SPLIT, split z takes a contiguous share
-// of the tiles and writes (acc, max, sum) rows to S for attention.wgsl's `combine`.
-// Bytes: every (sequence, KV head) reads its visible K and V rows once per query-head group
-// (once in all when G ≤ 8): 2·kv_len·hd·elem bytes; FLOPs ≈ 4·hd per (query head, key).
+//   the keys, two keys per step), accumulating p·v for all rows from one V read; phases are
+//   summed at the end (they share m, so the sum is exact).
+// Without SPLIT the normalized output goes to O; with SPLIT (decode only), split z takes a
+// contiguous share of the key tiles and writes (acc, max, sum) rows to S for
+// attention.wgsl's `combine`. Workgroup memory ≤ 28 KiB (TK·(W/4+1) + TW/4 + NR·(hd/4+1)
+// vec4s, TK·8 + 128 floats).
+// Bytes: decode reads each (sequence, KV head)'s visible K and V rows once per head group
+// (once in all when n_heads / n_kv ≤ 8): 2·kv_len·hd·elem bytes; prefill reads them once per
+// query tile (1/NR of the per-(token, head) kernel's traffic; a 4k prompt's K/V stay in L2).
+// FLOPs ≈ 4·hd per visible (row, key) pair, all f32 FMAs from workgroup memory (about 6
+// bytes of workgroup reads per FMA in the scores: the bound at prefill).
+// Prefill's next steps (not done): register-blocked scores (2 rows × 2 keys per task: half
+// the workgroup reads per FMA), more rows per workgroup where the device allows 48 KiB of
+// workgroup memory, and cooperative-matrix (gemm_coop-style) q·kᵀ and p·v where the
+// adapter has them.
 
 const HD: u32 = {{HD}}u;  // head_dim
 const EPW: u32 = {{EPW}}u; // elements per u32 word of the cache (2: f16/bf16, 1: f32)
