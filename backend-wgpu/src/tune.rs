@@ -40,6 +40,11 @@ pub(crate) struct TuneState {
     vgemv_override: Option<(u32, u32)>,
     /// gemv_v without the next-chunk prefetch (benchmarks).
     vgemv_no_prefetch: bool,
+    /// Decode batches (one query per sequence) and prefill batches through
+    /// attention_dec.wgsl; false (`KILN_WGPU_ATTN=0`, or `=decode` for prefill alone;
+    /// `set_attn_decode` / `set_attn_prefill`) keeps them on attention.wgsl's `attn`.
+    pub(crate) attn_decode: bool,
+    pub(crate) attn_prefill: bool,
     /// Q8_0/Q4_K at m = 1 through the float-x gemv_v instead of the int8-x gemv_x8.
     vgemv_no_x8: bool,
     /// gemv_x8's chunks of weight loads in flight (1 or 2), forced; None = built-in.
@@ -96,6 +101,9 @@ impl TuneState {
             lanes_override: None,
             vgemv_override: None,
             vgemv_no_prefetch: false,
+            attn_decode: std::env::var("KILN_WGPU_ATTN").map_or(true, |v| v != "0"),
+            attn_prefill: std::env::var("KILN_WGPU_ATTN")
+                .map_or(true, |v| v != "0" && v != "decode"),
             vgemv_no_x8: false,
             // KILN_WGPU_X8_DEPTH=1|2: gemv_x8's prefetch depth for the whole process (A/B)
             vgemv_depth: std::env::var("KILN_WGPU_X8_DEPTH")

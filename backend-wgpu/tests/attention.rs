@@ -123,24 +123,53 @@ fn run_case(c: &Case, seed: u64) {
     let qs = Shape::d3(n_tokens, c.n_heads, c.hd);
     let need = be.attention_scratch_bytes(&p, n_tokens, &batch);
     let scr = be.alloc(need.max(4)).unwrap();
-    let o = poisoned(&be, q.len());
-    let scratch = (need > 0).then(|| scr.view_mut(0, Shape::d1(need / 4), DType::F32).unwrap());
-    be.attention(
-        qb.view(0, qs, DType::F32).unwrap(),
-        &kv,
-        &batch,
-        &p,
-        scratch,
-        o.view_mut(0, qs, DType::F32).unwrap(),
-    )
-    .unwrap();
-    let got = read_f32(&be, &o, 0, q.len());
-    let e = nmse(&got, &want);
-    eprintln!(
-        "attention hd {} kv {} seqs {:?} scratch {need}: nmse {e:e}",
-        c.hd, c.kv_dtype, c.seqs
+    // Both kernels: attention_dec.wgsl (default, decode and prefill tiles) and the
+    // per-(token, head) kernel kept behind `set_attn_decode(false)` / `set_attn_prefill(false)`.
+    for dec in [true, false] {
+        be.set_attn_decode(dec);
+        be.set_attn_prefill(dec);
+        let o = poisoned(&be, q.len());
+        let scratch = (need > 0).then(|| scr.view_mut(0, Shape::d1(need / 4), DType::F32).unwrap());
+        be.attention(
+            qb.view(0, qs, DType::F32).unwrap(),
+            &kv,
+            &batch,
+            &p,
+            scratch,
+            o.view_mut(0, qs, DType::F32).unwrap(),
+        )
+        .unwrap();
+        let got = read_f32(&be, &o, 0, q.len());
+        let e = nmse(&got, &want);
+        eprintln!(
+            "attention hd {} heads {}/{} bs {} kv {} seqs {:?} window {:?} softcap {:?} \
+             scratch {need} tiled kernel {dec}: nmse {e:e}",
+            c.hd, c.n_heads, c.n_kv, c.bs, c.kv_dtype, c.seqs, c.window, c.softcap
+        );
+        assert!(e < 1e-9, "tiled kernel {dec}: nmse {e:e}");
+    }
+    be.set_attn_decode(true);
+    be.set_attn_prefill(true);
+}
+
+/// Decode batches (one query per sequence) of `n_heads / n_kv` = `g` at the given shapes:
+/// the decode kernel's head groups (G = 1, 4, 6 of 12, 8), row widths (32..256 words: V
+/// phases 4..1, two columns per invocation at 256), block sizes 15/24, window and softcap,
+/// and splits whose last share is tiny or empty.
+fn decode_case(hd: usize, n_heads: usize, n_kv: usize, bs: usize, kv_dtype: DType, seed: u64) {
+    run_case(
+        &Case {
+            hd,
+            n_heads,
+            n_kv,
+            bs,
+            seqs: vec![(1, 1), (1, 2), (1, 33), (1, 129), (1, 700), (1, 2049)],
+            window: None,
+            softcap: None,
+            kv_dtype,
+        },
+        seed,
     );
-    assert!(e < 1e-9, "nmse {e:e}");
 }
 
 #[test]
@@ -304,4 +333,52 @@ fn moe_routes_and_combines() {
         let e = nmse(&got, &want);
         assert!(e < 1e-9, "{gating:?}: nmse {e:e}");
     }
+}
+
+#[test]
+fn attention_decode_groups() {
+    decode_case(128, 8, 8, 16, DType::F16, 51); // G = 1
+    decode_case(128, 32, 8, 16, DType::BF16, 52); // G = 4 (Llama-3-8B)
+    decode_case(128, 8, 1, 15, DType::F16, 53); // G = 8, odd block size
+    decode_case(64, 24, 2, 24, DType::F32, 54); // G = 12: two groups of 6
+}
+
+#[test]
+fn attention_decode_widths() {
+    decode_case(64, 8, 2, 16, DType::F16, 55); // 32 words: 4 V phases
+    decode_case(64, 4, 2, 16, DType::F32, 56); // 64 words
+    decode_case(256, 8, 2, 16, DType::BF16, 57); // 128 words
+    decode_case(256, 4, 1, 8, DType::F32, 58); // 256 words: 2 columns per invocation
+}
+
+#[test]
+fn attention_decode_window_softcap_ragged() {
+    run_case(
+        &Case {
+            hd: 128,
+            n_heads: 16,
+            n_kv: 2,
+            bs: 24,
+            seqs: vec![(1, 1), (1, 37), (1, 38), (1, 1000), (1, 65)],
+            window: Some(37),
+            softcap: Some(5.0),
+            kv_dtype: DType::F16,
+        },
+        59,
+    );
+    // n_tokens = n_seqs with q_len 2 and 0 in the batch: still the decode kernel (queries of
+    // one sequence one after the other), causal within the sequence.
+    run_case(
+        &Case {
+            hd: 128,
+            n_heads: 8,
+            n_kv: 2,
+            bs: 16,
+            seqs: vec![(2, 50), (0, 10), (1, 300)],
+            window: None,
+            softcap: None,
+            kv_dtype: DType::BF16,
+        },
+        60,
+    );
 }

@@ -1,4 +1,11 @@
-//! Paged attention (prefill + decode, ragged batch), `shaders/attention.wgsl`.
+//! Paged attention (prefill + decode, ragged batch) through `shaders/attention_dec.wgsl`:
+//! one workgroup per (sequence, query tile, KV head, group of its query heads) with ≤ 8
+//! (token, head) rows sharing every K/V tile it reads (coalesced, staged in workgroup
+//! memory): decode batches (n_tokens = n_seqs) take one token and up to 8 heads of a GQA
+//! group, prefill batches tiles of 8 / heads tokens. head_dims whose rows are not 32..256
+//! words (and f32 caches past 256 words) use `shaders/attention.wgsl`'s per-(token, head)
+//! kernel, as do `KILN_WGPU_ATTN=0` (both) / `=decode` (prefill) and `set_attn_decode(false)`
+//! / `set_attn_prefill(false)` (comparison).
 //!
 //! Long decode contexts are split over several workgroups per (token, head) when the grid
 //! would otherwise be small; the splits write partial (acc, max, sum) rows to the scratch
@@ -12,6 +19,7 @@ use crate::ops::{bytes_of, elem_bytes, float_only, load_fn, load2_fn, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
+const DEC: &str = include_str!("../../shaders/attention_dec.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 
 /// Keys per split below which splitting does not pay.
@@ -44,6 +52,7 @@ struct Params {
     kl_off: u32,
     bt_off: u32,
     s_off: u32,
+    n_qt: u32,
 }
 
 fn splits(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
@@ -57,12 +66,135 @@ fn splits(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         .min(MAX_SPLITS)
 }
 
+/// Words of the decode kernel's workgroup K/V tiles (each): 2048 (16 KiB of K + V), or 1024
+/// with `KILN_WGPU_ATTN_TILE=1024` (A/B: half the workgroup memory, twice the barriers).
+const DEC_TILE_WORDS: usize = 2048;
+
+fn dec_tile_words() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        env_usize("KILN_WGPU_ATTN_TILE")
+            .filter(|v| *v == 1024)
+            .unwrap_or(DEC_TILE_WORDS)
+    })
+}
+/// Decode: fewest keys per split, most splits, and the workgroups the split aims for
+/// (`KILN_WGPU_ATTN_KEYS`, `KILN_WGPU_ATTN_GRID` override the first and the last: A/B).
+const DEC_KEYS_PER_SPLIT: usize = 128;
+const DEC_MAX_SPLITS: usize = 64;
+const DEC_TARGET_GRID: usize = 2048;
+
+fn env_usize(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok().filter(|v| *v > 0)
+}
+
+fn dec_keys() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| env_usize("KILN_WGPU_ATTN_KEYS").unwrap_or(DEC_KEYS_PER_SPLIT))
+}
+
+fn dec_target() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| env_usize("KILN_WGPU_ATTN_GRID").unwrap_or(DEC_TARGET_GRID))
+}
+
+/// The decode kernel's shape for one call.
+#[derive(Clone, Copy, Debug)]
+struct Dec {
+    /// Query heads per workgroup (a divisor of n_heads / n_kv_heads, ≤ 8).
+    gh: usize,
+    /// Query tokens per workgroup (prefill: 8 / gh; decode 1) and tiles per sequence.
+    bq: usize,
+    n_qt: usize,
+    prefill: bool,
+    /// Elements per u32 word of the cache.
+    epw: usize,
+    splits: usize,
+}
+
+/// The tiled kernel's plan, or None where it does not apply (a head_dim whose row is not
+/// 32/64/128/256 words). Decode batches (n_tokens = n_seqs) split long contexts; prefill
+/// batches get query tiles and no split.
+fn dec_plan(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>, kd: DType) -> Option<Dec> {
+    let n_seqs = b.n_seqs();
+    if p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+        return None;
+    }
+    let epw = if kd == DType::F32 { 1 } else { 2 };
+    let w = p.head_dim / epw;
+    if !p.head_dim.is_multiple_of(epw) || ![32, 64, 128, 256].contains(&w) {
+        return None;
+    }
+    let g = p.n_heads / p.n_kv_heads;
+    let gh = (1..=8.min(g)).rev().find(|d| g.is_multiple_of(*d))?;
+    if n_tokens != n_seqs {
+        let bq = (8 / gh).max(1);
+        return Some(Dec {
+            gh,
+            bq,
+            n_qt: b.max_q_len.div_ceil(bq).max(1),
+            prefill: true,
+            epw,
+            splits: 1,
+        });
+    }
+    let grid = (n_seqs * p.n_kv_heads * (g / gh)).max(1);
+    let splits = if grid >= dec_target() || b.max_kv_len <= dec_keys() {
+        1
+    } else {
+        b.max_kv_len
+            .div_ceil(dec_keys())
+            .min(dec_target().div_ceil(grid))
+            .min(DEC_MAX_SPLITS)
+    };
+    Some(Dec {
+        gh,
+        bq: 1,
+        n_qt: 1,
+        prefill: false,
+        epw,
+        splits,
+    })
+}
+
 pub(crate) fn scratch_bytes(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
-    let s = splits(p, n_tokens, b);
+    // The larger of the two kernels' needs (the cache dtype and the switch are not known
+    // here; f16 and f32 caches give the same split count).
+    let old = splits(p, n_tokens, b);
+    let new = dec_plan(p, n_tokens, b, DType::F16)
+        .into_iter()
+        .chain(dec_plan(p, n_tokens, b, DType::F32))
+        .map(|d| d.splits)
+        .max()
+        .unwrap_or(1);
+    let s = old.max(new);
     if s <= 1 {
         return 0;
     }
     n_tokens * p.n_heads * s * (p.head_dim + 2) * 4
+}
+
+impl WgpuBackend {
+    /// Decode batches through attention_dec.wgsl (default true; false keeps them on the
+    /// older per-(token, head) kernel for comparison; `KILN_WGPU_ATTN=0` sets false for the
+    /// whole process).
+    pub fn set_attn_decode(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.attn_decode = on;
+    }
+
+    /// Prefill batches through attention_dec.wgsl's query tiles (default true; false as
+    /// `set_attn_decode`; `KILN_WGPU_ATTN=0` or `=decode` set false for the process).
+    pub fn set_attn_prefill(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.attn_prefill = on;
+    }
+
+    /// (decode, prefill) through the tiled kernel.
+    fn attn_tiled(&self) -> (bool, bool) {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        (t.attn_decode, t.attn_prefill)
+    }
 }
 
 pub(crate) fn attention(
@@ -131,8 +263,14 @@ pub(crate) fn attention(
         return Ok(());
     }
     u32_of(op, "q elements", q.numel())?;
-    let mut n_splits = splits(p, n_tokens, b);
-    let need = scratch_bytes(p, n_tokens, b);
+    let kd = kv.dtype();
+    let (on_dec, on_pre) = be.attn_tiled();
+    let dec = dec_plan(p, n_tokens, b, kd).filter(|d| if d.prefill { on_pre } else { on_dec });
+    let mut n_splits = match dec {
+        Some(d) => d.splits,
+        None => splits(p, n_tokens, b),
+    };
+    let need = n_tokens * p.n_heads * n_splits * (hd + 2) * 4;
     let scratch = match scratch {
         Some(s) if n_splits > 1 && s.bytes() >= need && s.dtype() == DType::F32 => Some(s),
         _ => {
@@ -151,7 +289,6 @@ pub(crate) fn attention(
         Some(s) => be.bind_out(op, s, "attention scratch")?,
         None => be.bind_out(op, &out, "out")?,
     };
-    let kd = kv.dtype();
     let prm = Params {
         n_tokens: n_tokens as u32,
         n_heads: p.n_heads as u32,
@@ -173,40 +310,92 @@ pub(crate) fn attention(
         kl_off: bkl.elem_off(4),
         bt_off: bbt.elem_off(4),
         s_off: bs.elem_off(4),
+        n_qt: u32_of(op, "query tiles", dec.map_or(1, |d| d.n_qt))?,
     };
+    // The decode kernel reads K/V as vec4 words: the cache views must start 16-byte aligned.
+    let dec = dec.filter(|d| {
+        let a = 4 * d.epw as u32;
+        prm.k_off.is_multiple_of(a) && prm.v_off.is_multiple_of(a)
+    });
     let spec = || {
         ShaderSpec::new("attention", &[REDUCE, SRC], "attn")
             .sub("LOAD_K", load_fn("load_k", "K", kd))
             .sub("LOAD_K2", load2_fn("load_k2", "K", kd))
             .sub("LOAD_V", load_fn("load_v", "V", kd))
     };
-    let pipe = be.pipeline(spec().over("SPLIT", if n_splits > 1 { 1.0 } else { 0.0 }))?;
-    let (gx, gy) = be.grid(u32_of(op, "tokens · heads", n_tokens * p.n_heads)?);
-    be.dispatch(
-        &pipe,
-        bytes_of(&prm),
-        &[
-            bq.entry(1),
-            bk.entry(2),
-            bv.entry(3),
-            bqs.entry(4),
-            bkl.entry(5),
-            bbt.entry(6),
-            bo.entry(7),
-            bs.entry(8),
-        ],
-        (gx, gy, n_splits as u32),
-    )?;
-    if n_splits > 1 {
+    let split = if n_splits > 1 { 1.0 } else { 0.0 };
+    let comb = || {
         let mut c = spec();
         c.entry = "combine";
-        let comb = be.pipeline(c)?;
+        be.pipeline(c)
+    };
+    let (hx, hy) = be.grid(u32_of(op, "tokens · heads", n_tokens * p.n_heads)?);
+    let entries = [
+        bq.entry(1),
+        bk.entry(2),
+        bv.entry(3),
+        bqs.entry(4),
+        bkl.entry(5),
+        bbt.entry(6),
+        bo.entry(7),
+        bs.entry(8),
+    ];
+    if let Some(d) = dec {
+        let w = hd / d.epw;
+        let g = p.n_heads / p.n_kv_heads;
+        let tw = dec_tile_words();
+        let (tk, nph) = (tw / w, (128 / w).max(1));
+        let kt_n = (tk * (w / 4 + 1)).max((nph - 1) * w * 4);
+        let spec = ShaderSpec::new("attention_dec", &[DEC], "attn_dec")
+            .sub("HD", hd.to_string())
+            .sub("EPW", d.epw.to_string())
+            .sub("GH", d.gh.to_string())
+            .sub("BQ", d.bq.to_string())
+            .sub("PREFILL", d.prefill.to_string())
+            .sub("TW", tw.to_string())
+            .sub("KT_N", kt_n.to_string())
+            .sub("QS_N", (d.gh * d.bq * (hd / 4 + 1)).to_string())
+            .sub("PS_N", (tk * 8).to_string())
+            .sub("NPH", nph.to_string())
+            .sub("CPI", (w / 128).max(1).to_string())
+            .sub("UNPACK", unpack_fn(kd))
+            .over("SPLIT", split);
+        let pipe = be.pipeline(spec)?;
+        let wgs = n_seqs * d.n_qt * p.n_kv_heads * (g / d.gh);
+        let (gx, gy) = be.grid(u32_of(op, "attention workgroups", wgs)?);
+        let grid = (gx, gy, n_splits as u32);
+        if n_splits > 1 {
+            let comb = comb()?;
+            return be.dispatch2(
+                bytes_of(&prm),
+                (&pipe, &entries, grid),
+                (&comb, &[bo.entry(7), bs.entry(8)], (hx, hy, 1)),
+            );
+        }
+        return be.dispatch(&pipe, bytes_of(&prm), &entries, grid);
+    }
+    let pipe = be.pipeline(spec().over("SPLIT", split))?;
+    be.dispatch(&pipe, bytes_of(&prm), &entries, (hx, hy, n_splits as u32))?;
+    if n_splits > 1 {
+        let comb = comb()?;
         be.dispatch(
             &comb,
             bytes_of(&prm),
             &[bo.entry(7), bs.entry(8)],
-            (gx, gy, 1),
+            (hx, hy, 1),
         )?;
     }
     Ok(())
+}
+
+/// WGSL: `fn unpack_kv(w: u32) -> vec2<f32>`, the two 16-bit elements of a word (f16: the
+/// hardware conversion, which may flush f16 subnormals to zero: |error| < 6.2e-5, far below
+/// attention's tolerance) or the one f32 element and 0.
+fn unpack_fn(d: DType) -> String {
+    let body = match d {
+        DType::F16 => "return unpack2x16float(w);",
+        DType::BF16 => "return vec2<f32>(bitcast<f32>(w << 16u), bitcast<f32>(w & 0xffff0000u));",
+        _ => "return vec2<f32>(bitcast<f32>(w), 0.0);",
+    };
+    format!("fn unpack_kv(w: u32) -> vec2<f32> {{ {body} }}")
 }
