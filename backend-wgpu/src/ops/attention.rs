@@ -272,7 +272,9 @@ pub(crate) fn attention(
     };
     let need = n_tokens * p.n_heads * n_splits * (hd + 2) * 4;
     let scratch = match scratch {
-        Some(s) if n_splits > 1 && s.bytes() >= need && s.dtype() == DType::F32 => Some(s),
+        // Raw bytes whatever the view's dtype (the runtime passes a u8 view; requiring f32
+        // here kept every decode step of the runtime unsplit), 4-byte aligned for the f32 rows.
+        Some(s) if n_splits > 1 && s.bytes() >= need && s.offset().is_multiple_of(4) => Some(s),
         _ => {
             n_splits = 1;
             None
