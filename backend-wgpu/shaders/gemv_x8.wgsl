@@ -259,6 +259,11 @@ fn dp(wl: WL, c: u32, l: u32) -> f32 {
     let q = l % 8u;
     let h = wl.a;
     let w = wl.b;
+//#if DIAG_LOADS
+    // Diagnostic (KILN_WGPU_Q4K_DIAG=loads, wrong results): the same loads, no decode, to tell a
+    // load-bound kernel from an ALU-bound one without a profiler.
+    return bitcast<f32>((w.x ^ w.y ^ w.z ^ w.w ^ h.x ^ h.y ^ h.z ^ h.w) & 0x007fffffu);
+//#endif
     // bytes jj, jj + 1 (jj = 2p % 4) of scales[0..4] (h.y), [4..8] (h.z), [8..12] (h.w):
     // j < 4: sc = y & 63, mn = z & 63; j ≥ 4: sc = (v & 15) | (y >> 6) << 4,
     // mn = (v >> 4) | (z >> 6) << 4 — per 16-bit lane, both bytes at once.

@@ -218,6 +218,9 @@ fn plan(
         spec = spec.define("Q4K_WIDE");
     } else if x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT) {
         spec = spec.define("Q4K_PACK");
+        if q4k_diag_loads() {
+            spec = spec.define("DIAG_LOADS");
+        }
     }
     let rows_per_wg = if x8.is_some() { rw * nr / ks } else { rw * nr };
     Ok(Plan {
@@ -387,6 +390,14 @@ pub(crate) fn run_many(
     let grid = be.grid(wg);
     record(be, &plan, x8, &bx, k, g_in, &p, grid)?;
     Ok(true)
+}
+
+/// `KILN_WGPU_Q4K_DIAG=loads`: gemv_x8's packed Q4_K does its loads but no decode (WRONG
+/// results; the bench's question "is Q4_K bound by its loads or its arithmetic" on an adapter
+/// without a profiler).
+fn q4k_diag_loads() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WGPU_Q4K_DIAG").is_ok_and(|v| v == "loads"))
 }
 
 /// `KILN_WGPU_MANY=0` runs matmul_many as one matmul per weight (comparison).
