@@ -128,6 +128,9 @@ run() {
     echo "== gemv and attention benches on Vulkan (issue 4: the same benches as CUDA)"
     timeout 240 "$B/gemv_bench" --backend wgpu --types q4_k,q8_0,bf16 >"$OUTD/gemv_bench_wgpu.log" 2>&1
     timeout 240 "$B/attention_bench" --backend wgpu --quick >"$OUTD/attention_bench_wgpu.log" 2>&1
+    # The Vulkan decode step, split by op (`--profile on`: every pass timed and named).
+    timeout 240 "$B/decode_bench" --backend wgpu --model llama3-8b --wtype q4_k --batch 1,1 \
+        --ctx 512,4096 --steps 16 --graph off --profile on >"$OUTD/decode_wgpu_q4_k.log" 2>&1
 
     echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
     for w in q4_k bf16; do
@@ -158,6 +161,7 @@ run() {
     grep -hE "^(attn-dec|attn-pre|copy|dense)" "$OUTD/attention_bench.log"
     grep -hE "4096|14336" "$OUTD/gemv_bench.log" | head -40
     tail -n 12 "$OUTD"/decode_cuda_*.log
+    grep -hE "^ +1 +|profile batch|attn_dec|gemv_x8" "$OUTD/decode_wgpu_q4_k.log"
     # The persisted crossovers of this GPU (the tuner's table), then one archive of every log:
     # at most 8 files come back from the device.
     cp "$KILN_CACHE_DIR"/tune/*.json "$OUTD/" 2>/dev/null || true
