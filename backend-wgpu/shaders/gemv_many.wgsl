@@ -6,7 +6,10 @@
 // arrays W, Wb, Wc) and its own output (O, Ob, Oc). The grid is the parts' grids one after the
 // other: part p owns workgroups [P.pwg[p], P.pwg[p + 1]) (P.pwg.z = 0xffffffff with 2 parts),
 // has P.pn[p] rows, its d array at P.pd[p] and its output at P.po[p]. A part is uniform per
-// workgroup, so each load's branch is too. Why: a pass costs a dispatch and a barrier (~5 + 7
+// workgroup, so each load's branch is too. With GLU (matmul_glu; MANY too, act.wgsl
+// included): parts 0 = gate and 1 = up share each workgroup: teams [0, RW/2) take gate rows,
+// teams [RW/2, RW) the same rows of up; after the team sums the up teams leave theirs in
+// glu_u and the gate teams write act(g)·u to part 0's output (`glu_out`). KS = 1 only. Why: a pass costs a dispatch and a barrier (~5 + 7
 // µs on an H200's Vulkan), and the k and v GEMVs of a decode step are too small to hide it.
 
 var<private> part: u32;
@@ -89,3 +92,39 @@ fn part_setup(wg: u32) -> u32 {
     return wg;
 //#endif
 }
+
+//#if GLU
+// The up teams' row sums for the gate teams: [team − RW/2][row], RW/2 · NR ≤ 128.
+var<workgroup> glu_u: array<f32, 128>;
+
+// The row group of team `team` in workgroup `wg` (sets part, n_c_, d_base_, o_off_).
+fn glu_row_group(wg: u32, team: u32) -> u32 {
+    let h = RW / 2u;
+    part = team / h;
+    n_c_ = P.pn[0];
+    d_base_ = P.pd[part];
+    o_off_ = P.po[0];
+    return wg * h + team % h;
+}
+
+fn acc_at(i: u32) -> f32 {
+    return select(select(select(a0, a1, i == 1u), select(a2, a3, i == 3u), i >= 2u),
+                  select(select(a4, a5, i == 5u), select(a6, a7, i == 7u), i >= 6u), i >= 4u);
+}
+
+// Every invocation of the workgroup calls this once (it has a barrier).
+fn glu_out(team: u32, l: u32, row0: u32) {
+    let h = RW / 2u;
+    if team >= h && l == 0u {
+        for (var i = 0u; i < NR; i++) {
+            glu_u[(team - h) * NR + i] = acc_at(i);
+        }
+    }
+    workgroupBarrier();
+    if team < h && l == 0u {
+        for (var i = 0u; i < NR; i++) {
+            put(row0 + i, act(acc_at(i)) * glu_u[team * NR + i]);
+        }
+    }
+}
+//#endif

@@ -330,7 +330,11 @@ fn gemv_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let team = li / 32u;
     let l = li % 32u;
 //#endif
+//#if GLU
+    let row0 = glu_row_group(wid.x + wid.y * nwg.x, team) * NR;
+//#else
     let row0 = (part_setup(wid.x + wid.y * nwg.x) * RW + team) * NR;
+//#endif
     let last = n_c_ - 1u;
     // Rows past the chunk read the last row (computed, never written).
     let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
@@ -409,6 +413,9 @@ fn gemv_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         a7 = team_sum(a7, li, team, l);
     }
 //#endif
+//#if GLU
+    glu_out(team, l, row0);
+//#else
     if l == 0u {
         put(row0, a0);
         if NR > 1u {
@@ -425,4 +432,5 @@ fn gemv_v(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             put(row0 + 7u, a7);
         }
     }
+//#endif
 }

@@ -480,7 +480,11 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 //#endif
     // team = KS·g + s: row group g, k slice s (chunks s, s + KS, ...)
     let ks = team % KS;
+//#if GLU
+    let row0 = glu_row_group(wid.x + wid.y * nwg.x, team) * NR;
+//#else
     let row0 = (part_setup(wid.x + wid.y * nwg.x) * (RW / KS) + team / KS) * NR;
+//#endif
     let last = n_c_ - 1u;
     // Rows past the chunk read the last row (computed, never written).
     let rows = array<u32, 8>(min(row0, last), min(row0 + 1u, last), min(row0 + 2u, last),
@@ -601,6 +605,9 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             }
         }
     }
+//#if GLU
+    glu_out(team, l, row0);
+//#else
     if l == 0u && ks == 0u {
         put(row0, a0);
         if NR > 1u {
@@ -617,4 +624,5 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             put(row0 + 7u, a7);
         }
     }
+//#endif
 }

@@ -2,8 +2,6 @@
 // Thread mapping: one invocation per element, 256 per workgroup, 2-D folded grid.
 // Moves 12 bytes and ~10 FLOPs (plus one exp or tanh) per element.
 
-override ACT: u32 = 0u;
-
 struct Params {
     n: u32,
     g_off: u32,
@@ -16,15 +14,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> U: array<f32>; // [rows·n]
 @group(0) @binding(3) var<storage, read_write> O: array<f32>; // [rows·n]
 
-fn act(x: f32) -> f32 {
-    if ACT == 0u {
-        return x / (1.0 + exp(-x));
-    }
-    // 0.5·x·(1 + tanh(t)) = x·σ(2t): no cancellation in the negative tail (1 + tanh(t) there
-    // loses all digits in f32), and exp overflowing to inf gives the right limit (±0).
-    let t = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    return x / (1.0 + exp(-2.0 * t));
-}
+// act: act.wgsl (shared with the GEMV's fused GLU, gemv_many.wgsl).
 
 @compute @workgroup_size(256)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

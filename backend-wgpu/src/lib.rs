@@ -248,6 +248,20 @@ impl Backend for WgpuBackend {
         ops::matmul::matmul_many(self, x, parts)
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_glu(
+        &self,
+        x: View<'_>,
+        gate: &Weight,
+        up: &Weight,
+        act: Activation,
+        g_out: ViewMut<'_>,
+        u_out: ViewMut<'_>,
+        out: ViewMut<'_>,
+    ) -> Result<()> {
+        ops::matmul::matmul_glu(self, x, gate, up, act, g_out, u_out, out)
+    }
+
     fn attention_scratch_bytes(&self, p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -> usize {
         ops::attention::scratch_bytes(p, n_tokens, b)
     }

@@ -16,6 +16,7 @@ use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 use crate::buffer::Bound;
 use crate::device::WgpuBackend;
 use crate::ops::bytes_of;
+use crate::ops::glu::ACT_SRC;
 use crate::ops::matmul::wdefine;
 use crate::pipeline_cache::ShaderSpec;
 use crate::weight::WgpuWeight;
@@ -174,22 +175,37 @@ struct Plan {
     chunk: usize,
 }
 
+/// How one dispatch takes its weights (gemv_many.wgsl).
+#[derive(Clone, Copy, PartialEq)]
+enum Parts {
+    One,
+    Many,
+    /// gate and up in every workgroup, act(g)·u written (the activation's ACT code).
+    Glu(f64),
+}
+
 fn plan(
     be: &WgpuBackend,
     d: DType,
     k: usize,
     n_c: u32,
     x8: Option<X8>,
-    many: bool,
+    parts: Parts,
 ) -> Result<Plan> {
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     let (rw, nr) = config(be, d, n_c, k, x8.is_some());
     let wide = x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_wide();
     let chunk = if wide { 2 * CHUNK } else { CHUNK };
     let ks = x8_ksplit(be, rw);
+    let glu = matches!(parts, Parts::Glu(_));
     let mut spec = match x8 {
         Some(how) => {
-            let s = ShaderSpec::new("gemv_x8", &[SRC_MANY, SRC_R, SRC_X8], "gemv_x8")
+            let src: &'static [&'static str] = if glu {
+                &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8]
+            } else {
+                &[SRC_MANY, SRC_R, SRC_X8]
+            };
+            let s = ShaderSpec::new("gemv_x8", src, "gemv_x8")
                 .over(
                     "DEPTH",
                     f64::from(be.vgemv_depth().unwrap_or(x8_depth(d, k))),
@@ -200,8 +216,16 @@ fn plan(
                 X8::Global => s.define("XQG"),
             }
         }
-        None => ShaderSpec::new("gemv_v", &[SRC_MANY, SRC], "gemv_v")
-            .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
+        None => ShaderSpec::new(
+            "gemv_v",
+            if glu {
+                &[ACT_SRC, SRC_MANY, SRC]
+            } else {
+                &[SRC_MANY, SRC]
+            },
+            "gemv_v",
+        )
+        .over("PREFETCH", if be.vgemv_prefetch() { 1.0 } else { 0.0 }),
     };
     spec = spec
         .define(wdefine(d))
@@ -211,8 +235,10 @@ fn plan(
     if sg32 {
         spec = spec.define("SG32");
     }
-    if many {
-        spec = spec.define("MANY");
+    match parts {
+        Parts::One => {}
+        Parts::Many => spec = spec.define("MANY"),
+        Parts::Glu(act) => spec = spec.define("MANY").define("GLU").over("ACT", act),
     }
     if wide {
         spec = spec.define("Q4K_WIDE");
@@ -222,7 +248,12 @@ fn plan(
             spec = spec.define("DIAG_LOADS");
         }
     }
-    let rows_per_wg = if x8.is_some() { rw * nr / ks } else { rw * nr };
+    let rows_per_wg = match parts {
+        // gate rows by half the teams, the same rows of up by the other half
+        Parts::Glu(_) => rw / 2 * nr,
+        _ if x8.is_some() => rw * nr / ks,
+        _ => rw * nr,
+    };
     Ok(Plan {
         pipe: be.pipeline(spec)?,
         rows_per_wg,
@@ -292,7 +323,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     let x8 = x8_ok(be, ww.dtype, ww.k);
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let plan = plan(be, ww.dtype, ww.k, n_c, x8, false)?;
+        let plan = plan(be, ww.dtype, ww.k, n_c, x8, Parts::One)?;
         // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
         // Q8_0 also binds the whole buffer as words for its d array.
         let size = c.buf.size();
@@ -349,7 +380,7 @@ pub(crate) fn run_many(
     }
     let x8 = x8_ok(be, d, k);
     let n_all: usize = parts.iter().map(|(w, _)| w.rows).sum();
-    let plan = plan(be, d, k, n_all as u32, x8, true)?;
+    let plan = plan(be, d, k, n_all as u32, x8, Parts::Many)?;
     let mut p = Params {
         k: k as u32,
         bpr: w0.bpr() as u32,
@@ -404,4 +435,77 @@ fn q4k_diag_loads() -> bool {
 fn many_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_WGPU_MANY").map_or(true, |v| v != "0"))
+}
+
+/// out = act(x·Gᵀ) ⊙ (x·Uᵀ) at m = 1 in ONE dispatch (gemv_many.wgsl, GLU): gate and up rows in
+/// the same workgroup, the GLU in the epilogue; the gate/up scratch of matmul_glu stays
+/// unwritten. `Ok(false)` (nothing recorded) where it does not apply (as `run_many`, plus a
+/// k split inside the workgroup or an odd team count); the caller then runs matmul_many + glu.
+pub(crate) fn run_glu(
+    be: &WgpuBackend,
+    x: View<'_>,
+    gate: &WgpuWeight,
+    up: &WgpuWeight,
+    act: f64,
+    out: ViewMut<'_>,
+) -> Result<bool> {
+    let op = OpKind::Matmul;
+    let (d, k) = (gate.dtype, gate.k);
+    let one_chunk = |w: &WgpuWeight| w.chunks.len() == 1 && w.chunks[0].r0 == 0;
+    if !many_on()
+        || up.dtype != d
+        || up.k != k
+        || up.rows != gate.rows
+        || gate.rows == 0
+        || !one_chunk(gate)
+        || !one_chunk(up)
+    {
+        return Ok(false);
+    }
+    let x8 = x8_ok(be, d, k);
+    let (rw, _) = config(be, d, gate.rows as u32, k, x8.is_some());
+    if rw % 2 != 0 || rw / 2 * 8 > 128 || (x8.is_some() && x8_ksplit(be, rw) != 1) {
+        return Ok(false);
+    }
+    let bx = be.bind_view(op, &x, "x")?;
+    let x_off = bx.elem_off(4);
+    if !x_off.is_multiple_of(4) {
+        return Ok(false);
+    }
+    let plan = plan(be, d, k, gate.rows as u32, x8, Parts::Glu(act))?;
+    let bo = be.bind_out(op, &out, "out")?;
+    let (cg, cu) = (&gate.chunks[0], &up.chunks[0]);
+    let (sg, su) = (cg.buf.size(), cu.buf.size());
+    let g4 = be.bind_range(&cg.buf, 0, sg / 16 * 16, "gate (vec4)")?;
+    let u4 = be.bind_range(&cu.buf, 0, su / 16 * 16, "up (vec4)")?;
+    let gw = be.bind_range(&cg.buf, 0, sg, "gate")?;
+    let uw = be.bind_range(&cu.buf, 0, su, "up")?;
+    let n = gate.rows as u32;
+    let p = Params {
+        k: k as u32,
+        bpr: gate.bpr() as u32,
+        x4: x_off / 4,
+        chunks: k.div_ceil(plan.chunk) as u32,
+        pn: [n, n, 0, 0],
+        pwg: [0, u32::MAX, u32::MAX, u32::MAX],
+        pd: [cg.d_base, cu.d_base, 0, 0],
+        po: [bo.elem_off(4), 0, 0, 0],
+        ..Params::default()
+    };
+    // Bindings of parts 1 and 2 as gemv_many.wgsl declares them; the outputs of parts 1 and 2
+    // are never written in GLU mode (out bound again).
+    let mut g_in = vec![
+        g4.entry(1),
+        bo.entry(3),
+        u4.entry(7),
+        u4.entry(8),
+        bo.entry(11),
+        bo.entry(12),
+    ];
+    if d == DType::Q8_0 {
+        g_in.extend([gw.entry(4), uw.entry(9), uw.entry(10)]);
+    }
+    let grid = be.grid(n.div_ceil(plan.rows_per_wg));
+    record(be, &plan, x8, &bx, k, g_in, &p, grid)?;
+    Ok(true)
 }

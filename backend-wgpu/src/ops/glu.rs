@@ -8,6 +8,8 @@ use crate::ops::{bytes_of, u32_of};
 use crate::pipeline_cache::ShaderSpec;
 
 const SRC: &str = include_str!("../../shaders/glu.wgsl");
+/// The activations, shared with the GEMV's fused GLU (`gemv_v::run_glu`).
+pub(crate) const ACT_SRC: &str = include_str!("../../shaders/act.wgsl");
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -59,7 +61,8 @@ pub(crate) fn glu(
         u_off: bu.elem_off(4),
         o_off: bo.elem_off(4),
     };
-    let pipe = be.pipeline(ShaderSpec::new("glu", &[SRC], "main").over("ACT", act_code(act)))?;
+    let pipe =
+        be.pipeline(ShaderSpec::new("glu", &[ACT_SRC, SRC], "main").over("ACT", act_code(act)))?;
     let (x, y) = be.grid(n.div_ceil(256));
     be.dispatch(
         &pipe,

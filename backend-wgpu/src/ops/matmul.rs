@@ -9,7 +9,7 @@
 //! cache (see `tune.rs`).
 
 use kiln_core::backend::check;
-use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
+use kiln_core::{Activation, DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use crate::device::WgpuBackend;
 use crate::ops::{bytes_of, gemm, gemm_coop, gemv_v, u32_of};
@@ -145,6 +145,41 @@ pub(crate) fn matmul_many(
         matmul(be, x, w, *out)?;
     }
     Ok(())
+}
+
+/// The trait's matmul_glu: at one row on the vec4 GEMV path, gate, up and the GLU as ONE
+/// dispatch (`gemv_v::run_glu`); otherwise matmul_many then glu (the trait's default).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_glu(
+    be: &WgpuBackend,
+    x: View<'_>,
+    gate: &Weight,
+    up: &Weight,
+    act: Activation,
+    g_out: ViewMut<'_>,
+    u_out: ViewMut<'_>,
+    out: ViewMut<'_>,
+) -> Result<()> {
+    let m = check_args(be, &x, gate, &out)?;
+    check_args(be, &x, up, &out)?;
+    let (gw, uw) = (
+        WgpuWeight::of(gate, OpKind::Matmul)?,
+        WgpuWeight::of(up, OpKind::Matmul)?,
+    );
+    let gemv = |w: &WgpuWeight| {
+        gemv_v::supports(w.dtype) && be.choose_path(w.dtype, w.rows, w.k, m) == MatmulPath::Gemv
+    };
+    if m == 1
+        && x.offset().is_multiple_of(16)
+        && be.vgemv_enabled()
+        && gemv(gw)
+        && gemv(uw)
+        && gemv_v::run_glu(be, x, gw, uw, crate::ops::glu::act_code(act), out)?
+    {
+        return Ok(());
+    }
+    matmul_many(be, x, &[(gate, g_out), (up, u_out)])?;
+    crate::ops::glu::glu(be, g_out.as_view(), u_out.as_view(), act, out)
 }
 
 /// Run one path explicitly (tests and the tuner).
