@@ -258,7 +258,8 @@ pub(crate) fn moe(
     )?;
     let n_h = pairs * ff as u32;
     let glu = be.pipeline(
-        ShaderSpec::new("glu", &[GLU], "main").over("ACT", super::glu::act_code(e.act)),
+        ShaderSpec::new("glu", &[super::glu::ACT_SRC, GLU], "main")
+            .over("ACT", super::glu::act_code(e.act)),
     )?;
     let gp = GluParams {
         n: n_h,
