@@ -12,6 +12,11 @@
 // Variants (each with its x rounding kernel, + mma_reduce with PDL when S > 1):
 //   mq  mq_quant_x + mq4k_b<BM>_w<WT>_n<NW>_s<ST>: the host's int8 kernel (x int8 per 32,
 //       m16n8k32 s8 per sub-block, 3 FFMA per output per sub-block), its configuration per BM.
+//   mp  mp_quant_x + mp4k_w<WT>_t<NT>_d<D>_u<U> (kernels/matmul_mp.cuh, 2 ≤ m ≤ 16): W through
+//       per-warp cp.async.bulk rings (one copy per W row and stage), mq4k's decode, x in
+//       fragment order; S warps per block split k (swept: 1, 2, 3, 4, 6, 8, 12, 16).
+//   mpt the same with one 2-D tensor copy (cp.async.bulk.tensor, a CUtensorMap per weight copy
+//       built with cuTensorMapEncodeTiled from libcuda via dlopen) per warp and stage.
 //   mh  mh_quant_x + mh4k_b<BM>_w<WT>_n<NW>_s<ST>: f16 tensor cores, the sub-block scale in the
 //       exact f16 weight operand sc·q, x f16 with a power-of-two scale per (row, 256 k), d and
 //       dmin applied once per 256 k; every (WT, NW, ST) below at BM = the tile covering m and
@@ -570,7 +575,8 @@ int main(int argc, char** argv) {
                 if (best[kd] > 1e29) continue;
                 printf("  BEST m=%d %dx%d %s: %s %.2f us = %.1f %% copy, %.2fx cuBLAS bf16 (%.2f us); rule S: %s %.2f us %.2fx\n", m, n, k,
                        kd == 1 ? "mq" : kd == 3 ? "mh" : kd == 4 ? "mp" : "mpt", bestn[kd].c_str(), best[kd] * 1e6, 100.0 * wbytes / best[kd] / copy, tb / best[kd], tb * 1e6,
-                       rulen[kd].c_str(), rule_best[kd] * 1e6, tb / rule_best[kd]);
+                       kd >= 4 ? "(none: S swept)" : rulen[kd].c_str(), kd >= 4 ? 0.0 : rule_best[kd] * 1e6,
+                       kd >= 4 ? 0.0 : tb / rule_best[kd]);
             }
         }
         CK(cudaFree(pool)); CK(cudaFree(bpool)); CK(cudaFree(c.x)); CK(cudaFree(c.y)); CK(cudaFree(c.scratch));
