@@ -1,4 +1,4 @@
-// matmul_mp.cuh: mp4k, the Q4_K matmul for 2 ≤ m ≤ 16 with the weight streamed through
+// matmul_mp.cuh: mp4k, the Q4_K matmul for 2 ≤ m ≤ 8 (16 in the lab) with the weight streamed through
 // per-warp shared-memory rings by the bulk copy engine (gemvp's pipeline, gemv_pipe.cuh) and
 // decoded by int8 tensor cores (mq4k's fragments and epilogue, matmul_mma.cu; included there
 // after mq4k, whose mma_k32, MMA_MAGIC_F and mq_quant_x x layout it uses). Issue 3.
@@ -20,7 +20,7 @@
 // sub-block, n8 tile), 3 FFMA per output and sub-block. x (mq_quant_x: int8 per 32 with (d,
 // d·Σq)) is read per lane from L1/L2 (8 bytes of B fragment + 16 bytes of scales per
 // sub-block and n8 tile), the first block column of a stage before the stage's mbarrier wait.
-// NT = 1 (m ≤ 8) or 2 (m ≤ 16) n8 tiles. The S warps' sums meet in shared memory (added in
+// NT = 1 (m ≤ 8; kiln) or 2 (m ≤ 16; the lab only: it lost to mq4k/mh4k) n8 tiles. The S warps' sums meet in shared memory (added in
 // warp order: deterministic) and warp 0 stores y.
 // Requires (host-checked): k a multiple of 256, W 16-byte aligned; sm_90 for the copy engine
 // (below sm_90 the ring is filled by ordinary warp loads: correct, unpipelined, not dispatched).

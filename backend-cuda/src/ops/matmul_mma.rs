@@ -6,7 +6,7 @@
 //! (`gridDim.z`), writing partial sums that `mma_reduce` adds in a fixed order (deterministic).
 //!
 //! Q4_K at 1 ≤ m ≤ 64 has two kernels of its own: `mq4k` (int8, below) and `mh4k` (f16 weight
-//! operand sc·q, mh4k.rs), and at 2 ≤ m ≤ 16 on sm_90 a third, `mp4k` (int8 with the weight
+//! operand sc·q, mh4k.rs), and at 2 ≤ m ≤ 8 on sm_90 a third, `mp4k` (int8 with the weight
 //! streamed through per-warp bulk-copy rings, mp4k.rs); the tuner measures them per shape and
 //! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`).
 //!
@@ -32,7 +32,7 @@ mod mh4k;
 mod mp4k;
 use mh4k::{mh_config, mh_plan};
 
-/// The Q4_K few-row kernels (1 ≤ m ≤ 64; `Pipe` 2 ≤ m ≤ 16 on sm_90).
+/// The Q4_K few-row kernels (1 ≤ m ≤ 64; `Pipe`, `PipeTensor` 2 ≤ m ≤ 8 on sm_90).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Q4kKernel {
     /// `mq_quant_x` + `mq4k_*`: x int8 per 32, int8 tensor cores, f32 scales per sub-block.
@@ -41,8 +41,10 @@ pub enum Q4kKernel {
     /// cores on the exact sc·q, d and dmin per 256.
     F16,
     /// `mp_quant_x` + `mp4k_*`: x int8 per 32 (rounded as `Int8` rounds it), W through
-    /// per-warp bulk-copy rings, int8 tensor cores.
+    /// per-warp bulk-copy rings (one copy per W row and stage), int8 tensor cores.
     Pipe,
+    /// `mp_quant_x` + `mpt4k_*`: `Pipe` with one 2-D tensor copy per warp and stage.
+    PipeTensor,
 }
 
 /// How the mma path rounds x (tests build their oracle with it).
@@ -80,7 +82,7 @@ static FORCED_CONFIG: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// for the built-in rule.
 static FORCED_SPLITS: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The Q4_K kernel forced for every mma matmul of this process at 1 ≤ m ≤ 64: 0 the tuned
-/// choice, 1 Int8, 2 F16, 3 Pipe.
+/// choice, 1 Int8, 2 F16, 3 Pipe, 4 PipeTensor.
 static FORCED_Q4K: AtomicUsize = AtomicUsize::new(0);
 
 impl CudaBackend {
@@ -110,6 +112,7 @@ impl CudaBackend {
             Some(Q4kKernel::Int8) => 1,
             Some(Q4kKernel::F16) => 2,
             Some(Q4kKernel::Pipe) => 3,
+            Some(Q4kKernel::PipeTensor) => 4,
         };
         FORCED_Q4K.store(v, Ordering::Relaxed);
     }
@@ -320,9 +323,8 @@ fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) 
     }
 }
 
-/// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
-/// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k) and its x rounding: [n, k, m, padded m,
-/// blocks per split].
+/// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k, mp4k) and its x rounding: [n, k, m,
+/// padded m, blocks per split].
 fn q4k_dims([m, n, k]: [usize; 3], mp: usize, blocks_per_split: usize) -> Result<[i32; 5]> {
     let op = OpKind::Matmul;
     Ok([
@@ -368,6 +370,7 @@ fn warp_items_launch(warps: usize, sms: usize) -> LaunchConfig {
     }
 }
 
+/// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
 pub(crate) fn forced_path() -> Option<MatmulPath> {
     static P: OnceLock<Option<MatmulPath>> = OnceLock::new();
     *P.get_or_init(|| match std::env::var("KILN_MATMUL_PATH").ok().as_deref() {
@@ -428,9 +431,9 @@ impl CudaBackend {
     }
 
     /// The Q4_K kernel that runs an mma matmul of a `dt` weight `[n, k]` at m rows (None: the
-    /// generic kernel): the forced one (`force_q4k_kernel`) where it fits, else Pipe up to the
-    /// tuned `max_mp_rows` of (Q4_K, n, k), else F16 from the tuned `min_mh_rows` on, else Int8
-    /// (also while the shape is not tuned).
+    /// generic kernel): the forced one (`force_q4k_kernel`) where it fits, else Pipe (its tuned
+    /// flavour) up to the tuned `max_mp_rows` of (Q4_K, n, k), else F16 from the tuned
+    /// `min_mh_rows` on, else Int8 (also while the shape is not tuned).
     fn q4k_kernel(&self, dt: DType, m: usize, n: usize, k: usize) -> Option<Q4kKernel> {
         let mq = self.mq4k_config(dt, m).is_some();
         let mh = self.mh4k_config(dt, m).is_some();
@@ -440,7 +443,11 @@ impl CudaBackend {
             1 if mq => Some(Q4kKernel::Int8),
             2 if mh => Some(Q4kKernel::F16),
             3 if mp => Some(Q4kKernel::Pipe),
-            _ if mp && tuned().is_some_and(|c| m <= c.max_mp_rows) => Some(Q4kKernel::Pipe),
+            4 if mp => Some(Q4kKernel::PipeTensor),
+            _ if mp && tuned().is_some_and(|c| m <= c.max_mp_rows) => match tuned() {
+                Some(c) if c.mp_tensor => Some(Q4kKernel::PipeTensor),
+                _ => Some(Q4kKernel::Pipe),
+            },
             _ if mh && (!mq || tuned().is_some_and(|c| m >= c.min_mh_rows)) => Some(Q4kKernel::F16),
             _ if mq => Some(Q4kKernel::Int8),
             _ => None,
@@ -469,19 +476,15 @@ impl CudaBackend {
         occ
     }
 
-    /// The Q4_K few-row kernel the mma path runs for a `dt` weight `[n, k]` at m rows (None:
-    /// the generic kernel), as dispatch chooses it now (forced, tuned or default). For tests.
-    pub fn mma_q4k_kernel(&self, dt: DType, n: usize, k: usize, m: usize) -> Option<Q4kKernel> {
-        self.q4k_kernel(dt, m, n, k)
-    }
-
     /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
     /// Q4_K f16 kernel runs, int8 per 32 where `mq4k` or `mp4k` does, else int8 per 16
     /// (`quant_x_<type>`).
     pub fn mma_x_rounding(&self, dt: DType, n: usize, k: usize, m: usize) -> MmaXRounding {
         match self.q4k_kernel(dt, m, n, k) {
             Some(Q4kKernel::F16) => MmaXRounding::F16Block,
-            Some(Q4kKernel::Int8 | Q4kKernel::Pipe) => MmaXRounding::Int8 { group: 32 },
+            Some(Q4kKernel::Int8 | Q4kKernel::Pipe | Q4kKernel::PipeTensor) => {
+                MmaXRounding::Int8 { group: 32 }
+            }
             None => MmaXRounding::Int8 { group: 16 },
         }
     }
@@ -520,25 +523,22 @@ impl CudaBackend {
             ));
         }
         let (mh, mq) = (self.mh4k_config(w.dtype, m), self.mq4k_config(w.dtype, m));
-        // The bulk copies need a 16-byte aligned weight (else mq4k, which rounds x alike).
-        let mp = self
-            .mp4k_config(w.dtype, m)
-            .filter(|_| w.body_ptr().is_multiple_of(16));
+        // The bulk copies need a 16-byte aligned weight (`mp4k_applies`; else mq4k).
+        let mp = mp4k::mp_config(m).filter(|_| self.mp4k_applies(w, m));
         let kernel = match kernel {
             Some(Q4kKernel::F16) if mh.is_some() => kernel,
             Some(Q4kKernel::Int8) if mq.is_some() => kernel,
-            Some(Q4kKernel::Pipe) if mp.is_some() => kernel,
+            Some(Q4kKernel::Pipe | Q4kKernel::PipeTensor) if mp.is_some() => kernel,
             _ => self.q4k_kernel(w.dtype, m, n, k),
         };
-        if let (Some(Q4kKernel::Pipe), Some(cfg)) = (kernel, mp) {
-            return self.matmul_mp4k(xp, w, outp, [m, n, k], cfg);
+        if let (Some(q @ (Q4kKernel::Pipe | Q4kKernel::PipeTensor)), Some(cfg)) = (kernel, mp) {
+            let tensor = q == Q4kKernel::PipeTensor;
+            return self.matmul_mp4k(xp, w, outp, [m, n, k], cfg, tensor);
         }
-        let kernel = kernel.map(|q| {
-            if q == Q4kKernel::Pipe {
-                Q4kKernel::Int8
-            } else {
-                q
-            }
+        // A Pipe choice this weight cannot take (alignment): mq4k, which rounds x alike.
+        let kernel = kernel.map(|q| match q {
+            Q4kKernel::Pipe | Q4kKernel::PipeTensor => Q4kKernel::Int8,
+            q => q,
         });
         match (kernel, mh, mq) {
             (Some(Q4kKernel::F16), Some(cfg), _) => {

@@ -2,7 +2,7 @@
 //! 14336×4096, 4096×14336 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s
 //! and % of the measured copy bandwidth (weight bytes read / time ÷ copy GB/s), and, on CUDA,
 //! the fused, mma (int8 tensor cores, block types; for Q4_K at m ≤ 64 also each of its
-//! kernels forced: "mma int8", "mma f16" and, at 2 ≤ m ≤ 16 on sm_90, "mma pipe") and dense
+//! kernels forced: "mma int8", "mma f16" and, at 2 ≤ m ≤ 8 on sm_90, "mma pipe" / "mma pipe tma") and dense
 //! paths separately, then per m the
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
 //! at 8192³) is measured first and each row's note gives its % of it.
@@ -92,8 +92,9 @@ fn main() {
                                 (kiln_cuda::Q4kKernel::Int8, "mma int8"),
                                 (kiln_cuda::Q4kKernel::F16, "mma f16"),
                                 (kiln_cuda::Q4kKernel::Pipe, "mma pipe"),
+                                (kiln_cuda::Q4kKernel::PipeTensor, "mma pipe tma"),
                             ] {
-                                // The pipelined kernel: 2 ≤ m ≤ 16 on sm_90 (else the forced
+                                // The pipelined kernel: 2 ≤ m ≤ 8 on sm_90 (else the forced
                                 // kernel is not the one that would run).
                                 cuda.force_q4k_kernel(Some(kern));
                                 if cuda.mma_q4k_kernel(dt, n, k, m) != Some(kern) {

@@ -1,9 +1,11 @@
-//! The Q4_K int8 tensor-core kernel for 2 ≤ m ≤ 16 with the weight streamed through per-warp
+//! The Q4_K int8 tensor-core kernel for 2 ≤ m ≤ 8 with the weight streamed through per-warp
 //! bulk-copy rings (kernels/matmul_mp.cuh `mp_quant_x` + `mp4k_*`, issue 3): gemvp's pipeline
 //! (one `cp.async.bulk` per W row and stage, an mbarrier per stage, no block-wide barrier) with
 //! mq4k's decode, and x in a fragment-ordered layout (one coalesced 16-byte load per lane and
 //! sub-block pair). sm_90 only (the copy engine); the tuner measures it against `mq4k` / `mh4k`
-//! per shape and dispatch takes it for 2 ≤ m ≤ `Crossover::max_mp_rows`.
+//! per shape and dispatch takes it for 2 ≤ m ≤ `Crossover::max_mp_rows`. Two flavours of the
+//! copy (tuned: `Crossover::mp_tensor`): one `cp.async.bulk` per W row and stage (`mp4k_*`), or
+//! one 2-D tensor copy of the stage (`mpt4k_*`, W described by a CUtensorMap encoded per launch).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,26 +27,25 @@ pub(super) struct MpConfig {
     d: usize,
     u: usize,
     name: &'static str,
+    /// The tensor-copy flavour.
+    tname: &'static str,
 }
 
-/// The configurations by x-row tile (8, 16; kernels/matmul_mma.cu, same order): the lab's
-/// fastest over 4096², 14336×4096 and 4096×14336 (backend-cuda/labs/mma, BENCHMARKS.md "cmq").
-const MP4K: [MpConfig; 2] = [
-    MpConfig {
-        wt: 1,
-        nt: 1,
-        d: 2,
-        u: 2,
-        name: "mp4k_w1_t1_d2_u2",
-    },
-    MpConfig {
-        wt: 1,
-        nt: 2,
-        d: 2,
-        u: 2,
-        name: "mp4k_w1_t2_d2_u2",
-    },
-];
+/// The configuration (kernels/matmul_mma.cu): the lab's fastest over 4096², 14336×4096 and
+/// 4096×14336 at m ≤ 8 (backend-cuda/labs/mma, BENCHMARKS.md "cmq").
+const MP4K: [MpConfig; 1] = [MpConfig {
+    wt: 1,
+    nt: 1,
+    d: 2,
+    u: 2,
+    name: "mp4k_w1_t1_d2_u2",
+    tname: "mpt4k_w1_t1_d2_u2",
+}];
+
+/// A CUtensorMap (kernels/matmul_mp.cuh `MpTmap`: 128 opaque bytes, 64-byte aligned), passed
+/// by value.
+#[repr(C, align(64))]
+struct Tmap(cudarc::driver::sys::CUtensorMap);
 
 /// Most warps per block (the kernels' launch bound is 512 threads).
 const MP_MAX_WARPS: usize = 16;
@@ -70,7 +71,9 @@ impl MpConfig {
     }
 }
 
-/// The configuration (index into `MP4K`) for m rows: the smallest x tile covering m (2 ≤ m ≤ 16).
+/// The configuration (index into `MP4K`) for m rows: the x tile covering m (2 ≤ m ≤ 8). Two n8
+/// tiles (m ≤ 16) lost to mq4k / mh4k at every shape in the lab and the gemm bench (twice the
+/// epilogue and x loads per W byte: BENCHMARKS.md "cmq"), so kiln builds one tile only.
 pub(super) fn mp_config(m: usize) -> Option<usize> {
     MP4K.iter().position(|c| (2..=8 * c.nt).contains(&m))
 }
@@ -130,6 +133,18 @@ impl CudaBackend {
         .then_some(cfg)
     }
 
+    /// The Q4_K few-row kernel the mma path runs for a `dt` weight `[n, k]` at m rows (None:
+    /// the generic kernel), as dispatch chooses it now (forced, tuned or default). For tests.
+    pub fn mma_q4k_kernel(
+        &self,
+        dt: DType,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Option<super::Q4kKernel> {
+        self.q4k_kernel(dt, m, n, k)
+    }
+
     /// Whether `mp4k` can take this matmul of `w` at m rows (`mp4k_config` and a 16-byte
     /// aligned weight); the tuner times it where it can.
     pub(crate) fn mp4k_applies(&self, w: &CudaWeight, m: usize) -> bool {
@@ -139,7 +154,7 @@ impl CudaBackend {
     /// Resident one-warp blocks per SM of configuration `cfg` (the driver's occupancy: the
     /// register bound), cached; 16 if it cannot say.
     fn mp_warps_per_sm(&self, cfg: usize) -> usize {
-        static OCC: [AtomicUsize; 2] = [const { AtomicUsize::new(0) }; 2];
+        static OCC: [AtomicUsize; 1] = [const { AtomicUsize::new(0) }; 1];
         let cached = OCC[cfg].load(Ordering::Relaxed);
         if cached > 0 {
             return cached;
@@ -164,9 +179,9 @@ impl CudaBackend {
         })
     }
 
-    /// The pipelined Q4_K path (2 ≤ m ≤ 16, `mp4k_config`): x `[m, k]` f32 at `xp`, out
+    /// The pipelined Q4_K path (2 ≤ m ≤ 8, `mp4k_config`): x `[m, k]` f32 at `xp`, out
     /// `[m, n]` f32 at `outp`. `mp_quant_x` rounds x per 32 elements into the scratch (as
-    /// mq_quant_x rounds it), `mp4k_*` multiplies and stores y.
+    /// mq_quant_x rounds it), `mp4k_*` (or with `tensor` `mpt4k_*`) multiplies and stores y.
     pub(super) fn matmul_mp4k(
         &self,
         xp: u64,
@@ -174,6 +189,7 @@ impl CudaBackend {
         outp: u64,
         [m, n, k]: [usize; 3],
         cfg: usize,
+        tensor: bool,
     ) -> Result<()> {
         let sms = self.info.caps.compute_units.max(1) as usize;
         let plan = mp_plan(
@@ -187,9 +203,14 @@ impl CudaBackend {
         );
         let c = &MP4K[plan.cfg];
         let smem = c.smem(plan.warps);
-        let f = self.function(&MATMUL_MMA, c.name)?;
+        let f = self.function(&MATMUL_MMA, if tensor { c.tname } else { c.name })?;
         self.allow_smem(&f, smem)?;
         let dims = q4k_dims([m, n, k], plan.mp, 0)?;
+        let tmap = if tensor {
+            Some(self.mp_tmap(w, [n, k], c)?)
+        } else {
+            None
+        };
         let groups = n.div_ceil(c.rows());
         if groups > i32::MAX as usize {
             return Err(Error::shape(
@@ -207,7 +228,42 @@ impl CudaBackend {
         let xq = scratch;
         let xs = xq + (plan.mp * k) as u64;
         self.launch_mp_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
-        self.launch_mp4k(&f, launch, w, [xq, xs], outp, dims)
+        self.launch_mp4k(&f, launch, w, [xq, xs], outp, dims, tmap.as_ref())
+    }
+
+    /// W `[n, k]` as a 2-D tensor of u64 `[n][k/256·18]` (dim 0 the row's 8-byte words), box
+    /// {18·U, 16·WT} (one stage of a warp), rows past n read as zeros.
+    fn mp_tmap(&self, w: &CudaWeight, [n, k]: [usize; 2], c: &MpConfig) -> Result<Tmap> {
+        use cudarc::driver::sys;
+        let nb = (k / 256) as u64;
+        let dims = [nb * 18, n as u64];
+        let strides = [nb * 144];
+        let bx = [(18 * c.u) as u32, c.rows() as u32];
+        let es = [1u32, 1];
+        let mut t = Tmap(sys::CUtensorMap { opaque: [0; 16] });
+        // SAFETY: cuTensorMapEncodeTiled only writes the 128-byte map and reads the arrays
+        // given (rank 2: two dims, one stride, two box dims, two element strides, all live
+        // locals); the address is w's body (16-byte aligned: mp4k_applies), the stride a
+        // multiple of 16, the box 144·U bytes wide (≤ 256 elements), as the API requires.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut t.0,
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT64,
+                2,
+                w.body_ptr() as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                bx.as_ptr(),
+                es.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(self.drv("cuTensorMapEncodeTiled"))?;
+        Ok(t)
     }
 
     /// `mp_quant_x(x, xq, xs, k, m, mp)`: one warp per (block column, padded x row), `warps`
@@ -231,8 +287,9 @@ impl CudaBackend {
         unsafe { self.launch_pdl(&f, "launch mp_quant_x", cfg, &args) }
     }
 
-    /// `mp4k_*(w, xq, xs, y, n, k, m, mp, 0)`, a programmatic dependent of mp_quant_x (it issues
-    /// its first W copies, then waits).
+    /// `mp4k_*(w, xq, xs, y, n, k, m, mp, 0)` (`mpt4k_*`: + the tensor map), a programmatic
+    /// dependent of mp_quant_x (it issues its first W copies, then waits).
+    #[allow(clippy::too_many_arguments)]
     fn launch_mp4k(
         &self,
         f: &CudaFunction,
@@ -241,6 +298,7 @@ impl CudaBackend {
         x: [u64; 2],
         y: u64,
         dims: [i32; 5],
+        tmap: Option<&Tmap>,
     ) -> Result<()> {
         let body = w.body_ptr();
         let [n, k, m, mp, unused] = dims;
@@ -255,12 +313,18 @@ impl CudaBackend {
             Arg::I32(&mp),
             Arg::I32(&unused),
         ];
+        let mut args = args.to_vec();
+        if let Some(t) = tmap {
+            args.push(Arg::raw(t));
+        }
         // SAFETY: w's body is the n × k Q4_K weight (n·k/256 blocks of 144 bytes, 16-byte
         // aligned: mp4k_config checked; rows read clamped to n − 1, block columns < k/256); xq
         // u8 [k/256, mp/8, 4, 32, 16] and xs float2 [k/256, mp/8, 4, 4, 2, 2] written by
         // mp_quant_x just before on this stream (read after griddepcontrol.wait; x tiles read
         // < mp/8); y f32 [m, n], writes bounded by n and m. blockDim = 32·S with S ≤ 16 (the
         // launch bound) and dynamic shared memory MpConfig::smem(S), allowed just before.
+        // mpt4k_* takes one more parameter, the 128-byte tensor map of w (`MpTmap`, by value,
+        // __grid_constant__), encoded for this w, n, k and the configuration's box.
         unsafe { self.launch_pdl(f, "launch mp4k", cfg, &args) }
     }
 }
@@ -274,9 +338,9 @@ mod tests {
     #[test]
     fn mp_plan_fills_the_warps_and_fits() {
         assert_eq!(mp_config(1), None);
-        assert_eq!(mp_config(17), None);
+        assert_eq!(mp_config(9), None);
         for (n, k) in [(14336, 4096), (4096, 14336), (4096, 4096), (200, 512)] {
-            for m in [2, 3, 8, 9, 16] {
+            for m in [2, 3, 5, 8] {
                 let Some(cfg) = mp_config(m) else {
                     panic!("no mp4k tile for m = {m}");
                 };
