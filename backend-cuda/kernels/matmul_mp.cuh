@@ -1,13 +1,16 @@
-// matmul_mp.cuh: mp4k, the Q4_K matmul for 2 ≤ m ≤ 8 (16 in the lab) with the weight streamed through
-// per-warp shared-memory rings by the bulk copy engine (gemvp's pipeline, gemv_pipe.cuh) and
-// decoded by int8 tensor cores (mq4k's fragments and epilogue, matmul_mma.cu; included there
-// after mq4k, whose mma_k32, MMA_MAGIC_F and mq_quant_x x layout it uses). Issue 3.
+// matmul_mp.cuh: mp4k, the Q4_K matmul for 2 ≤ m ≤ 8 (16 in the lab) with the weight
+// streamed through per-warp shared-memory rings by the copy engine (gemvp's pipeline,
+// gemv_pipe.cuh) and decoded by int8 tensor cores (mq4k's fragments and epilogue, matmul_mma.cu;
+// included there after mq4k, whose mma_k32 and MMA_MAGIC_F it uses). Issue 3.
 //
 // Why: mq4k stages W and x for a 128-row block through a block-wide cp.async ring with a
 // __syncthreads per k stage; at m ≤ 16 ncu shows it issue-latency bound with few warps and the
 // DRAM 32–38 % busy. Here each warp owns its own ring and its own W rows: lanes 0..R−1 each
-// issue one `cp.async.bulk` of a W row's U blocks per stage (one mbarrier per stage), D − 1
-// stages ahead of the one the warp decodes; no block-wide barrier until the final k-split sum.
+// issue one `cp.async.bulk` of a W row's U blocks per stage (mp4k_*; the copies of one
+// instruction are a serial per-lane loop in SASS), or lane 0 one `cp.async.bulk.tensor.2d` of
+// the whole stage (mpt4k_*, W described by a CUtensorMap), completing on one mbarrier per
+// stage, D − 1 stages ahead of the one the warp decodes; no block-wide barrier until the final
+// k-split sum.
 //
 // Thread mapping: grid ceil(n / R) blocks, R = 16·WT W rows per block (one group); block S
 // warps (S = blockDim.x / 32, host-chosen) splitting the group's nb = k/256 block columns into
@@ -17,11 +20,13 @@
 // (g, t) = (lane / 4, lane % 4) decodes the (scale, min) of sub-block pair t of rows g, g + 8
 // (shared by shuffles), one 8-byte LDS per row and pair gives the A fragments of both
 // sub-blocks (AND 0x0F0F0F0F / SHR 4 + AND), one `mma.sync.m16n8k32.s8` per (16-row tile,
-// sub-block, n8 tile), 3 FFMA per output and sub-block. x (mq_quant_x: int8 per 32 with (d,
-// d·Σq)) is read per lane from L1/L2 (8 bytes of B fragment + 16 bytes of scales per
-// sub-block and n8 tile), the first block column of a stage before the stage's mbarrier wait.
-// NT = 1 (m ≤ 8; kiln) or 2 (m ≤ 16; the lab only: it lost to mq4k/mh4k) n8 tiles. The S warps' sums meet in shared memory (added in
-// warp order: deterministic) and warp 0 stores y.
+// sub-block, n8 tile), 3 FFMA per output and sub-block. x (mp_quant_x: int8 per 32 with (d,
+// d·Σq), stored in fragment order) is read per lane from L1/L2: per sub-block pair and n8 tile
+// one 16-byte load of both B fragments and two of scales, before the stage's mbarrier wait
+// (all four pairs of the block column when WT·NT = 1, kiln's configuration; else the first
+// pair, then one pair ahead). NT = 1 (m ≤ 8; kiln) or 2
+// (m ≤ 16; the lab only: it lost to mq4k/mh4k) n8 tiles. The S warps' sums meet in shared
+// memory (added in warp order: deterministic) and warp 0 stores y.
 // Requires (host-checked): k a multiple of 256, W 16-byte aligned; sm_90 for the copy engine
 // (below sm_90 the ring is filled by ordinary warp loads: correct, unpipelined, not dispatched).
 // Bytes: W once (n·k·0.5625 from DRAM), x mp·k·1.25 per group (L1/L2), y m·n·4.
