@@ -521,3 +521,15 @@ MQ4K_KERNEL(16, 1, 8, 3)
 MQ4K_KERNEL(32, 2, 4, 3)
 MQ4K_KERNEL(64, 2, 8, 3)
 #endif
+
+// mp4k: Q4_K at 2 ≤ m ≤ 8 with W through per-warp bulk-copy rings (matmul_mp.cuh).
+#include "matmul_mp.cuh"
+// The configurations the host picks from by m (ops/matmul_mma/mp4k.rs MP4K, same order); the lab
+// instantiates its own set instead.
+#ifndef MQ4K_NO_INSTANCES
+MP4K_KERNEL(1, 1, 2, 2)
+#endif
+#ifndef MQ4K_NO_INSTANCES
+// The same with one 2-D tensor copy per warp and stage (the host passes a CUtensorMap of W).
+MPT4K_KERNEL(1, 1, 2, 2)
+#endif

@@ -45,12 +45,20 @@ pub struct TuneResult {
     pub mma_us: Vec<f64>,
     /// Q4_K: the f16 kernel `mh4k` at the rungs m ≤ 64 (empty otherwise).
     pub mh_us: Vec<f64>,
+    /// Q4_K on sm_90: the pipelined int8 kernel `mp4k` at the rungs 2 ≤ m ≤ 8 (empty
+    /// otherwise), and its tensor-copy flavour `mpt4k`.
+    pub mp_us: Vec<f64>,
+    pub mpt_us: Vec<f64>,
     /// The dispatch uses the fused kernel for m ≤ this.
     pub max_fused_rows: usize,
     /// ... and the mma kernel for max_fused_rows < m ≤ this (dense above).
     pub max_mma_rows: usize,
     /// Q4_K: the mma path runs the f16 kernel for this ≤ m ≤ 64, the int8 one below.
     pub min_mh_rows: usize,
+    /// Q4_K: the mma path runs `mp4k` for 2 ≤ m ≤ this (0: never) ...
+    pub max_mp_rows: usize,
+    /// ... in its tensor-copy flavour (`mpt4k`) if that was faster at most of those rungs.
+    pub mp_tensor: bool,
 }
 
 /// The two crossovers of one (dtype, n, k).
@@ -63,6 +71,11 @@ pub struct Crossover {
     /// Q4_K: f16 kernel (`mh4k`) for this ≤ m ≤ 64 on the mma path, int8 (`mq4k`) below;
     /// usize::MAX for the other types.
     pub min_mh_rows: usize,
+    /// Q4_K: the pipelined int8 kernel (`mp4k`) for 2 ≤ m ≤ this on the mma path, before the
+    /// choice above; 0 for the other types and where it never wins.
+    pub max_mp_rows: usize,
+    /// ... its tensor-copy flavour (`mpt4k`).
+    pub mp_tensor: bool,
 }
 
 /// The crossovers of every device of one kind in this process (one table per device key), so
@@ -95,16 +108,24 @@ impl Crossovers {
             .iter()
             .filter_map(|(k, v)| {
                 // Both keys or nothing: an entry from before the mma path is re-tuned (and a
-                // Q4_K entry from before its f16 kernel).
+                // Q4_K entry from before its f16 kernel or its pipelined kernel).
+                let q4k = k.starts_with("matmul/Q4_K/");
                 let min_mh_rows = match v.get("min_mh_rows") {
                     Some(r) => r.as_u64()? as usize,
-                    None if k.starts_with("matmul/Q4_K/") => return None,
+                    None if q4k => return None,
                     None => usize::MAX,
+                };
+                let (max_mp_rows, mp_tensor) = match (v.get("max_mp_rows"), v.get("mp_tensor")) {
+                    (Some(r), Some(t)) => (r.as_u64()? as usize, t.as_bool()?),
+                    _ if q4k => return None,
+                    _ => (0, false),
                 };
                 let c = Crossover {
                     max_fused_rows: v.get("max_fused_rows")?.as_u64()? as usize,
                     max_mma_rows: v.get("max_mma_rows")?.as_u64()? as usize,
                     min_mh_rows,
+                    max_mp_rows,
+                    mp_tensor,
                 };
                 Some((k.clone(), c))
             })
@@ -162,6 +183,8 @@ impl CudaBackend {
                 max_fused_rows: usize::MAX,
                 max_mma_rows: usize::MAX,
                 min_mh_rows: usize::MAX,
+                max_mp_rows: 0,
+                mp_tensor: false,
             });
         }
         let r = self.tune_inner(cw, n, k)?;
@@ -169,6 +192,8 @@ impl CudaBackend {
             max_fused_rows: r.max_fused_rows,
             max_mma_rows: r.max_mma_rows,
             min_mh_rows: r.min_mh_rows,
+            max_mp_rows: r.max_mp_rows,
+            mp_tensor: r.mp_tensor,
         })
     }
 
@@ -207,6 +232,8 @@ impl CudaBackend {
                 max_fused_rows: res.max_fused_rows,
                 max_mma_rows: res.max_mma_rows,
                 min_mh_rows: res.min_mh_rows,
+                max_mp_rows: res.max_mp_rows,
+                mp_tensor: res.mp_tensor,
             },
         );
         c.cache.insert(
@@ -215,10 +242,14 @@ impl CudaBackend {
                 "max_fused_rows": res.max_fused_rows,
                 "max_mma_rows": res.max_mma_rows,
                 "min_mh_rows": res.min_mh_rows,
+                "max_mp_rows": res.max_mp_rows,
+                "mp_tensor": res.mp_tensor,
                 "m": res.m,
                 "fused_us": res.fused_us,
                 "mma_us": res.mma_us,
                 "mh_us": res.mh_us,
+                "mp_us": res.mp_us,
+                "mpt_us": res.mpt_us,
                 "dense_us": res.dense_us,
             }),
         )?;
@@ -246,10 +277,17 @@ impl CudaBackend {
             dense_us: Vec::new(),
             mma_us: Vec::new(),
             mh_us: Vec::new(),
+            mp_us: Vec::new(),
+            mpt_us: Vec::new(),
             max_fused_rows: 0,
             max_mma_rows: 0,
             min_mh_rows: usize::MAX,
+            max_mp_rows: 0,
+            mp_tensor: false,
         };
+        // Still in the prefix of rungs from m = 2 where mp4k (either flavour) beats mq4k and
+        // mh4k; rungs of that prefix where the tensor flavour was the faster one.
+        let (mut mp_prefix, mut tensor_wins) = (true, 0);
         // Still in the prefix where fused (resp. fused or mma) wins at every rung.
         let (mut fused_prefix, mut quant_prefix) = (true, true);
         let mut dense_wins = 0;
@@ -275,7 +313,26 @@ impl CudaBackend {
                     } else if res.min_mh_rows == usize::MAX {
                         res.min_mh_rows = m;
                     }
-                    q.min(h)
+                    let best = q.min(h);
+                    // The pipelined kernel at 2 ≤ m ≤ 8 where it applies (sm_90).
+                    if m >= 2 && self.mp4k_applies(w, m) {
+                        let b = mma(Some(Q4kKernel::Pipe))?;
+                        let t = mma(Some(Q4kKernel::PipeTensor))?;
+                        res.mp_us.push(b);
+                        res.mpt_us.push(t);
+                        let p = b.min(t);
+                        mp_prefix &= p < best;
+                        if mp_prefix {
+                            res.max_mp_rows = m;
+                            tensor_wins += usize::from(t < b);
+                            // The flavour faster at most rungs of the prefix (ties: tensor).
+                            let rungs = res.mp_us.len();
+                            res.mp_tensor = 2 * tensor_wins >= rungs;
+                        }
+                        best.min(p)
+                    } else {
+                        best
+                    }
                 } else {
                     q
                 }

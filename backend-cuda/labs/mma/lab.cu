@@ -12,10 +12,16 @@
 // Variants (each with its x rounding kernel, + mma_reduce with PDL when S > 1):
 //   mq  mq_quant_x + mq4k_b<BM>_w<WT>_n<NW>_s<ST>: the host's int8 kernel (x int8 per 32,
 //       m16n8k32 s8 per sub-block, 3 FFMA per output per sub-block), its configuration per BM.
+//   mp  mp_quant_x + mp4k_w<WT>_t<NT>_d<D>_u<U> (kernels/matmul_mp.cuh, 2 ≤ m ≤ 16): W through
+//       per-warp cp.async.bulk rings (one copy per W row and stage), mq4k's decode, x in
+//       fragment order; S warps per block split k (swept: 1, 2, 3, 4, 6, 8, 12, 16).
+//   mpt the same with one 2-D tensor copy (cp.async.bulk.tensor, a CUtensorMap per weight copy
+//       built with cuTensorMapEncodeTiled from libcuda via dlopen) per warp and stage.
 //   mh  mh_quant_x + mh4k_b<BM>_w<WT>_n<NW>_s<ST>: f16 tensor cores, the sub-block scale in the
 //       exact f16 weight operand sc·q, x f16 with a power-of-two scale per (row, 256 k), d and
 //       dmin applied once per 256 k; every (WT, NW, ST) below at BM = the tile covering m and
 //       half of it, each k split S.
+#include <cuda.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
 #include <library_types.h>
@@ -34,6 +40,21 @@
 #include "../../kernels/matmul_mma.cu"
 #include "../../kernels/matmul_mh.cu"
 
+// mp: W through per-warp bulk-copy rings (matmul_mp.cuh), (WT, NT, D, U) = 16-row tiles per
+// warp, n8 tiles, stages, block columns per stage; S warps per block split k (run time).
+#define MP_CFGS(NT) MP4K_KERNEL(1, NT, 2, 1) MP4K_KERNEL(1, NT, 3, 1) MP4K_KERNEL(1, NT, 2, 2) MP4K_KERNEL(1, NT, 3, 2) \
+    MP4K_KERNEL(1, NT, 2, 4) MP4K_KERNEL(1, NT, 3, 4) MP4K_KERNEL(1, NT, 2, 8) MP4K_KERNEL(2, NT, 2, 1)                \
+    MP4K_KERNEL(2, NT, 2, 2) MP4K_KERNEL(2, NT, 2, 4)
+MP_CFGS(1)
+MP_CFGS(2)
+// mpt: the same with one 2-D tensor copy (TMA) per stage; U ∈ {1, 2, 3, 6} (row stride U·144
+// bytes unpadded: conflict-free 8-byte fragment loads).
+#define MPT_CFGS(NT) MPT4K_KERNEL(1, NT, 2, 1) MPT4K_KERNEL(1, NT, 3, 1) MPT4K_KERNEL(1, NT, 4, 1) MPT4K_KERNEL(1, NT, 2, 2) \
+    MPT4K_KERNEL(1, NT, 3, 2) MPT4K_KERNEL(1, NT, 2, 3) MPT4K_KERNEL(1, NT, 2, 6) MPT4K_KERNEL(2, NT, 2, 1)             \
+    MPT4K_KERNEL(2, NT, 3, 1) MPT4K_KERNEL(2, NT, 2, 2)
+MPT_CFGS(1)
+MPT_CFGS(2)
+
 // mq: the host's configuration per BM (ops/matmul_mma.rs MQ4K).
 MQ4K_KERNEL(8, 1, 8, 3) MQ4K_KERNEL(16, 1, 8, 3) MQ4K_KERNEL(32, 2, 4, 3) MQ4K_KERNEL(64, 2, 8, 3)
 // (WT, NW, WM, ST, MB): W tiles per warp, warps, warps along m, stages, min blocks per SM.
@@ -44,8 +65,10 @@ MQ4K_KERNEL(8, 1, 8, 3) MQ4K_KERNEL(16, 1, 8, 3) MQ4K_KERNEL(32, 2, 4, 3) MQ4K_K
     MH4K_KERNEL(BM, 2, 4, 1, 2, 2) MH4K_KERNEL(BM, 1, 8, 2, 2, 2) MH4K_KERNEL(BM, 1, 8, 2, 3, 1)       \
     MH4K_KERNEL(BM, 2, 8, 2, 2, 1) MH4K_KERNEL(BM, 1, 16, 2, 2, 1)
 MH_CFGS(16)
+#ifndef LAB_SMALL_M  // -DLAB_SMALL_M: m <= 16 only (mh b16; a faster build)
 MH_CFGS(32)
 MH_CFGS(64)
+#endif
 
 #define CK(x)                                                                                     \
     do {                                                                                          \
@@ -83,10 +106,33 @@ static void load_cublas() {
         }                                                                                         \
     } while (0)
 
+typedef CUresult (*EncodeTiledFn)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
+                                  const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
+                                  CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static EncodeTiledFn encode_tiled;
+static void load_cuda_driver() {
+    void* h = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!h) { fprintf(stderr, "libcuda not found\n"); exit(1); }
+    encode_tiled = (EncodeTiledFn)dlsym(h, "cuTensorMapEncodeTiled");
+    if (!encode_tiled) { fprintf(stderr, "cuTensorMapEncodeTiled missing\n"); exit(1); }
+}
+// W [n][k/256·144 bytes] as u64 [n][k/256·18], box {18·U, 16·WT}.
+static MpTmap make_tmap(const u8* w, int n, int k, int U, int WT) {
+    CUtensorMap t;
+    const cuuint64_t dims[2] = {(cuuint64_t)(k / 256 * 18), (cuuint64_t)n};
+    const cuuint64_t strides[1] = {(cuuint64_t)(k / 256 * 144)};
+    const cuuint32_t box[2] = {(cuuint32_t)(18 * U), (cuuint32_t)(16 * WT)}, es[2] = {1, 1};
+    const CUresult r = encode_tiled(&t, CU_TENSOR_MAP_DATA_TYPE_UINT64, 2, (void*)w, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                    CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) { fprintf(stderr, "cuTensorMapEncodeTiled: %d\n", (int)r); exit(1); }
+    MpTmap o; memcpy(&o, &t, sizeof o); return o;
+}
+typedef void (*MptFn)(const u8*, const u8*, const float2*, float*, int, int, int, int, int, MpTmap);
 typedef void (*MqFn)(const u8*, const u8*, const float2*, float*, int, int, int, int, int);
 typedef void (*MhFn)(const u8*, const u16*, const u32*, const float*, float*, int, int, int, int, int);
 
-// A kernel configuration: kind 1 = mq, 3 = mh; fn is the MqFn or MhFn.
+// A kernel configuration: kind 1 = mq, 3 = mh, 4 = mp (bm = 8·NT, st = D, mb = U); fn is the
+// MqFn (mq, mp) or MhFn.
 struct Cfg { int kind, bm, wt, nw, wm, st, mb; const void* fn; };
 #define MQ_CFG(BM, WT, NW, ST) {1, BM, WT, NW, 1, ST, 1, (const void*)mq4k_b##BM##_w##WT##_n##NW##_s##ST}
 #define MH_CFG(BM, WT, NW, WM, ST, MB) {3, BM, WT, NW, WM, ST, MB, (const void*)mh4k_b##BM##_w##WT##_n##NW##_x##WM##_s##ST##_m##MB}
@@ -94,8 +140,18 @@ struct Cfg { int kind, bm, wt, nw, wm, st, mb; const void* fn; };
     MH_CFG(BM, 2, 4, 1, 2, 1), MH_CFG(BM, 2, 4, 1, 3, 1), MH_CFG(BM, 2, 8, 1, 2, 1), MH_CFG(BM, 1, 4, 1, 2, 2),                \
     MH_CFG(BM, 1, 8, 1, 2, 2), MH_CFG(BM, 2, 4, 1, 2, 2), MH_CFG(BM, 1, 8, 2, 2, 2), MH_CFG(BM, 1, 8, 2, 3, 1),                \
     MH_CFG(BM, 2, 8, 2, 2, 1), MH_CFG(BM, 1, 16, 2, 2, 1)
+#define MPT_CFG(WT, NT, D, U) {5, 8 * NT, WT, 1, 1, D, U, (const void*)mpt4k_w##WT##_t##NT##_d##D##_u##U}
+#define MPT_CFG_ALL(NT) MPT_CFG(1, NT, 2, 1), MPT_CFG(1, NT, 3, 1), MPT_CFG(1, NT, 4, 1), MPT_CFG(1, NT, 2, 2), MPT_CFG(1, NT, 3, 2), \
+    MPT_CFG(1, NT, 2, 3), MPT_CFG(1, NT, 2, 6), MPT_CFG(2, NT, 2, 1), MPT_CFG(2, NT, 3, 1), MPT_CFG(2, NT, 2, 2)
+#define MP_CFG(WT, NT, D, U) {4, 8 * NT, WT, 1, 1, D, U, (const void*)mp4k_w##WT##_t##NT##_d##D##_u##U}
+#define MP_CFG_ALL(NT) MP_CFG(1, NT, 2, 1), MP_CFG(1, NT, 3, 1), MP_CFG(1, NT, 2, 2), MP_CFG(1, NT, 3, 2), MP_CFG(1, NT, 2, 4), \
+    MP_CFG(1, NT, 3, 4), MP_CFG(1, NT, 2, 8), MP_CFG(2, NT, 2, 1), MP_CFG(2, NT, 2, 2), MP_CFG(2, NT, 2, 4)
 static const Cfg CFGS[] = {MQ_CFG(8, 1, 8, 3), MQ_CFG(16, 1, 8, 3), MQ_CFG(32, 2, 4, 3), MQ_CFG(64, 2, 8, 3),
-                           MH_CFG_ALL(16), MH_CFG_ALL(32), MH_CFG_ALL(64)};
+                           MH_CFG_ALL(16),
+#ifndef LAB_SMALL_M
+                           MH_CFG_ALL(32), MH_CFG_ALL(64),
+#endif
+                           MP_CFG_ALL(1), MP_CFG_ALL(2), MPT_CFG_ALL(1), MPT_CFG_ALL(2)};
 static const int NCFG = sizeof(CFGS) / sizeof(CFGS[0]);
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -238,7 +294,13 @@ struct Ctx {
 struct Var { int kind; int cfg; int S; };
 
 static int bm_of(int m) { return m <= 8 ? 8 : m <= 16 ? 16 : m <= 32 ? 32 : 64; }
+// mp's shared memory at S warps per block (MP_SMEM).
+static size_t mp_smem_of(const Cfg& c, int S) {
+    const int R = 16 * c.wt, RS = c.mb * 144 + (c.kind == 4 && c.mb % 4 == 0 ? 16 : 0);
+    return (size_t)S * (c.st * R * RS + (8 * c.st + 15) / 16 * 16) + (S > 1 ? (size_t)S * c.wt * (c.bm / 8) * 512 : 0);
+}
 static size_t smem_of(const Cfg& c) {
+    if (c.kind >= 4) return mp_smem_of(c, 1);
     const int bn = 16 * c.wt * c.nw / c.wm;
     return c.kind == 1 ? (size_t)c.st * (bn * MQ_W_STRIDE + c.bm * MQ_X_STRIDE + c.bm / 2 * MQ_S_STRIDE)
                        : (size_t)c.st * (bn * MQ_W_STRIDE + c.bm * (512 + 36));
@@ -262,6 +324,23 @@ static void call_q(const Ctx& c, int i, int ci, int S) {
     const int bn = 16 * q.wt * q.nw / q.wm;
     float* y = Sr > 1 ? c.part : c.y;
     const dim3 grid(mp / bm, (c.n + bn - 1) / bn, Sr), block(32 * q.nw);
+    if (q.kind == 5) {
+        u8* xq = c.scratch;
+        float2* xs = (float2*)(c.scratch + (size_t)mp * c.k);
+        launch_ex(mp_quant_x, qg, dim3(256), 0, true, c.st, (const float*)c.x, xq, xs, c.k, c.m, mp);
+        const dim3 g4((c.n + 16 * q.wt - 1) / (16 * q.wt)), b4(32 * S);
+        const MpTmap tm = make_tmap(w, c.n, c.k, q.mb, q.wt);
+        launch_ex((MptFn)q.fn, g4, b4, mp_smem_of(q, S), true, c.st, w, (const u8*)xq, (const float2*)xs, c.y, c.n, c.k, c.m, mp, 0, tm);
+        return;
+    }
+    if (q.kind == 4) {
+        u8* xq = c.scratch;
+        float2* xs = (float2*)(c.scratch + (size_t)mp * c.k);
+        launch_ex(mp_quant_x, qg, dim3(256), 0, true, c.st, (const float*)c.x, xq, xs, c.k, c.m, mp);
+        const dim3 g4((c.n + 16 * q.wt - 1) / (16 * q.wt)), b4(32 * S);
+        launch_ex((MqFn)q.fn, g4, b4, mp_smem_of(q, S), true, c.st, w, (const u8*)xq, (const float2*)xs, c.y, c.n, c.k, c.m, mp, 0);
+        return;
+    }
     if (q.kind == 1) {
         u8* xq = c.scratch;
         float2* xs = (float2*)(c.scratch + (size_t)mp * c.k);
@@ -279,8 +358,13 @@ static void call_q(const Ctx& c, int i, int ci, int S) {
 }
 
 // Resident blocks per SM of a configuration (occupancy API: registers and shared memory).
-static int occupancy(int ci) {
+static int occupancy(int ci, int S = 0) {
     int occ = 0;
+    if (CFGS[ci].kind >= 4) {
+        S = std::max(S, 1);
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, CFGS[ci].fn, 32 * S, mp_smem_of(CFGS[ci], S)));
+        return occ;
+    }
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, CFGS[ci].fn, 32 * CFGS[ci].nw, smem_of(CFGS[ci])));
     return std::max(occ, 1);
 }
@@ -366,7 +450,8 @@ static double nmse(const std::vector<float>& y, const std::vector<double>& ref, 
 
 static std::string cfg_name(int ci) {
     char b[64]; const Cfg& q = CFGS[ci];
-    snprintf(b, sizeof b, "%s b%d w%d n%d x%d s%d m%d", q.kind == 1 ? "mq" : "mh", q.bm, q.wt, q.nw, q.wm, q.st, q.mb);
+    if (q.kind >= 4) snprintf(b, sizeof b, q.kind == 4 ? "mp w%d t%d d%d u%d" : "mpt w%d t%d d%d u%d", q.wt, q.bm / 8, q.st, q.mb);
+    else snprintf(b, sizeof b, "%s b%d w%d n%d x%d s%d m%d", q.kind == 1 ? "mq" : "mh", q.bm, q.wt, q.nw, q.wm, q.st, q.mb);
     return b;
 }
 
@@ -380,10 +465,11 @@ int main(int argc, char** argv) {
     g_smem_optin = p.sharedMemPerBlockOptin;
     cudaStream_t st; CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     load_cublas();
+    load_cuda_driver();
     cublasHandle_t cb; CB(cublasCreate(&cb)); CB(cublasSetStream(cb, st));
     // Shared memory opt-in for every kernel.
     for (int ci = 0; ci < NCFG; ci++) {
-        const size_t sm = smem_of(CFGS[ci]);
+        const size_t sm = CFGS[ci].kind >= 4 ? g_smem_optin : smem_of(CFGS[ci]);
         if (sm <= g_smem_optin) CK(cudaFuncSetAttribute(CFGS[ci].fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
     }
     const double copy = copy_bw(st);
@@ -430,6 +516,7 @@ int main(int argc, char** argv) {
         const int calls = std::max(copies, 32);
         for (int m : ms) {
             if (only_m && atoi(only_m) != m) continue;
+            if (getenv("LAB_MMAX") && m > atoi(getenv("LAB_MMAX"))) continue;
             c.m = m;
             std::vector<float> yv((size_t)m * n);
             auto run_check = [&](const Var& v, double& e_exact, double& e_own) {
@@ -438,41 +525,44 @@ int main(int argc, char** argv) {
                 CK(cudaStreamSynchronize(st)); CK(cudaGetLastError());
                 CK(cudaMemcpy(yv.data(), c.y, yv.size() * 4, cudaMemcpyDeviceToHost));
                 e_exact = nmse(yv, ref[0], m, n);
-                e_own = v.kind == 1 ? nmse(yv, ref[2], m, n) : v.kind == 3 ? nmse(yv, ref[3], m, n) : e_exact;
+                e_own = v.kind == 1 || v.kind >= 4 ? nmse(yv, ref[2], m, n) : v.kind == 3 ? nmse(yv, ref[3], m, n) : e_exact;
             };
             Var vb{2, 0, 1};
             double e0, e1;
             run_check(vb, e0, e1);
             const double tb = no_time ? 1 : time_graph(vb, c, calls, quick ? 3 : 7);
             printf("\n m=%d: cuBLAS bf16 %.2f us (nmse vs exact %.1e)\n", m, tb * 1e6, e0);
-            double best[4] = {1e30, 1e30, 1e30, 1e30}, rule_best[4] = {1e30, 1e30, 1e30, 1e30};
-            std::string bestn[4], rulen[4];
+            double best[6] = {1e30, 1e30, 1e30, 1e30, 1e30, 1e30}, rule_best[6] = {1e30, 1e30, 1e30, 1e30, 1e30, 1e30};
+            std::string bestn[6], rulen[6];
             const int bmc = bm_of(m);
             for (int ci = 0; ci < NCFG; ci++) {
                 const Cfg& q = CFGS[ci];
                 if (smem_of(q) > g_smem_optin) continue;
                 if (q.kind == 1 && q.bm != bmc) continue;  // mq: the host's tile
                 if (q.kind == 3 && (m < 8 || !(q.bm == std::max(16, bmc) || (q.bm == bmc / 2 && q.bm >= 16)))) continue;
+                if (q.kind >= 4 && (m < 2 || m > 16 || q.bm != bmc)) continue;
                 if (getenv("LAB_CFG") && atoi(getenv("LAB_CFG")) != ci) continue;
-                if (getenv("LAB_KIND") && atoi(getenv("LAB_KIND")) != q.kind) continue;
+                if (getenv("LAB_KIND") && !strchr(getenv("LAB_KIND"), '0' + q.kind)) continue;  // e.g. "14": mq and mp
                 std::string line;
                 double cbest = 1e30; int cS = 0;
-                const int occ = occupancy(ci);
+                int occ = occupancy(ci);
                 const int bn = 16 * q.wt * q.nw / q.wm;
                 const int tiles = (m + q.bm - 1) / q.bm * ((n + bn - 1) / bn);
-                const int rS = rule_S(tiles, occ * g_sms, nb);
+                const int rS = q.kind >= 4 ? -1 : rule_S(tiles, occ * g_sms, nb);
                 double trule = 0;
                 std::vector<int> sl(Ss, Ss + 6);
-                if (std::find(sl.begin(), sl.end(), rS) == sl.end()) sl.push_back(rS);
+                if (q.kind >= 4) { sl.push_back(12); sl.push_back(16); }
+                else if (std::find(sl.begin(), sl.end(), rS) == sl.end()) sl.push_back(rS);
                 for (int S : sl) {
                     if (S > nb || (getenv("LAB_S") && atoi(getenv("LAB_S")) != S)) continue;
+                    if (q.kind >= 4 && (mp_smem_of(q, S) > g_smem_optin || occupancy(ci, S) < 1)) continue;
                     Var v{q.kind, ci, S};
                     run_check(v, e0, e1);
                     const bool ok = std::isfinite(e0) && e0 < 9.9e-4 && e1 < 1e-9;
                     if (!ok) { failures++; printf("  FAIL %s S=%d: nmse exact %.1e own %.1e\n", cfg_name(ci).c_str(), S, e0, e1); }
                     const double t = no_time ? 1 : time_graph(v, c, calls, quick ? 3 : 5);
                     char b[64]; snprintf(b, sizeof b, " S%d %.1f", S, t * 1e6); line += b;
-                    if (t < cbest) { cbest = t; cS = S; }
+                    if (t < cbest) { cbest = t; cS = S; if (q.kind >= 4) occ = occupancy(ci, S); }
                     if (S == rS) trule = t;
                 }
                 printf("  %-22s %8.2f us %6.0f GB/s %5.1f %% copy  %5.2fx cuBLAS  (best S=%d; rule S=%d %.1f us; %d/SM; nmse exact %.1e own %.1e) |%s\n",
@@ -481,11 +571,12 @@ int main(int argc, char** argv) {
                 if (cbest < best[q.kind]) { best[q.kind] = cbest; bestn[q.kind] = cfg_name(ci) + " S=" + std::to_string(cS); }
                 if (trule > 0 && trule < rule_best[q.kind]) { rule_best[q.kind] = trule; rulen[q.kind] = cfg_name(ci); }
             }
-            for (int kd : {1, 3}) {
+            for (int kd : {1, 3, 4, 5}) {
                 if (best[kd] > 1e29) continue;
                 printf("  BEST m=%d %dx%d %s: %s %.2f us = %.1f %% copy, %.2fx cuBLAS bf16 (%.2f us); rule S: %s %.2f us %.2fx\n", m, n, k,
-                       kd == 1 ? "mq" : "mh", bestn[kd].c_str(), best[kd] * 1e6, 100.0 * wbytes / best[kd] / copy, tb / best[kd], tb * 1e6,
-                       rulen[kd].c_str(), rule_best[kd] * 1e6, tb / rule_best[kd]);
+                       kd == 1 ? "mq" : kd == 3 ? "mh" : kd == 4 ? "mp" : "mpt", bestn[kd].c_str(), best[kd] * 1e6, 100.0 * wbytes / best[kd] / copy, tb / best[kd], tb * 1e6,
+                       kd >= 4 ? "(none: S swept)" : rulen[kd].c_str(), kd >= 4 ? 0.0 : rule_best[kd] * 1e6,
+                       kd >= 4 ? 0.0 : tb / rule_best[kd]);
             }
         }
         CK(cudaFree(pool)); CK(cudaFree(bpool)); CK(cudaFree(c.x)); CK(cudaFree(c.y)); CK(cudaFree(c.scratch));

@@ -6,8 +6,9 @@
 //! (`gridDim.z`), writing partial sums that `mma_reduce` adds in a fixed order (deterministic).
 //!
 //! Q4_K at 1 ≤ m ≤ 64 has two kernels of its own: `mq4k` (int8, below) and `mh4k` (f16 weight
-//! operand sc·q, mh4k.rs); the tuner measures both per shape and dispatch takes the faster
-//! (`Crossover::min_mh_rows`).
+//! operand sc·q, mh4k.rs), and at 2 ≤ m ≤ 8 on sm_90 a third, `mp4k` (int8 with the weight
+//! streamed through per-warp bulk-copy rings, mp4k.rs); the tuner measures them per shape and
+//! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`).
 //!
 //! Test hook: env `KILN_MATMUL_PATH=fused|mma|dense` forces that path for every matmul of the
 //! `Auto` dispatch where the path applies (mma: block types only; the conformance suite runs
@@ -28,9 +29,10 @@ use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
 
 mod mh4k;
+mod mp4k;
 use mh4k::{mh_config, mh_plan};
 
-/// The two Q4_K kernels for 1 ≤ m ≤ 64.
+/// The Q4_K few-row kernels (1 ≤ m ≤ 64; `Pipe`, `PipeTensor` 2 ≤ m ≤ 8 on sm_90).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Q4kKernel {
     /// `mq_quant_x` + `mq4k_*`: x int8 per 32, int8 tensor cores, f32 scales per sub-block.
@@ -38,6 +40,11 @@ pub enum Q4kKernel {
     /// `mh_quant_x` + `mh4k_*`: x f16 with a power-of-two scale per (row, 256), f16 tensor
     /// cores on the exact sc·q, d and dmin per 256.
     F16,
+    /// `mp_quant_x` + `mp4k_*`: x int8 per 32 (rounded as `Int8` rounds it), W through
+    /// per-warp bulk-copy rings (one copy per W row and stage), int8 tensor cores.
+    Pipe,
+    /// `mp_quant_x` + `mpt4k_*`: `Pipe` with one 2-D tensor copy per warp and stage.
+    PipeTensor,
 }
 
 /// How the mma path rounds x (tests build their oracle with it).
@@ -75,7 +82,7 @@ static FORCED_CONFIG: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// for the built-in rule.
 static FORCED_SPLITS: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// The Q4_K kernel forced for every mma matmul of this process at 1 ≤ m ≤ 64: 0 the tuned
-/// choice, 1 Int8, 2 F16.
+/// choice, 1 Int8, 2 F16, 3 Pipe, 4 PipeTensor.
 static FORCED_Q4K: AtomicUsize = AtomicUsize::new(0);
 
 impl CudaBackend {
@@ -104,6 +111,8 @@ impl CudaBackend {
             None => 0,
             Some(Q4kKernel::Int8) => 1,
             Some(Q4kKernel::F16) => 2,
+            Some(Q4kKernel::Pipe) => 3,
+            Some(Q4kKernel::PipeTensor) => 4,
         };
         FORCED_Q4K.store(v, Ordering::Relaxed);
     }
@@ -314,9 +323,8 @@ fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) 
     }
 }
 
-/// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
-/// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k) and its x rounding: [n, k, m, padded m,
-/// blocks per split].
+/// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k, mp4k) and its x rounding: [n, k, m,
+/// padded m, blocks per split].
 fn q4k_dims([m, n, k]: [usize; 3], mp: usize, blocks_per_split: usize) -> Result<[i32; 5]> {
     let op = OpKind::Matmul;
     Ok([
@@ -362,6 +370,7 @@ fn warp_items_launch(warps: usize, sms: usize) -> LaunchConfig {
     }
 }
 
+/// `KILN_MATMUL_PATH` (read once): a path forced for the Auto dispatch, for tests.
 pub(crate) fn forced_path() -> Option<MatmulPath> {
     static P: OnceLock<Option<MatmulPath>> = OnceLock::new();
     *P.get_or_init(|| match std::env::var("KILN_MATMUL_PATH").ok().as_deref() {
@@ -400,6 +409,9 @@ impl CudaBackend {
             let p = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), splits);
             q4k = q4k.max(p.scratch);
         }
+        if self.mp4k_config(dt, m).is_some() {
+            q4k = q4k.max(self.mp4k_scratch(m, n, k));
+        }
         if q4k > 0 {
             return q4k;
         }
@@ -419,19 +431,24 @@ impl CudaBackend {
     }
 
     /// The Q4_K kernel that runs an mma matmul of a `dt` weight `[n, k]` at m rows (None: the
-    /// generic kernel): the forced one (`force_q4k_kernel`) where it fits, else F16 from the
-    /// tuned `min_mh_rows` of (Q4_K, n, k) on, else Int8 (also while the shape is not tuned).
+    /// generic kernel): the forced one (`force_q4k_kernel`) where it fits, else Pipe (its tuned
+    /// flavour) up to the tuned `max_mp_rows` of (Q4_K, n, k), else F16 from the tuned
+    /// `min_mh_rows` on, else Int8 (also while the shape is not tuned).
     fn q4k_kernel(&self, dt: DType, m: usize, n: usize, k: usize) -> Option<Q4kKernel> {
         let mq = self.mq4k_config(dt, m).is_some();
         let mh = self.mh4k_config(dt, m).is_some();
-        let tuned = || {
-            self.crossovers_of(dt, n, k)
-                .is_some_and(|c| m >= c.min_mh_rows)
-        };
+        let mp = self.mp4k_config(dt, m).is_some();
+        let tuned = || self.crossovers_of(dt, n, k);
         match FORCED_Q4K.load(Ordering::Relaxed) {
             1 if mq => Some(Q4kKernel::Int8),
             2 if mh => Some(Q4kKernel::F16),
-            _ if mh && (!mq || tuned()) => Some(Q4kKernel::F16),
+            3 if mp => Some(Q4kKernel::Pipe),
+            4 if mp => Some(Q4kKernel::PipeTensor),
+            _ if mp && tuned().is_some_and(|c| m <= c.max_mp_rows) => match tuned() {
+                Some(c) if c.mp_tensor => Some(Q4kKernel::PipeTensor),
+                _ => Some(Q4kKernel::Pipe),
+            },
+            _ if mh && (!mq || tuned().is_some_and(|c| m >= c.min_mh_rows)) => Some(Q4kKernel::F16),
             _ if mq => Some(Q4kKernel::Int8),
             _ => None,
         }
@@ -460,11 +477,14 @@ impl CudaBackend {
     }
 
     /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
-    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k` does, else int8 per 16 (`quant_x_<type>`).
+    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k` or `mp4k` does, else int8 per 16
+    /// (`quant_x_<type>`).
     pub fn mma_x_rounding(&self, dt: DType, n: usize, k: usize, m: usize) -> MmaXRounding {
         match self.q4k_kernel(dt, m, n, k) {
             Some(Q4kKernel::F16) => MmaXRounding::F16Block,
-            Some(Q4kKernel::Int8) => MmaXRounding::Int8 { group: 32 },
+            Some(Q4kKernel::Int8 | Q4kKernel::Pipe | Q4kKernel::PipeTensor) => {
+                MmaXRounding::Int8 { group: 32 }
+            }
             None => MmaXRounding::Int8 { group: 16 },
         }
     }
@@ -503,11 +523,23 @@ impl CudaBackend {
             ));
         }
         let (mh, mq) = (self.mh4k_config(w.dtype, m), self.mq4k_config(w.dtype, m));
+        // The bulk copies need a 16-byte aligned weight (`mp4k_applies`; else mq4k).
+        let mp = mp4k::mp_config(m).filter(|_| self.mp4k_applies(w, m));
         let kernel = match kernel {
             Some(Q4kKernel::F16) if mh.is_some() => kernel,
             Some(Q4kKernel::Int8) if mq.is_some() => kernel,
+            Some(Q4kKernel::Pipe | Q4kKernel::PipeTensor) if mp.is_some() => kernel,
             _ => self.q4k_kernel(w.dtype, m, n, k),
         };
+        if let (Some(q @ (Q4kKernel::Pipe | Q4kKernel::PipeTensor)), Some(cfg)) = (kernel, mp) {
+            let tensor = q == Q4kKernel::PipeTensor;
+            return self.matmul_mp4k(xp, w, outp, [m, n, k], cfg, tensor);
+        }
+        // A Pipe choice this weight cannot take (alignment): mq4k, which rounds x alike.
+        let kernel = kernel.map(|q| match q {
+            Q4kKernel::Pipe | Q4kKernel::PipeTensor => Q4kKernel::Int8,
+            q => q,
+        });
         match (kernel, mh, mq) {
             (Some(Q4kKernel::F16), Some(cfg), _) => {
                 let splits = FORCED_SPLITS.load(Ordering::Relaxed);

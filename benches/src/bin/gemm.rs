@@ -1,8 +1,9 @@
 //! Small and medium GEMM (m = 1 … 512) for Q4_K, Q8_0 and BF16 weights at n×k = 4096×4096 (and
 //! 14336×4096, 4096×14336 without --quick): time of the backend's dispatched matmul, TFLOP/s, weight GB/s
 //! and % of the measured copy bandwidth (weight bytes read / time ÷ copy GB/s), and, on CUDA,
-//! the fused, mma (int8 tensor cores, block types; for Q4_K at m ≤ 64 also each of its two
-//! kernels forced: "mma int8" and "mma f16") and dense paths separately, then per m the
+//! the fused, mma (int8 tensor cores, block types; for Q4_K at m ≤ 64 also each of its
+//! kernels forced: "mma int8", "mma f16" and, at 2 ≤ m ≤ 8 on sm_90, "mma pipe" / "mma pipe tma") and dense
+//! paths separately, then per m the
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
 //! at 8192³) is measured first and each row's note gives its % of it.
 //! With env `KILN_GEMM_MMA_SWEEP=1` (CUDA) it instead times the mma path in every kernel
@@ -82,7 +83,7 @@ fn main() {
                             row(s, name)?;
                             times.push((dt, m, name, s));
                         }
-                        // Q4_K's two few-row kernels, each forced on the mma path.
+                        // Q4_K's few-row kernels, each forced on the mma path.
                         if dt == DType::Q4_K && m <= 64 {
                             let cuda = kiln_benches::opened_cuda().ok_or_else(|| {
                                 kiln_core::Error::Invalid("no CUDA backend".into())
@@ -90,8 +91,16 @@ fn main() {
                             for (kern, name) in [
                                 (kiln_cuda::Q4kKernel::Int8, "mma int8"),
                                 (kiln_cuda::Q4kKernel::F16, "mma f16"),
+                                (kiln_cuda::Q4kKernel::Pipe, "mma pipe"),
+                                (kiln_cuda::Q4kKernel::PipeTensor, "mma pipe tma"),
                             ] {
+                                // The pipelined kernel: 2 ≤ m ≤ 8 on sm_90 (else the forced
+                                // kernel is not the one that would run).
                                 cuda.force_q4k_kernel(Some(kern));
+                                if cuda.mma_q4k_kernel(dt, n, k, m) != Some(kern) {
+                                    cuda.force_q4k_kernel(None);
+                                    continue;
+                                }
                                 let s = time_matmul(&*be, &args, &ws, m, n, k, Path::Mma);
                                 cuda.force_q4k_kernel(None);
                                 let s = s?;

@@ -1,0 +1,364 @@
+//! The Q4_K int8 tensor-core kernel for 2 ≤ m ≤ 8 with the weight streamed through per-warp
+//! bulk-copy rings (kernels/matmul_mp.cuh `mp_quant_x` + `mp4k_*`, issue 3): gemvp's pipeline
+//! (one `cp.async.bulk` per W row and stage, an mbarrier per stage, no block-wide barrier) with
+//! mq4k's decode, and x in a fragment-ordered layout (one coalesced 16-byte load per lane and
+//! sub-block pair). sm_90 only (the copy engine); the tuner measures it against `mq4k` / `mh4k`
+//! per shape and dispatch takes it for 2 ≤ m ≤ `Crossover::max_mp_rows`. Two flavours of the
+//! copy (tuned: `Crossover::mp_tensor`): one `cp.async.bulk` per W row and stage (`mp4k_*`), or
+//! one 2-D tensor copy of the stage (`mpt4k_*`, W described by a CUtensorMap encoded per launch).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use cudarc::driver::{CudaFunction, LaunchConfig};
+use kiln_core::{DType, Error, OpKind, Result};
+
+use super::super::launch::Arg;
+use super::q4k_dims;
+use crate::buffer::CudaWeight;
+use crate::device::CudaBackend;
+use crate::module_cache::MATMUL_MMA;
+
+/// One configuration of `mp4k_w<WT>_t<NT>_d<D>_u<U>`: WT 16-row W tiles per warp (a block's
+/// group of W rows), NT n8 tiles (x rows ≤ 8·NT), D ring stages per warp of U block columns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MpConfig {
+    wt: usize,
+    nt: usize,
+    d: usize,
+    u: usize,
+    name: &'static str,
+    /// The tensor-copy flavour.
+    tname: &'static str,
+}
+
+/// The configuration (kernels/matmul_mma.cu): the lab's fastest over 4096², 14336×4096 and
+/// 4096×14336 at m ≤ 8 (backend-cuda/labs/mma, BENCHMARKS.md "cmq").
+const MP4K: [MpConfig; 1] = [MpConfig {
+    wt: 1,
+    nt: 1,
+    d: 2,
+    u: 2,
+    name: "mp4k_w1_t1_d2_u2",
+    tname: "mpt4k_w1_t1_d2_u2",
+}];
+
+/// A CUtensorMap (kernels/matmul_mp.cuh `MpTmap`: 128 opaque bytes, 64-byte aligned), passed
+/// by value.
+#[repr(C, align(64))]
+struct Tmap(cudarc::driver::sys::CUtensorMap);
+
+/// Most warps per block (the kernels' launch bound is 512 threads).
+const MP_MAX_WARPS: usize = 16;
+
+impl MpConfig {
+    /// W rows per block.
+    fn rows(&self) -> usize {
+        16 * self.wt
+    }
+
+    /// Dynamic shared memory at `s` warps per block, as kernels/matmul_mp.cuh `MP_SMEM`: per
+    /// warp D stages of R rows × RS bytes and D mbarriers (rounded to 16 bytes), then (s > 1)
+    /// the k-split sums, WT·NT·4 f32 per lane and warp.
+    fn smem(&self, s: usize) -> usize {
+        let rs = self.u * 144 + if self.u.is_multiple_of(4) { 16 } else { 0 };
+        let ring = self.d * self.rows() * rs + (8 * self.d).div_ceil(16) * 16;
+        s * ring
+            + if s > 1 {
+                s * self.wt * self.nt * 512
+            } else {
+                0
+            }
+    }
+}
+
+/// The configuration (index into `MP4K`) for m rows: the x tile covering m (2 ≤ m ≤ 8). Two n8
+/// tiles (m ≤ 16) lost to mq4k / mh4k at every shape in the lab and the gemm bench (twice the
+/// epilogue and x loads per W byte: BENCHMARKS.md "cmq"), so kiln builds one tile only.
+pub(super) fn mp_config(m: usize) -> Option<usize> {
+    MP4K.iter().position(|c| (2..=8 * c.nt).contains(&m))
+}
+
+/// The launch plan of one mp4k matmul.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MpPlan {
+    cfg: usize,
+    /// x rows padded to whole n8 tiles.
+    mp: usize,
+    /// Warps per block (the k split inside a block).
+    warps: usize,
+    /// Bytes of scratch: xq u8 `[k/256, mp/8, 4, 32, 16]`, xs float2 `[k/256, mp/8, 4, 4, 2, 2]`.
+    pub(super) scratch: usize,
+}
+
+/// Plan x `[m, k]` × W `[n, k]` on configuration `cfg`, `sms` SMs with `warps_per_sm` resident
+/// warps each (the occupancy of one-warp blocks) and `smem_max` bytes of opt-in shared memory:
+/// S warps per block share a group of 16·WT W rows, S the largest ≤ min(16, k/256) with
+/// groups·S ≤ the resident warps and S·ring within `smem_max` (one wave of warps, each
+/// streaming ≥ 1 block column; lab: S = 2 at 14336×4096, 8 at 4096² and 4096×14336).
+pub(super) fn mp_plan(
+    m: usize,
+    n: usize,
+    k: usize,
+    cfg: usize,
+    sms: usize,
+    warps_per_sm: usize,
+    smem_max: usize,
+) -> MpPlan {
+    let c = &MP4K[cfg];
+    let mp = m.div_ceil(8 * c.nt).max(1) * 8 * c.nt;
+    let nb = (k / 256).max(1);
+    let groups = n.div_ceil(c.rows()).max(1);
+    let slots = sms.max(1) * warps_per_sm.max(1);
+    let mut warps = (slots / groups).clamp(1, MP_MAX_WARPS.min(nb));
+    while warps > 1 && c.smem(warps) > smem_max {
+        warps -= 1;
+    }
+    MpPlan {
+        cfg,
+        mp,
+        warps,
+        scratch: mp * k + mp * (k / 32) * 8,
+    }
+}
+
+impl CudaBackend {
+    /// The mp4k configuration for a `dt` matmul at m rows, if it applies here: Q4_K, 2 ≤ m ≤
+    /// 16, no generic configuration forced, sm_90 (the copy engine), one warp's ring fits (the
+    /// launch also needs the weight 16-byte aligned: `matmul_mma_with` checks).
+    pub(super) fn mp4k_config(&self, dt: DType, m: usize) -> Option<usize> {
+        let cfg = mp_config(m)?;
+        (super::q4k_rows(dt, m)
+            && self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9)
+            && MP4K[cfg].smem(1) <= self.mma_smem_max())
+        .then_some(cfg)
+    }
+
+    /// The Q4_K few-row kernel the mma path runs for a `dt` weight `[n, k]` at m rows (None:
+    /// the generic kernel), as dispatch chooses it now (forced, tuned or default). For tests.
+    pub fn mma_q4k_kernel(
+        &self,
+        dt: DType,
+        n: usize,
+        k: usize,
+        m: usize,
+    ) -> Option<super::Q4kKernel> {
+        self.q4k_kernel(dt, m, n, k)
+    }
+
+    /// Whether `mp4k` can take this matmul of `w` at m rows (`mp4k_config` and a 16-byte
+    /// aligned weight); the tuner times it where it can.
+    pub(crate) fn mp4k_applies(&self, w: &CudaWeight, m: usize) -> bool {
+        self.mp4k_config(w.dtype, m).is_some() && w.body_ptr().is_multiple_of(16)
+    }
+
+    /// Resident one-warp blocks per SM of configuration `cfg` (the driver's occupancy: the
+    /// register bound), cached; 16 if it cannot say.
+    fn mp_warps_per_sm(&self, cfg: usize) -> usize {
+        static OCC: [AtomicUsize; 1] = [const { AtomicUsize::new(0) }; 1];
+        let cached = OCC[cfg].load(Ordering::Relaxed);
+        if cached > 0 {
+            return cached;
+        }
+        let c = &MP4K[cfg];
+        let occ = self
+            .function(&MATMUL_MMA, c.name)
+            .and_then(|f| {
+                f.occupancy_max_active_blocks_per_multiprocessor(32, c.smem(1), None)
+                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+            })
+            .map_or(MP_MAX_WARPS, |o| (o as usize).max(1));
+        OCC[cfg].store(occ, Ordering::Relaxed);
+        occ
+    }
+
+    /// The scratch of the mp4k matmul at (m, n, k), 0 where it does not apply.
+    pub(super) fn mp4k_scratch(&self, m: usize, n: usize, k: usize) -> usize {
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        mp_config(m).map_or(0, |cfg| {
+            mp_plan(m, n, k, cfg, sms, MP_MAX_WARPS, self.mma_smem_max()).scratch
+        })
+    }
+
+    /// The pipelined Q4_K path (2 ≤ m ≤ 8, `mp4k_config`): x `[m, k]` f32 at `xp`, out
+    /// `[m, n]` f32 at `outp`. `mp_quant_x` rounds x per 32 elements into the scratch (as
+    /// mq_quant_x rounds it), `mp4k_*` (or with `tensor` `mpt4k_*`) multiplies and stores y.
+    pub(super) fn matmul_mp4k(
+        &self,
+        xp: u64,
+        w: &CudaWeight,
+        outp: u64,
+        [m, n, k]: [usize; 3],
+        cfg: usize,
+        tensor: bool,
+    ) -> Result<()> {
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let plan = mp_plan(
+            m,
+            n,
+            k,
+            cfg,
+            sms,
+            self.mp_warps_per_sm(cfg),
+            self.mma_smem_max(),
+        );
+        let c = &MP4K[plan.cfg];
+        let smem = c.smem(plan.warps);
+        let f = self.function(&MATMUL_MMA, if tensor { c.tname } else { c.name })?;
+        self.allow_smem(&f, smem)?;
+        let dims = q4k_dims([m, n, k], plan.mp, 0)?;
+        let tmap = if tensor {
+            Some(self.mp_tmap(w, [n, k], c)?)
+        } else {
+            None
+        };
+        let groups = n.div_ceil(c.rows());
+        if groups > i32::MAX as usize {
+            return Err(Error::shape(
+                OpKind::Matmul,
+                format!("n = {n} exceeds the mp4k grid"),
+            ));
+        }
+        let launch = LaunchConfig {
+            grid_dim: (groups as u32, 1, 1),
+            block_dim: ((32 * plan.warps) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        let xq = scratch;
+        let xs = xq + (plan.mp * k) as u64;
+        self.launch_mp_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
+        self.launch_mp4k(&f, launch, w, [xq, xs], outp, dims, tmap.as_ref())
+    }
+
+    /// W `[n, k]` as a 2-D tensor of u64 `[n][k/256·18]` (dim 0 the row's 8-byte words), box
+    /// {18·U, 16·WT} (one stage of a warp), rows past n read as zeros.
+    fn mp_tmap(&self, w: &CudaWeight, [n, k]: [usize; 2], c: &MpConfig) -> Result<Tmap> {
+        use cudarc::driver::sys;
+        let nb = (k / 256) as u64;
+        let dims = [nb * 18, n as u64];
+        let strides = [nb * 144];
+        let bx = [(18 * c.u) as u32, c.rows() as u32];
+        let es = [1u32, 1];
+        let mut t = Tmap(sys::CUtensorMap { opaque: [0; 16] });
+        // SAFETY: cuTensorMapEncodeTiled only writes the 128-byte map and reads the arrays
+        // given (rank 2: two dims, one stride, two box dims, two element strides, all live
+        // locals); the address is w's body (16-byte aligned: mp4k_applies), the stride a
+        // multiple of 16, the box 144·U bytes wide (≤ 256 elements), as the API requires.
+        unsafe {
+            sys::cuTensorMapEncodeTiled(
+                &mut t.0,
+                sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT64,
+                2,
+                w.body_ptr() as *mut std::ffi::c_void,
+                dims.as_ptr(),
+                strides.as_ptr(),
+                bx.as_ptr(),
+                es.as_ptr(),
+                sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+                sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_NONE,
+                sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+            )
+        }
+        .result()
+        .map_err(self.drv("cuTensorMapEncodeTiled"))?;
+        Ok(t)
+    }
+
+    /// `mp_quant_x(x, xq, xs, k, m, mp)`: one warp per (block column, padded x row), `warps`
+    /// of them, 8 per 256-thread block, grid-stride.
+    fn launch_mp_quant_x(&self, x: u64, xqs: [u64; 2], dims: [i32; 5], warps: usize) -> Result<()> {
+        let f = self.function(&MATMUL_MMA, "mp_quant_x")?;
+        let cfg = super::warp_items_launch(warps, self.info.caps.compute_units.max(1) as usize);
+        let [_, k, m, mp, _] = dims;
+        let args = [
+            Arg::U64(&x),
+            Arg::U64(&xqs[0]),
+            Arg::U64(&xqs[1]),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&mp),
+        ];
+        // SAFETY: mp_quant_x(x, xq, xs, k, m, mp): x holds m·k f32 (k a multiple of 256: Q4_K
+        // rows are whole blocks); xq is scratch of mp·k bytes and xs of mp·(k/32) float2 (the
+        // plan's sizes, mp ≥ m a multiple of 8). A programmatic dependent of the previous
+        // kernel: it waits (griddepcontrol.wait) before reading x or writing the scratch.
+        unsafe { self.launch_pdl(&f, "launch mp_quant_x", cfg, &args) }
+    }
+
+    /// `mp4k_*(w, xq, xs, y, n, k, m, mp, 0)` (`mpt4k_*`: + the tensor map), a programmatic
+    /// dependent of mp_quant_x (it issues its first W copies, then waits).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_mp4k(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        w: &CudaWeight,
+        x: [u64; 2],
+        y: u64,
+        dims: [i32; 5],
+        tmap: Option<&Tmap>,
+    ) -> Result<()> {
+        let body = w.body_ptr();
+        let [n, k, m, mp, unused] = dims;
+        let args = [
+            Arg::U64(&body),
+            Arg::U64(&x[0]),
+            Arg::U64(&x[1]),
+            Arg::U64(&y),
+            Arg::I32(&n),
+            Arg::I32(&k),
+            Arg::I32(&m),
+            Arg::I32(&mp),
+            Arg::I32(&unused),
+        ];
+        let mut args = args.to_vec();
+        if let Some(t) = tmap {
+            args.push(Arg::raw(t));
+        }
+        // SAFETY: w's body is the n × k Q4_K weight (n·k/256 blocks of 144 bytes, 16-byte
+        // aligned: mp4k_config checked; rows read clamped to n − 1, block columns < k/256); xq
+        // u8 [k/256, mp/8, 4, 32, 16] and xs float2 [k/256, mp/8, 4, 4, 2, 2] written by
+        // mp_quant_x just before on this stream (read after griddepcontrol.wait; x tiles read
+        // < mp/8); y f32 [m, n], writes bounded by n and m. blockDim = 32·S with S ≤ 16 (the
+        // launch bound) and dynamic shared memory MpConfig::smem(S), allowed just before.
+        // mpt4k_* takes one more parameter, the 128-byte tensor map of w (`MpTmap`, by value,
+        // __grid_constant__), encoded for this w, n, k and the configuration's box.
+        unsafe { self.launch_pdl(f, "launch mp4k", cfg, &args) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan: one covering tile per m, S within 1..=16 and k/256, groups·S within the
+    /// resident warps (S ≥ 1), the ring within shared memory, the scratch holds the x image.
+    #[test]
+    fn mp_plan_fills_the_warps_and_fits() {
+        assert_eq!(mp_config(1), None);
+        assert_eq!(mp_config(9), None);
+        for (n, k) in [(14336, 4096), (4096, 14336), (4096, 4096), (200, 512)] {
+            for m in [2, 3, 5, 8] {
+                let Some(cfg) = mp_config(m) else {
+                    panic!("no mp4k tile for m = {m}");
+                };
+                assert!(8 * MP4K[cfg].nt >= m);
+                for smem_max in [232_448, 101_376] {
+                    let p = mp_plan(m, n, k, cfg, 132, 16, smem_max);
+                    let groups = n.div_ceil(16);
+                    assert!(p.warps >= 1 && p.warps <= 16 && p.warps <= k / 256);
+                    assert!(p.warps == 1 || groups * p.warps <= 132 * 16);
+                    assert!(MP4K[cfg].smem(p.warps) <= smem_max);
+                    assert!(p.mp >= m && p.mp.is_multiple_of(8));
+                    assert_eq!(p.scratch, p.mp * k + p.mp * (k / 32) * 8);
+                }
+            }
+        }
+        // The lab's best splits on the H200 (132 SMs, 16 warps each).
+        assert_eq!(mp_plan(8, 14336, 4096, 0, 132, 16, 232_448).warps, 2);
+        assert_eq!(mp_plan(8, 4096, 4096, 0, 132, 16, 232_448).warps, 8);
+        assert_eq!(mp_plan(8, 4096, 14336, 0, 132, 16, 232_448).warps, 8);
+    }
+}
