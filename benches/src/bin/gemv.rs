@@ -39,7 +39,7 @@ fn main() {
         #[cfg(feature = "wgpu")]
         let copy = match kiln_benches::opened_wgpu() {
             Some(w) => {
-                let probe = probe_bandwidth(&w, if args.quick { 64 } else { 256 })?;
+                let probe = kiln_benches::probe_bandwidth(&w, if args.quick { 64 } else { 256 })?;
                 if let Some(p) = probe {
                     rep.push(Row {
                         bench: "copy".into(),
@@ -142,14 +142,14 @@ fn bench_one(
     #[cfg(feature = "wgpu")]
     if let Some(w) = kiln_benches::opened_wgpu() {
         let mut plain = |i: usize| be.matmul(xv, &weights[i % copies], yv);
-        if let Some(secs) = gpu_b2b(&w, calls, reps, 1, &mut plain)? {
+        if let Some(secs) = kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut plain)? {
             row(format!("{} {n}x{k} b2b", dt.name()), secs)?;
         }
         let mut chain = |i: usize| {
             be.matmul(xv, &weights[i % copies], yv)?;
             be.rms_norm(yr, nwv, 1e-6, zv)
         };
-        if let Some(secs) = gpu_b2b(&w, calls, reps, 2, &mut chain)? {
+        if let Some(secs) = kiln_benches::gpu_b2b(&w, calls, reps, 2, &mut chain)? {
             row(format!("{} {n}x{k} chained b2b", dt.name()), secs)?;
         }
     }
@@ -172,62 +172,6 @@ fn bench_one(
         }
     }
     Ok(())
-}
-
-/// GPU seconds per call of `calls` calls `f(i)` (`passes` compute passes each) recorded
-/// into one submission between two GPU timestamps (`WgpuBackend::gpu_span_start`), median
-/// of `reps` windows after 0.3 s of them; `None` without timestamp queries.
-#[cfg(feature = "wgpu")]
-fn gpu_b2b(
-    w: &kiln_wgpu::WgpuBackend,
-    calls: usize,
-    reps: usize,
-    passes: usize,
-    f: &mut dyn FnMut(usize) -> Result<()>,
-) -> Result<Option<f64>> {
-    // warm-up: windows until the GPU has been busy 0.3 s (clocks up after the CPU-side
-    // weight preparation; without it one process measured BF16 14336x4096 13 % slower)
-    let t0 = std::time::Instant::now();
-    let mut r0 = 0;
-    while t0.elapsed().as_secs_f64() < 0.3 {
-        if !w.gpu_span_start(u32::try_from(calls * passes).unwrap_or(u32::MAX))? {
-            return Ok(None);
-        }
-        for i in 0..calls {
-            f(r0 * calls + i)?;
-        }
-        w.gpu_span_stop()?;
-        r0 += 1;
-    }
-    let mut v = Vec::new();
-    for r in 0..=reps {
-        let n = u32::try_from(calls * passes).unwrap_or(u32::MAX);
-        if !w.gpu_span_start(n)? {
-            return Ok(None);
-        }
-        for i in 0..calls {
-            f((r0 + r) * calls + i)?;
-        }
-        let Some(t) = w.gpu_span_stop()? else {
-            return Ok(None);
-        };
-        if r > 0 {
-            v.push(t / calls as f64);
-        }
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    Ok(v.get(v.len() / 2).copied())
-}
-
-/// The wgpu vec4 copy probe over `mib` MiB (read + write bytes per second), 8 calls back to
-/// back in one submission on the GPU clock (`gpu_b2b`).
-#[cfg(feature = "wgpu")]
-fn probe_bandwidth(w: &kiln_wgpu::WgpuBackend, mib: usize) -> Result<Option<f64>> {
-    let bytes = mib << 20;
-    let a = kiln_core::Backend::alloc(w, bytes)?;
-    let b = kiln_core::Backend::alloc(w, bytes)?;
-    let secs = gpu_b2b(w, 8, 5, 1, &mut |_| w.copy_probe(&a, &b, bytes, 4))?;
-    Ok(secs.map(|t| 2.0 * bytes as f64 / t))
 }
 
 fn f32_ones(n: usize) -> Vec<u8> {
