@@ -343,6 +343,43 @@ extern "C" __global__ void __launch_bounds__(256) mq_quant_x(const float* __rest
     }
 }
 
+// ---- Q4_K fragment helpers shared by mq4k (below) and mp4k (matmul_mp.cuh) ----
+// (d·sc, −dmin·mn) of sub-blocks 2t, 2t + 1 (h = 0, 1) of the row whose block header is hd (d,
+// dmin, scales[12]), into mdl[h][r], mml[h][r] (r: row g or g + 8 of the tile).
+__device__ __forceinline__ void q4k_row_scales(uint4 hd, int t, int r, float mdl[2][2], float mml[2][2]) {
+    u32 sc, mn;
+    k4_scale_pairs(hd.y, hd.z, hd.w, t, sc, mn);
+    const float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        mdl[h][r] = d * (float)((sc >> (8 * h)) & 0xffu);
+        mml[h][r] = -dm * (float)((mn >> (8 * h)) & 0xffu);
+    }
+}
+// mma_i8's A fragments of one 16-row tile for a sub-block pair: q0, q1 = lane t's 8 qs bytes of
+// rows g and g + 8; a[0] the low nibbles (sub-block 2cc), a[1] the high ones (2cc + 1).
+__device__ __forceinline__ void q4k_a_frags(u32 a[2][4], uint2 q0, uint2 q1) {
+    a[0][0] = q0.x & 0x0f0f0f0fu;
+    a[0][1] = q1.x & 0x0f0f0f0fu;
+    a[0][2] = q0.y & 0x0f0f0f0fu;
+    a[0][3] = q1.y & 0x0f0f0f0fu;
+    a[1][0] = (q0.x >> 4) & 0x0f0f0f0fu;
+    a[1][1] = (q1.x >> 4) & 0x0f0f0f0fu;
+    a[1][2] = (q0.y >> 4) & 0x0f0f0f0fu;
+    a[1][3] = (q1.y >> 4) & 0x0f0f0f0fu;
+}
+// The scales lane `src` decoded (q4k_row_scales of pair cc), to every lane of its row quad.
+__device__ __forceinline__ void q4k_shfl_scales(float dl[2][2], float nml[2][2], const float mdl[2][2],
+                                                const float mml[2][2], int src) {
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            dl[h][r] = __shfl_sync(0xffffffffu, mdl[h][r], src);
+            nml[h][r] = __shfl_sync(0xffffffffu, mml[h][r], src);
+        }
+}
+
 template <int BM, int WT, int NW, int ST>
 __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __restrict__ xq,
                                           const float2* __restrict__ xs, float* __restrict__ y, int n, int k,
@@ -430,17 +467,8 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
         for (int wt = 0; wt < WT; wt++) {
             const int row = warp * 16 * WT + wt * 16 + g;
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const uint4 hd = *(const uint4*)(ws + (row + 8 * r) * MQ_W_STRIDE);  // d, dmin, scales[12]
-                u32 sc, mn;
-                k4_scale_pairs(hd.y, hd.z, hd.w, t, sc, mn);
-                const float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    my_dl[wt][h][r] = d * (float)((sc >> (8 * h)) & 0xffu);
-                    my_ml[wt][h][r] = -dm * (float)((mn >> (8 * h)) & 0xffu);
-                }
-            }
+            for (int r = 0; r < 2; r++)  // d, dmin, scales[12] of rows g, g + 8
+                q4k_row_scales(*(const uint4*)(ws + (row + 8 * r) * MQ_W_STRIDE), t, r, my_dl[wt], my_ml[wt]);
         }
 #pragma unroll
         for (int cc = 0; cc < 4; cc++) {
@@ -450,23 +478,9 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
 #pragma unroll
             for (int wt = 0; wt < WT; wt++) {
                 const int row = warp * 16 * WT + wt * 16 + g;
-                const uint2 q0 = *(const uint2*)(ws + row * MQ_W_STRIDE + 16 + 32 * cc + 8 * t);
-                const uint2 q1 = *(const uint2*)(ws + (row + 8) * MQ_W_STRIDE + 16 + 32 * cc + 8 * t);
-                a[wt][0][0] = q0.x & 0x0f0f0f0fu;
-                a[wt][0][1] = q1.x & 0x0f0f0f0fu;
-                a[wt][0][2] = q0.y & 0x0f0f0f0fu;
-                a[wt][0][3] = q1.y & 0x0f0f0f0fu;
-                a[wt][1][0] = (q0.x >> 4) & 0x0f0f0f0fu;
-                a[wt][1][1] = (q1.x >> 4) & 0x0f0f0f0fu;
-                a[wt][1][2] = (q0.y >> 4) & 0x0f0f0f0fu;
-                a[wt][1][3] = (q1.y >> 4) & 0x0f0f0f0fu;
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        dl[wt][h][r] = __shfl_sync(0xffffffffu, my_dl[wt][h][r], src);
-                        nml[wt][h][r] = __shfl_sync(0xffffffffu, my_ml[wt][h][r], src);
-                    }
+                q4k_a_frags(a[wt], *(const uint2*)(ws + row * MQ_W_STRIDE + 16 + 32 * cc + 8 * t),
+                            *(const uint2*)(ws + (row + 8) * MQ_W_STRIDE + 16 + 32 * cc + 8 * t));
+                q4k_shfl_scales(dl[wt], nml[wt], my_dl[wt], my_ml[wt], src);
             }
 #pragma unroll
             for (int h = 0; h < 2; h++) {

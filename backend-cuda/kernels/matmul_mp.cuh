@@ -127,17 +127,8 @@ __device__ __forceinline__ void mp_block(const u8* sw, MpX<NT> (&xr)[4], const u
 #pragma unroll
     for (int wt = 0; wt < WT; wt++)
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const uint4 hd = *(const uint4*)(sw + (wt * 16 + g + 8 * r) * RS);  // d, dmin, scales[12]
-            u32 sc, mn;
-            k4_scale_pairs(hd.y, hd.z, hd.w, t, sc, mn);
-            const float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                my_dl[wt][h][r] = d * (float)((sc >> (8 * h)) & 0xffu);
-                my_ml[wt][h][r] = -dm * (float)((mn >> (8 * h)) & 0xffu);
-            }
-        }
+        for (int r = 0; r < 2; r++)  // d, dmin, scales[12] of rows g, g + 8
+            q4k_row_scales(*(const uint4*)(sw + (wt * 16 + g + 8 * r) * RS), t, r, my_dl[wt], my_ml[wt]);
 #pragma unroll
     for (int cc = 0; cc < 4; cc++) {
         if (!FULL && cc < 3) xr[cc + 1].load(xq, xs, blk, mp, lane, cc + 1);
@@ -146,23 +137,9 @@ __device__ __forceinline__ void mp_block(const u8* sw, MpX<NT> (&xr)[4], const u
         const int src = (lane & ~3) | cc;
 #pragma unroll
         for (int wt = 0; wt < WT; wt++) {
-            const uint2 q0 = *(const uint2*)(sw + (wt * 16 + g) * RS + 16 + 32 * cc + 8 * t);
-            const uint2 q1 = *(const uint2*)(sw + (wt * 16 + g + 8) * RS + 16 + 32 * cc + 8 * t);
-            a[wt][0][0] = q0.x & 0x0f0f0f0fu;
-            a[wt][0][1] = q1.x & 0x0f0f0f0fu;
-            a[wt][0][2] = q0.y & 0x0f0f0f0fu;
-            a[wt][0][3] = q1.y & 0x0f0f0f0fu;
-            a[wt][1][0] = (q0.x >> 4) & 0x0f0f0f0fu;
-            a[wt][1][1] = (q1.x >> 4) & 0x0f0f0f0fu;
-            a[wt][1][2] = (q0.y >> 4) & 0x0f0f0f0fu;
-            a[wt][1][3] = (q1.y >> 4) & 0x0f0f0f0fu;
-#pragma unroll
-            for (int h = 0; h < 2; h++)
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    dl[wt][h][r] = __shfl_sync(0xffffffffu, my_dl[wt][h][r], src);
-                    nml[wt][h][r] = __shfl_sync(0xffffffffu, my_ml[wt][h][r], src);
-                }
+            q4k_a_frags(a[wt], *(const uint2*)(sw + (wt * 16 + g) * RS + 16 + 32 * cc + 8 * t),
+                        *(const uint2*)(sw + (wt * 16 + g + 8) * RS + 16 + 32 * cc + 8 * t));
+            q4k_shfl_scales(dl[wt], nml[wt], my_dl[wt], my_ml[wt], src);
         }
 #pragma unroll
         for (int h = 0; h < 2; h++) {

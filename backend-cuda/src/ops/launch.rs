@@ -105,7 +105,10 @@ impl CudaBackend {
     }
 
     /// Let `f` take `smem` bytes of dynamic shared memory (nothing to do up to the 48 KiB
-    /// default).
+    /// default). The attribute is set to the device's whole opt-in limit, the same value on
+    /// every call: setting it to each call's own size let a concurrent caller with a smaller
+    /// size lower it between another thread's set and launch (CUDA_ERROR_INVALID_VALUE, seen
+    /// with mp4k under parallel tests).
     pub(crate) fn allow_smem(&self, f: &CudaFunction, smem: usize) -> Result<()> {
         if smem <= 48 << 10 {
             return Ok(());
@@ -113,9 +116,26 @@ impl CudaBackend {
         self.ctx
             .bind_to_thread()
             .map_err(self.drv("cuCtxSetCurrent"))?;
+        // The dynamic limit is what the opt-in limit leaves beside the function's static
+        // shared memory (a larger value is CUDA_ERROR_INVALID_VALUE).
+        let stat = f
+            .get_attribute(sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            .map_err(self.drv("cuFuncGetAttribute(static shared memory)"))?
+            .max(0) as usize;
+        let max = match self.info.caps.shared_memory_bytes {
+            0 => smem,
+            n => (n as usize).saturating_sub(stat),
+        };
+        if smem > max {
+            return Err(kiln_core::Error::Invalid(format!(
+                "{}: a kernel asks for {smem} bytes of dynamic shared memory beside {stat} static, \
+                 the device allows {} in all",
+                self.info.id, self.info.caps.shared_memory_bytes
+            )));
+        }
         f.set_attribute(
             sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
+            max as i32,
         )
         .map_err(self.drv("cuFuncSetAttribute(max dynamic shared memory)"))
     }

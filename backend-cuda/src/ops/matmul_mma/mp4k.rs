@@ -202,8 +202,18 @@ impl CudaBackend {
             self.mma_smem_max(),
         );
         let c = &MP4K[plan.cfg];
-        let smem = c.smem(plan.warps);
         let f = self.function(&MATMUL_MMA, if tensor { c.tname } else { c.name })?;
+        // The plan's warps come from the bulk flavour's occupancy; the block must also fit the
+        // launched function's own register use (the tensor flavour may use more: a 512-thread
+        // block of it failed with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES).
+        let max_threads = f
+            .get_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+            )
+            .map_err(self.drv("cuFuncGetAttribute(max threads per block)"))?;
+        let warps = plan.warps.min((max_threads.max(32) / 32) as usize);
+        let plan = MpPlan { warps, ..plan };
+        let smem = c.smem(plan.warps);
         self.allow_smem(&f, smem)?;
         let dims = q4k_dims([m, n, k], plan.mp, 0)?;
         let tmap = if tensor {
