@@ -39,30 +39,9 @@ fn main() {
             pct: Some(100.0),
             note: "read+write bytes".into(),
         })?;
-        // wgpu: the f32 copy op is far below the memory on Vulkan (0.9–1.8 of ~3.9 TB/s on an
-        // H200); the vec4 copy probe is the ceiling instead, as in the gemv bench. The decode
-        // rows are wall clock per call (no graphs on wgpu), so this ceiling is a strict one.
-        #[cfg(feature = "wgpu")]
-        let copy = match kiln_benches::opened_wgpu() {
-            Some(w) => {
-                match kiln_benches::probe_bandwidth(&w, if args.quick { 64 } else { 256 })? {
-                    Some(p) => {
-                        rep.push(Row {
-                            bench: "copy".into(),
-                            case: "vec4 copy probe b2b (ceiling)".into(),
-                            us: 0.0,
-                            gbs: Some(p / 1e9),
-                            tflops: None,
-                            pct: Some(100.0),
-                            note: "read+write bytes, GPU timestamps".into(),
-                        })?;
-                        p
-                    }
-                    None => copy,
-                }
-            }
-            None => copy,
-        };
+        // wgpu: the vec4 copy probe is the ceiling (kiln_benches::wgpu_ceiling); the decode rows
+        // are wall clock per call there (no graphs on wgpu), so it is a strict one.
+        let copy = kiln_benches::wgpu_ceiling(&mut rep, copy, args.quick)?;
         let dense = if args.quick {
             None
         } else {

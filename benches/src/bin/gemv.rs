@@ -34,27 +34,8 @@ fn main() {
             pct: Some(100.0),
             note: "read+write bytes".into(),
         })?;
-        // wgpu: the f32 copy op above is far below the memory (1.8 of 4.1 TB/s on an H200's
-        // Vulkan); the vec4 copy probe, back to back on the GPU clock, is the ceiling instead
-        #[cfg(feature = "wgpu")]
-        let copy = match kiln_benches::opened_wgpu() {
-            Some(w) => {
-                let probe = kiln_benches::probe_bandwidth(&w, if args.quick { 64 } else { 256 })?;
-                if let Some(p) = probe {
-                    rep.push(Row {
-                        bench: "copy".into(),
-                        case: "vec4 copy probe b2b (ceiling)".into(),
-                        us: 0.0,
-                        gbs: Some(p / 1e9),
-                        tflops: None,
-                        pct: Some(100.0),
-                        note: "read+write bytes, GPU timestamps".into(),
-                    })?;
-                }
-                probe.unwrap_or(copy)
-            }
-            None => copy,
-        };
+        // wgpu: the vec4 copy probe is the ceiling (kiln_benches::wgpu_ceiling)
+        let copy = kiln_benches::wgpu_ceiling(&mut rep, copy, args.quick)?;
         let types = args.types_or(&DType::WEIGHT_TYPES);
         let shapes: &[(usize, usize)] = if args.quick { &SHAPES[..1] } else { &SHAPES };
         for dt in types {
