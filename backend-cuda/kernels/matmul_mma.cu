@@ -315,6 +315,22 @@ __device__ __forceinline__ void mma_k32(int d[4], const u32 a[4], u32 b0, u32 b1
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
 }
 
+// Lane `lane`'s 8 elements of x row `row` (zeros past m) in 256-column block `blk`, rounded to int8
+// as one q8 group (w: the 8 quants; returns (d, d·Σq)): the load-and-round mq_quant_x and
+// mp_quant_x share (they differ in where they store).
+__device__ __forceinline__ float2 q4k_x_round8(const float* __restrict__ x, int k, int m, int row, int blk,
+                                               int lane, u32 (&w)[2]) {
+    float v[8];
+#pragma unroll
+    for (int l = 0; l < 8; l++) v[l] = 0.0f;
+    if (row < m) {
+        const float* p = x + (i64)row * k + blk * 256 + 8 * lane;
+#pragma unroll
+        for (int l = 0; l < 8; l++) v[l] = p[l];
+    }
+    return q8_group<8>(v, w);
+}
+
 // mq_quant_x: one warp per (block column, x row); lane L rounds elements 8L..8L+7, the 4 lanes
 // of a sub-block share max and Σq by shuffles. Grid-stride over k/256 · mp warps. A non-finite
 // x makes its sub-block's scale NaN (the output is then NaN, as with f32 activations).
@@ -328,16 +344,8 @@ extern "C" __global__ void __launch_bounds__(256) mq_quant_x(const float* __rest
     for (i64 wi = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / KILN_WARP; wi < warps;
          wi += (i64)gridDim.x * blockDim.x / KILN_WARP) {
         const int blk = (int)(wi / mp), row = (int)(wi % mp);
-        float v[8];
-#pragma unroll
-        for (int l = 0; l < 8; l++) v[l] = 0.0f;
-        if (row < m) {
-            const float* p = x + (i64)row * k + blk * 256 + 8 * lane;
-#pragma unroll
-            for (int l = 0; l < 8; l++) v[l] = p[l];
-        }
         u32 w[2];
-        const float2 ds = q8_group<8>(v, w);
+        const float2 ds = q4k_x_round8(x, k, m, row, blk, lane, w);
         *(uint2*)(xq + ((i64)blk * mp + row) * 256 + 8 * lane) = make_uint2(w[0], w[1]);
         if ((lane & 3) == 0) xs[(((i64)blk * (mp / 2) + row / 2) * 8 + lane / 4) * 2 + (row & 1)] = ds;
     }

@@ -74,16 +74,8 @@ extern "C" __global__ void __launch_bounds__(256) mp_quant_x(const float* __rest
     for (i64 wi = ((i64)blockIdx.x * blockDim.x + threadIdx.x) / KILN_WARP; wi < warps;
          wi += (i64)gridDim.x * blockDim.x / KILN_WARP) {
         const int blk = (int)(wi / mp), row = (int)(wi % mp);
-        float v[8];
-#pragma unroll
-        for (int l = 0; l < 8; l++) v[l] = 0.0f;
-        if (row < m) {
-            const float* p = x + (i64)row * k + blk * 256 + 8 * lane;
-#pragma unroll
-            for (int l = 0; l < 8; l++) v[l] = p[l];
-        }
         u32 w[2];
-        const float2 ds = q8_group<8>(v, w);
+        const float2 ds = q4k_x_round8(x, k, m, row, blk, lane, w);
         const int nt = row >> 3, g = row & 7;
         const i64 tile = ((i64)blk * nt8 + nt) * 4 + cc;
         *(uint2*)(xq + (tile * KILN_WARP + g * 4 + t) * 16 + 8 * h) = make_uint2(w[0], w[1]);

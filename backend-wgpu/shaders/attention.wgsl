@@ -14,28 +14,7 @@
 const TILE: u32 = 128u;
 override SPLIT: bool = false;
 
-struct Params {
-    n_tokens: u32,
-    n_heads: u32,
-    n_kv: u32,
-    head_dim: u32,
-    n_seqs: u32,
-    block_size: u32,
-    max_blocks: u32,
-    n_splits: u32,
-    scale: f32,
-    softcap: f32,   // 0 = off
-    window: u32,    // 0 = off
-    causal: u32,
-    q_off: u32,
-    k_off: u32,
-    v_off: u32,
-    o_off: u32,
-    qs_off: u32,
-    kl_off: u32,
-    bt_off: u32,
-    s_off: u32,
-}
+// Params: attn_params.wgsl.
 
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> Q: array<f32>;   // [n_tokens, n_heads, hd]

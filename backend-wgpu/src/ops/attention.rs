@@ -21,6 +21,8 @@ use crate::pipeline_cache::ShaderSpec;
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
 const DEC: &str = include_str!("../../shaders/attention_dec.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+/// The uniform both shaders read (`Params` below is its twin).
+const PARAMS: &str = include_str!("../../shaders/attn_params.wgsl");
 
 /// Keys per split below which splitting does not pay.
 const KEYS_PER_SPLIT: usize = 512;
@@ -320,7 +322,7 @@ pub(crate) fn attention(
         prm.k_off.is_multiple_of(a) && prm.v_off.is_multiple_of(a)
     });
     let spec = || {
-        ShaderSpec::new("attention", &[REDUCE, SRC], "attn")
+        ShaderSpec::new("attention", &[PARAMS, REDUCE, SRC], "attn")
             .sub("LOAD_K", load_fn("load_k", "K", kd))
             .sub("LOAD_K2", load2_fn("load_k2", "K", kd))
             .sub("LOAD_V", load_fn("load_v", "V", kd))
@@ -348,7 +350,7 @@ pub(crate) fn attention(
         let tw = dec_tile_words();
         let (tk, nph) = (tw / w, (128 / w).max(1));
         let kt_n = (tk * (w / 4 + 1)).max((nph - 1) * w * 4);
-        let spec = ShaderSpec::new("attention_dec", &[DEC], "attn_dec")
+        let spec = ShaderSpec::new("attention_dec", &[PARAMS, DEC], "attn_dec")
             .sub("HD", hd.to_string())
             .sub("EPW", d.epw.to_string())
             .sub("GH", d.gh.to_string())
