@@ -28,6 +28,7 @@ use crate::buffer::{CudaWeight, chunked_ok};
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
 
+mod launch_x8;
 mod mh4k;
 mod mp4k;
 use mh4k::{mh_config, mh_plan};
@@ -623,67 +624,13 @@ impl CudaBackend {
         let xq = scratch;
         let xs = xq + (plan.mp * k) as u64;
         let part = xs + (plan.mp * (k / 32) * 8) as u64;
-        self.launch_mq_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
+        self.launch_q4k_quant_x("mq_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
         let y = if plan.splits > 1 { part } else { outp };
-        self.launch_mq4k(&f, cfg, w, [xq, xs], y, dims)?;
+        self.launch_q4k_x8(&f, "launch mq4k", cfg, w, [xq, xs], y, dims, &[])?;
         if plan.splits > 1 {
             self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
         }
         Ok(())
-    }
-
-    /// `mq_quant_x(x, xq, xs, k, m, mp)`: one warp per (Q4_K block column, padded x row),
-    /// `warps` of them, 8 per 256-thread block, grid-stride.
-    fn launch_mq_quant_x(&self, x: u64, xqs: [u64; 2], dims: [i32; 5], warps: usize) -> Result<()> {
-        let f = self.function(&MATMUL_MMA, "mq_quant_x")?;
-        let cfg = warp_items_launch(warps, self.info.caps.compute_units.max(1) as usize);
-        let [_, k, m, mp, _] = dims;
-        let args = [
-            Arg::U64(&x),
-            Arg::U64(&xqs[0]),
-            Arg::U64(&xqs[1]),
-            Arg::I32(&k),
-            Arg::I32(&m),
-            Arg::I32(&mp),
-        ];
-        // SAFETY: mq_quant_x(x, xq, xs, k, m, mp): x holds m·k f32 (k a multiple of 256: Q4_K
-        // rows are whole blocks); xq is scratch of mp·k bytes and xs of mp·(k/32) float2 (the
-        // plan's sizes, mp ≥ m). A programmatic dependent of the previous kernel: it waits
-        // (griddepcontrol.wait) before reading x or writing the scratch.
-        unsafe { self.launch_pdl(&f, "launch mq_quant_x", cfg, &args) }
-    }
-
-    /// `mq4k_*(w, xq, xs, y, n, k, m, mp, blocks per split)`, a programmatic dependent of
-    /// mq_quant_x (it issues its first W copies, then waits).
-    fn launch_mq4k(
-        &self,
-        f: &CudaFunction,
-        cfg: LaunchConfig,
-        w: &CudaWeight,
-        x: [u64; 2],
-        y: u64,
-        dims: [i32; 5],
-    ) -> Result<()> {
-        let body = w.body_ptr();
-        let [n, k, m, mp, spz] = dims;
-        let args = [
-            Arg::U64(&body),
-            Arg::U64(&x[0]),
-            Arg::U64(&x[1]),
-            Arg::U64(&y),
-            Arg::I32(&n),
-            Arg::I32(&k),
-            Arg::I32(&m),
-            Arg::I32(&mp),
-            Arg::I32(&spz),
-        ];
-        // SAFETY: w's body is the n × k Q4_K weight (n·k/256 blocks of 144 bytes, rows whole
-        // blocks; rows read are clamped to n − 1); xq u8 [k/256, mp, 256] and xs float2
-        // [k/256, mp/2, 8, 2] written by mq_quant_x just before on this stream (read after
-        // griddepcontrol.wait; x rows read < mp = gridDim.x·BM); y f32: the m·n output, or the
-        // [splits, m, n] partial sums (splits = gridDim.z, every split's block range non-empty);
-        // writes bounded by n and m. Dynamic shared memory (mq_smem) was allowed just before.
-        unsafe { self.launch_pdl(f, "launch mq4k", cfg, &args) }
     }
 
     /// `mma_*`: body/head, x = [xq, xs], y (out, or the partial sums with a split),

@@ -9,7 +9,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cudarc::driver::{CudaFunction, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 use kiln_core::{DType, Error, OpKind, Result};
 
 use super::super::launch::Arg;
@@ -237,8 +237,9 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
         let xq = scratch;
         let xs = xq + (plan.mp * k) as u64;
-        self.launch_mp_quant_x(xp, [xq, xs], dims, (k / 256) * plan.mp)?;
-        self.launch_mp4k(&f, launch, w, [xq, xs], outp, dims, tmap.as_ref())
+        self.launch_q4k_quant_x("mp_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
+        let tail: Vec<Arg<'_>> = tmap.iter().map(Arg::raw).collect();
+        self.launch_q4k_x8(&f, "launch mp4k", launch, w, [xq, xs], outp, dims, &tail)
     }
 
     /// W `[n, k]` as a 2-D tensor of u64 `[n][k/256·18]` (dim 0 the row's 8-byte words), box
@@ -274,68 +275,6 @@ impl CudaBackend {
         .result()
         .map_err(self.drv("cuTensorMapEncodeTiled"))?;
         Ok(t)
-    }
-
-    /// `mp_quant_x(x, xq, xs, k, m, mp)`: one warp per (block column, padded x row), `warps`
-    /// of them, 8 per 256-thread block, grid-stride.
-    fn launch_mp_quant_x(&self, x: u64, xqs: [u64; 2], dims: [i32; 5], warps: usize) -> Result<()> {
-        let f = self.function(&MATMUL_MMA, "mp_quant_x")?;
-        let cfg = super::warp_items_launch(warps, self.info.caps.compute_units.max(1) as usize);
-        let [_, k, m, mp, _] = dims;
-        let args = [
-            Arg::U64(&x),
-            Arg::U64(&xqs[0]),
-            Arg::U64(&xqs[1]),
-            Arg::I32(&k),
-            Arg::I32(&m),
-            Arg::I32(&mp),
-        ];
-        // SAFETY: mp_quant_x(x, xq, xs, k, m, mp): x holds m·k f32 (k a multiple of 256: Q4_K
-        // rows are whole blocks); xq is scratch of mp·k bytes and xs of mp·(k/32) float2 (the
-        // plan's sizes, mp ≥ m a multiple of 8). A programmatic dependent of the previous
-        // kernel: it waits (griddepcontrol.wait) before reading x or writing the scratch.
-        unsafe { self.launch_pdl(&f, "launch mp_quant_x", cfg, &args) }
-    }
-
-    /// `mp4k_*(w, xq, xs, y, n, k, m, mp, 0)` (`mpt4k_*`: + the tensor map), a programmatic
-    /// dependent of mp_quant_x (it issues its first W copies, then waits).
-    #[allow(clippy::too_many_arguments)]
-    fn launch_mp4k(
-        &self,
-        f: &CudaFunction,
-        cfg: LaunchConfig,
-        w: &CudaWeight,
-        x: [u64; 2],
-        y: u64,
-        dims: [i32; 5],
-        tmap: Option<&Tmap>,
-    ) -> Result<()> {
-        let body = w.body_ptr();
-        let [n, k, m, mp, unused] = dims;
-        let args = [
-            Arg::U64(&body),
-            Arg::U64(&x[0]),
-            Arg::U64(&x[1]),
-            Arg::U64(&y),
-            Arg::I32(&n),
-            Arg::I32(&k),
-            Arg::I32(&m),
-            Arg::I32(&mp),
-            Arg::I32(&unused),
-        ];
-        let mut args = args.to_vec();
-        if let Some(t) = tmap {
-            args.push(Arg::raw(t));
-        }
-        // SAFETY: w's body is the n × k Q4_K weight (n·k/256 blocks of 144 bytes, 16-byte
-        // aligned: mp4k_config checked; rows read clamped to n − 1, block columns < k/256); xq
-        // u8 [k/256, mp/8, 4, 32, 16] and xs float2 [k/256, mp/8, 4, 4, 2, 2] written by
-        // mp_quant_x just before on this stream (read after griddepcontrol.wait; x tiles read
-        // < mp/8); y f32 [m, n], writes bounded by n and m. blockDim = 32·S with S ≤ 16 (the
-        // launch bound) and dynamic shared memory MpConfig::smem(S), allowed just before.
-        // mpt4k_* takes one more parameter, the 128-byte tensor map of w (`MpTmap`, by value,
-        // __grid_constant__), encoded for this w, n, k and the configuration's box.
-        unsafe { self.launch_pdl(f, "launch mp4k", cfg, &args) }
     }
 }
 
