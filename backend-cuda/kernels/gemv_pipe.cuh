@@ -1,8 +1,9 @@
 // gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
 // memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
 // dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
-// Kiln instantiates Q4_K (`gemvp_q4_k`, the default for m = 1 where it applies); the lab
-// (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through it.
+// Kiln instantiates Q4_K (`gemvp_q4_k`, the default for m = 1 where it applies; `gemvps_q4_k`
+// and `gemvpg_q4_k` for weight groups — q/k/v, gate/up with the GLU — as gemv8s_/gemv8g_, host
+// src/ops/matmul_q/group.rs); the lab (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through it.
 //
 // Why: gemv8 loads each lane's chunks into registers and then decodes them, so a warp has bytes
 // in flight only between its loads and its first use (ncu, Q4_K 14336×4096: 45 % DRAM
@@ -119,10 +120,12 @@ __device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uin
 // gemvp_<type> body. T: the weight type (TQ4_K2 for Q4_K: its decode is gp_q4k_step); TW: the
 // type whose block layout the bytes have (TQ4_K for TQ4_K2). R rows per group, D stages per
 // warp, U steps per stage (one bulk copy of U·BPS blocks per row and stage).
-template <class T, class TW, int R, int D, int NT, int U>
-__device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8* __restrict__ head,
-                                           const uint4* __restrict__ xq, const float2* __restrict__ xs,
-                                           float* __restrict__ y, int n, int k, int S) {
+// NS weight segments / GLU as the `*s_` / `*g_` kernels of gemv_segs.cuh (groups numbered over
+// the segments; GLU: R/2 gate and R/2 up rows per group, act(gate)·up stored); the single-weight
+// kernel is NS = 1 (gemv_one_seg), where the lookups fold away.
+template <class T, class TW, int R, int D, int NT, int U, int NS, int GLU>
+__device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __restrict__ xq,
+                                           const float2* __restrict__ xs, int k, int S, int act) {
     constexpr int BPS = KILN_WARP / T::CHUNKS;
     constexpr int SB = BPS * TW::BODY;                     // body bytes per row and step
     constexpr int SH = BPS * TW::HEAD;                     // head bytes per row and step (0, 16 or 32)
@@ -137,7 +140,7 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
     const int warp = threadIdx.x / KILN_WARP;
     const int slots = (NT / KILN_WARP) / S;
     const int slot = warp / S, sub = warp % S;
-    const int ngroups = (n + R - 1) / R;
+    const int ngroups = group_count<NS, R, GLU>(sg);
     const int gstride = gridDim.x * slots;
     const int g0 = blockIdx.x * slots + slot;
     const int per = (nsteps + S - 1) / S;                  // steps of a group per warp
@@ -156,6 +159,14 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
         const int g = g0 + (t / ipg) * gstride, G = sub * per + (t % ipg) * U;
         const int ns = g < ngroups ? min(U, gend - G) : 0;
         u8* st = ring + (t % D) * STAGE;
+        const GemvSeg sq = group_seg<NS, R, GLU>(sg, g);
+        // Row rr's first block of this item (its weight's rows clamped: a tail group's extra
+        // rows are read, their sums unused).
+        auto src = [&](int rr, const u8*& b, const u8*& h) {
+            int row;
+            group_row<R, GLU>(sg, sq, rr, b, h, row);
+            return (i64)row * nb + (i64)G * BPS;
+        };
 #if GP_BULK
         if (lane == 0) {
             const u32 bar = smem_addr(bars + t % D);
@@ -168,7 +179,9 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
                 asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 #pragma unroll
                 for (int rr = 0; rr < R; rr++) {
-                    const i64 blk = (i64)min(g * R + rr, n - 1) * nb + (i64)G * BPS;
+                    const u8* body;
+                    const u8* head;
+                    const i64 blk = src(rr, body, head);
                     asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
                                  ::"r"(smem_addr(st + rr * RB)), "l"(body + blk * TW::BODY), "r"((u32)(ns * SB)),
                                  "r"(bar) : "memory");
@@ -181,7 +194,9 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
         }
 #else
         for (int rr = 0; rr < R; rr++) {
-            const i64 blk = (i64)min(g * R + rr, n - 1) * nb + (i64)G * BPS;
+            const u8* body;
+            const u8* head;
+            const i64 blk = src(rr, body, head);
             for (int o = 16 * lane; o < ns * SB; o += 16 * KILN_WARP)
                 *(uint4*)(st + rr * RB + o) = ld16(body + blk * TW::BODY + o);
             for (int o = 16 * lane; o < ns * SH; o += 16 * KILN_WARP)
@@ -253,7 +268,11 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
         __syncwarp();  // every lane's reads of this stage are done before it is refilled
         if (t + D < total) issue(t + D);
         if (j == ipg - 1) {  // the group's last item (block-uniform): reduce and store
-            reduce_store<R, 1>(acc, red, y, n, 1, g, 0, S, warp, slot, sub, lane, g < ngroups);
+            const GemvSeg sq = group_seg<NS, R, GLU>(sg, g);
+            if constexpr (GLU != 0)
+                reduce_store_glu<R>(acc, red, sq.y, sq.n, sq.g, S, warp, slot, sub, lane, g < ngroups, act);
+            else
+                reduce_store<R, 1>(acc, red, sq.y, sq.n, 1, sq.g, 0, S, warp, slot, sub, lane, g < ngroups);
 #pragma unroll
             for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
         }
@@ -268,7 +287,20 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
     extern "C" __global__ void __launch_bounds__(NT) name(                                          \
         const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
-        gemvp_body<T, TW, R, D, NT, U>(body, head, xq, xs, y, n, k, S);                              \
+        gemvp_body<T, TW, R, D, NT, U, 1, 0>(gemv_one_seg(body, head, y, n), xq, xs, k, S, 0);      \
+    }
+// gemvps_<type>: over up to GEMV_NS weight segments (q/k/v, gate/up) in one launch; gemvpg_<type>:
+// GLU mode (segment 0 gate, 1 up; y_0 = act(gate)·up [1, n]). Host: src/ops/matmul_q/group.rs.
+#define GEMVPS_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                \
+    extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
+                                                          const float2* __restrict__ xs, int k, int S) { \
+        gemvp_body<T, TW, R, D, NT, U, GEMV_NS, 0>(sg, xq, xs, k, S, 0);                             \
+    }
+#define GEMVPG_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                \
+    extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
+                                                          const float2* __restrict__ xs, int k, int S, \
+                                                          int act) {                                 \
+        gemvp_body<T, TW, R, D, NT, U, 2, 1>(sg, xq, xs, k, S, act);                                 \
     }
 
 // Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): Q4_K at
@@ -279,3 +311,5 @@ __device__ __forceinline__ void gemvp_body(const u8* __restrict__ body, const u8
 #define GEMVP_THREADS 256
 QUANT_X_KERNEL(q4_k2, TQ4_K2)
 GEMVP_KERNEL_NAMED(gemvp_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
+GEMVPS_KERNEL_NAMED(gemvps_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
+GEMVPG_KERNEL_NAMED(gemvpg_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)

@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use kiln_core::{Activation, Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
-use kiln_cuda::{GroupKernel, gemv1_auto_on};
+use kiln_cuda::{CudaBackend, GroupKernel, gemv_pipe_on, gemv1_auto_on};
 
 /// One segment's weight, its dequantized values and its poisoned output.
 struct Seg {
@@ -52,6 +52,19 @@ fn parts(s: &[Seg]) -> Vec<(&Weight, ViewMut<'_>)> {
 }
 
 /// nmse of every segment's output against x_eff·Wᵀ (f64), as "what: nmse" failures.
+/// The kernel a Q4_K group at k = 4096 runs: the pipelined one (quant_x_q4_k2 + gemvps_/gemvpg_)
+/// on sm_90 unless `KILN_GEMV_PIPE=0` or `KILN_GEMV_PIPE_GROUP=0` (gpu_verify.sh runs this
+/// binary both ways), else `other`.
+fn q4k(be: &CudaBackend, other: GroupKernel) -> GroupKernel {
+    let sm90 = be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
+    let group = std::env::var("KILN_GEMV_PIPE_GROUP").map_or(true, |v| v != "0");
+    if sm90 && gemv_pipe_on() && group {
+        GroupKernel::Pipe
+    } else {
+        other
+    }
+}
+
 fn check(
     be: &dyn Backend,
     s: &[Seg],
@@ -89,17 +102,24 @@ fn segmented_gemv_kernels_match_the_oracle() {
         GroupKernel::TwoKernels
     };
     // (type, segment rows, x offset in elements, the kernel the group must run)
-    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 8] = [
-        (DType::Q4_K, &[256, 66, 66], 0, Some(one)),
+    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 9] = [
+        (DType::Q4_K, &[256, 66, 66], 0, Some(q4k(&be, one))),
         // 2 × 9.4 MB > the one-kernel limit (16 MiB): quant_x + gemv8s.
-        (DType::Q4_K, &[4096, 4098], 0, Some(GroupKernel::TwoKernels)),
+        (
+            DType::Q4_K,
+            &[4096, 4098],
+            0,
+            Some(q4k(&be, GroupKernel::TwoKernels)),
+        ),
         // Unaligned x: the one-kernel path does not apply.
         (
             DType::Q4_K,
             &[256, 66, 66],
             1,
-            Some(GroupKernel::TwoKernels),
+            Some(q4k(&be, GroupKernel::TwoKernels)),
         ),
+        // Three segments with tails (the pipelined kernel's segment walk).
+        (DType::Q4_K, &[1030, 257, 255], 0, Some(q4k(&be, one))),
         (
             DType::Q8_0,
             &[258, 64, 65],
@@ -212,9 +232,9 @@ fn glu_mode_kernels_match_the_oracle() {
         GroupKernel::TwoKernels
     };
     let cases: [(DType, usize, GroupKernel); 5] = [
-        (DType::Q4_K, 259, one),
+        (DType::Q4_K, 259, q4k(&be, one)),
         // 2 × 10.5 MB > 16 MiB: quant_x + gemv8g.
-        (DType::Q4_K, 4607, GroupKernel::TwoKernels),
+        (DType::Q4_K, 4607, q4k(&be, GroupKernel::TwoKernels)),
         (DType::Q8_0, 259, GroupKernel::TwoKernels),
         (DType::BF16, 259, GroupKernel::Float),
         (DType::F32, 131, GroupKernel::Float),

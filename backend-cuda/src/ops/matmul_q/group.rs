@@ -13,9 +13,13 @@
 //! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
 //! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
 //! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
-//! errors are `matmul`'s). The block types pick the one-kernel `gemv1s_` by the rule of
-//! [`super::gemv1`] applied to the group's total bytes, else `quant_x` once + `gemv8s_`.
-//! `KILN_GEMV_GROUP=0` turns grouping off (A/B measurements).
+//! errors are `matmul`'s). Q4_K groups take the pipelined kernel (`quant_x_q4_k2` +
+//! `gemvps_q4_k` / `gemvpg_q4_k`, kernels/gemv_pipe.cuh) wherever the single-weight m = 1
+//! matmul would ([`super::pipe`]: sm_90, k a multiple of 2048, aligned weights, not on a device
+//! of an all-reduce group; `KILN_GEMV_PIPE_GROUP=0` keeps groups off it for A/B). The other
+//! block types pick the one-kernel `gemv1s_` by the rule of [`super::gemv1`] applied to the
+//! group's total bytes, else `quant_x` once + `gemv8s_`. `KILN_GEMV_GROUP=0` turns grouping off
+//! (A/B measurements).
 
 use std::sync::OnceLock;
 
@@ -77,6 +81,12 @@ fn group_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
 }
 
+/// Q4_K groups on the pipelined kernel unless `KILN_GEMV_PIPE_GROUP=0`.
+fn group_pipe_on() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE_GROUP").map_or(true, |v| v != "0"))
+}
+
 /// GLU-mode launches on unless `KILN_GEMV_GLU=0` (then matmul_many + glu).
 fn glu_enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
@@ -92,6 +102,8 @@ pub enum GroupKernel {
     TwoKernels,
     /// `gemvs_<float type>`.
     Float,
+    /// `quant_x_q4_k2` + `gemvps_q4_k` / `gemvpg_q4_k` (the bulk-copy ring, Q4_K).
+    Pipe,
 }
 
 impl CudaBackend {
@@ -201,6 +213,10 @@ impl CudaBackend {
         }
         let mut segs = GemvSegs::default();
         let (mut groups, mut bytes) = (0, 0);
+        let mut pipe = dt == DType::Q4_K
+            && group_pipe_on()
+            && super::pipe::gemv_pipe_on()
+            && !super::pipe::grouped(self.ctx.ordinal());
         for (i, (w, out)) in parts.iter().enumerate() {
             let s = w.shape();
             if w.dtype() != dt
@@ -229,6 +245,7 @@ impl CudaBackend {
             segs.n[i] = arg_i32(op, "n", n)?;
             groups += n.div_ceil(R);
             bytes += cw.mem.slice.len();
+            pipe &= self.gemv_pipe_applies(cw, k);
         }
         if let Some((_, outp)) = glu {
             // GLU mode: the kernel writes act(gate)·up into `out` only.
@@ -262,6 +279,18 @@ impl CudaBackend {
             };
             self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
+        }
+        if pipe {
+            // GLU mode: a group is R/2 gate rows and the same R/2 up rows.
+            let (name, groups) = match glu {
+                Some(_) => ("gemvpg_q4_k", parts[0].0.shape().dim(0).div_ceil(R / 2)),
+                None => ("gemvps_q4_k", groups),
+            };
+            let (_, cfg, s) = self.gemv_pipe_prepare(name, groups, k)?;
+            // The scratch is shared: hold its lock until both kernels are enqueued.
+            let (_guard, xqs) = self.gemv_pipe_quant_x(xp, k)?;
+            self.launch_segs(name, cfg, &segs, &xqs, ki, s, act)?;
+            return Ok(Some(GroupKernel::Pipe));
         }
         let qi = ti - FLOAT_TYPES;
         let smem = x_units(dt, k) * 24;
@@ -344,8 +373,11 @@ impl CudaBackend {
         // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
         // blocks, checked), y_s holds n_s f32 (checked, disjoint from x and each other); x holds
         // k f32 at a 16-byte aligned address (gemv1s_/gemvs_), or xq/xs are quant_x's scratch
-        // for one row written just before on this stream. W rows are clamped to n_s − 1, writes
-        // bounded by n_s; the dynamic shared memory of gemv1s_ is x_units·24 bytes. A
+        // for one row written just before on this stream (gemvps_/gemvpg_q4_k: quant_x_q4_k2's,
+        // in their lane order). W rows are clamped to n_s − 1, writes bounded by n_s; the
+        // dynamic shared memory is gemv1s_'s x_units·24 bytes or gemvp's ring (allowed by
+        // gemv_pipe_prepare; its weights checked by gemv_pipe_applies: 16-byte aligned, k a
+        // multiple of 2048). A
         // programmatic dependent: x is read and y written only after griddepcontrol.wait. GLU
         // kernels read segments 0 (gate) and 1 (up), both n × k, and write y_0 = out [1, n].
         unsafe { self.launch_pdl(&f, "launch segmented gemv", cfg, args) }

@@ -14,8 +14,8 @@
 //! (`GROUPED`); `KILN_GEMV_PIPE=0` turns it off (the two-kernel path quant_x + gemv8 then runs,
 //! as before).
 
-use cudarc::driver::LaunchConfig;
 use cudarc::driver::sys::CUfunction_attribute_enum as FuncAttr;
+use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::{DType, OpKind, Result};
 
 use crate::buffer::CudaWeight;
@@ -99,20 +99,15 @@ impl CudaBackend {
             && w.body_ptr().is_multiple_of(16)
     }
 
-    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_q4_k. The caller checked
-    /// [`Self::gemv_pipe_applies`] and that rows are whole blocks.
-    pub(crate) fn gemv_pipe(
+    /// Function `name` (gemvp_q4_k or its group forms) ready to launch over `groups` row groups
+    /// of k = `k`: its dynamic shared memory allowed, its carveout set; returns the function,
+    /// the launch configuration and S (warps per group).
+    pub(crate) fn gemv_pipe_prepare(
         &self,
-        w: &CudaWeight,
-        [xp, outp]: [u64; 2],
-        [n, k]: [usize; 2],
-    ) -> Result<()> {
-        let op = OpKind::Matmul;
-        let (ni, ki) = (
-            super::super::arg_i32(op, "n", n)?,
-            super::super::arg_i32(op, "k", k)?,
-        );
-        let name = "gemvp_q4_k";
+        name: &'static str,
+        groups: usize,
+        k: usize,
+    ) -> Result<(CudaFunction, LaunchConfig, i32)> {
         let f = self.function(&MATMUL_Q, name)?;
         let smem = pipe_smem();
         self.allow_smem(&f, smem)?;
@@ -142,22 +137,54 @@ impl CudaBackend {
                 )
                 .map_err(self.drv("cuFuncSetAttribute(shared memory carveout)"))?;
         }
-        let (blocks, s) = pipe_grid(n, k, sms, occ);
-        let units = super::x_units(DType::Q4_K, k);
-        let xq_bytes = units * 16;
-        // The scratch is shared: hold the lock until both kernels are enqueued.
-        let (_guard, scratch) =
-            self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, 1, k))?;
-        let (xq, xs) = (scratch, scratch + xq_bytes as u64);
-        // quant_x_q4_k2 writes the same units (x_units of Q4_K = of TQ4_K2 for k a multiple of
-        // 2048) in the 64-weight lane order gemvp_q4_k reads.
-        self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, 1, units)?;
+        let (blocks, s) = pipe_grid(groups * PIPE_R, k, sms, occ);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (PIPE_THREADS, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        self.launch_after_quant_x(&f, "gemvp", cfg, w, [xq, xs], outp, [1, ni, ki, s as i32])
+        Ok((f, cfg, s as i32))
+    }
+
+    /// quant_x_q4_k2 of one x row (`xp`, k elements) into the matmul scratch; returns the
+    /// scratch lock (hold it until the kernel reading xq/xs is enqueued) and [xq, xs].
+    pub(crate) fn gemv_pipe_quant_x(
+        &self,
+        xp: u64,
+        k: usize,
+    ) -> Result<(
+        std::sync::MutexGuard<'_, Option<crate::gemm::Gemm>>,
+        [u64; 2],
+    )> {
+        let ki = super::super::arg_i32(OpKind::Matmul, "k", k)?;
+        let units = super::x_units(DType::Q4_K, k);
+        let xq_bytes = units * 16;
+        let (guard, scratch) =
+            self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, 1, k))?;
+        let (xq, xs) = (scratch, scratch + xq_bytes as u64);
+        // quant_x_q4_k2 writes the same units (x_units of Q4_K = of TQ4_K2 for k a multiple of
+        // 2048) in the 64-weight lane order gemvp_q4_k reads.
+        self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, 1, units)?;
+        Ok((guard, [xq, xs]))
+    }
+
+    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_q4_k. The caller checked
+    /// [`Self::gemv_pipe_applies`] and that rows are whole blocks.
+    pub(crate) fn gemv_pipe(
+        &self,
+        w: &CudaWeight,
+        [xp, outp]: [u64; 2],
+        [n, k]: [usize; 2],
+    ) -> Result<()> {
+        let op = OpKind::Matmul;
+        let (ni, ki) = (
+            super::super::arg_i32(op, "n", n)?,
+            super::super::arg_i32(op, "k", k)?,
+        );
+        let (f, cfg, s) = self.gemv_pipe_prepare("gemvp_q4_k", n.div_ceil(PIPE_R), k)?;
+        // The scratch is shared: hold the lock until both kernels are enqueued.
+        let (_guard, x) = self.gemv_pipe_quant_x(xp, k)?;
+        self.launch_after_quant_x(&f, "gemvp", cfg, w, x, outp, [1, ni, ki, s])
     }
 }
 
