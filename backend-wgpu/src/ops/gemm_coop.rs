@@ -41,7 +41,7 @@ pub(crate) fn smem_bytes(tm: usize, g: usize, nt: usize) -> usize {
 }
 
 /// Invocations per workgroup for an x-row tile of `tm` rows: 512 (16 subgroups, quarter-group
-/// load units; a comparison, 25–40 % slower on the H200 at m = 64/128) where
+/// load units; a comparison, 30–65 % slower on the H200 at m = 64/128) where
 /// `KILN_WGPU_COOP_WG=512` asks, tm ≥ 64 and the device allows it; else 256.
 pub(crate) fn invocations(tm: usize, max_invocations: u32) -> usize {
     static WG: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -80,7 +80,7 @@ fn fit_groups(want: usize, tm: usize, nt: usize, smem: usize) -> usize {
 }
 
 /// vec4s per weight load unit: 2 (a quarter group per invocation and unit, two units per
-/// stage group; the default: 1–15 % faster than 4 on BF16/Q8_0 at m = 128, 0–2 % on Q4_K) or 4
+/// stage group; the default: 2–21 % faster than 4 on BF16/Q8_0 at m = 128, 0–2 % on Q4_K) or 4
 /// (half a group, `KILN_WGPU_COOP_S=4`, comparison).
 pub(crate) fn unit_vec4s() -> usize {
     static S: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -98,8 +98,8 @@ fn x_rows() -> bool {
 }
 
 /// The next stage's loads after the stage's second barrier, without a branch, in the block of
-/// the multiplies (default; the shader's LATE note): on the H200 2–5 % faster than inside a
-/// branch before that barrier on Q4_K at m = 64/128, up to 27 % on BF16.
+/// the multiplies (default; the shader's LATE note): on the H200 3–9 % faster than inside a
+/// branch before that barrier on Q4_K at m = 64/128, 6–13 % on BF16 at m = 128.
 /// `KILN_WGPU_COOP_LATE=0` keeps the branch (comparison).
 fn late_loads() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
