@@ -14,7 +14,8 @@
 //! (comma list of dtype names) the weight types. "gemm" is gemm.wgsl (f32 FMAs, forced with
 //! `set_gemm_coop(false)`), "coop" the cooperative-matrix kernel (`gemm_coop.wgsl`, where the
 //! adapter has it); "gemm nopf" (KILN_BENCH_GEMM_NOPF=1) is gemm.wgsl without the k-loop
-//! prefetch (`set_gemm_kk_prefetch(false)`).
+//! prefetch (`set_gemm_kk_prefetch(false)`). KILN_BENCH_GEMM_KERNELS (comma list of gemm,
+//! coop, gemv; default all) keeps only those rows (forced splits follow gemm and coop).
 // Tests may unwrap (project convention).
 #![allow(clippy::unwrap_used)]
 
@@ -91,6 +92,8 @@ fn bench_gemm() {
     let forced: Vec<u32> = std::env::var("KILN_BENCH_GEMM_SPLITS")
         .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
         .unwrap_or_else(|_| vec![1, 2, 4, 8, 16]);
+    let kernels = std::env::var("KILN_BENCH_GEMM_KERNELS").unwrap_or_else(|_| "all".into());
+    let want = |k: &str| kernels == "all" || kernels.split(',').any(|x| x.trim() == k);
     let nopf = std::env::var("KILN_BENCH_GEMM_NOPF").is_ok_and(|v| v == "1");
     let types: Vec<DType> = std::env::var("KILN_BENCH_GEMM_TYPES")
         .ok()
@@ -135,8 +138,11 @@ fn bench_gemm() {
                 // (name, path, forced splits, legacy kernel, k-loop prefetch)
                 // (name, path, forced splits, legacy kernel, k-loop prefetch, coop kernel)
                 let mut variants: Vec<(String, MatmulPath, Option<u32>, bool, bool, bool)> =
-                    vec![("gemm".into(), MatmulPath::Gemm, None, false, true, false)];
-                if be.has_coop_matrix() {
+                    Vec::new();
+                if want("gemm") {
+                    variants.push(("gemm".into(), MatmulPath::Gemm, None, false, true, false));
+                }
+                if be.has_coop_matrix() && want("coop") {
                     variants.push(("coop".into(), MatmulPath::Gemm, None, false, true, true));
                 }
                 if nopf {
@@ -153,17 +159,21 @@ fn bench_gemm() {
                     variants.push(("legacy".into(), MatmulPath::Gemm, None, true, true, false));
                 }
                 if m <= 128 {
-                    variants.push(("gemv".into(), MatmulPath::Gemv, None, false, true, false));
+                    if want("gemv") {
+                        variants.push(("gemv".into(), MatmulPath::Gemv, None, false, true, false));
+                    }
                     for &s in &forced {
-                        variants.push((
-                            format!("gemm s{s}"),
-                            MatmulPath::Gemm,
-                            Some(s),
-                            false,
-                            true,
-                            false,
-                        ));
-                        if be.has_coop_matrix() {
+                        if want("gemm") {
+                            variants.push((
+                                format!("gemm s{s}"),
+                                MatmulPath::Gemm,
+                                Some(s),
+                                false,
+                                true,
+                                false,
+                            ));
+                        }
+                        if be.has_coop_matrix() && want("coop") {
                             variants.push((
                                 format!("coop s{s}"),
                                 MatmulPath::Gemm,

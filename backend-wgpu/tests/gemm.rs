@@ -70,7 +70,8 @@ fn forced_rows_splits_types(be: &kiln_wgpu::WgpuBackend, coop: bool, tol: f64) {
             continue;
         }
         let (w, deq) = quantized_weight(be, &mut r, d, n, k);
-        for m in [9, 17, 33, 64, 65] {
+        // m = 1030: the prefill tile (TM = 128 on gemm_coop)
+        for m in [9, 17, 33, 64, 65, 1030] {
             let x = randn(&mut r, m * k, 1.0);
             let want = cpu_mm(&x, &deq, m, n, k);
             for x_el in [4usize, 3] {
