@@ -8,13 +8,15 @@
 //! rounds x as mq4k does (int8 per 32), so it must match the f64 product of the exact weights
 //! and that x (nmse ≤ 1e-9) and the exact-x product within the int8 bound. Output poisoned
 //! (NaN) before each call. Prints "skipped" without a GPU, and without sm_90.
+//! Also `matmul_many_shared_x` (x rounded once for several mp4k products): each part equal to
+//! its own forced single matmul, bit for bit.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
-use kiln_core::{Backend, DType, HostTensor, Shape};
+use kiln_core::{Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
 use kiln_cuda::{MatmulPath, MmaXRounding, Q4kKernel};
 
 #[test]
@@ -92,6 +94,75 @@ fn mp4k_forced_matches_the_int8_x_oracle() {
                         failures.push(format!(
                             "{forced:?} m={m} k={k} x+{off}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
                         ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn mp4k_many_rounds_x_once_and_matches_single_products() {
+    let Some(be) = gpu() else { return };
+    if be.info().caps.compute_capability.is_none_or(|c| c.0 < 9) {
+        println!("skipped: mp4k needs sm_90");
+        return;
+    }
+    let (dt, k) = (DType::Q4_K, 4096);
+    // q/k/v-like parts with partial last groups of 16 rows.
+    let rows = [200usize, 64, 37];
+    let ws: Vec<Weight> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let b = random_weight(dt, n, k, 700 + i as u64);
+            be.prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &b).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for m in [2usize, 3, 8] {
+        let x = Rng(77 + m as u64).vec(m * k + 1);
+        let xb = upload(&*be, &f32_bytes(&x));
+        for off in [0usize, 1] {
+            let xv = xb.view(off * 4, Shape::d2(m, k), DType::F32).unwrap();
+            for forced in [Q4kKernel::Pipe, Q4kKernel::PipeTensor] {
+                be.force_q4k_kernel(Some(forced));
+                let many: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
+                let parts: Vec<(&Weight, ViewMut<'_>)> = ws
+                    .iter()
+                    .zip(&many)
+                    .zip(rows)
+                    .map(|((w, y), n)| (w, y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap()))
+                    .collect();
+                let ran = be.matmul_many_shared_x(xv, &parts, false);
+                let singles: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
+                let single = ws
+                    .iter()
+                    .zip(&singles)
+                    .zip(rows)
+                    .try_for_each(|((w, y), n)| {
+                        be.matmul_with(
+                            xv,
+                            w,
+                            y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap(),
+                            MatmulPath::Mma,
+                        )
+                    });
+                be.force_q4k_kernel(None);
+                single.unwrap();
+                let what = format!("{forced:?} m={m} x+{off}");
+                if !ran.unwrap() {
+                    failures.push(format!("{what}: the shared-x path did not run"));
+                    continue;
+                }
+                for (i, n) in rows.iter().enumerate() {
+                    let a = read_f32(&*be, view(&many[i], &[m * n], DType::F32));
+                    let b = read_f32(&*be, view(&singles[i], &[m * n], DType::F32));
+                    let same = a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits());
+                    if !same || a.iter().any(|v| !v.is_finite()) {
+                        failures.push(format!("{what} part {i} (n={n}): differs from its matmul"));
                     }
                 }
             }

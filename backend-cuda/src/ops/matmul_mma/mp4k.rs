@@ -9,8 +9,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use cudarc::driver::LaunchConfig;
-use kiln_core::{DType, Error, OpKind, Result};
+use cudarc::driver::{CudaFunction, LaunchConfig};
+use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use super::super::launch::Arg;
 use super::q4k_dims;
@@ -46,6 +46,16 @@ const MP4K: [MpConfig; 1] = [MpConfig {
 /// by value.
 #[repr(C, align(64))]
 struct Tmap(cudarc::driver::sys::CUtensorMap);
+
+/// One prepared mp4k product (`mp4k_prepare`).
+struct Mp4kLaunch {
+    f: CudaFunction,
+    launch: LaunchConfig,
+    /// [n, k, m, mp, 0] (`q4k_dims`).
+    dims: [i32; 5],
+    tmap: Option<Tmap>,
+    scratch: usize,
+}
 
 /// Most warps per block (the kernels' launch bound is 512 threads).
 const MP_MAX_WARPS: usize = 16;
@@ -191,6 +201,125 @@ impl CudaBackend {
         cfg: usize,
         tensor: bool,
     ) -> Result<()> {
+        let l = self.mp4k_prepare(w, [m, n, k], cfg, tensor)?;
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(l.scratch)?;
+        let x = self.mp4k_quant_x(xp, scratch, l.dims)?;
+        self.mp4k_launch(&l, w, x, outp)
+    }
+
+    /// `Backend::matmul_many` at 2 ≤ m ≤ 8 with x rounded once: runs it (true) where every
+    /// part is a Q4_K `[n_i, k]` weight whose own `matmul` would take mp4k at this m (the tuned
+    /// path Mma and Q4_K kernel Pipe/PipeTensor, no forced path) and the outputs are f32
+    /// `[m, n_i]`, disjoint from x and each other; false (nothing launched): the caller runs one
+    /// matmul per part. Each part's kernel and launch are those of its own matmul, so its
+    /// results are the same. `KILN_MANY_SHARED_X=0` turns the tuned use off (A/B). `tuned` =
+    /// false (tests) skips the tuned-path condition (the Q4_K kernel choice, which
+    /// `force_q4k_kernel` sets, must still be mp4k).
+    pub fn matmul_many_shared_x(
+        &self,
+        x: View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+        tuned: bool,
+    ) -> Result<bool> {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("KILN_MANY_SHARED_X").map_or(true, |v| v != "0"));
+        let op = OpKind::Matmul;
+        let k = x.shape().last();
+        if (tuned && !on)
+            || parts.len() < 2
+            || x.dtype() != DType::F32
+            || k == 0
+            || super::forced_path().is_some()
+        {
+            return Ok(false);
+        }
+        let m = x.numel() / k;
+        let Some(cfg) = mp_config(m) else {
+            return Ok(false);
+        };
+        if m * k != x.numel() || !super::mma_supported(DType::Q4_K, k) {
+            return Ok(false);
+        }
+        let mut run = Vec::with_capacity(parts.len());
+        for (i, (w, out)) in parts.iter().enumerate() {
+            let s = w.shape();
+            if w.dtype() != DType::Q4_K
+                || w.device() != self.info.id
+                || s.rank() != 2
+                || s.dim(1) != k
+                || out.dtype() != DType::F32
+                || out.numel() != m * s.dim(0)
+                || out.shape().last() != s.dim(0)
+                || out.device() != self.info.id
+                || out.check_disjoint(&x).is_err()
+                || parts[..i]
+                    .iter()
+                    .any(|(_, o)| out.check_disjoint(&o.as_view()).is_err())
+            {
+                return Ok(false);
+            }
+            let n = s.dim(0);
+            let cw: &CudaWeight = self.weight(op, w)?;
+            if tuned {
+                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here.
+                let c = self.crossover_or_tune(w, cw)?;
+                if m <= c.max_fused_rows || m > c.max_mma_rows {
+                    return Ok(false);
+                }
+            }
+            if !self.mp4k_applies(cw, m) {
+                return Ok(false);
+            }
+            let tensor = match self.q4k_kernel(DType::Q4_K, m, n, k) {
+                Some(super::Q4kKernel::Pipe) => false,
+                Some(super::Q4kKernel::PipeTensor) => true,
+                _ => return Ok(false),
+            };
+            run.push((cw, self.ptr_mut(op, out)?, n, tensor));
+        }
+        let xp = self.ptr(op, &x)?;
+        self.matmul_mp4k_many(xp, &run, [m, k], cfg)?;
+        Ok(true)
+    }
+
+    /// Several mp4k products of one x (`Backend::matmul_many` at 2 ≤ m ≤ 8): x rounded once,
+    /// then one mp4k launch per part — not one mp_quant_x per part (q/k/v: 3 → 1, gate/up: 2
+    /// → 1). `parts` = (weight, out pointer, n, tensor flavour), all Q4_K `[n_i, k]` taking
+    /// mp4k at this m (the caller checked, `matmul_many_shared_x`).
+    pub(crate) fn matmul_mp4k_many(
+        &self,
+        xp: u64,
+        parts: &[(&CudaWeight, u64, usize, bool)],
+        [m, k]: [usize; 2],
+        cfg: usize,
+    ) -> Result<()> {
+        let mut launches = Vec::with_capacity(parts.len());
+        for &(w, _, n, tensor) in parts {
+            launches.push(self.mp4k_prepare(w, [m, n, k], cfg, tensor)?);
+        }
+        let Some(first) = launches.first() else {
+            return Ok(());
+        };
+        let scratch_bytes = launches.iter().map(|l| l.scratch).max().unwrap_or(0);
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
+        // The x image depends on (m, k) only (mp = m padded to 8): the same for every part.
+        let x = self.mp4k_quant_x(xp, scratch, first.dims)?;
+        for (l, &(w, outp, _, _)) in launches.iter().zip(parts) {
+            self.mp4k_launch(l, w, x, outp)?;
+        }
+        Ok(())
+    }
+
+    /// Function, grid, dims and tensor map of one mp4k product (no launch).
+    fn mp4k_prepare(
+        &self,
+        w: &CudaWeight,
+        [m, n, k]: [usize; 3],
+        cfg: usize,
+        tensor: bool,
+    ) -> Result<Mp4kLaunch> {
         let sms = self.info.caps.compute_units.max(1) as usize;
         let plan = mp_plan(
             m,
@@ -212,8 +341,7 @@ impl CudaBackend {
             )
             .map_err(self.drv("cuFuncGetAttribute(max threads per block)"))?;
         let warps = plan.warps.min((max_threads.max(32) / 32) as usize);
-        let plan = MpPlan { warps, ..plan };
-        let smem = c.smem(plan.warps);
+        let smem = c.smem(warps);
         self.allow_smem(&f, smem)?;
         let dims = q4k_dims([m, n, k], plan.mp, 0)?;
         let tmap = if tensor {
@@ -230,16 +358,31 @@ impl CudaBackend {
         }
         let launch = LaunchConfig {
             grid_dim: (groups as u32, 1, 1),
-            block_dim: ((32 * plan.warps) as u32, 1, 1),
+            block_dim: ((32 * warps) as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
-        // Hold the scratch lock until every kernel using it is enqueued.
-        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        Ok(Mp4kLaunch {
+            f,
+            launch,
+            dims,
+            tmap,
+            scratch: plan.scratch,
+        })
+    }
+
+    /// mp_quant_x of x into `scratch` (held by the caller); returns [xq, xs].
+    fn mp4k_quant_x(&self, xp: u64, scratch: u64, dims: [i32; 5]) -> Result<[u64; 2]> {
+        let [_, k, _, mp, _] = dims;
+        let (k, mp) = (k as usize, mp as usize);
         let xq = scratch;
-        let xs = xq + (plan.mp * k) as u64;
-        self.launch_q4k_quant_x("mp_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
-        let tail: Vec<Arg<'_>> = tmap.iter().map(Arg::raw).collect();
-        self.launch_q4k_x8(&f, "launch mp4k", launch, w, [xq, xs], outp, dims, &tail)
+        let xs = xq + (mp * k) as u64;
+        self.launch_q4k_quant_x("mp_quant_x", xp, [xq, xs], dims, (k / 256) * mp)?;
+        Ok([xq, xs])
+    }
+
+    fn mp4k_launch(&self, l: &Mp4kLaunch, w: &CudaWeight, x: [u64; 2], outp: u64) -> Result<()> {
+        let tail: Vec<Arg<'_>> = l.tmap.iter().map(Arg::raw).collect();
+        self.launch_q4k_x8(&l.f, "launch mp4k", l.launch, w, x, outp, l.dims, &tail)
     }
 
     /// W `[n, k]` as a 2-D tensor of u64 `[n][k/256·18]` (dim 0 the row's 8-byte words), box
