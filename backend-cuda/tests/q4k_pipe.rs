@@ -8,8 +8,8 @@
 //! rounds x as mq4k does (int8 per 32), so it must match the f64 product of the exact weights
 //! and that x (nmse ≤ 1e-9) and the exact-x product within the int8 bound. Output poisoned
 //! (NaN) before each call. Prints "skipped" without a GPU, and without sm_90.
-//! Also `matmul_many_shared_x` (x rounded once for several mp4k products): each part equal to
-//! its own forced single matmul, bit for bit.
+//! Also `matmul_many_shared_x` (x rounded once for several mp4k or mh4k products, m = 2 … 33):
+//! each part equal to its own forced single matmul, bit for bit.
 
 #![allow(clippy::unwrap_used)]
 
@@ -103,7 +103,7 @@ fn mp4k_forced_matches_the_int8_x_oracle() {
 }
 
 #[test]
-fn mp4k_many_rounds_x_once_and_matches_single_products() {
+fn many_rounds_x_once_and_matches_single_products() {
     let Some(be) = gpu() else { return };
     if be.info().caps.compute_capability.is_none_or(|c| c.0 < 9) {
         println!("skipped: mp4k needs sm_90");
@@ -122,12 +122,17 @@ fn mp4k_many_rounds_x_once_and_matches_single_products() {
         })
         .collect();
     let mut failures = Vec::new();
-    for m in [2usize, 3, 8] {
+    for m in [2usize, 3, 8, 16, 33] {
         let x = Rng(77 + m as u64).vec(m * k + 1);
         let xb = upload(&*be, &f32_bytes(&x));
         for off in [0usize, 1] {
             let xv = xb.view(off * 4, Shape::d2(m, k), DType::F32).unwrap();
-            for forced in [Q4kKernel::Pipe, Q4kKernel::PipeTensor] {
+            let kernels: &[Q4kKernel] = if m <= 8 {
+                &[Q4kKernel::Pipe, Q4kKernel::PipeTensor, Q4kKernel::F16]
+            } else {
+                &[Q4kKernel::F16]
+            };
+            for &forced in kernels {
                 be.force_q4k_kernel(Some(forced));
                 let many: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
                 let parts: Vec<(&Weight, ViewMut<'_>)> = ws

@@ -163,26 +163,51 @@ impl CudaBackend {
         cfg: usize,
         forced_splits: usize,
     ) -> Result<()> {
+        self.matmul_mh4k_many(xp, &[(w, outp, n)], [m, k], cfg, forced_splits)
+    }
+
+    /// Several f16 Q4_K products of one x (`parts` = (weight, out pointer, n)): x rounded once,
+    /// then each part's own mh4k (+ mma_reduce) launch, as its single matmul runs it. The x
+    /// image depends on (m, k, configuration) only; the partial sums follow it in the scratch,
+    /// reused part after part (stream order).
+    pub(crate) fn matmul_mh4k_many(
+        &self,
+        xp: u64,
+        parts: &[(&CudaWeight, u64, usize)],
+        [m, k]: [usize; 2],
+        cfg: usize,
+        forced_splits: usize,
+    ) -> Result<()> {
         let sms = self.info.caps.compute_units.max(1) as usize;
-        let plan = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits);
-        let c = &MH4K[plan.cfg];
+        let plans: Vec<MhPlan> = parts
+            .iter()
+            .map(|&(_, _, n)| mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits))
+            .collect();
+        let Some(first) = plans.first() else {
+            return Ok(());
+        };
+        let c = &MH4K[first.cfg];
         let f = self.function(&MATMUL_MH, c.name)?;
         self.allow_smem(&f, c.smem())?;
-        let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
-        let tiles = [plan.mp / c.bm, plan.splits];
-        let cfg = q4k_launch("mh4k", n, c.bn(), tiles, 32 * c.nw, c.smem())?;
+        let scratch_bytes = plans.iter().map(|p| p.scratch).max().unwrap_or(0);
         // Hold the scratch lock until every kernel using it is enqueued.
-        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
         let nb = k / 256;
         let xh = scratch;
-        let xx = xh + (plan.mp * k * 2) as u64;
-        let xsx = xx + (plan.mp * nb * 32) as u64;
-        let part = xsx + (plan.mp * nb * 4) as u64;
-        self.launch_mh_quant_x(xp, [xh, xx, xsx], dims, nb * plan.mp)?;
-        let y = if plan.splits > 1 { part } else { outp };
-        self.launch_mh4k(&f, cfg, w, [xh, xx, xsx], y, dims)?;
-        if plan.splits > 1 {
-            self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
+        let xx = xh + (first.mp * k * 2) as u64;
+        let xsx = xx + (first.mp * nb * 32) as u64;
+        let part = xsx + (first.mp * nb * 4) as u64;
+        let dims0 = q4k_dims([m, parts[0].2, k], first.mp, first.blocks_per_split)?;
+        self.launch_mh_quant_x(xp, [xh, xx, xsx], dims0, nb * first.mp)?;
+        for (plan, &(w, outp, n)) in plans.iter().zip(parts) {
+            let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
+            let tiles = [plan.mp / c.bm, plan.splits];
+            let launch = q4k_launch("mh4k", n, c.bn(), tiles, 32 * c.nw, c.smem())?;
+            let y = if plan.splits > 1 { part } else { outp };
+            self.launch_mh4k(&f, launch, w, [xh, xx, xsx], y, dims)?;
+            if plan.splits > 1 {
+                self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
+            }
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use super::super::launch::Arg;
-use super::q4k_dims;
+use super::{Q4kKernel, q4k_dims};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
@@ -145,13 +145,7 @@ impl CudaBackend {
 
     /// The Q4_K few-row kernel the mma path runs for a `dt` weight `[n, k]` at m rows (None:
     /// the generic kernel), as dispatch chooses it now (forced, tuned or default). For tests.
-    pub fn mma_q4k_kernel(
-        &self,
-        dt: DType,
-        n: usize,
-        k: usize,
-        m: usize,
-    ) -> Option<super::Q4kKernel> {
+    pub fn mma_q4k_kernel(&self, dt: DType, n: usize, k: usize, m: usize) -> Option<Q4kKernel> {
         self.q4k_kernel(dt, m, n, k)
     }
 
@@ -208,9 +202,10 @@ impl CudaBackend {
         self.mp4k_launch(&l, w, x, outp)
     }
 
-    /// `Backend::matmul_many` at 2 ≤ m ≤ 8 with x rounded once: runs it (true) where every
-    /// part is a Q4_K `[n_i, k]` weight whose own `matmul` would take mp4k at this m (the tuned
-    /// path Mma and Q4_K kernel Pipe/PipeTensor, no forced path) and the outputs are f32
+    /// `Backend::matmul_many` at 2 ≤ m ≤ 64 with x rounded once: runs it (true) where every
+    /// part is a Q4_K `[n_i, k]` weight whose own `matmul` would take mp4k (2 ≤ m ≤ 8) or, all
+    /// of them, mh4k at this m (the tuned path Mma and that Q4_K kernel; mq4k groups are not
+    /// taken), no forced path, and the outputs are f32
     /// `[m, n_i]`, disjoint from x and each other; false (nothing launched): the caller runs one
     /// matmul per part. Each part's kernel and launch are those of its own matmul, so its
     /// results are the same. `KILN_MANY_SHARED_X=0` turns the tuned use off (A/B). `tuned` =
@@ -235,13 +230,13 @@ impl CudaBackend {
             return Ok(false);
         }
         let m = x.numel() / k;
-        let Some(cfg) = mp_config(m) else {
-            return Ok(false);
-        };
-        if m * k != x.numel() || !super::mma_supported(DType::Q4_K, k) {
+        // mp4k's configuration (2 ≤ m ≤ 8, sm_90) and mh4k's (m ≤ 64, its tile fits).
+        let mp = self.mp4k_config(DType::Q4_K, m);
+        let mh = self.mh4k_config(DType::Q4_K, m);
+        if m < 2 || m * k != x.numel() || !super::mma_supported(DType::Q4_K, k) {
             return Ok(false);
         }
-        let mut run = Vec::with_capacity(parts.len());
+        let mut run: Vec<(&CudaWeight, u64, usize, Q4kKernel)> = Vec::with_capacity(parts.len());
         for (i, (w, out)) in parts.iter().enumerate() {
             let s = w.shape();
             if w.dtype() != DType::Q4_K
@@ -268,18 +263,41 @@ impl CudaBackend {
                     return Ok(false);
                 }
             }
-            if !self.mp4k_applies(cw, m) {
-                return Ok(false);
-            }
-            let tensor = match self.q4k_kernel(DType::Q4_K, m, n, k) {
-                Some(super::Q4kKernel::Pipe) => false,
-                Some(super::Q4kKernel::PipeTensor) => true,
+            // The kernel matmul_mma_with runs: Pipe only where the weight takes the bulk
+            // copies, F16 where its tile fits; every part must run the same family.
+            let kernel = match self.q4k_kernel(DType::Q4_K, m, n, k) {
+                Some(q @ (Q4kKernel::Pipe | Q4kKernel::PipeTensor))
+                    if mp.is_some() && self.mp4k_applies(cw, m) =>
+                {
+                    q
+                }
+                Some(Q4kKernel::F16) if mh.is_some() => Q4kKernel::F16,
                 _ => return Ok(false),
             };
-            run.push((cw, self.ptr_mut(op, out)?, n, tensor));
+            if run
+                .first()
+                .is_some_and(|r| (r.3 == Q4kKernel::F16) != (kernel == Q4kKernel::F16))
+            {
+                return Ok(false);
+            }
+            run.push((cw, self.ptr_mut(op, out)?, n, kernel));
         }
         let xp = self.ptr(op, &x)?;
-        self.matmul_mp4k_many(xp, &run, [m, k], cfg)?;
+        match (mp, mh) {
+            (Some(cfg), _) if run.iter().all(|r| r.3 != Q4kKernel::F16) => {
+                let parts: Vec<_> = run
+                    .iter()
+                    .map(|r| (r.0, r.1, r.2, r.3 == Q4kKernel::PipeTensor))
+                    .collect();
+                self.matmul_mp4k_many(xp, &parts, [m, k], cfg)?;
+            }
+            (_, Some(cfg)) => {
+                let parts: Vec<_> = run.iter().map(|r| (r.0, r.1, r.2)).collect();
+                let splits = super::FORCED_SPLITS.load(Ordering::Relaxed);
+                self.matmul_mh4k_many(xp, &parts, [m, k], cfg, splits)?;
+            }
+            _ => return Ok(false),
+        }
         Ok(true)
     }
 

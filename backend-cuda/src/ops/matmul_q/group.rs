@@ -1,6 +1,7 @@
 //! `Backend::matmul_many` on CUDA: weights that read the same x at one row (a layer's q, k, v;
-//! its gate and up) as ONE fused-GEMV launch instead of one per weight. At 2 ≤ m ≤ 8 rows, Q4_K
-//! parts that each take mp4k share one rounding of x (`matmul_many_shared_x`, matmul_mma/mp4k.rs).
+//! its gate and up) as ONE fused-GEMV launch instead of one per weight. At 2 ≤ m ≤ 64 rows, Q4_K
+//! parts that each take mp4k (or all mh4k) share one rounding of x (`matmul_many_shared_x`,
+//! matmul_mma/mp4k.rs).
 //!
 //! At batch-1 decode every projection is a GEMV whose fixed cost (launch, ramp-up, the tail of
 //! a partly filled last wave) is a large share of its time on the small matrices (k and v are
