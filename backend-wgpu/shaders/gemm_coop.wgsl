@@ -357,32 +357,16 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
 //#if G4
         stage(3u, li, w3, x3);
 //#endif
-//#if !LATE
-        // the next stage's loads, in flight across this stage's barrier and multiplies
-        if t + 1u < stages {
-            sp.gb = g0 + (t + 1u) * G;
-            w0 = ldw(sp, 0u, li);
-            x0 = ldx(sp, 0u, li);
-//#if G2
-            w1 = ldw(sp, 1u, li);
-            x1 = ldx(sp, 1u, li);
-//#endif
-//#if G3
-            w2 = ldw(sp, 2u, li);
-            x2 = ldx(sp, 2u, li);
-//#endif
-//#if G4
-            w3 = ldw(sp, 3u, li);
-            x3 = ldx(sp, 3u, li);
-//#endif
-        }
-//#endif
-        workgroupBarrier();
+        // The next stage's loads. LATE (default): after the barrier, unconditionally (after the
+        // last stage every slot is dead and its loads clamped), in the block of the
+        // multiplies, so the compiler may overlap their latency and the dequant that waits on
+        // them with the multiplies. Without LATE (comparison): before the barrier, inside a
+        // branch, where the dequant waited on the loads before the barrier.
 //#if LATE
-        // LATE (default): the next stage's loads after the barrier, unconditionally (after the
-        // last stage every slot is dead and its loads clamped), in the block of the multiplies,
-        // so the compiler may overlap their latency and the dequant that waits on them with the
-        // multiplies (inside the branch above, the dequant waited before the barrier)
+        workgroupBarrier();
+//#else
+        if t + 1u < stages {
+//#endif
         sp.gb = g0 + (t + 1u) * G;
         w0 = ldw(sp, 0u, li);
         x0 = ldx(sp, 0u, li);
@@ -398,6 +382,9 @@ fn gemm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         w3 = ldw(sp, 3u, li);
         x3 = ldx(sp, 3u, li);
 //#endif
+//#if !LATE
+        }
+        workgroupBarrier();
 //#endif
 //#if !NO_MMA
         for (var kk = 0u; kk < KS; kk += 16u) {

@@ -236,25 +236,12 @@ impl CudaBackend {
         if m < 2 || m * k != x.numel() || !super::mma_supported(DType::Q4_K, k) {
             return Ok(false);
         }
+        if !self.parts_fit(&x, parts, DType::Q4_K, [m, k]) {
+            return Ok(false);
+        }
         let mut run: Vec<(&CudaWeight, u64, usize, Q4kKernel)> = Vec::with_capacity(parts.len());
-        for (i, (w, out)) in parts.iter().enumerate() {
-            let s = w.shape();
-            if w.dtype() != DType::Q4_K
-                || w.device() != self.info.id
-                || s.rank() != 2
-                || s.dim(1) != k
-                || out.dtype() != DType::F32
-                || out.numel() != m * s.dim(0)
-                || out.shape().last() != s.dim(0)
-                || out.device() != self.info.id
-                || out.check_disjoint(&x).is_err()
-                || parts[..i]
-                    .iter()
-                    .any(|(_, o)| out.check_disjoint(&o.as_view()).is_err())
-            {
-                return Ok(false);
-            }
-            let n = s.dim(0);
+        for (w, out) in parts {
+            let n = w.shape().dim(0);
             let cw: &CudaWeight = self.weight(op, w)?;
             if tuned {
                 // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here.

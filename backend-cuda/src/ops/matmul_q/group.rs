@@ -221,23 +221,11 @@ impl CudaBackend {
             && group_pipe_on()
             && super::pipe::gemv_pipe_on()
             && !super::pipe::grouped(self.ctx.ordinal());
+        if !self.parts_fit(&x, parts, dt, [1, k]) {
+            return Ok(None);
+        }
         for (i, (w, out)) in parts.iter().enumerate() {
             let s = w.shape();
-            if w.dtype() != dt
-                || w.device() != self.info.id
-                || s.rank() != 2
-                || s.dim(1) != k
-                || out.dtype() != DType::F32
-                || out.numel() != s.dim(0)
-                || out.shape().last() != s.dim(0)
-                || out.device() != self.info.id
-                || out.check_disjoint(&x).is_err()
-                || parts[..i]
-                    .iter()
-                    .any(|(_, o)| out.check_disjoint(&o.as_view()).is_err())
-            {
-                return Ok(None);
-            }
             let cw: &CudaWeight = self.weight(op, w)?;
             if tuned && self.crossover_or_tune(w, cw)?.max_fused_rows < 1 {
                 return Ok(None);
@@ -340,6 +328,33 @@ impl CudaBackend {
         };
         self.launch_segs(name, cfg, &segs, &[xq, xs], ki, s as i32, act)?;
         Ok(Some(GroupKernel::TwoKernels))
+    }
+
+    /// Whether `parts` qualify for one shared-x launch over x `[m, k]`: every weight of `dt`,
+    /// `[n_i, k]`, on this device; every output f32 `[m, n_i]` on this device, disjoint from x
+    /// and from the outputs before it.
+    pub(crate) fn parts_fit(
+        &self,
+        x: &View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+        dt: DType,
+        [m, k]: [usize; 2],
+    ) -> bool {
+        parts.iter().enumerate().all(|(i, (w, out))| {
+            let s = w.shape();
+            w.dtype() == dt
+                && w.device() == self.info.id
+                && s.rank() == 2
+                && s.dim(1) == k
+                && out.dtype() == DType::F32
+                && out.numel() == m * s.dim(0)
+                && out.shape().last() == s.dim(0)
+                && out.device() == self.info.id
+                && out.check_disjoint(x).is_ok()
+                && parts[..i]
+                    .iter()
+                    .all(|(_, o)| out.check_disjoint(&o.as_view()).is_ok())
+        })
     }
 
     /// A segmented kernel: (segs, x pointers, k, S[, act]); `x` = [x] (`gemv1s_`/`gemvs_`
