@@ -184,17 +184,28 @@ impl WgpuBackend {
     /// end of the buffer).
     fn read_words(&self, buf: &wgpu::Buffer, offset: u64, dst: &mut [u8]) -> Result<()> {
         let len = dst.len() as u64;
-        let copy_len = round4(len).min(buf.size() - offset);
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("kiln read-back"),
-            size: round4(len),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
+        let need = round4(len);
+        let copy_len = need.min(buf.size() - offset);
+        // The kept read-back buffer if it is large enough (another thread's concurrent read
+        // finds none and makes its own), else a new one of this size.
+        let kept = self
+            .readback
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|b| b.size() >= need);
+        let staging = kept.unwrap_or_else(|| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("kiln read-back"),
+                size: need,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            })
         });
         self.record(|enc| enc.copy_buffer_to_buffer(buf, offset, &staging, 0, copy_len))?;
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| {
+        staging.slice(..need).map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.device
@@ -214,7 +225,7 @@ impl WgpuBackend {
         self.check_errors()?;
         {
             let view = staging
-                .slice(..)
+                .slice(..need)
                 .get_mapped_range()
                 .map_err(|e| WgpuError::Map {
                     device: self.dev_name(),
@@ -223,6 +234,11 @@ impl WgpuBackend {
             dst.copy_from_slice(&view[..dst.len()]);
         }
         staging.unmap();
+        // Keep the larger of this buffer and one another thread may have put back meanwhile.
+        let mut slot = self.readback.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_none_or(|b| b.size() < staging.size()) {
+            *slot = Some(staging);
+        }
         Ok(())
     }
 

@@ -275,6 +275,11 @@ pub struct WgpuBackend {
     /// The GEMM's k-split partials (`ops/gemm.rs`), grown on demand or by
     /// `reserve_workspace`; counted by `workspace_bytes`.
     pub(crate) gemm_scratch: Mutex<Option<wgpu::Buffer>>,
+    /// The host-visible read-back buffer of `read` (buffer.rs `read_words`), kept for the next
+    /// read and replaced by a larger one when a read needs more: a decode step reads its logits
+    /// (64 rows × a 128k vocabulary = 33 MB) every step, and a fresh mappable buffer per read
+    /// cost an allocation and its first-touch faults each time. Host memory, not device memory.
+    pub(crate) readback: Mutex<Option<wgpu::Buffer>>,
     /// EXPERIMENTAL_COOPERATIVE_MATRIX is enabled with a 16×16×16 f16→f32 configuration and
     /// 32-wide subgroups: the GEMM path may run gemm_coop.wgsl.
     pub(crate) coop_matrix: bool,
@@ -375,6 +380,7 @@ impl WgpuBackend {
             errors,
             tuning: Mutex::new(tuning),
             gemm_scratch: Mutex::new(None),
+            readback: Mutex::new(None),
             coop_matrix,
             coop_matrix_configs,
             xq_buf,
