@@ -3,7 +3,9 @@
 // compare against it). Thread mapping: workgroup g of 256 invocations copies the U·256
 // vec4s starting at g·U·256; invocation i takes vec4s i, i + 256, ... (coalesced), issuing
 // its U loads before its U stores so U·16 bytes per invocation are in flight.
-// Bytes moved: 32·n4 (read + write); no FLOPs.
+// Bytes moved: 32·n4 (read + write); no FLOPs. READ (the read probe, a GEMV's floor): the
+// same loads, XORed, and no store (the store's condition needs P._b ≠ 0, never set):
+// 16·n4 bytes read, none written.
 
 override U: u32 = 4u; // vec4s per invocation: 1, 2, 4 or 8
 
@@ -56,6 +58,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         g = ld(i + 1536u);
         h = ld(i + 1792u);
     }
+//#if READ
+    let x = a ^ b ^ c ^ d ^ e ^ f ^ g ^ h;
+    if P._b != 0u && all(x == vec4<u32>(P._a)) {
+        st(i, x);
+    }
+    return;
+//#endif
     st(i, a);
     if U > 1u {
         st(i + 256u, b);

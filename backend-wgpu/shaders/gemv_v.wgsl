@@ -293,7 +293,7 @@ fn step(c: u32, l: u32, full: bool, rows: array<u32, 8>) {
     }
 }
 
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red: array<f32, 512>; // one per invocation, WGS ≤ 512
 
 // The sum of v over the 32 invocations of team `team` (lane l), valid in lane 0.
 fn team_sum(v: f32, li: u32, team: u32, l: u32) -> f32 {

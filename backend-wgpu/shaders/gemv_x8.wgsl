@@ -4,8 +4,8 @@
 // [n, k] in the prepared layout of src/weight.rs (Q8_0: 32 int8 per block, the f16 d array
 // after the quants at word d_base; Q4_K: 144-byte blocks); y: f32 [n].
 //
-// Thread mapping: a workgroup is RW teams of 32 invocations; team t owns NR consecutive weight
-// rows. First the workgroup issues its first chunk's weight loads, then rounds the whole x to
+// Thread mapping: a workgroup is RW teams of 32 invocations (RW ≤ 16, WGS ≤ 512); team t owns
+// NR consecutive weight rows. First the workgroup issues its first chunk's weight loads, then rounds the whole x to
 // int8 in workgroup memory (invocation i takes groups i, i + WGS, ... of 16 elements: 4 vec4
 // loads of x, one group each) and waits at one barrier. Then each team walks k in chunks of CH
 // = 1024 elements as gemv_v.wgsl does (same lane → weight vec4 mapping, the weights of the
@@ -242,6 +242,11 @@ fn load_x(c: u32, l: u32, full: bool) {
 fn ld(r: u32, c: u32, l: u32) -> WL {
     let bw = (r * P.bpr + c * 4u + l / 8u) * 9u;
     var w: WL;
+//#if DIAG_NOH
+    // diagnostic (KILN_WGPU_Q4K_DIAG=loads,noh): no header load
+    if v0 { w.b = ldw4(bw + 1u + l % 8u); }
+    return w;
+//#endif
     if v0 { w.a = ldw4(bw); w.b = ldw4(bw + 1u + l % 8u); }
     return w;
 }
@@ -441,7 +446,7 @@ fn acc8(w0: WL, w1: WL, w2: WL, w3: WL, w4: WL, w5: WL, w6: WL, w7: WL, c: u32, 
     }
 }
 
-var<workgroup> red: array<f32, 256>;
+var<workgroup> red: array<f32, 512>; // one per invocation, WGS ≤ 512
 
 // The sum of v over the 32 invocations of team `team` (lane l), valid in lane 0.
 fn team_sum(v: f32, li: u32, team: u32, l: u32) -> f32 {
@@ -503,8 +508,15 @@ fn gemv_x8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         ld_all_m(ks + KS, l, rows);
     }
 //#if !XQG
+//#if DIAG_NOX
+    // diagnostic (KILN_WGPU_Q4K_DIAG=...,nox): no rounding of x, no barrier (x stays bound)
+    if P.chunks == 0xffffffffu {
+        quant_x(li);
+    }
+//#else
     quant_x(li);
     workgroupBarrier();
+//#endif
 //#endif
     if DEPTH > 1u {
         // chunk c from set n, then chunk c + KS from set m; each set is refilled with the

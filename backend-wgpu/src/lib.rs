@@ -126,7 +126,24 @@ impl WgpuBackend {
                 "copy_probe: {per_invocation} vec4s per invocation (expected 1, 2, 4 or 8)"
             )));
         }
-        ops::copy::copy_v4(self, &s.buf, &d.buf, n4, per_invocation)
+        ops::copy::copy_v4(self, &s.buf, &d.buf, n4, per_invocation, false)
+    }
+
+    /// The read probe: `copy_probe`'s loads of `bytes` of `src` and no store (what a GEMV that
+    /// reads that many weight bytes cannot beat). `dst` (≥ 16 bytes) is bound, never written.
+    pub fn read_probe(&self, src: &Buffer, dst: &Buffer, bytes: usize) -> Result<()> {
+        let (s, d) = (self.mem(OpKind::Copy, src)?, self.mem(OpKind::Copy, dst)?);
+        let Some(n4) = u32::try_from(bytes / 16)
+            .ok()
+            .filter(|_| bytes.is_multiple_of(16) && bytes <= src.len() && dst.len() >= 16)
+        else {
+            return Err(kiln_core::Error::View(format!(
+                "read_probe of {bytes} bytes: needs a multiple of 16 inside the source ({} bytes), below 2^36, and 16 bytes of destination ({})",
+                src.len(),
+                dst.len()
+            )));
+        };
+        ops::copy::copy_v4(self, &s.buf, &d.buf, n4, 4, true)
     }
 
     /// Bytes `prepare` will allocate for a `dtype` weight of `shape` (see weight.rs): per row

@@ -580,6 +580,33 @@ fn bench_wgemv() {
             );
         }
     }
+    // The read probe (copy_probe's loads, no store) at the GEMV weights' sizes: Q4_K 4096²
+    // (9.4 MB), Q4_K 14336×4096 / 4096×14336 and BF16 4096² (33.0–33.6 MB), BF16 14336×4096
+    // (117.4 MB): what a kernel reading that many bytes cannot beat on this adapter.
+    let sink = be.alloc(16).unwrap();
+    for mb in [9.4f64, 33.0, 117.4] {
+        let bytes = ((mb * 1e6 * s) as usize / 16 * 16).max(16);
+        let n = ((256usize << 20) as f64 * s / bytes as f64).ceil() as usize;
+        let bufs: Vec<_> = (0..n.clamp(1, 64))
+            .map(|_| be.alloc(bytes).unwrap())
+            .collect();
+        let mut rd = |i: usize| be.read_probe(&bufs[i % bufs.len()], &sink, bytes).unwrap();
+        let gr = |t: f64| bytes as f64 / t / 1e9;
+        if let (Some(k), Some((m, b))) = (kernel_stat(&mut rd, &be), b2b(&mut rd, &be)) {
+            println!(
+                "BENCH read probe (vec4, 4 per invocation, no store) {:.1} MB: kernel median {:.2} us, {:.1} GB/s ({:.1}% of ceiling) | B2B {:.2} us, {:.1} GB/s ({:.1}% of ceiling), best {:.2} us ({} buffers rotated)",
+                bytes as f64 / 1e6,
+                k.median * 1e6,
+                gr(k.median),
+                100.0 * gr(k.median) / ceiling.max(1.0),
+                m * 1e6,
+                gr(m),
+                100.0 * gr(m) / ceiling.max(1.0),
+                b * 1e6,
+                bufs.len()
+            );
+        }
+    }
     for d in [DType::Q4_K, DType::Q8_0, DType::BF16] {
         for (rows, kk) in [(4096, 4096), (14336, 4096), (4096, 14336)] {
             let (rows, kk) = if s < 1.0 { (256, 1024) } else { (rows, kk) };
@@ -599,6 +626,31 @@ fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, kk: usize, line: &dyn Fn(Stri
     }
     // ((teams, rows), depth, x pre-pass, k split, Q4_K wide, Q4_K packed decode)
     let lab = std::env::var("KILN_WGEMV_LAB").unwrap_or_default();
+    if lab == "q4f" {
+        q4f_lab(be, d, line);
+        return;
+    }
+    if lab == "rw16" {
+        // 16 teams per workgroup: half the workgroups round x (k/16 groups) for the same rows
+        for (c, depth) in [
+            ((8, 2), 1),
+            ((8, 2), 2),
+            ((8, 1), 2),
+            ((16, 2), 1),
+            ((16, 2), 2),
+            ((16, 1), 1),
+            ((16, 1), 2),
+            ((16, 4), 1),
+        ] {
+            be.set_vgemv_config(Some(c)).unwrap();
+            be.set_vgemv_depth(Some(depth)).unwrap();
+            line(format!("lab (teams, rows)={c:?} depth {depth}"));
+        }
+        be.set_vgemv_config(None).unwrap();
+        be.set_vgemv_depth(None).unwrap();
+        line("dispatched (again)".into());
+        return;
+    }
     let mut v = match lab.as_str() {
         "xq" => vec![
             ((8, 2), 1, false, 1, false, None),
@@ -692,4 +744,36 @@ fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, kk: usize, line: &dyn Fn(Stri
     be.set_vgemv_q4k_wide(false);
     be.set_vgemv_q4k_pack(None);
     line("dispatched (again)".into());
+}
+
+/// `KILN_WGEMV_LAB=q4f`: the flat-stream Q4_K kernel (gemv_q4f.wgsl) at (teams, rows) ×
+/// (depth, header) against gemv_x8 (the flat kernel off), same weights, one process.
+fn q4f_lab(be: &kiln_wgpu::WgpuBackend, d: DType, line: &dyn Fn(String)) {
+    if d != DType::Q4_K {
+        return;
+    }
+    be.set_vgemv_q4f(Some((0, 0))).unwrap();
+    line("gemv_x8 (flat off)".into());
+    // run 1 (BENCHMARKS.md, "(vq4k)") measured (8, 2) × depth 2/4/8 × every header, (8, 1),
+    // (4, 2), (8, 4), (4, 4), (2, 4), (4, 1) at depth 4/8; these were its best
+    for (c, flat) in [
+        ((8, 2), (2, 0)),
+        ((8, 2), (2, 2)),
+        ((8, 2), (4, 0)),
+        ((8, 2), (4, 2)),
+        ((8, 1), (2, 0)),
+        ((8, 1), (4, 2)),
+    ] {
+        be.set_vgemv_config(Some(c)).unwrap();
+        be.set_vgemv_q4f(Some(flat)).unwrap();
+        line(format!(
+            "q4f (teams, rows)={c:?} depth {} header {}",
+            flat.0,
+            ["reload", "load", "shuffle"][flat.1 as usize]
+        ));
+    }
+    be.set_vgemv_config(None).unwrap();
+    be.set_vgemv_q4f(Some((0, 0))).unwrap();
+    line("gemv_x8 (flat off, again)".into());
+    be.set_vgemv_q4f(None).unwrap();
 }

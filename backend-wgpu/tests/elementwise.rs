@@ -317,8 +317,8 @@ fn kv_append_all_cache_dtypes() {
 }
 
 /// The bandwidth probe really copies (every U, a length that leaves a partial workgroup), the
-/// bytes past the length are untouched, bad lengths are errors; the kernel timer gives one
-/// duration per compute pass.
+/// bytes past the length are untouched, bad lengths are errors (the read probe: writes nothing);
+/// the kernel timer gives one duration per compute pass.
 #[test]
 fn copy_probe_and_kernel_timer() {
     let Some(be) = open() else { return };
@@ -340,6 +340,14 @@ fn copy_probe_and_kernel_timer() {
     assert!(be.copy_probe(&a, &b, n + 4, 4).is_err());
     assert!(be.copy_probe(&a, &b, n, 3).is_err());
     assert!(be.copy_probe(&a, &b, n + 128, 4).is_err());
+    // the read probe stores nothing, and checks its length too
+    let sink = upload(&be, &[0xee; 16]);
+    be.read_probe(&a, &sink, n).unwrap();
+    let mut got = [0u8; 16];
+    be.read(&sink, 0, &mut got).unwrap();
+    assert!(got.iter().all(|&x| x == 0xee), "the read probe wrote");
+    assert!(be.read_probe(&a, &sink, n + 4).is_err());
+    assert!(be.read_probe(&a, &sink, n + 128).is_err());
     if be.gpu_timer_start().unwrap() {
         for _ in 0..3 {
             be.copy_probe(&a, &b, n, 4).unwrap();

@@ -308,11 +308,47 @@ fn x8_gemv_all_shapes() {
             }
         }
     }
-    x8_gemv_check(&be, &cfgs);
+    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K], &[]);
+}
+
+/// As `x8_gemv_all_shapes` for the flat-stream Q4_K kernel (gemv_q4f.wgsl): every (teams,
+/// rows) shape × depth 1/2/4/8 × header re-read / loaded / shuffled, and the built-in choice.
+/// Rows of 1 block (k = 256: one load step spans several rows), spans that end mid-step and
+/// teams past the last row are in the shapes.
+#[test]
+fn q4f_gemv_all_shapes() {
+    let Some(be) = open() else { return };
+    // (teams, rows) paired with (depth, header), so each of both appears (a full product
+    // takes minutes on lavapipe)
+    for (tr, flat) in [
+        (None, (0, 0)),
+        (Some((1, 1)), (1, 0)),
+        (Some((2, 4)), (2, 1)),
+        (Some((4, 2)), (4, 2)),
+        (Some((8, 1)), (8, 0)),
+        (Some((8, 2)), (8, 1)),
+        (Some((8, 8)), (8, 2)),
+        (Some((4, 4)), (2, 2)),
+        (Some((1, 8)), (4, 1)),
+        (Some((2, 2)), (1, 2)),
+        (Some((8, 4)), (4, 0)),
+        (Some((1, 2)), (8, 2)),
+        (Some((4, 8)), (2, 0)),
+        (Some((2, 1)), (1, 1)),
+    ] {
+        let f = tr.map(|_| flat);
+        x8_gemv_check(
+            &be,
+            &[(tr, None, Some(false), Some(1))],
+            &[DType::Q4_K],
+            &[f],
+        );
+    }
 }
 
 /// As `x8_gemv_all_shapes` for gemv_x8's x pre-pass (quant_x8 + XQG) and its split-k (KS
-/// teams per row group, with either x), at shapes that cover every KS and a KS-team tail.
+/// teams per row group, with either x), at shapes that cover every KS and a KS-team tail, and
+/// 16 teams per workgroup.
 #[test]
 fn x8_gemv_prepass_split() {
     let Some(be) = open() else { return };
@@ -329,17 +365,35 @@ fn x8_gemv_prepass_split() {
     ] {
         cfgs.push((Some((t, nr)), Some(depth), Some(true), Some(ks)));
     }
-    for (t, nr, depth, ks) in [(8, 2, 1, 2), (4, 4, 2, 4), (8, 1, 1, 8)] {
+    for (t, nr, depth, ks) in [
+        (8, 2, 1, 2),
+        (4, 4, 2, 4),
+        (8, 1, 1, 8),
+        (16, 1, 2, 1),
+        (16, 2, 1, 1),
+        (16, 1, 1, 4),
+    ] {
         cfgs.push((Some((t, nr)), Some(depth), Some(false), Some(ks)));
     }
-    x8_gemv_check(&be, &cfgs);
+    // 16 teams (512 invocations) with the pre-pass too
+    cfgs.push((Some((16, 1)), Some(2), Some(true), Some(2)));
+    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K], &[]);
 }
 
 type X8Cfg = (Option<(u32, u32)>, Option<u32>, Option<bool>, Option<u32>);
+/// (Q4_K wide lanes, Q4_K packed decode, `set_vgemv_q4f`).
+type KernelPick = (bool, Option<bool>, Option<(u32, u32)>);
 
-fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
+/// `flats` empty: gemv_x8 (Q4_K: both lane mappings and decodes, the flat kernel off); else
+/// Q4_K through each of these `set_vgemv_q4f` settings.
+fn x8_gemv_check(
+    be: &std::sync::Arc<kiln_wgpu::WgpuBackend>,
+    cfgs: &[X8Cfg],
+    dtypes: &[DType],
+    flats: &[Option<(u32, u32)>],
+) {
     let mut r = rng(9);
-    for d in [DType::Q8_0, DType::Q4_K] {
+    for &d in dtypes {
         for (n, k) in [(37usize, 1280usize), (64, 3072), (5, 256), (19, 4096)] {
             let host = random_weight(&mut r, d, n, k);
             let deq = kiln_core::quant::dequantize_vec(d, &host).unwrap();
@@ -386,16 +440,24 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
                 .unwrap();
             // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk), the
             // 32-weight one with both scale/min decodes (select form, packed form)
-            let maps: &[(bool, Option<bool>)] = if d == DType::Q4_K {
-                &[(true, None), (false, Some(false)), (false, Some(true))]
+            let off = Some((0, 0));
+            let maps: Vec<KernelPick> = if !flats.is_empty() {
+                flats.iter().map(|&f| (false, None, f)).collect()
+            } else if d == DType::Q4_K {
+                vec![
+                    (true, None, off),
+                    (false, Some(false), off),
+                    (false, Some(true), off),
+                ]
             } else {
-                &[(true, None)]
+                vec![(true, None, None)]
             };
-            for (&(wide, pack), (cfg, depth, xq, ks)) in
+            for (&(wide, pack, flat), (cfg, depth, xq, ks)) in
                 maps.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
             {
                 be.set_vgemv_q4k_wide(wide);
                 be.set_vgemv_q4k_pack(pack);
+                be.set_vgemv_q4f(flat).unwrap();
                 be.set_vgemv_config(cfg).unwrap();
                 be.set_vgemv_depth(depth).unwrap();
                 be.set_vgemv_xq(xq);
@@ -408,7 +470,7 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide} pack {pack:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide} pack {pack:?} q4f {flat:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -420,6 +482,7 @@ fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg]) {
             be.set_vgemv_depth(None).unwrap();
             be.set_vgemv_q4k_wide(false);
             be.set_vgemv_q4k_pack(None);
+            be.set_vgemv_q4f(None).unwrap();
             be.set_vgemv_xq(None);
             be.set_vgemv_ksplit(None).unwrap();
         }

@@ -81,22 +81,26 @@ pub(crate) fn copy(be: &WgpuBackend, src: View<'_>, dst: ViewMut<'_>) -> Result<
 const SRC_V4: &str = include_str!("../../shaders/copy_v4.wgsl");
 
 /// The bandwidth probe (copy_v4.wgsl): `dst[..n4] = src[..n4]` in 16-byte units, `u` vec4s in
-/// flight per invocation (1, 2, 4 or 8).
+/// flight per invocation (1, 2, 4 or 8); `read`: the same loads and no store (the read probe).
 pub(crate) fn copy_v4(
     be: &WgpuBackend,
     src: &wgpu::Buffer,
     dst: &wgpu::Buffer,
     n4: u32,
     u: u32,
+    read: bool,
 ) -> Result<()> {
     if n4 == 0 {
         return Ok(());
     }
     let bytes = u64::from(n4) * 16;
     let bs = be.bind_range(src, 0, bytes, "probe src")?;
-    let bd = be.bind_range(dst, 0, bytes, "probe dst")?;
+    let bd = be.bind_range(dst, 0, if read { 16 } else { bytes }, "probe dst")?;
     let p = [n4, 0, 0, 0];
-    let spec = ShaderSpec::new("copy_v4", &[SRC_V4], "main").over("U", f64::from(u));
+    let mut spec = ShaderSpec::new("copy_v4", &[SRC_V4], "main").over("U", f64::from(u));
+    if read {
+        spec = spec.define("READ");
+    }
     let pipe = be.pipeline(spec)?;
     let (gx, gy) = be.grid(n4.div_ceil(256 * u));
     be.dispatch(

@@ -10,6 +10,8 @@
 //! decode, or (XQG) a tiny dispatch (`shaders/quant_x8.wgsl`) rounds it once per call into
 //! the backend's `xq_buf` in the same compute pass and the GEMV reads it from there; and it
 //! can split k over KS teams of a workgroup (more chunks of a row in flight for few rows).
+//! Q4_K can also go to `shaders/gemv_q4f.wgsl` (a flat-streaming lab variant, off by default,
+//! `set_vgemv_q4f`).
 
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 
@@ -26,6 +28,8 @@ const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
 /// round_x16, shared by gemv_x8's quant_x and the quant_x8 pre-pass.
 const SRC_R: &str = include_str!("../../shaders/round_x8.wgsl");
+/// The flat-stream Q4_K GEMV (`q4f`).
+const SRC_Q4F: &str = include_str!("../../shaders/gemv_q4f.wgsl");
 /// The parts of a several-weight dispatch (`run_many`), included before either GEMV.
 const SRC_MANY: &str = include_str!("../../shaders/gemv_many.wgsl");
 
@@ -36,26 +40,47 @@ pub(crate) const XQ_D_OFF: u64 = XQ_MAX_K as u64;
 /// Size of `xq_buf`: quants, then one vec2<f32> per group of 16.
 pub(crate) const XQ_BYTES: u64 = XQ_D_OFF + (XQ_MAX_K as u64 / 16) * 8;
 
-/// gemv_x8's built-in prefetch depth (chunks of weight loads in flight ahead) for `d` at
-/// `k`: 2 for Q8_0 at k ≤ 8192 (with 8 teams of 1 row, see `config`) and for Q4_K above
-/// k = 8192, else 1. On an H200 (BENCHMARKS.md, "(wgemv)", lab run 2; the Q8_0 rule also
-/// matches the "kiln-wgpu gemv_x8" entry's run 3 sweep): Q8_0 (8, 1) depth 2 vs (8, 2) depth
-/// 1 −7 % kernel time at 4096×4096, −4 % at 14336×4096 but +7 % at 4096×14336 (a workgroup
-/// of 8 rows rounds all of x for half the rows); Q4_K (8, 2) depth 2 −4 % at 4096×14336,
-/// +1 % / +9 % at 4096×4096 / 14336×4096.
-fn x8_depth(d: DType, k: usize) -> u32 {
+/// gemv_x8's built-in prefetch depth (chunks of weight loads in flight ahead) for `n_c` rows
+/// of `d` at `k` (`one`: a single weight, not matmul_many/glu): 2 wherever `x8_wide` takes 16
+/// teams of 1 row, and for Q8_0 at k ≤ 8192
+/// (with 8 teams of 1 row, see `config`), else 1. On an H200 (BENCHMARKS.md, "(wgemv)", lab
+/// run 2; the Q8_0 rule also matches the "kiln-wgpu gemv_x8" entry's run 3 sweep): Q8_0
+/// (8, 1) depth 2 vs (8, 2) depth 1 −7 % kernel time at 4096×4096, −4 % at 14336×4096 but
+/// +7 % at 4096×14336 (a workgroup of 8 rows rounds all of x for half the rows).
+fn x8_depth(d: DType, n_c: u32, k: usize, one: bool) -> u32 {
+    if x8_wide(d, n_c, k, one) {
+        return 2;
+    }
     match d {
         DType::Q8_0 if k <= X8_SMALL_K => 2,
-        DType::Q4_K if k > X8_SMALL_K => 2,
         _ => 1,
+    }
+}
+
+/// Whether gemv_x8 takes 16 teams of 1 row (512 invocations) at depth 2: a single weight
+/// (`one`) of Q8_0 or Q4_K at k > 8192, or of Q4_K at n_c ≤ 8192. On an H200 (BENCHMARKS.md, "(vq4k)", run 5, B2B per
+/// call against the previous built-in shape): Q4_K 4096×14336 −5.5 %, 4096×4096 −4.4 %, Q8_0
+/// 4096×14336 −5.6 % (a workgroup rounds all of x for 16 rows, as (8, 2) does, but with twice
+/// the invocations: half the groups of x per invocation, so half the serial L2 trips of the
+/// prologue at k = 14336); at 14336×4096 it was +7 % (Q4_K) / +2 % (Q8_0), so those keep
+/// (8, 2) depth 1 / (8, 1) depth 2. Not for matmul_many (q/k/v: 14.4 → 17.0 µs per pass in
+/// the Llama-3-8B decode step, run 6) nor matmul_glu (not measured).
+fn x8_wide(d: DType, n_c: u32, k: usize, one: bool) -> bool {
+    if !one {
+        return false;
+    }
+    match d {
+        DType::Q8_0 => k > X8_SMALL_K,
+        DType::Q4_K => k > X8_SMALL_K || n_c <= 8192,
+        _ => false,
     }
 }
 
 /// The k up to which Q8_0's gemv_x8 takes 8 teams of 1 row at depth 2 (`x8_depth`).
 const X8_SMALL_K: usize = 8192;
 
-/// Workgroup memory gemv_x8 needs besides its x: the 256-float reduction tree.
-const X8_FIXED_BYTES: u64 = 1024;
+/// Workgroup memory gemv_x8 needs besides its x: the 512-float reduction tree.
+const X8_FIXED_BYTES: u64 = 2048;
 
 /// x elements per chunk of the k loop (32 invocations × 32 values).
 const CHUNK: usize = 1024;
@@ -129,6 +154,30 @@ const XQ_DEFAULT: bool = false;
 /// stays as `set_vgemv_q4k_pack(Some(false))` / `KILN_WGPU_Q4K_PACK=0`.
 const Q4K_PACK_DEFAULT: bool = true;
 
+/// The built-in flat-stream Q4_K kernel (gemv_q4f.wgsl): (depth, header mode), depth 0 = off.
+/// Off: on an H200 (BENCHMARKS.md, "(vq4k)", runs 1-2) its best setting, (8, 2) depth 2, was
+/// 8-17 % slower than gemv_x8 per call (B2B) at 4096², 14336×4096 and 4096×14336, and its
+/// loads-only form was no faster than gemv_x8's.
+const Q4F_DEFAULT: (u32, u32) = (0, 0);
+
+/// gemv_q4f's (depth, header) for this product, or None for gemv_x8: Q4_K with x rounded per
+/// workgroup (the kernel has no XQG), no k split, not the wide mapping; the override
+/// (`set_vgemv_q4f`) else `Q4F_DEFAULT`. The shuffled header needs 32-wide subgroups.
+fn q4f(
+    be: &WgpuBackend,
+    d: DType,
+    x8: Option<X8>,
+    ks: u32,
+    wide: bool,
+    sg32: bool,
+) -> Option<(u32, u32)> {
+    if d != DType::Q4_K || !matches!(x8, Some(X8::Local(_))) || ks != 1 || wide {
+        return None;
+    }
+    let (depth, hdr) = be.vgemv_q4f().unwrap_or(Q4F_DEFAULT);
+    (depth > 0).then_some((depth, if hdr == 2 && !sg32 { 0 } else { hdr }))
+}
+
 /// gemv_x8's teams per row group (split-k): the override (capped at the teams per
 /// workgroup), else 1. On an H200 every split (2, 4, 8; either x) was slower at the three
 /// benches shapes except Q8_0 4096×4096 at KS = 2 (−3 %, and +3 % / +9 % at the other two
@@ -141,8 +190,8 @@ fn x8_ksplit(be: &WgpuBackend, rw: u32) -> u32 {
 /// shape that was best or tied for best on an H200 across n = 4096..127424 (BENCHMARKS.md,
 /// "kiln-wgpu gemv_v"): BF16 4 teams of 2 rows (its 4 weight vec4s per row and lane already
 /// keep loads in flight), Q8_0 2 × 2, Q4_K 2 × 4; with fewer rows per team while that leaves
-/// under 512 workgroups (small n: keep every SM busy).
-fn config(be: &WgpuBackend, d: DType, n_c: u32, k: usize, x8: bool) -> (u32, u32) {
+/// under 512 workgroups (small n: keep every SM busy). `one`: a single weight (`x8_wide`).
+fn config(be: &WgpuBackend, d: DType, n_c: u32, k: usize, x8: bool, one: bool) -> (u32, u32) {
     if let Some(c) = be.vgemv_override() {
         return c;
     }
@@ -150,7 +199,11 @@ fn config(be: &WgpuBackend, d: DType, n_c: u32, k: usize, x8: bool) -> (u32, u32
         // gemv_x8: 8 teams of 2 rows: on an H200 the best or within 2 % of the best (teams,
         // rows) for Q8_0 and Q4_K at n = 4096..127424, k = 4096 and 14336 (BENCHMARKS.md,
         // "kiln-wgpu gemv_x8", runs 1 and 3); smaller workgroups round x once per fewer rows.
-        // Except Q8_0 at k ≤ 8192: 8 teams of 1 row with depth 2 (`x8_depth`).
+        // Except Q8_0 at k ≤ 8192: 8 teams of 1 row with depth 2 (`x8_depth`), and the
+        // shapes of `x8_wide`: 16 teams of 1 row.
+        if x8_wide(d, n_c, k, one) {
+            return (16, 1);
+        }
         if d == DType::Q8_0 && k <= X8_SMALL_K {
             return (8, 1);
         }
@@ -193,13 +246,31 @@ fn plan(
     parts: Parts,
 ) -> Result<Plan> {
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
-    let (rw, nr) = config(be, d, n_c, k, x8.is_some());
+    let one = parts == Parts::One;
+    let (rw, nr) = config(be, d, n_c, k, x8.is_some(), one);
     let wide = x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_wide();
     let chunk = if wide { 2 * CHUNK } else { CHUNK };
     let ks = x8_ksplit(be, rw);
     let glu = matches!(parts, Parts::Glu(_));
-    let mut spec = match x8 {
-        Some(how) => {
+    let flat = q4f(be, d, x8, ks, wide, sg32);
+    let mut spec = match (x8, flat) {
+        (Some(X8::Local(g)), Some((depth, hdr))) => {
+            let src: &'static [&'static str] = if glu {
+                &[ACT_SRC, SRC_MANY, SRC_R, SRC_Q4F]
+            } else {
+                &[SRC_MANY, SRC_R, SRC_Q4F]
+            };
+            let s = ShaderSpec::new("gemv_q4f", src, "gemv_q4f")
+                .sub("XG", g.to_string())
+                .over("D", f64::from(depth));
+            let s = match hdr {
+                1 => s.define("HDR_LOAD"),
+                2 => s.define("HDR_SHFL"),
+                _ => s,
+            };
+            q4k_diag().iter().fold(s, |s, d| s.define(*d))
+        }
+        (Some(how), _) => {
             let src: &'static [&'static str] = if glu {
                 &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8]
             } else {
@@ -208,7 +279,7 @@ fn plan(
             let s = ShaderSpec::new("gemv_x8", src, "gemv_x8")
                 .over(
                     "DEPTH",
-                    f64::from(be.vgemv_depth().unwrap_or(x8_depth(d, k))),
+                    f64::from(be.vgemv_depth().unwrap_or(x8_depth(d, n_c, k, one))),
                 )
                 .over("KS", f64::from(ks));
             match how {
@@ -216,7 +287,7 @@ fn plan(
                 X8::Global => s.define("XQG"),
             }
         }
-        None => ShaderSpec::new(
+        (None, _) => ShaderSpec::new(
             "gemv_v",
             if glu {
                 &[ACT_SRC, SRC_MANY, SRC]
@@ -242,10 +313,14 @@ fn plan(
     }
     if wide {
         spec = spec.define("Q4K_WIDE");
-    } else if x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT) {
+    } else if x8.is_some()
+        && flat.is_none()
+        && d == DType::Q4_K
+        && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT)
+    {
         spec = spec.define("Q4K_PACK");
-        if q4k_diag_loads() {
-            spec = spec.define("DIAG_LOADS");
+        for d in q4k_diag() {
+            spec = spec.define(*d);
         }
     }
     let rows_per_wg = match parts {
@@ -423,12 +498,26 @@ pub(crate) fn run_many(
     Ok(true)
 }
 
-/// `KILN_WGPU_Q4K_DIAG=loads`: gemv_x8's packed Q4_K does its loads but no decode (WRONG
-/// results; the bench's question "is Q4_K bound by its loads or its arithmetic" on an adapter
-/// without a profiler).
-fn q4k_diag_loads() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_WGPU_Q4K_DIAG").is_ok_and(|v| v == "loads"))
+/// `KILN_WGPU_Q4K_DIAG=loads[,nox][,noh]`: the Q4_K m = 1 kernels (gemv_x8 packed, gemv_q4f)
+/// do their loads but no decode (`loads`: WRONG results; the bench's question "is Q4_K bound
+/// by its loads or its arithmetic" on an adapter without a profiler); `nox` also skips the
+/// per-workgroup rounding of x and its barrier, `noh` (gemv_x8) the block header's load.
+fn q4k_diag() -> &'static [&'static str] {
+    static ON: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    ON.get_or_init(|| {
+        let v = std::env::var("KILN_WGPU_Q4K_DIAG").unwrap_or_default();
+        let mut d = Vec::new();
+        for (word, define) in [
+            ("loads", "DIAG_LOADS"),
+            ("nox", "DIAG_NOX"),
+            ("noh", "DIAG_NOH"),
+        ] {
+            if v.split(',').any(|w| w == word) {
+                d.push(define);
+            }
+        }
+        d
+    })
 }
 
 /// `KILN_WGPU_MANY=0` runs matmul_many as one matmul per weight (comparison).
@@ -463,7 +552,7 @@ pub(crate) fn run_glu(
         return Ok(false);
     }
     let x8 = x8_ok(be, d, k);
-    let (rw, _) = config(be, d, gate.rows as u32, k, x8.is_some());
+    let (rw, _) = config(be, d, gate.rows as u32, k, x8.is_some(), false);
     if rw % 2 != 0 || rw / 2 * 8 > 128 || (x8.is_some() && x8_ksplit(be, rw) != 1) {
         return Ok(false);
     }
