@@ -205,9 +205,11 @@ impl WgpuBackend {
         self.record(|enc| enc.copy_buffer_to_buffer(buf, offset, &staging, 0, copy_len))?;
         self.flush();
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.slice(..need).map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(..need)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| WgpuError::Poll {

@@ -58,9 +58,6 @@ pub(crate) struct TuneState {
     vgemv_ksplit: Option<u32>,
     /// gemv_x8 Q4_K's packed scale/min decode (Q4K_PACK), forced on/off; None = built-in.
     vgemv_q4k_pack: Option<bool>,
-    /// Q4_K at m = 1 through the flat-stream kernel gemv_q4f.wgsl: Some((depth, header)) forced
-    /// (depth 0 = off: gemv_x8), None = built-in (`ops/gemv_v.rs`).
-    vgemv_q4f: Option<(u32, u32)>,
     /// k splits of the GEMM forced (benchmarks, tests); None = `ops/gemm.rs`'s rule.
     gemm_splits: Option<u32>,
     /// The GEMM path runs matmul.wgsl's older 64×64 `gemm` (comparison).
@@ -135,10 +132,6 @@ impl TuneState {
                     _ => None,
                 }
             }),
-            // KILN_WGPU_Q4F=0 (gemv_x8) or DEPTH,HEADER (gemv_q4f forced): A/B for the process
-            vgemv_q4f: std::env::var("KILN_WGPU_Q4F")
-                .ok()
-                .and_then(|v| parse_q4f(&v)),
             gemm_splits: None,
             gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
             gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
@@ -296,30 +289,6 @@ impl WgpuBackend {
     pub fn set_vgemv_q4k_pack(&self, on: Option<bool>) {
         let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_q4k_pack = on;
-    }
-
-    /// Q4_K's m = 1 kernel: `Some((0, _))` = gemv_x8 (32-weight lanes, the previous kernel);
-    /// `Some((depth, header))` = the flat-stream gemv_q4f.wgsl with `depth` (1, 2, 4 or 8)
-    /// vec4 loads in flight per lane and the block header re-read from L1 (`header` 0),
-    /// loaded beside the quants (1) or shuffled from the lane that loaded it (2, 32-wide
-    /// subgroups only; else 0); `None` = the built-in choice (`ops/gemv_v.rs`). Benchmarks
-    /// and tests; `KILN_WGPU_Q4F=0` or `=DEPTH,HEADER` for the process.
-    pub fn set_vgemv_q4f(&self, cfg: Option<(u32, u32)>) -> Result<()> {
-        if let Some((d, h)) = cfg
-            && (![0, 1, 2, 4, 8].contains(&d) || h > 2)
-        {
-            return Err(Error::Invalid(format!(
-                "vgemv q4f ({d}, {h}): expected depth 0, 1, 2, 4 or 8 and header 0, 1 or 2"
-            )));
-        }
-        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        t.vgemv_q4f = cfg;
-        Ok(())
-    }
-
-    pub(crate) fn vgemv_q4f(&self) -> Option<(u32, u32)> {
-        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
-        t.vgemv_q4f
     }
 
     pub(crate) fn vgemv_q4k_pack(&self) -> Option<bool> {
@@ -586,14 +555,4 @@ impl WgpuBackend {
             timings,
         })
     }
-}
-
-/// `KILN_WGPU_Q4F`: "0" = off, "DEPTH,HEADER" = forced (see `set_vgemv_q4f`).
-fn parse_q4f(v: &str) -> Option<(u32, u32)> {
-    if v == "0" {
-        return Some((0, 0));
-    }
-    let (d, h) = v.split_once(',')?;
-    let (d, h) = (d.trim().parse().ok()?, h.trim().parse().ok()?);
-    ([1, 2, 4, 8].contains(&d) && h <= 2).then_some((d, h))
 }

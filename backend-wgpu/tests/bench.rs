@@ -626,10 +626,6 @@ fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, kk: usize, line: &dyn Fn(Stri
     }
     // ((teams, rows), depth, x pre-pass, k split, Q4_K wide, Q4_K packed decode)
     let lab = std::env::var("KILN_WGEMV_LAB").unwrap_or_default();
-    if lab == "q4f" {
-        q4f_lab(be, d, line);
-        return;
-    }
     if lab == "rw16" {
         // 16 teams per workgroup: half the workgroups round x (k/16 groups) for the same rows
         for (c, depth) in [
@@ -744,36 +740,4 @@ fn gemv_lab(be: &kiln_wgpu::WgpuBackend, d: DType, kk: usize, line: &dyn Fn(Stri
     be.set_vgemv_q4k_wide(false);
     be.set_vgemv_q4k_pack(None);
     line("dispatched (again)".into());
-}
-
-/// `KILN_WGEMV_LAB=q4f`: the flat-stream Q4_K kernel (gemv_q4f.wgsl) at (teams, rows) ×
-/// (depth, header) against gemv_x8 (the flat kernel off), same weights, one process.
-fn q4f_lab(be: &kiln_wgpu::WgpuBackend, d: DType, line: &dyn Fn(String)) {
-    if d != DType::Q4_K {
-        return;
-    }
-    be.set_vgemv_q4f(Some((0, 0))).unwrap();
-    line("gemv_x8 (flat off)".into());
-    // run 1 (BENCHMARKS.md, "(vq4k)") measured (8, 2) × depth 2/4/8 × every header, (8, 1),
-    // (4, 2), (8, 4), (4, 4), (2, 4), (4, 1) at depth 4/8; these were its best
-    for (c, flat) in [
-        ((8, 2), (2, 0)),
-        ((8, 2), (2, 2)),
-        ((8, 2), (4, 0)),
-        ((8, 2), (4, 2)),
-        ((8, 1), (2, 0)),
-        ((8, 1), (4, 2)),
-    ] {
-        be.set_vgemv_config(Some(c)).unwrap();
-        be.set_vgemv_q4f(Some(flat)).unwrap();
-        line(format!(
-            "q4f (teams, rows)={c:?} depth {} header {}",
-            flat.0,
-            ["reload", "load", "shuffle"][flat.1 as usize]
-        ));
-    }
-    be.set_vgemv_config(None).unwrap();
-    be.set_vgemv_q4f(Some((0, 0))).unwrap();
-    line("gemv_x8 (flat off, again)".into());
-    be.set_vgemv_q4f(None).unwrap();
 }

@@ -308,42 +308,7 @@ fn x8_gemv_all_shapes() {
             }
         }
     }
-    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K], &[]);
-}
-
-/// As `x8_gemv_all_shapes` for the flat-stream Q4_K kernel (gemv_q4f.wgsl): every (teams,
-/// rows) shape × depth 1/2/4/8 × header re-read / loaded / shuffled, and the built-in choice.
-/// Rows of 1 block (k = 256: one load step spans several rows), spans that end mid-step and
-/// teams past the last row are in the shapes.
-#[test]
-fn q4f_gemv_all_shapes() {
-    let Some(be) = open() else { return };
-    // (teams, rows) paired with (depth, header), so each of both appears (a full product
-    // takes minutes on lavapipe)
-    for (tr, flat) in [
-        (None, (0, 0)),
-        (Some((1, 1)), (1, 0)),
-        (Some((2, 4)), (2, 1)),
-        (Some((4, 2)), (4, 2)),
-        (Some((8, 1)), (8, 0)),
-        (Some((8, 2)), (8, 1)),
-        (Some((8, 8)), (8, 2)),
-        (Some((4, 4)), (2, 2)),
-        (Some((1, 8)), (4, 1)),
-        (Some((2, 2)), (1, 2)),
-        (Some((8, 4)), (4, 0)),
-        (Some((1, 2)), (8, 2)),
-        (Some((4, 8)), (2, 0)),
-        (Some((2, 1)), (1, 1)),
-    ] {
-        let f = tr.map(|_| flat);
-        x8_gemv_check(
-            &be,
-            &[(tr, None, Some(false), Some(1))],
-            &[DType::Q4_K],
-            &[f],
-        );
-    }
+    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K]);
 }
 
 /// As `x8_gemv_all_shapes` for gemv_x8's x pre-pass (quant_x8 + XQG) and its split-k (KS
@@ -377,21 +342,13 @@ fn x8_gemv_prepass_split() {
     }
     // 16 teams (512 invocations) with the pre-pass too
     cfgs.push((Some((16, 1)), Some(2), Some(true), Some(2)));
-    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K], &[]);
+    x8_gemv_check(&be, &cfgs, &[DType::Q8_0, DType::Q4_K]);
 }
 
 type X8Cfg = (Option<(u32, u32)>, Option<u32>, Option<bool>, Option<u32>);
-/// (Q4_K wide lanes, Q4_K packed decode, `set_vgemv_q4f`).
-type KernelPick = (bool, Option<bool>, Option<(u32, u32)>);
 
-/// `flats` empty: gemv_x8 (Q4_K: both lane mappings and decodes, the flat kernel off); else
-/// Q4_K through each of these `set_vgemv_q4f` settings.
-fn x8_gemv_check(
-    be: &std::sync::Arc<kiln_wgpu::WgpuBackend>,
-    cfgs: &[X8Cfg],
-    dtypes: &[DType],
-    flats: &[Option<(u32, u32)>],
-) {
+/// gemv_x8 at each configuration of `cfgs` (Q4_K: both lane mappings and both decodes).
+fn x8_gemv_check(be: &std::sync::Arc<kiln_wgpu::WgpuBackend>, cfgs: &[X8Cfg], dtypes: &[DType]) {
     let mut r = rng(9);
     for &d in dtypes {
         for (n, k) in [(37usize, 1280usize), (64, 3072), (5, 256), (19, 4096)] {
@@ -440,24 +397,16 @@ fn x8_gemv_check(
                 .unwrap();
             // Q4_K: both lane mappings (64 and 32 weights per lane and row per chunk), the
             // 32-weight one with both scale/min decodes (select form, packed form)
-            let off = Some((0, 0));
-            let maps: Vec<KernelPick> = if !flats.is_empty() {
-                flats.iter().map(|&f| (false, None, f)).collect()
-            } else if d == DType::Q4_K {
-                vec![
-                    (true, None, off),
-                    (false, Some(false), off),
-                    (false, Some(true), off),
-                ]
+            let maps: Vec<(bool, Option<bool>)> = if d == DType::Q4_K {
+                vec![(true, None), (false, Some(false)), (false, Some(true))]
             } else {
-                vec![(true, None, None)]
+                vec![(true, None)]
             };
-            for (&(wide, pack, flat), (cfg, depth, xq, ks)) in
+            for (&(wide, pack), (cfg, depth, xq, ks)) in
                 maps.iter().flat_map(|w| cfgs.iter().map(move |c| (w, *c)))
             {
                 be.set_vgemv_q4k_wide(wide);
                 be.set_vgemv_q4k_pack(pack);
-                be.set_vgemv_q4f(flat).unwrap();
                 be.set_vgemv_config(cfg).unwrap();
                 be.set_vgemv_depth(depth).unwrap();
                 be.set_vgemv_xq(xq);
@@ -470,7 +419,7 @@ fn x8_gemv_check(
                     let err = (f64::from(got[j]) - f64::from(want[j])).abs();
                     assert!(
                         err <= tols[j],
-                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide} pack {pack:?} q4f {flat:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                        "{d} {n}x{k} gemv_x8 {cfg:?} depth {depth:?} xq {xq:?} ks {ks:?} wide {wide} pack {pack:?}: y[{j}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
                         got[j],
                         want[j],
                         tols[j],
@@ -482,7 +431,6 @@ fn x8_gemv_check(
             be.set_vgemv_depth(None).unwrap();
             be.set_vgemv_q4k_wide(false);
             be.set_vgemv_q4k_pack(None);
-            be.set_vgemv_q4f(None).unwrap();
             be.set_vgemv_xq(None);
             be.set_vgemv_ksplit(None).unwrap();
         }

@@ -10,8 +10,6 @@
 //! decode, or (XQG) a tiny dispatch (`shaders/quant_x8.wgsl`) rounds it once per call into
 //! the backend's `xq_buf` in the same compute pass and the GEMV reads it from there; and it
 //! can split k over KS teams of a workgroup (more chunks of a row in flight for few rows).
-//! Q4_K can also go to `shaders/gemv_q4f.wgsl` (a flat-streaming lab variant, off by default,
-//! `set_vgemv_q4f`).
 
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut};
 
@@ -28,8 +26,6 @@ const SRC_X8: &str = include_str!("../../shaders/gemv_x8.wgsl");
 const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
 /// round_x16, shared by gemv_x8's quant_x and the quant_x8 pre-pass.
 const SRC_R: &str = include_str!("../../shaders/round_x8.wgsl");
-/// The flat-stream Q4_K GEMV (`q4f`).
-const SRC_Q4F: &str = include_str!("../../shaders/gemv_q4f.wgsl");
 /// The parts of a several-weight dispatch (`run_many`), included before either GEMV.
 const SRC_MANY: &str = include_str!("../../shaders/gemv_many.wgsl");
 
@@ -154,30 +150,6 @@ const XQ_DEFAULT: bool = false;
 /// stays as `set_vgemv_q4k_pack(Some(false))` / `KILN_WGPU_Q4K_PACK=0`.
 const Q4K_PACK_DEFAULT: bool = true;
 
-/// The built-in flat-stream Q4_K kernel (gemv_q4f.wgsl): (depth, header mode), depth 0 = off.
-/// Off: on an H200 (BENCHMARKS.md, "(vq4k)", runs 1-2) its best setting, (8, 2) depth 2, was
-/// 8-17 % slower than gemv_x8 per call (B2B) at 4096², 14336×4096 and 4096×14336, and its
-/// loads-only form was no faster than gemv_x8's.
-const Q4F_DEFAULT: (u32, u32) = (0, 0);
-
-/// gemv_q4f's (depth, header) for this product, or None for gemv_x8: Q4_K with x rounded per
-/// workgroup (the kernel has no XQG), no k split, not the wide mapping; the override
-/// (`set_vgemv_q4f`) else `Q4F_DEFAULT`. The shuffled header needs 32-wide subgroups.
-fn q4f(
-    be: &WgpuBackend,
-    d: DType,
-    x8: Option<X8>,
-    ks: u32,
-    wide: bool,
-    sg32: bool,
-) -> Option<(u32, u32)> {
-    if d != DType::Q4_K || !matches!(x8, Some(X8::Local(_))) || ks != 1 || wide {
-        return None;
-    }
-    let (depth, hdr) = be.vgemv_q4f().unwrap_or(Q4F_DEFAULT);
-    (depth > 0).then_some((depth, if hdr == 2 && !sg32 { 0 } else { hdr }))
-}
-
 /// gemv_x8's teams per row group (split-k): the override (capped at the teams per
 /// workgroup), else 1. On an H200 every split (2, 4, 8; either x) was slower at the three
 /// benches shapes except Q8_0 4096×4096 at KS = 2 (−3 %, and +3 % / +9 % at the other two
@@ -252,25 +224,8 @@ fn plan(
     let chunk = if wide { 2 * CHUNK } else { CHUNK };
     let ks = x8_ksplit(be, rw);
     let glu = matches!(parts, Parts::Glu(_));
-    let flat = q4f(be, d, x8, ks, wide, sg32);
-    let mut spec = match (x8, flat) {
-        (Some(X8::Local(g)), Some((depth, hdr))) => {
-            let src: &'static [&'static str] = if glu {
-                &[ACT_SRC, SRC_MANY, SRC_R, SRC_Q4F]
-            } else {
-                &[SRC_MANY, SRC_R, SRC_Q4F]
-            };
-            let s = ShaderSpec::new("gemv_q4f", src, "gemv_q4f")
-                .sub("XG", g.to_string())
-                .over("D", f64::from(depth));
-            let s = match hdr {
-                1 => s.define("HDR_LOAD"),
-                2 => s.define("HDR_SHFL"),
-                _ => s,
-            };
-            q4k_diag().iter().fold(s, |s, d| s.define(*d))
-        }
-        (Some(how), _) => {
+    let mut spec = match x8 {
+        Some(how) => {
             let src: &'static [&'static str] = if glu {
                 &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8]
             } else {
@@ -287,7 +242,7 @@ fn plan(
                 X8::Global => s.define("XQG"),
             }
         }
-        (None, _) => ShaderSpec::new(
+        None => ShaderSpec::new(
             "gemv_v",
             if glu {
                 &[ACT_SRC, SRC_MANY, SRC]
@@ -313,11 +268,7 @@ fn plan(
     }
     if wide {
         spec = spec.define("Q4K_WIDE");
-    } else if x8.is_some()
-        && flat.is_none()
-        && d == DType::Q4_K
-        && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT)
-    {
+    } else if x8.is_some() && d == DType::Q4_K && be.vgemv_q4k_pack().unwrap_or(Q4K_PACK_DEFAULT) {
         spec = spec.define("Q4K_PACK");
         for d in q4k_diag() {
             spec = spec.define(*d);
@@ -498,8 +449,8 @@ pub(crate) fn run_many(
     Ok(true)
 }
 
-/// `KILN_WGPU_Q4K_DIAG=loads[,nox][,noh]`: the Q4_K m = 1 kernels (gemv_x8 packed, gemv_q4f)
-/// do their loads but no decode (`loads`: WRONG results; the bench's question "is Q4_K bound
+/// `KILN_WGPU_Q4K_DIAG=loads[,nox][,noh]`: the Q4_K m = 1 kernel (gemv_x8 packed) does its
+/// loads but no decode (`loads`: WRONG results; the bench's question "is Q4_K bound
 /// by its loads or its arithmetic" on an adapter without a profiler); `nox` also skips the
 /// per-workgroup rounding of x and its barrier, `noh` (gemv_x8) the block header's load.
 fn q4k_diag() -> &'static [&'static str] {
