@@ -10,7 +10,8 @@ use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::Result;
 
 use super::super::launch::Arg;
-use super::{q4k_dims, q4k_launch};
+use super::mp4k::GroupPart;
+use super::{Q4kKernel, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MH;
@@ -163,33 +164,38 @@ impl CudaBackend {
         cfg: usize,
         forced_splits: usize,
     ) -> Result<()> {
-        self.matmul_mh4k_many(xp, &[(w, outp, n)], [m, k], cfg, forced_splits)
+        self.matmul_mh4k_many(
+            xp,
+            &[(w, outp, n, Q4kKernel::F16)],
+            [m, k],
+            cfg,
+            forced_splits,
+        )
     }
 
-    /// Several f16 Q4_K products of one x (`parts` = (weight, out pointer, n)): x rounded once,
-    /// then each part's own mh4k (+ mma_reduce) launch, as its single matmul runs it. The x
-    /// image depends on (m, k, configuration) only; the partial sums follow it in the scratch,
-    /// reused part after part (stream order).
+    /// Several f16 Q4_K products of one x (`parts`: weight, out pointer, n; the kernel field is
+    /// F16): x rounded once, then each part's own mh4k (+ mma_reduce) launch, as its single
+    /// matmul runs it. The x image depends on (m, k, configuration) only; the partial sums
+    /// follow it in the scratch, reused part after part (stream order). No allocation.
     pub(crate) fn matmul_mh4k_many(
         &self,
         xp: u64,
-        parts: &[(&CudaWeight, u64, usize)],
+        parts: &[GroupPart<'_>],
         [m, k]: [usize; 2],
         cfg: usize,
         forced_splits: usize,
     ) -> Result<()> {
         let sms = self.info.caps.compute_units.max(1) as usize;
-        let plans: Vec<MhPlan> = parts
-            .iter()
-            .map(|&(_, _, n)| mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), forced_splits))
-            .collect();
-        let Some(first) = plans.first() else {
+        let per_sm = self.mh_per_sm(cfg);
+        let plan = |n| mh_plan(m, n, k, cfg, sms, per_sm, forced_splits);
+        let Some(&(_, _, n0, _)) = parts.first() else {
             return Ok(());
         };
+        let first = plan(n0);
         let c = &MH4K[first.cfg];
         let f = self.function(&MATMUL_MH, c.name)?;
         self.allow_smem(&f, c.smem())?;
-        let scratch_bytes = plans.iter().map(|p| p.scratch).max().unwrap_or(0);
+        let scratch_bytes = parts.iter().map(|p| plan(p.2).scratch).max().unwrap_or(0);
         // Hold the scratch lock until every kernel using it is enqueued.
         let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
         let nb = k / 256;
@@ -197,9 +203,10 @@ impl CudaBackend {
         let xx = xh + (first.mp * k * 2) as u64;
         let xsx = xx + (first.mp * nb * 32) as u64;
         let part = xsx + (first.mp * nb * 4) as u64;
-        let dims0 = q4k_dims([m, parts[0].2, k], first.mp, first.blocks_per_split)?;
+        let dims0 = q4k_dims([m, n0, k], first.mp, first.blocks_per_split)?;
         self.launch_mh_quant_x(xp, [xh, xx, xsx], dims0, nb * first.mp)?;
-        for (plan, &(w, outp, n)) in plans.iter().zip(parts) {
+        for &(w, outp, n, _) in parts {
+            let plan = plan(n);
             let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
             let tiles = [plan.mp / c.bm, plan.splits];
             let launch = q4k_launch("mh4k", n, c.bn(), tiles, 32 * c.nw, c.smem())?;

@@ -47,6 +47,13 @@ const MP4K: [MpConfig; 1] = [MpConfig {
 #[repr(C, align(64))]
 struct Tmap(cudarc::driver::sys::CUtensorMap);
 
+/// One part of a shared-x group: the weight, its output's address, its rows and the Q4_K
+/// kernel its own matmul runs.
+pub(crate) type GroupPart<'a> = (&'a CudaWeight, u64, usize, Q4kKernel);
+
+/// Most parts of a shared-x group (q/k/v).
+const MAX_PARTS: usize = 3;
+
 /// One prepared mp4k product (`mp4k_prepare`).
 struct Mp4kLaunch {
     f: CudaFunction,
@@ -239,8 +246,13 @@ impl CudaBackend {
         if !self.parts_fit(&x, parts, DType::Q4_K, [m, k]) {
             return Ok(false);
         }
-        let mut run: Vec<(&CudaWeight, u64, usize, Q4kKernel)> = Vec::with_capacity(parts.len());
-        for (w, out) in parts {
+        // At most MAX_PARTS parts (the runtime's groups: q/k/v, gate/up), kept in a fixed
+        // array: no allocation on the decode path.
+        if parts.len() > MAX_PARTS {
+            return Ok(false);
+        }
+        let mut run: [Option<GroupPart<'_>>; MAX_PARTS] = [None; MAX_PARTS];
+        for (slot, (w, out)) in run.iter_mut().zip(parts) {
             let n = w.shape().dim(0);
             let cw: &CudaWeight = self.weight(op, w)?;
             if tuned {
@@ -251,7 +263,7 @@ impl CudaBackend {
                 }
             }
             // The kernel matmul_mma_with runs: Pipe only where the weight takes the bulk
-            // copies, F16 where its tile fits; every part must run the same family.
+            // copies, F16 where its tile fits.
             let kernel = match self.q4k_kernel(DType::Q4_K, m, n, k) {
                 Some(q @ (Q4kKernel::Pipe | Q4kKernel::PipeTensor))
                     if mp.is_some() && self.mp4k_applies(cw, m) =>
@@ -261,27 +273,29 @@ impl CudaBackend {
                 Some(Q4kKernel::F16) if mh.is_some() => Q4kKernel::F16,
                 _ => return Ok(false),
             };
-            if run
-                .first()
-                .is_some_and(|r| (r.3 == Q4kKernel::F16) != (kernel == Q4kKernel::F16))
-            {
-                return Ok(false);
+            *slot = Some((cw, self.ptr_mut(op, out)?, n, kernel));
+        }
+        let Some(first) = run[0] else {
+            return Ok(false);
+        };
+        let mut group = [first; MAX_PARTS];
+        for (g, r) in group.iter_mut().zip(&run) {
+            if let Some(r) = r {
+                *g = *r;
             }
-            run.push((cw, self.ptr_mut(op, out)?, n, kernel));
+        }
+        let group = &group[..parts.len()];
+        // Every part must run the same family (one x image).
+        let f16 = first.3 == Q4kKernel::F16;
+        if group.iter().any(|r| (r.3 == Q4kKernel::F16) != f16) {
+            return Ok(false);
         }
         let xp = self.ptr(op, &x)?;
         match (mp, mh) {
-            (Some(cfg), _) if run.iter().all(|r| r.3 != Q4kKernel::F16) => {
-                let parts: Vec<_> = run
-                    .iter()
-                    .map(|r| (r.0, r.1, r.2, r.3 == Q4kKernel::PipeTensor))
-                    .collect();
-                self.matmul_mp4k_many(xp, &parts, [m, k], cfg)?;
-            }
-            (_, Some(cfg)) => {
-                let parts: Vec<_> = run.iter().map(|r| (r.0, r.1, r.2)).collect();
+            (Some(cfg), _) if !f16 => self.matmul_mp4k_many(xp, group, [m, k], cfg)?,
+            (_, Some(cfg)) if f16 => {
                 let splits = super::FORCED_SPLITS.load(Ordering::Relaxed);
-                self.matmul_mh4k_many(xp, &parts, [m, k], cfg, splits)?;
+                self.matmul_mh4k_many(xp, group, [m, k], cfg, splits)?;
             }
             _ => return Ok(false),
         }
@@ -290,29 +304,27 @@ impl CudaBackend {
 
     /// Several mp4k products of one x (`Backend::matmul_many` at 2 ≤ m ≤ 8): x rounded once,
     /// then one mp4k launch per part — not one mp_quant_x per part (q/k/v: 3 → 1, gate/up: 2
-    /// → 1). `parts` = (weight, out pointer, n, tensor flavour), all Q4_K `[n_i, k]` taking
-    /// mp4k at this m (the caller checked, `matmul_many_shared_x`).
+    /// → 1). `parts`: Q4_K `[n_i, k]` weights taking mp4k at this m, kernel Pipe or
+    /// PipeTensor (the caller checked, `matmul_many_shared_x`). No allocation.
     pub(crate) fn matmul_mp4k_many(
         &self,
         xp: u64,
-        parts: &[(&CudaWeight, u64, usize, bool)],
+        parts: &[GroupPart<'_>],
         [m, k]: [usize; 2],
         cfg: usize,
     ) -> Result<()> {
-        let mut launches = Vec::with_capacity(parts.len());
-        for &(w, _, n, tensor) in parts {
-            launches.push(self.mp4k_prepare(w, [m, n, k], cfg, tensor)?);
-        }
-        let Some(first) = launches.first() else {
+        let Some(&(w0, out0, n0, q0)) = parts.first() else {
             return Ok(());
         };
-        let scratch_bytes = launches.iter().map(|l| l.scratch).max().unwrap_or(0);
-        // Hold the scratch lock until every kernel using it is enqueued.
-        let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
-        // The x image depends on (m, k) only (mp = m padded to 8): the same for every part.
+        let first = self.mp4k_prepare(w0, [m, n0, k], cfg, q0 == Q4kKernel::PipeTensor)?;
+        // Hold the scratch lock until every kernel using it is enqueued. The x image (all of
+        // the scratch) depends on (m, k) only (mp = m padded to 8): the same for every part.
+        let (_guard, scratch) = self.matmul_scratch(first.scratch)?;
         let x = self.mp4k_quant_x(xp, scratch, first.dims)?;
-        for (l, &(w, outp, _, _)) in launches.iter().zip(parts) {
-            self.mp4k_launch(l, w, x, outp)?;
+        self.mp4k_launch(&first, w0, x, out0)?;
+        for &(w, outp, n, q) in &parts[1..] {
+            let l = self.mp4k_prepare(w, [m, n, k], cfg, q == Q4kKernel::PipeTensor)?;
+            self.mp4k_launch(&l, w, x, outp)?;
         }
         Ok(())
     }
