@@ -13,6 +13,18 @@ use crate::pipeline_cache::PipelineCache;
 /// paying a submit per op; reads, writes and `synchronize` submit at once).
 const MAX_PENDING_OPS: u32 = 48;
 
+/// `MAX_PENDING_OPS`, or `KILN_WGPU_PENDING` (1..=RING_SLOTS, comparisons only).
+fn max_pending_ops() -> u32 {
+    static N: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("KILN_WGPU_PENDING")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| (1..=RING_SLOTS).contains(n))
+            .unwrap_or(MAX_PENDING_OPS)
+    })
+}
+
 /// Slots of the params ring: `MAX_PENDING_OPS` for ordinary batches, more while a span timer
 /// holds the submission (`gpu_span_start`: up to this many passes in one submission).
 pub(crate) const RING_SLOTS: u32 = 256;
@@ -104,6 +116,12 @@ fn vendor_name(id: u32) -> String {
         0 => "unknown".into(),
         x => format!("0x{x:04x}"),
     }
+}
+
+/// One-pass recording (see `Pending`), on unless `KILN_WGPU_ONE_PASS=0` (comparison).
+fn one_pass_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WGPU_ONE_PASS").map_or(true, |v| v != "0"))
 }
 
 fn env_off(name: &str) -> bool {
@@ -214,8 +232,17 @@ pub(crate) const PARAM_SLOT: usize = 256;
 /// `PARAM_SLOT` each) and written into the device's params ring with one `write_buffer` right
 /// before the batch is submitted (queue writes land before the submission that follows them,
 /// and wgpu orders them after the previous submission's reads).
+///
+/// One-pass recording (the default; `KILN_WGPU_ONE_PASS=0` records a pass per op, the old way):
+/// consecutive dispatches go into ONE open compute pass, so wgpu puts each dispatch's barriers
+/// inline in that pass's command buffer instead of giving every op its own pass (and its own
+/// barrier command buffer before it). The pass is ended before any other encoder command
+/// (`record`) and before a submit. The per-pass kernel timer (op profile, `gpu_timer_start`)
+/// keeps a pass per op, since it times passes; the span timer times the one pass.
 #[derive(Default)]
 pub(crate) struct Pending {
+    /// The open compute pass (one-pass recording); declared before `encoder` so it ends first.
+    pass: Option<wgpu::ComputePass<'static>>,
     pub(crate) encoder: Option<wgpu::CommandEncoder>,
     pub(crate) ops: u32,
     pub(crate) params: Vec<u8>,
@@ -409,6 +436,8 @@ impl WgpuBackend {
     /// Run `f` with the pending encoder (created on demand); submits when enough ops piled up.
     pub(crate) fn record(&self, f: impl FnOnce(&mut wgpu::CommandEncoder)) -> Result<()> {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        // The encoder is locked while a pass is open: end it.
+        p.pass = None;
         let enc = p.encoder.get_or_insert_with(|| {
             self.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -417,7 +446,7 @@ impl WgpuBackend {
         });
         f(enc);
         p.ops += 1;
-        if p.ops >= MAX_PENDING_OPS && !p.holding() {
+        if p.ops >= max_pending_ops() && !p.holding() {
             self.submit_locked(&mut p);
         }
         Ok(())
@@ -441,7 +470,7 @@ impl WgpuBackend {
         }
         let mut guard = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let p = &mut *guard;
-        if p.slots >= RING_SLOTS || (p.ops >= MAX_PENDING_OPS && !p.holding()) {
+        if p.slots >= RING_SLOTS || (p.ops >= max_pending_ops() && !p.holding()) {
             self.submit_locked(p);
         }
         let off = p.slots as usize * PARAM_SLOT;
@@ -458,48 +487,76 @@ impl WgpuBackend {
             }),
         };
         let bg = bind(entry);
-        let enc = p.encoder.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("kiln"),
-                })
-        });
-        let ts = match p.timer.as_mut() {
-            Some(t) if t.span.is_some() => {
+        let one_pass = one_pass_on() && p.timer.as_ref().is_none_or(|t| t.span.is_some());
+        if one_pass && p.pass.is_some() {
+            if let Some(t) = p.timer.as_mut() {
                 t.passes += 1;
-                let last = t.span.unwrap_or(0);
-                if t.passes > last {
+            }
+        } else {
+            p.pass = None;
+            let ts = match p.timer.as_mut() {
+                // The span over one open pass: both timestamps on it. A second pass inside
+                // the span (the pass was ended by `record` or a full ring) is not timed, and
+                // `gpu_span_stop` reports it.
+                Some(t) if one_pass => {
+                    t.passes += 1;
+                    if t.passes > 1 {
+                        t.missed += 1;
+                    }
+                    (t.passes == 1).then_some(wgpu::ComputePassTimestampWrites {
+                        query_set: &t.set,
+                        beginning_of_pass_write_index: Some(0),
+                        end_of_pass_write_index: Some(1),
+                    })
+                }
+                Some(t) if t.span.is_some() => {
+                    t.passes += 1;
+                    let last = t.span.unwrap_or(0);
+                    if t.passes > last {
+                        t.missed += 1;
+                    }
+                    (t.passes == 1 || t.passes == last).then(|| wgpu::ComputePassTimestampWrites {
+                        query_set: &t.set,
+                        beginning_of_pass_write_index: (t.passes == 1).then_some(0),
+                        end_of_pass_write_index: (t.passes == last).then_some(1),
+                    })
+                }
+                Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
+                    t.passes += 1;
+                    if let Some(l) = t.labels.as_mut() {
+                        l.push(label());
+                    }
+                    Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &t.set,
+                        beginning_of_pass_write_index: Some(2 * t.passes - 2),
+                        end_of_pass_write_index: Some(2 * t.passes - 1),
+                    })
+                }
+                Some(t) => {
                     t.missed += 1;
+                    None
                 }
-                (t.passes == 1 || t.passes == last).then(|| wgpu::ComputePassTimestampWrites {
-                    query_set: &t.set,
-                    beginning_of_pass_write_index: (t.passes == 1).then_some(0),
-                    end_of_pass_write_index: (t.passes == last).then_some(1),
-                })
-            }
-            Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
-                t.passes += 1;
-                if let Some(l) = t.labels.as_mut() {
-                    l.push(label());
-                }
-                Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &t.set,
-                    beginning_of_pass_write_index: Some(2 * t.passes - 2),
-                    end_of_pass_write_index: Some(2 * t.passes - 1),
-                })
-            }
-            Some(t) => {
-                t.missed += 1;
-                None
-            }
-            None => None,
-        };
-        {
-            let mut cp = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: ts,
+                None => None,
+            };
+            let enc = p.encoder.get_or_insert_with(|| {
+                self.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("kiln"),
+                    })
             });
-            pass(&mut cp, &bg);
+            let cp = enc
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: ts,
+                })
+                .forget_lifetime();
+            p.pass = Some(cp);
+        }
+        if let Some(cp) = p.pass.as_mut() {
+            pass(cp, &bg);
+        }
+        if !one_pass {
+            p.pass = None;
         }
         p.slots += 1;
         p.ops += 1;
@@ -507,6 +564,7 @@ impl WgpuBackend {
     }
 
     fn submit_locked(&self, p: &mut Pending) {
+        p.pass = None;
         if !p.params.is_empty() {
             self.queue.write_buffer(&self.params_ring, 0, &p.params);
         }
@@ -587,7 +645,7 @@ impl WgpuBackend {
                 "gpu_span_stop: the running timer is a per-pass timer".into(),
             ));
         };
-        if t.passes != want || t.submits > 0 {
+        if t.passes != want || t.submits > 0 || t.missed > 0 {
             self.wait_idle()?;
             return Err(kiln_core::Error::Invalid(format!(
                 "gpu span timer: {} passes in {} submissions, expected {want} in one",
