@@ -140,9 +140,13 @@ fn wanted_features(a: &wgpu::Adapter) -> wgpu::Features {
     if have.contains(wgpu::Features::SUBGROUP) && !env_off("KILN_WGPU_NO_SUBGROUPS") {
         f |= wgpu::Features::SUBGROUP;
     }
-    // GPU timestamps around compute passes (the benchmarks' kernel timer; unused otherwise).
+    // GPU timestamps around compute passes (the benchmarks' kernel timer; unused otherwise),
+    // and between the dispatches of one pass where offered (the op profile, see `Pending`).
     if have.contains(wgpu::Features::TIMESTAMP_QUERY) {
         f |= wgpu::Features::TIMESTAMP_QUERY;
+        if have.contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES) {
+            f |= wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        }
     }
     if coop_usable(a, f) {
         f |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
@@ -487,56 +491,50 @@ impl WgpuBackend {
             }),
         };
         let bg = bind(entry);
-        let one_pass = one_pass_on() && p.timer.as_ref().is_none_or(|t| t.span.is_some());
-        if one_pass && p.pass.is_some() {
-            if let Some(t) = p.timer.as_mut() {
-                t.passes += 1;
-            }
-        } else {
+        // The op profile (a per-pass timer) stays in one pass where timestamps may be written
+        // between dispatches (TIMESTAMP_QUERY_INSIDE_PASSES): a timestamp before and after each
+        // dispatch, so it times the recording that runs in production.
+        let inside = self
+            .device
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let one_pass = one_pass_on() && p.timer.as_ref().is_none_or(|t| t.span.is_some() || inside);
+        let op_timer = p.timer.as_ref().is_some_and(|t| t.span.is_none());
+        if !(one_pass && p.pass.is_some()) {
             p.pass = None;
             let ts = match p.timer.as_mut() {
+                Some(_) if one_pass && op_timer => None,
                 // The span over one open pass: both timestamps on it. A second pass inside
                 // the span (the pass was ended by `record` or a full ring) is not timed, and
                 // `gpu_span_stop` reports it.
                 Some(t) if one_pass => {
-                    t.passes += 1;
-                    if t.passes > 1 {
+                    if t.passes > 0 {
                         t.missed += 1;
                     }
-                    (t.passes == 1).then_some(wgpu::ComputePassTimestampWrites {
+                    (t.passes == 0).then_some(wgpu::ComputePassTimestampWrites {
                         query_set: &t.set,
                         beginning_of_pass_write_index: Some(0),
                         end_of_pass_write_index: Some(1),
                     })
                 }
                 Some(t) if t.span.is_some() => {
-                    t.passes += 1;
                     let last = t.span.unwrap_or(0);
-                    if t.passes > last {
-                        t.missed += 1;
-                    }
-                    (t.passes == 1 || t.passes == last).then(|| wgpu::ComputePassTimestampWrites {
+                    let n = t.passes + 1;
+                    (n == 1 || n == last).then(|| wgpu::ComputePassTimestampWrites {
                         query_set: &t.set,
-                        beginning_of_pass_write_index: (t.passes == 1).then_some(0),
-                        end_of_pass_write_index: (t.passes == last).then_some(1),
+                        beginning_of_pass_write_index: (n == 1).then_some(0),
+                        end_of_pass_write_index: (n == last).then_some(1),
                     })
                 }
                 Some(t) if (t.passes + 1) * 2 <= TIMER_QUERIES => {
-                    t.passes += 1;
-                    if let Some(l) = t.labels.as_mut() {
-                        l.push(label());
-                    }
+                    let n = t.passes + 1;
                     Some(wgpu::ComputePassTimestampWrites {
                         query_set: &t.set,
-                        beginning_of_pass_write_index: Some(2 * t.passes - 2),
-                        end_of_pass_write_index: Some(2 * t.passes - 1),
+                        beginning_of_pass_write_index: Some(2 * n - 2),
+                        end_of_pass_write_index: Some(2 * n - 1),
                     })
                 }
-                Some(t) => {
-                    t.missed += 1;
-                    None
-                }
-                None => None,
+                Some(_) | None => None,
             };
             let enc = p.encoder.get_or_insert_with(|| {
                 self.device
@@ -552,8 +550,36 @@ impl WgpuBackend {
                 .forget_lifetime();
             p.pass = Some(cp);
         }
-        if let Some(cp) = p.pass.as_mut() {
-            pass(cp, &bg);
+        let Pending {
+            pass: cp, timer, ..
+        } = &mut *p;
+        let Some(cp) = cp.as_mut() else {
+            return Err(kiln_core::Error::Invalid(
+                "wgpu: no open compute pass".into(),
+            ));
+        };
+        match timer.as_mut() {
+            Some(t) if op_timer && (t.passes + 1) * 2 <= TIMER_QUERIES => {
+                t.passes += 1;
+                if let Some(l) = t.labels.as_mut() {
+                    l.push(label());
+                }
+                if one_pass {
+                    cp.write_timestamp(&t.set, 2 * t.passes - 2);
+                    pass(cp, &bg);
+                    cp.write_timestamp(&t.set, 2 * t.passes - 1);
+                } else {
+                    pass(cp, &bg);
+                }
+            }
+            Some(t) => {
+                t.passes += 1;
+                if op_timer || t.span.is_some_and(|last| t.passes > last) {
+                    t.missed += 1;
+                }
+                pass(cp, &bg);
+            }
+            None => pass(cp, &bg),
         }
         if !one_pass {
             p.pass = None;
