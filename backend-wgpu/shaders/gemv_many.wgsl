@@ -9,8 +9,10 @@
 // workgroup, so each load's branch is too. With GLU (matmul_glu; MANY too, act.wgsl
 // included): parts 0 = gate and 1 = up share each workgroup: teams [0, RW/2) take gate rows,
 // teams [RW/2, RW) the same rows of up; after the team sums the up teams leave theirs in
-// glu_u and the gate teams write act(g)·u to part 0's output (`glu_out`). KS = 1 only. Why: a pass costs a dispatch and a barrier (~5 + 7
-// µs on an H200's Vulkan), and the k and v GEMVs of a decode step are too small to hide it.
+// glu_u and the gate teams write act(g)·u to part 0's output (`glu_out`). KS = 1 only. Why: every dispatch costs
+// its launch and a barrier (~5 + 7 µs on an H200's Vulkan when each op was its own compute
+// pass, before stop 20's one-pass recording; less now, still not free), and the k and v GEMVs
+// of a decode step are too small to hide it.
 
 var<private> part: u32;
 var<private> n_c_: u32;

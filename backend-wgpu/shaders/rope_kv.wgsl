@@ -3,8 +3,9 @@
 // sincos, same expressions), and the rotated k and v (f32) written into the paged cache
 // [blocks, n_kv, block_size, head_dim] at slot = block·block_size + row exactly as
 // kv_append.wgsl writes them (slot < 0 or past the cache: no cache write; q and k are rotated
-// whatever the slot). One pass instead of three (rope q, rope k, kv_append): each pass costs a
-// dispatch and a barrier, ~5 + 7 µs on an H200's Vulkan.
+// whatever the slot). One pass instead of three (rope q, rope k, kv_append): each dispatch costs
+// its launch and a barrier (~5 + 7 µs on an H200's Vulkan with a pass per op; less with
+// one-pass recording, still not free).
 //
 // Thread mapping: one invocation per item, 256 per workgroup, 2-D folded grid. Items: first
 // n_tokens·n_heads·half q pairs (rope.wgsl's mapping); then per (token, kv head) `per_head`

@@ -1,7 +1,11 @@
-//! The op profile: every compute pass recorded between [`WgpuBackend::gpu_profile_start`] and
+//! The op profile: every op recorded between [`WgpuBackend::gpu_profile_start`] and
 //! [`WgpuBackend::gpu_profile_stop`] gets GPU timestamps at its start and end (the kernel
 //! timer of device.rs) and the name of its pipeline, so a decode step on Vulkan can be split by
-//! op the way ncu splits a CUDA step (the decode bench's `--profile`). The names are the
+//! op the way ncu splits a CUDA step (the decode bench's `--profile`). Where the adapter has
+//! TIMESTAMP_QUERY_INSIDE_PASSES the ops stay in the one open pass of production recording and
+//! the timestamps go between its dispatches; else each op gets its own timed pass. Either way
+//! the timestamps serialize the GPU (on the H200's Vulkan a 4.1 ms step profiles as 6.3 ms):
+//! the shares are indicative, the absolute times are not. The names are the
 //! shader's, its entry point when not `main`, and its defines (`gemv_x8[Q4K,XQG]`); a pass of
 //! two dispatches (`dispatch2`) is named `first+second`.
 
@@ -12,8 +16,8 @@ use kiln_core::Result;
 use crate::device::{TIMER_QUERIES, WgpuBackend};
 use crate::pipeline_cache::ShaderSpec;
 
-/// One timed pass: its pipeline's name and its start and end in seconds after the first
-/// timed pass's start (gaps between passes are idle GPU or pipeline barriers).
+/// One timed op: its pipeline's name and its start and end in seconds after the first
+/// timed op's start (gaps between ops are idle GPU or pipeline barriers).
 #[derive(Clone, Debug)]
 pub struct PassTime {
     pub name: Arc<str>,
