@@ -8,10 +8,10 @@
 // Thread mapping: as gemv_x8 with KS = 1: a workgroup is RW teams of 32 invocations, team t
 // owns NR ≤ 4 consecutive weight rows, lane l takes the same weight vec4s per 1024-element
 // chunk (the next chunk's weights loaded before the current one is decoded, DEPTH 1). Per
-// chunk each invocation decodes each of its weight vec4s ONCE (`dq`: Q8_0 its d, Q4_K its
-// nibbles masked to bytes, 6-bit scale/min and d/dmin), then for each of the MX x rows loads
-// its 2 int8 x groups (+ their (d, d·Σq) pairs) from xq_buf (L1/L2) and dots them against the
-// NR decoded rows (`dx`: 8 dot4I8Packed each), keeping NR·MX accumulators. After the k loop: subgroupAdd (or the
+// chunk each invocation first loads its 2 int8 x groups (+ their (d, d·Σq) pairs) of all MX
+// x rows from xq_buf (L1/L2; one latency per chunk), then decodes each of its weight vec4s
+// ONCE (`dq`: Q8_0 its d, Q4_K its nibbles masked to bytes, 6-bit scale/min and d/dmin) and
+// dots it against the MX rows (`dx`: 8 dot4I8Packed each), keeping NR·MX accumulators. After the k loop: subgroupAdd (or the
 // workgroup tree) per accumulator, lane 0 writes y[i, row] at o_off + i·ys + r0 + row (ys: P.mx.z,
 // or the part's rows with MANY); GLU: the up teams leave their NR·MX sums in glu_u and the gate
 // teams write act(g)·u.
@@ -88,31 +88,45 @@ fn dx(v: DW) -> f32 {
 // NR·MX accumulators: weight row r, x row i at r·MX + i (NR ≤ 4).
 var<private> am: array<f32, 4 * MX>;
 
-// Decode chunk c's weights of the NR rows once, then for each x row load its groups (the
-// compiler may hoist these loads) and dot them against the NR decoded rows.
-fn accm(w0: WL, w1: WL, w2: WL, w3: WL, c: u32, l: u32, full: bool) {
-    let u0 = dq(w0, c, l);
-    var u1 = u0;
-    var u2 = u0;
-    var u3 = u0;
-    if NR > 1u {
-        u1 = dq(w1, c, l);
-    }
-    if NR > 2u {
-        u2 = dq(w2, c, l);
-        u3 = dq(w3, c, l);
-    }
+// The invocation's x groups of the current chunk, per x row, all MX rows loaded before the
+// decode (one load latency per chunk instead of one per row).
+var<private> qa: array<vec4<u32>, MX>;
+var<private> qb: array<vec4<u32>, MX>;
+var<private> fa: array<vec2<f32>, MX>;
+var<private> fb: array<vec2<f32>, MX>;
+
+fn load_xm(c: u32, l: u32, full: bool) {
     for (var i = 0u; i < MX; i++) {
         xrow = i * P.mx.y;
         load_x(c, l, full);
-        am[i] += dx(u0);
-        if NR > 1u {
-            am[MX + i] += dx(u1);
-        }
-        if NR > 2u {
-            am[2u * MX + i] += dx(u2);
-            am[3u * MX + i] += dx(u3);
-        }
+        qa[i] = xa;
+        qb[i] = xb;
+        fa[i] = da;
+        fb[i] = db;
+    }
+}
+
+// Weight row r's chunk decoded once, then dotted against the MX rows of x.
+fn accr(r: u32, w: WL, c: u32, l: u32) {
+    let v = dq(w, c, l);
+    for (var i = 0u; i < MX; i++) {
+        xa = qa[i];
+        xb = qb[i];
+        da = fa[i];
+        db = fb[i];
+        am[r * MX + i] += dx(v);
+    }
+}
+
+fn accm(w0: WL, w1: WL, w2: WL, w3: WL, c: u32, l: u32, full: bool) {
+    load_xm(c, l, full);
+    accr(0u, w0, c, l);
+    if NR > 1u {
+        accr(1u, w1, c, l);
+    }
+    if NR > 2u {
+        accr(2u, w2, c, l);
+        accr(3u, w3, c, l);
     }
 }
 

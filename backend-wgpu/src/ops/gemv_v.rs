@@ -320,11 +320,14 @@ fn x8m_on() -> bool {
 }
 
 /// gemv_x8m's (teams of 32 per workgroup, weight rows per team ≤ 4) for `mx` x rows: the
-/// override (`set_vgemv_x8m_config`, `KILN_WGPU_X8M_CFG=teams,rows`), else the built-in
-/// (4, 2).
+/// override (`set_vgemv_x8m_config`, `KILN_WGPU_X8M_CFG=teams,rows`), else 8 teams of 1 row
+/// at mx ≤ 2 and 4 teams of 4 rows above (more weight rows per x load as x grows). On an H200
+/// (BENCHMARKS.md, "(vmr)" run 1, the first gemv_x8m): at m = 2 1-row teams were fastest at
+/// 4096×14336 (Q8_0 33.0 vs 38.5 µs at 4 × 2), at m = 8 4-row teams (Q4_K 14336×4096 70.9 vs
+/// 78.1 µs, Q8_0 4096×14336 90.4 vs 119.0 µs).
 fn x8m_config(be: &WgpuBackend, mx: u32) -> (u32, u32) {
-    let _ = mx;
-    be.vgemv_x8m_config().unwrap_or((4, 2))
+    be.vgemv_x8m_config()
+        .unwrap_or(if mx <= 2 { (8, 1) } else { (4, 4) })
 }
 
 /// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG).
