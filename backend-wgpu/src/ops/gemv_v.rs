@@ -330,6 +330,67 @@ fn x8m_config(be: &WgpuBackend, mx: u32) -> (u32, u32) {
         .unwrap_or(if mx <= 2 { (8, 1) } else { (4, 4) })
 }
 
+/// gemv_x8m.wgsl's generated parts for `mx` x rows and `nr` weight rows per team: the scalar
+/// accumulators m{r}_{i} and every statement that touches them, unrolled (no private arrays).
+fn x8m_code(mx: u32, nr: u32, sg32: bool) -> Vec<(&'static str, String)> {
+    let na = nr * mx;
+    let each = |f: &dyn Fn(u32, u32) -> String| -> String {
+        (0..nr)
+            .flat_map(|r| (0..mx).map(move |i| (r, i)))
+            .map(|(r, i)| f(r, i))
+            .collect()
+    };
+    let mut acc = String::new();
+    for i in 0..mx {
+        acc += &format!("    xrow = {i}u * P.mx.y;\n    load_x(c, l, full);\n");
+        for r in 0..nr {
+            acc += &format!("    m{r}_{i} += dx(u{r});\n");
+        }
+    }
+    let red = if sg32 {
+        each(&|r, i| format!("    m{r}_{i} = subgroupAdd(m{r}_{i});\n"))
+    } else {
+        each(&|r, i| format!("    m{r}_{i} = team_sum(m{r}_{i}, li, team, l);\n"))
+    };
+    vec![
+        (
+            "X8M_DECL",
+            each(&|r, i| format!("var<private> m{r}_{i}: f32;\n")),
+        ),
+        (
+            "X8M_DQ",
+            (0..nr)
+                .map(|r| format!("    let u{r} = dq(w{r}, c, l);\n"))
+                .collect(),
+        ),
+        ("X8M_ACC", acc),
+        ("X8M_ZERO", each(&|r, i| format!("    m{r}_{i} = 0.0;\n"))),
+        ("X8M_RED", red),
+        (
+            "X8M_PUT",
+            each(&|r, i| format!("        putm(row0 + {r}u, {i}u, m{r}_{i});\n")),
+        ),
+        (
+            "X8M_GLU_SAVE",
+            each(&|r, i| {
+                format!(
+                    "        glu_u[(team - h) * {na}u + {}u] = m{r}_{i};\n",
+                    r * mx + i
+                )
+            }),
+        ),
+        (
+            "X8M_GLU_PUT",
+            each(&|r, i| {
+                format!(
+                    "        putm(row0 + {r}u, {i}u, act(m{r}_{i}) * glu_u[team * {na}u + {}u]);\n",
+                    r * mx + i
+                )
+            }),
+        ),
+    ]
+}
+
 /// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG).
 fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
@@ -342,7 +403,6 @@ fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
     let mut spec = ShaderSpec::new("gemv_x8m", src, "gemv_x8m")
         .define("XQG")
         .define(wdefine(d))
-        .sub("MX", mx.to_string())
         .over("RW", f64::from(rw))
         .over("NR", f64::from(nr))
         .over("WGS", f64::from(32 * rw));
@@ -351,6 +411,9 @@ fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
     }
     if sg32 {
         spec = spec.define("SG32");
+    }
+    for (key, code) in x8m_code(mx, nr, sg32) {
+        spec = spec.sub(key, code);
     }
     match parts {
         Parts::One => {}
