@@ -319,15 +319,15 @@ fn x8m_on() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_WGPU_X8M").map_or(true, |v| v != "0"))
 }
 
-/// gemv_x8m's (teams of 32 per workgroup, weight rows per team ≤ 4) for `mx` x rows: the
-/// override (`set_vgemv_x8m_config`, `KILN_WGPU_X8M_CFG=teams,rows`), else 8 teams of 1 row
-/// at mx ≤ 2 and 4 teams of 4 rows above (more weight rows per x load as x grows). On an H200
-/// (BENCHMARKS.md, "(vmr)" run 1, the first gemv_x8m): at m = 2 1-row teams were fastest at
-/// 4096×14336 (Q8_0 33.0 vs 38.5 µs at 4 × 2), at m = 8 4-row teams (Q4_K 14336×4096 70.9 vs
-/// 78.1 µs, Q8_0 4096×14336 90.4 vs 119.0 µs).
-fn x8m_config(be: &WgpuBackend, mx: u32) -> (u32, u32) {
+/// gemv_x8m's (teams of 32 per workgroup, weight rows per team ≤ 4) for `d`: the override
+/// (`set_vgemv_x8m_config`, `KILN_WGPU_X8M_CFG=teams,rows`), else Q4_K 4 teams of 2 rows,
+/// Q8_0 8 teams of 1 row: on an H200 the best or within 3 % of the best of (8, 1), (4, 1),
+/// (4, 2), (8, 2), (2, 4), (4, 4) at m = 2, 4, 8 and the three bench shapes (BENCHMARKS.md,
+/// "(vmr)", run 3; e.g. m = 8: Q4_K 14336×4096 51.2 µs vs 61.6 at (4, 4), Q8_0 4096×4096
+/// 23.0 µs vs 35.7), except Q4_K 4096×14336 m = 8 ((8, 2) 55.2 vs 55.9 µs).
+fn x8m_config(be: &WgpuBackend, d: DType) -> (u32, u32) {
     be.vgemv_x8m_config()
-        .unwrap_or(if mx <= 2 { (8, 1) } else { (4, 4) })
+        .unwrap_or(if d == DType::Q8_0 { (8, 1) } else { (4, 2) })
 }
 
 /// gemv_x8m.wgsl's generated parts for `mx` x rows and `nr` weight rows per team: the scalar
@@ -394,7 +394,7 @@ fn x8m_code(mx: u32, nr: u32, sg32: bool) -> Vec<(&'static str, String)> {
 /// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG).
 fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
-    let (rw, nr) = x8m_config(be, mx);
+    let (rw, nr) = x8m_config(be, d);
     let src: &'static [&'static str] = if matches!(parts, Parts::Glu(_)) {
         &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
     } else {
@@ -722,7 +722,7 @@ pub(crate) fn run_glu(
         x8_ok(be, d, k)
     };
     if m > 1 {
-        let (rw, nr) = x8m_config(be, m as u32);
+        let (rw, nr) = x8m_config(be, d);
         if rw % 2 != 0 || rw / 2 * nr * m as u32 > 128 {
             return Ok(false);
         }
