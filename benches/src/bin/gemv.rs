@@ -112,12 +112,12 @@ fn bench_one(
     })?;
     row(format!("{} {n}x{k}{mname}", dt.name()), secs)?;
     #[cfg(feature = "wgpu")]
-    if m > 1 {
-        if let Some(w) = kiln_benches::opened_wgpu() {
-            let mut plain = |i: usize| be.matmul(xv, &weights[i % copies], yv);
-            if let Some(secs) = kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut plain)? {
-                row(format!("{} {n}x{k}{mname} b2b", dt.name()), secs)?;
-            }
+    if m > 1
+        && let Some(w) = kiln_benches::opened_wgpu()
+    {
+        let mut plain = |i: usize| be.matmul(xv, &weights[i % copies], yv);
+        if let Some(secs) = kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut plain)? {
+            row(format!("{} {n}x{k}{mname} b2b", dt.name()), secs)?;
         }
     }
     if m > 1 {
