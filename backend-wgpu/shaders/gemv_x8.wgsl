@@ -63,6 +63,7 @@ struct Params {
     pwg: vec4<u32>,
     pd: vec4<u32>,
     po: vec4<u32>,
+    mx: vec4<u32>,  // gemv_x8m.wgsl: x rows, x row stride in groups (k/16), y row stride
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -80,8 +81,10 @@ struct Params {
 //#if XQG
 @group(0) @binding(5) var<storage, read> XQ: array<vec4<u32>>;
 @group(0) @binding(6) var<storage, read> XD: array<vec2<f32>>;
-fn gq(g: u32) -> vec4<u32> { return XQ[g]; }
-fn gd(g: u32) -> vec2<f32> { return XD[g]; }
+// The first group of the x row being read (gemv_x8m.wgsl's rows; 0 for one row).
+var<private> xrow: u32;
+fn gq(g: u32) -> vec4<u32> { return XQ[xrow + g]; }
+fn gd(g: u32) -> vec2<f32> { return XD[xrow + g]; }
 //#else
 var<workgroup> xq: array<vec4<u32>, {{XG}}>;
 var<workgroup> xd: array<vec2<f32>, {{XG}}>;

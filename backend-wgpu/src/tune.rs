@@ -13,6 +13,7 @@ use kiln_core::tune::{TuneCache, device_key};
 use kiln_core::{DType, DeviceInfo, Error, HostTensor, Result, Shape};
 
 use crate::device::WgpuBackend;
+use crate::ops::gemv_v::x8m_ok;
 use crate::ops::matmul::{MatmulPath, matmul_with};
 
 const UNTUNED_GEMV_ROWS: usize = 8;
@@ -58,6 +59,8 @@ pub(crate) struct TuneState {
     vgemv_ksplit: Option<u32>,
     /// gemv_x8 Q4_K's packed scale/min decode (Q4K_PACK), forced on/off; None = built-in.
     vgemv_q4k_pack: Option<bool>,
+    /// gemv_x8m's (teams, rows per team), forced; None = built-in (`ops/gemv_v.rs`).
+    vgemv_x8m_config: Option<(u32, u32)>,
     /// k splits of the GEMM forced (benchmarks, tests); None = `ops/gemm.rs`'s rule.
     gemm_splits: Option<u32>,
     /// The GEMM path runs matmul.wgsl's older 64×64 `gemm` (comparison).
@@ -132,6 +135,11 @@ impl TuneState {
                     _ => None,
                 }
             }),
+            // KILN_WGPU_X8M_CFG=teams,rows: gemv_x8m's shape for the whole process (A/B)
+            vgemv_x8m_config: std::env::var("KILN_WGPU_X8M_CFG").ok().and_then(|v| {
+                let (t, r) = v.split_once(',')?;
+                x8m_cfg_ok((t.trim().parse().ok()?, r.trim().parse().ok()?))
+            }),
             gemm_splits: None,
             gemm_legacy: std::env::var("KILN_WGPU_GEMM").is_ok_and(|v| v == "legacy"),
             gemm_kk_prefetch: std::env::var("KILN_WGPU_GEMM").map_or(true, |v| v != "nopf"),
@@ -143,11 +151,18 @@ impl TuneState {
     }
 }
 
+fn x8m_cfg_ok((t, r): (u32, u32)) -> Option<(u32, u32)> {
+    ([1, 2, 4, 8, 16].contains(&t) && [1, 2, 4].contains(&r)).then_some((t, r))
+}
+
 /// The cache key of a crossover. "gemm2": measured against `gemm.wgsl`; "gemm3": against
-/// `gemm_coop.wgsl` (entries measured against the older GEMMs are left unread).
-pub(crate) fn key(d: DType, n: usize, k: usize, coop: bool) -> String {
+/// `gemm_coop.wgsl` (entries measured against the older GEMMs are left unread). "/x8m": a
+/// Q8_0/Q4_K shape whose 2..=8-row GEMV is gemv_x8m (`x8m`), faster than the general GEMV the
+/// older entries measured, so those re-tune.
+pub(crate) fn key(d: DType, n: usize, k: usize, coop: bool, x8m: bool) -> String {
     let g = if coop { "gemm3" } else { "gemm2" };
-    format!("matmul/{}/n{n}/k{k}/{g}", d.name())
+    let v = if x8m { "/x8m" } else { "" };
+    format!("matmul/{}/n{n}/k{k}/{g}{v}", d.name())
 }
 
 /// What `tune` measured for one shape.
@@ -291,6 +306,27 @@ impl WgpuBackend {
         t.vgemv_q4k_pack = on;
     }
 
+    /// Force gemv_x8m's shape (2..=8 x rows of Q8_0/Q4_K): (teams of 32 invocations per
+    /// workgroup 1/2/4/8/16, weight rows per team 1/2/4), or `None` for the built-in choice.
+    /// Benchmarks and tests; `KILN_WGPU_X8M_CFG=teams,rows` for the process.
+    pub fn set_vgemv_x8m_config(&self, cfg: Option<(u32, u32)>) -> Result<()> {
+        if let Some(c) = cfg
+            && x8m_cfg_ok(c).is_none()
+        {
+            return Err(Error::Invalid(format!(
+                "gemv_x8m config {c:?}: expected teams 1, 2, 4, 8 or 16 and rows 1, 2 or 4"
+            )));
+        }
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_x8m_config = cfg;
+        Ok(())
+    }
+
+    pub(crate) fn vgemv_x8m_config(&self) -> Option<(u32, u32)> {
+        let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.vgemv_x8m_config
+    }
+
     pub(crate) fn vgemv_q4k_pack(&self) -> Option<bool> {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         t.vgemv_q4k_pack
@@ -394,7 +430,7 @@ impl WgpuBackend {
     }
 
     pub(crate) fn choose_path(&self, d: DType, n: usize, k: usize, m: usize) -> MatmulPath {
-        let key = key(d, n, k, self.gemm_coop());
+        let key = key(d, n, k, self.gemm_coop(), x8m_ok(self, d, k));
         let known = {
             let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
             t.known.get(&key).copied()
@@ -535,7 +571,7 @@ impl WgpuBackend {
                 }
             }
         }
-        let key = key(dtype, n, k, self.gemm_coop());
+        let key = key(dtype, n, k, self.gemm_coop(), x8m_ok(self, dtype, k));
         let value = serde_json::json!({
             "max_gemv_rows": max_gemv_rows,
             "timings_s": timings.iter().map(|(m, a, b)| serde_json::json!({"m": m, "gemv": a, "gemm": b})).collect::<Vec<_>>(),

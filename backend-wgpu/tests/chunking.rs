@@ -41,18 +41,29 @@ fn split_weights_give_the_same_results() {
         )
         .unwrap();
         let got = read_f32(&be, &o, 0, m * 40);
-        let mut want = vec![0f32; m * 40];
-        for i in 0..m {
-            for j in 0..40 {
-                want[i * 40 + j] = (0..512)
-                    .map(|t| f64::from(x[i * 512 + t]) * f64::from(deq[j * 512 + t]))
-                    .sum::<f64>() as f32;
+        let oracle = |x: &[f32]| {
+            let mut want = vec![0f32; m * 40];
+            for i in 0..m {
+                for j in 0..40 {
+                    want[i * 40 + j] = (0..512)
+                        .map(|t| f64::from(x[i * 512 + t]) * f64::from(deq[j * 512 + t]))
+                        .sum::<f64>() as f32;
+                }
             }
-        }
+            want
+        };
+        // The GEMV path at m = 5 is gemv_x8m (x rounded to int8 per 16) where the adapter has
+        // dot4I8Packed, else the exact-x GEMV: either oracle (they differ by ~4e-5 nmse, so a
+        // wrong chunk row or output stride fails both).
+        let e = nmse(&got, &oracle(&x));
+        let e8 = if path == kiln_wgpu::MatmulPath::Gemv {
+            nmse(&got, &oracle(&round_x8(&x).0))
+        } else {
+            e
+        };
         assert!(
-            nmse(&got, &want) < 2e-6,
-            "{path:?}: nmse {}",
-            nmse(&got, &want)
+            e.min(e8) < 2e-6,
+            "{path:?}: nmse {e} (rounded-x oracle {e8})"
         );
     }
     // embed across chunks

@@ -146,6 +146,8 @@ fn both_paths_many_rows_all_dtypes() {
             .prepare_weight(&HostTensor::new(d, Shape::d2(8, 512), &c.bin).unwrap())
             .unwrap();
         let m = 70; // more than one 64-row GEMM tile and a partial GEMV tile
+        // exact x: Q8_0/Q4_K's int8-x kernels (gemv_x8m at m ≥ 2) are checked in x8m_gemv_rows
+        be.set_vgemv_x8(false);
         let x = randn(&mut r, m * 512, 1.0);
         let want = cpu_mm(&x, &c.deq, m, 8, 512);
         // x and out at offsets in one shared buffer
@@ -183,6 +185,92 @@ fn both_paths_many_rows_all_dtypes() {
         .unwrap();
         let got = read_f32(&be, &buf, 64 + m * 512 * 4, 24);
         assert!(nmse(&got, &want[..24]) < 2e-6, "{d}: matmul dispatch");
+        be.set_vgemv_x8(true);
+    }
+}
+
+/// gemv_x8m (Q8_0/Q4_K at m ≥ 2 on the GEMV path: MX = 2..8 x rows per dispatch, more rows
+/// in passes of 8) against a CPU product of x rounded to int8 per 16 elements and the
+/// dequantized weight, each output within 1e-5 of its Σ|x̂·w| plus the rounding ties (as
+/// `x8_gemv_check`), at every (teams, rows) shape, k with and without a partial 1024-chunk,
+/// n leaving partial row groups; the exact-x product differs from that oracle by more than
+/// the tolerance somewhere, so the test sees that the int8 kernel ran (and a wrong row, x row
+/// or output stride fails; outputs are NaN-poisoned).
+#[test]
+fn x8m_gemv_rows() {
+    let Some(be) = open() else { return };
+    let mut r = rng(21);
+    let cfgs = [
+        None,
+        Some((1, 1)),
+        Some((2, 4)),
+        Some((8, 1)),
+        Some((16, 2)),
+    ];
+    for d in [DType::Q8_0, DType::Q4_K] {
+        for (n, k) in [(37usize, 1280usize), (19, 4096), (5, 256)] {
+            let host = random_weight(&mut r, d, n, k);
+            let deq = kiln_core::quant::dequantize_vec(d, &host).unwrap();
+            let w = be
+                .prepare_weight(&HostTensor::new(d, Shape::d2(n, k), &host).unwrap())
+                .unwrap();
+            for m in [2usize, 3, 5, 7, 8, 11, 17] {
+                let mut x = randn(&mut r, m * k, 1.0);
+                for t in (0..m * k).step_by(97) {
+                    x[t] *= 20.0;
+                }
+                let (xr, ds) = round_x8(&x);
+                let want = cpu_mm(&xr, &deq, m, n, k);
+                let exact = cpu_mm(&x, &deq, m, n, k);
+                let tol = |i: usize, j: usize| {
+                    (0..k)
+                        .map(|t| {
+                            let (xv, wv) = (x[i * k + t], f64::from(deq[j * k + t]));
+                            let v = f64::from(xv) / ds[(i * k + t) / 16];
+                            let tie = (v.abs().fract() - 0.5).abs() < 1e-4;
+                            1e-5 * (f64::from(xr[i * k + t]) * wv).abs()
+                                + if tie {
+                                    ds[(i * k + t) / 16] * wv.abs()
+                                } else {
+                                    0.0
+                                }
+                        })
+                        .sum::<f64>()
+                        + 1e-30
+                };
+                let tols: Vec<f64> = (0..m * n).map(|e| tol(e / n, e % n)).collect();
+                assert!(
+                    (0..m * n).any(|e| (f64::from(exact[e]) - f64::from(want[e])).abs() > tols[e]),
+                    "{d} {n}x{k} m={m}: the rounded-x oracle does not tell the kernels apart"
+                );
+                let buf = poisoned(&be, 4 + m * k + m * n);
+                be.write(&buf, 16, &f32_bytes(&x)).unwrap();
+                let xv = buf.view(16, Shape::d2(m, k), DType::F32).unwrap();
+                let o = 16 + 4 * m * k;
+                let ov = buf.view_mut(o, Shape::d2(m, n), DType::F32).unwrap();
+                for cfg in cfgs {
+                    be.set_vgemv_x8m_config(cfg).unwrap();
+                    be.write(&buf, o, &f32_bytes(&vec![f32::NAN; m * n]))
+                        .unwrap();
+                    be.matmul_with(xv, &w, ov, MatmulPath::Gemv).unwrap();
+                    let got = read_f32(&be, &buf, o, m * n);
+                    for e in 0..m * n {
+                        let err = (f64::from(got[e]) - f64::from(want[e])).abs();
+                        assert!(
+                            err <= tols[e],
+                            "{d} {n}x{k} m={m} gemv_x8m {cfg:?}: y[{}, {}] = {} want {} (err {err:e} > {:e}; exact-x value {})",
+                            e / n,
+                            e % n,
+                            got[e],
+                            want[e],
+                            tols[e],
+                            exact[e]
+                        );
+                    }
+                }
+                be.set_vgemv_x8m_config(None).unwrap();
+            }
+        }
     }
 }
 

@@ -28,13 +28,19 @@ const SRC_Q: &str = include_str!("../../shaders/quant_x8.wgsl");
 const SRC_R: &str = include_str!("../../shaders/round_x8.wgsl");
 /// The parts of a several-weight dispatch (`run_many`), included before either GEMV.
 const SRC_MANY: &str = include_str!("../../shaders/gemv_many.wgsl");
+/// gemv_x8 for 2..=8 x rows (`run_m`), included after gemv_x8.wgsl.
+const SRC_X8M: &str = include_str!("../../shaders/gemv_x8m.wgsl");
 
-/// Largest k whose int8 x fits the backend's `xq_buf` (XQG).
+/// Most x rows one gemv_x8m dispatch takes (MX); more rows go in passes of this many.
+pub(crate) const MX_MAX: usize = 8;
+/// Largest k whose int8 x fits the backend's `xq_buf` (XQG, and gemv_x8m's MX_MAX rows).
 pub(crate) const XQ_MAX_K: usize = 65536;
-/// Byte offset of the (d, d·Σq) pairs in `xq_buf` (after k/16 vec4 quants).
-pub(crate) const XQ_D_OFF: u64 = XQ_MAX_K as u64;
+/// x elements `xq_buf` holds: MX_MAX rows of XQ_MAX_K (768 KiB in all).
+const XQ_ELEMS: usize = MX_MAX * XQ_MAX_K;
+/// Byte offset of the (d, d·Σq) pairs in `xq_buf` (after the quants, 1 byte per element).
+pub(crate) const XQ_D_OFF: u64 = XQ_ELEMS as u64;
 /// Size of `xq_buf`: quants, then one vec2<f32> per group of 16.
-pub(crate) const XQ_BYTES: u64 = XQ_D_OFF + (XQ_MAX_K as u64 / 16) * 8;
+pub(crate) const XQ_BYTES: u64 = XQ_D_OFF + (XQ_ELEMS as u64 / 16) * 8;
 
 /// gemv_x8's built-in prefetch depth (chunks of weight loads in flight ahead) for `n_c` rows
 /// of `d` at `k` (`one`: a single weight, not matmul_many/glu): 2 wherever `x8_wide` takes 16
@@ -97,6 +103,8 @@ struct Params {
     pwg: [u32; 4],
     pd: [u32; 4],
     po: [u32; 4],
+    /// gemv_x8m (and quant_x8 for it): x rows, x row stride in groups of 16, y row stride.
+    mx: [u32; 4],
 }
 
 /// Whether the vec4 kernel handles this weight dtype.
@@ -209,6 +217,7 @@ enum Parts {
     Glu(f64),
 }
 
+#[allow(clippy::too_many_arguments)]
 fn plan(
     be: &WgpuBackend,
     d: DType,
@@ -216,7 +225,11 @@ fn plan(
     n_c: u32,
     x8: Option<X8>,
     parts: Parts,
+    mx: u32,
 ) -> Result<Plan> {
+    if mx > 1 {
+        return plan_m(be, d, parts, mx);
+    }
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     let one = parts == Parts::One;
     let (rw, nr) = config(be, d, n_c, k, x8.is_some(), one);
@@ -287,6 +300,137 @@ fn plan(
     })
 }
 
+/// Whether 2..=MX_MAX x rows of `d` at `k` may run through gemv_x8m (`run_m`): Q8_0/Q4_K, the
+/// int8 path on (`set_vgemv_x8`, `KILN_WGPU_X8`) and not turned off by `KILN_WGPU_X8M=0`, k a
+/// multiple of 16 and MX_MAX rows of its int8 copy within `xq_buf` (k ≤ XQ_MAX_K).
+pub(crate) fn x8m_ok(be: &WgpuBackend, d: DType, k: usize) -> bool {
+    matches!(d, DType::Q8_0 | DType::Q4_K)
+        && k.is_multiple_of(16)
+        && k <= XQ_MAX_K
+        && be.vgemv_x8()
+        && x8m_on()
+}
+
+/// `KILN_WGPU_X8M=0`: 2..=8-row Q8_0/Q4_K products take the general GEMV (matmul.wgsl, f32
+/// dequant, 4 x rows per pass) and matmul_many/glu one dispatch per weight, as before gemv_x8m
+/// (comparison).
+fn x8m_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_WGPU_X8M").map_or(true, |v| v != "0"))
+}
+
+/// gemv_x8m's (teams of 32 per workgroup, weight rows per team ≤ 4) for `d`: the override
+/// (`set_vgemv_x8m_config`, `KILN_WGPU_X8M_CFG=teams,rows`), else Q4_K 4 teams of 2 rows,
+/// Q8_0 8 teams of 1 row: on an H200 the best or within 3 % of the best of (8, 1), (4, 1),
+/// (4, 2), (8, 2), (2, 4), (4, 4) at m = 2, 4, 8 and the three bench shapes (BENCHMARKS.md,
+/// "(vmr)", run 3; e.g. m = 8: Q4_K 14336×4096 51.2 µs vs 61.6 at (4, 4), Q8_0 4096×4096
+/// 23.0 µs vs 35.7), except Q4_K 4096×14336 m = 8 ((8, 2) 55.2 vs 55.9 µs).
+fn x8m_config(be: &WgpuBackend, d: DType) -> (u32, u32) {
+    be.vgemv_x8m_config()
+        .unwrap_or(if d == DType::Q8_0 { (8, 1) } else { (4, 2) })
+}
+
+/// gemv_x8m.wgsl's generated parts for `mx` x rows and `nr` weight rows per team: the scalar
+/// accumulators m{r}_{i} and every statement that touches them, unrolled (no private arrays).
+fn x8m_code(mx: u32, nr: u32, sg32: bool) -> Vec<(&'static str, String)> {
+    let na = nr * mx;
+    let each = |f: &dyn Fn(u32, u32) -> String| -> String {
+        (0..nr)
+            .flat_map(|r| (0..mx).map(move |i| (r, i)))
+            .map(|(r, i)| f(r, i))
+            .collect()
+    };
+    let mut acc = String::new();
+    for i in 0..mx {
+        acc += &format!("    xrow = {i}u * P.mx.y;\n    load_x(c, l, full);\n");
+        for r in 0..nr {
+            acc += &format!("    m{r}_{i} += dx(u{r});\n");
+        }
+    }
+    let red = if sg32 {
+        each(&|r, i| format!("    m{r}_{i} = subgroupAdd(m{r}_{i});\n"))
+    } else {
+        each(&|r, i| format!("    m{r}_{i} = team_sum(m{r}_{i}, li, team, l);\n"))
+    };
+    vec![
+        (
+            "X8M_DECL",
+            each(&|r, i| format!("var<private> m{r}_{i}: f32;\n")),
+        ),
+        (
+            "X8M_DQ",
+            (0..nr)
+                .map(|r| format!("    let u{r} = dq(w{r}, c, l);\n"))
+                .collect(),
+        ),
+        ("X8M_ACC", acc),
+        ("X8M_ZERO", each(&|r, i| format!("    m{r}_{i} = 0.0;\n"))),
+        ("X8M_RED", red),
+        (
+            "X8M_PUT",
+            each(&|r, i| format!("        putm(row0 + {r}u, {i}u, m{r}_{i});\n")),
+        ),
+        (
+            "X8M_GLU_SAVE",
+            each(&|r, i| {
+                format!(
+                    "        glu_u[(team - h) * {na}u + {}u] = m{r}_{i};\n",
+                    r * mx + i
+                )
+            }),
+        ),
+        (
+            "X8M_GLU_PUT",
+            each(&|r, i| {
+                format!(
+                    "        putm(row0 + {r}u, {i}u, act(m{r}_{i}) * glu_u[team * {na}u + {}u]);\n",
+                    r * mx + i
+                )
+            }),
+        ),
+    ]
+}
+
+/// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG).
+fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
+    let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
+    let (rw, nr) = x8m_config(be, d);
+    let src: &'static [&'static str] = if matches!(parts, Parts::Glu(_)) {
+        &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
+    } else {
+        &[SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
+    };
+    let mut spec = ShaderSpec::new("gemv_x8m", src, "gemv_x8m")
+        .define("XQG")
+        .define(wdefine(d))
+        .over("RW", f64::from(rw))
+        .over("NR", f64::from(nr))
+        .over("WGS", f64::from(32 * rw));
+    if d == DType::Q4_K {
+        spec = spec.define("Q4K_PACK");
+    }
+    if sg32 {
+        spec = spec.define("SG32");
+    }
+    for (key, code) in x8m_code(mx, nr, sg32) {
+        spec = spec.sub(key, code);
+    }
+    match parts {
+        Parts::One => {}
+        Parts::Many => spec = spec.define("MANY"),
+        Parts::Glu(act) => spec = spec.define("MANY").define("GLU").over("ACT", act),
+    }
+    let rows_per_wg = match parts {
+        Parts::Glu(_) => rw / 2 * nr,
+        _ => rw * nr,
+    };
+    Ok(Plan {
+        pipe: be.pipeline(spec)?,
+        rows_per_wg,
+        chunk: CHUNK,
+    })
+}
+
 /// `xq_buf`'s quants (at 0) or (d, d·Σq) pairs (at XQ_D_OFF) as binding `binding`.
 fn xq_at(be: &WgpuBackend, binding: u32, offset: u64, size: u64) -> wgpu::BindGroupEntry<'_> {
     wgpu::BindGroupEntry {
@@ -312,7 +456,8 @@ fn record<'a>(
     p: &Params,
     grid: (u32, u32),
 ) -> Result<()> {
-    let ng = (k / 16) as u64;
+    // x rows rounded by the pre-pass: gemv_x8m's MX (P.mx[0]), else one
+    let ng = (k / 16) as u64 * u64::from(p.mx[0].max(1));
     if x8 == Some(X8::Global) {
         // quant_x8 then gemv_x8 in one pass; the quants and pairs of xq_buf
         let qpipe = be.pipeline(ShaderSpec::new("quant_x8", &[SRC_R, SRC_Q], "quant_x8"))?;
@@ -349,7 +494,7 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     let x8 = x8_ok(be, ww.dtype, ww.k);
     for c in &ww.chunks {
         let n_c = (c.r1 - c.r0) as u32;
-        let plan = plan(be, ww.dtype, ww.k, n_c, x8, Parts::One)?;
+        let plan = plan(be, ww.dtype, ww.k, n_c, x8, Parts::One, 1)?;
         // W4 covers the 16-byte-aligned rows (the whole buffer rounded down to 16 bytes);
         // Q8_0 also binds the whole buffer as words for its d array.
         let size = c.buf.size();
@@ -376,14 +521,71 @@ pub(crate) fn run(be: &WgpuBackend, x: View<'_>, ww: &WgpuWeight, out: ViewMut<'
     Ok(())
 }
 
-/// out_i = x[1, k]·W_iᵀ for 2 or 3 weights of one dtype and k in ONE dispatch (gemv_many.wgsl):
-/// a layer's q/k/v or gate/up. `Ok(false)` (nothing recorded) where they do not qualify: a
-/// weight in several chunks, more than 3 parts, mixed dtypes or k, x off a 16-byte offset, or
-/// `KILN_WGPU_MANY=0`; the caller then runs one matmul each. Shapes are the caller's (checked).
+/// y[m, n] = x[m, k]·Wᵀ for m ≥ 2 x rows through gemv_x8m, in passes of ≤ MX_MAX rows (each a
+/// quant_x8 pre-pass of its rows into `xq_buf` and one gemv_x8m dispatch per weight chunk).
+/// `Ok(false)` (nothing recorded) where it cannot run (`x8m_ok`, x off a 16-byte offset); the
+/// caller then takes the general GEMV. Shapes are the caller's (checked).
+pub(crate) fn run_m(
+    be: &WgpuBackend,
+    x: View<'_>,
+    ww: &WgpuWeight,
+    out: ViewMut<'_>,
+    m: usize,
+) -> Result<bool> {
+    let op = OpKind::Matmul;
+    let (d, k) = (ww.dtype, ww.k);
+    if !x8m_ok(be, d, k) {
+        return Ok(false);
+    }
+    let bx = be.bind_view(op, &x, "x")?;
+    let x_off = bx.elem_off(4);
+    if !x_off.is_multiple_of(4) {
+        return Ok(false);
+    }
+    let bo = be.bind_out(op, &out, "out")?;
+    for c in &ww.chunks {
+        let n_c = (c.r1 - c.r0) as u32;
+        let size = c.buf.size();
+        let bw4 = be.bind_range(&c.buf, 0, size / 16 * 16, "weight chunk (vec4)")?;
+        let bw = be.bind_range(&c.buf, 0, size, "weight chunk")?;
+        let mut i0 = 0;
+        while i0 < m {
+            let mp = (m - i0).min(MX_MAX);
+            let plan = plan(be, d, k, n_c, Some(X8::Global), Parts::One, mp as u32)?;
+            let p = Params {
+                n_c,
+                k: k as u32,
+                r0: c.r0 as u32,
+                bpr: ww.bpr() as u32,
+                d_base: c.d_base,
+                x4: x_off / 4 + (i0 * k / 4) as u32,
+                o_off: bo.elem_off(4) + (i0 * ww.rows) as u32,
+                chunks: k.div_ceil(plan.chunk) as u32,
+                mx: [mp as u32, (k / 16) as u32, ww.rows as u32, 0],
+                ..Params::default()
+            };
+            let mut g_in = vec![bw4.entry(1), bo.entry(3)];
+            if d == DType::Q8_0 {
+                g_in.push(bw.entry(4));
+            }
+            let grid = be.grid(n_c.div_ceil(plan.rows_per_wg));
+            record(be, &plan, Some(X8::Global), &bx, k, g_in, &p, grid)?;
+            i0 += mp;
+        }
+    }
+    Ok(true)
+}
+
+/// out_i = x[m, k]·W_iᵀ for 2 or 3 weights of one dtype and k in ONE dispatch (gemv_many.wgsl):
+/// a layer's q/k/v or gate/up; m = 1 through gemv_v/gemv_x8, 2 ≤ m ≤ MX_MAX through gemv_x8m.
+/// `Ok(false)` (nothing recorded) where they do not qualify: a weight in several chunks, more
+/// than 3 parts, mixed dtypes or k, x off a 16-byte offset, m > 1 where gemv_x8m cannot run,
+/// or `KILN_WGPU_MANY=0`; the caller then runs one matmul each. Shapes are the caller's.
 pub(crate) fn run_many(
     be: &WgpuBackend,
     x: View<'_>,
     parts: &[(&WgpuWeight, ViewMut<'_>)],
+    m: usize,
 ) -> Result<bool> {
     let op = OpKind::Matmul;
     let Some((w0, _)) = parts.first() else {
@@ -392,6 +594,8 @@ pub(crate) fn run_many(
     let (d, k) = (w0.dtype, w0.k);
     let one_chunk = |w: &WgpuWeight| w.chunks.len() == 1 && w.chunks[0].r0 == 0;
     if !many_on()
+        || !(1..=MX_MAX).contains(&m)
+        || (m > 1 && !x8m_ok(be, d, k))
         || !(2..=3).contains(&parts.len())
         || !parts
             .iter()
@@ -404,15 +608,20 @@ pub(crate) fn run_many(
     if !x_off.is_multiple_of(4) {
         return Ok(false);
     }
-    let x8 = x8_ok(be, d, k);
+    let x8 = if m > 1 {
+        Some(X8::Global)
+    } else {
+        x8_ok(be, d, k)
+    };
     let n_all: usize = parts.iter().map(|(w, _)| w.rows).sum();
-    let plan = plan(be, d, k, n_all as u32, x8, Parts::Many)?;
+    let plan = plan(be, d, k, n_all as u32, x8, Parts::Many, m as u32)?;
     let mut p = Params {
         k: k as u32,
         bpr: w0.bpr() as u32,
         x4: x_off / 4,
         chunks: k.div_ceil(plan.chunk) as u32,
         pwg: [0, u32::MAX, u32::MAX, u32::MAX],
+        mx: [m as u32, (k / 16) as u32, 0, 0],
         ..Params::default()
     };
     let (mut w4s, mut ws, mut outs) = (Vec::new(), Vec::new(), Vec::new());
@@ -477,10 +686,12 @@ fn many_on() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_WGPU_MANY").map_or(true, |v| v != "0"))
 }
 
-/// out = act(x·Gᵀ) ⊙ (x·Uᵀ) at m = 1 in ONE dispatch (gemv_many.wgsl, GLU): gate and up rows in
-/// the same workgroup, the GLU in the epilogue; the gate/up scratch of matmul_glu stays
-/// unwritten. `Ok(false)` (nothing recorded) where it does not apply (as `run_many`, plus a
-/// k split inside the workgroup or an odd team count); the caller then runs matmul_many + glu.
+/// out = act(x·Gᵀ) ⊙ (x·Uᵀ) at m ≤ MX_MAX rows in ONE dispatch (gemv_many.wgsl, GLU; m ≥ 2
+/// through gemv_x8m): gate and up rows in the same workgroup, the GLU in the epilogue; the
+/// gate/up scratch of matmul_glu stays unwritten. `Ok(false)` (nothing recorded) where it does
+/// not apply (as `run_many`, plus a k split inside the workgroup, an odd team count or, m ≥ 2,
+/// more than 128 up sums per workgroup); the caller then runs matmul_many + glu.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn run_glu(
     be: &WgpuBackend,
     x: View<'_>,
@@ -488,6 +699,7 @@ pub(crate) fn run_glu(
     up: &WgpuWeight,
     act: f64,
     out: ViewMut<'_>,
+    m: usize,
 ) -> Result<bool> {
     let op = OpKind::Matmul;
     let (d, k) = (gate.dtype, gate.k);
@@ -499,20 +711,33 @@ pub(crate) fn run_glu(
         || gate.rows == 0
         || !one_chunk(gate)
         || !one_chunk(up)
+        || !(1..=MX_MAX).contains(&m)
+        || (m > 1 && !x8m_ok(be, d, k))
     {
         return Ok(false);
     }
-    let x8 = x8_ok(be, d, k);
-    let (rw, _) = config(be, d, gate.rows as u32, k, x8.is_some(), false);
-    if rw % 2 != 0 || rw / 2 * 8 > 128 || (x8.is_some() && x8_ksplit(be, rw) != 1) {
-        return Ok(false);
+    let x8 = if m > 1 {
+        Some(X8::Global)
+    } else {
+        x8_ok(be, d, k)
+    };
+    if m > 1 {
+        let (rw, nr) = x8m_config(be, d);
+        if rw % 2 != 0 || rw / 2 * nr * m as u32 > 128 {
+            return Ok(false);
+        }
+    } else {
+        let (rw, _) = config(be, d, gate.rows as u32, k, x8.is_some(), false);
+        if rw % 2 != 0 || rw / 2 * 8 > 128 || (x8.is_some() && x8_ksplit(be, rw) != 1) {
+            return Ok(false);
+        }
     }
     let bx = be.bind_view(op, &x, "x")?;
     let x_off = bx.elem_off(4);
     if !x_off.is_multiple_of(4) {
         return Ok(false);
     }
-    let plan = plan(be, d, k, gate.rows as u32, x8, Parts::Glu(act))?;
+    let plan = plan(be, d, k, gate.rows as u32, x8, Parts::Glu(act), m as u32)?;
     let bo = be.bind_out(op, &out, "out")?;
     let (cg, cu) = (&gate.chunks[0], &up.chunks[0]);
     let (sg, su) = (cg.buf.size(), cu.buf.size());
@@ -530,6 +755,7 @@ pub(crate) fn run_glu(
         pwg: [0, u32::MAX, u32::MAX, u32::MAX],
         pd: [cg.d_base, cu.d_base, 0, 0],
         po: [bo.elem_off(4), 0, 0, 0],
+        mx: [m as u32, (k / 16) as u32, 0, 0],
         ..Params::default()
     };
     // Bindings of parts 1 and 2 as gemv_many.wgsl declares them; the outputs of parts 1 and 2

@@ -118,8 +118,9 @@ pub(crate) fn matmul(be: &WgpuBackend, x: View<'_>, w: &Weight, out: ViewMut<'_>
     run(be, x, ww, out, m, path)
 }
 
-/// The trait's matmul_many: one-row products of 2–3 weights that the tuned path sends to the
-/// vec4 GEMV go as ONE dispatch (`gemv_v::run_many`); anything else, one matmul each.
+/// The trait's matmul_many: products of 2–3 weights at m ≤ 8 rows that the tuned path sends to
+/// the vec4 GEMV (m = 1) or gemv_x8m (2 ≤ m ≤ 8, Q8_0/Q4_K) go as ONE dispatch
+/// (`gemv_v::run_many`); anything else, one matmul each.
 pub(crate) fn matmul_many(
     be: &WgpuBackend,
     x: View<'_>,
@@ -130,7 +131,7 @@ pub(crate) fn matmul_many(
     for (i, (w, out)) in parts.iter().enumerate() {
         let m = check_args(be, &x, w, out)?;
         let ww = WgpuWeight::of(w, OpKind::Matmul)?;
-        one &= m == 1
+        one &= (m == 1 || (m <= gemv_v::MX_MAX && gemv_v::x8m_ok(be, ww.dtype, ww.k)))
             && gemv_v::supports(ww.dtype)
             && be.choose_path(ww.dtype, ww.rows, ww.k, m) == MatmulPath::Gemv
             && parts[..i]
@@ -138,7 +139,8 @@ pub(crate) fn matmul_many(
                 .all(|(_, o)| out.check_disjoint(&o.as_view()).is_ok());
         ws.push((ww, *out));
     }
-    if one && gemv_v::run_many(be, x, &ws)? {
+    let m = x.shape().rows();
+    if one && gemv_v::run_many(be, x, &ws, m)? {
         return Ok(());
     }
     for (w, out) in parts {
@@ -147,8 +149,9 @@ pub(crate) fn matmul_many(
     Ok(())
 }
 
-/// The trait's matmul_glu: at one row on the vec4 GEMV path, gate, up and the GLU as ONE
-/// dispatch (`gemv_v::run_glu`); otherwise matmul_many then glu (the trait's default).
+/// The trait's matmul_glu: at one row on the vec4 GEMV path (or 2..=8 rows on gemv_x8m's),
+/// gate, up and the GLU as ONE dispatch (`gemv_v::run_glu`); otherwise matmul_many then glu
+/// (the trait's default).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_glu(
     be: &WgpuBackend,
@@ -169,12 +172,12 @@ pub(crate) fn matmul_glu(
     let gemv = |w: &WgpuWeight| {
         gemv_v::supports(w.dtype) && be.choose_path(w.dtype, w.rows, w.k, m) == MatmulPath::Gemv
     };
-    if m == 1
+    if m <= gemv_v::MX_MAX
         && x.offset().is_multiple_of(16)
         && be.vgemv_enabled()
         && gemv(gw)
         && gemv(uw)
-        && gemv_v::run_glu(be, x, gw, uw, crate::ops::glu::act_code(act), out)?
+        && gemv_v::run_glu(be, x, gw, uw, crate::ops::glu::act_code(act), out, m)?
     {
         return Ok(());
     }
@@ -214,6 +217,15 @@ fn run(
         && x.offset().is_multiple_of(16)
     {
         return gemv_v::run(be, x, ww, out);
+    }
+    // 2 ≤ m rows of Q8_0/Q4_K: gemv_x8m (int8 x, each weight byte read once per 8 rows)
+    if path == MatmulPath::Gemv
+        && m > 1
+        && be.vgemv_enabled()
+        && x.offset().is_multiple_of(16)
+        && gemv_v::run_m(be, x, ww, out, m)?
+    {
+        return Ok(());
     }
     if path == MatmulPath::Gemm && be.gemm_coop() {
         return gemm_coop::run(be, x, ww, out, m);

@@ -10,6 +10,8 @@
 //! calls (each on the next weight copy) recorded into ONE submission, GPU timestamps at the
 //! first pass's start and the last pass's end, median of 7 such windows.
 //! `gemv --backend cuda|wgpu|reference [--quick] [--types q4_k,bf16] [--json FILE]`
+//! Env `KILN_BENCH_MS=1,2,4,8`: also m x rows per product (small-batch decode); rows with
+//! m > 1 are "m=M" cases with the plain and b2b timings only (bytes: weight + m·(k + n)·4).
 
 use kiln_benches::{
     Args, Report, Row, copy_bandwidth, open, random_weight, rotation_copies, run_main, time_calls,
@@ -38,19 +40,27 @@ fn main() {
         let copy = kiln_benches::wgpu_ceiling(&mut rep, copy, args.quick)?;
         let types = args.types_or(&DType::WEIGHT_TYPES);
         let shapes: &[(usize, usize)] = if args.quick { &SHAPES[..1] } else { &SHAPES };
+        let ms: Vec<usize> = std::env::var("KILN_BENCH_MS")
+            .ok()
+            .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+            .filter(|v: &Vec<usize>| !v.is_empty() && v.iter().all(|&m| m > 0))
+            .unwrap_or_else(|| vec![1]);
         for dt in types {
             if !be.supports(kiln_core::OpKind::Matmul, dt) {
                 println!("{dt}: not supported on {}", be.info().id);
                 continue;
             }
             for &(n, k) in shapes {
-                bench_one(&*be, &args, &mut rep, dt, n, k, copy)?;
+                for &m in &ms {
+                    bench_one(&*be, &args, &mut rep, dt, n, k, m, copy)?;
+                }
             }
         }
         Ok(())
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn bench_one(
     be: &dyn kiln_core::Backend,
     args: &Args,
@@ -58,6 +68,7 @@ fn bench_one(
     dt: DType,
     n: usize,
     k: usize,
+    m: usize,
     copy: f64,
 ) -> Result<()> {
     let host = random_weight(dt, n, k, (n * 31 + k) as u64);
@@ -68,14 +79,19 @@ fn bench_one(
         .map(|_| be.prepare_weight(&t))
         .collect::<Result<Vec<_>>>()?;
     drop(host);
-    let x = be.alloc(k * 4)?;
-    be.write(&x, 0, &vec![0u8; k * 4])?;
-    let y = be.alloc(n * 4)?;
-    let xv = x.view(0, Shape::d2(1, k), DType::F32)?;
-    let yv = y.view_mut(0, Shape::d2(1, n), DType::F32)?;
+    let x = be.alloc(m * k * 4)?;
+    be.write(&x, 0, &vec![0u8; m * k * 4])?;
+    let y = be.alloc(m * n * 4)?;
+    let xv = x.view(0, Shape::d2(m, k), DType::F32)?;
+    let yv = y.view_mut(0, Shape::d2(m, n), DType::F32)?;
     let calls = copies.max(if args.quick { 8 } else { 32 });
     let reps = if args.quick { 3 } else { 7 };
-    let bytes = (wbytes + 4 * k + 4 * n) as f64;
+    let bytes = (wbytes + m * (4 * k + 4 * n)) as f64;
+    let mname = if m > 1 {
+        format!(" m={m}")
+    } else {
+        String::new()
+    };
     let mut row = |case: String, secs: f64| {
         let gbs = bytes / secs;
         rep.push(Row {
@@ -83,7 +99,7 @@ fn bench_one(
             case,
             us: secs * 1e6,
             gbs: Some(gbs / 1e9),
-            tflops: Some(2.0 * (n * k) as f64 / secs / 1e12),
+            tflops: Some(2.0 * (m * n * k) as f64 / secs / 1e12),
             pct: Some(100.0 * gbs / copy),
             note: format!(
                 "{:.1} MB weight, {copies} copies rotated",
@@ -94,7 +110,19 @@ fn bench_one(
     let secs = time_calls(be, calls, reps, &mut |i| {
         be.matmul(xv, &weights[i % copies], yv)
     })?;
-    row(format!("{} {n}x{k}", dt.name()), secs)?;
+    row(format!("{} {n}x{k}{mname}", dt.name()), secs)?;
+    #[cfg(feature = "wgpu")]
+    if m > 1
+        && let Some(w) = kiln_benches::opened_wgpu()
+    {
+        let mut plain = |i: usize| be.matmul(xv, &weights[i % copies], yv);
+        if let Some(secs) = kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut plain)? {
+            row(format!("{} {n}x{k}{mname} b2b", dt.name()), secs)?;
+        }
+    }
+    if m > 1 {
+        return Ok(());
+    }
     // Chained: each call followed by an rms_norm of its output row, as in a decode step, where
     // the next matmul cannot overlap the previous one's tail with its own weight loads. GB/s
     // and % count the matmul's bytes over the pair's time (the norm moves 3·n floats).
