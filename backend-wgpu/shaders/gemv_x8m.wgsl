@@ -32,6 +32,18 @@ struct DW {
     f: vec4<f32>,
 }
 
+// The two 16-value integer dots of a decoded weight vec4 with the current x row's int8
+// groups (xa: the lo half's, xb: the hi half's).
+fn dots(v: DW) -> vec2<i32> {
+    let a = xa;
+    let b = xb;
+    let lo = dot4I8Packed(v.lo.x, a.x) + dot4I8Packed(v.lo.y, a.y)
+           + dot4I8Packed(v.lo.z, a.z) + dot4I8Packed(v.lo.w, a.w);
+    let hi = dot4I8Packed(v.hi.x, b.x) + dot4I8Packed(v.hi.y, b.y)
+           + dot4I8Packed(v.hi.z, b.z) + dot4I8Packed(v.hi.w, b.w);
+    return vec2<i32>(lo, hi);
+}
+
 //#if W_Q8_0
 fn dq(w: WL, c: u32, l: u32) -> DW {
     let hf = ((c * 64u + l) / 2u) & 1u;
@@ -39,13 +51,8 @@ fn dq(w: WL, c: u32, l: u32) -> DW {
     return DW(w.a, w.b, vec2<i32>(1), f);
 }
 fn dx(v: DW) -> f32 {
-    let a = xa;
-    let b = xb;
-    let i0 = dot4I8Packed(v.lo.x, a.x) + dot4I8Packed(v.lo.y, a.y)
-           + dot4I8Packed(v.lo.z, a.z) + dot4I8Packed(v.lo.w, a.w);
-    let i1 = dot4I8Packed(v.hi.x, b.x) + dot4I8Packed(v.hi.y, b.y)
-           + dot4I8Packed(v.hi.z, b.z) + dot4I8Packed(v.hi.w, b.w);
-    return v.f.x * da.x * f32(i0) + v.f.y * db.x * f32(i1);
+    let i = dots(v);
+    return v.f.x * da.x * f32(i.x) + v.f.y * db.x * f32(i.y);
 }
 //#endif
 
@@ -73,13 +80,8 @@ fn dq(wl: WL, c: u32, l: u32) -> DW {
               vec4<f32>(dm.x, dm.y * mn.x, dm.y * mn.y, 0.0));
 }
 fn dx(v: DW) -> f32 {
-    let a = xa;
-    let b = xb;
-    let il = dot4I8Packed(v.lo.x, a.x) + dot4I8Packed(v.lo.y, a.y)
-           + dot4I8Packed(v.lo.z, a.z) + dot4I8Packed(v.lo.w, a.w);
-    let ih = dot4I8Packed(v.hi.x, b.x) + dot4I8Packed(v.hi.y, b.y)
-           + dot4I8Packed(v.hi.z, b.z) + dot4I8Packed(v.hi.w, b.w);
-    return v.f.x * (da.x * i2f(il * v.s.x) + db.x * i2f(ih * v.s.y))
+    let i = dots(v);
+    return v.f.x * (da.x * i2f(i.x * v.s.x) + db.x * i2f(i.y * v.s.y))
          - (v.f.y * da.y + v.f.z * db.y);
 }
 //#endif
