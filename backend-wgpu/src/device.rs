@@ -241,8 +241,9 @@ pub(crate) const PARAM_SLOT: usize = 256;
 /// consecutive dispatches go into ONE open compute pass, so wgpu puts each dispatch's barriers
 /// inline in that pass's command buffer instead of giving every op its own pass (and its own
 /// barrier command buffer before it). The pass is ended before any other encoder command
-/// (`record`) and before a submit. The per-pass kernel timer (op profile, `gpu_timer_start`)
-/// keeps a pass per op, since it times passes; the span timer times the one pass.
+/// (`record`) and before a submit. The span timer times the one pass; the op timer (op
+/// profile, `gpu_timer_start`) writes timestamps between the pass's dispatches where the
+/// adapter has TIMESTAMP_QUERY_INSIDE_PASSES, else it records a timed pass per op.
 #[derive(Default)]
 pub(crate) struct Pending {
     /// The open compute pass (one-pass recording); declared before `encoder` so it ends first.
@@ -674,8 +675,10 @@ impl WgpuBackend {
         if t.passes != want || t.submits > 0 || t.missed > 0 {
             self.wait_idle()?;
             return Err(kiln_core::Error::Invalid(format!(
-                "gpu span timer: {} passes in {} submissions, expected {want} in one",
+                "gpu span timer: {} passes ({} not timed) in {} submissions, \
+                 expected {want} in one",
                 t.passes,
+                t.missed,
                 t.submits + 1
             )));
         }
