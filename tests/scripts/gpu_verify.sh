@@ -6,8 +6,8 @@
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
-#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, q4k_pipe, host_pin, planner_sizes and its unit tests) and the CUDA
-#    attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
+#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, q4k_pipe, host_pin, planner_sizes and its
+#    unit tests, kiln-wgpu matmul and timers) and the CUDA attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
 #    Vulkan and CUDA), strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
@@ -25,7 +25,8 @@ build() {
     local NV="${KILN_NVRTC_DIR:-$HOME/.cache/kiln-ci/venv/lib/python3.11/site-packages/nvidia/cu13}"
     rm -rf "$B"; mkdir -p "$B"
     local list; list=$(mktemp)
-    cargo test --release -p kiln-tests -p kiln-models -p kiln-cuda --no-run --message-format=json \
+    cargo test --release -p kiln-tests -p kiln-models -p kiln-cuda -p kiln-wgpu --no-run \
+        --message-format=json \
         2>/dev/null >"$list"
     python3 - "$list" "$B" <<'EOF'
 import json, shutil, sys
@@ -35,7 +36,8 @@ want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_log
         ("gpu_ops", "test"): "gpu_ops", ("planner_sizes", "test"): "planner_sizes",
         ("gemv_group", "test"): "gemv_group", ("host_pin", "test"): "host_pin",
         ("q4k_pipe", "test"): "q4k_pipe", ("graph_isolation", "test"): "graph_isolation",
-        ("kiln_cuda", "lib"): "kiln_cuda_unit"}
+        ("kiln_cuda", "lib"): "kiln_cuda_unit", ("matmul", "test"): "wgpu_matmul",
+        ("timers", "test"): "wgpu_timers"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -106,6 +108,13 @@ run() {
         --test-threads 1 >"$OUTD/gemv_group_gemv1.log" 2>&1
     echo "gemv_group (KILN_GEMV1=1 KILN_GEMV_PIPE_GROUP=0): $(grep 'test result' "$OUTD/gemv_group_gemv1.log")"
 
+    echo "== kiln-wgpu's own GPU tests on Vulkan (matmul paths incl. gemv_x8m; one-pass timers)"
+    for t in wgpu_matmul wgpu_timers; do
+        KILN_REQUIRE=wgpu KILN_QUANT_DATA="$PWD/core/tests/data/quant" timeout 600 "$B/$t" \
+            --test-threads 1 >"$OUTD/$t.log" 2>&1
+        echo "$t: $(grep 'test result' "$OUTD/$t.log")"
+    done
+
     echo "== runtime zoo tests on cuda and wgpu"
     for t in zoo_logits zoo_generate zoo_graph; do
         KILN_ZOO="$PWD/$B/zoo" KILN_TEST_BACKENDS=cuda,wgpu timeout 900 "$B/$t" --nocapture \
@@ -133,6 +142,10 @@ run() {
     # The Vulkan decode step, split by op (`--profile on`: every pass timed and named).
     timeout 240 "$B/decode_bench" --backend wgpu --model llama3-8b --wtype q4_k --batch 1,1 \
         --ctx 512,4096 --steps 16 --graph off --profile on >"$OUTD/decode_wgpu_q4_k.log" 2>&1
+    # Unprofiled steps at 1..8 rows (the profile's timestamps inflate a step; 2..8 rows take
+    # gemv_x8m).
+    timeout 240 "$B/decode_bench" --backend wgpu --model llama3-8b --wtype q4_k --batch 1,2,4,8 \
+        --ctx 512 --steps 32 --graph off >"$OUTD/decode_wgpu_q4_k_batch.log" 2>&1
 
     echo "== decode bench: Llama-3-8B shape, random weights (benches/src/synth.rs), cuda:0"
     for w in q4_k bf16; do
@@ -155,7 +168,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 q4k_pipe graph_isolation host_pin planner_sizes kiln_cuda_unit zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 q4k_pipe graph_isolation host_pin planner_sizes kiln_cuda_unit wgpu_matmul wgpu_timers zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done
@@ -164,6 +177,7 @@ run() {
     grep -hE "4096|14336" "$OUTD/gemv_bench.log" | head -40
     tail -n 12 "$OUTD"/decode_cuda_*.log
     grep -hE "^ +1 +|profile batch|attn_dec|gemv_x8" "$OUTD/decode_wgpu_q4_k.log"
+    grep -hE "^ +[1-8] +512" "$OUTD/decode_wgpu_q4_k_batch.log"
     # The persisted crossovers of this GPU (the tuner's table), then one archive of every log:
     # at most 8 files come back from the device.
     cp "$KILN_CACHE_DIR"/tune/*.json "$OUTD/" 2>/dev/null || true
