@@ -13,6 +13,7 @@ mod error;
 mod ops;
 mod pipeline_cache;
 mod profile;
+mod timer;
 mod tune;
 mod weight;
 

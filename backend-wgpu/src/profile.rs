@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use kiln_core::Result;
 
-use crate::device::{TIMER_QUERIES, WgpuBackend};
+use crate::device::WgpuBackend;
 use crate::pipeline_cache::ShaderSpec;
+use crate::timer::TIMER_QUERIES;
 
 /// One timed op: its pipeline's name and its start and end in seconds after the first
 /// timed op's start (gaps between ops are idle GPU or pipeline barriers).
