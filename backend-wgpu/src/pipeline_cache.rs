@@ -120,6 +120,8 @@ pub(crate) fn render(
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    /// Pipelines by a caller's short tag (`pipeline_tagged`).
+    tagged: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     binds: Mutex<BindCache>,
     /// Each pipeline's name for the op profile (`profile.rs`), by the pipeline's address.
     names: Mutex<HashMap<usize, Arc<str>>>,
@@ -154,6 +156,33 @@ fn bind_cache_on() -> bool {
 }
 
 impl WgpuBackend {
+    /// The pipeline cached under `tag`, from `spec()` on its first use: for call sites on the
+    /// hot path whose spec is costly to build or to key (generated code in its substitutions).
+    /// `tag` must name everything the spec depends on.
+    pub(crate) fn pipeline_tagged<'s>(
+        &self,
+        tag: &str,
+        spec: impl FnOnce() -> ShaderSpec<'s>,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        {
+            let m = self
+                .pipelines
+                .tagged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(p) = m.get(tag) {
+                return Ok(p.clone());
+            }
+        }
+        let p = self.pipeline(spec())?;
+        self.pipelines
+            .tagged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tag.to_string(), p.clone());
+        Ok(p)
+    }
+
     /// The compiled pipeline for `spec` (compiled on first use).
     pub(crate) fn pipeline(&self, spec: ShaderSpec<'_>) -> Result<Arc<wgpu::ComputePipeline>> {
         let key = spec.key();

@@ -391,41 +391,52 @@ fn x8m_code(mx: u32, nr: u32, sg32: bool) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG).
+/// gemv_x8m's pipeline for `mx` x rows (x rounded by the quant_x8 pre-pass: XQG). The spec
+/// carries generated code (`x8m_code`, ~4.5 KB at mx = 8), whose generation and cache key cost
+/// ~25 µs of CPU per call on the development machine: it is built only on a miss of the short
+/// tag below, which names everything it depends on (dtype, parts, mx, shape, subgroups).
 fn plan_m(be: &WgpuBackend, d: DType, parts: Parts, mx: u32) -> Result<Plan> {
     let sg32 = be.subgroups && be.subgroup_min == 32 && be.subgroup_max == 32;
     let (rw, nr) = x8m_config(be, d);
-    let src: &'static [&'static str] = if matches!(parts, Parts::Glu(_)) {
-        &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
-    } else {
-        &[SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
+    let kind = match parts {
+        Parts::One => "one".to_string(),
+        Parts::Many => "many".to_string(),
+        Parts::Glu(act) => format!("glu{act}"),
     };
-    let mut spec = ShaderSpec::new("gemv_x8m", src, "gemv_x8m")
-        .define("XQG")
-        .define(wdefine(d))
-        .over("RW", f64::from(rw))
-        .over("NR", f64::from(nr))
-        .over("WGS", f64::from(32 * rw));
-    if d == DType::Q4_K {
-        spec = spec.define("Q4K_PACK");
-    }
-    if sg32 {
-        spec = spec.define("SG32");
-    }
-    for (key, code) in x8m_code(mx, nr, sg32) {
-        spec = spec.sub(key, code);
-    }
-    match parts {
-        Parts::One => {}
-        Parts::Many => spec = spec.define("MANY"),
-        Parts::Glu(act) => spec = spec.define("MANY").define("GLU").over("ACT", act),
-    }
+    let tag = format!("gemv_x8m|{}|{kind}|{mx}|{rw}|{nr}|{sg32}", wdefine(d));
+    let pipe = be.pipeline_tagged(&tag, || {
+        let src: &'static [&'static str] = if matches!(parts, Parts::Glu(_)) {
+            &[ACT_SRC, SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
+        } else {
+            &[SRC_MANY, SRC_R, SRC_X8, SRC_X8M]
+        };
+        let mut spec = ShaderSpec::new("gemv_x8m", src, "gemv_x8m")
+            .define("XQG")
+            .define(wdefine(d))
+            .over("RW", f64::from(rw))
+            .over("NR", f64::from(nr))
+            .over("WGS", f64::from(32 * rw));
+        if d == DType::Q4_K {
+            spec = spec.define("Q4K_PACK");
+        }
+        if sg32 {
+            spec = spec.define("SG32");
+        }
+        for (key, code) in x8m_code(mx, nr, sg32) {
+            spec = spec.sub(key, code);
+        }
+        match parts {
+            Parts::One => spec,
+            Parts::Many => spec.define("MANY"),
+            Parts::Glu(act) => spec.define("MANY").define("GLU").over("ACT", act),
+        }
+    })?;
     let rows_per_wg = match parts {
         Parts::Glu(_) => rw / 2 * nr,
         _ => rw * nr,
     };
     Ok(Plan {
-        pipe: be.pipeline(spec)?,
+        pipe,
         rows_per_wg,
         chunk: CHUNK,
     })
