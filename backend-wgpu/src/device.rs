@@ -477,11 +477,16 @@ impl WgpuBackend {
         // The op profile (a per-pass timer) stays in one pass where timestamps may be written
         // between dispatches (TIMESTAMP_QUERY_INSIDE_PASSES): a timestamp before and after each
         // dispatch, so it times the recording that runs in production.
-        let inside = self
-            .device
-            .features()
-            .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
-        let one_pass = one_pass_on() && p.timer.as_ref().is_none_or(|t| t.span.is_some() || inside);
+        // (asked of the device only while a timer runs: not on the plain recording path)
+        let inside = || {
+            self.device
+                .features()
+                .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
+        };
+        let one_pass = one_pass_on()
+            && p.timer
+                .as_ref()
+                .is_none_or(|t| t.span.is_some() || inside());
         let op_timer = p.timer.as_ref().is_some_and(|t| t.span.is_none());
         if !(one_pass && p.pass.is_some()) {
             p.pass = None;
