@@ -2,7 +2,7 @@
 //! decoding against the gguf-py vectors of shared/testdata/quant (bit-exact), GEMV against their
 //! exactly rounded dot products, both matmul paths for all 15 weight types against f64 on the
 //! host, the elementwise ops, and graph capture. Each test prints "skipped" without a GPU.
-//! The vectors are read from env KILN_QUANT_DATA, else ../shared/testdata/quant.
+//! The vectors are read from env KILN_QUANT_DATA, else the repository copy core/tests/data/quant.
 
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 
@@ -16,7 +16,7 @@ fn quant_dir() -> std::path::PathBuf {
     std::env::var_os("KILN_QUANT_DATA")
         .map(Into::into)
         .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/quant")
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/quant")
         })
 }
 

@@ -1,6 +1,7 @@
 //! matmul and embed for all 15 weight dtypes on wgpu:0, checked against the gguf-py vectors
-//! in ../shared/testdata/quant (bit-exact dequantization via embed, GEMV with the README's
-//! tolerance) and against a CPU product of the dequantized weights for the GEMM path.
+//! (core/tests/data/quant, the repository copy of shared/testdata/quant, or $KILN_QUANT_DATA):
+//! bit-exact dequantization via embed, GEMV with the README's tolerance; and against a CPU
+//! product of the dequantized weights for the GEMM path.
 // Tests may unwrap (project convention); index loops keep the oracles close to the math.
 #![allow(clippy::unwrap_used, clippy::needless_range_loop)]
 

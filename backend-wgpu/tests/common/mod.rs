@@ -83,11 +83,12 @@ pub fn nmse(got: &[f32], want: &[f32]) -> f64 {
     num / den.max(1e-30)
 }
 
-/// The gguf-py vectors: `$KILN_TESTDATA/quant`, else `../shared/testdata/quant` of the repo.
+/// The gguf-py vectors: `$KILN_QUANT_DATA`, else the copy in the repository
+/// (core/tests/data/quant, what the CUDA tests and the GPU machine's runs read too).
 pub fn quant_dir() -> PathBuf {
-    match std::env::var_os("KILN_TESTDATA") {
-        Some(d) => PathBuf::from(d).join("quant"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/quant"),
+    match std::env::var_os("KILN_QUANT_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../core/tests/data/quant"),
     }
 }
 
