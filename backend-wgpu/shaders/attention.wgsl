@@ -168,6 +168,11 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 }
 
+// `combine` (n_splits ≤ 128): invocation s < n_splits reads split s's (max, sum) into
+// workgroup memory (one round of loads, not n_splits serial ones), every invocation folds
+// them into the row's max and weights exp(m_s − max); then invocation li sums output dim
+// li (and li + 128) over the splits, 8 splits' loads in flight per step. Bytes: the splits'
+// rows once (n_splits·(hd + 2)·4) and the output row.
 @compute @workgroup_size(128)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) li: u32) {
@@ -176,23 +181,51 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         return;
     }
     let hd = P.head_dim;
-    let base = P.s_off + th * P.n_splits * (hd + 2u);
-    var mx = -3.4028235e38;
-    for (var s = 0u; s < P.n_splits; s++) {
-        mx = max(mx, S[base + s * (hd + 2u) + hd]);
-    }
+    let ns = min(P.n_splits, 128u);
+    let st = hd + 2u;
+    let base = P.s_off + th * P.n_splits * st;
+    var m = -3.4028235e38;
     var l = 0.0;
-    for (var s = 0u; s < P.n_splits; s++) {
-        let b = base + s * (hd + 2u);
-        l += exp(S[b + hd] - mx) * S[b + hd + 1u];
+    if li < ns {
+        m = S[base + li * st + hd];
+        l = S[base + li * st + hd + 1u];
     }
-    let inv = select(0.0, 1.0 / l, l > 0.0);
+    ps[li] = m;
+    workgroupBarrier();
+    var mx = -3.4028235e38;
+    for (var s = 0u; s < ns; s++) {
+        mx = max(mx, ps[s]);
+    }
+    workgroupBarrier();
+    let w = select(0.0, exp(m - mx), li < ns);
+    ps[li] = w;          // weight of split li
+    qs[li] = w * l;      // its weighted sum
+    workgroupBarrier();
+    var tot = 0.0;
+    for (var s = 0u; s < ns; s++) {
+        tot += qs[s];
+    }
+    let inv = select(0.0, 1.0 / tot, tot > 0.0);
     for (var d = li; d < hd; d += 128u) {
         var a = 0.0;
-        for (var s = 0u; s < P.n_splits; s++) {
-            let b = base + s * (hd + 2u);
-            a += exp(S[b + hd] - mx) * S[b + d];
+        var b = 0.0;
+        var s = 0u;
+        for (; s + 8u <= ns; s += 8u) {
+            let p = base + s * st + d;
+            let v0 = S[p];
+            let v1 = S[p + st];
+            let v2 = S[p + 2u * st];
+            let v3 = S[p + 3u * st];
+            let v4 = S[p + 4u * st];
+            let v5 = S[p + 5u * st];
+            let v6 = S[p + 6u * st];
+            let v7 = S[p + 7u * st];
+            a += ps[s] * v0 + ps[s + 1u] * v1 + ps[s + 2u] * v2 + ps[s + 3u] * v3;
+            b += ps[s + 4u] * v4 + ps[s + 5u] * v5 + ps[s + 6u] * v6 + ps[s + 7u] * v7;
         }
-        O[P.o_off + th * hd + d] = a * inv;
+        for (; s < ns; s++) {
+            a += ps[s] * S[base + s * st + d];
+        }
+        O[P.o_off + th * hd + d] = (a + b) * inv;
     }
 }

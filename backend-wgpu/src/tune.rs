@@ -46,6 +46,9 @@ pub(crate) struct TuneState {
     /// `set_attn_decode` / `set_attn_prefill`) keeps them on attention.wgsl's `attn`.
     pub(crate) attn_decode: bool,
     pub(crate) attn_prefill: bool,
+    /// Decode batches through attention_keys.wgsl where it applies (default; false:
+    /// `KILN_WGPU_ATTN=tiles` or `set_attn_keys(false)` keeps them on attention_dec.wgsl).
+    pub(crate) attn_keys: bool,
     /// Q8_0/Q4_K at m = 1 through the float-x gemv_v instead of the int8-x gemv_x8.
     vgemv_no_x8: bool,
     /// gemv_x8's chunks of weight loads in flight (1 or 2), forced; None = built-in.
@@ -107,6 +110,7 @@ impl TuneState {
             attn_decode: std::env::var("KILN_WGPU_ATTN").map_or(true, |v| v != "0"),
             attn_prefill: std::env::var("KILN_WGPU_ATTN")
                 .map_or(true, |v| v != "0" && v != "decode"),
+            attn_keys: std::env::var("KILN_WGPU_ATTN").map_or(true, |v| v != "tiles"),
             vgemv_no_x8: false,
             // KILN_WGPU_X8_DEPTH=1|2: gemv_x8's prefetch depth for the whole process (A/B)
             vgemv_depth: std::env::var("KILN_WGPU_X8_DEPTH")

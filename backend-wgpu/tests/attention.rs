@@ -123,9 +123,11 @@ fn run_case(c: &Case, seed: u64) {
     let qs = Shape::d3(n_tokens, c.n_heads, c.hd);
     let need = be.attention_scratch_bytes(&p, n_tokens, &batch);
     let scr = be.alloc(need.max(4)).unwrap();
-    // Both kernels: attention_dec.wgsl (default, decode and prefill tiles) and the
-    // per-(token, head) kernel kept behind `set_attn_decode(false)` / `set_attn_prefill(false)`.
-    for dec in [true, false] {
+    // Every kernel: attention_keys.wgsl (default for decode batches where the adapter has
+    // subgroups), attention_dec.wgsl (`set_attn_keys(false)`; default for prefill tiles) and
+    // the per-(token, head) kernel kept behind `set_attn_decode(false)` / `set_attn_prefill(false)`.
+    for (keys, dec) in [(true, true), (false, true), (false, false)] {
+        be.set_attn_keys(keys);
         be.set_attn_decode(dec);
         be.set_attn_prefill(dec);
         let o = poisoned(&be, q.len());
@@ -141,13 +143,19 @@ fn run_case(c: &Case, seed: u64) {
         .unwrap();
         let got = read_f32(&be, &o, 0, q.len());
         let e = nmse(&got, &want);
+        let kernel = match (keys && be.attention_keys_available(), dec) {
+            (true, _) => "keys where it applies, else tiles",
+            (false, true) => "tiles",
+            (false, false) => "per-(token, head)",
+        };
         eprintln!(
             "attention hd {} heads {}/{} bs {} kv {} seqs {:?} window {:?} softcap {:?} \
-             scratch {need} tiled kernel {dec}: nmse {e:e}",
+             scratch {need} kernel {kernel}: nmse {e:e}",
             c.hd, c.n_heads, c.n_kv, c.bs, c.kv_dtype, c.seqs, c.window, c.softcap
         );
-        assert!(e < 1e-9, "tiled kernel {dec}: nmse {e:e}");
+        assert!(e < 1e-9, "kernel {kernel}: nmse {e:e}");
     }
+    be.set_attn_keys(true);
     be.set_attn_decode(true);
     be.set_attn_prefill(true);
 }

@@ -7,6 +7,11 @@
 //! kernel, as do `KILN_WGPU_ATTN=0` (both) / `=decode` (prefill) and `set_attn_decode(false)`
 //! / `set_attn_prefill(false)` (comparison).
 //!
+//! Decode batches with f16/bf16 caches and head_dim 64/128/256 take
+//! `shaders/attention_keys.wgsl` instead where the adapter has subgroups of ≥ 4 invocations
+//! (key-parallel scores from K in registers, no K/V staging; `KILN_WGPU_ATTN=tiles` or
+//! `set_attn_keys(false)` keeps them on attention_dec.wgsl for comparison).
+//!
 //! Long decode contexts are split over several workgroups per (token, head) when the grid
 //! would otherwise be small; the splits write partial (acc, max, sum) rows to the scratch
 //! buffer the caller sized with `attention_scratch_bytes`, and `combine` merges them.
@@ -20,6 +25,7 @@ use crate::pipeline_cache::ShaderSpec;
 
 const SRC: &str = include_str!("../../shaders/attention.wgsl");
 const DEC: &str = include_str!("../../shaders/attention_dec.wgsl");
+const KEYS: &str = include_str!("../../shaders/attention_keys.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 /// The uniform both shaders read (`Params` below is its twin).
 const PARAMS: &str = include_str!("../../shaders/attn_params.wgsl");
@@ -84,6 +90,8 @@ fn dec_tile_words() -> usize {
 /// (`KILN_WGPU_ATTN_KEYS`, `KILN_WGPU_ATTN_GRID` override the first and the last: A/B).
 const DEC_KEYS_PER_SPLIT: usize = 128;
 const DEC_MAX_SPLITS: usize = 64;
+// attention.wgsl's `combine` merges at most 128 splits.
+const _: () = assert!(MAX_SPLITS <= 128 && DEC_MAX_SPLITS <= 128);
 const DEC_TARGET_GRID: usize = 2048;
 
 fn env_usize(name: &str) -> Option<usize> {
@@ -98,6 +106,29 @@ fn dec_keys() -> usize {
 fn dec_target() -> usize {
     static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *V.get_or_init(|| env_usize("KILN_WGPU_ATTN_GRID").unwrap_or(DEC_TARGET_GRID))
+}
+
+/// attention_keys.wgsl: keys per chunk (its workgroup score area holds NK × quads vec4s), the
+/// fewest keys per split and the workgroups the split aims for (`KILN_WGPU_ATTN_KEYS`,
+/// `KILN_WGPU_ATTN_GRID` override the last two, as for attention_dec.wgsl: A/B).
+const KEYS_CHUNK: usize = 512;
+const KEYS_PER_SPLIT_K: usize = 64;
+const KEYS_TARGET_GRID: usize = 512;
+/// More splits cost more in `combine` than they give (H200: 64 splits of 64 keys 33.4 µs, 32
+/// of 128 24.3 µs at 4096 keys, batch 1; BENCHMARKS.md stop 21).
+const KEYS_MAX_SPLITS: usize = 32;
+
+/// Splits of a decode batch on attention_keys.wgsl (`grid` = workgroups without a split).
+fn keys_splits(grid: usize, max_kv_len: usize) -> usize {
+    let kps = env_usize("KILN_WGPU_ATTN_KEYS").unwrap_or(KEYS_PER_SPLIT_K);
+    let target = env_usize("KILN_WGPU_ATTN_GRID").unwrap_or(KEYS_TARGET_GRID);
+    if grid >= target || max_kv_len <= kps {
+        return 1;
+    }
+    max_kv_len
+        .div_ceil(kps)
+        .min(target.div_ceil(grid.max(1)))
+        .min(KEYS_MAX_SPLITS)
 }
 
 /// The decode kernel's shape for one call.
@@ -169,7 +200,13 @@ pub(crate) fn scratch_bytes(p: &AttnParams, n_tokens: usize, b: &SeqBatch<'_>) -
         .map(|d| d.splits)
         .max()
         .unwrap_or(1);
-    let s = old.max(new);
+    // attention_keys.wgsl's split of a decode batch (whether it runs is the backend's call)
+    let keys = if n_tokens == b.n_seqs() && p.n_kv_heads > 0 {
+        keys_splits(n_tokens * p.n_kv_heads, b.max_kv_len)
+    } else {
+        1
+    };
+    let s = old.max(new).max(keys);
     if s <= 1 {
         return 0;
     }
@@ -192,10 +229,29 @@ impl WgpuBackend {
         t.attn_prefill = on;
     }
 
+    /// Decode batches through attention_keys.wgsl where it applies (default true; false
+    /// keeps them on attention_dec.wgsl; `KILN_WGPU_ATTN=tiles` sets false for the process).
+    pub fn set_attn_keys(&self, on: bool) {
+        let mut t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
+        t.attn_keys = on;
+    }
+
     /// (decode, prefill) through the tiled kernel.
     fn attn_tiled(&self) -> (bool, bool) {
         let t = self.tuning.lock().unwrap_or_else(|e| e.into_inner());
         (t.attn_decode, t.attn_prefill)
+    }
+
+    /// Whether decode batches (f16/bf16 caches, head_dim 64/128/256) take attention_keys.wgsl
+    /// on this adapter: switched on and subgroups of 4..=128 invocations (its 4 lanes per key
+    /// share a subgroup; 128 / subgroup size partials fit its tables).
+    pub fn attention_keys_available(&self) -> bool {
+        let on = self
+            .tuning
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .attn_keys;
+        on && self.subgroups && self.subgroup_min >= 4 && self.subgroup_max <= 128
     }
 }
 
@@ -268,9 +324,16 @@ pub(crate) fn attention(
     let kd = kv.dtype();
     let (on_dec, on_pre) = be.attn_tiled();
     let dec = dec_plan(p, n_tokens, b, kd).filter(|d| if d.prefill { on_pre } else { on_dec });
-    let mut n_splits = match dec {
-        Some(d) => d.splits,
-        None => splits(p, n_tokens, b),
+    let keys = dec.filter(|d| {
+        !d.prefill && d.epw == 2 && [64, 128, 256].contains(&hd) && be.attention_keys_available()
+    });
+    let mut n_splits = match (keys, dec) {
+        (Some(d), _) => keys_splits(
+            n_seqs * p.n_kv_heads * (p.n_heads / p.n_kv_heads / d.gh),
+            b.max_kv_len,
+        ),
+        (None, Some(d)) => d.splits,
+        (None, None) => splits(p, n_tokens, b),
     };
     let need = n_tokens * p.n_heads * n_splits * (hd + 2) * 4;
     let scratch = match scratch {
@@ -344,6 +407,31 @@ pub(crate) fn attention(
         bo.entry(7),
         bs.entry(8),
     ];
+    if let Some(d) = keys.filter(|_| dec.is_some()) {
+        let g = p.n_heads / p.n_kv_heads;
+        let nq = d.gh.div_ceil(4);
+        let spec = ShaderSpec::new("attention_keys", &[PARAMS, KEYS], "attn_keys")
+            .sub("HD", hd.to_string())
+            .sub("GH", d.gh.to_string())
+            .sub("NK", KEYS_CHUNK.to_string())
+            .sub("QS_N", (d.gh * hd / 4).to_string())
+            .sub("PS_N", (KEYS_CHUNK * nq).max(1024).to_string())
+            .sub("UNPACK", unpack_fn(kd))
+            .over("SPLIT", split);
+        let pipe = be.pipeline(spec)?;
+        let wgs = n_seqs * p.n_kv_heads * (g / d.gh);
+        let (gx, gy) = be.grid(u32_of(op, "attention workgroups", wgs)?);
+        let grid = (gx, gy, n_splits as u32);
+        if n_splits > 1 {
+            let comb = comb()?;
+            return be.dispatch2(
+                bytes_of(&prm),
+                (&pipe, &entries, grid),
+                (&comb, &[bo.entry(7), bs.entry(8)], (hx, hy, 1)),
+            );
+        }
+        return be.dispatch(&pipe, bytes_of(&prm), &entries, grid);
+    }
     if let Some(d) = dec {
         let w = hd / d.epw;
         let g = p.n_heads / p.n_kv_heads;

@@ -183,18 +183,48 @@ fn decode(
         be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov)
     })?;
     let bytes = (kv_bytes + 2 * qn * 4) as f64;
-    rep.push(Row {
-        bench: "attn-dec".into(),
-        case: format!("{} ctx {ctx} batch {batch}{}", kv.name(), h.tag),
-        us: secs * 1e6,
-        gbs: Some(bytes / secs / 1e9),
-        tflops: Some(4.0 * (batch * ctx * h.q * HD) as f64 / secs / 1e12),
-        pct: Some(100.0 * bytes / secs / copy),
-        note: format!(
-            "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B",
-            kv_bytes as f64 / 1e6
-        ),
-    })
+    let mut row = |secs: f64, how: &str| {
+        rep.push(Row {
+            bench: "attn-dec".into(),
+            case: format!("{} ctx {ctx} batch {batch}{}{how}", kv.name(), h.tag),
+            us: secs * 1e6,
+            gbs: Some(bytes / secs / 1e9),
+            tflops: Some(4.0 * (batch * ctx * h.q * HD) as f64 / secs / 1e12),
+            pct: Some(100.0 * bytes / secs / copy),
+            note: format!(
+                "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B",
+                kv_bytes as f64 / 1e6
+            ),
+        })
+    };
+    row(secs, "")?;
+    // wgpu has no graphs: the row above is the host's clock over recorded calls (CPU-bound for
+    // small calls). The b2b row is the GPU's clock: `calls` calls in one submission, GPU
+    // timestamps at the ends (the gemv bench's b2b method).
+    #[cfg(feature = "wgpu")]
+    if let Some(w) = kiln_benches::opened_wgpu() {
+        let mut f = |i: usize| {
+            let b = decode_batch(
+                &q_starts,
+                &kv_lens,
+                &tables[i % copies],
+                batch,
+                blocks_per_seq,
+                ctx,
+            )?;
+            be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov)
+        };
+        // One recorded op per call (the decode kernels' split and combine go as one
+        // `dispatch2`); the per-(token, head) kernel's split (`KILN_WGPU_ATTN=0`) records two,
+        // which the span timer refuses: no b2b row then.
+        let reps = if args.quick { 3 } else { 7 };
+        match kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut f) {
+            Ok(Some(t)) => row(t, " b2b")?,
+            Ok(None) => {}
+            Err(e) => eprintln!("attn-dec b2b skipped: {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// One decode step's batch: `batch` sequences of one query at position ctx − 1.
