@@ -19,9 +19,9 @@
 //   max; 0 for a masked key) and keeps partial row sums.
 // - V: invocation ℓ owns vec4 column cv = ℓ mod W4 (8 dims) and key phase ℓ / W4 (128 / W4
 //   phases: HD 128 → 8), reads V rows coalesced (W4 lanes = one 2·HD-byte row; the rows'
-//   addresses were noted by the scores phase), four keys per step, and accumulates p·v for all GH rows (rows in vec4 quads: no indexed private
-//   arrays, no dynamic vector indexing — both cost 2–4× on NVIDIA's Vulkan, BENCHMARKS.md
-//   "vattn").
+//   addresses were noted by the scores phase), VU = 8 keys per step, and accumulates p·v
+//   for all GH rows (rows in vec4 quads: no indexed private arrays, no dynamic vector
+//   indexing — both cost 2–4× on NVIDIA's Vulkan, BENCHMARKS.md "vattn").
 // Online softmax across chunks: a chunk whose max exceeds the running max rescales the
 // accumulators and sums by exp(m_old − m_new). At the end the key phases are summed (shuffle-xor
 // inside a subgroup, then workgroup memory, one quad of rows at a time) and the row is written
@@ -41,6 +41,7 @@ const W4: u32 = HD / 8u;   // vec4s of a K/V row (8 16-bit elements each)
 const VPL: u32 = W4 / 4u;  // vec4s of a K row per lane (2, 4, 8)
 const NK: u32 = {{NK}}u;   // keys per chunk (a multiple of 32)
 const NPV: u32 = 128u / W4; // V key phases
+const VU: u32 = {{VU}}u;   // V keys per step (loads in flight per lane): 8, or 4 (a knob)
 const NEG: f32 = -3.4028235e38;
 override SPLIT: bool = false;
 
@@ -342,11 +343,11 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 if e % NQ == 1u { l1 += pr; } else { l0 += pr; }
             }
             workgroupBarrier();
-            // V: keys ph, ph + NPV, ... of the chunk, four per step (rows from kr4: no
+            // V: keys ph, ph + NPV, ... of the chunk, VU per step (rows from kr4: no
             // block-table load in front of the V loads)
             let nc = ce - cb;
             let vo = P.v_off / 8u + cv;
-            for (var j = ph; j < nc; j += 4u * NPV) {
+            for (var j = ph; j < nc; j += VU * NPV) {
                 let j1 = select(j, j + NPV, j + NPV < nc);
                 let j2 = select(j, j + 2u * NPV, j + 2u * NPV < nc);
                 let j3 = select(j, j + 3u * NPV, j + 3u * NPV < nc);
@@ -354,6 +355,20 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 let w1 = V[kr4[j1] + vo];
                 let w2 = V[kr4[j2] + vo];
                 let w3 = V[kr4[j3] + vo];
+                if VU == 8u {
+                    let j4 = select(j, j + 4u * NPV, j + 4u * NPV < nc);
+                    let j5 = select(j, j + 5u * NPV, j + 5u * NPV < nc);
+                    let j6 = select(j, j + 6u * NPV, j + 6u * NPV < nc);
+                    let j7 = select(j, j + 7u * NPV, j + 7u * NPV < nc);
+                    let w4 = V[kr4[j4] + vo];
+                    let w5 = V[kr4[j5] + vo];
+                    let w6 = V[kr4[j6] + vo];
+                    let w7 = V[kr4[j7] + vo];
+                    if j4 != j { vacc(j4, w4); }
+                    if j5 != j { vacc(j5, w5); }
+                    if j6 != j { vacc(j6, w6); }
+                    if j7 != j { vacc(j7, w7); }
+                }
                 vacc(j, w0);
                 if j1 != j { vacc(j1, w1); }
                 if j2 != j { vacc(j2, w2); }

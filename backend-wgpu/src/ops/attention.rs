@@ -118,6 +118,17 @@ const KEYS_TARGET_GRID: usize = 512;
 /// of 128 24.3 µs at 4096 keys, batch 1; BENCHMARKS.md stop 21).
 const KEYS_MAX_SPLITS: usize = 32;
 
+/// attention_keys.wgsl's V keys per step: 8, or 4 with `KILN_WGPU_ATTN_VU=4` (A/B; 8 was
+/// 9 % faster at 4096 keys batch 32 on the H200, BENCHMARKS.md stop 21).
+fn keys_v_unroll() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        env_usize("KILN_WGPU_ATTN_VU")
+            .filter(|v| *v == 4)
+            .unwrap_or(8)
+    })
+}
+
 /// Splits of a decode batch on attention_keys.wgsl (`grid` = workgroups without a split).
 fn keys_splits(grid: usize, max_kv_len: usize) -> usize {
     let kps = env_usize("KILN_WGPU_ATTN_KEYS").unwrap_or(KEYS_PER_SPLIT_K);
@@ -414,6 +425,7 @@ pub(crate) fn attention(
             .sub("HD", hd.to_string())
             .sub("GH", d.gh.to_string())
             .sub("NK", KEYS_CHUNK.to_string())
+            .sub("VU", keys_v_unroll().to_string())
             .sub("QS_N", (d.gh * hd / 4).to_string())
             .sub("PS_N", (KEYS_CHUNK * nq).max(1024).to_string())
             .sub("UNPACK", unpack_fn(kd))
