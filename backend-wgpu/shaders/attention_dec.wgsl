@@ -154,19 +154,6 @@ fn pq(j: u32, quad: u32) -> vec4<f32> {
     return vec4<f32>(ps[b], ps[b + 1u], ps[b + 2u], ps[b + 3u]);
 }
 
-// Key range [lo, hi) of the query at position qpos (causal, window).
-fn key_range(qpos: u32, kv_len: u32) -> vec2<u32> {
-    var hi = kv_len;
-    if P.causal != 0u {
-        hi = min(hi, qpos + 1u);
-    }
-    var lo = 0u;
-    if P.window != 0u && qpos + 1u > P.window {
-        lo = qpos + 1u - P.window;
-    }
-    return vec2<u32>(lo, max(hi, lo));
-}
-
 @compute @workgroup_size(128)
 fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) li: u32) {

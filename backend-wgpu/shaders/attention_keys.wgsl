@@ -193,19 +193,6 @@ fn sum4(v: vec4<f32>) -> vec4<f32> {
     return u + subgroupShuffleXor(u, 2u);
 }
 
-// Key range [lo, hi) of the query at position qpos (causal, window).
-fn key_range(qpos: u32, kv_len: u32) -> vec2<u32> {
-    var hi = kv_len;
-    if P.causal != 0u {
-        hi = min(hi, qpos + 1u);
-    }
-    var lo = 0u;
-    if P.window != 0u && qpos + 1u > P.window {
-        lo = qpos + 1u - P.window;
-    }
-    return vec2<u32>(lo, max(hi, lo));
-}
-
 // The accumulators of row r (a: dims 0..3 of the lane's 8, b: 4..7).
 fn row_a(r: u32) -> vec4<f32> {
     switch r {

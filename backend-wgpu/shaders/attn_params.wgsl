@@ -24,3 +24,17 @@ struct Params {
     s_off: u32,
     n_qt: u32,      // query tiles per sequence in the grid (prefill; 1 for decode)
 }
+
+// (Functions here use the uniform `P` each shader declares after this file.)
+// Key range [lo, hi) of the query at position qpos (causal, window).
+fn key_range(qpos: u32, kv_len: u32) -> vec2<u32> {
+    var hi = kv_len;
+    if P.causal != 0u {
+        hi = min(hi, qpos + 1u);
+    }
+    var lo = 0u;
+    if P.window != 0u && qpos + 1u > P.window {
+        lo = qpos + 1u - P.window;
+    }
+    return vec2<u32>(lo, max(hi, lo));
+}

@@ -418,8 +418,10 @@ pub(crate) fn attention(
         bo.entry(7),
         bs.entry(8),
     ];
-    if let Some(d) = keys.filter(|_| dec.is_some()) {
-        let g = p.n_heads / p.n_kv_heads;
+    // The decode kernels (attention_keys, attention_dec): the spec and the workgroups of
+    // one split; with several splits `combine` goes with them as one pair.
+    let g = p.n_heads / p.n_kv_heads;
+    let tiled = if let Some(d) = keys.filter(|_| dec.is_some()) {
         let nq = d.gh.div_ceil(4);
         let spec = ShaderSpec::new("attention_keys", &[PARAMS, KEYS], "attn_keys")
             .sub("HD", hd.to_string())
@@ -430,23 +432,9 @@ pub(crate) fn attention(
             .sub("PS_N", (KEYS_CHUNK * nq).max(1024).to_string())
             .sub("UNPACK", unpack_fn(kd))
             .over("SPLIT", split);
-        let pipe = be.pipeline(spec)?;
-        let wgs = n_seqs * p.n_kv_heads * (g / d.gh);
-        let (gx, gy) = be.grid(u32_of(op, "attention workgroups", wgs)?);
-        let grid = (gx, gy, n_splits as u32);
-        if n_splits > 1 {
-            let comb = comb()?;
-            return be.dispatch2(
-                bytes_of(&prm),
-                (&pipe, &entries, grid),
-                (&comb, &[bo.entry(7), bs.entry(8)], (hx, hy, 1)),
-            );
-        }
-        return be.dispatch(&pipe, bytes_of(&prm), &entries, grid);
-    }
-    if let Some(d) = dec {
+        Some((spec, n_seqs * p.n_kv_heads * (g / d.gh)))
+    } else if let Some(d) = dec {
         let w = hd / d.epw;
-        let g = p.n_heads / p.n_kv_heads;
         let tw = dec_tile_words();
         let (tk, nph) = (tw / w, (128 / w).max(1));
         let kt_n = (tk * (w / 4 + 1)).max((nph - 1) * w * 4);
@@ -464,8 +452,12 @@ pub(crate) fn attention(
             .sub("CPI", (w / 128).max(1).to_string())
             .sub("UNPACK", unpack_fn(kd))
             .over("SPLIT", split);
+        Some((spec, n_seqs * d.n_qt * p.n_kv_heads * (g / d.gh)))
+    } else {
+        None
+    };
+    if let Some((spec, wgs)) = tiled {
         let pipe = be.pipeline(spec)?;
-        let wgs = n_seqs * d.n_qt * p.n_kv_heads * (g / d.gh);
         let (gx, gy) = be.grid(u32_of(op, "attention workgroups", wgs)?);
         let grid = (gx, gy, n_splits as u32);
         if n_splits > 1 {

@@ -171,7 +171,7 @@ fn decode(
     let calls = copies.max(if args.quick { 8 } else { 32 });
     let (qv, ov) = (q.view(0, qs, DType::F32)?, out.view_mut(0, qs, DType::F32)?);
     let sv = scratch.view_mut(0, Shape::d1(sb.max(4) / 4), DType::F32)?;
-    let secs = time_calls(be, calls, if args.quick { 3 } else { 7 }, &mut |i| {
+    let mut call = |i: usize| {
         let b = decode_batch(
             &q_starts,
             &kv_lens,
@@ -181,7 +181,9 @@ fn decode(
             ctx,
         )?;
         be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov)
-    })?;
+    };
+    let reps = if args.quick { 3 } else { 7 };
+    let secs = time_calls(be, calls, reps, &mut call)?;
     let bytes = (kv_bytes + 2 * qn * 4) as f64;
     let mut row = |secs: f64, how: &str| {
         rep.push(Row {
@@ -203,22 +205,10 @@ fn decode(
     // timestamps at the ends (the gemv bench's b2b method).
     #[cfg(feature = "wgpu")]
     if let Some(w) = kiln_benches::opened_wgpu() {
-        let mut f = |i: usize| {
-            let b = decode_batch(
-                &q_starts,
-                &kv_lens,
-                &tables[i % copies],
-                batch,
-                blocks_per_seq,
-                ctx,
-            )?;
-            be.attention(qv, &paged, &b, &p, (sb > 0).then_some(sv), ov)
-        };
         // One recorded op per call (the decode kernels' split and combine go as one
         // `dispatch2`); the per-(token, head) kernel's split (`KILN_WGPU_ATTN=0`) records two,
         // which the span timer refuses: no b2b row then.
-        let reps = if args.quick { 3 } else { 7 };
-        match kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut f) {
+        match kiln_benches::gpu_b2b(&w, calls, reps, 1, &mut call) {
             Ok(Some(t)) => row(t, " b2b")?,
             Ok(None) => {}
             Err(e) => eprintln!("attn-dec b2b skipped: {e}"),
