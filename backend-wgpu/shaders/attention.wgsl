@@ -76,16 +76,11 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let q_len = u32(QS[P.qs_off + s + 1u] - QS[P.qs_off + s]);
     let kv_len = u32(KL[P.kl_off + s]);
     let qpos = kv_len - q_len + (tok - u32(QS[P.qs_off + s]));
-    var k_hi = kv_len;
-    if P.causal != 0u {
-        k_hi = min(k_hi, qpos + 1u);
-    }
-    var k_lo = 0u;
-    if P.window != 0u && qpos + 1u > P.window {
-        k_lo = qpos + 1u - P.window;
-    }
+    let kr = key_range(qpos, kv_len); // attn_params.wgsl
+    let k_lo = kr.x;
+    let k_hi = kr.y;
     // This split's share of the key tiles.
-    let n_tiles = (max(k_hi, k_lo) - k_lo + TILE - 1u) / TILE;
+    let n_tiles = (k_hi - k_lo + TILE - 1u) / TILE;
     let per = (n_tiles + P.n_splits - 1u) / P.n_splits;
     let t0 = min(wid.z * per, n_tiles);
     let t1 = min(t0 + per, n_tiles);
