@@ -7,7 +7,7 @@
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
 #    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, q4k_pipe, host_pin, planner_sizes and its
-#    unit tests, kiln-wgpu matmul and timers) and the CUDA attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
+#    unit tests, kiln-wgpu matmul, timers and attention) and the CUDA attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
 #    Vulkan and CUDA), strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
 #    .gpu/verify/cache. NVRTC from the nvidia-cuda-nvrtc wheel: KILN_NVRTC_DIR = its nvidia/cu13.
@@ -37,7 +37,7 @@ want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_log
         ("gemv_group", "test"): "gemv_group", ("host_pin", "test"): "host_pin",
         ("q4k_pipe", "test"): "q4k_pipe", ("graph_isolation", "test"): "graph_isolation",
         ("kiln_cuda", "lib"): "kiln_cuda_unit", ("matmul", "test"): "wgpu_matmul",
-        ("timers", "test"): "wgpu_timers"}
+        ("timers", "test"): "wgpu_timers", ("attention", "test"): "wgpu_attention"}
 found = {}
 for line in open(sys.argv[1]):
     try:
@@ -108,8 +108,9 @@ run() {
         --test-threads 1 >"$OUTD/gemv_group_gemv1.log" 2>&1
     echo "gemv_group (KILN_GEMV1=1 KILN_GEMV_PIPE_GROUP=0): $(grep 'test result' "$OUTD/gemv_group_gemv1.log")"
 
-    echo "== kiln-wgpu's own GPU tests on Vulkan (matmul paths incl. gemv_x8m; one-pass timers)"
-    for t in wgpu_matmul wgpu_timers; do
+    echo "== kiln-wgpu's own GPU tests on Vulkan (matmul paths incl. gemv_x8m; one-pass timers;"
+    echo "   attention: every case on attention_keys, attention_dec and the per-(token, head) kernel)"
+    for t in wgpu_matmul wgpu_timers wgpu_attention; do
         KILN_REQUIRE=wgpu KILN_QUANT_DATA="$PWD/core/tests/data/quant" timeout 600 "$B/$t" \
             --test-threads 1 >"$OUTD/$t.log" 2>&1
         echo "$t: $(grep 'test result' "$OUTD/$t.log")"
@@ -168,7 +169,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 q4k_pipe graph_isolation host_pin planner_sizes kiln_cuda_unit wgpu_matmul wgpu_timers zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 q4k_pipe graph_isolation host_pin planner_sizes kiln_cuda_unit wgpu_matmul wgpu_timers wgpu_attention zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done
