@@ -131,8 +131,14 @@ fn keys_v_unroll() -> usize {
 
 /// Splits of a decode batch on attention_keys.wgsl (`grid` = workgroups without a split).
 fn keys_splits(grid: usize, max_kv_len: usize) -> usize {
-    let kps = env_usize("KILN_WGPU_ATTN_KEYS").unwrap_or(KEYS_PER_SPLIT_K);
-    let target = env_usize("KILN_WGPU_ATTN_GRID").unwrap_or(KEYS_TARGET_GRID);
+    // (the knobs are read once per process: this runs on every decode step)
+    static V: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    let (kps, target) = *V.get_or_init(|| {
+        (
+            env_usize("KILN_WGPU_ATTN_KEYS").unwrap_or(KEYS_PER_SPLIT_K),
+            env_usize("KILN_WGPU_ATTN_GRID").unwrap_or(KEYS_TARGET_GRID),
+        )
+    });
     if grid >= target || max_kv_len <= kps {
         return 1;
     }
