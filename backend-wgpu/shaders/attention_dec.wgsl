@@ -59,15 +59,7 @@ override SPLIT: bool = false;
 
 // Params: attn_params.wgsl.
 
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read_write> Q: array<f32>;   // [n_tokens, n_heads, hd]
-@group(0) @binding(2) var<storage, read> K: array<vec4<u32>>;   // [blocks, n_kv, bs, W/4]
-@group(0) @binding(3) var<storage, read> V: array<vec4<u32>>;   // [blocks, n_kv, bs, W/4]
-@group(0) @binding(4) var<storage, read_write> QST: array<i32>; // [n_seqs + 1]
-@group(0) @binding(5) var<storage, read_write> KL: array<i32>;  // [n_seqs]
-@group(0) @binding(6) var<storage, read_write> BT: array<i32>;  // [n_seqs, max_blocks]
-@group(0) @binding(7) var<storage, read_write> O: array<f32>;   // [n_tokens, n_heads, hd]
-@group(0) @binding(8) var<storage, read_write> S: array<f32>;   // [n_tokens·n_heads, splits, hd + 2]
+// Bindings: attn_kv4.wgsl (W4 = W/4).
 
 // Two cache elements of one word (the second is 0 for f32 caches).
 {{UNPACK}}
@@ -141,11 +133,9 @@ fn score(g: u32, j: u32) -> f32 {
     return d.x + d.y + d.z + d.w;
 }
 
-// Component g % 4 of the quad vector of head g (selects: no dynamic vector indexing).
+// Component g % 4 of the quad vector of head g (attn_kv4.wgsl's comp).
 fn head(q0: vec4<f32>, q1: vec4<f32>, g: u32) -> f32 {
-    let v = select(q0, q1, g >= 4u);
-    let k = g % 4u;
-    return select(select(select(v.x, v.y, k == 1u), v.z, k == 2u), v.w, k == 3u);
+    return comp(select(q0, q1, g >= 4u), g);
 }
 
 // Probabilities of key j for heads 4·quad .. 4·quad + 3.

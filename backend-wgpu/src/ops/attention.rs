@@ -29,6 +29,8 @@ const KEYS: &str = include_str!("../../shaders/attention_keys.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 /// The uniform both shaders read (`Params` below is its twin).
 const PARAMS: &str = include_str!("../../shaders/attn_params.wgsl");
+/// The two vec4-word decode kernels' bindings and helpers.
+const KV4: &str = include_str!("../../shaders/attn_kv4.wgsl");
 
 /// Keys per split below which splitting does not pay.
 const KEYS_PER_SPLIT: usize = 512;
@@ -429,7 +431,7 @@ pub(crate) fn attention(
     let g = p.n_heads / p.n_kv_heads;
     let tiled = if let Some(d) = keys.filter(|_| dec.is_some()) {
         let nq = d.gh.div_ceil(4);
-        let spec = ShaderSpec::new("attention_keys", &[PARAMS, KEYS], "attn_keys")
+        let spec = ShaderSpec::new("attention_keys", &[PARAMS, KV4, KEYS], "attn_keys")
             .sub("HD", hd.to_string())
             .sub("GH", d.gh.to_string())
             .sub("NK", KEYS_CHUNK.to_string())
@@ -444,7 +446,7 @@ pub(crate) fn attention(
         let tw = dec_tile_words();
         let (tk, nph) = (tw / w, (128 / w).max(1));
         let kt_n = (tk * (w / 4 + 1)).max((nph - 1) * w * 4);
-        let spec = ShaderSpec::new("attention_dec", &[PARAMS, DEC], "attn_dec")
+        let spec = ShaderSpec::new("attention_dec", &[PARAMS, KV4, DEC], "attn_dec")
             .sub("HD", hd.to_string())
             .sub("EPW", d.epw.to_string())
             .sub("GH", d.gh.to_string())
