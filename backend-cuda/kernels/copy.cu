@@ -27,3 +27,26 @@ extern "C" __global__ void gather(const void* __restrict__ x, const int* __restr
         else ((u16*)out)[t] = ((const u16*)x)[src];
     }
 }
+
+// read_probe: a device-to-device copy's loads without its stores — the floor a kernel that
+// streams `n16`·16 bytes once can reach under the same launch (the benches' "read floor" rows;
+// CudaBackend::read_probe). src uint4 [n16], out u32 [gridDim.x] (written only when a block's
+// XOR-fold of everything it read equals a constant that random data essentially never hits, so
+// the loads stay live and almost nothing is stored). Thread mapping: block b, thread t loads
+// uint4s 1024·b + t + 256·u (u < 4): four independent coalesced 16-byte loads in flight per
+// thread. Bytes: 16·n16 read.
+extern "C" __global__ void __launch_bounds__(256) read_probe(const uint4* __restrict__ src, i64 n16,
+                                                             u32* __restrict__ out) {
+    pdl_enter();
+    const i64 base = (i64)blockIdx.x * 1024 + threadIdx.x;
+    uint4 v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const i64 i = base + 256 * u;
+        v[u] = i < n16 ? __ldg(src + i) : make_uint4(0u, 0u, 0u, 0u);
+    }
+    u32 acc = 0u;
+#pragma unroll
+    for (int u = 0; u < 4; u++) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+    if (acc == 0x9e3779b9u) out[blockIdx.x] = acc;
+}

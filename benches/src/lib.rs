@@ -387,3 +387,49 @@ pub fn wgpu_ceiling(rep: &mut Report, copy: f64, quick: bool) -> Result<f64> {
     let _ = (rep, quick);
     Ok(copy)
 }
+
+/// Seconds per call of the backend's read probe over `bytes` (rounded down to 16) of `copies`
+/// rotated buffers, timed as the GEMV rows are (CUDA: a graph of `calls` back-to-back calls;
+/// wgpu: GPU timestamps around `calls` calls in one submission): the least time a kernel that
+/// streams that many bytes once can take under the same launch, i.e. the physical floor of a
+/// case at its size (a 9 MB read reaches far less of the copy bandwidth than a 256 MiB one).
+/// None on backends without a probe.
+pub fn read_floor(
+    be: &dyn Backend,
+    bytes: usize,
+    copies: usize,
+    calls: usize,
+    reps: usize,
+) -> Result<Option<f64>> {
+    let bytes = bytes / 16 * 16;
+    if bytes == 0 {
+        return Ok(None);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(c) = opened_cuda()
+        && be.info().id == Backend::info(&*c).id
+    {
+        let srcs = (0..copies.max(1))
+            .map(|_| be.alloc(bytes))
+            .collect::<Result<Vec<_>>>()?;
+        let dst = be.alloc(4 * bytes.div_ceil(16 * 1024))?;
+        let secs = time_calls(be, calls, reps, &mut |i| {
+            c.read_probe(&srcs[i % srcs.len()], &dst, bytes)
+        })?;
+        return Ok(Some(secs));
+    }
+    #[cfg(feature = "wgpu")]
+    if let Some(w) = opened_wgpu()
+        && be.info().id == Backend::info(&*w).id
+    {
+        let srcs = (0..copies.max(1))
+            .map(|_| be.alloc(bytes))
+            .collect::<Result<Vec<_>>>()?;
+        let dst = be.alloc(16)?;
+        return gpu_b2b(&w, calls, reps, 1, &mut |i| {
+            w.read_probe(&srcs[i % srcs.len()], &dst, bytes)
+        });
+    }
+    let _ = (be, copies, calls, reps);
+    Ok(None)
+}

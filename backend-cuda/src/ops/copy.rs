@@ -1,8 +1,8 @@
-//! copy with conversion (kernels/copy.cu).
+//! copy with conversion, gather and the benches' read probe (kernels/copy.cu).
 
 use cudarc::driver::PushKernelArg;
 use kiln_core::backend::check;
-use kiln_core::{DType, OpKind, Result, View, ViewMut};
+use kiln_core::{Buffer, DType, Error, OpKind, Result, Shape, View, ViewMut};
 
 use crate::buffer::float_code;
 use crate::device::CudaBackend;
@@ -97,5 +97,41 @@ impl CudaBackend {
         // the kernel skips ids outside [0, rows); the arguments match gather's parameters; the
         // kernel waits first (pdl_enter).
         unsafe { self.launch_pdl(&f, "launch gather", cfg, &args) }
+    }
+}
+
+impl CudaBackend {
+    /// The read probe (`read_probe` in kernels/copy.cu): loads the first `bytes` of `src` once,
+    /// 16 bytes per load and four loads in flight per thread, and stores nothing that matters:
+    /// what a kernel that streams that many weight bytes cannot beat under the same launch
+    /// (the benches' "read floor" rows). `bytes` must be a multiple of 16 inside `src`; `dst`
+    /// needs 4 bytes per 16 KiB block of the grid and is in practice never written.
+    pub fn read_probe(&self, src: &Buffer, dst: &Buffer, bytes: usize) -> Result<()> {
+        let op = OpKind::Copy;
+        let blocks = bytes.div_ceil(16 * 1024);
+        if !bytes.is_multiple_of(16) || bytes > src.len() || dst.len() < 4 * blocks || bytes == 0 {
+            return Err(Error::View(format!(
+                "read_probe of {bytes} bytes: needs a non-zero multiple of 16 inside the source ({} bytes) and {} bytes of destination ({})",
+                src.len(),
+                4 * blocks,
+                dst.len()
+            )));
+        }
+        let sp = self.ptr(op, &src.view(0, Shape::d1(bytes / 4), DType::F32)?)?;
+        let dp = self.ptr(op, &dst.view(0, Shape::d1(blocks), DType::F32)?)?;
+        let n16 = (bytes / 16) as i64;
+        let grid = u32::try_from(blocks)
+            .map_err(|_| Error::Invalid(format!("read_probe: {blocks} blocks")))?;
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (grid, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let f = self.function(&COPY, "read_probe")?;
+        let args = [Arg::U64(&sp), Arg::I64(&n16), Arg::U64(&dp)];
+        // SAFETY: src holds `bytes` (checked) = n16 uint4s, which the kernel reads no further
+        // than (i < n16); dst holds one u32 per block (checked), the most the kernel writes; the
+        // arguments match read_probe's parameters; the kernel waits first (pdl_enter).
+        unsafe { self.launch_pdl(&f, "launch read_probe", cfg, &args) }
     }
 }

@@ -1,7 +1,8 @@
 //! Paged attention, Llama-3-8B shape (32 query heads, 8 KV heads, head_dim 128, block size 16):
 //! - decode (one query per sequence) at 1k / 4k / 16k context, batch 1 and 32: GB/s of the K/V
 //!   bytes read (plus q and out) and the fraction of the measured copy bandwidth (target ≥ 80%
-//!   at 4k on H100/H200). KV caches are rotated (disjoint block tables into one big cache) so the
+//!   at 4k on H100/H200), after a "read floor" row per case: the backend's read probe over as
+//!   many bytes, timed the same way (`kiln_benches::read_floor`). KV caches are rotated (disjoint block tables into one big cache) so the
 //!   working set exceeds `--rotate-mib` (default 512 MiB, above any L2).
 //! - decode of one tensor-parallel rank of that model (TP2: 16 query heads, 4 KV heads) at 512
 //!   context, batch 1 (the shape a TP2 decode step runs per layer).
@@ -185,7 +186,35 @@ fn decode(
     let reps = if args.quick { 3 } else { 7 };
     let secs = time_calls(be, calls, reps, &mut call)?;
     let bytes = (kv_bytes + 2 * qn * 4) as f64;
+    // The read floor of this many K/V bytes (kiln_benches::read_floor), and each row on the
+    // same clock (CUDA: every row; wgpu: b2b) as a fraction of it.
+    let floor = kiln_benches::read_floor(be, kv_bytes, copies, calls, reps)?;
+    if let Some(f) = floor {
+        rep.push(Row {
+            bench: "attn-dec".into(),
+            case: format!(
+                "read floor ctx {ctx} batch {batch}{} ({})",
+                h.tag,
+                kv.name()
+            ),
+            us: f * 1e6,
+            gbs: Some(kv_bytes as f64 / f / 1e9),
+            tflops: None,
+            pct: Some(100.0 * kv_bytes as f64 / f / copy),
+            note: format!(
+                "read probe over {:.1} MB ({copies} copies rotated), same timing",
+                kv_bytes as f64 / 1e6
+            ),
+        })?;
+    }
+    let cuda = be.info().id.kind == kiln_core::BackendKind::Cuda;
     let mut row = |secs: f64, how: &str| {
+        let of_floor = match floor {
+            Some(f) if cuda || how == " b2b" => {
+                format!(", {:.1} % of the read floor", 100.0 * f / secs)
+            }
+            _ => String::new(),
+        };
         rep.push(Row {
             bench: "attn-dec".into(),
             case: format!("{} ctx {ctx} batch {batch}{}{how}", kv.name(), h.tag),
@@ -194,7 +223,7 @@ fn decode(
             tflops: Some(4.0 * (batch * ctx * h.q * HD) as f64 / secs / 1e12),
             pct: Some(100.0 * bytes / secs / copy),
             note: format!(
-                "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B",
+                "{:.1} MB K+V per call, {copies} caches rotated, scratch {sb} B{of_floor}",
                 kv_bytes as f64 / 1e6
             ),
         })

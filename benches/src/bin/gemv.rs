@@ -12,6 +12,9 @@
 //! `gemv --backend cuda|wgpu|reference [--quick] [--types q4_k,bf16] [--json FILE]`
 //! Env `KILN_BENCH_MS=1,2,4,8`: also m x rows per product (small-batch decode); rows with
 //! m > 1 are "m=M" cases with the plain and b2b timings only (bytes: weight + m·(k + n)·4).
+//! Each case first gets a "read floor" row: the backend's read probe streaming as many bytes
+//! as the weight, timed the same way (`kiln_benches::read_floor`), i.e. what this size can
+//! reach at all; rows on the same clock note their time as a fraction of it.
 
 use kiln_benches::{
     Args, Report, Row, copy_bandwidth, open, random_weight, rotation_copies, run_main, time_calls,
@@ -92,8 +95,31 @@ fn bench_one(
     } else {
         String::new()
     };
+    // The read floor of this size (module docs): pushed as its own row, and each row timed on
+    // the same clock says how close it comes to it.
+    let floor = kiln_benches::read_floor(be, wbytes, copies, calls, reps)?;
+    if let Some(f) = floor {
+        rep.push(Row {
+            bench: "gemv".into(),
+            case: format!("read floor {n}x{k}{mname} ({})", dt.name()),
+            us: f * 1e6,
+            gbs: Some(wbytes as f64 / f / 1e9),
+            tflops: None,
+            pct: Some(100.0 * wbytes as f64 / f / copy),
+            note: format!(
+                "read probe over the weight's {:.1} MB, {copies} copies rotated, same timing",
+                wbytes as f64 / 1e6
+            ),
+        })?;
+    }
+    let cuda = be.info().id.kind == kiln_core::BackendKind::Cuda;
     let mut row = |case: String, secs: f64| {
         let gbs = bytes / secs;
+        let same_clock = cuda || case.ends_with("b2b");
+        let of_floor = match floor {
+            Some(f) if same_clock => format!(", {:.1} % of the read floor", 100.0 * f / secs),
+            _ => String::new(),
+        };
         rep.push(Row {
             bench: "gemv".into(),
             case,
@@ -102,7 +128,7 @@ fn bench_one(
             tflops: Some(2.0 * (m * n * k) as f64 / secs / 1e12),
             pct: Some(100.0 * gbs / copy),
             note: format!(
-                "{:.1} MB weight, {copies} copies rotated",
+                "{:.1} MB weight, {copies} copies rotated{of_floor}",
                 wbytes as f64 / 1e6
             ),
         })
