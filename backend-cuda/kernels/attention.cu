@@ -63,7 +63,7 @@ struct AttnArgs {
     int row_tiles;           // row tiles of this launch (gridDim.x = row_tiles·splits)
     int kv_f32;              // 1: f32 cache (the f16 kernels round it to f16 while loading)
     int bs_shift;            // log2(block_size) if it is a power of two, else −1
-    int pad_;
+    int cluster;             // 1: the splits of a row tile are one thread-block cluster (attn_cluster.cuh)
 };
 
 #define NEG_INF __int_as_float(0xff800000)
@@ -138,6 +138,7 @@ __device__ __forceinline__ void key_range(const AttnArgs& a, int q_len, int kv_l
 }
 
 #include "attn_merge.cuh"
+#include "attn_cluster.cuh"
 
 // ----------------------------------------------------------------------------- tile loader
 // K and V rows of key positions tile·BC .. tile·BC+BC-1 of (s, g) into Ks, Vs [BC][LD] (16-bit).
@@ -339,7 +340,10 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
 
     // ---- which rows and keys this CTA owns
     const int s = blockIdx.z, g = blockIdx.y;
-    const int z = blockIdx.x / a.row_tiles, rt0 = blockIdx.x % a.row_tiles;
+    // Cluster merge: a row tile's splits are consecutive in x (one cluster); else row tiles are.
+    const bool CL = DECODE && a.cluster != 0;
+    const int z = CL ? blockIdx.x % a.splits : blockIdx.x / a.row_tiles;
+    const int rt0 = CL ? blockIdx.x / a.splits : blockIdx.x % a.row_tiles;
     int q0, q_len, kv_len;
     if (!seq_ok(a, s, q0, q_len, kv_len)) ATTN_LEAVE
     if (DECODE ? (q_len > a.qd) : (q_len <= a.qd)) ATTN_LEAVE
@@ -352,10 +356,16 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     bool direct = true;
     if (DECODE) {
         const int z0 = klo / a.chunk, z1 = (khi - 1) / a.chunk;
-        if (z < z0 || z > z1) ATTN_LEAVE
         direct = (z0 == z1);
-        klo = max(klo, z * a.chunk);
-        khi = min(khi, (z + 1) * a.chunk);
+        if (z < z0 || z > z1) {
+            // A split without keys. In a cluster that merges (not direct) it still takes part
+            // in the merge's two cluster barriers, with an empty state.
+            if (!CL || direct) ATTN_LEAVE
+            klo = khi = 0;
+        } else {
+            klo = max(klo, z * a.chunk);
+            khi = min(khi, (z + 1) * a.chunk);
+        }
     }
 
     const int warp = threadIdx.x / KILN_WARP, lane = threadIdx.x % KILN_WARP;
@@ -597,6 +607,7 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     __syncthreads();
     float* wacc = (float*)KVs;
     float* wml = wacc + WN * 16 * HD;
+    __shared__ float2 cl_ml[16];  // cluster merge: this CTA's (max, sum) per row
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int rl = gid + 8 * i;
@@ -628,6 +639,10 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
         if (direct) {
             const int j = r / a.group, hh = r % a.group;
             a.out[((i64)(q0 + j) * a.n_heads + g * a.group + hh) * HD + d] = L > 0.0f ? O / L : 0.0f;
+        } else if (CL) {
+            // In place: only this thread reads wacc[0][rl][d] (above), and it has.
+            wacc[rl * HD + d] = O;
+            if (d == 0) cl_ml[rl] = make_float2(M, L);
         } else {
             const i64 slot = (((i64)s * a.n_kv + g) * a.rd + r) * a.splits + z;
             a.part_acc[slot * HD + d] = O;
@@ -636,6 +651,10 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
                 a.part_ml[slot * 2 + 1] = L;
             }
         }
+    }
+    if (CL && !direct) {
+        cluster_merge<HD>(a, wacc, cl_ml, g, q0, r0, r_end);
+        return;
     }
     if (direct || a.counters == nullptr) return;
 

@@ -8,10 +8,10 @@
 //! compile failure is an error carrying NVRTC's log and the kernel file name.
 //!
 //! NVRTC finds no headers by itself: our own headers (`common.cuh`, `quant.cuh`, `gemv_segs.cuh`,
-//! `gemv_pipe.cuh`, `mma_ring.cuh`, `attn_merge.cuh`, `bulk.cuh`, `matmul_mp.cuh`) are expanded
-//! textually before compiling; the CUDA include directory is added with `--include-path` from env
-//! `KILN_CUDA_INCLUDE`, else `/usr/local/cuda/include` when it exists (the kernels themselves need
-//! no CUDA header). libnvrtc is found through the loader path (`LD_LIBRARY_PATH`).
+//! `gemv_pipe.cuh`, `mma_ring.cuh`, `attn_merge.cuh`, `attn_cluster.cuh`, `bulk.cuh`,
+//! `matmul_mp.cuh`) are expanded textually before compiling; the CUDA include directory is
+//! added with `--include-path` from env `KILN_CUDA_INCLUDE`, else `/usr/local/cuda/include` when
+//! it exists (the kernels themselves need no CUDA header). libnvrtc is found through the loader path (`LD_LIBRARY_PATH`).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_char};
@@ -41,13 +41,17 @@ macro_rules! kernel_file {
 }
 
 /// Headers that `#include "..."` may name (expanded before compiling).
-pub const HEADERS: [(&str, &str); 8] = [
+pub const HEADERS: [(&str, &str); 9] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
     ("gemv_segs.cuh", include_str!("../kernels/gemv_segs.cuh")),
     ("gemv_pipe.cuh", include_str!("../kernels/gemv_pipe.cuh")),
     ("mma_ring.cuh", include_str!("../kernels/mma_ring.cuh")),
     ("attn_merge.cuh", include_str!("../kernels/attn_merge.cuh")),
+    (
+        "attn_cluster.cuh",
+        include_str!("../kernels/attn_cluster.cuh"),
+    ),
     ("bulk.cuh", include_str!("../kernels/bulk.cuh")),
     ("matmul_mp.cuh", include_str!("../kernels/matmul_mp.cuh")),
 ];

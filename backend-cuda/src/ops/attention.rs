@@ -21,14 +21,13 @@
 use std::sync::Mutex;
 
 use cudarc::driver::sys::CUstreamCaptureStatus;
-use cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig};
+use cudarc::driver::{DevicePtr, DeviceRepr};
 use kiln_core::backend::check;
 use kiln_core::{AttnParams, DType, Error, OpKind, PagedKv, Result, SeqBatch, View, ViewMut};
 
 use super::arg_i32;
 use crate::device::CudaBackend;
 use crate::module_cache::ATTENTION;
-use crate::ops::launch::Arg;
 
 const OP: OpKind = OpKind::Attention;
 /// Rows of a decode tile (one mma M tile) and of a prefill tile (4 warps × 16).
@@ -52,7 +51,7 @@ pub(crate) const HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// The kernels' argument block (same fields, order and types as `AttnArgs` in attention.cu).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-struct AttnArgs {
+pub(crate) struct AttnArgs {
     q: u64,
     kc: u64,
     vc: u64,
@@ -84,7 +83,8 @@ struct AttnArgs {
     row_tiles: i32,
     kv_f32: i32,
     bs_shift: i32,
-    pad_: i32,
+    /// 1: the decode splits of a row tile run as one thread-block cluster and merge in it.
+    cluster: i32,
 }
 
 // SAFETY: plain old data (u64/i32/f32 fields, no padding: 10·8 + 22·4 = 168 bytes) with the C
@@ -475,7 +475,7 @@ impl CudaBackend {
 
     /// Dynamic shared memory a block may opt into; 0 (the probe could not read it) counts as
     /// 99 KiB, the smallest opt-in limit of the sm_80+ devices the backend opens.
-    fn smem_limit(&self) -> usize {
+    pub(crate) fn smem_limit(&self) -> usize {
         match self.info.caps.shared_memory_bytes {
             0 => 101_376,
             n => n as usize,
@@ -695,13 +695,22 @@ impl CudaBackend {
             } else {
                 -1
             },
-            pad_: 0,
+            cluster: 0,
         };
         // Element offsets inside the kernels are i64; row and position counts are i32.
         arg_i32(OP, "n_tokens·n_heads", n_tokens * nh)?;
         let limit = self.smem_limit();
         let (nkv, ns) = (p.n_kv_heads as u32, n_seqs as u32);
-        if pl.decode_row_tiles > 0 {
+        if let Some(v) = self.attn_cluster_plan(hd, kv.dtype(), &pl, p.n_kv_heads, n_seqs)? {
+            // The splits of each row tile as one cluster, merged in it (attention_launch.rs).
+            let a = AttnArgs {
+                row_tiles: arg_i32(OP, "row tiles", pl.decode_row_tiles)?,
+                cluster: 1,
+                ..args
+            };
+            let gx = arg_i32(OP, "decode grid", pl.decode_row_tiles * pl.splits)? as u32;
+            self.launch_attn(v, (gx, nkv, ns), &a, pl.splits as u32)?;
+        } else if pl.decode_row_tiles > 0 {
             let paired = decode_paired(pl.chunk);
             let stages = decode_stages(pl.splits, kv.dtype(), paired);
             let v = decode_variant(hd, kv.dtype(), limit, stages, paired)?;
@@ -716,7 +725,7 @@ impl CudaBackend {
                 ..args
             };
             let gx = arg_i32(OP, "decode grid", pl.decode_row_tiles * pl.splits)? as u32;
-            self.launch_attn(v, (gx, nkv, ns), &a)?;
+            self.launch_attn(v, (gx, nkv, ns), &a, 1)?;
             if pl.splits > 1 && counters.is_none() {
                 self.launch_combine((pl.decode_row_tiles as u32, nkv, ns), &a, hd)?;
             }
@@ -727,50 +736,9 @@ impl CudaBackend {
                 row_tiles: arg_i32(OP, "row tiles", pl.prefill_row_tiles)?,
                 ..args
             };
-            self.launch_attn(v, (a.row_tiles as u32, nkv, ns), &a)?;
+            self.launch_attn(v, (a.row_tiles as u32, nkv, ns), &a, 1)?;
         }
         Ok(())
-    }
-
-    fn launch_attn(&self, v: Variant, grid: (u32, u32, u32), a: &AttnArgs) -> Result<()> {
-        let f = self.function(&ATTENTION, v.name)?;
-        self.allow_smem(&f, v.smem)?;
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: v.smem as u32,
-        };
-        // SAFETY: `a` (AttnArgs, #[repr(C)] like the kernels' parameter) holds the addresses of
-        // views validated above: q/out [n_tokens, n_heads,
-        // head_dim] f32, caches [num_blocks, n_kv, block_size, head_dim] 16-byte aligned, the i32
-        // batch arrays with the element counts checked, and (when splits > 1) scratch of
-        // scratch_bytes(). The kernel reads only sequences passing `seq_ok` (rows < n_tokens,
-        // kv_len ≤ max_blocks·block_size), block ids inside 0..num_blocks, and writes partial
-        // slots < n_seqs·n_kv·rd·splits; the dynamic shared memory is the variant's size. A
-        // non-null `counters` is this backend's counter buffer (attn_counters), which holds at
-        // least plan.counters = n_seqs·n_kv·row_tiles i32, the highest index the kernel uses.
-        // Prefill kernels wait first (pdl_enter); decode kernels read only q_starts, kv_lens
-        // and the block tables (step inputs the host writes, never an earlier kernel) before
-        // their griddepcontrol.wait, and every CTA waits before it exits.
-        unsafe { self.launch_pdl(&f, "launch attention", cfg, &[Arg::raw(a)]) }
-    }
-
-    fn launch_combine(&self, grid: (u32, u32, u32), a: &AttnArgs, hd: usize) -> Result<()> {
-        let name = match hd {
-            64 => "attn_combine_hd64",
-            128 => "attn_combine_hd128",
-            _ => "attn_combine_hd256",
-        };
-        let f = self.function(&ATTENTION, name)?;
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: as `launch_attn`: the combine reads the partial slots the decode kernel wrote
-        // for the same row tiles (same `seq_ok` / key-range logic) and writes rows of `out`;
-        // `hd` is the head_dim checked against HEAD_DIMS, so the kernel's HD matches the views.
-        unsafe { self.launch_pdl(&f, "launch attn_combine", cfg, &[Arg::raw(a)]) }
     }
 }
 

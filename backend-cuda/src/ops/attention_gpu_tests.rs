@@ -1,7 +1,10 @@
 //! GPU checks of the split-KV decode merge (skipped without CUDA; a failure under
-//! KILN_REQUIRE=cuda): the fused merge (counters created by `attention_scratch_bytes`) and the
-//! attn_combine fallback (first use inside a capture, no counters yet) both match the reference
-//! backend, in plain calls and in graph replays, and leave every counter at 0.
+//! KILN_REQUIRE=cuda): the merge the device takes by default — inside a thread-block cluster on
+//! sm_90+ (attention_launch.rs), the fused merge (counters created by `attention_scratch_bytes`)
+//! before it or under `KILN_ATTN_CLUSTER=0` — and the attn_combine fallback of the fused form
+//! (first use inside a capture, no counters yet; not reached when clusters merge) all match the
+//! reference backend, in plain calls and in graph replays, and leave every counter at 0. The
+//! batch has a split row with empty splits (2999 keys), a one-split row and an invalid one.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -47,6 +50,9 @@ struct Case {
     out: Buffer,
     blocks: usize,
     max_blocks: usize,
+    /// The lengths the device sees (an invalid sequence has 0) and the batch's bound.
+    lens: Vec<i32>,
+    max_kv: usize,
 }
 
 fn upload(be: &dyn Backend, bytes: &[u8]) -> Buffer {
@@ -66,6 +72,8 @@ fn case(be: &dyn Backend, host: &HostData, kv_lens: &[i32]) -> Case {
         out: be.alloc(host.q.len() * 4).unwrap(),
         blocks: host.blocks,
         max_blocks: host.max_blocks,
+        lens: kv_lens.to_vec(),
+        max_kv: host.max_blocks * BS,
     }
 }
 
@@ -79,7 +87,8 @@ struct HostData {
     max_blocks: usize,
 }
 
-fn host_data() -> HostData {
+/// `n` sequences of up to `max_kv` keys.
+fn host_data(n: usize, max_kv: usize) -> HostData {
     let mut seed = 0x9e37_79b9_u64;
     let mut rnd = || {
         seed = seed
@@ -87,8 +96,7 @@ fn host_data() -> HostData {
             .wrapping_add(1442695040888963407);
         ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     };
-    let n = KV_LENS.len();
-    let max_blocks = 4096 / BS;
+    let max_blocks = max_kv / BS;
     let blocks = n * max_blocks;
     let q = (0..n * NH * HD).map(|_| rnd()).collect();
     let k = (0..blocks * NKV * BS * HD).map(|_| rnd()).collect();
@@ -122,7 +130,7 @@ fn params() -> AttnParams {
 
 /// Runs attention on `c` (out poisoned with NaN first) and returns out.
 fn run(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Vec<f32> {
-    let n = KV_LENS.len();
+    let n = c.lens.len();
     be.write(&c.out, 0, &vec![0xff; n * NH * HD * 4]).unwrap();
     call(be, c, scratch, sb).unwrap();
     let mut bytes = vec![0u8; n * NH * HD * 4];
@@ -131,7 +139,7 @@ fn run(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Vec<f32> {
 }
 
 fn call(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Result<()> {
-    let n = KV_LENS.len();
+    let n = c.lens.len();
     let cs = Shape::new(&[c.blocks, NKV, BS, HD])?;
     let kv = PagedKv::new(
         c.k.view_mut(0, cs, DType::F16)?,
@@ -150,22 +158,22 @@ fn call(be: &dyn Backend, c: &Case, scratch: &Buffer, sb: usize) -> Result<()> {
 }
 
 fn batch(c: &Case) -> Result<SeqBatch<'_>> {
-    let n = KV_LENS.len();
+    let n = c.lens.len();
     Ok(SeqBatch {
         q_starts: c.q_starts.view(0, Shape::d1(n + 1), DType::I32)?,
         kv_lens: c.kv_lens.view(0, Shape::d1(n), DType::I32)?,
         block_tables: c.tables.view(0, Shape::d2(n, c.max_blocks), DType::I32)?,
         max_q_len: 1,
-        max_kv_len: 4096,
+        max_kv_len: c.max_kv,
     })
 }
 
 /// Max |a − b| over rows valid in `b`; invalid rows (NaN in the reference's poisoned output)
 /// must be left unwritten (NaN) in `a` too.
-fn max_err(a: &[f32], b: &[f32]) -> f32 {
+fn max_err(a: &[f32], b: &[f32], kv_lens: &[i32]) -> f32 {
     let row = NH * HD;
     let mut worst = 0f32;
-    for (s, &kv) in KV_LENS.iter().enumerate() {
+    for (s, &kv) in kv_lens.iter().enumerate() {
         for i in s * row..(s + 1) * row {
             if kv == 0 {
                 assert!(a[i].is_nan(), "invalid sequence {s} was written");
@@ -184,7 +192,7 @@ fn counters_of(be: &CudaBackend) -> Vec<i32> {
 #[test]
 fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
     let Some(be) = gpu() else { return };
-    let host = host_data();
+    let host = host_data(KV_LENS.len(), 4096);
     let rf = ReferenceBackend::new(0);
     let rc = case(&rf, &host, &REF_KV_LENS);
     let rsb = rf.attention_scratch_bytes(&params(), KV_LENS.len(), &batch(&rc).unwrap());
@@ -194,11 +202,15 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
     let c = case(&*be, &host, &KV_LENS);
     let pl = be.attn_plan(&params(), &batch(&c).unwrap());
     assert!(pl.splits > 1 && pl.counters > 0, "{pl:?}");
+    let cl = be
+        .attn_cluster_plan(HD, DType::F16, &pl, NKV, KV_LENS.len())
+        .unwrap();
+    let merge = if cl.is_some() { "cluster" } else { "fused" };
     let sb = be.attention_scratch_bytes(&params(), KV_LENS.len(), &batch(&c).unwrap());
     let scratch = be.alloc(sb.max(4)).unwrap();
     for rep in 0..3 {
-        let err = max_err(&run(&*be, &c, &scratch, sb), &want);
-        assert!(err < 2e-3, "fused call {rep}: max err {err}");
+        let err = max_err(&run(&*be, &c, &scratch, sb), &want, &KV_LENS);
+        assert!(err < 2e-3, "{merge} call {rep}: max err {err}");
         assert!(counters_of(&be).iter().all(|&x| x == 0));
     }
     let g = be
@@ -210,14 +222,15 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
         g.replay().unwrap();
         let mut bytes = vec![0u8; want.len() * 4];
         be.read(&c.out, 0, &mut bytes).unwrap();
-        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want);
-        assert!(err < 2e-3, "fused replay {rep}: max err {err}");
+        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &KV_LENS);
+        assert!(err < 2e-3, "{merge} replay {rep}: max err {err}");
         assert!(counters_of(&be).iter().all(|&x| x == 0));
     }
-    println!("fused: {pl:?}");
+    println!("{merge}: {pl:?}, cluster plan {cl:?}");
 
     // Fallback: a fresh backend (own stream, no counters yet) whose first call is captured
-    // merges with attn_combine; it still matches, and creates no counters inside the capture.
+    // merges with attn_combine (or, with clusters, in them); it still matches, and creates no
+    // counters inside the capture.
     let be2 = CudaProvider.open_cuda(0).unwrap();
     let c2 = case(&*be2, &host, &KV_LENS);
     let sb2 = be2
@@ -233,11 +246,55 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
         g2.replay().unwrap();
         let mut bytes = vec![0u8; want.len() * 4];
         be2.read(&c2.out, 0, &mut bytes).unwrap();
-        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want);
+        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &KV_LENS);
         assert!(err < 2e-3, "attn_combine replay {rep}: max err {err}");
     }
     assert!(
         counters_of(&be2).is_empty(),
         "counters created during capture"
     );
+}
+
+/// The cluster merge where the device takes it (sm_90+, `KILN_ATTN_CLUSTER` ≥ 2): one sequence
+/// of 300 keys under a 512-key bound, so 8 splits of 64 keys of which 5 hold keys (3 merge
+/// empty states), 8 clusters; plain calls and graph replays against the reference backend,
+/// output poisoned before each.
+#[test]
+fn cluster_merge_with_empty_splits_matches_reference() {
+    let Some(be) = gpu() else { return };
+    let host = host_data(1, 512);
+    let rf = ReferenceBackend::new(0);
+    let rc = case(&rf, &host, &[300]);
+    let rsb = rf.attention_scratch_bytes(&params(), 1, &batch(&rc).unwrap());
+    let want = run(&rf, &rc, &rf.alloc(rsb.max(4)).unwrap(), rsb);
+    let c = case(&*be, &host, &[300]);
+    let pl = be.attn_plan(&params(), &batch(&c).unwrap());
+    let cl = be.attn_cluster_plan(HD, DType::F16, &pl, NKV, 1).unwrap();
+    let sm90 = be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
+    let on = super::super::attention_launch::cluster_cap() >= pl.splits;
+    assert_eq!(cl.is_some(), sm90 && on, "{pl:?}, cluster plan {cl:?}");
+    if cl.is_none() {
+        println!("skipped: no cluster merge here ({pl:?})");
+        return;
+    }
+    assert_eq!((pl.splits, pl.chunk), (8, 64), "{pl:?}");
+    let sb = be.attention_scratch_bytes(&params(), 1, &batch(&c).unwrap());
+    let scratch = be.alloc(sb.max(4)).unwrap();
+    for rep in 0..3 {
+        let err = max_err(&run(&*be, &c, &scratch, sb), &want, &[300]);
+        assert!(err < 2e-3, "cluster call {rep}: max err {err}");
+    }
+    let g = be
+        .capture(&mut || call(&*be, &c, &scratch, sb))
+        .unwrap()
+        .expect("CUDA captures graphs");
+    for rep in 0..3 {
+        be.write(&c.out, 0, &vec![0xff; want.len() * 4]).unwrap();
+        g.replay().unwrap();
+        let mut bytes = vec![0u8; want.len() * 4];
+        be.read(&c.out, 0, &mut bytes).unwrap();
+        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &[300]);
+        assert!(err < 2e-3, "cluster replay {rep}: max err {err}");
+    }
+    println!("cluster: {pl:?}, {cl:?}");
 }

@@ -56,16 +56,51 @@ pub(crate) unsafe fn launch_ex(
     cfg: LaunchConfig,
     args: &[Arg<'_>],
 ) -> std::result::Result<(), DriverError> {
-    let mut params: Vec<*mut c_void> = args.iter().map(|a| a.ptr()).collect();
+    // SAFETY: the caller's contract, forwarded; no cluster.
+    unsafe { launch_cluster(ctx, stream, pdl, 1, f, cfg, args) }
+}
+
+/// The launch attributes of a call: programmatic serialization when `pdl`, a `(cluster, 1, 1)`
+/// thread-block cluster when `cluster > 1` (sm_90+; grid x must be a multiple of it).
+fn attrs(pdl: bool, cluster: u32) -> ([sys::CUlaunchAttribute; 2], u32) {
     // SAFETY: an all-zero launch attribute value is valid plain data (a C union of ints).
-    let mut value: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-    value.programmaticStreamSerializationAllowed = 1;
-    let mut attr = sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-        pad: [0; 4],
-        value,
-    };
-    let lc = sys::CUlaunchConfig {
+    let zero: sys::CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    let mut a = [
+        sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: zero,
+        },
+        sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value: zero,
+        },
+    ];
+    let mut n = 0;
+    if pdl {
+        a[0].value.programmaticStreamSerializationAllowed = 1;
+        n = 1;
+    }
+    if cluster > 1 {
+        let mut c = a[1];
+        c.value.clusterDim.x = cluster;
+        c.value.clusterDim.y = 1;
+        c.value.clusterDim.z = 1;
+        a[n as usize] = c;
+        n += 1;
+    }
+    (a, n)
+}
+
+/// The driver's launch configuration of `cfg` on `stream` with `attrs` (its first `n`).
+fn launch_config(
+    stream: &CudaStream,
+    cfg: &LaunchConfig,
+    attrs: &mut [sys::CUlaunchAttribute; 2],
+    n: u32,
+) -> sys::CUlaunchConfig {
+    sys::CUlaunchConfig {
         gridDimX: cfg.grid_dim.0,
         gridDimY: cfg.grid_dim.1,
         gridDimZ: cfg.grid_dim.2,
@@ -74,9 +109,47 @@ pub(crate) unsafe fn launch_ex(
         blockDimZ: cfg.block_dim.2,
         sharedMemBytes: cfg.shared_mem_bytes,
         hStream: stream.cu_stream(),
-        attrs: &mut attr,
-        numAttrs: if pdl { 1 } else { 0 },
-    };
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: n,
+    }
+}
+
+/// How many `(cluster, 1, 1)` clusters of `f` under `cfg` the device can hold at once (0: such
+/// a launch cannot run; `cuOccupancyMaxActiveClusters`).
+pub(crate) fn max_active_clusters(
+    ctx: &CudaContext,
+    stream: &CudaStream,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    cluster: u32,
+) -> std::result::Result<i32, DriverError> {
+    let (mut a, n) = attrs(false, cluster);
+    let lc = launch_config(stream, &cfg, &mut a, n);
+    ctx.bind_to_thread()?;
+    let mut count: std::ffi::c_int = 0;
+    // SAFETY: `lc` and its attributes outlive the call; `count` is a valid out-pointer; the
+    // query launches nothing.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut count, f.cu_function(), &lc) }.result()?;
+    Ok(count)
+}
+
+/// [`launch_ex`] with a `(cluster, 1, 1)` thread-block cluster when `cluster > 1`.
+///
+/// # Safety
+/// As [`launch_ex`]; with a cluster, grid x is a multiple of `cluster`, the device is sm_90+ and
+/// the function allows that cluster size (sizes above 8 need the non-portable attribute).
+pub(crate) unsafe fn launch_cluster(
+    ctx: &CudaContext,
+    stream: &CudaStream,
+    pdl: bool,
+    cluster: u32,
+    f: &CudaFunction,
+    cfg: LaunchConfig,
+    args: &[Arg<'_>],
+) -> std::result::Result<(), DriverError> {
+    let mut params: Vec<*mut c_void> = args.iter().map(|a| a.ptr()).collect();
+    let (mut a, n) = attrs(pdl, cluster);
+    let lc = launch_config(stream, &cfg, &mut a, n);
     ctx.bind_to_thread()?;
     // SAFETY: params point at live values of the caller matching the kernel's signature (the
     // caller's contract); the config's stream belongs to `ctx`.

@@ -5,6 +5,7 @@
 mod act;
 mod add;
 mod attention;
+mod attention_launch;
 mod copy;
 mod embed;
 mod kv_append;
