@@ -19,7 +19,9 @@
 //   of `chunk` keys over gridDim.x (flash-decoding). A row whose keys span one chunk is written
 //   to `out` directly; otherwise each split writes (acc, m, l) and they are merged: by the
 //   last CTA of the row tile to finish (a counter per (sequence, KV head, row tile) in
-//   `counters`, which that CTA sets back to 0), or, if `counters` is null, by attn_combine_hd*.
+//   `counters`, which that CTA sets back to 0), or, if `counters` is null, by attn_combine_hd*;
+//   or, with `cluster` set (sm_90), inside a thread-block cluster holding the row tile's splits
+//   (grid x = row tile · splits + split; attn_cluster.cuh), partials in shared memory.
 //   The first NS−1 K/V tiles are requested before the Q tile is loaded.
 // - prefill config (q_len > qd): ROWS = 64 rows, each warp owns 16 rows and all keys of a tile
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
@@ -402,6 +404,9 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
 #pragma unroll
     for (int st = 0; st < NS - 1; st++)
         pblk[st] = (USE_BULK && t_begin + st < t_end) ? kv_block_bulk<BC>(a, s, t_begin + st, klo, khi) : -1;
+    // Bulk: the block id of the next tile to request, read one iteration before its copy is
+    // issued (its latency then hides behind a tile's math instead of stalling the issue).
+    int nblk = (USE_BULK && t_begin + NS - 1 < t_end) ? kv_block_bulk<BC>(a, s, t_begin + NS - 1, klo, khi) : -1;
     if (EARLY) pdl_enter();  // wait, then let the next kernel launch (as the non-EARLY kernels)
 #pragma unroll
     for (int st = 0; st < NS - 1; st++) {
@@ -450,8 +455,9 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
                 const int st = (it + NS - 1) % NS;
                 u16* Ks = KVs + st * 2 * BC * LD;
                 if (USE_BULK) {
-                    kv_issue_bulk<HD, BC, PAIR>(a, s, g, tn, kv_block_bulk<BC>(a, s, tn, klo, khi), Ks, Ks + BC * LD,
-                                                bar0 + 8 * st, klo, khi);
+                    const int blk = nblk;
+                    nblk = tn + 1 < t_end ? kv_block_bulk<BC>(a, s, tn + 1, klo, khi) : -1;
+                    kv_issue_bulk<HD, BC, PAIR>(a, s, g, tn, blk, Ks, Ks + BC * LD, bar0 + 8 * st, klo, khi);
                 } else {
                     load_kv<HD, BC, THREADS>(a, s, g, tn, klo, khi, Ks, Ks + BC * LD);
                 }
