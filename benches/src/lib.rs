@@ -405,31 +405,52 @@ pub fn read_floor(
     if bytes == 0 {
         return Ok(None);
     }
-    #[cfg(feature = "cuda")]
-    if let Some(c) = opened_cuda()
-        && be.info().id == Backend::info(&*c).id
-    {
-        let srcs = (0..copies.max(1))
+    let id = be.info().id;
+    let srcs = || {
+        (0..copies.max(1))
             .map(|_| be.alloc(bytes))
-            .collect::<Result<Vec<_>>>()?;
-        let dst = be.alloc(4 * bytes.div_ceil(16 * 1024))?;
+            .collect::<Result<Vec<_>>>()
+    };
+    #[cfg(feature = "cuda")]
+    if let Some(c) = opened_cuda().filter(|c| Backend::info(&**c).id == id) {
+        let (srcs, dst) = (srcs()?, be.alloc(4 * bytes.div_ceil(16 * 1024))?);
         let secs = time_calls(be, calls, reps, &mut |i| {
             c.read_probe(&srcs[i % srcs.len()], &dst, bytes)
         })?;
         return Ok(Some(secs));
     }
     #[cfg(feature = "wgpu")]
-    if let Some(w) = opened_wgpu()
-        && be.info().id == Backend::info(&*w).id
-    {
-        let srcs = (0..copies.max(1))
-            .map(|_| be.alloc(bytes))
-            .collect::<Result<Vec<_>>>()?;
-        let dst = be.alloc(16)?;
+    if let Some(w) = opened_wgpu().filter(|w| Backend::info(&**w).id == id) {
+        let (srcs, dst) = (srcs()?, be.alloc(16)?);
         return gpu_b2b(&w, calls, reps, 1, &mut |i| {
             w.read_probe(&srcs[i % srcs.len()], &dst, bytes)
         });
     }
-    let _ = (be, copies, calls, reps);
+    let _ = (id, srcs, calls, reps);
     Ok(None)
+}
+
+/// The "read floor" row of a case: `secs` per call to read `bytes` (`read_floor`), as a
+/// fraction of `copy`.
+pub fn floor_row(
+    bench: &str,
+    case: String,
+    secs: f64,
+    bytes: usize,
+    copy: f64,
+    copies: usize,
+) -> Row {
+    let gbs = bytes as f64 / secs;
+    Row {
+        bench: bench.into(),
+        case,
+        us: secs * 1e6,
+        gbs: Some(gbs / 1e9),
+        tflops: None,
+        pct: Some(100.0 * gbs / copy),
+        note: format!(
+            "read probe over {:.1} MB, {copies} copies rotated, same timing",
+            bytes as f64 / 1e6
+        ),
+    }
 }

@@ -185,6 +185,15 @@ fn max_err(a: &[f32], b: &[f32], kv_lens: &[i32]) -> f32 {
     worst
 }
 
+/// Poisons `c.out`, replays `g` and returns the max error against `want` (`max_err`).
+fn replay_err(be: &dyn Backend, g: &dyn kiln_core::Replay, c: &Case, want: &[f32]) -> f32 {
+    be.write(&c.out, 0, &vec![0xff; want.len() * 4]).unwrap();
+    g.replay().unwrap();
+    let mut bytes = vec![0u8; want.len() * 4];
+    be.read(&c.out, 0, &mut bytes).unwrap();
+    max_err(&to_f32(DType::F32, &bytes).unwrap(), want, &c.lens)
+}
+
 fn counters_of(be: &CudaBackend) -> Vec<i32> {
     be.attn_counters_host().unwrap()
 }
@@ -218,11 +227,7 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
         .unwrap()
         .expect("CUDA captures graphs");
     for rep in 0..3 {
-        be.write(&c.out, 0, &vec![0xff; want.len() * 4]).unwrap();
-        g.replay().unwrap();
-        let mut bytes = vec![0u8; want.len() * 4];
-        be.read(&c.out, 0, &mut bytes).unwrap();
-        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &KV_LENS);
+        let err = replay_err(&*be, &*g, &c, &want);
         assert!(err < 2e-3, "{merge} replay {rep}: max err {err}");
         assert!(counters_of(&be).iter().all(|&x| x == 0));
     }
@@ -242,11 +247,7 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
         .unwrap()
         .expect("CUDA captures graphs");
     for rep in 0..2 {
-        be2.write(&c2.out, 0, &vec![0xff; want.len() * 4]).unwrap();
-        g2.replay().unwrap();
-        let mut bytes = vec![0u8; want.len() * 4];
-        be2.read(&c2.out, 0, &mut bytes).unwrap();
-        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &KV_LENS);
+        let err = replay_err(&*be2, &*g2, &c2, &want);
         assert!(err < 2e-3, "attn_combine replay {rep}: max err {err}");
     }
     assert!(
@@ -289,11 +290,7 @@ fn cluster_merge_with_empty_splits_matches_reference() {
         .unwrap()
         .expect("CUDA captures graphs");
     for rep in 0..3 {
-        be.write(&c.out, 0, &vec![0xff; want.len() * 4]).unwrap();
-        g.replay().unwrap();
-        let mut bytes = vec![0u8; want.len() * 4];
-        be.read(&c.out, 0, &mut bytes).unwrap();
-        let err = max_err(&to_f32(DType::F32, &bytes).unwrap(), &want, &[300]);
+        let err = replay_err(&*be, &*g, &c, &want);
         assert!(err < 2e-3, "cluster replay {rep}: max err {err}");
     }
     println!("cluster: {pl:?}, {cl:?}");

@@ -190,22 +190,14 @@ fn decode(
     // same clock (CUDA: every row; wgpu: b2b) as a fraction of it.
     let floor = kiln_benches::read_floor(be, kv_bytes, copies, calls, reps)?;
     if let Some(f) = floor {
-        rep.push(Row {
-            bench: "attn-dec".into(),
-            case: format!(
-                "read floor ctx {ctx} batch {batch}{} ({})",
-                h.tag,
-                kv.name()
-            ),
-            us: f * 1e6,
-            gbs: Some(kv_bytes as f64 / f / 1e9),
-            tflops: None,
-            pct: Some(100.0 * kv_bytes as f64 / f / copy),
-            note: format!(
-                "read probe over {:.1} MB ({copies} copies rotated), same timing",
-                kv_bytes as f64 / 1e6
-            ),
-        })?;
+        let case = format!(
+            "read floor ctx {ctx} batch {batch}{} ({})",
+            h.tag,
+            kv.name()
+        );
+        rep.push(kiln_benches::floor_row(
+            "attn-dec", case, f, kv_bytes, copy, copies,
+        ))?;
     }
     let cuda = be.info().id.kind == kiln_core::BackendKind::Cuda;
     let mut row = |secs: f64, how: &str| {

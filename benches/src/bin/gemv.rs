@@ -99,18 +99,10 @@ fn bench_one(
     // the same clock says how close it comes to it.
     let floor = kiln_benches::read_floor(be, wbytes, copies, calls, reps)?;
     if let Some(f) = floor {
-        rep.push(Row {
-            bench: "gemv".into(),
-            case: format!("read floor {n}x{k}{mname} ({})", dt.name()),
-            us: f * 1e6,
-            gbs: Some(wbytes as f64 / f / 1e9),
-            tflops: None,
-            pct: Some(100.0 * wbytes as f64 / f / copy),
-            note: format!(
-                "read probe over the weight's {:.1} MB, {copies} copies rotated, same timing",
-                wbytes as f64 / 1e6
-            ),
-        })?;
+        let case = format!("read floor {n}x{k}{mname} ({})", dt.name());
+        rep.push(kiln_benches::floor_row(
+            "gemv", case, f, wbytes, copy, copies,
+        ))?;
     }
     let cuda = be.info().id.kind == kiln_core::BackendKind::Cuda;
     let mut row = |case: String, secs: f64| {
