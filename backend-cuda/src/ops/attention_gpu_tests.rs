@@ -194,6 +194,28 @@ fn replay_err(be: &dyn Backend, g: &dyn kiln_core::Replay, c: &Case, want: &[f32
     max_err(&to_f32(DType::F32, &bytes).unwrap(), want, &c.lens)
 }
 
+/// Three plain calls, then three replays of one captured call, each within 2e-3 of `want` (the
+/// output poisoned before each); `after` checks more after every one (`merge` names them).
+fn calls_and_replays(be: &Arc<CudaBackend>, c: &Case, want: &[f32], merge: &str, after: &dyn Fn()) {
+    let n = c.lens.len();
+    let sb = be.attention_scratch_bytes(&params(), n, &batch(c).unwrap());
+    let scratch = be.alloc(sb.max(4)).unwrap();
+    for rep in 0..3 {
+        let err = max_err(&run(&**be, c, &scratch, sb), want, &c.lens);
+        assert!(err < 2e-3, "{merge} call {rep}: max err {err}");
+        after();
+    }
+    let g = be
+        .capture(&mut || call(&**be, c, &scratch, sb))
+        .unwrap()
+        .expect("CUDA captures graphs");
+    for rep in 0..3 {
+        let err = replay_err(&**be, &*g, c, want);
+        assert!(err < 2e-3, "{merge} replay {rep}: max err {err}");
+        after();
+    }
+}
+
 fn counters_of(be: &CudaBackend) -> Vec<i32> {
     be.attn_counters_host().unwrap()
 }
@@ -215,22 +237,9 @@ fn split_decode_merge_fused_and_fallback_match_reference_and_reset_counters() {
         .attn_cluster_plan(HD, DType::F16, &pl, NKV, KV_LENS.len())
         .unwrap();
     let merge = if cl.is_some() { "cluster" } else { "fused" };
-    let sb = be.attention_scratch_bytes(&params(), KV_LENS.len(), &batch(&c).unwrap());
-    let scratch = be.alloc(sb.max(4)).unwrap();
-    for rep in 0..3 {
-        let err = max_err(&run(&*be, &c, &scratch, sb), &want, &KV_LENS);
-        assert!(err < 2e-3, "{merge} call {rep}: max err {err}");
+    calls_and_replays(&be, &c, &want, merge, &|| {
         assert!(counters_of(&be).iter().all(|&x| x == 0));
-    }
-    let g = be
-        .capture(&mut || call(&*be, &c, &scratch, sb))
-        .unwrap()
-        .expect("CUDA captures graphs");
-    for rep in 0..3 {
-        let err = replay_err(&*be, &*g, &c, &want);
-        assert!(err < 2e-3, "{merge} replay {rep}: max err {err}");
-        assert!(counters_of(&be).iter().all(|&x| x == 0));
-    }
+    });
     println!("{merge}: {pl:?}, cluster plan {cl:?}");
 
     // Fallback: a fresh backend (own stream, no counters yet) whose first call is captured
@@ -279,19 +288,6 @@ fn cluster_merge_with_empty_splits_matches_reference() {
         return;
     }
     assert_eq!((pl.splits, pl.chunk), (8, 64), "{pl:?}");
-    let sb = be.attention_scratch_bytes(&params(), 1, &batch(&c).unwrap());
-    let scratch = be.alloc(sb.max(4)).unwrap();
-    for rep in 0..3 {
-        let err = max_err(&run(&*be, &c, &scratch, sb), &want, &[300]);
-        assert!(err < 2e-3, "cluster call {rep}: max err {err}");
-    }
-    let g = be
-        .capture(&mut || call(&*be, &c, &scratch, sb))
-        .unwrap()
-        .expect("CUDA captures graphs");
-    for rep in 0..3 {
-        let err = replay_err(&*be, &*g, &c, &want);
-        assert!(err < 2e-3, "cluster replay {rep}: max err {err}");
-    }
+    calls_and_replays(&be, &c, &want, "cluster", &|| {});
     println!("cluster: {pl:?}, {cl:?}");
 }
