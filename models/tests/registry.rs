@@ -476,18 +476,27 @@ fn concurrent_acquires_stay_within_budget() {
             let (s, names, ok, refused) = (s.clone(), names.clone(), ok.clone(), refused.clone());
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(t);
+                // Each thread is served 100 times: a refusal (the others' leases fill the
+                // budget) is retried, as a client would, so the count served does not depend on
+                // the schedule (an assertion on it failed once in CI: 360 of 800 served).
                 for _ in 0..100 {
                     let n = &names[rng.random_range(0..names.len())];
-                    match s.reg.acquire(n) {
-                        Ok(l) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_micros(rng.random_range(0..500)));
-                            drop(l);
+                    loop {
+                        let got = s.reg.acquire(n);
+                        s.reg.check().unwrap();
+                        match got {
+                            Ok(l) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                std::thread::sleep(Duration::from_micros(rng.random_range(0..500)));
+                                drop(l);
+                                break;
+                            }
+                            Err(ModelError::NoRoom { .. }) => {
+                                refused.fetch_add(1, Ordering::Relaxed);
+                                std::thread::yield_now();
+                            }
+                            Err(e) => panic!("{e}"),
                         }
-                        Err(ModelError::NoRoom { .. }) => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Err(e) => panic!("{e}"),
                     }
                     s.reg.check().unwrap();
                 }
@@ -506,5 +515,9 @@ fn concurrent_acquires_stay_within_budget() {
         s.live.loads.load(Ordering::SeqCst)
     );
     assert!(peak <= 200, "live bytes peaked at {peak}");
-    assert!(ok.load(Ordering::Relaxed) > 400);
+    assert_eq!(
+        ok.load(Ordering::Relaxed),
+        800,
+        "every acquire is served in the end"
+    );
 }
