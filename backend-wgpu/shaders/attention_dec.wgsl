@@ -152,31 +152,26 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if id >= P.n_seqs * P.n_qt * P.n_kv * n_hg {
         return; // uniform: the whole workgroup
     }
-    let s = id / (P.n_qt * P.n_kv * n_hg);
-    let kvh = (id / n_hg) % P.n_kv;
-    let h0 = kvh * (P.n_heads / P.n_kv) + (id % n_hg) * GH; // first query head
-    let bt0 = P.bt_off + s * P.max_blocks;
-    let q0 = u32(QST[P.qs_off + s]);
-    let q_len = u32(max(QST[P.qs_off + s + 1u] - QST[P.qs_off + s], 0));
-    let kv_len = u32(max(KL[P.kl_off + s], 0));
+    let wg = seq_wg(id, n_hg, P.n_qt, GH); // sequence, heads, batch entries
+    let s = wg.s;
     let c = li % W;              // V word column (W ≤ 128; else columns li, li + 128)
     let ph = li / min(W, 128u);  // V phase
     // Decode: one query per sequence is the case this is for; a sequence of q_len ≠ 1 in a
     // batch of n_tokens = n_seqs is served too, one query after the other. Prefill: query
     // tile qt of the grid, BQ tokens, and nothing else.
     var qt = 0u;
-    var qt_end = q_len;
+    var qt_end = wg.q_len;
     if PREFILL {
         qt = (id / (P.n_kv * n_hg)) % P.n_qt;
-        qt_end = min(qt + 1u, (q_len + BQ - 1u) / BQ);
+        qt_end = min(qt + 1u, (wg.q_len + BQ - 1u) / BQ);
     }
     for (; qt < qt_end; qt++) {
         let tq = qt * BQ;                      // first token of the tile in the sequence
-        let nt = min(BQ, q_len - tq);          // its tokens
-        let pos0 = kv_len - q_len + tq;        // position of its first token
+        let nt = min(BQ, wg.q_len - tq);       // its tokens
+        let pos0 = wg.kv_len - wg.q_len + tq; // position of its first token
         // keys of the tile: from the first token's lo to the last token's hi
-        let k_lo = key_range(pos0, kv_len).x;
-        let k_hi = max(key_range(pos0 + nt - 1u, kv_len).y, k_lo);
+        let k_lo = key_range(pos0, wg.kv_len).x;
+        let k_hi = max(key_range(pos0 + nt - 1u, wg.kv_len).y, k_lo);
         let n_tiles = (k_hi - k_lo + TK - 1u) / TK;
         let per = (n_tiles + P.n_splits - 1u) / P.n_splits;
         let t0 = min(wid.z * per, n_tiles);
@@ -185,12 +180,12 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         for (var i = li; i < NR * HD / 4u; i += 128u) {
             let r = i / (HD / 4u);
             let t = min(r / GH, nt - 1u); // rows past the last token repeat it (masked)
-            let b = P.q_off + ((q0 + tq + t) * P.n_heads + h0 + r % GH) * HD + 4u * (i % (HD / 4u));
+            let b = P.q_off + ((wg.q0 + tq + t) * P.n_heads + wg.h0 + r % GH) * HD + 4u * (i % (HD / 4u));
             qsm[r * (HD / 4u + 1u) + i % (HD / 4u)] =
                 vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
         }
         if t0 < t1 {
-            fetch(li, k_lo + t0 * TK, k_hi, bt0, kvh);
+            fetch(li, k_lo + t0 * TK, k_hi, wg.bt0, wg.kvh);
         }
         var m0 = vec4<f32>(NEG);
         var m1 = vec4<f32>(NEG);
@@ -212,14 +207,14 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             workgroupBarrier();
             let kb = k_lo + t * TK;
             if t + 1u < t1 {
-                fetch(li, kb + TK, k_hi, bt0, kvh); // in flight during this tile's math
+                fetch(li, kb + TK, k_hi, wg.bt0, wg.kvh); // in flight during this tile's math
             }
             // scores: GQ (NR rounded up to a quad) rows × TK keys; rows ≥ NR, rows past the
             // last token and keys outside a row's range are masked
             for (var u = li; u < GQ * TK; u += 128u) {
                 let r = u / TK;
                 let j = u % TK;
-                let kr = key_range(pos0 + r / GH, kv_len);
+                let kr = key_range(pos0 + r / GH, wg.kv_len);
                 var sc = NEG;
                 if r < NR && r / GH < nt && kb + j >= kr.x && kb + j < kr.y {
                     sc = score(r, j) * P.scale;
@@ -330,7 +325,7 @@ fn attn_dec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         }
         if ph == 0u {
             for (var r = 0u; r < min(NR, nt * GH); r++) {
-                let th = (q0 + tq + r / GH) * P.n_heads + h0 + r % GH;
+                let th = (wg.q0 + tq + r / GH) * P.n_heads + wg.h0 + r % GH;
                 let va = head(a0, a1, r);
                 let vb = head(b0, b1, r);
                 let lg = head(l0, l1, r);

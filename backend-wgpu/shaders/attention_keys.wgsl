@@ -185,29 +185,17 @@ fn sum4(v: vec4<f32>) -> vec4<f32> {
     return u + subgroupShuffleXor(u, 2u);
 }
 
-// The accumulators of row r (a: dims 0..3 of the lane's 8, b: 4..7).
-fn row_a(r: u32) -> vec4<f32> {
+// The accumulators of row r: (a: dims 0..3 of the lane's 8, b: 4..7).
+fn row_ab(r: u32) -> array<vec4<f32>, 2> {
     switch r {
-        case 0u: { return a0; }
-        case 1u: { return a1; }
-        case 2u: { return a2; }
-        case 3u: { return a3; }
-        case 4u: { return a4; }
-        case 5u: { return a5; }
-        case 6u: { return a6; }
-        default: { return a7; }
-    }
-}
-fn row_b(r: u32) -> vec4<f32> {
-    switch r {
-        case 0u: { return b0; }
-        case 1u: { return b1; }
-        case 2u: { return b2; }
-        case 3u: { return b3; }
-        case 4u: { return b4; }
-        case 5u: { return b5; }
-        case 6u: { return b6; }
-        default: { return b7; }
+        case 0u: { return array<vec4<f32>, 2>(a0, b0); }
+        case 1u: { return array<vec4<f32>, 2>(a1, b1); }
+        case 2u: { return array<vec4<f32>, 2>(a2, b2); }
+        case 3u: { return array<vec4<f32>, 2>(a3, b3); }
+        case 4u: { return array<vec4<f32>, 2>(a4, b4); }
+        case 5u: { return array<vec4<f32>, 2>(a5, b5); }
+        case 6u: { return array<vec4<f32>, 2>(a6, b6); }
+        default: { return array<vec4<f32>, 2>(a7, b7); }
     }
 }
 
@@ -222,22 +210,17 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let ln = sgid * sgs + sgi;          // lane ℓ
     let nsg = 128u / sgs;               // subgroups
-    let s = id / (P.n_kv * n_hg);
-    let kvh = (id / n_hg) % P.n_kv;
-    let h0 = kvh * (P.n_heads / P.n_kv) + (id % n_hg) * GH; // first query head
-    let bt0 = P.bt_off + s * P.max_blocks;
-    let q0 = u32(QST[P.qs_off + s]);
-    let q_len = u32(max(QST[P.qs_off + s + 1u] - QST[P.qs_off + s], 0));
-    let kv_len = u32(max(KL[P.kl_off + s], 0));
+    let wg = seq_wg(id, n_hg, 1u, GH); // sequence, heads, batch entries
+    let s = wg.s;
     let slot = ln / 4u;  // key slot of the scores phase
     let p = ln % 4u;     // the lane's quarter of a K row
     let cv = ln % W4;    // V vec4 column
     let ph = ln / W4;    // V key phase
     // A decode batch holds one query per sequence; a sequence of q_len ≠ 1 is served too,
     // one query after the other.
-    for (var t = 0u; t < q_len; t++) {
-        let pos = kv_len - q_len + t;
-        let kr = key_range(pos, kv_len);
+    for (var t = 0u; t < wg.q_len; t++) {
+        let pos = wg.kv_len - wg.q_len + t;
+        let kr = key_range(pos, wg.kv_len);
         // the split's keys: whole rounds of 32
         let rounds = (kr.y - kr.x + 31u) / 32u;
         let per = (rounds + P.n_splits - 1u) / P.n_splits;
@@ -245,7 +228,7 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         let ke = min(kr.x + min(wid.z * per + per, rounds) * 32u, kr.y);
         for (var i = ln; i < GH * HD / 4u; i += 128u) {
             let r = i / (HD / 4u);
-            let b = P.q_off + ((q0 + t) * P.n_heads + h0 + r) * HD + 4u * (i % (HD / 4u));
+            let b = P.q_off + ((wg.q0 + t) * P.n_heads + wg.h0 + r) * HD + 4u * (i % (HD / 4u));
             qsm[i] = vec4<f32>(Q[b], Q[b + 1u], Q[b + 2u], Q[b + 3u]);
         }
         m0 = vec4<f32>(NEG); m1 = m0;
@@ -253,7 +236,7 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         a0 = l0; a1 = l0; a2 = l0; a3 = l0; a4 = l0; a5 = l0; a6 = l0; a7 = l0;
         b0 = l0; b1 = l0; b2 = l0; b3 = l0; b4 = l0; b5 = l0; b6 = l0; b7 = l0;
         if kb < ke {
-            load_k(min(kb + slot, ke - 1u), p, bt0, kvh);
+            load_k(min(kb + slot, ke - 1u), p, wg.bt0, wg.kvh);
         }
         for (var cb = kb; cb < ke; cb += NK) {
             let ce = min(cb + NK, ke);
@@ -267,7 +250,7 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                 let key = rb + slot;
                 let nxt = select(rb + 32u, cb + NK, rb + 32u >= ce); // next round or chunk
                 if nxt < ke {
-                    load_k(min(nxt + slot, ke - 1u), p, bt0, kvh);
+                    load_k(min(nxt + slot, ke - 1u), p, wg.bt0, wg.kvh);
                 }
                 let d = dots(p, ks);
                 var s0 = sum4(d[0]) * P.scale;
@@ -381,8 +364,9 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
             if writer {
                 let b = (pi * W4 + cv) * 8u;
                 for (var rr = 0u; rr < 4u; rr++) {
-                    psq[b + 2u * rr] = row_a(4u * qd + rr);
-                    psq[b + 2u * rr + 1u] = row_b(4u * qd + rr);
+                    let ab = row_ab(4u * qd + rr);
+                    psq[b + 2u * rr] = ab[0];
+                    psq[b + 2u * rr + 1u] = ab[1];
                 }
             }
             workgroupBarrier();
@@ -401,7 +385,7 @@ fn attn_keys(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
                         sb += psq[b + 1u];
                     }
                     let r = 4u * qd + rr;
-                    let th = (q0 + t) * P.n_heads + h0 + r;
+                    let th = (wg.q0 + t) * P.n_heads + wg.h0 + r;
                     let lg = comp(lq, rr);
                     if SPLIT {
                         let sb0 = P.s_off + (th * P.n_splits + wid.z) * (HD + 2u) + 8u * cv;

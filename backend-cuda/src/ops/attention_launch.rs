@@ -63,16 +63,17 @@ impl CudaBackend {
     }
 
     /// How many clusters of `nz` CTAs of kernel `v` can be resident at once (0 when none; the
-    /// function set up for that size on the way).
+    /// function set up for that size on the first ask — function attributes persist — so a
+    /// decode step's later calls only read the cache).
     fn attn_resident_clusters(&self, v: Variant, nz: usize) -> Result<usize> {
-        let f = self.function(&ATTENTION, v.name)?;
-        self.allow_smem(&f, v.smem)?;
         let nz = nz as u32;
         let key = (self.info.id, v.name, nz, v.smem as u32);
         let fits = FITS.get_or_init(|| Mutex::new(HashMap::new()));
         if let Some(&n) = fits.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return Ok(n);
         }
+        let f = self.function(&ATTENTION, v.name)?;
+        self.allow_smem(&f, v.smem)?;
         let n = self.resident_clusters(&f, v, nz);
         fits.lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -109,6 +110,15 @@ impl CudaBackend {
     ) -> Result<()> {
         let f = self.function(&ATTENTION, v.name)?;
         self.allow_smem(&f, v.smem)?;
+        if cluster > 8 {
+            // Opt-in sizes only (KILN_ATTN_CLUSTER > 8): set on this function handle itself,
+            // whichever backend's query cached the size.
+            f.set_attribute(
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .map_err(self.drv("cuFuncSetAttribute(non-portable cluster size)"))?;
+        }
         let cfg = LaunchConfig {
             grid_dim: grid,
             block_dim: (128, 1, 1),
