@@ -1,9 +1,12 @@
 // gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
 // memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
 // dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
-// Kiln instantiates Q4_K (`gemvp_q4_k`, the default for m = 1 where it applies; `gemvps_q4_k`
-// and `gemvpg_q4_k` for weight groups — q/k/v, gate/up with the GLU — as gemv8s_/gemv8g_, host
-// src/ops/matmul_q/group.rs); the lab (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through it.
+// Kiln instantiates Q4_K, Q5_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL
+// (`gemvp_<type>`, the default for m = 1 where it applies; `gemvps_<type>` and `gemvpg_<type>`
+// for weight groups — q/k/v, gate/up with the GLU — as gemv8s_/gemv8g_, host
+// src/ops/matmul_q/group.rs), all decoded 64 weights per lane in TQ4_K2's x order
+// (GP<TW>::step; the 32-element types as superblocks of 8 blocks, X8 below); the lab
+// (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through the generic per-run decode.
 //
 // Why: gemv8 loads each lane's chunks into registers and then decodes them, so a warp has bytes
 // in flight only between its loads and its first use (ncu, Q4_K 14336×4096: 45 % DRAM
@@ -21,10 +24,13 @@
 // (+ one of U·BPS·HEAD). Lane L decodes chunk L of each step (block L / CHUNKS, chunk
 // L % CHUNKS) of the R rows from shared memory against quant_x's units (unit (G·RUNS + r)·32 + L,
 // L1/L2): 4 dp4a per 16 weights and row. Warp shuffles, then shared memory across the S warps.
-// Q4_K decodes in the lane order of TQ4_K2 (below: 64 weights per lane, a whole sub-block pair,
-// so the 6-bit scale/min unpack and the block header are paid once per 64 weights with
-// lane-constant selects, and the high nibbles are used in place with ×1/16 folded into the x
-// scale); quant_x_q4_k2 writes x in that order.
+// Kiln's types decode in the lane order of TQ4_K2 (below: 64 weights per lane, a whole pair of
+// 32-element sub-blocks or blocks, so the scale unpack and the block header are paid once per 64
+// weights with lane-constant selects; Q4_K uses its high nibbles in place with ×1/16 folded
+// into the x scale); quant_x_q4_k2 writes x in that order (the plain element order 64c + 16r + l
+// of chunk c, run r: it serves every 256-element type decoded this way).
+// Bytes per 64 weights and lane: Q4_K 36 (16 + 32 loaded from shared memory), Q5_K 44 (16 + 32
+// + 32), IQ4_XS 34 (8 + 32), 32-element types 32 + 2·HEAD (Q4_0 36 … Q5_1 48).
 // Requires (host-checked): nb = k / QK a multiple of BPS (whole steps: every copy is whole
 // 16-byte words), body and head 16-byte aligned; sm_90 for the copy engine (below sm_90 the ring
 // is filled by ordinary warp loads: correct, unpipelined, not dispatched by the host).
@@ -49,6 +55,7 @@ struct TQ4_K2 {
 template <class T> struct GP;
 template <> struct GP<TQ6_K> {
     typedef TQ6_K T;
+    static constexpr bool K2 = false;  // no 64-weight step: the generic per-run decode
     static __device__ __forceinline__ void load(const u8* sb, const u8* sh, int lb, int c, T::Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
         const u8* p = sb + lb * T::BODY;
@@ -61,16 +68,10 @@ template <> struct GP<TQ6_K> {
 };
 template <> struct GP<TQ8_0> {
     typedef TQ8_0 T;
+    static constexpr bool K2 = false;
     static __device__ __forceinline__ void load(const u8* sb, const u8* sh, int lb, int c, T::Chunk& ch) {
         ch.q = *(const uint4*)(sb + lb * T::BODY + 16 * c);
         ch.d = h2f(*(const u16*)(sh + 2 * lb));
-    }
-};
-template <> struct GP<TQ4_K> {
-    typedef TQ4_K T;
-    static __device__ __forceinline__ void load(const u8* sb, const u8*, int lb, int c, T::Chunk& ch) {
-        ch.hd = *(const uint4*)(sb + lb * T::BODY);
-        ch.q = *(const uint4*)(sb + lb * T::BODY + 16 + 16 * c);
     }
 };
 
@@ -116,6 +117,222 @@ __device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uin
         acc[rr][0] = fmaf(-dmin, mm, fmaf(d, s, acc[rr][0]));
     }
 }
+
+// The 64-weight steps (K2 = true: a TQ4_K2-ordered x): step<R, RB, RH>(sb, sh, lane, xv, xs, acc)
+// adds this lane's 64 products of each of the R rows, sb / sh: the step's body / head bytes of
+// row 0 (row rr at + rr·RB / + rr·RH), lane L: block L / 4 of the step, sub-block pair c = L % 4.
+template <> struct GP<TQ4_K> {
+    typedef TQ4_K T;
+    static constexpr bool K2 = true;
+    static __device__ __forceinline__ void load(const u8* sb, const u8*, int lb, int c, T::Chunk& ch) {
+        ch.hd = *(const uint4*)(sb + lb * T::BODY);
+        ch.q = *(const uint4*)(sb + lb * T::BODY + 16 + 16 * c);
+    }
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8*, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        gp_q4k_step<R, RB>(sb, lane, xv, xs, acc);
+    }
+};
+
+// Q5_K (176-byte blocks: d, dmin @0, scales @4, qh[32] @16, qs[128] @48) in TQ4_K2's order: Q4_K's
+// nibbles (q0 = qs[32c ..], q1 = qs[32c + 16 ..]) plus their fifth bits, bit 2c (low nibbles) and
+// 2c + 1 (high nibbles) of qh bytes 0..15 (for q0) and 16..31 (for q1). Both nibbles are brought to
+// bits 0..3 with the fifth bit at bit 4 (0..31 per byte: the in-place ×16 of Q4_K would not fit).
+// Per row and lane: 5 shared-memory loads, 8 shifts of qh, ~7 ALU ops per q word, 16 dp4a.
+__device__ __forceinline__ u32 q5k_lo(u32 q, u32 h) { return (q & 0x0f0f0f0fu) | ((h << 4) & 0x10101010u); }
+__device__ __forceinline__ u32 q5k_hi(u32 q, u32 h) { return ((q >> 4) & 0x0f0f0f0fu) | ((h << 3) & 0x10101010u); }
+
+template <> struct GP<TQ5_K> {
+    static constexpr bool K2 = true;
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8*, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        const int lb = lane >> 2, c = lane & 3;
+        const int sh16 = 16 * (c & 1), hs = 2 * c;
+        const bool lo = c < 2;
+        const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 176;
+            const uint4 hd = *(const uint4*)p;
+            const uint4 h0 = *(const uint4*)(p + 16), h1 = *(const uint4*)(p + 32);
+            const uint4 q0 = *(const uint4*)(p + 48 + 32 * c), q1 = *(const uint4*)(p + 64 + 32 * c);
+            const u32 a = hd.y >> sh16, b = hd.z >> sh16, e = hd.w >> sh16;
+            const u32 sc = lo ? (a & 0x3f3fu) : ((e & 0x0f0fu) | ((a >> 2) & 0x3030u));
+            const u32 mn = lo ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+            const u32 g0x = h0.x >> hs, g0y = h0.y >> hs, g0z = h0.z >> hs, g0w = h0.w >> hs;
+            const u32 g1x = h1.x >> hs, g1y = h1.y >> hs, g1z = h1.z >> hs, g1w = h1.w >> hs;
+            const int i0 = dp4a_us(q5k_lo(q0.w, g0w), xv[0].w, dp4a_us(q5k_lo(q0.z, g0z), xv[0].z,
+                           dp4a_us(q5k_lo(q0.y, g0y), xv[0].y, dp4a_us(q5k_lo(q0.x, g0x), xv[0].x, 0))));
+            const int i1 = dp4a_us(q5k_lo(q1.w, g1w), xv[1].w, dp4a_us(q5k_lo(q1.z, g1z), xv[1].z,
+                           dp4a_us(q5k_lo(q1.y, g1y), xv[1].y, dp4a_us(q5k_lo(q1.x, g1x), xv[1].x, 0))));
+            const int i2 = dp4a_us(q5k_hi(q0.w, g0w), xv[2].w, dp4a_us(q5k_hi(q0.z, g0z), xv[2].z,
+                           dp4a_us(q5k_hi(q0.y, g0y), xv[2].y, dp4a_us(q5k_hi(q0.x, g0x), xv[2].x, 0))));
+            const int i3 = dp4a_us(q5k_hi(q1.w, g1w), xv[3].w, dp4a_us(q5k_hi(q1.z, g1z), xv[3].z,
+                           dp4a_us(q5k_hi(q1.y, g1y), xv[3].y, dp4a_us(q5k_hi(q1.x, g1x), xv[3].x, 0))));
+            const float t0 = fmaf(xs[1].x, (float)i1, xs[0].x * (float)i0);
+            const float t1 = fmaf(xs[3].x, (float)i3, xs[2].x * (float)i2);
+            const float s = fmaf(gp_byte1(sc), t1, gp_byte0(sc) * t0);
+            const float mm = fmaf(gp_byte1(mn), sy23, gp_byte0(mn) * sy01);
+            const float d = h2f((u16)(hd.x & 0xffffu)), dmin = h2f((u16)(hd.x >> 16));
+            acc[rr][0] = fmaf(-dmin, mm, fmaf(d, s, acc[rr][0]));
+        }
+    }
+};
+
+// The IQ4 values of the 8 nibbles of w: lo = values of the low nibbles (byte b: table[w byte b
+// & 15]), hi = of the high nibbles. Nibble i's bits 0..2 pick one of 8 table bytes (PRMT reads a
+// selector's low 3 bits) from k0:k1 (values 0..7) and from k2:k3 (8..15), its bit 3 which of the
+// two; 8 PRMT and 4 ALU ops per 8 values.
+__device__ __forceinline__ void iq4_pair(u32 w, u32& lo, u32& hi) {
+    const u32 k0 = 0xBFAD9881u, k1 = 0xF6EADDCFu, k2 = 0x26190D01u, k3 = 0x71594535u;
+    const u32 s = w & 0x77777777u;
+    const u32 pick = 0x32103210u | ((w >> 1) & 0x44444444u);  // byte j from a (j) or from b (4 + j)
+    const u32 a0 = __byte_perm(k0, k1, s), b0 = __byte_perm(k2, k3, s);              // nibbles 0..3
+    const u32 a1 = __byte_perm(k0, k1, s >> 16), b1 = __byte_perm(k2, k3, s >> 16);  // nibbles 4..7
+    // v0 = values of (byte 0 low, byte 0 high, byte 1 low, byte 1 high), v1 of bytes 2 and 3.
+    const u32 v0 = __byte_perm(a0, b0, pick), v1 = __byte_perm(a1, b1, pick >> 16);
+    lo = __byte_perm(v0, v1, 0x6420u);
+    hi = __byte_perm(v0, v1, 0x7531u);
+}
+
+// IQ4_XS (body qs[128] | head d f16 @0, scales_h u16 @2, scales_l[4] @4) in TQ4_K2's order: the
+// lane's sub-blocks 2c and 2c + 1 are q0 = qs[32c ..] (low nibbles: run 0, high: run 1) and q1 =
+// qs[32c + 16 ..] (runs 2, 3); their 6-bit scales are nibble 0 / 1 of scales_l[c] with bits
+// 4c / 4c + 2 of scales_h. Signed weights × signed x: dp4a.s32.s32.
+template <> struct GP<TIQ4_XS> {
+    static constexpr bool K2 = true;
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8* sh, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        const int lb = lane >> 2, c = lane & 3;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 128 + 32 * c;
+            const uint4 q0 = *(const uint4*)p, q1 = *(const uint4*)(p + 16);
+            const uint2 hv = *(const uint2*)(sh + rr * RH + lb * 8);
+            const u32 sl = hv.y >> (8 * c), shh = hv.x >> (16 + 4 * c);
+            const int ls0 = (int)((sl & 15u) | ((shh & 3u) << 4)) - 32;
+            const int ls1 = (int)(((sl >> 4) & 15u) | (((shh >> 2) & 3u) << 4)) - 32;
+            int i0 = 0, i1 = 0, i2 = 0, i3 = 0;
+            u32 l, h;
+            iq4_pair(q0.x, l, h); i0 = dp4a_ss(l, xv[0].x, i0); i1 = dp4a_ss(h, xv[1].x, i1);
+            iq4_pair(q0.y, l, h); i0 = dp4a_ss(l, xv[0].y, i0); i1 = dp4a_ss(h, xv[1].y, i1);
+            iq4_pair(q0.z, l, h); i0 = dp4a_ss(l, xv[0].z, i0); i1 = dp4a_ss(h, xv[1].z, i1);
+            iq4_pair(q0.w, l, h); i0 = dp4a_ss(l, xv[0].w, i0); i1 = dp4a_ss(h, xv[1].w, i1);
+            iq4_pair(q1.x, l, h); i2 = dp4a_ss(l, xv[2].x, i2); i3 = dp4a_ss(h, xv[3].x, i3);
+            iq4_pair(q1.y, l, h); i2 = dp4a_ss(l, xv[2].y, i2); i3 = dp4a_ss(h, xv[3].y, i3);
+            iq4_pair(q1.z, l, h); i2 = dp4a_ss(l, xv[2].z, i2); i3 = dp4a_ss(h, xv[3].z, i3);
+            iq4_pair(q1.w, l, h); i2 = dp4a_ss(l, xv[2].w, i2); i3 = dp4a_ss(h, xv[3].w, i3);
+            const float t0 = fmaf(xs[1].x, (float)i1, xs[0].x * (float)i0);
+            const float t1 = fmaf(xs[3].x, (float)i3, xs[2].x * (float)i2);
+            const float d = h2f((u16)(hv.x & 0xffffu));
+            acc[rr][0] = fmaf(d, fmaf((float)ls1, t1, (float)ls0 * t0), acc[rr][0]);
+        }
+    }
+};
+
+// The 32-element block types as 256-element "superblocks" of 8 consecutive blocks: in the
+// repacked layout their 8 bodies (16 bytes each) are contiguous, and so are their 8 heads, so
+// the ring copies them exactly as a 256-element type with BODY = 128 and HEAD = 8·T32::HEAD.
+template <class T32> struct X8 {
+    static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 8 * T32::BODY, HEAD = 8 * T32::HEAD;
+};
+
+// Σ w·x over one 32-element block of T32 in TQ4_K2's order: q = its 16 quant bytes (element l:
+// low nibble of byte l, element 16 + l: high nibble), h = its head in shared memory, (xa, sa) /
+// (xb, sb) = the x runs of elements 0..15 / 16..31. Low nibbles: q & 0x0f0f0f0f, high: (q >> 4).
+template <class T32> struct GP32;
+#define GP32_NIBBLE_DOTS(LO, HI, DP)                                                             \
+    const int i0 = DP(LO(q.w), xa.w, DP(LO(q.z), xa.z, DP(LO(q.y), xa.y, DP(LO(q.x), xa.x, 0)))); \
+    const int i1 = DP(HI(q.w), xb.w, DP(HI(q.z), xb.z, DP(HI(q.y), xb.y, DP(HI(q.x), xb.x, 0))));
+#define GP32_LO(v) ((v) & 0x0f0f0f0fu)
+#define GP32_HI(v) (((v) >> 4) & 0x0f0f0f0fu)
+template <> struct GP32<TQ4_0> {  // head d; w = d·(q − 8)
+    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+                                                  float2 sa, float2 sb) {
+        GP32_NIBBLE_DOTS(GP32_LO, GP32_HI, dp4a_us)
+        const float d = h2f(*(const u16*)h);
+        return d * (fmaf(sb.x, (float)i1, sa.x * (float)i0) - 8.0f * (sa.y + sb.y));
+    }
+};
+template <> struct GP32<TQ4_1> {  // head d, m; w = d·q + m
+    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+                                                  float2 sa, float2 sb) {
+        GP32_NIBBLE_DOTS(GP32_LO, GP32_HI, dp4a_us)
+        const u32 dm = *(const u32*)h;
+        return fmaf(h2f((u16)(dm & 0xffffu)), fmaf(sb.x, (float)i1, sa.x * (float)i0), h2f((u16)(dm >> 16)) * (sa.y + sb.y));
+    }
+};
+// Q5_0 / Q5_1: the fifth bit of element e is bit e of qh (low nibble of byte l: e = l, high: 16 + l).
+template <> struct GP32<TQ5_0> {  // head d, qh (u16-aligned); w = d·(q5 − 16)
+    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+                                                  float2 sa, float2 sb) {
+        const u32 qh = (u32)((const u16*)h)[1] | ((u32)((const u16*)h)[2] << 16);
+        int i0 = 0, i1 = 0;
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
+            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), b[i], i1);
+        }
+        const float d = h2f(((const u16*)h)[0]);
+        return d * (fmaf(sb.x, (float)i1, sa.x * (float)i0) - 16.0f * (sa.y + sb.y));
+    }
+};
+template <> struct GP32<TQ5_1> {  // head d, m, qh; w = d·q5 + m
+    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+                                                  float2 sa, float2 sb) {
+        const uint2 hv = *(const uint2*)h;
+        const u32 qh = hv.y;
+        int i0 = 0, i1 = 0;
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
+            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), b[i], i1);
+        }
+        return fmaf(h2f((u16)(hv.x & 0xffffu)), fmaf(sb.x, (float)i1, sa.x * (float)i0), h2f((u16)(hv.x >> 16)) * (sa.y + sb.y));
+    }
+};
+template <> struct GP32<TIQ4_NL> {  // head d; w = d·table[nibble] (signed)
+    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+                                                  float2 sa, float2 sb) {
+        int i0 = 0, i1 = 0;
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u32 lo, hi;
+            iq4_pair(w[i], lo, hi);
+            i0 = dp4a_ss(lo, a[i], i0);
+            i1 = dp4a_ss(hi, b[i], i1);
+        }
+        return h2f(*(const u16*)h) * fmaf(sb.x, (float)i1, sa.x * (float)i0);
+    }
+};
+#undef GP32_NIBBLE_DOTS
+#undef GP32_LO
+#undef GP32_HI
+
+// Lane (lb, c) of a step: blocks 2c and 2c + 1 of superblock lb (bodies at lb·128 + 32c and +16).
+template <class T32> struct GP<X8<T32>> {
+    static constexpr bool K2 = true;
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8* sh, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        const int lb = lane >> 2, c = lane & 3;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 128 + 32 * c;
+            const uint4 q0 = *(const uint4*)p, q1 = *(const uint4*)(p + 16);
+            const u8* h = sh + rr * RH + (lb * 8 + 2 * c) * T32::HEAD;
+            const float a = GP32<T32>::block(q0, h, xv[0], xv[1], xs[0], xs[1]);
+            const float b = GP32<T32>::block(q1, h + T32::HEAD, xv[2], xv[3], xs[2], xs[3]);
+            acc[rr][0] += a + b;
+        }
+    }
+};
 
 // gemvp_<type> body. T: the weight type (TQ4_K2 for Q4_K: its decode is gp_q4k_step); TW: the
 // type whose block layout the bytes have (TQ4_K for TQ4_K2). R rows per group, D stages per
@@ -240,8 +457,8 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
             uint4 xn[T::RUNS];
             float2 xsn[T::RUNS];
             if (u + 1 < ns) load_x(G0 + u + 1, xn, xsn);  // next step's x before this step's decode
-            if constexpr (T::CHUNKS == 4 && T::RUNS == 4 && TW::BODY == 144) {
-                gp_q4k_step<R, RB>(st + u * SB, lane, xv, xsv, acc);
+            if constexpr (T::CHUNKS == 4 && T::RUNS == 4 && T::QK == 256 && GP<TW>::K2) {
+                GP<TW>::template step<R, RB, RH>(st + u * SB, st + R * RB + u * SH, lane, xv, xsv, acc);
             } else {
                 const int lb = lane / T::CHUNKS, c = lane % T::CHUNKS;
 #pragma unroll
@@ -303,13 +520,23 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
         gemvp_body<T, TW, R, D, NT, U, 2, 1>(sg, xq, xs, k, S, act);                                 \
     }
 
-// Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): Q4_K at
-// R = 4 rows per group, D = 2 stages per warp, 256 threads, one step per stage (measured in
-// backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"); quant_x_q4_k2 writes x in TQ4_K2's order.
+// Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): R = 4 rows per
+// group, D = 2 stages per warp, 256 threads, one step per stage (measured for Q4_K in
+// backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"; the other types use the same); quant_x_q4_k2
+// writes x in TQ4_K2's order for all of them.
 #define GEMVP_R 4
 #define GEMVP_D 2
 #define GEMVP_THREADS 256
 QUANT_X_KERNEL(q4_k2, TQ4_K2)
-GEMVP_KERNEL_NAMED(gemvp_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
-GEMVPS_KERNEL_NAMED(gemvps_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
-GEMVPG_KERNEL_NAMED(gemvpg_q4_k, TQ4_K2, TQ4_K, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
+#define GEMVP_TYPE(suffix, TW)                                                               \
+    GEMVP_KERNEL_NAMED(gemvp_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)       \
+    GEMVPS_KERNEL_NAMED(gemvps_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)     \
+    GEMVPG_KERNEL_NAMED(gemvpg_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
+GEMVP_TYPE(q4_k, TQ4_K)
+GEMVP_TYPE(q5_k, TQ5_K)
+GEMVP_TYPE(iq4_xs, TIQ4_XS)
+GEMVP_TYPE(q4_0, X8<TQ4_0>)
+GEMVP_TYPE(q4_1, X8<TQ4_1>)
+GEMVP_TYPE(q5_0, X8<TQ5_0>)
+GEMVP_TYPE(q5_1, X8<TQ5_1>)
+GEMVP_TYPE(iq4_nl, X8<TIQ4_NL>)

@@ -13,7 +13,7 @@ mod common;
 
 use common::*;
 use kiln_core::{Activation, Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
-use kiln_cuda::{CudaBackend, GroupKernel, gemv_pipe_on, gemv1_auto_on};
+use kiln_cuda::{CudaBackend, GroupKernel, gemv_pipe_auto, gemv1_auto_on};
 
 /// One segment's weight, its dequantized values and its poisoned output.
 struct Seg {
@@ -51,20 +51,21 @@ fn parts(s: &[Seg]) -> Vec<(&Weight, ViewMut<'_>)> {
         .collect()
 }
 
-/// nmse of every segment's output against x_eff·Wᵀ (f64), as "what: nmse" failures.
-/// The kernel a Q4_K group at k = 4096 runs: the pipelined one (quant_x_q4_k2 + gemvps_/gemvpg_)
-/// on sm_90 unless `KILN_GEMV_PIPE=0` or `KILN_GEMV_PIPE_GROUP=0` (gpu_verify.sh runs this
-/// binary both ways), else `other`.
-fn q4k(be: &CudaBackend, other: GroupKernel) -> GroupKernel {
+/// The kernel a `dt` group at k = 4096 runs: the pipelined one (quant_x_q4_k2 + gemvps_/gemvpg_)
+/// on sm_90 where the automatic dispatch takes it for `dt` (`gemv_pipe_auto`: a type it takes,
+/// `KILN_GEMV_PIPE` not 0; gpu_verify.sh runs this binary both ways) and `KILN_GEMV_PIPE_GROUP`
+/// is not 0, else `other`.
+fn piped(be: &CudaBackend, dt: DType, other: GroupKernel) -> GroupKernel {
     let sm90 = be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
     let group = std::env::var("KILN_GEMV_PIPE_GROUP").map_or(true, |v| v != "0");
-    if sm90 && gemv_pipe_on() && group {
+    if sm90 && gemv_pipe_auto(dt) && group {
         GroupKernel::Pipe
     } else {
         other
     }
 }
 
+/// nmse of every segment's output against x_eff·Wᵀ (f64), as "what: nmse" failures.
 fn check(
     be: &dyn Backend,
     s: &[Seg],
@@ -102,24 +103,66 @@ fn segmented_gemv_kernels_match_the_oracle() {
         GroupKernel::TwoKernels
     };
     // (type, segment rows, x offset in elements, the kernel the group must run)
-    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 9] = [
-        (DType::Q4_K, &[256, 66, 66], 0, Some(q4k(&be, one))),
+    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 14] = [
+        (
+            DType::Q4_K,
+            &[256, 66, 66],
+            0,
+            Some(piped(&be, DType::Q4_K, one)),
+        ),
         // 2 × 9.4 MB > the one-kernel limit (16 MiB): quant_x + gemv8s.
         (
             DType::Q4_K,
             &[4096, 4098],
             0,
-            Some(q4k(&be, GroupKernel::TwoKernels)),
+            Some(piped(&be, DType::Q4_K, GroupKernel::TwoKernels)),
         ),
         // Unaligned x: the one-kernel path does not apply.
         (
             DType::Q4_K,
             &[256, 66, 66],
             1,
-            Some(q4k(&be, GroupKernel::TwoKernels)),
+            Some(piped(&be, DType::Q4_K, GroupKernel::TwoKernels)),
         ),
         // Three segments with tails (the pipelined kernel's segment walk).
-        (DType::Q4_K, &[1030, 257, 255], 0, Some(q4k(&be, one))),
+        (
+            DType::Q4_K,
+            &[1030, 257, 255],
+            0,
+            Some(piped(&be, DType::Q4_K, one)),
+        ),
+        // The other types of the pipelined kernel (their own 64-weight decode).
+        (
+            DType::Q5_K,
+            &[258, 66, 67],
+            0,
+            Some(piped(&be, DType::Q5_K, one)),
+        ),
+        (
+            DType::IQ4_XS,
+            &[1030, 257, 255],
+            0,
+            Some(piped(&be, DType::IQ4_XS, one)),
+        ),
+        // 32-element types: 8 blocks per ring block (no gemv1 rule for them).
+        (
+            DType::Q4_0,
+            &[258, 66, 67],
+            0,
+            Some(piped(&be, DType::Q4_0, GroupKernel::TwoKernels)),
+        ),
+        (
+            DType::Q5_1,
+            &[1030, 257, 255],
+            0,
+            Some(piped(&be, DType::Q5_1, GroupKernel::TwoKernels)),
+        ),
+        (
+            DType::IQ4_NL,
+            &[258, 66, 67],
+            1,
+            Some(piped(&be, DType::IQ4_NL, GroupKernel::TwoKernels)),
+        ),
         (
             DType::Q8_0,
             &[258, 64, 65],
@@ -231,10 +274,26 @@ fn glu_mode_kernels_match_the_oracle() {
     } else {
         GroupKernel::TwoKernels
     };
-    let cases: [(DType, usize, GroupKernel); 5] = [
-        (DType::Q4_K, 259, q4k(&be, one)),
+    let cases: [(DType, usize, GroupKernel); 9] = [
+        (DType::Q4_K, 259, piped(&be, DType::Q4_K, one)),
+        (DType::Q5_K, 259, piped(&be, DType::Q5_K, one)),
+        (DType::IQ4_XS, 259, piped(&be, DType::IQ4_XS, one)),
+        (
+            DType::Q5_0,
+            259,
+            piped(&be, DType::Q5_0, GroupKernel::TwoKernels),
+        ),
+        (
+            DType::Q4_1,
+            259,
+            piped(&be, DType::Q4_1, GroupKernel::TwoKernels),
+        ),
         // 2 × 10.5 MB > 16 MiB: quant_x + gemv8g.
-        (DType::Q4_K, 4607, q4k(&be, GroupKernel::TwoKernels)),
+        (
+            DType::Q4_K,
+            4607,
+            piped(&be, DType::Q4_K, GroupKernel::TwoKernels),
+        ),
         (DType::Q8_0, 259, GroupKernel::TwoKernels),
         (DType::BF16, 259, GroupKernel::Float),
         (DType::F32, 131, GroupKernel::Float),

@@ -11,6 +11,14 @@
 //!   per sub-block (sc = m, 1..63 for sub-blocks 0-3, 1..15 for 4-7, so only the low 6 bits of
 //!   bytes 0-7 and both nibbles of bytes 8-11 are set); d = 8e-5·(0.5 + u) and dmin = 7.5·d, so
 //!   w = d·sc·(q − 7.5): zero-mean, |w| ≤ 0.057. Activations stay finite through 32 layers.
+//! - Q5_K: Q4_K's scales and mins with random 5-bit quants (qh and qs random bytes); d =
+//!   4e-5·(0.5 + u), dmin = 15.5·d, so w = d·sc·(q − 15.5): zero-mean, |w| ≤ 0.059.
+//! - IQ4_XS: random nibbles (IQ4 table values −127..113) and random 6-bit sub-block scales ls
+//!   (w = d·(ls − 32)·value, scales of both signs, so zero-mean over sub-blocks); d =
+//!   1e-5·(0.5 + u), |w| ≤ 0.061.
+//! - Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL (32-element blocks): random quant bytes; d = D·(0.5 + u)
+//!   with D = 4e-3 / 4e-3 / 2e-3 / 2e-3 / 2.5e-4, Q4_1 / Q5_1 m = −7.5·d / −15.5·d (zero-mean), IQ4_NL
+//!   d of random sign (zero-mean over blocks); |w| ≤ 0.049 (d rounded to f16).
 //! - Norm weights: f32 ones. u is uniform in [0, 1) from the same generator.
 //!
 //! Generation is parallel: each tensor is cut into 4 MiB chunks of whole blocks, one SplitMix64
@@ -105,12 +113,19 @@ pub fn preset(name: &str) -> Option<Preset> {
 }
 
 /// The weight types the generator makes.
-pub const SYNTH_TYPES: [DType; 5] = [
+pub const SYNTH_TYPES: [DType; 12] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q8_0,
     DType::Q4_K,
+    DType::Q5_K,
+    DType::IQ4_XS,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::IQ4_NL,
 ];
 
 /// One line saying how the weights of `dt` were made (for the output and the log).
@@ -120,6 +135,15 @@ pub fn how_made(dt: DType, seed: u64) -> String {
             "Q4_K: random nibbles, per-sub-block scale = min (random 6-bit / 4-bit), d = 8e-5*(0.5+u), dmin = 7.5*d => w = d*sc*(q-7.5), zero-mean, |w| <= 0.057"
         }
         DType::Q8_0 => "Q8_0: random i8 quants, d = 1.6e-4*(0.5+u), |w| <= 0.03",
+        DType::Q5_K => {
+            "Q5_K: random 5-bit quants, Q4_K's scales/mins, d = 4e-5*(0.5+u), dmin = 15.5*d => w = d*sc*(q-15.5), zero-mean, |w| <= 0.059"
+        }
+        DType::IQ4_XS => {
+            "IQ4_XS: random nibbles and 6-bit sub-block scales, d = 1e-5*(0.5+u) => w = d*(ls-32)*kvalue, |w| <= 0.061"
+        }
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => {
+            "32-element blocks: random quants, d = D*(0.5+u) (D 4e-3 Q4_0/Q4_1, 2e-3 Q5_0/Q5_1, 2.5e-4 IQ4_NL with a random sign), m = -7.5*d / -15.5*d (Q4_1 / Q5_1), |w| <= 0.049"
+        }
         _ => "uniform in [-0.02, 0.02)",
     };
     format!(
@@ -307,8 +331,14 @@ fn fill_chunk(dt: DType, buf: &mut [u8], r: &mut Rng) {
                 blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             }
         }
-        DType::Q4_K => {
-            for blk in buf.chunks_exact_mut(144) {
+        DType::Q4_K | DType::Q5_K => {
+            // Q5_K: Q4_K's 16-byte header, then qh[32] and qs[128], all random.
+            let (size, d0, mid) = if dt == DType::Q4_K {
+                (144, 8e-5, 7.5)
+            } else {
+                (176, 4e-5, 15.5)
+            };
+            for blk in buf.chunks_exact_mut(size) {
                 random_bytes(&mut blk[16..], r);
                 let x = r.next_u64();
                 for j in 0..4 {
@@ -320,9 +350,41 @@ fn fill_chunk(dt: DType, buf: &mut [u8], r: &mut Rng) {
                     let t = 1 + ((x >> (32 + 8 * j)) & 0xFF) as u8 % 15;
                     blk[12 + j] = t | (t << 4);
                 }
-                let d = 8e-5 * (0.5 + unit(r));
+                let d = d0 * (0.5 + unit(r));
                 blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-                blk[2..4].copy_from_slice(&f16::from_f32(7.5 * d).to_le_bytes());
+                blk[2..4].copy_from_slice(&f16::from_f32(mid * d).to_le_bytes());
+            }
+        }
+        DType::IQ4_XS => {
+            // d f16 @0, scales_h u16 @2, scales_l[4] @4, qs[128] @8: all but d random.
+            for blk in buf.chunks_exact_mut(136) {
+                random_bytes(&mut blk[2..], r);
+                let d = 1e-5 * (0.5 + unit(r));
+                blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            }
+        }
+        DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => {
+            // (block bytes, D, m / d or 0 for none); d f16 @0, m f16 @2 where there is one.
+            let (size, d0, mid) = match dt {
+                DType::Q4_0 => (18, 4e-3, 0.0),
+                DType::Q4_1 => (20, 4e-3, -7.5),
+                DType::Q5_0 => (22, 2e-3, 0.0),
+                DType::Q5_1 => (24, 2e-3, -15.5),
+                _ => (18, 2.5e-4, 0.0),
+            };
+            for blk in buf.chunks_exact_mut(size) {
+                random_bytes(&mut blk[2..], r);
+                let u = unit(r);
+                let sign = if dt == DType::IQ4_NL && u < 0.5 {
+                    -1.0
+                } else {
+                    1.0
+                };
+                let d = sign * d0 * (0.5 + unit(r));
+                blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                if mid != 0.0 {
+                    blk[2..4].copy_from_slice(&f16::from_f32(mid * d).to_le_bytes());
+                }
             }
         }
         _ => random_bytes(buf, r),
@@ -380,6 +442,28 @@ mod tests {
         let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert!(mean.abs() < 2e-3, "mean {mean}");
         assert!(max <= 0.057 && max > 0.005, "max {max}");
+    }
+
+    /// Q5_K (zero-mean like Q4_K), IQ4_XS and the 32-element types decode inside their stated
+    /// bounds.
+    #[test]
+    fn other_quantized_blocks_are_bounded() {
+        for (dt, bound, mean_bound) in [
+            (DType::Q5_K, 0.059, 2e-3),
+            (DType::IQ4_XS, 0.061, 2e-3),
+            (DType::Q4_0, 0.049, 2e-3),
+            (DType::Q4_1, 0.049, 2e-3),
+            (DType::Q5_0, 0.049, 2e-3),
+            (DType::Q5_1, 0.049, 2e-3),
+            (DType::IQ4_NL, 0.049, 2e-3),
+        ] {
+            let bytes = fill(dt, 256 * 64, false, 7, 1, 3).unwrap();
+            let v = kiln_core::quant::dequantize_vec(dt, &bytes).unwrap();
+            let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+            let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+            assert!(mean.abs() < mean_bound, "{dt}: mean {mean}");
+            assert!(max <= bound && max > 0.005, "{dt}: max {max}");
+        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ run() {
         echo "$t: $(grep 'test result' "$OUTD/$t.log")"
     done
     # The one-kernel m = 1 forms (gemv1s_/gemv1g_) run only under gemv1's rule (off by default).
-    # With the pipelined Q4_K groups off, so the one- and two-kernel group forms run for Q4_K.
+    # With the pipelined groups off, so the one- and two-kernel group forms run for its types.
     KILN_GEMV1=1 KILN_GEMV_PIPE_GROUP=0 KILN_REQUIRE=cuda timeout 600 "$B/gemv_group" \
         --test-threads 1 >"$OUTD/gemv_group_gemv1.log" 2>&1
     echo "gemv_group (KILN_GEMV1=1 KILN_GEMV_PIPE_GROUP=0): $(grep 'test result' "$OUTD/gemv_group_gemv1.log")"

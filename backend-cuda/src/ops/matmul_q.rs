@@ -32,8 +32,8 @@ use gemv1::GemvM1;
 pub use gemv1::gemv1_auto_on;
 pub(crate) use grid::{fused_grid, m1_grid, m1_kernel};
 pub use group::GroupKernel;
-pub use pipe::gemv_pipe_on;
 pub(crate) use pipe::note_grouped;
+pub use pipe::{gemv_pipe_auto, gemv_pipe_types};
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -248,8 +248,8 @@ impl CudaBackend {
         self.matmul_impl(x, w, out, MatmulPath::Fused, m1)
     }
 
-    /// The fused path with the pipelined m = 1 Q4_K kernel forced (tests, benches): an error
-    /// where it does not apply (matmul_q/pipe.rs: Q4_K, m = 1, k a multiple of 2048, sm_90+).
+    /// The fused path with the pipelined m = 1 kernel forced (tests, benches): an error where it
+    /// does not apply (matmul_q/pipe.rs: its types, m = 1, k a multiple of 2048, sm_90+).
     pub fn matmul_fused_m1_pipe(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
         self.matmul_impl(x, w, out, MatmulPath::Fused, GemvM1::Pipe)
     }
@@ -408,7 +408,9 @@ impl CudaBackend {
         // then the integer-dot kernel.
         let qi = ti - FLOAT_TYPES;
         let pipe = m1 == GemvM1::Pipe
-            || (m1 == GemvM1::Auto && gemv_pipe_on() && !pipe::grouped(self.ctx.ordinal()));
+            || (m1 == GemvM1::Auto
+                && gemv_pipe_auto(w.dtype)
+                && !pipe::grouped(self.ctx.ordinal()));
         if m == 1 && pipe && self.gemv_pipe_applies(w, k) {
             return self.gemv_pipe(w, [xp, outp], [n, k]);
         }

@@ -1,7 +1,7 @@
 //! GEMV (m = 1) for every weight type at n×k = 4096×4096, 14336×4096, 4096×14336: GB/s of
 //! weight + activation bytes and the fraction of the measured copy bandwidth. On CUDA, block
 //! types also get a row for each m = 1 kernel forced (`gemv1`: one kernel; `quant_x+gemv8`: two;
-//! Q4_K `gemvp`: the pipelined kernel), beside the dispatched one.
+//! `gemvp`: the pipelined kernel, for its types), beside the dispatched one.
 //! A "chained" row times each call followed by a dependent rms_norm of its output (a decode
 //! step's order: back-to-back calls overlap one call's weight loads with the previous tail,
 //! which a step does not).
@@ -188,10 +188,10 @@ fn bench_one(
             })?;
             row(format!("{} {n}x{k} {name}", dt.name()), secs)?;
         }
-        // Q4_K: the pipelined kernel forced (`gemvp`, sm_90+; the dispatched row takes it
-        // unless KILN_GEMV_PIPE=0).
+        // The pipelined kernel's types: it forced (`gemvp`, sm_90+; the dispatched row takes
+        // it unless KILN_GEMV_PIPE=0).
         let sm90 = be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
-        if dt == DType::Q4_K && k.is_multiple_of(2048) && sm90 {
+        if kiln_cuda::gemv_pipe_types().contains(&dt) && k.is_multiple_of(2048) && sm90 {
             let secs = time_calls(be, calls, reps, &mut |i| {
                 cuda.matmul_fused_m1_pipe(xv, &weights[i % copies], yv)
             })?;

@@ -76,7 +76,7 @@ pub(crate) enum GemvM1 {
     OneKernel,
     /// Always quant_x + gemv8.
     TwoKernels,
-    /// The pipelined Q4_K kernel (matmul_q/pipe.rs); an error where it does not apply.
+    /// The pipelined kernel (matmul_q/pipe.rs); an error where it does not apply.
     Pipe,
 }
 

@@ -15,8 +15,9 @@
 //! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
 //! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
 //! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
-//! errors are `matmul`'s). Q4_K groups take the pipelined kernel (`quant_x_q4_k2` +
-//! `gemvps_q4_k` / `gemvpg_q4_k`, kernels/gemv_pipe.cuh) wherever the single-weight m = 1
+//! errors are `matmul`'s). Groups of the pipelined kernel's types (Q4_K, Q5_K, IQ4_XS, Q4_0,
+//! Q4_1, Q5_0, Q5_1, IQ4_NL) take it (`quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>`,
+//! kernels/gemv_pipe.cuh) wherever the single-weight m = 1
 //! matmul would ([`super::pipe`]: sm_90, k a multiple of 2048, aligned weights, not on a device
 //! of an all-reduce group; `KILN_GEMV_PIPE_GROUP=0` keeps groups off it for A/B). The other
 //! block types pick the one-kernel `gemv1s_` by the rule of [`super::gemv1`] applied to the
@@ -83,7 +84,7 @@ fn group_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("KILN_GEMV_GROUP").map_or(true, |v| v != "0"))
 }
 
-/// Q4_K groups on the pipelined kernel unless `KILN_GEMV_PIPE_GROUP=0`.
+/// Groups of the pipelined kernel's types on it unless `KILN_GEMV_PIPE_GROUP=0`.
 fn group_pipe_on() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE_GROUP").map_or(true, |v| v != "0"))
@@ -104,7 +105,8 @@ pub enum GroupKernel {
     TwoKernels,
     /// `gemvs_<float type>`.
     Float,
-    /// `quant_x_q4_k2` + `gemvps_q4_k` / `gemvpg_q4_k` (the bulk-copy ring, Q4_K).
+    /// `quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>` (the bulk-copy ring, the types of
+    /// matmul_q/pipe.rs).
     Pipe,
 }
 
@@ -217,9 +219,10 @@ impl CudaBackend {
         }
         let mut segs = GemvSegs::default();
         let (mut groups, mut bytes) = (0, 0);
-        let mut pipe = dt == DType::Q4_K
+        let pipe_t = super::pipe::pipe_type(dt);
+        let mut pipe = pipe_t.is_some()
             && group_pipe_on()
-            && super::pipe::gemv_pipe_on()
+            && super::pipe::gemv_pipe_auto(dt)
             && !super::pipe::grouped(self.ctx.ordinal());
         if !self.parts_fit(&x, parts, dt, [1, k]) {
             return Ok(None);
@@ -272,13 +275,13 @@ impl CudaBackend {
             self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
         }
-        if pipe {
+        if let (true, Some(pt)) = (pipe, pipe_t) {
             // GLU mode: a group is R/2 gate rows and the same R/2 up rows.
             let (name, groups) = match glu {
-                Some(_) => ("gemvpg_q4_k", parts[0].0.shape().dim(0).div_ceil(R / 2)),
-                None => ("gemvps_q4_k", groups),
+                Some(_) => (pt.glu, parts[0].0.shape().dim(0).div_ceil(R / 2)),
+                None => (pt.segs, groups),
             };
-            let (_, cfg, s) = self.gemv_pipe_prepare(name, groups, k)?;
+            let (_, cfg, s) = self.gemv_pipe_prepare(pt, name, groups, k)?;
             // The scratch is shared: hold its lock until both kernels are enqueued.
             let (_guard, xqs) = self.gemv_pipe_quant_x(xp, k)?;
             self.launch_segs(name, cfg, &segs, &xqs, ki, s, act)?;
@@ -392,7 +395,7 @@ impl CudaBackend {
         // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
         // blocks, checked), y_s holds n_s f32 (checked, disjoint from x and each other); x holds
         // k f32 at a 16-byte aligned address (gemv1s_/gemvs_), or xq/xs are quant_x's scratch
-        // for one row written just before on this stream (gemvps_/gemvpg_q4_k: quant_x_q4_k2's,
+        // for one row written just before on this stream (gemvps_/gemvpg_<type>: quant_x_q4_k2's,
         // in their lane order). W rows are clamped to n_s − 1, writes bounded by n_s; the
         // dynamic shared memory is gemv1s_'s x_units·24 bytes or gemvp's ring (allowed by
         // gemv_pipe_prepare; its weights checked by gemv_pipe_applies: 16-byte aligned, k a

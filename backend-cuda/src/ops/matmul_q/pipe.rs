@@ -1,16 +1,22 @@
-//! The pipelined m = 1 GEMV of Q4_K (`quant_x_q4_k2` + `gemvp_q4_k`, kernels/gemv_pipe.cuh).
+//! The pipelined m = 1 GEMV (`quant_x_q4_k2` + `gemvp_<type>`, kernels/gemv_pipe.cuh) of Q4_K,
+//! Q5_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
 //!
 //! Every warp owns a ring of shared-memory stages that the bulk copy engine fills (one
 //! `cp.async.bulk` per W row and step, completing on an mbarrier) one stage ahead of the one it
-//! decodes, so the bytes in flight no longer depend on registers; and Q4_K is decoded 64 weights
-//! per lane (the 6-bit scale unpack and the block header paid once per sub-block pair). Measured
-//! on an H200 (backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"): back to back Q4_K 4096² 6.62 →
-//! 4.98 µs, 14336×4096 15.90 → 11.10, 4096×14336 16.37 → 12.25 (quant_x + gemv8 on the model
-//! grid → this path); in a dependent chain 6.79 → 6.44, 16.59 → 13.19, 13.94 → 13.28. Q6_K and
-//! Q8_0 through the same pipeline did not win at every shape and stay on gemv8.
+//! decodes, so the bytes in flight no longer depend on registers; and the weights are decoded 64
+//! per lane (a whole pair of 32-element sub-blocks: the scale unpack and the block header paid
+//! once per 64 weights). Measured on an H200 (backend-cuda/labs/gemv, BENCHMARKS.md "cgemv"):
+//! back to back Q4_K 4096² 6.62 → 4.98 µs, 14336×4096 15.90 → 11.10, 4096×14336 16.37 → 12.25
+//! (quant_x + gemv8 on the model grid → this path); in a dependent chain 6.79 → 6.44, 16.59 →
+//! 13.19, 13.94 → 13.28. The other types take the same pipeline with their own 64-weight decode;
+//! each made the Llama-3-8B-shaped batch-1 decode step faster (H200, BENCHMARKS.md stop 23: Q5_K
+//! 2.95 → 2.29 ms, IQ4_XS 3.11 → 2.72, IQ4_NL 3.07 → 2.65, Q4_0 2.11 → 1.97, Q5_0 2.54 → 2.38,
+//! Q5_1 2.49 → 2.38, Q4_1 2.13 → 2.11). Q6_K and Q8_0 through the same pipeline with the generic
+//! per-run decode did not win at every shape and stay on gemv8; Q2_K and Q3_K have no 64-weight
+//! decode here yet.
 //!
-//! It applies on sm_90+ (the copy engine), for Q4_K rows of a whole number of 8-block steps
-//! (k a multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
+//! It applies on sm_90+ (the copy engine), for rows of a whole number of 8-block steps (k a
+//! multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
 //! (`GROUPED`); `KILN_GEMV_PIPE=0` turns it off (the two-kernel path quant_x + gemv8 then runs,
 //! as before).
 
@@ -30,15 +36,102 @@ const PIPE_R: usize = 4;
 const PIPE_D: usize = 2;
 /// Most resident blocks per SM the grid asks for (the lab's best: 2, which leaves L1 room for x).
 const PIPE_BLOCKS_PER_SM: usize = 2;
-/// Q4_K blocks per step and row (32 lanes × 64 weights = 8 blocks of 256).
+/// Blocks per step and row (32 lanes × 64 weights = 8 blocks of 256).
 const PIPE_BPS: usize = 8;
-/// Bytes of a Q4_K block.
-const Q4K_BLOCK: usize = 144;
 
-/// `KILN_GEMV_PIPE=0` turns the pipelined Q4_K kernel off (on by default).
-pub fn gemv_pipe_on() -> bool {
+/// A weight type the pipelined kernel takes (kernels/gemv_pipe.cuh `GEMVP_TYPE`): its bytes per
+/// block in the ring (body + head) and its kernels for one weight, for weight segments and for
+/// a gate/up pair with the GLU.
+#[derive(Debug)]
+pub(crate) struct PipeType {
+    pub(crate) dtype: DType,
+    block: usize,
+    pub(crate) one: &'static str,
+    pub(crate) segs: &'static str,
+    pub(crate) glu: &'static str,
+}
+
+/// 8 blocks of a 32-element type (16-byte body + `head`-byte head) as one ring "block".
+const fn x8(head: usize) -> usize {
+    8 * (16 + head)
+}
+
+const PIPE_TYPES: [PipeType; 8] = [
+    PipeType {
+        dtype: DType::Q4_K,
+        block: 144,
+        one: "gemvp_q4_k",
+        segs: "gemvps_q4_k",
+        glu: "gemvpg_q4_k",
+    },
+    PipeType {
+        dtype: DType::Q5_K,
+        block: 176,
+        one: "gemvp_q5_k",
+        segs: "gemvps_q5_k",
+        glu: "gemvpg_q5_k",
+    },
+    PipeType {
+        dtype: DType::IQ4_XS,
+        block: 128 + 8,
+        one: "gemvp_iq4_xs",
+        segs: "gemvps_iq4_xs",
+        glu: "gemvpg_iq4_xs",
+    },
+    // The 32-element types, 8 blocks per ring block (kernels/gemv_pipe.cuh `X8`).
+    PipeType {
+        dtype: DType::Q4_0,
+        block: x8(2),
+        one: "gemvp_q4_0",
+        segs: "gemvps_q4_0",
+        glu: "gemvpg_q4_0",
+    },
+    PipeType {
+        dtype: DType::Q4_1,
+        block: x8(4),
+        one: "gemvp_q4_1",
+        segs: "gemvps_q4_1",
+        glu: "gemvpg_q4_1",
+    },
+    PipeType {
+        dtype: DType::Q5_0,
+        block: x8(6),
+        one: "gemvp_q5_0",
+        segs: "gemvps_q5_0",
+        glu: "gemvpg_q5_0",
+    },
+    PipeType {
+        dtype: DType::Q5_1,
+        block: x8(8),
+        one: "gemvp_q5_1",
+        segs: "gemvps_q5_1",
+        glu: "gemvpg_q5_1",
+    },
+    PipeType {
+        dtype: DType::IQ4_NL,
+        block: x8(2),
+        one: "gemvp_iq4_nl",
+        segs: "gemvps_iq4_nl",
+        glu: "gemvpg_iq4_nl",
+    },
+];
+
+/// The pipelined kernel's entry for `dt`, if it takes that type.
+pub(crate) fn pipe_type(dt: DType) -> Option<&'static PipeType> {
+    PIPE_TYPES.iter().find(|p| p.dtype == dt)
+}
+
+/// The weight types the pipelined m = 1 kernel takes (on sm_90+, k a multiple of 2048).
+pub fn gemv_pipe_types() -> [DType; 8] {
+    PIPE_TYPES.map(|p| p.dtype)
+}
+
+/// Whether the automatic m = 1 dispatch takes the pipelined kernel for `dt`: every type it takes
+/// (each measured faster in a decode step, BENCHMARKS.md stop 23) unless `KILN_GEMV_PIPE=0`.
+pub fn gemv_pipe_auto(dt: DType) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
+    pipe_type(dt).is_some()
+        && *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
 }
 
 /// Device ordinals that belong to an all-reduce group (`CudaComm`): their automatic m = 1 Q4_K
@@ -72,14 +165,14 @@ fn carve_mode() -> &'static str {
     MODE.get_or_init(|| std::env::var("KILN_GEMV_PIPE_CARVE").unwrap_or_default())
 }
 
-/// Dynamic shared memory of `gemvp_q4_k` (kernels/gemv_pipe.cuh `GP_SMEM`): per warp D stages
-/// of R rows × one step, plus D mbarriers rounded to 16 bytes.
-fn pipe_smem() -> usize {
+/// Dynamic shared memory of `gemvp_<type>` with `block`-byte blocks (kernels/gemv_pipe.cuh
+/// `GP_SMEM`): per warp D stages of R rows × one step, plus D mbarriers rounded to 16 bytes.
+fn pipe_smem(block: usize) -> usize {
     let warps = (PIPE_THREADS / 32) as usize;
-    warps * (PIPE_D * PIPE_R * PIPE_BPS * Q4K_BLOCK + (8 * PIPE_D).div_ceil(16) * 16)
+    warps * (PIPE_D * PIPE_R * PIPE_BPS * block + (8 * PIPE_D).div_ceil(16) * 16)
 }
 
-/// Grid of `gemvp_q4_k`: at most `occ` blocks per SM; S warps per group (1, 2, 4 or 8)
+/// Grid of `gemvp_<type>`: at most `occ` blocks per SM; S warps per group (1, 2, 4 or 8)
 /// minimizing ceil(groups·S / warps)·ceil(steps / S), ties to the smaller S. Returns (blocks, S).
 fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
     let wpb = (PIPE_THREADS / 32) as usize;
@@ -90,26 +183,27 @@ fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
 }
 
 impl CudaBackend {
-    /// Whether `gemvp_q4_k` can take this m = 1 product (see the module doc; the automatic
+    /// Whether `gemvp_<type>` can take this m = 1 product (see the module doc; the automatic
     /// dispatch also asks [`gemv_pipe_on`]).
     pub(crate) fn gemv_pipe_applies(&self, w: &CudaWeight, k: usize) -> bool {
-        w.dtype == DType::Q4_K
+        pipe_type(w.dtype).is_some()
             && self.info.caps.compute_capability.is_some_and(|c| c.0 >= 9)
             && k.is_multiple_of(256 * PIPE_BPS)
             && w.body_ptr().is_multiple_of(16)
     }
 
-    /// Function `name` (gemvp_q4_k or its group forms) ready to launch over `groups` row groups
-    /// of k = `k`: its dynamic shared memory allowed, its carveout set; returns the function,
-    /// the launch configuration and S (warps per group).
+    /// Function `name` (one of `pt`'s kernels) ready to launch over `groups` row groups of k =
+    /// `k`: its dynamic shared memory allowed, its carveout set; returns the function, the
+    /// launch configuration and S (warps per group).
     pub(crate) fn gemv_pipe_prepare(
         &self,
+        pt: &PipeType,
         name: &'static str,
         groups: usize,
         k: usize,
     ) -> Result<(CudaFunction, LaunchConfig, i32)> {
         let f = self.function(&MATMUL_Q, name)?;
-        let smem = pipe_smem();
+        let smem = pipe_smem(pt.block);
         self.allow_smem(&f, smem)?;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let occ = self
@@ -163,12 +257,12 @@ impl CudaBackend {
             self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, 1, k))?;
         let (xq, xs) = (scratch, scratch + xq_bytes as u64);
         // quant_x_q4_k2 writes the same units (x_units of Q4_K = of TQ4_K2 for k a multiple of
-        // 2048) in the 64-weight lane order gemvp_q4_k reads.
+        // 2048) in the 64-weight lane order every gemvp_<type> reads.
         self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, 1, units)?;
         Ok((guard, [xq, xs]))
     }
 
-    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_q4_k. The caller checked
+    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_<type>. The caller checked
     /// [`Self::gemv_pipe_applies`] and that rows are whole blocks.
     pub(crate) fn gemv_pipe(
         &self,
@@ -181,7 +275,13 @@ impl CudaBackend {
             super::super::arg_i32(op, "n", n)?,
             super::super::arg_i32(op, "k", k)?,
         );
-        let (f, cfg, s) = self.gemv_pipe_prepare("gemvp_q4_k", n.div_ceil(PIPE_R), k)?;
+        let pt = pipe_type(w.dtype).ok_or_else(|| {
+            kiln_core::Error::shape(
+                op,
+                format!("the pipelined kernel does not take {}", w.dtype),
+            )
+        })?;
+        let (f, cfg, s) = self.gemv_pipe_prepare(pt, pt.one, n.div_ceil(PIPE_R), k)?;
         // The scratch is shared: hold the lock until both kernels are enqueued.
         let (_guard, x) = self.gemv_pipe_quant_x(xp, k)?;
         self.launch_after_quant_x(&f, "gemvp", cfg, w, x, outp, [1, ni, ki, s])
@@ -194,8 +294,17 @@ mod tests {
 
     #[test]
     fn pipe_grid_and_smem_match_the_lab() {
-        // The kernel's GP_SMEM(TQ4_K2, TQ4_K, 4, 2, 256, 1) = 8 warps × (2·4·8·144 + 16).
-        assert_eq!(pipe_smem(), 73856);
+        // The kernel's GP_SMEM(TQ4_K2, TQ4_K, 4, 2, 256, 1) = 8 warps × (2·4·8·144 + 16);
+        // Q5_K 8 × (2·4·8·176 + 16), IQ4_XS 8 × (2·4·8·(128 + 8) + 16).
+        assert_eq!(pipe_smem(pipe_type(DType::Q4_K).unwrap().block), 73856);
+        assert_eq!(pipe_smem(pipe_type(DType::Q5_K).unwrap().block), 90240);
+        assert_eq!(pipe_smem(pipe_type(DType::IQ4_XS).unwrap().block), 69760);
+        // Q5_0: 8 blocks of 16 + 6 bytes.
+        assert_eq!(
+            pipe_smem(pipe_type(DType::Q5_0).unwrap().block),
+            8 * (2 * 4 * 8 * 176 + 16)
+        );
+        assert!(pipe_type(DType::Q6_K).is_none() && pipe_type(DType::Q8_0).is_none());
         // H200, 132 SMs, 2 blocks per SM (lab "p k2 r4d2n256u1 b2"): 4096² grid 256 S = 2,
         // 14336×4096 grid 264 S = 1, 4096×14336 grid 256 S = 2.
         assert_eq!(pipe_grid(4096, 4096, 132, 2), (256, 2));
