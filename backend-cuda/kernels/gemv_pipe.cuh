@@ -1,12 +1,13 @@
 // gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
 // memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
 // dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
-// Kiln instantiates Q4_K, Q5_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL
+// Kiln instantiates Q4_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL
 // (`gemvp_<type>`, the default for m = 1 where it applies; `gemvps_<type>` and `gemvpg_<type>`
 // for weight groups — q/k/v, gate/up with the GLU — as gemv8s_/gemv8g_, host
 // src/ops/matmul_q/group.rs), all decoded 64 weights per lane in TQ4_K2's x order
 // (GP<TW>::step; the 32-element types as superblocks of 8 blocks, X8 below); the lab
-// (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through the generic per-run decode.
+// (backend-cuda/labs/gemv) also runs Q6_K and Q8_0 through the generic per-run decode. Q8_0 as
+// X8 superblocks (272 bytes: one 139 KB block per SM) made the decode step slower (stop 23).
 //
 // Why: gemv8 loads each lane's chunks into registers and then decodes them, so a warp has bytes
 // in flight only between its loads and its first use (ncu, Q4_K 14336×4096: 45 % DRAM
@@ -30,7 +31,8 @@
 // into the x scale); quant_x_q4_k2 writes x in that order (the plain element order 64c + 16r + l
 // of chunk c, run r: it serves every 256-element type decoded this way).
 // Bytes per 64 weights and lane: Q4_K 36 (16 + 32 loaded from shared memory), Q5_K 44 (16 + 32
-// + 32), IQ4_XS 34 (8 + 32), 32-element types 32 + 2·HEAD (Q4_0 36 … Q5_1 48).
+// + 32), Q6_K 52 (96 + 4 + 2 loaded; lanes c, c ^ 1 share ql/qh), IQ4_XS 34 (8 + 32),
+// 32-element types 32 + 2·HEAD (Q4_0 36 … Q5_1 48).
 // Requires (host-checked): nb = k / QK a multiple of BPS (whole steps: every copy is whole
 // 16-byte words), body and head 16-byte aligned; sm_90 for the copy engine (below sm_90 the ring
 // is filled by ordinary warp loads: correct, unpipelined, not dispatched by the host).
@@ -48,14 +50,55 @@ struct TQ4_K2 {
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * c + 32 * (r >> 1) + 16 * (r & 1); }
 };
 
+// Whether A and B are the same type (NVRTC has no <type_traits>).
+template <class A, class B> struct gp_same { static constexpr bool v = false; };
+template <class A> struct gp_same<A, A> { static constexpr bool v = true; };
+
 #define GP_BULK KILN_BULK
 
 // Per-type stage geometry and the shared-memory form of T::load (sb: this row's body bytes in
 // the stage, sh: its head bytes, lb: block within the stage, c: chunk within the block).
 template <class T> struct GP;
+// Q6_K (body ql[128] @0, qh[64] @128, scales i8[16] @192 | head d): in TQ4_K2's order lane c
+// covers elements 64c .. 64c + 63 = half h = c >> 1, quarter pair odd = c & 1: its runs are the
+// low (odd = 0) or high (odd = 1) nibbles of ql[64h .. +16], [+16 .. +32], [+32 .. +48],
+// [+48 .. +64] with qh[32h .. +16], [+16 .. +32] (twice) bits 2·(2·odd + (r >> 1)) .. + 1 as
+// bits 4, 5; its 4 scales are bytes 4c .. 4c + 3 of scales. w = d·sc·(q − 32). Lanes c and c ^ 1
+// read the same ql/qh (one broadcast load each). The lab's TQ6_K-ordered kernels use load().
 template <> struct GP<TQ6_K> {
     typedef TQ6_K T;
-    static constexpr bool K2 = false;  // no 64-weight step: the generic per-run decode
+    static constexpr bool K2 = true;
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8* sh, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        const int lb = lane >> 2, c = lane & 3, hh = c >> 1, odd = c & 1;
+        const int ls = 4 * odd, hs = 4 * odd;  // nibble shift; qh shift of runs 0, 1 (+2 for runs 2, 3)
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 208;
+            const uint4 a0 = *(const uint4*)(p + 64 * hh), a1 = *(const uint4*)(p + 64 * hh + 16);
+            const uint4 b0 = *(const uint4*)(p + 64 * hh + 32), b1 = *(const uint4*)(p + 64 * hh + 48);
+            const uint4 h0 = *(const uint4*)(p + 128 + 32 * hh), h1 = *(const uint4*)(p + 128 + 32 * hh + 16);
+            const u32 sc4 = *(const u32*)(p + 192 + 4 * c);
+            const float d = h2f(*(const u16*)(sh + rr * RH + 2 * lb));
+            auto w6 = [&](u32 q, u32 h, int s) { return ((q >> ls) & 0x0f0f0f0fu) | (((h >> s) & 0x03030303u) << 4); };
+            const int i0 = dp4a_us(w6(a0.w, h0.w, hs), xv[0].w, dp4a_us(w6(a0.z, h0.z, hs), xv[0].z,
+                           dp4a_us(w6(a0.y, h0.y, hs), xv[0].y, dp4a_us(w6(a0.x, h0.x, hs), xv[0].x, 0))));
+            const int i1 = dp4a_us(w6(a1.w, h1.w, hs), xv[1].w, dp4a_us(w6(a1.z, h1.z, hs), xv[1].z,
+                           dp4a_us(w6(a1.y, h1.y, hs), xv[1].y, dp4a_us(w6(a1.x, h1.x, hs), xv[1].x, 0))));
+            const int i2 = dp4a_us(w6(b0.w, h0.w, hs + 2), xv[2].w, dp4a_us(w6(b0.z, h0.z, hs + 2), xv[2].z,
+                           dp4a_us(w6(b0.y, h0.y, hs + 2), xv[2].y, dp4a_us(w6(b0.x, h0.x, hs + 2), xv[2].x, 0))));
+            const int i3 = dp4a_us(w6(b1.w, h1.w, hs + 2), xv[3].w, dp4a_us(w6(b1.z, h1.z, hs + 2), xv[3].z,
+                           dp4a_us(w6(b1.y, h1.y, hs + 2), xv[3].y, dp4a_us(w6(b1.x, h1.x, hs + 2), xv[3].x, 0))));
+            const float s0 = (float)(signed char)(sc4 & 0xffu), s1 = (float)(signed char)((sc4 >> 8) & 0xffu);
+            const float s2 = (float)(signed char)((sc4 >> 16) & 0xffu), s3 = (float)(signed char)(sc4 >> 24);
+            float t = s0 * fmaf(xs[0].x, (float)i0, -32.0f * xs[0].y);
+            t = fmaf(s1, fmaf(xs[1].x, (float)i1, -32.0f * xs[1].y), t);
+            t = fmaf(s2, fmaf(xs[2].x, (float)i2, -32.0f * xs[2].y), t);
+            t = fmaf(s3, fmaf(xs[3].x, (float)i3, -32.0f * xs[3].y), t);
+            acc[rr][0] = fmaf(d, t, acc[rr][0]);
+        }
+    }
     static __device__ __forceinline__ void load(const u8* sb, const u8* sh, int lb, int c, T::Chunk& ch) {
         const int hh = c >> 1, gg = c & 1;
         const u8* p = sb + lb * T::BODY;
@@ -234,15 +277,16 @@ template <> struct GP<TIQ4_XS> {
 };
 
 // The 32-element block types as 256-element "superblocks" of 8 consecutive blocks: in the
-// repacked layout their 8 bodies (16 bytes each) are contiguous, and so are their 8 heads, so
-// the ring copies them exactly as a 256-element type with BODY = 128 and HEAD = 8·T32::HEAD.
+// repacked layout their 8 bodies are contiguous, and so are their 8 heads, so the ring copies
+// them exactly as a 256-element type with BODY = 8·T32::BODY and HEAD = 8·T32::HEAD.
 template <class T32> struct X8 {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 8 * T32::BODY, HEAD = 8 * T32::HEAD;
 };
 
-// Σ w·x over one 32-element block of T32 in TQ4_K2's order: q = its 16 quant bytes (element l:
-// low nibble of byte l, element 16 + l: high nibble), h = its head in shared memory, (xa, sa) /
-// (xb, sb) = the x runs of elements 0..15 / 16..31. Low nibbles: q & 0x0f0f0f0f, high: (q >> 4).
+// Σ w·x over one 32-element block of T32 in TQ4_K2's order: b / h = its body / head in shared
+// memory (q = the 16 quant bytes, element l the low nibble of byte l, element 16 + l the high
+// one), (xa, sa) / (xb, sb) = the x runs of elements
+// 0..15 / 16..31. Low nibbles: q & 0x0f0f0f0f, high: (q >> 4).
 template <class T32> struct GP32;
 #define GP32_NIBBLE_DOTS(LO, HI, DP)                                                             \
     const int i0 = DP(LO(q.w), xa.w, DP(LO(q.z), xa.z, DP(LO(q.y), xa.y, DP(LO(q.x), xa.x, 0)))); \
@@ -250,16 +294,18 @@ template <class T32> struct GP32;
 #define GP32_LO(v) ((v) & 0x0f0f0f0fu)
 #define GP32_HI(v) (((v) >> 4) & 0x0f0f0f0fu)
 template <> struct GP32<TQ4_0> {  // head d; w = d·(q − 8)
-    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+    static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
+        const uint4 q = *(const uint4*)b;
         GP32_NIBBLE_DOTS(GP32_LO, GP32_HI, dp4a_us)
         const float d = h2f(*(const u16*)h);
         return d * (fmaf(sb.x, (float)i1, sa.x * (float)i0) - 8.0f * (sa.y + sb.y));
     }
 };
 template <> struct GP32<TQ4_1> {  // head d, m; w = d·q + m
-    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+    static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
+        const uint4 q = *(const uint4*)b;
         GP32_NIBBLE_DOTS(GP32_LO, GP32_HI, dp4a_us)
         const u32 dm = *(const u32*)h;
         return fmaf(h2f((u16)(dm & 0xffffu)), fmaf(sb.x, (float)i1, sa.x * (float)i0), h2f((u16)(dm >> 16)) * (sa.y + sb.y));
@@ -267,46 +313,49 @@ template <> struct GP32<TQ4_1> {  // head d, m; w = d·q + m
 };
 // Q5_0 / Q5_1: the fifth bit of element e is bit e of qh (low nibble of byte l: e = l, high: 16 + l).
 template <> struct GP32<TQ5_0> {  // head d, qh (u16-aligned); w = d·(q5 − 16)
-    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+    static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
+        const uint4 q = *(const uint4*)b;
         const u32 qh = (u32)((const u16*)h)[1] | ((u32)((const u16*)h)[2] << 16);
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
-            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), b[i], i1);
+            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), c[i], i1);
         }
         const float d = h2f(((const u16*)h)[0]);
         return d * (fmaf(sb.x, (float)i1, sa.x * (float)i0) - 16.0f * (sa.y + sb.y));
     }
 };
 template <> struct GP32<TQ5_1> {  // head d, m, qh; w = d·q5 + m
-    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+    static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
+        const uint4 q = *(const uint4*)b;
         const uint2 hv = *(const uint2*)h;
         const u32 qh = hv.y;
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
-            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), b[i], i1);
+            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), c[i], i1);
         }
         return fmaf(h2f((u16)(hv.x & 0xffffu)), fmaf(sb.x, (float)i1, sa.x * (float)i0), h2f((u16)(hv.x >> 16)) * (sa.y + sb.y));
     }
 };
 template <> struct GP32<TIQ4_NL> {  // head d; w = d·table[nibble] (signed)
-    static __device__ __forceinline__ float block(const uint4& q, const u8* h, const uint4& xa, const uint4& xb,
+    static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
+        const uint4 q = *(const uint4*)b;
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
         for (int i = 0; i < 4; i++) {
             u32 lo, hi;
             iq4_pair(w[i], lo, hi);
             i0 = dp4a_ss(lo, a[i], i0);
-            i1 = dp4a_ss(hi, b[i], i1);
+            i1 = dp4a_ss(hi, c[i], i1);
         }
         return h2f(*(const u16*)h) * fmaf(sb.x, (float)i1, sa.x * (float)i0);
     }
@@ -315,7 +364,8 @@ template <> struct GP32<TIQ4_NL> {  // head d; w = d·table[nibble] (signed)
 #undef GP32_LO
 #undef GP32_HI
 
-// Lane (lb, c) of a step: blocks 2c and 2c + 1 of superblock lb (bodies at lb·128 + 32c and +16).
+// Lane (lb, c) of a step: blocks 2c and 2c + 1 of superblock lb (bodies at (8·lb + 2c)·BODY and
+// one BODY further).
 template <class T32> struct GP<X8<T32>> {
     static constexpr bool K2 = true;
     template <int R, int RB, int RH>
@@ -324,11 +374,10 @@ template <class T32> struct GP<X8<T32>> {
         const int lb = lane >> 2, c = lane & 3;
 #pragma unroll
         for (int rr = 0; rr < R; rr++) {
-            const u8* p = sb + rr * RB + lb * 128 + 32 * c;
-            const uint4 q0 = *(const uint4*)p, q1 = *(const uint4*)(p + 16);
+            const u8* p = sb + rr * RB + (lb * 8 + 2 * c) * T32::BODY;
             const u8* h = sh + rr * RH + (lb * 8 + 2 * c) * T32::HEAD;
-            const float a = GP32<T32>::block(q0, h, xv[0], xv[1], xs[0], xs[1]);
-            const float b = GP32<T32>::block(q1, h + T32::HEAD, xv[2], xv[3], xs[2], xs[3]);
+            const float a = GP32<T32>::block(p, h, xv[0], xv[1], xs[0], xs[1]);
+            const float b = GP32<T32>::block(p + T32::BODY, h + T32::HEAD, xv[2], xv[3], xs[2], xs[3]);
             acc[rr][0] += a + b;
         }
     }
@@ -457,7 +506,7 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
             uint4 xn[T::RUNS];
             float2 xsn[T::RUNS];
             if (u + 1 < ns) load_x(G0 + u + 1, xn, xsn);  // next step's x before this step's decode
-            if constexpr (T::CHUNKS == 4 && T::RUNS == 4 && T::QK == 256 && GP<TW>::K2) {
+            if constexpr (gp_same<T, TQ4_K2>::v && GP<TW>::K2) {
                 GP<TW>::template step<R, RB, RH>(st + u * SB, st + R * RB + u * SH, lane, xv, xsv, acc);
             } else {
                 const int lb = lane / T::CHUNKS, c = lane % T::CHUNKS;
@@ -540,3 +589,4 @@ GEMVP_TYPE(q4_1, X8<TQ4_1>)
 GEMVP_TYPE(q5_0, X8<TQ5_0>)
 GEMVP_TYPE(q5_1, X8<TQ5_1>)
 GEMVP_TYPE(iq4_nl, X8<TIQ4_NL>)
+GEMVP_TYPE(q6_k, TQ6_K)

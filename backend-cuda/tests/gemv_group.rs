@@ -169,7 +169,12 @@ fn segmented_gemv_kernels_match_the_oracle() {
             0,
             Some(GroupKernel::TwoKernels),
         ),
-        (DType::Q6_K, &[130, 34], 0, Some(one)),
+        (
+            DType::Q6_K,
+            &[130, 34],
+            0,
+            Some(piped(&be, DType::Q6_K, one)),
+        ),
         (DType::BF16, &[258, 66, 67], 0, Some(GroupKernel::Float)),
         (DType::F32, &[100, 30, 1], 0, Some(GroupKernel::Float)),
         // Float weights need a 16-byte aligned x: no group (one matmul each instead).
@@ -274,7 +279,7 @@ fn glu_mode_kernels_match_the_oracle() {
     } else {
         GroupKernel::TwoKernels
     };
-    let cases: [(DType, usize, GroupKernel); 9] = [
+    let cases: [(DType, usize, GroupKernel); 10] = [
         (DType::Q4_K, 259, piped(&be, DType::Q4_K, one)),
         (DType::Q5_K, 259, piped(&be, DType::Q5_K, one)),
         (DType::IQ4_XS, 259, piped(&be, DType::IQ4_XS, one)),
@@ -295,6 +300,7 @@ fn glu_mode_kernels_match_the_oracle() {
             piped(&be, DType::Q4_K, GroupKernel::TwoKernels),
         ),
         (DType::Q8_0, 259, GroupKernel::TwoKernels),
+        (DType::Q6_K, 259, piped(&be, DType::Q6_K, one)),
         (DType::BF16, 259, GroupKernel::Float),
         (DType::F32, 131, GroupKernel::Float),
     ];

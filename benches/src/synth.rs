@@ -19,6 +19,8 @@
 //! - Q4_0 / Q4_1 / Q5_0 / Q5_1 / IQ4_NL (32-element blocks): random quant bytes; d = D·(0.5 + u)
 //!   with D = 4e-3 / 4e-3 / 2e-3 / 2e-3 / 2.5e-4, Q4_1 / Q5_1 m = −7.5·d / −15.5·d (zero-mean), IQ4_NL
 //!   d of random sign (zero-mean over blocks); |w| ≤ 0.049 (d rounded to f16).
+//! - Q6_K: random 6-bit quants (ql, qh), random i8 sub-block scales in [−32, 31], d = 4e-5·(0.5 +
+//!   u): w = d·sc·(q − 32), zero-mean over sub-blocks, |w| ≤ 0.062.
 //! - Norm weights: f32 ones. u is uniform in [0, 1) from the same generator.
 //!
 //! Generation is parallel: each tensor is cut into 4 MiB chunks of whole blocks, one SplitMix64
@@ -113,7 +115,7 @@ pub fn preset(name: &str) -> Option<Preset> {
 }
 
 /// The weight types the generator makes.
-pub const SYNTH_TYPES: [DType; 12] = [
+pub const SYNTH_TYPES: [DType; 13] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -126,6 +128,7 @@ pub const SYNTH_TYPES: [DType; 12] = [
     DType::Q5_0,
     DType::Q5_1,
     DType::IQ4_NL,
+    DType::Q6_K,
 ];
 
 /// One line saying how the weights of `dt` were made (for the output and the log).
@@ -140,6 +143,9 @@ pub fn how_made(dt: DType, seed: u64) -> String {
         }
         DType::IQ4_XS => {
             "IQ4_XS: random nibbles and 6-bit sub-block scales, d = 1e-5*(0.5+u) => w = d*(ls-32)*kvalue, |w| <= 0.061"
+        }
+        DType::Q6_K => {
+            "Q6_K: random 6-bit quants, random i8 scales in [-32, 31], d = 4e-5*(0.5+u) => w = d*sc*(q-32), |w| <= 0.062"
         }
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => {
             "32-element blocks: random quants, d = D*(0.5+u) (D 4e-3 Q4_0/Q4_1, 2e-3 Q5_0/Q5_1, 2.5e-4 IQ4_NL with a random sign), m = -7.5*d / -15.5*d (Q4_1 / Q5_1), |w| <= 0.049"
@@ -363,6 +369,17 @@ fn fill_chunk(dt: DType, buf: &mut [u8], r: &mut Rng) {
                 blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             }
         }
+        DType::Q6_K => {
+            // ql[128], qh[64] random, scales i8[16] @192 in [-32, 31], d f16 @208.
+            for blk in buf.chunks_exact_mut(210) {
+                random_bytes(&mut blk[..208], r);
+                for b in &mut blk[192..208] {
+                    *b = ((*b & 63) as i8 - 32) as u8;
+                }
+                let d = 4e-5 * (0.5 + unit(r));
+                blk[208..].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            }
+        }
         DType::Q4_0 | DType::Q4_1 | DType::Q5_0 | DType::Q5_1 | DType::IQ4_NL => {
             // (block bytes, D, m / d or 0 for none); d f16 @0, m f16 @2 where there is one.
             let (size, d0, mid) = match dt {
@@ -456,6 +473,7 @@ mod tests {
             (DType::Q5_0, 0.049, 2e-3),
             (DType::Q5_1, 0.049, 2e-3),
             (DType::IQ4_NL, 0.049, 2e-3),
+            (DType::Q6_K, 0.062, 2e-3),
         ] {
             let bytes = fill(dt, 256 * 64, false, 7, 1, 3).unwrap();
             let v = kiln_core::quant::dequantize_vec(dt, &bytes).unwrap();
