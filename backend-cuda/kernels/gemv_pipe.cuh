@@ -1,7 +1,8 @@
 // gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
 // memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
 // dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
-// Kiln instantiates Q4_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL
+// Kiln instantiates Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1,
+// IQ4_NL
 // (`gemvp_<type>`, the default for m = 1 where it applies; `gemvps_<type>` and `gemvpg_<type>`
 // for weight groups — q/k/v, gate/up with the GLU — as gemv8s_/gemv8g_, host
 // src/ops/matmul_q/group.rs), all decoded 64 weights per lane in TQ4_K2's x order
@@ -31,7 +32,8 @@
 // into the x scale); quant_x_q4_k2 writes x in that order (the plain element order 64c + 16r + l
 // of chunk c, run r: it serves every 256-element type decoded this way).
 // Bytes per 64 weights and lane: Q4_K 36 (16 + 32 loaded from shared memory), Q5_K 44 (16 + 32
-// + 32), Q6_K 52 (96 + 4 + 2 loaded; lanes c, c ^ 1 share ql/qh), IQ4_XS 34 (8 + 32),
+// + 32), Q6_K 52 (96 + 4 + 2 loaded; lanes c, c ^ 1 share ql/qh), Q3_K 27.5 (64 + 10 loaded),
+// IQ4_XS 34 (8 + 32),
 // 32-element types 32 + 2·HEAD (Q4_0 36 … Q5_1 48).
 // Requires (host-checked): nb = k / QK a multiple of BPS (whole steps: every copy is whole
 // 16-byte words), body and head 16-byte aligned; sm_90 for the copy engine (below sm_90 the ring
@@ -121,6 +123,8 @@ template <> struct GP<TQ8_0> {
 // The exact float value of byte 0 of v (PRMT into the mantissa of 2^23, one FADD).
 __device__ __forceinline__ float gp_byte0(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7650u)) - 8388608.0f; }
 __device__ __forceinline__ float gp_byte1(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7651u)) - 8388608.0f; }
+__device__ __forceinline__ float gp_byte2(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7652u)) - 8388608.0f; }
+__device__ __forceinline__ float gp_byte3(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7653u)) - 8388608.0f; }
 
 // One step of Q4_K in the TQ4_K2 order: lane L = block L / 4 of the stage, sub-block pair
 // c = L % 4 (2c: low nibbles, 2c + 1: high nibbles). acc[rr] += Σ w·x over the lane's 64
@@ -272,6 +276,45 @@ template <> struct GP<TIQ4_XS> {
             const float t1 = fmaf(xs[3].x, (float)i3, xs[2].x * (float)i2);
             const float d = h2f((u16)(hv.x & 0xffffu));
             acc[rr][0] = fmaf(d, fmaf((float)ls1, t1, (float)ls0 * t0), acc[rr][0]);
+        }
+    }
+};
+
+// Q3_K (body hmask[32] @0, qs[64] @32 | head scales[12] @0, d @12) in TQ4_K2's order: lane c
+// covers elements 64c .. 64c + 63 of half n = c >> 1; run r is the 2-bit field at 2j, j =
+// 2·(c & 1) + (r >> 1), of qs[32n + 16·(r & 1) ..] (q0 for even r, q1 for odd r: lanes c, c ^ 1
+// share them) with its third bit, bit 2c + (r >> 1) of hmask[16·(r & 1) ..]; the lane's 4
+// sub-block scales are indices 4c .. 4c + 3. (Q2_K decoded the same way made its GEMV faster but
+// a Q2_K decode step slower, 1.887 → 1.914 ms on an H200: it stays on gemv8.)
+template <> struct GP<TQ3_K> {  // 6-bit scales (− 32); q' = q2 + 4·hbit, w = d·(sc − 32)·(q' − 4)
+    static constexpr bool K2 = true;
+    template <int R, int RB, int RH>
+    static __device__ __forceinline__ void step(const u8* sb, const u8* sh, int lane, const uint4 (&xv)[4],
+                                                const float2 (&xs)[4], float (&acc)[R][1]) {
+        const int lb = lane >> 2, c = lane & 3, s0 = 4 * (c & 1), hb = 2 * c;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 96;
+            const uint4 h0 = *(const uint4*)p, h1 = *(const uint4*)(p + 16);
+            const uint4 q0 = *(const uint4*)(p + 32 + 32 * (c >> 1)), q1 = *(const uint4*)(p + 48 + 32 * (c >> 1));
+            const u16* hp = (const u16*)(sh + rr * RH + 14 * lb);  // scales[12], d: 2-byte aligned
+            const u32 lo = (u32)hp[2 * (c & 1)] | ((u32)hp[2 * (c & 1) + 1] << 16);
+            const u32 hi = (u32)hp[4] | ((u32)hp[5] << 16);
+            const u32 sc = ((lo >> (4 * (c >> 1))) & 0x0f0f0f0fu) | (((hi >> hb) & 0x03030303u) << 4);
+            auto f = [&](u32 q, u32 h, int s, int b) { return ((q >> s) & 0x03030303u) | (((h >> b) & 0x01010101u) << 2); };
+            const int i0 = dp4a_us(f(q0.w, h0.w, s0, hb), xv[0].w, dp4a_us(f(q0.z, h0.z, s0, hb), xv[0].z,
+                           dp4a_us(f(q0.y, h0.y, s0, hb), xv[0].y, dp4a_us(f(q0.x, h0.x, s0, hb), xv[0].x, 0))));
+            const int i1 = dp4a_us(f(q1.w, h1.w, s0, hb), xv[1].w, dp4a_us(f(q1.z, h1.z, s0, hb), xv[1].z,
+                           dp4a_us(f(q1.y, h1.y, s0, hb), xv[1].y, dp4a_us(f(q1.x, h1.x, s0, hb), xv[1].x, 0))));
+            const int i2 = dp4a_us(f(q0.w, h0.w, s0 + 2, hb + 1), xv[2].w, dp4a_us(f(q0.z, h0.z, s0 + 2, hb + 1), xv[2].z,
+                           dp4a_us(f(q0.y, h0.y, s0 + 2, hb + 1), xv[2].y, dp4a_us(f(q0.x, h0.x, s0 + 2, hb + 1), xv[2].x, 0))));
+            const int i3 = dp4a_us(f(q1.w, h1.w, s0 + 2, hb + 1), xv[3].w, dp4a_us(f(q1.z, h1.z, s0 + 2, hb + 1), xv[3].z,
+                           dp4a_us(f(q1.y, h1.y, s0 + 2, hb + 1), xv[3].y, dp4a_us(f(q1.x, h1.x, s0 + 2, hb + 1), xv[3].x, 0))));
+            float t = (gp_byte0(sc) - 32.0f) * fmaf(xs[0].x, (float)i0, -4.0f * xs[0].y);
+            t = fmaf(gp_byte1(sc) - 32.0f, fmaf(xs[1].x, (float)i1, -4.0f * xs[1].y), t);
+            t = fmaf(gp_byte2(sc) - 32.0f, fmaf(xs[2].x, (float)i2, -4.0f * xs[2].y), t);
+            t = fmaf(gp_byte3(sc) - 32.0f, fmaf(xs[3].x, (float)i3, -4.0f * xs[3].y), t);
+            acc[rr][0] = fmaf(h2f(hp[6]), t, acc[rr][0]);
         }
     }
 };
@@ -590,3 +633,4 @@ GEMVP_TYPE(q5_0, X8<TQ5_0>)
 GEMVP_TYPE(q5_1, X8<TQ5_1>)
 GEMVP_TYPE(iq4_nl, X8<TIQ4_NL>)
 GEMVP_TYPE(q6_k, TQ6_K)
+GEMVP_TYPE(q3_k, TQ3_K)

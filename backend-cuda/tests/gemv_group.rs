@@ -103,7 +103,7 @@ fn segmented_gemv_kernels_match_the_oracle() {
         GroupKernel::TwoKernels
     };
     // (type, segment rows, x offset in elements, the kernel the group must run)
-    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 14] = [
+    let cases: [(DType, &[usize], usize, Option<GroupKernel>); 16] = [
         (
             DType::Q4_K,
             &[256, 66, 66],
@@ -174,6 +174,13 @@ fn segmented_gemv_kernels_match_the_oracle() {
             &[130, 34],
             0,
             Some(piped(&be, DType::Q6_K, one)),
+        ),
+        (DType::Q2_K, &[1030, 257, 255], 0, Some(one)),
+        (
+            DType::Q3_K,
+            &[258, 66, 67],
+            0,
+            Some(piped(&be, DType::Q3_K, one)),
         ),
         (DType::BF16, &[258, 66, 67], 0, Some(GroupKernel::Float)),
         (DType::F32, &[100, 30, 1], 0, Some(GroupKernel::Float)),
@@ -279,7 +286,7 @@ fn glu_mode_kernels_match_the_oracle() {
     } else {
         GroupKernel::TwoKernels
     };
-    let cases: [(DType, usize, GroupKernel); 10] = [
+    let cases: [(DType, usize, GroupKernel); 11] = [
         (DType::Q4_K, 259, piped(&be, DType::Q4_K, one)),
         (DType::Q5_K, 259, piped(&be, DType::Q5_K, one)),
         (DType::IQ4_XS, 259, piped(&be, DType::IQ4_XS, one)),
@@ -301,6 +308,7 @@ fn glu_mode_kernels_match_the_oracle() {
         ),
         (DType::Q8_0, 259, GroupKernel::TwoKernels),
         (DType::Q6_K, 259, piped(&be, DType::Q6_K, one)),
+        (DType::Q3_K, 259, piped(&be, DType::Q3_K, one)),
         (DType::BF16, 259, GroupKernel::Float),
         (DType::F32, 131, GroupKernel::Float),
     ];

@@ -339,8 +339,8 @@ fn matmul_mma_all_block_types_match_the_int8_x_oracle() {
 /// (a partial last group of 4 rows), x at a 16-byte aligned offset and at a 4-byte one (where
 /// gemv1 does not apply and the two-kernel path runs). Both round x the same way, so each must
 /// match the f64 product of the exact weights and the int8-rounded x (nmse ≤ 1e-9), and the
-/// exact-x product within the int8 bound. The pipelined kernel's types (`gemv_pipe_types`: Q4_K,
-/// Q5_K, Q6_K, IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) also through `gemvp_<type>` (quant_x_q4_k2's lane
+/// exact-x product within the int8 bound. The pipelined kernel's types (`gemv_pipe_types`: Q3_K,
+/// Q4_K, Q5_K, Q6_K, IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) also through `gemvp_<type>` (quant_x_q4_k2's lane
 /// order; sm_90+), which must meet the same bounds.
 #[test]
 fn gemv_m1_one_and_two_kernel_paths_match_the_int8_x_oracle() {

@@ -21,6 +21,9 @@
 //!   d of random sign (zero-mean over blocks); |w| ≤ 0.049 (d rounded to f16).
 //! - Q6_K: random 6-bit quants (ql, qh), random i8 sub-block scales in [−32, 31], d = 4e-5·(0.5 +
 //!   u): w = d·sc·(q − 32), zero-mean over sub-blocks, |w| ≤ 0.062.
+//! - Q2_K: random 2-bit quants, per sub-block sc = m random 1..15, d = 1.3e-3·(0.5 + u), dmin =
+//!   1.5·d: w = d·sc·(q − 1.5), zero-mean, |w| ≤ 0.045. Q3_K: random quants, hmask and 6-bit
+//!   scales (both signs), d = 3e-4·(0.5 + u): |w| ≤ 0.058.
 //! - Norm weights: f32 ones. u is uniform in [0, 1) from the same generator.
 //!
 //! Generation is parallel: each tensor is cut into 4 MiB chunks of whole blocks, one SplitMix64
@@ -115,7 +118,7 @@ pub fn preset(name: &str) -> Option<Preset> {
 }
 
 /// The weight types the generator makes.
-pub const SYNTH_TYPES: [DType; 13] = [
+pub const SYNTH_TYPES: [DType; 15] = [
     DType::F32,
     DType::F16,
     DType::BF16,
@@ -129,6 +132,8 @@ pub const SYNTH_TYPES: [DType; 13] = [
     DType::Q5_1,
     DType::IQ4_NL,
     DType::Q6_K,
+    DType::Q2_K,
+    DType::Q3_K,
 ];
 
 /// One line saying how the weights of `dt` were made (for the output and the log).
@@ -143,6 +148,12 @@ pub fn how_made(dt: DType, seed: u64) -> String {
         }
         DType::IQ4_XS => {
             "IQ4_XS: random nibbles and 6-bit sub-block scales, d = 1e-5*(0.5+u) => w = d*(ls-32)*kvalue, |w| <= 0.061"
+        }
+        DType::Q2_K => {
+            "Q2_K: random 2-bit quants, per sub-block sc = m = 1..15, d = 1.3e-3*(0.5+u), dmin = 1.5*d => w = d*sc*(q-1.5), |w| <= 0.045"
+        }
+        DType::Q3_K => {
+            "Q3_K: random quants, hmask and 6-bit scales, d = 3e-4*(0.5+u) => w = d*(sc-32)*(q-4), |w| <= 0.058"
         }
         DType::Q6_K => {
             "Q6_K: random 6-bit quants, random i8 scales in [-32, 31], d = 4e-5*(0.5+u) => w = d*sc*(q-32), |w| <= 0.062"
@@ -369,6 +380,27 @@ fn fill_chunk(dt: DType, buf: &mut [u8], r: &mut Rng) {
                 blk[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
             }
         }
+        DType::Q2_K => {
+            // scales[16] @0 (sc = m), qs[64] @16 random, d @80, dmin @82.
+            for blk in buf.chunks_exact_mut(84) {
+                random_bytes(&mut blk[..80], r);
+                for b in &mut blk[..16] {
+                    let v = 1 + *b % 15;
+                    *b = v | (v << 4);
+                }
+                let d = 1.3e-3 * (0.5 + unit(r));
+                blk[80..82].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+                blk[82..84].copy_from_slice(&f16::from_f32(1.5 * d).to_le_bytes());
+            }
+        }
+        DType::Q3_K => {
+            // hmask, qs, scales random, d f16 @108.
+            for blk in buf.chunks_exact_mut(110) {
+                random_bytes(&mut blk[..108], r);
+                let d = 3e-4 * (0.5 + unit(r));
+                blk[108..].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            }
+        }
         DType::Q6_K => {
             // ql[128], qh[64] random, scales i8[16] @192 in [-32, 31], d f16 @208.
             for blk in buf.chunks_exact_mut(210) {
@@ -474,6 +506,8 @@ mod tests {
             (DType::Q5_1, 0.049, 2e-3),
             (DType::IQ4_NL, 0.049, 2e-3),
             (DType::Q6_K, 0.062, 2e-3),
+            (DType::Q2_K, 0.046, 2e-3),
+            (DType::Q3_K, 0.058, 2e-3),
         ] {
             let bytes = fill(dt, 256 * 64, false, 7, 1, 3).unwrap();
             let v = kiln_core::quant::dequantize_vec(dt, &bytes).unwrap();

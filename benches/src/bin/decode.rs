@@ -5,7 +5,7 @@
 //! the device-to-device copy bandwidth measured in the same run (roofline: bytes / copy GB/s).
 //!
 //! `decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-8b-rank2|llama3-1b|tiny|PATH
-//!  [--wtype q4_k|q5_k|q6_k|iq4_xs|q4_0|q5_0|iq4_nl|bf16|q8_0|f16|f32 ...] [--batch 1,8,32] [--ctx 512] [--steps 64]
+//!  [--wtype TYPE: q4_k|q5_k|q6_k|q2_k|q3_k|iq4_xs|q4_0|q5_0|iq4_nl|bf16|q8_0|f16|f32 ...] [--batch 1,8,32] [--ctx 512] [--steps 64]
 //!  [--graph on|off|both] [--seed S] [--kv f16|f32|bf16] [--copy-mib N] [--json FILE] [--tp N]`
 //! `--tp N` runs the model tensor-parallel over devices `device .. device+N` (NCCL all-reduce
 //! on CUDA, host-staged elsewhere; no graphs: a group's step is not captured); bytes per step
@@ -68,7 +68,7 @@ fn parse() -> Result<Opts> {
         let flag = argv[i].as_str();
         if flag == "--help" || flag == "-h" {
             println!(
-                "decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-8b-rank2|llama3-1b|tiny|PATH [--wtype q4_k|q5_k|q6_k|iq4_xs|q4_0|q5_0|iq4_nl|bf16|q8_0|f16|f32 ...] [--batch 1,8,32] [--ctx 512] [--steps 64] [--graph on|off|both] [--seed S] [--kv f16] [--copy-mib N] [--json FILE] [--profile on]"
+                "decode --backend cuda|wgpu|reference [--device N] --model llama3-8b|llama3-8b-rank2|llama3-1b|tiny|PATH [--wtype TYPE: q4_k|q5_k|q6_k|q2_k|q3_k|iq4_xs|q4_0|q5_0|iq4_nl|bf16|q8_0|f16|f32 ...] [--batch 1,8,32] [--ctx 512] [--steps 64] [--graph on|off|both] [--seed S] [--kv f16] [--copy-mib N] [--json FILE] [--profile on]"
             );
             std::process::exit(0);
         }

@@ -15,8 +15,8 @@
 //! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
 //! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
 //! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
-//! errors are `matmul`'s). Groups of the pipelined kernel's types (Q4_K, Q5_K, Q6_K, IQ4_XS,
-//! Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) take it (`quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>`,
+//! errors are `matmul`'s). Groups of the pipelined kernel's types (Q3_K, Q4_K, Q5_K, Q6_K,
+//! IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) take it (`quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>`,
 //! kernels/gemv_pipe.cuh) wherever the single-weight m = 1
 //! matmul would ([`super::pipe`]: sm_90, k a multiple of 2048, aligned weights, not on a device
 //! of an all-reduce group; `KILN_GEMV_PIPE_GROUP=0` keeps groups off it for A/B). The other

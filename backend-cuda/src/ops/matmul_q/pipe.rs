@@ -1,5 +1,5 @@
 //! The pipelined m = 1 GEMV (`quant_x_q4_k2` + `gemvp_<type>`, kernels/gemv_pipe.cuh) of Q4_K,
-//! Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
+//! Q3_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
 //!
 //! Every warp owns a ring of shared-memory stages that the bulk copy engine fills (one
 //! `cp.async.bulk` per W row and step, completing on an mbarrier) one stage ahead of the one it
@@ -10,10 +10,10 @@
 //! (quant_x + gemv8 on the model grid → this path); in a dependent chain 6.79 → 6.44, 16.59 →
 //! 13.19, 13.94 → 13.28. The other types take the same pipeline with their own 64-weight decode;
 //! each made the Llama-3-8B-shaped batch-1 decode step faster (H200, BENCHMARKS.md stop 23: Q5_K
-//! 2.95 → 2.29 ms, Q6_K 2.65 → 2.52, IQ4_XS 3.11 → 2.72, IQ4_NL 3.07 → 2.65, Q4_0 2.11 → 1.97,
-//! Q5_0 2.54 → 2.38, Q5_1 2.49 → 2.38, Q4_1 2.13 → 2.11). Q8_0 through it (8 blocks as one
-//! 272-byte unit: one 139 KB block per SM) made that step slower (2.76 → 3.12 ms) and stays on
-//! gemv8; Q2_K and Q3_K have no 64-weight decode here yet.
+//! 2.95 → 2.29 ms, Q6_K 2.65 → 2.52, Q3_K 2.40 → 2.18, IQ4_XS 3.11 → 2.72, IQ4_NL 3.07 → 2.65,
+//! Q4_0 2.11 → 1.97, Q5_0 2.54 → 2.38, Q5_1 2.49 → 2.38, Q4_1 2.13 → 2.11). Two types were
+//! slower through it and stay on gemv8: Q8_0 (8 blocks as one 272-byte unit: one 139 KB block
+//! per SM; 2.76 → 3.12 ms) and Q2_K (its GEMV faster back to back, the step 1.887 → 1.914 ms).
 //!
 //! It applies on sm_90+ (the copy engine), for rows of a whole number of 8-block steps (k a
 //! multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
@@ -56,7 +56,7 @@ const fn x8(head: usize) -> usize {
     8 * (16 + head)
 }
 
-const PIPE_TYPES: [PipeType; 9] = [
+const PIPE_TYPES: [PipeType; 10] = [
     PipeType {
         dtype: DType::Q4_K,
         block: 144,
@@ -115,6 +115,13 @@ const PIPE_TYPES: [PipeType; 9] = [
         glu: "gemvpg_q6_k",
     },
     PipeType {
+        dtype: DType::Q3_K,
+        block: 96 + 14,
+        one: "gemvp_q3_k",
+        segs: "gemvps_q3_k",
+        glu: "gemvpg_q3_k",
+    },
+    PipeType {
         dtype: DType::IQ4_NL,
         block: x8(2),
         one: "gemvp_iq4_nl",
@@ -129,7 +136,7 @@ pub(crate) fn pipe_type(dt: DType) -> Option<&'static PipeType> {
 }
 
 /// The weight types the pipelined m = 1 kernel takes (on sm_90+, k a multiple of 2048).
-pub fn gemv_pipe_types() -> [DType; 9] {
+pub fn gemv_pipe_types() -> [DType; 10] {
     PIPE_TYPES.map(|p| p.dtype)
 }
 
