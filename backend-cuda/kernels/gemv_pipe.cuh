@@ -244,6 +244,18 @@ __device__ __forceinline__ void iq4_pair(u32 w, u32& lo, u32& hi) {
     hi = __byte_perm(v0, v1, 0x7531u);
 }
 
+// i0 += Σ table[low nibbles of q]·xa, i1 += Σ table[high nibbles]·xb (16 signed products each).
+__device__ __forceinline__ void iq4_dots(const uint4& q, const uint4& xa, const uint4& xb, int& i0, int& i1) {
+    const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        u32 lo, hi;
+        iq4_pair(w[i], lo, hi);
+        i0 = dp4a_ss(lo, a[i], i0);
+        i1 = dp4a_ss(hi, b[i], i1);
+    }
+}
+
 // IQ4_XS (body qs[128] | head d f16 @0, scales_h u16 @2, scales_l[4] @4) in TQ4_K2's order: the
 // lane's sub-blocks 2c and 2c + 1 are q0 = qs[32c ..] (low nibbles: run 0, high: run 1) and q1 =
 // qs[32c + 16 ..] (runs 2, 3); their 6-bit scales are nibble 0 / 1 of scales_l[c] with bits
@@ -263,15 +275,8 @@ template <> struct GP<TIQ4_XS> {
             const int ls0 = (int)((sl & 15u) | ((shh & 3u) << 4)) - 32;
             const int ls1 = (int)(((sl >> 4) & 15u) | (((shh >> 2) & 3u) << 4)) - 32;
             int i0 = 0, i1 = 0, i2 = 0, i3 = 0;
-            u32 l, h;
-            iq4_pair(q0.x, l, h); i0 = dp4a_ss(l, xv[0].x, i0); i1 = dp4a_ss(h, xv[1].x, i1);
-            iq4_pair(q0.y, l, h); i0 = dp4a_ss(l, xv[0].y, i0); i1 = dp4a_ss(h, xv[1].y, i1);
-            iq4_pair(q0.z, l, h); i0 = dp4a_ss(l, xv[0].z, i0); i1 = dp4a_ss(h, xv[1].z, i1);
-            iq4_pair(q0.w, l, h); i0 = dp4a_ss(l, xv[0].w, i0); i1 = dp4a_ss(h, xv[1].w, i1);
-            iq4_pair(q1.x, l, h); i2 = dp4a_ss(l, xv[2].x, i2); i3 = dp4a_ss(h, xv[3].x, i3);
-            iq4_pair(q1.y, l, h); i2 = dp4a_ss(l, xv[2].y, i2); i3 = dp4a_ss(h, xv[3].y, i3);
-            iq4_pair(q1.z, l, h); i2 = dp4a_ss(l, xv[2].z, i2); i3 = dp4a_ss(h, xv[3].z, i3);
-            iq4_pair(q1.w, l, h); i2 = dp4a_ss(l, xv[2].w, i2); i3 = dp4a_ss(h, xv[3].w, i3);
+            iq4_dots(q0, xv[0], xv[1], i0, i1);
+            iq4_dots(q1, xv[2], xv[3], i2, i3);
             const float t0 = fmaf(xs[1].x, (float)i1, xs[0].x * (float)i0);
             const float t1 = fmaf(xs[3].x, (float)i3, xs[2].x * (float)i2);
             const float d = h2f((u16)(hv.x & 0xffffu));
@@ -355,18 +360,21 @@ template <> struct GP32<TQ4_1> {  // head d, m; w = d·q + m
     }
 };
 // Q5_0 / Q5_1: the fifth bit of element e is bit e of qh (low nibble of byte l: e = l, high: 16 + l).
+__device__ __forceinline__ void q5_dots(const uint4& q, u32 qh, const uint4& xa, const uint4& xb, int& i0, int& i1) {
+    const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, b[4] = {xb.x, xb.y, xb.z, xb.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
+        i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), b[i], i1);
+    }
+}
 template <> struct GP32<TQ5_0> {  // head d, qh (u16-aligned); w = d·(q5 − 16)
     static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
         const uint4 q = *(const uint4*)b;
         const u32 qh = (u32)((const u16*)h)[1] | ((u32)((const u16*)h)[2] << 16);
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
-            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), c[i], i1);
-        }
+        q5_dots(q, qh, xa, xb, i0, i1);
         const float d = h2f(((const u16*)h)[0]);
         return d * (fmaf(sb.x, (float)i1, sa.x * (float)i0) - 16.0f * (sa.y + sb.y));
     }
@@ -378,28 +386,15 @@ template <> struct GP32<TQ5_1> {  // head d, m, qh; w = d·q5 + m
         const uint2 hv = *(const uint2*)h;
         const u32 qh = hv.y;
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            i0 = dp4a_us((w[i] & 0x0f0f0f0fu) | (spread4((qh >> (4 * i)) & 15u) << 4), a[i], i0);
-            i1 = dp4a_us(((w[i] >> 4) & 0x0f0f0f0fu) | (spread4((qh >> (16 + 4 * i)) & 15u) << 4), c[i], i1);
-        }
+        q5_dots(q, qh, xa, xb, i0, i1);
         return fmaf(h2f((u16)(hv.x & 0xffffu)), fmaf(sb.x, (float)i1, sa.x * (float)i0), h2f((u16)(hv.x >> 16)) * (sa.y + sb.y));
     }
 };
 template <> struct GP32<TIQ4_NL> {  // head d; w = d·table[nibble] (signed)
     static __device__ __forceinline__ float block(const u8* b, const u8* h, const uint4& xa, const uint4& xb,
                                                   float2 sa, float2 sb) {
-        const uint4 q = *(const uint4*)b;
         int i0 = 0, i1 = 0;
-        const u32 w[4] = {q.x, q.y, q.z, q.w}, a[4] = {xa.x, xa.y, xa.z, xa.w}, c[4] = {xb.x, xb.y, xb.z, xb.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            u32 lo, hi;
-            iq4_pair(w[i], lo, hi);
-            i0 = dp4a_ss(lo, a[i], i0);
-            i1 = dp4a_ss(hi, c[i], i1);
-        }
+        iq4_dots(*(const uint4*)b, xa, xb, i0, i1);
         return h2f(*(const u16*)h) * fmaf(sb.x, (float)i1, sa.x * (float)i0);
     }
 };
@@ -426,8 +421,9 @@ template <class T32> struct GP<X8<T32>> {
     }
 };
 
-// gemvp_<type> body. T: the weight type (TQ4_K2 for Q4_K: its decode is gp_q4k_step); TW: the
-// type whose block layout the bytes have (TQ4_K for TQ4_K2). R rows per group, D stages per
+// gemvp_<type> body. T: the x order (TQ4_K2 for kiln's kernels: decoded by GP<TW>::step; the
+// lab also runs a type's own order through the generic per-run decode); TW: the type whose block
+// layout the bytes have. R rows per group, D stages per
 // warp, U steps per stage (one bulk copy of U·BPS blocks per row and stage).
 // NS weight segments / GLU as the `*s_` / `*g_` kernels of gemv_segs.cuh (groups numbered over
 // the segments; GLU: R/2 gate and R/2 up rows per group, act(gate)·up stored); the single-weight
