@@ -39,41 +39,39 @@ const PIPE_BLOCKS_PER_SM: usize = 2;
 /// Blocks per step and row (32 lanes × 64 weights = 8 blocks of 256).
 const PIPE_BPS: usize = 8;
 
-/// A weight type the pipelined kernel takes (kernels/gemv_pipe.cuh `GEMVP_TYPE`): its bytes per
-/// block in the ring (body + head) and its kernels for one weight, for weight segments and for
-/// a gate/up pair with the GLU.
+/// A weight type the pipelined kernel takes (kernels/gemv_pipe.cuh `GEMVP_TYPE`) and its kernels
+/// for one weight, for weight segments and for a gate/up pair with the GLU.
 #[derive(Debug)]
 pub(crate) struct PipeType {
     pub(crate) dtype: DType,
-    block: usize,
     pub(crate) one: &'static str,
     pub(crate) segs: &'static str,
     pub(crate) glu: &'static str,
 }
 
-/// 8 blocks of a 32-element type (16-byte body + `head`-byte head) as one ring "block".
-const fn x8(head: usize) -> usize {
-    8 * (16 + head)
+impl PipeType {
+    /// Bytes of one ring "block" of 256 weights (body + head): a 256-element block, or 8 blocks
+    /// of a 32-element type (`X8` in the kernel).
+    const fn block(&self) -> usize {
+        256 / self.dtype.block_size() * self.dtype.block_bytes()
+    }
 }
 
 const PIPE_TYPES: [PipeType; 10] = [
     PipeType {
         dtype: DType::Q4_K,
-        block: 144,
         one: "gemvp_q4_k",
         segs: "gemvps_q4_k",
         glu: "gemvpg_q4_k",
     },
     PipeType {
         dtype: DType::Q5_K,
-        block: 176,
         one: "gemvp_q5_k",
         segs: "gemvps_q5_k",
         glu: "gemvpg_q5_k",
     },
     PipeType {
         dtype: DType::IQ4_XS,
-        block: 128 + 8,
         one: "gemvp_iq4_xs",
         segs: "gemvps_iq4_xs",
         glu: "gemvpg_iq4_xs",
@@ -81,49 +79,42 @@ const PIPE_TYPES: [PipeType; 10] = [
     // The 32-element types, 8 blocks per ring block (kernels/gemv_pipe.cuh `X8`).
     PipeType {
         dtype: DType::Q4_0,
-        block: x8(2),
         one: "gemvp_q4_0",
         segs: "gemvps_q4_0",
         glu: "gemvpg_q4_0",
     },
     PipeType {
         dtype: DType::Q4_1,
-        block: x8(4),
         one: "gemvp_q4_1",
         segs: "gemvps_q4_1",
         glu: "gemvpg_q4_1",
     },
     PipeType {
         dtype: DType::Q5_0,
-        block: x8(6),
         one: "gemvp_q5_0",
         segs: "gemvps_q5_0",
         glu: "gemvpg_q5_0",
     },
     PipeType {
         dtype: DType::Q5_1,
-        block: x8(8),
         one: "gemvp_q5_1",
         segs: "gemvps_q5_1",
         glu: "gemvpg_q5_1",
     },
     PipeType {
         dtype: DType::Q6_K,
-        block: 208 + 2,
         one: "gemvp_q6_k",
         segs: "gemvps_q6_k",
         glu: "gemvpg_q6_k",
     },
     PipeType {
         dtype: DType::Q3_K,
-        block: 96 + 14,
         one: "gemvp_q3_k",
         segs: "gemvps_q3_k",
         glu: "gemvpg_q3_k",
     },
     PipeType {
         dtype: DType::IQ4_NL,
-        block: x8(2),
         one: "gemvp_iq4_nl",
         segs: "gemvps_iq4_nl",
         glu: "gemvpg_iq4_nl",
@@ -217,7 +208,7 @@ impl CudaBackend {
         k: usize,
     ) -> Result<(CudaFunction, LaunchConfig, i32)> {
         let f = self.function(&MATMUL_Q, name)?;
-        let smem = pipe_smem(pt.block);
+        let smem = pipe_smem(pt.block());
         self.allow_smem(&f, smem)?;
         let sms = self.info.caps.compute_units.max(1) as usize;
         let occ = self
@@ -310,16 +301,16 @@ mod tests {
     fn pipe_grid_and_smem_match_the_lab() {
         // The kernel's GP_SMEM(TQ4_K2, TQ4_K, 4, 2, 256, 1) = 8 warps × (2·4·8·144 + 16);
         // Q5_K 8 × (2·4·8·176 + 16), IQ4_XS 8 × (2·4·8·(128 + 8) + 16).
-        assert_eq!(pipe_smem(pipe_type(DType::Q4_K).unwrap().block), 73856);
-        assert_eq!(pipe_smem(pipe_type(DType::Q5_K).unwrap().block), 90240);
-        assert_eq!(pipe_smem(pipe_type(DType::IQ4_XS).unwrap().block), 69760);
+        assert_eq!(pipe_smem(pipe_type(DType::Q4_K).unwrap().block()), 73856);
+        assert_eq!(pipe_smem(pipe_type(DType::Q5_K).unwrap().block()), 90240);
+        assert_eq!(pipe_smem(pipe_type(DType::IQ4_XS).unwrap().block()), 69760);
         // Q5_0: 8 blocks of 16 + 6 bytes.
         assert_eq!(
-            pipe_smem(pipe_type(DType::Q5_0).unwrap().block),
+            pipe_smem(pipe_type(DType::Q5_0).unwrap().block()),
             8 * (2 * 4 * 8 * 176 + 16)
         );
         assert_eq!(
-            pipe_smem(pipe_type(DType::Q6_K).unwrap().block),
+            pipe_smem(pipe_type(DType::Q6_K).unwrap().block()),
             8 * (2 * 4 * 8 * 210 + 16)
         );
         assert!(pipe_type(DType::Q8_0).is_none() && pipe_type(DType::Q2_K).is_none());
