@@ -44,9 +44,10 @@
 #include "quant.cuh"
 #include "bulk.cuh"
 
-// Q4_K in a 64-weight lane order (only the x layout of quant_x_q4_k2 and gemvp_q4_k use it):
-// chunk c (0..3) = qs[32c .. 32c + 32] of a block, runs r = 0..3: elements 64c + 32·(r >> 1) +
-// 16·(r & 1) + l (run 0/1: low nibbles of qs bytes 0..15 / 16..31, run 2/3: their high nibbles).
+// The 64-weight lane order (the x layout quant_x_q4_k2 writes and every gemvp_<type> reads):
+// chunk c (0..3) of a 256-element block, runs r = 0..3: elements 64c + 32·(r >> 1) + 16·(r & 1)
+// + l = 64c + 16r + l (for Q4_K: run 0/1 the low nibbles of qs[32c ..] bytes 0..15 / 16..31, run
+// 2/3 their high nibbles).
 struct TQ4_K2 {
     static constexpr int QK = 256, CHUNKS = 4, RUNS = 4, BODY = 144, HEAD = 0;
     static __device__ __forceinline__ int run_start(int c, int r) { return 64 * c + 32 * (r >> 1) + 16 * (r & 1); }
@@ -126,6 +127,15 @@ __device__ __forceinline__ float gp_byte1(u32 v) { return __uint_as_float(__byte
 __device__ __forceinline__ float gp_byte2(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7652u)) - 8388608.0f; }
 __device__ __forceinline__ float gp_byte3(u32 v) { return __uint_as_float(__byte_perm(v, 0x4B000000u, 0x7653u)) - 8388608.0f; }
 
+// The 6-bit (scale, min) pairs of sub-blocks 2c (byte 0) and 2c + 1 (byte 1) of a Q4_K / Q5_K
+// block from its header words hd.y..hd.w (k4_scale_pairs with lane-constant selects).
+__device__ __forceinline__ void gp_k4_pairs(const uint4& hd, int c, u32& sc, u32& mn) {
+    const int sh16 = 16 * (c & 1);
+    const u32 a = hd.y >> sh16, b = hd.z >> sh16, e = hd.w >> sh16;
+    sc = c < 2 ? (a & 0x3f3fu) : ((e & 0x0f0fu) | ((a >> 2) & 0x3030u));
+    mn = c < 2 ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+}
+
 // One step of Q4_K in the TQ4_K2 order: lane L = block L / 4 of the stage, sub-block pair
 // c = L % 4 (2c: low nibbles, 2c + 1: high nibbles). acc[rr] += Σ w·x over the lane's 64
 // weights of row rr: d·(sc0·(dx0·i0 + dx1·i1) + sc1·(dx2·i2 + dx3·i3)/16) − dmin·(m0·Σx01 + m1·Σx23),
@@ -134,8 +144,6 @@ template <int R, int SB>
 __device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uint4 (&xv)[4], const float2 (&xs)[4],
                                             float (&acc)[R][1]) {
     const int lb = lane >> 2, c = lane & 3;
-    const int sh16 = 16 * (c & 1);
-    const bool lo = c < 2;
     const float dx0 = xs[0].x, dx1 = xs[1].x, dx2 = xs[2].x * 0.0625f, dx3 = xs[3].x * 0.0625f;
     const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
 #pragma unroll
@@ -144,10 +152,8 @@ __device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uin
         const uint4 hd = *(const uint4*)p;
         const uint4 q0 = *(const uint4*)(p + 16 + 32 * c);
         const uint4 q1 = *(const uint4*)(p + 32 + 32 * c);
-        // 6-bit (scale, min) of sub-blocks 2c (byte 0) and 2c + 1 (byte 1): k4_scale_pairs.
-        const u32 a = hd.y >> sh16, b = hd.z >> sh16, e = hd.w >> sh16;
-        const u32 sc = lo ? (a & 0x3f3fu) : ((e & 0x0f0fu) | ((a >> 2) & 0x3030u));
-        const u32 mn = lo ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+        u32 sc, mn;
+        gp_k4_pairs(hd, c, sc, mn);
         const int i0 = dp4a_us(q0.w & 0x0f0f0f0fu, xv[0].w, dp4a_us(q0.z & 0x0f0f0f0fu, xv[0].z,
                        dp4a_us(q0.y & 0x0f0f0f0fu, xv[0].y, dp4a_us(q0.x & 0x0f0f0f0fu, xv[0].x, 0))));
         const int i1 = dp4a_us(q1.w & 0x0f0f0f0fu, xv[1].w, dp4a_us(q1.z & 0x0f0f0f0fu, xv[1].z,
@@ -195,9 +201,7 @@ template <> struct GP<TQ5_K> {
     template <int R, int RB, int RH>
     static __device__ __forceinline__ void step(const u8* sb, const u8*, int lane, const uint4 (&xv)[4],
                                                 const float2 (&xs)[4], float (&acc)[R][1]) {
-        const int lb = lane >> 2, c = lane & 3;
-        const int sh16 = 16 * (c & 1), hs = 2 * c;
-        const bool lo = c < 2;
+        const int lb = lane >> 2, c = lane & 3, hs = 2 * c;
         const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
 #pragma unroll
         for (int rr = 0; rr < R; rr++) {
@@ -205,9 +209,8 @@ template <> struct GP<TQ5_K> {
             const uint4 hd = *(const uint4*)p;
             const uint4 h0 = *(const uint4*)(p + 16), h1 = *(const uint4*)(p + 32);
             const uint4 q0 = *(const uint4*)(p + 48 + 32 * c), q1 = *(const uint4*)(p + 64 + 32 * c);
-            const u32 a = hd.y >> sh16, b = hd.z >> sh16, e = hd.w >> sh16;
-            const u32 sc = lo ? (a & 0x3f3fu) : ((e & 0x0f0fu) | ((a >> 2) & 0x3030u));
-            const u32 mn = lo ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
+            u32 sc, mn;
+            gp_k4_pairs(hd, c, sc, mn);
             const u32 g0x = h0.x >> hs, g0y = h0.y >> hs, g0z = h0.z >> hs, g0w = h0.w >> hs;
             const u32 g1x = h1.x >> hs, g1y = h1.y >> hs, g1z = h1.z >> hs, g1w = h1.w >> hs;
             const int i0 = dp4a_us(q5k_lo(q0.w, g0w), xv[0].w, dp4a_us(q5k_lo(q0.z, g0z), xv[0].z,
