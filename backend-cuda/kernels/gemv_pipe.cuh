@@ -136,41 +136,6 @@ __device__ __forceinline__ void gp_k4_pairs(const uint4& hd, int c, u32& sc, u32
     mn = c < 2 ? (b & 0x3f3fu) : (((e >> 4) & 0x0f0fu) | ((b >> 2) & 0x3030u));
 }
 
-// One step of Q4_K in the TQ4_K2 order: lane L = block L / 4 of the stage, sub-block pair
-// c = L % 4 (2c: low nibbles, 2c + 1: high nibbles). acc[rr] += Σ w·x over the lane's 64
-// weights of row rr: d·(sc0·(dx0·i0 + dx1·i1) + sc1·(dx2·i2 + dx3·i3)/16) − dmin·(m0·Σx01 + m1·Σx23),
-// i_r the dp4a sums of run r (i2, i3 on the nibbles in place: 16× the value, exact in int32).
-template <int R, int SB>
-__device__ __forceinline__ void gp_q4k_step(const u8* stage, int lane, const uint4 (&xv)[4], const float2 (&xs)[4],
-                                            float (&acc)[R][1]) {
-    const int lb = lane >> 2, c = lane & 3;
-    const float dx0 = xs[0].x, dx1 = xs[1].x, dx2 = xs[2].x * 0.0625f, dx3 = xs[3].x * 0.0625f;
-    const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
-#pragma unroll
-    for (int rr = 0; rr < R; rr++) {
-        const u8* p = stage + rr * SB + lb * 144;
-        const uint4 hd = *(const uint4*)p;
-        const uint4 q0 = *(const uint4*)(p + 16 + 32 * c);
-        const uint4 q1 = *(const uint4*)(p + 32 + 32 * c);
-        u32 sc, mn;
-        gp_k4_pairs(hd, c, sc, mn);
-        const int i0 = dp4a_us(q0.w & 0x0f0f0f0fu, xv[0].w, dp4a_us(q0.z & 0x0f0f0f0fu, xv[0].z,
-                       dp4a_us(q0.y & 0x0f0f0f0fu, xv[0].y, dp4a_us(q0.x & 0x0f0f0f0fu, xv[0].x, 0))));
-        const int i1 = dp4a_us(q1.w & 0x0f0f0f0fu, xv[1].w, dp4a_us(q1.z & 0x0f0f0f0fu, xv[1].z,
-                       dp4a_us(q1.y & 0x0f0f0f0fu, xv[1].y, dp4a_us(q1.x & 0x0f0f0f0fu, xv[1].x, 0))));
-        const int i2 = dp4a_us(q0.w & 0xf0f0f0f0u, xv[2].w, dp4a_us(q0.z & 0xf0f0f0f0u, xv[2].z,
-                       dp4a_us(q0.y & 0xf0f0f0f0u, xv[2].y, dp4a_us(q0.x & 0xf0f0f0f0u, xv[2].x, 0))));
-        const int i3 = dp4a_us(q1.w & 0xf0f0f0f0u, xv[3].w, dp4a_us(q1.z & 0xf0f0f0f0u, xv[3].z,
-                       dp4a_us(q1.y & 0xf0f0f0f0u, xv[3].y, dp4a_us(q1.x & 0xf0f0f0f0u, xv[3].x, 0))));
-        const float t0 = fmaf(dx1, (float)i1, dx0 * (float)i0);
-        const float t1 = fmaf(dx3, (float)i3, dx2 * (float)i2);
-        const float s = fmaf(gp_byte1(sc), t1, gp_byte0(sc) * t0);
-        const float mm = fmaf(gp_byte1(mn), sy23, gp_byte0(mn) * sy01);
-        const float d = h2f((u16)(hd.x & 0xffffu)), dmin = h2f((u16)(hd.x >> 16));
-        acc[rr][0] = fmaf(-dmin, mm, fmaf(d, s, acc[rr][0]));
-    }
-}
-
 // The 64-weight steps (K2 = true: a TQ4_K2-ordered x): step<R, RB, RH>(sb, sh, lane, xv, xs, acc)
 // adds this lane's 64 products of each of the R rows, sb / sh: the step's body / head bytes of
 // row 0 (row rr at + rr·RB / + rr·RH), lane L: block L / 4 of the step, sub-block pair c = L % 4.
@@ -181,10 +146,38 @@ template <> struct GP<TQ4_K> {
         ch.hd = *(const uint4*)(sb + lb * T::BODY);
         ch.q = *(const uint4*)(sb + lb * T::BODY + 16 + 16 * c);
     }
+    // Lane c: sub-block pair (2c: low nibbles, 2c + 1: high nibbles); acc[rr] += d·(sc0·(dx0·i0 +
+    // dx1·i1) + sc1·(dx2·i2 + dx3·i3)/16) − dmin·(m0·Σx01 + m1·Σx23), i_r the dp4a sums of run r
+    // (i2, i3 on the high nibbles in place: 16× the value, exact in int32).
     template <int R, int RB, int RH>
     static __device__ __forceinline__ void step(const u8* sb, const u8*, int lane, const uint4 (&xv)[4],
                                                 const float2 (&xs)[4], float (&acc)[R][1]) {
-        gp_q4k_step<R, RB>(sb, lane, xv, xs, acc);
+        const int lb = lane >> 2, c = lane & 3;
+        const float dx0 = xs[0].x, dx1 = xs[1].x, dx2 = xs[2].x * 0.0625f, dx3 = xs[3].x * 0.0625f;
+        const float sy01 = xs[0].y + xs[1].y, sy23 = xs[2].y + xs[3].y;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) {
+            const u8* p = sb + rr * RB + lb * 144;
+            const uint4 hd = *(const uint4*)p;
+            const uint4 q0 = *(const uint4*)(p + 16 + 32 * c);
+            const uint4 q1 = *(const uint4*)(p + 32 + 32 * c);
+            u32 sc, mn;
+            gp_k4_pairs(hd, c, sc, mn);
+            const int i0 = dp4a_us(q0.w & 0x0f0f0f0fu, xv[0].w, dp4a_us(q0.z & 0x0f0f0f0fu, xv[0].z,
+                           dp4a_us(q0.y & 0x0f0f0f0fu, xv[0].y, dp4a_us(q0.x & 0x0f0f0f0fu, xv[0].x, 0))));
+            const int i1 = dp4a_us(q1.w & 0x0f0f0f0fu, xv[1].w, dp4a_us(q1.z & 0x0f0f0f0fu, xv[1].z,
+                           dp4a_us(q1.y & 0x0f0f0f0fu, xv[1].y, dp4a_us(q1.x & 0x0f0f0f0fu, xv[1].x, 0))));
+            const int i2 = dp4a_us(q0.w & 0xf0f0f0f0u, xv[2].w, dp4a_us(q0.z & 0xf0f0f0f0u, xv[2].z,
+                           dp4a_us(q0.y & 0xf0f0f0f0u, xv[2].y, dp4a_us(q0.x & 0xf0f0f0f0u, xv[2].x, 0))));
+            const int i3 = dp4a_us(q1.w & 0xf0f0f0f0u, xv[3].w, dp4a_us(q1.z & 0xf0f0f0f0u, xv[3].z,
+                           dp4a_us(q1.y & 0xf0f0f0f0u, xv[3].y, dp4a_us(q1.x & 0xf0f0f0f0u, xv[3].x, 0))));
+            const float t0 = fmaf(dx1, (float)i1, dx0 * (float)i0);
+            const float t1 = fmaf(dx3, (float)i3, dx2 * (float)i2);
+            const float s = fmaf(gp_byte1(sc), t1, gp_byte0(sc) * t0);
+            const float mm = fmaf(gp_byte1(mn), sy23, gp_byte0(mn) * sy01);
+            const float d = h2f((u16)(hd.x & 0xffffu)), dmin = h2f((u16)(hd.x >> 16));
+            acc[rr][0] = fmaf(-dmin, mm, fmaf(d, s, acc[rr][0]));
+        }
     }
 };
 

@@ -219,9 +219,9 @@ impl CudaBackend {
         }
         let mut segs = GemvSegs::default();
         let (mut groups, mut bytes) = (0, 0);
+        // gemv_pipe_auto is false for a type the pipelined kernel does not take.
         let pipe_t = super::pipe::pipe_type(dt);
-        let mut pipe = pipe_t.is_some()
-            && group_pipe_on()
+        let mut pipe = group_pipe_on()
             && super::pipe::gemv_pipe_auto(dt)
             && !super::pipe::grouped(self.ctx.ordinal());
         if !self.parts_fit(&x, parts, dt, [1, k]) {
