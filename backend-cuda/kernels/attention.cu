@@ -22,7 +22,8 @@
 //   `counters`, which that CTA sets back to 0), or, if `counters` is null, by attn_combine_hd*;
 //   or, with `cluster` set (sm_90), inside a thread-block cluster holding the row tile's splits
 //   (grid x = row tile · splits + split; attn_cluster.cuh), partials in shared memory.
-//   The first NS−1 K/V tiles are requested before the Q tile is loaded.
+//   The first NS−1 K/V tiles are requested before the Q tile is loaded; with the bulk loader,
+//   their rows of keys older than this step's before the PDL wait (attn_body).
 // - prefill config (q_len > qd): ROWS = 64 rows, each warp owns 16 rows and all keys of a tile
 //   (FlashAttention-2); no KV split. Row tiles are scheduled longest (latest positions) first.
 // Per tile: K and V (BC keys × HD) are copied into shared memory (rows padded by 16 bytes so
@@ -318,6 +319,7 @@ __device__ __forceinline__ void kv_issue_bulk(const AttnArgs& a, int s, int g, i
 // lets the next kernel launch only after its wait: triggering first let a prefill call's next
 // grid sit on the SMs while the one before still ran (bench: prefill 4096 +10 %). Without
 // EARLY the caller waits first.
+#define EARLY_KV_SEQS 8
 #define ATTN_LEAVE          \
     {                       \
         if (EARLY) pdl_enter(); \
@@ -407,10 +409,29 @@ __device__ __forceinline__ void attn_body(const AttnArgs& a) {
     // Bulk: the block id of the next tile to request, read one iteration before its copy is
     // issued (its latency then hides behind a tile's math instead of stalling the issue).
     int nblk = (USE_BULK && t_begin + NS - 1 < t_end) ? kv_block_bulk<BC>(a, s, t_begin + NS - 1, klo, khi) : -1;
+    // Bulk + EARLY: a thread whose row(s) of a first tile hold keys older than this step's
+    // (position < kv_len − q_len: cached by earlier steps, whose kernels all finished before the
+    // previous kernel's wait returned; only this step's rows are the previous kernel's,
+    // rope_kv_append's) issues that copy before the wait, so the first tiles' DRAM latency
+    // overlaps the previous kernel. Rows outside [klo, khi) are zero-filled (shared memory only).
+    // Only for batches of ≤ EARLY_KV_SEQS sequences: measured on an H200 (BENCHMARKS.md stop 24)
+    // it took the batch-1 decode at ctx 4096 from 13.5 to 12.5 µs and a TP2 rank's from 6.0 to
+    // 5.0, but made batch 32 at ctx 4096 / 16384 (F16) 3–4.5 % slower.
+    bool early[NS > 1 ? NS - 1 : 1];
+#pragma unroll
+    for (int st = 0; st < NS - 1; st++) {
+        const int t = t_begin + st;
+        const int last = t * BC + (int)(threadIdx.x % BC) + (PAIR ? 1 : 0);  // newest key this thread copies
+        early[st] = USE_BULK && EARLY && a.n_seqs <= EARLY_KV_SEQS && t < t_end && last < first_pos;
+        if (early[st]) {
+            u16* Ks = KVs + st * 2 * BC * LD;
+            kv_issue_bulk<HD, BC, PAIR>(a, s, g, t, pblk[st], Ks, Ks + BC * LD, bar0 + 8 * st, klo, khi);
+        }
+    }
     if (EARLY) pdl_enter();  // wait, then let the next kernel launch (as the non-EARLY kernels)
 #pragma unroll
     for (int st = 0; st < NS - 1; st++) {
-        if (t_begin + st < t_end) {
+        if (t_begin + st < t_end && !early[st]) {
             u16* Ks = KVs + st * 2 * BC * LD;
             if (USE_BULK)
                 kv_issue_bulk<HD, BC, PAIR>(a, s, g, t_begin + st, pblk[st], Ks, Ks + BC * LD, bar0 + 8 * st, klo, khi);

@@ -8,7 +8,9 @@
 // row in registers, so every load of the row is issued at once (no load → store → load chain),
 // then one block reduction and the scaled write. Scalar kernels (any dim): blockDim 256,
 // threads stride over the row twice. All are launched as programmatic dependents (pdl_enter):
-// at batch 1 they are latency-bound, one row per step.
+// at batch 1 they are latency-bound, one row per step. The `_v4` kernels load their w (a
+// parameter no kernel writes) before the PDL wait, so its latency (from DRAM: a decode step
+// streams gigabytes of weights past L2 between two uses) hides behind the previous kernel.
 // Bytes: rms_norm 8·rows·dim + 4·dim (w, from L2); add_rms_norm 16·rows·dim (a, b read; sum,
 // out written) + 4·dim, instead of add's 12 + rms_norm's 8 per element as two kernels.
 // FLOPs: ~5 per element.
@@ -31,13 +33,20 @@ __device__ __forceinline__ float f4_ss(float4 v, float ss) {
     return fmaf(v.w, v.w, ss);
 }
 
-// One row: v = a (+ b, written to sum when ADD), out = v·inv·w.
+// One row: v = a (+ b, written to sum when ADD), out = v·inv·w. Loads w, then waits for the
+// previous kernel (pdl_enter), then touches a, b, sum and out.
 template <bool ADD>
 __device__ __forceinline__ void norm_row_v4(const float4* __restrict__ a, const float4* __restrict__ b,
                                             const float4* __restrict__ w, float4* __restrict__ sum,
                                             float4* __restrict__ out, int d4, float eps) {
     __shared__ float smem[32];
-    float4 v[NORM_V4_MAX];
+    float4 v[NORM_V4_MAX], wv[NORM_V4_MAX];
+#pragma unroll
+    for (int j = 0; j < NORM_V4_MAX; j++) {
+        const int i = threadIdx.x + j * blockDim.x;
+        if (i < d4) wv[j] = w[i];
+    }
+    pdl_enter();
     float ss = 0.0f;
 #pragma unroll
     for (int j = 0; j < NORM_V4_MAX; j++) {
@@ -60,7 +69,7 @@ __device__ __forceinline__ void norm_row_v4(const float4* __restrict__ a, const 
     for (int j = 0; j < NORM_V4_MAX; j++) {
         const int i = threadIdx.x + j * blockDim.x;
         if (i < d4) {
-            const float4 ww = w[i], x = v[j];
+            const float4 ww = wv[j], x = v[j];
             out[i] = f4(x.x * inv * ww.x, x.y * inv * ww.y, x.z * inv * ww.z, x.w * inv * ww.w);
         }
     }
@@ -68,7 +77,6 @@ __device__ __forceinline__ void norm_row_v4(const float4* __restrict__ a, const 
 
 extern "C" __global__ void rms_norm_f32_v4(const float4* __restrict__ x, const float4* __restrict__ w,
                                            float4* __restrict__ out, int d4, float eps) {
-    pdl_enter();
     const i64 o = (i64)blockIdx.x * d4;
     norm_row_v4<false>(x + o, nullptr, w, nullptr, out + o, d4, eps);
 }
@@ -77,7 +85,6 @@ extern "C" __global__ void rms_norm_f32_v4(const float4* __restrict__ x, const f
 extern "C" __global__ void add_rms_norm_f32_v4(const float4* __restrict__ a, const float4* __restrict__ b,
                                                const float4* __restrict__ w, float4* __restrict__ sum,
                                                float4* __restrict__ out, int d4, float eps) {
-    pdl_enter();
     const i64 o = (i64)blockIdx.x * d4;
     norm_row_v4<true>(a + o, b + o, w, sum + o, out + o, d4, eps);
 }

@@ -8,12 +8,14 @@
 // Bytes: 8 per rotated pair element read+written. FLOPs: negligible (memory-bound).
 #include "common.cuh"
 
-// Rotate pair i of the head at `base` (token position p) in place; returns the two new values.
-__device__ __forceinline__ void rope_pair(float* base, int i, int p, const float* inv_freq, int half,
-                                          int style, int& i0, int& i1, float& y0, float& y1) {
-    const double a = (double)p * (double)inv_freq[i];
-    double s, c;
-    sincos(a, &s, &c);
+// The sine and cosine of pair i's angle at token position p (f64).
+__device__ __forceinline__ void rope_angle(int i, int p, const float* inv_freq, double& s, double& c) {
+    sincos((double)p * (double)inv_freq[i], &s, &c);
+}
+
+// Rotate pair i of the head at `base` by the angle (s, c) in place; returns the two new values.
+__device__ __forceinline__ void rope_rot(float* base, int i, int half, int style, double s, double c, int& i0,
+                                         int& i1, float& y0, float& y1) {
     i0 = style == 0 ? i : 2 * i;
     i1 = style == 0 ? i + half : 2 * i + 1;
     const float x0 = base[i0], x1 = base[i1];
@@ -21,6 +23,14 @@ __device__ __forceinline__ void rope_pair(float* base, int i, int p, const float
     y1 = (float)((double)x0 * s + (double)x1 * c);
     base[i0] = y0;
     base[i1] = y1;
+}
+
+// Rotate pair i of the head at `base` (token position p) in place; returns the two new values.
+__device__ __forceinline__ void rope_pair(float* base, int i, int p, const float* inv_freq, int half,
+                                          int style, int& i0, int& i1, float& y0, float& y1) {
+    double s, c;
+    rope_angle(i, p, inv_freq, s, c);
+    rope_rot(base, i, half, style, s, c, i0, i1, y0, y1);
 }
 
 extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict__ pos,
@@ -43,7 +53,8 @@ extern "C" __global__ void rope_f32(float* __restrict__ x, const int* __restrict
 // cache kc, vc [blocks, n_kv, block_size, head_dim] (dtype kv_dt) at slots i32 [n_tokens] exactly
 // as kv_append does (a slot outside [0, total_slots) skips the token's cache rows; q and k are
 // rotated whatever the slot).
-// Thread mapping: grid-stride over n_tokens·n_heads·half q pairs, then per (token, kv head)
+// Thread mapping (each thread's first item's angle and slot are read before the PDL wait):
+// grid-stride over n_tokens·n_heads·half q pairs, then per (token, kv head)
 // `half + (head_dim − n_rot) + head_dim` items: a rotary pair of k (rotated in place, both
 // elements cached by the same thread, so no thread reads what another writes), a non-rotary k
 // element (cached), or a v element (cached).
@@ -55,30 +66,56 @@ extern "C" __global__ void rope_kv_append_f32(float* __restrict__ q, float* __re
                                               void* __restrict__ vc, int kv_dt, const int* __restrict__ slots,
                                               int n_tokens, int n_heads, int n_kv, int head_dim, int n_rot,
                                               int style, int block_size, i64 total_slots) {
-    pdl_enter();
     const int half = n_rot / 2;
     const int tail = head_dim - n_rot;
     const int per_head = half + tail + head_dim;
     const i64 nq = (i64)n_tokens * n_heads * half;
     const i64 total = nq + (i64)n_tokens * n_kv * per_head;
-    for (i64 t = (i64)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += (i64)gridDim.x * blockDim.x) {
-        int i0, i1;
-        float y0, y1;
+    // Item t: a q pair (t < nq), else (token·n_kv + kv head, j) with j a k pair (j < half), a
+    // non-rotary k element or a v element. Its token and (rotary items) pair index.
+    auto item = [&](i64 t, int& tok, int& i) {
         if (t < nq) {
-            const i64 th = t / half;
-            rope_pair(q + th * head_dim, (int)(t % half), pos[th / n_heads], inv_freq, half, style, i0, i1, y0, y1);
+            tok = (int)(t / half / n_heads);
+            i = (int)(t % half);
+        } else {
+            const i64 u = t - nq;
+            tok = (int)(u / per_head / n_kv);
+            i = (int)(u % per_head);
+        }
+    };
+    // The first item's angle and slot before the PDL wait: positions and slots are step inputs
+    // and inv_freq a parameter (written by the host, Backend contract), so the f64 sincos runs
+    // while the previous kernel (the q/k/v matmul) finishes.
+    const i64 t0 = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    double s0 = 0.0, c0 = 1.0;
+    int slot0 = -1;
+    if (t0 < total) {
+        int tok, i;
+        item(t0, tok, i);
+        if (i < half) rope_angle(i, pos[tok], inv_freq, s0, c0);
+        if (t0 >= nq) slot0 = slots[tok];
+    }
+    pdl_enter();
+    for (i64 t = t0; t < total; t += (i64)gridDim.x * blockDim.x) {
+        const bool first = t == t0;
+        int tok, i, i0, i1;
+        float y0, y1;
+        item(t, tok, i);
+        double sn = s0, cs = c0;
+        if (!first && i < half) rope_angle(i, pos[tok], inv_freq, sn, cs);
+        if (t < nq) {
+            rope_rot(q + (t / half) * head_dim, i, half, style, sn, cs, i0, i1, y0, y1);
             continue;
         }
-        const i64 u = t - nq;
-        const int j = (int)(u % per_head);
-        const i64 th = u / per_head;  // token * n_kv + kv head
-        const int tok = (int)(th / n_kv), h = (int)(th % n_kv);
-        const int slot = slots[tok];
+        const int j = i;
+        const i64 th = (t - nq) / per_head;  // token * n_kv + kv head
+        const int h = (int)(th % n_kv);
+        const int slot = first ? slot0 : slots[tok];
         const bool cached = slot >= 0 && slot < total_slots;
         const i64 row = cached ? (((i64)(slot / block_size) * n_kv + h) * block_size + slot % block_size) * head_dim : 0;
         float* kb = k + th * head_dim;
         if (j < half) {
-            rope_pair(kb, j, pos[tok], inv_freq, half, style, i0, i1, y0, y1);
+            rope_rot(kb, j, half, style, sn, cs, i0, i1, y0, y1);
             if (cached) {
                 store_from_f32(kc, row + i0, kv_dt, y0);
                 store_from_f32(kc, row + i1, kv_dt, y1);

@@ -5,6 +5,13 @@
 //!   also takes f16/bf16 for that op. Outputs are written into views the caller allocated; an op
 //!   allocates nothing and may not read its outputs' previous contents (except in-place ops).
 //! - Ops are enqueued in order on the device; `read` and `synchronize` wait for them.
+//! - Parameters and step inputs — norm weights (`w` of `rms_norm` / `add_rms_norm`), rope's
+//!   `inv_freq` and `positions`, the `slots` of `kv_append` / `rope_kv_append`, attention's
+//!   batch arrays (`q_starts`, `kv_lens`, `block_tables`) — must hold values put there by
+//!   `write`, not by an op that may still be running: a backend may read them before the ops
+//!   enqueued earlier have finished (CUDA reads them ahead of the programmatic-dependent-launch
+//!   wait, so their latency overlaps the previous kernel). Activations, caches and outputs keep
+//!   the plain enqueue order.
 //! - An op a backend does not implement for a dtype returns `Error::Unsupported`, and
 //!   `supports(op, dtype)` returns false for it. No silent fallbacks.
 

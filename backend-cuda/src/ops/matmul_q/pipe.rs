@@ -184,7 +184,22 @@ fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
     let warps = sms * occ * wpb;
     let groups = n.div_ceil(PIPE_R);
     let steps = (k / 256) / PIPE_BPS;
+    if let Some(s) = forced_s() {
+        return ((groups * s).div_ceil(wpb).clamp(1, sms * occ), s);
+    }
     super::gemv1::wave_grid(groups, steps, warps, wpb, sms * occ)
+}
+
+/// `KILN_GEMV_PIPE_S` = 1, 2, 4 or 8: warps per group forced (an A/B knob for the lab and the
+/// benches; unset or any other value: the wave rule of `pipe_grid`).
+fn forced_s() -> Option<usize> {
+    static S: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *S.get_or_init(|| {
+        std::env::var("KILN_GEMV_PIPE_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|s| [1, 2, 4, 8].contains(s))
+    })
 }
 
 impl CudaBackend {
