@@ -107,7 +107,8 @@ pub(crate) struct AttnPlan {
     pub chunk: usize,
     /// Prefill row tiles per (sequence, KV head) (0: no prefill launch).
     pub prefill_row_tiles: usize,
-    /// f32 partials: acc `[n_seqs, n_kv, rd, splits, head_dim]`, then (m, l) `[.., 2]`.
+    /// f32 partials: acc `[n_seqs, n_kv, rd, splits, head_dim]`, then (m, l) `[.., 2]`; counted
+    /// for the most splits any shorter KV length can take (see `plan`), so ≥ what is used.
     pub part_acc_floats: usize,
     pub part_ml_floats: usize,
     /// Arrival counters of the fused split merge: one per (sequence, KV head, decode row tile)
@@ -148,8 +149,14 @@ pub(crate) fn plan(
     } else {
         0
     };
+    // The partials are sized for splits0 (≥ splits) splits: `splits` is not monotone in
+    // max_kv_len (slots 264, one sequence: 17 splits of 128 keys at 2128 keys, 33 of 64 at
+    // 2112), but splits0 is, so the scratch a planner sizes at the longest context covers every
+    // shorter one (sized by `splits`, a step at 2112 keys under a plan made for 2128 needed
+    // twice the planned bytes and the attention op failed; BENCHMARKS.md stop 24). The layout
+    // strides stay `splits`.
     let rows = if splits > 1 && decode_row_tiles > 0 {
-        n_seqs * p.n_kv_heads * rd * splits
+        n_seqs * p.n_kv_heads * rd * splits0
     } else {
         0
     };

@@ -642,6 +642,44 @@ fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
 }
 
 #[test]
+fn plan_scratch_at_a_bound_covers_every_shorter_context() {
+    // The planner sizes attention scratch once, at the longest context, for each batch-size
+    // bucket; every step with fewer keys must fit in it. The split count itself is not monotone
+    // (264 slots, one sequence: 17 splits at 2128 keys, 33 at 2112).
+    let p = AttnParams {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+        scale: 0.1,
+        causal: true,
+        window: None,
+        softcap: None,
+    };
+    assert_eq!(
+        (
+            plan(&p, 1, 1, 2128, 264).splits,
+            plan(&p, 1, 1, 2112, 264).splits
+        ),
+        (17, 33)
+    );
+    for slots in [132, 228, 264, 396] {
+        for n_seqs in [1, 2, 3, 4, 8] {
+            for bound in (64..=8192).step_by(48) {
+                let at_bound = plan(&p, n_seqs, 1, bound, slots).scratch_bytes();
+                for kv in (1..=bound).step_by(13) {
+                    let need = plan(&p, n_seqs, 1, kv, slots).scratch_bytes();
+                    assert!(
+                        need <= at_bound,
+                        "slots {slots}, {n_seqs} seqs: {kv} keys need {need} B, the plan at \
+                         {bound} keys has {at_bound} B"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn merge_counters_fit_the_backend_buffer() {
     // A split needs at least two resident slots per row tile, so plan.counters ≤ slots / 2 and
     // the per-backend buffer (COUNTERS_PER_SM per SM, ≥ the resident CTAs per SM) holds them.
