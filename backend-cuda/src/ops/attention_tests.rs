@@ -607,17 +607,22 @@ fn every_variant_fits_its_merge_buffer_and_hopper_smem() {
     assert_eq!(std::mem::size_of::<AttnArgs>(), 168);
 }
 
-#[test]
-fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
-    let p = AttnParams {
-        n_heads: 32,
-        n_kv_heads: 8,
-        head_dim: 128,
+/// Causal attention of `n_heads` query heads over `n_kv` KV heads of `hd`, no window or cap.
+fn causal_params(n_heads: usize, n_kv: usize, hd: usize) -> AttnParams {
+    AttnParams {
+        n_heads,
+        n_kv_heads: n_kv,
+        head_dim: hd,
         scale: 0.1,
         causal: true,
         window: None,
         softcap: None,
-    };
+    }
+}
+
+#[test]
+fn plan_splits_long_decode_and_skips_scratch_for_big_batches() {
+    let p = causal_params(32, 8, 128);
     let one = plan(&p, 1, 1, 4096, 132);
     assert_eq!(
         (one.group, one.qd, one.rd, one.decode_row_tiles),
@@ -646,15 +651,7 @@ fn plan_scratch_at_a_bound_covers_every_shorter_context() {
     // The planner sizes attention scratch once, at the longest context, for each batch-size
     // bucket; every step with fewer keys must fit in it. The split count itself is not monotone
     // (264 slots, one sequence: 17 splits at 2128 keys, 33 at 2112).
-    let p = AttnParams {
-        n_heads: 32,
-        n_kv_heads: 8,
-        head_dim: 128,
-        scale: 0.1,
-        causal: true,
-        window: None,
-        softcap: None,
-    };
+    let p = causal_params(32, 8, 128);
     assert_eq!(
         (
             plan(&p, 1, 1, 2128, 264).splits,
@@ -684,15 +681,7 @@ fn merge_counters_fit_the_backend_buffer() {
     // A split needs at least two resident slots per row tile, so plan.counters ≤ slots / 2 and
     // the per-backend buffer (COUNTERS_PER_SM per SM, ≥ the resident CTAs per SM) holds them.
     for (n_heads, n_kv, hd) in [(32, 8, 128), (32, 1, 64), (8, 8, 256), (64, 4, 128)] {
-        let p = AttnParams {
-            n_heads,
-            n_kv_heads: n_kv,
-            head_dim: hd,
-            scale: 0.1,
-            causal: true,
-            window: None,
-            softcap: None,
-        };
+        let p = causal_params(n_heads, n_kv, hd);
         for sms in [1, 46, 132] {
             for per_sm in 1..=COUNTERS_PER_SM {
                 let slots = sms * per_sm;
