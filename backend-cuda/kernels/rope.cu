@@ -71,17 +71,15 @@ extern "C" __global__ void rope_kv_append_f32(float* __restrict__ q, float* __re
     const int per_head = half + tail + head_dim;
     const i64 nq = (i64)n_tokens * n_heads * half;
     const i64 total = nq + (i64)n_tokens * n_kv * per_head;
-    // Item t: a q pair (t < nq), else (token·n_kv + kv head, j) with j a k pair (j < half), a
-    // non-rotary k element or a v element. Its token and (rotary items) pair index.
-    auto item = [&](i64 t, int& tok, int& i) {
-        if (t < nq) {
-            tok = (int)(t / half / n_heads);
-            i = (int)(t % half);
-        } else {
-            const i64 u = t - nq;
-            tok = (int)(u / per_head / n_kv);
-            i = (int)(u % per_head);
-        }
+    // Item t: pair i of q head th = token·n_heads + head (t < nq), else item i of th = token·n_kv
+    // + kv head: a k pair (i < half), a non-rotary k element or a v element. Returns the token.
+    auto item = [&](i64 t, i64& th, int& i) {
+        const bool isq = t < nq;
+        const i64 u = isq ? t : t - nq;
+        const int per = isq ? half : per_head;
+        th = u / per;
+        i = (int)(u % per);
+        return (int)(th / (isq ? n_heads : n_kv));
     };
     // The first item's angle and slot before the PDL wait: positions and slots are step inputs
     // and inv_freq a parameter (written by the host, Backend contract), so the f64 sincos runs
@@ -90,41 +88,41 @@ extern "C" __global__ void rope_kv_append_f32(float* __restrict__ q, float* __re
     double s0 = 0.0, c0 = 1.0;
     int slot0 = -1;
     if (t0 < total) {
-        int tok, i;
-        item(t0, tok, i);
+        i64 th;
+        int i;
+        const int tok = item(t0, th, i);
         if (i < half) rope_angle(i, pos[tok], inv_freq, s0, c0);
         if (t0 >= nq) slot0 = slots[tok];
     }
     pdl_enter();
     for (i64 t = t0; t < total; t += (i64)gridDim.x * blockDim.x) {
         const bool first = t == t0;
-        int tok, i, i0, i1;
+        i64 th;
+        int i, i0, i1;
         float y0, y1;
-        item(t, tok, i);
+        const int tok = item(t, th, i);
         double sn = s0, cs = c0;
         if (!first && i < half) rope_angle(i, pos[tok], inv_freq, sn, cs);
         if (t < nq) {
-            rope_rot(q + (t / half) * head_dim, i, half, style, sn, cs, i0, i1, y0, y1);
+            rope_rot(q + th * head_dim, i, half, style, sn, cs, i0, i1, y0, y1);
             continue;
         }
-        const int j = i;
-        const i64 th = (t - nq) / per_head;  // token * n_kv + kv head
         const int h = (int)(th % n_kv);
         const int slot = first ? slot0 : slots[tok];
         const bool cached = slot >= 0 && slot < total_slots;
         const i64 row = cached ? (((i64)(slot / block_size) * n_kv + h) * block_size + slot % block_size) * head_dim : 0;
         float* kb = k + th * head_dim;
-        if (j < half) {
-            rope_rot(kb, j, half, style, sn, cs, i0, i1, y0, y1);
+        if (i < half) {
+            rope_rot(kb, i, half, style, sn, cs, i0, i1, y0, y1);
             if (cached) {
                 store_from_f32(kc, row + i0, kv_dt, y0);
                 store_from_f32(kc, row + i1, kv_dt, y1);
             }
-        } else if (j < half + tail) {
-            const int d = n_rot + (j - half);
+        } else if (i < half + tail) {
+            const int d = n_rot + (i - half);
             if (cached) store_from_f32(kc, row + d, kv_dt, kb[d]);
         } else if (cached) {
-            const int d = j - half - tail;
+            const int d = i - half - tail;
             store_from_f32(vc, row + d, kv_dt, v[th * head_dim + d]);
         }
     }

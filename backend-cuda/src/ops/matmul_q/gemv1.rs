@@ -152,21 +152,25 @@ pub(super) fn gemv1_grid(dt: DType, n: usize, k: usize, sms: usize, occ: usize) 
     let groups = n.div_ceil(GEMV1_R);
     let qk = crate::buffer::split(dt).map_or(16, |s| s.qk);
     let steps = ((k / qk) * super::super::embed::chunks_per_block(dt)).div_ceil(32);
-    wave_grid(groups, steps, warps, wpb, sms * occ)
+    wave_grid(groups, steps, warps, wpb, sms * occ, &WAVE_S)
 }
 
-/// The one-wave grid rule of the one-row kernels (gemv1, gemvp): S warps per group (1, 2, 4 or
-/// 8) minimizing ceil(groups·S / warps)·ceil(steps / S), ties to the smaller S; blocks of `wpb`
-/// warps, at most `max_blocks`. Returns (blocks, S).
+/// The warps-per-group choices of the one-row kernels' grids.
+pub(super) const WAVE_S: [usize; 4] = [1, 2, 4, 8];
+
+/// The one-wave grid rule of the one-row kernels (gemv1, gemvp): S warps per group (one of
+/// `choices`, normally [`WAVE_S`]) minimizing ceil(groups·S / warps)·ceil(steps / S), ties to the
+/// smaller S; blocks of `wpb` warps, at most `max_blocks`. Returns (blocks, S).
 pub(super) fn wave_grid(
     groups: usize,
     steps: usize,
     warps: usize,
     wpb: usize,
     max_blocks: usize,
+    choices: &[usize],
 ) -> (usize, usize) {
     let mut best = (usize::MAX, 1);
-    for s in [1usize, 2, 4, 8] {
+    for &s in choices {
         let cost = (groups * s).div_ceil(warps) * steps.div_ceil(s);
         if cost < best.0 {
             best = (cost, s);

@@ -28,6 +28,8 @@ use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_Q;
 
+use super::gemv1::{WAVE_S, wave_grid};
+
 /// Threads per block (kernels/gemv_pipe.cuh `GEMVP_THREADS`).
 const PIPE_THREADS: u32 = 256;
 /// W rows per group (`GEMVP_R`).
@@ -184,10 +186,9 @@ fn pipe_grid(n: usize, k: usize, sms: usize, occ: usize) -> (usize, usize) {
     let warps = sms * occ * wpb;
     let groups = n.div_ceil(PIPE_R);
     let steps = (k / 256) / PIPE_BPS;
-    if let Some(s) = forced_s() {
-        return ((groups * s).div_ceil(wpb).clamp(1, sms * occ), s);
-    }
-    super::gemv1::wave_grid(groups, steps, warps, wpb, sms * occ)
+    let forced = forced_s();
+    let choices = forced.as_ref().map_or(&WAVE_S[..], std::slice::from_ref);
+    wave_grid(groups, steps, warps, wpb, sms * occ, choices)
 }
 
 /// `KILN_GEMV_PIPE_S` = 1, 2, 4 or 8: warps per group forced (an A/B knob for the lab and the
@@ -198,7 +199,7 @@ fn forced_s() -> Option<usize> {
         std::env::var("KILN_GEMV_PIPE_S")
             .ok()
             .and_then(|v| v.parse().ok())
-            .filter(|s| [1, 2, 4, 8].contains(s))
+            .filter(|s| WAVE_S.contains(s))
     })
 }
 
