@@ -1,6 +1,7 @@
-// gemv_pipe.cuh: the m = 1 GEMV of the block types with the weight streamed through shared
-// memory by the bulk copy engine (`gemvp_<type>`; included by matmul_q.cu after gemv8, whose
-// dp4a/dot16/reduce_store it uses; host side src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
+// gemv_pipe.cuh: the m = 1 and m = 2 GEMV of the block types with the weight streamed through
+// shared memory by the bulk copy engine (`gemvp_<type>`, `_m2` for two x rows; included by
+// matmul_q.cu after gemv8, whose dp4a/dot16/reduce_store it uses; host side
+// src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
 // Kiln instantiates Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1,
 // IQ4_NL
 // (`gemvp_<type>`, the default for m = 1 where it applies; `gemvps_<type>` and `gemvpg_<type>`
@@ -17,7 +18,11 @@
 // `cp.async.bulk` copies of a stage (one per W row, plus one per row for the head bytes), which
 // complete on the stage's mbarrier, D − 1 stages ahead of the one the warp decodes.
 //
-// Thread mapping: block NT threads = NT/32 warps; a group is R consecutive W rows; S warps of a
+// Thread mapping: block NT threads = NT/32 warps; a group is R consecutive W rows and M x rows
+// (M = 1, or 2 in the `_m2` kernels: each lane decodes its shared-memory chunk of a W row once
+// and does the dp4a and scale work against both x rows; x rows past m read row m − 1 and are not
+// stored; measured on an H200 at m = 2 against gemv8_m2 and the mma kernels, BENCHMARKS.md stop
+// 25); S warps of a
 // block (host-chosen, S divides NT/32) share a group and split its steps into contiguous ranges
 // (warp `sub` takes steps [sub·P, sub·P + P), P = ceil(steps / S)); warps stride over groups
 // (persistent grid). A step is 32 chunks of each of the R rows: BPS = 32 / CHUNKS whole blocks
@@ -38,7 +43,7 @@
 // Requires (host-checked): nb = k / QK a multiple of BPS (whole steps: every copy is whole
 // 16-byte words), body and head 16-byte aligned; sm_90 for the copy engine (below sm_90 the ring
 // is filled by ordinary warp loads: correct, unpipelined, not dispatched by the host).
-// Bytes: W once (n·k·bpw from DRAM), x 1.5·k per group from L1/L2, y n·4. FLOPs 2·n·k.
+// Bytes: W once (n·k·bpw from DRAM), x 1.5·k·M per group from L1/L2, y m·n·4. FLOPs 2·m·n·k.
 // Shared memory per warp: D·R·U·BPS·(BODY + HEAD) + round16(8·D) (GP_SMEM).
 #pragma once
 #include "quant.cuh"
@@ -424,9 +429,9 @@ template <class T32> struct GP<X8<T32>> {
 // NS weight segments / GLU as the `*s_` / `*g_` kernels of gemv_segs.cuh (groups numbered over
 // the segments; GLU: R/2 gate and R/2 up rows per group, act(gate)·up stored); the single-weight
 // kernel is NS = 1 (gemv_one_seg), where the lookups fold away.
-template <class T, class TW, int R, int D, int NT, int U, int NS, int GLU>
+template <class T, class TW, int R, int D, int NT, int U, int NS, int GLU, int M = 1>
 __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __restrict__ xq,
-                                           const float2* __restrict__ xs, int k, int S, int act) {
+                                           const float2* __restrict__ xs, int k, int m, int S, int act) {
     constexpr int BPS = KILN_WARP / T::CHUNKS;
     constexpr int SB = BPS * TW::BODY;                     // body bytes per row and step
     constexpr int SH = BPS * TW::HEAD;                     // head bytes per row and step (0, 16 or 32)
@@ -452,7 +457,8 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
     const int total = rounds * ipg;
     u8* ring = gp_smem + (size_t)warp * WARP_BYTES;
     u64* bars = (u64*)(ring + D * STAGE);
-    __shared__ float red[NT / KILN_WARP][R];
+    __shared__ float red[NT / KILN_WARP][R * M];
+    const int units = nsteps * T::RUNS * KILN_WARP;        // quant_x's units per x row
 
     pdl_launch_dependents();  // the next call's quant_x may start (it waits for this grid)
     // Item t: group g0 + (t / ipg)·gstride, steps sub·per + (t % ipg)·U + [0, ns).
@@ -506,14 +512,17 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
         __syncwarp();
 #endif
     };
-    // x units of step G for this lane (quant_x's layout: unit (G·RUNS + r)·32 + lane).
-    auto load_x = [&](int G, uint4 (&xv)[T::RUNS], float2 (&xsv)[T::RUNS]) {
+    // x units of step G for this lane (quant_x's layout: unit (G·RUNS + r)·32 + lane of each x
+    // row; rows past m read row m − 1, their sums unused).
+    auto load_x = [&](int G, uint4 (&xv)[M][T::RUNS], float2 (&xsv)[M][T::RUNS]) {
 #pragma unroll
-        for (int r = 0; r < T::RUNS; r++) {
-            const int u = (G * T::RUNS + r) * KILN_WARP + lane;
-            xv[r] = __ldg(xq + u);
-            xsv[r] = __ldg(xs + u);
-        }
+        for (int mi = 0; mi < M; mi++)
+#pragma unroll
+            for (int r = 0; r < T::RUNS; r++) {
+                const i64 u = (i64)min(mi, m - 1) * units + (G * T::RUNS + r) * KILN_WARP + lane;
+                xv[mi][r] = __ldg(xq + u);
+                xsv[mi][r] = __ldg(xs + u);
+            }
     };
 #if GP_BULK
     if (lane == 0)
@@ -523,59 +532,76 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
     for (int t = 0; t < D && t < total; t++) issue(t);  // W does not depend on earlier kernels
     pdl_wait();  // x is quant_x's output; y may still be read by the previous kernel
 
-    float acc[R][1];
+    float acc[M][R][1];
 #pragma unroll
-    for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
+    for (int mi = 0; mi < M; mi++)
+#pragma unroll
+        for (int rr = 0; rr < R; rr++) acc[mi][rr][0] = 0.0f;
     for (int t = 0; t < total; t++) {
         const int it = t / ipg, j = t % ipg;
         const int g = g0 + it * gstride, G0 = sub * per + j * U;
         const int ns = g < ngroups ? min(U, gend - G0) : 0;
-        uint4 xv[T::RUNS];
-        float2 xsv[T::RUNS];
+        uint4 xv[M][T::RUNS];
+        float2 xsv[M][T::RUNS];
         if (ns > 0) load_x(G0, xv, xsv);
         mbar_wait(smem_addr(bars + t % D), (u32)((t / D) & 1));
         const u8* st = ring + (t % D) * STAGE;
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if (u >= ns) break;
-            uint4 xn[T::RUNS];
-            float2 xsn[T::RUNS];
+            uint4 xn[M][T::RUNS];
+            float2 xsn[M][T::RUNS];
             if (u + 1 < ns) load_x(G0 + u + 1, xn, xsn);  // next step's x before this step's decode
-            if constexpr (gp_same<T, TQ4_K2>::v && GP<TW>::K2) {
-                GP<TW>::template step<R, RB, RH>(st + u * SB, st + R * RB + u * SH, lane, xv, xsv, acc);
-            } else {
-                const int lb = lane / T::CHUNKS, c = lane % T::CHUNKS;
+            // One decode per x row: the shared-memory loads and the weight unpacking of the
+            // rows are the same for every x row, and the compiler keeps one copy of them.
 #pragma unroll
-                for (int rr = 0; rr < R; rr++) {
-                    typename TW::Chunk ch;
-                    GP<TW>::load(st + rr * RB + u * SB, st + R * RB + rr * RH + u * SH, lb, c, ch);
+            for (int mi = 0; mi < M; mi++) {
+                if constexpr (gp_same<T, TQ4_K2>::v && GP<TW>::K2) {
+                    GP<TW>::template step<R, RB, RH>(st + u * SB, st + R * RB + u * SH, lane, xv[mi], xsv[mi],
+                                                     acc[mi]);
+                } else {
+                    const int lb = lane / T::CHUNKS, c = lane % T::CHUNKS;
 #pragma unroll
-                    for (int r = 0; r < T::RUNS; r++) {
-                        u32 qw[4];
-                        float dl, ml;
-                        TW::run_qi(ch, c, r, qw, dl, ml);
-                        const float d = (float)dot16<TW>(qw, xv[r]);
-                        float a = fmaf(dl * xsv[r].x, d, acc[rr][0]);
-                        if (TW::HAS_MIN) a = fmaf(-ml, xsv[r].y, a);
-                        acc[rr][0] = a;
+                    for (int rr = 0; rr < R; rr++) {
+                        typename TW::Chunk ch;
+                        GP<TW>::load(st + rr * RB + u * SB, st + R * RB + rr * RH + u * SH, lb, c, ch);
+#pragma unroll
+                        for (int r = 0; r < T::RUNS; r++) {
+                            u32 qw[4];
+                            float dl, ml;
+                            TW::run_qi(ch, c, r, qw, dl, ml);
+                            const float d = (float)dot16<TW>(qw, xv[mi][r]);
+                            float a = fmaf(dl * xsv[mi][r].x, d, acc[mi][rr][0]);
+                            if (TW::HAS_MIN) a = fmaf(-ml, xsv[mi][r].y, a);
+                            acc[mi][rr][0] = a;
+                        }
                     }
                 }
             }
             if (u + 1 < U) {
 #pragma unroll
-                for (int r = 0; r < T::RUNS; r++) { xv[r] = xn[r]; xsv[r] = xsn[r]; }
+                for (int mi = 0; mi < M; mi++)
+#pragma unroll
+                    for (int r = 0; r < T::RUNS; r++) { xv[mi][r] = xn[mi][r]; xsv[mi][r] = xsn[mi][r]; }
             }
         }
         __syncwarp();  // every lane's reads of this stage are done before it is refilled
         if (t + D < total) issue(t + D);
         if (j == ipg - 1) {  // the group's last item (block-uniform): reduce and store
             const GemvSeg sq = group_seg<NS, R, GLU>(sg, g);
-            if constexpr (GLU != 0)
-                reduce_store_glu<R>(acc, red, sq.y, sq.n, sq.g, S, warp, slot, sub, lane, g < ngroups, act);
-            else
-                reduce_store<R, 1>(acc, red, sq.y, sq.n, 1, sq.g, 0, S, warp, slot, sub, lane, g < ngroups);
+            float a2[R][M];  // reduce_store's [row][x row] order
 #pragma unroll
-            for (int rr = 0; rr < R; rr++) acc[rr][0] = 0.0f;
+            for (int rr = 0; rr < R; rr++)
+#pragma unroll
+                for (int mi = 0; mi < M; mi++) a2[rr][mi] = acc[mi][rr][0];
+            if constexpr (GLU != 0)
+                reduce_store_glu<R, M>(a2, red, sq.y, sq.n, sq.g, S, warp, slot, sub, lane, g < ngroups, act, m);
+            else
+                reduce_store<R, M>(a2, red, sq.y, sq.n, m, sq.g, 0, S, warp, slot, sub, lane, g < ngroups);
+#pragma unroll
+            for (int mi = 0; mi < M; mi++)
+#pragma unroll
+                for (int rr = 0; rr < R; rr++) acc[mi][rr][0] = 0.0f;
         }
     }
 }
@@ -584,24 +610,27 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
 #define GP_SMEM(T, TW, R, D, NT, U) \
     ((NT / KILN_WARP) * ((D) * (R) * (U) * ((KILN_WARP / T::CHUNKS) * (TW::BODY + TW::HEAD)) + (8 * (D) + 15) / 16 * 16))
 
-#define GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                 \
+// M x rows per group (1, or 2: the `_m2` kernels at m = 2, one decode of W for both rows); the
+// single-weight kernel takes m ≤ M, the segmented and GLU ones m = M.
+#define GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                              \
     extern "C" __global__ void __launch_bounds__(NT) name(                                          \
         const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
-        gemvp_body<T, TW, R, D, NT, U, 1, 0>(gemv_one_seg(body, head, y, n), xq, xs, k, S, 0);      \
+        gemvp_body<T, TW, R, D, NT, U, 1, 0, M>(gemv_one_seg(body, head, y, n), xq, xs, k, m, S, 0); \
     }
-// gemvps_<type>: over up to GEMV_NS weight segments (q/k/v, gate/up) in one launch; gemvpg_<type>:
-// GLU mode (segment 0 gate, 1 up; y_0 = act(gate)·up [1, n]). Host: src/ops/matmul_q/group.rs.
-#define GEMVPS_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                \
+// gemvps_<type>: over up to GEMV_NS weight segments (q/k/v, gate/up) in one launch, y_s [M, n_s];
+// gemvpg_<type>: GLU mode (segment 0 gate, 1 up; y_0 = act(gate)·up [M, n]). Host:
+// src/ops/matmul_q/group.rs.
+#define GEMVPS_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                             \
     extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
                                                           const float2* __restrict__ xs, int k, int S) { \
-        gemvp_body<T, TW, R, D, NT, U, GEMV_NS, 0>(sg, xq, xs, k, S, 0);                             \
+        gemvp_body<T, TW, R, D, NT, U, GEMV_NS, 0, M>(sg, xq, xs, k, M, S, 0);                       \
     }
-#define GEMVPG_KERNEL_NAMED(name, T, TW, R, D, NT, U)                                                \
+#define GEMVPG_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                             \
     extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
                                                           const float2* __restrict__ xs, int k, int S, \
                                                           int act) {                                 \
-        gemvp_body<T, TW, R, D, NT, U, 2, 1>(sg, xq, xs, k, S, act);                                 \
+        gemvp_body<T, TW, R, D, NT, U, 2, 1, M>(sg, xq, xs, k, M, S, act);                           \
     }
 
 // Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): R = 4 rows per
@@ -612,10 +641,13 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
 #define GEMVP_D 2
 #define GEMVP_THREADS 256
 QUANT_X_KERNEL(q4_k2, TQ4_K2)
-#define GEMVP_TYPE(suffix, TW)                                                               \
-    GEMVP_KERNEL_NAMED(gemvp_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)       \
-    GEMVPS_KERNEL_NAMED(gemvps_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)     \
-    GEMVPG_KERNEL_NAMED(gemvpg_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1)
+#define GEMVP_TYPE(suffix, TW)                                                                     \
+    GEMVP_KERNEL_NAMED(gemvp_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 1)          \
+    GEMVPS_KERNEL_NAMED(gemvps_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 1)        \
+    GEMVPG_KERNEL_NAMED(gemvpg_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 1)        \
+    GEMVP_KERNEL_NAMED(gemvp_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)     \
+    GEMVPS_KERNEL_NAMED(gemvps_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)   \
+    GEMVPG_KERNEL_NAMED(gemvpg_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)
 GEMVP_TYPE(q4_k, TQ4_K)
 GEMVP_TYPE(q5_k, TQ5_K)
 GEMVP_TYPE(iq4_xs, TIQ4_XS)

@@ -87,34 +87,43 @@ __device__ __forceinline__ void group_row(const GemvSegs& sg, const GemvSeg& sq,
     }
 }
 
-// The end of a GLU group: the R sums as reduce_store forms them (shuffles, then the S warps in
-// order), then y[g·R/2 + j] = act(gate_j)·up_j by one lane.
-template <int R>
-__device__ __forceinline__ void reduce_store_glu(float (&acc)[R][1], float (*red)[R], float* __restrict__ y, int n,
-                                                 int g, int S, int warp, int slot, int sub, int lane, bool active,
-                                                 int act) {
-    float t[R];
+// The end of a GLU group: the R·M sums as reduce_store forms them (shuffles, then the S warps
+// in order), then y[mm·n + g·R/2 + j] = act(gate_j)·up_j for x rows mm < m by one lane.
+template <int R, int M = 1>
+__device__ __forceinline__ void reduce_store_glu(float (&acc)[R][M], float (*red)[R * M], float* __restrict__ y,
+                                                 int n, int g, int S, int warp, int slot, int sub, int lane,
+                                                 bool active, int act, int m = 1) {
+    float t[R][M];
 #pragma unroll
-    for (int rr = 0; rr < R; rr++) t[rr] = warp_sum(acc[rr][0]);
+    for (int rr = 0; rr < R; rr++)
+#pragma unroll
+        for (int mm = 0; mm < M; mm++) t[rr][mm] = warp_sum(acc[rr][mm]);
     if (S > 1) {
         if (lane == 0) {
 #pragma unroll
-            for (int rr = 0; rr < R; rr++) red[warp][rr] = t[rr];
+            for (int rr = 0; rr < R; rr++)
+#pragma unroll
+                for (int mm = 0; mm < M; mm++) red[warp][rr * M + mm] = t[rr][mm];
         }
         __syncthreads();
         if (sub == 0 && lane == 0) {
 #pragma unroll
-            for (int rr = 0; rr < R; rr++) {
-                float v = 0.0f;
-                for (int w = 0; w < S; w++) v += red[slot * S + w][rr];
-                t[rr] = v;
-            }
+            for (int rr = 0; rr < R; rr++)
+#pragma unroll
+                for (int mm = 0; mm < M; mm++) {
+                    float v = 0.0f;
+                    for (int w = 0; w < S; w++) v += red[slot * S + w][rr * M + mm];
+                    t[rr][mm] = v;
+                }
         }
         __syncthreads();
     }
     if (sub == 0 && lane == 0 && active) {
 #pragma unroll
-        for (int j = 0; j < R / 2; j++)
-            if (g * (R / 2) + j < n) y[g * (R / 2) + j] = glu_act(t[j], act) * t[j + R / 2];
+        for (int mm = 0; mm < M; mm++)
+#pragma unroll
+            for (int j = 0; j < R / 2; j++)
+                if (g * (R / 2) + j < n && mm < m)
+                    y[(i64)mm * n + g * (R / 2) + j] = glu_act(t[j][mm], act) * t[j + R / 2][mm];
     }
 }

@@ -261,16 +261,6 @@ fn matmul_many_matches_separate_products() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-fn act_f64(g: f64, act: Activation) -> f64 {
-    match act {
-        Activation::Silu => g / (1.0 + (-g).exp()),
-        Activation::GeluTanh => {
-            0.5 * g
-                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
-        }
-    }
-}
-
 /// The GLU-mode kernels (`gemv1g_`, `quant_x` + `gemv8g_`, `gemvg_`; forced): out = act(x·Gᵀ) ⊙
 /// x·Uᵀ against the f64 oracle with the kernel's x rounding, both activations, n odd (a tail
 /// group of one gate/up row pair), the scratch outputs left alone and the out poisoned.

@@ -161,7 +161,7 @@ LAB_SET(q8_0, TQ8_0)
 
 // The shared-memory pipeline (kernels/gemv_pipe.cuh): gemvp<T, TW, R rows, D stages, NT threads>.
 #include "../../kernels/gemv_pipe.cuh"
-#define LABP(name, T, TW, R, D, NT, U) GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U)
+#define LABP(name, T, TW, R, D, NT, U) GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U, 1)
 LABP(labp_q4k2_r4d3n128u1, TQ4_K2, TQ4_K, 4, 3, 128, 1)
 LABP(labp_q4k2_r4d2n256u1, TQ4_K2, TQ4_K, 4, 2, 256, 1)
 LABP(labp_q4k2_r4d3n256u1, TQ4_K2, TQ4_K, 4, 3, 256, 1)

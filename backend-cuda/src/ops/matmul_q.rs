@@ -248,8 +248,8 @@ impl CudaBackend {
         self.matmul_impl(x, w, out, MatmulPath::Fused, m1)
     }
 
-    /// The fused path with the pipelined m = 1 kernel forced (tests, benches): an error where it
-    /// does not apply (matmul_q/pipe.rs: its types, m = 1, k a multiple of 2048, sm_90+).
+    /// The fused path with the pipelined kernel forced (tests, benches): an error where it does
+    /// not apply (matmul_q/pipe.rs: its types, m = 1 or 2, k a multiple of 2048, sm_90+).
     pub fn matmul_fused_m1_pipe(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
         self.matmul_impl(x, w, out, MatmulPath::Fused, GemvM1::Pipe)
     }
@@ -411,14 +411,16 @@ impl CudaBackend {
             || (m1 == GemvM1::Auto
                 && gemv_pipe_auto(w.dtype)
                 && !pipe::grouped(self.ctx.ordinal()));
-        if m == 1 && pipe && self.gemv_pipe_applies(w, k) {
-            return self.gemv_pipe(w, [xp, outp], [n, k]);
+        // m = 2 rows on the pipe: always when forced, else unless KILN_GEMV_PIPE_M2=0.
+        let rows = m == 1 || (m == 2 && (m1 == GemvM1::Pipe || pipe::gemv_pipe_m2_on()));
+        if rows && pipe && self.gemv_pipe_applies(w, k) {
+            return self.gemv_pipe(w, [xp, outp], [m, n, k]);
         }
         if m1 == GemvM1::Pipe {
             return Err(Error::shape(
                 op,
                 format!(
-                    "the pipelined m = 1 kernel does not take {} [{n}, {k}] at m = {m}",
+                    "the pipelined kernel does not take {} [{n}, {k}] at m = {m}",
                     w.dtype
                 ),
             ));

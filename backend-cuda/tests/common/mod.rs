@@ -238,3 +238,14 @@ pub fn mma_x_nmse(r: kiln_cuda::MmaXRounding) -> f64 {
 /// (worst case; rounding errors spread uniformly give a third of that). For W with no special
 /// alignment to the error, the output's nmse follows the input's.
 pub const Q8_X_NMSE: f64 = 4.0 / (127.0 * 127.0);
+
+/// The GLU activation in f64 (the oracle of the GLU-mode GEMV kernels).
+pub fn act_f64(g: f64, act: kiln_core::Activation) -> f64 {
+    match act {
+        kiln_core::Activation::Silu => g / (1.0 + (-g).exp()),
+        kiln_core::Activation::GeluTanh => {
+            0.5 * g
+                * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (g + 0.044715 * g * g * g)).tanh())
+        }
+    }
+}

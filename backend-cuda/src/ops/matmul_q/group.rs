@@ -15,7 +15,9 @@
 //! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
 //! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
 //! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
-//! errors are `matmul`'s). Groups of the pipelined kernel's types (Q3_K, Q4_K, Q5_K, Q6_K,
+//! errors are `matmul`'s). At m = 2 the same holds with the crossover ≥ 2 rows, for the
+//! pipelined kernel's `_m2` forms only (`gemvps_<type>_m2`, `gemvpg_<type>_m2`; outputs
+//! `[2, n_i]`). Groups of the pipelined kernel's types (Q3_K, Q4_K, Q5_K, Q6_K,
 //! IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) take it (`quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>`,
 //! kernels/gemv_pipe.cuh) wherever the single-weight m = 1
 //! matmul would ([`super::pipe`]: sm_90, k a multiple of 2048, aligned weights, not on a device
@@ -165,7 +167,8 @@ impl CudaBackend {
 
     /// The GLU-mode launch (`gemv1g_`, `quant_x` + `gemv8g_`, `gemvg_`) if it applies: `outs`
     /// = [g_out, u_out, out] (the first two only qualify the call; the kernel writes `out`
-    /// `[1, n]` alone). `tuned` as in [`Self::matmul_group`].
+    /// `[m, n]` alone; m = 1, or 2 on the pipelined kernels). `tuned` as in
+    /// [`Self::matmul_group`].
     pub fn matmul_glu_group(
         &self,
         x: View<'_>,
@@ -176,10 +179,11 @@ impl CudaBackend {
         tuned: bool,
     ) -> Result<Option<GroupKernel>> {
         let n = gate.shape().dim(0);
+        let m = x.numel() / x.shape().last().max(1);
         if !glu_enabled()
             || up.shape() != gate.shape()
             || out.dtype() != DType::F32
-            || out.numel() != n
+            || out.numel() != m * n
             || out.shape().last() != n
             || out.device() != self.info.id
             || out.check_disjoint(&x).is_err()
@@ -204,11 +208,14 @@ impl CudaBackend {
     ) -> Result<Option<GroupKernel>> {
         let op = OpKind::Matmul;
         let k = x.shape().last();
+        // x rows: 1, or 2 where the pipelined kernels take the group (checked below).
+        let m = x.numel().checked_div(k).unwrap_or(0);
         if !group_enabled()
             || !(2..=GEMV_NS).contains(&parts.len())
             || x.dtype() != DType::F32
             || k == 0
-            || x.numel() != k
+            || !(m == 1 || (m == 2 && super::pipe::gemv_pipe_m2_on()))
+            || x.numel() != m * k
             || super::super::matmul_mma::forced_path().is_some()
         {
             return Ok(None);
@@ -224,13 +231,13 @@ impl CudaBackend {
         let mut pipe = group_pipe_on()
             && super::pipe::gemv_pipe_auto(dt)
             && !super::pipe::grouped(self.ctx.ordinal());
-        if !self.parts_fit(&x, parts, dt, [1, k]) {
+        if !self.parts_fit(&x, parts, dt, [m, k]) {
             return Ok(None);
         }
         for (i, (w, out)) in parts.iter().enumerate() {
             let s = w.shape();
             let cw: &CudaWeight = self.weight(op, w)?;
-            if tuned && self.crossover_or_tune(w, cw)?.max_fused_rows < 1 {
+            if tuned && self.crossover_or_tune(w, cw)?.max_fused_rows < m {
                 return Ok(None);
             }
             let n = s.dim(0);
@@ -245,6 +252,10 @@ impl CudaBackend {
         if let Some((_, outp)) = glu {
             // GLU mode: the kernel writes act(gate)·up into `out` only.
             segs.y = [outp, 0, 0];
+        }
+        if m > 1 && !pipe {
+            // Only the pipelined kernels have an m = 2 form.
+            return Ok(None);
         }
         let act = glu.map(|g| g.0);
         let xp = self.ptr(op, &x)?;
@@ -278,12 +289,12 @@ impl CudaBackend {
         if let (true, Some(pt)) = (pipe, pipe_t) {
             // GLU mode: a group is R/2 gate rows and the same R/2 up rows.
             let (name, groups) = match glu {
-                Some(_) => (pt.glu, parts[0].0.shape().dim(0).div_ceil(R / 2)),
-                None => (pt.segs, groups),
+                Some(_) => (pt.glu[m - 1], parts[0].0.shape().dim(0).div_ceil(R / 2)),
+                None => (pt.segs[m - 1], groups),
             };
             let (_, cfg, s) = self.gemv_pipe_prepare(pt, name, groups, k)?;
             // The scratch is shared: hold its lock until both kernels are enqueued.
-            let (_guard, xqs) = self.gemv_pipe_quant_x(xp, k)?;
+            let (_guard, xqs) = self.gemv_pipe_quant_x(xp, m, k)?;
             self.launch_segs(name, cfg, &segs, &xqs, ki, s, act)?;
             return Ok(Some(GroupKernel::Pipe));
         }
@@ -393,15 +404,16 @@ impl CudaBackend {
         // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S[, act]); GemvSegs
         // is #[repr(C)] with the kernel struct's layout (3 body, 3 head, 3 y pointers, 3 i32
         // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
-        // blocks, checked), y_s holds n_s f32 (checked, disjoint from x and each other); x holds
-        // k f32 at a 16-byte aligned address (gemv1s_/gemvs_), or xq/xs are quant_x's scratch
-        // for one row written just before on this stream (gemvps_/gemvpg_<type>: quant_x_q4_k2's,
-        // in their lane order). W rows are clamped to n_s − 1, writes bounded by n_s; the
+        // blocks, checked), y_s holds m·n_s f32 (checked, disjoint from x and each other; m = 1,
+        // or 2 for the `_m2` kernels, whose M is 2); x holds k f32 at a 16-byte aligned address
+        // (gemv1s_/gemvs_), or xq/xs are quant_x's scratch for the m rows written just before on
+        // this stream (gemvps_/gemvpg_<type>[_m2]: quant_x_q4_k2's, in their lane order). W rows
+        // are clamped to n_s − 1, writes bounded by n_s; the
         // dynamic shared memory is gemv1s_'s x_units·24 bytes or gemvp's ring (allowed by
         // gemv_pipe_prepare; its weights checked by gemv_pipe_applies: 16-byte aligned, k a
         // multiple of 2048). A
         // programmatic dependent: x is read and y written only after griddepcontrol.wait. GLU
-        // kernels read segments 0 (gate) and 1 (up), both n × k, and write y_0 = out [1, n].
+        // kernels read segments 0 (gate) and 1 (up), both n × k, and write y_0 = out [m, n].
         unsafe { self.launch_pdl(&f, "launch segmented gemv", cfg, args) }
     }
 }

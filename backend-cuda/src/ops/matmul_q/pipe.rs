@@ -1,5 +1,6 @@
 //! The pipelined m = 1 GEMV (`quant_x_q4_k2` + `gemvp_<type>`, kernels/gemv_pipe.cuh) of Q4_K,
-//! Q3_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL.
+//! Q3_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, and its m = 2 form
+//! (`gemvp_<type>_m2`: one decode of each W step for both x rows).
 //!
 //! Every warp owns a ring of shared-memory stages that the bulk copy engine fills (one
 //! `cp.async.bulk` per W row and step, completing on an mbarrier) one stage ahead of the one it
@@ -14,6 +15,11 @@
 //! Q4_0 2.11 → 1.97, Q5_0 2.54 → 2.38, Q5_1 2.49 → 2.38, Q4_1 2.13 → 2.11). Two types were
 //! slower through it and stay on gemv8: Q8_0 (8 blocks as one 272-byte unit: one 139 KB block
 //! per SM; 2.76 → 3.12 ms) and Q2_K (its GEMV faster back to back, the step 1.887 → 1.914 ms).
+//!
+//! At m = 2 the fused path takes `_m2` (unless `KILN_GEMV_PIPE_M2=0`) and the crossover tuner
+//! decides per shape between it and the mma kernels; on an H200 it won at every Q4_K and Q6_K
+//! shape of Llama-3-8B (back to back Q4_K 14336×4096 15.85 → 14.14 µs, 4096×14336 17.40 → 14.32;
+//! batch-2 decode step Q4_K 2.85 → 2.37 ms, Q6_K 3.47 → 2.91; BENCHMARKS.md stop 25).
 //!
 //! It applies on sm_90+ (the copy engine), for rows of a whole number of 8-block steps (k a
 //! multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
@@ -42,14 +48,18 @@ const PIPE_BLOCKS_PER_SM: usize = 2;
 const PIPE_BPS: usize = 8;
 
 /// A weight type the pipelined kernel takes (kernels/gemv_pipe.cuh `GEMVP_TYPE`) and its kernels
-/// for one weight, for weight segments and for a gate/up pair with the GLU.
+/// for one weight, for weight segments and for a gate/up pair with the GLU, indexed by x rows − 1
+/// (`[gemvp_<type>, gemvp_<type>_m2]`: one decode of W serves both rows at m = 2).
 #[derive(Debug)]
 pub(crate) struct PipeType {
     pub(crate) dtype: DType,
-    pub(crate) one: &'static str,
-    pub(crate) segs: &'static str,
-    pub(crate) glu: &'static str,
+    pub(crate) one: [&'static str; PIPE_MAX_M],
+    pub(crate) segs: [&'static str; PIPE_MAX_M],
+    pub(crate) glu: [&'static str; PIPE_MAX_M],
 }
+
+/// Most x rows the pipelined kernels take (their `M` ≤ 2).
+pub(crate) const PIPE_MAX_M: usize = 2;
 
 impl PipeType {
     /// Bytes of one ring "block" of 256 weights (body + head): a 256-element block, or 8 blocks
@@ -59,69 +69,22 @@ impl PipeType {
     }
 }
 
-const PIPE_TYPES: [PipeType; 10] = [
-    PipeType {
-        dtype: DType::Q4_K,
-        one: "gemvp_q4_k",
-        segs: "gemvps_q4_k",
-        glu: "gemvpg_q4_k",
-    },
-    PipeType {
-        dtype: DType::Q5_K,
-        one: "gemvp_q5_k",
-        segs: "gemvps_q5_k",
-        glu: "gemvpg_q5_k",
-    },
-    PipeType {
-        dtype: DType::IQ4_XS,
-        one: "gemvp_iq4_xs",
-        segs: "gemvps_iq4_xs",
-        glu: "gemvpg_iq4_xs",
-    },
-    // The 32-element types, 8 blocks per ring block (kernels/gemv_pipe.cuh `X8`).
-    PipeType {
-        dtype: DType::Q4_0,
-        one: "gemvp_q4_0",
-        segs: "gemvps_q4_0",
-        glu: "gemvpg_q4_0",
-    },
-    PipeType {
-        dtype: DType::Q4_1,
-        one: "gemvp_q4_1",
-        segs: "gemvps_q4_1",
-        glu: "gemvpg_q4_1",
-    },
-    PipeType {
-        dtype: DType::Q5_0,
-        one: "gemvp_q5_0",
-        segs: "gemvps_q5_0",
-        glu: "gemvpg_q5_0",
-    },
-    PipeType {
-        dtype: DType::Q5_1,
-        one: "gemvp_q5_1",
-        segs: "gemvps_q5_1",
-        glu: "gemvpg_q5_1",
-    },
-    PipeType {
-        dtype: DType::Q6_K,
-        one: "gemvp_q6_k",
-        segs: "gemvps_q6_k",
-        glu: "gemvpg_q6_k",
-    },
-    PipeType {
-        dtype: DType::Q3_K,
-        one: "gemvp_q3_k",
-        segs: "gemvps_q3_k",
-        glu: "gemvpg_q3_k",
-    },
-    PipeType {
-        dtype: DType::IQ4_NL,
-        one: "gemvp_iq4_nl",
-        segs: "gemvps_iq4_nl",
-        glu: "gemvpg_iq4_nl",
-    },
-];
+macro_rules! pipe_types {
+    ($($dt:ident $s:literal),*) => {
+        [$(PipeType {
+            dtype: DType::$dt,
+            one: [concat!("gemvp_", $s), concat!("gemvp_", $s, "_m2")],
+            segs: [concat!("gemvps_", $s), concat!("gemvps_", $s, "_m2")],
+            glu: [concat!("gemvpg_", $s), concat!("gemvpg_", $s, "_m2")],
+        }),*]
+    };
+}
+
+// The 32-element types run 8 blocks per ring block (kernels/gemv_pipe.cuh `X8`).
+const PIPE_TYPES: [PipeType; 10] = pipe_types!(
+    Q4_K "q4_k", Q5_K "q5_k", IQ4_XS "iq4_xs", Q4_0 "q4_0", Q4_1 "q4_1", Q5_0 "q5_0",
+    Q5_1 "q5_1", Q6_K "q6_k", Q3_K "q3_k", IQ4_NL "iq4_nl"
+);
 
 /// The pipelined kernel's entry for `dt`, if it takes that type.
 pub(crate) fn pipe_type(dt: DType) -> Option<&'static PipeType> {
@@ -139,6 +102,15 @@ pub fn gemv_pipe_auto(dt: DType) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     pipe_type(dt).is_some()
         && *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
+}
+
+/// Whether the pipelined kernels also take m = 2 (`gemvp_<type>_m2`, the segmented and GLU forms
+/// in groups) where they take m = 1, unless `KILN_GEMV_PIPE_M2=0` (A/B: m = 2 then runs what the
+/// crossover picks without them). At m = 2 the crossover tuner still decides between this fused
+/// kernel and the mma kernels per shape.
+pub fn gemv_pipe_m2_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE_M2").map_or(true, |v| v != "0"))
 }
 
 /// Device ordinals that belong to an all-reduce group (`CudaComm`): their automatic m = 1 Q4_K
@@ -261,51 +233,60 @@ impl CudaBackend {
         Ok((f, cfg, s as i32))
     }
 
-    /// quant_x_q4_k2 of one x row (`xp`, k elements) into the matmul scratch; returns the
-    /// scratch lock (hold it until the kernel reading xq/xs is enqueued) and [xq, xs].
+    /// quant_x_q4_k2 of `m` x rows (`xp`, `[m, k]`) into the matmul scratch; returns the scratch
+    /// lock (hold it until the kernel reading xq/xs is enqueued) and [xq, xs].
     pub(crate) fn gemv_pipe_quant_x(
         &self,
         xp: u64,
+        m: usize,
         k: usize,
     ) -> Result<(
         std::sync::MutexGuard<'_, Option<crate::gemm::Gemm>>,
         [u64; 2],
     )> {
-        let ki = super::super::arg_i32(OpKind::Matmul, "k", k)?;
+        let op = OpKind::Matmul;
+        let (mi, ki) = (
+            super::super::arg_i32(op, "m", m)?,
+            super::super::arg_i32(op, "k", k)?,
+        );
         let units = super::x_units(DType::Q4_K, k);
-        let xq_bytes = units * 16;
+        let xq_bytes = m * units * 16;
         let (guard, scratch) =
-            self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, 1, k))?;
+            self.matmul_scratch(super::fused_scratch_bytes(DType::Q4_K, m, k))?;
         let (xq, xs) = (scratch, scratch + xq_bytes as u64);
         // quant_x_q4_k2 writes the same units (x_units of Q4_K = of TQ4_K2 for k a multiple of
-        // 2048) in the 64-weight lane order every gemvp_<type> reads.
-        self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, 1, units)?;
+        // 2048) in the 64-weight lane order every gemvp_<type> reads, x row r at unit r·units.
+        self.launch_quant_x("quant_x_q4_k2", xp, xq, xs, ki, mi, m * units)?;
         Ok((guard, [xq, xs]))
     }
 
-    /// y f32 `[1, n]` = x f32 `[1, k]` · Wᵀ by quant_x_q4_k2 + gemvp_<type>. The caller checked
-    /// [`Self::gemv_pipe_applies`] and that rows are whole blocks.
+    /// y f32 `[m, n]` = x f32 `[m, k]` · Wᵀ (m = 1 or 2) by quant_x_q4_k2 + gemvp_<type>[_m2].
+    /// The caller checked [`Self::gemv_pipe_applies`] and that rows are whole blocks.
     pub(crate) fn gemv_pipe(
         &self,
         w: &CudaWeight,
         [xp, outp]: [u64; 2],
-        [n, k]: [usize; 2],
+        [m, n, k]: [usize; 3],
     ) -> Result<()> {
         let op = OpKind::Matmul;
-        let (ni, ki) = (
+        let (mi, ni, ki) = (
+            super::super::arg_i32(op, "m", m)?,
             super::super::arg_i32(op, "n", n)?,
             super::super::arg_i32(op, "k", k)?,
         );
-        let pt = pipe_type(w.dtype).ok_or_else(|| {
-            kiln_core::Error::shape(
-                op,
-                format!("the pipelined kernel does not take {}", w.dtype),
-            )
-        })?;
-        let (f, cfg, s) = self.gemv_pipe_prepare(pt, pt.one, n.div_ceil(PIPE_R), k)?;
+        let pt = pipe_type(w.dtype)
+            .filter(|_| (1..=PIPE_MAX_M).contains(&m))
+            .ok_or_else(|| {
+                kiln_core::Error::shape(
+                    op,
+                    format!("the pipelined kernel does not take {} at m = {m}", w.dtype),
+                )
+            })?;
+        let name = pt.one[m - 1];
+        let (f, cfg, s) = self.gemv_pipe_prepare(pt, name, n.div_ceil(PIPE_R), k)?;
         // The scratch is shared: hold the lock until both kernels are enqueued.
-        let (_guard, x) = self.gemv_pipe_quant_x(xp, k)?;
-        self.launch_after_quant_x(&f, "gemvp", cfg, w, x, outp, [1, ni, ki, s])
+        let (_guard, x) = self.gemv_pipe_quant_x(xp, m, k)?;
+        self.launch_after_quant_x(&f, "gemvp", cfg, w, x, outp, [mi, ni, ki, s])
     }
 }
 
