@@ -1,5 +1,5 @@
-// gemv_pipe.cuh: the m = 1 and m = 2 GEMV of the block types with the weight streamed through
-// shared memory by the bulk copy engine (`gemvp_<type>`, `_m2` for two x rows; included by
+// gemv_pipe.cuh: the m ≤ 4 GEMV of the block types with the weight streamed through shared
+// memory by the bulk copy engine (`gemvp_<type>`, `_m2` / `_m4` for 2 / 4 x rows; included by
 // matmul_q.cu after gemv8, whose dp4a/dot16/reduce_store it uses; host side
 // src/ops/matmul_q/pipe.rs). x is quant_x's int8 x.
 // Kiln instantiates Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1,
@@ -19,10 +19,9 @@
 // complete on the stage's mbarrier, D − 1 stages ahead of the one the warp decodes.
 //
 // Thread mapping: block NT threads = NT/32 warps; a group is R consecutive W rows and M x rows
-// (M = 1, or 2 in the `_m2` kernels: each lane decodes its shared-memory chunk of a W row once
-// and does the dp4a and scale work against both x rows; x rows past m read row m − 1 and are not
-// stored; measured on an H200 at m = 2 against gemv8_m2 and the mma kernels, BENCHMARKS.md stop
-// 25); S warps of a
+// (M = 1, 2 or 4: each lane decodes its shared-memory chunk of a W row once and does the dp4a
+// and scale work against every x row; x rows past m read row m − 1 and are not stored; measured
+// on an H200 against gemv8 and the mma kernels, BENCHMARKS.md stop 25); S warps of a
 // block (host-chosen, S divides NT/32) share a group and split its steps into contiguous ranges
 // (warp `sub` takes steps [sub·P, sub·P + P), P = ceil(steps / S)); warps stride over groups
 // (persistent grid). A step is 32 chunks of each of the R rows: BPS = 32 / CHUNKS whole blocks
@@ -610,27 +609,28 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
 #define GP_SMEM(T, TW, R, D, NT, U) \
     ((NT / KILN_WARP) * ((D) * (R) * (U) * ((KILN_WARP / T::CHUNKS) * (TW::BODY + TW::HEAD)) + (8 * (D) + 15) / 16 * 16))
 
-// M x rows per group (1, or 2: the `_m2` kernels at m = 2, one decode of W for both rows); the
-// single-weight kernel takes m ≤ M, the segmented and GLU ones m = M.
+// M x rows per group (1; 2 and 4: the `_m2` / `_m4` kernels, one decode of W for all rows), m ≤ M
+// (rows past m are read as row m − 1 and not stored).
 #define GEMVP_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                              \
     extern "C" __global__ void __launch_bounds__(NT) name(                                          \
         const u8* __restrict__ body, const u8* __restrict__ head, const uint4* __restrict__ xq,     \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int S) {         \
         gemvp_body<T, TW, R, D, NT, U, 1, 0, M>(gemv_one_seg(body, head, y, n), xq, xs, k, m, S, 0); \
     }
-// gemvps_<type>: over up to GEMV_NS weight segments (q/k/v, gate/up) in one launch, y_s [M, n_s];
-// gemvpg_<type>: GLU mode (segment 0 gate, 1 up; y_0 = act(gate)·up [M, n]). Host:
+// gemvps_<type>: over up to GEMV_NS weight segments (q/k/v, gate/up) in one launch, y_s [m, n_s];
+// gemvpg_<type>: GLU mode (segment 0 gate, 1 up; y_0 = act(gate)·up [m, n]). Host:
 // src/ops/matmul_q/group.rs.
 #define GEMVPS_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                             \
     extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
-                                                          const float2* __restrict__ xs, int k, int S) { \
-        gemvp_body<T, TW, R, D, NT, U, GEMV_NS, 0, M>(sg, xq, xs, k, M, S, 0);                       \
+                                                          const float2* __restrict__ xs, int k, int m, \
+                                                          int S) {                                   \
+        gemvp_body<T, TW, R, D, NT, U, GEMV_NS, 0, M>(sg, xq, xs, k, m, S, 0);                       \
     }
 #define GEMVPG_KERNEL_NAMED(name, T, TW, R, D, NT, U, M)                                             \
     extern "C" __global__ void __launch_bounds__(NT) name(GemvSegs sg, const uint4* __restrict__ xq, \
-                                                          const float2* __restrict__ xs, int k, int S, \
-                                                          int act) {                                 \
-        gemvp_body<T, TW, R, D, NT, U, 2, 1, M>(sg, xq, xs, k, M, S, act);                           \
+                                                          const float2* __restrict__ xs, int k, int m, \
+                                                          int S, int act) {                          \
+        gemvp_body<T, TW, R, D, NT, U, 2, 1, M>(sg, xq, xs, k, m, S, act);                           \
     }
 
 // Kiln's kernels (host: src/ops/matmul_q/pipe.rs, which mirrors these constants): R = 4 rows per
@@ -647,7 +647,10 @@ QUANT_X_KERNEL(q4_k2, TQ4_K2)
     GEMVPG_KERNEL_NAMED(gemvpg_##suffix, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 1)        \
     GEMVP_KERNEL_NAMED(gemvp_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)     \
     GEMVPS_KERNEL_NAMED(gemvps_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)   \
-    GEMVPG_KERNEL_NAMED(gemvpg_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)
+    GEMVPG_KERNEL_NAMED(gemvpg_##suffix##_m2, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 2)   \
+    GEMVP_KERNEL_NAMED(gemvp_##suffix##_m4, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 4)     \
+    GEMVPS_KERNEL_NAMED(gemvps_##suffix##_m4, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 4)   \
+    GEMVPG_KERNEL_NAMED(gemvpg_##suffix##_m4, TQ4_K2, TW, GEMVP_R, GEMVP_D, GEMVP_THREADS, 1, 4)
 GEMVP_TYPE(q4_k, TQ4_K)
 GEMVP_TYPE(q5_k, TQ5_K)
 GEMVP_TYPE(iq4_xs, TIQ4_XS)

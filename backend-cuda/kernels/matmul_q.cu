@@ -25,7 +25,7 @@
 //   order, x_units·24 bytes), then streams its groups (R = 4 rows, S warps per group, one
 //   32-chunk step per trip, prefetching GEMV1_P steps ahead) as gemv8 does. Bytes: W once, x k·4
 //   per block from L2, y n·4. Mapping details and measurements: backend-cuda/labs/gemv/README.md.
-// gemvp_<type>[_m2] (m = 1 and 2, ten block types; the default where it applies,
+// gemvp_<type>[_m2|_m4] (m ≤ 4, ten block types; the default where it applies,
 //   ops/matmul_q/pipe.rs): quant_x_q4_k2 + a kernel streaming W through shared memory by the
 //   bulk copy engine; see gemv_pipe.cuh.
 // Float types (f32, f16, bf16), few rows: gemv_<type>_m<M> (M ∈ {1, 2, 4, 8}), the same grid

@@ -36,7 +36,8 @@ pub use device::CudaBackend;
 pub use error::CudaError;
 pub use ops::matmul_mma::{MmaXRounding, Q4kKernel};
 pub use ops::matmul_q::{
-    GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP, gemv_pipe_auto, gemv_pipe_types, gemv1_auto_on,
+    GroupKernel, MatmulPath, W_TILE_CAP, X_TILE_CAP, gemv_pipe_auto, gemv_pipe_types,
+    gemv1_auto_on, pipe_max_rows,
 };
 pub use tune::TuneResult;
 

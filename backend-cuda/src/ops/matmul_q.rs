@@ -33,7 +33,7 @@ pub use gemv1::gemv1_auto_on;
 pub(crate) use grid::{fused_grid, m1_grid, m1_kernel};
 pub use group::GroupKernel;
 pub(crate) use pipe::note_grouped;
-pub use pipe::{gemv_pipe_auto, gemv_pipe_types};
+pub use pipe::{gemv_pipe_auto, gemv_pipe_types, pipe_max_rows};
 
 /// Largest dequantized weight tile of the GEMM path (bytes of bf16).
 pub const W_TILE_CAP: usize = 256 << 20;
@@ -411,8 +411,8 @@ impl CudaBackend {
             || (m1 == GemvM1::Auto
                 && gemv_pipe_auto(w.dtype)
                 && !pipe::grouped(self.ctx.ordinal()));
-        // m = 2 rows on the pipe: always when forced, else unless KILN_GEMV_PIPE_M2=0.
-        let rows = m == 1 || (m == 2 && (m1 == GemvM1::Pipe || pipe::gemv_pipe_m2_on()));
+        // Up to 4 x rows on the pipe when forced, else up to KILN_GEMV_PIPE_ROWS (default 2).
+        let rows = pipe::pipe_m_index(m, m1 == GemvM1::Pipe).is_some();
         if rows && pipe && self.gemv_pipe_applies(w, k) {
             return self.gemv_pipe(w, [xp, outp], [m, n, k]);
         }

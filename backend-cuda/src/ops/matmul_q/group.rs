@@ -15,9 +15,9 @@
 //! The group runs when every part would run the fused kernel at m = 1 on its own (tuned
 //! crossover ≥ 1 row, no forced path), the weights share dtype and k, and the outputs are f32
 //! `[1, n_i]` not overlapping x or each other; anything else runs one `matmul` per part (so
-//! errors are `matmul`'s). At m = 2 the same holds with the crossover ≥ 2 rows, for the
-//! pipelined kernel's `_m2` forms only (`gemvps_<type>_m2`, `gemvpg_<type>_m2`; outputs
-//! `[2, n_i]`). Groups of the pipelined kernel's types (Q3_K, Q4_K, Q5_K, Q6_K,
+//! errors are `matmul`'s). At 2 ≤ m ≤ 4 the same holds with the crossover ≥ m rows, for the
+//! pipelined kernel's `_m2` / `_m4` forms only (`gemvps_<type>_m2`, `gemvpg_<type>_m4`, …;
+//! outputs `[m, n_i]`; up to `KILN_GEMV_PIPE_ROWS` rows). Groups of the pipelined kernel's types (Q3_K, Q4_K, Q5_K, Q6_K,
 //! IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL) take it (`quant_x_q4_k2` + `gemvps_<type>` / `gemvpg_<type>`,
 //! kernels/gemv_pipe.cuh) wherever the single-weight m = 1
 //! matmul would ([`super::pipe`]: sm_90, k a multiple of 2048, aligned weights, not on a device
@@ -214,7 +214,7 @@ impl CudaBackend {
             || !(2..=GEMV_NS).contains(&parts.len())
             || x.dtype() != DType::F32
             || k == 0
-            || !(m == 1 || (m == 2 && super::pipe::gemv_pipe_m2_on()))
+            || super::pipe::pipe_m_index(m, false).is_none()
             || x.numel() != m * k
             || super::super::matmul_mma::forced_path().is_some()
         {
@@ -260,6 +260,7 @@ impl CudaBackend {
         let act = glu.map(|g| g.0);
         let xp = self.ptr(op, &x)?;
         let ki = arg_i32(op, "k", k)?;
+        let mi = arg_i32(op, "m", m)?;
         let Some(ti) = type_index(dt) else {
             return Ok(None);
         };
@@ -283,19 +284,20 @@ impl CudaBackend {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             };
-            self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
+            self.launch_segs(name, cfg, &segs, &[xp], ki, None, s as i32, act)?;
             return Ok(Some(GroupKernel::Float));
         }
         if let (true, Some(pt)) = (pipe, pipe_t) {
             // GLU mode: a group is R/2 gate rows and the same R/2 up rows.
+            let mx = super::pipe::pipe_m_index(m, false).unwrap_or(0);
             let (name, groups) = match glu {
-                Some(_) => (pt.glu[m - 1], parts[0].0.shape().dim(0).div_ceil(R / 2)),
-                None => (pt.segs[m - 1], groups),
+                Some(_) => (pt.glu[mx], parts[0].0.shape().dim(0).div_ceil(R / 2)),
+                None => (pt.segs[mx], groups),
             };
             let (_, cfg, s) = self.gemv_pipe_prepare(pt, name, groups, k)?;
             // The scratch is shared: hold its lock until both kernels are enqueued.
             let (_guard, xqs) = self.gemv_pipe_quant_x(xp, m, k)?;
-            self.launch_segs(name, cfg, &segs, &xqs, ki, s, act)?;
+            self.launch_segs(name, cfg, &segs, &xqs, ki, Some(mi), s, act)?;
             return Ok(Some(GroupKernel::Pipe));
         }
         let qi = ti - FLOAT_TYPES;
@@ -318,7 +320,7 @@ impl CudaBackend {
                 block_dim: (GEMV1_THREADS, 1, 1),
                 shared_mem_bytes: smem as u32,
             };
-            self.launch_segs(name, cfg, &segs, &[xp], ki, s as i32, act)?;
+            self.launch_segs(name, cfg, &segs, &[xp], ki, None, s as i32, act)?;
             return Ok(Some(GroupKernel::OneKernel));
         }
         let units = x_units(dt, k);
@@ -340,7 +342,7 @@ impl CudaBackend {
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
-        self.launch_segs(name, cfg, &segs, &[xq, xs], ki, s as i32, act)?;
+        self.launch_segs(name, cfg, &segs, &[xq, xs], ki, None, s as i32, act)?;
         Ok(Some(GroupKernel::TwoKernels))
     }
 
@@ -371,9 +373,9 @@ impl CudaBackend {
         })
     }
 
-    /// A segmented kernel: (segs, x pointers, k, S[, act]); `x` = [x] (`gemv1s_`/`gemvs_`
-    /// and their GLU forms: one pointer) or [xq, xs] (`gemv8s_`, `gemv8g_`); `act` for the GLU
-    /// kernels.
+    /// A segmented kernel: (segs, x pointers, k[, m], S[, act]); `x` = [x] (`gemv1s_`/`gemvs_`
+    /// and their GLU forms: one pointer) or [xq, xs] (`gemv8s_`, `gemv8g_`, `gemvps_`,
+    /// `gemvpg_`); `m` (x rows) for the pipelined kernels; `act` for the GLU kernels.
     #[allow(clippy::too_many_arguments)]
     fn launch_segs(
         &self,
@@ -382,30 +384,36 @@ impl CudaBackend {
         segs: &GemvSegs,
         x: &[u64],
         k: i32,
+        m: Option<i32>,
         s: i32,
         act: Option<i32>,
     ) -> Result<()> {
         let f = self.function(&MATMUL_Q, name)?;
-        // (segs, x pointers, k, S[, act]) in parameter order, at most 6.
-        let mut args = [Arg::raw(segs); 6];
+        // (segs, x pointers, k[, m], S[, act]) in parameter order, at most 7.
+        let mut args = [Arg::raw(segs); 7];
         let mut len = 1;
         for (slot, p) in args[1..].iter_mut().zip(x) {
             *slot = Arg::U64(p);
             len += 1;
         }
         args[len] = Arg::I32(&k);
-        args[len + 1] = Arg::I32(&s);
-        len += 2;
+        len += 1;
+        if let Some(m) = &m {
+            args[len] = Arg::I32(m);
+            len += 1;
+        }
+        args[len] = Arg::I32(&s);
+        len += 1;
         if let Some(a) = &act {
             args[len] = Arg::I32(a);
             len += 1;
         }
         let args = &args[..len];
-        // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k, S[, act]); GemvSegs
+        // SAFETY: the kernel's parameters are (GemvSegs by value, x or xq + xs, k[, m], S[, act]); GemvSegs
         // is #[repr(C)] with the kernel struct's layout (3 body, 3 head, 3 y pointers, 3 i32
         // rows). Each segment's body/head is a prepared [n_s, k] weight of one dtype (rows whole
-        // blocks, checked), y_s holds m·n_s f32 (checked, disjoint from x and each other; m = 1,
-        // or 2 for the `_m2` kernels, whose M is 2); x holds k f32 at a 16-byte aligned address
+        // blocks, checked), y_s holds m·n_s f32 (checked, disjoint from x and each other; m = 1
+        // except for the pipelined kernels, which take m ≤ their M); x holds k f32 at a 16-byte aligned address
         // (gemv1s_/gemvs_), or xq/xs are quant_x's scratch for the m rows written just before on
         // this stream (gemvps_/gemvpg_<type>[_m2]: quant_x_q4_k2's, in their lane order). W rows
         // are clamped to n_s − 1, writes bounded by n_s; the

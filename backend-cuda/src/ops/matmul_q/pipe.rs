@@ -1,6 +1,6 @@
 //! The pipelined m = 1 GEMV (`quant_x_q4_k2` + `gemvp_<type>`, kernels/gemv_pipe.cuh) of Q4_K,
-//! Q3_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, and its m = 2 form
-//! (`gemvp_<type>_m2`: one decode of each W step for both x rows).
+//! Q3_K, Q5_K, Q6_K, IQ4_XS and the 32-element Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, and its forms for
+//! 2 and 4 x rows (`gemvp_<type>_m2`, `_m4`: one decode of each W step for all rows).
 //!
 //! Every warp owns a ring of shared-memory stages that the bulk copy engine fills (one
 //! `cp.async.bulk` per W row and step, completing on an mbarrier) one stage ahead of the one it
@@ -16,10 +16,13 @@
 //! slower through it and stay on gemv8: Q8_0 (8 blocks as one 272-byte unit: one 139 KB block
 //! per SM; 2.76 → 3.12 ms) and Q2_K (its GEMV faster back to back, the step 1.887 → 1.914 ms).
 //!
-//! At m = 2 the fused path takes `_m2` (unless `KILN_GEMV_PIPE_M2=0`) and the crossover tuner
-//! decides per shape between it and the mma kernels; on an H200 it won at every Q4_K and Q6_K
-//! shape of Llama-3-8B (back to back Q4_K 14336×4096 15.85 → 14.14 µs, 4096×14336 17.40 → 14.32;
-//! batch-2 decode step Q4_K 2.85 → 2.37 ms, Q6_K 3.47 → 2.91; BENCHMARKS.md stop 25).
+//! At 2 ≤ m ≤ 4 the fused path takes `_m2` (m = 2) or `_m4` (m = 3, 4; rows past m read and not
+//! stored) up to `KILN_GEMV_PIPE_ROWS` rows (default 4), and the crossover tuner decides per
+//! shape between it and the mma kernels. On an H200 `_m2` won at every Q4_K and Q6_K shape of
+//! Llama-3-8B (back to back Q4_K 14336×4096 15.85 → 14.14 µs, 4096×14336 17.40 → 14.32; batch-2
+//! decode step Q4_K 2.85 → 2.37 ms, Q6_K 3.47 → 2.91); `_m4` lost to mma for Q4_K (the tuner
+//! keeps mma) and made the Q6_K batch-3/4 step 4.06 / 4.09 → 3.66 / 3.71 ms (BENCHMARKS.md
+//! stop 25).
 //!
 //! It applies on sm_90+ (the copy engine), for rows of a whole number of 8-block steps (k a
 //! multiple of 2048) with a 16-byte aligned weight, on devices outside all-reduce groups
@@ -48,18 +51,48 @@ const PIPE_BLOCKS_PER_SM: usize = 2;
 const PIPE_BPS: usize = 8;
 
 /// A weight type the pipelined kernel takes (kernels/gemv_pipe.cuh `GEMVP_TYPE`) and its kernels
-/// for one weight, for weight segments and for a gate/up pair with the GLU, indexed by x rows − 1
-/// (`[gemvp_<type>, gemvp_<type>_m2]`: one decode of W serves both rows at m = 2).
+/// for one weight, for weight segments and for a gate/up pair with the GLU, one per x-row count
+/// M of [`PIPE_M`] (`gemvp_<type>`, `_m2`, `_m4`: one decode of W serves all M rows).
 #[derive(Debug)]
 pub(crate) struct PipeType {
     pub(crate) dtype: DType,
-    pub(crate) one: [&'static str; PIPE_MAX_M],
-    pub(crate) segs: [&'static str; PIPE_MAX_M],
-    pub(crate) glu: [&'static str; PIPE_MAX_M],
+    pub(crate) one: [&'static str; 3],
+    pub(crate) segs: [&'static str; 3],
+    pub(crate) glu: [&'static str; 3],
 }
 
-/// Most x rows the pipelined kernels take (their `M` ≤ 2).
-pub(crate) const PIPE_MAX_M: usize = 2;
+/// The x rows per group of the pipelined kernels (their `M`).
+const PIPE_M: [usize; 3] = [1, 2, 4];
+
+/// Index into [`PipeType`]'s kernels for `m` x rows: the smallest M ≥ m, if 1 ≤ m ≤ the most
+/// rows allowed (`KILN_GEMV_PIPE_ROWS`, or when `forced` the largest M).
+pub(crate) fn pipe_m_index(m: usize, forced: bool) -> Option<usize> {
+    let max = if forced {
+        PIPE_M[PIPE_M.len() - 1]
+    } else {
+        pipe_max_rows()
+    };
+    PIPE_M
+        .iter()
+        .position(|&mm| mm >= m)
+        .filter(|_| m >= 1 && m <= max)
+}
+
+/// Most x rows the automatic dispatch gives the pipelined kernels: `KILN_GEMV_PIPE_ROWS` (1, 2
+/// or 4), default 4. Above it the fused path runs gemv8; at every rung the tuner weighs the
+/// fused path against the mma kernels (on an H200 it keeps mma for Q4_K at m = 4 and takes the
+/// M = 4 kernel for Q6_K: batch-3/4 decode step 4.06 / 4.09 → 3.66 / 3.71 ms, BENCHMARKS.md
+/// stop 25).
+pub fn pipe_max_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        std::env::var("KILN_GEMV_PIPE_ROWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|r| PIPE_M.contains(r))
+            .unwrap_or(4)
+    })
+}
 
 impl PipeType {
     /// Bytes of one ring "block" of 256 weights (body + head): a 256-element block, or 8 blocks
@@ -73,9 +106,9 @@ macro_rules! pipe_types {
     ($($dt:ident $s:literal),*) => {
         [$(PipeType {
             dtype: DType::$dt,
-            one: [concat!("gemvp_", $s), concat!("gemvp_", $s, "_m2")],
-            segs: [concat!("gemvps_", $s), concat!("gemvps_", $s, "_m2")],
-            glu: [concat!("gemvpg_", $s), concat!("gemvpg_", $s, "_m2")],
+            one: [concat!("gemvp_", $s), concat!("gemvp_", $s, "_m2"), concat!("gemvp_", $s, "_m4")],
+            segs: [concat!("gemvps_", $s), concat!("gemvps_", $s, "_m2"), concat!("gemvps_", $s, "_m4")],
+            glu: [concat!("gemvpg_", $s), concat!("gemvpg_", $s, "_m2"), concat!("gemvpg_", $s, "_m4")],
         }),*]
     };
 }
@@ -102,15 +135,6 @@ pub fn gemv_pipe_auto(dt: DType) -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     pipe_type(dt).is_some()
         && *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE").map_or(true, |v| v != "0"))
-}
-
-/// Whether the pipelined kernels also take m = 2 (`gemvp_<type>_m2`, the segmented and GLU forms
-/// in groups) where they take m = 1, unless `KILN_GEMV_PIPE_M2=0` (A/B: m = 2 then runs what the
-/// crossover picks without them). At m = 2 the crossover tuner still decides between this fused
-/// kernel and the mma kernels per shape.
-pub fn gemv_pipe_m2_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_GEMV_PIPE_M2").map_or(true, |v| v != "0"))
 }
 
 /// Device ordinals that belong to an all-reduce group (`CudaComm`): their automatic m = 1 Q4_K
@@ -260,7 +284,7 @@ impl CudaBackend {
         Ok((guard, [xq, xs]))
     }
 
-    /// y f32 `[m, n]` = x f32 `[m, k]` · Wᵀ (m = 1 or 2) by quant_x_q4_k2 + gemvp_<type>[_m2].
+    /// y f32 `[m, n]` = x f32 `[m, k]` · Wᵀ (m ≤ 4) by quant_x_q4_k2 + gemvp_<type>[_m2|_m4].
     /// The caller checked [`Self::gemv_pipe_applies`] and that rows are whole blocks.
     pub(crate) fn gemv_pipe(
         &self,
@@ -274,15 +298,15 @@ impl CudaBackend {
             super::super::arg_i32(op, "n", n)?,
             super::super::arg_i32(op, "k", k)?,
         );
-        let pt = pipe_type(w.dtype)
-            .filter(|_| (1..=PIPE_MAX_M).contains(&m))
+        let (pt, mx) = pipe_type(w.dtype)
+            .zip(pipe_m_index(m, true))
             .ok_or_else(|| {
                 kiln_core::Error::shape(
                     op,
                     format!("the pipelined kernel does not take {} at m = {m}", w.dtype),
                 )
             })?;
-        let name = pt.one[m - 1];
+        let name = pt.one[mx];
         let (f, cfg, s) = self.gemv_pipe_prepare(pt, name, n.div_ceil(PIPE_R), k)?;
         // The scratch is shared: hold the lock until both kernels are enqueued.
         let (_guard, x) = self.gemv_pipe_quant_x(xp, m, k)?;
@@ -293,6 +317,20 @@ impl CudaBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_pick_the_smallest_kernel_that_holds_them() {
+        // Forced: up to the largest M; m = 3 runs the M = 4 kernel (one row read, not stored).
+        let forced: Vec<Option<usize>> = (0..=5).map(|m| pipe_m_index(m, true)).collect();
+        assert_eq!(forced, [None, Some(0), Some(1), Some(2), Some(2), None]);
+        // Automatic: never more rows than forced allows, and one row always.
+        assert_eq!(pipe_m_index(1, false), Some(0));
+        assert!(pipe_m_index(5, false).is_none());
+        assert_eq!(
+            PIPE_TYPES[0].one,
+            ["gemvp_q4_k", "gemvp_q4_k_m2", "gemvp_q4_k_m4"]
+        );
+    }
 
     #[test]
     fn pipe_grid_and_smem_match_the_lab() {

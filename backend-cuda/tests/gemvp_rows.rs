@@ -1,14 +1,15 @@
-//! GPU tests of the pipelined GEMV at two x rows (`gemvp_<type>_m2`, `gemvps_<type>_m2`,
-//! `gemvpg_<type>_m2`; kernels/gemv_pipe.cuh with M = 2: one decode of each W step serves both
-//! rows). Every type the pipelined kernel takes (`gemv_pipe_types`), forced at m = 2 with k =
-//! 4096 and 14336 (a row split over several warps), n = 202 (a partial last group of 4 rows),
-//! x at element offsets 0 and 1 (16-byte and 4-byte aligned): each x row must match the f64
-//! product of the exact weights and that row rounded to int8 per 16 (nmse ≤ 1e-9; the rows
-//! differ, so a kernel that mixed them up fails) and the exact-x product within the int8
-//! bound; forcing it at m = 3 is an error, not a panic. Then the segmented and GLU kernels at
-//! m = 2 (`matmul_group`, `matmul_glu_group`) against the same oracle, segment tails
-//! included. Outputs poisoned (NaN) before each call. Prints "skipped" without a GPU, and
-//! without sm_90.
+//! GPU tests of the pipelined GEMV at several x rows (`gemvp_<type>_m2` / `_m4`, `gemvps_…`,
+//! `gemvpg_…`; kernels/gemv_pipe.cuh with M = 2, 4: one decode of each W step serves all rows).
+//! Every type the pipelined kernel takes (`gemv_pipe_types`), forced at m = 2, 3 (the M = 4
+//! kernel with a row past m) and 4, k = 4096 and 14336 (a row split over several warps), n = 202
+//! (a partial last group of 4 rows), x at element offsets 0 and 1 (16-byte and 4-byte aligned):
+//! each x row must match the f64 product of the exact weights and that row rounded to int8 per
+//! 16 (nmse ≤ 1e-9; the rows differ, so a kernel that mixed them up fails) and the exact-x
+//! product within the int8 bound; forcing it at m = 5 is an error, not a panic. Then the
+//! segmented and GLU kernels at m = 2, 3, 4 (`matmul_group`, `matmul_glu_group`) against the
+//! same oracle, segment tails included, where the automatic dispatch gives them that many rows
+//! (`pipe_max_rows`). Outputs poisoned (NaN) before each call. Prints "skipped" without a GPU,
+//! and without sm_90.
 
 #![allow(clippy::unwrap_used)]
 
@@ -45,14 +46,14 @@ fn product(xe: &[f64], wd: &[f32], n: usize, k: usize) -> Vec<f64> {
 }
 
 #[test]
-fn gemvp_m2_forced_matches_the_int8_x_oracle_per_row() {
+fn gemvp_rows_forced_match_the_int8_x_oracle_per_row() {
     let Some(be) = gpu() else { return };
     if !sm90(&be) {
         return;
     }
-    let (n, m) = (202, 2);
+    let n = 202;
     let mut failures = Vec::new();
-    for k in [4096usize, 14336] {
+    for (k, m) in [(4096usize, 2usize), (14336, 2), (4096, 3), (14336, 4)] {
         for (ti, dt) in kiln_cuda::gemv_pipe_types().into_iter().enumerate() {
             let (w, wd) = weight(&*be, dt, n, k, 700 + ti as u64 + k as u64);
             let x = Rng(23 + k as u64).vec(m * k + 1);
@@ -72,49 +73,57 @@ fn gemvp_m2_forced_matches_the_int8_x_oracle_per_row() {
                     let (eq, e) = (nmse(got, &want_q8), nmse(got, &want));
                     if eq.is_nan() || eq > 1e-9 || e > Q8_X_NMSE {
                         failures.push(format!(
-                            "{dt} k={k} x+{off} row {r}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
+                            "{dt} k={k} m={m} x+{off} row {r}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
                         ));
                     }
                 }
             }
         }
     }
-    // Three rows: the pipelined kernels stop at two, so forcing them is an error.
+    // Five rows: the pipelined kernels stop at four, so forcing them is an error.
     let (w, _) = weight(&*be, DType::Q4_K, 64, 4096, 5);
-    let xb = upload(&*be, &f32_bytes(&Rng(3).vec(3 * 4096)));
-    let yb = poisoned(&*be, 3 * 64);
+    let xb = upload(&*be, &f32_bytes(&Rng(3).vec(5 * 4096)));
+    let yb = poisoned(&*be, 5 * 64);
     let r = be.matmul_fused_m1_pipe(
-        xb.view(0, Shape::d2(3, 4096), DType::F32).unwrap(),
+        xb.view(0, Shape::d2(5, 4096), DType::F32).unwrap(),
         &w,
-        yb.view_mut(0, Shape::d2(3, 64), DType::F32).unwrap(),
+        yb.view_mut(0, Shape::d2(5, 64), DType::F32).unwrap(),
     );
     if r.is_ok() {
-        failures.push("m = 3 forced on the pipelined kernel did not fail".into());
+        failures.push("m = 5 forced on the pipelined kernel did not fail".into());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The group kernel expected at m = 2: the pipelined one where the automatic dispatch takes the
-/// type (`gemv_pipe_auto`) and neither `KILN_GEMV_PIPE_GROUP=0` nor `KILN_GEMV_PIPE_M2=0`; else
-/// no group (one matmul per part).
-fn expected_m2(dt: DType) -> Option<GroupKernel> {
-    let off = |v: &str| std::env::var(v).is_ok_and(|s| s == "0");
-    (kiln_cuda::gemv_pipe_auto(dt) && !off("KILN_GEMV_PIPE_GROUP") && !off("KILN_GEMV_PIPE_M2"))
+/// The group kernel expected at m rows: the pipelined one where the automatic dispatch takes the
+/// type (`gemv_pipe_auto`), `KILN_GEMV_PIPE_GROUP` is not 0 and m ≤ `pipe_max_rows`; else no
+/// group (one matmul per part).
+fn expected(dt: DType, m: usize) -> Option<GroupKernel> {
+    let group = std::env::var("KILN_GEMV_PIPE_GROUP").map_or(true, |v| v != "0");
+    (kiln_cuda::gemv_pipe_auto(dt) && group && m <= kiln_cuda::pipe_max_rows())
         .then_some(GroupKernel::Pipe)
 }
 
 #[test]
-fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
+fn segmented_and_glu_kernels_at_several_rows_match_the_oracle() {
     let Some(be) = gpu() else { return };
     if !sm90(&be) {
         return;
     }
-    let (k, m) = (4096, 2);
-    let x = Rng(31).vec(m * k);
-    let xb = upload(&*be, &f32_bytes(&x));
+    let k = 4096;
+    let mut failures = Vec::new();
+    for m in [2usize, 3, 4] {
+        group_cases(&be, k, m, &mut failures);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The segmented and GLU cases at m x rows (see the module doc).
+fn group_cases(be: &CudaBackend, k: usize, m: usize, failures: &mut Vec<String>) {
+    let x = Rng(31 + m as u64).vec(m * k);
+    let xb = upload(be, &f32_bytes(&x));
     let xv = xb.view(0, Shape::d2(m, k), DType::F32).unwrap();
     let xe: Vec<Vec<f64>> = (0..m).map(|r| q8_round(&x[r * k..(r + 1) * k]).0).collect();
-    let mut failures = Vec::new();
     // Segments with tails (rows not multiples of the 4-row group).
     for (ci, dt) in [DType::Q4_K, DType::Q6_K, DType::Q5_0]
         .into_iter()
@@ -124,9 +133,9 @@ fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
         let ws: Vec<(Weight, Vec<f32>)> = rows
             .iter()
             .enumerate()
-            .map(|(i, &n)| weight(&*be, dt, n, k, 40 + 10 * ci as u64 + i as u64))
+            .map(|(i, &n)| weight(be, dt, n, k, 40 + 10 * ci as u64 + i as u64))
             .collect();
-        let ys: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
+        let ys: Vec<Buffer> = rows.iter().map(|&n| poisoned(be, m * n)).collect();
         let parts: Vec<(&Weight, ViewMut<'_>)> = ws
             .iter()
             .zip(&ys)
@@ -134,10 +143,10 @@ fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
             .map(|(((w, _), y), n)| (w, y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap()))
             .collect();
         let ran = be.matmul_group(xv, &parts, false).unwrap();
-        if ran != expected_m2(dt) {
+        if ran != expected(dt, m) {
             failures.push(format!(
-                "{dt} segments: ran {ran:?}, expected {:?}",
-                expected_m2(dt)
+                "{dt} m={m} segments: ran {ran:?}, expected {:?}",
+                expected(dt, m)
             ));
             continue;
         }
@@ -145,11 +154,11 @@ fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
             continue;
         }
         for (((_, wd), y), n) in ws.iter().zip(&ys).zip(rows) {
-            let got = read_f32(&*be, view(y, &[m * n], DType::F32));
+            let got = read_f32(be, view(y, &[m * n], DType::F32));
             for (r, xr) in xe.iter().enumerate() {
                 let e = nmse(&got[r * n..(r + 1) * n], &product(xr, wd, n, k));
                 if e.is_nan() || e > 1e-9 {
-                    failures.push(format!("{dt} segment n={n} row {r}: nmse {e:e}"));
+                    failures.push(format!("{dt} m={m} segment n={n} row {r}: nmse {e:e}"));
                 }
             }
         }
@@ -157,28 +166,28 @@ fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
     // GLU mode, n odd (a tail group of one gate/up row pair), both activations.
     for (ci, dt) in [DType::Q4_K, DType::Q6_K].into_iter().enumerate() {
         let n = 259;
-        let (g, gd) = weight(&*be, dt, n, k, 80 + 10 * ci as u64);
-        let (u, ud) = weight(&*be, dt, n, k, 81 + 10 * ci as u64);
+        let (g, gd) = weight(be, dt, n, k, 80 + 10 * ci as u64);
+        let (u, ud) = weight(be, dt, n, k, 81 + 10 * ci as u64);
         for act in [Activation::Silu, Activation::GeluTanh] {
             let (gs, us, out) = (
-                poisoned(&*be, m * n),
-                poisoned(&*be, m * n),
-                poisoned(&*be, m * n),
+                poisoned(be, m * n),
+                poisoned(be, m * n),
+                poisoned(be, m * n),
             );
             let views =
                 [&gs, &us, &out].map(|b| b.view_mut(0, Shape::d2(m, n), DType::F32).unwrap());
             let ran = be.matmul_glu_group(xv, &g, &u, act, views, false).unwrap();
-            if ran != expected_m2(dt) {
+            if ran != expected(dt, m) {
                 failures.push(format!(
-                    "{dt} GLU {act:?}: ran {ran:?}, expected {:?}",
-                    expected_m2(dt)
+                    "{dt} m={m} GLU {act:?}: ran {ran:?}, expected {:?}",
+                    expected(dt, m)
                 ));
                 continue;
             }
             if ran.is_none() {
                 continue;
             }
-            let got = read_f32(&*be, view(&out, &[m * n], DType::F32));
+            let got = read_f32(be, view(&out, &[m * n], DType::F32));
             for (r, xr) in xe.iter().enumerate() {
                 let (pg, pu) = (product(xr, &gd, n, k), product(xr, &ud, n, k));
                 let want: Vec<f64> = pg
@@ -188,10 +197,9 @@ fn segmented_and_glu_kernels_at_two_rows_match_the_oracle() {
                     .collect();
                 let e = nmse(&got[r * n..(r + 1) * n], &want);
                 if e.is_nan() || e > 1e-9 {
-                    failures.push(format!("{dt} GLU {act:?} row {r}: nmse {e:e}"));
+                    failures.push(format!("{dt} m={m} GLU {act:?} row {r}: nmse {e:e}"));
                 }
             }
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
