@@ -430,7 +430,10 @@ template <class T32> struct GP<X8<T32>> {
 // kernel is NS = 1 (gemv_one_seg), where the lookups fold away.
 template <class T, class TW, int R, int D, int NT, int U, int NS, int GLU, int M = 1>
 __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __restrict__ xq,
-                                           const float2* __restrict__ xs, int k, int m, int S, int act) {
+                                           const float2* __restrict__ xs, int k, int m_, int S, int act) {
+    // M = 1: m is 1 at compile time, so the single-row kernels compile as they did before M
+    // (a runtime m there cost ~1 % of a batch-1 decode step on an H200, BENCHMARKS.md stop 25).
+    const int m = M == 1 ? 1 : m_;
     constexpr int BPS = KILN_WARP / T::CHUNKS;
     constexpr int SB = BPS * TW::BODY;                     // body bytes per row and step
     constexpr int SH = BPS * TW::HEAD;                     // head bytes per row and step (0, 16 or 32)
@@ -518,9 +521,10 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
         for (int mi = 0; mi < M; mi++)
 #pragma unroll
             for (int r = 0; r < T::RUNS; r++) {
-                const i64 u = (i64)min(mi, m - 1) * units + (G * T::RUNS + r) * KILN_WARP + lane;
-                xv[mi][r] = __ldg(xq + u);
-                xsv[mi][r] = __ldg(xs + u);
+                const i64 row = M == 1 ? 0 : (i64)min(mi, m - 1) * units;
+                const int u = (G * T::RUNS + r) * KILN_WARP + lane;
+                xv[mi][r] = __ldg(xq + row + u);
+                xsv[mi][r] = __ldg(xs + row + u);
             }
     };
 #if GP_BULK
