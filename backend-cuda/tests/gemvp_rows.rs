@@ -104,6 +104,22 @@ fn expected(dt: DType, m: usize) -> Option<GroupKernel> {
         .then_some(GroupKernel::Pipe)
 }
 
+/// Whether the group ran the expected kernel (else a failure) and produced outputs to check.
+fn ran_as_expected(
+    ran: Option<GroupKernel>,
+    dt: DType,
+    m: usize,
+    what: &str,
+    failures: &mut Vec<String>,
+) -> bool {
+    let want = expected(dt, m);
+    if ran != want {
+        failures.push(format!("{dt} m={m} {what}: ran {ran:?}, expected {want:?}"));
+        return false;
+    }
+    ran.is_some()
+}
+
 #[test]
 fn segmented_and_glu_kernels_at_several_rows_match_the_oracle() {
     let Some(be) = gpu() else { return };
@@ -143,14 +159,7 @@ fn group_cases(be: &CudaBackend, k: usize, m: usize, failures: &mut Vec<String>)
             .map(|(((w, _), y), n)| (w, y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap()))
             .collect();
         let ran = be.matmul_group(xv, &parts, false).unwrap();
-        if ran != expected(dt, m) {
-            failures.push(format!(
-                "{dt} m={m} segments: ran {ran:?}, expected {:?}",
-                expected(dt, m)
-            ));
-            continue;
-        }
-        if ran.is_none() {
+        if !ran_as_expected(ran, dt, m, "segments", failures) {
             continue;
         }
         for (((_, wd), y), n) in ws.iter().zip(&ys).zip(rows) {
@@ -177,14 +186,7 @@ fn group_cases(be: &CudaBackend, k: usize, m: usize, failures: &mut Vec<String>)
             let views =
                 [&gs, &us, &out].map(|b| b.view_mut(0, Shape::d2(m, n), DType::F32).unwrap());
             let ran = be.matmul_glu_group(xv, &g, &u, act, views, false).unwrap();
-            if ran != expected(dt, m) {
-                failures.push(format!(
-                    "{dt} m={m} GLU {act:?}: ran {ran:?}, expected {:?}",
-                    expected(dt, m)
-                ));
-                continue;
-            }
-            if ran.is_none() {
+            if !ran_as_expected(ran, dt, m, &format!("GLU {act:?}"), failures) {
                 continue;
             }
             let got = read_f32(be, view(&out, &[m * n], DType::F32));
