@@ -56,10 +56,10 @@ __device__ __forceinline__ GemvSeg gemv_seg(const GemvSegs& sg, int g) {
     return r;
 }
 
-// GLU mode (GLU = 1, the `*g_` kernels, M = 1): segment 0 is a gate weight, segment 1 the up
+// GLU mode (GLU = 1, the `*g_` kernels; M = 1 except gemvpg_<type>_m2/_m4): segment 0 is a gate weight, segment 1 the up
 // weight of the same shape; a group is R/2 rows of each (rows rr < R/2 of the group are gate
 // rows g·R/2 + rr, rows rr ≥ R/2 the same up rows) and stores act(gate)·up for its R/2 rows
-// into segment 0's y: y [1, n] = act(x·Gᵀ) ⊙ x·Uᵀ, the glu kernel folded into the GEMV.
+// into segment 0's y: y [m, n] = act(x·Gᵀ) ⊙ x·Uᵀ, the glu kernel folded into the GEMV.
 template <int NS, int R, int GLU>
 __device__ __forceinline__ int group_count(const GemvSegs& sg) {
     if (GLU) return (sg.n[0] + R / 2 - 1) / (R / 2);

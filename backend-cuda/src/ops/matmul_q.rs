@@ -249,7 +249,7 @@ impl CudaBackend {
     }
 
     /// The fused path with the pipelined kernel forced (tests, benches): an error where it does
-    /// not apply (matmul_q/pipe.rs: its types, m = 1 or 2, k a multiple of 2048, sm_90+).
+    /// not apply (matmul_q/pipe.rs: its types, m ≤ 4, k a multiple of 2048, sm_90+).
     pub fn matmul_fused_m1_pipe(&self, x: View<'_>, w: &Weight, out: ViewMut<'_>) -> Result<()> {
         self.matmul_impl(x, w, out, MatmulPath::Fused, GemvM1::Pipe)
     }
@@ -411,7 +411,7 @@ impl CudaBackend {
             || (m1 == GemvM1::Auto
                 && gemv_pipe_auto(w.dtype)
                 && !pipe::grouped(self.ctx.ordinal()));
-        // Up to 4 x rows on the pipe when forced, else up to KILN_GEMV_PIPE_ROWS (default 2).
+        // Up to 4 x rows on the pipe when forced, else up to KILN_GEMV_PIPE_ROWS (default 4).
         let rows = pipe::pipe_m_index(m, m1 == GemvM1::Pipe).is_some();
         if rows && pipe && self.gemv_pipe_applies(w, k) {
             return self.gemv_pipe(w, [xp, outp], [m, n, k]);

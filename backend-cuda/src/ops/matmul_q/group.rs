@@ -167,7 +167,7 @@ impl CudaBackend {
 
     /// The GLU-mode launch (`gemv1g_`, `quant_x` + `gemv8g_`, `gemvg_`) if it applies: `outs`
     /// = [g_out, u_out, out] (the first two only qualify the call; the kernel writes `out`
-    /// `[m, n]` alone; m = 1, or 2 on the pipelined kernels). `tuned` as in
+    /// `[m, n]` alone; m = 1, or up to 4 on the pipelined kernels). `tuned` as in
     /// [`Self::matmul_group`].
     pub fn matmul_glu_group(
         &self,
@@ -208,13 +208,16 @@ impl CudaBackend {
     ) -> Result<Option<GroupKernel>> {
         let op = OpKind::Matmul;
         let k = x.shape().last();
-        // x rows: 1, or 2 where the pipelined kernels take the group (checked below).
+        // x rows: 1, or up to KILN_GEMV_PIPE_ROWS where the pipelined kernels take the group
+        // (checked below); mx: their kernel for m rows.
         let m = x.numel().checked_div(k).unwrap_or(0);
+        let Some(mx) = super::pipe::pipe_m_index(m, false) else {
+            return Ok(None);
+        };
         if !group_enabled()
             || !(2..=GEMV_NS).contains(&parts.len())
             || x.dtype() != DType::F32
             || k == 0
-            || super::pipe::pipe_m_index(m, false).is_none()
             || x.numel() != m * k
             || super::super::matmul_mma::forced_path().is_some()
         {
@@ -254,7 +257,7 @@ impl CudaBackend {
             segs.y = [outp, 0, 0];
         }
         if m > 1 && !pipe {
-            // Only the pipelined kernels have an m = 2 form.
+            // Only the pipelined kernels have forms for m > 1.
             return Ok(None);
         }
         let act = glu.map(|g| g.0);
@@ -289,7 +292,6 @@ impl CudaBackend {
         }
         if let (true, Some(pt)) = (pipe, pipe_t) {
             // GLU mode: a group is R/2 gate rows and the same R/2 up rows.
-            let mx = super::pipe::pipe_m_index(m, false).unwrap_or(0);
             let (name, groups) = match glu {
                 Some(_) => (pt.glu[mx], parts[0].0.shape().dim(0).div_ceil(R / 2)),
                 None => (pt.segs[mx], groups),
@@ -415,7 +417,7 @@ impl CudaBackend {
         // blocks, checked), y_s holds m·n_s f32 (checked, disjoint from x and each other; m = 1
         // except for the pipelined kernels, which take m ≤ their M); x holds k f32 at a 16-byte aligned address
         // (gemv1s_/gemvs_), or xq/xs are quant_x's scratch for the m rows written just before on
-        // this stream (gemvps_/gemvpg_<type>[_m2]: quant_x_q4_k2's, in their lane order). W rows
+        // this stream (gemvps_/gemvpg_<type>[_m2|_m4]: quant_x_q4_k2's, in their lane order). W rows
         // are clamped to n_s − 1, writes bounded by n_s; the
         // dynamic shared memory is gemv1s_'s x_units·24 bytes or gemvp's ring (allowed by
         // gemv_pipe_prepare; its weights checked by gemv_pipe_applies: 16-byte aligned, k a
