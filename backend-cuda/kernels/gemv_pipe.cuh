@@ -555,8 +555,9 @@ __device__ __forceinline__ void gemvp_body(const GemvSegs& sg, const uint4* __re
             uint4 xn[M][T::RUNS];
             float2 xsn[M][T::RUNS];
             if (u + 1 < ns) load_x(G0 + u + 1, xn, xsn);  // next step's x before this step's decode
-            // One decode per x row: the shared-memory loads and the weight unpacking of the
-            // rows are the same for every x row, and the compiler keeps one copy of them.
+            // The step once per x row: its shared-memory loads and weight unpacking are the same
+            // for every x row and are expected to be kept once (not checked in SASS; back to back
+            // m = 2 costs 1.14–1.27× m = 1, BENCHMARKS.md stop 25).
 #pragma unroll
             for (int mi = 0; mi < M; mi++) {
                 if constexpr (gp_same<T, TQ4_K2>::v && GP<TW>::K2) {

@@ -212,7 +212,8 @@ fn segmented_gemv_kernels_match_the_oracle() {
 }
 
 /// The runtime's entry point (tuned dispatch: grouped where every part runs the fused kernel at
-/// one row, else one matmul each) at m = 1 and m = 2 (one matmul per part): every row against
+/// one row, else one matmul each) at m = 1 and m = 2 (grouped on the pipelined `_m2` kernels on
+/// sm_90 where the tuner keeps them, else one matmul per part): every row against
 /// the f64 product with x rounded to int8 per 16 (block types) or exact (float types), within
 /// the loosest bound of the paths the tuner may pick (the mma path rounds x per 32, the dense
 /// path to bf16).

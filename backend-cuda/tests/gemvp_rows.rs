@@ -19,13 +19,14 @@ use common::*;
 use kiln_core::{Activation, Backend, Buffer, DType, HostTensor, Shape, ViewMut, Weight};
 use kiln_cuda::{CudaBackend, GroupKernel};
 
-/// sm_90 (the copy engine the pipelined kernels need), else prints "skipped".
-fn sm90(be: &CudaBackend) -> bool {
-    let ok = be.info().caps.compute_capability.is_some_and(|c| c.0 >= 9);
-    if !ok {
+/// cuda:0 if it is sm_90 (the copy engine the pipelined kernels need), else prints "skipped".
+fn sm90_gpu() -> Option<std::sync::Arc<CudaBackend>> {
+    let be = gpu()?;
+    if be.info().caps.compute_capability.is_none_or(|c| c.0 < 9) {
         println!("skipped: the pipelined GEMV needs sm_90");
+        return None;
     }
-    ok
+    Some(be)
 }
 
 /// A prepared weight with its dequantized values.
@@ -47,10 +48,7 @@ fn product(xe: &[f64], wd: &[f32], n: usize, k: usize) -> Vec<f64> {
 
 #[test]
 fn gemvp_rows_forced_match_the_int8_x_oracle_per_row() {
-    let Some(be) = gpu() else { return };
-    if !sm90(&be) {
-        return;
-    }
+    let Some(be) = sm90_gpu() else { return };
     let n = 202;
     let mut failures = Vec::new();
     for (k, m) in [(4096usize, 2usize), (14336, 2), (4096, 3), (14336, 4)] {
@@ -122,10 +120,7 @@ fn ran_as_expected(
 
 #[test]
 fn segmented_and_glu_kernels_at_several_rows_match_the_oracle() {
-    let Some(be) = gpu() else { return };
-    if !sm90(&be) {
-        return;
-    }
+    let Some(be) = sm90_gpu() else { return };
     let k = 4096;
     let mut failures = Vec::new();
     for m in [2usize, 3, 4] {
