@@ -1,6 +1,7 @@
 // matmul_mma.cu: y = x·Wᵀ for the 12 block types on int8 tensor cores, for 8 ≤ m ≤ ~512 rows
 // (the fused GEMV's int8 x and exact integer weights, llama.cpp's "mmq" idea, our own code).
-// Q4_K at 1 ≤ m ≤ 64 has two kernels of its own (mq4k: int8, below; mh4k: f16, matmul_mh.cu); the host
+// Q4_K at 1 ≤ m ≤ 64 has two kernels of its own (mq4k: int8, below; mh4k: f16, matmul_mh.cu), Q6_K
+// one (mq6k, matmul_mq6k.cuh); the host
 // (ops/matmul_mma.rs) takes the tuned one unless a generic configuration is forced.
 //
 // Inputs: W [n, k] in the repacked layout of quant.cuh; x already rounded by quant_x_<type>
@@ -542,6 +543,16 @@ MQ4K_KERNEL(8, 1, 8, 3)
 MQ4K_KERNEL(16, 1, 8, 3)
 MQ4K_KERNEL(32, 2, 4, 3)
 MQ4K_KERNEL(64, 2, 8, 3)
+#endif
+
+// mq6k: Q6_K at 1 ≤ m ≤ 64 (matmul_mq6k.cuh).
+#include "matmul_mq6k.cuh"
+// The configurations the host picks from by m (ops/matmul_mma/mq6k.rs MQ6K, same order).
+#ifndef MQ4K_NO_INSTANCES
+MQ6K_KERNEL(8, 1, 8, 3)
+MQ6K_KERNEL(16, 1, 8, 3)
+MQ6K_KERNEL(32, 2, 4, 3)
+MQ6K_KERNEL(64, 2, 8, 3)
 #endif
 
 // mp4k: Q4_K at 2 ≤ m ≤ 8 with W through per-warp bulk-copy rings (matmul_mp.cuh).

@@ -9,7 +9,7 @@
 //!
 //! NVRTC finds no headers by itself: our own headers (`common.cuh`, `quant.cuh`, `gemv_segs.cuh`,
 //! `gemv_pipe.cuh`, `mma_ring.cuh`, `attn_merge.cuh`, `attn_cluster.cuh`, `bulk.cuh`,
-//! `matmul_mp.cuh`) are expanded textually before compiling; the CUDA include directory is
+//! `matmul_mp.cuh`, `matmul_mq6k.cuh`) are expanded textually before compiling; the CUDA include directory is
 //! added with `--include-path` from env `KILN_CUDA_INCLUDE`, else `/usr/local/cuda/include` when
 //! it exists (the kernels themselves need no CUDA header). libnvrtc is found through the loader path (`LD_LIBRARY_PATH`).
 
@@ -41,7 +41,7 @@ macro_rules! kernel_file {
 }
 
 /// Headers that `#include "..."` may name (expanded before compiling).
-pub const HEADERS: [(&str, &str); 9] = [
+pub const HEADERS: [(&str, &str); 10] = [
     ("common.cuh", include_str!("../kernels/common.cuh")),
     ("quant.cuh", include_str!("../kernels/quant.cuh")),
     ("gemv_segs.cuh", include_str!("../kernels/gemv_segs.cuh")),
@@ -54,6 +54,10 @@ pub const HEADERS: [(&str, &str); 9] = [
     ),
     ("bulk.cuh", include_str!("../kernels/bulk.cuh")),
     ("matmul_mp.cuh", include_str!("../kernels/matmul_mp.cuh")),
+    (
+        "matmul_mq6k.cuh",
+        include_str!("../kernels/matmul_mq6k.cuh"),
+    ),
 ];
 
 pub const NORM: KernelFile = kernel_file!("norm.cu");

@@ -4,7 +4,8 @@
 //! Measured on first use (or by `CudaBackend::tune_matmul`, which `kiln tune` calls), persisted
 //! with `kiln_core::tune::TuneCache` under a device key made of the GPU name, compute capability
 //! and driver, and used by dispatch. Entries persisted before the mma path existed (no
-//! `max_mma_rows` key) are ignored on load, so those shapes are measured again.
+//! `max_mma_rows` key), or against older mma kernels of their type (`mma_rev`), are ignored on
+//! load, so those shapes are measured again.
 //!
 //! Measurement: for m in `LADDER`, every applicable path runs on scratch buffers with the L2
 //! cache flushed before every timed run (as in decode, where other layers' weights evict this
@@ -106,32 +107,39 @@ impl Crossovers {
         let known = cache
             .entries()
             .iter()
-            .filter_map(|(k, v)| {
-                // Both keys or nothing: an entry from before the mma path is re-tuned (and a
-                // Q4_K entry from before its f16 kernel or its pipelined kernel).
-                let q4k = k.starts_with("matmul/Q4_K/");
-                let min_mh_rows = match v.get("min_mh_rows") {
-                    Some(r) => r.as_u64()? as usize,
-                    None if q4k => return None,
-                    None => usize::MAX,
-                };
-                let (max_mp_rows, mp_tensor) = match (v.get("max_mp_rows"), v.get("mp_tensor")) {
-                    (Some(r), Some(t)) => (r.as_u64()? as usize, t.as_bool()?),
-                    _ if q4k => return None,
-                    _ => (0, false),
-                };
-                let c = Crossover {
-                    max_fused_rows: v.get("max_fused_rows")?.as_u64()? as usize,
-                    max_mma_rows: v.get("max_mma_rows")?.as_u64()? as usize,
-                    min_mh_rows,
-                    max_mp_rows,
-                    mp_tensor,
-                };
-                Some((k.clone(), c))
-            })
+            .filter_map(|(k, v)| Some((k.clone(), persisted(k, v)?)))
             .collect();
         Crossovers { cache, known }
     }
+}
+
+/// The crossover a persisted entry `v` under key `k` holds, or None where it must be measured
+/// again: fields missing (an entry from before the mma path, or a Q4_K entry from before its f16
+/// or pipelined kernel), or measured against older mma kernels of its type (`mma_rev`).
+fn persisted(k: &str, v: &serde_json::Value) -> Option<Crossover> {
+    let q4k = k.starts_with("matmul/Q4_K/");
+    let dtype = k.split('/').nth(1).unwrap_or("");
+    let rev = v.get("mma_rev").map_or(Some(0), |r| r.as_u64())?;
+    if rev != mma_revision(dtype) {
+        return None;
+    }
+    let min_mh_rows = match v.get("min_mh_rows") {
+        Some(r) => r.as_u64()? as usize,
+        None if q4k => return None,
+        None => usize::MAX,
+    };
+    let (max_mp_rows, mp_tensor) = match (v.get("max_mp_rows"), v.get("mp_tensor")) {
+        (Some(r), Some(t)) => (r.as_u64()? as usize, t.as_bool()?),
+        _ if q4k => return None,
+        _ => (0, false),
+    };
+    Some(Crossover {
+        max_fused_rows: v.get("max_fused_rows")?.as_u64()? as usize,
+        max_mma_rows: v.get("max_mma_rows")?.as_u64()? as usize,
+        min_mh_rows,
+        max_mp_rows,
+        mp_tensor,
+    })
 }
 
 /// `NVIDIA_H200__sm_90__CUDA_13.0`.
@@ -141,6 +149,16 @@ pub fn device_key(info: &DeviceInfo) -> String {
         .compute_capability
         .map_or("sm_unknown".to_string(), |(a, b)| format!("sm_{a}{b}"));
     kiln_core::tune::device_key(&[&info.name, &cc, &info.driver])
+}
+
+/// The revision of a dtype's mma-path kernels (by `DType::name`), persisted with its entries:
+/// an entry of another revision was measured against kernels that no longer run and is
+/// measured again. Q6_K 1: `mq6k` replaced the generic kernel at m ≤ 64 (stop 26).
+fn mma_revision(dtype: &str) -> u64 {
+    match dtype {
+        "Q6_K" => 1,
+        _ => 0,
+    }
 }
 
 fn key(dtype: DType, n: usize, k: usize) -> String {
@@ -244,6 +262,7 @@ impl CudaBackend {
                 "min_mh_rows": res.min_mh_rows,
                 "max_mp_rows": res.max_mp_rows,
                 "mp_tensor": res.mp_tensor,
+                "mma_rev": mma_revision(w.dtype.name()),
                 "m": res.m,
                 "fused_us": res.fused_us,
                 "mma_us": res.mma_us,
@@ -422,5 +441,38 @@ impl CudaBackend {
             )
         }
         .map_err(self.drv("cuMemsetD8Async"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Entries of a dtype whose mma kernels changed are measured again; others load.
+    #[test]
+    fn entries_of_older_mma_kernels_are_retuned() {
+        let base = json!({"max_fused_rows": 4, "max_mma_rows": 64});
+        let with = |extra: serde_json::Value| {
+            let mut v = base.clone();
+            if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+                o.extend(e.clone());
+            }
+            v
+        };
+        // Q8_0 (revision 0): with or without the stamp.
+        assert!(persisted("matmul/Q8_0/4096x4096", &base).is_some());
+        assert!(persisted("matmul/Q8_0/4096x4096", &with(json!({"mma_rev": 0}))).is_some());
+        assert!(persisted("matmul/Q8_0/4096x4096", &with(json!({"mma_rev": 7}))).is_none());
+        // Q6_K: only entries measured against mq6k.
+        assert!(persisted("matmul/Q6_K/4096x4096", &base).is_none());
+        let q6 = persisted("matmul/Q6_K/4096x4096", &with(json!({"mma_rev": 1})));
+        assert_eq!(
+            q6.map(|c| (c.max_fused_rows, c.max_mma_rows)),
+            Some((4, 64))
+        );
+        // Q4_K still needs its own kernels' fields.
+        assert!(persisted("matmul/Q4_K/4096x4096", &base).is_none());
+        let q4 = with(json!({"min_mh_rows": 16, "max_mp_rows": 8, "mp_tensor": true}));
+        assert!(persisted("matmul/Q4_K/4096x4096", &q4).is_some());
     }
 }

@@ -8,7 +8,8 @@
 //! Q4_K at 1 ≤ m ≤ 64 has two kernels of its own: `mq4k` (int8, below) and `mh4k` (f16 weight
 //! operand sc·q, mh4k.rs), and at 2 ≤ m ≤ 8 on sm_90 a third, `mp4k` (int8 with the weight
 //! streamed through per-warp bulk-copy rings, mp4k.rs); the tuner measures them per shape and
-//! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`).
+//! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`). Q6_K at
+//! 1 ≤ m ≤ 64 has one, `mq6k` (mq6k.rs), in place of the generic kernel.
 //!
 //! Test hook: env `KILN_MATMUL_PATH=fused|mma|dense` forces that path for every matmul of the
 //! `Auto` dispatch where the path applies (mma: block types only; the conformance suite runs
@@ -31,6 +32,7 @@ use crate::module_cache::MATMUL_MMA;
 mod launch_x8;
 mod mh4k;
 mod mp4k;
+mod mq6k;
 use mh4k::{mh_config, mh_plan};
 
 /// The Q4_K few-row kernels (1 ≤ m ≤ 64; `Pipe`, `PipeTensor` 2 ≤ m ≤ 8 on sm_90).
@@ -256,10 +258,16 @@ const MQ4K: [MqConfig; 4] = [
 /// opt-in shared memory per block: the smallest tile covering m that fits, else the largest
 /// tile that fits; None if none fits.
 fn mq_config(m: usize, smem_max: usize) -> Option<usize> {
-    let fits = |c: &MqConfig| mq_smem(c) <= smem_max;
-    MQ4K.iter()
+    tile_for(&MQ4K, m, |c| mq_smem(c) <= smem_max)
+}
+
+/// The index in `table` (tiles by growing BM) of the smallest tile covering m that `fits`,
+/// else of the largest that fits; None if none fits.
+fn tile_for(table: &[MqConfig], m: usize, fits: impl Fn(&MqConfig) -> bool) -> Option<usize> {
+    table
+        .iter()
         .position(|c| c.bm >= m && fits(c))
-        .or_else(|| MQ4K.iter().rposition(fits))
+        .or_else(|| table.iter().rposition(&fits))
 }
 
 /// The most x rows the Q4_K kernels take (their largest tile).
@@ -279,14 +287,14 @@ fn mq_smem(c: &MqConfig) -> usize {
     c.st * (16 * c.wt * c.nw * 160 + c.bm * 288 + c.bm / 2 * 144)
 }
 
-/// The launch plan of one Q4_K few-row matmul.
+/// The launch plan of one Q4_K (or Q6_K: mq6k) few-row matmul.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MqPlan {
-    /// Index into `MQ4K`.
+    /// Index into `MQ4K` (`MQ6K`).
     cfg: usize,
     /// x rows padded to whole tiles (the rows of the scratch x image).
     mp: usize,
-    /// k splits (gridDim.z) and Q4_K block columns (256 elements) per split.
+    /// k splits (gridDim.z) and block columns (256 elements) per split.
     splits: usize,
     blocks_per_split: usize,
     /// Bytes of scratch: xq u8 `[k/256, mp, 256]`, xs float2 `[k/256, mp/2, 8, 2]`, then
@@ -300,7 +308,18 @@ pub(crate) struct MqPlan {
 /// fill), ceil(tiles·S / slots) · (ceil(nb / S) + 1), ties to the smaller S: one resident wave of blocks when the tiles allow it,
 /// each streaming as many block columns as the split leaves (backend-cuda/labs/mma).
 fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) -> MqPlan {
-    let c = &MQ4K[cfg];
+    mq_plan_of(&MQ4K[cfg], cfg, [m, n, k], sms, per_sm)
+}
+
+/// `mq_plan` for configuration `c` (index `cfg` of its table) of either int8 kernel that reads
+/// `mq_quant_x`'s x (mq4k, mq6k: 256-element block columns).
+fn mq_plan_of(
+    c: &MqConfig,
+    cfg: usize,
+    [m, n, k]: [usize; 3],
+    sms: usize,
+    per_sm: usize,
+) -> MqPlan {
     let mp = m.div_ceil(c.bm).max(1) * c.bm;
     let nb = (k / 256).max(1);
     let tiles = n.div_ceil(16 * c.wt * c.nw) * (mp / c.bm);
@@ -416,7 +435,11 @@ impl CudaBackend {
         if q4k > 0 {
             return q4k;
         }
-        mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch
+        let generic = mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch;
+        // Q6_K: mq6k's, or the generic kernel's for a weight it cannot take.
+        self.mq6k_config(dt, m).map_or(generic, |cfg| {
+            generic.max(self.mq6k_plan([m, n, k], cfg).scratch)
+        })
     }
 
     /// The Q4_K few-row configuration (index into `MQ4K`) that takes an mma matmul of a `dt`
@@ -459,12 +482,16 @@ impl CudaBackend {
     /// (registers and shared memory), cached per configuration; 1 if it cannot say.
     fn mq_per_sm(&self, cfg: usize) -> usize {
         static OCC: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
-        let cached = OCC[cfg].load(Ordering::Relaxed);
+        self.mq_occupancy(&MQ4K[cfg], mq_smem(&MQ4K[cfg]), &OCC[cfg])
+    }
+
+    /// Resident blocks per SM of kernel configuration `c` with `smem` bytes of dynamic shared
+    /// memory, cached in `cell`; 1 if the driver cannot say.
+    fn mq_occupancy(&self, c: &MqConfig, smem: usize, cell: &AtomicUsize) -> usize {
+        let cached = cell.load(Ordering::Relaxed);
         if cached > 0 {
             return cached;
         }
-        let c = &MQ4K[cfg];
-        let smem = mq_smem(c);
         let occ = self
             .function(&MATMUL_MMA, c.name)
             .and_then(|f| {
@@ -473,19 +500,20 @@ impl CudaBackend {
                     .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
             })
             .map_or(1, |o| (o as usize).max(1));
-        OCC[cfg].store(occ, Ordering::Relaxed);
+        cell.store(occ, Ordering::Relaxed);
         occ
     }
 
     /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
-    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k` or `mp4k` does, else int8 per 16
-    /// (`quant_x_<type>`).
+    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k`, `mp4k` or `mq6k` does (for a 16-byte
+    /// aligned weight, as prepare_weight makes), else int8 per 16 (`quant_x_<type>`).
     pub fn mma_x_rounding(&self, dt: DType, n: usize, k: usize, m: usize) -> MmaXRounding {
         match self.q4k_kernel(dt, m, n, k) {
             Some(Q4kKernel::F16) => MmaXRounding::F16Block,
             Some(Q4kKernel::Int8 | Q4kKernel::Pipe | Q4kKernel::PipeTensor) => {
                 MmaXRounding::Int8 { group: 32 }
             }
+            None if self.mq6k_config(dt, m).is_some() => MmaXRounding::Int8 { group: 32 },
             None => MmaXRounding::Int8 { group: 16 },
         }
     }
@@ -550,6 +578,9 @@ impl CudaBackend {
                 return self.matmul_mq4k(xp, w, outp, m, n, k, cfg);
             }
             _ => {}
+        }
+        if let Some(cfg) = self.mq6k_applies(w, m) {
+            return self.matmul_mq6k(xp, w, outp, [m, n, k], cfg);
         }
         let (mi, ni, ki) = (
             arg_i32(op, "m", m)?,

@@ -1,0 +1,225 @@
+// matmul_mq6k.cuh: mq6k_b<BM>_w<WT>_n<NW>_s<ST>, Q6_K for 1 ≤ m ≤ 64 on int8 tensor cores
+// (included by matmul_mma.cu after mq4k, whose x rounding `mq_quant_x` it reads; host
+// src/ops/matmul_mma/mq6k.rs). Why: the generic `mma_q6_k_*` decodes W through registers into
+// shared memory with one stage in flight per 128-thread block (H200, 14336×4096: 47 µs at m = 4,
+// ~1.0 TB/s, where the fused GEMV moves the same 48 MB in 22 µs); Q4_K_M files carry Q6_K
+// down/v/output matrices, so batched decode of real models pays it.
+// Measured (H200, gemm bench, BENCHMARKS.md stop 26): 14336×4096 at m = 8 26.6 µs (43 % of copy
+// bandwidth; generic 41.6, fused 35.9), m = 16 32.7, m = 64 71.2. What bounds it: leaving the
+// mma loop out takes 18 µs (the cp.async ring alone), keeping it with W fed from L2 25 µs — the
+// decode + scale work (~40 instructions per sub-block and lane, 96 registers, 16 warps per SM)
+// at a low issue rate; tiles with 4 or 8 warps, 2–4 stages and 3–6 blocks per SM all measured
+// within ±4 %.
+//
+// x: mq_quant_x's int8 x per 32 elements (xq u8 [k/256][mp][256] in element order, xs float2
+// [k/256][mp/2][8][2] = (d, d·Σq) per x row and 32-element group; rows m..mp−1 zero).
+//
+// Thread mapping: grid (mp / BM, ceil(n / BN), S), block 32·NW threads, BN = 16·WT·NW W rows;
+// the m tiles of one W tile are adjacent block indices (W read from HBM once, the rest from L2).
+// A k stage is one Q6_K block column (256 elements): the raw 208-byte bodies of the BN rows
+// (ql[128], qh[64], scales i8[16]: the GGUF block less d, kiln's body region), the BM x rows
+// and their scales, copied by cp.async into a ring of ST stages (ST − 1 in flight while one is
+// used; BN·208 + BM·320 bytes per stage from global). d (kiln's head region, 2 bytes per block)
+// is read by the lanes that use it with one ordinary load a stage ahead. Warp w owns W rows
+// [16·WT·w, 16·WT·(w + 1)) × all BM x rows: WT × BM/8 tiles of mma.sync m16n8k16 s8·s8 (W = A,
+// 16 rows; x = B, 8 columns), one per 16-element sub-block j (its own int8 scale).
+// Fragments straight from the raw block (g = lane / 4, t = lane % 4): element 16j + 4t + i (i
+// = 0..3) of half h = j / 8, quarter q = (j / 2) % 4, l = 16·(j % 2) + 4t + i is the nibble
+// q / 2 of ql[64h + 32·(q % 2) + l] with bits 2q, 2q + 1 of qh[32h + l] as bits 4, 5: one
+// 32-bit shared load of ql and one of qh per row give the 4 bytes of a0 (row g) / a1 (row g + 8)
+// (the ql word serves quarters q and q + 2, the qh word all four: the compiler keeps one load),
+// w − 32 as a signed byte = ((w + 0x60) ^ 0x80) bytewise (exact, no min term); b = x bytes
+// 16j + 4t .. +3 of x row g. S (accumulator input 1.5·2²³ as f32 bits: the result read as f32 is
+// M + S exactly, |S| ≤ 16·32·127) is scaled by 2 FFMA per output: acc += (d·sc_j)·(dx·S).
+// Shared strides: W rows 208 B (52 words ≡ 20 mod 32), x rows 272 B (68 ≡ 4 mod 32): the 32-bit
+// fragment loads of 8 rows × 4 lanes hit 32 distinct banks; scales (mq4k's 144-byte rows of a
+// pair) one float4 per lane.
+// k split (gridDim.z = S > 1): each block writes its partial sums y = part f32 [S, m, n];
+// mma_reduce (a programmatic dependent) adds them in split order.
+// PDL: the W copies of the first stages are issued before griddepcontrol.wait (x comes from
+// the previous kernel); the kernel lets its dependents launch at its start.
+// Bytes: W once (n·k·0.8203: 210 per 256), x mp·k·1.25 per W tile (L2), y m·n·4 (·2·S with a
+// split). FLOPs 2·m·n·k (int8 MACs) + 4·m·n·k/16 f32.
+#pragma once
+
+#define MQ6_W_STRIDE 208  // the raw body, unpadded: 52 words ≡ 20 mod 32
+#define MQ6_X_STRIDE 272  // 256 + 16 pad: 68 words ≡ 4 mod 32
+#define MQ6_S_STRIDE 144  // as mq4k: 8 groups × 16 B per x row pair + 16 pad
+
+// Bytes of dynamic shared memory of a configuration (the host computes the same: mq6k.rs).
+template <int BM, int WT, int NW, int ST>
+__host__ __device__ constexpr int mq6_smem_bytes() {
+    return ST * (16 * WT * NW * MQ6_W_STRIDE + BM * MQ6_X_STRIDE + BM / 2 * MQ6_S_STRIDE);
+}
+
+// The A fragment of quarter Q from a ql word and a qh word: the 6-bit weights minus 32 as s8.
+template <int Q>
+__device__ __forceinline__ u32 q6k_frag(u32 ql, u32 qh) {
+    const u32 lo = (Q >= 2 ? ql >> 4 : ql) & 0x0f0f0f0fu;
+    const u32 hi = (Q == 0 ? qh << 4 : Q == 1 ? qh << 2 : Q == 2 ? qh : qh >> 2) & 0x30303030u;
+    return ((lo | hi) + 0x60606060u) ^ 0x80808080u;
+}
+
+template <int BM, int WT, int NW, int ST>
+__device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __restrict__ wh,
+                                          const u8* __restrict__ xq, const float2* __restrict__ xs,
+                                          float* __restrict__ y, int n, int k, int m, int mp, int spz) {
+    constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
+    constexpr int WB = BN * MQ6_W_STRIDE, XB = BM * MQ6_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ6_S_STRIDE;
+    constexpr int WPER = (BN * 13 + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
+    static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
+    extern __shared__ uint4 mq6_smem[];
+    u8* sm = (u8*)mq6_smem;  // [ST][W [BN][208] | Xq [BM][272] | Xs [BM/2][144]]
+    pdl_launch_dependents();
+    const int nb = k / 256;
+    const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
+    const int g = lane >> 2, t = lane & 3;
+
+    // This thread's W copies (row, 16-byte chunk), hoisted (rows past n clamped: valid reads,
+    // outputs not written).
+    const u8* wsrc[WPER];
+    int wdst[WPER];
+#pragma unroll
+    for (int i = 0; i < WPER; i++) {
+        const int e = min(tid + THREADS * i, BN * 13 - 1), row = e / 13, c = e - 13 * row;
+        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * 208 + 16 * c;
+        wdst[i] = row * MQ6_W_STRIDE + 16 * c;
+    }
+    auto issue_w = [&](int s, int slot) {
+        u8* dst = sm + slot * STAGE;
+#pragma unroll
+        for (int i = 0; i < WPER; i++)
+            if (tid + THREADS * i < BN * 13) mma_cp16(dst + wdst[i], wsrc[i] + (i64)(s - b0) * 208);
+    };
+    auto issue_x = [&](int s, int slot) {
+        u8* dq = sm + slot * STAGE + WB;
+        const u8* sq = xq + ((i64)s * mp + m0) * 256;
+#pragma unroll
+        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ6_X_STRIDE + 16 * (e & 15), sq + 16 * e);
+        u8* ds = dq + XB;
+        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
+#pragma unroll
+        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ6_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+    };
+    // d of rows g and g + 8 of each of this warp's tiles at block column s.
+    const u16* dsrc[WT][2];
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+            dsrc[wt][r] = (const u16*)wh + (i64)min(n0 + warp * 16 * WT + wt * 16 + g + 8 * r, n - 1) * nb;
+    // Raw d bits of the next stage, loaded a stage before they are used (a conversion right
+    // after the load would wait for it).
+    u16 draw[WT][2];
+    auto load_d = [&](int s) {
+#pragma unroll
+        for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) draw[wt][r] = __ldg(dsrc[wt][r] + s);
+    };
+
+    float acc[WT][NT][4];
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+
+    // Prologue: W (and d) of the first ST − 1 stages before the PDL wait, then x; group i =
+    // stage i (group 0 also holds the earlier W copies).
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++)
+        if (b0 + i < b1) issue_w(b0 + i, i);
+    load_d(min(b0, nb - 1));
+    mma_pdl_wait();
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (b0 + i < b1) issue_x(b0 + i, i);
+        mma_commit();
+    }
+
+    for (int s = b0; s < b1; s++) {
+        const int i = s - b0;
+        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
+        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
+        {
+            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
+            if (sn < b1) {
+                issue_w(sn, slot);
+                issue_x(sn, slot);
+            }
+            mma_commit();
+        }
+        float dcur[WT][2];
+#pragma unroll
+        for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) dcur[wt][r] = h2f(draw[wt][r]);
+        load_d(min(s + 1, b1 - 1));  // for the next stage
+        const u8* ws = sm + (i % ST) * STAGE;
+        const u8* xb = ws + WB;
+        const u8* sb = xb + XB;
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const int h = j >> 3, hi = j & 1;
+            u32 a[WT][2];
+            float dl[WT][2];
+#pragma unroll
+            for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const u8* p = ws + (warp * 16 * WT + wt * 16 + g + 8 * r) * MQ6_W_STRIDE;
+                    const u32 ql = *(const u32*)(p + 64 * h + 32 * ((j >> 1) & 1) + 16 * hi + 4 * t);
+                    const u32 qh = *(const u32*)(p + 128 + 32 * h + 16 * hi + 4 * t);
+                    switch ((j >> 1) & 3) {
+                        case 0: a[wt][r] = q6k_frag<0>(ql, qh); break;
+                        case 1: a[wt][r] = q6k_frag<1>(ql, qh); break;
+                        case 2: a[wt][r] = q6k_frag<2>(ql, qh); break;
+                        default: a[wt][r] = q6k_frag<3>(ql, qh); break;
+                    }
+                    const u32 scw = *(const u32*)(p + 192 + 4 * (j >> 2));
+                    dl[wt][r] = dcur[wt][r] * (float)(signed char)((scw >> (8 * (j & 3))) & 0xffu);
+                }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const u32 bq = *(const u32*)(xb + (nt * 8 + g) * MQ6_X_STRIDE + 16 * j + 4 * t);
+                // (d, d·Σq) of x rows nt·8 + 2t and nt·8 + 2t + 1 for this 32-element group.
+                const float4 xv = *(const float4*)(sb + (nt * 4 + t) * MQ6_S_STRIDE + 16 * (j >> 1));
+                // −M·d exactly (d has 22 significant bits): fmaf(M + S, d, −M·d) = d·S.
+                const float xm0 = -MMA_MAGIC_F * xv.x, xm1 = -MMA_MAGIC_F * xv.z;
+#pragma unroll
+                for (int wt = 0; wt < WT; wt++) {
+                    int c[4];
+                    mma_i8<true>(c, a[wt][0], a[wt][1], bq);
+                    float* o = acc[wt][nt];
+                    o[0] = fmaf(dl[wt][0], fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]);
+                    o[1] = fmaf(dl[wt][0], fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]);
+                    o[2] = fmaf(dl[wt][1], fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]);
+                    o[3] = fmaf(dl[wt][1], fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]);
+                }
+            }
+        }
+    }
+
+    float* out = y + (i64)blockIdx.z * m * n;  // y, or split z's partial sums
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
+                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
+                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
+            }
+}
+
+#define MQ6K_KERNEL(BM, WT, NW, ST)                                                                \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq6k_b##BM##_w##WT##_n##NW##_s##ST( \
+        const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
+        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
+        mq6k_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                             \
+    }
