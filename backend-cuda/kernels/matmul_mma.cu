@@ -1,7 +1,7 @@
 // matmul_mma.cu: y = x·Wᵀ for the 12 block types on int8 tensor cores, for 8 ≤ m ≤ ~512 rows
 // (the fused GEMV's int8 x and exact integer weights, llama.cpp's "mmq" idea, our own code).
-// Q4_K at 1 ≤ m ≤ 64 has two kernels of its own (mq4k: int8, below; mh4k: f16, matmul_mh.cu), Q6_K
-// one (mq6k, matmul_mq6k.cuh); the host
+// Q4_K at 1 ≤ m ≤ 64 has two kernels of its own (mq4k: int8, below; mh4k: f16, matmul_mh.cu), Q5_K
+// one (mq5k: mq4k's body with Q5 = true) and Q6_K one (mq6k, matmul_mq6k.cuh); the host
 // (ops/matmul_mma.rs) takes the tuned one unless a generic configuration is forced.
 //
 // Inputs: W [n, k] in the repacked layout of quant.cuh; x already rounded by quant_x_<type>
@@ -299,10 +299,17 @@ extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __r
 #define MQ_X_STRIDE 288  // bytes per x row in a stage: 256 + 32 pad (72 words ≡ 8 mod 32)
 #define MQ_S_STRIDE 144  // bytes per x row pair of scales: 8 sub-blocks × 16 + 16 pad
 
+// Q5_K (mq5k: the same kernel with Q5 = true): the raw 176-byte block (d, dmin, scales[12],
+// qh[32] @16, qs[128] @48) in rows of 224 bytes (56 words ≡ 24 mod 32: the 8-byte fragment
+// loads of a half warp's 4 rows tile the 32 banks); the fifth bit of a qs byte's low / high
+// nibble, bit 2cc / 2cc + 1 of qh byte l (l = the byte's index in its 32-byte run), goes to bit
+// 4 of the A fragment byte (0..31: still exact in s8).
+#define MQ5_W_STRIDE 224
+
 // Bytes of dynamic shared memory of a configuration (the host computes the same).
-template <int BM, int WT, int NW, int ST>
+template <int BM, int WT, int NW, int ST, bool Q5 = false>
 __host__ __device__ constexpr int mq_smem_bytes() {
-    return ST * (16 * WT * NW * MQ_W_STRIDE + BM * MQ_X_STRIDE + BM / 2 * MQ_S_STRIDE);
+    return ST * (16 * WT * NW * (Q5 ? MQ5_W_STRIDE : MQ_W_STRIDE) + BM * MQ_X_STRIDE + BM / 2 * MQ_S_STRIDE);
 }
 
 
@@ -389,16 +396,18 @@ __device__ __forceinline__ void q4k_shfl_scales(float dl[2][2], float nml[2][2],
         }
 }
 
-template <int BM, int WT, int NW, int ST>
+template <int BM, int WT, int NW, int ST, bool Q5 = false>
 __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __restrict__ xq,
                                           const float2* __restrict__ xs, float* __restrict__ y, int n, int k,
                                           int m, int mp, int spz) {
     constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
-    constexpr int WB = BN * MQ_W_STRIDE, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
-    constexpr int WPER = (BN * 9 + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
+    constexpr int WS = Q5 ? MQ5_W_STRIDE : MQ_W_STRIDE;  // shared bytes per W row
+    constexpr int BLK = Q5 ? 176 : 144, CH = BLK / 16, QS = Q5 ? 48 : 16;  // block bytes, chunks, qs offset
+    constexpr int WB = BN * WS, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
+    constexpr int WPER = (BN * CH + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
     static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
     extern __shared__ uint4 mq_smem[];
-    u8* sm = (u8*)mq_smem;  // [ST][W [BN][160] | Xq [BM][288] | Xs [BM/2][144]]
+    u8* sm = (u8*)mq_smem;  // [ST][W [BN][WS] | Xq [BM][288] | Xs [BM/2][144]]
     pdl_launch_dependents();  // the next kernel may launch; it waits for this grid to finish
     const int nb = k / 256;
     const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
@@ -412,15 +421,15 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
     int wdst[WPER];
 #pragma unroll
     for (int i = 0; i < WPER; i++) {
-        const int e = min(tid + THREADS * i, BN * 9 - 1), row = e / 9, c = e - 9 * row;
-        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * 144 + 16 * c;
-        wdst[i] = row * MQ_W_STRIDE + 16 * c;
+        const int e = min(tid + THREADS * i, BN * CH - 1), row = e / CH, c = e - CH * row;
+        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * BLK + 16 * c;
+        wdst[i] = row * WS + 16 * c;
     }
     auto issue_w = [&](int s, int slot) {
         u8* dst = sm + slot * STAGE;
 #pragma unroll
         for (int i = 0; i < WPER; i++)
-            if (tid + THREADS * i < BN * 9) mma_cp16(dst + wdst[i], wsrc[i] + (s - b0) * 144);
+            if (tid + THREADS * i < BN * CH) mma_cp16(dst + wdst[i], wsrc[i] + (s - b0) * BLK);
     };
     // x bytes and scales of column s, rows m0..m0+BM−1 (< mp) → slot.
     auto issue_x = [&](int s, int slot) {
@@ -477,8 +486,17 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
             const int row = warp * 16 * WT + wt * 16 + g;
 #pragma unroll
             for (int r = 0; r < 2; r++)  // d, dmin, scales[12] of rows g, g + 8
-                q4k_row_scales(*(const uint4*)(ws + (row + 8 * r) * MQ_W_STRIDE), t, r, my_dl[wt], my_ml[wt]);
+                q4k_row_scales(*(const uint4*)(ws + (row + 8 * r) * WS), t, r, my_dl[wt], my_ml[wt]);
         }
+        // Q5_K: qh bytes 8t .. 8t + 7 of rows g and g + 8 (the fifth bits of this lane's elements
+        // 8t .. 8t + 7 of every sub-block).
+        uint2 qh[WT][2];
+#pragma unroll
+        for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                qh[wt][r] = Q5 ? *(const uint2*)(ws + (warp * 16 * WT + wt * 16 + g + 8 * r) * WS + 16 + 8 * t)
+                               : make_uint2(0u, 0u);
 #pragma unroll
         for (int cc = 0; cc < 4; cc++) {
             u32 a[WT][2][4];          // [tile][low/high nibbles = sub-block 2cc / 2cc + 1][a0..a3]
@@ -487,8 +505,15 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
 #pragma unroll
             for (int wt = 0; wt < WT; wt++) {
                 const int row = warp * 16 * WT + wt * 16 + g;
-                q4k_a_frags(a[wt], *(const uint2*)(ws + row * MQ_W_STRIDE + 16 + 32 * cc + 8 * t),
-                            *(const uint2*)(ws + (row + 8) * MQ_W_STRIDE + 16 + 32 * cc + 8 * t));
+                q4k_a_frags(a[wt], *(const uint2*)(ws + row * WS + QS + 32 * cc + 8 * t),
+                            *(const uint2*)(ws + (row + 8) * WS + QS + 32 * cc + 8 * t));
+                if (Q5) {
+                    const u32 hw[4] = {qh[wt][0].x, qh[wt][1].x, qh[wt][0].y, qh[wt][1].y};  // a0..a3's
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) a[wt][h][e] |= ((hw[e] >> (2 * cc + h)) & 0x01010101u) << 4;
+                }
                 q4k_shfl_scales(dl[wt], nml[wt], my_dl[wt], my_ml[wt], src);
             }
 #pragma unroll
@@ -529,6 +554,12 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
             }
 }
 
+#define MQ5K_KERNEL(BM, WT, NW, ST)                                                                \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq5k_b##BM##_w##WT##_n##NW##_s##ST( \
+        const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
+        float* __restrict__ y, int n, int k, int m, int mp, int spz) {                               \
+        mq4k_body<BM, WT, NW, ST, true>(w, xq, xs, y, n, k, m, mp, spz);                           \
+    }
 #define MQ4K_KERNEL(BM, WT, NW, ST)                                                                \
     extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq4k_b##BM##_w##WT##_n##NW##_s##ST( \
         const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
@@ -543,11 +574,16 @@ MQ4K_KERNEL(8, 1, 8, 3)
 MQ4K_KERNEL(16, 1, 8, 3)
 MQ4K_KERNEL(32, 2, 4, 3)
 MQ4K_KERNEL(64, 2, 8, 3)
+// mq5k: Q5_K at 1 ≤ m ≤ 64 (ops/matmul_mma/mqk.rs, same order).
+MQ5K_KERNEL(8, 1, 8, 3)
+MQ5K_KERNEL(16, 1, 8, 3)
+MQ5K_KERNEL(32, 2, 4, 3)
+MQ5K_KERNEL(64, 2, 8, 2)  // 3 stages would need 241 KB
 #endif
 
 // mq6k: Q6_K at 1 ≤ m ≤ 64 (matmul_mq6k.cuh).
 #include "matmul_mq6k.cuh"
-// The configurations the host picks from by m (ops/matmul_mma/mq6k.rs MQ6K, same order).
+// The configurations the host picks from by m (ops/matmul_mma/mqk.rs, same order).
 #ifndef MQ4K_NO_INSTANCES
 MQ6K_KERNEL(8, 1, 8, 3)
 MQ6K_KERNEL(16, 1, 8, 3)

@@ -1,6 +1,6 @@
 // matmul_mq6k.cuh: mq6k_b<BM>_w<WT>_n<NW>_s<ST>, Q6_K for 1 ≤ m ≤ 64 on int8 tensor cores
 // (included by matmul_mma.cu after mq4k, whose x rounding `mq_quant_x` it reads; host
-// src/ops/matmul_mma/mq6k.rs). Why: the generic `mma_q6_k_*` decodes W through registers into
+// src/ops/matmul_mma/mqk.rs). Why: the generic `mma_q6_k_*` decodes W through registers into
 // shared memory with one stage in flight per 128-thread block (H200, 14336×4096: 47 µs at m = 4,
 // ~1.0 TB/s, where the fused GEMV moves the same 48 MB in 22 µs); Q4_K_M files carry Q6_K
 // down/v/output matrices, so batched decode of real models pays it.
@@ -46,7 +46,7 @@
 #define MQ6_X_STRIDE 272  // 256 + 16 pad: 68 words ≡ 4 mod 32
 #define MQ6_S_STRIDE 144  // as mq4k: 8 groups × 16 B per x row pair + 16 pad
 
-// Bytes of dynamic shared memory of a configuration (the host computes the same: mq6k.rs).
+// Bytes of dynamic shared memory of a configuration (the host computes the same: mqk.rs).
 template <int BM, int WT, int NW, int ST>
 __host__ __device__ constexpr int mq6_smem_bytes() {
     return ST * (16 * WT * NW * MQ6_W_STRIDE + BM * MQ6_X_STRIDE + BM / 2 * MQ6_S_STRIDE);

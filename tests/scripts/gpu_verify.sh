@@ -6,7 +6,7 @@
 #
 # 1. Development machine:  tests/scripts/gpu_verify.sh build
 #    Builds release test executables (conformance suite, kiln-models zoo_logits/zoo_generate/
-#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, gemvp_rows, q4k_pipe, mq6k, host_pin, planner_sizes and its
+#    zoo_graph, kiln-cuda nccl, gpu_ops, gemv_group, gemvp_rows, q4k_pipe, mqk, host_pin, planner_sizes and its
 #    unit tests, kiln-wgpu matmul, timers and attention) and the CUDA attention, gemm, gemv and decode benches and the `kiln` CLI (for `kiln bench serve` on
 #    Vulkan and CUDA), strips them into .gpu/verify.tar.xz
 #    (git-ignored), copies the tiny-model zoo (22 MB) and precompiles every kernel for sm_90 into
@@ -35,7 +35,7 @@ want = {("conformance", "test"): "conformance", ("zoo_logits", "test"): "zoo_log
         ("nccl", "test"): "nccl", ("nvrtc_compile", "test"): "nvrtc_compile",
         ("gpu_ops", "test"): "gpu_ops", ("planner_sizes", "test"): "planner_sizes",
         ("gemv_group", "test"): "gemv_group", ("gemvp_rows", "test"): "gemvp_rows", ("host_pin", "test"): "host_pin",
-        ("q4k_pipe", "test"): "q4k_pipe", ("mq6k", "test"): "mq6k", ("graph_isolation", "test"): "graph_isolation",
+        ("q4k_pipe", "test"): "q4k_pipe", ("mqk", "test"): "mqk", ("graph_isolation", "test"): "graph_isolation",
         ("kiln_cuda", "lib"): "kiln_cuda_unit", ("matmul", "test"): "wgpu_matmul",
         ("timers", "test"): "wgpu_timers", ("attention", "test"): "wgpu_attention"}
 found = {}
@@ -97,7 +97,7 @@ run() {
     echo "attention, paired decode kernels forced: $(grep 'test result' "$OUTD/conformance_attn_paired.log")"
 
     echo "== kiln-cuda's own GPU tests (kernels vs oracles, planner sizes, unit tests)"
-    for t in gpu_ops gemv_group gemvp_rows q4k_pipe mq6k graph_isolation host_pin planner_sizes kiln_cuda_unit; do
+    for t in gpu_ops gemv_group gemvp_rows q4k_pipe mqk graph_isolation host_pin planner_sizes kiln_cuda_unit; do
         KILN_REQUIRE=cuda KILN_QUANT_DATA="$PWD/core/tests/data/quant" timeout 600 "$B/$t" \
             --test-threads 1 >"$OUTD/$t.log" 2>&1
         echo "$t: $(grep 'test result' "$OUTD/$t.log")"
@@ -169,7 +169,7 @@ run() {
     done
 
     echo "== summary"
-    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 gemvp_rows q4k_pipe mq6k graph_isolation host_pin planner_sizes kiln_cuda_unit wgpu_matmul wgpu_timers wgpu_attention zoo_logits zoo_generate zoo_graph nccl; do
+    for f in conformance conformance_attn_paired gpu_ops gemv_group gemv_group_gemv1 gemvp_rows q4k_pipe mqk graph_isolation host_pin planner_sizes kiln_cuda_unit wgpu_matmul wgpu_timers wgpu_attention zoo_logits zoo_generate zoo_graph nccl; do
         echo "$f: $(grep -h 'test result' "$OUTD/$f.log")"
         grep -hE "^test .*FAILED" "$OUTD/$f.log" | head -20
     done

@@ -1,13 +1,13 @@
-//! GPU test of the Q6_K int8 tensor-core kernel `mq6k` (kernels/matmul_mq6k.cuh; 1 ≤ m ≤ 64),
-//! the mma path's Q6_K kernel at those rows: every tile (m = 1, 2, 3, 5, 8 on BM 8; 9, 16 on
-//! 16; 17, 32 on 32; 33, 64 on 64), the built-in k split and forced ones (1: none; 3; 19: one
-//! block column each), n = 200 (partial last W tiles of 128 and 256 rows), k = 4864 (19 block
-//! columns: uneven splits) and k = 4096, x at element offsets 0 and 1 (the kernel reads
-//! mq_quant_x's copy, any alignment of x works). It rounds x per 32 elements (the group 16 of
-//! the generic kernel would miss this oracle by ~1e-5), so it must match the f64 product of the
-//! exact weights and that x (nmse ≤ 1e-9) and the exact-x product within the int8 bound. Output
-//! poisoned (NaN) before each call. m = 65 must leave mq6k (the generic kernel's rounding).
-//! Prints "skipped" without a GPU.
+//! GPU test of the raw-block int8 tensor-core kernels `mq5k` (Q5_K; kernels/matmul_mma.cu) and
+//! `mq6k` (Q6_K; kernels/matmul_mq6k.cuh), the mma path of their type at 1 ≤ m ≤ 64: every tile
+//! (m = 1, 2, 3, 5, 8 on BM 8; 9, 16 on 16; 17, 32 on 32; 33, 64 on 64), the built-in k split
+//! and forced ones (1: none; 3; 19: one block column each), n = 200 (partial last W tiles of
+//! 128 and 256 rows), k = 4864 (19 block columns: uneven splits) and k = 4096, x at element
+//! offsets 0 and 1 (the kernels read mq_quant_x's copy, any alignment of x works). They round x
+//! per 32 elements (the group 16 of the generic kernel would miss this oracle by ~1e-5), so each
+//! must match the f64 product of the exact weights and that x (nmse ≤ 1e-9) and the exact-x
+//! product within the int8 bound. Output poisoned (NaN) before each call. m = 65 must leave
+//! them (the generic kernel's rounding). Prints "skipped" without a GPU.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,12 +18,15 @@ use kiln_core::{Backend, DType, HostTensor, Shape};
 use kiln_cuda::{MatmulPath, MmaXRounding};
 
 #[test]
-fn mq6k_matches_the_int8_x_oracle_at_every_tile_and_split() {
+fn mq5k_mq6k_match_the_int8_x_oracle_at_every_tile_and_split() {
     let Some(be) = gpu() else { return };
-    let (dt, n) = (DType::Q6_K, 200);
+    let n = 200;
     let r32 = MmaXRounding::Int8 { group: 32 };
     let mut failures = Vec::new();
-    for k in [4864usize, 4096] {
+    for (dt, k) in [DType::Q5_K, DType::Q6_K]
+        .into_iter()
+        .flat_map(|d| [(d, 4864usize), (d, 4096)])
+    {
         let wbytes = random_weight(dt, n, k, 600 + k as u64);
         let wdeq = kiln_core::quant::dequantize_vec(dt, &wbytes).unwrap();
         let w = be
@@ -38,7 +41,9 @@ fn mq6k_matches_the_int8_x_oracle_at_every_tile_and_split() {
         for m in [1usize, 2, 3, 5, 8, 9, 16, 17, 32, 33, 64] {
             let rounding = be.mma_x_rounding(dt, n, k, m);
             if rounding != r32 {
-                failures.push(format!("k={k} m={m}: rounding {rounding:?}, not mq6k's"));
+                failures.push(format!(
+                    "{dt} k={k} m={m}: rounding {rounding:?}, not mq5k/mq6k's"
+                ));
                 continue;
             }
             let x = Rng(41 + m as u64 + k as u64).vec(m * k + 1);
@@ -74,11 +79,11 @@ fn mq6k_matches_the_int8_x_oracle_at_every_tile_and_split() {
                     let y = read_f32(&*be, view(&yb, &[m, n], DType::F32));
                     let (eq, e) = (nmse(&y, &want_q8), nmse(&y, &want));
                     if off == 0 && splits.is_none() {
-                        println!("mq6k m={m} k={k}: nmse vs int8-x {eq:.2e}, vs f64 {e:.2e}");
+                        println!("{dt} m={m} k={k}: nmse vs int8-x {eq:.2e}, vs f64 {e:.2e}");
                     }
                     if eq.is_nan() || eq > 1e-9 || e > mma_x_nmse(r32) {
                         failures.push(format!(
-                            "m={m} k={k} x+{off} splits {splits:?}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
+                            "{dt} m={m} k={k} x+{off} splits {splits:?}: nmse vs int8-x {eq:e}, vs f64 {e:e}"
                         ));
                     }
                 }
