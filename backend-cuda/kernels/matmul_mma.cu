@@ -1,7 +1,7 @@
 // matmul_mma.cu: y = x·Wᵀ for the 12 block types on int8 tensor cores, for 8 ≤ m ≤ ~512 rows
 // (the fused GEMV's int8 x and exact integer weights, llama.cpp's "mmq" idea, our own code).
 // Q4_K at 1 ≤ m ≤ 64 has two kernels of its own (mq4k: int8, below; mh4k: f16, matmul_mh.cu), Q5_K
-// one (mq5k: mq4k's body with Q5 = true) and Q6_K one (mq6k, matmul_mq6k.cuh); the host
+// one (mq5k: mq4k's body with Q5 = true), Q6_K and Q8_0 one each (mq6k, mq8_0: matmul_mqk.cuh); the host
 // (ops/matmul_mma.rs) takes the tuned one unless a generic configuration is forced.
 //
 // Inputs: W [n, k] in the repacked layout of quant.cuh; x already rounded by quant_x_<type>
@@ -581,14 +581,18 @@ MQ5K_KERNEL(32, 2, 4, 3)
 MQ5K_KERNEL(64, 2, 8, 2)  // 3 stages would need 241 KB
 #endif
 
-// mq6k: Q6_K at 1 ≤ m ≤ 64 (matmul_mq6k.cuh).
-#include "matmul_mq6k.cuh"
+// mq6k, mq8_0: Q6_K, Q8_0 at 1 ≤ m ≤ 64 (matmul_mqk.cuh).
+#include "matmul_mqk.cuh"
 // The configurations the host picks from by m (ops/matmul_mma/mqk.rs, same order).
 #ifndef MQ4K_NO_INSTANCES
 MQ6K_KERNEL(8, 1, 8, 3)
 MQ6K_KERNEL(16, 1, 8, 3)
 MQ6K_KERNEL(32, 2, 4, 3)
 MQ6K_KERNEL(64, 2, 8, 3)
+MQ8_0_KERNEL(8, 1, 8, 3)
+MQ8_0_KERNEL(16, 1, 8, 3)
+MQ8_0_KERNEL(32, 2, 4, 3)
+MQ8_0_KERNEL(64, 2, 8, 2)  // 3 stages would need 290 KB
 #endif
 
 // mp4k: Q4_K at 2 ≤ m ≤ 8 with W through per-warp bulk-copy rings (matmul_mp.cuh).

@@ -9,7 +9,7 @@
 //!
 //! NVRTC finds no headers by itself: our own headers (`common.cuh`, `quant.cuh`, `gemv_segs.cuh`,
 //! `gemv_pipe.cuh`, `mma_ring.cuh`, `attn_merge.cuh`, `attn_cluster.cuh`, `bulk.cuh`,
-//! `matmul_mp.cuh`, `matmul_mq6k.cuh`) are expanded textually before compiling; the CUDA include directory is
+//! `matmul_mp.cuh`, `matmul_mqk.cuh`) are expanded textually before compiling; the CUDA include directory is
 //! added with `--include-path` from env `KILN_CUDA_INCLUDE`, else `/usr/local/cuda/include` when
 //! it exists (the kernels themselves need no CUDA header). libnvrtc is found through the loader path (`LD_LIBRARY_PATH`).
 
@@ -54,10 +54,7 @@ pub const HEADERS: [(&str, &str); 10] = [
     ),
     ("bulk.cuh", include_str!("../kernels/bulk.cuh")),
     ("matmul_mp.cuh", include_str!("../kernels/matmul_mp.cuh")),
-    (
-        "matmul_mq6k.cuh",
-        include_str!("../kernels/matmul_mq6k.cuh"),
-    ),
+    ("matmul_mqk.cuh", include_str!("../kernels/matmul_mqk.cuh")),
 ];
 
 pub const NORM: KernelFile = kernel_file!("norm.cu");

@@ -153,11 +153,11 @@ pub fn device_key(info: &DeviceInfo) -> String {
 
 /// The revision of a dtype's mma-path kernels (by `DType::name`), persisted with its entries:
 /// an entry of another revision was measured against kernels that no longer run and is
-/// measured again. Q5_K and Q6_K 1: `mq5k` / `mq6k` replaced the generic kernel at m ≤ 64
-/// (stop 26).
+/// measured again. Q5_K, Q6_K and Q8_0 1: `mq5k` / `mq6k` / `mq8_0` replaced the generic
+/// kernel at m ≤ 64 (stop 26).
 fn mma_revision(dtype: &str) -> u64 {
     match dtype {
-        "Q5_K" | "Q6_K" => 1,
+        "Q5_K" | "Q6_K" | "Q8_0" => 1,
         _ => 0,
     }
 }
@@ -460,10 +460,10 @@ mod tests {
             }
             v
         };
-        // Q8_0 (revision 0): with or without the stamp.
-        assert!(persisted("matmul/Q8_0/4096x4096", &base).is_some());
-        assert!(persisted("matmul/Q8_0/4096x4096", &with(json!({"mma_rev": 0}))).is_some());
-        assert!(persisted("matmul/Q8_0/4096x4096", &with(json!({"mma_rev": 7}))).is_none());
+        // IQ4_XS (revision 0): with or without the stamp.
+        assert!(persisted("matmul/IQ4_XS/4096x4096", &base).is_some());
+        assert!(persisted("matmul/IQ4_XS/4096x4096", &with(json!({"mma_rev": 0}))).is_some());
+        assert!(persisted("matmul/IQ4_XS/4096x4096", &with(json!({"mma_rev": 7}))).is_none());
         // Q5_K, Q6_K: only entries measured against mq5k / mq6k.
         assert!(persisted("matmul/Q5_K/4096x4096", &base).is_none());
         assert!(persisted("matmul/Q5_K/4096x4096", &with(json!({"mma_rev": 1}))).is_some());

@@ -1,13 +1,15 @@
-//! GPU test of the raw-block int8 tensor-core kernels `mq5k` (Q5_K; kernels/matmul_mma.cu) and
-//! `mq6k` (Q6_K; kernels/matmul_mq6k.cuh), the mma path of their type at 1 ≤ m ≤ 64: every tile
+//! GPU test of the raw-block int8 tensor-core kernels `mq5k` (Q5_K; kernels/matmul_mma.cu),
+//! `mq6k` (Q6_K) and `mq8_0` (Q8_0; kernels/matmul_mqk.cuh), the mma path of their type at
+//! 1 ≤ m ≤ 64: every tile
 //! (m = 1, 2, 3, 5, 8 on BM 8; 9, 16 on 16; 17, 32 on 32; 33, 64 on 64), the built-in k split
 //! and forced ones (1: none; 3; 19: one block column each), n = 200 (partial last W tiles of
 //! 128 and 256 rows), k = 4864 (19 block columns: uneven splits) and k = 4096, x at element
 //! offsets 0 and 1 (the kernels read mq_quant_x's copy, any alignment of x works). They round x
 //! per 32 elements (the group 16 of the generic kernel would miss this oracle by ~1e-5), so each
 //! must match the f64 product of the exact weights and that x (nmse ≤ 1e-9) and the exact-x
-//! product within the int8 bound. Output poisoned (NaN) before each call. m = 65 must leave
-//! them (the generic kernel's rounding). Prints "skipped" without a GPU.
+//! product within the int8 bound. Output poisoned (NaN) before each call. m = 65, and Q8_0 rows
+//! of k = 4896 (a partial 256-element column), must leave them (the generic kernel's rounding).
+//! Prints "skipped" without a GPU.
 
 #![allow(clippy::unwrap_used)]
 
@@ -18,12 +20,12 @@ use kiln_core::{Backend, DType, HostTensor, Shape};
 use kiln_cuda::{MatmulPath, MmaXRounding};
 
 #[test]
-fn mq5k_mq6k_match_the_int8_x_oracle_at_every_tile_and_split() {
+fn mq5k_mq6k_mq8_0_match_the_int8_x_oracle_at_every_tile_and_split() {
     let Some(be) = gpu() else { return };
     let n = 200;
     let r32 = MmaXRounding::Int8 { group: 32 };
     let mut failures = Vec::new();
-    for (dt, k) in [DType::Q5_K, DType::Q6_K]
+    for (dt, k) in [DType::Q5_K, DType::Q6_K, DType::Q8_0]
         .into_iter()
         .flat_map(|d| [(d, 4864usize), (d, 4096)])
     {
@@ -32,6 +34,12 @@ fn mq5k_mq6k_match_the_int8_x_oracle_at_every_tile_and_split() {
         let w = be
             .prepare_weight(&HostTensor::new(dt, Shape::d2(n, k), &wbytes).unwrap())
             .unwrap();
+        let partial = be.mma_x_rounding(DType::Q8_0, n, 4896, 8);
+        if partial != (MmaXRounding::Int8 { group: 16 }) {
+            failures.push(format!(
+                "Q8_0 k=4896 m=8: rounding {partial:?}, not the generic kernel's"
+            ));
+        }
         let beyond = be.mma_x_rounding(dt, n, k, 65);
         if beyond != (MmaXRounding::Int8 { group: 16 }) {
             failures.push(format!(
@@ -42,7 +50,7 @@ fn mq5k_mq6k_match_the_int8_x_oracle_at_every_tile_and_split() {
             let rounding = be.mma_x_rounding(dt, n, k, m);
             if rounding != r32 {
                 failures.push(format!(
-                    "{dt} k={k} m={m}: rounding {rounding:?}, not mq5k/mq6k's"
+                    "{dt} k={k} m={m}: rounding {rounding:?}, not mq5k/mq6k/mq8_0's"
                 ));
                 continue;
             }

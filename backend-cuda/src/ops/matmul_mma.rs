@@ -8,8 +8,9 @@
 //! Q4_K at 1 ≤ m ≤ 64 has two kernels of its own: `mq4k` (int8, below) and `mh4k` (f16 weight
 //! operand sc·q, mh4k.rs), and at 2 ≤ m ≤ 8 on sm_90 a third, `mp4k` (int8 with the weight
 //! streamed through per-warp bulk-copy rings, mp4k.rs); the tuner measures them per shape and
-//! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`). Q5_K and
-//! Q6_K at 1 ≤ m ≤ 64 have one each, `mq5k` / `mq6k` (mqk.rs), in place of the generic kernel.
+//! dispatch takes the fastest (`Crossover::min_mh_rows`, `Crossover::max_mp_rows`). Q5_K, Q6_K
+//! and Q8_0 at 1 ≤ m ≤ 64 have one each, `mq5k` / `mq6k` / `mq8_0` (mqk.rs), in place of the
+//! generic kernel.
 //!
 //! Test hook: env `KILN_MATMUL_PATH=fused|mma|dense` forces that path for every matmul of the
 //! `Auto` dispatch where the path applies (mma: block types only; the conformance suite runs
@@ -436,8 +437,9 @@ impl CudaBackend {
             return q4k;
         }
         let generic = mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch;
-        // Q5_K / Q6_K: mq5k's / mq6k's, or the generic kernel's for a weight they cannot take.
-        self.mqk_config(dt, m).map_or(generic, |c| {
+        // Q5_K / Q6_K / Q8_0: mq5k's / mq6k's / mq8_0's, or the generic kernel's for a weight
+        // they cannot take.
+        self.mqk_config(dt, m, k).map_or(generic, |c| {
             generic.max(self.mqk_plan([m, n, k], c).scratch)
         })
     }
@@ -505,7 +507,7 @@ impl CudaBackend {
     }
 
     /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
-    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k`, `mp4k`, `mq5k` or `mq6k` does (for a 16-byte
+    /// Q4_K f16 kernel runs, int8 per 32 where `mq4k`, `mp4k`, `mq5k`, `mq6k` or `mq8_0` does (for a 16-byte
     /// aligned weight, as prepare_weight makes), else int8 per 16 (`quant_x_<type>`).
     pub fn mma_x_rounding(&self, dt: DType, n: usize, k: usize, m: usize) -> MmaXRounding {
         match self.q4k_kernel(dt, m, n, k) {
@@ -513,7 +515,7 @@ impl CudaBackend {
             Some(Q4kKernel::Int8 | Q4kKernel::Pipe | Q4kKernel::PipeTensor) => {
                 MmaXRounding::Int8 { group: 32 }
             }
-            None if self.mqk_config(dt, m).is_some() => MmaXRounding::Int8 { group: 32 },
+            None if self.mqk_config(dt, m, k).is_some() => MmaXRounding::Int8 { group: 32 },
             None => MmaXRounding::Int8 { group: 16 },
         }
     }
@@ -579,7 +581,7 @@ impl CudaBackend {
             }
             _ => {}
         }
-        if let Some(c) = self.mqk_applies(w, m) {
+        if let Some(c) = self.mqk_applies(w, m, k) {
             return self.matmul_mqk(xp, w, outp, [m, n, k], c);
         }
         let (mi, ni, ki) = (

@@ -3,8 +3,8 @@
 //! and % of the measured copy bandwidth (weight bytes read / time ÷ copy GB/s), and, on CUDA,
 //! the fused, mma (int8 tensor cores, block types; for Q4_K at m ≤ 64 also each of its
 //! kernels forced: "mma int8", "mma f16" and, at 2 ≤ m ≤ 8 on sm_90, "mma pipe" / "mma pipe tma";
-//! for Q5_K / Q6_K at m ≤ 64, where mq5k / mq6k is the mma path, the generic kernel as "mma
-//! generic") and dense
+//! for Q5_K / Q6_K / Q8_0 at m ≤ 64, where mq5k / mq6k / mq8_0 is the mma path, the generic
+//! kernel as "mma generic") and dense
 //! paths separately, then per m the
 //! Q4_K-vs-bf16-cuBLAS speed-ups (dispatched and best path). The compute ceiling (dense bf16
 //! at 8192³) is measured first and each row's note gives its % of it.
@@ -110,9 +110,10 @@ fn main() {
                                 times.push((dt, m, name, s));
                             }
                         }
-                        // Q5_K / Q6_K at m ≤ 64: the generic kernel forced (mq5k / mq6k is the
-                        // mma path's kernel there), in the configuration it would pick for m.
-                        if matches!(dt, DType::Q5_K | DType::Q6_K) && m <= 64 {
+                        // Q5_K / Q6_K / Q8_0 at m ≤ 64: the generic kernel forced (mq5k / mq6k /
+                        // mq8_0 is the mma path's kernel there), in the configuration it would
+                        // pick for m.
+                        if matches!(dt, DType::Q5_K | DType::Q6_K | DType::Q8_0) && m <= 64 {
                             let cuda = kiln_benches::opened_cuda().ok_or_else(|| {
                                 kiln_core::Error::Invalid("no CUDA backend".into())
                             })?;

@@ -1,11 +1,13 @@
-//! The raw-block int8 tensor-core kernels of Q5_K and Q6_K for 1 ≤ m ≤ 64, in place of the
+//! The raw-block int8 tensor-core kernels of Q5_K, Q6_K and Q8_0 for 1 ≤ m ≤ 64, in place of the
 //! generic `mma_<type>_*` on the mma path at those rows (the tuner weighs the mma path against
 //! the fused GEMV and the dense path as for every type; a forced generic configuration,
 //! `force_mma_config`, still runs the generic kernel):
 //! - `mq5k_*` (kernels/matmul_mma.cu): mq4k's kernel with the 176-byte Q5_K block and its fifth
 //!   bits merged into the A fragments;
-//! - `mq6k_*` (kernels/matmul_mq6k.cuh): the 208-byte Q6_K bodies (d from the head region), one
-//!   `mma.sync` m16n8k16 per 16-element sub-block.
+//! - `mq6k_*` (kernels/matmul_mqk.cuh): the 208-byte Q6_K bodies (d from the head region), one
+//!   `mma.sync` m16n8k16 per 16-element sub-block;
+//! - `mq8_0_*` (kernels/matmul_mqk.cuh): a block column's 256 qs bytes and 8 d per row, the qs
+//!   bytes as the A operand of one m16n8k32 per Q8_0 block.
 //!
 //! Both stream the raw blocks of a block column through mq4k's cp.async ring with its tiles,
 //! k-split rule and PDL, and read x as mq4k's `mq_quant_x` rounds it (int8 per 32).
@@ -21,9 +23,10 @@ use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
 
-/// The tiles of both kinds, by x-row tile BM = 8, 16, 32, 64: mq4k's shapes (BENCHMARKS.md
-/// "mma2"), the 64-row one with `$st64` stages (mq5k's 3 would need 241 KB). A device whose
-/// shared memory cannot hold the tile for m runs the largest that fits, over several m tiles.
+/// The tiles of every kind, by x-row tile BM = 8, 16, 32, 64: mq4k's shapes (BENCHMARKS.md
+/// "mma2"), the 64-row one with `$st64` stages (where 3 would not fit 227 KB). A device whose
+/// shared memory cannot hold the tile for m runs the largest that fits, over several m tiles
+/// (none: the generic kernel).
 macro_rules! mq_tiles {
     ($p:literal, $st64:literal, $n64:literal) => {
         [
@@ -69,7 +72,7 @@ struct Family {
     head: bool,
 }
 
-const FAMILIES: [Family; 2] = [
+const FAMILIES: [Family; 3] = [
     Family {
         dtype: DType::Q5_K,
         tiles: mq_tiles!("mq5k", 2, "_b64_w2_n8_s2"),
@@ -84,6 +87,13 @@ const FAMILIES: [Family; 2] = [
         x_stride: 272,
         head: true,
     },
+    Family {
+        dtype: DType::Q8_0,
+        tiles: mq_tiles!("mq8_0", 2, "_b64_w2_n8_s2"),
+        w_stride: 288,
+        x_stride: 288,
+        head: true,
+    },
 ];
 
 /// The most x rows these kernels take (their largest tile).
@@ -96,8 +106,8 @@ fn family(dt: DType) -> Option<usize> {
 
 impl Family {
     /// Dynamic shared memory of a configuration, as kernels/matmul_mma.cu `mq_smem_bytes<…, Q5>`
-    /// and kernels/matmul_mq6k.cuh `mq6_smem_bytes`: per stage W [BN][w_stride], Xq
-    /// [BM][x_stride], Xs [BM/2][144].
+    /// and kernels/matmul_mqk.cuh `mq6_smem_bytes` (mq8_0 the same with its strides): per stage
+    /// W [BN][w_stride], Xq [BM][x_stride], Xs [BM/2][144].
     fn smem(&self, c: &MqConfig) -> usize {
         c.st * (16 * c.wt * c.nw * self.w_stride + c.bm * self.x_stride + c.bm / 2 * 144)
     }
@@ -107,29 +117,33 @@ impl Family {
 pub(super) type MqkChoice = (usize, usize);
 
 impl CudaBackend {
-    /// The kernel for a `dt` weight at m rows, if one takes it: Q5_K or Q6_K, 1 ≤ m ≤ 64, no
-    /// generic configuration forced (`force_mma_config`), a tile that fits the device's shared
+    /// The kernel for a `dt` weight at m rows, if one takes it: Q5_K, Q6_K or Q8_0, 1 ≤ m ≤ 64, no
+    /// generic configuration forced (`force_mma_config`), rows of whole 256-element columns (Q8_0
+    /// rows may end in a partial one: the generic kernel), a tile that fits the device's shared
     /// memory.
-    pub(super) fn mqk_config(&self, dt: DType, m: usize) -> Option<MqkChoice> {
+    pub(super) fn mqk_config(&self, dt: DType, m: usize, k: usize) -> Option<MqkChoice> {
         let fi = family(dt)?;
         let f = &FAMILIES[fi];
         let smem_max = self.mma_smem_max();
         let ok = (1..=MQK_MAX_ROWS).contains(&m)
+            && k.is_multiple_of(256)
             && FORCED_CONFIG.load(Ordering::Relaxed) >= MMA_CONFIGS.len();
         let cfg = ok.then(|| tile_for(&f.tiles, m, |c| f.smem(c) <= smem_max))??;
         Some((fi, cfg))
     }
 
-    /// Whether one of these kernels runs this weight at m rows: a configuration applies and the
-    /// body is 16-byte aligned (the cp.async copies; prepare_weight's buffers are).
-    pub(super) fn mqk_applies(&self, w: &CudaWeight, m: usize) -> Option<MqkChoice> {
-        self.mqk_config(w.dtype, m)
-            .filter(|_| w.body_ptr().is_multiple_of(16))
+    /// Whether one of these kernels runs this weight `[n, k]` at m rows: a configuration
+    /// applies and what it copies with cp.async is 16-byte aligned (the body; Q8_0's head too;
+    /// prepare_weight's buffers are).
+    pub(super) fn mqk_applies(&self, w: &CudaWeight, m: usize, k: usize) -> Option<MqkChoice> {
+        let aligned = w.body_ptr().is_multiple_of(16)
+            && (w.dtype != DType::Q8_0 || w.head_ptr().is_multiple_of(16));
+        self.mqk_config(w.dtype, m, k).filter(|_| aligned)
     }
 
     /// The plan of kernel `(fi, cfg)` for x `[m, k]`, W `[n, k]`.
     pub(super) fn mqk_plan(&self, [m, n, k]: [usize; 3], (fi, cfg): MqkChoice) -> MqPlan {
-        static OCC: [[AtomicUsize; 4]; 2] = [const { [const { AtomicUsize::new(0) }; 4] }; 2];
+        static OCC: [[AtomicUsize; 4]; 3] = [const { [const { AtomicUsize::new(0) }; 4] }; 3];
         let f = &FAMILIES[fi];
         let c = &f.tiles[cfg];
         let per_sm = self.mq_occupancy(c, f.smem(c), &OCC[fi][cfg]);
@@ -172,8 +186,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `mq5k_*(body, xq, xs, y, n, k, m, mp, blocks per split)` or `mq6k_*(body, head, xq, …)`
-    /// (`head`), a programmatic dependent of the quant_x above (it issues its first W copies,
+    /// `mq5k_*(body, xq, xs, y, n, k, m, mp, blocks per split)` or `mq6k_*` / `mq8_0_*(body,
+    /// head, xq, …)` (`head`), a programmatic dependent of the quant_x above (it issues its first W copies,
     /// then waits).
     #[allow(clippy::too_many_arguments)]
     fn launch_mqk(
@@ -203,15 +217,17 @@ impl CudaBackend {
             Arg::I32(&spz),
         ]);
         // SAFETY: w is the n × k weight of the kernel's type in kiln's layout: n·k/256 bodies
-        // (Q5_K: the whole 176-byte block; Q6_K: 208 bytes, then n·k/256 f16 d at head, passed
-        // exactly when the kernel takes it), 16-byte aligned (`mqk_applies`); rows read are
+        // (Q5_K: the whole 176-byte block; Q6_K: 208 bytes, then n·k/256 f16 d at head; Q8_0:
+        // n·k/32 runs of 32 qs bytes, then n·k/32 f16 d at head, 16-byte aligned as k is a
+        // multiple of 256; head passed exactly when the kernel takes it), the body 16-byte
+        // aligned (`mqk_applies`); rows read are
         // clamped to n − 1, block columns < k/256 (every split's range non-empty, `mq_plan_of`).
         // xq / xs were written by mq_quant_x just before on this stream (read after
         // griddepcontrol.wait; x rows < mp). y f32: the m·n output, or with gridDim.z = splits
         // > 1 the [splits, m, n] partial sums in the scratch; writes bounded by n and m. Block
         // size within the kernel's launch bound (32·NW), its dynamic shared memory allowed just
         // before.
-        unsafe { self.launch_pdl(f, "launch mq5k/mq6k", cfg, &args) }
+        unsafe { self.launch_pdl(f, "launch mq5k/mq6k/mq8_0", cfg, &args) }
     }
 }
 
@@ -219,23 +235,27 @@ impl CudaBackend {
 mod tests {
     use super::*;
 
-    /// Every tile fits an H100/H200 block (227 KiB), the smallest fits sm_86/89 (99 KiB), and
-    /// the tile choice covers m where it fits.
+    /// Every tile fits an H100/H200 block (227 KiB); on a 99 KiB device (sm_86/89) the choice
+    /// is a tile that fits (Q5_K, Q6_K: the smallest does) or none (the generic kernel); the
+    /// choice covers m where it fits.
     #[test]
     fn tiles_fit_and_cover_m() {
         for f in &FAMILIES {
             for c in &f.tiles {
                 assert!(f.smem(c) <= 232_448, "{}", c.name);
             }
-            assert!(f.smem(&f.tiles[0]) <= 101_376, "{}", f.tiles[0].name);
+            if f.dtype != DType::Q8_0 {
+                assert!(f.smem(&f.tiles[0]) <= 101_376, "{}", f.tiles[0].name);
+            }
             for m in 1..=64 {
                 let i = tile_for(&f.tiles, m, |c| f.smem(c) <= 232_448).unwrap();
                 assert!(
                     f.tiles[i].bm >= m && (i == 0 || f.tiles[i - 1].bm < m),
                     "m={m}"
                 );
-                let j = tile_for(&f.tiles, m, |c| f.smem(c) <= 101_376).unwrap();
-                assert!(f.smem(&f.tiles[j]) <= 101_376);
+                if let Some(j) = tile_for(&f.tiles, m, |c| f.smem(c) <= 101_376) {
+                    assert!(f.smem(&f.tiles[j]) <= 101_376);
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-// matmul_mq6k.cuh: mq6k_b<BM>_w<WT>_n<NW>_s<ST>, Q6_K for 1 ≤ m ≤ 64 on int8 tensor cores
+// matmul_mqk.cuh: mq6k_b<BM>_w<WT>_n<NW>_s<ST>, Q6_K for 1 ≤ m ≤ 64 on int8 tensor cores (and mq8_0_*, Q8_0: below)
 // (included by matmul_mma.cu after mq4k, whose x rounding `mq_quant_x` it reads; host
 // src/ops/matmul_mma/mqk.rs). Why: the generic `mma_q6_k_*` decodes W through registers into
 // shared memory with one stage in flight per 128-thread block (H200, 14336×4096: 47 µs at m = 4,
@@ -222,4 +222,161 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
         const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
         mq6k_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                             \
+    }
+
+// ------------------------------------------------------------------------------------------
+// mq8_0_b<BM>_w<WT>_n<NW>_s<ST>: Q8_0 for 1 ≤ m ≤ 64, the same ring, grid, tiles, k split and
+// PDL as mq6k (the generic `mma_q8_0_*` moved ~1.1 TB/s at m = 16, BENCHMARKS.md "mma k-split
+// sweep"). A stage is one 256-element block column: per W row the 8 consecutive 32-byte qs
+// runs (kiln's body region: 256 contiguous bytes) and their 8 f16 d (the head region: 16
+// contiguous, 16-byte aligned bytes, since k is a multiple of 256), copied into a 288-byte row
+// (qs @0, d @256, 16 pad: 72 words ≡ 8 mod 32, so the 8-byte fragment loads of a half warp's
+// 4 rows tile the banks). The qs bytes (kiln keeps them in offset binary, q ^ 0x80: buffer.rs;
+// one XOR per fragment word gives the signed q) are the A operand: one mma.sync m16n8k32 s8 per
+// Q8_0 block per 16×8 tile, with mq4k's k permutation (one 8-byte load of a
+// row gives a0/a2; x's B fragment is read the same way), x as mq_quant_x rounds it (its groups
+// of 32 are the Q8_0 blocks); acc += d_w·(dx·S), 2 FFMA per output per block.
+// Bytes: W once (n·k·1.0625), x mp·k·1.25 per W tile (L2), y m·n·4 (·2·S with a split).
+#define MQ8_W_STRIDE 288
+
+template <int BM, int WT, int NW, int ST>
+__device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* __restrict__ wh,
+                                           const u8* __restrict__ xq, const float2* __restrict__ xs,
+                                           float* __restrict__ y, int n, int k, int m, int mp, int spz) {
+    constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
+    constexpr int WB = BN * MQ8_W_STRIDE, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
+    constexpr int WPER = (BN * 17 + THREADS - 1) / THREADS;  // 16 qs + 1 d copies per row
+    static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
+    extern __shared__ uint4 mq8_smem[];
+    u8* sm = (u8*)mq8_smem;  // [ST][W [BN][288] | Xq [BM][288] | Xs [BM/2][144]]
+    pdl_launch_dependents();
+    const int nb = k / 256, nb32 = k / 32;
+    const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
+    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
+    const int g = lane >> 2, t = lane & 3;
+
+    // This thread's W copies (row, 16-byte chunk c: 0..15 qs, 16 the d), hoisted at column b0.
+    const u8* wsrc[WPER];
+    int wdst[WPER], wstep[WPER];  // wstep: source bytes per block column (qs 256, d 16)
+#pragma unroll
+    for (int i = 0; i < WPER; i++) {
+        const int e = min(tid + THREADS * i, BN * 17 - 1), row = e / 17, c = e - 17 * row;
+        const i64 blk = (i64)min(n0 + row, n - 1) * nb32 + 8 * b0;  // first Q8_0 block of the run
+        wsrc[i] = c < 16 ? w + blk * 32 + 16 * c : wh + blk * 2;
+        wdst[i] = row * MQ8_W_STRIDE + 16 * c;
+        wstep[i] = c < 16 ? 256 : 16;
+    }
+    auto issue_w = [&](int s, int slot) {
+        u8* dst = sm + slot * STAGE;
+#pragma unroll
+        for (int i = 0; i < WPER; i++)
+            if (tid + THREADS * i < BN * 17) mma_cp16(dst + wdst[i], wsrc[i] + (i64)(s - b0) * wstep[i]);
+    };
+    auto issue_x = [&](int s, int slot) {
+        u8* dq = sm + slot * STAGE + WB;
+        const u8* sq = xq + ((i64)s * mp + m0) * 256;
+#pragma unroll
+        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ_X_STRIDE + 16 * (e & 15), sq + 16 * e);
+        u8* ds = dq + XB;
+        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
+#pragma unroll
+        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+    };
+
+    float acc[WT][NT][4];
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++)
+        if (b0 + i < b1) issue_w(b0 + i, i);
+    mma_pdl_wait();
+#pragma unroll
+    for (int i = 0; i < ST - 1; i++) {
+        if (b0 + i < b1) issue_x(b0 + i, i);
+        mma_commit();
+    }
+
+    for (int s = b0; s < b1; s++) {
+        const int i = s - b0;
+        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
+        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
+        {
+            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
+            if (sn < b1) {
+                issue_w(sn, slot);
+                issue_x(sn, slot);
+            }
+            mma_commit();
+        }
+        const u8* ws = sm + (i % ST) * STAGE;
+        const u8* xb = ws + WB;
+        const u8* sb = xb + XB;
+        uint4 dw[WT][2];  // the 8 f16 d of rows g and g + 8
+#pragma unroll
+        for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                dw[wt][r] = *(const uint4*)(ws + (warp * 16 * WT + wt * 16 + g + 8 * r) * MQ8_W_STRIDE + 256);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            u32 a[WT][4];
+            float dl[WT][2];
+#pragma unroll
+            for (int wt = 0; wt < WT; wt++) {
+                const int row = warp * 16 * WT + wt * 16 + g;
+                const uint2 q0 = *(const uint2*)(ws + row * MQ8_W_STRIDE + 32 * j + 8 * t);
+                const uint2 q1 = *(const uint2*)(ws + (row + 8) * MQ8_W_STRIDE + 32 * j + 8 * t);
+                a[wt][0] = q0.x ^ 0x80808080u;  // offset binary → s8
+                a[wt][1] = q1.x ^ 0x80808080u;
+                a[wt][2] = q0.y ^ 0x80808080u;
+                a[wt][3] = q1.y ^ 0x80808080u;
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const u32 dwrd = word_of(dw[wt][r], j >> 1);
+                    dl[wt][r] = h2f((u16)((j & 1) ? dwrd >> 16 : dwrd & 0xffffu));
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                const uint2 bq = *(const uint2*)(xb + (nt * 8 + g) * MQ_X_STRIDE + 32 * j + 8 * t);
+                const float4 xv = *(const float4*)(sb + (nt * 4 + t) * MQ_S_STRIDE + 16 * j);
+                const float xm0 = -MMA_MAGIC_F * xv.x, xm1 = -MMA_MAGIC_F * xv.z;
+#pragma unroll
+                for (int wt = 0; wt < WT; wt++) {
+                    int c[4];
+                    mma_k32(c, a[wt], bq.x, bq.y);
+                    float* o = acc[wt][nt];
+                    o[0] = fmaf(dl[wt][0], fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]);
+                    o[1] = fmaf(dl[wt][0], fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]);
+                    o[2] = fmaf(dl[wt][1], fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]);
+                    o[3] = fmaf(dl[wt][1], fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]);
+                }
+            }
+        }
+    }
+
+    float* out = y + (i64)blockIdx.z * m * n;
+#pragma unroll
+    for (int wt = 0; wt < WT; wt++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
+                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
+                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
+            }
+}
+
+#define MQ8_0_KERNEL(BM, WT, NW, ST)                                                               \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq8_0_b##BM##_w##WT##_n##NW##_s##ST( \
+        const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
+        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
+        mq8_0_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                            \
     }
