@@ -117,7 +117,6 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
                                           float* __restrict__ y, int n, int k, int m, int mp, int spz) {
     constexpr int NWN = NW / WM, BN = 16 * WT * NWN, NT = BM / 8 / WM, THREADS = KILN_WARP * NW;
     constexpr int WB = BN * MQ_W_STRIDE, XB = BM * 512, STAGE = WB + XB + BM * 36;
-    constexpr int WPER = (BN * 9 + THREADS - 1) / THREADS;
     constexpr int XPER = BM * 32 / THREADS, XS = BM * 2 + BM / 4;  // x̂ / sums + scales copies
     constexpr int XSP = (XS + THREADS - 1) / THREADS;
     static_assert(BM % (8 * WM) == 0 && NW % WM == 0 && ST >= 2 && NW % 2 == 0 && BM * 32 % THREADS == 0, "mh4k tile");
@@ -131,20 +130,8 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
     const int g = lane >> 2, t = lane & 3;
     const int wn = warp % NWN, xr0 = (warp / NWN) * (BM / WM);  // this warp's W row group, x rows
 
-    const u8* wsrc[WPER];
-    int wdst[WPER];
-#pragma unroll
-    for (int i = 0; i < WPER; i++) {
-        const int e = min(tid + THREADS * i, BN * 9 - 1), row = e / 9, c = e - 9 * row;
-        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * 144 + 16 * c;
-        wdst[i] = row * MQ_W_STRIDE + 16 * c;
-    }
-    auto issue_w = [&](int s, int slot) {
-        u8* dst = sm + slot * STAGE;
-#pragma unroll
-        for (int i = 0; i < WPER; i++)
-            if (tid + THREADS * i < BN * 9) mma_cp16(dst + wdst[i], wsrc[i] + (s - b0) * 144);
-    };
+    const MqWCopies<BN, 9, 144, MQ_W_STRIDE, THREADS> wc(w, n, nb, n0, b0, tid);
+    auto issue_w = [&](int s, int slot) { wc.issue(sm + slot * STAGE, s - b0, tid); };
     // x copies of this thread: x̂ chunk e = tid + THREADS·i (row e / 32, chunk e % 32; the row
     // parity, hence the swizzle, is the same for every i), then 16-byte pieces e of the sums
     // (e < 2·BM) and the scales (e < 2·BM + BM/4).
@@ -169,37 +156,10 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
             if (tid + THREADS * i < XS) mma_cp16(dq + XB + 16 * (tid + THREADS * i), ssrc[i] + s * sstep[i]);
     };
 
-    float acc[WT][NT][4];
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+    float acc[WT][NT][4] = {};
 
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++)
-        if (b0 + i < b1) issue_w(b0 + i, i);
-    mma_pdl_wait();
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++) {
-        if (b0 + i < b1) issue_x(b0 + i, i);
-        mma_commit();
-    }
-
-    for (int s = b0; s < b1; s++) {
-        const int i = s - b0;
-        mq_wait<ST - 2>();
-        __syncthreads();
-        {
-            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
-            if (sn < b1) {
-                issue_w(sn, slot);
-                issue_x(sn, slot);
-            }
-            mma_commit();
-        }
-        const u8* ws = sm + (i % ST) * STAGE;
+    mq_ring<ST>(b0, b1, issue_w, issue_x, [&](int, int slot) {
+        const u8* ws = sm + slot * STAGE;
         const u8* xb = ws + WB;
         const u8* xxb = xb + XB;
         const float* sxb = (const float*)(xxb + BM * 32);
@@ -287,19 +247,9 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
                     o[e] = fmaf(e & 1 ? sx.y : sx.x, fmaf(nd[wt][e >> 1], Q[e], dd[wt][e >> 1] * P[wt][nt][e]), o[e]);
             }
         }
-    }
+    });
 
-    float* out = y + (i64)blockIdx.z * m * n;
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int wr = n0 + wn * 16 * WT + wt * 16 + g + 8 * (e >> 1);
-                const int xr = m0 + xr0 + nt * 8 + 2 * t + (e & 1);
-                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
-            }
+    mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0 + xr0, wn, lane);
 }
 
 #define MH4K_KERNEL(BM, WT, NW, WM, ST, MB)                                                        \

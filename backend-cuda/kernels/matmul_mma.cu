@@ -156,13 +156,7 @@ __device__ __forceinline__ void mma_body(const u8* __restrict__ body, const u8* 
         }
     };
 
-    float acc[WT][NT][4];
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+    float acc[WT][NT][4] = {};
 
     load_w(s0);
     mma_pdl_wait();
@@ -219,17 +213,7 @@ __device__ __forceinline__ void mma_body(const u8* __restrict__ body, const u8* 
         __syncthreads();
     }
 
-    float* out = y + (i64)blockIdx.z * m * n;
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
-                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
-                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
-            }
+    mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);
 }
 
 #define MMA_KERNEL(suffix, T, BM, WT)                                                             \
@@ -297,7 +281,6 @@ extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __r
 // Bytes: W once (n·k·0.5625), x mp·k·1.25 per W tile (L2), y m·n·4 (·2·S with a split).
 // FLOPs 2·m·n·k (int8 MACs) + 6·m·n·k/32 f32.
 #define MQ_X_STRIDE 288  // bytes per x row in a stage: 256 + 32 pad (72 words ≡ 8 mod 32)
-#define MQ_S_STRIDE 144  // bytes per x row pair of scales: 8 sub-blocks × 16 + 16 pad
 
 // Q5_K (mq5k: the same kernel with Q5 = true): the raw 176-byte block (d, dmin, scales[12],
 // qh[32] @16, qs[128] @48) in rows of 224 bytes (56 words ≡ 24 mod 32: the 8-byte fragment
@@ -404,7 +387,6 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
     constexpr int WS = Q5 ? MQ5_W_STRIDE : MQ_W_STRIDE;  // shared bytes per W row
     constexpr int BLK = Q5 ? 176 : 144, CH = BLK / 16, QS = Q5 ? 48 : 16;  // block bytes, chunks, qs offset
     constexpr int WB = BN * WS, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
-    constexpr int WPER = (BN * CH + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
     static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
     extern __shared__ uint4 mq_smem[];
     u8* sm = (u8*)mq_smem;  // [ST][W [BN][WS] | Xq [BM][288] | Xs [BM/2][144]]
@@ -415,67 +397,18 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
 
-    // This thread's W copies (row, 16-byte chunk), hoisted: source of block column b0 (rows
-    // past n clamped: valid reads, outputs not written) and offset in a stage.
-    const u8* wsrc[WPER];
-    int wdst[WPER];
-#pragma unroll
-    for (int i = 0; i < WPER; i++) {
-        const int e = min(tid + THREADS * i, BN * CH - 1), row = e / CH, c = e - CH * row;
-        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * BLK + 16 * c;
-        wdst[i] = row * WS + 16 * c;
-    }
-    auto issue_w = [&](int s, int slot) {
-        u8* dst = sm + slot * STAGE;
-#pragma unroll
-        for (int i = 0; i < WPER; i++)
-            if (tid + THREADS * i < BN * CH) mma_cp16(dst + wdst[i], wsrc[i] + (s - b0) * BLK);
-    };
+    const MqWCopies<BN, CH, BLK, WS, THREADS> wc(w, n, nb, n0, b0, tid);
+    auto issue_w = [&](int s, int slot) { wc.issue(sm + slot * STAGE, s - b0, tid); };
     // x bytes and scales of column s, rows m0..m0+BM−1 (< mp) → slot.
     auto issue_x = [&](int s, int slot) {
         u8* dq = sm + slot * STAGE + WB;
-        const u8* sq = xq + ((i64)s * mp + m0) * 256;
-#pragma unroll
-        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ_X_STRIDE + 16 * (e & 15), sq + 16 * e);
-        u8* ds = dq + XB;
-        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
-#pragma unroll
-        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+        mq_issue_x<BM, THREADS, MQ_X_STRIDE>(dq, dq + XB, xq, xs, s, mp, m0, tid);
     };
 
-    float acc[WT][NT][4];
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+    float acc[WT][NT][4] = {};
 
-    // Prologue: W of the first ST − 1 stages before the PDL wait (W does not depend on the
-    // previous kernel), then x; group i = stage i (group 0 also holds the earlier W copies).
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++)
-        if (b0 + i < b1) issue_w(b0 + i, i);
-    mma_pdl_wait();
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++) {
-        if (b0 + i < b1) issue_x(b0 + i, i);
-        mma_commit();
-    }
-
-    for (int s = b0; s < b1; s++) {
-        const int i = s - b0;
-        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
-        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
-        {
-            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
-            if (sn < b1) {
-                issue_w(sn, slot);
-                issue_x(sn, slot);
-            }
-            mma_commit();
-        }
-        const u8* ws = sm + (i % ST) * STAGE;
+    mq_ring<ST>(b0, b1, issue_w, issue_x, [&](int, int slot) {
+        const u8* ws = sm + slot * STAGE;
         const u8* xb = ws + WB;
         const u8* sb = xb + XB;
         // Scales, decoded once per (row, sub-block pair): lane t decodes pair cc = t of rows g
@@ -539,19 +472,9 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
                 }
             }
         }
-    }
+    });
 
-    float* out = y + (i64)blockIdx.z * m * n;  // y, or split z's partial sums
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
-                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
-                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
-            }
+    mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);  // y, or split z's partials
 }
 
 #define MQ5K_KERNEL(BM, WT, NW, ST)                                                                \
@@ -585,14 +508,14 @@ MQ5K_KERNEL(64, 2, 8, 2)  // 3 stages would need 241 KB
 #include "matmul_mqk.cuh"
 // The configurations the host picks from by m (ops/matmul_mma/mqk.rs, same order).
 #ifndef MQ4K_NO_INSTANCES
-MQ6K_KERNEL(8, 1, 8, 3)
-MQ6K_KERNEL(16, 1, 8, 3)
-MQ6K_KERNEL(32, 2, 4, 3)
-MQ6K_KERNEL(64, 2, 8, 3)
-MQ8_0_KERNEL(8, 1, 8, 3)
-MQ8_0_KERNEL(16, 1, 8, 3)
-MQ8_0_KERNEL(32, 2, 4, 3)
-MQ8_0_KERNEL(64, 2, 8, 2)  // 3 stages would need 290 KB
+MQK_KERNEL(mq6k, 8, 1, 8, 3)
+MQK_KERNEL(mq6k, 16, 1, 8, 3)
+MQK_KERNEL(mq6k, 32, 2, 4, 3)
+MQK_KERNEL(mq6k, 64, 2, 8, 3)
+MQK_KERNEL(mq8_0, 8, 1, 8, 3)
+MQK_KERNEL(mq8_0, 16, 1, 8, 3)
+MQK_KERNEL(mq8_0, 32, 2, 4, 3)
+MQK_KERNEL(mq8_0, 64, 2, 8, 2)  // 3 stages would need 290 KB
 #endif
 
 // mp4k: Q4_K at 2 ≤ m ≤ 8 with W through per-warp bulk-copy rings (matmul_mp.cuh).

@@ -44,12 +44,22 @@
 
 #define MQ6_W_STRIDE 208  // the raw body, unpadded: 52 words ≡ 20 mod 32
 #define MQ6_X_STRIDE 272  // 256 + 16 pad: 68 words ≡ 4 mod 32
-#define MQ6_S_STRIDE 144  // as mq4k: 8 groups × 16 B per x row pair + 16 pad
 
 // Bytes of dynamic shared memory of a configuration (the host computes the same: mqk.rs).
 template <int BM, int WT, int NW, int ST>
 __host__ __device__ constexpr int mq6_smem_bytes() {
-    return ST * (16 * WT * NW * MQ6_W_STRIDE + BM * MQ6_X_STRIDE + BM / 2 * MQ6_S_STRIDE);
+    return ST * (16 * WT * NW * MQ6_W_STRIDE + BM * MQ6_X_STRIDE + BM / 2 * MQ_S_STRIDE);
+}
+
+// acc += dl·(dx·S) for one 16×8 tile: c = M + S as f32 bits (mma_i8 / mma_k32), dl0 / dl1 the
+// W scales of rows g / g + 8, xv = (dx, ·, dx', ·) of x columns 2t / 2t + 1, xm0 / xm1 = −M·dx /
+// −M·dx' (exact: dx has 22 significant bits, so fmaf(M + S, dx, −M·dx) = dx·S rounded once).
+__device__ __forceinline__ void mq_acc(float (&o)[4], const int (&c)[4], float dl0, float dl1, float4 xv, float xm0,
+                                       float xm1) {
+    o[0] = fmaf(dl0, fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]);
+    o[1] = fmaf(dl0, fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]);
+    o[2] = fmaf(dl1, fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]);
+    o[3] = fmaf(dl1, fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]);
 }
 
 // The A fragment of quarter Q from a ql word and a qh word: the 6-bit weights minus 32 as s8.
@@ -65,8 +75,7 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
                                           const u8* __restrict__ xq, const float2* __restrict__ xs,
                                           float* __restrict__ y, int n, int k, int m, int mp, int spz) {
     constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
-    constexpr int WB = BN * MQ6_W_STRIDE, XB = BM * MQ6_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ6_S_STRIDE;
-    constexpr int WPER = (BN * 13 + THREADS - 1) / THREADS;  // 16-byte W copies per thread per stage
+    constexpr int WB = BN * MQ6_W_STRIDE, XB = BM * MQ6_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
     static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
     extern __shared__ uint4 mq6_smem[];
     u8* sm = (u8*)mq6_smem;  // [ST][W [BN][208] | Xq [BM][272] | Xs [BM/2][144]]
@@ -77,31 +86,11 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
 
-    // This thread's W copies (row, 16-byte chunk), hoisted (rows past n clamped: valid reads,
-    // outputs not written).
-    const u8* wsrc[WPER];
-    int wdst[WPER];
-#pragma unroll
-    for (int i = 0; i < WPER; i++) {
-        const int e = min(tid + THREADS * i, BN * 13 - 1), row = e / 13, c = e - 13 * row;
-        wsrc[i] = w + ((i64)min(n0 + row, n - 1) * nb + b0) * 208 + 16 * c;
-        wdst[i] = row * MQ6_W_STRIDE + 16 * c;
-    }
-    auto issue_w = [&](int s, int slot) {
-        u8* dst = sm + slot * STAGE;
-#pragma unroll
-        for (int i = 0; i < WPER; i++)
-            if (tid + THREADS * i < BN * 13) mma_cp16(dst + wdst[i], wsrc[i] + (i64)(s - b0) * 208);
-    };
+    const MqWCopies<BN, 13, 208, MQ6_W_STRIDE, THREADS> wc(w, n, nb, n0, b0, tid);
+    auto issue_w = [&](int s, int slot) { wc.issue(sm + slot * STAGE, s - b0, tid); };
     auto issue_x = [&](int s, int slot) {
         u8* dq = sm + slot * STAGE + WB;
-        const u8* sq = xq + ((i64)s * mp + m0) * 256;
-#pragma unroll
-        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ6_X_STRIDE + 16 * (e & 15), sq + 16 * e);
-        u8* ds = dq + XB;
-        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
-#pragma unroll
-        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ6_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+        mq_issue_x<BM, THREADS, MQ6_X_STRIDE>(dq, dq + XB, xq, xs, s, mp, m0, tid);
     };
     // d of rows g and g + 8 of each of this warp's tiles at block column s.
     const u16* dsrc[WT][2];
@@ -120,46 +109,17 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
             for (int r = 0; r < 2; r++) draw[wt][r] = __ldg(dsrc[wt][r] + s);
     };
 
-    float acc[WT][NT][4];
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+    float acc[WT][NT][4] = {};
 
-    // Prologue: W (and d) of the first ST − 1 stages before the PDL wait, then x; group i =
-    // stage i (group 0 also holds the earlier W copies).
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++)
-        if (b0 + i < b1) issue_w(b0 + i, i);
-    load_d(min(b0, nb - 1));
-    mma_pdl_wait();
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++) {
-        if (b0 + i < b1) issue_x(b0 + i, i);
-        mma_commit();
-    }
-
-    for (int s = b0; s < b1; s++) {
-        const int i = s - b0;
-        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
-        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
-        {
-            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
-            if (sn < b1) {
-                issue_w(sn, slot);
-                issue_x(sn, slot);
-            }
-            mma_commit();
-        }
+    load_d(min(b0, nb - 1));  // weights: before the ring's PDL wait
+    mq_ring<ST>(b0, b1, issue_w, issue_x, [&](int s, int slot) {
         float dcur[WT][2];
 #pragma unroll
         for (int wt = 0; wt < WT; wt++)
 #pragma unroll
             for (int r = 0; r < 2; r++) dcur[wt][r] = h2f(draw[wt][r]);
         load_d(min(s + 1, b1 - 1));  // for the next stage
-        const u8* ws = sm + (i % ST) * STAGE;
+        const u8* ws = sm + slot * STAGE;
         const u8* xb = ws + WB;
         const u8* sb = xb + XB;
 #pragma unroll
@@ -187,42 +147,22 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
             for (int nt = 0; nt < NT; nt++) {
                 const u32 bq = *(const u32*)(xb + (nt * 8 + g) * MQ6_X_STRIDE + 16 * j + 4 * t);
                 // (d, d·Σq) of x rows nt·8 + 2t and nt·8 + 2t + 1 for this 32-element group.
-                const float4 xv = *(const float4*)(sb + (nt * 4 + t) * MQ6_S_STRIDE + 16 * (j >> 1));
+                const float4 xv = *(const float4*)(sb + (nt * 4 + t) * MQ_S_STRIDE + 16 * (j >> 1));
                 // −M·d exactly (d has 22 significant bits): fmaf(M + S, d, −M·d) = d·S.
                 const float xm0 = -MMA_MAGIC_F * xv.x, xm1 = -MMA_MAGIC_F * xv.z;
 #pragma unroll
                 for (int wt = 0; wt < WT; wt++) {
                     int c[4];
                     mma_i8<true>(c, a[wt][0], a[wt][1], bq);
-                    float* o = acc[wt][nt];
-                    o[0] = fmaf(dl[wt][0], fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]);
-                    o[1] = fmaf(dl[wt][0], fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]);
-                    o[2] = fmaf(dl[wt][1], fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]);
-                    o[3] = fmaf(dl[wt][1], fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]);
+                    mq_acc(acc[wt][nt], c, dl[wt][0], dl[wt][1], xv, xm0, xm1);
                 }
             }
         }
-    }
+    });
 
-    float* out = y + (i64)blockIdx.z * m * n;  // y, or split z's partial sums
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
-                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
-                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
-            }
+    mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);  // y, or split z's partials
 }
 
-#define MQ6K_KERNEL(BM, WT, NW, ST)                                                                \
-    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq6k_b##BM##_w##WT##_n##NW##_s##ST( \
-        const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
-        const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
-        mq6k_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                             \
-    }
 
 // ------------------------------------------------------------------------------------------
 // mq8_0_b<BM>_w<WT>_n<NW>_s<ST>: Q8_0 for 1 ≤ m ≤ 64, the same ring, grid, tiles, k split and
@@ -275,46 +215,13 @@ __device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* _
     };
     auto issue_x = [&](int s, int slot) {
         u8* dq = sm + slot * STAGE + WB;
-        const u8* sq = xq + ((i64)s * mp + m0) * 256;
-#pragma unroll
-        for (int e = tid; e < BM * 16; e += THREADS) mma_cp16(dq + (e >> 4) * MQ_X_STRIDE + 16 * (e & 15), sq + 16 * e);
-        u8* ds = dq + XB;
-        const u8* ss = (const u8*)xs + ((i64)s * (mp / 2) + m0 / 2) * 128;
-#pragma unroll
-        for (int e = tid; e < BM / 2 * 8; e += THREADS) mma_cp16(ds + (e >> 3) * MQ_S_STRIDE + 16 * (e & 7), ss + 16 * e);
+        mq_issue_x<BM, THREADS, MQ_X_STRIDE>(dq, dq + XB, xq, xs, s, mp, m0, tid);
     };
 
-    float acc[WT][NT][4];
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[wt][nt][e] = 0.0f;
+    float acc[WT][NT][4] = {};
 
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++)
-        if (b0 + i < b1) issue_w(b0 + i, i);
-    mma_pdl_wait();
-#pragma unroll
-    for (int i = 0; i < ST - 1; i++) {
-        if (b0 + i < b1) issue_x(b0 + i, i);
-        mma_commit();
-    }
-
-    for (int s = b0; s < b1; s++) {
-        const int i = s - b0;
-        mq_wait<ST - 2>();  // stage i landed (this thread's copies) ...
-        __syncthreads();     // ... everyone's, and slot (i − 1) % ST is free
-        {
-            const int sn = s + ST - 1, slot = (i + ST - 1) % ST;
-            if (sn < b1) {
-                issue_w(sn, slot);
-                issue_x(sn, slot);
-            }
-            mma_commit();
-        }
-        const u8* ws = sm + (i % ST) * STAGE;
+    mq_ring<ST>(b0, b1, issue_w, issue_x, [&](int, int slot) {
+        const u8* ws = sm + slot * STAGE;
         const u8* xb = ws + WB;
         const u8* sb = xb + XB;
         uint4 dw[WT][2];  // the 8 f16 d of rows g and g + 8
@@ -351,32 +258,19 @@ __device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* _
                 for (int wt = 0; wt < WT; wt++) {
                     int c[4];
                     mma_k32(c, a[wt], bq.x, bq.y);
-                    float* o = acc[wt][nt];
-                    o[0] = fmaf(dl[wt][0], fmaf(__int_as_float(c[0]), xv.x, xm0), o[0]);
-                    o[1] = fmaf(dl[wt][0], fmaf(__int_as_float(c[1]), xv.z, xm1), o[1]);
-                    o[2] = fmaf(dl[wt][1], fmaf(__int_as_float(c[2]), xv.x, xm0), o[2]);
-                    o[3] = fmaf(dl[wt][1], fmaf(__int_as_float(c[3]), xv.z, xm1), o[3]);
+                    mq_acc(acc[wt][nt], c, dl[wt][0], dl[wt][1], xv, xm0, xm1);
                 }
             }
         }
-    }
+    });
 
-    float* out = y + (i64)blockIdx.z * m * n;
-#pragma unroll
-    for (int wt = 0; wt < WT; wt++)
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int wr = n0 + warp * 16 * WT + wt * 16 + g + 8 * (e >> 1);
-                const int xr = m0 + nt * 8 + 2 * t + (e & 1);
-                if (wr < n && xr < m) out[(i64)xr * n + wr] = acc[wt][nt][e];
-            }
+    mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);  // y, or split z's partials
 }
 
-#define MQ8_0_KERNEL(BM, WT, NW, ST)                                                               \
-    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq8_0_b##BM##_w##WT##_n##NW##_s##ST( \
+// mq6k_* and mq8_0_* (`kind`): one signature (body, head, x, y, dims).
+#define MQK_KERNEL(kind, BM, WT, NW, ST)                                                           \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) kind##_b##BM##_w##WT##_n##NW##_s##ST( \
         const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
-        mq8_0_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                            \
+        kind##_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                           \
     }

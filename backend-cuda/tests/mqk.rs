@@ -58,19 +58,7 @@ fn mq5k_mq6k_mq8_0_match_the_int8_x_oracle_at_every_tile_and_split() {
             let xb = upload(&*be, &f32_bytes(&x));
             for off in [0usize, 1] {
                 let xs = &x[off..off + m * k];
-                let prod = |xr: &[f64]| -> Vec<f64> {
-                    (0..m * n)
-                        .map(|i| {
-                            let (row, c) = (i / n, i % n);
-                            let wr = &wdeq[c * k..(c + 1) * k];
-                            xr[row * k..(row + 1) * k]
-                                .iter()
-                                .zip(wr)
-                                .map(|(a, b)| a * *b as f64)
-                                .sum()
-                        })
-                        .collect()
-                };
+                let prod = |xr: &[f64]| matmul_f64(xr, &wdeq, m, n, k);
                 let want_q8 = prod(&mma_round(xs, r32));
                 let want = prod(&xs.iter().map(|v| *v as f64).collect::<Vec<_>>());
                 for splits in [None, Some(1), Some(3), Some(19)] {

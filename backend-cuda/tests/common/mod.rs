@@ -158,6 +158,21 @@ pub fn view<'a>(b: &'a Buffer, dims: &[usize], dt: DType) -> View<'a> {
     b.view(0, Shape::new(dims).unwrap(), dt).unwrap()
 }
 
+/// x `[m, k]` (f64) · Wᵀ (the dequantized `[n, k]` weight) in f64: the oracle `[m, n]`.
+pub fn matmul_f64(x: &[f64], w: &[f32], m: usize, n: usize, k: usize) -> Vec<f64> {
+    (0..m * n)
+        .map(|i| {
+            let (row, c) = (i / n, i % n);
+            let wr = &w[c * k..(c + 1) * k];
+            x[row * k..(row + 1) * k]
+                .iter()
+                .zip(wr)
+                .map(|(a, b)| a * *b as f64)
+                .sum()
+        })
+        .collect()
+}
+
 /// Σ(a−e)² / Σe².
 pub fn nmse(a: &[f32], e: &[f64]) -> f64 {
     assert_eq!(a.len(), e.len());
