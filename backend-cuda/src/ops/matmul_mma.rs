@@ -288,10 +288,11 @@ fn mq_smem(c: &MqConfig) -> usize {
     c.st * (16 * c.wt * c.nw * 160 + c.bm * 288 + c.bm / 2 * 144)
 }
 
-/// The launch plan of one Q4_K (or Q6_K: mq6k) few-row matmul.
+/// The launch plan of one few-row matmul on a kernel that reads `mq_quant_x`'s x (mq4k; mq5k,
+/// mq6k, mq8_0: mqk.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MqPlan {
-    /// Index into `MQ4K` (`MQ6K`).
+    /// Index into the kernel's configuration table (`MQ4K`, mqk.rs's family tiles).
     cfg: usize,
     /// x rows padded to whole tiles (the rows of the scratch x image).
     mp: usize,
@@ -312,8 +313,8 @@ fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) 
     mq_plan_of(&MQ4K[cfg], cfg, [m, n, k], sms, per_sm)
 }
 
-/// `mq_plan` for configuration `c` (index `cfg` of its table) of either int8 kernel that reads
-/// `mq_quant_x`'s x (mq4k, mq6k: 256-element block columns).
+/// `mq_plan` for configuration `c` (index `cfg` of its table) of any int8 kernel that reads
+/// `mq_quant_x`'s x (mq4k, mq5k, mq6k, mq8_0: 256-element block columns).
 fn mq_plan_of(
     c: &MqConfig,
     cfg: usize,
