@@ -7,6 +7,7 @@
 # 1. Here:  tests/scripts/gpu_multi.sh build      (→ .gpu/multi.tar.xz, git-ignored)
 # 2. GPU:   run(kind="nvidia-h200-x2", carry=[".gpu/multi.tar.xz", ".gl"],
 #               command="bash tests/scripts/gpu_multi.sh run")
+#    (env SKIP_ZOO / SKIP_DECODE skip parts; DECODE_AB=1 and PIPE_AB=1 add the A/B runs below)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 B=.gpu/multi
@@ -157,6 +158,20 @@ PY
                     --wtype $w --batch 1 --ctx 512 --steps 32 --graph on --tp $tp \
                     >"$OUTD/decode_${w}_tp${tp}_nogroup.log" 2>&1
                 tail -n 4 "$OUTD/decode_${w}_tp${tp}_nogroup.log"
+            done
+        done
+    fi
+    # PIPE_AB=1: Q4_K TP2 at batch 1, 2, 4, graphs on, with the pipelined GEMV kept off the
+    # grouped devices (the default) and on them (KILN_GEMV_PIPE_GROUPED=1), alternating twice.
+    if [ -n "${PIPE_AB:-}" ]; then
+        echo "== decode bench A/B: pipelined GEMV on TP ranks (KILN_GEMV_PIPE_GROUPED)"
+        for r in 1 2; do
+            for v in 0 1; do
+                KILN_GEMV_PIPE_GROUPED=$v timeout 280 "$B/decode" --backend cuda --model llama3-8b \
+                    --wtype q4_k --batch 1,2,4 --ctx 512 --steps 32 --graph on --tp 2 \
+                    >"$OUTD/decode_q4_k_tp2_pipe${v}_r$r.log" 2>&1
+                echo "KILN_GEMV_PIPE_GROUPED=$v run $r:"
+                grep -E "^\s+[0-9]+\s+512" "$OUTD/decode_q4_k_tp2_pipe${v}_r$r.log" | awk '{print "  batch", $1, $4, "ms", $NF}'
             done
         done
     fi

@@ -157,9 +157,13 @@ pub(crate) fn note_grouped(ordinals: &[usize]) {
     }
 }
 
-/// Whether device `ordinal` belongs to an all-reduce group.
+/// Whether device `ordinal` belongs to an all-reduce group (always false with
+/// `KILN_GEMV_PIPE_GROUPED=1`: the pipelined kernels on grouped devices too, for the A/B of
+/// tests/scripts/gpu_multi.sh `PIPE_AB=1`).
 pub(crate) fn grouped(ordinal: usize) -> bool {
-    GROUPED.load(std::sync::atomic::Ordering::Relaxed) & ordinal_bit(ordinal) != 0
+    static ALL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    !*ALL.get_or_init(|| std::env::var("KILN_GEMV_PIPE_GROUPED").is_ok_and(|v| v == "1"))
+        && GROUPED.load(std::sync::atomic::Ordering::Relaxed) & ordinal_bit(ordinal) != 0
 }
 
 /// `KILN_GEMV_PIPE_CARVE` (A/B of the shared-memory carveout: unset, `off` or `both`).
