@@ -289,13 +289,6 @@ extern "C" __global__ void mma_reduce(const float* __restrict__ part, float* __r
 // 4 of the A fragment byte (0..31: still exact in s8).
 #define MQ5_W_STRIDE 224
 
-// Bytes of dynamic shared memory of a configuration (the host computes the same).
-template <int BM, int WT, int NW, int ST, bool Q5 = false>
-__host__ __device__ constexpr int mq_smem_bytes() {
-    return ST * (16 * WT * NW * (Q5 ? MQ5_W_STRIDE : MQ_W_STRIDE) + BM * MQ_X_STRIDE + BM / 2 * MQ_S_STRIDE);
-}
-
-
 // d[16×8 s32] = a[16×32] · b[32×8] + MMA_MAGIC. Fragments (g = lane / 4, t = lane % 4): a0 =
 // row g, k 4t..4t+3; a1 = row g + 8; a2 = row g, k 16+4t..; a3 = row g + 8, k 16+4t..; b0 = k
 // 4t..4t+3 of column g, b1 = k 16+4t..; d0, d1 = row g, columns 2t, 2t + 1; d2, d3 = row g + 8.

@@ -45,11 +45,6 @@
 #define MQ6_W_STRIDE 208  // the raw body, unpadded: 52 words ≡ 20 mod 32
 #define MQ6_X_STRIDE 272  // 256 + 16 pad: 68 words ≡ 4 mod 32
 
-// Bytes of dynamic shared memory of a configuration (the host computes the same: mqk.rs).
-template <int BM, int WT, int NW, int ST>
-__host__ __device__ constexpr int mq6_smem_bytes() {
-    return ST * (16 * WT * NW * MQ6_W_STRIDE + BM * MQ6_X_STRIDE + BM / 2 * MQ_S_STRIDE);
-}
 
 // acc += dl·(dx·S) for one 16×8 tile: c = M + S as f32 bits (mma_i8 / mma_k32), dl0 / dl1 the
 // W scales of rows g / g + 8, xv = (dx, ·, dx', ·) of x columns 2t / 2t + 1, xm0 / xm1 = −M·dx /

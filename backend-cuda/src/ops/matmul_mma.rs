@@ -282,7 +282,7 @@ fn q4k_rows(dt: DType, m: usize) -> bool {
         && FORCED_CONFIG.load(Ordering::Relaxed) >= MMA_CONFIGS.len()
 }
 
-/// Dynamic shared memory of a Q4_K configuration, as kernels/matmul_mma.cu `mq_smem_bytes`:
+/// Dynamic shared memory of a Q4_K configuration, mq4k_body's ST·STAGE (kernels/matmul_mma.cu):
 /// per stage W [BN][160 B], Xq [BM][288 B], Xs [BM/2][144 B].
 fn mq_smem(c: &MqConfig) -> usize {
     c.st * (16 * c.wt * c.nw * 160 + c.bm * 288 + c.bm / 2 * 144)

@@ -105,9 +105,8 @@ fn family(dt: DType) -> Option<usize> {
 }
 
 impl Family {
-    /// Dynamic shared memory of a configuration, as kernels/matmul_mma.cu `mq_smem_bytes<…, Q5>`
-    /// and kernels/matmul_mqk.cuh `mq6_smem_bytes` (mq8_0 the same with its strides): per stage
-    /// W [BN][w_stride], Xq [BM][x_stride], Xs [BM/2][144].
+    /// Dynamic shared memory of a configuration, the kernels' ST·STAGE (mq4k_body, mq6k_body,
+    /// mq8_0_body): per stage W [BN][w_stride], Xq [BM][x_stride], Xs [BM/2][144].
     fn smem(&self, c: &MqConfig) -> usize {
         c.st * (16 * c.wt * c.nw * self.w_stride + c.bm * self.x_stride + c.bm / 2 * 144)
     }
