@@ -29,6 +29,7 @@
 // with a split). FLOPs 2·m·n·k (int8 MACs) + 8·m·n·k/16 f32 for the scales.
 #include "quant.cuh"
 #include "mma_ring.cuh"
+#include "gemv_segs.cuh"
 
 #define MMA_THREADS 128
 #define MMA_UNITS 16            // 16-element units per k stage (256 elements)
@@ -375,7 +376,7 @@ __device__ __forceinline__ void q4k_shfl_scales(float dl[2][2], float nml[2][2],
 template <int BM, int WT, int NW, int ST, bool Q5 = false>
 __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __restrict__ xq,
                                           const float2* __restrict__ xs, float* __restrict__ y, int n, int k,
-                                          int m, int mp, int spz) {
+                                          int m, int mp, int spz, int ty) {
     constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
     constexpr int WS = Q5 ? MQ5_W_STRIDE : MQ_W_STRIDE;  // shared bytes per W row
     constexpr int BLK = Q5 ? 176 : 144, CH = BLK / 16, QS = Q5 ? 48 : 16;  // block bytes, chunks, qs offset
@@ -386,7 +387,7 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
     pdl_launch_dependents();  // the next kernel may launch; it waits for this grid to finish
     const int nb = k / 256;
     const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;  // m tiles fastest: W tile shared in L2
+    const int m0 = blockIdx.x * BM, n0 = ty * BN;  // m tiles fastest: W tile shared in L2
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
 
@@ -470,26 +471,46 @@ __device__ __forceinline__ void mq4k_body(const u8* __restrict__ w, const u8* __
     mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);  // y, or split z's partials
 }
 
+// `<kind>g_b<BM>_w<WT>_n<NW>_s<ST>(segs, xq, xs, k, m, mp, spz)`: the grouped form of a kernel
+// (`Backend::matmul_many`: q/k/v, gate/up at 2 ≤ m ≤ 64): up to GEMV_NS weights [n_s, k] of one
+// type that read the same x (one mq_quant_x image) in ONE grid. The n tiles of the segments are
+// numbered one after the other along gridDim.y (gemv_seg with R = BN rows per tile: segment s
+// holds the next ceil(n_s / BN) tiles); a block runs the single kernel's body on its segment's
+// weight, rows and y (the output [m, n_s], or with gridDim.z = S > 1 that segment's partial
+// sums [S, m, n_s]). Each segment's results are the single kernel's at the same k split.
+// `call` is the body call, with `s` the block's GemvSeg.
+#define MQ_GROUPED(kind, BM, WT, NW, ST, call)                                                         \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) kind##g_b##BM##_w##WT##_n##NW##_s##ST( \
+        const GemvSegs sg, const u8* __restrict__ xq, const float2* __restrict__ xs, int k, int m, int mp, \
+        int spz) {                                                                                     \
+        const GemvSeg s = gemv_seg<GEMV_NS, 16 * WT * NW>(sg, blockIdx.y);                            \
+        call;                                                                                          \
+    }
 #define MQ5K_KERNEL(BM, WT, NW, ST)                                                                \
     extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq5k_b##BM##_w##WT##_n##NW##_s##ST( \
         const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
         float* __restrict__ y, int n, int k, int m, int mp, int spz) {                               \
-        mq4k_body<BM, WT, NW, ST, true>(w, xq, xs, y, n, k, m, mp, spz);                           \
-    }
+        mq4k_body<BM, WT, NW, ST, true>(w, xq, xs, y, n, k, m, mp, spz, blockIdx.y);               \
+    }                                                                                              \
+    MQ_GROUPED(mq5k, BM, WT, NW, ST, (mq4k_body<BM, WT, NW, ST, true>(s.body, xq, xs, s.y, s.n, k, m, mp, spz, s.g)))
 #define MQ4K_KERNEL(BM, WT, NW, ST)                                                                \
     extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) mq4k_b##BM##_w##WT##_n##NW##_s##ST( \
         const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
         float* __restrict__ y, int n, int k, int m, int mp, int spz) {                               \
-        mq4k_body<BM, WT, NW, ST>(w, xq, xs, y, n, k, m, mp, spz);                                 \
+        mq4k_body<BM, WT, NW, ST>(w, xq, xs, y, n, k, m, mp, spz, blockIdx.y);                     \
     }
+// mq4k_* and its grouped form (the lab instantiates MQ4K_KERNEL alone).
+#define MQ4K_KERNELS(BM, WT, NW, ST) \
+    MQ4K_KERNEL(BM, WT, NW, ST)      \
+    MQ_GROUPED(mq4k, BM, WT, NW, ST, (mq4k_body<BM, WT, NW, ST>(s.body, xq, xs, s.y, s.n, k, m, mp, spz, s.g)))
 
-// The configurations the host picks from by m (ops/matmul_mma.rs MQ4K, same order); the lab
-// (backend-cuda/labs/mma) instantiates its own set instead.
+// The configurations the host picks from by m (ops/matmul_mma/mqk.rs FAMILIES, same order);
+// the lab (backend-cuda/labs/mma) instantiates its own set instead.
 #ifndef MQ4K_NO_INSTANCES
-MQ4K_KERNEL(8, 1, 8, 3)
-MQ4K_KERNEL(16, 1, 8, 3)
-MQ4K_KERNEL(32, 2, 4, 3)
-MQ4K_KERNEL(64, 2, 8, 3)
+MQ4K_KERNELS(8, 1, 8, 3)
+MQ4K_KERNELS(16, 1, 8, 3)
+MQ4K_KERNELS(32, 2, 4, 3)
+MQ4K_KERNELS(64, 2, 8, 3)
 // mq5k: Q5_K at 1 ≤ m ≤ 64 (ops/matmul_mma/mqk.rs, same order).
 MQ5K_KERNEL(8, 1, 8, 3)
 MQ5K_KERNEL(16, 1, 8, 3)

@@ -42,7 +42,7 @@ struct __align__(64) MpTmap {
     u64 v[16];
 };
 
-// Geometry of mp4k<WT, NT, D, U> (the host computes the same: ops/matmul_mma.rs).
+// Geometry of mp4k<WT, NT, D, U> (the host computes the same: ops/matmul_mma/mp4k.rs).
 template <int WT, int NT, int D, int U, bool TMA = false>
 struct MpGeo {
     static constexpr int R = 16 * WT;                         // W rows per group (= per block)

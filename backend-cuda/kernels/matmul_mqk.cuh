@@ -68,7 +68,7 @@ __device__ __forceinline__ u32 q6k_frag(u32 ql, u32 qh) {
 template <int BM, int WT, int NW, int ST>
 __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __restrict__ wh,
                                           const u8* __restrict__ xq, const float2* __restrict__ xs,
-                                          float* __restrict__ y, int n, int k, int m, int mp, int spz) {
+                                          float* __restrict__ y, int n, int k, int m, int mp, int spz, int ty) {
     constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
     constexpr int WB = BN * MQ6_W_STRIDE, XB = BM * MQ6_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
     static_assert(BM % 8 == 0 && ST >= 2, "BM whole n8 tiles, at least 2 stages");
@@ -77,7 +77,7 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
     pdl_launch_dependents();
     const int nb = k / 256;
     const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int m0 = blockIdx.x * BM, n0 = ty * BN;
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
 
@@ -177,7 +177,7 @@ __device__ __forceinline__ void mq6k_body(const u8* __restrict__ w, const u8* __
 template <int BM, int WT, int NW, int ST>
 __device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* __restrict__ wh,
                                            const u8* __restrict__ xq, const float2* __restrict__ xs,
-                                           float* __restrict__ y, int n, int k, int m, int mp, int spz) {
+                                           float* __restrict__ y, int n, int k, int m, int mp, int spz, int ty) {
     constexpr int BN = 16 * WT * NW, NT = BM / 8, THREADS = KILN_WARP * NW;
     constexpr int WB = BN * MQ8_W_STRIDE, XB = BM * MQ_X_STRIDE, STAGE = WB + XB + BM / 2 * MQ_S_STRIDE;
     constexpr int WPER = (BN * 17 + THREADS - 1) / THREADS;  // 16 qs + 1 d copies per row
@@ -187,7 +187,7 @@ __device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* _
     pdl_launch_dependents();
     const int nb = k / 256, nb32 = k / 32;
     const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int m0 = blockIdx.x * BM, n0 = ty * BN;
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
 
@@ -262,10 +262,12 @@ __device__ __forceinline__ void mq8_0_body(const u8* __restrict__ w, const u8* _
     mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0, warp, lane);  // y, or split z's partials
 }
 
-// mq6k_* and mq8_0_* (`kind`): one signature (body, head, x, y, dims).
+// mq6k_* and mq8_0_* (`kind`): one signature (body, head, x, y, dims); and their grouped forms
+// (MQ_GROUPED, matmul_mma.cu).
 #define MQK_KERNEL(kind, BM, WT, NW, ST)                                                           \
     extern "C" __global__ void __launch_bounds__(KILN_WARP * NW) kind##_b##BM##_w##WT##_n##NW##_s##ST( \
         const u8* __restrict__ w, const u8* __restrict__ wh, const u8* __restrict__ xq,             \
         const float2* __restrict__ xs, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
-        kind##_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz);                           \
-    }
+        kind##_body<BM, WT, NW, ST>(w, wh, xq, xs, y, n, k, m, mp, spz, blockIdx.y);               \
+    }                                                                                              \
+    MQ_GROUPED(kind, BM, WT, NW, ST, (kind##_body<BM, WT, NW, ST>(s.body, s.head, xq, xs, s.y, s.n, k, m, mp, spz, s.g)))

@@ -55,7 +55,7 @@ MP_CFGS(2)
 MPT_CFGS(1)
 MPT_CFGS(2)
 
-// mq: the host's configuration per BM (ops/matmul_mma.rs MQ4K).
+// mq: the host's configuration per BM (ops/matmul_mma/mqk.rs FAMILIES).
 MQ4K_KERNEL(8, 1, 8, 3) MQ4K_KERNEL(16, 1, 8, 3) MQ4K_KERNEL(32, 2, 4, 3) MQ4K_KERNEL(64, 2, 8, 3)
 // (WT, NW, WM, ST, MB): W tiles per warp, warps, warps along m, stages, min blocks per SM.
 #define MH_CFGS(BM)                                                                                     \
@@ -369,7 +369,7 @@ static int occupancy(int ci, int S = 0) {
     return std::max(occ, 1);
 }
 
-// The k-split rule (ops/matmul_mma.rs mq_plan): the S ≤ min(16, nb / 2) minimizing whole waves
+// The k-split rule (ops/matmul_mma/mqk.rs mq_plan_of): the S ≤ min(16, nb / 2) minimizing whole waves
 // × (block columns per split + 1 for the pipeline fill), ceil(tiles·S / slots)·(ceil(nb / S) + 1);
 // ties to the smaller S.
 static int rule_S(int tiles, int slots, int nb) {

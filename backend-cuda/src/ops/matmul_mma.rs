@@ -208,141 +208,12 @@ pub(crate) fn mma_plan(
     }
 }
 
-/// One configuration of the Q4_K kernel for few rows (kernels/matmul_mma.cu
-/// `mq4k_b<BM>_w<WT>_n<NW>_s<ST>`): BM x rows per block, WT 16-row W tiles per warp, NW warps
-/// (BN = 16·WT·NW W rows per block), ST stages in the cp.async ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct MqConfig {
-    bm: usize,
-    wt: usize,
-    nw: usize,
-    st: usize,
-    name: &'static str,
-}
-
-/// The configurations, by x-row tile BM = 8, 16, 32, 64: each the best mean over the three lab
-/// shapes at its m range (backend-cuda/labs/mma on an H200, BENCHMARKS.md "mma2"). A device
-/// whose shared memory cannot hold the preferred tile for m (sm_80: 163 KiB, sm_86/89: 99 KiB)
-/// runs the largest tile that fits, over several m tiles.
-const MQ4K: [MqConfig; 4] = [
-    MqConfig {
-        bm: 8,
-        wt: 1,
-        nw: 8,
-        st: 3,
-        name: "mq4k_b8_w1_n8_s3",
-    },
-    MqConfig {
-        bm: 16,
-        wt: 1,
-        nw: 8,
-        st: 3,
-        name: "mq4k_b16_w1_n8_s3",
-    },
-    MqConfig {
-        bm: 32,
-        wt: 2,
-        nw: 4,
-        st: 3,
-        name: "mq4k_b32_w2_n4_s3",
-    },
-    MqConfig {
-        bm: 64,
-        wt: 2,
-        nw: 8,
-        st: 3,
-        name: "mq4k_b64_w2_n8_s3",
-    },
-];
-
-/// The configuration (index into `MQ4K`) for m rows on a device with `smem_max` bytes of
-/// opt-in shared memory per block: the smallest tile covering m that fits, else the largest
-/// tile that fits; None if none fits.
-fn mq_config(m: usize, smem_max: usize) -> Option<usize> {
-    tile_for(&MQ4K, m, |c| mq_smem(c) <= smem_max)
-}
-
-/// The index in `table` (tiles by growing BM) of the smallest tile covering m that `fits`,
-/// else of the largest that fits; None if none fits.
-fn tile_for(table: &[MqConfig], m: usize, fits: impl Fn(&MqConfig) -> bool) -> Option<usize> {
-    table
-        .iter()
-        .position(|c| c.bm >= m && fits(c))
-        .or_else(|| table.iter().rposition(&fits))
-}
-
-/// The most x rows the Q4_K kernels take (their largest tile).
-const MQ_MAX_ROWS: usize = 64;
-
 /// Whether a Q4_K kernel may take a `dt` matmul at m rows: Q4_K, 1 ≤ m ≤ 64, no generic
 /// configuration forced (`force_mma_config`).
 fn q4k_rows(dt: DType, m: usize) -> bool {
     dt == DType::Q4_K
-        && (1..=MQ_MAX_ROWS).contains(&m)
+        && (1..=mqk::MQK_MAX_ROWS).contains(&m)
         && FORCED_CONFIG.load(Ordering::Relaxed) >= MMA_CONFIGS.len()
-}
-
-/// Dynamic shared memory of a Q4_K configuration, mq4k_body's ST·STAGE (kernels/matmul_mma.cu):
-/// per stage W [BN][160 B], Xq [BM][288 B], Xs [BM/2][144 B].
-fn mq_smem(c: &MqConfig) -> usize {
-    c.st * (16 * c.wt * c.nw * 160 + c.bm * 288 + c.bm / 2 * 144)
-}
-
-/// The launch plan of one few-row matmul on a kernel that reads `mq_quant_x`'s x (mq4k; mq5k,
-/// mq6k, mq8_0: mqk.rs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct MqPlan {
-    /// Index into the kernel's configuration table (`MQ4K`, mqk.rs's family tiles).
-    cfg: usize,
-    /// x rows padded to whole tiles (the rows of the scratch x image).
-    mp: usize,
-    /// k splits (gridDim.z) and block columns (256 elements) per split.
-    splits: usize,
-    blocks_per_split: usize,
-    /// Bytes of scratch: xq u8 `[k/256, mp, 256]`, xs float2 `[k/256, mp/2, 8, 2]`, then
-    /// (splits > 1) the partial sums f32 `[splits, m, n]`.
-    scratch: usize,
-}
-
-/// Plan the Q4_K kernel for x `[m, k]` (1 ≤ m ≤ 64), W `[n, k]` on `sms` SMs with `per_sm`
-/// resident blocks per SM (the occupancy of the configuration). The k split S (≤ 16, ≥ 2 block
-/// columns per split) minimizes whole waves × (block columns per split + 1 for the pipeline
-/// fill), ceil(tiles·S / slots) · (ceil(nb / S) + 1), ties to the smaller S: one resident wave of blocks when the tiles allow it,
-/// each streaming as many block columns as the split leaves (backend-cuda/labs/mma).
-fn mq_plan(m: usize, n: usize, k: usize, cfg: usize, sms: usize, per_sm: usize) -> MqPlan {
-    mq_plan_of(&MQ4K[cfg], cfg, [m, n, k], sms, per_sm)
-}
-
-/// `mq_plan` for configuration `c` (index `cfg` of its table) of any int8 kernel that reads
-/// `mq_quant_x`'s x (mq4k, mq5k, mq6k, mq8_0: 256-element block columns).
-fn mq_plan_of(
-    c: &MqConfig,
-    cfg: usize,
-    [m, n, k]: [usize; 3],
-    sms: usize,
-    per_sm: usize,
-) -> MqPlan {
-    let mp = m.div_ceil(c.bm).max(1) * c.bm;
-    let nb = (k / 256).max(1);
-    let tiles = n.div_ceil(16 * c.wt * c.nw) * (mp / c.bm);
-    let slots = sms.max(1) * per_sm.max(1);
-    let splits = match FORCED_SPLITS.load(Ordering::Relaxed) {
-        usize::MAX => (1..=(nb / 2).clamp(1, 16))
-            .min_by_key(|&s| ((tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1), s))
-            .unwrap_or(1),
-        f => f.clamp(1, nb),
-    };
-    let blocks_per_split = nb.div_ceil(splits);
-    let splits = nb.div_ceil(blocks_per_split);
-    let x = mp * k + mp * (k / 32) * 8;
-    let part = if splits > 1 { splits * m * n * 4 } else { 0 };
-    MqPlan {
-        cfg,
-        mp,
-        splits,
-        blocks_per_split,
-        scratch: x + part,
-    }
 }
 
 /// The i32 dims of a Q4_K few-row kernel (mq4k, mh4k, mp4k) and its x rounding: [n, k, m,
@@ -423,10 +294,11 @@ impl CudaBackend {
     pub(crate) fn mma_scratch_bytes(&self, dt: DType, m: usize, n: usize, k: usize) -> usize {
         let sms = self.info.caps.compute_units.max(1) as usize;
         let splits = FORCED_SPLITS.load(Ordering::Relaxed);
+        // mq4k / mq5k / mq6k / mq8_0 (mqk.rs).
+        let mq = self
+            .mqk_config(dt, m, k)
+            .map_or(0, |c| self.mqk_plan([m, n, k], c).scratch);
         let mut q4k = 0;
-        if let Some(cfg) = self.mq4k_config(dt, m) {
-            q4k = mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg)).scratch;
-        }
         if let Some(cfg) = self.mh4k_config(dt, m) {
             let p = mh_plan(m, n, k, cfg, sms, self.mh_per_sm(cfg), splits);
             q4k = q4k.max(p.scratch);
@@ -434,22 +306,13 @@ impl CudaBackend {
         if self.mp4k_config(dt, m).is_some() {
             q4k = q4k.max(self.mp4k_scratch(m, n, k));
         }
-        if q4k > 0 {
-            return q4k;
+        if dt == DType::Q4_K && mq.max(q4k) > 0 {
+            return mq.max(q4k);
         }
-        let generic = mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch;
         // Q5_K / Q6_K / Q8_0: mq5k's / mq6k's / mq8_0's, or the generic kernel's for a weight
         // they cannot take.
-        self.mqk_config(dt, m, k).map_or(generic, |c| {
-            generic.max(self.mqk_plan([m, n, k], c).scratch)
-        })
-    }
-
-    /// The Q4_K few-row configuration (index into `MQ4K`) that takes an mma matmul of a `dt`
-    /// weight at m rows, if any: Q4_K, 1 ≤ m ≤ 64, no generic configuration forced
-    /// (`force_mma_config`), and a tile that fits the device's shared memory.
-    fn mq4k_config(&self, dt: DType, m: usize) -> Option<usize> {
-        q4k_rows(dt, m).then(|| mq_config(m, self.mma_smem_max()))?
+        let generic = mma_plan(dt, m, n, k, mma_config(m, self.mma_smem_max()), sms).scratch;
+        generic.max(mq)
     }
 
     /// The f16 Q4_K configuration (index into `MH4K`) for m rows, under the same conditions.
@@ -462,7 +325,7 @@ impl CudaBackend {
     /// flavour) up to the tuned `max_mp_rows` of (Q4_K, n, k), else F16 from the tuned
     /// `min_mh_rows` on, else Int8 (also while the shape is not tuned).
     fn q4k_kernel(&self, dt: DType, m: usize, n: usize, k: usize) -> Option<Q4kKernel> {
-        let mq = self.mq4k_config(dt, m).is_some();
+        let mq = q4k_rows(dt, m) && self.mqk_config(dt, m, k).is_some();
         let mh = self.mh4k_config(dt, m).is_some();
         let mp = self.mp4k_config(dt, m).is_some();
         let tuned = || self.crossovers_of(dt, n, k);
@@ -479,32 +342,6 @@ impl CudaBackend {
             _ if mq => Some(Q4kKernel::Int8),
             _ => None,
         }
-    }
-
-    /// Resident blocks per SM of Q4_K configuration `cfg`: the occupancy the driver reports
-    /// (registers and shared memory), cached per configuration; 1 if it cannot say.
-    fn mq_per_sm(&self, cfg: usize) -> usize {
-        static OCC: [AtomicUsize; 4] = [const { AtomicUsize::new(0) }; 4];
-        self.mq_occupancy(&MQ4K[cfg], mq_smem(&MQ4K[cfg]), &OCC[cfg])
-    }
-
-    /// Resident blocks per SM of kernel configuration `c` with `smem` bytes of dynamic shared
-    /// memory, cached in `cell`; 1 if the driver cannot say.
-    fn mq_occupancy(&self, c: &MqConfig, smem: usize, cell: &AtomicUsize) -> usize {
-        let cached = cell.load(Ordering::Relaxed);
-        if cached > 0 {
-            return cached;
-        }
-        let occ = self
-            .function(&MATMUL_MMA, c.name)
-            .and_then(|f| {
-                self.allow_smem(&f, smem)?;
-                f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, smem, None)
-                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
-            })
-            .map_or(1, |o| (o as usize).max(1));
-        cell.store(occ, Ordering::Relaxed);
-        occ
     }
 
     /// How the mma path rounds x for a `dt` weight `[n, k]` at m rows: f16 per 256 where the
@@ -554,8 +391,10 @@ impl CudaBackend {
                 format!("{} rows of {k} are not whole blocks", w.dtype),
             ));
         }
-        let (mh, mq) = (self.mh4k_config(w.dtype, m), self.mq4k_config(w.dtype, m));
-        // The bulk copies need a 16-byte aligned weight (`mp4k_applies`; else mq4k).
+        let mh = self.mh4k_config(w.dtype, m);
+        // The cp.async and bulk copies need a 16-byte aligned weight (`mqk_applies`,
+        // `mp4k_applies`; else the generic kernel).
+        let mq = self.mqk_applies(w, m, k).filter(|_| w.dtype == DType::Q4_K);
         let mp = mp4k::mp_config(m).filter(|_| self.mp4k_applies(w, m));
         let kernel = match kernel {
             Some(Q4kKernel::F16) if mh.is_some() => kernel,
@@ -572,17 +411,16 @@ impl CudaBackend {
             Q4kKernel::Pipe | Q4kKernel::PipeTensor => Q4kKernel::Int8,
             q => q,
         });
-        match (kernel, mh, mq) {
-            (Some(Q4kKernel::F16), Some(cfg), _) => {
-                let splits = FORCED_SPLITS.load(Ordering::Relaxed);
-                return self.matmul_mh4k(xp, w, outp, [m, n, k], cfg, splits);
-            }
-            (Some(Q4kKernel::Int8), _, Some(cfg)) => {
-                return self.matmul_mq4k(xp, w, outp, m, n, k, cfg);
-            }
-            _ => {}
+        if let (Some(Q4kKernel::F16), Some(cfg)) = (kernel, mh) {
+            let splits = FORCED_SPLITS.load(Ordering::Relaxed);
+            return self.matmul_mh4k(xp, w, outp, [m, n, k], cfg, splits);
         }
-        if let Some(c) = self.mqk_applies(w, m, k) {
+        // Q4_K: mq4k where chosen (Int8); Q5_K / Q6_K / Q8_0: theirs wherever it applies.
+        let mq = match w.dtype {
+            DType::Q4_K => mq.filter(|_| kernel == Some(Q4kKernel::Int8)),
+            _ => self.mqk_applies(w, m, k),
+        };
+        if let Some(c) = mq {
             return self.matmul_mqk(xp, w, outp, [m, n, k], c);
         }
         let (mi, ni, ki) = (
@@ -623,44 +461,6 @@ impl CudaBackend {
         let y = if plan.splits > 1 { part } else { outp };
         let spz = arg_i32(op, "stages per split", plan.stages_per_split)?;
         self.launch_mma(&f, cfg, w, [xq, xs], y, [mi, ni, ki, spz])?;
-        if plan.splits > 1 {
-            self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
-        }
-        Ok(())
-    }
-
-    /// The Q4_K few-row path (1 ≤ m ≤ 64): x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
-    /// `mq_quant_x` rounds x per 32 elements into the scratch, `mq4k_*` multiplies it with the
-    /// raw Q4_K blocks, `mma_reduce` (a programmatic dependent) adds the k splits' partial sums
-    /// in order.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul_mq4k(
-        &self,
-        xp: u64,
-        w: &CudaWeight,
-        outp: u64,
-        m: usize,
-        n: usize,
-        k: usize,
-        cfg: usize,
-    ) -> Result<()> {
-        let sms = self.info.caps.compute_units.max(1) as usize;
-        let plan = mq_plan(m, n, k, cfg, sms, self.mq_per_sm(cfg));
-        let c = &MQ4K[plan.cfg];
-        let smem = mq_smem(c);
-        let f = self.function(&MATMUL_MMA, c.name)?;
-        self.allow_smem(&f, smem)?;
-        let dims = q4k_dims([m, n, k], plan.mp, plan.blocks_per_split)?;
-        let tiles = [plan.mp / c.bm, plan.splits];
-        let cfg = q4k_launch("mq4k", n, 16 * c.wt * c.nw, tiles, 32 * c.nw, smem)?;
-        // Hold the scratch lock until every kernel using it is enqueued.
-        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
-        let xq = scratch;
-        let xs = xq + (plan.mp * k) as u64;
-        let part = xs + (plan.mp * (k / 32) * 8) as u64;
-        self.launch_q4k_quant_x("mq_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
-        let y = if plan.splits > 1 { part } else { outp };
-        self.launch_q4k_x8(&f, "launch mq4k", cfg, w, [xq, xs], y, dims, &[])?;
         if plan.splits > 1 {
             self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
         }
@@ -737,43 +537,5 @@ mod tests {
         // Q4_K 4096×14336 at m = 64 (64 blocks): 8 splits, as the sweep's best.
         let p = mma_plan(DType::Q4_K, 64, 4096, 14336, mma_config(64, 232_448), sms);
         assert_eq!((p.splits, p.stages_per_split), (8, 7));
-    }
-
-    /// The Q4_K plan: the tile covers m where the H200's shared memory allows, fits smaller
-    /// devices, splits cover k with no empty split, and the split costs no more than none.
-    #[test]
-    fn mq_plan_covers_k_and_fits_the_device() {
-        for (n, k) in [(14336, 4096), (4096, 14336), (4096, 4096), (200, 4864)] {
-            for m in [1, 2, 3, 8, 9, 16, 24, 33, 64] {
-                for (per_sm, smem) in [(1, 232_448), (2, 232_448), (3, 166_912), (4, 101_376)] {
-                    let Some(cfg) = mq_config(m, smem) else {
-                        panic!("no Q4_K tile fits {smem} bytes");
-                    };
-                    let p = mq_plan(m, n, k, cfg, 132, per_sm);
-                    let c = &MQ4K[p.cfg];
-                    assert!(mq_smem(c) <= smem);
-                    assert!(p.mp.is_multiple_of(c.bm) && p.mp >= m && p.mp < m + c.bm);
-                    assert!(
-                        c.bm >= m || smem < 232_448,
-                        "the H200 takes the covering tile"
-                    );
-                    let nb = k / 256;
-                    assert!(p.splits * p.blocks_per_split >= nb, "{n}x{k} m={m}");
-                    assert!((p.splits - 1) * p.blocks_per_split < nb, "no empty split");
-                    assert!(p.splits <= 16 && (p.splits == 1 || p.blocks_per_split >= 2));
-                    // The rule's cost is no worse than not splitting.
-                    let tiles = n.div_ceil(16 * c.wt * c.nw) * (p.mp / c.bm);
-                    let slots = 132 * per_sm;
-                    let cost = |s: usize| (tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1);
-                    assert!(cost(p.splits) <= cost(1), "{n}x{k} m={m}");
-                    let part = if p.splits > 1 {
-                        p.splits * m * n * 4
-                    } else {
-                        0
-                    };
-                    assert_eq!(p.scratch, p.mp * k * 5 / 4 + part);
-                }
-            }
-        }
     }
 }

@@ -32,6 +32,7 @@ use gemv1::GemvM1;
 pub use gemv1::gemv1_auto_on;
 pub(crate) use grid::{fused_grid, m1_grid, m1_kernel};
 pub use group::GroupKernel;
+pub(crate) use group::{GEMV_NS, GemvSegs};
 pub(crate) use pipe::note_grouped;
 pub use pipe::{gemv_pipe_auto, gemv_pipe_types, pipe_max_rows};
 

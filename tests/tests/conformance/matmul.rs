@@ -101,8 +101,9 @@ fn matmul_large_case(b: &dyn Backend, dt: DType) {
 }
 
 /// `matmul_many`: three weights reading the same x (q/k/v-like: n = 259, 67, 67, row counts
-/// that leave partial groups) at m = 1, 2, 3, 8 (where a backend may run one kernel); every
-/// output against the oracle; an output of the wrong shape is an error.
+/// that leave partial groups) at m = 1, 2, 3, 8, 17, 40 (where a backend may run one kernel:
+/// CUDA's segmented GEMV, its shared-x mp4k / mh4k and its grouped mq kernels); every output
+/// against the oracle; an output of the wrong shape is an error.
 fn matmul_many_case(b: &dyn Backend, dt: DType) {
     if !require_op(b, OpKind::Matmul, dt) {
         return;
@@ -115,7 +116,7 @@ fn matmul_many_case(b: &dyn Backend, dt: DType) {
         .collect();
     let wd: Vec<Vec<f32>> = ws.iter().map(data::dequantize).collect();
     let prepared: Vec<_> = ws.iter().map(|w| dev::prepare(b, w)).collect();
-    for m in [1usize, 2, 3, 8] {
+    for m in [1usize, 2, 3, 8, 17, 40] {
         let x = rng.activations(m * k, 1.0);
         let xt = dev::upload_f32(b, &[m, k], &x);
         let outs: Vec<_> = ws
@@ -322,6 +323,7 @@ conformance! {
 
     matmul_q4_k_many => matmul_many_case(DType::Q4_K);
     matmul_q8_0_many => matmul_many_case(DType::Q8_0);
+    matmul_q5_k_many => matmul_many_case(DType::Q5_K);
     matmul_q6_k_many => matmul_many_case(DType::Q6_K);
     matmul_bf16_many => matmul_many_case(DType::BF16);
     matmul_f32_many => matmul_many_case(DType::F32);

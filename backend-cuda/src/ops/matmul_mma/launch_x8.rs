@@ -1,6 +1,6 @@
-//! Launchers shared by the int8 Q4_K kernels mq4k (matmul_mma.rs) and mp4k / mpt4k (mp4k.rs):
-//! their x rounding passes differ only in where they store, the kernels only in mpt4k's extra
-//! tensor-map parameter.
+//! Launchers of the int8 kernels' x rounding (`mq_quant_x` for mqk.rs's mq4k / mq5k / mq6k /
+//! mq8_0, `mp_quant_x` for mp4k.rs; they differ only in where they store) and of mp4k / mpt4k
+//! (the kernels differ only in mpt4k's extra tensor-map parameter).
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::Result;
@@ -44,9 +44,9 @@ impl CudaBackend {
         unsafe { self.launch_pdl(&f, name, cfg, &args) }
     }
 
-    /// The int8 tensor-core Q4_K kernels `mq4k_*` / `mp4k_*` / `mpt4k_*`: `(w, xq, xs, y, n,
-    /// k, m, mp, blocks per split)` then `tail` (mpt4k's tensor map), a programmatic dependent
-    /// of the quant_x above (it issues its first W copies, then waits).
+    /// The int8 tensor-core Q4_K kernels `mp4k_*` / `mpt4k_*`: `(w, xq, xs, y, n, k, m, mp,
+    /// blocks per split)` then `tail` (mpt4k's tensor map), a programmatic dependent of the
+    /// quant_x above (it issues its first W copies, then waits).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn launch_q4k_x8(
         &self,
@@ -77,10 +77,9 @@ impl CudaBackend {
         // aligned, rows whole blocks; rows read are clamped to n − 1, block columns < k/256);
         // xq / xs were written by the matching quant_x just before on this stream, in the
         // kernel's order (read after griddepcontrol.wait; x rows / tiles read < mp); y f32: the
-        // m·n output, or for mq4k with gridDim.z = splits > 1 the [splits, m, n] partial sums
-        // (every split's block range non-empty; mp4k: spz unused, no split); writes bounded by
-        // n and m. Block size within the function's limit and dynamic shared memory (the
-        // configuration's size) allowed just before. `tail`: mpt4k_*'s 128-byte tensor map of
+        // m·n output (spz unused: mp4k does not split k); writes bounded by n and m. Block size
+        // within the function's limit and dynamic shared memory (the configuration's size)
+        // allowed just before. `tail`: mpt4k_*'s 128-byte tensor map of
         // w (__grid_constant__, by value), encoded for this w, n, k and its box.
         unsafe { self.launch_pdl(f, what, cfg, &args) }
     }

@@ -96,7 +96,8 @@ pub(super) struct MhPlan {
 }
 
 /// Plan x `[m, k]` × W `[n, k]` on configuration `cfg`, `sms` SMs with `per_sm` resident blocks
-/// each: the k split minimizes whole waves × (block columns per split + 1), as `mq_plan`.
+/// each: the k split minimizes whole waves × (block columns per split + 1), as mqk.rs's
+/// `mq_plan_of`.
 pub(super) fn mh_plan(
     m: usize,
     n: usize,

@@ -1,7 +1,10 @@
-//! The raw-block int8 tensor-core kernels of Q5_K, Q6_K and Q8_0 for 1 ≤ m ≤ 64, in place of the
-//! generic `mma_<type>_*` on the mma path at those rows (the tuner weighs the mma path against
-//! the fused GEMV and the dense path as for every type; a forced generic configuration,
-//! `force_mma_config`, still runs the generic kernel):
+//! The raw-block int8 tensor-core kernels of Q4_K, Q5_K, Q6_K and Q8_0 for 1 ≤ m ≤ 64, in place
+//! of the generic `mma_<type>_*` on the mma path at those rows (the tuner weighs the mma path
+//! against the fused GEMV and the dense path as for every type, and for Q4_K `mq4k` against
+//! `mh4k` / `mp4k`; a forced generic configuration, `force_mma_config`, still runs the generic
+//! kernel):
+//! - `mq4k_*` (kernels/matmul_mma.cu): the 144-byte Q4_K blocks in 160-byte shared rows, one
+//!   m16n8k32 per 32-element sub-block;
 //! - `mq5k_*` (kernels/matmul_mma.cu): mq4k's kernel with the 176-byte Q5_K block and its fifth
 //!   bits merged into the A fragments;
 //! - `mq6k_*` (kernels/matmul_mqk.cuh): the 208-byte Q6_K bodies (d from the head region), one
@@ -9,19 +12,34 @@
 //! - `mq8_0_*` (kernels/matmul_mqk.cuh): a block column's 256 qs bytes and 8 d per row, the qs
 //!   bytes as the A operand of one m16n8k32 per Q8_0 block.
 //!
-//! Both stream the raw blocks of a block column through mq4k's cp.async ring with its tiles,
-//! k-split rule and PDL, and read x as mq4k's `mq_quant_x` rounds it (int8 per 32).
+//! All stream the raw blocks of a block column through one cp.async ring (kernels/mma_ring.cuh)
+//! with the same tiles, k-split rule and PDL, and read x as `mq_quant_x` rounds it (int8 per 32).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use kiln_core::{DType, Result};
+use kiln_core::{DType, OpKind, Result, View, ViewMut, Weight};
 
 use super::super::launch::Arg;
-use super::{FORCED_CONFIG, MMA_CONFIGS, MqConfig, MqPlan, q4k_dims, q4k_launch, tile_for};
+use super::super::matmul_q::{GEMV_NS, GemvSegs};
+use super::{FORCED_CONFIG, FORCED_SPLITS, MMA_CONFIGS, Q4kKernel, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
+
+/// One configuration of a kernel (`<kind>_b<BM>_w<WT>_n<NW>_s<ST>`): BM x rows per block, WT
+/// 16-row W tiles per warp, NW warps (BN = 16·WT·NW W rows per block), ST stages in the cp.async
+/// ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct MqConfig {
+    bm: usize,
+    wt: usize,
+    nw: usize,
+    st: usize,
+    name: &'static str,
+    /// The grouped form (`<kind>g_*`, `matmul_many_mqk`).
+    gname: &'static str,
+}
 
 /// The tiles of every kind, by x-row tile BM = 8, 16, 32, 64: mq4k's shapes (BENCHMARKS.md
 /// "mma2"), the 64-row one with `$st64` stages (where 3 would not fit 227 KB). A device whose
@@ -36,6 +54,7 @@ macro_rules! mq_tiles {
                 nw: 8,
                 st: 3,
                 name: concat!($p, "_b8_w1_n8_s3"),
+                gname: concat!($p, "g", "_b8_w1_n8_s3"),
             },
             MqConfig {
                 bm: 16,
@@ -43,6 +62,7 @@ macro_rules! mq_tiles {
                 nw: 8,
                 st: 3,
                 name: concat!($p, "_b16_w1_n8_s3"),
+                gname: concat!($p, "g", "_b16_w1_n8_s3"),
             },
             MqConfig {
                 bm: 32,
@@ -50,6 +70,7 @@ macro_rules! mq_tiles {
                 nw: 4,
                 st: 3,
                 name: concat!($p, "_b32_w2_n4_s3"),
+                gname: concat!($p, "g", "_b32_w2_n4_s3"),
             },
             MqConfig {
                 bm: 64,
@@ -57,6 +78,7 @@ macro_rules! mq_tiles {
                 nw: 8,
                 st: $st64,
                 name: concat!($p, $n64),
+                gname: concat!($p, "g", $n64),
             },
         ]
     };
@@ -72,7 +94,14 @@ struct Family {
     head: bool,
 }
 
-const FAMILIES: [Family; 3] = [
+const FAMILIES: [Family; 4] = [
+    Family {
+        dtype: DType::Q4_K,
+        tiles: mq_tiles!("mq4k", 3, "_b64_w2_n8_s3"),
+        w_stride: 160,
+        x_stride: 288,
+        head: false,
+    },
     Family {
         dtype: DType::Q5_K,
         tiles: mq_tiles!("mq5k", 2, "_b64_w2_n8_s2"),
@@ -97,11 +126,99 @@ const FAMILIES: [Family; 3] = [
 ];
 
 /// The most x rows these kernels take (their largest tile).
-const MQK_MAX_ROWS: usize = 64;
+pub(super) const MQK_MAX_ROWS: usize = 64;
 
 /// The family of `dt` (index into `FAMILIES`).
 fn family(dt: DType) -> Option<usize> {
     FAMILIES.iter().position(|f| f.dtype == dt)
+}
+
+/// The index in `table` (tiles by growing BM) of the smallest tile covering m that `fits`,
+/// else of the largest that fits; None if none fits.
+fn tile_for(table: &[MqConfig], m: usize, fits: impl Fn(&MqConfig) -> bool) -> Option<usize> {
+    table
+        .iter()
+        .position(|c| c.bm >= m && fits(c))
+        .or_else(|| table.iter().rposition(&fits))
+}
+
+/// The configuration of family `fi` for m rows on a device with `smem_max` bytes of opt-in
+/// shared memory per block: the smallest tile covering m that fits, else the largest tile that
+/// fits; None if none fits.
+fn tile_of(fi: usize, m: usize, smem_max: usize) -> Option<usize> {
+    let f = &FAMILIES[fi];
+    tile_for(&f.tiles, m, |c| f.smem(c) <= smem_max)
+}
+
+/// The launch plan of one few-row matmul on these kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MqPlan {
+    /// Index into the family's tiles.
+    cfg: usize,
+    /// x rows padded to whole tiles (the rows of the scratch x image).
+    mp: usize,
+    /// k splits (gridDim.z) and block columns (256 elements) per split.
+    splits: usize,
+    blocks_per_split: usize,
+    /// Bytes of scratch: xq u8 `[k/256, mp, 256]`, xs float2 `[k/256, mp/2, 8, 2]`, then
+    /// (splits > 1) the partial sums f32 `[splits, m, n]`.
+    pub(super) scratch: usize,
+}
+
+/// Plan configuration `c` (index `cfg` of its table) for x `[m, k]` (1 ≤ m ≤ 64), W `[n, k]` on
+/// `sms` SMs with `per_sm` resident blocks per SM (the occupancy of the configuration). The k
+/// split S (≤ 16, ≥ 2 block columns per split) minimizes whole waves × (block columns per
+/// split, plus 1 for the pipeline fill), ceil(tiles·S / slots) · (ceil(nb / S) + 1), ties to the
+/// smaller S: one resident wave of blocks when the tiles allow it, each streaming as many block
+/// columns as the split leaves (backend-cuda/labs/mma).
+fn mq_plan_of(
+    c: &MqConfig,
+    cfg: usize,
+    [m, n, k]: [usize; 3],
+    sms: usize,
+    per_sm: usize,
+) -> MqPlan {
+    mq_plan_capped(c, cfg, [m, n, k], sms, per_sm, 16)
+}
+
+/// `mq_plan_of` with the rule's k split at most `max_splits` (≥ 1; a forced split is not
+/// capped).
+fn mq_plan_capped(
+    c: &MqConfig,
+    cfg: usize,
+    [m, n, k]: [usize; 3],
+    sms: usize,
+    per_sm: usize,
+    max_splits: usize,
+) -> MqPlan {
+    let mp = m.div_ceil(c.bm).max(1) * c.bm;
+    let nb = (k / 256).max(1);
+    let tiles = n.div_ceil(16 * c.wt * c.nw) * (mp / c.bm);
+    let slots = sms.max(1) * per_sm.max(1);
+    let splits = match FORCED_SPLITS.load(Ordering::Relaxed) {
+        usize::MAX => (1..=(nb / 2).clamp(1, 16).min(max_splits.max(1)))
+            .min_by_key(|&s| ((tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1), s))
+            .unwrap_or(1),
+        f => f.clamp(1, nb),
+    };
+    let blocks_per_split = nb.div_ceil(splits);
+    let splits = nb.div_ceil(blocks_per_split);
+    let x = mp * k + mp * (k / 32) * 8;
+    let part = if splits > 1 { splits * m * n * 4 } else { 0 };
+    MqPlan {
+        cfg,
+        mp,
+        splits,
+        blocks_per_split,
+        scratch: x + part,
+    }
+}
+
+impl MqConfig {
+    /// W rows per block.
+    fn bn(&self) -> usize {
+        16 * self.wt * self.nw
+    }
 }
 
 impl Family {
@@ -116,18 +233,16 @@ impl Family {
 pub(super) type MqkChoice = (usize, usize);
 
 impl CudaBackend {
-    /// The kernel for a `dt` weight at m rows, if one takes it: Q5_K, Q6_K or Q8_0, 1 ≤ m ≤ 64, no
+    /// The kernel for a `dt` weight at m rows, if one takes it: Q4_K, Q5_K, Q6_K or Q8_0, 1 ≤ m ≤ 64, no
     /// generic configuration forced (`force_mma_config`), rows of whole 256-element columns (Q8_0
     /// rows may end in a partial one: the generic kernel), a tile that fits the device's shared
     /// memory.
     pub(super) fn mqk_config(&self, dt: DType, m: usize, k: usize) -> Option<MqkChoice> {
         let fi = family(dt)?;
-        let f = &FAMILIES[fi];
-        let smem_max = self.mma_smem_max();
         let ok = (1..=MQK_MAX_ROWS).contains(&m)
             && k.is_multiple_of(256)
             && FORCED_CONFIG.load(Ordering::Relaxed) >= MMA_CONFIGS.len();
-        let cfg = ok.then(|| tile_for(&f.tiles, m, |c| f.smem(c) <= smem_max))??;
+        let cfg = ok.then(|| tile_of(fi, m, self.mma_smem_max()))??;
         Some((fi, cfg))
     }
 
@@ -142,15 +257,46 @@ impl CudaBackend {
 
     /// The plan of kernel `(fi, cfg)` for x `[m, k]`, W `[n, k]`.
     pub(super) fn mqk_plan(&self, [m, n, k]: [usize; 3], (fi, cfg): MqkChoice) -> MqPlan {
-        static OCC: [[AtomicUsize; 4]; 3] = [const { [const { AtomicUsize::new(0) }; 4] }; 3];
+        static OCC: [[AtomicUsize; 4]; FAMILIES.len()] =
+            [const { [const { AtomicUsize::new(0) }; 4] }; FAMILIES.len()];
         let f = &FAMILIES[fi];
         let c = &f.tiles[cfg];
         let per_sm = self.mq_occupancy(c, f.smem(c), &OCC[fi][cfg]);
         let sms = self.info.caps.compute_units.max(1) as usize;
-        super::mq_plan_of(c, cfg, [m, n, k], sms, per_sm)
+        mq_plan_of(c, cfg, [m, n, k], sms, per_sm)
     }
 
-    /// The Q5_K / Q6_K few-row path: x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
+    /// Resident blocks per SM of kernel configuration `c` with `smem` bytes of dynamic shared
+    /// memory, cached in `cell`; 1 if the driver cannot say.
+    fn mq_occupancy(&self, c: &MqConfig, smem: usize, cell: &AtomicUsize) -> usize {
+        self.mq_occupancy_of(c.name, c, smem, cell)
+    }
+
+    /// `mq_occupancy` of kernel `name` (a configuration's single or grouped form).
+    fn mq_occupancy_of(
+        &self,
+        name: &'static str,
+        c: &MqConfig,
+        smem: usize,
+        cell: &AtomicUsize,
+    ) -> usize {
+        let cached = cell.load(Ordering::Relaxed);
+        if cached > 0 {
+            return cached;
+        }
+        let occ = self
+            .function(&MATMUL_MMA, name)
+            .and_then(|f| {
+                self.allow_smem(&f, smem)?;
+                f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, smem, None)
+                    .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
+            })
+            .map_or(1, |o| (o as usize).max(1));
+        cell.store(occ, Ordering::Relaxed);
+        occ
+    }
+
+    /// The few-row path of these types: x `[m, k]` f32 at `xp`, out `[m, n]` f32 at `outp`.
     /// `mq_quant_x` rounds x per 32 elements into the scratch, the kernel multiplies it with the
     /// raw blocks, `mma_reduce` (a programmatic dependent) adds the k splits' partial sums in
     /// order.
@@ -185,9 +331,173 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `mq5k_*(body, xq, xs, y, n, k, m, mp, blocks per split)` or `mq6k_*` / `mq8_0_*(body,
-    /// head, xq, …)` (`head`), a programmatic dependent of the quant_x above (it issues its first W copies,
-    /// then waits).
+    /// `Backend::matmul_many` on these kernels (q/k/v, gate/up at 1 ≤ m ≤ 64): runs it (true)
+    /// where every part is a `[n_i, k]` weight of one family whose own `matmul` would run that
+    /// family's kernel (the tuned path Mma; for Q4_K the Int8 kernel, mq4k), no path is forced,
+    /// and the outputs are f32 `[m, n_i]`, disjoint from x and each other; false (nothing
+    /// launched): the caller runs one matmul per part. One `mq_quant_x` and ONE grouped launch
+    /// (`<kind>g_*`: the parts' W tiles numbered one after the other along gridDim.y) instead of
+    /// a rounding, a kernel and a reduce per part: the small k/v matrices share the grid with q
+    /// (or gate with up). Each part runs the same body on the same x image as its own matmul;
+    /// the k split is chosen for the whole grid (capped so the scratch stays within the largest
+    /// part's own), so a part's split partial sums may be added in a different order than its
+    /// own matmul adds them. `KILN_MANY_MQK=0` turns the tuned use off (A/B); `tuned` = false
+    /// (tests) skips the tuned-path condition. No allocation beyond the matmul scratch.
+    pub fn matmul_many_mqk(
+        &self,
+        x: View<'_>,
+        parts: &[(&Weight, ViewMut<'_>)],
+        tuned: bool,
+    ) -> Result<bool> {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("KILN_MANY_MQK").map_or(true, |v| v != "0"));
+        let op = OpKind::Matmul;
+        let k = x.shape().last();
+        if (tuned && !on)
+            || !(2..=GEMV_NS).contains(&parts.len())
+            || x.dtype() != DType::F32
+            || k == 0
+            || super::forced_path().is_some()
+        {
+            return Ok(false);
+        }
+        let m = x.numel() / k;
+        let dt = parts[0].0.dtype();
+        let Some(fi) = family(dt) else {
+            return Ok(false);
+        };
+        if m * k != x.numel() || !self.parts_fit(&x, parts, dt, [m, k]) {
+            return Ok(false);
+        }
+        let mut segs = GemvSegs::default();
+        let (mut tiles, mut budget, mut cfg) = (0, 0, None);
+        for (i, (w, out)) in parts.iter().enumerate() {
+            let n = w.shape().dim(0);
+            let cw: &CudaWeight = self.weight(op, w)?;
+            if tuned {
+                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here.
+                let c = self.crossover_or_tune(w, cw)?;
+                if m <= c.max_fused_rows || m > c.max_mma_rows {
+                    return Ok(false);
+                }
+            }
+            // The kernel matmul_mma_with runs: this family's (Q4_K: where Int8 is chosen).
+            let Some(choice) = self.mqk_applies(cw, m, k) else {
+                return Ok(false);
+            };
+            if dt == DType::Q4_K && self.q4k_kernel(dt, m, n, k) != Some(Q4kKernel::Int8) {
+                return Ok(false);
+            }
+            cfg = Some(choice.1);
+            budget = budget.max(self.mqk_plan([m, n, k], choice).scratch);
+            segs.body[i] = cw.body_ptr();
+            segs.head[i] = cw.head_ptr();
+            segs.y[i] = self.ptr_mut(op, out)?;
+            segs.n[i] = super::arg_i32(op, "n", n)?;
+            tiles += n.div_ceil(FAMILIES[fi].tiles[choice.1].bn());
+        }
+        let Some(cfg) = cfg else {
+            return Ok(false);
+        };
+        let xp = self.ptr(op, &x)?;
+        self.matmul_mqk_many(xp, &mut segs, [m, k], (fi, cfg), tiles, budget)?;
+        Ok(true)
+    }
+
+    /// The grouped launch of `matmul_many_mqk`: `segs` holds the parts' weights, outputs and
+    /// rows (its y become the partial-sum regions with a k split), `tiles` their W tiles in all,
+    /// `budget` the scratch bytes the split may use.
+    fn matmul_mqk_many(
+        &self,
+        xp: u64,
+        segs: &mut GemvSegs,
+        [m, k]: [usize; 2],
+        (fi, cfg): MqkChoice,
+        tiles: usize,
+        budget: usize,
+    ) -> Result<()> {
+        static OCC: [[AtomicUsize; 4]; FAMILIES.len()] =
+            [const { [const { AtomicUsize::new(0) }; 4] }; FAMILIES.len()];
+        let f = &FAMILIES[fi];
+        let c = &f.tiles[cfg];
+        let smem = f.smem(c);
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let per_sm = self.mq_occupancy_of(c.gname, c, smem, &OCC[fi][cfg]);
+        let rows: usize = segs.n.iter().map(|&n| n.max(0) as usize).sum();
+        // The whole grid's plan (n = the tiles' rows), its split capped so that the x image
+        // and the partial sums fit the budget.
+        let n_all = tiles * c.bn();
+        let mp = m.div_ceil(c.bm).max(1) * c.bm;
+        let x_bytes = mp * k + mp * (k / 32) * 8;
+        let cap = budget.saturating_sub(x_bytes) / (m * rows * 4).max(1);
+        let plan = mq_plan_capped(c, cfg, [m, n_all, k], sms, per_sm, cap);
+        let scratch_bytes = x_bytes
+            + if plan.splits > 1 {
+                plan.splits * m * rows * 4
+            } else {
+                0
+            };
+        let func = self.function(&MATMUL_MMA, c.gname)?;
+        self.allow_smem(&func, smem)?;
+        let dims = q4k_dims([m, n_all, k], plan.mp, plan.blocks_per_split)?;
+        let launch = q4k_launch(
+            c.gname,
+            n_all,
+            c.bn(),
+            [plan.mp / c.bm, plan.splits],
+            32 * c.nw,
+            smem,
+        )?;
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
+        let xq = scratch;
+        let xs = xq + (plan.mp * k) as u64;
+        let outs = segs.y;
+        if plan.splits > 1 {
+            // Segment s's partial sums [splits, m, n_s], one region after the other.
+            let mut part = xs + (plan.mp * (k / 32) * 8) as u64;
+            for (y, &n) in segs.y.iter_mut().zip(&segs.n) {
+                *y = part;
+                part += (plan.splits * m * n.max(0) as usize * 4) as u64;
+            }
+        }
+        self.launch_q4k_quant_x("mq_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
+        let [_, ki, mi, mpi, spz] = dims;
+        let args = [
+            Arg::raw(&*segs),
+            Arg::U64(&xq),
+            Arg::U64(&xs),
+            Arg::I32(&ki),
+            Arg::I32(&mi),
+            Arg::I32(&mpi),
+            Arg::I32(&spz),
+        ];
+        // SAFETY: `<kind>g_*(GemvSegs by value, xq, xs, k, m, mp, spz)`: segment s (n_s > 0)
+        // is an n_s × k weight of the kernel's type in kiln's layout with its body (and, for
+        // Q6_K / Q8_0, head) pointer as in `launch_mqk`'s note, 16-byte aligned
+        // (`mqk_applies`, checked per part); unused segments have n = 0 and own no tiles. The
+        // grid's gridDim.y is the sum of the segments' ceil(n_s / BN) tiles, so every block
+        // maps to one segment and a tile within it (gemv_seg); rows read are clamped to
+        // n_s − 1, block columns < k/256 (every split's range non-empty, `mq_plan_capped`). xq /
+        // xs were written by mq_quant_x just before on this stream (mp rows). y_s: the part's
+        // f32 output [m, n_s] (disjoint from x and the other parts, `parts_fit`), or with
+        // gridDim.z = splits > 1 its [splits, m, n_s] region of the scratch (sized above);
+        // writes bounded by n_s and m. Block size within the launch bound (32·NW), dynamic
+        // shared memory allowed just before.
+        unsafe { self.launch_pdl(&func, "launch mq*g", launch, &args)? };
+        if plan.splits > 1 {
+            for ((&part, &out), &n) in segs.y.iter().zip(&outs).zip(&segs.n) {
+                if n > 0 {
+                    self.launch_mma_reduce(part, out, m * n as usize, plan.splits)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `mq4k_*` / `mq5k_*(body, xq, xs, y, n, k, m, mp, blocks per split)` or `mq6k_*` /
+    /// `mq8_0_*(body, head, xq, …)` (`head`), a programmatic dependent of the quant_x above (it
+    /// issues its first W copies, then waits).
     #[allow(clippy::too_many_arguments)]
     fn launch_mqk(
         &self,
@@ -216,7 +526,7 @@ impl CudaBackend {
             Arg::I32(&spz),
         ]);
         // SAFETY: w is the n × k weight of the kernel's type in kiln's layout: n·k/256 bodies
-        // (Q5_K: the whole 176-byte block; Q6_K: 208 bytes, then n·k/256 f16 d at head; Q8_0:
+        // (Q4_K / Q5_K: the whole 144 / 176-byte block; Q6_K: 208 bytes, then n·k/256 f16 d at head; Q8_0:
         // n·k/32 runs of 32 qs bytes, then n·k/32 f16 d at head, 16-byte aligned as k is a
         // multiple of 256; head passed exactly when the kernel takes it), the body 16-byte
         // aligned (`mqk_applies`); rows read are
@@ -226,7 +536,7 @@ impl CudaBackend {
         // > 1 the [splits, m, n] partial sums in the scratch; writes bounded by n and m. Block
         // size within the kernel's launch bound (32·NW), its dynamic shared memory allowed just
         // before.
-        unsafe { self.launch_pdl(f, "launch mq5k/mq6k/mq8_0", cfg, &args) }
+        unsafe { self.launch_pdl(f, "launch mq4k/mq5k/mq6k/mq8_0", cfg, &args) }
     }
 }
 
@@ -235,8 +545,8 @@ mod tests {
     use super::*;
 
     /// Every tile fits an H100/H200 block (227 KiB); on a 99 KiB device (sm_86/89) the choice
-    /// is a tile that fits (Q5_K, Q6_K: the smallest does) or none (the generic kernel); the
-    /// choice covers m where it fits.
+    /// is a tile that fits (Q4_K, Q5_K, Q6_K: the smallest does) or none (the generic kernel);
+    /// the choice covers m where it fits.
     #[test]
     fn tiles_fit_and_cover_m() {
         for f in &FAMILIES {
@@ -254,6 +564,48 @@ mod tests {
                 );
                 if let Some(j) = tile_for(&f.tiles, m, |c| f.smem(c) <= 101_376) {
                     assert!(f.smem(&f.tiles[j]) <= 101_376);
+                }
+            }
+        }
+    }
+
+    /// The plan of every family: the tile covers m where the H200's shared memory allows, fits
+    /// smaller devices, splits cover k with no empty split, and the split costs no more than
+    /// none.
+    #[test]
+    fn plan_covers_k_and_fits_the_device() {
+        for (fi, f) in FAMILIES.iter().enumerate() {
+            for (n, k) in [(14336, 4096), (4096, 14336), (4096, 4096), (200, 4864)] {
+                for m in [1, 2, 3, 8, 9, 16, 24, 33, 64] {
+                    for (per_sm, smem) in [(1, 232_448), (2, 232_448), (3, 166_912), (4, 101_376)] {
+                        let Some(cfg) = tile_of(fi, m, smem) else {
+                            assert!(f.dtype == DType::Q8_0 && smem < 232_448, "{}", f.dtype);
+                            continue;
+                        };
+                        let c = &f.tiles[cfg];
+                        let p = mq_plan_of(c, cfg, [m, n, k], 132, per_sm);
+                        assert!(f.smem(c) <= smem);
+                        assert!(p.mp.is_multiple_of(c.bm) && p.mp >= m && p.mp < m + c.bm);
+                        assert!(
+                            c.bm >= m || smem < 232_448,
+                            "the H200 takes the covering tile"
+                        );
+                        let nb = k / 256;
+                        assert!(p.splits * p.blocks_per_split >= nb, "{n}x{k} m={m}");
+                        assert!((p.splits - 1) * p.blocks_per_split < nb, "no empty split");
+                        assert!(p.splits <= 16 && (p.splits == 1 || p.blocks_per_split >= 2));
+                        // The rule's cost is no worse than not splitting.
+                        let tiles = n.div_ceil(16 * c.wt * c.nw) * (p.mp / c.bm);
+                        let slots = 132 * per_sm;
+                        let cost = |s: usize| (tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1);
+                        assert!(cost(p.splits) <= cost(1), "{n}x{k} m={m}");
+                        let part = if p.splits > 1 {
+                            p.splits * m * n * 4
+                        } else {
+                            0
+                        };
+                        assert_eq!(p.scratch, p.mp * k * 5 / 4 + part);
+                    }
                 }
             }
         }

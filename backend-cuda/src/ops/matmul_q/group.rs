@@ -51,11 +51,11 @@ const R: usize = 4;
 /// its y `[1, n[s]]` and its rows (0: unused).
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
-struct GemvSegs {
-    body: [u64; GEMV_NS],
-    head: [u64; GEMV_NS],
-    y: [u64; GEMV_NS],
-    n: [i32; GEMV_NS],
+pub(crate) struct GemvSegs {
+    pub(crate) body: [u64; GEMV_NS],
+    pub(crate) head: [u64; GEMV_NS],
+    pub(crate) y: [u64; GEMV_NS],
+    pub(crate) n: [i32; GEMV_NS],
 }
 
 macro_rules! names {
@@ -121,6 +121,7 @@ impl CudaBackend {
     ) -> Result<()> {
         if self.matmul_group(x, parts, true)?.is_none()
             && !self.matmul_many_shared_x(x, parts, true)?
+            && !self.matmul_many_mqk(x, parts, true)?
         {
             for (w, out) in parts {
                 self.op_matmul(x, w, *out)?;
