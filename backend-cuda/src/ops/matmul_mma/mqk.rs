@@ -125,6 +125,14 @@ const FAMILIES: [Family; 4] = [
     },
 ];
 
+/// `KILN_MANY_MQK_FUSED=1` (read once): `matmul_many_mqk` also takes groups at m ≥ 2 whose
+/// parts the tuner gives the fused GEMV one by one (Q8_0 at batch 2–4: no segmented fused
+/// kernel above one row for a type without a pipelined GEMV). Off by default (an A/B).
+fn over_fused() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_MANY_MQK_FUSED").is_ok_and(|v| v == "1"))
+}
+
 /// The most x rows these kernels take (their largest tile).
 pub(super) const MQK_MAX_ROWS: usize = 64;
 
@@ -375,9 +383,11 @@ impl CudaBackend {
             let n = w.shape().dim(0);
             let cw: &CudaWeight = self.weight(op, w)?;
             if tuned {
-                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here.
+                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here (or,
+                // with KILN_MANY_MQK_FUSED=1, Fused at m ≥ 2, which has no grouped form here).
                 let c = self.crossover_or_tune(w, cw)?;
-                if m <= c.max_fused_rows || m > c.max_mma_rows {
+                let fused_ok = over_fused() && m >= 2;
+                if (m <= c.max_fused_rows && !fused_ok) || m > c.max_mma_rows {
                     return Ok(false);
                 }
             }
