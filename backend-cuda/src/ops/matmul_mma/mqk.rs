@@ -125,12 +125,14 @@ const FAMILIES: [Family; 4] = [
     },
 ];
 
-/// `KILN_MANY_MQK_FUSED=1` (read once): `matmul_many_mqk` also takes groups at m ≥ 2 whose
-/// parts the tuner gives the fused GEMV one by one (Q8_0 at batch 2–4: no segmented fused
-/// kernel above one row for a type without a pipelined GEMV). Off by default (an A/B).
+/// Whether `matmul_many_mqk` also takes groups at m ≥ 2 whose parts the tuner gives the fused
+/// GEMV one by one (Q8_0 at batch 2–4: no segmented fused kernel above one row for a type
+/// without a pipelined GEMV): on unless `KILN_MANY_MQK_FUSED=0` (read once). Measured on an
+/// H100 (BENCHMARKS.md stop 27): Llama-3-8B Q8_0 decode batch 2 4.35 → 4.07 ms, batch 4
+/// 4.55 → 4.15, batch 1 unchanged, same greedy tokens.
 fn over_fused() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_MANY_MQK_FUSED").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("KILN_MANY_MQK_FUSED").map_or(true, |v| v != "0"))
 }
 
 /// The most x rows these kernels take (their largest tile).
@@ -341,7 +343,8 @@ impl CudaBackend {
 
     /// `Backend::matmul_many` on these kernels (q/k/v, gate/up at 1 ≤ m ≤ 64): runs it (true)
     /// where every part is a `[n_i, k]` weight of one family whose own `matmul` would run that
-    /// family's kernel (the tuned path Mma; for Q4_K the Int8 kernel, mq4k), no path is forced,
+    /// family's kernel (the tuned path Mma; for Q4_K the Int8 kernel, mq4k) or, at m ≥ 2, the
+    /// fused GEMV (`over_fused`), the family's kernel applies to it, no path is forced,
     /// and the outputs are f32 `[m, n_i]`, disjoint from x and each other; false (nothing
     /// launched): the caller runs one matmul per part. One `mq_quant_x` and ONE grouped launch
     /// (`<kind>g_*`: the parts' W tiles numbered one after the other along gridDim.y) instead of
@@ -383,8 +386,8 @@ impl CudaBackend {
             let n = w.shape().dim(0);
             let cw: &CudaWeight = self.weight(op, w)?;
             if tuned {
-                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here (or,
-                // with KILN_MANY_MQK_FUSED=1, Fused at m ≥ 2, which has no grouped form here).
+                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma, or Fused at
+                // m ≥ 2 (which has no grouped form here; `over_fused`).
                 let c = self.crossover_or_tune(w, cw)?;
                 let fused_ok = over_fused() && m >= 2;
                 if (m <= c.max_fused_rows && !fused_ok) || m > c.max_mma_rows {
