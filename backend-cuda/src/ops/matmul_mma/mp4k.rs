@@ -227,28 +227,19 @@ impl CudaBackend {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("KILN_MANY_SHARED_X").map_or(true, |v| v != "0"));
         let op = OpKind::Matmul;
-        let k = x.shape().last();
-        if (tuned && !on)
-            || parts.len() < 2
-            || x.dtype() != DType::F32
-            || k == 0
-            || super::forced_path().is_some()
-        {
+        // At most MAX_PARTS parts (the runtime's groups: q/k/v, gate/up), kept in a fixed
+        // array: no allocation on the decode path.
+        let Some([m, k]) = super::many_rows(&x, parts.len(), MAX_PARTS).filter(|_| on || !tuned)
+        else {
             return Ok(false);
-        }
-        let m = x.numel() / k;
+        };
         // mp4k's configuration (2 ≤ m ≤ 8, sm_90) and mh4k's (m ≤ 64, its tile fits).
         let mp = self.mp4k_config(DType::Q4_K, m);
         let mh = self.mh4k_config(DType::Q4_K, m);
-        if m < 2 || m * k != x.numel() || !super::mma_supported(DType::Q4_K, k) {
+        if m < 2 || !super::mma_supported(DType::Q4_K, k) {
             return Ok(false);
         }
         if !self.parts_fit(&x, parts, DType::Q4_K, [m, k]) {
-            return Ok(false);
-        }
-        // At most MAX_PARTS parts (the runtime's groups: q/k/v, gate/up), kept in a fixed
-        // array: no allocation on the decode path.
-        if parts.len() > MAX_PARTS {
             return Ok(false);
         }
         let mut run: [Option<GroupPart<'_>>; MAX_PARTS] = [None; MAX_PARTS];

@@ -363,21 +363,15 @@ impl CudaBackend {
         static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
         let on = *ON.get_or_init(|| std::env::var("KILN_MANY_MQK").map_or(true, |v| v != "0"));
         let op = OpKind::Matmul;
-        let k = x.shape().last();
-        if (tuned && !on)
-            || !(2..=GEMV_NS).contains(&parts.len())
-            || x.dtype() != DType::F32
-            || k == 0
-            || super::forced_path().is_some()
-        {
+        let Some([m, k]) = super::many_rows(&x, parts.len(), GEMV_NS).filter(|_| on || !tuned)
+        else {
             return Ok(false);
-        }
-        let m = x.numel() / k;
+        };
         let dt = parts[0].0.dtype();
         let Some(fi) = family(dt) else {
             return Ok(false);
         };
-        if m * k != x.numel() || !self.parts_fit(&x, parts, dt, [m, k]) {
+        if !self.parts_fit(&x, parts, dt, [m, k]) {
             return Ok(false);
         }
         let mut segs = GemvSegs::default();
