@@ -23,6 +23,7 @@ struct GemvSeg {
     float* y;
     int n;
     int g;
+    int seg;  // the segment's index (gemv_seg; 0 elsewhere)
 };
 
 __device__ __forceinline__ GemvSegs gemv_one_seg(const u8* body, const u8* head, float* y, int n) {
@@ -45,12 +46,12 @@ __device__ __forceinline__ int gemv_ngroups(const GemvSegs& sg) {
 // Past the last group: segment 0 with an out-of-range group (callers test `g < ngroups`).
 template <int NS, int R>
 __device__ __forceinline__ GemvSeg gemv_seg(const GemvSegs& sg, int g) {
-    GemvSeg r = {sg.body[0], sg.head[0], sg.y[0], sg.n[0], g};
+    GemvSeg r = {sg.body[0], sg.head[0], sg.y[0], sg.n[0], g, 0};
     int base = 0;
 #pragma unroll
     for (int i = 0; i < NS; i++) {
         const int gi = (sg.n[i] + R - 1) / R;
-        if (g >= base && g < base + gi) r = GemvSeg{sg.body[i], sg.head[i], sg.y[i], sg.n[i], g - base};
+        if (g >= base && g < base + gi) r = GemvSeg{sg.body[i], sg.head[i], sg.y[i], sg.n[i], g - base, i};
         base += gi;
     }
     return r;
@@ -67,7 +68,7 @@ __device__ __forceinline__ int group_count(const GemvSegs& sg) {
 }
 template <int NS, int R, int GLU>
 __device__ __forceinline__ GemvSeg group_seg(const GemvSegs& sg, int g) {
-    if (GLU) return GemvSeg{sg.body[0], sg.head[0], sg.y[0], sg.n[0], g};
+    if (GLU) return GemvSeg{sg.body[0], sg.head[0], sg.y[0], sg.n[0], g, 0};
     return gemv_seg<NS, R>(sg, g);
 }
 // Row rr of group sq.g: its weight and row (clamped to a valid row: a tail group's extra rows

@@ -3,6 +3,7 @@
 // through matmul_mma.cu's mma_reduce).
 #include "quant.cuh"
 #include "mma_ring.cuh"
+#include "gemv_segs.cuh"
 
 // mh4k_b<BM>_w<WT>_n<NW>_x<WM>_s<ST>_m<MB>: Q4_K on f16 tensor cores, 1 ≤ m ≤ 64 (issue 6;
 // the tuner picks it or mq4k per shape and m). No work per output per sub-block: the 6-bit
@@ -114,7 +115,7 @@ extern "C" __global__ void __launch_bounds__(256) mh_quant_x(const float* __rest
 template <int BM, int WT, int NW, int ST, int WM>
 __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* __restrict__ xh,
                                           const u32* __restrict__ xx, const float* __restrict__ xsx,
-                                          float* __restrict__ y, int n, int k, int m, int mp, int spz) {
+                                          float* __restrict__ y, int n, int k, int m, int mp, int spz, int ty) {
     constexpr int NWN = NW / WM, BN = 16 * WT * NWN, NT = BM / 8 / WM, THREADS = KILN_WARP * NW;
     constexpr int WB = BN * MQ_W_STRIDE, XB = BM * 512, STAGE = WB + XB + BM * 36;
     constexpr int XPER = BM * 32 / THREADS, XS = BM * 2 + BM / 4;  // x̂ / sums + scales copies
@@ -125,7 +126,7 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
     pdl_launch_dependents();
     const int nb = k / 256;
     const int b0 = blockIdx.z * spz, b1 = min(nb, b0 + spz);
-    const int m0 = blockIdx.x * BM, n0 = blockIdx.y * BN;
+    const int m0 = blockIdx.x * BM, n0 = ty * BN;
     const int tid = threadIdx.x, lane = tid % KILN_WARP, warp = tid / KILN_WARP;
     const int g = lane >> 2, t = lane & 3;
     const int wn = warp % NWN, xr0 = (warp / NWN) * (BM / WM);  // this warp's W row group, x rows
@@ -252,11 +253,20 @@ __device__ __forceinline__ void mh4k_body(const u8* __restrict__ w, const u16* _
     mq_store<WT, NT>(acc, y + (i64)blockIdx.z * m * n, n, m, n0, m0 + xr0, wn, lane);
 }
 
+// mh4k_*: one weight (W tile blockIdx.y); mh4kg_*: up to GEMV_NS weights of one x in one grid
+// (`matmul_many`: gridDim.y numbers the segments' W tiles one after the other, gemv_seg; segment
+// s's y is its output [m, n_s] or, with a k split, its [splits, m, n_s] partial sums).
 #define MH4K_KERNEL(BM, WT, NW, WM, ST, MB)                                                        \
     extern "C" __global__ void __launch_bounds__(KILN_WARP * NW, MB) mh4k_b##BM##_w##WT##_n##NW##_x##WM##_s##ST##_m##MB( \
         const u8* __restrict__ w, const u16* __restrict__ xh, const u32* __restrict__ xx,            \
         const float* __restrict__ xsx, float* __restrict__ y, int n, int k, int m, int mp, int spz) { \
-        mh4k_body<BM, WT, NW, ST, WM>(w, xh, xx, xsx, y, n, k, m, mp, spz);                                   \
+        mh4k_body<BM, WT, NW, ST, WM>(w, xh, xx, xsx, y, n, k, m, mp, spz, blockIdx.y);             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(KILN_WARP * NW, MB) mh4kg_b##BM##_w##WT##_n##NW##_x##WM##_s##ST##_m##MB( \
+        const GemvSegs sg, const u16* __restrict__ xh, const u32* __restrict__ xx,                  \
+        const float* __restrict__ xsx, int k, int m, int mp, int spz) {                              \
+        const GemvSeg s = gemv_seg<GEMV_NS, 16 * WT * NW / WM>(sg, blockIdx.y);                     \
+        mh4k_body<BM, WT, NW, ST, WM>(s.body, xh, xx, xsx, s.y, s.n, k, m, mp, spz, s.g);           \
     }
 
 // The configurations the host picks from by m (ops/matmul_mma/mh4k.rs MH4K, same order).

@@ -538,8 +538,10 @@ MQK_KERNEL(mq8_0, 64, 2, 8, 2)  // 3 stages would need 290 KB
 // instantiates its own set instead.
 #ifndef MQ4K_NO_INSTANCES
 MP4K_KERNEL(1, 1, 2, 2)
+MP4KG_KERNEL(1, 1, 2, 2)
 #endif
 #ifndef MQ4K_NO_INSTANCES
 // The same with one 2-D tensor copy per warp and stage (the host passes a CUtensorMap of W).
 MPT4K_KERNEL(1, 1, 2, 2)
+MPT4KG_KERNEL(1, 1, 2, 2)
 #endif

@@ -12,7 +12,8 @@
 // stage, D − 1 stages ahead of the one the warp decodes; no block-wide barrier until the final
 // k-split sum.
 //
-// Thread mapping: grid ceil(n / R) blocks, R = 16·WT W rows per block (one group); block S
+// Thread mapping: grid ceil(n / R) blocks (grouped forms mp4kg/mpt4kg: Σ_s ceil(n_s / R), see
+// below), R = 16·WT W rows per block (one group); block S
 // warps (S = blockDim.x / 32, host-chosen) splitting the group's nb = k/256 block columns into
 // contiguous ranges (warp z: [z·P, z·P + P), P = ceil(nb / S)). A warp's stage = U block
 // columns of its R rows (R·U·144 bytes; row stride U·144 (+16 when U % 4 == 0) so the 8-byte
@@ -159,7 +160,7 @@ __device__ __forceinline__ void mp_block(const u8* sw, MpX<NT> (&xr)[4], const u
 template <int WT, int NT, int D, int U, bool TMA>
 __device__ __forceinline__ void mp4k_body(const u8* __restrict__ w, const u8* __restrict__ xq,
                                           const float2* __restrict__ xs, float* __restrict__ y, int n, int k,
-                                          int m, int mp, const MpTmap* tm) {
+                                          int m, int mp, const MpTmap* tm, int gi) {
     typedef MpGeo<WT, NT, D, U, TMA> G;
     static_assert(D >= 2 && U >= 1 && G::R <= KILN_WARP, "mp4k: at least 2 stages, one copy lane per row");
     extern __shared__ __align__(128) u8 mp_smem[];
@@ -168,7 +169,7 @@ __device__ __forceinline__ void mp4k_body(const u8* __restrict__ w, const u8* __
     const int g = lane >> 2, t = lane & 3;
     constexpr bool FULL = NT * WT == 1;  // x of a whole block column in registers (no spills)
     const int nb = k / 256;
-    const int r0 = blockIdx.x * G::R;
+    const int r0 = gi * G::R;  // this block's group of W rows
     const int per = (nb + S - 1) / S;
     const int kb0 = sub * per;
     const int cnt = max(0, min(nb, kb0 + per) - kb0);  // this warp's block columns
@@ -280,12 +281,33 @@ __device__ __forceinline__ void mp4k_body(const u8* __restrict__ w, const u8* __
     extern "C" __global__ void __launch_bounds__(512) mp4k_w##WT##_t##NT##_d##D##_u##U(             \
         const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
         float* __restrict__ y, int n, int k, int m, int mp, int spz) {                               \
-        mp4k_body<WT, NT, D, U, false>(w, xq, xs, y, n, k, m, mp, nullptr);                         \
+        mp4k_body<WT, NT, D, U, false>(w, xq, xs, y, n, k, m, mp, nullptr, blockIdx.x);               \
     }
 // mpt4k_*: the same with one 2-D tensor copy per stage (tm describes w; sm_90).
 #define MPT4K_KERNEL(WT, NT, D, U)                                                                  \
     extern "C" __global__ void __launch_bounds__(512) mpt4k_w##WT##_t##NT##_d##D##_u##U(            \
         const u8* __restrict__ w, const u8* __restrict__ xq, const float2* __restrict__ xs,          \
         float* __restrict__ y, int n, int k, int m, int mp, int spz, const __grid_constant__ MpTmap tm) { \
-        mp4k_body<WT, NT, D, U, true>(w, xq, xs, y, n, k, m, mp, &tm);                              \
+        mp4k_body<WT, NT, D, U, true>(w, xq, xs, y, n, k, m, mp, &tm, blockIdx.x);                    \
+    }
+
+// The grouped forms (`matmul_many`): up to GEMV_NS weights of one x in one grid, blockIdx.x
+// numbering the segments' groups of 16·WT rows one after the other (gemv_seg); segment s writes
+// its y [m, n_s]. mpt4kg_* takes one tensor map per segment (tms.t[s] describes segment s's W).
+struct MpTmaps {
+    MpTmap t[GEMV_NS];
+};
+#define MP4KG_KERNEL(WT, NT, D, U)                                                                  \
+    extern "C" __global__ void __launch_bounds__(512) mp4kg_w##WT##_t##NT##_d##D##_u##U(            \
+        const GemvSegs sg, const u8* __restrict__ xq, const float2* __restrict__ xs, int k, int m,   \
+        int mp) {                                                                                  \
+        const GemvSeg s = gemv_seg<GEMV_NS, 16 * WT>(sg, blockIdx.x);                               \
+        mp4k_body<WT, NT, D, U, false>(s.body, xq, xs, s.y, s.n, k, m, mp, nullptr, s.g);           \
+    }
+#define MPT4KG_KERNEL(WT, NT, D, U)                                                                 \
+    extern "C" __global__ void __launch_bounds__(512) mpt4kg_w##WT##_t##NT##_d##D##_u##U(           \
+        const GemvSegs sg, const u8* __restrict__ xq, const float2* __restrict__ xs, int k, int m,   \
+        int mp, const __grid_constant__ MpTmaps tms) {                                              \
+        const GemvSeg s = gemv_seg<GEMV_NS, 16 * WT>(sg, blockIdx.x);                               \
+        mp4k_body<WT, NT, D, U, true>(s.body, xq, xs, s.y, s.n, k, m, mp, &tms.t[s.seg], s.g);      \
     }

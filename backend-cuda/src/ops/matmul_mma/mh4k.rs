@@ -7,9 +7,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use kiln_core::Result;
+use kiln_core::{Error, OpKind, Result};
 
+use super::super::arg_i32;
 use super::super::launch::Arg;
+use super::super::matmul_q::{GEMV_NS, GemvSegs};
 use super::mp4k::GroupPart;
 use super::{Q4kKernel, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
@@ -27,6 +29,8 @@ pub(super) struct MhConfig {
     wm: usize,
     st: usize,
     pub(super) name: &'static str,
+    /// The grouped form (`mh4kg_*`, several weights of one x: `matmul_mh4k_group`).
+    gname: &'static str,
 }
 
 /// The configurations by x-row tile BM = 16, 32, 64 (kernels/matmul_mma.cu, same order): each
@@ -40,6 +44,7 @@ pub(super) const MH4K: [MhConfig; 3] = [
         wm: 1,
         st: 2,
         name: "mh4k_b16_w2_n4_x1_s2_m1",
+        gname: "mh4kg_b16_w2_n4_x1_s2_m1",
     },
     MhConfig {
         bm: 32,
@@ -48,6 +53,7 @@ pub(super) const MH4K: [MhConfig; 3] = [
         wm: 1,
         st: 2,
         name: "mh4k_b32_w2_n4_x1_s2_m2",
+        gname: "mh4kg_b32_w2_n4_x1_s2_m2",
     },
     MhConfig {
         bm: 64,
@@ -56,6 +62,7 @@ pub(super) const MH4K: [MhConfig; 3] = [
         wm: 1,
         st: 2,
         name: "mh4k_b64_w1_n4_x1_s2_m2",
+        gname: "mh4kg_b64_w1_n4_x1_s2_m2",
     },
 ];
 
@@ -107,13 +114,25 @@ pub(super) fn mh_plan(
     per_sm: usize,
     forced_splits: usize,
 ) -> MhPlan {
+    mh_plan_capped([m, n, k], cfg, sms, per_sm, forced_splits, 16)
+}
+
+/// `mh_plan` with the rule's k split at most `max_splits` (≥ 1; a forced split is not capped).
+fn mh_plan_capped(
+    [m, n, k]: [usize; 3],
+    cfg: usize,
+    sms: usize,
+    per_sm: usize,
+    forced_splits: usize,
+    max_splits: usize,
+) -> MhPlan {
     let c = &MH4K[cfg];
     let mp = m.div_ceil(c.bm).max(1) * c.bm;
     let nb = (k / 256).max(1);
     let tiles = n.div_ceil(c.bn()) * (mp / c.bm);
     let slots = sms.max(1) * per_sm.max(1);
     let splits = match forced_splits {
-        usize::MAX => (1..=(nb / 2).clamp(1, 16))
+        usize::MAX => (1..=(nb / 2).clamp(1, 16).min(max_splits.max(1)))
             .min_by_key(|&s| ((tiles * s).div_ceil(slots) * (nb.div_ceil(s) + 1), s))
             .unwrap_or(1),
         f => f.clamp(1, nb),
@@ -135,20 +154,26 @@ impl CudaBackend {
     /// Resident blocks per SM of f16 configuration `cfg` (the driver's occupancy, cached).
     pub(super) fn mh_per_sm(&self, cfg: usize) -> usize {
         static OCC: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
-        let cached = OCC[cfg].load(Ordering::Relaxed);
+        self.mh_occupancy(MH4K[cfg].name, cfg, &OCC[cfg])
+    }
+
+    /// Resident blocks per SM of function `name` at configuration `cfg`'s block and shared
+    /// memory, cached in `cell`; 1 if the driver cannot say.
+    fn mh_occupancy(&self, name: &'static str, cfg: usize, cell: &AtomicUsize) -> usize {
+        let cached = cell.load(Ordering::Relaxed);
         if cached > 0 {
             return cached;
         }
         let c = &MH4K[cfg];
         let occ = self
-            .function(&MATMUL_MH, c.name)
+            .function(&MATMUL_MH, name)
             .and_then(|f| {
                 self.allow_smem(&f, c.smem())?;
                 f.occupancy_max_active_blocks_per_multiprocessor((32 * c.nw) as u32, c.smem(), None)
                     .map_err(self.drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))
             })
             .map_or(1, |o| (o as usize).max(1));
-        OCC[cfg].store(occ, Ordering::Relaxed);
+        cell.store(occ, Ordering::Relaxed);
         occ
     }
 
@@ -215,6 +240,111 @@ impl CudaBackend {
             self.launch_mh4k(&f, launch, w, [xh, xx, xsx], y, dims)?;
             if plan.splits > 1 {
                 self.launch_mma_reduce(part, outp, m * n, plan.splits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Several f16 Q4_K products of one x in ONE grid (`parts` as `matmul_mh4k_many`, at most
+    /// `GEMV_NS`): x rounded once, then `mh4kg_*`, whose gridDim.y numbers the parts' W tiles
+    /// one after the other (the 1024-row k/v matrices share the grid with q), and with a k split
+    /// one `mma_reduce` per part. The split is chosen for the whole grid, capped so that the x
+    /// image and the partial sums stay within the largest part's own scratch, so a part's split
+    /// sums may be added in another order than its own matmul adds them (in the same order at a
+    /// forced split). No allocation beyond the matmul scratch.
+    pub(crate) fn matmul_mh4k_group(
+        &self,
+        xp: u64,
+        parts: &[GroupPart<'_>],
+        [m, k]: [usize; 2],
+        cfg: usize,
+        forced_splits: usize,
+    ) -> Result<()> {
+        static OCC: [AtomicUsize; 3] = [const { AtomicUsize::new(0) }; 3];
+        let op = OpKind::Matmul;
+        if parts.len() > GEMV_NS {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} parts exceed the grouped launch's {GEMV_NS}",
+                    parts.len()
+                ),
+            ));
+        }
+        let c = &MH4K[cfg];
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let own_per_sm = self.mh_per_sm(cfg);
+        let mut segs = GemvSegs::default();
+        let (mut tiles, mut rows, mut budget) = (0, 0, 0);
+        for (i, &(w, outp, n, _)) in parts.iter().enumerate() {
+            segs.body[i] = w.body_ptr();
+            segs.head[i] = w.head_ptr();
+            segs.y[i] = outp;
+            segs.n[i] = arg_i32(op, "n", n)?;
+            tiles += n.div_ceil(c.bn());
+            rows += n;
+            let own = mh_plan(m, n, k, cfg, sms, own_per_sm, forced_splits);
+            budget = budget.max(own.scratch);
+        }
+        let per_sm = self.mh_occupancy(c.gname, cfg, &OCC[cfg]);
+        let n_all = tiles * c.bn();
+        let (mp, nb) = (m.div_ceil(c.bm).max(1) * c.bm, k / 256);
+        let x_bytes = mp * k * 2 + mp * nb * 36;
+        let cap = budget.saturating_sub(x_bytes) / (m * rows * 4).max(1);
+        let plan = mh_plan_capped([m, n_all, k], cfg, sms, per_sm, forced_splits, cap);
+        let scratch_bytes = x_bytes
+            + if plan.splits > 1 {
+                plan.splits * m * rows * 4
+            } else {
+                0
+            };
+        let f = self.function(&MATMUL_MH, c.gname)?;
+        self.allow_smem(&f, c.smem())?;
+        let dims = q4k_dims([m, n_all, k], plan.mp, plan.blocks_per_split)?;
+        let tiles2 = [plan.mp / c.bm, plan.splits];
+        let launch = q4k_launch(c.gname, n_all, c.bn(), tiles2, 32 * c.nw, c.smem())?;
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
+        let xh = scratch;
+        let xx = xh + (plan.mp * k * 2) as u64;
+        let xsx = xx + (plan.mp * nb * 32) as u64;
+        let outs = segs.y;
+        if plan.splits > 1 {
+            // Segment s's partial sums [splits, m, n_s], one region after the other.
+            let mut part = xsx + (plan.mp * nb * 4) as u64;
+            for (y, &n) in segs.y.iter_mut().zip(&segs.n) {
+                *y = part;
+                part += (plan.splits * m * n.max(0) as usize * 4) as u64;
+            }
+        }
+        self.launch_mh_quant_x(xp, [xh, xx, xsx], dims, nb * plan.mp)?;
+        let [_, ki, mi, mpi, spz] = dims;
+        let args = [
+            Arg::raw(&segs),
+            Arg::U64(&xh),
+            Arg::U64(&xx),
+            Arg::U64(&xsx),
+            Arg::I32(&ki),
+            Arg::I32(&mi),
+            Arg::I32(&mpi),
+            Arg::I32(&spz),
+        ];
+        // SAFETY: `mh4kg_*(GemvSegs by value, xh, xx, xsx, k, m, mp, blocks per split)`:
+        // segment s (n_s > 0) is an n_s × k Q4_K weight body (n_s·k/256 blocks of 144 bytes,
+        // rows clamped to n_s − 1); unused segments have n = 0 and own no tiles. gridDim.y is
+        // the sum of the segments' ceil(n_s / BN) tiles, so every block maps to one segment and
+        // a tile within it (gemv_seg). xh u16 [k/256, mp, 256], xx u32 [k/256, mp, 8], xsx f32
+        // [k/256, mp] were written by mh_quant_x just before on this stream (read after
+        // griddepcontrol.wait; x rows < mp = gridDim.x·BM). y_s: the part's f32 output [m, n_s]
+        // (disjoint from x and the other parts: the caller's `parts_fit`), or with gridDim.z =
+        // splits > 1 its [splits, m, n_s] region of the scratch (sized above; no empty split);
+        // writes bounded by n_s and m. Dynamic shared memory (MhConfig::smem) allowed above.
+        unsafe { self.launch_pdl(&f, "launch mh4kg", launch, &args)? };
+        if plan.splits > 1 {
+            for ((&part, &out), &n) in segs.y.iter().zip(&outs).zip(&segs.n) {
+                if n > 0 {
+                    self.launch_mma_reduce(part, out, m * n as usize, plan.splits)?;
+                }
             }
         }
         Ok(())

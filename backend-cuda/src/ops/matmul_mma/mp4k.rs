@@ -13,6 +13,7 @@ use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
 
 use super::super::launch::Arg;
+use super::super::matmul_q::{GEMV_NS, GemvSegs};
 use super::{Q4kKernel, q4k_dims};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
@@ -29,6 +30,9 @@ pub(super) struct MpConfig {
     name: &'static str,
     /// The tensor-copy flavour.
     tname: &'static str,
+    /// The grouped forms (`mp4kg_*`, `mpt4kg_*`: several weights of one x, `matmul_mp4k_group`).
+    gname: &'static str,
+    tgname: &'static str,
 }
 
 /// The configuration (kernels/matmul_mma.cu): the lab's fastest over 4096², 14336×4096 and
@@ -40,12 +44,19 @@ const MP4K: [MpConfig; 1] = [MpConfig {
     u: 2,
     name: "mp4k_w1_t1_d2_u2",
     tname: "mpt4k_w1_t1_d2_u2",
+    gname: "mp4kg_w1_t1_d2_u2",
+    tgname: "mpt4kg_w1_t1_d2_u2",
 }];
 
 /// A CUtensorMap (kernels/matmul_mp.cuh `MpTmap`: 128 opaque bytes, 64-byte aligned), passed
 /// by value.
 #[repr(C, align(64))]
+#[derive(Clone, Copy)]
 struct Tmap(cudarc::driver::sys::CUtensorMap);
+
+/// The grouped tensor flavour's maps, one per segment (kernels/matmul_mp.cuh `MpTmaps`).
+#[repr(C, align(64))]
+struct Tmaps([Tmap; GEMV_NS]);
 
 /// One part of a shared-x group: the weight, its output's address, its rows and the Q4_K
 /// kernel its own matmul runs.
@@ -53,6 +64,22 @@ pub(crate) type GroupPart<'a> = (&'a CudaWeight, u64, usize, Q4kKernel);
 
 /// Most parts of a shared-x group (q/k/v).
 const MAX_PARTS: usize = 3;
+
+/// The grouped launch forced for this process (`force_many_grouped`): 0 the default, 1 on,
+/// 2 off.
+static FORCED_GROUPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a shared-x group runs as one grid (`mp4kg_*` / `mpt4kg_*` / `mh4kg_*`): forced by
+/// `force_many_grouped`, else on unless `KILN_MANY_GROUPED=0` (read once; A/B against one
+/// launch per part).
+fn grouped_launch() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match FORCED_GROUPED.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => *ON.get_or_init(|| std::env::var("KILN_MANY_GROUPED").map_or(true, |v| v != "0")),
+    }
+}
 
 /// One prepared mp4k product (`mp4k_prepare`).
 struct Mp4kLaunch {
@@ -112,6 +139,9 @@ pub(super) struct MpPlan {
 /// S warps per block share a group of 16·WT W rows, S the largest ≤ min(16, k/256) with
 /// groups·S ≤ the resident warps and S·ring within `smem_max` (one wave of warps, each
 /// streaming ≥ 1 block column; lab: S = 2 at 14336×4096, 8 at 4096² and 4096×14336).
+/// `forced` (not usize::MAX: `force_mma_splits`) sets S instead, within 1..=min(16, k/256) and
+/// shared memory.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn mp_plan(
     m: usize,
     n: usize,
@@ -120,13 +150,19 @@ pub(super) fn mp_plan(
     sms: usize,
     warps_per_sm: usize,
     smem_max: usize,
+    forced: usize,
 ) -> MpPlan {
     let c = &MP4K[cfg];
     let mp = m.div_ceil(8 * c.nt).max(1) * 8 * c.nt;
     let nb = (k / 256).max(1);
     let groups = n.div_ceil(c.rows()).max(1);
     let slots = sms.max(1) * warps_per_sm.max(1);
-    let mut warps = (slots / groups).clamp(1, MP_MAX_WARPS.min(nb));
+    let rule = if forced == usize::MAX {
+        slots / groups
+    } else {
+        forced
+    };
+    let mut warps = rule.clamp(1, MP_MAX_WARPS.min(nb));
     while warps > 1 && c.smem(warps) > smem_max {
         warps -= 1;
     }
@@ -186,7 +222,17 @@ impl CudaBackend {
     pub(super) fn mp4k_scratch(&self, m: usize, n: usize, k: usize) -> usize {
         let sms = self.info.caps.compute_units.max(1) as usize;
         mp_config(m).map_or(0, |cfg| {
-            mp_plan(m, n, k, cfg, sms, MP_MAX_WARPS, self.mma_smem_max()).scratch
+            mp_plan(
+                m,
+                n,
+                k,
+                cfg,
+                sms,
+                MP_MAX_WARPS,
+                self.mma_smem_max(),
+                usize::MAX,
+            )
+            .scratch
         })
     }
 
@@ -209,13 +255,28 @@ impl CudaBackend {
         self.mp4k_launch(&l, w, x, outp)
     }
 
+    /// Force the shared-x group's launch for every later `matmul_many` of this process: one
+    /// grid (true), one launch per part (false), or the default (None; `KILN_MANY_GROUPED`).
+    /// For tests and benchmarks.
+    pub fn force_many_grouped(&self, on: Option<bool>) {
+        let v = match on {
+            None => 0,
+            Some(true) => 1,
+            Some(false) => 2,
+        };
+        FORCED_GROUPED.store(v, Ordering::Relaxed);
+    }
+
     /// `Backend::matmul_many` at 2 ≤ m ≤ 64 with x rounded once: runs it (true) where every
     /// part is a Q4_K `[n_i, k]` weight whose own `matmul` would take mp4k (2 ≤ m ≤ 8) or, all
     /// of them, mh4k at this m (the tuned path Mma and that Q4_K kernel; mq4k groups are not
     /// taken), no forced path, and the outputs are f32
     /// `[m, n_i]`, disjoint from x and each other; false (nothing launched): the caller runs one
-    /// matmul per part. Each part's kernel and launch are those of its own matmul, so its
-    /// results are the same. `KILN_MANY_SHARED_X=0` turns the tuned use off (A/B). `tuned` =
+    /// matmul per part. Each part runs its own matmul's kernel on the same x image, all parts in
+    /// ONE grid (`matmul_mp4k_group`, `matmul_mh4k_group`; the k split is planned for the whole
+    /// grid, so a part's sums may be added in another order than its own matmul adds them;
+    /// the same order at a forced split) unless `KILN_MANY_GROUPED=0` (one launch per part,
+    /// as its own matmul launches it). `KILN_MANY_SHARED_X=0` turns the tuned use off (A/B). `tuned` =
     /// false (tests) skips the tuned-path condition (the Q4_K kernel choice, which
     /// `force_q4k_kernel` sets, must still be mp4k).
     pub fn matmul_many_shared_x(
@@ -282,11 +343,23 @@ impl CudaBackend {
             return Ok(false);
         }
         let xp = self.ptr(op, &x)?;
+        // One grid for the group (`grouped_launch`), else one launch per part.
+        let one_grid = grouped_launch() && group.len() <= GEMV_NS;
         match (mp, mh) {
-            (Some(cfg), _) if !f16 => self.matmul_mp4k_many(xp, group, [m, k], cfg)?,
+            (Some(cfg), _) if !f16 => {
+                if one_grid && group.iter().all(|r| r.3 == first.3) {
+                    self.matmul_mp4k_group(xp, group, [m, k], cfg)?;
+                } else {
+                    self.matmul_mp4k_many(xp, group, [m, k], cfg)?;
+                }
+            }
             (_, Some(cfg)) if f16 => {
                 let splits = super::FORCED_SPLITS.load(Ordering::Relaxed);
-                self.matmul_mh4k_many(xp, group, [m, k], cfg, splits)?;
+                if one_grid {
+                    self.matmul_mh4k_group(xp, group, [m, k], cfg, splits)?;
+                } else {
+                    self.matmul_mh4k_many(xp, group, [m, k], cfg, splits)?;
+                }
             }
             _ => return Ok(false),
         }
@@ -320,6 +393,105 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// Several mp4k products of one x in ONE grid (`parts` as `matmul_mp4k_many`, at most
+    /// `GEMV_NS`, all of one copy flavour): x rounded once, then `mp4kg_*` / `mpt4kg_*`, whose
+    /// blockIdx.x numbers the parts' groups of 16 W rows one after the other (the 1024-row
+    /// k/v matrices share the grid with q). The warps per block (the in-block k split) are
+    /// planned for the whole grid, so a part's sums may be added in another order than its own
+    /// matmul adds them (in the same order at a forced split). No allocation.
+    pub(crate) fn matmul_mp4k_group(
+        &self,
+        xp: u64,
+        parts: &[GroupPart<'_>],
+        [m, k]: [usize; 2],
+        cfg: usize,
+    ) -> Result<()> {
+        let op = OpKind::Matmul;
+        let Some(&(_, _, _, q0)) = parts.first() else {
+            return Ok(());
+        };
+        let tensor = q0 == Q4kKernel::PipeTensor;
+        if parts.len() > GEMV_NS || parts.iter().any(|p| p.3 != q0) {
+            return Err(Error::shape(
+                op,
+                format!("the grouped mp4k launch takes up to {GEMV_NS} parts of one copy flavour"),
+            ));
+        }
+        let c = &MP4K[cfg];
+        let mut segs = GemvSegs::default();
+        let mut tmaps =
+            Tmaps([Tmap(cudarc::driver::sys::CUtensorMap { opaque: [0; 16] }); GEMV_NS]);
+        let mut groups = 0;
+        for (i, &(w, outp, n, _)) in parts.iter().enumerate() {
+            segs.body[i] = w.body_ptr();
+            segs.head[i] = w.head_ptr();
+            segs.y[i] = outp;
+            segs.n[i] = super::super::arg_i32(op, "n", n)?;
+            groups += n.div_ceil(c.rows());
+            if tensor {
+                tmaps.0[i] = self.mp_tmap(w, [n, k], c)?;
+            }
+        }
+        let sms = self.info.caps.compute_units.max(1) as usize;
+        let n_all = groups * c.rows();
+        let plan = mp_plan(
+            m,
+            n_all,
+            k,
+            cfg,
+            sms,
+            self.mp_warps_per_sm(cfg),
+            self.mma_smem_max(),
+            super::FORCED_SPLITS.load(Ordering::Relaxed),
+        );
+        let f = self.function(&MATMUL_MMA, if tensor { c.tgname } else { c.gname })?;
+        let warps = plan.warps.min(self.max_warps(&f)?);
+        let smem = c.smem(warps);
+        self.allow_smem(&f, smem)?;
+        let dims = q4k_dims([m, n_all, k], plan.mp, 0)?;
+        let launch = LaunchConfig {
+            grid_dim: (super::super::arg_i32(op, "groups", groups)? as u32, 1, 1),
+            block_dim: ((32 * warps) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        // Hold the scratch lock until every kernel using it is enqueued.
+        let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
+        let [xq, xs] = self.mp4k_quant_x(xp, scratch, dims)?;
+        let [_, ki, mi, mpi, _] = dims;
+        let mut args = vec![
+            Arg::raw(&segs),
+            Arg::U64(&xq),
+            Arg::U64(&xs),
+            Arg::I32(&ki),
+            Arg::I32(&mi),
+            Arg::I32(&mpi),
+        ];
+        if tensor {
+            args.push(Arg::raw(&tmaps));
+        }
+        // SAFETY: `mp4kg_*(GemvSegs by value, xq, xs, k, m, mp)` (+ `mpt4kg_*`'s MpTmaps by
+        // value, map s encoded for segment s's weight, n_s, k and the box): segment s (n_s > 0)
+        // is an n_s × k Q4_K weight body (n_s·k/256 blocks of 144 bytes, 16-byte aligned: the
+        // caller's `mp4k_applies`; rows read clamped to n_s − 1); unused segments have n = 0
+        // and own no groups. gridDim.x is the sum of the segments' ceil(n_s / 16) groups, so
+        // every block maps to one segment and a group within it (gemv_seg). xq / xs were written
+        // by mp_quant_x just before on this stream (read after griddepcontrol.wait; mp rows).
+        // y_s: the part's f32 output [m, n_s], disjoint from x and the other parts (the
+        // caller's `parts_fit`); writes bounded by n_s and m. Block size within the function's
+        // limit, its dynamic shared memory allowed just before.
+        unsafe { self.launch_pdl(&f, "launch mp4kg", launch, &args) }
+    }
+
+    /// The most warps per block of function `f` (its register use bounds the block).
+    fn max_warps(&self, f: &CudaFunction) -> Result<usize> {
+        let max_threads = f
+            .get_attribute(
+                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+            )
+            .map_err(self.drv("cuFuncGetAttribute(max threads per block)"))?;
+        Ok((max_threads.max(32) / 32) as usize)
+    }
+
     /// Function, grid, dims and tensor map of one mp4k product (no launch).
     fn mp4k_prepare(
         &self,
@@ -337,18 +509,14 @@ impl CudaBackend {
             sms,
             self.mp_warps_per_sm(cfg),
             self.mma_smem_max(),
+            super::FORCED_SPLITS.load(Ordering::Relaxed),
         );
         let c = &MP4K[plan.cfg];
         let f = self.function(&MATMUL_MMA, if tensor { c.tname } else { c.name })?;
         // The plan's warps come from the bulk flavour's occupancy; the block must also fit the
         // launched function's own register use (the tensor flavour may use more: a 512-thread
         // block of it failed with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES).
-        let max_threads = f
-            .get_attribute(
-                cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
-            )
-            .map_err(self.drv("cuFuncGetAttribute(max threads per block)"))?;
-        let warps = plan.warps.min((max_threads.max(32) / 32) as usize);
+        let warps = plan.warps.min(self.max_warps(&f)?);
         let smem = c.smem(warps);
         self.allow_smem(&f, smem)?;
         let dims = q4k_dims([m, n, k], plan.mp, 0)?;
@@ -446,7 +614,7 @@ mod tests {
                 };
                 assert!(8 * MP4K[cfg].nt >= m);
                 for smem_max in [232_448, 101_376] {
-                    let p = mp_plan(m, n, k, cfg, 132, 16, smem_max);
+                    let p = mp_plan(m, n, k, cfg, 132, 16, smem_max, usize::MAX);
                     let groups = n.div_ceil(16);
                     assert!(p.warps >= 1 && p.warps <= 16 && p.warps <= k / 256);
                     assert!(p.warps == 1 || groups * p.warps <= 132 * 16);
@@ -457,8 +625,17 @@ mod tests {
             }
         }
         // The lab's best splits on the H200 (132 SMs, 16 warps each).
-        assert_eq!(mp_plan(8, 14336, 4096, 0, 132, 16, 232_448).warps, 2);
-        assert_eq!(mp_plan(8, 4096, 4096, 0, 132, 16, 232_448).warps, 8);
-        assert_eq!(mp_plan(8, 4096, 14336, 0, 132, 16, 232_448).warps, 8);
+        assert_eq!(
+            mp_plan(8, 14336, 4096, 0, 132, 16, 232_448, usize::MAX).warps,
+            2
+        );
+        assert_eq!(
+            mp_plan(8, 4096, 4096, 0, 132, 16, 232_448, usize::MAX).warps,
+            8
+        );
+        assert_eq!(
+            mp_plan(8, 4096, 14336, 0, 132, 16, 232_448, usize::MAX).warps,
+            8
+        );
     }
 }
