@@ -1,6 +1,6 @@
 //! GPU test of the raw-block int8 tensor-core kernels `mq5k` (Q5_K; kernels/matmul_mma.cu),
 //! `mq6k` (Q6_K) and `mq8_0` (Q8_0; kernels/matmul_mqk.cuh), the mma path of their type at
-//! 1 ≤ m ≤ 64, and of the grouped launch of these and mq4k (`matmul_many_mqk`, the last two
+//! 1 ≤ m ≤ 64, and of the grouped launch of these and mq4k (`matmul_many_mma`, the last two
 //! tests). The first test: every tile
 //! (m = 1, 2, 3, 5, 8 on BM 8; 9, 16 on 16; 17, 32 on 32; 33, 64 on 64), the built-in k split
 //! and forced ones (1: none; 3; 19: one block column each), n = 200 (partial last W tiles of
@@ -90,7 +90,7 @@ fn mq5k_mq6k_mq8_0_match_the_int8_x_oracle_at_every_tile_and_split() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// The grouped launch (`matmul_many_mqk`: one mq_quant_x and one `<kind>g_*` grid for up to 3
+/// The grouped launch (`matmul_many_mma`: one mq_quant_x and one `<kind>g_*` grid for up to 3
 /// weights): for Q4_K (mq4k forced), Q5_K, Q6_K and Q8_0, parts of n = 200, 64 and 1000 rows
 /// (partial and whole W tiles; a part smaller than one tile), m on every tile, the built-in k
 /// split and forced ones (1, 3): every part must match its f64 int8-x oracle as its own matmul
@@ -131,7 +131,7 @@ fn grouped_launch_matches_each_part() {
                     })
                     .collect();
                 be.force_mma_splits(splits);
-                let ran = be.matmul_many_mqk(xv(), &parts, false);
+                let ran = be.matmul_many_mma(xv(), &parts, false);
                 be.force_mma_splits(None);
                 let ran = ran.unwrap();
                 if m > 64 {
@@ -186,7 +186,7 @@ fn grouped_launch_matches_each_part() {
         (&w6, y1.view_mut(0, Shape::d2(m, 64), DType::F32).unwrap()),
     ];
     let xv = xb.view(0, Shape::d2(m, k), DType::F32).unwrap();
-    if be.matmul_many_mqk(xv, &parts, false).unwrap() {
+    if be.matmul_many_mma(xv, &parts, false).unwrap() {
         failures.push("Q8_0 + Q6_K: the group ran".into());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -247,7 +247,7 @@ fn grouped_launch_equals_each_own_matmul_at_model_shapes() {
                         })
                         .collect();
                     be.force_mma_splits(splits);
-                    let ran = be.matmul_many_mqk(xv(), &parts, false);
+                    let ran = be.matmul_many_mma(xv(), &parts, false);
                     be.force_mma_splits(None);
                     if !ran.unwrap() {
                         failures.push(format!("{dt} {ns:?} m={m}: declined"));

@@ -8,7 +8,7 @@
 //! rounds x as mq4k does (int8 per 32), so it must match the f64 product of the exact weights
 //! and that x (nmse ≤ 1e-9) and the exact-x product within the int8 bound. Output poisoned
 //! (NaN) before each call. Prints "skipped" without a GPU, and without sm_90.
-//! Also `matmul_many_shared_x` (x rounded once for several mp4k or mh4k products, m = 2 … 33),
+//! Also `matmul_many_mma` (x rounded once for several mp4k or mh4k products, m = 2 … 33),
 //! as one grid for the group and as one launch per part: at a forced k split (1, 2) each part
 //! equals its own single matmul bit for bit; at the default split (each launch picks its own)
 //! within f32 summation order (nmse ≤ 1e-10).
@@ -142,7 +142,7 @@ fn many_rounds_x_once_and_matches_single_products() {
                     .zip(rows)
                     .map(|((w, y), n)| (w, y.view_mut(0, Shape::d2(m, n), DType::F32).unwrap()))
                     .collect();
-                let ran = be.matmul_many_shared_x(xv, &parts, false);
+                let ran = be.matmul_many_mma(xv, &parts, false);
                 let singles: Vec<Buffer> = rows.iter().map(|&n| poisoned(&*be, m * n)).collect();
                 let single = ws
                     .iter()

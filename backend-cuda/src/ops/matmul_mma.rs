@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
 use kiln_core::backend::check;
-use kiln_core::{DType, Error, OpKind, Result, View};
+use kiln_core::{DType, Error, OpKind, Result};
 
 use super::arg_i32;
 use super::launch::Arg;
@@ -31,6 +31,7 @@ use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
 
 mod launch_x8;
+mod many;
 mod mh4k;
 mod mp4k;
 mod mqk;
@@ -272,22 +273,6 @@ pub(crate) fn forced_path() -> Option<MatmulPath> {
         Some("dense") => Some(MatmulPath::Dense),
         _ => None,
     })
-}
-
-/// `[m, k]` of a `Backend::matmul_many` group that the grouped mma routes (mp4k.rs's shared x,
-/// mqk.rs's grouped launch) may take: 2 ..= `max_parts` parts, x f32 `[m, k]` with k > 0, no
-/// path forced; None: they decline (the caller runs one matmul per part).
-fn many_rows(x: &View<'_>, parts: usize, max_parts: usize) -> Option<[usize; 2]> {
-    let k = x.shape().last();
-    if !(2..=max_parts).contains(&parts)
-        || x.dtype() != DType::F32
-        || k == 0
-        || forced_path().is_some()
-    {
-        return None;
-    }
-    let m = x.numel() / k;
-    (m * k == x.numel()).then_some([m, k])
 }
 
 /// Whether the mma path can run a `dt` weight with rows of k (block types, whole chunks).

@@ -12,7 +12,7 @@ use kiln_core::{Error, OpKind, Result};
 use super::super::arg_i32;
 use super::super::launch::Arg;
 use super::super::matmul_q::{GEMV_NS, GemvSegs};
-use super::mp4k::GroupPart;
+use super::many::GroupPart;
 use super::{Q4kKernel, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;

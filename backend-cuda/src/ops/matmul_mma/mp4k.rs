@@ -10,10 +10,11 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use kiln_core::{DType, Error, OpKind, Result, View, ViewMut, Weight};
+use kiln_core::{DType, Error, OpKind, Result};
 
 use super::super::launch::Arg;
 use super::super::matmul_q::{GEMV_NS, GemvSegs};
+use super::many::GroupPart;
 use super::{Q4kKernel, q4k_dims};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
@@ -57,29 +58,6 @@ struct Tmap(cudarc::driver::sys::CUtensorMap);
 /// The grouped tensor flavour's maps, one per segment (kernels/matmul_mp.cuh `MpTmaps`).
 #[repr(C, align(64))]
 struct Tmaps([Tmap; GEMV_NS]);
-
-/// One part of a shared-x group: the weight, its output's address, its rows and the Q4_K
-/// kernel its own matmul runs.
-pub(crate) type GroupPart<'a> = (&'a CudaWeight, u64, usize, Q4kKernel);
-
-/// Most parts of a shared-x group (q/k/v).
-const MAX_PARTS: usize = 3;
-
-/// The grouped launch forced for this process (`force_many_grouped`): 0 the default, 1 on,
-/// 2 off.
-static FORCED_GROUPED: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether a shared-x group runs as one grid (`mp4kg_*` / `mpt4kg_*` / `mh4kg_*`): forced by
-/// `force_many_grouped`, else on unless `KILN_MANY_GROUPED=0` (read once; A/B against one
-/// launch per part).
-fn grouped_launch() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match FORCED_GROUPED.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => *ON.get_or_init(|| std::env::var("KILN_MANY_GROUPED").map_or(true, |v| v != "0")),
-    }
-}
 
 /// One prepared mp4k product (`mp4k_prepare`).
 struct Mp4kLaunch {
@@ -255,121 +233,10 @@ impl CudaBackend {
         self.mp4k_launch(&l, w, x, outp)
     }
 
-    /// Force the shared-x group's launch for every later `matmul_many` of this process: one
-    /// grid (true), one launch per part (false), or the default (None; `KILN_MANY_GROUPED`).
-    /// For tests and benchmarks.
-    pub fn force_many_grouped(&self, on: Option<bool>) {
-        let v = match on {
-            None => 0,
-            Some(true) => 1,
-            Some(false) => 2,
-        };
-        FORCED_GROUPED.store(v, Ordering::Relaxed);
-    }
-
-    /// `Backend::matmul_many` at 2 ≤ m ≤ 64 with x rounded once: runs it (true) where every
-    /// part is a Q4_K `[n_i, k]` weight whose own `matmul` would take mp4k (2 ≤ m ≤ 8) or, all
-    /// of them, mh4k at this m (the tuned path Mma and that Q4_K kernel; mq4k groups are not
-    /// taken), no forced path, and the outputs are f32
-    /// `[m, n_i]`, disjoint from x and each other; false (nothing launched): the caller runs one
-    /// matmul per part. Each part runs its own matmul's kernel on the same x image, all parts in
-    /// ONE grid (`matmul_mp4k_group`, `matmul_mh4k_group`; the k split is planned for the whole
-    /// grid, so a part's sums may be added in another order than its own matmul adds them;
-    /// the same order at a forced split) unless `KILN_MANY_GROUPED=0` (one launch per part,
-    /// as its own matmul launches it). `KILN_MANY_SHARED_X=0` turns the tuned use off (A/B). `tuned` =
-    /// false (tests) skips the tuned-path condition (the Q4_K kernel choice, which
-    /// `force_q4k_kernel` sets, must still be mp4k).
-    pub fn matmul_many_shared_x(
-        &self,
-        x: View<'_>,
-        parts: &[(&Weight, ViewMut<'_>)],
-        tuned: bool,
-    ) -> Result<bool> {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("KILN_MANY_SHARED_X").map_or(true, |v| v != "0"));
-        let op = OpKind::Matmul;
-        // At most MAX_PARTS parts (the runtime's groups: q/k/v, gate/up), kept in a fixed
-        // array: no allocation on the decode path.
-        let Some([m, k]) = super::many_rows(&x, parts.len(), MAX_PARTS).filter(|_| on || !tuned)
-        else {
-            return Ok(false);
-        };
-        // mp4k's configuration (2 ≤ m ≤ 8, sm_90) and mh4k's (m ≤ 64, its tile fits).
-        let mp = self.mp4k_config(DType::Q4_K, m);
-        let mh = self.mh4k_config(DType::Q4_K, m);
-        if m < 2 || !super::mma_supported(DType::Q4_K, k) {
-            return Ok(false);
-        }
-        if !self.parts_fit(&x, parts, DType::Q4_K, [m, k]) {
-            return Ok(false);
-        }
-        let mut run: [Option<GroupPart<'_>>; MAX_PARTS] = [None; MAX_PARTS];
-        for (slot, (w, out)) in run.iter_mut().zip(parts) {
-            let n = w.shape().dim(0);
-            let cw: &CudaWeight = self.weight(op, w)?;
-            if tuned {
-                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma here.
-                let c = self.crossover_or_tune(w, cw)?;
-                if m <= c.max_fused_rows || m > c.max_mma_rows {
-                    return Ok(false);
-                }
-            }
-            // The kernel matmul_mma_with runs: Pipe only where the weight takes the bulk
-            // copies, F16 where its tile fits.
-            let kernel = match self.q4k_kernel(DType::Q4_K, m, n, k) {
-                Some(q @ (Q4kKernel::Pipe | Q4kKernel::PipeTensor))
-                    if mp.is_some() && self.mp4k_applies(cw, m) =>
-                {
-                    q
-                }
-                Some(Q4kKernel::F16) if mh.is_some() => Q4kKernel::F16,
-                _ => return Ok(false),
-            };
-            *slot = Some((cw, self.ptr_mut(op, out)?, n, kernel));
-        }
-        let Some(first) = run[0] else {
-            return Ok(false);
-        };
-        let mut group = [first; MAX_PARTS];
-        for (g, r) in group.iter_mut().zip(&run) {
-            if let Some(r) = r {
-                *g = *r;
-            }
-        }
-        let group = &group[..parts.len()];
-        // Every part must run the same family (one x image).
-        let f16 = first.3 == Q4kKernel::F16;
-        if group.iter().any(|r| (r.3 == Q4kKernel::F16) != f16) {
-            return Ok(false);
-        }
-        let xp = self.ptr(op, &x)?;
-        // One grid for the group (`grouped_launch`), else one launch per part.
-        let one_grid = grouped_launch() && group.len() <= GEMV_NS;
-        match (mp, mh) {
-            (Some(cfg), _) if !f16 => {
-                if one_grid && group.iter().all(|r| r.3 == first.3) {
-                    self.matmul_mp4k_group(xp, group, [m, k], cfg)?;
-                } else {
-                    self.matmul_mp4k_many(xp, group, [m, k], cfg)?;
-                }
-            }
-            (_, Some(cfg)) if f16 => {
-                let splits = super::FORCED_SPLITS.load(Ordering::Relaxed);
-                if one_grid {
-                    self.matmul_mh4k_group(xp, group, [m, k], cfg, splits)?;
-                } else {
-                    self.matmul_mh4k_many(xp, group, [m, k], cfg, splits)?;
-                }
-            }
-            _ => return Ok(false),
-        }
-        Ok(true)
-    }
-
     /// Several mp4k products of one x (`Backend::matmul_many` at 2 ≤ m ≤ 8): x rounded once,
     /// then one mp4k launch per part — not one mp_quant_x per part (q/k/v: 3 → 1, gate/up: 2
     /// → 1). `parts`: Q4_K `[n_i, k]` weights taking mp4k at this m, kernel Pipe or
-    /// PipeTensor (the caller checked, `matmul_many_shared_x`). No allocation.
+    /// PipeTensor (the caller checked, `matmul_many_mma`). No allocation.
     pub(crate) fn matmul_mp4k_many(
         &self,
         xp: u64,

@@ -18,11 +18,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaFunction, LaunchConfig};
-use kiln_core::{DType, OpKind, Result, View, ViewMut, Weight};
+use kiln_core::{DType, Error, OpKind, Result};
 
 use super::super::launch::Arg;
 use super::super::matmul_q::{GEMV_NS, GemvSegs};
-use super::{FORCED_CONFIG, FORCED_SPLITS, MMA_CONFIGS, Q4kKernel, q4k_dims, q4k_launch};
+use super::many::GroupPart;
+use super::{FORCED_CONFIG, FORCED_SPLITS, MMA_CONFIGS, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
 use crate::module_cache::MATMUL_MMA;
@@ -37,7 +38,7 @@ pub(super) struct MqConfig {
     nw: usize,
     st: usize,
     name: &'static str,
-    /// The grouped form (`<kind>g_*`, `matmul_many_mqk`).
+    /// The grouped form (`<kind>g_*`, `matmul_mqk_group`).
     gname: &'static str,
 }
 
@@ -124,16 +125,6 @@ const FAMILIES: [Family; 4] = [
         head: true,
     },
 ];
-
-/// Whether `matmul_many_mqk` also takes groups at m ≥ 2 whose parts the tuner gives the fused
-/// GEMV one by one (Q8_0 at batch 2–4: no segmented fused kernel above one row for a type
-/// without a pipelined GEMV): on unless `KILN_MANY_MQK_FUSED=0` (read once). Measured on an
-/// H100 (BENCHMARKS.md stop 27): Llama-3-8B Q8_0 decode batch 2 4.35 → 4.07 ms, batch 4
-/// 4.55 → 4.15, batch 1 unchanged, same greedy tokens.
-fn over_fused() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KILN_MANY_MQK_FUSED").map_or(true, |v| v != "0"))
-}
 
 /// The most x rows these kernels take (their largest tile).
 pub(super) const MQK_MAX_ROWS: usize = 64;
@@ -341,77 +332,41 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// `Backend::matmul_many` on these kernels (q/k/v, gate/up at 1 ≤ m ≤ 64): runs it (true)
-    /// where every part is a `[n_i, k]` weight of one family whose own `matmul` would run that
-    /// family's kernel (the tuned path Mma; for Q4_K the Int8 kernel, mq4k) or, at m ≥ 2, the
-    /// fused GEMV (`over_fused`), the family's kernel applies to it, no path is forced,
-    /// and the outputs are f32 `[m, n_i]`, disjoint from x and each other; false (nothing
-    /// launched): the caller runs one matmul per part. One `mq_quant_x` and ONE grouped launch
-    /// (`<kind>g_*`: the parts' W tiles numbered one after the other along gridDim.y) instead of
-    /// a rounding, a kernel and a reduce per part: the small k/v matrices share the grid with q
-    /// (or gate with up). Each part runs the same body on the same x image as its own matmul;
-    /// the k split is chosen for the whole grid (capped so the scratch stays within the largest
-    /// part's own), so a part's split partial sums may be added in a different order than its
-    /// own matmul adds them. `KILN_MANY_MQK=0` turns the tuned use off (A/B); `tuned` = false
-    /// (tests) skips the tuned-path condition. No allocation beyond the matmul scratch.
-    pub fn matmul_many_mqk(
+    /// The `Mq` route of `matmul_many_mma` (many.rs): `parts` (each taking kernel `choice` at
+    /// x `[m, k]` on its own; the caller checked) in ONE `mq_quant_x` and ONE grouped grid
+    /// `<kind>g_*`, the parts' W tiles one after the other; the split is capped so the scratch
+    /// stays within the largest part's own.
+    pub(super) fn matmul_mqk_group(
         &self,
-        x: View<'_>,
-        parts: &[(&Weight, ViewMut<'_>)],
-        tuned: bool,
-    ) -> Result<bool> {
-        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let on = *ON.get_or_init(|| std::env::var("KILN_MANY_MQK").map_or(true, |v| v != "0"));
+        xp: u64,
+        parts: &[GroupPart<'_>],
+        [m, k]: [usize; 2],
+        choice: MqkChoice,
+    ) -> Result<()> {
         let op = OpKind::Matmul;
-        let Some([m, k]) = super::many_rows(&x, parts.len(), GEMV_NS).filter(|_| on || !tuned)
-        else {
-            return Ok(false);
-        };
-        let dt = parts[0].0.dtype();
-        let Some(fi) = family(dt) else {
-            return Ok(false);
-        };
-        if !self.parts_fit(&x, parts, dt, [m, k]) {
-            return Ok(false);
+        if parts.len() > GEMV_NS {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{} parts exceed the grouped launch's {GEMV_NS}",
+                    parts.len()
+                ),
+            ));
         }
         let mut segs = GemvSegs::default();
-        let (mut tiles, mut budget, mut cfg) = (0, 0, None);
-        for (i, (w, out)) in parts.iter().enumerate() {
-            let n = w.shape().dim(0);
-            let cw: &CudaWeight = self.weight(op, w)?;
-            if tuned {
-                // The path `matmul` takes at m rows (matmul_q.rs matmul_impl): Mma, or Fused at
-                // m ≥ 2 (which has no grouped form here; `over_fused`).
-                let c = self.crossover_or_tune(w, cw)?;
-                let fused_ok = over_fused() && m >= 2;
-                if (m <= c.max_fused_rows && !fused_ok) || m > c.max_mma_rows {
-                    return Ok(false);
-                }
-            }
-            // The kernel matmul_mma_with runs: this family's (Q4_K: where Int8 is chosen).
-            let Some(choice) = self.mqk_applies(cw, m, k) else {
-                return Ok(false);
-            };
-            if dt == DType::Q4_K && self.q4k_kernel(dt, m, n, k) != Some(Q4kKernel::Int8) {
-                return Ok(false);
-            }
-            cfg = Some(choice.1);
+        let (mut tiles, mut budget) = (0, 0);
+        for (i, &(w, outp, n, _)) in parts.iter().enumerate() {
             budget = budget.max(self.mqk_plan([m, n, k], choice).scratch);
-            segs.body[i] = cw.body_ptr();
-            segs.head[i] = cw.head_ptr();
-            segs.y[i] = self.ptr_mut(op, out)?;
+            segs.body[i] = w.body_ptr();
+            segs.head[i] = w.head_ptr();
+            segs.y[i] = outp;
             segs.n[i] = super::arg_i32(op, "n", n)?;
-            tiles += n.div_ceil(FAMILIES[fi].tiles[choice.1].bn());
+            tiles += n.div_ceil(FAMILIES[choice.0].tiles[choice.1].bn());
         }
-        let Some(cfg) = cfg else {
-            return Ok(false);
-        };
-        let xp = self.ptr(op, &x)?;
-        self.matmul_mqk_many(xp, &mut segs, [m, k], (fi, cfg), tiles, budget)?;
-        Ok(true)
+        self.matmul_mqk_many(xp, &mut segs, [m, k], choice, tiles, budget)
     }
 
-    /// The grouped launch of `matmul_many_mqk`: `segs` holds the parts' weights, outputs and
+    /// The grouped launch of `matmul_mqk_group`: `segs` holds the parts' weights, outputs and
     /// rows (its y become the partial-sum regions with a k split), `tiles` their W tiles in all,
     /// `budget` the scratch bytes the split may use.
     fn matmul_mqk_many(

@@ -1,7 +1,6 @@
 //! `Backend::matmul_many` on CUDA: weights that read the same x at one row (a layer's q, k, v;
-//! its gate and up) as ONE fused-GEMV launch instead of one per weight. At 2 ≤ m ≤ 64 rows, Q4_K
-//! parts that each take mp4k (or all mh4k) share one rounding of x (`matmul_many_shared_x`,
-//! matmul_mma/mp4k.rs).
+//! its gate and up) as ONE fused-GEMV launch instead of one per weight. Where this declines,
+//! the mma kernels' grouped routes (`matmul_many_mma`, matmul_mma/many.rs) get the group.
 //!
 //! At batch-1 decode every projection is a GEMV whose fixed cost (launch, ramp-up, the tail of
 //! a partly filled last wave) is a large share of its time on the small matrices (k and v are
@@ -119,10 +118,7 @@ impl CudaBackend {
         x: View<'_>,
         parts: &[(&Weight, ViewMut<'_>)],
     ) -> Result<()> {
-        if self.matmul_group(x, parts, true)?.is_none()
-            && !self.matmul_many_shared_x(x, parts, true)?
-            && !self.matmul_many_mqk(x, parts, true)?
-        {
+        if self.matmul_group(x, parts, true)?.is_none() && !self.matmul_many_mma(x, parts, true)? {
             for (w, out) in parts {
                 self.op_matmul(x, w, *out)?;
             }
