@@ -112,6 +112,30 @@ struct Recorder {
     inner: Arc<ReferenceBackend>,
     rec: Mutex<Option<Vec<Op>>>,
     captures: Mutex<usize>,
+    /// The next this many captures fail (nothing recorded runs), as a CUDA capture that
+    /// another thread invalidated: with `fail_in_op` the first op recorded returns the error
+    /// (a launch into the invalidated capture), else the capture's end does.
+    fail: Mutex<usize>,
+    fail_in_op: bool,
+}
+
+impl Recorder {
+    fn new(fail: usize, fail_in_op: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            inner: Arc::new(ReferenceBackend::new(0)),
+            rec: Mutex::new(None),
+            captures: Mutex::new(0),
+            fail: Mutex::new(fail),
+            fail_in_op,
+        })
+    }
+}
+
+fn invalidated() -> Error {
+    Error::backend(
+        "recorder",
+        "capture invalidated (test: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED)",
+    )
 }
 
 struct Graph {
@@ -132,6 +156,7 @@ impl Recorder {
     fn go(&self, op: Op) -> Result<()> {
         let mut rec = self.rec.lock().unwrap();
         match rec.as_mut() {
+            Some(_) if self.fail_in_op && *self.fail.lock().unwrap() > 0 => Err(invalidated()),
             Some(list) => {
                 list.push(op);
                 Ok(())
@@ -271,6 +296,11 @@ impl Backend for Recorder {
         *self.rec.lock().unwrap() = Some(Vec::new());
         let r = f();
         let ops = self.rec.lock().unwrap().take().unwrap_or_default();
+        let mut fail = self.fail.lock().unwrap();
+        if *fail > 0 {
+            *fail -= 1;
+            return Err(r.err().unwrap_or_else(invalidated));
+        }
         r?;
         *self.captures.lock().unwrap() += 1;
         Ok(Some(Box::new(Graph {
@@ -289,11 +319,7 @@ fn replayed_decode_steps_match_eager_ones() {
     for m in ["llama3", "qwen2", "gemma3", "mixtral", "qwen3moe"] {
         let dir = zoo.join(m);
         let cs = cases(&dir);
-        let rec = Arc::new(Recorder {
-            inner: Arc::new(ReferenceBackend::new(0)),
-            rec: Mutex::new(None),
-            captures: Mutex::new(0),
-        });
+        let rec = Recorder::new(0, false);
         let model =
             Model::load(dir.to_str().unwrap(), rec.clone(), &LoadOptions::default()).unwrap();
         let opts = RuntimeOptions {
@@ -365,11 +391,7 @@ fn kv_length_classes_replay_like_eager() {
     let dir = zoo.join("gemma3"); // window 16 + a global layer
     let ids = &cases(&dir)[1].ids;
     let tokens: Vec<u32> = ids.iter().cycle().take(300).copied().collect();
-    let rec = Arc::new(Recorder {
-        inner: Arc::new(ReferenceBackend::new(0)),
-        rec: Mutex::new(None),
-        captures: Mutex::new(0),
-    });
+    let rec = Recorder::new(0, false);
     let model = Model::load(dir.to_str().unwrap(), rec.clone(), &LoadOptions::default()).unwrap();
     let opts = |graphs| RuntimeOptions {
         context: Some(600),
@@ -401,4 +423,66 @@ fn kv_length_classes_replay_like_eager() {
     assert_eq!(captures, 2, "classes 256 and 512");
     assert_eq!(g.stats().replayed, 300 - 4 + 2);
     assert_eq!(worst, 0.0);
+}
+
+/// A capture that fails after the step recorded without error (CUDA: invalidated by another
+/// backend of the device, e.g. a second model tuning on another thread) must not fail the
+/// step: it runs eagerly, the next step captures again, and after CAPTURE_TRIES (3) failures
+/// the pair stays eager. Every step's logits equal the eager runtime's.
+#[test]
+fn failed_captures_fall_back_to_eager_steps() {
+    let Some(zoo) = zoo() else {
+        println!("skipped: zoo not found");
+        return;
+    };
+    let dir = zoo.join("llama3");
+    let ids = &cases(&dir)[0].ids;
+    let steps = ids.len().min(12);
+    // (captures that fail, captures that succeed, replayed steps, failures counted)
+    // Step 1 runs eagerly (warm-up), each failed capture costs one more eager step, and the
+    // step that captures also replays its graph.
+    let cases = [(1, 1, steps - 2, 1), (2, 1, steps - 3, 2), (5, 0, 0, 3)];
+    for (in_op, (fail, want_captures, want_replayed, want_failed)) in [false, true]
+        .into_iter()
+        .flat_map(|o| cases.map(|c| (o, c)))
+    {
+        let rec = Recorder::new(fail, in_op);
+        let model =
+            Model::load(dir.to_str().unwrap(), rec.clone(), &LoadOptions::default()).unwrap();
+        let opts = |graphs| RuntimeOptions {
+            context: Some(128),
+            kv_dtype: DType::F32,
+            graphs,
+            ..RuntimeOptions::default()
+        };
+        let mut g = Runtime::new(&model, opts(true)).unwrap();
+        let mut e = Runtime::new(&model, opts(false)).unwrap();
+        let (sg, se) = (g.add_sequence(), e.add_sequence());
+        let mut worst = 0f32;
+        for t in &ids[..steps] {
+            let t = std::slice::from_ref(t);
+            let a = g
+                .step(&[SeqInput { seq: sg, tokens: t }])
+                .unwrap_or_else(|err| panic!("{fail} failing captures: a step failed: {err}"))
+                .data
+                .to_vec();
+            let b = e.step(&[SeqInput { seq: se, tokens: t }]).unwrap();
+            worst = worst.max(max_diff(&a, b.data));
+        }
+        let (st, captures) = (g.stats(), *rec.captures.lock().unwrap());
+        println!(
+            "{fail} failing (in an op: {in_op}): {steps} steps, {} replayed, {captures} captures, {} failures, max |Δ| {worst:.2e}",
+            st.replayed, st.capture_failures
+        );
+        assert_eq!(captures, want_captures, "{fail} failing captures");
+        assert_eq!(
+            st.replayed as usize, want_replayed,
+            "{fail} failing captures"
+        );
+        assert_eq!(st.capture_failures, want_failed, "{fail} failing captures");
+        assert_eq!(
+            worst, 0.0,
+            "{fail} failing captures: logits differ from eager steps"
+        );
+    }
 }

@@ -78,6 +78,8 @@ pub struct EngineStats {
     /// replayed a captured graph.
     pub decode_steps: u64,
     pub replayed_steps: u64,
+    /// Decode-graph captures that failed and ran eagerly instead (`StepStats::capture_failures`).
+    pub capture_failures: u64,
     /// Where the engine thread's time went: inside `Runtime::step` (the device step and the
     /// logits' copy to the host), sampling, and the whole of [`Scheduler::step`] (these two
     /// plus planning, admission, block accounting and streaming).
@@ -518,6 +520,7 @@ impl<'m> Scheduler<'m> {
         self.stats.sample_time += t1.elapsed();
         self.stats.decode_steps += after.decode_steps - before.decode_steps;
         self.stats.replayed_steps += after.replayed - before.replayed;
+        self.stats.capture_failures += after.capture_failures - before.capture_failures;
         self.stats.steps += 1;
         self.stats.step_tokens += rows.iter().map(|r| r.1 as u64).sum::<u64>();
         let context = self.rt.context();

@@ -7,7 +7,10 @@
 //! (1, 2, 4, ... max_seqs; padding rows use the null block and slot −1) and a KV-length class
 //! (the `max_kv_len` bound: a power of two ≥ 256, ≤ the context), with every shape fixed by
 //! the pair, so it can be recorded once with `Backend::capture` and replayed: the first
-//! step of a pair runs eagerly (warm-up), the second is captured, later ones replay.
+//! step of a pair runs eagerly (warm-up), the second is captured, later ones replay. A capture
+//! that fails although the step recorded without error (CUDA: another backend of the device,
+//! e.g. a second model tuning on another thread, invalidated it) costs nothing but time: that
+//! step runs eagerly and the next one captures again, up to CAPTURE_TRIES times per pair.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -28,6 +31,9 @@ mod tp;
 
 /// Smallest `max_kv_len` class (see `Runtime::kv_class`).
 const MIN_KV_CLASS: usize = 256;
+
+/// Failed captures of one (bucket, KV class) pair before its steps stay eager.
+const CAPTURE_TRIES: u32 = 3;
 
 /// How a runtime is sized.
 #[derive(Clone, Debug)]
@@ -99,6 +105,8 @@ pub struct StepStats {
     pub decode_time: Duration,
     /// Decode steps that replayed a captured graph.
     pub replayed: u64,
+    /// Captures that failed although the step recorded without error (the step ran eagerly).
+    pub capture_failures: u64,
     pub prefill_tokens: u64,
     pub prefill_time: Duration,
     /// Time copying logits to the host, after the device finished the step (part of the step
@@ -135,8 +143,10 @@ impl Logits<'_> {
 }
 
 enum Bucket {
-    /// First use: run eagerly once.
-    Warm,
+    /// Run eagerly once (first use); capture next. `failed`: captures of this pair that failed.
+    Warm {
+        failed: u32,
+    },
     Captured(Box<dyn Replay>),
     /// The backend does not capture.
     Eager,
@@ -659,7 +669,7 @@ impl Runtime {
             None => {
                 self.forward(b, b, 1, max_kv, true)?;
                 if self.opts.graphs {
-                    Bucket::Warm
+                    Bucket::Warm { failed: 0 }
                 } else {
                     Bucket::Eager
                 }
@@ -668,15 +678,14 @@ impl Runtime {
                 self.forward(b, b, 1, max_kv, true)?;
                 Bucket::Eager
             }
-            Some(Bucket::Warm) => {
-                let mut err = None;
+            Some(Bucket::Warm { failed }) => {
+                let mut record_failed = false;
                 let captured = {
                     let this = &*self;
                     let mut record = || {
                         this.forward(b, b, 1, max_kv, true).map_err(|e| {
-                            let msg = e.to_string();
-                            err = Some(e);
-                            kiln_core::Error::Invalid(msg)
+                            record_failed = true;
+                            kiln_core::Error::Invalid(e.to_string())
                         })
                     };
                     match this.stages.as_slice() {
@@ -688,19 +697,29 @@ impl Runtime {
                         _ => Ok(None),
                     }
                 };
-                if let Some(e) = err {
-                    return Err(e);
-                }
-                match captured.map_err(|e| ModelError::backend("capturing the decode step", e))? {
-                    Some(g) => {
+                match captured {
+                    Ok(Some(g)) if !record_failed => {
                         g.replay()
                             .map_err(|e| ModelError::backend("replaying the decode step", e))?;
                         self.stats.replayed += 1;
                         Bucket::Captured(g)
                     }
-                    None => {
+                    Ok(None) if !record_failed => {
                         self.forward(b, b, 1, max_kv, true)?;
                         Bucket::Eager
+                    }
+                    // The capture failed, in recording (CUDA: a launch into a capture another
+                    // thread invalidated fails) or at its end; nothing of it ran. Run the step
+                    // eagerly (an error of the step itself comes back from there), and capture
+                    // again next time while tries are left.
+                    _ => {
+                        self.stats.capture_failures += 1;
+                        self.forward(b, b, 1, max_kv, true)?;
+                        if failed + 1 < CAPTURE_TRIES {
+                            Bucket::Warm { failed: failed + 1 }
+                        } else {
+                            Bucket::Eager
+                        }
                     }
                 }
             }
