@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use kiln_core::{DType, OpKind, Result, View, ViewMut, Weight};
 
-use super::super::matmul_q::GEMV_NS;
+use super::super::matmul_q::{GEMV_NS, GemvSegs};
 use super::mqk::MqkChoice;
 use super::{FORCED_SPLITS, Q4kKernel, forced_path, mma_supported};
 use crate::buffer::CudaWeight;
@@ -98,7 +98,52 @@ fn many_rows(x: &View<'_>, parts: usize) -> Option<[usize; 2]> {
     (m * k == x.numel()).then_some([m, k])
 }
 
+/// A grouped launch's k split (mh4kg, `<kind>g` of mqk.rs): the scratch bytes past the x
+/// image for the parts' partial sums, `rows` = Σ n_s (none without a split).
+pub(super) fn split_scratch(splits: usize, m: usize, rows: usize) -> usize {
+    if splits > 1 { splits * m * rows * 4 } else { 0 }
+}
+
+/// With a k split, point each segment's y at its [splits, m, n_s] f32 region of the scratch,
+/// one after the other from `base` (sized by `split_scratch`); returns the parts' outputs, which
+/// `reduce_split` sums the regions into.
+pub(super) fn split_outputs(
+    segs: &mut GemvSegs,
+    base: u64,
+    splits: usize,
+    m: usize,
+) -> [u64; GEMV_NS] {
+    let outs = segs.y;
+    if splits > 1 {
+        let mut part = base;
+        for (y, &n) in segs.y.iter_mut().zip(&segs.n) {
+            *y = part;
+            part += (splits * m * n.max(0) as usize * 4) as u64;
+        }
+    }
+    outs
+}
+
 impl CudaBackend {
+    /// After a grouped launch with a k split: one `mma_reduce` per part, its [splits, m, n_s]
+    /// region (`segs.y`, `split_outputs`) into its output (`outs`), in split order.
+    pub(super) fn reduce_split(
+        &self,
+        segs: &GemvSegs,
+        outs: &[u64; GEMV_NS],
+        m: usize,
+        splits: usize,
+    ) -> Result<()> {
+        if splits > 1 {
+            for ((&part, &out), &n) in segs.y.iter().zip(outs).zip(&segs.n) {
+                if n > 0 {
+                    self.launch_mma_reduce(part, out, m * n as usize, splits)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Force the `Pipe` / `F16` groups' launch for every later `matmul_many` of this process:
     /// one grid (true), one launch per part (false), or the default (None; `KILN_MANY_GROUPED`).
     /// For tests and benchmarks.

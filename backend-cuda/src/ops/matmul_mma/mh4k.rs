@@ -12,7 +12,7 @@ use kiln_core::{Error, OpKind, Result};
 use super::super::arg_i32;
 use super::super::launch::Arg;
 use super::super::matmul_q::{GEMV_NS, GemvSegs};
-use super::many::GroupPart;
+use super::many::{GroupPart, split_outputs, split_scratch};
 use super::{Q4kKernel, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
@@ -292,12 +292,7 @@ impl CudaBackend {
         let x_bytes = mp * k * 2 + mp * nb * 36;
         let cap = budget.saturating_sub(x_bytes) / (m * rows * 4).max(1);
         let plan = mh_plan_capped([m, n_all, k], cfg, sms, per_sm, forced_splits, cap);
-        let scratch_bytes = x_bytes
-            + if plan.splits > 1 {
-                plan.splits * m * rows * 4
-            } else {
-                0
-            };
+        let scratch_bytes = x_bytes + split_scratch(plan.splits, m, rows);
         let f = self.function(&MATMUL_MH, c.gname)?;
         self.allow_smem(&f, c.smem())?;
         let dims = q4k_dims([m, n_all, k], plan.mp, plan.blocks_per_split)?;
@@ -308,15 +303,7 @@ impl CudaBackend {
         let xh = scratch;
         let xx = xh + (plan.mp * k * 2) as u64;
         let xsx = xx + (plan.mp * nb * 32) as u64;
-        let outs = segs.y;
-        if plan.splits > 1 {
-            // Segment s's partial sums [splits, m, n_s], one region after the other.
-            let mut part = xsx + (plan.mp * nb * 4) as u64;
-            for (y, &n) in segs.y.iter_mut().zip(&segs.n) {
-                *y = part;
-                part += (plan.splits * m * n.max(0) as usize * 4) as u64;
-            }
-        }
+        let outs = split_outputs(&mut segs, xsx + (plan.mp * nb * 4) as u64, plan.splits, m);
         self.launch_mh_quant_x(xp, [xh, xx, xsx], dims, nb * plan.mp)?;
         let [_, ki, mi, mpi, spz] = dims;
         let args = [
@@ -340,14 +327,7 @@ impl CudaBackend {
         // splits > 1 its [splits, m, n_s] region of the scratch (sized above; no empty split);
         // writes bounded by n_s and m. Dynamic shared memory (MhConfig::smem) allowed above.
         unsafe { self.launch_pdl(&f, "launch mh4kg", launch, &args)? };
-        if plan.splits > 1 {
-            for ((&part, &out), &n) in segs.y.iter().zip(&outs).zip(&segs.n) {
-                if n > 0 {
-                    self.launch_mma_reduce(part, out, m * n as usize, plan.splits)?;
-                }
-            }
-        }
-        Ok(())
+        self.reduce_split(&segs, &outs, m, plan.splits)
     }
 
     /// `mh_quant_x(x, xh, xx, xsx, k, m, mp)`: one warp per (block column, padded x row),

@@ -22,7 +22,7 @@ use kiln_core::{DType, Error, OpKind, Result};
 
 use super::super::launch::Arg;
 use super::super::matmul_q::{GEMV_NS, GemvSegs};
-use super::many::GroupPart;
+use super::many::{GroupPart, split_outputs, split_scratch};
 use super::{FORCED_CONFIG, FORCED_SPLITS, MMA_CONFIGS, q4k_dims, q4k_launch};
 use crate::buffer::CudaWeight;
 use crate::device::CudaBackend;
@@ -393,12 +393,7 @@ impl CudaBackend {
         let x_bytes = mp * k + mp * (k / 32) * 8;
         let cap = budget.saturating_sub(x_bytes) / (m * rows * 4).max(1);
         let plan = mq_plan_capped(c, cfg, [m, n_all, k], sms, per_sm, cap);
-        let scratch_bytes = x_bytes
-            + if plan.splits > 1 {
-                plan.splits * m * rows * 4
-            } else {
-                0
-            };
+        let scratch_bytes = x_bytes + split_scratch(plan.splits, m, rows);
         let func = self.function(&MATMUL_MMA, c.gname)?;
         self.allow_smem(&func, smem)?;
         let dims = q4k_dims([m, n_all, k], plan.mp, plan.blocks_per_split)?;
@@ -414,15 +409,7 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(scratch_bytes)?;
         let xq = scratch;
         let xs = xq + (plan.mp * k) as u64;
-        let outs = segs.y;
-        if plan.splits > 1 {
-            // Segment s's partial sums [splits, m, n_s], one region after the other.
-            let mut part = xs + (plan.mp * (k / 32) * 8) as u64;
-            for (y, &n) in segs.y.iter_mut().zip(&segs.n) {
-                *y = part;
-                part += (plan.splits * m * n.max(0) as usize * 4) as u64;
-            }
-        }
+        let outs = split_outputs(segs, xs + (plan.mp * (k / 32) * 8) as u64, plan.splits, m);
         self.launch_q4k_quant_x("mq_quant_x", xp, [xq, xs], dims, (k / 256) * plan.mp)?;
         let [_, ki, mi, mpi, spz] = dims;
         let args = [
@@ -447,14 +434,7 @@ impl CudaBackend {
         // writes bounded by n_s and m. Block size within the launch bound (32·NW), dynamic
         // shared memory allowed just before.
         unsafe { self.launch_pdl(&func, "launch mq*g", launch, &args)? };
-        if plan.splits > 1 {
-            for ((&part, &out), &n) in segs.y.iter().zip(&outs).zip(&segs.n) {
-                if n > 0 {
-                    self.launch_mma_reduce(part, out, m * n as usize, plan.splits)?;
-                }
-            }
-        }
-        Ok(())
+        self.reduce_split(segs, &outs, m, plan.splits)
     }
 
     /// `mq4k_*` / `mq5k_*(body, xq, xs, y, n, k, m, mp, blocks per split)` or `mq6k_*` /
