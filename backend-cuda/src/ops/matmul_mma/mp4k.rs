@@ -325,17 +325,17 @@ impl CudaBackend {
         let (_guard, scratch) = self.matmul_scratch(plan.scratch)?;
         let [xq, xs] = self.mp4k_quant_x(xp, scratch, dims)?;
         let [_, ki, mi, mpi, _] = dims;
-        let mut args = vec![
+        let all = [
             Arg::raw(&segs),
             Arg::U64(&xq),
             Arg::U64(&xs),
             Arg::I32(&ki),
             Arg::I32(&mi),
             Arg::I32(&mpi),
+            Arg::raw(&tmaps),
         ];
-        if tensor {
-            args.push(Arg::raw(&tmaps));
-        }
+        // The tensor maps are the tensor flavour's last parameter only.
+        let args = if tensor { &all[..] } else { &all[..6] };
         // SAFETY: `mp4kg_*(GemvSegs by value, xq, xs, k, m, mp)` (+ `mpt4kg_*`'s MpTmaps by
         // value, map s encoded for segment s's weight, n_s, k and the box): segment s (n_s > 0)
         // is an n_s × k Q4_K weight body (n_s·k/256 blocks of 144 bytes, 16-byte aligned: the
@@ -346,7 +346,7 @@ impl CudaBackend {
         // y_s: the part's f32 output [m, n_s], disjoint from x and the other parts (the
         // caller's `parts_fit`); writes bounded by n_s and m. Block size within the function's
         // limit, its dynamic shared memory allowed just before.
-        unsafe { self.launch_pdl(&f, "launch mp4kg", launch, &args) }
+        unsafe { self.launch_pdl(&f, "launch mp4kg", launch, args) }
     }
 
     /// The most warps per block of function `f` (its register use bounds the block).
